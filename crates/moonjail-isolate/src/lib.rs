@@ -1,0 +1,1 @@
+//! Linux isolation layer (work in progress).
