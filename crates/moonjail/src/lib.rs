@@ -1,1 +1,38 @@
-//! moonjail
+//! moonjail runs untrusted Lua 5.4 safely.
+//!
+//! Every run gets a fresh Lua state whose globals are exactly a [`Profile`]'s list, under
+//! exact [`Limits`]: memory counted by the allocator, a wall-clock deadline that costs
+//! nothing until it passes, an opt-in instruction budget shared by all coroutines, and
+//! caps on output, source and result. Input and result cross as JSON, read with raw
+//! access only.
+//!
+//! ```
+//! use moonjail::{ErrorKind, Sandbox};
+//! use serde_json::json;
+//!
+//! let sandbox = Sandbox::builder().build().unwrap();
+//! let out = sandbox.run("function run(ctx) return {sum = ctx.a + ctx.b} end", &json!({"a": 1, "b": 2}));
+//! assert_eq!(out.result.unwrap(), json!({"sum": 3}));
+//!
+//! let out = sandbox.run("while true do pcall(function() while true do end end) end", &json!(null));
+//! # let _ = out; // (the default 5 s timeout would stop it; shortened in tests)
+//! ```
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+mod env;
+mod error;
+mod limits;
+mod marshal;
+mod profile;
+mod sandbox;
+mod stdlib;
+pub mod units;
+mod vm;
+
+pub use env::guard_note;
+pub use error::{ConfigError, Error, ErrorKind, Result};
+pub use limits::Limits;
+pub use profile::{Item, Profile, ProfileSpec};
+pub use sandbox::{Outcome, RunOptions, Sandbox, SandboxBuilder, Stats};
+pub use vm::watchdog::deadline_signal;

@@ -1,0 +1,170 @@
+//! Entering a new PID namespace: unshare, fork once, and keep the parent as a relay.
+//!
+//! `unshare(CLONE_NEWPID)` only decides where the caller's *children* are born, and after it
+//! the kernel refuses `clone(CLONE_THREAD)` until the caller itself is in that namespace. So
+//! [`enter`] forks right after unsharing:
+//!
+//! - the child is PID 1 of the new namespace and carries on with the lockdown; it asks to be
+//!   killed when the relay dies ([`Link::arm`], once its credentials are final, since a
+//!   credential change clears `PR_SET_PDEATHSIG`);
+//! - the parent becomes the relay: it closes every descriptor, sets `RLIMIT_CORE` to 0,
+//!   installs a seccomp filter that allows only waiting and exiting, waits for the child,
+//!   then exits with its exit code or dies by its signal. A supervisor therefore sees the
+//!   worker's outcome as the outcome of the process it spawned, and kills the worker by
+//!   killing that process.
+//!
+//! As PID 1 the worker ignores signals it has no handler for when they come from inside its
+//! namespace; the kernel's own signals (seccomp's kill, `RLIMIT_CPU`, faults) and `SIGKILL`
+//! from outside still end it.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::{Pid, Signal, WaitOptions};
+
+use crate::namespaces::{self, Namespace};
+use crate::seccomp;
+
+/// Why the PID namespace could not be entered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `unshare(CLONE_NEWPID)` failed.
+    #[error(transparent)]
+    Unshare(namespaces::Error),
+    /// `pipe2(2)` failed.
+    #[error("pipe2(O_CLOEXEC) failed")]
+    Pipe(#[source] io::Error),
+    /// `fork(2)` failed.
+    #[error("fork() into the new PID namespace failed")]
+    Fork(#[source] io::Error),
+    /// `prctl(PR_SET_PDEATHSIG)` failed.
+    #[error("prctl(PR_SET_PDEATHSIG, SIGKILL) failed")]
+    DeathSignal(#[source] io::Error),
+    /// The relay died before the worker was tied to it.
+    #[error("the PID namespace relay died before the worker was tied to it")]
+    RelayGone,
+    /// [`crate::PidNamespace::Existing`] was asked for but the caller is not PID 1.
+    #[error("expected to run as PID 1 of a fresh PID namespace, but getpid() is {0}")]
+    NotPidOne(i32),
+}
+
+/// The worker's end of the tie to the relay: a pipe whose write end only the relay holds.
+#[derive(Debug)]
+pub(crate) struct Link {
+    from_relay: OwnedFd,
+}
+
+impl Link {
+    /// Asks for `SIGKILL` when the relay dies, then checks that it has not died already.
+    /// Call after the last credential change. Closes the pipe.
+    pub(crate) fn arm(self) -> Result<(), Error> {
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+            .map_err(|e| Error::DeathSignal(e.into()))?;
+        let mut fds = [PollFd::new(&self.from_relay, PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // The relay never writes: any event means every write end is closed (POLLHUP),
+        // that is, the relay is gone. An error leaves the question open: treat it as gone.
+        match poll(&mut fds, Some(&now)) {
+            Ok(0) => {}
+            _ => return Err(Error::RelayGone),
+        }
+        Ok(())
+    }
+}
+
+/// Unshares the PID namespace and forks. Returns in the child (PID 1 of the new namespace)
+/// with the [`Link`] to arm later; the parent never returns (see the module docs).
+pub(crate) fn enter(relay_filter: &seccomp::Filter) -> Result<Link, Error> {
+    namespaces::unshare(Namespace::Pid).map_err(Error::Unshare)?;
+    let (from_relay, to_worker) =
+        pipe_with(PipeFlags::CLOEXEC).map_err(|e| Error::Pipe(e.into()))?;
+    // SAFETY: the process is single-threaded (lockdown checked), so the child may run any
+    // code; the parent only runs `relay`, which allocates nothing.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(Error::Fork(io::Error::last_os_error())),
+        0 => {
+            drop(to_worker);
+            Ok(Link { from_relay })
+        }
+        child => {
+            drop(from_relay);
+            relay(child, to_worker, relay_filter)
+        }
+    }
+}
+
+/// Checks that the caller is PID 1 (for [`crate::PidNamespace::Existing`]).
+pub(crate) fn check_pid_one() -> Result<(), Error> {
+    match rustix::process::getpid().as_raw_nonzero().get() {
+        1 => Ok(()),
+        other => Err(Error::NotPidOne(other)),
+    }
+}
+
+/// The relay's whole life: wait for `child`, then end the way it ended.
+fn relay(child: libc::pid_t, to_worker: OwnedFd, filter: &seccomp::Filter) -> ! {
+    let keep = to_worker.as_raw_fd() as u32;
+    // SAFETY: closes every descriptor but the pipe to the worker; nothing in the relay uses
+    // them afterwards. Failures leave descriptors open in a process that only waits.
+    unsafe {
+        if keep > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+    }
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `no_core` is a valid rlimit for the duration of the call.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+    // If the filter cannot be installed the relay still works; it only waits.
+    let _ = rustix::thread::set_no_new_privs(true);
+    let _ = filter.apply();
+
+    let status = loop {
+        match rustix::process::waitpid(Pid::from_raw(child), WaitOptions::empty()) {
+            Ok(Some((_, status))) if status.exited() || status.signaled() => break status,
+            Ok(_) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            // ECHILD cannot happen (the child is ours and reaped only here); end as a failure.
+            Err(_) => exit_now(125),
+        }
+    };
+    drop(to_worker);
+    if let Some(code) = status.exit_status() {
+        exit_now(code);
+    }
+    match status.terminating_signal() {
+        Some(signal) => die_by(signal),
+        None => exit_now(125),
+    }
+}
+
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the process at once, running no destructor or atexit handler, which
+    // is what the forked relay wants.
+    unsafe { libc::_exit(code) }
+}
+
+/// Dies by `signal`, like the worker did; falls back to exit status 128 + signal.
+fn die_by(signal: i32) -> ! {
+    // SAFETY: resetting the disposition to default and unblocking the signal touch only this
+    // process's signal state; `raise` then delivers it to the calling thread.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+    exit_now(128 + signal)
+}

@@ -1,0 +1,136 @@
+//! The environment layer: turns a profile's list into a state's globals.
+//!
+//! Every run has a fresh state, so nothing a script changes can reach another run; the
+//! builder only has to make sure nothing outside the list exists, and that each listed
+//! name is the guarded version where the stock one is unsafe.
+
+use mlua::{Function, Lua, StdLib, Table, Value};
+
+use crate::profile::{Item, ProfileSpec};
+use crate::stdlib::{base, json};
+
+/// The stock libraries a profile needs opened.
+pub(crate) fn libs_for(spec: &ProfileSpec) -> StdLib {
+    let mut libs = StdLib::NONE;
+    for (name, lib) in [
+        ("string", StdLib::STRING),
+        ("table", StdLib::TABLE),
+        ("math", StdLib::MATH),
+        ("coroutine", StdLib::COROUTINE),
+        ("utf8", StdLib::UTF8),
+        ("os", StdLib::OS),
+    ] {
+        if spec.library(name).is_some() {
+            libs |= lib;
+        }
+    }
+    libs
+}
+
+/// How a listed base global is provided, for `moonjail profile show`.
+pub fn guard_note(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "print" => "captured into the run's output, under the output limit",
+        "load" => "text chunks only; binary chunks are forbidden; env argument honoured",
+        "setmetatable" => "refuses metatables with __gc (finalizers)",
+        "getmetatable" => "getmetatable(\"\") returns false: the string metatable is locked",
+        "collectgarbage" => "only collectgarbage(\"count\")",
+        "coroutine.resume" | "coroutine.wrap" | "coroutine.create" | "coroutine.close" => {
+            "deadline and instruction budget reach every coroutine"
+        }
+        "string.find" | "string.match" | "string.gmatch" | "string.gsub" => {
+            "metered matcher: backtracking stops at the deadline"
+        }
+        _ => return None,
+    })
+}
+
+/// Replaces the state's globals with exactly what `spec` lists.
+pub(crate) fn build(lua: &Lua, spec: &ProfileSpec) -> mlua::Result<()> {
+    let g = lua.globals();
+    // Lock the string metatable while the stock getmetatable is still at hand.
+    let getmt: Function = g.raw_get("getmetatable")?;
+    if let Value::Table(mt) = getmt.call::<Value>("")? {
+        mt.raw_set("__metatable", false)?;
+    }
+
+    let mut doomed = Vec::new();
+    for pair in g.pairs::<Value, Value>() {
+        let (k, _) = pair?;
+        let listed = match &k {
+            Value::String(s) => spec.has_global(&s.to_string_lossy()),
+            _ => false,
+        };
+        if !listed {
+            doomed.push(k);
+        }
+    }
+    for k in doomed {
+        g.raw_set(k, Value::Nil)?;
+    }
+
+    for item in spec.items {
+        match *item {
+            Item::Global(name) => {
+                // SAFETY (of create_c_function): every function below follows the
+                // lua_CFunction protocol.
+                let guarded = match name {
+                    "print" => Some(base::print as mlua::ffi::lua_CFunction),
+                    "load" => Some(base::load as mlua::ffi::lua_CFunction),
+                    "setmetatable" => Some(base::setmetatable as mlua::ffi::lua_CFunction),
+                    "collectgarbage" => Some(base::collectgarbage as mlua::ffi::lua_CFunction),
+                    _ => None,
+                };
+                if let Some(f) = guarded {
+                    g.raw_set(name, c_function(lua, f)?)?;
+                }
+            }
+            Item::Library { name, members } => {
+                let lib: Table = g.raw_get(name)?;
+                trim(&lib, members)?;
+                if name == "coroutine" {
+                    guard_coroutine(lua, &lib)?;
+                }
+            }
+            Item::GlobalsRef => g.raw_set("_G", &g)?,
+            Item::Json => g.raw_set("json", json::create(lua)?)?,
+        }
+    }
+    Ok(())
+}
+
+fn trim(lib: &Table, members: &[&str]) -> mlua::Result<()> {
+    let mut doomed = Vec::new();
+    for pair in lib.pairs::<Value, Value>() {
+        let (k, _) = pair?;
+        let keep = matches!(&k, Value::String(s) if members.iter().any(|m| s == m));
+        if !keep {
+            doomed.push(k);
+        }
+    }
+    for k in doomed {
+        lib.raw_set(k, Value::Nil)?;
+    }
+    Ok(())
+}
+
+fn guard_coroutine(lua: &Lua, co: &Table) -> mlua::Result<()> {
+    use crate::vm::hook;
+    for (name, f) in [
+        ("create", hook::co_create as mlua::ffi::lua_CFunction),
+        ("resume", hook::co_resume),
+        ("wrap", hook::co_wrap),
+        ("close", hook::co_close),
+    ] {
+        if co.raw_get::<Value>(name)? != Value::Nil {
+            co.raw_set(name, c_function(lua, f)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn c_function(lua: &Lua, f: mlua::ffi::lua_CFunction) -> mlua::Result<Function> {
+    // SAFETY: only moonjail's own lua_CFunctions are passed here, each written to the C
+    // API's calling protocol.
+    unsafe { lua.create_c_function(f) }
+}

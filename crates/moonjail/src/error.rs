@@ -1,0 +1,140 @@
+//! The one error type of a run, with a stable `kind` that hosts and models can branch on.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// What went wrong in a run. The `as_str` names are a stable contract (CLI `--json`,
+/// the HTTP service, logs): never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The source (or a `load`ed chunk at top level) does not parse.
+    Syntax,
+    /// The script raised an error, or called something with bad arguments.
+    Runtime,
+    /// The Lua heap would have grown past the memory limit.
+    MemoryLimit,
+    /// The instruction budget ran out.
+    InstructionLimit,
+    /// The wall-clock deadline passed.
+    Timeout,
+    /// Captured output (`print`) passed its byte limit.
+    OutputLimit,
+    /// The input (source, input JSON) was refused before the script ran.
+    Input,
+    /// The result could not be turned into JSON.
+    Result,
+    /// The script tried something the sandbox refuses (binary chunks, `__gc`, ...).
+    Forbidden,
+    /// The worker process running the script died (isolated mode).
+    Killed,
+    /// A fault in moonjail itself, never the script's doing.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Syntax,
+        ErrorKind::Runtime,
+        ErrorKind::MemoryLimit,
+        ErrorKind::InstructionLimit,
+        ErrorKind::Timeout,
+        ErrorKind::OutputLimit,
+        ErrorKind::Input,
+        ErrorKind::Result,
+        ErrorKind::Forbidden,
+        ErrorKind::Killed,
+        ErrorKind::Internal,
+    ];
+
+    /// The stable name used in JSON outcomes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Syntax => "syntax",
+            ErrorKind::Runtime => "runtime",
+            ErrorKind::MemoryLimit => "memory_limit",
+            ErrorKind::InstructionLimit => "instruction_limit",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::OutputLimit => "output_limit",
+            ErrorKind::Input => "input",
+            ErrorKind::Result => "result",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Killed => "killed",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// True for the kinds that mean a quota was exhausted.
+    pub fn is_limit(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::MemoryLimit
+                | ErrorKind::InstructionLimit
+                | ErrorKind::Timeout
+                | ErrorKind::OutputLimit
+        )
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed run: precise enough to show a person or to feed back to the model that wrote
+/// the script.
+#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct Error {
+    /// The stable category.
+    pub kind: ErrorKind,
+    /// The message, as Lua worded it where Lua raised it.
+    pub message: String,
+    /// The line in the script's own chunk, when the message names one.
+    pub line: Option<u32>,
+}
+
+impl Error {
+    /// An error of `kind` with no line.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            line: None,
+        }
+    }
+}
+
+/// Result alias for run outcomes.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A sandbox configuration that cannot work, reported when it is built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A limit was set to a value that would make every run fail.
+    #[error("invalid limit {name}: {reason}")]
+    InvalidLimit {
+        /// The limit's name, as the CLI spells it.
+        name: &'static str,
+        /// Why the value does not work.
+        reason: String,
+    },
+    /// A size or duration string did not parse.
+    #[error("cannot parse {what} {input:?}: {reason}")]
+    Parse {
+        /// "size" or "duration".
+        what: &'static str,
+        /// The text given.
+        input: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// No profile of that name exists.
+    #[error("unknown profile {0:?} (known: minimal, standard)")]
+    UnknownProfile(String),
+}

@@ -1,0 +1,39 @@
+//! Run limits: every one on by default, every one settable.
+
+use std::time::Duration;
+
+/// The quotas of one run (or one session call, for time and instructions).
+///
+/// `None` means "no limit". Defaults: 64 MiB memory, 5 s timeout, no instruction limit,
+/// 1 MiB output, 1 MiB source, results 64 levels deep and 16 MiB of JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Lua heap, counted exactly by the allocator.
+    pub memory_bytes: Option<usize>,
+    /// Wall-clock deadline, from the start of the run.
+    pub timeout: Option<Duration>,
+    /// VM instructions, one budget shared by every coroutine of the run.
+    pub instructions: Option<u64>,
+    /// Bytes of captured `print` output.
+    pub output_bytes: Option<usize>,
+    /// Bytes of source, checked before parsing (also for `load`).
+    pub source_bytes: Option<usize>,
+    /// Nesting of the input and of the result.
+    pub result_depth: usize,
+    /// Approximate bytes of the result's JSON text.
+    pub result_bytes: Option<usize>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: Some(64 << 20),
+            timeout: Some(Duration::from_secs(5)),
+            instructions: None,
+            output_bytes: Some(1 << 20),
+            source_bytes: Some(1 << 20),
+            result_depth: 64,
+            result_bytes: Some(16 << 20),
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! JSON ⇄ Lua, reading Lua values with raw access only: no metamethod ever runs on the
+//! host side, cycles are reported with their path, and every value JSON cannot hold is an
+//! error, never silently dropped.
+//!
+//! Rules: JSON objects ⇄ tables with string keys; arrays ⇄ sequences; integers stay
+//! integers; `null` ⇄ `json.null`. A table whose keys are exactly `1..n` (n ≥ 1) becomes
+//! an array; any other table an object, with integer and float keys written as strings.
+//! An empty table is `{}`, unless it came from a JSON array (such tables carry a marker
+//! metatable), which keeps `[]` round-tripping.
+
+use std::fmt;
+
+use mlua::{LightUserData, Lua, Table, Value};
+use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value as Json};
+
+use crate::vm::native_checkpoint;
+
+/// Registry key of the metatable that marks tables decoded from JSON arrays.
+pub(crate) const ARRAY_MT_KEY: &str = "moonjail.json.array";
+
+/// `json.null`: the NULL light userdata.
+pub(crate) fn null() -> Value {
+    Value::LightUserData(LightUserData(std::ptr::null_mut()))
+}
+
+/// Bounds for one conversion.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// Deepest nesting of tables/arrays accepted.
+    pub depth: usize,
+    /// Largest JSON text (approximately, counted as it is built) accepted.
+    pub bytes: usize,
+}
+
+/// A value that cannot be turned into JSON, with where it sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MarshalError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for MarshalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn render_path(segs: &[Seg]) -> String {
+    let mut s = String::from("$");
+    for seg in segs {
+        match seg {
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+            Seg::Key(k)
+                if !k.is_empty()
+                    && !k.starts_with(|c: char| c.is_ascii_digit())
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                s.push('.');
+                s.push_str(k);
+            }
+            Seg::Key(k) => s.push_str(&format!("[{}]", Json::String(k.clone()))),
+        }
+    }
+    s
+}
+
+/// Converts a Lua value to JSON under `bounds`.
+pub(crate) fn to_json(lua: &Lua, value: &Value, bounds: Bounds) -> Result<Json, MarshalError> {
+    let array_mt = lua
+        .named_registry_value::<Option<Table>>(ARRAY_MT_KEY)
+        .ok()
+        .flatten()
+        .map(|t| t.to_pointer());
+    let mut w = Walker {
+        bounds,
+        array_mt,
+        open: Vec::new(),
+        path: Vec::new(),
+        bytes: 0,
+        nodes: 0,
+    };
+    w.walk(value)
+}
+
+struct Walker {
+    bounds: Bounds,
+    array_mt: Option<*const std::ffi::c_void>,
+    open: Vec<*const std::ffi::c_void>,
+    path: Vec<Seg>,
+    bytes: usize,
+    nodes: u64,
+}
+
+impl Walker {
+    fn fail(&self, message: impl Into<String>) -> MarshalError {
+        MarshalError {
+            path: render_path(&self.path),
+            message: message.into(),
+        }
+    }
+
+    fn add_bytes(&mut self, n: usize) -> Result<(), MarshalError> {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.bytes > self.bounds.bytes {
+            return Err(self.fail(format!(
+                "the JSON would be larger than the {} byte limit",
+                self.bounds.bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn walk(&mut self, value: &Value) -> Result<Json, MarshalError> {
+        self.nodes += 1;
+        if self.nodes % 1024 == 0 {
+            if let Some(msg) = native_checkpoint() {
+                return Err(self.fail(msg));
+            }
+        }
+        match value {
+            Value::Nil => {
+                self.add_bytes(4)?;
+                Ok(Json::Null)
+            }
+            Value::Boolean(b) => {
+                self.add_bytes(5)?;
+                Ok(Json::Bool(*b))
+            }
+            Value::Integer(i) => {
+                self.add_bytes(20)?;
+                Ok(Json::from(*i))
+            }
+            Value::Number(f) => {
+                self.add_bytes(24)?;
+                Number::from_f64(*f).map(Json::Number).ok_or_else(|| {
+                    self.fail(format!(
+                        "{f} cannot be represented in JSON (NaN and infinities have no JSON form)"
+                    ))
+                })
+            }
+            Value::String(s) => {
+                let bytes = s.as_bytes();
+                self.add_bytes(bytes.len() + 2)?;
+                match std::str::from_utf8(&bytes) {
+                    Ok(text) => Ok(Json::String(text.to_owned())),
+                    Err(e) => Err(self.fail(format!(
+                        "string is not valid UTF-8 (invalid byte at offset {})",
+                        e.valid_up_to()
+                    ))),
+                }
+            }
+            Value::LightUserData(p) if p.0.is_null() => {
+                self.add_bytes(4)?;
+                Ok(Json::Null)
+            }
+            Value::Table(t) => self.table(t),
+            other => Err(self.fail(format!(
+                "a {} cannot be represented in JSON",
+                other.type_name()
+            ))),
+        }
+    }
+
+    fn table(&mut self, t: &Table) -> Result<Json, MarshalError> {
+        let ptr = t.to_pointer();
+        if self.open.contains(&ptr) {
+            return Err(self.fail("the table contains itself (a cycle)"));
+        }
+        if self.open.len() >= self.bounds.depth {
+            return Err(self.fail(format!(
+                "nested deeper than the limit of {} levels",
+                self.bounds.depth
+            )));
+        }
+        self.open.push(ptr);
+        let r = self.table_inner(t);
+        self.open.pop();
+        r
+    }
+
+    fn table_inner(&mut self, t: &Table) -> Result<Json, MarshalError> {
+        let len = t.raw_len();
+        let mut count = 0usize;
+        for pair in t.pairs::<Value, Value>() {
+            pair.map_err(|e| self.fail(e.to_string()))?;
+            count += 1;
+        }
+        self.add_bytes(2)?;
+        if count == 0 {
+            let is_array =
+                self.array_mt.is_some() && t.metatable().map(|m| m.to_pointer()) == self.array_mt;
+            return Ok(if is_array {
+                Json::Array(Vec::new())
+            } else {
+                Json::Object(Map::new())
+            });
+        }
+        if count == len {
+            let mut out = Vec::with_capacity(len);
+            for i in 1..=len {
+                let v: Value = t.raw_get(i).map_err(|e| self.fail(e.to_string()))?;
+                self.path.push(Seg::Index(i));
+                let j = self.walk(&v);
+                self.path.pop();
+                out.push(j?);
+                self.add_bytes(1)?;
+            }
+            return Ok(Json::Array(out));
+        }
+        let mut map = Map::new();
+        for pair in t.pairs::<Value, Value>() {
+            let (k, v) = pair.map_err(|e| self.fail(e.to_string()))?;
+            let key = match &k {
+                Value::String(s) => match std::str::from_utf8(&s.as_bytes()) {
+                    Ok(text) => text.to_owned(),
+                    Err(_) => return Err(self.fail("a table key is not valid UTF-8")),
+                },
+                Value::Integer(i) => i.to_string(),
+                Value::Number(f) if f.is_finite() => {
+                    if f.fract() == 0.0 && f.abs() < 1e15 {
+                        format!("{f:.1}")
+                    } else {
+                        f.to_string()
+                    }
+                }
+                other => {
+                    return Err(self.fail(format!(
+                        "a table key of type {} cannot be a JSON object key",
+                        other.type_name()
+                    )))
+                }
+            };
+            self.add_bytes(key.len() + 4)?;
+            self.path.push(Seg::Key(key.clone()));
+            let j = self.walk(&v);
+            self.path.pop();
+            map.insert(key, j?);
+        }
+        Ok(Json::Object(map))
+    }
+}
+
+/// Converts host JSON to a Lua value (input), nesting at most `depth` levels.
+pub(crate) fn from_json(lua: &Lua, value: &Json, depth: usize) -> mlua::Result<Value> {
+    let array_mt = array_metatable(lua)?;
+    build(lua, &array_mt, value, depth)
+}
+
+fn build(lua: &Lua, array_mt: &Table, value: &Json, depth: usize) -> mlua::Result<Value> {
+    Ok(match value {
+        Json::Null => null(),
+        Json::Bool(b) => Value::Boolean(*b),
+        Json::Number(n) => number(n),
+        Json::String(s) => Value::String(lua.create_string(s)?),
+        Json::Array(items) => {
+            let depth = descend(depth)?;
+            let t = lua.create_table_with_capacity(items.len(), 0)?;
+            for (i, item) in items.iter().enumerate() {
+                t.raw_set(i + 1, build(lua, array_mt, item, depth)?)?;
+            }
+            t.set_metatable(Some(array_mt.clone()))?;
+            Value::Table(t)
+        }
+        Json::Object(map) => {
+            let depth = descend(depth)?;
+            let t = lua.create_table_with_capacity(0, map.len())?;
+            for (k, v) in map {
+                t.raw_set(k.as_str(), build(lua, array_mt, v, depth)?)?;
+            }
+            Value::Table(t)
+        }
+    })
+}
+
+fn descend(depth: usize) -> mlua::Result<usize> {
+    depth
+        .checked_sub(1)
+        .ok_or_else(|| mlua::Error::runtime("JSON nested too deeply"))
+}
+
+fn number(n: &Number) -> Value {
+    match n.as_i64() {
+        Some(i) => Value::Integer(i),
+        None => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+    }
+}
+
+/// The shared marker metatable for tables that came from JSON arrays.
+pub(crate) fn array_metatable(lua: &Lua) -> mlua::Result<Table> {
+    if let Some(t) = lua.named_registry_value::<Option<Table>>(ARRAY_MT_KEY)? {
+        return Ok(t);
+    }
+    let t = lua.create_table()?;
+    lua.set_named_registry_value(ARRAY_MT_KEY, &t)?;
+    Ok(t)
+}
+
+/// Deserialises JSON text straight into Lua values, so every byte of the result is
+/// allocated (and counted) by the Lua state.
+#[derive(Clone, Copy)]
+pub(crate) struct LuaSeed<'a> {
+    pub lua: &'a Lua,
+    pub array_mt: &'a Table,
+    pub depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for LuaSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl LuaSeed<'_> {
+    fn child<E: serde::de::Error>(&self) -> Result<Self, E> {
+        let depth = self
+            .depth
+            .checked_sub(1)
+            .ok_or_else(|| E::custom("JSON nested too deeply"))?;
+        Ok(LuaSeed {
+            lua: self.lua,
+            array_mt: self.array_mt,
+            depth,
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for LuaSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Boolean(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Integer(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(match i64::try_from(v) {
+            Ok(i) => Value::Integer(i),
+            Err(_) => Value::Number(v as f64),
+        })
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Number(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.lua
+            .create_string(v)
+            .map(Value::String)
+            .map_err(E::custom)
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(null())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let child = self.child()?;
+        let t = self.lua.create_table().map_err(A::Error::custom)?;
+        let mut i = 1usize;
+        while let Some(v) = seq.next_element_seed(child)? {
+            t.raw_set(i, v).map_err(A::Error::custom)?;
+            i += 1;
+        }
+        t.set_metatable(Some(self.array_mt.clone()))
+            .map_err(A::Error::custom)?;
+        Ok(Value::Table(t))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let child = self.child()?;
+        let t = self.lua.create_table().map_err(A::Error::custom)?;
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(child)?;
+            t.raw_set(k, v).map_err(A::Error::custom)?;
+        }
+        Ok(Value::Table(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_render() {
+        let p = [
+            Seg::Key("a".into()),
+            Seg::Index(3),
+            Seg::Key("b c".into()),
+            Seg::Key("1x".into()),
+        ];
+        assert_eq!(render_path(&p), r#"$.a[3]["b c"]["1x"]"#);
+    }
+}

@@ -1,0 +1,301 @@
+//! Profiles as data: each is one list of everything a script can reach.
+//!
+//! Nothing outside a profile's list exists in the sandbox. How each listed name is made
+//! safe (for instance `setmetatable` refusing `__gc`) is the environment builder's
+//! policy ([`crate::env`]); the profile only says *what* is there.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::ConfigError;
+
+/// One thing a profile exposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item {
+    /// A base-library global function, e.g. `pairs`.
+    Global(&'static str),
+    /// A library table with exactly these members, e.g. `os` with `time clock date difftime`.
+    Library {
+        /// The global name of the table.
+        name: &'static str,
+        /// Its members; nothing else of the stock library is kept.
+        members: &'static [&'static str],
+    },
+    /// `_G`: the sandbox's own environment table.
+    GlobalsRef,
+    /// The `json` library (`encode`, `decode`, `null`), implemented in Rust.
+    Json,
+}
+
+/// A named, declarative list of [`Item`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileSpec {
+    /// The name the CLI and service use.
+    pub name: &'static str,
+    /// One line saying who the profile is for.
+    pub summary: &'static str,
+    /// Everything the profile exposes.
+    pub items: &'static [Item],
+}
+
+const MATH: &[&str] = &[
+    "abs",
+    "acos",
+    "asin",
+    "atan",
+    "ceil",
+    "cos",
+    "deg",
+    "exp",
+    "floor",
+    "fmod",
+    "huge",
+    "log",
+    "max",
+    "maxinteger",
+    "min",
+    "mininteger",
+    "modf",
+    "pi",
+    "rad",
+    "random",
+    "randomseed",
+    "sin",
+    "sqrt",
+    "tan",
+    "tointeger",
+    "type",
+    "ult",
+];
+
+/// `string` without `dump` (which would hand out bytecode).
+const STRING: &[&str] = &[
+    "byte", "char", "find", "format", "gmatch", "gsub", "len", "lower", "match", "pack",
+    "packsize", "rep", "reverse", "sub", "unpack", "upper",
+];
+
+const TABLE: &[&str] = &[
+    "concat", "insert", "move", "pack", "remove", "sort", "unpack",
+];
+
+const COROUTINE: &[&str] = &[
+    "close",
+    "create",
+    "isyieldable",
+    "resume",
+    "running",
+    "status",
+    "wrap",
+    "yield",
+];
+
+const UTF8: &[&str] = &["char", "charpattern", "codepoint", "codes", "len", "offset"];
+
+const OS_TIME: &[&str] = &["clock", "date", "difftime", "time"];
+
+/// LuaWard's whitelist, exactly.
+const MINIMAL: &[Item] = &[
+    Item::Global("assert"),
+    Item::Global("error"),
+    Item::Global("ipairs"),
+    Item::Global("next"),
+    Item::Global("pairs"),
+    Item::Global("pcall"),
+    Item::Global("print"),
+    Item::Global("select"),
+    Item::Global("tonumber"),
+    Item::Global("tostring"),
+    Item::Global("type"),
+    Item::Global("xpcall"),
+    Item::Library {
+        name: "math",
+        members: MATH,
+    },
+    Item::Library {
+        name: "string",
+        members: STRING,
+    },
+    Item::Library {
+        name: "table",
+        members: TABLE,
+    },
+];
+
+const STANDARD: &[Item] = &[
+    Item::Global("assert"),
+    Item::Global("error"),
+    Item::Global("ipairs"),
+    Item::Global("next"),
+    Item::Global("pairs"),
+    Item::Global("pcall"),
+    Item::Global("print"),
+    Item::Global("select"),
+    Item::Global("tonumber"),
+    Item::Global("tostring"),
+    Item::Global("type"),
+    Item::Global("xpcall"),
+    Item::Global("collectgarbage"),
+    Item::Global("getmetatable"),
+    Item::Global("load"),
+    Item::Global("rawequal"),
+    Item::Global("rawget"),
+    Item::Global("rawlen"),
+    Item::Global("rawset"),
+    Item::Global("setmetatable"),
+    Item::GlobalsRef,
+    Item::Library {
+        name: "math",
+        members: MATH,
+    },
+    Item::Library {
+        name: "string",
+        members: STRING,
+    },
+    Item::Library {
+        name: "table",
+        members: TABLE,
+    },
+    Item::Library {
+        name: "coroutine",
+        members: COROUTINE,
+    },
+    Item::Library {
+        name: "utf8",
+        members: UTF8,
+    },
+    Item::Library {
+        name: "os",
+        members: OS_TIME,
+    },
+    Item::Json,
+];
+
+/// The built-in profiles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Profile {
+    /// LuaWard's whitelist: base functions without metatables or raw access, plus `math`,
+    /// `string` and `table`.
+    Minimal,
+    /// What most embedders want: `minimal` plus `_G`, guarded metatables, raw access,
+    /// `coroutine`, `utf8`, the time functions of `os`, text-only `load` and `json`.
+    #[default]
+    Standard,
+}
+
+impl Profile {
+    /// Every built-in profile.
+    pub const ALL: [Profile; 2] = [Profile::Minimal, Profile::Standard];
+
+    /// The profile's declarative list.
+    pub fn spec(self) -> &'static ProfileSpec {
+        match self {
+            Profile::Minimal => &ProfileSpec {
+                name: "minimal",
+                summary: "LuaWard's whitelist: no metatables, no raw access, no _G, no coroutines",
+                items: MINIMAL,
+            },
+            Profile::Standard => &ProfileSpec {
+                name: "standard",
+                summary: "the default: minimal + _G, guarded metatables, raw access, coroutine, \
+                          utf8, os time functions, text-only load, json",
+                items: STANDARD,
+            },
+        }
+    }
+
+    /// The profile's name.
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Profile {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Profile::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| ConfigError::UnknownProfile(s.to_string()))
+    }
+}
+
+impl ProfileSpec {
+    /// True when the profile exposes the global `name` (a function, a library or `_G`).
+    pub fn has_global(&self, name: &str) -> bool {
+        self.items.iter().any(|item| match item {
+            Item::Global(g) => *g == name,
+            Item::Library { name: lib, .. } => *lib == name,
+            Item::GlobalsRef => name == "_G",
+            Item::Json => name == "json",
+        })
+    }
+
+    /// The members the profile keeps of library `lib`, if it exposes that library.
+    pub fn library(&self, lib: &str) -> Option<&'static [&'static str]> {
+        self.items.iter().find_map(|item| match item {
+            Item::Library { name, members } if *name == lib => Some(*members),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for p in Profile::ALL {
+            assert_eq!(p.name().parse::<Profile>().unwrap(), p);
+        }
+        assert!("aos2".parse::<Profile>().is_err());
+    }
+
+    #[test]
+    fn minimal_is_luaward_whitelist() {
+        let m = Profile::Minimal.spec();
+        for g in [
+            "setmetatable",
+            "getmetatable",
+            "rawget",
+            "rawset",
+            "_G",
+            "load",
+            "require",
+        ] {
+            assert!(!m.has_global(g), "{g} must not be in minimal");
+        }
+        assert!(!m.library("string").unwrap().contains(&"dump"));
+    }
+
+    #[test]
+    fn no_profile_lists_dangerous_names() {
+        for p in Profile::ALL {
+            let s = p.spec();
+            for g in [
+                "io",
+                "debug",
+                "package",
+                "require",
+                "dofile",
+                "loadfile",
+                "loadstring",
+            ] {
+                assert!(!s.has_global(g), "{} exposes {g}", s.name);
+            }
+            if let Some(os) = s.library("os") {
+                for m in ["execute", "exit", "getenv", "remove", "rename", "tmpname"] {
+                    assert!(!os.contains(&m), "{} exposes os.{m}", s.name);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! The sandbox: a validated configuration, and `run`, which gives every script a fresh
+//! state built from the profile, under the limits.
+
+use std::time::{Duration, Instant};
+
+use mlua::chunk::ChunkMode;
+use mlua::Value;
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::env;
+use crate::error::{ConfigError, Error, ErrorKind};
+use crate::limits::Limits;
+use crate::marshal::{self, Bounds};
+use crate::profile::Profile;
+use crate::stdlib::base::FORBIDDEN;
+use crate::vm::{watchdog::Deadline, Activation, Control, Vm};
+
+/// What a run produced: the result or the error, the captured output and statistics.
+/// Output and statistics are there whether the run succeeded or not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    /// The JSON result, or why there is none.
+    pub result: Result<Json, Error>,
+    /// Everything the script printed (invalid UTF-8 replaced), up to the output limit.
+    pub output: String,
+    /// Measurements of the run.
+    pub stats: Stats,
+}
+
+/// Measurements of one run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// Wall-clock time, from the start of `run` to the state's close.
+    pub wall: Duration,
+    /// Peak Lua heap, in bytes.
+    pub memory_bytes: usize,
+    /// Instructions charged, when an instruction limit was set (counted in blocks of up
+    /// to 256, paid in advance).
+    pub instructions: Option<u64>,
+}
+
+impl Outcome {
+    /// True when the run succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    /// The error, if the run failed.
+    pub fn error(&self) -> Option<&Error> {
+        self.result.as_ref().err()
+    }
+
+    /// The document `moonjail run --json` prints (a stable contract):
+    /// `{"ok", "result", "output", "error": {"kind", "message", "line"} | null, "stats"}`.
+    pub fn to_json(&self) -> Json {
+        let (ok, result, error) = match &self.result {
+            Ok(v) => (true, v.clone(), Json::Null),
+            Err(e) => (
+                false,
+                Json::Null,
+                serde_json::json!({"kind": e.kind.as_str(), "message": e.message, "line": e.line}),
+            ),
+        };
+        serde_json::json!({
+            "ok": ok,
+            "result": result,
+            "output": self.output,
+            "error": error,
+            "stats": {
+                "wall_ms": (self.stats.wall.as_secs_f64() * 1e6).round() / 1e3,
+                "memory_bytes": self.stats.memory_bytes,
+                "instructions": self.stats.instructions,
+            },
+        })
+    }
+}
+
+/// Builds a [`Sandbox`]; validates when built.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxBuilder {
+    profile: Profile,
+    limits: Limits,
+    require_run: bool,
+    require_table: bool,
+}
+
+impl SandboxBuilder {
+    /// Selects the profile. By default, [`Profile::Standard`].
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
+    }
+
+    /// Replaces all limits at once. By default, [`Limits::default`].
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the Lua heap limit in bytes. By default, 64 MiB.
+    pub fn memory_limit(mut self, bytes: Option<usize>) -> Self {
+        self.limits.memory_bytes = bytes;
+        self
+    }
+
+    /// Sets the wall-clock deadline of each run. By default, 5 s.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.limits.timeout = timeout;
+        self
+    }
+
+    /// Sets an instruction budget shared by all coroutines of a run. This installs a
+    /// count hook, which roughly doubles run time. By default, no limit is set.
+    pub fn instruction_limit(mut self, instructions: Option<u64>) -> Self {
+        self.limits.instructions = instructions;
+        self
+    }
+
+    /// Sets the limit on captured output in bytes. By default, 1 MiB.
+    pub fn output_limit(mut self, bytes: Option<usize>) -> Self {
+        self.limits.output_bytes = bytes;
+        self
+    }
+
+    /// Sets the limit on source size in bytes (also for `load`). By default, 1 MiB.
+    pub fn source_limit(mut self, bytes: Option<usize>) -> Self {
+        self.limits.source_bytes = bytes;
+        self
+    }
+
+    /// Sets how deeply input and result may nest. By default, 64.
+    pub fn result_depth(mut self, depth: usize) -> Self {
+        self.limits.result_depth = depth;
+        self
+    }
+
+    /// Sets the limit on the result's JSON size in bytes. By default, 16 MiB.
+    pub fn result_limit(mut self, bytes: Option<usize>) -> Self {
+        self.limits.result_bytes = bytes;
+        self
+    }
+
+    /// Fails runs whose script defines no global function `run` (LuaExecutor
+    /// strictness). By default, off: the chunk's return value is the result.
+    pub fn require_run(mut self, yes: bool) -> Self {
+        self.require_run = yes;
+        self
+    }
+
+    /// Fails runs whose result is not a table. By default, off.
+    pub fn require_table_result(mut self, yes: bool) -> Self {
+        self.require_table = yes;
+        self
+    }
+
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidLimit`] for a limit that would fail every run.
+    pub fn build(self) -> Result<Sandbox, ConfigError> {
+        let l = &self.limits;
+        let bad = |name, reason: &str| {
+            Err(ConfigError::InvalidLimit {
+                name,
+                reason: reason.to_string(),
+            })
+        };
+        if l.memory_bytes.is_some_and(|m| m < 64 << 10) {
+            return bad("memory", "below 64 KiB no state can even be built");
+        }
+        if l.timeout.is_some_and(|t| t.is_zero()) {
+            return bad("timeout", "must be greater than zero");
+        }
+        if l.instructions == Some(0) {
+            return bad("instructions", "must be at least 1");
+        }
+        if l.result_depth == 0 {
+            return bad("result-depth", "must be at least 1");
+        }
+        Ok(Sandbox {
+            profile: self.profile,
+            limits: self.limits,
+            require_run: self.require_run,
+            require_table: self.require_table,
+        })
+    }
+}
+
+/// A validated sandbox configuration. Cheap to share: `Send + Sync`, and every run
+/// builds its own state, so runs on many threads share nothing.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    profile: Profile,
+    limits: Limits,
+    require_run: bool,
+    require_table: bool,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            profile: Profile::default(),
+            limits: Limits::default(),
+            require_run: false,
+            require_table: false,
+        }
+    }
+}
+
+/// Per-run options that are not limits.
+#[derive(Debug, Clone)]
+pub struct RunOptions<'a> {
+    /// The chunk name used in error messages (`NAME:LINE: message`). By default, "script".
+    pub chunk_name: &'a str,
+}
+
+impl Default for RunOptions<'_> {
+    fn default() -> Self {
+        RunOptions {
+            chunk_name: "script",
+        }
+    }
+}
+
+impl Sandbox {
+    /// Starts a builder with the defaults.
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+
+    /// The profile runs use.
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// The limits runs use.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Runs `source` in a fresh state with `input` as its first vararg (and as the
+    /// argument of `run`, if the chunk defines one).
+    pub fn run(&self, source: impl AsRef<[u8]>, input: &Json) -> Outcome {
+        self.run_with(source.as_ref(), input, &RunOptions::default())
+    }
+
+    /// [`Sandbox::run`] with options.
+    pub fn run_with(&self, source: impl AsRef<[u8]>, input: &Json, opts: &RunOptions) -> Outcome {
+        let start = Instant::now();
+        let mut stats = Stats::default();
+        let (result, output) = self.execute(source.as_ref(), input, opts, start, &mut stats);
+        stats.wall = start.elapsed();
+        Outcome {
+            result,
+            output,
+            stats,
+        }
+    }
+
+    fn execute(
+        &self,
+        source: &[u8],
+        input: &Json,
+        opts: &RunOptions,
+        start: Instant,
+        stats: &mut Stats,
+    ) -> (Result<Json, Error>, String) {
+        if let Some(max) = self.limits.source_bytes {
+            if source.len() > max {
+                let msg = format!(
+                    "the source is {} bytes, over the {max} byte limit",
+                    source.len()
+                );
+                return (Err(Error::new(ErrorKind::Input, msg)), String::new());
+            }
+        }
+        if source.first() == Some(&0x1b) {
+            let msg = "binary chunks cannot be loaded";
+            return (Err(Error::new(ErrorKind::Forbidden, msg)), String::new());
+        }
+        let spec = self.profile.spec();
+        let memory = self.limits.memory_bytes.unwrap_or(usize::MAX);
+        let vm = match Vm::new(env::libs_for(spec), memory) {
+            Ok(vm) => vm,
+            Err(e) => {
+                return (
+                    Err(Error::new(ErrorKind::Internal, e.to_string())),
+                    String::new(),
+                )
+            }
+        };
+        let ctl = vm.ctl();
+        ctl.output_limit
+            .set(self.limits.output_bytes.unwrap_or(usize::MAX));
+        ctl.source_limit
+            .set(self.limits.source_bytes.unwrap_or(usize::MAX));
+        let active = Activation::new(ctl);
+        let deadline = self
+            .limits
+            .timeout
+            .map(|t| Deadline::arm(start + t, ctl.expired.clone()));
+        vm.begin_call(self.limits.instructions);
+
+        let result = env::build(vm.lua(), spec)
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("building the environment: {e}"),
+                )
+            })
+            .and_then(|()| self.script(&vm, source, input, opts));
+        let result = result.map_err(|e| classify(ctl, e));
+
+        let (_, peak, _) = ctl.memory();
+        stats.memory_bytes = peak;
+        stats.instructions = self.limits.instructions.map(|_| ctl.instr_charged.get());
+        let output = String::from_utf8_lossy(&ctl.take_output()).into_owned();
+        drop(deadline);
+        drop(active);
+        drop(vm);
+        (result, output)
+    }
+
+    fn script(
+        &self,
+        vm: &Vm,
+        source: &[u8],
+        input: &Json,
+        opts: &RunOptions,
+    ) -> Result<Json, Error> {
+        let lua = vm.lua();
+        let name = opts.chunk_name;
+        let f = lua
+            .load(source)
+            .set_name(format!("={name}"))
+            .set_mode(ChunkMode::Text)
+            .into_function()
+            .map_err(|e| load_error(e, name))?;
+        let input = marshal::from_json(lua, input, self.limits.result_depth)
+            .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
+        let rets = vm
+            .call(&f, &input)
+            .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?
+            .map_err(|v| script_error(lua, v, name))?;
+        let run: Value = lua
+            .globals()
+            .raw_get("run")
+            .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
+        let value = match run {
+            Value::Function(run) => vm
+                .call(&run, &input)
+                .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?
+                .map_err(|v| script_error(lua, v, name))?
+                .into_iter()
+                .next(),
+            _ if self.require_run => {
+                return Err(Error::new(
+                    ErrorKind::Runtime,
+                    "the script defines no global function `run`",
+                ))
+            }
+            _ => rets.into_iter().next(),
+        }
+        .unwrap_or(Value::Nil);
+        if self.require_table && !matches!(value, Value::Table(_)) {
+            return Err(Error::new(
+                ErrorKind::Result,
+                format!("the result must be a table, got a {}", value.type_name()),
+            ));
+        }
+        let bounds = Bounds {
+            depth: self.limits.result_depth,
+            bytes: self.limits.result_bytes.unwrap_or(usize::MAX),
+        };
+        marshal::to_json(lua, &value, bounds)
+            .map_err(|e| Error::new(ErrorKind::Result, e.to_string()))
+    }
+}
+
+/// The final kind: a quota that fired wins over whatever error the script raised after
+/// catching it; then a refused operation; then the error as raised.
+fn classify(ctl: &Control, e: Error) -> Error {
+    if let Some(kind) = ctl.stop().kind() {
+        return Error {
+            kind,
+            message: ctl.stop().message().to_string(),
+            line: e.line,
+        };
+    }
+    let (_, _, memory_hit) = ctl.memory();
+    if memory_hit && e.kind != ErrorKind::Input {
+        return Error {
+            kind: ErrorKind::MemoryLimit,
+            message: "not enough memory: the script reached its memory limit".to_string(),
+            line: e.line,
+        };
+    }
+    if e.kind == ErrorKind::Runtime && ctl.forbidden.get() && e.message.contains(FORBIDDEN) {
+        return Error {
+            kind: ErrorKind::Forbidden,
+            ..e
+        };
+    }
+    e
+}
+
+/// The innermost message of an mlua error (callback errors wrap the real one).
+pub(crate) fn mlua_message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => mlua_message(cause),
+        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        mlua::Error::WithContext { cause, .. } => mlua_message(cause),
+        other => other.to_string(),
+    }
+}
+
+fn load_error(e: mlua::Error, name: &str) -> Error {
+    match e {
+        mlua::Error::SyntaxError { message, .. } => Error {
+            line: line_of(&message, name),
+            kind: ErrorKind::Syntax,
+            message,
+        },
+        mlua::Error::MemoryError(m) => Error::new(ErrorKind::MemoryLimit, m),
+        other => Error::new(ErrorKind::Internal, mlua_message(&other)),
+    }
+}
+
+/// Turns an error value into a message without running any of its metamethods.
+fn script_error(lua: &mlua::Lua, v: Value, name: &str) -> Error {
+    let message = match &v {
+        Value::String(s) => s.to_string_lossy(),
+        Value::Integer(i) => i.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Error(e) => mlua_message(e),
+        Value::Nil => "nil".to_string(),
+        Value::Table(_) => {
+            let bounds = Bounds {
+                depth: 16,
+                bytes: 4096,
+            };
+            match marshal::to_json(lua, &v, bounds) {
+                Ok(j) => format!("error object: {j}"),
+                Err(_) => "(error object is a table value)".to_string(),
+            }
+        }
+        other => format!("(error object is a {} value)", other.type_name()),
+    };
+    Error {
+        line: line_of(&message, name),
+        kind: ErrorKind::Runtime,
+        message,
+    }
+}
+
+/// The line number when `message` starts with `NAME:LINE:`.
+fn line_of(message: &str, name: &str) -> Option<u32> {
+    let rest = message.strip_prefix(name)?.strip_prefix(':')?;
+    let end = rest.find(':')?;
+    rest[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines() {
+        assert_eq!(line_of("script:3: boom", "script"), Some(3));
+        assert_eq!(line_of("other:3: boom", "script"), None);
+        assert_eq!(line_of("script: boom", "script"), None);
+    }
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn sandbox_is_send_sync() {
+        assert_send_sync::<Sandbox>();
+        assert_send_sync::<Outcome>();
+    }
+}

@@ -1,0 +1,157 @@
+//! Guarded base functions, written against the C API so they raise plain string errors
+//! exactly like the stock ones (scripts match on those messages).
+
+use std::ffi::c_int;
+
+use mlua::ffi::{self, lua_State};
+
+use crate::vm::{current, hook::raise, Stop};
+
+/// Prefix of every error raised for a refused operation; the outcome maps it to
+/// `forbidden`.
+pub(crate) const FORBIDDEN: &str = "forbidden: ";
+
+/// Raises a `forbidden:` error with position information.
+///
+/// # Safety
+/// `l` is the running thread inside a C function; nothing with a destructor is alive.
+unsafe fn forbid(l: *mut lua_State, what: &'static std::ffi::CStr) -> ! {
+    if let Some(ctl) = current() {
+        ctl.forbidden.set(true);
+    }
+    // SAFETY: caller's contract; the format takes one C string.
+    unsafe {
+        ffi::luaL_error(l, c"forbidden: %s".as_ptr(), what.as_ptr());
+    }
+    // luaL_error never returns.
+    unreachable!()
+}
+
+/// `print`: like the stock one (`luaL_tolstring`, tabs, newline) but into the run's
+/// captured output, under the output limit.
+pub(crate) unsafe extern "C-unwind" fn print(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        let n = ffi::lua_gettop(l);
+        for i in 1..=n {
+            let mut len = 0usize;
+            let s = ffi::luaL_tolstring(l, i, &mut len);
+            let bytes = std::slice::from_raw_parts(s.cast::<u8>(), len);
+            if i > 1 {
+                emit(l, b"\t");
+            }
+            emit(l, bytes);
+            ffi::lua_pop(l, 1);
+        }
+        emit(l, b"\n");
+    }
+    0
+}
+
+/// # Safety
+/// `l` is the running thread inside a C function.
+unsafe fn emit(l: *mut lua_State, bytes: &[u8]) {
+    let Some(ctl) = current() else { return };
+    if !ctl.write_output(bytes) {
+        ctl.set_stop(Stop::Output);
+        ctl.arm_all();
+        // SAFETY: caller's contract.
+        unsafe { raise(l, Stop::Output.message()) }
+    }
+}
+
+/// `load`: text chunks only, never a binary one; honours `chunkname` and `env` like the
+/// stock `load`; sources over the run's source limit are refused like a syntax error.
+pub(crate) unsafe extern "C-unwind" fn load(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function; mirrors luaB_load for string chunks.
+    unsafe {
+        let mut len = 0usize;
+        let s = ffi::lua_tolstring(l, 1, &mut len);
+        if s.is_null() {
+            if ffi::lua_type(l, 1) == ffi::LUA_TFUNCTION {
+                ffi::luaL_error(
+                    l,
+                    c"load: only source strings can be loaded in the sandbox, not reader functions"
+                        .as_ptr(),
+                );
+            }
+            ffi::luaL_checktype(l, 1, ffi::LUA_TSTRING);
+        }
+        let src = std::slice::from_raw_parts(s.cast::<u8>(), len);
+        if src.first() == Some(&0x1b) {
+            forbid(l, c"binary chunks cannot be loaded");
+        }
+        let mode = ffi::luaL_optlstring(l, 3, c"bt".as_ptr(), std::ptr::null_mut());
+        let env = if ffi::lua_isnone(l, 4) != 0 { 0 } else { 4 };
+        let chunkname = ffi::luaL_optlstring(l, 2, s, std::ptr::null_mut());
+        let too_big = current().is_some_and(|c| len > c.source_limit.get());
+        let status = if too_big {
+            ffi::lua_pushstring(
+                l,
+                c"chunk too large for the sandbox's source limit".as_ptr(),
+            );
+            ffi::LUA_ERRSYNTAX
+        } else if !std::ffi::CStr::from_ptr(mode).to_bytes().contains(&b't') {
+            ffi::lua_pushstring(l, c"attempt to load a text chunk (mode is 'b')".as_ptr());
+            ffi::LUA_ERRSYNTAX
+        } else {
+            ffi::luaL_loadbufferx(l, s, len, chunkname, c"t".as_ptr())
+        };
+        if status == ffi::LUA_OK {
+            if env != 0 {
+                ffi::lua_pushvalue(l, env);
+                if ffi::lua_setupvalue(l, -2, 1).is_null() {
+                    ffi::lua_pop(l, 1);
+                }
+            }
+            1
+        } else {
+            ffi::lua_pushnil(l);
+            ffi::lua_insert(l, -2);
+            2
+        }
+    }
+}
+
+/// `setmetatable`: the stock checks, plus a refusal of `__gc` (Lua 5.4 runs finalizers
+/// with hooks off and at close, out of reach of every quota).
+pub(crate) unsafe extern "C-unwind" fn setmetatable(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function; mirrors luaB_setmetatable.
+    unsafe {
+        let t = ffi::lua_type(l, 2);
+        ffi::luaL_checktype(l, 1, ffi::LUA_TTABLE);
+        if t != ffi::LUA_TNIL && t != ffi::LUA_TTABLE {
+            ffi::luaL_argerror(l, 2, c"nil or table expected".as_ptr());
+        }
+        if t == ffi::LUA_TTABLE {
+            ffi::lua_pushstring(l, c"__gc".as_ptr());
+            let gc = ffi::lua_rawget(l, 2);
+            ffi::lua_pop(l, 1);
+            if gc != ffi::LUA_TNIL {
+                forbid(l, c"__gc metamethods (finalizers) are not allowed");
+            }
+        }
+        if ffi::luaL_getmetafield(l, 1, c"__metatable".as_ptr()) != ffi::LUA_TNIL {
+            ffi::luaL_error(l, c"cannot change a protected metatable".as_ptr());
+        }
+        ffi::lua_settop(l, 2);
+        ffi::lua_setmetatable(l, 1);
+    }
+    1
+}
+
+/// `collectgarbage`: only `"count"`; every other option would let a script steer the
+/// collector (stop it, force work during parsing) and is refused.
+pub(crate) unsafe extern "C-unwind" fn collectgarbage(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        let opt = ffi::luaL_optlstring(l, 1, c"collect".as_ptr(), std::ptr::null_mut());
+        if std::ffi::CStr::from_ptr(opt).to_bytes() != b"count" {
+            forbid(l, c"collectgarbage only accepts \"count\" in the sandbox");
+        }
+        let kb = ffi::lua_gc(l, ffi::LUA_GCCOUNT, 0);
+        let b = ffi::lua_gc(l, ffi::LUA_GCCOUNTB, 0);
+        ffi::lua_pushnumber(l, kb as ffi::lua_Number + b as ffi::lua_Number / 1024.0);
+    }
+    1
+}

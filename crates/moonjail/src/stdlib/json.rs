@@ -1,0 +1,58 @@
+//! The `json` library: `json.encode`, `json.decode`, `json.null`, in Rust, under the
+//! run's limits (decoded values are allocated by the Lua state and counted; encoded text
+//! may not exceed the memory left).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use mlua::{Lua, Table, Value};
+
+use crate::marshal::{self, Bounds, LuaSeed};
+use crate::vm::current;
+
+/// Nesting accepted by `json.encode`/`json.decode`.
+pub(crate) const JSON_DEPTH: usize = 128;
+
+/// Builds the `json` table.
+pub(crate) fn create(lua: &Lua) -> mlua::Result<Table> {
+    let json = lua.create_table()?;
+    let encode = lua.create_function(|lua, value: Value| {
+        guard(|| {
+            let room = current().map_or(usize::MAX, |c| c.memory_remaining());
+            let bounds = Bounds {
+                depth: JSON_DEPTH,
+                bytes: room,
+            };
+            let j = marshal::to_json(lua, &value, bounds)
+                .map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))?;
+            let text = serde_json::to_string(&j)
+                .map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))?;
+            lua.create_string(&text)
+        })
+    })?;
+    let decode = lua.create_function(|lua, text: mlua::LuaString| {
+        guard(|| {
+            let array_mt = marshal::array_metatable(lua)?;
+            let bytes = text.as_bytes();
+            let mut de = serde_json::Deserializer::from_slice(&bytes);
+            let seed = LuaSeed {
+                lua,
+                array_mt: &array_mt,
+                depth: JSON_DEPTH,
+            };
+            let v = serde::de::DeserializeSeed::deserialize(seed, &mut de)
+                .and_then(|v| de.end().map(|()| v))
+                .map_err(|e| mlua::Error::runtime(format!("json.decode: {e}")))?;
+            Ok(v)
+        })
+    })?;
+    json.raw_set("encode", encode)?;
+    json.raw_set("decode", decode)?;
+    json.raw_set("null", marshal::null())?;
+    Ok(json)
+}
+
+/// Contains a panic in host code as an ordinary Lua error.
+fn guard<T>(f: impl FnOnce() -> mlua::Result<T>) -> mlua::Result<T> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(mlua::Error::runtime("internal error in a json function")))
+}

@@ -1,0 +1,254 @@
+//! Per-run (or per-session-call) control block: quotas, stop flags, the resume chain and
+//! captured output. It is reached from the allocator, the hook, native library functions
+//! and the deadline signal handler, all on the VM's own thread, through a thread-local.
+
+use std::cell::{Cell, UnsafeCell};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use mlua::ffi::lua_State;
+
+use crate::ErrorKind;
+
+/// Deepest resume nesting tracked. Lua's own C-call limit (LUAI_MAXCCALLS = 200) stops
+/// nesting before this, so the chain never overflows in practice; if it would, the
+/// resume is refused.
+pub(crate) const MAX_CHAIN: usize = 256;
+
+/// Why a run was stopped. Once set it never goes back to `None` for that run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Stop {
+    None = 0,
+    Timeout = 1,
+    Instructions = 2,
+    Output = 3,
+}
+
+impl Stop {
+    fn from_u8(v: u8) -> Stop {
+        match v {
+            1 => Stop::Timeout,
+            2 => Stop::Instructions,
+            3 => Stop::Output,
+            _ => Stop::None,
+        }
+    }
+
+    /// The message raised into Lua; also what the outcome reports.
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            Stop::None => "",
+            Stop::Timeout => "timeout: the script ran past its wall-clock deadline",
+            Stop::Instructions => "instruction_limit: the script used up its instruction budget",
+            Stop::Output => "output_limit: the script printed more than its output limit",
+        }
+    }
+
+    pub(crate) fn kind(self) -> Option<ErrorKind> {
+        match self {
+            Stop::None => None,
+            Stop::Timeout => Some(ErrorKind::Timeout),
+            Stop::Instructions => Some(ErrorKind::InstructionLimit),
+            Stop::Output => Some(ErrorKind::OutputLimit),
+        }
+    }
+}
+
+/// Exact heap accounting for one Lua state.
+#[derive(Debug, Default)]
+pub(crate) struct MemState {
+    pub(crate) used: usize,
+    pub(crate) peak: usize,
+    pub(crate) limit: usize,
+    /// Refusals that were not rescued by Lua's emergency collection.
+    pub(crate) hits: u32,
+    /// The last refused request, to recognise Lua's retry after an emergency GC.
+    pub(crate) pending: Option<(usize, usize, usize)>,
+}
+
+pub(crate) struct Control {
+    pub(crate) mem: UnsafeCell<MemState>,
+    /// Set by the watchdog thread when the deadline passes.
+    pub(crate) expired: Arc<AtomicBool>,
+    stop: AtomicU8,
+    pub(crate) instr_limit: Cell<Option<u64>>,
+    pub(crate) instr_charged: Cell<u64>,
+    chain: [AtomicPtr<lua_State>; MAX_CHAIN],
+    depth: AtomicUsize,
+    output: UnsafeCell<Vec<u8>>,
+    pub(crate) output_limit: Cell<usize>,
+    pub(crate) source_limit: Cell<usize>,
+    /// A `forbidden:` error was raised during this run.
+    pub(crate) forbidden: Cell<bool>,
+}
+
+impl Control {
+    pub(crate) fn new(memory_limit: usize) -> Box<Control> {
+        Box::new(Control {
+            mem: UnsafeCell::new(MemState {
+                limit: memory_limit,
+                ..MemState::default()
+            }),
+            expired: Arc::new(AtomicBool::new(false)),
+            stop: AtomicU8::new(Stop::None as u8),
+            instr_limit: Cell::new(None),
+            instr_charged: Cell::new(0),
+            chain: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CHAIN],
+            depth: AtomicUsize::new(0),
+            output: UnsafeCell::new(Vec::new()),
+            output_limit: Cell::new(usize::MAX),
+            source_limit: Cell::new(usize::MAX),
+            forbidden: Cell::new(false),
+        })
+    }
+
+    pub(crate) fn stop(&self) -> Stop {
+        Stop::from_u8(self.stop.load(Ordering::SeqCst))
+    }
+
+    /// Records the first stop reason; later ones do not overwrite it.
+    pub(crate) fn set_stop(&self, reason: Stop) {
+        let _ = self.stop.compare_exchange(
+            Stop::None as u8,
+            reason as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Clears per-call state so a session can take its next call.
+    pub(crate) fn reset_for_call(&self) {
+        self.stop.store(Stop::None as u8, Ordering::SeqCst);
+        self.expired.store(false, Ordering::SeqCst);
+        self.instr_charged.set(0);
+        self.forbidden.set(false);
+        // SAFETY: only the VM thread touches the output buffer, and no borrow of it is
+        // alive between calls.
+        unsafe { (*self.output.get()).clear() };
+        // SAFETY: as above, for the memory counters.
+        unsafe { (*self.mem.get()).hits = 0 };
+    }
+
+    /// The stop message if the run must end now: a sticky stop, or a passed deadline
+    /// (which this call turns into a sticky stop, hooking every running coroutine).
+    pub(crate) fn check_stop(&self) -> Option<&'static str> {
+        let s = self.stop();
+        if s != Stop::None {
+            return Some(s.message());
+        }
+        if self.expired.load(Ordering::SeqCst) {
+            self.set_stop(Stop::Timeout);
+            self.arm_all();
+            return Some(Stop::Timeout.message());
+        }
+        None
+    }
+
+    pub(crate) fn memory(&self) -> (usize, usize, bool) {
+        // SAFETY: read on the VM thread; the allocator is not running concurrently.
+        let m = unsafe { &*self.mem.get() };
+        (m.used, m.peak, m.hits > 0)
+    }
+
+    pub(crate) fn memory_remaining(&self) -> usize {
+        // SAFETY: as in `memory`.
+        let m = unsafe { &*self.mem.get() };
+        m.limit.saturating_sub(m.used)
+    }
+
+    /// Pushes a thread onto the resume chain. Returns false when the chain is full.
+    pub(crate) fn push_thread(&self, l: *mut lua_State) -> bool {
+        let d = self.depth.load(Ordering::SeqCst);
+        if d >= MAX_CHAIN {
+            return false;
+        }
+        self.chain[d].store(l, Ordering::SeqCst);
+        self.depth.store(d + 1, Ordering::SeqCst);
+        true
+    }
+
+    pub(crate) fn pop_thread(&self) {
+        let d = self.depth.load(Ordering::SeqCst);
+        if d > 0 {
+            self.depth.store(d - 1, Ordering::SeqCst);
+        }
+    }
+
+    /// Resets the chain to just the entry thread.
+    pub(crate) fn reset_chain(&self, main: *mut lua_State) {
+        self.depth.store(0, Ordering::SeqCst);
+        self.push_thread(main);
+    }
+
+    /// Hooks every thread of the live resume chain so its next instruction raises the
+    /// stop error. Async-signal-safe: atomics and `lua_sethook` only.
+    pub(crate) fn arm_all(&self) {
+        let d = self.depth.load(Ordering::SeqCst).min(MAX_CHAIN);
+        for slot in &self.chain[..d] {
+            let l = slot.load(Ordering::SeqCst);
+            if !l.is_null() {
+                super::hook::arm_thread(l);
+            }
+        }
+    }
+
+    /// Appends to captured output; false (after keeping what fits) when the limit is hit.
+    pub(crate) fn write_output(&self, bytes: &[u8]) -> bool {
+        // SAFETY: only the VM thread writes output and no reference to the buffer
+        // outlives this call.
+        let out = unsafe { &mut *self.output.get() };
+        let room = self.output_limit.get().saturating_sub(out.len());
+        if bytes.len() > room {
+            out.extend_from_slice(&bytes[..room]);
+            return false;
+        }
+        out.extend_from_slice(bytes);
+        true
+    }
+
+    pub(crate) fn take_output(&self) -> Vec<u8> {
+        // SAFETY: as in `write_output`.
+        std::mem::take(unsafe { &mut *self.output.get() })
+    }
+}
+
+thread_local! {
+    /// The control block of the run executing on this thread, or null. Const-initialised
+    /// and without a destructor, so the deadline signal handler can read it.
+    static CURRENT: Cell<*const Control> = const { Cell::new(ptr::null()) };
+}
+
+/// The active control block on this thread.
+pub(crate) fn current<'a>() -> Option<&'a Control> {
+    let p = CURRENT.with(|c| c.get());
+    // SAFETY: `CURRENT` is only non-null while an `Activation` holds it, and the
+    // activation's owner keeps the `Control` alive (boxed, never moved) until it is
+    // dropped, which clears `CURRENT` first.
+    unsafe { p.as_ref() }
+}
+
+/// Makes a control block current on this thread for as long as it lives.
+pub(crate) struct Activation {
+    prev: *const Control,
+}
+
+impl Activation {
+    pub(crate) fn new(ctl: &Control) -> Activation {
+        let prev = CURRENT.with(|c| c.replace(ctl as *const Control));
+        Activation { prev }
+    }
+}
+
+impl Drop for Activation {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.prev));
+    }
+}
+
+/// Called by long-running native library functions (pattern matching, marshaling) every
+/// few thousand steps. `Some(message)` means the run must stop: raise that message.
+pub(crate) fn native_checkpoint() -> Option<&'static str> {
+    current().and_then(|c| c.check_stop())
+}

@@ -1,0 +1,350 @@
+//! The quota hook, the deadline signal handler, the resume-chain-aware coroutine
+//! functions and the entry shim: the raw Lua C API pieces of the quota layer.
+//!
+//! No hook is installed while a run is within its deadline and has no instruction limit.
+//! When the deadline passes, the watchdog signals the VM thread; the handler hooks every
+//! coroutine of the live resume chain (`lua_sethook` is documented as signal-safe), and
+//! the hook then raises at every instruction, so `pcall`, `xpcall`, message handlers and
+//! `__close` cannot swallow the stop.
+
+use std::ffi::{c_int, c_void};
+
+use mlua::ffi::{self, lua_Debug, lua_State};
+
+use super::control::{current, Stop};
+
+/// Instructions between two count-hook calls when an instruction limit is set.
+pub(crate) const COUNT_STEP: u64 = 256;
+
+/// Raises `msg` as a Lua error on `l`.
+///
+/// # Safety
+/// `l` must be a running Lua thread in a context where raising is allowed (a hook or a
+/// C function); no Rust value with a destructor may be alive in the caller's frames.
+pub(crate) unsafe fn raise(l: *mut lua_State, msg: &'static str) -> ! {
+    // SAFETY: per the function's contract.
+    unsafe {
+        ffi::lua_pushlstring(l, msg.as_ptr().cast(), msg.len());
+        ffi::lua_error(l)
+    }
+}
+
+unsafe extern "C-unwind" fn quota_hook(l: *mut lua_State, ar: *mut lua_Debug) {
+    let Some(ctl) = current() else { return };
+    if let Some(msg) = ctl.check_stop() {
+        // SAFETY: raising from a hook is allowed (lua.c does it on Ctrl-C); this frame
+        // owns nothing with a destructor.
+        unsafe { raise(l, msg) }
+    }
+    // SAFETY: Lua passes a valid activation record to the hook.
+    let event = unsafe { (*ar).event };
+    if event == ffi::LUA_HOOKCOUNT {
+        if let Some(limit) = ctl.instr_limit.get() {
+            let charged = ctl.instr_charged.get();
+            if charged >= limit {
+                ctl.set_stop(Stop::Instructions);
+                ctl.arm_all();
+                // SAFETY: as above.
+                unsafe { raise(l, Stop::Instructions.message()) }
+            }
+            // SAFETY: `l` is the running thread the hook was called for.
+            unsafe { charge_next(l, limit, charged) };
+        }
+    }
+}
+
+/// Pays in advance for the next block of instructions of `l` and sets its count hook to
+/// that block, so the budget is never overdrawn (a block never runs unpaid).
+///
+/// # Safety
+/// `l` must be a valid thread of the running state.
+unsafe fn charge_next(l: *mut lua_State, limit: u64, charged: u64) {
+    let Some(ctl) = current() else { return };
+    let step = COUNT_STEP.min(limit - charged).max(1);
+    ctl.instr_charged.set(charged + step);
+    // SAFETY: caller's contract; `step` ≤ 256 fits a c_int.
+    unsafe { ffi::lua_sethook(l, Some(quota_hook), ffi::LUA_MASKCOUNT, step as c_int) };
+}
+
+/// Hooks `l` so its next instruction raises the run's stop error. Async-signal-safe.
+pub(crate) fn arm_thread(l: *mut lua_State) {
+    // SAFETY: `l` comes from the live resume chain; `lua_sethook` only stores fields and
+    // sets traps, which ldebug.c documents as safe even from a signal handler.
+    unsafe { ffi::lua_sethook(l, Some(quota_hook), ffi::LUA_MASKCOUNT, 1) };
+}
+
+/// Starts instruction metering on `l` (the entry thread) when the run has a limit.
+pub(crate) fn start_metering(l: *mut lua_State) {
+    let Some(ctl) = current() else { return };
+    match ctl.instr_limit.get() {
+        // SAFETY: `l` is the state's entry thread, not running Lua code right now.
+        Some(limit) => unsafe { charge_next(l, limit, ctl.instr_charged.get()) },
+        // SAFETY: as above; clears any hook left from a previous session call.
+        None => unsafe { ffi::lua_sethook(l, None, 0, 0) },
+    }
+}
+
+/// Brings a thread about to run (resumed or closed) under the run's quotas.
+fn enter_thread(co: *mut lua_State) -> bool {
+    let Some(ctl) = current() else { return true };
+    if !ctl.push_thread(co) {
+        return false;
+    }
+    if ctl.check_stop().is_some() {
+        arm_thread(co);
+    }
+    true
+}
+
+fn leave_thread() {
+    if let Some(ctl) = current() {
+        ctl.pop_thread();
+    }
+}
+
+/// Signal handler for the deadline signal: hooks the live resume chain.
+pub(crate) extern "C" fn on_deadline_signal(
+    _sig: c_int,
+    _info: *mut libc::siginfo_t,
+    _ctx: *mut c_void,
+) {
+    if let Some(ctl) = current() {
+        if ctl.expired.load(std::sync::atomic::Ordering::SeqCst) {
+            ctl.set_stop(Stop::Timeout);
+            ctl.arm_all();
+        }
+    }
+}
+
+// ---- coroutine library, ported from lcorolib.c with the resume chain maintained ----
+
+const COS_RUN: c_int = 0;
+const COS_DEAD: c_int = 1;
+const COS_YIELD: c_int = 2;
+const COS_NORM: c_int = 3;
+const STAT_NAMES: [&str; 4] = ["running\0", "dead\0", "suspended\0", "normal\0"];
+
+/// # Safety
+/// `l` must be a running thread inside a C function call.
+unsafe fn getco(l: *mut lua_State) -> *mut lua_State {
+    // SAFETY: caller's contract; lua_tothread returns null for non-threads.
+    unsafe {
+        let co = ffi::lua_tothread(l, 1);
+        if co.is_null() {
+            ffi::luaL_checktype(l, 1, ffi::LUA_TTHREAD);
+        }
+        co
+    }
+}
+
+/// Port of `auxresume`: returns the number of results moved to `l`, or -1 with the error
+/// message on `l`'s stack.
+///
+/// # Safety
+/// `l` is the running thread, `co` a thread of the same state, `narg` values on `l`.
+unsafe fn aux_resume(l: *mut lua_State, co: *mut lua_State, narg: c_int) -> c_int {
+    // SAFETY: caller's contract; every call below is the C API used as lcorolib uses it.
+    unsafe {
+        if ffi::lua_checkstack(co, narg) == 0 {
+            push_str(l, "too many arguments to resume");
+            return -1;
+        }
+        if !enter_thread(co) {
+            push_str(l, "coroutines nested too deeply");
+            return -1;
+        }
+        ffi::lua_xmove(l, co, narg);
+        let mut nres: c_int = 0;
+        let status = ffi::lua_resume(co, l, narg, &mut nres);
+        leave_thread();
+        if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
+            if ffi::lua_checkstack(l, nres + 1) == 0 {
+                ffi::lua_pop(co, nres);
+                push_str(l, "too many results to resume");
+                return -1;
+            }
+            ffi::lua_xmove(co, l, nres);
+            nres
+        } else {
+            ffi::lua_xmove(co, l, 1);
+            -1
+        }
+    }
+}
+
+/// # Safety
+/// `l` must be valid with one free stack slot.
+unsafe fn push_str(l: *mut lua_State, s: &str) {
+    // SAFETY: caller's contract.
+    unsafe { ffi::lua_pushlstring(l, s.as_ptr().cast(), s.len()) };
+}
+
+/// Creates a coroutine and pays its first instruction block in advance when metered.
+///
+/// # Safety
+/// `l` is the running thread with the function at index 1.
+unsafe fn create_thread(l: *mut lua_State) -> *mut lua_State {
+    // SAFETY: caller's contract; mirrors luaB_cocreate.
+    unsafe {
+        ffi::luaL_checktype(l, 1, ffi::LUA_TFUNCTION);
+        let nl = ffi::lua_newthread(l);
+        ffi::lua_pushvalue(l, 1);
+        ffi::lua_xmove(l, nl, 1);
+        if let Some(ctl) = current() {
+            if let Some(limit) = ctl.instr_limit.get() {
+                let charged = ctl.instr_charged.get();
+                if charged >= limit {
+                    ctl.set_stop(Stop::Instructions);
+                    ctl.arm_all();
+                    raise(l, Stop::Instructions.message());
+                }
+                charge_next(nl, limit, charged);
+            }
+        }
+        nl
+    }
+}
+
+pub(crate) unsafe extern "C-unwind" fn co_create(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe { create_thread(l) };
+    1
+}
+
+pub(crate) unsafe extern "C-unwind" fn co_resume(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function; mirrors luaB_coresume.
+    unsafe {
+        let co = getco(l);
+        let r = aux_resume(l, co, ffi::lua_gettop(l) - 1);
+        if r < 0 {
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_insert(l, -2);
+            2
+        } else {
+            ffi::lua_pushboolean(l, 1);
+            ffi::lua_insert(l, -(r + 1));
+            r + 1
+        }
+    }
+}
+
+unsafe extern "C-unwind" fn aux_wrap(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as the C closure made in `co_wrap`; mirrors auxwrap.
+    unsafe {
+        let co = ffi::lua_tothread(l, ffi::lua_upvalueindex(1));
+        let r = aux_resume(l, co, ffi::lua_gettop(l));
+        if r < 0 {
+            let mut stat = ffi::lua_status(co);
+            if stat != ffi::LUA_OK && stat != ffi::LUA_YIELD {
+                stat = close_thread(l, co);
+                ffi::lua_xmove(co, l, 1);
+            }
+            if stat != ffi::LUA_ERRMEM && ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
+                ffi::luaL_where(l, 1);
+                ffi::lua_insert(l, -2);
+                ffi::lua_concat(l, 2);
+            }
+            ffi::lua_error(l);
+        }
+        r
+    }
+}
+
+pub(crate) unsafe extern "C-unwind" fn co_wrap(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function; mirrors luaB_cowrap.
+    unsafe {
+        create_thread(l);
+        ffi::lua_pushcclosure(l, aux_wrap, 1);
+    }
+    1
+}
+
+/// Closes `co`'s pending to-be-closed variables under the run's quotas.
+///
+/// # Safety
+/// `co` is a suspended or dead thread of the running state, `l` the running thread.
+unsafe fn close_thread(l: *mut lua_State, co: *mut lua_State) -> c_int {
+    let entered = enter_thread(co);
+    // SAFETY: caller's contract.
+    let status = unsafe { ffi::lua_closethread(co, l) };
+    if entered {
+        leave_thread();
+    }
+    status
+}
+
+/// # Safety
+/// `l` is the running thread, `co` a thread of the same state.
+unsafe fn aux_status(l: *mut lua_State, co: *mut lua_State) -> c_int {
+    if l == co {
+        return COS_RUN;
+    }
+    // SAFETY: caller's contract; mirrors auxstatus.
+    unsafe {
+        match ffi::lua_status(co) {
+            ffi::LUA_YIELD => COS_YIELD,
+            ffi::LUA_OK => {
+                let mut ar = std::mem::MaybeUninit::<lua_Debug>::zeroed();
+                if ffi::lua_getstack(co, 0, ar.as_mut_ptr()) != 0 {
+                    COS_NORM
+                } else if ffi::lua_gettop(co) == 0 {
+                    COS_DEAD
+                } else {
+                    COS_YIELD
+                }
+            }
+            _ => COS_DEAD,
+        }
+    }
+}
+
+pub(crate) unsafe extern "C-unwind" fn co_close(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function; mirrors luaB_close.
+    unsafe {
+        let co = getco(l);
+        let status = aux_status(l, co);
+        match status {
+            COS_DEAD | COS_YIELD => {
+                let st = close_thread(l, co);
+                if st == ffi::LUA_OK {
+                    ffi::lua_pushboolean(l, 1);
+                    1
+                } else {
+                    ffi::lua_pushboolean(l, 0);
+                    ffi::lua_xmove(co, l, 1);
+                    2
+                }
+            }
+            _ => {
+                let name = STAT_NAMES[status as usize];
+                ffi::luaL_error(
+                    l,
+                    c"cannot close a %s coroutine".as_ptr(),
+                    name.as_ptr().cast::<std::ffi::c_char>(),
+                )
+            }
+        }
+    }
+}
+
+/// Calls the function at index 1 with the values above it in protected mode, with no
+/// message handler (so no metamethod of the error object ever runs), and returns
+/// `true, results...` or `false, error`. The host calls scripts only through this.
+pub(crate) unsafe extern "C-unwind" fn entry_shim(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function with the callee at index 1.
+    unsafe {
+        let n = ffi::lua_gettop(l);
+        let status = ffi::lua_pcall(l, n - 1, ffi::LUA_MULTRET, 0);
+        if ffi::lua_checkstack(l, 1) == 0 {
+            // Results fill the stack; drop them rather than fail outside protection.
+            ffi::lua_settop(l, 0);
+            push_str(l, "too many results");
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_insert(l, 1);
+            return 2;
+        }
+        ffi::lua_pushboolean(l, (status == ffi::LUA_OK) as c_int);
+        ffi::lua_insert(l, 1);
+        ffi::lua_gettop(l)
+    }
+}

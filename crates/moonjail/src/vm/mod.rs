@@ -1,0 +1,105 @@
+//! The quota layer: one Lua state with exact memory accounting, a hook-free deadline,
+//! an opt-in shared instruction budget and captured output.
+
+mod alloc;
+pub(crate) mod control;
+pub(crate) mod hook;
+pub(crate) mod watchdog;
+
+use std::mem::ManuallyDrop;
+
+use mlua::state::{GcGenParams, GcMode};
+use mlua::{ffi, Function, IntoLuaMulti, Lua, LuaOptions, MultiValue, StdLib};
+
+pub(crate) use control::{current, native_checkpoint, Activation, Control, Stop};
+
+/// A Lua state under quota. Dropping it closes the state with its control block active,
+/// so nothing the script left behind can run unmetered.
+pub(crate) struct Vm {
+    lua: ManuallyDrop<Lua>,
+    main: *mut ffi::lua_State,
+    alloc: ManuallyDrop<Box<alloc::Wrapped>>,
+    ctl: Box<Control>,
+    shim: ManuallyDrop<Function>,
+}
+
+impl Vm {
+    /// Creates a state with `libs` opened and the counting allocator installed.
+    pub(crate) fn new(libs: StdLib, memory_limit: usize) -> mlua::Result<Vm> {
+        let lua = Lua::new_with(libs, LuaOptions::new())?;
+        // The embedded state is incremental by default; lua5.4 itself runs generational,
+        // which is up to 2.5x faster on allocation-heavy code.
+        lua.gc_set_mode(GcMode::Generational(GcGenParams::default()));
+        // A non-zero mlua limit makes mlua protect its own allocations, which can now fail.
+        lua.set_memory_limit(isize::MAX as usize)?;
+        let used = lua.used_memory();
+        let mut main: *mut ffi::lua_State = std::ptr::null_mut();
+        // SAFETY: the closure only reads the state pointer it is given.
+        unsafe { lua.exec_raw::<()>((), |l| main = l)? };
+        let ctl = Control::new(memory_limit);
+        // SAFETY: `main` is this state's main thread; `ctl` is boxed and outlives the
+        // wrapper, which `Drop` uninstalls before closing the state.
+        let alloc = unsafe { alloc::install(main, &ctl, used) };
+        // SAFETY: `entry_shim` follows the lua_CFunction protocol.
+        let shim = unsafe { lua.create_c_function(hook::entry_shim) }?;
+        Ok(Vm {
+            lua: ManuallyDrop::new(lua),
+            main,
+            alloc: ManuallyDrop::new(alloc),
+            ctl,
+            shim: ManuallyDrop::new(shim),
+        })
+    }
+
+    pub(crate) fn lua(&self) -> &Lua {
+        &self.lua
+    }
+
+    pub(crate) fn ctl(&self) -> &Control {
+        &self.ctl
+    }
+
+    /// Prepares the control block for a new run or session call and starts metering.
+    /// The caller must hold an [`Activation`] of this VM's control block.
+    pub(crate) fn begin_call(&self, instructions: Option<u64>) {
+        self.ctl.reset_for_call();
+        self.ctl.instr_limit.set(instructions);
+        self.ctl.reset_chain(self.main);
+        hook::start_metering(self.main);
+    }
+
+    /// Calls `f` through the entry shim: `Ok(values)` or `Err(error value)`, without any
+    /// metamethod of the error running on the way.
+    pub(crate) fn call(
+        &self,
+        f: &Function,
+        args: impl IntoLuaMulti,
+    ) -> mlua::Result<Result<MultiValue, mlua::Value>> {
+        let mut all: MultiValue = self.shim.call((f, args))?;
+        let ok = matches!(all.pop_front(), Some(mlua::Value::Boolean(true)));
+        if ok {
+            Ok(Ok(all))
+        } else {
+            Ok(Err(all.pop_front().unwrap_or(mlua::Value::Nil)))
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _active = Activation::new(&self.ctl);
+        // Anything that still runs during close must stop at once.
+        if self.ctl.stop() == Stop::None {
+            self.ctl.set_stop(Stop::Timeout);
+        }
+        self.ctl.arm_all();
+        // SAFETY: dropped exactly once, in this order: the shim reference before the
+        // state, the allocator restored before `lua_close`, and its box after.
+        unsafe {
+            ManuallyDrop::drop(&mut self.shim);
+            alloc::uninstall(self.main, &self.alloc);
+            ManuallyDrop::drop(&mut self.lua);
+            ManuallyDrop::drop(&mut self.alloc);
+        }
+    }
+}
