@@ -96,7 +96,7 @@ def find_lua(requested: str | None) -> str:
         log(f"lua5.4 not found on PATH; installing it: {install}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "lua5.4"]):
-            proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr)
             if proc.returncode != 0:
                 raise BenchError(f"`{shlex.join(cmd)}` failed with status {proc.returncode}")
         found = shutil.which("lua5.4")
@@ -115,7 +115,7 @@ def cargo_build() -> None:
     if shutil.which("cargo") is None:
         raise BenchError(f"cargo not found; cannot run `{shlex.join(cmd)}`")
     log(f"building: {shlex.join(cmd)}")
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=sys.stderr)
     if proc.returncode != 0:
         raise BenchError(f"`{shlex.join(cmd)}` failed with status {proc.returncode}")
 
@@ -227,6 +227,13 @@ def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -276,7 +283,8 @@ def report(names: list[str], configs: list[Config],
     out.append(f"- moonjail version: {versions.get('moonjail', 'unknown')}")
     out.append(f"- machine: {cpu_model()}, {os.cpu_count()} cores, "
                f"{platform.system()} {platform.release()}, "
-               f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+               f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}, "
+               f"load average at start {versions.get('load', 'unknown')}")
     out.append("")
     out.append("Command line used:")
     out.append("")
@@ -352,6 +360,8 @@ def main(argv: list[str]) -> int:
     versions = {"lua": version_of([lua, "-v"]),
                 "moonjail": version_of([moonjail, "--version"])}
 
+    load = load_average()
+    versions["load"] = "unknown" if load is None else f"{load:.2f}"
     lua_label = Path(args.lua).name if args.lua else "lua5.4"
     configs = [
         Config("lua", lua_label, [lua]),
@@ -360,6 +370,9 @@ def main(argv: list[str]) -> int:
                ["--instructions", INSTRUCTION_BUDGET]),
     ]
     names = [p.stem for p in programs]
+    if load is not None and load > 0.5:
+        log(f"warning: 1-minute load average is {load:.2f}; other processes will make "
+            "the timings noisy (run on an idle machine)")
     log(f"benchmarks: {', '.join(names)}")
     for c in configs:
         log(f"  {c.label:<15} {c.template()}")

@@ -184,3 +184,21 @@ fn drop_bounding_set() -> Result<String, Error> {
 pub(crate) fn set_no_new_privs() -> Result<(), Error> {
     rustix::thread::set_no_new_privs(true).map_err(|e| Error::NoNewPrivs(e.into()))
 }
+
+/// Drops privileges like [`drop_privileges`] but allocating nothing and checking nothing
+/// beyond the calls' results: for the probe child. Returns the first errno.
+pub(crate) fn probe_raw(switch_ids: bool, uid: u32, gid: u32) -> Result<(), i32> {
+    if switch_ids {
+        set_thread_groups(&[]).map_err(|e| e.raw_os_error())?;
+        let g = Gid::from_raw(gid);
+        set_thread_res_gid(g, g, g).map_err(|e| e.raw_os_error())?;
+        let u = Uid::from_raw(uid);
+        set_thread_res_uid(u, u, u).map_err(|e| e.raw_os_error())?;
+    }
+    let empty = CapabilitySets {
+        effective: CapabilitySet::empty(),
+        permitted: CapabilitySet::empty(),
+        inheritable: CapabilitySet::empty(),
+    };
+    set_capabilities(None, empty).map_err(|e| e.raw_os_error())
+}

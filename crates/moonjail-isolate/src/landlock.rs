@@ -136,3 +136,35 @@ pub(crate) fn describe_abi_error(errno: i32) -> String {
         ),
     }
 }
+
+/// How [`restrict_raw`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RawOutcome {
+    Full,
+    Partial,
+    NotEnforced,
+}
+
+impl Prepared {
+    /// Creates the kernel ruleset now (in the probe's parent), so that the probe child only
+    /// has to call [`restrict_raw`].
+    pub(crate) fn create(self) -> Result<landlock::RulesetCreated, Error> {
+        self.ruleset.create().map_err(Error::Ruleset)
+    }
+}
+
+/// Restricts the calling thread with an already created ruleset. Allocates nothing: for the
+/// probe child. Returns the errno on failure.
+pub(crate) fn restrict_raw(created: landlock::RulesetCreated) -> Result<RawOutcome, i32> {
+    match created.restrict_self() {
+        Ok(status) => Ok(match status.ruleset {
+            RulesetStatus::FullyEnforced => RawOutcome::Full,
+            RulesetStatus::PartiallyEnforced => RawOutcome::Partial,
+            RulesetStatus::NotEnforced => RawOutcome::NotEnforced,
+        }),
+        Err(RulesetError::RestrictSelf(landlock::RestrictSelfError::RestrictSelfCall {
+            source, ..
+        })) => Err(source.raw_os_error().unwrap_or(libc::EIO)),
+        Err(_) => Err(libc::EIO),
+    }
+}

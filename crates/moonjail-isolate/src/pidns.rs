@@ -18,7 +18,7 @@
 //! from outside still end it.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{IntoRawFd, OwnedFd};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::pipe::{pipe_with, PipeFlags};
@@ -110,7 +110,9 @@ pub(crate) fn check_pid_one() -> Result<(), Error> {
 
 /// The relay's whole life: wait for `child`, then end the way it ended.
 fn relay(child: libc::pid_t, to_worker: OwnedFd, filter: &seccomp::Filter) -> ! {
-    let keep = to_worker.as_raw_fd() as u32;
+    // Never dropped: the write end stays open until the relay exits (and dropping an
+    // `OwnedFd` may call `fcntl`, which the relay's filter forbids).
+    let keep = to_worker.into_raw_fd() as u32;
     // SAFETY: closes every descriptor but the pipe to the worker; nothing in the relay uses
     // them afterwards. Failures leave descriptors open in a process that only waits.
     unsafe {
@@ -138,7 +140,6 @@ fn relay(child: libc::pid_t, to_worker: OwnedFd, filter: &seccomp::Filter) -> ! 
             Err(_) => exit_now(125),
         }
     };
-    drop(to_worker);
     if let Some(code) = status.exit_status() {
         exit_now(code);
     }

@@ -18,7 +18,7 @@
 //!
 //! - I/O on descriptors already open: `read`, `write`, `readv`, `writev`, `recvmsg`,
 //!   `sendmsg`, `recvfrom`, `sendto` (no destination address), `shutdown`, `close`, `fstat`,
-//!   `poll`/`ppoll`;
+//!   `poll`/`ppoll`, `fcntl(F_GETFD | F_GETFL)`;
 //! - memory: `brk`, `mmap` and `mprotect` without `PROT_EXEC`, `munmap`, `mremap`, `madvise`;
 //! - time: `clock_gettime`, `clock_getres`, `gettimeofday`, `time`, `nanosleep`,
 //!   `clock_nanosleep`, `timer_create`/`settime`/`gettime`/`getoverrun`/`delete`;
@@ -275,6 +275,15 @@ fn worker_allowlist(own_pid: i32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Err
         vec![
             arg_eq(0, libc::PR_SET_NAME as u64)?,
             arg_eq(0, libc::PR_GET_NAME as u64)?,
+        ],
+    );
+    // Reading descriptor flags only (Rust's std checks an fd is open before closing it in
+    // debug builds).
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![
+            arg_eq(1, libc::F_GETFD as u64)?,
+            arg_eq(1, libc::F_GETFL as u64)?,
         ],
     );
     // `send` on a connected socket, never `sendto` an address.

@@ -1450,7 +1450,7 @@ pub(crate) fn install(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()>
 // ---------------------------------------------------------------------------
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -1511,7 +1511,7 @@ mod tests {
         assert_eq!(caps("abc 123", "%a+"), Some(vec!["abc".into()]));
         assert_eq!(caps("abc 123", "%A+"), Some(vec![" 123".into()]));
         assert_eq!(caps("x\x0by", "%s"), Some(vec!["\x0b".into()]));
-        assert_eq!(caps("a]b", "[]]"), Some(vec!["]".into()));
+        assert_eq!(caps("a]b", "[]]"), Some(vec!["]".into()]));
         assert_eq!(caps("a-b", "[a%-]+"), Some(vec!["a-".into()]));
         assert_eq!(caps("xyz", "[^x]+"), Some(vec!["yz".into()]));
         assert_eq!(caps("a.b", "%."), Some(vec![".".into()]));
@@ -1757,9 +1757,69 @@ return ser(table.pack(pcall(run)))
         ]
     }
 
+    /// A pattern derived from a slice of the subject (so that it often
+    /// matches), with items turned into classes, sets, captures and
+    /// quantified items according to `ops`.
+    fn derived_pattern(s: &[u8], start: usize, len: usize, ops: &[u8]) -> Vec<u8> {
+        let start = start % (s.len() + 1);
+        let end = (start + len).min(s.len());
+        let mut out = Vec::new();
+        if ops.first().is_some_and(|o| o % 5 == 0) {
+            out.push(b'^');
+        }
+        for (k, &c) in s[start..end].iter().enumerate() {
+            let op = ops.get(k + 1).copied().unwrap_or(0);
+            let lit = |out: &mut Vec<u8>| {
+                if SPECIALS.contains(&c) || c == b']' {
+                    out.push(L_ESC);
+                }
+                out.push(c);
+            };
+            match op % 8 {
+                0..=2 => lit(&mut out),
+                3 => out.push(b'.'),
+                4 => out.extend_from_slice(match c {
+                    b'a'..=b'z' | b'A'..=b'Z' => b"%a",
+                    b'0'..=b'9' => b"%d",
+                    b' ' | b'\n' => b"%s",
+                    0 => b"%z",
+                    _ => b"%p",
+                }),
+                5 => {
+                    out.push(b'[');
+                    lit(&mut out);
+                    out.extend_from_slice(b"x]");
+                }
+                6 => {
+                    out.push(b'(');
+                    lit(&mut out);
+                    out.push(b')');
+                }
+                _ => {
+                    lit(&mut out);
+                    out.push(b"*+-?"[usize::from(op / 8) % 4]);
+                }
+            }
+        }
+        if ops.last().is_some_and(|o| o % 3 == 0) {
+            out.push(b'$');
+        }
+        out
+    }
+
     pub(crate) fn case() -> impl Strategy<Value = Case> {
-        (0i64..5, subject(), pattern(), int_arg(), prop::bool::ANY, repl()).prop_map(
-            |(mode, s, p, a3, plain, (r, rk))| {
+        let derived = (0usize..24, 0usize..8, prop::collection::vec(any::<u8>(), 0..10));
+        (
+            0i64..5,
+            subject(),
+            pattern(),
+            (prop::bool::ANY, derived),
+            int_arg(),
+            prop::bool::ANY,
+            repl(),
+        )
+            .prop_map(|(mode, s, tokens, (use_derived, (start, len, ops)), a3, plain, (r, rk))| {
+                let p = if use_derived { derived_pattern(&s, start, len, &ops) } else { tokens };
                 let a4 = match mode {
                     0 if plain => Arg::Int(1),
                     0 => Arg::Nil,
@@ -1767,8 +1827,7 @@ return ser(table.pack(pcall(run)))
                     _ => Arg::Nil,
                 };
                 Case { mode, s, p, a3, a4, rk }
-            },
-        )
+            })
     }
 
     pub(crate) fn run_differential(cases: u32) {
