@@ -728,7 +728,7 @@ impl<'a> MatchState<'a> {
                 if match_class(c, self.p_at(p)) {
                     return sig;
                 }
-            } else if self.p_at(p + 1) == b'-' && p + 2 < ec {
+            } else if self.p_at(p + 1) == b'-' && p + 1 < ec {
                 p += 2;
                 if pc <= c && c <= self.p_at(p) {
                     return sig;
@@ -1716,7 +1716,7 @@ return ser(table.pack(pcall(run)))
     const PAT_TOKENS: &[&str] = &[
         "a", "b", "c", "x", "1", " ", "\0", "%a", "%d", "%s", "%w", "%W", "%l", "%u", "%p", "%x",
         "%z", "%.", "%%", ".", "*", "+", "-", "?", "[ab]", "[^a]", "[a-c]", "[%d_]", "[]]",
-        "[^]]", "[%a-]", "[", "]", "%b()", "%b", "%bab", "%f[%w]", "%f[%W]", "%f[a]", "%f", "^",
+        "[^]]", "[%a-]", "[", "]", "%b()", "%b", "%bab", "%f[%w]", "%f[%W]", "%f[a]", "%f[%s]", "%f[%z]", "%f[^%z]", "%f[%S]", "%f", "^",
         "$", "(", ")", "()", "%1", "%2", "%0", "%", "a*", "a-", "(a*)", "(.-)", "(%w+)", ".-",
     ];
 
