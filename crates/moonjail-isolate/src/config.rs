@@ -124,7 +124,9 @@ impl LayerSet {
 
     /// The layers of the set, in application order.
     pub fn iter(self) -> impl Iterator<Item = Layer> {
-        Layer::ALL.into_iter().filter(move |layer| self.contains(*layer))
+        Layer::ALL
+            .into_iter()
+            .filter(move |layer| self.contains(*layer))
     }
 }
 

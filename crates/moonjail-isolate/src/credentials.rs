@@ -169,8 +169,9 @@ fn drop_bounding_set() -> Result<String, Error> {
                     .map(|sets| sets.effective.contains(CapabilitySet::SETPCAP))
                     .unwrap_or(false);
                 if source.raw_os_error() == Some(libc::EPERM) && !can_setpcap {
-                    return Ok("bounding set kept (no CAP_SETPCAP; irrelevant without execve)"
-                        .to_owned());
+                    return Ok(
+                        "bounding set kept (no CAP_SETPCAP; irrelevant without execve)".to_owned(),
+                    );
                 }
                 return Err(Error::DropBounding { capability, source });
             }

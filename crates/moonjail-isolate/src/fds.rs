@@ -49,9 +49,7 @@ pub fn close_all_except(keep: &[RawFd]) -> Result<(), Error> {
         }
     }
     match close_gaps(keep) {
-        Err(Error::CloseRange { source, .. })
-            if source.raw_os_error() == Some(libc::ENOSYS) =>
-        {
+        Err(Error::CloseRange { source, .. }) if source.raw_os_error() == Some(libc::ENOSYS) => {
             close_listed(keep)
         }
         other => other,

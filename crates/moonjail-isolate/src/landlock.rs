@@ -163,7 +163,8 @@ pub(crate) fn restrict_raw(created: landlock::RulesetCreated) -> Result<RawOutco
             RulesetStatus::NotEnforced => RawOutcome::NotEnforced,
         }),
         Err(RulesetError::RestrictSelf(landlock::RestrictSelfError::RestrictSelfCall {
-            source, ..
+            source,
+            ..
         })) => Err(source.raw_os_error().unwrap_or(libc::EIO)),
         Err(_) => Err(libc::EIO),
     }

@@ -29,6 +29,17 @@ use crate::{credentials, fds, landlock, pidns, seccomp};
 /// needs a path, a new descriptor, a process or the network kills it. Warm up anything that
 /// opens files lazily (for example glibc's `tzset`) before calling it.
 ///
+/// Things that stop working afterwards, by design:
+/// - opening any path (`File::open`, `std::thread::available_parallelism`, symbolised
+///   backtraces with `RUST_BACKTRACE` set, `tzset` reading `/etc/localtime`): killed;
+/// - writing to a kept descriptor that is a *regular file*: `RLIMIT_FSIZE` is 0, so it fails
+///   with `EFBIG` (pipes and sockets are not affected);
+/// - `Command::pre_exec` is not a place to call this: it allocates, and the `execve` that
+///   follows would be killed.
+///
+/// With the default [`PidNamespace::Fork`] the function returns in a new child process (see
+/// there); the caller's original process never returns from it.
+///
 /// # Errors
 ///
 /// [`Error::NotSingleThreaded`] before anything is changed; [`Error::Layer`] when a layer

@@ -89,8 +89,11 @@ pub(crate) fn unshare(ns: Namespace) -> Result<(), Error> {
         source: errno.into(),
     })?;
     if ns == Namespace::Mount {
-        mount_change("/", MountPropagationFlags::REC | MountPropagationFlags::PRIVATE)
-            .map_err(|errno| Error::MakePrivate(errno.into()))?;
+        mount_change(
+            "/",
+            MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+        )
+        .map_err(|errno| Error::MakePrivate(errno.into()))?;
     }
     Ok(())
 }

@@ -2,16 +2,16 @@
 //!
 //! `unshare(CLONE_NEWPID)` only decides where the caller's *children* are born, and after it
 //! the kernel refuses `clone(CLONE_THREAD)` until the caller itself is in that namespace. So
-//! [`enter`] forks right after unsharing:
+//! `lockdown` forks right after unsharing:
 //!
-//! - the child is PID 1 of the new namespace and carries on with the lockdown; it asks to be
-//!   killed when the relay dies ([`Link::arm`], once its credentials are final, since a
-//!   credential change clears `PR_SET_PDEATHSIG`);
+//! - the child is PID 1 of the new namespace and carries on with the lockdown; once its
+//!   credentials are final (a credential change clears it) it sets `PR_SET_PDEATHSIG` to
+//!   `SIGKILL`, so it dies with the relay;
 //! - the parent becomes the relay: it closes every descriptor, sets `RLIMIT_CORE` to 0,
-//!   installs a seccomp filter that allows only waiting and exiting, waits for the child,
-//!   then exits with its exit code or dies by its signal. A supervisor therefore sees the
-//!   worker's outcome as the outcome of the process it spawned, and kills the worker by
-//!   killing that process.
+//!   installs a seccomp filter that allows only waiting and exiting, tells the child (which
+//!   waits for that) that it is confined, waits for the child, then exits with its exit code
+//!   or dies by its signal. A supervisor therefore sees the worker's outcome as the outcome
+//!   of the process it spawned, and kills the worker by killing that process.
 //!
 //! As PID 1 the worker ignores signals it has no handler for when they come from inside its
 //! namespace; the kernel's own signals (seccomp's kill, `RLIMIT_CPU`, faults) and `SIGKILL`
@@ -43,6 +43,12 @@ pub enum Error {
     /// `prctl(PR_SET_PDEATHSIG)` failed.
     #[error("prctl(PR_SET_PDEATHSIG, SIGKILL) failed")]
     DeathSignal(#[source] io::Error),
+    /// Reading the relay's handshake byte failed.
+    #[error("read() of the PID namespace relay's handshake failed")]
+    Handshake(#[source] io::Error),
+    /// The relay could not install its own seccomp filter.
+    #[error("the PID namespace relay could not confine itself (no_new_privs or seccomp failed)")]
+    RelayUnconfined,
     /// The relay died before the worker was tied to it.
     #[error("the PID namespace relay died before the worker was tied to it")]
     RelayGone,
@@ -68,8 +74,9 @@ impl Link {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        // The relay never writes: any event means every write end is closed (POLLHUP),
-        // that is, the relay is gone. An error leaves the question open: treat it as gone.
+        // The relay writes nothing after its handshake byte (already read): any event now
+        // means every write end is closed (POLLHUP), that is, the relay is gone. An error
+        // leaves the question open: treat it as gone.
         match poll(&mut fds, Some(&now)) {
             Ok(0) => {}
             _ => return Err(Error::RelayGone),
@@ -91,11 +98,26 @@ pub(crate) fn enter(relay_filter: &seccomp::Filter) -> Result<Link, Error> {
         -1 => Err(Error::Fork(io::Error::last_os_error())),
         0 => {
             drop(to_worker);
+            wait_for_relay(&from_relay)?;
             Ok(Link { from_relay })
         }
         child => {
             drop(from_relay);
             relay(child, to_worker, relay_filter)
+        }
+    }
+}
+
+/// Waits until the relay says it is confined (one byte: 1 confined, 0 not).
+fn wait_for_relay(from_relay: &OwnedFd) -> Result<(), Error> {
+    let mut byte = [0u8; 1];
+    loop {
+        match rustix::io::read(from_relay, &mut byte) {
+            Ok(1) if byte[0] == 1 => return Ok(()),
+            Ok(1) => return Err(Error::RelayUnconfined),
+            Ok(_) => return Err(Error::RelayGone),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(errno) => return Err(Error::Handshake(errno.into())),
         }
     }
 }
@@ -127,9 +149,12 @@ fn relay(child: libc::pid_t, to_worker: OwnedFd, filter: &seccomp::Filter) -> ! 
     };
     // SAFETY: `no_core` is a valid rlimit for the duration of the call.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
-    // If the filter cannot be installed the relay still works; it only waits.
-    let _ = rustix::thread::set_no_new_privs(true);
-    let _ = filter.apply();
+    let confined = rustix::thread::set_no_new_privs(true).is_ok() && filter.apply().is_ok();
+    // Tell the worker, which waits for this before going on: when `lockdown` returns, the
+    // relay is already confined.
+    let byte = [u8::from(confined)];
+    // SAFETY: writes one byte from a live buffer to the pipe descriptor the relay owns.
+    unsafe { libc::write(keep as libc::c_int, byte.as_ptr().cast(), 1) };
 
     let status = loop {
         match rustix::process::waitpid(Pid::from_raw(child), WaitOptions::empty()) {

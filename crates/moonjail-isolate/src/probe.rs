@@ -166,12 +166,8 @@ fn run_child(running_as_root: bool) -> io::Result<ChildResults> {
     // Everything that allocates happens here, before the fork.
     let filter = seccomp::Filter::worker(1).map_err(io::Error::other);
     let ruleset = landlock::Prepared::new().and_then(landlock::Prepared::create);
-    let (mut from_child, to_parent) = pipe_with(PipeFlags::CLOEXEC).map(|(r, w)| {
-        (
-            std::fs::File::from(r),
-            w,
-        )
-    })?;
+    let (mut from_child, to_parent) =
+        pipe_with(PipeFlags::CLOEXEC).map(|(r, w)| (std::fs::File::from(r), w))?;
     let defaults = crate::LockdownConfig::default();
     let (uid, gid) = (defaults.uid(), defaults.gid());
 
@@ -246,22 +242,8 @@ fn probe_child(
 
     // Fds: an empty range far above any open descriptor; ENOSYS on kernels before 5.9.
     // SAFETY: closes nothing (no descriptor that high is open in the child).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            u32::MAX - 1,
-            u32::MAX,
-            0u32,
-        )
-    };
-    send(
-        Layer::Fds,
-        if rc == 0 {
-            Ok(OK)
-        } else {
-            Err(libc::ENOSYS)
-        },
-    );
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, u32::MAX - 1, u32::MAX, 0u32) };
+    send(Layer::Fds, if rc == 0 { Ok(OK) } else { Err(libc::ENOSYS) });
 
     if running_as_root {
         send(Layer::UserNamespace, Ok(NOT_APPLICABLE));

@@ -94,10 +94,8 @@ impl Filter {
     /// architecture other than x86_64 and aarch64.
     pub fn worker(own_pid: i32) -> Result<Filter, Error> {
         let arch = arch()?;
-        let errno_rules: BTreeMap<i64, Vec<SeccompRule>> = ENOSYS_SYSCALLS
-            .iter()
-            .map(|&nr| (nr, Vec::new()))
-            .collect();
+        let errno_rules: BTreeMap<i64, Vec<SeccompRule>> =
+            ENOSYS_SYSCALLS.iter().map(|&nr| (nr, Vec::new())).collect();
         let errno = SeccompFilter::new(
             errno_rules,
             SeccompAction::Allow,
@@ -115,12 +113,14 @@ impl Filter {
         })
     }
 
-    /// Compiles the filter of the PID-namespace relay: wait for the child, exit or re-raise
-    /// its signal on itself (`own_pid`), nothing else.
+    /// Compiles the filter of the PID-namespace relay: write its handshake byte, wait for
+    /// the child, exit or re-raise its signal on itself (`own_pid`), nothing else.
     pub(crate) fn relay(own_pid: i32) -> Result<Filter, Error> {
         let arch = arch()?;
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = [
             libc::SYS_wait4,
+            // One byte to the worker (the relay has no other descriptor).
+            libc::SYS_write,
             libc::SYS_exit,
             libc::SYS_exit_group,
             libc::SYS_rt_sigaction,

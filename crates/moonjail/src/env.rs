@@ -8,6 +8,7 @@ use mlua::{Function, Lua, StdLib, Table, Value};
 
 use crate::profile::{Item, ProfileSpec};
 use crate::stdlib::{base, json};
+use crate::vm::retain_string_keys;
 
 /// The stock libraries a profile needs opened.
 pub(crate) fn libs_for(spec: &ProfileSpec) -> StdLib {
@@ -54,20 +55,9 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec) -> mlua::Result<()> {
         mt.raw_set("__metatable", false)?;
     }
 
-    let mut doomed = Vec::new();
-    for pair in g.pairs::<Value, Value>() {
-        let (k, _) = pair?;
-        let listed = match &k {
-            Value::String(s) => spec.has_global(&s.to_string_lossy()),
-            _ => false,
-        };
-        if !listed {
-            doomed.push(k);
-        }
-    }
-    for k in doomed {
-        g.raw_set(k, Value::Nil)?;
-    }
+    retain_string_keys(lua, &g, |k| {
+        std::str::from_utf8(k).is_ok_and(|k| spec.has_global(k))
+    })?;
 
     for item in spec.items {
         match *item {
@@ -87,7 +77,7 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec) -> mlua::Result<()> {
             }
             Item::Library { name, members } => {
                 let lib: Table = g.raw_get(name)?;
-                trim(&lib, members)?;
+                trim(lua, &lib, members)?;
                 if name == "coroutine" {
                     guard_coroutine(lua, &lib)?;
                 }
@@ -99,19 +89,8 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec) -> mlua::Result<()> {
     Ok(())
 }
 
-fn trim(lib: &Table, members: &[&str]) -> mlua::Result<()> {
-    let mut doomed = Vec::new();
-    for pair in lib.pairs::<Value, Value>() {
-        let (k, _) = pair?;
-        let keep = matches!(&k, Value::String(s) if members.iter().any(|m| s == m));
-        if !keep {
-            doomed.push(k);
-        }
-    }
-    for k in doomed {
-        lib.raw_set(k, Value::Nil)?;
-    }
-    Ok(())
+fn trim(lua: &Lua, lib: &Table, members: &[&str]) -> mlua::Result<()> {
+    retain_string_keys(lua, lib, |k| members.iter().any(|m| m.as_bytes() == k))
 }
 
 fn guard_coroutine(lua: &Lua, co: &Table) -> mlua::Result<()> {

@@ -145,9 +145,9 @@ mod linux {
         } else {
             None
         };
-        let _early_thread = args.thread_before.then(|| {
-            std::thread::spawn(|| std::thread::sleep(Duration::from_secs(3600)))
-        });
+        let _early_thread = args
+            .thread_before
+            .then(|| std::thread::spawn(|| std::thread::sleep(Duration::from_secs(3600))));
 
         if args.scenario == "tsync" {
             return tsync();
@@ -256,22 +256,11 @@ mod linux {
             "vfork" => attempt("vfork", || unsafe { libc::syscall(libc::SYS_vfork) }),
             "clone-process" => attempt("clone-process", || {
                 // SAFETY: see above; a null stack with plain SIGCHLD would behave like fork.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_clone,
-                        libc::SIGCHLD,
-                        0,
-                        0,
-                        0,
-                        0,
-                    )
-                }
+                unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) }
             }),
             "clone-thread-newnet" => attempt("clone-thread-newnet", || {
-                let flags = libc::CLONE_THREAD
-                    | libc::CLONE_SIGHAND
-                    | libc::CLONE_VM
-                    | libc::CLONE_NEWNET;
+                let flags =
+                    libc::CLONE_THREAD | libc::CLONE_SIGHAND | libc::CLONE_VM | libc::CLONE_NEWNET;
                 // SAFETY: see above; stopped before the kernel ever sees it.
                 unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) }
             }),
@@ -324,7 +313,9 @@ mod linux {
             }),
             "accept4" => attempt("accept4", || {
                 // SAFETY: see above.
-                i64::from(unsafe { libc::accept4(0, std::ptr::null_mut(), std::ptr::null_mut(), 0) })
+                i64::from(unsafe {
+                    libc::accept4(0, std::ptr::null_mut(), std::ptr::null_mut(), 0)
+                })
             }),
             "openat" => attempt("openat", || {
                 // SAFETY: see above.
@@ -350,7 +341,7 @@ mod linux {
             }),
             "ptrace" => attempt("ptrace", || {
                 // SAFETY: see above.
-                i64::from(unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) })
+                unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) }
             }),
             "kill" => attempt("kill", || {
                 // SAFETY: see above; signal 0 only checks.
@@ -372,7 +363,11 @@ mod linux {
                         0,
                     );
                     say(&format!("MMAP-RW ok={}", page != libc::MAP_FAILED));
-                    i64::from(libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC))
+                    i64::from(libc::mprotect(
+                        page,
+                        4096,
+                        libc::PROT_READ | libc::PROT_EXEC,
+                    ))
                 }
             }),
             "mmap-exec" => attempt("mmap-exec", || {
@@ -462,9 +457,9 @@ mod linux {
     #[cfg(target_arch = "x86_64")]
     fn ia32_getpid() -> i64 {
         let mut rax: i64 = 20; // getpid in the i386 table
-        // SAFETY: `int 0x80` enters the 32-bit system call path with eax = 20 (getpid), which
-        // takes no argument and touches no memory; it clobbers only rax (and r8-r11 are
-        // preserved by the kernel on this path).
+                               // SAFETY: `int 0x80` enters the 32-bit system call path with eax = 20 (getpid), which
+                               // takes no argument and touches no memory; it clobbers only rax (and r8-r11 are
+                               // preserved by the kernel on this path).
         unsafe {
             std::arch::asm!("int 0x80", inout("rax") rax => rax, options(nostack));
         }
@@ -680,9 +675,7 @@ mod linux {
             let _ = std::fs::remove_file(&created);
         }
         say(&format!("CREATE-FILE {}", result(create)));
-        let exec = std::process::Command::new("/bin/true")
-            .status()
-            .map(|_| ());
+        let exec = std::process::Command::new("/bin/true").status().map(|_| ());
         say(&format!("EXEC {}", result(exec)));
         0
     }

@@ -209,8 +209,8 @@ impl Held {
     /// The locked-down worker: the spawned process's only child when it became a relay.
     pub fn worker_pid(&self) -> u32 {
         let pid = self.pid();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         children
             .split_whitespace()
             .next()
@@ -227,7 +227,7 @@ impl Held {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.transcript.push(line);
         }
-        (status, self.transcript)
+        (status, std::mem::take(&mut self.transcript))
     }
 }
 

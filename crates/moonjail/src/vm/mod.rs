@@ -103,3 +103,35 @@ impl Drop for Vm {
         }
     }
 }
+
+/// Removes every entry of `table` whose key is not a string accepted by `keep`, in one
+/// raw traversal (no metamethods, no per-key allocation): the environment builder's hot
+/// loop.
+pub(crate) fn retain_string_keys(
+    lua: &Lua,
+    table: &mlua::Table,
+    keep: impl Fn(&[u8]) -> bool,
+) -> mlua::Result<()> {
+    // SAFETY: the closure runs on the state's stack with `table` pushed at index 1 by
+    // `exec_raw`; it only traverses and clears existing fields (assigning nil to an
+    // existing field during `lua_next` is allowed and never allocates, so nothing can
+    // raise while Rust frames are live), and leaves the stack as it found it.
+    unsafe {
+        lua.exec_raw::<()>(table, |l| {
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, 1) != 0 {
+                ffi::lua_pop(l, 1);
+                let mut len = 0usize;
+                let keep_it = ffi::lua_type(l, -1) == ffi::LUA_TSTRING && {
+                    let p = ffi::lua_tolstring(l, -1, &mut len);
+                    keep(std::slice::from_raw_parts(p.cast::<u8>(), len))
+                };
+                if !keep_it {
+                    ffi::lua_pushvalue(l, -1);
+                    ffi::lua_pushnil(l);
+                    ffi::lua_rawset(l, 1);
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,89 @@
+//! The credentials and no_new_privs layers, observed from outside through
+//! /proc/PID/status of every thread, and from inside.
+
+mod common;
+
+use common::{proc_field, require, run, Held};
+use moonjail_isolate::Layer;
+
+#[test]
+fn every_thread_is_unprivileged_and_filtered_seen_from_outside() {
+    if !require(
+        "every_thread_is_unprivileged_and_filtered_seen_from_outside",
+        &[Layer::Credentials, Layer::NoNewPrivs, Layer::Seccomp],
+    ) {
+        return;
+    }
+    if !common::capabilities().running_as_root {
+        eprintln!("SKIP every_thread_is_unprivileged_and_filtered_seen_from_outside: not root, no ids to switch");
+        return;
+    }
+    // `hold` starts a thread after lockdown and waits on stdin.
+    let held = Held::start("hold", &[]);
+    let worker = held.worker_pid();
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{worker}/task"))
+        .expect("list tasks")
+        .map(|entry| {
+            entry
+                .expect("task")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        tasks.len(),
+        2,
+        "main thread and the watchdog thread: {tasks:?}"
+    );
+    for task in &tasks {
+        let status = format!("/proc/{worker}/task/{task}/status");
+        let field = |key| proc_field(&status, key).unwrap_or_else(|| panic!("{key} in {status}"));
+        assert_eq!(field("Uid"), "65534\t65534\t65534\t65534", "{status}");
+        assert_eq!(field("Gid"), "65534\t65534\t65534\t65534", "{status}");
+        assert_eq!(field("Groups"), "", "{status}");
+        assert_eq!(field("CapEff"), "0000000000000000", "{status}");
+        assert_eq!(field("CapPrm"), "0000000000000000", "{status}");
+        assert_eq!(field("CapInh"), "0000000000000000", "{status}");
+        assert_eq!(field("CapAmb"), "0000000000000000", "{status}");
+        assert_eq!(field("CapBnd"), "0000000000000000", "{status}");
+        assert_eq!(field("NoNewPrivs"), "1", "{status}");
+        assert_eq!(field("Seccomp"), "2", "{status}");
+    }
+    let (status, transcript) = held.finish();
+    assert_eq!(status.code(), Some(0), "{transcript:?}");
+    assert!(
+        transcript.iter().any(|l| l == "DONE joined=true"),
+        "{transcript:?}"
+    );
+}
+
+#[test]
+fn ids_are_dropped_seen_from_inside() {
+    if !require("ids_are_dropped_seen_from_inside", &[Layer::Credentials]) {
+        return;
+    }
+    if !common::capabilities().running_as_root {
+        eprintln!("SKIP ids_are_dropped_seen_from_inside: not root, no ids to switch");
+        return;
+    }
+    // Seccomp would kill getresuid; this scenario looks with it disabled.
+    let outcome = run("ids", &["--without", "seccomp"], "");
+    assert_eq!(outcome.status.code(), Some(0), "{outcome:#?}");
+    assert_eq!(
+        outcome.value("UIDS"),
+        Some("65534 65534 65534"),
+        "{outcome:#?}"
+    );
+    assert_eq!(
+        outcome.value("GIDS"),
+        Some("65534 65534 65534"),
+        "{outcome:#?}"
+    );
+    if common::capabilities().running_as_root {
+        assert_eq!(outcome.value("GROUPS"), Some("0"), "{outcome:#?}");
+        // Control: without the credentials layer a root helper stays root.
+        let control = run("ids", &["--without", "seccomp,credentials"], "");
+        assert_eq!(control.value("UIDS"), Some("0 0 0"), "{control:#?}");
+    }
+}
