@@ -380,7 +380,7 @@ impl Sandbox {
 
 /// The final kind: a quota that fired wins over whatever error the script raised after
 /// catching it; then a refused operation; then the error as raised.
-fn classify(ctl: &Control, e: Error) -> Error {
+pub(crate) fn classify(ctl: &Control, e: Error) -> Error {
     if let Some(kind) = ctl.stop().kind() {
         return Error {
             kind,
@@ -416,7 +416,7 @@ pub(crate) fn mlua_message(e: &mlua::Error) -> String {
     }
 }
 
-fn load_error(e: mlua::Error, name: &str) -> Error {
+pub(crate) fn load_error(e: mlua::Error, name: &str) -> Error {
     match e {
         mlua::Error::SyntaxError { message, .. } => Error {
             line: line_of(&message, name),
@@ -429,7 +429,7 @@ fn load_error(e: mlua::Error, name: &str) -> Error {
 }
 
 /// Turns an error value into a message without running any of its metamethods.
-fn script_error(lua: &mlua::Lua, v: Value, name: &str) -> Error {
+pub(crate) fn script_error(lua: &mlua::Lua, v: Value, name: &str) -> Error {
     let message = match &v {
         Value::String(s) => s.to_string_lossy(),
         Value::Integer(i) => i.to_string(),

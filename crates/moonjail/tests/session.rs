@@ -1,0 +1,91 @@
+//! Persistent sessions: state survives calls, limits are per call, and a timeout closes
+//! the session with its reason.
+
+use std::time::Duration;
+
+use moonjail::{ErrorKind, Sandbox};
+use serde_json::json;
+
+fn sandbox() -> Sandbox {
+    Sandbox::builder()
+        .timeout(Some(Duration::from_millis(200)))
+        .memory_limit(Some(4 << 20))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn state_persists_across_calls() {
+    let mut s = sandbox().session().unwrap();
+    assert!(!s.has_function("compute"));
+    let out = s.exec("count = 0 function compute(state, msg) count = count + 1 state.n = (state.n or 0) + msg.add return state, count end");
+    assert!(out.is_ok(), "{:?}", out.result);
+    assert!(s.has_function("compute"));
+    assert!(!s.has_function("count"));
+    let out = s.call("compute", &[json!({"n": 1}), json!({"add": 2})]);
+    assert_eq!(out.result.unwrap(), json!({"n": 3}));
+    let out = s.call("compute", &[json!({}), json!({"add": 5})]);
+    assert_eq!(out.result.unwrap(), json!({"n": 5}));
+    assert_eq!(s.exec("return count").result.unwrap(), json!(2));
+}
+
+#[test]
+fn output_is_per_call() {
+    let mut s = sandbox().session().unwrap();
+    assert_eq!(s.exec("print('a')").output, "a\n");
+    assert_eq!(s.exec("print('b')").output, "b\n");
+}
+
+#[test]
+fn caught_error_and_memory_limit_keep_the_session() {
+    let mut s = sandbox().session().unwrap();
+    s.exec("x = 41");
+    let out = s.exec("error('boom')");
+    assert_eq!(out.error().unwrap().kind, ErrorKind::Runtime);
+    let out = s.exec("local t = {} for i = 1, 1e9 do t[i] = i end");
+    assert_eq!(out.error().unwrap().kind, ErrorKind::MemoryLimit);
+    assert_eq!(s.exec("x = x + 1 return x").result.unwrap(), json!(42));
+    assert!(s.closed_reason().is_none());
+}
+
+#[test]
+fn timeout_closes_the_session_with_its_reason() {
+    let mut s = sandbox().session().unwrap();
+    s.exec("function spin() while true do pcall(function() while true do end end) end end");
+    let out = s.call("spin", &[]);
+    assert_eq!(out.error().unwrap().kind, ErrorKind::Timeout);
+    assert_eq!(s.closed_reason().unwrap().kind, ErrorKind::Timeout);
+    let out = s.exec("return 1");
+    let e = out.error().unwrap();
+    assert_eq!(e.kind, ErrorKind::Timeout);
+    assert!(e.message.contains("session was closed"), "{}", e.message);
+    assert!(!s.has_function("spin"));
+}
+
+#[test]
+fn instruction_limit_is_per_call_and_closes() {
+    let sb = Sandbox::builder()
+        .instruction_limit(Some(100_000))
+        .build()
+        .unwrap();
+    let mut s = sb.session().unwrap();
+    s.exec("function work(n) local x = 0 for i = 1, n do x = x + i end return x end");
+    // Each call gets the whole budget again.
+    for _ in 0..5 {
+        assert_eq!(
+            s.call("work", &[json!(10_000)]).result.unwrap(),
+            json!(50_005_000)
+        );
+    }
+    let out = s.call("work", &[json!(10_000_000)]);
+    assert_eq!(out.error().unwrap().kind, ErrorKind::InstructionLimit);
+    assert!(s.closed_reason().is_some());
+}
+
+#[test]
+fn calling_a_missing_function_is_a_runtime_error() {
+    let mut s = sandbox().session().unwrap();
+    let out = s.call("nope", &[]);
+    assert_eq!(out.error().unwrap().kind, ErrorKind::Runtime);
+    assert!(s.exec("return 1").is_ok());
+}
