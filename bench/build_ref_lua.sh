@@ -2,8 +2,8 @@
 # build_ref_lua.sh: build a plain Lua interpreter from the *same* Lua sources
 # that moonjail embeds (the lua-src crate pinned in Cargo.lock, as vendored by
 # mlua), so that compare.py can separate sandbox overhead from differences
-# between Lua releases (Debian's lua5.4 may be an older 5.4.x, and e.g. the GC
-# got noticeably slower on binary_trees between 5.4.4 and 5.4.9).
+# between Lua releases (Debian's lua5.4 may be an older 5.4.x).  Like the
+# stock lua.c it runs the collector in generational mode.
 #
 #   sh bench/build_ref_lua.sh            # prints the path of the interpreter
 #   python3 bench/compare.py --lua bench/.ref-lua/lua
@@ -33,7 +33,10 @@ int main(int argc, char **argv) {
   if (argc < 2) { fprintf(stderr, "usage: %s FILE | -v\n", argv[0]); return 2; }
   if (strcmp(argv[1], "-v") == 0) { puts(LUA_RELEASE " (reference build of moonjail's vendored sources)"); return 0; }
   lua_State *L = luaL_newstate();
+  lua_gc(L, LUA_GCSTOP);  /* as lua.c does: stop the GC while loading libraries, */
   luaL_openlibs(L);
+  lua_gc(L, LUA_GCRESTART);
+  lua_gc(L, LUA_GCGEN, 0, 0);  /* then run it in generational mode */
   lua_newtable(L);
   for (int i = 0; i < argc; i++) { lua_pushstring(L, argv[i]); lua_rawseti(L, -2, i - 1); }
   lua_setglobal(L, "arg");

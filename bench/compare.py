@@ -22,6 +22,7 @@ import argparse
 import math
 import os
 import platform
+import resource
 import shlex
 import shutil
 import statistics
@@ -55,12 +56,14 @@ class Config:
         return [*self.argv_prefix, rel(program), *self.argv_suffix]
 
     def template(self) -> str:
-        return shlex.join([*self.argv_prefix, "FILE", *self.argv_suffix])
+        program, *rest = self.argv_prefix
+        return shlex.join([rel(Path(program)), *rest, "FILE", *self.argv_suffix])
 
 
 @dataclass
 class RunResult:
     wall_s: float
+    cpu_s: float  # user + system time of the child (all its threads)
     returncode: int
     stdout: str
     stderr: str
@@ -158,7 +161,11 @@ def version_of(argv: list[str]) -> str:
 # --------------------------------------------------------------------------
 
 def run_once(argv: list[str]) -> RunResult:
-    """Run argv from the repo root with no stdin; measure its wall-clock time."""
+    """Run argv from the repo root with no stdin; measure wall-clock and CPU time.
+
+    Runs are sequential, so the RUSAGE_CHILDREN delta is exactly this child's.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     try:
         proc = subprocess.run(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
@@ -168,7 +175,9 @@ def run_once(argv: list[str]) -> RunResult:
     except OSError as exc:
         raise BenchError(f"cannot start {shlex.join(argv)}: {exc}") from exc
     wall = time.perf_counter() - start
-    return RunResult(wall_s=wall, returncode=proc.returncode,
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return RunResult(wall_s=wall, cpu_s=cpu, returncode=proc.returncode,
                      stdout=proc.stdout.decode("utf-8", "replace"),
                      stderr=proc.stderr.decode("utf-8", "replace"))
 
@@ -224,7 +233,10 @@ def fmt_ratio(r: float) -> str:
 
 
 def geomean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+    good = [v for v in values if v > 0 and math.isfinite(v)]
+    if not good:
+        return float("nan")
+    return math.exp(sum(math.log(v) for v in good) / len(good))
 
 
 def load_average() -> float | None:
@@ -244,9 +256,8 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def report(names: list[str], configs: list[Config],
-           walls: dict[tuple[str, str], list[float]],
-           reps: int, versions: dict[str, str], command: str) -> str:
+def table(names: list[str], configs: list[Config],
+          samples: dict[tuple[str, str], list[float]]) -> list[str]:
     base, others = configs[0], configs[1:]
     out: list[str] = []
     header = ["Benchmark", f"{base.label} (s)"]
@@ -256,21 +267,38 @@ def report(names: list[str], configs: list[Config],
     out.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
     ratios: dict[str, list[float]] = {c.key: [] for c in others}
     for name in names:
-        b = statistics.median(walls[(name, base.key)])
+        b = statistics.median(samples[(name, base.key)])
         row = [name, fmt_s(b)]
         for c in others:
-            m = statistics.median(walls[(name, c.key)])
-            ratios[c.key].append(m / b)
-            row += [fmt_s(m), fmt_ratio(m / b)]
+            m = statistics.median(samples[(name, c.key)])
+            r = m / b if b > 0 else float("nan")
+            ratios[c.key].append(r)
+            row += [fmt_s(m), fmt_ratio(r)]
         out.append("| " + " | ".join(row) + " |")
     if len(names) > 1:
         row = ["**geometric mean**", ""]
         for c in others:
             row += ["", f"**{fmt_ratio(geomean(ratios[c.key]))}**"]
         out.append("| " + " | ".join(row) + " |")
+    return out
 
+
+def report(names: list[str], configs: list[Config],
+           walls: dict[tuple[str, str], list[float]],
+           cpus: dict[tuple[str, str], list[float]],
+           reps: int, versions: dict[str, str], command: str) -> str:
+    base = configs[0]
+    out: list[str] = []
+    out.append("Median wall-clock time:")
     out.append("")
-    out.append(f"Median wall-clock time of {reps} interleaved runs per configuration "
+    out += table(names, configs, walls)
+    out.append("")
+    out.append("Median CPU time (user + system, all threads; less sensitive to "
+               "other load on the machine):")
+    out.append("")
+    out += table(names, configs, cpus)
+    out.append("")
+    out.append(f"Medians of {reps} interleaved runs per configuration "
                f"(after one untimed warm-up/verification run); ratios > 1 mean moonjail "
                f"is slower. Checksum lines were identical across all configurations.")
     out.append("")
@@ -392,6 +420,7 @@ def main(argv: list[str]) -> int:
         log(f"verified {name}: {expected[name]}")
 
     walls: dict[tuple[str, str], list[float]] = {(n, c.key): [] for n in names for c in configs}
+    cpus: dict[tuple[str, str], list[float]] = {(n, c.key): [] for n in names for c in configs}
     for rep in range(args.reps):
         for prog in programs:
             name = prog.stem
@@ -403,10 +432,11 @@ def main(argv: list[str]) -> int:
                 res = run_once(cmd)
                 check_run(name, c, cmd, res, expected[name])
                 walls[(name, c.key)].append(res.wall_s)
+                cpus[(name, c.key)].append(res.cpu_s)
             times = "  ".join(f"{c.label}={walls[(name, c.key)][-1]:.3f}s" for c in configs)
             log(f"rep {rep + 1}/{args.reps} {name:<16} {times}")
 
-    print(report(names, configs, walls, args.reps, versions, command))
+    print(report(names, configs, walls, cpus, args.reps, versions, command))
     return 0
 
 

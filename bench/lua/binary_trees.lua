@@ -24,10 +24,7 @@ checksum = checksum + check(bottom_up(stretch))
 local long_lived = bottom_up(MAX_DEPTH)
 
 for depth = MIN_DEPTH, MAX_DEPTH, 2 do
-  -- 3/4 of the classic iteration count, to keep the run near 1 s: this
-  -- program is dominated by the collector, which is ~2x slower in Lua 5.4.9
-  -- (what moonjail embeds) than in Debian's 5.4.4.
-  local iterations = 3 << (MAX_DEPTH - depth + MIN_DEPTH - 2)
+  local iterations = 1 << (MAX_DEPTH - depth + MIN_DEPTH)
   local sum = 0
   for _ = 1, iterations do
     sum = sum + check(bottom_up(depth))
