@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use moonjail::{units, Item, Limits, Profile, RunOptions, Sandbox};
+use moonjail::{units, Isolation, Item, Limits, ProcessConfig, Profile, RunOptions, Sandbox};
 
 /// Run untrusted Lua 5.4 safely.
 ///
@@ -41,6 +41,15 @@ enum Command {
     Profile {
         #[command(subcommand)]
         command: ProfileCommand,
+    },
+    /// Show which isolation layers this machine can apply (for `run --isolate`), and why
+    /// not when not; then start one worker process and run a script in it.
+    ///
+    /// Exit status: 0 when every layer is available and the worker ran, 1 otherwise.
+    Doctor {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -103,12 +112,23 @@ struct RunArgs {
     /// Fail if the result is not a table.
     #[arg(long)]
     require_table: bool,
+    /// Run the script in a locked-down worker process (namespaces, rlimits, dropped
+    /// ids, no_new_privs, Landlock, seccomp), killed if it passes its deadline.
+    #[arg(long)]
+    isolate: bool,
+    /// With --isolate: layers this machine may lack, comma-separated (see
+    /// `moonjail doctor`), e.g. `landlock,user-namespace`. Default: none.
+    #[arg(long, value_name = "LAYERS", requires = "isolate")]
+    allow_missing: Option<String>,
     /// Print one JSON document: {"ok", "result", "output", "error", "stats"}.
     #[arg(long)]
     json: bool,
 }
 
 fn main() -> ExitCode {
+    // Started as a worker process by `--isolate` (this executable re-run with a hidden
+    // first argument): serve, and never come back.
+    moonjail::worker::run_if_worker();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,
@@ -123,6 +143,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Profile { command } => profile(command),
+        Command::Doctor { json } => doctor(json),
     }
 }
 
@@ -184,12 +205,18 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         result_depth: args.result_depth,
         result_bytes: size(&args.result_limit).context("--result-limit")?,
     };
-    let sandbox = Sandbox::builder()
+    let mut builder = Sandbox::builder()
         .profile(args.profile.parse()?)
         .limits(limits)
         .require_run(args.require_run)
-        .require_table_result(args.require_table)
-        .build()?;
+        .require_table_result(args.require_table);
+    if args.isolate {
+        // One run: one worker, started on demand.
+        let config = ProcessConfig::builder().pool_size(1).prespawn(0);
+        let config = allow_missing(config, args.allow_missing.as_deref())?;
+        builder = builder.isolation(Isolation::Process(config.build()?));
+    }
+    let sandbox = builder.build()?;
     let outcome = sandbox.run_with(&source, &input, &RunOptions { chunk_name: &name });
 
     let mut stdout = std::io::stdout().lock();
@@ -234,6 +261,23 @@ fn profile(command: ProfileCommand) -> anyhow::Result<ExitCode> {
                         "json".into(),
                         Some("json.encode, json.decode, json.null (Rust, under the run's limits)"),
                     )),
+                    Item::Alias { name, target } => {
+                        rows.push((name.to_string(), Some(alias_note(target))))
+                    }
+                    Item::Package => {
+                        rows.push((
+                            "package".into(),
+                            Some("loaded, preload, path = \"\", cpath = \"\"; no loadlib, no searchers"),
+                        ));
+                        rows.push((
+                            "require".into(),
+                            Some("package.loaded, package.preload, then --modules DIR"),
+                        ));
+                    }
+                    Item::Io => rows.push((
+                        "io.open".into(),
+                        Some("read-only (\"r\", \"rb\"), only files listed with --read"),
+                    )),
                     Item::Library { name, members } => {
                         for m in *members {
                             let full = format!("{name}.{m}");
@@ -267,4 +311,154 @@ fn profile(command: ProfileCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(target_os = "linux")]
+fn allow_missing(
+    config: moonjail::ProcessConfigBuilder,
+    list: Option<&str>,
+) -> anyhow::Result<moonjail::ProcessConfigBuilder> {
+    use moonjail::worker::{Layer, LayerSet};
+    let Some(list) = list else {
+        return Ok(config);
+    };
+    let mut layers = LayerSet::empty();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let layer = Layer::from_name(name).with_context(|| {
+            let known: Vec<_> = Layer::ALL.iter().map(|l| l.name()).collect();
+            format!(
+                "--allow-missing: unknown layer {name:?} (known: {})",
+                known.join(", ")
+            )
+        })?;
+        layers = layers.with(layer);
+    }
+    Ok(config.allow_missing(layers))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allow_missing(
+    config: moonjail::ProcessConfigBuilder,
+    list: Option<&str>,
+) -> anyhow::Result<moonjail::ProcessConfigBuilder> {
+    if list.is_some() {
+        bail!("--allow-missing: isolation layers exist on Linux only");
+    }
+    Ok(config)
+}
+
+/// `moonjail doctor`: the probe's findings, then one real isolated run.
+#[cfg(target_os = "linux")]
+fn doctor(json: bool) -> anyhow::Result<ExitCode> {
+    use moonjail::worker::Availability;
+
+    let capabilities = moonjail::worker::probe();
+    let layers: Vec<_> = capabilities
+        .layers
+        .iter()
+        .map(|(layer, availability)| {
+            let (status, detail) = match availability {
+                Availability::Available { detail } => ("available", detail.clone()),
+                Availability::Unavailable { reason } => ("unavailable", reason.clone()),
+                Availability::NotApplicable { reason } => ("not_applicable", reason.clone()),
+                other => ("unknown", other.to_string()),
+            };
+            (layer.name(), status, detail, availability.is_usable())
+        })
+        .collect();
+    let all_usable = capabilities.all_usable();
+
+    // One run in a real worker, every layer required, as `run --isolate` would do it.
+    let started = std::time::Instant::now();
+    let worker = ProcessConfig::builder()
+        .pool_size(1)
+        .prespawn(0)
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            Ok(Sandbox::builder()
+                .isolation(Isolation::Process(config))
+                .build()?)
+        })
+        .map(|sandbox| sandbox.run("return 6 * 7", &serde_json::Value::Null));
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    let worker_error = match &worker {
+        Ok(outcome) => match &outcome.result {
+            Ok(v) if *v == serde_json::json!(42) => None,
+            Ok(v) => Some(format!("the worker answered {v} instead of 42")),
+            Err(e) => Some(format!("{}: {}", e.kind, e.message)),
+        },
+        Err(e) => Some(format!("{e:#}")),
+    };
+    let ok = all_usable && worker_error.is_none();
+
+    if json {
+        let doc = serde_json::json!({
+            "ok": ok,
+            "kernel": capabilities.kernel_release,
+            "running_as_root": capabilities.running_as_root,
+            "landlock_abi": capabilities.landlock_abi,
+            "layers": layers.iter().map(|(name, status, detail, usable)| serde_json::json!({
+                "layer": name, "status": status, "usable": usable, "detail": detail,
+            })).collect::<Vec<_>>(),
+            "worker": {
+                "ok": worker_error.is_none(),
+                "error": worker_error,
+                "ms": (elapsed_ms * 1e3).round() / 1e3,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!(
+            "kernel {}, running as {}",
+            capabilities.kernel_release,
+            if capabilities.running_as_root {
+                "root"
+            } else {
+                "an unprivileged user"
+            }
+        );
+        for (name, status, detail, _) in &layers {
+            let status = status.replace('_', " ");
+            println!("  {name:<18} {status:<15} {detail}");
+        }
+        match &worker_error {
+            None => println!("worker: started, locked down and ran a script in {elapsed_ms:.1} ms"),
+            Some(e) => println!("worker: FAILED: {e}"),
+        }
+        if ok {
+            println!("every layer is available: `moonjail run --isolate` applies them all");
+        } else if !all_usable {
+            println!(
+                "some layers are unavailable: `run --isolate` fails unless they are listed \
+                 in --allow-missing"
+            );
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn doctor(json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": false, "error": "isolation needs Linux"})
+        );
+    } else {
+        println!("isolation layers exist on Linux only: `run --isolate` is not available");
+    }
+    Ok(ExitCode::from(1))
+}
+
+fn alias_note(target: &str) -> &'static str {
+    match target {
+        "load" => "alias of load (Lua 5.1 spelling)",
+        "table.unpack" => "alias of table.unpack (Lua 5.1 spelling)",
+        _ => "alias",
+    }
 }

@@ -6,8 +6,9 @@
 
 use mlua::{Function, Lua, StdLib, Table, Value};
 
+use crate::host::EnvOptions;
 use crate::profile::{Item, ProfileSpec};
-use crate::stdlib::{base, json};
+use crate::stdlib::{aos, base, json};
 use crate::vm::retain_string_keys;
 
 /// The stock libraries a profile needs opened.
@@ -47,7 +48,7 @@ pub fn guard_note(name: &str) -> Option<&'static str> {
 }
 
 /// Replaces the state's globals with exactly what `spec` lists.
-pub(crate) fn build(lua: &Lua, spec: &ProfileSpec) -> mlua::Result<()> {
+pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::Result<()> {
     let g = lua.globals();
     // Lock the string metatable while the stock getmetatable is still at hand.
     let getmt: Function = g.raw_get("getmetatable")?;
@@ -84,7 +85,40 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec) -> mlua::Result<()> {
             }
             Item::GlobalsRef => g.raw_set("_G", &g)?,
             Item::Json => g.raw_set("json", json::create(lua)?)?,
+            // Built below, once every function they capture is in place.
+            Item::Alias { .. } | Item::Package | Item::Io => {}
         }
+    }
+    for item in spec.items {
+        match *item {
+            Item::Alias { name, target } => {
+                let value = match target.split_once('.') {
+                    Some((lib, member)) => g.raw_get::<Table>(lib)?.raw_get::<Value>(member)?,
+                    None => g.raw_get::<Value>(target)?,
+                };
+                g.raw_set(name, value)?;
+            }
+            Item::Io => g.raw_set("io", aos::io(lua, opts.files.clone())?)?,
+            _ => {}
+        }
+    }
+    if spec.items.contains(&Item::Package) {
+        let (package, require) = aos::package(lua, opts.files.clone())?;
+        let loaded: Table = package.raw_get("loaded")?;
+        for pair in g.pairs::<Value, Value>() {
+            let (k, v) = pair?;
+            if let (Value::String(name), Value::Table(_)) = (&k, &v) {
+                if name != "_G" || spec.has_global("_G") {
+                    loaded.raw_set(name.clone(), v)?;
+                }
+            }
+        }
+        loaded.raw_set("package", &package)?;
+        g.raw_set("package", package)?;
+        g.raw_set("require", require)?;
+    }
+    if let Some(d) = opts.deterministic {
+        aos::make_deterministic(lua, d)?;
     }
     Ok(())
 }

@@ -2,11 +2,11 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What went wrong in a run. The `as_str` names are a stable contract (CLI `--json`,
 /// the HTTP service, logs): never rename one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -87,7 +87,7 @@ impl fmt::Display for ErrorKind {
 
 /// A failed run: precise enough to show a person or to feed back to the model that wrote
 /// the script.
-#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct Error {
     /// The stable category.
@@ -135,6 +135,6 @@ pub enum ConfigError {
         reason: String,
     },
     /// No profile of that name exists.
-    #[error("unknown profile {0:?} (known: minimal, standard)")]
+    #[error("unknown profile {0:?} (known: minimal, standard, aos)")]
     UnknownProfile(String),
 }

@@ -22,6 +22,7 @@
 
 mod env;
 mod error;
+mod host;
 mod limits;
 mod marshal;
 mod profile;
@@ -30,11 +31,14 @@ mod session;
 mod stdlib;
 pub mod units;
 mod vm;
+pub mod worker;
 
 pub use env::guard_note;
 pub use error::{ConfigError, Error, ErrorKind, Result};
+pub use host::{Determinism, HostFiles};
 pub use limits::Limits;
 pub use profile::{Item, Profile, ProfileSpec};
 pub use sandbox::{Outcome, RunOptions, Sandbox, SandboxBuilder, Stats};
 pub use session::Session;
 pub use vm::watchdog::deadline_signal;
+pub use worker::{Isolation, ProcessConfig, ProcessConfigBuilder, WorkerPath};

@@ -25,6 +25,19 @@ pub enum Item {
     GlobalsRef,
     /// The `json` library (`encode`, `decode`, `null`), implemented in Rust.
     Json,
+    /// A second global name for something already listed, e.g. `loadstring` for `load`
+    /// or `unpack` for `table.unpack` (5.1 spellings AO code still uses).
+    Alias {
+        /// The alias.
+        name: &'static str,
+        /// What it names: a global or `library.member`.
+        target: &'static str,
+    },
+    /// `package` (`loaded`, `preload`, `path = ""`, `cpath = ""`) and `require`, which
+    /// resolves from `package.loaded`, `package.preload`, then host-provided modules.
+    Package,
+    /// `io` with only `open`, for reading files the host listed.
+    Io,
 }
 
 /// A named, declarative list of [`Item`]s.
@@ -92,6 +105,64 @@ const COROUTINE: &[&str] = &[
 const UTF8: &[&str] = &["char", "charpattern", "codepoint", "codes", "len", "offset"];
 
 const OS_TIME: &[&str] = &["clock", "date", "difftime", "time"];
+
+/// The HyperAOS sandbox requirements, exactly.
+const AOS: &[Item] = &[
+    Item::Global("assert"),
+    Item::Global("error"),
+    Item::Global("getmetatable"),
+    Item::Global("ipairs"),
+    Item::Global("load"),
+    Item::Global("next"),
+    Item::Global("pairs"),
+    Item::Global("pcall"),
+    Item::Global("print"),
+    Item::Global("rawequal"),
+    Item::Global("rawget"),
+    Item::Global("rawlen"),
+    Item::Global("rawset"),
+    Item::Global("select"),
+    Item::Global("setmetatable"),
+    Item::Global("tonumber"),
+    Item::Global("tostring"),
+    Item::Global("type"),
+    Item::Global("xpcall"),
+    Item::GlobalsRef,
+    Item::Library {
+        name: "math",
+        members: MATH,
+    },
+    Item::Library {
+        name: "string",
+        members: STRING,
+    },
+    Item::Library {
+        name: "table",
+        members: TABLE,
+    },
+    Item::Library {
+        name: "coroutine",
+        members: COROUTINE,
+    },
+    Item::Library {
+        name: "utf8",
+        members: UTF8,
+    },
+    Item::Library {
+        name: "os",
+        members: OS_TIME,
+    },
+    Item::Alias {
+        name: "loadstring",
+        target: "load",
+    },
+    Item::Alias {
+        name: "unpack",
+        target: "table.unpack",
+    },
+    Item::Package,
+    Item::Io,
+];
 
 /// LuaWard's whitelist, exactly.
 const MINIMAL: &[Item] = &[
@@ -181,11 +252,14 @@ pub enum Profile {
     /// `coroutine`, `utf8`, the time functions of `os`, text-only `load` and `json`.
     #[default]
     Standard,
+    /// The HyperAOS environment for AO process modules (`aos.lua`, `utils.lua`):
+    /// 5.1 aliases, `package`/`require` of host-provided modules, read-only `io.open`.
+    Aos,
 }
 
 impl Profile {
     /// Every built-in profile.
-    pub const ALL: [Profile; 2] = [Profile::Minimal, Profile::Standard];
+    pub const ALL: [Profile; 3] = [Profile::Minimal, Profile::Standard, Profile::Aos];
 
     /// The profile's declarative list.
     pub fn spec(self) -> &'static ProfileSpec {
@@ -200,6 +274,13 @@ impl Profile {
                 summary: "the default: minimal + _G, guarded metatables, raw access, coroutine, \
                           utf8, os time functions, text-only load, json",
                 items: STANDARD,
+            },
+            Profile::Aos => &ProfileSpec {
+                name: "aos",
+                summary: "the HyperAOS environment: standard's libraries without json and \
+                          collectgarbage, plus loadstring, unpack, package/require and \
+                          read-only io.open",
+                items: AOS,
             },
         }
     }
@@ -235,6 +316,9 @@ impl ProfileSpec {
             Item::Library { name: lib, .. } => *lib == name,
             Item::GlobalsRef => name == "_G",
             Item::Json => name == "json",
+            Item::Alias { name: alias, .. } => *alias == name,
+            Item::Package => name == "package" || name == "require",
+            Item::Io => name == "io",
         })
     }
 
@@ -280,19 +364,24 @@ mod tests {
     fn no_profile_lists_dangerous_names() {
         for p in Profile::ALL {
             let s = p.spec();
-            for g in [
-                "io",
-                "debug",
-                "package",
-                "require",
-                "dofile",
-                "loadfile",
-                "loadstring",
-            ] {
+            for g in ["debug", "dofile", "loadfile", "collectgarbage_", "ffi"] {
                 assert!(!s.has_global(g), "{} exposes {g}", s.name);
             }
+            if p != Profile::Aos {
+                for g in ["io", "package", "require", "loadstring"] {
+                    assert!(!s.has_global(g), "{} exposes {g}", s.name);
+                }
+            }
             if let Some(os) = s.library("os") {
-                for m in ["execute", "exit", "getenv", "remove", "rename", "tmpname"] {
+                for m in [
+                    "execute",
+                    "exit",
+                    "getenv",
+                    "remove",
+                    "rename",
+                    "tmpname",
+                    "setlocale",
+                ] {
                     assert!(!os.contains(&m), "{} exposes os.{m}", s.name);
                 }
             }

@@ -5,16 +5,18 @@ use std::time::{Duration, Instant};
 
 use mlua::chunk::ChunkMode;
 use mlua::Value;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::env;
 use crate::error::{ConfigError, Error, ErrorKind};
+use crate::host::{Determinism, EnvOptions, HostFiles};
 use crate::limits::Limits;
 use crate::marshal::{self, Bounds};
 use crate::profile::Profile;
 use crate::stdlib::base::FORBIDDEN;
 use crate::vm::{watchdog::Deadline, Activation, Control, Vm};
+use crate::worker::{Isolated, Isolation};
 
 /// What a run produced: the result or the error, the captured output and statistics.
 /// Output and statistics are there whether the run succeeded or not.
@@ -29,7 +31,7 @@ pub struct Outcome {
 }
 
 /// Measurements of one run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// Wall-clock time, from the start of `run` to the state's close.
     pub wall: Duration,
@@ -81,8 +83,10 @@ impl Outcome {
 pub struct SandboxBuilder {
     profile: Profile,
     limits: Limits,
+    env: EnvOptions,
     require_run: bool,
     require_table: bool,
+    isolation: Isolation,
 }
 
 impl SandboxBuilder {
@@ -154,6 +158,27 @@ impl SandboxBuilder {
         self
     }
 
+    /// Lets scripts `require` host modules and `io.open` host files (aos profile).
+    /// By default, nothing is readable.
+    pub fn host_files(mut self, files: HostFiles) -> Self {
+        self.env.files = std::sync::Arc::new(files);
+        self
+    }
+
+    /// Makes `os.time`/`os.clock`/`os.date` and `math.random` reproducible. Works with
+    /// every profile. By default, off.
+    pub fn deterministic(mut self, determinism: Option<Determinism>) -> Self {
+        self.env.deterministic = determinism;
+        self
+    }
+
+    /// Selects where scripts run: in process, or in locked-down worker processes (see
+    /// [`crate::worker`]). By default, [`Isolation::InProcess`].
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
     /// Validates the configuration.
     ///
     /// # Errors
@@ -178,11 +203,14 @@ impl SandboxBuilder {
         if l.result_depth == 0 {
             return bad("result-depth", "must be at least 1");
         }
+        let isolation = Isolated::new(self.isolation, &self.limits, &self.env)?;
         Ok(Sandbox {
             profile: self.profile,
             limits: self.limits,
+            env: self.env,
             require_run: self.require_run,
             require_table: self.require_table,
+            isolation,
         })
     }
 }
@@ -193,8 +221,10 @@ impl SandboxBuilder {
 pub struct Sandbox {
     profile: Profile,
     limits: Limits,
+    pub(crate) env: EnvOptions,
     require_run: bool,
     require_table: bool,
+    pub(crate) isolation: Isolated,
 }
 
 impl Default for Sandbox {
@@ -202,8 +232,10 @@ impl Default for Sandbox {
         Sandbox {
             profile: Profile::default(),
             limits: Limits::default(),
+            env: EnvOptions::default(),
             require_run: false,
             require_table: false,
+            isolation: Isolated::InProcess,
         }
     }
 }
@@ -247,6 +279,18 @@ impl Sandbox {
 
     /// [`Sandbox::run`] with options.
     pub fn run_with(&self, source: impl AsRef<[u8]>, input: &Json, opts: &RunOptions) -> Outcome {
+        if let Some(outcome) = self.isolation.run(&crate::worker::Job {
+            source: source.as_ref(),
+            input,
+            chunk_name: opts.chunk_name,
+            profile: self.profile,
+            limits: &self.limits,
+            env: &self.env,
+            require_run: self.require_run,
+            require_table: self.require_table,
+        }) {
+            return outcome;
+        }
         let start = Instant::now();
         let mut stats = Stats::default();
         let (result, output) = self.execute(source.as_ref(), input, opts, start, &mut stats);
@@ -302,7 +346,7 @@ impl Sandbox {
             .map(|t| Deadline::arm(start + t, ctl.expired.clone()));
         vm.begin_call(self.limits.instructions);
 
-        let result = env::build(vm.lua(), spec)
+        let result = env::build(vm.lua(), spec, &self.env)
             .map_err(|e| {
                 Error::new(
                     ErrorKind::Internal,

@@ -47,7 +47,7 @@ impl Sandbox {
                 .set(self.limits().source_bytes.unwrap_or(usize::MAX));
             let _active = Activation::new(ctl);
             vm.begin_call(None);
-            env::build(vm.lua(), spec).map_err(|e| {
+            env::build(vm.lua(), spec, &self.env).map_err(|e| {
                 classify(
                     ctl,
                     Error::new(

@@ -302,10 +302,9 @@ pub(crate) fn nospecials(p: &[u8]) -> bool {
     !p.iter().any(|c| SPECIALS.contains(c))
 }
 
-/// Position of the first `c` in `hay`. Each block of 64 bytes is first
-/// tested with a branch-free lane-wise reduction over a fixed-size array
-/// (which the compiler turns into SIMD compares), and only a block that
-/// contains `c` is scanned byte by byte.
+/// Position of the first `c` in `hay`. Blocks of 64 bytes are first tested
+/// with a branch-free lane-wise reduction (SIMD compares once compiled);
+/// the block that contains `c`, and the tail, are searched a word at a time.
 #[inline]
 fn memchr(c: u8, hay: &[u8]) -> Option<usize> {
     const BLOCK: usize = 64;
@@ -314,6 +313,7 @@ fn memchr(c: u8, hay: &[u8]) -> Option<usize> {
     for block in &mut blocks {
         if let Ok(arr) = <&[u8; BLOCK]>::try_from(block) {
             let mut acc = [0u8; 16];
+            #[allow(clippy::needless_range_loop)] // this form vectorises reliably
             for i in 0..16 {
                 acc[i] = u8::from(arr[i] == c)
                     | u8::from(arr[i + 16] == c)
@@ -321,12 +321,34 @@ fn memchr(c: u8, hay: &[u8]) -> Option<usize> {
                     | u8::from(arr[i + 48] == c);
             }
             if u128::from_ne_bytes(acc) != 0 {
-                return block.iter().position(|&b| b == c).map(|i| off + i);
+                return memchr_words(c, block).map(|i| off + i);
             }
         }
         off += BLOCK;
     }
-    blocks.remainder().iter().position(|&b| b == c).map(|i| off + i)
+    memchr_words(c, blocks.remainder()).map(|i| off + i)
+}
+
+/// [`memchr`] for short slices: 8 bytes at a time with the classic
+/// "has zero byte" test (exact for the lowest zero byte), then bytewise.
+#[inline(never)]
+fn memchr_words(c: u8, hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let rep = LO.wrapping_mul(u64::from(c));
+    let mut words = hay.chunks_exact(8);
+    let mut off = 0usize;
+    for word in &mut words {
+        if let Ok(bytes) = <[u8; 8]>::try_from(word) {
+            let w = u64::from_le_bytes(bytes) ^ rep;
+            let z = w.wrapping_sub(LO) & !w & HI;
+            if z != 0 {
+                return Some(off + (z.trailing_zeros() / 8) as usize);
+            }
+        }
+        off += 8;
+    }
+    words.remainder().iter().position(|&b| b == c).map(|i| off + i)
 }
 
 /// Number of subject positions scanned between checkpoint checks in the
@@ -440,7 +462,8 @@ pub(crate) struct MatchState<'a> {
     pat: &'a [u8],
     matchdepth: u32,
     level: usize,
-    first: FirstItem,
+    /// Computed on the first unanchored search.
+    first: Option<FirstItem>,
     pub(crate) meter: Meter,
     capture: [Capture; MAXCAPTURES],
 }
@@ -454,7 +477,7 @@ impl<'a> MatchState<'a> {
             pat,
             matchdepth: MAXCCALLS,
             level: 0,
-            first: Self::first_item(pat),
+            first: None,
             meter: Meter::new(),
             capture: [Capture { init: 0, len: 0 }; MAXCAPTURES],
         }
@@ -536,9 +559,13 @@ impl<'a> MatchState<'a> {
                 _ => None,
             });
         }
+        let first = match self.first {
+            Some(first) => first,
+            None => *self.first.insert(Self::first_item(self.pat)),
+        };
         let mut s = start;
         while s <= len {
-            match self.next_candidate(s)? {
+            match self.next_candidate(first, s)? {
                 Some(c) => s = c,
                 None => return Ok(None),
             }
@@ -558,8 +585,8 @@ impl<'a> MatchState<'a> {
     /// class, in which case the first position where that item matches
     /// (`None` if there is none; `match` fails at the end of the subject).
     #[inline]
-    fn next_candidate(&mut self, from: usize) -> Result<Option<usize>, MatchError> {
-        match self.first {
+    fn next_candidate(&mut self, first: FirstItem, from: usize) -> Result<Option<usize>, MatchError> {
+        match first {
             FirstItem::None => Ok(Some(from)),
             FirstItem::Lit(c) => {
                 let len = self.src.len();
@@ -1899,5 +1926,101 @@ return ser(table.pack(pcall(run)))
         explicit(4, b"abc", b"b", Nil, Nil, 0);
         explicit(0, b"abc", b"b", Float(1.5), Nil, 0);
         explicit(0, b"abc", b"b", Str(b"x".to_vec()), Nil, 0);
+    }
+
+    /// Serialiser shared by the free-form differential snippets.
+    const SER: &str = r#"
+local function ser(v)
+  local t = type(v)
+  if t == "string" then return string.format("%q", v)
+  elseif t == "table" then
+    local parts = {}
+    for i = 1, (v.n or #v) do parts[i] = ser(v[i]) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  else return t .. ":" .. tostring(v) end
+end
+"#;
+
+    /// Runs the body of a function in both states; compares its results or
+    /// error.
+    fn same_code(pair: &Pair, body: &str) {
+        let code = format!("{SER}\nreturn ser(table.pack(pcall(function()\n{body}\nend)))");
+        let run = |lua: &mlua::Lua| -> String {
+            lua.load(&code).set_name("=snippet").eval::<String>().expect("snippet runs")
+        };
+        let (a, b) = (run(&pair.stock), run(&pair.metered));
+        assert_eq!(a, b, "snippet: {body}");
+    }
+
+    #[test]
+    fn differential_snippets() {
+        let pair = Pair::new();
+        let snippets = [
+            // number arguments are converted like luaL_checklstring does
+            "return string.find(12345, 34)",
+            "return string.find(12345, 3, -2)",
+            "return string.match(3.5, '%d')",
+            "return string.gsub(1234, 2, 9)",
+            "return string.gsub('abc', 'b', 5)",
+            "local t = {} for a in string.gmatch(112131, 1) do t[#t+1] = a end return table.concat(t, ',')",
+            // argument errors, with and without a call-site name
+            "return string.find()",
+            "return string.find('a')",
+            "return string.gsub('a', 'a')",
+            "return string.gsub('a', 'a', true)",
+            "return string.gsub('a', 'a', 'x', 'y')",
+            "return string.gsub('a', 'a', nil, 'y')",
+            "return string.gmatch('a')",
+            "return pcall(string.find)",
+            "return pcall(string.gsub, 'a', 'a', io and io.stdout or 1)",
+            "return ('x'):find({})",
+            "return string.find('abc', 'b', 1.5)",
+            "return string.find('abc', 'b', '1')",
+            // gmatch: anchors are literal, init, exhaustion and reuse
+            "local it = string.gmatch('^a^a', '^a') return it(), it(), it(), it()",
+            "local it = string.gmatch('abc', '()', 2) return it(), it(), it(), it()",
+            "local it = string.gmatch('abc', '', 10) return it(), it()",
+            "local it = string.gmatch('aXbX', '%u', -2) return it(), it()",
+            "local it = string.gmatch('a,b,,c', '([^,]*)') return it(), it(), it(), it(), it(), it()",
+            "local it = string.gmatch('abc', '(a') return it()",
+            // gsub corner cases
+            "return string.gsub('hello world', '(o)', '%1%1', 1)",
+            "return string.gsub('hello', '', '-', 3)",
+            "return string.gsub('hello', 'l', 'L', 0)",
+            "return string.gsub('hello', 'l', 'L', -5)",
+            "return string.gsub('hello', 'l', 'L', math.maxinteger)",
+            "return string.gsub('hello', 'l', 'L', math.mininteger)",
+            "return string.gsub('abc', '%w', '%9')",
+            "return string.gsub('abc', '(%w)', '%2')",
+            "return string.gsub('abc', '%w', '%')",
+            "return string.gsub('abc', '%w', '%x')",
+            "return string.gsub('abc', '()', '%1')",
+            "return string.gsub('abc', '()', {[1] = 'one', [2] = false})",
+            "return string.gsub('abc', '%w', function(c) error('boom ' .. c) end)",
+            "return string.gsub('abc', '%w', function(c) error({}) end)",
+            "return string.gsub('abc', '%w', function(c) return coroutine.yield(c) end)",
+            "return coroutine.wrap(function() return string.gsub('abc', '%w', function(c) return coroutine.yield(c) end) end)()",
+            "return string.gsub('abc', '%w', setmetatable({}, {__index = function(t, k) return k:upper() end}))",
+            "return string.gsub('abc', '%w', setmetatable({}, {__call = function() return 'x' end}))",
+            "local n = 0 local r = {string.gsub(('ab'):rep(3000), '%w', function(c) n = n + 1 if n % 3 == 0 then return nil elseif n % 3 == 1 then return c:rep(3) end return 7 end)} return #r[1], r[2], r[1]:sub(1, 40), n",
+            "local r = {string.gsub(('abc '):rep(2000), '(%w+)', {abc = ('x'):rep(5)})} return #r[1], r[2], r[1]:sub(-20)",
+            "local r = {string.gsub(('abc '):rep(2000), '%w+', '<%0>')} return #r[1], r[2], r[1]:sub(-20)",
+            // long subjects: chunk boundaries of the metered scans
+            "local s = ('x'):rep(1023) .. 'needle' .. ('x'):rep(3000) return s:find('needle', 1, true), s:find('needle'), s:find('n%a+'), s:find('[n]eedle'), s:find('needle', 1030, true)",
+            "local s = ('x'):rep(1020) .. 'needle' return s:find('needle', 1, true), s:find('needle'), s:find('e%a'), s:find('%f[n]')",
+            "local s = ('x'):rep(5000) return s:find('xy', 1, true), s:find('y'), s:find('%d'), s:find('x', 4990), s:find('x$'), select(2, s:gsub('x', 'y'))",
+            "local s = ('ab'):rep(2000) return select(2, s:gsub('b', '')), select(2, s:gsub('ba', '')), s:find('bb'), s:find('(ab)%1b')",
+            "local s = '(' .. ('x'):rep(3000) .. ')' return s:find('%b()'), s:find('%b)(')",
+            "return string.find(('a'):rep(300), ('a?'):rep(198)), pcall(string.find, ('a'):rep(300), ('a?'):rep(199)), pcall(string.find, ('a'):rep(300), ('a?'):rep(250))",
+            "return string.find(('a'):rep(300), ('(a)'):rep(32)), pcall(string.find, ('a'):rep(300), ('(a)'):rep(33))",
+            "return string.match(('a'):rep(50), ('(a)'):rep(32))",
+            "return select('#', string.match(('a'):rep(50), ('()'):rep(32)))",
+            // classes over the full byte range
+            "local t = {} for i = 0, 255 do t[#t+1] = string.char(i) end local s = table.concat(t) local r = {} for _, c in ipairs({'a','c','d','g','l','p','s','u','w','x','z','A','C','D','G','L','P','S','U','W','X','Z'}) do r[#r+1] = select(2, s:gsub('%' .. c, '')) end return table.concat(r, ',')",
+            "local t = {} for i = 0, 255 do t[#t+1] = string.char(i) end local s = table.concat(t) return select(2, s:gsub('[%w_\\0-\\31\\200-\\255]', '')), select(2, s:gsub('[^%s%p]', '')), select(2, s:gsub('[a-]', '')), select(2, s:gsub('[%]-]', ''))",
+        ];
+        for body in snippets {
+            same_code(&pair, body);
+        }
     }
 }

@@ -1,0 +1,690 @@
+//! The `moonjail` command line, through the built binary, in a temporary directory.
+//!
+//! The contract under test (DESIGN.md): `run [FILE|-] [-e CODE] [--input JSON|@FILE] ...
+//! [--json]`, one JSON document `{"ok", "result", "output", "error": {"kind", "message",
+//! "line"} | null, "stats": {"wall_ms", "memory_bytes", "instructions"}}`, human mode
+//! printing output then the result (errors on stderr with the line), and exit statuses
+//! 0 (the script succeeded), 1 (it failed, any kind), 2 (the command was misused).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{json, Value as Json};
+
+// ---------------------------------------------------------------------------------------
+// Harness.
+// ---------------------------------------------------------------------------------------
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "moonjail-cli-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the temp dir");
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, contents).expect("write a test file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What one invocation did.
+#[derive(Debug)]
+struct Out {
+    /// The exit status; None when the process died of a signal.
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Json {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
+    }
+}
+
+fn moonjail(dir: &TempDir, args: &[&str], stdin: Option<&[u8]>) -> Out {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moonjail"));
+    cmd.args(args)
+        .current_dir(dir.path())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start moonjail");
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(bytes).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait for moonjail");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn mj(args: &[&str]) -> Out {
+    moonjail(&TempDir::new(), args, None)
+}
+
+/// `moonjail run -e CODE EXTRA... --json`: the exit status and the document.
+fn json_eval(code: &str, extra: &[&str]) -> (Option<i32>, Json) {
+    let mut args = vec!["run", "-e", code];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    let out = mj(&args);
+    let doc = out.json();
+    (out.code, doc)
+}
+
+fn assert_misuse(out: &Out, fragment: &str) {
+    assert_eq!(out.code, Some(2), "misuse must exit 2: {out:?}");
+    assert!(out.stdout.is_empty(), "nothing on stdout: {out:?}");
+    assert!(
+        out.stderr.contains(fragment),
+        "stderr lacks {fragment:?}: {out:?}"
+    );
+}
+
+/// The stable shape of the `--json` document.
+fn assert_document_shape(doc: &Json) {
+    let obj = doc.as_object().expect("an object");
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["error", "ok", "output", "result", "stats"], "{doc}");
+    assert!(doc["ok"].is_boolean());
+    assert!(doc["output"].is_string());
+    let stats = doc["stats"].as_object().expect("stats is an object");
+    let mut skeys: Vec<&str> = stats.keys().map(String::as_str).collect();
+    skeys.sort();
+    assert_eq!(skeys, ["instructions", "memory_bytes", "wall_ms"], "{doc}");
+    assert!(
+        doc["stats"]["wall_ms"].as_f64().is_some_and(|w| w >= 0.0),
+        "{doc}"
+    );
+    assert!(doc["stats"]["memory_bytes"].is_u64(), "{doc}");
+    assert!(
+        doc["stats"]["instructions"].is_null() || doc["stats"]["instructions"].is_u64(),
+        "{doc}"
+    );
+    if doc["ok"] == json!(true) {
+        assert!(doc["error"].is_null(), "{doc}");
+    } else {
+        assert!(doc["result"].is_null(), "{doc}");
+        let err = doc["error"]
+            .as_object()
+            .expect("error is an object on failure");
+        let mut ekeys: Vec<&str> = err.keys().map(String::as_str).collect();
+        ekeys.sort();
+        assert_eq!(ekeys, ["kind", "line", "message"], "{doc}");
+        let kinds = [
+            "syntax",
+            "runtime",
+            "memory_limit",
+            "instruction_limit",
+            "timeout",
+            "output_limit",
+            "input",
+            "result",
+            "forbidden",
+            "killed",
+            "internal",
+        ];
+        assert!(
+            kinds.contains(&doc["error"]["kind"].as_str().unwrap()),
+            "{doc}"
+        );
+        assert!(doc["error"]["message"].is_string());
+        assert!(
+            doc["error"]["line"].is_null() || doc["error"]["line"].is_u64(),
+            "{doc}"
+        );
+    }
+}
+
+fn kind(doc: &Json) -> &str {
+    doc["error"]["kind"].as_str().unwrap_or("(none)")
+}
+
+// ---------------------------------------------------------------------------------------
+// run: sources.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn run_file_human_mode_prints_output_then_result() {
+    let dir = TempDir::new();
+    dir.write(
+        "hello.lua",
+        "print('hi')\nprint('there')\nreturn {n = 1, list = {1, 2}}\n",
+    );
+    let out = moonjail(&dir, &["run", "hello.lua"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let pretty = serde_json::to_string_pretty(&json!({"n": 1, "list": [1, 2]})).unwrap();
+    assert_eq!(out.stdout, format!("hi\nthere\n{pretty}\n"));
+    assert_eq!(out.stderr, "");
+}
+
+#[test]
+fn run_file_json_mode() {
+    let dir = TempDir::new();
+    dir.write("hello.lua", "print('hi')\nreturn {n = 1}\n");
+    let out = moonjail(&dir, &["run", "hello.lua", "--json"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 1, "exactly one line: {out:?}");
+    let doc = out.json();
+    assert_document_shape(&doc);
+    assert_eq!(doc["ok"], json!(true));
+    assert_eq!(doc["result"], json!({"n": 1}));
+    assert_eq!(doc["output"], json!("hi\n"));
+    assert_eq!(doc["error"], Json::Null);
+    assert_eq!(doc["stats"]["instructions"], Json::Null);
+    assert!(doc["stats"]["memory_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn run_file_by_absolute_path_and_chunk_name() {
+    let dir = TempDir::new();
+    let p = dir.write("fails.lua", "local x = 1\n\nerror('boom')\n");
+    let out = moonjail(&dir, &["run", p.to_str().unwrap(), "--json"], None);
+    assert_eq!(out.code, Some(1));
+    let doc = out.json();
+    assert_document_shape(&doc);
+    // Errors are named after the file.
+    assert_eq!(
+        doc["error"],
+        json!({"kind": "runtime", "message": "fails.lua:3: boom", "line": 3})
+    );
+}
+
+#[test]
+fn run_stdin() {
+    let dir = TempDir::new();
+    let out = moonjail(
+        &dir,
+        &["run", "-", "--input", r#"{"n": 21}"#],
+        Some(b"return (...).n * 2"),
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "42\n"),
+        "{out:?}"
+    );
+    let out = moonjail(
+        &dir,
+        &["run", "-", "--json"],
+        Some(b"print('from stdin')\nerror('x')"),
+    );
+    assert_eq!(out.code, Some(1));
+    let doc = out.json();
+    assert_document_shape(&doc);
+    assert_eq!(doc["output"], json!("from stdin\n"));
+    assert_eq!(
+        doc["error"],
+        json!({"kind": "runtime", "message": "stdin:2: x", "line": 2})
+    );
+    // An empty script is fine: null result, nothing printed.
+    let out = moonjail(&dir, &["run", "-"], Some(b""));
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), ""));
+}
+
+#[test]
+fn run_eval() {
+    let out = mj(&["run", "-e", "return 1 + 1"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (Some(0), "2\n", "")
+    );
+    let (code, doc) = json_eval("return 'x'", &[]);
+    assert_eq!(code, Some(0));
+    assert_document_shape(&doc);
+    assert_eq!(doc["result"], json!("x"));
+    // The run convention: `run(input)`'s first return value.
+    let out = mj(&[
+        "run",
+        "-e",
+        "function run(i) return i.a + i.b end",
+        "--input",
+        r#"{"a": 1, "b": 2}"#,
+    ]);
+    assert_eq!(out.stdout, "3\n");
+}
+
+#[test]
+fn run_input_inline_and_from_file() {
+    let dir = TempDir::new();
+    dir.write("input.json", r#"{"items": [1, 2, 3], "name": "é"}"#);
+    dir.write("sum.lua", "local i = ... local s = 0 for _, v in ipairs(i.items) do s = s + v end return {sum = s, name = i.name}");
+    let out = moonjail(
+        &dir,
+        &["run", "sum.lua", "--input", "@input.json", "--json"],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.json()["result"], json!({"sum": 6, "name": "é"}));
+    let out = moonjail(
+        &dir,
+        &[
+            "run",
+            "sum.lua",
+            "--input",
+            r#"{"items": [4], "name": "x"}"#,
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(out.json()["result"], json!({"sum": 4, "name": "x"}));
+    // No --input means null.
+    let out = moonjail(
+        &dir,
+        &["run", "-e", "return (...) == json.null", "--json"],
+        None,
+    );
+    assert_eq!(out.json()["result"], json!(true));
+    // Input nested deeper than --result-depth is an `input` failure of the run.
+    let (code, doc) = json_eval("return ...", &["--input", "[[[1]]]", "--result-depth", "2"]);
+    assert_eq!((code, kind(&doc)), (Some(1), "input"));
+}
+
+// ---------------------------------------------------------------------------------------
+// run: failures and exit statuses.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn human_mode_errors_go_to_stderr_with_the_line() {
+    let out = mj(&["run", "-e", "print('before')\nlocal x = 1\nerror('boom')"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stdout, "before\n");
+    assert_eq!(
+        out.stderr.trim_end(),
+        "moonjail: runtime error at line 3: (command line):3: boom"
+    );
+    // Without a line.
+    let out = mj(&["run", "-e", "while true do end", "--timeout", "100ms"]);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        out.stderr.trim_end(),
+        "moonjail: timeout error: timeout: the script ran past its wall-clock deadline"
+    );
+    // A null result prints nothing.
+    let out = mj(&["run", "-e", "print('only output')"]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "only output\n"));
+}
+
+#[test]
+fn every_failure_kind_exits_1_with_its_kind() {
+    let dir = TempDir::new();
+    dir.write("bin.lua", b"\x1bLua\x54\x00");
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("return 1 +", &[], "syntax"),
+        ("error('x')", &[], "runtime"),
+        (
+            "local s = 'x' while true do s = s .. s end",
+            &["--memory", "1MiB"],
+            "memory_limit",
+        ),
+        (
+            "while true do end",
+            &["--instructions", "1000"],
+            "instruction_limit",
+        ),
+        ("while true do end", &["--timeout", "150ms"], "timeout"),
+        (
+            "while true do print('x') end",
+            &["--output-limit", "100"],
+            "output_limit",
+        ),
+        ("return print", &[], "result"),
+        ("return 1", &["--require-table"], "result"),
+        ("return 1", &["--require-run"], "runtime"),
+        ("setmetatable({}, {__gc = print})", &[], "forbidden"),
+        (r#"return load("\27Lua")"#, &[], "forbidden"),
+        (
+            "return 1 --------------------------------",
+            &["--source-limit", "10"],
+            "input",
+        ),
+    ];
+    for (code, extra, want) in cases {
+        let mut args = vec!["run", "-e", code];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        let out = moonjail(&dir, &args, None);
+        assert_eq!(out.code, Some(1), "{code} {extra:?}: {out:?}");
+        let doc = out.json();
+        assert_document_shape(&doc);
+        assert_eq!(kind(&doc), *want, "{code} {extra:?}: {doc}");
+    }
+    let out = moonjail(&dir, &["run", "bin.lua", "--json"], None);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(kind(&out.json()), "forbidden");
+}
+
+#[test]
+fn limits_show_in_the_document() {
+    let (code, doc) = json_eval("while true do end", &["--instructions", "1000"]);
+    assert_eq!(code, Some(1));
+    let charged = doc["stats"]["instructions"]
+        .as_u64()
+        .expect("counted when limited");
+    assert!(charged > 0 && charged <= 1000, "{doc}");
+    let (_, doc) = json_eval("print(('x'):rep(100))", &["--output-limit", "10"]);
+    assert_eq!(doc["output"], json!("xxxxxxxxxx"));
+    let (_, doc) = json_eval(
+        "local s = 'x' while true do s = s .. s end",
+        &["--memory", "1MiB"],
+    );
+    assert!(
+        doc["stats"]["memory_bytes"].as_u64().unwrap() <= 1 << 20,
+        "{doc}"
+    );
+}
+
+#[test]
+fn misuse_exits_2() {
+    let dir = TempDir::new();
+    assert_misuse(
+        &moonjail(&dir, &["run", "-e", "return 1", "--frobnicate"], None),
+        "--frobnicate",
+    );
+    assert_misuse(&moonjail(&dir, &["frobnicate"], None), "frobnicate");
+    assert_misuse(&moonjail(&dir, &["run"], None), "");
+    assert_misuse(
+        &moonjail(&dir, &["run", "missing.lua"], None),
+        "reading missing.lua",
+    );
+    assert_misuse(
+        &moonjail(&dir, &["run", "-e", "return 1", "x.lua"], None),
+        "",
+    );
+    assert_misuse(
+        &moonjail(&dir, &["run", "-e", "return 1", "--input", "{bad"], None),
+        "--input is not valid JSON",
+    );
+    assert_misuse(
+        &moonjail(
+            &dir,
+            &["run", "-e", "return 1", "--input", "@missing.json"],
+            None,
+        ),
+        "reading missing.json",
+    );
+    assert_misuse(
+        &moonjail(&dir, &["run", "-e", "return 1", "--profile", "nope"], None),
+        "unknown profile",
+    );
+    assert_misuse(
+        &moonjail(
+            &dir,
+            &["run", "-e", "return 1", "--memory", "5parsecs"],
+            None,
+        ),
+        "--memory",
+    );
+    assert_misuse(
+        &moonjail(&dir, &["run", "-e", "return 1", "--memory", "10KiB"], None),
+        "memory",
+    );
+    assert_misuse(
+        &moonjail(&dir, &["run", "-e", "return 1", "--timeout", "fast"], None),
+        "--timeout",
+    );
+    assert_misuse(
+        &moonjail(&dir, &["run", "-e", "return 1", "--timeout", "0s"], None),
+        "timeout",
+    );
+    assert_misuse(
+        &moonjail(
+            &dir,
+            &["run", "-e", "return 1", "--output-limit", "lots"],
+            None,
+        ),
+        "--output-limit",
+    );
+    assert_misuse(
+        &moonjail(
+            &dir,
+            &["run", "-e", "return 1", "--instructions", "-5"],
+            None,
+        ),
+        "",
+    );
+    assert_misuse(
+        &moonjail(
+            &dir,
+            &["run", "-e", "return 1", "--instructions", "0"],
+            None,
+        ),
+        "instructions",
+    );
+    assert_misuse(
+        &moonjail(
+            &dir,
+            &["run", "-e", "return 1", "--result-depth", "0"],
+            None,
+        ),
+        "result-depth",
+    );
+    // A directory is not a readable script.
+    std::fs::create_dir(dir.path().join("adir")).unwrap();
+    assert_misuse(&moonjail(&dir, &["run", "adir"], None), "reading adir");
+}
+
+#[test]
+fn deeply_nested_input_is_refused_without_crashing() {
+    let dir = TempDir::new();
+    dir.write("deep.json", "[".repeat(200_000) + &"]".repeat(200_000));
+    let out = moonjail(
+        &dir,
+        &["run", "-e", "return 1", "--input", "@deep.json", "--json"],
+        None,
+    );
+    // Refused either as bad JSON (2) or as an input error of the run (1): never a crash.
+    assert!(matches!(out.code, Some(1) | Some(2)), "{out:?}");
+}
+
+#[test]
+fn sizes_and_durations() {
+    for size in ["5MiB", "5m", "5000KB", "6000000", "64KiB", "1GiB", "none"] {
+        let (code, doc) = json_eval("return 1", &["--memory", size]);
+        assert_eq!(
+            (code, &doc["result"]),
+            (Some(0), &json!(1)),
+            "--memory {size}"
+        );
+    }
+    for d in ["500ms", "2s", "1.5s", "1m", "none", "3"] {
+        let (code, doc) = json_eval("return 1", &["--timeout", d]);
+        assert_eq!(
+            (code, &doc["result"]),
+            (Some(0), &json!(1)),
+            "--timeout {d}"
+        );
+    }
+    for size in ["1KiB", "none"] {
+        let (code, _) = json_eval("print('x')", &["--output-limit", size]);
+        assert_eq!(code, Some(0), "--output-limit {size}");
+    }
+    // The limit is the parsed size: 1KiB of output fits, 1025 bytes do not.
+    let (code, _) = json_eval("print(('x'):rep(1023))", &["--output-limit", "1KiB"]);
+    assert_eq!(code, Some(0));
+    let (code, doc) = json_eval("print(('x'):rep(1024))", &["--output-limit", "1KiB"]);
+    assert_eq!((code, kind(&doc)), (Some(1), "output_limit"));
+    assert_eq!(doc["output"].as_str().unwrap().len(), 1024);
+}
+
+#[test]
+fn profiles_on_the_command_line() {
+    let (_, doc) = json_eval(
+        "return {load == nil, json == nil}",
+        &["--profile", "minimal"],
+    );
+    assert_eq!(doc["result"], json!([true, true]));
+    let (_, doc) = json_eval(
+        "return {load == nil, json == nil}",
+        &["--profile", "standard"],
+    );
+    assert_eq!(doc["result"], json!([false, false]));
+    // standard is the default.
+    let (_, doc) = json_eval("return type(json)", &[]);
+    assert_eq!(doc["result"], json!("table"));
+}
+
+// ---------------------------------------------------------------------------------------
+// profile.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn profile_list() {
+    let out = mj(&["profile", "list"]);
+    assert_eq!(out.code, Some(0));
+    let names: Vec<&str> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(names, ["minimal", "standard"]);
+    assert!(
+        out.stdout.lines().all(|l| l.split_whitespace().count() > 1),
+        "each has a summary"
+    );
+}
+
+#[test]
+fn profile_show_text() {
+    let out = mj(&["profile", "show", "standard"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.starts_with("profile standard: "), "{out:?}");
+    assert!(out.stdout.contains("nothing else exists in the sandbox"));
+    let line = |name: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no line for {name}: {}", out.stdout))
+            .to_string()
+    };
+    assert!(line("setmetatable").contains("__gc"));
+    assert!(line("collectgarbage").contains("count"));
+    assert!(line("string.find").contains("metered"));
+    assert_eq!(line("string.upper").trim(), "string.upper");
+    assert!(!out.stdout.contains("string.dump"));
+    let out = mj(&["profile", "show", "minimal"]);
+    assert_eq!(out.code, Some(0));
+    assert!(!out
+        .stdout
+        .lines()
+        .any(|l| l.trim_start().starts_with("load")));
+    assert_misuse(&mj(&["profile", "show", "nope"]), "unknown profile");
+}
+
+#[test]
+fn profile_show_json() {
+    let out = mj(&["profile", "show", "standard", "--json"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["name"], json!("standard"));
+    assert!(doc["summary"].as_str().is_some_and(|s| !s.is_empty()));
+    let items = doc["items"].as_array().expect("items");
+    let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    for want in [
+        "print",
+        "load",
+        "_G",
+        "json",
+        "string.format",
+        "coroutine.wrap",
+        "os.time",
+        "utf8.char",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for absent in [
+        "string.dump",
+        "os.execute",
+        "io",
+        "require",
+        "debug",
+        "package",
+    ] {
+        assert!(!names.contains(&absent), "{absent} must not be listed");
+    }
+    for item in items {
+        let keys: Vec<&String> = item.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 2, "{item}");
+        assert!(
+            item["guard"].is_null() || item["guard"].is_string(),
+            "{item}"
+        );
+    }
+    let guard = |n: &str| items.iter().find(|i| i["name"] == json!(n)).unwrap()["guard"].clone();
+    assert!(guard("load").as_str().unwrap().contains("binary"));
+    assert_eq!(guard("string.upper"), Json::Null);
+
+    let out = mj(&["profile", "show", "minimal", "--json"]);
+    let doc = out.json();
+    let names: Vec<&str> = doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"load") && !names.contains(&"json") && !names.contains(&"_G"));
+    assert!(names.contains(&"pcall") && names.contains(&"string.rep"));
+}
+
+#[test]
+#[ignore = "BUG: the `moonjail run --help` example `echo 'return ... .n * 2' | moonjail run - --input '{\"n\": 21}' --json` is a Lua syntax error (needs `(...).n`)"]
+fn run_help_example_works() {
+    let out = mj(&["run", "--help"]);
+    let example = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("echo '"))
+        .expect("the stdin example");
+    let code = example.split('\'').nth(1).expect("quoted code");
+    let out = moonjail(
+        &TempDir::new(),
+        &["run", "-", "--input", r#"{"n": 21}"#, "--json"],
+        Some(code.as_bytes()),
+    );
+    assert_eq!(out.code, Some(0), "{code}: {out:?}");
+    assert_eq!(out.json()["result"], json!(42));
+}
+
+#[test]
+fn help_and_version() {
+    let out = mj(&["--help"]);
+    assert_eq!(out.code, Some(0));
+    assert!(out.stdout.contains("run"));
+    let out = mj(&["run", "--help"]);
+    assert_eq!(out.code, Some(0));
+    assert!(out.stdout.contains("--input") && out.stdout.contains("--json"));
+    let out = mj(&["--version"]);
+    assert_eq!(out.code, Some(0));
+    assert!(out.stdout.starts_with("moonjail "), "{out:?}");
+}

@@ -1,0 +1,287 @@
+//! The AO pieces: `package`/`require` of host-provided modules, read-only `io.open`,
+//! and deterministic time and randomness.
+
+use std::sync::Arc;
+
+use mlua::{Function, Lua, MultiValue, Table, UserData, UserDataMethods, Value};
+
+use crate::host::{Determinism, HostFiles};
+
+/// `require` as Lua 5.4 defines it, minus every searcher that reaches the disk or C:
+/// `package.loaded`, then `package.preload`, then the host's module directory. Trusted
+/// text, compiled once per state; its upvalues are captured before any script runs.
+const PACKAGE_PRELUDE: &str = r#"
+local find, load, type, error, tostring = ...
+local package = { loaded = {}, preload = {}, path = "", cpath = "" }
+local function require(name)
+  if type(name) == "number" then name = tostring(name) end
+  if type(name) ~= "string" then
+    error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
+  end
+  local loaded = package.loaded
+  local have = loaded[name]
+  if have then return have end
+  local loader, extra
+  local pre = package.preload[name]
+  if pre ~= nil then
+    loader, extra = pre, ":preload:"
+  else
+    local src, path = find(name)
+    if src == nil then
+      error("module '" .. name .. "' not found:\n\tno field package.preload['" .. name .. "']" .. path, 2)
+    end
+    local f, err = load(src, "@" .. path, "t")
+    if not f then
+      error("error loading module '" .. name .. "' from file '" .. path .. "':\n\t" .. tostring(err), 2)
+    end
+    loader, extra = f, path
+  end
+  local r = loader(name, extra)
+  if r ~= nil then
+    loaded[name] = r
+  elseif loaded[name] == nil then
+    loaded[name] = true
+  end
+  return loaded[name], extra
+end
+return package, require
+"#;
+
+/// Builds `package` and `require`; the caller fills `package.loaded` with the libraries.
+pub(crate) fn package(lua: &Lua, files: Arc<HostFiles>) -> mlua::Result<(Table, Function)> {
+    let find = lua.create_function(move |lua, name: String| {
+        Ok(match files.module(&name) {
+            Ok((src, path)) => (Value::String(lua.create_string(&src)?), path),
+            Err(tried) => (Value::Nil, tried),
+        })
+    })?;
+    let g = lua.globals();
+    let load: Value = g.raw_get("load")?;
+    let type_: Value = g.raw_get("type")?;
+    let error: Value = g.raw_get("error")?;
+    let tostring: Value = g.raw_get("tostring")?;
+    let prelude = lua
+        .load(PACKAGE_PRELUDE)
+        .set_name("=[moonjail package]")
+        .into_function()?;
+    prelude.call((find, load, type_, error, tostring))
+}
+
+/// A read-only file handle over bytes the host read for the script.
+struct FileHandle {
+    data: mlua::LuaString,
+    pos: usize,
+    closed: bool,
+}
+
+impl FileHandle {
+    fn read_one(&mut self, lua: &Lua, fmt: &Value) -> mlua::Result<Value> {
+        let bytes = self.data.as_bytes();
+        let rest = &bytes[self.pos.min(bytes.len())..];
+        match fmt {
+            Value::Integer(n) => {
+                let n = usize::try_from(*n).unwrap_or(0);
+                if rest.is_empty() {
+                    return Ok(if n == 0 && self.pos < bytes.len() {
+                        Value::String(lua.create_string("")?)
+                    } else {
+                        Value::Nil
+                    });
+                }
+                let take = n.min(rest.len());
+                self.pos += take;
+                Ok(Value::String(lua.create_string(&rest[..take])?))
+            }
+            Value::Number(n) => self.read_one(lua, &Value::Integer(*n as i64)),
+            Value::String(s) => {
+                let f = s.to_string_lossy();
+                let f = f.trim_start_matches('*');
+                match f.chars().next() {
+                    Some('a') => {
+                        self.pos = bytes.len();
+                        Ok(Value::String(lua.create_string(rest)?))
+                    }
+                    Some(c @ ('l' | 'L')) => {
+                        if rest.is_empty() {
+                            return Ok(Value::Nil);
+                        }
+                        let end = rest.iter().position(|&b| b == b'\n');
+                        let (line, used) = match end {
+                            Some(i) if c == 'L' => (&rest[..=i], i + 1),
+                            Some(i) => (&rest[..i], i + 1),
+                            None => (rest, rest.len()),
+                        };
+                        self.pos += used;
+                        Ok(Value::String(lua.create_string(line)?))
+                    }
+                    Some('n') => {
+                        let skip = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
+                        let body = &rest[skip..];
+                        let len = body
+                            .iter()
+                            .take(200)
+                            .take_while(|b| b.is_ascii_hexdigit() || b"+-.xXpP".contains(b))
+                            .count();
+                        self.pos += skip + len;
+                        let text = lua.create_string(&body[..len])?;
+                        Ok(lua
+                            .coerce_number(Value::String(text))?
+                            .map(Value::Number)
+                            .map(|v| match v {
+                                Value::Number(f)
+                                    if f.fract() == 0.0
+                                        && body[..len].iter().all(|b| {
+                                            b.is_ascii_digit() || *b == b'-' || *b == b'+'
+                                        })
+                                        && f.abs() < 9.0e15 =>
+                                {
+                                    Value::Integer(f as i64)
+                                }
+                                v => v,
+                            })
+                            .unwrap_or(Value::Nil))
+                    }
+                    _ => Err(mlua::Error::runtime(
+                        "bad argument to 'read' (invalid format)",
+                    )),
+                }
+            }
+            _ => Err(mlua::Error::runtime(
+                "bad argument to 'read' (invalid format)",
+            )),
+        }
+    }
+
+    fn read(&mut self, lua: &Lua, formats: MultiValue) -> mlua::Result<MultiValue> {
+        if self.closed {
+            return Err(mlua::Error::runtime("attempt to use a closed file"));
+        }
+        let mut out = MultiValue::new();
+        if formats.is_empty() {
+            out.push_back(self.read_one(lua, &Value::String(lua.create_string("l")?))?);
+            return Ok(out);
+        }
+        for f in formats.iter() {
+            let v = self.read_one(lua, f)?;
+            let stop = v.is_nil();
+            out.push_back(v);
+            if stop {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl UserData for FileHandle {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method_mut("read", |lua, this, formats: MultiValue| {
+            this.read(lua, formats)
+        });
+        methods.add_method_mut("close", |_, this, ()| {
+            this.closed = true;
+            Ok(true)
+        });
+        methods.add_function(
+            "lines",
+            |lua, (ud, formats): (mlua::AnyUserData, MultiValue)| {
+                let formats: Vec<Value> = formats.into_iter().collect();
+                lua.create_function_mut(move |lua, ()| {
+                    let mut this = ud.borrow_mut::<FileHandle>()?;
+                    this.read(lua, formats.iter().cloned().collect())
+                })
+            },
+        );
+        methods.add_meta_method("__tostring", |_, this, ()| {
+            Ok(if this.closed {
+                "file (closed)"
+            } else {
+                "file (read-only)"
+            })
+        });
+    }
+}
+
+/// Builds `io` with only `open`, reading what the host allowlisted.
+pub(crate) fn io(lua: &Lua, files: Arc<HostFiles>) -> mlua::Result<Table> {
+    let io = lua.create_table()?;
+    let open = lua.create_function(move |lua, (path, mode): (String, Option<String>)| {
+        let mode = mode.unwrap_or_else(|| "r".to_string());
+        if mode != "r" && mode != "rb" {
+            return Ok((
+                Value::Nil,
+                Some(format!(
+                    "{path}: only reading (\"r\", \"rb\") is allowed in the sandbox"
+                )),
+            ));
+        }
+        match files.read(&path) {
+            Some(Ok(bytes)) => {
+                let data = lua.create_string(&bytes)?;
+                let ud = lua.create_userdata(FileHandle {
+                    data,
+                    pos: 0,
+                    closed: false,
+                })?;
+                Ok((Value::UserData(ud), None))
+            }
+            Some(Err(e)) => Ok((Value::Nil, Some(format!("{path}: {e}")))),
+            None => Ok((
+                Value::Nil,
+                Some(format!("{path}: No such file or directory")),
+            )),
+        }
+    })?;
+    io.raw_set("open", open)?;
+    Ok(io)
+}
+
+/// Replaces the clock and the random seed with the supplied ones.
+pub(crate) fn make_deterministic(lua: &Lua, d: Determinism) -> mlua::Result<()> {
+    let g = lua.globals();
+    if let Ok(Value::Table(os)) = g.raw_get::<Value>("os") {
+        if os.raw_get::<Value>("time")?.is_function() {
+            let stock: Function = os.raw_get("time")?;
+            os.raw_set(
+                "time",
+                lua.create_function(move |_, t: Value| match t {
+                    Value::Nil => Ok(Value::Integer(d.timestamp)),
+                    other => stock.call(other),
+                })?,
+            )?;
+        }
+        if os.raw_get::<Value>("clock")?.is_function() {
+            os.raw_set("clock", lua.create_function(|_, ()| Ok(0.0))?)?;
+        }
+        if os.raw_get::<Value>("date")?.is_function() {
+            let stock: Function = os.raw_get("date")?;
+            os.raw_set(
+                "date",
+                lua.create_function(move |_, (fmt, t): (Option<Value>, Option<Value>)| {
+                    let fmt = fmt.unwrap_or(Value::Nil);
+                    let t = t.unwrap_or(Value::Integer(d.timestamp));
+                    match fmt {
+                        Value::Nil => stock.call::<Value>(("%c", t)),
+                        f => stock.call::<Value>((f, t)),
+                    }
+                })?,
+            )?;
+        }
+    }
+    if let Ok(Value::Table(math)) = g.raw_get::<Value>("math") {
+        if let Ok(Value::Function(seed)) = math.raw_get::<Value>("randomseed") {
+            seed.call::<()>(d.seed)?;
+            math.raw_set(
+                "randomseed",
+                lua.create_function(move |_, args: MultiValue| {
+                    if args.is_empty() {
+                        seed.call::<MultiValue>(d.seed)
+                    } else {
+                        seed.call::<MultiValue>(args)
+                    }
+                })?,
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,548 @@
+//! Isolated mode: each run executes in a worker process that locked itself down (new
+//! namespaces, rlimits, dropped credentials, `no_new_privs`, Landlock, a seccomp
+//! allowlist) before it read a single byte of untrusted code, under a deadline the
+//! supervisor enforces from outside.
+//!
+//! ```no_run
+//! use moonjail::worker::{Isolation, ProcessConfig};
+//! use moonjail::Sandbox;
+//!
+//! fn main() {
+//!     // First thing in main: serve as a worker when started as one.
+//!     moonjail::worker::run_if_worker();
+//!
+//!     let sandbox = Sandbox::builder()
+//!         .isolation(Isolation::Process(ProcessConfig::default()))
+//!         .build()
+//!         .unwrap();
+//!     let outcome = sandbox.run("return 1 + 1", &serde_json::Value::Null);
+//!     assert_eq!(outcome.result.unwrap(), 2);
+//! }
+//! ```
+//!
+//! The pieces, one module each: `protocol` (the versioned, length-prefixed frames),
+//! `serve` (the worker's side: warm up, lock down, serve runs), `supervisor` (one worker
+//! process seen from outside: spawn, deadline, kill, reap) and `pool` (the warm pool that
+//! lives inside a [`Sandbox`]).
+//!
+//! **Which executable is the worker.** [`WorkerPath::Auto`] looks for, in order: the
+//! `MOONJAIL_WORKER` environment variable; a `moonjail-worker` executable next to the
+//! current one; the current executable itself. Every worker is started with the hidden
+//! first argument `__moonjail_worker`, so any program that calls [`run_if_worker`] first
+//! thing in `main` (the `moonjail` CLI does, and the `moonjail-worker` binary is only that
+//! call) can serve as its own worker.
+
+#[cfg(target_os = "linux")]
+mod pool;
+#[cfg(target_os = "linux")]
+pub(crate) mod protocol;
+#[cfg(target_os = "linux")]
+mod serve;
+#[cfg(target_os = "linux")]
+mod supervisor;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use crate::error::{ConfigError, Error, ErrorKind};
+use crate::host::EnvOptions;
+use crate::limits::Limits;
+use crate::profile::Profile;
+use crate::sandbox::{Outcome, Sandbox};
+
+#[cfg(target_os = "linux")]
+pub use moonjail_isolate::{probe, Availability, Capabilities, Layer, LayerSet};
+
+/// The hidden first argument a worker process is started with.
+pub const WORKER_ARG: &str = "__moonjail_worker";
+
+/// The environment variable that names the worker executable for [`WorkerPath::Auto`].
+pub const WORKER_ENV: &str = "MOONJAIL_WORKER";
+
+/// The environment variable that enables the test hooks of a worker (set only by the
+/// hidden [`ProcessConfigBuilder::test_hooks`]).
+pub(crate) const TEST_HOOKS_ENV: &str = "MOONJAIL_WORKER_TEST_HOOKS";
+
+/// Serves as a worker process, and exits, when this process was started as one (its first
+/// argument is [`WORKER_ARG`]); otherwise returns at once.
+///
+/// Call it first thing in `main`, before any thread is started: the worker locks itself
+/// down, which needs a single-threaded process.
+pub fn run_if_worker() {
+    let first = std::env::args_os().nth(1);
+    if first.as_deref() != Some(std::ffi::OsStr::new(WORKER_ARG)) {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    std::process::exit(serve::serve());
+    #[cfg(not(target_os = "linux"))]
+    {
+        eprintln!("moonjail: worker processes need Linux");
+        std::process::exit(2);
+    }
+}
+
+/// Where a sandbox runs its scripts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Isolation {
+    /// In the calling process, on the calling thread: the Lua-level layers only.
+    #[default]
+    InProcess,
+    /// In a locked-down worker process from a warm pool (Linux only).
+    Process(ProcessConfig),
+}
+
+/// Which executable serves as the worker process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerPath {
+    /// `$MOONJAIL_WORKER` if set; else `moonjail-worker` next to the current executable;
+    /// else the current executable (which must call [`run_if_worker`] first in `main`).
+    #[default]
+    Auto,
+    /// This executable.
+    Path(PathBuf),
+}
+
+impl WorkerPath {
+    /// The executable this resolves to now.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidLimit`] (named `worker`) when the current executable cannot
+    /// be found.
+    pub fn resolve(&self) -> Result<PathBuf, ConfigError> {
+        if let WorkerPath::Path(path) = self {
+            return Ok(path.clone());
+        }
+        if let Some(path) = std::env::var_os(WORKER_ENV).filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(path));
+        }
+        let current = std::env::current_exe().map_err(|e| ConfigError::InvalidLimit {
+            name: "worker",
+            reason: format!("cannot find the current executable: {e}"),
+        })?;
+        let sibling = current.with_file_name("moonjail-worker");
+        if sibling != current && is_file(&sibling) {
+            return Ok(sibling);
+        }
+        Ok(current)
+    }
+}
+
+fn is_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// How worker processes are started, locked down, pooled and supervised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessConfig {
+    worker: WorkerPath,
+    pool_size: usize,
+    prespawn: usize,
+    max_runs: Option<u64>,
+    kill_grace: Duration,
+    spawn_timeout: Duration,
+    cpu_time: Option<Duration>,
+    address_space_bytes: Option<u64>,
+    ids: (u32, u32),
+    #[cfg(target_os = "linux")]
+    allow_missing: LayerSet,
+    max_frame_bytes: usize,
+    stderr_bytes: usize,
+    test_hooks: bool,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            worker: WorkerPath::Auto,
+            pool_size: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            prespawn: 1,
+            max_runs: Some(1000),
+            kill_grace: Duration::from_millis(100),
+            spawn_timeout: Duration::from_secs(10),
+            cpu_time: None,
+            address_space_bytes: Some(1 << 30),
+            ids: (65534, 65534),
+            #[cfg(target_os = "linux")]
+            allow_missing: LayerSet::empty(),
+            max_frame_bytes: 64 << 20,
+            stderr_bytes: 64 << 10,
+            test_hooks: false,
+        }
+    }
+}
+
+impl ProcessConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> ProcessConfigBuilder {
+        ProcessConfigBuilder {
+            config: ProcessConfig::default(),
+        }
+    }
+
+    /// The most workers alive at once.
+    pub fn pool_size(&self) -> usize {
+        self.pool_size
+    }
+
+    /// How many idle workers are kept ready.
+    pub fn prespawn(&self) -> usize {
+        self.prespawn
+    }
+
+    /// Runs after which a worker is replaced.
+    pub fn max_runs(&self) -> Option<u64> {
+        self.max_runs
+    }
+}
+
+/// Builds a [`ProcessConfig`], validating it in [`build`](Self::build).
+#[derive(Debug, Clone)]
+pub struct ProcessConfigBuilder {
+    config: ProcessConfig,
+}
+
+impl ProcessConfigBuilder {
+    /// Sets the worker executable.
+    ///
+    /// By default, [`WorkerPath::Auto`].
+    pub fn worker(mut self, worker: WorkerPath) -> Self {
+        self.config.worker = worker;
+        self
+    }
+
+    /// Sets the most workers alive at once; a run that finds them all busy waits.
+    ///
+    /// By default, the number of CPUs.
+    pub fn pool_size(mut self, workers: usize) -> Self {
+        self.config.pool_size = workers;
+        self
+    }
+
+    /// Sets how many idle, locked-down workers the pool keeps ready, spawned in the
+    /// background (when the sandbox is built and after each worker is retired). 0 spawns
+    /// workers only when a run needs one.
+    ///
+    /// By default, 1.
+    pub fn prespawn(mut self, workers: usize) -> Self {
+        self.config.prespawn = workers;
+        self
+    }
+
+    /// Sets after how many runs a worker is replaced by a fresh one. Workers are also
+    /// replaced after any run that hit a limit, crashed or failed oddly.
+    ///
+    /// By default, 1000.
+    pub fn max_runs(mut self, runs: Option<u64>) -> Self {
+        self.config.max_runs = runs;
+        self
+    }
+
+    /// Sets how long after a run's timeout the supervisor waits for the worker's answer
+    /// before it kills the worker (the worker's own deadline normally answers first,
+    /// with the output so far).
+    ///
+    /// By default, 100 ms.
+    pub fn kill_grace(mut self, grace: Duration) -> Self {
+        self.config.kill_grace = grace;
+        self
+    }
+
+    /// Sets how long a worker may take to start and lock down.
+    ///
+    /// By default, 10 s.
+    pub fn spawn_timeout(mut self, timeout: Duration) -> Self {
+        self.config.spawn_timeout = timeout;
+        self
+    }
+
+    /// Sets `RLIMIT_CPU` of each worker (whole seconds, at least one). CPU time adds up
+    /// over all the runs of a worker, so allow for `max_runs` of them; a worker that
+    /// reaches it is killed and the run reported as `killed`.
+    ///
+    /// By default, no limit is set (the wall-clock timeout bounds each run).
+    pub fn cpu_time(mut self, limit: Option<Duration>) -> Self {
+        self.config.cpu_time = limit;
+        self
+    }
+
+    /// Sets `RLIMIT_AS` of each worker: a backstop behind the exact Lua memory limit,
+    /// which it must comfortably exceed (the worker's code, stacks and allocator arenas
+    /// count too).
+    ///
+    /// By default, 1 GiB.
+    pub fn address_space_bytes(mut self, limit: Option<u64>) -> Self {
+        self.config.address_space_bytes = limit;
+        self
+    }
+
+    /// Sets the uid and gid the worker switches to when the supervisor runs as root.
+    /// Neither may be 0.
+    ///
+    /// By default, 65534/65534 (`nobody`).
+    pub fn ids(mut self, uid: u32, gid: u32) -> Self {
+        self.config.ids = (uid, gid);
+        self
+    }
+
+    /// Sets which isolation layers may be missing on this machine. Any other layer that
+    /// cannot be applied fails the worker's start, and so the run, with the reason.
+    ///
+    /// By default, none.
+    #[cfg(target_os = "linux")]
+    pub fn allow_missing(mut self, layers: LayerSet) -> Self {
+        self.config.allow_missing = layers;
+        self
+    }
+
+    /// Sets the largest frame accepted from a worker, on top of the sandbox's result and
+    /// output limits (so a run within its limits always fits). A bigger frame fails the
+    /// run as `internal` and retires the worker.
+    ///
+    /// By default, 64 MiB.
+    pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_frame_bytes = bytes;
+        self
+    }
+
+    /// Sets how much of each worker's stderr is kept (for error messages); the rest is
+    /// dropped.
+    ///
+    /// By default, 64 KiB.
+    pub fn stderr_bytes(mut self, bytes: usize) -> Self {
+        self.config.stderr_bytes = bytes;
+        self
+    }
+
+    /// Starts workers with their test hooks enabled (raw system calls and crashes on
+    /// request, for the tests of the isolation layers). Never for production.
+    #[doc(hidden)]
+    pub fn test_hooks(mut self, yes: bool) -> Self {
+        self.config.test_hooks = yes;
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidLimit`] for a pool size of 0, more prespawned workers than
+    /// the pool holds, `max_runs` of 0, a uid or gid of 0, or a CPU limit under a second.
+    pub fn build(self) -> Result<ProcessConfig, ConfigError> {
+        let c = &self.config;
+        let bad = |name, reason: &str| {
+            Err(ConfigError::InvalidLimit {
+                name,
+                reason: reason.to_string(),
+            })
+        };
+        if c.pool_size == 0 {
+            return bad("pool-size", "must be at least 1");
+        }
+        if c.prespawn > c.pool_size {
+            return bad("prespawn", "cannot exceed the pool size");
+        }
+        if c.max_runs == Some(0) {
+            return bad("max-runs", "must be at least 1");
+        }
+        if c.ids.0 == 0 || c.ids.1 == 0 {
+            return bad("ids", "the worker's uid and gid must not be 0");
+        }
+        if c.cpu_time.is_some_and(|t| t < Duration::from_secs(1)) {
+            return bad("cpu-time", "must be at least one second");
+        }
+        if c.spawn_timeout.is_zero() {
+            return bad("spawn-timeout", "must be greater than zero");
+        }
+        Ok(self.config)
+    }
+}
+
+/// Process ids of an idle worker, for tests that inspect it from outside.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerPids {
+    /// The process the supervisor spawned (the PID-namespace relay).
+    pub relay: u32,
+    /// The locked-down worker (the relay's child; the same process without a PID
+    /// namespace).
+    pub pid: u32,
+    /// Runs served so far.
+    pub runs: u64,
+    /// The lockdown report: (layer, status).
+    pub layers: Vec<(String, String)>,
+}
+
+/// One run, as `Sandbox::run_with` hands it over.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Job<'a> {
+    pub(crate) source: &'a [u8],
+    pub(crate) input: &'a Json,
+    pub(crate) chunk_name: &'a str,
+    pub(crate) profile: Profile,
+    pub(crate) limits: &'a Limits,
+    pub(crate) env: &'a EnvOptions,
+    pub(crate) require_run: bool,
+    pub(crate) require_table: bool,
+}
+
+/// What a [`Sandbox`] runs its scripts in: its own thread, or a pool of workers.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Isolated {
+    #[default]
+    InProcess,
+    #[cfg(target_os = "linux")]
+    Process(Arc<pool::Pool>),
+}
+
+impl Isolated {
+    /// Sets up `isolation` for a sandbox with `limits` (starting a pool and its
+    /// background prespawning for [`Isolation::Process`]).
+    pub(crate) fn new(
+        isolation: Isolation,
+        limits: &Limits,
+        env: &EnvOptions,
+    ) -> Result<Isolated, ConfigError> {
+        match isolation {
+            Isolation::InProcess => Ok(Isolated::InProcess),
+            #[cfg(target_os = "linux")]
+            Isolation::Process(config) => {
+                if !env.files.is_empty() {
+                    // A locked-down worker cannot open files: host files would have to
+                    // travel over the channel (a later protocol message).
+                    return Err(ConfigError::InvalidLimit {
+                        name: "isolation",
+                        reason: "host files (require, io.open) are not available to worker \
+                                 processes yet"
+                            .into(),
+                    });
+                }
+                let settings = settings(&config, limits)?;
+                let pool =
+                    pool::Pool::new(settings, config.pool_size, config.prespawn, config.max_runs)
+                        .map_err(|reason| ConfigError::InvalidLimit {
+                        name: "isolation",
+                        reason,
+                    })?;
+                Ok(Isolated::Process(Arc::new(pool)))
+            }
+            #[cfg(not(target_os = "linux"))]
+            Isolation::Process(_) => {
+                let _ = (limits, env);
+                Err(ConfigError::InvalidLimit {
+                    name: "isolation",
+                    reason: "process isolation needs Linux".into(),
+                })
+            }
+        }
+    }
+
+    /// Runs in a worker when isolated; `None` means "run in process".
+    pub(crate) fn run(&self, job: &Job) -> Option<Outcome> {
+        match self {
+            Isolated::InProcess => None,
+            #[cfg(target_os = "linux")]
+            Isolated::Process(pool) => {
+                // Refused here rather than shipped to a worker only to be refused there.
+                let len = job.source.len();
+                if let Some(max) = job.limits.source_bytes.filter(|max| len > *max) {
+                    let message = format!("the source is {len} bytes, over the {max} byte limit");
+                    return Some(Outcome {
+                        result: Err(Error::new(ErrorKind::Input, message)),
+                        output: String::new(),
+                        stats: Default::default(),
+                    });
+                }
+                Some(pool.run(job))
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn settings(config: &ProcessConfig, limits: &Limits) -> Result<supervisor::Settings, ConfigError> {
+    let exe = config.worker.resolve()?;
+    let configure = protocol::Configure {
+        uid: config.ids.0,
+        gid: config.ids.1,
+        cpu_time: config.cpu_time,
+        address_space_bytes: config.address_space_bytes,
+        allow_missing: config
+            .allow_missing
+            .iter()
+            .map(|l| l.name().to_string())
+            .collect(),
+    };
+    let configure = protocol::encode_json(protocol::Kind::Configure, &configure).map_err(|e| {
+        ConfigError::InvalidLimit {
+            name: "isolation",
+            reason: e.to_string(),
+        }
+    })?;
+    let required = Layer::ALL
+        .into_iter()
+        .filter(|layer| !config.allow_missing.contains(*layer))
+        .map(|layer| layer.name().to_string())
+        .collect();
+    let unlimited = u32::MAX as usize;
+    let max_frame = config
+        .max_frame_bytes
+        .saturating_add(limits.result_bytes.unwrap_or(unlimited))
+        .saturating_add(limits.output_bytes.unwrap_or(unlimited))
+        .min(unlimited);
+    Ok(supervisor::Settings {
+        exe,
+        configure,
+        required,
+        kill_grace: config.kill_grace,
+        spawn_timeout: config.spawn_timeout,
+        max_frame,
+        stderr_bytes: config.stderr_bytes,
+        test_hooks: config.test_hooks,
+    })
+}
+
+/// Inspection hooks for tests of isolated mode.
+impl Sandbox {
+    /// The pids of this sandbox's idle workers (empty in process).
+    #[doc(hidden)]
+    pub fn worker_pids(&self) -> Vec<WorkerPids> {
+        match &self.isolation {
+            Isolated::InProcess => Vec::new(),
+            #[cfg(target_os = "linux")]
+            Isolated::Process(pool) => pool.worker_pids(),
+        }
+    }
+
+    /// Waits until `count` workers are idle (prespawned or back from runs).
+    #[doc(hidden)]
+    pub fn wait_for_idle_workers(&self, count: usize, timeout: Duration) -> bool {
+        match &self.isolation {
+            Isolated::InProcess => false,
+            #[cfg(target_os = "linux")]
+            Isolated::Process(pool) => pool.wait_for_idle(count, timeout),
+        }
+    }
+
+    /// Sends a test-hook probe to one of this sandbox's workers; honoured only by workers
+    /// started with test hooks. A probe that kills the worker comes back as a `killed`
+    /// error naming the signal.
+    ///
+    /// # Errors
+    /// The worker's death, refusal or failure, as an [`Error`].
+    #[doc(hidden)]
+    pub fn probe_worker(&self, probe: &str) -> Result<Json, Error> {
+        match &self.isolation {
+            Isolated::InProcess => Err(Error::new(
+                ErrorKind::Internal,
+                "this sandbox runs in process: there is no worker to probe",
+            )),
+            #[cfg(target_os = "linux")]
+            Isolated::Process(pool) => pool.probe(probe, self.limits().timeout),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The warm pool: locked-down workers waiting for runs.
+//!
+//! A keeper thread spawns workers in the background, so that building a sandbox does not
+//! wait for them and a retired worker is replaced off the run's path; it also kills and
+//! reaps retired workers. A run takes an idle worker, or spawns one itself when none is
+//! idle and the pool is below its size, or waits for one to come back. A worker goes back
+//! to the pool only after a clean run and before its `max_runs`; after a limit violation,
+//! a crash or anything odd it is retired.
+//!
+//! Dropping the pool (the last clone of its `Sandbox`) stops the keeper and kills and
+//! reaps every worker: no process, zombie or descriptor outlives it.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+use super::supervisor::{Fate, Settings, Worker};
+use super::{Job, WorkerPids};
+use crate::error::{Error, ErrorKind};
+use crate::sandbox::{Outcome, Stats};
+
+/// The pool of one sandbox.
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+    keeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Shared {
+    settings: Settings,
+    pool_size: usize,
+    prespawn: usize,
+    max_runs: Option<u64>,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    idle: Vec<Worker>,
+    /// Workers that exist or are being spawned: idle, busy, or in the keeper's hands.
+    live: usize,
+    /// Workers the keeper is spawning right now.
+    prespawning: usize,
+    /// Workers to kill and reap, off the runs' path.
+    retired: Vec<Worker>,
+    /// Set by a failed background spawn: the keeper stops prespawning until a run's own
+    /// spawn succeeds, instead of respawning a worker that cannot start in a loop.
+    paused: bool,
+    shutdown: bool,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.shared.lock();
+        f.debug_struct("Pool")
+            .field("worker", &self.shared.settings.exe)
+            .field("pool_size", &self.shared.pool_size)
+            .field("prespawn", &self.shared.prespawn)
+            .field("idle", &state.idle.len())
+            .field("live", &state.live)
+            .finish()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed.wait(guard).unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the keeper should spawn one more idle worker.
+    fn wants_prespawn(&self, state: &State) -> bool {
+        !state.paused
+            && state.idle.len() + state.prespawning < self.prespawn
+            && state.live < self.pool_size
+    }
+
+    /// The keeper thread: spawn up to `prespawn` idle workers, reap retired ones.
+    fn keep(&self) {
+        let mut state = self.lock();
+        loop {
+            if state.shutdown {
+                return;
+            }
+            let retired = std::mem::take(&mut state.retired);
+            let spawn = self.wants_prespawn(&state);
+            if retired.is_empty() && !spawn {
+                state = self.wait(state);
+                continue;
+            }
+            if spawn {
+                state.live += 1;
+                state.prespawning += 1;
+            }
+            drop(state);
+            // Dropping a worker kills and reaps it.
+            drop(retired);
+            let spawned = spawn.then(|| Worker::spawn(&self.settings));
+            state = self.lock();
+            match spawned {
+                None => {}
+                Some(Ok(worker)) => {
+                    state.prespawning -= 1;
+                    if state.shutdown {
+                        state.live -= 1;
+                        drop(state);
+                        drop(worker);
+                        return;
+                    }
+                    state.idle.push(worker);
+                    self.changed.notify_all();
+                }
+                Some(Err(message)) => {
+                    tracing::warn!("moonjail: prespawning a worker failed: {message}");
+                    state.prespawning -= 1;
+                    state.live -= 1;
+                    state.paused = true;
+                    self.changed.notify_all();
+                }
+            }
+        }
+    }
+
+    /// Takes an idle worker, or spawns one, or waits for one.
+    fn acquire(&self) -> Result<Worker, String> {
+        let mut state = self.lock();
+        loop {
+            while let Some(worker) = state.idle.pop() {
+                if worker.is_idle_and_alive() {
+                    return Ok(worker);
+                }
+                // It died while idle (or sent something unasked): replace it.
+                state.live -= 1;
+                state.retired.push(worker);
+                self.changed.notify_all();
+            }
+            if state.shutdown {
+                return Err("the sandbox is being dropped".into());
+            }
+            // A worker being prespawned will be ready sooner than a new one.
+            if state.live < self.pool_size && state.prespawning == 0 {
+                state.live += 1;
+                drop(state);
+                let spawned = Worker::spawn(&self.settings);
+                let mut state = self.lock();
+                match spawned {
+                    Ok(worker) => {
+                        state.paused = false;
+                        self.changed.notify_all();
+                        return Ok(worker);
+                    }
+                    Err(message) => {
+                        state.live -= 1;
+                        self.changed.notify_all();
+                        return Err(message);
+                    }
+                }
+            }
+            state = self.wait(state);
+        }
+    }
+
+    /// Gives a worker back after a run.
+    fn release(&self, worker: Worker, fate: Fate) {
+        let mut state = self.lock();
+        let worn_out = self.max_runs.is_some_and(|max| worker.runs() >= max);
+        if fate == Fate::Reuse && !worn_out && !state.shutdown {
+            state.idle.push(worker);
+        } else {
+            state.live -= 1;
+            state.retired.push(worker);
+        }
+        self.changed.notify_all();
+    }
+}
+
+impl Pool {
+    /// Creates the pool and starts its keeper, which prespawns in the background.
+    pub(crate) fn new(
+        settings: Settings,
+        pool_size: usize,
+        prespawn: usize,
+        max_runs: Option<u64>,
+    ) -> Result<Pool, String> {
+        let shared = Arc::new(Shared {
+            settings,
+            pool_size,
+            prespawn,
+            max_runs,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        let keeper = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("moonjail-pool".into())
+                .spawn(move || shared.keep())
+                .map_err(|e| format!("cannot start the worker pool's thread: {e}"))?
+        };
+        Ok(Pool {
+            shared,
+            keeper: Mutex::new(Some(keeper)),
+        })
+    }
+
+    /// Runs a job on a worker of the pool.
+    pub(crate) fn run(&self, job: &Job) -> Outcome {
+        let start = Instant::now();
+        let mut worker = match self.shared.acquire() {
+            Ok(worker) => worker,
+            Err(message) => return failed(start, ErrorKind::Internal, message),
+        };
+        let (outcome, fate) = worker.run(job, &self.shared.settings);
+        self.shared.release(worker, fate);
+        outcome
+    }
+
+    /// Sends a test-hook probe to a worker of the pool.
+    pub(crate) fn probe(&self, probe: &str, timeout: Option<Duration>) -> Result<Json, Error> {
+        let mut worker = self
+            .shared
+            .acquire()
+            .map_err(|message| Error::new(ErrorKind::Internal, message))?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let (result, fate) = worker.probe(probe, deadline, &self.shared.settings);
+        self.shared.release(worker, fate);
+        result
+    }
+
+    /// The pids of the idle workers.
+    pub(crate) fn worker_pids(&self) -> Vec<WorkerPids> {
+        let state = self.shared.lock();
+        state
+            .idle
+            .iter()
+            .map(|worker| {
+                let (relay, pid) = worker.pids();
+                WorkerPids {
+                    relay,
+                    pid,
+                    runs: worker.runs(),
+                    layers: worker
+                        .layers()
+                        .iter()
+                        .map(|l| (l.layer.clone(), l.status.clone()))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until at least `count` workers are idle, or `timeout` passes.
+    pub(crate) fn wait_for_idle(&self, count: usize, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            if state.idle.len() >= count {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let (idle, retired) = {
+            let mut state = self.shared.lock();
+            state.shutdown = true;
+            self.shared.changed.notify_all();
+            (
+                std::mem::take(&mut state.idle),
+                std::mem::take(&mut state.retired),
+            )
+        };
+        // Dropping a worker kills and reaps it.
+        drop(idle);
+        drop(retired);
+        let keeper = self
+            .keeper
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(keeper) = keeper {
+            let _ = keeper.join();
+        }
+        // The keeper may have retired more before it saw the shutdown.
+        let mut state = self.shared.lock();
+        let idle = std::mem::take(&mut state.idle);
+        let retired = std::mem::take(&mut state.retired);
+        drop(state);
+        drop(idle);
+        drop(retired);
+    }
+}
+
+fn failed(start: Instant, kind: ErrorKind, message: String) -> Outcome {
+    Outcome {
+        result: Err(Error::new(kind, message)),
+        output: String::new(),
+        stats: Stats {
+            wall: start.elapsed(),
+            ..Stats::default()
+        },
+    }
+}

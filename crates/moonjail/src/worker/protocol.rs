@@ -1,0 +1,457 @@
+//! The wire protocol between a supervisor and its worker process.
+//!
+//! One stream socket carries frames both ways:
+//!
+//! ```text
+//! frame   = length:u32le  version:u8  type:u8  section*     (length counts from `version`)
+//! section = length:u32le  bytes
+//! ```
+//!
+//! Metadata sections are JSON (serde); bulk data travels as raw sections so that Lua
+//! source and output may hold any byte and a result is never escaped twice. A reader
+//! checks the length against its maximum *before* it allocates, and the version before it
+//! reads the body, so an oversized or foreign frame is refused at once.
+//!
+//! | type | direction | sections |
+//! | --- | --- | --- |
+//! | `Configure` | supervisor → worker | lockdown settings (JSON) |
+//! | `Ready` | worker → supervisor | lockdown report (JSON) |
+//! | `StartFailed` | worker → supervisor | why lockdown failed (JSON) |
+//! | `Run` | supervisor → worker | run settings (JSON), input (JSON), source (raw) |
+//! | `Done` | worker → supervisor | error and stats (JSON), result (JSON, empty on error), output (raw) |
+//! | `ToolCall` | worker → supervisor | reserved: a host tool call in the middle of a run |
+//! | `ToolResult` | supervisor → worker | reserved: the answer to a `ToolCall` |
+//! | `Probe` | supervisor → worker | test hook request (JSON), honoured only by test workers |
+//! | `ProbeReply` | worker → supervisor | what the probe found (JSON) |
+//! | `Refused` | worker → supervisor | the request was not acceptable (JSON) |
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::error::Error;
+use crate::limits::Limits;
+use crate::sandbox::Stats;
+
+/// The protocol version both sides must speak; bump it on any incompatible change.
+pub(crate) const VERSION: u8 = 1;
+
+/// Bytes before a frame's sections: length, version, type.
+pub(crate) const HEADER_BYTES: usize = 6;
+
+/// The largest frame a worker accepts before it is configured.
+pub(crate) const MAX_CONFIGURE_BYTES: usize = 64 << 10;
+
+/// The type of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Configure = 1,
+    Ready = 2,
+    StartFailed = 3,
+    Run = 4,
+    Done = 5,
+    /// Reserved for host tool calls made by a running script (not sent yet).
+    ToolCall = 6,
+    /// Reserved for the answers to `ToolCall` (not sent yet).
+    ToolResult = 7,
+    Probe = 8,
+    ProbeReply = 9,
+    Refused = 10,
+}
+
+impl Kind {
+    fn from_u8(byte: u8) -> Option<Kind> {
+        Some(match byte {
+            1 => Kind::Configure,
+            2 => Kind::Ready,
+            3 => Kind::StartFailed,
+            4 => Kind::Run,
+            5 => Kind::Done,
+            6 => Kind::ToolCall,
+            7 => Kind::ToolResult,
+            8 => Kind::Probe,
+            9 => Kind::ProbeReply,
+            10 => Kind::Refused,
+            _ => return None,
+        })
+    }
+}
+
+/// Why bytes on the channel are not an acceptable frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// The announced length is over the reader's maximum.
+    Oversized { length: usize, max: usize },
+    /// The frame speaks another protocol version.
+    Version(u8),
+    /// The type byte names no message.
+    UnknownType(u8),
+    /// The body does not have the structure its type requires.
+    Malformed(String),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Oversized { length, max } => {
+                write!(f, "a frame of {length} bytes, over the {max} byte maximum")
+            }
+            FrameError::Version(v) => write!(
+                f,
+                "protocol version {v}, but this moonjail speaks version {VERSION} \
+                 (is the worker executable from another build?)"
+            ),
+            FrameError::UnknownType(t) => write!(f, "a frame of unknown type {t}"),
+            FrameError::Malformed(what) => write!(f, "a malformed frame: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// One decoded frame: its type and its sections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) kind: Kind,
+    body: Vec<u8>,
+    sections: Vec<(usize, usize)>,
+}
+
+impl Frame {
+    /// The `index`th section, if present.
+    pub(crate) fn section(&self, index: usize) -> Option<&[u8]> {
+        self.sections
+            .get(index)
+            .map(|&(start, end)| &self.body[start..end])
+    }
+
+    /// Section `index` parsed as JSON metadata.
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        index: usize,
+    ) -> Result<T, FrameError> {
+        let bytes = self.section(index).ok_or_else(|| {
+            FrameError::Malformed(format!("{:?} has no section {index}", self.kind))
+        })?;
+        serde_json::from_slice(bytes)
+            .map_err(|e| FrameError::Malformed(format!("{:?} section {index}: {e}", self.kind)))
+    }
+
+    /// The number of sections.
+    #[cfg(test)]
+    pub(crate) fn section_count(&self) -> usize {
+        self.sections.len()
+    }
+}
+
+/// Encodes a frame of `kind` with `sections`.
+///
+/// # Errors
+/// When the frame would not fit the 32-bit length field.
+pub(crate) fn encode(kind: Kind, sections: &[&[u8]]) -> Result<Vec<u8>, FrameError> {
+    let body: usize = 2 + sections.iter().map(|s| 4 + s.len()).sum::<usize>();
+    let length = u32::try_from(body).map_err(|_| FrameError::Oversized {
+        length: body,
+        max: u32::MAX as usize,
+    })?;
+    let mut out = Vec::with_capacity(4 + body);
+    out.extend_from_slice(&length.to_le_bytes());
+    out.push(VERSION);
+    out.push(kind as u8);
+    for section in sections {
+        // Each section is shorter than the whole body, which fits in a u32.
+        out.extend_from_slice(&(section.len() as u32).to_le_bytes());
+        out.extend_from_slice(section);
+    }
+    Ok(out)
+}
+
+/// Encodes a frame whose only section is `meta` as JSON.
+pub(crate) fn encode_json(kind: Kind, meta: &impl Serialize) -> Result<Vec<u8>, FrameError> {
+    let meta = serde_json::to_vec(meta).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    encode(kind, &[&meta])
+}
+
+/// What [`decode`] found at the start of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    /// Not enough bytes yet; at least this many are needed in total.
+    Need(usize),
+    /// A whole frame, which used this many bytes.
+    Frame(Frame, usize),
+}
+
+/// Decodes the frame at the start of `buffer`, refusing lengths over `max` as soon as the
+/// length is known and another version as soon as the version byte is.
+pub(crate) fn decode(buffer: &[u8], max: usize) -> Result<Decoded, FrameError> {
+    let Some(prefix) = buffer.get(..4) else {
+        return Ok(Decoded::Need(4));
+    };
+    let length = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if length > max {
+        return Err(FrameError::Oversized { length, max });
+    }
+    if length < 2 {
+        return Err(FrameError::Malformed(format!(
+            "a length of {length} leaves no room for the version and type"
+        )));
+    }
+    if let Some(&version) = buffer.get(4) {
+        if version != VERSION {
+            return Err(FrameError::Version(version));
+        }
+    }
+    let total = 4 + length;
+    if buffer.len() < total {
+        return Ok(Decoded::Need(total));
+    }
+    let kind = Kind::from_u8(buffer[5]).ok_or(FrameError::UnknownType(buffer[5]))?;
+    let body = buffer[HEADER_BYTES..total].to_vec();
+    let mut sections = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        let Some(len) = body.get(at..at + 4) else {
+            return Err(FrameError::Malformed(format!(
+                "{kind:?}: a section length cut off at byte {at}"
+            )));
+        };
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let start = at + 4;
+        let end = start
+            .checked_add(len)
+            .filter(|end| *end <= body.len())
+            .ok_or_else(|| {
+                FrameError::Malformed(format!(
+                    "{kind:?}: a section of {len} bytes at byte {at} runs past the frame"
+                ))
+            })?;
+        sections.push((start, end));
+        at = end;
+    }
+    Ok(Decoded::Frame(
+        Frame {
+            kind,
+            body,
+            sections,
+        },
+        total,
+    ))
+}
+
+/// Parses JSON that came from the other side, refusing nesting deeper than `max_depth`
+/// before parsing (the parser itself then runs without serde_json's fixed limit of 128,
+/// since `result_depth` may be set higher).
+pub(crate) fn parse_value(bytes: &[u8], max_depth: usize) -> Result<Json, String> {
+    let depth = nesting(bytes);
+    if depth > max_depth {
+        return Err(format!(
+            "JSON nested {depth} levels deep, over the maximum of {max_depth}"
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    let value = Json::deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+/// The deepest nesting of arrays and objects in JSON text (strings skipped), for text
+/// that may be invalid: the parser reports the rest.
+fn nesting(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// `Configure`: how the worker locks itself down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Configure {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) cpu_time: Option<Duration>,
+    pub(crate) address_space_bytes: Option<u64>,
+    /// Names of the layers that may be missing (`moonjail_isolate::Layer::name`).
+    pub(crate) allow_missing: Vec<String>,
+}
+
+/// One line of the lockdown report in `Ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LayerLine {
+    pub(crate) layer: String,
+    /// `applied`, `skipped`, `not_applicable` or `disabled`.
+    pub(crate) status: String,
+    pub(crate) detail: String,
+}
+
+/// `Ready`: the worker is locked down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Ready {
+    pub(crate) layers: Vec<LayerLine>,
+}
+
+/// `StartFailed` and `Refused`: a message for the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Message {
+    pub(crate) message: String,
+}
+
+/// [`Limits`] on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WireLimits {
+    pub(crate) memory_bytes: Option<usize>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) instructions: Option<u64>,
+    pub(crate) output_bytes: Option<usize>,
+    pub(crate) source_bytes: Option<usize>,
+    pub(crate) result_depth: usize,
+    pub(crate) result_bytes: Option<usize>,
+}
+
+impl From<&Limits> for WireLimits {
+    fn from(l: &Limits) -> Self {
+        WireLimits {
+            memory_bytes: l.memory_bytes,
+            timeout: l.timeout,
+            instructions: l.instructions,
+            output_bytes: l.output_bytes,
+            source_bytes: l.source_bytes,
+            result_depth: l.result_depth,
+            result_bytes: l.result_bytes,
+        }
+    }
+}
+
+impl From<WireLimits> for Limits {
+    fn from(l: WireLimits) -> Self {
+        Limits {
+            memory_bytes: l.memory_bytes,
+            timeout: l.timeout,
+            instructions: l.instructions,
+            output_bytes: l.output_bytes,
+            source_bytes: l.source_bytes,
+            result_depth: l.result_depth,
+            result_bytes: l.result_bytes,
+        }
+    }
+}
+
+/// `Run`, section 0 (section 1 is the input JSON, section 2 the source).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RunMeta {
+    pub(crate) profile: String,
+    pub(crate) limits: WireLimits,
+    pub(crate) require_run: bool,
+    pub(crate) require_table: bool,
+    pub(crate) chunk_name: String,
+    /// `Determinism { timestamp, seed }`, when the run is deterministic.
+    pub(crate) deterministic: Option<(i64, i64)>,
+}
+
+/// `Done`, section 0 (section 1 is the result JSON, empty on error; section 2 the output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct DoneMeta {
+    pub(crate) error: Option<Error>,
+    pub(crate) stats: Stats,
+}
+
+/// `Probe`: one test-hook request (see `serve.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProbeRequest {
+    pub(crate) probe: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: Kind, sections: &[&[u8]]) -> Vec<u8> {
+        encode(kind, sections).unwrap()
+    }
+
+    #[test]
+    fn round_trip_with_any_bytes() {
+        let source: &[u8] = b"return '\x00\xff\x1b'";
+        let bytes = frame(Kind::Run, &[b"{}", b"null", source]);
+        match decode(&bytes, 1 << 20).unwrap() {
+            Decoded::Frame(f, used) => {
+                assert_eq!(used, bytes.len());
+                assert_eq!(f.kind, Kind::Run);
+                assert_eq!(f.section_count(), 3);
+                assert_eq!(f.section(2), Some(source));
+                assert_eq!(f.section(3), None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_frames_ask_for_more() {
+        let bytes = frame(Kind::Ready, &[b"{}"]);
+        assert_eq!(decode(&bytes[..2], 1 << 20), Ok(Decoded::Need(4)));
+        assert_eq!(decode(&bytes[..7], 1 << 20), Ok(Decoded::Need(bytes.len())));
+    }
+
+    #[test]
+    fn oversized_is_refused_from_the_length_alone() {
+        let mut bytes = (100u32).to_le_bytes().to_vec();
+        assert_eq!(
+            decode(&bytes, 50),
+            Err(FrameError::Oversized {
+                length: 100,
+                max: 50
+            })
+        );
+        bytes.push(VERSION + 1);
+        assert_eq!(decode(&bytes, 1000), Err(FrameError::Version(VERSION + 1)));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(matches!(
+            decode(b"\x01\x00\x00\x00\x01", 100),
+            Err(FrameError::Malformed(_))
+        ));
+        let mut bytes = frame(Kind::Done, &[b"abc"]);
+        bytes[5] = 200;
+        assert_eq!(decode(&bytes, 100), Err(FrameError::UnknownType(200)));
+        // A section length that runs past the end.
+        let mut bytes = frame(Kind::Done, &[b"abc"]);
+        bytes[6] = 9;
+        assert!(matches!(decode(&bytes, 100), Err(FrameError::Malformed(_))));
+        // Text that is not a frame at all.
+        assert!(decode(b"garbage from a shell script\n", 1 << 20).is_err());
+    }
+
+    #[test]
+    fn depth_is_checked_before_parsing() {
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        assert!(parse_value(deep.as_bytes(), 299).is_err());
+        assert!(parse_value(deep.as_bytes(), 300).is_ok());
+        assert_eq!(nesting(br#"{"a": "[[[[", "b": [1, {"c": "\"]"}]}"#), 3);
+        assert!(parse_value(b"[1] x", 10).is_err());
+    }
+}

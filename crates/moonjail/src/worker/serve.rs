@@ -1,0 +1,463 @@
+//! The worker's side: what a worker process does from `main` on.
+//!
+//! 1. Warm up everything that would read the file system later (the time zone, one run
+//!    through the whole in-process sandbox), while the process has a single thread.
+//! 2. Read `Configure` from the supervisor (a trusted peer: no untrusted byte has arrived
+//!    yet), move the channel off stdin/stdout and point those at stderr, so that a stray
+//!    `print!` anywhere in the process lands in the captured stderr instead of corrupting
+//!    the protocol.
+//! 3. [`moonjail_isolate::lockdown`]: every layer, in order; the process returns from it
+//!    as PID 1 of a new PID namespace (the original process stays behind as the relay).
+//! 4. Send `Ready`, then serve `Run` requests, each with a fresh Lua state (the Lua-level
+//!    layers and quotas stay on inside the worker), until the channel closes.
+//!
+//! Lua code running here never sees the channel: no library a profile can list reaches a
+//! file descriptor, and the requests are driven by the supervisor alone. `Probe` requests
+//! (raw system calls and crashes, for the tests of the isolation layers) are honoured only
+//! when the process was started with `MOONJAIL_WORKER_TEST_HOOKS=1`, which the supervisor
+//! sets only for a `ProcessConfig` built with the hidden `test_hooks` switch; a production
+//! worker answers them with `Refused`.
+
+use std::io::Write as _;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use moonjail_isolate::{lockdown, Layer, LayerSet, LayerStatus, LockdownConfig, LockdownReport};
+use serde_json::{json, Value as Json};
+
+use super::protocol::{
+    self, Configure, Decoded, DoneMeta, Frame, Kind, LayerLine, Message, ProbeRequest, Ready,
+    RunMeta,
+};
+use super::TEST_HOOKS_ENV;
+use crate::error::{Error, ErrorKind};
+use crate::host::Determinism;
+use crate::profile::Profile;
+use crate::sandbox::{Outcome, RunOptions, Sandbox};
+
+/// Exit statuses of a worker.
+const EXIT_OK: i32 = 0;
+const EXIT_PROTOCOL: i32 = 2;
+const EXIT_LOCKDOWN: i32 = 3;
+
+/// How much deeper than `result_depth` a run's input may nest before it is refused while
+/// parsing (the sandbox itself refuses anything over `result_depth` with its own message).
+const INPUT_DEPTH_SLACK: usize = 64;
+
+const WARM_UP: &str = r##"
+local t = os.time({year = 2020, month = 1, day = 1, hour = 12})
+return {os.date("%c", t), os.date("*t", t).year, os.date("!%H", 0), os.clock(),
+        string.format("%5.2f %q %g", 1.5, "x", 1e300), ("ab"):rep(3):find("b+"),
+        json.encode({1, "two", {three = 3}}), math.random(1, 6), utf8.char(228, 8364),
+        table.concat({1, 2, 3}, ","), select("#", pcall(error, {}))}
+"##;
+
+extern "C" {
+    fn tzset();
+}
+
+/// The worker's `main`. Returns the exit status.
+pub(crate) fn serve() -> i32 {
+    install_panic_hook();
+    let test_hooks = std::env::var_os(TEST_HOOKS_ENV).is_some_and(|v| v == "1");
+    warm_up();
+
+    let stdin = std::io::stdin();
+    let mut channel = WorkerChannel::new(stdin.as_fd());
+    let configure: Configure = match channel.recv(protocol::MAX_CONFIGURE_BYTES) {
+        Ok(frame) if frame.kind == Kind::Configure => match frame.json(0) {
+            Ok(configure) => configure,
+            Err(e) => return protocol_error(&format!("a bad Configure frame: {e}")),
+        },
+        Ok(frame) => return protocol_error(&format!("{:?} before Configure", frame.kind)),
+        Err(e) => return protocol_error(&format!("no Configure frame: {e}")),
+    };
+    let channel_fd = match move_channel_off_stdio() {
+        Ok(fd) => fd,
+        Err(e) => return protocol_error(&format!("moving the channel off stdin: {e}")),
+    };
+    let mut channel = WorkerChannel::new(channel_fd.as_fd());
+
+    let report = match lock_down(&configure, channel_fd.as_raw_fd()) {
+        Ok(report) => report,
+        Err(message) => {
+            let _ = channel.send_json(Kind::StartFailed, &Message { message });
+            return EXIT_LOCKDOWN;
+        }
+    };
+    if channel
+        .send_json(
+            Kind::Ready,
+            &Ready {
+                layers: report_lines(&report),
+            },
+        )
+        .is_err()
+    {
+        return EXIT_PROTOCOL;
+    }
+
+    loop {
+        let frame = match channel.recv(u32::MAX as usize) {
+            Ok(frame) => frame,
+            Err(RecvError::Closed) => return EXIT_OK,
+            Err(e) => return protocol_error(&e.to_string()),
+        };
+        let reply = match frame.kind {
+            Kind::Run => run(&frame),
+            Kind::Probe if test_hooks => probe(&frame),
+            Kind::Probe => refused("test hooks are disabled in this worker"),
+            other => refused(&format!("a worker does not accept {other:?} frames")),
+        };
+        match reply {
+            Ok(bytes) => {
+                if channel.send(&bytes).is_err() {
+                    return EXIT_PROTOCOL;
+                }
+            }
+            Err(e) => return protocol_error(&e),
+        }
+    }
+}
+
+fn protocol_error(message: &str) -> i32 {
+    eprintln!("moonjail worker: {message}");
+    EXIT_PROTOCOL
+}
+
+/// Panics print one line and nothing else: a symbolised backtrace would open files,
+/// which the seccomp filter punishes with SIGSYS.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let _ = writeln!(std::io::stderr(), "moonjail worker panicked: {info}");
+    }));
+}
+
+/// Loads what the VM would otherwise load lazily from the file system after lockdown.
+fn warm_up() {
+    // glibc re-reads the zone file on every `mktime`/`localtime` unless TZ names one and
+    // is unchanged since the last read: pin it (the supervisor passes TZ, this covers
+    // workers started another way).
+    if std::env::var_os("TZ").is_none() {
+        std::env::set_var("TZ", ":/etc/localtime");
+    }
+    // SAFETY: tzset only reads TZ and the zone file; the process is single-threaded here.
+    unsafe { tzset() };
+    // One run through the whole sandbox. No timeout: a deadline would start the
+    // watchdog thread, and lockdown needs a single-threaded process.
+    if let Ok(sandbox) = Sandbox::builder().timeout(None).build() {
+        let _ = sandbox.run(WARM_UP, &Json::Null);
+    }
+}
+
+/// Duplicates stdin (the channel) to a descriptor above 2, then points stdin and stdout
+/// at stderr.
+fn move_channel_off_stdio() -> std::io::Result<OwnedFd> {
+    let channel = rustix::io::fcntl_dupfd_cloexec(std::io::stdin(), 3)?;
+    for fd in [0, 1] {
+        // SAFETY: dup2 onto stdin/stdout, which the std handles keep referring to by
+        // number; fd 2 is open (the supervisor gives every worker a stderr pipe).
+        if unsafe { libc::dup2(2, fd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(channel)
+}
+
+fn lock_down(configure: &Configure, channel_fd: i32) -> Result<LockdownReport, String> {
+    let mut allow_missing = LayerSet::empty();
+    for name in &configure.allow_missing {
+        let layer =
+            Layer::from_name(name).ok_or_else(|| format!("unknown layer {name:?} in Configure"))?;
+        allow_missing = allow_missing.with(layer);
+    }
+    let config = LockdownConfig::builder()
+        .keep_fds([0, 1, 2, channel_fd])
+        .ids(configure.uid, configure.gid)
+        .cpu_time(configure.cpu_time)
+        .address_space_bytes(configure.address_space_bytes)
+        .allow_missing(allow_missing)
+        .build()
+        .map_err(|e| e.to_string())?;
+    lockdown(&config).map_err(|e| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    })
+}
+
+fn report_lines(report: &LockdownReport) -> Vec<LayerLine> {
+    report
+        .layers()
+        .iter()
+        .map(|(layer, status)| {
+            let (status, detail) = match status {
+                LayerStatus::Applied { detail } => ("applied", detail.clone()),
+                LayerStatus::Skipped { reason } => ("skipped", reason.clone()),
+                LayerStatus::NotApplicable { reason } => ("not_applicable", reason.clone()),
+                LayerStatus::Disabled => ("disabled", String::new()),
+                other => ("unknown", other.to_string()),
+            };
+            LayerLine {
+                layer: layer.name().to_string(),
+                status: status.to_string(),
+                detail,
+            }
+        })
+        .collect()
+}
+
+fn refused(message: &str) -> Result<Vec<u8>, String> {
+    protocol::encode_json(
+        Kind::Refused,
+        &Message {
+            message: message.to_string(),
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Serves one `Run`: a fresh in-process sandbox with the requested settings.
+fn run(frame: &Frame) -> Result<Vec<u8>, String> {
+    let outcome = match run_request(frame) {
+        Ok((sandbox, source, input, chunk_name)) => sandbox.run_with(
+            source,
+            &input,
+            &RunOptions {
+                chunk_name: &chunk_name,
+            },
+        ),
+        Err(error) => Outcome {
+            result: Err(error),
+            output: String::new(),
+            stats: Default::default(),
+        },
+    };
+    let (error, result) = match &outcome.result {
+        Ok(value) => (
+            None,
+            serde_json::to_vec(value).map_err(|e| format!("encoding the result: {e}"))?,
+        ),
+        Err(error) => (Some(error.clone()), Vec::new()),
+    };
+    let meta = serde_json::to_vec(&DoneMeta {
+        error,
+        stats: outcome.stats.clone(),
+    })
+    .map_err(|e| format!("encoding Done: {e}"))?;
+    protocol::encode(Kind::Done, &[&meta, &result, outcome.output.as_bytes()])
+        .map_err(|e| e.to_string())
+}
+
+fn run_request(frame: &Frame) -> Result<(Sandbox, &[u8], Json, String), Error> {
+    let internal = |what: String| Error::new(ErrorKind::Internal, what);
+    let meta: RunMeta = frame.json(0).map_err(|e| internal(e.to_string()))?;
+    let input = frame
+        .section(1)
+        .ok_or_else(|| internal("a Run frame without input".into()))?;
+    let source = frame
+        .section(2)
+        .ok_or_else(|| internal("a Run frame without source".into()))?;
+    let depth = meta.limits.result_depth.saturating_add(INPUT_DEPTH_SLACK);
+    let input = protocol::parse_value(input, depth)
+        .map_err(|e| Error::new(ErrorKind::Input, format!("the input: {e}")))?;
+    let profile: Profile = meta
+        .profile
+        .parse()
+        .map_err(|e: crate::ConfigError| internal(e.to_string()))?;
+    let deterministic = meta
+        .deterministic
+        .map(|(timestamp, seed)| Determinism { timestamp, seed });
+    let sandbox = Sandbox::builder()
+        .profile(profile)
+        .limits(meta.limits.into())
+        .require_run(meta.require_run)
+        .require_table_result(meta.require_table)
+        .deterministic(deterministic)
+        .build()
+        .map_err(|e| internal(e.to_string()))?;
+    Ok((sandbox, source, input, meta.chunk_name))
+}
+
+/// Serves one test-hook `Probe`. A forbidden system call is expected never to return
+/// (seccomp kills the process); if it does, the reply says so.
+fn probe(frame: &Frame) -> Result<Vec<u8>, String> {
+    let request: ProbeRequest = frame.json(0).map_err(|e| e.to_string())?;
+    let answer = match hooks::probe(&request.probe) {
+        Some(answer) => answer,
+        None => return refused(&format!("unknown probe {:?}", request.probe)),
+    };
+    protocol::encode_json(Kind::ProbeReply, &answer).map_err(|e| e.to_string())
+}
+
+/// Why reading a request failed.
+#[derive(Debug)]
+enum RecvError {
+    Closed,
+    Frame(protocol::FrameError),
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for RecvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecvError::Closed => f.write_str("the channel closed"),
+            RecvError::Frame(e) => write!(f, "the supervisor sent {e}"),
+            RecvError::Io(e) => write!(f, "reading the channel: {e}"),
+        }
+    }
+}
+
+/// The worker's end of the channel: blocking reads and writes (`read`/`write` are in the
+/// seccomp allowlist; the supervisor enforces every deadline).
+struct WorkerChannel<'fd> {
+    fd: std::os::fd::BorrowedFd<'fd>,
+    buffer: Vec<u8>,
+}
+
+impl<'fd> WorkerChannel<'fd> {
+    fn new(fd: std::os::fd::BorrowedFd<'fd>) -> Self {
+        WorkerChannel {
+            fd,
+            buffer: Vec::new(),
+        }
+    }
+
+    fn recv(&mut self, max: usize) -> Result<Frame, RecvError> {
+        loop {
+            let need = match protocol::decode(&self.buffer, max).map_err(RecvError::Frame)? {
+                Decoded::Frame(frame, used) => {
+                    self.buffer.drain(..used);
+                    return Ok(frame);
+                }
+                Decoded::Need(total) => total,
+            };
+            // Read the announced frame whole, but never more than it: a request's bytes
+            // must not sit in the buffer of a process that is about to lock down.
+            let want = need - self.buffer.len();
+            self.buffer.reserve(want);
+            let spare = &mut self.buffer.spare_capacity_mut()[..want];
+            match rustix::io::read(self.fd, spare) {
+                Ok((read, _)) if read.is_empty() => return Err(RecvError::Closed),
+                Ok((read, _)) => {
+                    let n = read.len();
+                    let len = self.buffer.len();
+                    // SAFETY: `read` initialised the first `n` bytes of the spare capacity.
+                    unsafe { self.buffer.set_len(len + n) };
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(errno) => return Err(RecvError::Io(errno.into())),
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match rustix::io::write(self.fd, &bytes[sent..]) {
+                Ok(n) => sent += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn send_json(&mut self, kind: Kind, meta: &impl serde::Serialize) -> std::io::Result<()> {
+        let bytes = protocol::encode_json(kind, meta).map_err(std::io::Error::other)?;
+        self.send(&bytes)
+    }
+}
+
+/// The test hooks: raw system calls the seccomp filter must stop, and crashes.
+mod hooks {
+    use super::*;
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    /// Runs probe `name`; `None` when there is no such probe.
+    pub(super) fn probe(name: &str) -> Option<Json> {
+        let passwd = c"/etc/passwd";
+        let true_bin = c"/bin/true";
+        // SAFETY (for every block below): each call is made with valid pointers, or null
+        // where the kernel accepts null; the point is to see the seccomp filter stop it.
+        let rc: i64 = match name {
+            // SAFETY: see above.
+            "pid" => return Some(json!({"pid": unsafe { libc::getpid() }})),
+            "segv" => {
+                // SAFETY: deliberately faults; the kernel forces SIGSEGV.
+                unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u8>(), 1) };
+                0
+            }
+            "abort" => std::process::abort(),
+            // A C-level loop that never looks at any deadline: only the supervisor can
+            // stop it.
+            "spin" => loop {
+                std::hint::spin_loop();
+            },
+            // SAFETY: see above.
+            "socket" => i64::from(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) }),
+            // SAFETY: see above.
+            "socket-unix" => {
+                i64::from(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) })
+            }
+            // SAFETY: see above.
+            "connect" => i64::from(unsafe { libc::connect(3, std::ptr::null(), 0) }),
+            // SAFETY: see above.
+            "bind" => i64::from(unsafe { libc::bind(3, std::ptr::null(), 0) }),
+            // SAFETY: see above.
+            "listen" => i64::from(unsafe { libc::listen(3, 1) }),
+            // SAFETY: see above.
+            "accept" => unsafe { libc::syscall(libc::SYS_accept, 3, 0, 0) },
+            "execve" => {
+                let argv = [true_bin.as_ptr(), std::ptr::null()];
+                let envp = [std::ptr::null()];
+                // SAFETY: see above.
+                i64::from(unsafe { libc::execve(true_bin.as_ptr(), argv.as_ptr(), envp.as_ptr()) })
+            }
+            "execveat" => {
+                let argv = [true_bin.as_ptr(), std::ptr::null()];
+                let envp = [std::ptr::null::<libc::c_char>()];
+                // SAFETY: see above.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_execveat,
+                        libc::AT_FDCWD,
+                        true_bin.as_ptr(),
+                        argv.as_ptr(),
+                        envp.as_ptr(),
+                        0,
+                    )
+                }
+            }
+            // SAFETY: see above.
+            "fork" => i64::from(unsafe { libc::fork() }),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: see above.
+            "vfork" => unsafe { libc::syscall(libc::SYS_vfork) },
+            // SAFETY: see above; with a null stack and plain SIGCHLD this is fork.
+            "clone-process" => unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) },
+            // SAFETY: see above.
+            "ptrace" => unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) },
+            // SAFETY: see above.
+            "openat" => i64::from(unsafe { libc::open(passwd.as_ptr(), libc::O_RDONLY) }),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: see above.
+            "open" => unsafe { libc::syscall(libc::SYS_open, passwd.as_ptr(), libc::O_RDONLY) },
+            // SAFETY: see above; signal 0 only checks.
+            "kill" => i64::from(unsafe { libc::kill(1, 0) }),
+            // SAFETY: see above.
+            "unshare" => i64::from(unsafe { libc::unshare(libc::CLONE_NEWNET) }),
+            // SAFETY: see above.
+            "getuid" => i64::from(unsafe { libc::getuid() }),
+            _ => return None,
+        };
+        Some(json!({"returned": rc, "errno": errno()}))
+    }
+}
