@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+mod check;
 mod env;
 mod error;
 mod host;
@@ -33,6 +34,7 @@ pub mod units;
 mod vm;
 pub mod worker;
 
+pub use check::{checklist, CheckItem, CheckResult};
 pub use env::guard_note;
 pub use error::{ConfigError, Error, ErrorKind, Result};
 pub use host::{Determinism, HostFiles};

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use crate::ConfigError;
 
 /// One thing a profile exposes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Item {
     /// A base-library global function, e.g. `pairs`.
     Global(&'static str),
@@ -41,7 +41,7 @@ pub enum Item {
 }
 
 /// A named, declarative list of [`Item`]s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProfileSpec {
     /// The name the CLI and service use.
     pub name: &'static str,
@@ -255,6 +255,9 @@ pub enum Profile {
     /// The HyperAOS environment for AO process modules (`aos.lua`, `utils.lua`):
     /// 5.1 aliases, `package`/`require` of host-provided modules, read-only `io.open`.
     Aos,
+    /// A profile defined by the embedding program: its own list of items. `moonjail check`
+    /// judges it by the checklist of the built-in profile with the same name, if any.
+    Custom(&'static ProfileSpec),
 }
 
 impl Profile {
@@ -282,6 +285,7 @@ impl Profile {
                           read-only io.open",
                 items: AOS,
             },
+            Profile::Custom(spec) => spec,
         }
     }
 
