@@ -120,6 +120,25 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
     if let Some(d) = opts.deterministic {
         aos::make_deterministic(lua, d)?;
     }
+    if opts.diagnostic {
+        let mut libs: Vec<&str> = spec
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Library { name, .. } => Some(*name),
+                Item::Json => Some("json"),
+                Item::Io => Some("io"),
+                _ => None,
+            })
+            .collect();
+        libs.dedup();
+        // The proxies are bookkeeping: raise the memory limit by what they cost.
+        let before = crate::vm::current().map(|c| c.memory().0);
+        crate::diag::install(lua, &libs)?;
+        if let (Some(ctl), Some(before)) = (crate::vm::current(), before) {
+            ctl.raise_memory_limit(ctl.memory().0.saturating_sub(before));
+        }
+    }
     Ok(())
 }
 

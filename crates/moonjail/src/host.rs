@@ -94,4 +94,6 @@ pub struct Determinism {
 pub(crate) struct EnvOptions {
     pub files: std::sync::Arc<HostFiles>,
     pub deterministic: Option<Determinism>,
+    /// Record globals, library members and requires (see [`crate::Diagnostics`]).
+    pub diagnostic: bool,
 }

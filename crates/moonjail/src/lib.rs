@@ -21,6 +21,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 mod check;
+mod diag;
 mod env;
 mod error;
 mod host;
@@ -35,6 +36,7 @@ mod vm;
 pub mod worker;
 
 pub use check::{checklist, CheckItem, CheckResult};
+pub use diag::{Diagnostics, RequireRecord};
 pub use env::guard_note;
 pub use error::{ConfigError, Error, ErrorKind, Result};
 pub use host::{Determinism, HostFiles};

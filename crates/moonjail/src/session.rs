@@ -110,8 +110,7 @@ impl Session {
         let chunk = self.chunk_name.clone();
         self.with_call(|vm, sandbox| {
             let lua = vm.lua();
-            let f: Value = lua
-                .globals()
+            let f: Value = crate::diag::real_globals(lua)
                 .raw_get(name)
                 .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
             let Value::Function(f) = f else {
@@ -140,7 +139,7 @@ impl Session {
     pub fn has_function(&self, name: &str) -> bool {
         self.vm.as_ref().is_some_and(|vm| {
             matches!(
-                vm.lua().globals().raw_get::<Value>(name),
+                crate::diag::real_globals(vm.lua()).raw_get::<Value>(name),
                 Ok(Value::Function(_))
             )
         })

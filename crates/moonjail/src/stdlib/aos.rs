@@ -11,7 +11,7 @@ use crate::host::{Determinism, HostFiles};
 /// `package.loaded`, then `package.preload`, then the host's module directory. Trusted
 /// text, compiled once per state; its upvalues are captured before any script runs.
 const PACKAGE_PRELUDE: &str = r#"
-local find, load, type, error, tostring = ...
+local find, load, type, error, tostring, note = ...
 local package = { loaded = {}, preload = {}, path = "", cpath = "" }
 local function require(name)
   if type(name) == "number" then name = tostring(name) end
@@ -20,13 +20,15 @@ local function require(name)
   end
   local loaded = package.loaded
   local have = loaded[name]
-  if have then return have end
+  if have then note(name, true) return have end
   local loader, extra
   local pre = package.preload[name]
   if pre ~= nil then
     loader, extra = pre, ":preload:"
+    note(name, true)
   else
     local src, path = find(name)
+    note(name, src ~= nil)
     if src == nil then
       error("module '" .. name .. "' not found:\n\tno field package.preload['" .. name .. "']" .. path, 2)
     end
@@ -64,7 +66,11 @@ pub(crate) fn package(lua: &Lua, files: Arc<HostFiles>) -> mlua::Result<(Table, 
         .load(PACKAGE_PRELUDE)
         .set_name("=[moonjail package]")
         .into_function()?;
-    prelude.call((find, load, type_, error, tostring))
+    let note = lua.create_function(|lua, (name, found): (String, bool)| {
+        crate::diag::note_require(lua, &name, found);
+        Ok(())
+    })?;
+    prelude.call((find, load, type_, error, tostring, note))
 }
 
 /// A read-only file handle over bytes the host read for the script.

@@ -152,6 +152,13 @@ impl Control {
         (m.used, m.peak, m.hits > 0)
     }
 
+    /// Grants `bytes` more heap (for moonjail's own bookkeeping inside the state).
+    pub(crate) fn raise_memory_limit(&self, bytes: usize) {
+        // SAFETY: as in `memory`; the allocator is not running concurrently.
+        let m = unsafe { &mut *self.mem.get() };
+        m.limit = m.limit.saturating_add(bytes);
+    }
+
     pub(crate) fn memory_remaining(&self) -> usize {
         // SAFETY: as in `memory`.
         let m = unsafe { &*self.mem.get() };

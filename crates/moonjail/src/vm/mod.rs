@@ -135,3 +135,29 @@ pub(crate) fn retain_string_keys(
         })
     }
 }
+
+/// The metatable shared by all strings (nil if there is none), read raw.
+pub(crate) fn string_metatable(lua: &Lua) -> mlua::Result<mlua::Value> {
+    // SAFETY: pushes a string, replaces it by its metatable (or nil); `exec_raw` turns
+    // the one value left on the stack into the result.
+    unsafe {
+        lua.exec_raw::<mlua::Value>((), |l| {
+            ffi::lua_pushstring(l, c"".as_ptr());
+            if ffi::lua_getmetatable(l, -1) == 0 {
+                ffi::lua_pushnil(l);
+            }
+            ffi::lua_remove(l, -2);
+        })
+    }
+}
+
+/// Makes `table` the state's globals as `lua_load` and `lua_getglobal` see them.
+pub(crate) fn set_registry_globals(lua: &Lua, table: &mlua::Table) -> mlua::Result<()> {
+    // SAFETY: `exec_raw` pushes `table` at index 1; it is stored in the registry slot that
+    // holds the globals, which accepts any table.
+    unsafe {
+        lua.exec_raw::<()>(table, |l| {
+            ffi::lua_rawseti(l, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
+        })
+    }
+}
