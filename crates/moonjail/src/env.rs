@@ -37,6 +37,7 @@ pub fn guard_note(name: &str) -> Option<&'static str> {
         "setmetatable" => "refuses metatables with __gc (finalizers)",
         "getmetatable" => "getmetatable(\"\") returns false: the string metatable is locked",
         "collectgarbage" => "only collectgarbage(\"count\")",
+        "xpcall" => "the message handler is skipped once a limit has stopped the run",
         "coroutine.resume" | "coroutine.wrap" | "coroutine.create" | "coroutine.close" => {
             "deadline and instruction budget reach every coroutine"
         }
@@ -70,6 +71,7 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                     "load" => Some(base::load as mlua::ffi::lua_CFunction),
                     "setmetatable" => Some(base::setmetatable as mlua::ffi::lua_CFunction),
                     "collectgarbage" => Some(base::collectgarbage as mlua::ffi::lua_CFunction),
+                    "xpcall" => Some(base::xpcall as mlua::ffi::lua_CFunction),
                     _ => None,
                 };
                 if let Some(f) = guarded {

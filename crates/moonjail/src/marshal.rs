@@ -5,8 +5,9 @@
 //! Rules: JSON objects ⇄ tables with string keys; arrays ⇄ sequences; integers stay
 //! integers; `null` ⇄ `json.null`. A table whose keys are exactly `1..n` (n ≥ 1) becomes
 //! an array; any other table an object, with integer and float keys written as strings.
-//! An empty table is `{}`, unless it came from a JSON array (such tables carry a marker
-//! metatable), which keeps `[]` round-tripping.
+//! An empty table is `{}`, unless it came from a JSON array: empty arrays are remembered
+//! in a weak set only the host can reach (a metatable marker could be reached and
+//! tampered with by the script), which keeps `[]` round-tripping.
 
 use std::fmt;
 
@@ -16,8 +17,8 @@ use serde_json::{Map, Number, Value as Json};
 
 use crate::vm::native_checkpoint;
 
-/// Registry key of the metatable that marks tables decoded from JSON arrays.
-pub(crate) const ARRAY_MT_KEY: &str = "moonjail.json.array";
+/// Registry key of the weak set of empty tables that came from JSON arrays.
+pub(crate) const EMPTY_ARRAYS_KEY: &str = "moonjail.json.empty_arrays";
 
 /// `json.null`: the NULL light userdata.
 pub(crate) fn null() -> Value {
@@ -73,14 +74,13 @@ fn render_path(segs: &[Seg]) -> String {
 
 /// Converts a Lua value to JSON under `bounds`.
 pub(crate) fn to_json(lua: &Lua, value: &Value, bounds: Bounds) -> Result<Json, MarshalError> {
-    let array_mt = lua
-        .named_registry_value::<Option<Table>>(ARRAY_MT_KEY)
+    let empty_arrays = lua
+        .named_registry_value::<Option<Table>>(EMPTY_ARRAYS_KEY)
         .ok()
-        .flatten()
-        .map(|t| t.to_pointer());
+        .flatten();
     let mut w = Walker {
         bounds,
-        array_mt,
+        empty_arrays,
         open: Vec::new(),
         path: Vec::new(),
         bytes: 0,
@@ -91,7 +91,7 @@ pub(crate) fn to_json(lua: &Lua, value: &Value, bounds: Bounds) -> Result<Json, 
 
 struct Walker {
     bounds: Bounds,
-    array_mt: Option<*const std::ffi::c_void>,
+    empty_arrays: Option<Table>,
     open: Vec<*const std::ffi::c_void>,
     path: Vec<Seg>,
     bytes: usize,
@@ -194,8 +194,10 @@ impl Walker {
         }
         self.add_bytes(2)?;
         if count == 0 {
-            let is_array =
-                self.array_mt.is_some() && t.metatable().map(|m| m.to_pointer()) == self.array_mt;
+            let is_array = self
+                .empty_arrays
+                .as_ref()
+                .is_some_and(|set| matches!(set.raw_get::<Value>(t), Ok(Value::Boolean(true))));
             return Ok(if is_array {
                 Json::Array(Vec::new())
             } else {
@@ -249,11 +251,11 @@ impl Walker {
 
 /// Converts host JSON to a Lua value (input), nesting at most `depth` levels.
 pub(crate) fn from_json(lua: &Lua, value: &Json, depth: usize) -> mlua::Result<Value> {
-    let array_mt = array_metatable(lua)?;
-    build(lua, &array_mt, value, depth)
+    let empty_arrays = empty_array_set(lua)?;
+    build(lua, &empty_arrays, value, depth)
 }
 
-fn build(lua: &Lua, array_mt: &Table, value: &Json, depth: usize) -> mlua::Result<Value> {
+fn build(lua: &Lua, empty_arrays: &Table, value: &Json, depth: usize) -> mlua::Result<Value> {
     Ok(match value {
         Json::Null => null(),
         Json::Bool(b) => Value::Boolean(*b),
@@ -263,16 +265,18 @@ fn build(lua: &Lua, array_mt: &Table, value: &Json, depth: usize) -> mlua::Resul
             let depth = descend(depth)?;
             let t = lua.create_table_with_capacity(items.len(), 0)?;
             for (i, item) in items.iter().enumerate() {
-                t.raw_set(i + 1, build(lua, array_mt, item, depth)?)?;
+                t.raw_set(i + 1, build(lua, empty_arrays, item, depth)?)?;
             }
-            t.set_metatable(Some(array_mt.clone()))?;
+            if items.is_empty() {
+                empty_arrays.raw_set(&t, true)?;
+            }
             Value::Table(t)
         }
         Json::Object(map) => {
             let depth = descend(depth)?;
             let t = lua.create_table_with_capacity(0, map.len())?;
             for (k, v) in map {
-                t.raw_set(k.as_str(), build(lua, array_mt, v, depth)?)?;
+                t.raw_set(k.as_str(), build(lua, empty_arrays, v, depth)?)?;
             }
             Value::Table(t)
         }
@@ -292,14 +296,17 @@ fn number(n: &Number) -> Value {
     }
 }
 
-/// The shared marker metatable for tables that came from JSON arrays.
-pub(crate) fn array_metatable(lua: &Lua) -> mlua::Result<Table> {
-    if let Some(t) = lua.named_registry_value::<Option<Table>>(ARRAY_MT_KEY)? {
+/// The weak set of empty tables that came from JSON arrays (created on first use).
+pub(crate) fn empty_array_set(lua: &Lua) -> mlua::Result<Table> {
+    if let Some(t) = lua.named_registry_value::<Option<Table>>(EMPTY_ARRAYS_KEY)? {
         return Ok(t);
     }
-    let t = lua.create_table()?;
-    lua.set_named_registry_value(ARRAY_MT_KEY, &t)?;
-    Ok(t)
+    let set = lua.create_table()?;
+    let mt = lua.create_table()?;
+    mt.raw_set("__mode", "k")?;
+    set.set_metatable(Some(mt))?;
+    lua.set_named_registry_value(EMPTY_ARRAYS_KEY, &set)?;
+    Ok(set)
 }
 
 /// Deserialises JSON text straight into Lua values, so every byte of the result is
@@ -307,7 +314,7 @@ pub(crate) fn array_metatable(lua: &Lua) -> mlua::Result<Table> {
 #[derive(Clone, Copy)]
 pub(crate) struct LuaSeed<'a> {
     pub lua: &'a Lua,
-    pub array_mt: &'a Table,
+    pub empty_arrays: &'a Table,
     pub depth: usize,
 }
 
@@ -327,7 +334,7 @@ impl LuaSeed<'_> {
             .ok_or_else(|| E::custom("JSON nested too deeply"))?;
         Ok(LuaSeed {
             lua: self.lua,
-            array_mt: self.array_mt,
+            empty_arrays: self.empty_arrays,
             depth,
         })
     }
@@ -378,8 +385,11 @@ impl<'de> Visitor<'de> for LuaSeed<'_> {
             t.raw_set(i, v).map_err(A::Error::custom)?;
             i += 1;
         }
-        t.set_metatable(Some(self.array_mt.clone()))
-            .map_err(A::Error::custom)?;
+        if i == 1 {
+            self.empty_arrays
+                .raw_set(&t, true)
+                .map_err(A::Error::custom)?;
+        }
         Ok(Value::Table(t))
     }
 

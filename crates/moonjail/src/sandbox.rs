@@ -354,7 +354,7 @@ impl Sandbox {
                 )
             })
             .and_then(|()| self.script(&vm, source, input, opts));
-        let result = result.map_err(|e| classify(ctl, e));
+        let result = classify_result(ctl, result);
 
         let (_, peak, _) = ctl.memory();
         stats.memory_bytes = peak;
@@ -387,8 +387,7 @@ impl Sandbox {
             .call(&f, &input)
             .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?
             .map_err(|v| script_error(lua, v, name))?;
-        let run: Value = lua
-            .globals()
+        let run: Value = crate::diag::real_globals(lua)
             .raw_get("run")
             .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
         let value = match run {
@@ -425,21 +424,35 @@ impl Sandbox {
 /// The final kind: a quota that fired wins over whatever error the script raised after
 /// catching it; then a refused operation; then the error as raised.
 pub(crate) fn classify(ctl: &Control, e: Error) -> Error {
+    classify_result(ctl, Err(e))
+        .err()
+        .unwrap_or_else(|| Error::new(ErrorKind::Internal, "classify: an error became a success"))
+}
+
+/// Limits are sticky: a quota that fired fails the run even when the script caught the
+/// error and then returned normally (for instance `return pcall(...)`, where no
+/// instruction runs after the catch for the hook to stop).
+pub(crate) fn classify_result(ctl: &Control, r: Result<Json, Error>) -> Result<Json, Error> {
+    let line = r.as_ref().err().and_then(|e| e.line);
     if let Some(kind) = ctl.stop().kind() {
-        return Error {
+        return Err(Error {
             kind,
             message: ctl.stop().message().to_string(),
-            line: e.line,
-        };
+            line,
+        });
     }
     let (_, _, memory_hit) = ctl.memory();
-    if memory_hit && e.kind != ErrorKind::Input {
-        return Error {
+    if memory_hit && !matches!(&r, Err(e) if e.kind == ErrorKind::Input) {
+        return Err(Error {
             kind: ErrorKind::MemoryLimit,
             message: "not enough memory: the script reached its memory limit".to_string(),
-            line: e.line,
-        };
+            line,
+        });
     }
+    r.map_err(|e| classify_error(ctl, e))
+}
+
+fn classify_error(ctl: &Control, e: Error) -> Error {
     if e.kind == ErrorKind::Runtime && ctl.forbidden.get() && e.message.contains(FORBIDDEN) {
         return Error {
             kind: ErrorKind::Forbidden,
@@ -468,6 +481,13 @@ pub(crate) fn load_error(e: mlua::Error, name: &str) -> Error {
             message,
         },
         mlua::Error::MemoryError(m) => Error::new(ErrorKind::MemoryLimit, m),
+        // The parser raises runtime errors too ("C stack overflow" on deep nesting):
+        // still the source's fault.
+        mlua::Error::RuntimeError(message) => Error {
+            line: line_of(&message, name),
+            kind: ErrorKind::Syntax,
+            message,
+        },
         other => Error::new(ErrorKind::Internal, mlua_message(&other)),
     }
 }

@@ -15,7 +15,9 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, ErrorKind};
 use crate::marshal::{self, Bounds};
-use crate::sandbox::{classify, load_error, mlua_message, script_error, Outcome, Sandbox, Stats};
+use crate::sandbox::{
+    classify, classify_result, load_error, mlua_message, script_error, Outcome, Sandbox, Stats,
+};
 use crate::vm::{watchdog::Deadline, Activation, Vm};
 use crate::{env, ErrorKind as Kind};
 
@@ -187,7 +189,7 @@ impl Session {
             marshal::to_json(vm.lua(), &value, bounds)
                 .map_err(|e| Error::new(ErrorKind::Result, e.to_string()))
         });
-        let result = result.map_err(|e| classify(ctl, e));
+        let result = classify_result(ctl, result);
         let (_, peak, _) = ctl.memory();
         stats.memory_bytes = peak;
         stats.instructions = limits.instructions.map(|_| ctl.instr_charged.get());

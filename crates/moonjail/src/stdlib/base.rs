@@ -155,3 +155,57 @@ pub(crate) unsafe extern "C-unwind" fn collectgarbage(l: *mut lua_State) -> c_in
     }
     1
 }
+
+/// `xpcall`, with the message handler skipped once the run has been stopped.
+///
+/// When the quota hook raises the stop error, Lua calls the message handler from inside
+/// the hook, where hooks are off: a looping handler would then run unmetered forever.
+/// The guard returns the stop error unchanged instead; every other error reaches the
+/// script's handler as usual. Otherwise this is `luaB_xpcall`, continuation included, so
+/// yielding inside `xpcall` keeps working.
+pub(crate) unsafe extern "C-unwind" fn xpcall(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function; mirrors luaB_xpcall.
+    unsafe {
+        let n = ffi::lua_gettop(l);
+        ffi::luaL_checktype(l, 2, ffi::LUA_TFUNCTION);
+        ffi::lua_pushvalue(l, 2);
+        ffi::lua_pushcclosure(l, message_guard, 1);
+        ffi::lua_replace(l, 2);
+        ffi::lua_pushboolean(l, 1);
+        ffi::lua_pushvalue(l, 1);
+        ffi::lua_rotate(l, 3, 2);
+        let status = ffi::lua_pcallk(l, n - 2, ffi::LUA_MULTRET, 2, 2, Some(finish_pcall));
+        finish_pcall(l, status, 2)
+    }
+}
+
+unsafe extern "C-unwind" fn finish_pcall(
+    l: *mut lua_State,
+    status: c_int,
+    extra: ffi::lua_KContext,
+) -> c_int {
+    // SAFETY: called by xpcall or by Lua as its continuation; mirrors finishpcall.
+    unsafe {
+        if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_pushvalue(l, -2);
+            2
+        } else {
+            ffi::lua_gettop(l) - extra as c_int
+        }
+    }
+}
+
+unsafe extern "C-unwind" fn message_guard(l: *mut lua_State) -> c_int {
+    if current().is_some_and(|c| c.stop() != Stop::None) {
+        return 1;
+    }
+    // SAFETY: called by Lua as a message handler with the error object at index 1 and
+    // the script's handler as upvalue 1.
+    unsafe {
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_insert(l, 1);
+        ffi::lua_call(l, ffi::lua_gettop(l) - 1, 1);
+    }
+    1
+}

@@ -31,12 +31,12 @@ pub(crate) fn create(lua: &Lua) -> mlua::Result<Table> {
     })?;
     let decode = lua.create_function(|lua, text: mlua::LuaString| {
         guard(|| {
-            let array_mt = marshal::array_metatable(lua)?;
+            let empty_arrays = marshal::empty_array_set(lua)?;
             let bytes = text.as_bytes();
             let mut de = serde_json::Deserializer::from_slice(&bytes);
             let seed = LuaSeed {
                 lua,
-                array_mt: &array_mt,
+                empty_arrays: &empty_arrays,
                 depth: JSON_DEPTH,
             };
             let v = serde::de::DeserializeSeed::deserialize(seed, &mut de)
