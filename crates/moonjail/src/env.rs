@@ -8,7 +8,7 @@ use mlua::{Function, Lua, StdLib, Table, Value};
 
 use crate::host::EnvOptions;
 use crate::profile::{Item, ProfileSpec};
-use crate::stdlib::{aos, base, json};
+use crate::stdlib::{aos, base, json, strmatch};
 use crate::vm::retain_string_keys;
 
 /// The stock libraries a profile needs opened.
@@ -83,6 +83,9 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                 trim(lua, &lib, members)?;
                 if name == "coroutine" {
                     guard_coroutine(lua, &lib)?;
+                }
+                if name == "string" {
+                    strmatch::install(lua, &lib)?;
                 }
             }
             Item::GlobalsRef => g.raw_set("_G", &g)?,

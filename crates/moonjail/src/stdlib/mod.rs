@@ -4,3 +4,4 @@
 pub(crate) mod aos;
 pub(crate) mod base;
 pub(crate) mod json;
+pub(crate) mod strmatch;
