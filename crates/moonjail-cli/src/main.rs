@@ -36,7 +36,7 @@ enum Command {
     ///   echo 'return ... .n * 2' | moonjail run - --input '{"n": 21}' --json
     ///   moonjail run agent.lua --input @context.json --timeout 500ms --memory 16MiB
     #[command(verbatim_doc_comment)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Inspect the profiles: what each one lets a script reach.
     Profile {
         #[command(subcommand)]
@@ -141,7 +141,7 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Profile { command } => profile(command),
         Command::Doctor { json } => doctor(json),
     }

@@ -568,11 +568,21 @@ fn profile_list() {
         .lines()
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
-    assert_eq!(names, ["minimal", "standard"]);
+    assert_eq!(names[..2], ["minimal", "standard"], "{out:?}");
     assert!(
         out.stdout.lines().all(|l| l.split_whitespace().count() > 1),
         "each has a summary"
     );
+    // Every listed profile can be shown and used.
+    for name in names {
+        assert_eq!(mj(&["profile", "show", name]).code, Some(0), "show {name}");
+        let (code, doc) = json_eval("return 1", &["--profile", name]);
+        assert_eq!(
+            (code, &doc["result"]),
+            (Some(0), &json!(1)),
+            "run --profile {name}"
+        );
+    }
 }
 
 #[test]

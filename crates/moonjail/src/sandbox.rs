@@ -203,7 +203,7 @@ impl SandboxBuilder {
         if l.result_depth == 0 {
             return bad("result-depth", "must be at least 1");
         }
-        let isolation = Isolated::new(self.isolation, &self.limits, &self.env)?;
+        let isolation = Isolated::new(self.isolation, self.profile, &self.limits, &self.env)?;
         Ok(Sandbox {
             profile: self.profile,
             limits: self.limits,

@@ -843,7 +843,9 @@ fn a_worker_killed_from_outside_while_idle_is_replaced_unnoticed() {
     let worker = idle_worker(&sb);
     // SAFETY: kill(2) on a process this test's sandbox spawned.
     assert_eq!(unsafe { libc::kill(worker.relay as i32, libc::SIGKILL) }, 0);
-    std::thread::sleep(Duration::from_millis(50));
+    // The worker follows its relay (PR_SET_PDEATHSIG); once it is gone its channel reads
+    // as closed, and the pool replaces it before the next run.
+    assert!(wait_gone(worker.pid));
     assert_healthy(&sb);
 }
 
@@ -903,12 +905,16 @@ impl Fake {
     }
 
     fn sandbox(&self) -> Sandbox {
+        self.sandbox_with(Duration::from_secs(20))
+    }
+
+    fn sandbox_with(&self, spawn_timeout: Duration) -> Sandbox {
         build(
             ProcessConfig::builder()
                 .worker(WorkerPath::Path(self.dir.join("worker")))
                 .allow_missing(LayerSet::all())
                 .prespawn(0)
-                .spawn_timeout(Duration::from_millis(500))
+                .spawn_timeout(spawn_timeout)
                 .max_frame_bytes(1 << 20),
         )
     }
@@ -927,7 +933,10 @@ fn ready_frame() -> Vec<u8> {
 /// Runs against a fake; asserts an error of one of `kinds` containing `fragment`, well
 /// before the hang guard.
 fn expect_fake_error(fake: &Fake, kinds: &[ErrorKind], fragment: &str) {
-    let sb = fake.sandbox();
+    expect_error_from(fake.sandbox(), kinds, fragment);
+}
+
+fn expect_error_from(sb: Sandbox, kinds: &[ErrorKind], fragment: &str) {
     let started = Instant::now();
     let out = run(&sb, "return 1");
     let err = out.result.expect_err("a fake worker cannot succeed");
@@ -938,7 +947,7 @@ fn expect_fake_error(fake: &Fake, kinds: &[ErrorKind], fragment: &str) {
         err.message
     );
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(30),
         "took {:?}",
         started.elapsed()
     );
@@ -965,7 +974,11 @@ fn a_worker_that_exits_at_once_is_an_error() {
 #[test]
 fn a_worker_that_never_answers_is_an_error() {
     let fake = Fake::new("silent", None, None, "exec sleep 30");
-    expect_fake_error(&fake, &[ErrorKind::Internal], "no answer within 500 ms");
+    expect_error_from(
+        fake.sandbox_with(Duration::from_millis(500)),
+        &[ErrorKind::Internal],
+        "no answer within 500 ms",
+    );
 }
 
 #[test]
@@ -1211,5 +1224,76 @@ fn both_profiles_run_isolated() {
             .unwrap();
         let out = run(&sb, "return setmetatable == nil");
         assert_eq!(out.result, Ok(json!(profile == Profile::Minimal)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// What isolated mode supports, and what it refuses at build time.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn deterministic_runs_match_in_process() {
+    let determinism = Some(moonjail::Determinism {
+        timestamp: 1_700_000_000,
+        seed: 42,
+    });
+    let source = "return {os.time(), os.date('!%Y-%m-%d'), math.random(1, 1000000), math.random()}";
+    let local = Sandbox::builder()
+        .deterministic(determinism)
+        .build()
+        .unwrap();
+    let isolated = Sandbox::builder()
+        .deterministic(determinism)
+        .isolation(Isolation::Process(config().build().unwrap()))
+        .build()
+        .unwrap();
+    let expected = local.run(source, &Json::Null).result;
+    assert!(expected.is_ok(), "{expected:?}");
+    assert_eq!(run(&isolated, source).result, expected);
+}
+
+#[test]
+fn the_aos_profile_runs_isolated_without_host_files() {
+    let sb = Sandbox::builder()
+        .profile(Profile::Aos)
+        .isolation(Isolation::Process(config().build().unwrap()))
+        .build()
+        .unwrap();
+    let out = run(
+        &sb,
+        "package.preload.m = function() return {v = 7} end return require('m').v",
+    );
+    assert_eq!(out.result, Ok(json!(7)));
+}
+
+#[test]
+fn what_workers_cannot_serve_yet_is_refused_at_build_time() {
+    let spec: &'static moonjail::ProfileSpec = Box::leak(Box::new(moonjail::ProfileSpec {
+        name: "standard",
+        summary: "a custom list that borrows a built-in name",
+        items: &[moonjail::Item::Global("print")],
+    }));
+    let custom = Sandbox::builder()
+        .profile(Profile::Custom(spec))
+        .isolation(Isolation::Process(config().build().unwrap()))
+        .build();
+    match custom {
+        Err(moonjail::ConfigError::InvalidLimit { name, reason }) => {
+            assert_eq!(name, "isolation");
+            assert!(reason.contains("custom profile"), "{reason}");
+        }
+        other => panic!("a custom profile was accepted: {other:?}"),
+    }
+    let files = Sandbox::builder()
+        .profile(Profile::Aos)
+        .host_files(moonjail::HostFiles::default().allow_read("/etc/hostname"))
+        .isolation(Isolation::Process(config().build().unwrap()))
+        .build();
+    match files {
+        Err(moonjail::ConfigError::InvalidLimit { name, reason }) => {
+            assert_eq!(name, "isolation");
+            assert!(reason.contains("host files"), "{reason}");
+        }
+        other => panic!("host files were accepted: {other:?}"),
     }
 }

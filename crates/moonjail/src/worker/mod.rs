@@ -25,6 +25,16 @@
 //! process seen from outside: spawn, deadline, kill, reap) and `pool` (the warm pool that
 //! lives inside a [`Sandbox`]).
 //!
+//! **Deadlines.** The supervisor kills a worker that has not answered by the run's
+//! timeout plus [`ProcessConfigBuilder::kill_grace`], and reports `timeout`: this is what
+//! stops a script stuck in a long C call. A run without a timeout has no such bound (set
+//! [`ProcessConfigBuilder::cpu_time`] as a backstop if you need one).
+//!
+//! **Crashes.** A worker that dies (seccomp's SIGSYS, a fault, its CPU limit) fails the run
+//! it was serving as `killed`, with the signal in the message; it is reaped and the next
+//! run gets a fresh worker. A worker that sends anything but a well-formed answer fails the
+//! run as `internal` and is killed. Neither ever panics or hangs the supervisor.
+//!
 //! **Which executable is the worker.** [`WorkerPath::Auto`] looks for, in order: the
 //! `MOONJAIL_WORKER` environment variable; a `moonjail-worker` executable next to the
 //! current one; the current executable itself. Every worker is started with the hidden
@@ -404,6 +414,7 @@ impl Isolated {
     /// background prespawning for [`Isolation::Process`]).
     pub(crate) fn new(
         isolation: Isolation,
+        profile: Profile,
         limits: &Limits,
         env: &EnvOptions,
     ) -> Result<Isolated, ConfigError> {
@@ -411,6 +422,18 @@ impl Isolated {
             Isolation::InProcess => Ok(Isolated::InProcess),
             #[cfg(target_os = "linux")]
             Isolation::Process(config) => {
+                if let Profile::Custom(spec) = profile {
+                    // Runs name their profile; a worker knows only the built-in ones (and
+                    // must never mistake a custom list for a built-in of the same name).
+                    return Err(ConfigError::InvalidLimit {
+                        name: "isolation",
+                        reason: format!(
+                            "the custom profile {:?} is not available to worker processes \
+                             yet: only built-in profiles are",
+                            spec.name
+                        ),
+                    });
+                }
                 if !env.files.is_empty() {
                     // A locked-down worker cannot open files: host files would have to
                     // travel over the channel (a later protocol message).
@@ -432,7 +455,7 @@ impl Isolated {
             }
             #[cfg(not(target_os = "linux"))]
             Isolation::Process(_) => {
-                let _ = (limits, env);
+                let _ = (profile, limits, env);
                 Err(ConfigError::InvalidLimit {
                     name: "isolation",
                     reason: "process isolation needs Linux".into(),
@@ -525,6 +548,26 @@ impl Sandbox {
             Isolated::InProcess => false,
             #[cfg(target_os = "linux")]
             Isolated::Process(pool) => pool.wait_for_idle(count, timeout),
+        }
+    }
+
+    /// Starts a worker with this sandbox's settings outside its pool, waits until it is
+    /// locked down (spawn, lockdown, `Ready`), kills it, and says how long the start took.
+    /// For benchmarks.
+    ///
+    /// # Errors
+    /// Why the worker could not start, as an `internal` [`Error`].
+    #[doc(hidden)]
+    pub fn cold_start_worker(&self) -> Result<Duration, Error> {
+        match &self.isolation {
+            Isolated::InProcess => Err(Error::new(
+                ErrorKind::Internal,
+                "this sandbox runs in process: there is no worker to start",
+            )),
+            #[cfg(target_os = "linux")]
+            Isolated::Process(pool) => pool
+                .cold_start()
+                .map_err(|message| Error::new(ErrorKind::Internal, message)),
         }
     }
 

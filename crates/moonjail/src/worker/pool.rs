@@ -232,6 +232,16 @@ impl Pool {
         result
     }
 
+    /// Starts one worker outside the pool, waits until it is locked down, and kills it:
+    /// how long a cold start takes.
+    pub(crate) fn cold_start(&self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let worker = Worker::spawn(&self.shared.settings)?;
+        let took = started.elapsed();
+        drop(worker);
+        Ok(took)
+    }
+
     /// The pids of the idle workers.
     pub(crate) fn worker_pids(&self) -> Vec<WorkerPids> {
         let state = self.shared.lock();

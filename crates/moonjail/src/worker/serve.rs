@@ -342,7 +342,7 @@ impl<'fd> WorkerChannel<'fd> {
             self.buffer.reserve(want);
             let spare = &mut self.buffer.spare_capacity_mut()[..want];
             match rustix::io::read(self.fd, spare) {
-                Ok((read, _)) if read.is_empty() => return Err(RecvError::Closed),
+                Ok(([], _)) => return Err(RecvError::Closed),
                 Ok((read, _)) => {
                     let n = read.len();
                     let len = self.buffer.len();
@@ -403,8 +403,8 @@ mod hooks {
             },
             // SAFETY: see above.
             "socket" => i64::from(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) }),
-            // SAFETY: see above.
             "socket-unix" => {
+                // SAFETY: see above.
                 i64::from(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) })
             }
             // SAFETY: see above.

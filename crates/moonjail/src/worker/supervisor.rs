@@ -26,6 +26,8 @@ use crate::sandbox::{Outcome, Stats};
 
 /// How long to wait for a worker whose channel closed to be reaped before killing it.
 const REAP_WAIT: Duration = Duration::from_secs(2);
+/// Read buffers larger than this are freed once empty.
+const KEEP_BUFFER_BYTES: usize = 1 << 20;
 /// How much of a worker's stderr goes into an error message.
 const STDERR_IN_MESSAGE: usize = 2048;
 
@@ -108,13 +110,19 @@ impl Channel {
             let need = match protocol::decode(&self.buffer, max).map_err(Failure::Frame)? {
                 Decoded::Frame(frame, used) => {
                     self.buffer.drain(..used);
+                    if self.buffer.is_empty() && self.buffer.capacity() > KEEP_BUFFER_BYTES {
+                        // An idle worker does not hold on to the memory of a big result.
+                        self.buffer = Vec::new();
+                    }
                     return Ok(frame);
                 }
                 Decoded::Need(total) => total,
             };
             // Room for the rest of this frame (its length is already checked), at least
-            // 64 KiB per read so that small frames take one system call.
-            let want = (need - self.buffer.len()).max(64 << 10);
+            // 64 KiB per read so that small frames take one system call, and at most 4 MiB
+            // ahead of what has arrived, so that a mere header claiming a huge frame does
+            // not reserve it all.
+            let want = (need - self.buffer.len()).clamp(64 << 10, 4 << 20);
             self.buffer.reserve(want);
             match rustix::net::recv(
                 &self.socket,
@@ -313,7 +321,15 @@ impl Worker {
         let frame = match reply {
             Ok(frame) => frame,
             Err(failure) => {
-                let why = worker.explain(failure, settings);
+                let closed = matches!(failure, Failure::Closed);
+                let mut why = worker.explain(failure, settings);
+                if closed {
+                    why.push_str(&format!(
+                        " (is {} a moonjail worker? A program that serves as its own worker \
+                         must call moonjail::worker::run_if_worker() first thing in main)",
+                        settings.exe.display()
+                    ));
+                }
                 return Err(format!("the worker did not start: {why}"));
             }
         };
@@ -472,6 +488,7 @@ impl Worker {
 
     /// Waits for the reply of type `expected`. Other frames a worker may send in the
     /// middle of a request (a future `ToolCall`) are answered here, inside the loop.
+    #[allow(clippy::never_loop)] // Until `ToolCall` frames are answered in the loop.
     fn reply(
         &mut self,
         expected: Kind,
@@ -575,6 +592,9 @@ impl Worker {
     /// Whether an idle worker still looks usable: nothing to read on its channel (no
     /// end-of-file, no unsolicited frame) and not hung up.
     pub(crate) fn is_idle_and_alive(&self) -> bool {
+        if !self.channel.buffer.is_empty() {
+            return false;
+        }
         let zero = timespec(Duration::ZERO);
         let mut fds = [PollFd::new(&self.channel.socket, PollFlags::IN)];
         matches!(poll(&mut fds, Some(&zero)), Ok(0))
