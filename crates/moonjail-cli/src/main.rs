@@ -33,7 +33,7 @@ enum Command {
     /// Examples:
     ///   moonjail run examples/hello.lua
     ///   moonjail run -e 'return 1 + 1'
-    ///   echo 'return ... .n * 2' | moonjail run - --input '{"n": 21}' --json
+    ///   echo 'return (...).n * 2' | moonjail run - --input '{"n": 21}' --json
     ///   moonjail run agent.lua --input @context.json --timeout 500ms --memory 16MiB
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),

@@ -668,7 +668,6 @@ fn profile_show_json() {
 }
 
 #[test]
-#[ignore = "BUG: the `moonjail run --help` example `echo 'return ... .n * 2' | moonjail run - --input '{\"n\": 21}' --json` is a Lua syntax error (needs `(...).n`)"]
 fn run_help_example_works() {
     let out = mj(&["run", "--help"]);
     let example = out

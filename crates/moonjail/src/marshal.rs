@@ -5,9 +5,10 @@
 //! Rules: JSON objects ⇄ tables with string keys; arrays ⇄ sequences; integers stay
 //! integers; `null` ⇄ `json.null`. A table whose keys are exactly `1..n` (n ≥ 1) becomes
 //! an array; any other table an object, with integer and float keys written as strings.
-//! An empty table is `{}`, unless it came from a JSON array: empty arrays are remembered
-//! in a weak set only the host can reach (a metatable marker could be reached and
-//! tampered with by the script), which keeps `[]` round-tripping.
+//! An empty table is `{}`, unless it came from a JSON array: arrays are remembered in a
+//! weak set only the host can reach (a metatable marker could be reached and tampered
+//! with by the script), so `[]`, and an array the script emptied, stay arrays. Two keys
+//! that would become the same JSON key (`1` and `"1"`) are an error.
 
 use std::fmt;
 
@@ -17,7 +18,7 @@ use serde_json::{Map, Number, Value as Json};
 
 use crate::vm::native_checkpoint;
 
-/// Registry key of the weak set of empty tables that came from JSON arrays.
+/// Registry key of the weak set of tables that came from JSON arrays.
 pub(crate) const EMPTY_ARRAYS_KEY: &str = "moonjail.json.empty_arrays";
 
 /// `json.null`: the NULL light userdata.
@@ -39,6 +40,8 @@ pub(crate) struct Bounds {
 pub(crate) struct MarshalError {
     pub path: String,
     pub message: String,
+    /// The value exceeded the byte bound (rather than being unrepresentable).
+    pub too_large: bool,
 }
 
 impl fmt::Display for MarshalError {
@@ -103,16 +106,19 @@ impl Walker {
         MarshalError {
             path: render_path(&self.path),
             message: message.into(),
+            too_large: false,
         }
     }
 
     fn add_bytes(&mut self, n: usize) -> Result<(), MarshalError> {
         self.bytes = self.bytes.saturating_add(n);
         if self.bytes > self.bounds.bytes {
-            return Err(self.fail(format!(
+            let mut e = self.fail(format!(
                 "the JSON would be larger than the {} byte limit",
                 self.bounds.bytes
-            )));
+            ));
+            e.too_large = true;
+            return Err(e);
         }
         Ok(())
     }
@@ -188,9 +194,15 @@ impl Walker {
     fn table_inner(&mut self, t: &Table) -> Result<Json, MarshalError> {
         let len = t.raw_len();
         let mut count = 0usize;
+        // An array needs keys exactly 1..n: count the integer keys in range; `#t` alone
+        // is fooled by holes (`{nil, 2, 3}`) and by extra keys.
+        let mut in_range = 0usize;
         for pair in t.pairs::<Value, Value>() {
-            pair.map_err(|e| self.fail(e.to_string()))?;
+            let (k, _) = pair.map_err(|e| self.fail(e.to_string()))?;
             count += 1;
+            if matches!(k, Value::Integer(i) if i >= 1 && (i as u64) <= len as u64) {
+                in_range += 1;
+            }
         }
         self.add_bytes(2)?;
         if count == 0 {
@@ -204,7 +216,7 @@ impl Walker {
                 Json::Object(Map::new())
             });
         }
-        if count == len {
+        if count == len && in_range == len {
             let mut out = Vec::with_capacity(len);
             for i in 1..=len {
                 let v: Value = t.raw_get(i).map_err(|e| self.fail(e.to_string()))?;
@@ -240,6 +252,9 @@ impl Walker {
                 }
             };
             self.add_bytes(key.len() + 4)?;
+            if map.contains_key(&key) {
+                return Err(self.fail(format!("two table keys become the same JSON key {:?}", key)));
+            }
             self.path.push(Seg::Key(key.clone()));
             let j = self.walk(&v);
             self.path.pop();
@@ -267,9 +282,7 @@ fn build(lua: &Lua, empty_arrays: &Table, value: &Json, depth: usize) -> mlua::R
             for (i, item) in items.iter().enumerate() {
                 t.raw_set(i + 1, build(lua, empty_arrays, item, depth)?)?;
             }
-            if items.is_empty() {
-                empty_arrays.raw_set(&t, true)?;
-            }
+            empty_arrays.raw_set(&t, true)?;
             Value::Table(t)
         }
         Json::Object(map) => {
@@ -385,11 +398,9 @@ impl<'de> Visitor<'de> for LuaSeed<'_> {
             t.raw_set(i, v).map_err(A::Error::custom)?;
             i += 1;
         }
-        if i == 1 {
-            self.empty_arrays
-                .raw_set(&t, true)
-                .map_err(A::Error::custom)?;
-        }
+        self.empty_arrays
+            .raw_set(&t, true)
+            .map_err(A::Error::custom)?;
         Ok(Value::Table(t))
     }
 

@@ -8,6 +8,7 @@ use mlua::Value;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use crate::diag::Diagnostics;
 use crate::env;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::host::{Determinism, EnvOptions, HostFiles};
@@ -28,6 +29,8 @@ pub struct Outcome {
     pub output: String,
     /// Measurements of the run.
     pub stats: Stats,
+    /// What the script touched, when the sandbox runs in diagnostic mode.
+    pub diagnostics: Option<Diagnostics>,
 }
 
 /// Measurements of one run.
@@ -64,7 +67,7 @@ impl Outcome {
                 serde_json::json!({"kind": e.kind.as_str(), "message": e.message, "line": e.line}),
             ),
         };
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "ok": ok,
             "result": result,
             "output": self.output,
@@ -74,7 +77,14 @@ impl Outcome {
                 "memory_bytes": self.stats.memory_bytes,
                 "instructions": self.stats.instructions,
             },
-        })
+        });
+        if let (Some(d), Some(obj)) = (&self.diagnostics, doc.as_object_mut()) {
+            obj.insert(
+                "diagnostics".into(),
+                serde_json::to_value(d).unwrap_or(Json::Null),
+            );
+        }
+        doc
     }
 }
 
@@ -176,6 +186,14 @@ impl SandboxBuilder {
     /// [`crate::worker`]). By default, [`Isolation::InProcess`].
     pub fn isolation(mut self, isolation: Isolation) -> Self {
         self.isolation = isolation;
+        self
+    }
+
+    /// Records every global read and write, library member used, missing global and
+    /// `require`, into [`Outcome::diagnostics`]. The script behaves the same and the
+    /// bookkeeping does not count against its limits. By default, off.
+    pub fn diagnostic(mut self, yes: bool) -> Self {
+        self.env.diagnostic = yes;
         self
     }
 
@@ -293,12 +311,14 @@ impl Sandbox {
         }
         let start = Instant::now();
         let mut stats = Stats::default();
-        let (result, output) = self.execute(source.as_ref(), input, opts, start, &mut stats);
+        let (result, output, diagnostics) =
+            self.execute(source.as_ref(), input, opts, start, &mut stats);
         stats.wall = start.elapsed();
         Outcome {
             result,
             output,
             stats,
+            diagnostics,
         }
     }
 
@@ -309,19 +329,23 @@ impl Sandbox {
         opts: &RunOptions,
         start: Instant,
         stats: &mut Stats,
-    ) -> (Result<Json, Error>, String) {
+    ) -> (Result<Json, Error>, String, Option<Diagnostics>) {
         if let Some(max) = self.limits.source_bytes {
             if source.len() > max {
                 let msg = format!(
                     "the source is {} bytes, over the {max} byte limit",
                     source.len()
                 );
-                return (Err(Error::new(ErrorKind::Input, msg)), String::new());
+                return (Err(Error::new(ErrorKind::Input, msg)), String::new(), None);
             }
         }
         if source.first() == Some(&0x1b) {
             let msg = "binary chunks cannot be loaded";
-            return (Err(Error::new(ErrorKind::Forbidden, msg)), String::new());
+            return (
+                Err(Error::new(ErrorKind::Forbidden, msg)),
+                String::new(),
+                None,
+            );
         }
         let spec = self.profile.spec();
         let memory = self.limits.memory_bytes.unwrap_or(usize::MAX);
@@ -331,6 +355,7 @@ impl Sandbox {
                 return (
                     Err(Error::new(ErrorKind::Internal, e.to_string())),
                     String::new(),
+                    None,
                 )
             }
         };
@@ -340,11 +365,13 @@ impl Sandbox {
         ctl.source_limit
             .set(self.limits.source_bytes.unwrap_or(usize::MAX));
         let active = Activation::new(ctl);
+        // Reset the call state first: arming first would let a deadline that passes at
+        // once be cleared by the reset and lost.
+        vm.begin_call(self.limits.instructions);
         let deadline = self
             .limits
             .timeout
             .map(|t| Deadline::arm(start + t, ctl.expired.clone()));
-        vm.begin_call(self.limits.instructions);
 
         let result = env::build(vm.lua(), spec, &self.env)
             .map_err(|e| {
@@ -360,10 +387,11 @@ impl Sandbox {
         stats.memory_bytes = peak;
         stats.instructions = self.limits.instructions.map(|_| ctl.instr_charged.get());
         let output = String::from_utf8_lossy(&ctl.take_output()).into_owned();
+        let diagnostics = crate::diag::take(vm.lua());
         drop(deadline);
         drop(active);
         drop(vm);
-        (result, output)
+        (result, output, diagnostics)
     }
 
     fn script(

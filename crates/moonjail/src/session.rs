@@ -37,6 +37,13 @@ impl Sandbox {
     /// An `internal` error if the state cannot be built (or `memory_limit` if the limit
     /// is too small for the environment).
     pub fn session(&self) -> Result<Session, Error> {
+        if self.is_isolated() {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "sessions do not run in worker processes yet: build the sandbox with \
+                 Isolation::InProcess for sessions",
+            ));
+        }
         let spec = self.profile().spec();
         let memory = self.limits().memory_bytes.unwrap_or(usize::MAX);
         let vm = Vm::new(env::libs_for(spec), memory)
@@ -172,15 +179,17 @@ impl Session {
                 }),
                 output: String::new(),
                 stats,
+                diagnostics: None,
             };
         };
         let ctl = vm.ctl();
         let limits = self.sandbox.limits().clone();
         let active = Activation::new(ctl);
+        // Reset before arming, so a deadline that passes at once is not cleared.
+        vm.begin_call(limits.instructions);
         let deadline = limits
             .timeout
             .map(|t| Deadline::arm(start + t, ctl.expired.clone()));
-        vm.begin_call(limits.instructions);
         let result = body(vm, &self.sandbox).and_then(|value| {
             let bounds = Bounds {
                 depth: limits.result_depth,
@@ -194,6 +203,7 @@ impl Session {
         stats.memory_bytes = peak;
         stats.instructions = limits.instructions.map(|_| ctl.instr_charged.get());
         let output = String::from_utf8_lossy(&ctl.take_output()).into_owned();
+        let diagnostics = crate::diag::take(vm.lua());
         drop(deadline);
         drop(active);
         if let Err(e) = &result {
@@ -207,6 +217,14 @@ impl Session {
             result,
             output,
             stats,
+            diagnostics,
         }
+    }
+}
+
+impl Sandbox {
+    /// True when runs go to worker processes.
+    fn is_isolated(&self) -> bool {
+        !matches!(self.isolation, crate::worker::Isolated::InProcess)
     }
 }

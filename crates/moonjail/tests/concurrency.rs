@@ -298,7 +298,6 @@ fn profiles_do_not_mix_across_threads() {
 }
 
 #[test]
-#[ignore = "BUG: a deadline that passes before the script starts is lost: Sandbox::execute arms the Deadline before Vm::begin_call, whose reset_for_call clears `expired` and `stop`, so if the watchdog fires in between (tiny timeout, or a busy machine) the script runs forever"]
 fn deadline_expiring_before_the_script_starts_still_stops_it() {
     // With a 1 µs timeout the deadline has passed when it is armed; the watchdog fires at
     // once, racing the VM thread's begin_call. On a busy machine the VM thread loses now

@@ -209,3 +209,37 @@ unsafe extern "C-unwind" fn message_guard(l: *mut lua_State) -> c_int {
     }
     1
 }
+
+/// Wraps a host function that returns `true, results...` or `false, message` so that the
+/// message is raised as a plain string with the caller's position, like a stock library
+/// error (mlua would raise a userdata, which `"x" .. err` cannot use).
+pub(crate) fn with_plain_errors(
+    lua: &mlua::Lua,
+    f: &mlua::Function,
+) -> mlua::Result<mlua::Function> {
+    // SAFETY: `exec_raw` pushes `f` at index 1; it becomes the single upvalue of a C
+    // closure following the lua_CFunction protocol, left as the one result.
+    unsafe {
+        lua.exec_raw::<mlua::Function>(f, |l| {
+            ffi::lua_pushcclosure(l, plain_errors, 1);
+        })
+    }
+}
+
+unsafe extern "C-unwind" fn plain_errors(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as the C closure made in `with_plain_errors`.
+    unsafe {
+        let n = ffi::lua_gettop(l);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_insert(l, 1);
+        ffi::lua_call(l, n, ffi::LUA_MULTRET);
+        if ffi::lua_toboolean(l, 1) == 0 {
+            ffi::luaL_where(l, 1);
+            ffi::lua_pushvalue(l, 2);
+            ffi::lua_concat(l, 2);
+            ffi::lua_error(l);
+        }
+        ffi::lua_remove(l, 1);
+        ffi::lua_gettop(l)
+    }
+}

@@ -7,6 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use mlua::{Lua, Table, Value};
 
 use crate::marshal::{self, Bounds, LuaSeed};
+use crate::stdlib::base::with_plain_errors;
 use crate::vm::current;
 
 /// Nesting accepted by `json.encode`/`json.decode`.
@@ -22,11 +23,23 @@ pub(crate) fn create(lua: &Lua) -> mlua::Result<Table> {
                 depth: JSON_DEPTH,
                 bytes: room,
             };
-            let j = marshal::to_json(lua, &value, bounds)
-                .map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))?;
-            let text = serde_json::to_string(&j)
-                .map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))?;
-            lua.create_string(&text)
+            let j = match marshal::to_json(lua, &value, bounds) {
+                Ok(j) => j,
+                Err(e) => {
+                    // Text larger than the heap left is the memory limit, whoever holds it.
+                    if e.too_large {
+                        if let Some(ctl) = current() {
+                            ctl.note_memory_refusal();
+                        }
+                    }
+                    return fail(lua, format!("json.encode: {e}"));
+                }
+            };
+            let text = match serde_json::to_string(&j) {
+                Ok(t) => t,
+                Err(e) => return fail(lua, format!("json.encode: {e}")),
+            };
+            Ok((true, Value::String(lua.create_string(&text)?)))
         })
     })?;
     let decode = lua.create_function(|lua, text: mlua::LuaString| {
@@ -39,16 +52,23 @@ pub(crate) fn create(lua: &Lua) -> mlua::Result<Table> {
                 empty_arrays: &empty_arrays,
                 depth: JSON_DEPTH,
             };
-            let v = serde::de::DeserializeSeed::deserialize(seed, &mut de)
+            match serde::de::DeserializeSeed::deserialize(seed, &mut de)
                 .and_then(|v| de.end().map(|()| v))
-                .map_err(|e| mlua::Error::runtime(format!("json.decode: {e}")))?;
-            Ok(v)
+            {
+                Ok(v) => Ok((true, v)),
+                Err(e) => fail(lua, format!("json.decode: {e}")),
+            }
         })
     })?;
-    json.raw_set("encode", encode)?;
-    json.raw_set("decode", decode)?;
+    json.raw_set("encode", with_plain_errors(lua, &encode)?)?;
+    json.raw_set("decode", with_plain_errors(lua, &decode)?)?;
     json.raw_set("null", marshal::null())?;
     Ok(json)
+}
+
+/// The `false, message` half of the plain-error convention.
+fn fail(lua: &Lua, message: String) -> mlua::Result<(bool, Value)> {
+    Ok((false, Value::String(lua.create_string(&message)?)))
 }
 
 /// Contains a panic in host code as an ordinary Lua error.

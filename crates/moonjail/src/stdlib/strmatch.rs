@@ -232,7 +232,10 @@ pub(crate) struct Meter {
 
 impl Meter {
     pub(crate) const fn new() -> Self {
-        Meter { budget: CHECK_INTERVAL, interrupt: "" }
+        Meter {
+            budget: CHECK_INTERVAL,
+            interrupt: "",
+        }
     }
 
     /// The message returned by the checkpoint that interrupted the match.
@@ -348,7 +351,11 @@ fn memchr_words(c: u8, hay: &[u8]) -> Option<usize> {
         }
         off += 8;
     }
-    words.remainder().iter().position(|&b| b == c).map(|i| off + i)
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == c)
+        .map(|i| off + i)
 }
 
 /// Number of subject positions scanned between checkpoint checks in the
@@ -585,7 +592,11 @@ impl<'a> MatchState<'a> {
     /// class, in which case the first position where that item matches
     /// (`None` if there is none; `match` fails at the end of the subject).
     #[inline]
-    fn next_candidate(&mut self, first: FirstItem, from: usize) -> Result<Option<usize>, MatchError> {
+    fn next_candidate(
+        &mut self,
+        first: FirstItem,
+        from: usize,
+    ) -> Result<Option<usize>, MatchError> {
         match first {
             FirstItem::None => Ok(Some(from)),
             FirstItem::Lit(c) => {
@@ -623,7 +634,12 @@ impl<'a> MatchState<'a> {
 
     /// `get_onecapture`: the `i`-th capture of the last match, or the whole
     /// match `s..e` when there are no captures and `i == 0`.
-    pub(crate) fn get_onecapture(&self, i: usize, s: usize, e: usize) -> Result<Cap<'a>, MatchError> {
+    pub(crate) fn get_onecapture(
+        &self,
+        i: usize,
+        s: usize,
+        e: usize,
+    ) -> Result<Cap<'a>, MatchError> {
         if i >= self.level {
             if i != 0 {
                 return Err(MatchError::InvalidCaptureIndex(
@@ -830,7 +846,9 @@ impl<'a> MatchState<'a> {
             }
             b'[' => {
                 let ec = ep.saturating_sub(1);
-                rest.iter().take_while(|&&c| self.matchbracketclass(c, p, ec)).count()
+                rest.iter()
+                    .take_while(|&&c| self.matchbracketclass(c, p, ec))
+                    .count()
             }
             pc => rest.iter().take_while(|&&c| c == pc).count(),
         }
@@ -1020,7 +1038,10 @@ unsafe fn push_onecapture(l: State, ms: &MatchState<'_>, i: usize, s: usize, e: 
         },
         // SAFETY: pushing an integer onto a valid state.
         Ok(Cap::Pos(pos)) => unsafe {
-            ffi::lua_pushinteger(l, ffi::lua_Integer::try_from(pos).unwrap_or(ffi::lua_Integer::MAX));
+            ffi::lua_pushinteger(
+                l,
+                ffi::lua_Integer::try_from(pos).unwrap_or(ffi::lua_Integer::MAX),
+            );
         },
         // SAFETY: no value with a destructor is alive in this frame.
         Err(err) => unsafe { raise_error(l, err, "") },
@@ -1033,7 +1054,11 @@ unsafe fn push_onecapture(l: State, ms: &MatchState<'_>, i: usize, s: usize, e: 
 /// # Safety
 /// See the glue conventions above; `ms.subject()` must be anchored.
 unsafe fn push_captures(l: State, ms: &MatchState<'_>, whole: Option<(usize, usize)>) -> c_int {
-    let nlevels = if ms.level() == 0 && whole.is_some() { 1 } else { ms.level() };
+    let nlevels = if ms.level() == 0 && whole.is_some() {
+        1
+    } else {
+        ms.level()
+    };
     let (s, e) = whole.unwrap_or((0, 0));
     // nlevels <= MAXCAPTURES, so the cast is lossless.
     let n = nlevels as c_int;
@@ -1231,12 +1256,17 @@ pub(crate) unsafe extern "C-unwind" fn str_gmatch(l: *mut ffi::lua_State) -> c_i
         ffi::luaL_checklstring(l, 2, &mut lp);
         let mut init = posrelat(ffi::luaL_optinteger(l, 3, 1), ls) - 1;
         ffi::lua_settop(l, 2); // keep strings on closure to avoid being collected
-        let ud = ffi::lua_newuserdatauv(l, std::mem::size_of::<GMatchState>(), 0)
-            .cast::<GMatchState>();
+        let ud =
+            ffi::lua_newuserdatauv(l, std::mem::size_of::<GMatchState>(), 0).cast::<GMatchState>();
         if init > ls {
             init = ls + 1; // start after string's end
         }
-        ud.write_unaligned(GMatchState { src: init, lastmatch: NO_LASTMATCH, ls, lp });
+        ud.write_unaligned(GMatchState {
+            src: init,
+            lastmatch: NO_LASTMATCH,
+            ls,
+            lp,
+        });
         ffi::lua_pushcclosure(l, gmatch_aux, 3);
     }
     1
@@ -1274,7 +1304,10 @@ unsafe fn add_s(l: State, b: *mut ffi::luaL_Buffer, ms: &MatchState<'_>, s: usiz
                 // SAFETY: the integer is pushed on top of the buffer box,
                 // which is what luaL_addvalue expects.
                 Ok(Cap::Pos(n)) => unsafe {
-                    ffi::lua_pushinteger(l, ffi::lua_Integer::try_from(n).unwrap_or(ffi::lua_Integer::MAX));
+                    ffi::lua_pushinteger(
+                        l,
+                        ffi::lua_Integer::try_from(n).unwrap_or(ffi::lua_Integer::MAX),
+                    );
                     ffi::luaL_addvalue(b);
                 },
                 // SAFETY: no value with a destructor is alive in this frame.
@@ -1488,7 +1521,12 @@ pub(crate) mod tests {
 
     /// Pure `string.find` / `string.match`: `Ok(None)` is "no match";
     /// captures as strings ("<pos>" for position captures).
-    fn pfind(s: &str, p: &str, init: i64, find: bool) -> Result<Option<(usize, usize, Vec<String>)>, MatchError> {
+    fn pfind(
+        s: &str,
+        p: &str,
+        init: i64,
+        find: bool,
+    ) -> Result<Option<(usize, usize, Vec<String>)>, MatchError> {
         let (s, p) = (s.as_bytes(), p.as_bytes());
         let init = posrelat(init, s.len()) - 1;
         if init > s.len() {
@@ -1496,7 +1534,8 @@ pub(crate) mod tests {
         }
         if find && nospecials(p) {
             let mut m = Meter::new();
-            return Ok(lmemfind(&mut m, &s[init..], p)?.map(|i| (init + i + 1, init + i + p.len(), vec![])));
+            return Ok(lmemfind(&mut m, &s[init..], p)?
+                .map(|i| (init + i + 1, init + i + p.len(), vec![])));
         }
         let (anchor, pat) = match p.split_first() {
             Some((b'^', rest)) => (true, rest),
@@ -1506,7 +1545,11 @@ pub(crate) mod tests {
         let Some((start, end)) = ms.search(init, None, anchor)? else {
             return Ok(None);
         };
-        let n = if ms.level() == 0 && !find { 1 } else { ms.level() };
+        let n = if ms.level() == 0 && !find {
+            1
+        } else {
+            ms.level()
+        };
         let mut caps = vec![];
         for i in 0..n {
             caps.push(match ms.get_onecapture(i, start, end)? {
@@ -1527,14 +1570,20 @@ pub(crate) mod tests {
 
     #[test]
     fn basic_find() {
-        assert_eq!(pfind("hello world", "wor", 1, true), Ok(Some((7, 9, vec![]))));
+        assert_eq!(
+            pfind("hello world", "wor", 1, true),
+            Ok(Some((7, 9, vec![])))
+        );
         assert_eq!(pfind("hello world", "o", 6, true), Ok(Some((8, 8, vec![]))));
         assert_eq!(pfind("hello", "", 10, true), Ok(None));
         assert_eq!(pfind("hello", "", 6, true), Ok(Some((6, 5, vec![]))));
         assert_eq!(pfind("hello", "l+", -3, true), Ok(Some((3, 4, vec![]))));
         assert_eq!(pfind("hello", "l+", -100, true), Ok(Some((3, 4, vec![]))));
         assert_eq!(pfind("hello", "^h", 2, true), Ok(None));
-        assert_eq!(pfind("hello", "(l)(l)", 1, true), Ok(Some((3, 4, vec!["l".into(), "l".into()]))));
+        assert_eq!(
+            pfind("hello", "(l)(l)", 1, true),
+            Ok(Some((3, 4, vec!["l".into(), "l".into()])))
+        );
     }
 
     #[test]
@@ -1547,7 +1596,10 @@ pub(crate) mod tests {
         assert_eq!(caps("a-b", "[a%-]+"), Some(vec!["a-".into()]));
         assert_eq!(caps("xyz", "[^x]+"), Some(vec!["yz".into()]));
         assert_eq!(caps("a.b", "%."), Some(vec![".".into()]));
-        assert_eq!(caps("key = value", "(%w+)%s*=%s*(%w+)"), Some(vec!["key".into(), "value".into()]));
+        assert_eq!(
+            caps("key = value", "(%w+)%s*=%s*(%w+)"),
+            Some(vec!["key".into(), "value".into()])
+        );
     }
 
     #[test]
@@ -1565,11 +1617,23 @@ pub(crate) mod tests {
 
     #[test]
     fn captures_balance_frontier_backref() {
-        assert_eq!(caps("hello", "()ll()"), Some(vec!["<3>".into(), "<5>".into()]));
+        assert_eq!(
+            caps("hello", "()ll()"),
+            Some(vec!["<3>".into(), "<5>".into()])
+        );
         assert_eq!(caps("f(a(b)c) x", "%b()"), Some(vec!["(a(b)c)".into()]));
-        assert_eq!(caps("THE (quick) fox", "%f[%a]%a+"), Some(vec!["THE".into()]));
-        assert_eq!(caps("THE (quick) fox", "%f[%l]%a+"), Some(vec!["quick".into()]));
-        assert_eq!(caps("say \"hi\" ok", "([\"'])(.-)%1"), Some(vec!["\"".into(), "hi".into()]));
+        assert_eq!(
+            caps("THE (quick) fox", "%f[%a]%a+"),
+            Some(vec!["THE".into()])
+        );
+        assert_eq!(
+            caps("THE (quick) fox", "%f[%l]%a+"),
+            Some(vec!["quick".into()])
+        );
+        assert_eq!(
+            caps("say \"hi\" ok", "([\"'])(.-)%1"),
+            Some(vec!["\"".into(), "hi".into()])
+        );
         assert_eq!(caps("abab", "(ab)%1"), Some(vec!["ab".into()]));
         assert_eq!(caps("xyxy", "()%1"), None); // back reference to a position capture
     }
@@ -1579,7 +1643,10 @@ pub(crate) mod tests {
         assert_eq!(err("a", "%"), "malformed pattern (ends with '%')");
         assert_eq!(err("a", "[a"), "malformed pattern (missing ']')");
         assert_eq!(err("a", "[a%]"), "malformed pattern (missing ']')");
-        assert_eq!(err("a", "%b("), "malformed pattern (missing arguments to '%b')");
+        assert_eq!(
+            err("a", "%b("),
+            "malformed pattern (missing arguments to '%b')"
+        );
         assert_eq!(err("a", "%fa"), "missing '[' after '%f' in pattern");
         assert_eq!(err("a", "a)"), "invalid pattern capture");
         assert_eq!(err("a", "%1"), "invalid capture index %1");
@@ -1587,7 +1654,10 @@ pub(crate) mod tests {
         assert_eq!(err("aa", "(a%1)"), "invalid capture index %1");
         assert_eq!(err("a", "(a"), "unfinished capture");
         assert_eq!(err("a", &"()".repeat(33)), "too many captures");
-        assert_eq!(err(&"a".repeat(300), &"a?".repeat(300)), "pattern too complex");
+        assert_eq!(
+            err(&"a".repeat(300), &"a?".repeat(300)),
+            "pattern too complex"
+        );
         assert!(caps(&"a".repeat(300), &"a?".repeat(150)).is_some());
     }
 
@@ -1622,7 +1692,11 @@ pub(crate) mod tests {
     #[test]
     fn ctype_matches_c_locale() {
         for c in 0u8..=255 {
-            assert_eq!(match_class(c, b's'), matches!(c, b' ' | b'\t'..=b'\r'), "{c}");
+            assert_eq!(
+                match_class(c, b's'),
+                matches!(c, b' ' | b'\t'..=b'\r'),
+                "{c}"
+            );
             assert_eq!(match_class(c, b'z'), c == 0);
             assert_eq!(match_class(c, b'W'), !c.is_ascii_alphanumeric());
             assert_eq!(match_class(c, b'p'), c.is_ascii_punctuation());
@@ -1702,7 +1776,11 @@ return ser(table.pack(pcall(run)))
         }
 
         fn one(lua: &mlua::Lua, case: &Case) -> String {
-            let f = lua.load(HARNESS).set_name("=harness").into_function().expect("harness compiles");
+            let f = lua
+                .load(HARNESS)
+                .set_name("=harness")
+                .into_function()
+                .expect("harness compiles");
             let arg = |v: &Arg| -> mlua::Value {
                 match v {
                     Arg::Nil => mlua::Value::Nil,
@@ -1747,9 +1825,11 @@ return ser(table.pack(pcall(run)))
 
     const PAT_TOKENS: &[&str] = &[
         "a", "b", "c", "x", "1", " ", "\0", "%a", "%d", "%s", "%w", "%W", "%l", "%u", "%p", "%x",
-        "%z", "%.", "%%", ".", "*", "+", "-", "?", "[ab]", "[^a]", "[a-c]", "[%d_]", "[]]",
-        "[^]]", "[%a-]", "[a-]", "[-a]", "[%]", "[%]]", "[a-", "%]", "[", "]", "%b()", "%b", "%bab", "%f[%w]", "%f[%W]", "%f[a]", "%f[%s]", "%f[%z]", "%f[^%z]", "%f[%S]", "%f", "^",
-        "$", "(", ")", "()", "%1", "%2", "%0", "%", "()%1", "(a)%1", "a*", "a-", "(a*)", "(.-)", "(%w+)", ".-",
+        "%z", "%.", "%%", ".", "*", "+", "-", "?", "[ab]", "[^a]", "[a-c]", "[%d_]", "[]]", "[^]]",
+        "[%a-]", "[a-]", "[-a]", "[%]", "[%]]", "[a-", "%]", "[", "]", "%b()", "%b", "%bab",
+        "%f[%w]", "%f[%W]", "%f[a]", "%f[%s]", "%f[%z]", "%f[^%z]", "%f[%S]", "%f", "^", "$", "(",
+        ")", "()", "%1", "%2", "%0", "%", "()%1", "(a)%1", "a*", "a-", "(a*)", "(.-)", "(%w+)",
+        ".-",
     ];
 
     const SUBJ_BYTES: &[u8] = b"abc1 ()x%[]-_\0AB\n.";
@@ -1840,7 +1920,11 @@ return ser(table.pack(pcall(run)))
     }
 
     pub(crate) fn case() -> impl Strategy<Value = Case> {
-        let derived = (0usize..24, 0usize..8, prop::collection::vec(any::<u8>(), 0..10));
+        let derived = (
+            0usize..24,
+            0usize..8,
+            prop::collection::vec(any::<u8>(), 0..10),
+        );
         (
             0i64..5,
             subject(),
@@ -1850,16 +1934,29 @@ return ser(table.pack(pcall(run)))
             prop::bool::ANY,
             repl(),
         )
-            .prop_map(|(mode, s, tokens, (use_derived, (start, len, ops)), a3, plain, (r, rk))| {
-                let p = if use_derived { derived_pattern(&s, start, len, &ops) } else { tokens };
-                let a4 = match mode {
-                    0 if plain => Arg::Int(1),
-                    0 => Arg::Nil,
-                    3 => r,
-                    _ => Arg::Nil,
-                };
-                Case { mode, s, p, a3, a4, rk }
-            })
+            .prop_map(
+                |(mode, s, tokens, (use_derived, (start, len, ops)), a3, plain, (r, rk))| {
+                    let p = if use_derived {
+                        derived_pattern(&s, start, len, &ops)
+                    } else {
+                        tokens
+                    };
+                    let a4 = match mode {
+                        0 if plain => Arg::Int(1),
+                        0 => Arg::Nil,
+                        3 => r,
+                        _ => Arg::Nil,
+                    };
+                    Case {
+                        mode,
+                        s,
+                        p,
+                        a3,
+                        a4,
+                        rk,
+                    }
+                },
+            )
     }
 
     pub(crate) fn run_differential(cases: u32) {
@@ -1886,7 +1983,14 @@ return ser(table.pack(pcall(run)))
 
     fn explicit(mode: i64, s: &[u8], p: &[u8], a3: Arg, a4: Arg, rk: i64) {
         let pair = Pair::new();
-        let c = Case { mode, s: s.to_vec(), p: p.to_vec(), a3, a4, rk };
+        let c = Case {
+            mode,
+            s: s.to_vec(),
+            p: p.to_vec(),
+            a3,
+            a4,
+            rk,
+        };
         let (stock, metered) = pair.compare(&c);
         assert_eq!(stock, metered, "case {c:?}");
     }
@@ -1908,7 +2012,14 @@ return ser(table.pack(pcall(run)))
         explicit(2, b"abc", b"", Int(10), Nil, 0);
         explicit(2, b"abc", b"^a", Nil, Nil, 0);
         explicit(3, b"hello world", b"o", Nil, Str(b"0".to_vec()), 0);
-        explicit(3, b"hello world", b"(o)", Int(1), Str(b"[%1%0%%]".to_vec()), 0);
+        explicit(
+            3,
+            b"hello world",
+            b"(o)",
+            Int(1),
+            Str(b"[%1%0%%]".to_vec()),
+            0,
+        );
         explicit(3, b"hello world", b"()o", Nil, Str(b"%1".to_vec()), 0);
         explicit(3, b"hello", b"", Nil, Str(b"-".to_vec()), 0);
         explicit(3, b"hello", b"l*", Nil, Str(b"-".to_vec()), 0);
@@ -1946,7 +2057,10 @@ end
     fn same_code(pair: &Pair, body: &str) {
         let code = format!("{SER}\nreturn ser(table.pack(pcall(function()\n{body}\nend)))");
         let run = |lua: &mlua::Lua| -> String {
-            lua.load(&code).set_name("=snippet").eval::<String>().expect("snippet runs")
+            lua.load(&code)
+                .set_name("=snippet")
+                .eval::<String>()
+                .expect("snippet runs")
         };
         let (a, b) = (run(&pair.stock), run(&pair.metered));
         assert_eq!(a, b, "snippet: {body}");

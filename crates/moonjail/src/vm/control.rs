@@ -152,6 +152,14 @@ impl Control {
         (m.used, m.peak, m.hits > 0)
     }
 
+    /// Records a refusal made on the host side on the heap's behalf (e.g. `json.encode`
+    /// text that would not fit in the memory left), so the run reports `memory_limit`.
+    pub(crate) fn note_memory_refusal(&self) {
+        // SAFETY: as in `memory`.
+        let m = unsafe { &mut *self.mem.get() };
+        m.hits = m.hits.saturating_add(1);
+    }
+
     /// Grants `bytes` more heap (for moonjail's own bookkeeping inside the state).
     pub(crate) fn raise_memory_limit(&self, bytes: usize) {
         // SAFETY: as in `memory`; the allocator is not running concurrently.

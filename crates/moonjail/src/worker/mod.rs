@@ -478,6 +478,7 @@ impl Isolated {
                         result: Err(Error::new(ErrorKind::Input, message)),
                         output: String::new(),
                         stats: Default::default(),
+                        diagnostics: None,
                     });
                 }
                 Some(pool.run(job))

@@ -326,5 +326,6 @@ fn failed(start: Instant, kind: ErrorKind, message: String) -> Outcome {
             wall: start.elapsed(),
             ..Stats::default()
         },
+        diagnostics: None,
     }
 }

@@ -369,6 +369,9 @@ pub(crate) struct RunMeta {
     pub(crate) chunk_name: String,
     /// `Determinism { timestamp, seed }`, when the run is deterministic.
     pub(crate) deterministic: Option<(i64, i64)>,
+    /// Diagnostic mode.
+    #[serde(default)]
+    pub(crate) diagnostic: bool,
 }
 
 /// `Done`, section 0 (section 1 is the result JSON, empty on error; section 2 the output).
@@ -376,6 +379,8 @@ pub(crate) struct RunMeta {
 pub(crate) struct DoneMeta {
     pub(crate) error: Option<Error>,
     pub(crate) stats: Stats,
+    #[serde(default)]
+    pub(crate) diagnostics: Option<crate::Diagnostics>,
 }
 
 /// `Probe`: one test-hook request (see `serve.rs`).

@@ -235,6 +235,7 @@ fn run(frame: &Frame) -> Result<Vec<u8>, String> {
             result: Err(error),
             output: String::new(),
             stats: Default::default(),
+            diagnostics: None,
         },
     };
     let (error, result) = match &outcome.result {
@@ -247,6 +248,7 @@ fn run(frame: &Frame) -> Result<Vec<u8>, String> {
     let meta = serde_json::to_vec(&DoneMeta {
         error,
         stats: outcome.stats.clone(),
+        diagnostics: outcome.diagnostics.clone(),
     })
     .map_err(|e| format!("encoding Done: {e}"))?;
     protocol::encode(Kind::Done, &[&meta, &result, outcome.output.as_bytes()])
@@ -278,6 +280,7 @@ fn run_request(frame: &Frame) -> Result<(Sandbox, &[u8], Json, String), Error> {
         .require_run(meta.require_run)
         .require_table_result(meta.require_table)
         .deterministic(deterministic)
+        .diagnostic(meta.diagnostic)
         .build()
         .map_err(|e| internal(e.to_string()))?;
     Ok((sandbox, source, input, meta.chunk_name))

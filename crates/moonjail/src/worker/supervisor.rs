@@ -380,6 +380,7 @@ impl Worker {
                     result: Err(error),
                     output: String::new(),
                     stats,
+                    diagnostics: None,
                 },
                 fate,
             )
@@ -638,6 +639,7 @@ fn encode_run(job: &Job) -> Result<Vec<u8>, String> {
         require_table: job.require_table,
         chunk_name: job.chunk_name.to_string(),
         deterministic: job.env.deterministic.map(|d| (d.timestamp, d.seed)),
+        diagnostic: job.env.diagnostic,
     };
     let meta = serde_json::to_vec(&meta).map_err(|e| format!("encoding the run: {e}"))?;
     let input = serde_json::to_vec(job.input).map_err(|e| format!("encoding the input: {e}"))?;
@@ -667,6 +669,7 @@ fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Outcome, Stri
         result,
         output: String::from_utf8_lossy(output).into_owned(),
         stats: meta.stats,
+        diagnostics: meta.diagnostics,
     })
 }
 
@@ -743,6 +746,7 @@ mod tests {
         let meta = serde_json::to_vec(&DoneMeta {
             error: None,
             stats: Stats::default(),
+            diagnostics: None,
         })
         .unwrap();
         let bytes = protocol::encode(Kind::Done, &[&meta, b"{\"a\":[1,2]}", b"hi\n"]).unwrap();
