@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use moonjail::{units, Isolation, Item, Limits, ProcessConfig, Profile, RunOptions, Sandbox};
+use moonjail::{
+    units, Determinism, Diagnostics, HostFiles, Isolation, Item, Limits, ProcessConfig, Profile,
+    RunOptions, Sandbox,
+};
 
 /// Run untrusted Lua 5.4 safely.
 ///
@@ -37,6 +40,35 @@ enum Command {
     ///   moonjail run agent.lua --input @context.json --timeout 500ms --memory 16MiB
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
+    /// Drive one persistent sandbox over JSON lines: one request per line on stdin, one
+    /// response per line on stdout, so any language can host a Lua VM over a pipe.
+    ///
+    /// Requests (any `id` is echoed back):
+    ///   {"id": 1, "op": "exec", "code": "function compute(s, m) ... end"}
+    ///   {"id": 2, "op": "call", "function": "compute", "args": [{}, {"Action": "Ping"}]}
+    ///   {"id": 3, "op": "has_function", "name": "compute"}
+    ///   {"id": 4, "op": "close"}
+    /// Responses carry the fields of `run --json` ("ok", "result", "output", "error",
+    /// "stats") plus "id". A malformed line gets an error response (kind "input") and the
+    /// session goes on. Time and instruction limits are per request; memory covers the
+    /// whole state. After a timeout or an instruction limit the session is closed and
+    /// every later request fails with that reason.
+    ///
+    /// Example:
+    ///   printf '%s\n' '{"id":1,"op":"exec","code":"n = 0 function bump() n = n + 1 return n end"}' \
+    ///     '{"id":2,"op":"call","function":"bump"}' | moonjail session
+    #[command(verbatim_doc_comment)]
+    Session(SessionArgs),
+    /// Run a profile's environment checklist inside the real sandbox: one line per item,
+    /// exit status 1 if any item fails.
+    ///
+    /// For aos the checklist is the HyperAOS validation list (_G self-reference, every
+    /// library and function present, package.loaded, metatable and error functions,
+    /// dangerous functions absent, io restricted).
+    ///
+    /// Example: moonjail check --profile aos
+    #[command(verbatim_doc_comment)]
+    Check(CheckArgs),
     /// Inspect the profiles: what each one lets a script reach.
     Profile {
         #[command(subcommand)]
@@ -82,13 +114,44 @@ struct RunArgs {
     /// The input, as JSON text or @FILE. Default: null.
     #[arg(long, value_name = "JSON|@FILE")]
     input: Option<String>,
-    /// The profile: minimal or standard.
+    /// Fail if the script defines no global function `run`.
+    #[arg(long)]
+    require_run: bool,
+    /// Fail if the result is not a table.
+    #[arg(long)]
+    require_table: bool,
+    /// Print one JSON document: {"ok", "result", "output", "error", "stats"}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+#[derive(Args, Debug)]
+struct SessionArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// Print one JSON document: {"profile", "ok", "items": [{"name", "pass", "detail"}]}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+/// What every command that builds a sandbox accepts.
+#[derive(Args, Debug)]
+struct SandboxArgs {
+    /// The profile: minimal, standard or aos.
     #[arg(long, default_value = "standard", value_name = "NAME")]
     profile: String,
     /// Lua heap limit, e.g. 16MiB; `none` for no limit.
     #[arg(long, value_name = "SIZE", default_value = "64MiB")]
     memory: String,
-    /// Wall-clock deadline, e.g. 500ms or 2s; `none` for no limit.
+    /// Wall-clock deadline (per call in a session), e.g. 500ms or 2s; `none` for no limit.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     timeout: String,
     /// Instruction budget shared by all coroutines (costs ~2x run time). Default: none.
@@ -106,12 +169,40 @@ struct RunArgs {
     /// How deeply the input and the result may nest.
     #[arg(long, value_name = "N", default_value_t = 64)]
     result_depth: usize,
-    /// Fail if the script defines no global function `run`.
+    /// aos: serve `require("a.b")` from DIR/a/b.lua or DIR/a/b/init.lua.
+    #[arg(long, value_name = "DIR")]
+    modules: Option<PathBuf>,
+    /// aos: let `io.open(PATH)` read PATH (exactly as the script spells it). Repeatable.
+    #[arg(long = "read", value_name = "PATH")]
+    read: Vec<String>,
+    /// Make os.time/os.clock/os.date and math.random reproducible (see --timestamp,
+    /// --seed): the same messages then give the same state.
     #[arg(long)]
-    require_run: bool,
-    /// Fail if the result is not a table.
+    deterministic: bool,
+    /// With --deterministic: what os.time() returns (Unix seconds).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 0,
+        requires = "deterministic"
+    )]
+    timestamp: i64,
+    /// With --deterministic: the seed of math.random.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "deterministic"
+    )]
+    seed: i64,
+    /// Record the globals read and written, library members used, missing globals and
+    /// requires, and report them ("diagnostics" in JSON).
     #[arg(long)]
-    require_table: bool,
+    diagnostic: bool,
+    /// Print execution milestones on stderr (environment built, chunk compiled, entry
+    /// called, limits, outcome).
+    #[arg(long, short = 'v')]
+    verbose: bool,
     /// Run the script in a locked-down worker process (namespaces, rlimits, dropped
     /// ids, no_new_privs, Landlock, seccomp), killed if it passes its deadline.
     #[arg(long)]
@@ -120,9 +211,63 @@ struct RunArgs {
     /// `moonjail doctor`), e.g. `landlock,user-namespace`. Default: none.
     #[arg(long, value_name = "LAYERS", requires = "isolate")]
     allow_missing: Option<String>,
-    /// Print one JSON document: {"ok", "result", "output", "error", "stats"}.
-    #[arg(long)]
-    json: bool,
+}
+
+impl SandboxArgs {
+    fn build(&self, require_run: bool, require_table: bool) -> anyhow::Result<Sandbox> {
+        if self.verbose {
+            init_tracing();
+        }
+        let limits = Limits {
+            memory_bytes: size(&self.memory).context("--memory")?,
+            timeout: duration(&self.timeout).context("--timeout")?,
+            instructions: self.instructions,
+            output_bytes: size(&self.output_limit).context("--output-limit")?,
+            source_bytes: size(&self.source_limit).context("--source-limit")?,
+            result_depth: self.result_depth,
+            result_bytes: size(&self.result_limit).context("--result-limit")?,
+        };
+        let mut files = HostFiles::default();
+        if let Some(dir) = &self.modules {
+            if !dir.is_dir() {
+                bail!("--modules {}: not a directory", dir.display());
+            }
+            files = files.modules_dir(dir);
+        }
+        for path in &self.read {
+            files = files.allow_read(path.clone());
+        }
+        let mut builder = Sandbox::builder()
+            .profile(self.profile.parse()?)
+            .limits(limits)
+            .host_files(files)
+            .diagnostic(self.diagnostic)
+            .deterministic(self.deterministic.then_some(Determinism {
+                timestamp: self.timestamp,
+                seed: self.seed,
+            }))
+            .require_run(require_run)
+            .require_table_result(require_table);
+        if self.isolate {
+            // One command: one worker, started on demand.
+            let config = ProcessConfig::builder().pool_size(1).prespawn(0);
+            let config = allow_missing(config, self.allow_missing.as_deref())?;
+            builder = builder.isolation(Isolation::Process(config.build()?));
+        }
+        Ok(builder.build()?)
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOONJAIL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("moonjail=debug")),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 fn main() -> ExitCode {
@@ -142,6 +287,8 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(*args),
+        Command::Session(args) => session(args),
+        Command::Check(args) => check(args),
         Command::Profile { command } => profile(command),
         Command::Doctor { json } => doctor(json),
     }
@@ -196,27 +343,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             serde_json::from_str(&text).context("--input is not valid JSON")?
         }
     };
-    let limits = Limits {
-        memory_bytes: size(&args.memory).context("--memory")?,
-        timeout: duration(&args.timeout).context("--timeout")?,
-        instructions: args.instructions,
-        output_bytes: size(&args.output_limit).context("--output-limit")?,
-        source_bytes: size(&args.source_limit).context("--source-limit")?,
-        result_depth: args.result_depth,
-        result_bytes: size(&args.result_limit).context("--result-limit")?,
-    };
-    let mut builder = Sandbox::builder()
-        .profile(args.profile.parse()?)
-        .limits(limits)
-        .require_run(args.require_run)
-        .require_table_result(args.require_table);
-    if args.isolate {
-        // One run: one worker, started on demand.
-        let config = ProcessConfig::builder().pool_size(1).prespawn(0);
-        let config = allow_missing(config, args.allow_missing.as_deref())?;
-        builder = builder.isolation(Isolation::Process(config.build()?));
-    }
-    let sandbox = builder.build()?;
+    let sandbox = args.sandbox.build(args.require_run, args.require_table)?;
     let outcome = sandbox.run_with(&source, &input, &RunOptions { chunk_name: &name });
 
     let mut stdout = std::io::stdout().lock();
@@ -224,6 +351,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         writeln!(stdout, "{}", outcome.to_json())?;
     } else {
         stdout.write_all(outcome.output.as_bytes())?;
+        if let Some(d) = &outcome.diagnostics {
+            stdout.flush()?;
+            eprint!("{}", render_diagnostics(d));
+        }
         match &outcome.result {
             Ok(serde_json::Value::Null) => {}
             Ok(v) => writeln!(stdout, "{}", serde_json::to_string_pretty(v)?)?,
@@ -461,4 +592,163 @@ fn alias_note(target: &str) -> &'static str {
         "table.unpack" => "alias of table.unpack (Lua 5.1 spelling)",
         _ => "alias",
     }
+}
+
+/// A readable table of what a run touched (printed on stderr in human mode).
+fn render_diagnostics(d: &Diagnostics) -> String {
+    let mut out = String::from("-- diagnostics --\n");
+    let mut section = |title: &str, map: &std::collections::BTreeMap<String, u64>| {
+        if map.is_empty() {
+            return;
+        }
+        out.push_str(&format!("{title}:\n"));
+        for (name, n) in map {
+            out.push_str(&format!("  {name:<28} x{n}\n"));
+        }
+    };
+    section("globals read", &d.globals_read);
+    section("globals written", &d.globals_written);
+    section("library members used", &d.library);
+    section("missing (read but never defined)", &d.missing);
+    if !d.require.is_empty() {
+        out.push_str("require:\n");
+        for r in &d.require {
+            let found = if r.found { "found" } else { "NOT FOUND" };
+            out.push_str(&format!("  {:<28} {found}\n", r.name));
+        }
+    }
+    out
+}
+
+fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead;
+    if args.sandbox.isolate {
+        bail!("--isolate: sessions do not run in worker processes yet");
+    }
+    let sandbox = args.sandbox.build(false, false)?;
+    let mut vm = sandbox.session()?;
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let line = line.context("reading a request from standard input")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (response, close) = session_request(&mut vm, &line);
+        writeln!(stdout, "{response}")?;
+        stdout.flush()?;
+        if close {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Answers one JSON-lines request; true when the session should end.
+fn session_request(vm: &mut moonjail::Session, line: &str) -> (serde_json::Value, bool) {
+    use serde_json::{json, Value};
+    let bad = |id: Value, message: String| {
+        json!({"id": id, "ok": false, "result": null, "output": "", "stats": null,
+               "error": {"kind": "input", "message": message, "line": null}})
+    };
+    let request: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                bad(Value::Null, format!("the request is not JSON: {e}")),
+                false,
+            )
+        }
+    };
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let text = |key: &str| request.get(key).and_then(Value::as_str);
+    let outcome = match text("op") {
+        Some("exec") => match text("code") {
+            Some(code) => vm.exec(code),
+            None => return (bad(id, "exec needs a string \"code\"".into()), false),
+        },
+        Some("call") => {
+            let Some(name) = text("function") else {
+                return (bad(id, "call needs a string \"function\"".into()), false);
+            };
+            let args = match request.get("args") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(a)) => a.clone(),
+                Some(_) => return (bad(id, "\"args\" must be an array".into()), false),
+            };
+            vm.call(name, &args)
+        }
+        Some("has_function") => match text("name") {
+            Some(name) => {
+                let has = vm.has_function(name);
+                return (
+                    json!({"id": id, "ok": true, "result": has, "output": "",
+                               "error": null, "stats": null}),
+                    false,
+                );
+            }
+            None => {
+                return (
+                    bad(id, "has_function needs a string \"name\"".into()),
+                    false,
+                )
+            }
+        },
+        Some("close") => {
+            return (
+                json!({"id": id, "ok": true, "result": null, "output": "",
+                           "error": null, "stats": null}),
+                true,
+            );
+        }
+        Some(other) => {
+            return (
+                bad(
+                    id,
+                    format!("unknown op {other:?} (exec, call, has_function, close)"),
+                ),
+                false,
+            )
+        }
+        None => return (bad(id, "the request has no string \"op\"".into()), false),
+    };
+    let mut doc = outcome.to_json();
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("id".into(), id);
+    }
+    (doc, false)
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let sandbox = args.sandbox.build(false, false)?;
+    let results = sandbox.check()?;
+    let ok = results.iter().all(|r| r.pass);
+    if args.json {
+        let doc = serde_json::json!({
+            "profile": sandbox.profile().name(),
+            "ok": ok,
+            "items": results,
+        });
+        println!("{doc}");
+    } else {
+        for r in &results {
+            let mark = if r.pass { "pass" } else { "FAIL" };
+            match &r.detail {
+                Some(d) => println!("{mark}  {}  ({d})", r.name),
+                None => println!("{mark}  {}", r.name),
+            }
+        }
+        let failed = results.iter().filter(|r| !r.pass).count();
+        println!(
+            "\n{} items, {} passed, {failed} failed (profile {})",
+            results.len(),
+            results.len() - failed,
+            sandbox.profile().name()
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -373,7 +373,16 @@ impl Sandbox {
             .timeout
             .map(|t| Deadline::arm(start + t, ctl.expired.clone()));
 
+        tracing::debug!(
+            profile = spec.name,
+            memory = ?self.limits.memory_bytes,
+            timeout = ?self.limits.timeout,
+            instructions = ?self.limits.instructions,
+            output = ?self.limits.output_bytes,
+            "limits set"
+        );
         let result = env::build(vm.lua(), spec, &self.env)
+            .inspect(|()| tracing::debug!(profile = spec.name, "environment built"))
             .map_err(|e| {
                 Error::new(
                     ErrorKind::Internal,
@@ -384,6 +393,16 @@ impl Sandbox {
         let result = classify_result(ctl, result);
 
         let (_, peak, _) = ctl.memory();
+        match &result {
+            Ok(_) => tracing::debug!(peak_memory = peak, elapsed = ?start.elapsed(), "outcome: ok"),
+            Err(e) => tracing::debug!(
+                kind = e.kind.as_str(),
+                message = %e.message,
+                peak_memory = peak,
+                elapsed = ?start.elapsed(),
+                "outcome: failed"
+            ),
+        }
         stats.memory_bytes = peak;
         stats.instructions = self.limits.instructions.map(|_| ctl.instr_charged.get());
         let output = String::from_utf8_lossy(&ctl.take_output()).into_owned();
@@ -409,6 +428,7 @@ impl Sandbox {
             .set_mode(ChunkMode::Text)
             .into_function()
             .map_err(|e| load_error(e, name))?;
+        tracing::debug!(chunk = name, bytes = source.len(), "chunk compiled");
         let input = marshal::from_json(lua, input, self.limits.result_depth)
             .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
         let rets = vm
@@ -418,6 +438,9 @@ impl Sandbox {
         let run: Value = crate::diag::real_globals(lua)
             .raw_get("run")
             .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
+        if matches!(run, Value::Function(_)) {
+            tracing::debug!("entry called: run(input)");
+        }
         let value = match run {
             Value::Function(run) => vm
                 .call(&run, &input)
