@@ -36,6 +36,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 LUA_DIR = BENCH_DIR / "lua"
 DEFAULT_MOONJAIL = "target/release/moonjail"
+DEADLINE = "600s"
 INSTRUCTION_BUDGET = "100000000000"
 # Far above any expected run time; only protects against a hung interpreter.
 RUN_TIMEOUT_S = 300.0
@@ -368,6 +369,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--build", action="store_true",
                     help="always run `cargo build --release -p moonjail-cli` first")
     ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    ap.add_argument("--diagnostic", action="store_true",
+                    help="also measure moonjail --diagnostic (diagnostic mode's overhead)")
     args = ap.parse_args(argv)
     if args.reps < 1:
         ap.error("--reps must be at least 1")
@@ -393,10 +396,16 @@ def main(argv: list[str]) -> int:
     lua_label = Path(args.lua).name if args.lua else "lua5.4"
     configs = [
         Config("lua", lua_label, [lua]),
-        Config("mj", "moonjail", [moonjail, "run"]),
+        # The default limits (64 MiB, 1 MiB output) with a deadline armed far away: the
+        # watchdog path is exercised, but a loaded machine cannot turn a slow run into a
+        # timeout failure.
+        Config("mj", "moonjail", [moonjail, "run"], ["--timeout", DEADLINE]),
         Config("mji", "moonjail+instr", [moonjail, "run"],
-               ["--instructions", INSTRUCTION_BUDGET]),
+               ["--timeout", DEADLINE, "--instructions", INSTRUCTION_BUDGET]),
     ]
+    if args.diagnostic:
+        configs.append(Config("mjd", "moonjail+diag", [moonjail, "run"],
+                              ["--timeout", DEADLINE, "--diagnostic"]))
     names = [p.stem for p in programs]
     if load is not None and load > 0.5:
         log(f"warning: 1-minute load average is {load:.2f}; other processes will make "

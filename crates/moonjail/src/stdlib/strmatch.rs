@@ -16,7 +16,8 @@
 //! A *step* is one iteration of the matcher's main loop (one pattern item
 //! tried at one subject position) or one subject byte examined by a scanning
 //! loop (repetition scans, `%b`, back-reference comparison, plain `find`
-//! search, the first-item skip described below).
+//! search, the first-item skip described below) or one byte of a `gsub`
+//! replacement string expanded.
 //!
 //! Results and error messages are identical to the C functions. Errors raised
 //! by the matcher are prefixed with the caller's position exactly as
@@ -1465,6 +1466,17 @@ pub(crate) unsafe extern "C-unwind" fn str_gsub(l: *mut ffi::lua_State) -> c_int
                     changed = true;
                     copied = e;
                 } // else the match text stays pending as original text
+                if matches!(tr, ffi::LUA_TSTRING | ffi::LUA_TNUMBER) {
+                    // Meter the replacement string's expansion too (one step
+                    // per byte), so a huge replacement cannot outrun the
+                    // checkpoint. Slot 3 is a string now (add_s converted it).
+                    // SAFETY: reading the length of argument 3 of a valid state.
+                    let cost = unsafe { ffi::lua_rawlen(l, 3) };
+                    if let Err(err) = ms.meter.charge(cost) {
+                        // SAFETY: no value with a destructor is alive in this frame.
+                        unsafe { raise_error(l, err, ms.meter.interrupt_message()) };
+                    }
+                }
                 pos = e;
                 lastmatch = Some(e);
             }
@@ -1491,7 +1503,8 @@ pub(crate) unsafe extern "C-unwind" fn str_gsub(l: *mut ffi::lua_State) -> c_int
 }
 
 /// Replace `find`, `match`, `gmatch` and `gsub` in `string` with the metered
-/// versions.
+/// versions. Only entries present in the table are replaced, so a function
+/// that an allowlist removed stays absent.
 pub(crate) fn install(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()> {
     let funcs: [(&str, ffi::lua_CFunction); 4] = [
         ("find", str_find),
@@ -1500,12 +1513,15 @@ pub(crate) fn install(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()>
         ("gsub", str_gsub),
     ];
     for (name, func) in funcs {
+        if string.raw_get::<mlua::Value>(name)?.is_nil() {
+            continue;
+        }
         // SAFETY: each function follows the Lua C API protocol for a C
         // function (reads its arguments, pushes results, returns their
         // count, raises errors only via lua_error with no destructors
         // pending) and never lets a Rust panic unwind out of it.
         let f = unsafe { lua.create_c_function(func) }?;
-        string.set(name, f)?;
+        string.raw_set(name, f)?;
     }
     Ok(())
 }
@@ -1636,6 +1652,31 @@ pub(crate) mod tests {
         );
         assert_eq!(caps("abab", "(ab)%1"), Some(vec!["ab".into()]));
         assert_eq!(caps("xyxy", "()%1"), None); // back reference to a position capture
+    }
+
+    #[test]
+    fn install_replaces_only_present_entries() {
+        let lua = mlua::Lua::new();
+        let t = lua.create_table().expect("table");
+        t.set("find", 1).expect("set");
+        t.set("gsub", 2).expect("set");
+        install(&lua, &t).expect("install");
+        assert!(matches!(
+            t.get::<mlua::Value>("find"),
+            Ok(mlua::Value::Function(_))
+        ));
+        assert!(matches!(
+            t.get::<mlua::Value>("gsub"),
+            Ok(mlua::Value::Function(_))
+        ));
+        assert!(matches!(
+            t.get::<mlua::Value>("match"),
+            Ok(mlua::Value::Nil)
+        ));
+        assert!(matches!(
+            t.get::<mlua::Value>("gmatch"),
+            Ok(mlua::Value::Nil)
+        ));
     }
 
     #[test]
