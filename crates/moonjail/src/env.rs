@@ -69,13 +69,14 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                 let guarded = match name {
                     "print" => Some(base::print as mlua::ffi::lua_CFunction),
                     "load" => Some(base::load as mlua::ffi::lua_CFunction),
-                    "setmetatable" => Some(base::setmetatable as mlua::ffi::lua_CFunction),
                     "collectgarbage" => Some(base::collectgarbage as mlua::ffi::lua_CFunction),
                     "xpcall" => Some(base::xpcall as mlua::ffi::lua_CFunction),
                     _ => None,
                 };
                 if let Some(f) = guarded {
                     g.raw_set(name, c_function(lua, f)?)?;
+                } else if name == "setmetatable" {
+                    g.raw_set(name, base::setmetatable_closure(lua)?)?;
                 }
             }
             Item::Library { name, members } => {
@@ -107,6 +108,8 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
             _ => {}
         }
     }
+    // Host tools, when the run has any: read-only namespaces and bare functions.
+    crate::tools::lua::install(lua)?;
     if spec.items.contains(&Item::Package) {
         let (package, require) = aos::package(lua, opts.files.clone())?;
         let loaded: Table = package.raw_get("loaded")?;

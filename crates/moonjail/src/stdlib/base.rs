@@ -114,8 +114,9 @@ pub(crate) unsafe extern "C-unwind" fn load(l: *mut lua_State) -> c_int {
 }
 
 /// `setmetatable`: the stock checks, plus a refusal of `__gc` (Lua 5.4 runs finalizers
-/// with hooks off and at close, out of reach of every quota).
-pub(crate) unsafe extern "C-unwind" fn setmetatable(l: *mut lua_State) -> c_int {
+/// with hooks off and at close, out of reach of every quota). A C closure whose upvalue 1
+/// is the string `"__gc"` (see [`setmetatable_closure`]).
+unsafe extern "C-unwind" fn setmetatable(l: *mut lua_State) -> c_int {
     // SAFETY: called by Lua as a C function; mirrors luaB_setmetatable.
     unsafe {
         let t = ffi::lua_type(l, 2);
@@ -124,7 +125,8 @@ pub(crate) unsafe extern "C-unwind" fn setmetatable(l: *mut lua_State) -> c_int 
             ffi::luaL_argerror(l, 2, c"nil or table expected".as_ptr());
         }
         if t == ffi::LUA_TTABLE {
-            ffi::lua_pushstring(l, c"__gc".as_ptr());
+            // The interned "__gc" waits in upvalue 1: no string lookup per call.
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
             let gc = ffi::lua_rawget(l, 2);
             ffi::lua_pop(l, 1);
             if gc != ffi::LUA_TNIL {
@@ -241,5 +243,16 @@ unsafe extern "C-unwind" fn plain_errors(l: *mut lua_State) -> c_int {
         }
         ffi::lua_remove(l, 1);
         ffi::lua_gettop(l)
+    }
+}
+
+/// Builds the guarded `setmetatable` closure.
+pub(crate) fn setmetatable_closure(lua: &mlua::Lua) -> mlua::Result<mlua::Function> {
+    // SAFETY: `exec_raw` pushes the string at index 1; it becomes the single upvalue of
+    // `setmetatable`, which reads it as such, and the closure is the one result.
+    unsafe {
+        lua.exec_raw::<mlua::Function>("__gc", |l| {
+            ffi::lua_pushcclosure(l, setmetatable, 1);
+        })
     }
 }

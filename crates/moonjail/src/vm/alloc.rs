@@ -1,10 +1,13 @@
 //! Exact per-state memory accounting.
 //!
-//! mlua creates the state with its own allocator; we wrap it (delegating every call, so
-//! blocks keep one owner) to count bytes, enforce the limit and remember that a refusal
-//! happened, which mlua's allocator does not expose. The wrapper is removed before the
-//! state is closed so mlua's bookkeeping stays consistent.
+//! mlua creates the state with its own allocator; we replace it with one that allocates
+//! the same way (the global Rust allocator, mlua's alignment, so blocks keep one owner)
+//! and also counts bytes, enforces the limit and remembers that a refusal happened, which
+//! mlua's allocator does not expose. mlua's allocator is put back before the state is
+//! closed, so its own bookkeeping (the box it frees on drop) stays consistent. mlua is
+//! pinned to an exact version in Cargo.toml because of this.
 
+use std::alloc::{self, Layout};
 use std::ffi::c_void;
 use std::ptr;
 
@@ -12,23 +15,40 @@ use mlua::ffi;
 
 use super::control::Control;
 
-/// The allocator installed on every sandbox state.
+/// The allocator installed on every sandbox state: mlua's own allocator (the global Rust
+/// allocator with blocks aligned to `SYS_MIN_ALIGN`), so blocks move freely between the
+/// two, plus exact accounting and the limit. Real exhaustion returns null (Lua raises a
+/// memory error) instead of aborting the process as mlua does.
 ///
 /// # Safety
-/// `ud` must point to a live [`Control`] whose `inner` allocator is the state's original.
+/// `ud` must point to a live [`Wrapped`]; `block`/`osize` follow the `lua_Alloc` contract.
 unsafe extern "C" fn counting_alloc(
     ud: *mut c_void,
     block: *mut c_void,
     osize: usize,
     nsize: usize,
 ) -> *mut c_void {
-    // SAFETY: `install` passes a pointer to a boxed `Control` that outlives the state's
+    // SAFETY: `install` passes a pointer to a boxed `Wrapped` that outlives the state's
     // use of this allocator (it is uninstalled before the box is freed).
     let wrap = unsafe { &*(ud as *const Wrapped) };
     // SAFETY: the allocator runs on the VM thread only; no other reference to the
     // counters is alive during this call.
     let mem = unsafe { &mut *(*wrap.ctl).mem.get() };
     let old = if block.is_null() { 0 } else { osize };
+    if nsize == 0 {
+        if !block.is_null() {
+            // SAFETY: every block of this state was allocated by this function or by
+            // mlua's allocator, both with this layout.
+            unsafe {
+                alloc::dealloc(
+                    block.cast(),
+                    Layout::from_size_align_unchecked(osize, ALIGN),
+                )
+            };
+            mem.used -= old.min(mem.used);
+        }
+        return ptr::null_mut();
+    }
     let request = (block as usize, osize, nsize);
     if nsize > old && mem.used.saturating_add(nsize - old) > mem.limit {
         // Lua retries a refused allocation once after an emergency collection; only a
@@ -37,20 +57,37 @@ unsafe extern "C" fn counting_alloc(
         mem.pending = Some(request);
         return ptr::null_mut();
     }
-    // SAFETY: delegating with the exact arguments Lua gave us to the allocator that
-    // owns every block of this state.
-    let p = unsafe { (wrap.inner)(wrap.inner_ud, block, osize, nsize) };
-    if nsize == 0 {
-        mem.used -= old.min(mem.used);
-    } else if !p.is_null() {
+    let p = if block.is_null() {
+        match Layout::from_size_align(nsize, ALIGN) {
+            // SAFETY: a non-zero size with a valid alignment.
+            Ok(layout) => unsafe { alloc::alloc(layout) },
+            Err(_) => ptr::null_mut(),
+        }
+    } else if nsize > isize::MAX as usize - ALIGN {
+        ptr::null_mut()
+    } else {
+        // SAFETY: `block` was allocated with this layout (see above); the new size is
+        // non-zero and does not overflow when rounded to the alignment.
+        unsafe {
+            alloc::realloc(
+                block.cast(),
+                Layout::from_size_align_unchecked(osize, ALIGN),
+                nsize,
+            )
+        }
+    };
+    if !p.is_null() {
         mem.used = mem.used - old.min(mem.used) + nsize;
         mem.peak = mem.peak.max(mem.used);
         if mem.pending.take() == Some(request) {
             mem.hits = mem.hits.saturating_sub(1);
         }
     }
-    p
+    p.cast()
 }
+
+/// mlua's block alignment; both allocators must agree on it.
+const ALIGN: usize = ffi::SYS_MIN_ALIGN;
 
 /// The allocator pair we wrap, kept beside the control block.
 pub(crate) struct Wrapped {
