@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use moonjail::{
-    units, Determinism, Diagnostics, HostFiles, Isolation, Item, Limits, ProcessConfig, Profile,
-    RunOptions, Sandbox,
+    units, CommandTool, Determinism, Diagnostics, HostFiles, Isolation, Item, Limits,
+    ProcessConfig, Profile, RunOptions, Sandbox, ToolRegistry,
 };
 
 /// Run untrusted Lua 5.4 safely.
@@ -38,6 +38,10 @@ enum Command {
     ///   moonjail run -e 'return 1 + 1'
     ///   echo 'return (...).n * 2' | moonjail run - --input '{"n": 21}' --json
     ///   moonjail run agent.lua --input @context.json --timeout 500ms --memory 16MiB
+    ///
+    /// Host tools (see --tool and --allow-http):
+    ///   moonjail run examples/agent_http.lua --allow-http 127.0.0.1:8765 --input '{"city": "Lyon"}'
+    ///   moonjail run -e 'return calc.add(2, 3)' --tool 'calc.add=sh add.sh' --json
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
     /// Drive one persistent sandbox over JSON lines: one request per line on stdin, one
@@ -211,6 +215,32 @@ struct SandboxArgs {
     /// `moonjail doctor`), e.g. `landlock,user-namespace`. Default: none.
     #[arg(long, value_name = "LAYERS", requires = "isolate")]
     allow_missing: Option<String>,
+    /// Register a host tool implemented by a program, e.g. 'weather.lookup=python3 w.py'.
+    /// Repeatable.
+    ///
+    /// NAME is what scripts call (`weather.lookup`, or a bare `log`); COMMAND is a shell
+    /// command line, run with `/bin/sh -c COMMAND` once per call. The program reads the call's arguments as one
+    /// JSON array on stdin and prints its result as one JSON value on stdout. A non-zero
+    /// exit status (the message is stderr's first lines) or output that is not JSON is an
+    /// error the script can catch with pcall. The program is killed at the run's deadline
+    /// (at most 30 s per call) or past 1 MiB of output.
+    ///
+    /// Example: a tool adding two numbers, in three lines of shell:
+    ///   printf '%s\n' 'read -r args' 'set -- $(echo "$args" | tr "[]," "   ")' \
+    ///     'echo $(($1 + $2))' > add.sh
+    ///   moonjail run -e 'return calc.add(2, 3)' --tool 'calc.add=sh add.sh'   # 5
+    #[arg(long = "tool", value_name = "NAME=COMMAND", verbatim_doc_comment)]
+    tool: Vec<String>,
+    /// Enable the `http` tool for HOST[:PORT] (without a port: 80 and 443). Repeatable.
+    ///
+    /// Scripts get http.get(url [, headers]) and http.post(url, body [, headers]), which
+    /// return {status, headers, body, url}; a table body is sent as JSON. Only http and
+    /// https, only allowed hosts and ports, redirects only within the list, bodies up to
+    /// 1 MiB, 100 requests per run, each request bounded by the run's deadline. A name
+    /// must resolve to public addresses: to reach a loopback or private address, allow
+    /// the address itself, e.g. `--allow-http 127.0.0.1:8765`.
+    #[arg(long = "allow-http", value_name = "HOST[:PORT]", verbatim_doc_comment)]
+    allow_http: Vec<String>,
 }
 
 impl SandboxArgs {
@@ -248,6 +278,21 @@ impl SandboxArgs {
             }))
             .require_run(require_run)
             .require_table_result(require_table);
+        if !self.tool.is_empty() {
+            let mut tools = ToolRegistry::new();
+            for spec in &self.tool {
+                let Some((name, command)) = spec.split_once('=') else {
+                    bail!("--tool {spec:?}: expected NAME=COMMAND, e.g. 'weather.lookup=python3 weather.py'");
+                };
+                tools
+                    .register_command(name.trim(), CommandTool::new(command))
+                    .with_context(|| format!("--tool {spec:?}"))?;
+            }
+            builder = builder.tools(tools);
+        }
+        for destination in &self.allow_http {
+            builder = builder.allow_http(destination.clone());
+        }
         if self.isolate {
             // One command: one worker, started on demand.
             let config = ProcessConfig::builder().pool_size(1).prespawn(0);
@@ -622,8 +667,8 @@ fn render_diagnostics(d: &Diagnostics) -> String {
 
 fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
     use std::io::BufRead;
-    if args.sandbox.isolate {
-        bail!("--isolate: sessions do not run in worker processes yet");
+    if !args.sandbox.tool.is_empty() || !args.sandbox.allow_http.is_empty() {
+        bail!("--tool, --allow-http: sessions do not have host tools yet (use `moonjail run`)");
     }
     let sandbox = args.sandbox.build(false, false)?;
     let mut vm = sandbox.session()?;

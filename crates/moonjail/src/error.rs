@@ -137,4 +137,12 @@ pub enum ConfigError {
     /// No profile of that name exists.
     #[error("unknown profile {0:?} (known: minimal, standard, aos)")]
     UnknownProfile(String),
+    /// A host tool cannot be registered or used as configured.
+    #[error("tool {name}: {reason}")]
+    Tool {
+        /// The tool's name (or `http` for the built-in tool's configuration).
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
 }

@@ -1,9 +1,33 @@
 //! What the host lets a script read: module sources for `require` and files for
 //! `io.open` (aos profile). Read by the host on demand, never by path the script made up:
 //! module names are validated, readable files are an exact allowlist.
+//!
+//! A state reads through a [`FileSource`]. In process that is the [`HostFiles`] itself,
+//! on the host's file system. Inside a worker process, which cannot open files, it is the
+//! channel to the supervisor, which answers from the sandbox's `HostFiles`: the same
+//! validation and the same allowlist, applied by the same code, outside the sandbox.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where `require` and `io.open` get their bytes.
+pub(crate) trait FileSource: fmt::Debug + Send + Sync {
+    /// Finds module `name`: `Ok((source, path))`, or `Err` with the "no file" lines of the
+    /// not-found message.
+    fn module(&self, name: &str) -> Result<(Vec<u8>, String), String>;
+
+    /// Reads `path`: `None` when the host did not list it, `Some(Err(why))` when reading
+    /// a listed file failed.
+    fn read(&self, path: &str) -> Option<Result<Vec<u8>, String>>;
+
+    /// True when this source can provide nothing (no module directory, no listed file):
+    /// every request would be refused.
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
 
 /// Host-provided files and modules. By default, none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,9 +93,30 @@ impl HostFiles {
     }
 }
 
+impl FileSource for HostFiles {
+    fn module(&self, name: &str) -> Result<(Vec<u8>, String), String> {
+        HostFiles::module(self, name)
+    }
+
+    fn read(&self, path: &str) -> Option<Result<Vec<u8>, String>> {
+        HostFiles::read(self, path).map(|r| r.map_err(|e| e.to_string()))
+    }
+
+    fn is_empty(&self) -> bool {
+        HostFiles::is_empty(self)
+    }
+}
+
 fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let f = std::fs::File::open(path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Opening a FIFO or a device for reading may block (forever, for a FIFO without a
+    // writer): open without blocking, then refuse anything but a regular file. Reads from
+    // a regular file ignore the flag.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let f = options.open(path)?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
@@ -90,10 +135,22 @@ pub struct Determinism {
 }
 
 /// Everything besides the profile that shapes a state's environment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct EnvOptions {
-    pub files: std::sync::Arc<HostFiles>,
+    /// What `require` and `io.open` read through (the sandbox's [`HostFiles`], except
+    /// inside a worker process).
+    pub files: Arc<dyn FileSource>,
     pub deterministic: Option<Determinism>,
     /// Record globals, library members and requires (see [`crate::Diagnostics`]).
     pub diagnostic: bool,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        EnvOptions {
+            files: Arc::new(HostFiles::default()),
+            deterministic: None,
+            diagnostic: false,
+        }
+    }
 }

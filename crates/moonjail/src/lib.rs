@@ -31,6 +31,7 @@ mod profile;
 mod sandbox;
 mod session;
 mod stdlib;
+mod tools;
 pub mod units;
 mod vm;
 pub mod worker;
@@ -44,5 +45,9 @@ pub use limits::Limits;
 pub use profile::{Item, Profile, ProfileSpec};
 pub use sandbox::{Outcome, RunOptions, Sandbox, SandboxBuilder, Stats};
 pub use session::Session;
+pub use tools::{
+    CommandTool, HttpConfig, HttpDestination, ToolCall, ToolContext, ToolError, ToolFn, ToolQuota,
+    ToolRegistry, ToolRun,
+};
 pub use vm::watchdog::deadline_signal;
 pub use worker::{Isolation, ProcessConfig, ProcessConfigBuilder, WorkerPath};

@@ -1,6 +1,7 @@
 //! The sandbox: a validated configuration, and `run`, which gives every script a fresh
 //! state built from the profile, under the limits.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::chunk::ChunkMode;
@@ -16,6 +17,7 @@ use crate::limits::Limits;
 use crate::marshal::{self, Bounds};
 use crate::profile::Profile;
 use crate::stdlib::base::FORBIDDEN;
+use crate::tools::{HttpConfig, ToolCall, ToolContext, ToolError, ToolQuota, ToolRegistry};
 use crate::vm::{watchdog::Deadline, Activation, Control, Vm};
 use crate::worker::{Isolated, Isolation};
 
@@ -31,6 +33,8 @@ pub struct Outcome {
     pub stats: Stats,
     /// What the script touched, when the sandbox runs in diagnostic mode.
     pub diagnostics: Option<Diagnostics>,
+    /// Every host tool call the script made, in order (see [`ToolCall`]).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Measurements of one run.
@@ -57,7 +61,9 @@ impl Outcome {
     }
 
     /// The document `moonjail run --json` prints (a stable contract):
-    /// `{"ok", "result", "output", "error": {"kind", "message", "line"} | null, "stats"}`.
+    /// `{"ok", "result", "output", "error": {"kind", "message", "line"} | null, "stats"}`,
+    /// plus `"diagnostics"` in diagnostic mode and `"tool_calls"` (`[{"name", "ms", "ok",
+    /// "error", "bytes_in", "bytes_out"}]`) when the script called host tools.
     pub fn to_json(&self) -> Json {
         let (ok, result, error) = match &self.result {
             Ok(v) => (true, v.clone(), Json::Null),
@@ -84,6 +90,10 @@ impl Outcome {
                 serde_json::to_value(d).unwrap_or(Json::Null),
             );
         }
+        if let (false, Some(obj)) = (self.tool_calls.is_empty(), doc.as_object_mut()) {
+            let calls = self.tool_calls.iter().map(ToolCall::to_json).collect();
+            obj.insert("tool_calls".into(), Json::Array(calls));
+        }
         doc
     }
 }
@@ -97,6 +107,10 @@ pub struct SandboxBuilder {
     require_run: bool,
     require_table: bool,
     isolation: Isolation,
+    tools: ToolRegistry,
+    http: HttpConfig,
+    /// The first invalid tool registration, reported by `build`.
+    tool_error: Option<ConfigError>,
 }
 
 impl SandboxBuilder {
@@ -197,10 +211,109 @@ impl SandboxBuilder {
         self
     }
 
+    /// Registers a host tool under `name` (`"weather.lookup"`, or a bare `"log"`): scripts
+    /// call it as `weather.lookup(...)`, with arguments and result crossing as JSON. An
+    /// invalid or taken name is reported by [`SandboxBuilder::build`]. By default, no
+    /// tool is registered. See [`ToolRegistry`].
+    pub fn tool<F>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(Vec<Json>) -> Result<Json, ToolError> + Send + Sync + 'static,
+    {
+        if let Err(e) = self.tools.register(name, f) {
+            self.tool_error.get_or_insert(e);
+        }
+        self
+    }
+
+    /// [`SandboxBuilder::tool`] for a tool that needs its [`ToolContext`] (its deadline).
+    pub fn tool_with_context<F>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(&ToolContext, Vec<Json>) -> Result<Json, ToolError> + Send + Sync + 'static,
+    {
+        if let Err(e) = self.tools.register_with_context(name, f) {
+            self.tool_error.get_or_insert(e);
+        }
+        self
+    }
+
+    /// Replaces every tool registered so far (and the tool quota) with `registry`'s.
+    /// By default, no tool is registered.
+    pub fn tools(mut self, registry: ToolRegistry) -> Self {
+        self.tools = registry;
+        self
+    }
+
+    /// Sets how many tool calls a run may make, in all and per tool. By default,
+    /// [`ToolQuota::default`] (1000 calls per run).
+    pub fn tool_quota(mut self, quota: ToolQuota) -> Self {
+        self.tools.set_quota(quota);
+        self
+    }
+
+    /// Allows the built-in `http` tool (`http.get`, `http.post`) to reach `destination`,
+    /// `HOST[:PORT]` (see [`HttpConfig::allow`]); the tool exists once one destination is
+    /// allowed. By default, there is no `http` tool.
+    pub fn allow_http(mut self, destination: impl Into<String>) -> Self {
+        self.http = self.http.allow(destination);
+        self
+    }
+
+    /// Replaces the `http` tool's configuration (allowlist included). By default,
+    /// [`HttpConfig::default`], which allows nothing.
+    pub fn http(mut self, config: HttpConfig) -> Self {
+        self.http = config;
+        self
+    }
+
+    /// The tools runs get: the registered ones, plus `http` when allowed.
+    fn tool_registry(&self) -> Result<Option<Arc<ToolRegistry>>, ConfigError> {
+        if let Some(e) = &self.tool_error {
+            return Err(e.clone());
+        }
+        let mut registry = self.tools.clone();
+        if self.http.is_enabled() {
+            registry.register_http(self.http.clone())?;
+            if let Some(max) = self.http.request_quota() {
+                let mut quota = registry.quota().clone();
+                let max = quota.per_tool.get("http").map_or(max, |q| (*q).min(max));
+                quota.per_tool.insert("http".into(), max);
+                registry.set_quota(quota);
+            }
+        }
+        if registry.is_empty() {
+            return Ok(None);
+        }
+        let spec = self.profile.spec();
+        for name in registry.names() {
+            let global = name.split('.').next().unwrap_or(name);
+            if spec.has_global(global) {
+                return Err(ConfigError::Tool {
+                    name: name.to_string(),
+                    reason: format!(
+                        "the profile {} already defines the global `{global}`",
+                        spec.name
+                    ),
+                });
+            }
+        }
+        if matches!(self.isolation, Isolation::Process(_)) {
+            return Err(ConfigError::Tool {
+                name: registry.names().collect::<Vec<_>>().join(", "),
+                reason: "host tools are not available to worker processes yet: build the \
+                         sandbox with Isolation::InProcess to use tools"
+                    .into(),
+            });
+        }
+        Ok(Some(Arc::new(registry)))
+    }
+
     /// Validates the configuration.
     ///
     /// # Errors
-    /// [`ConfigError::InvalidLimit`] for a limit that would fail every run.
+    /// [`ConfigError::InvalidLimit`] for a limit that would fail every run;
+    /// [`ConfigError::Tool`] for a tool that cannot be registered (an invalid or taken
+    /// name, a name the profile already defines, an invalid `http` allowlist entry), and
+    /// for tools with process isolation (not supported yet).
     pub fn build(self) -> Result<Sandbox, ConfigError> {
         let l = &self.limits;
         let bad = |name, reason: &str| {
@@ -221,6 +334,7 @@ impl SandboxBuilder {
         if l.result_depth == 0 {
             return bad("result-depth", "must be at least 1");
         }
+        let tools = self.tool_registry()?;
         let isolation = Isolated::new(self.isolation, self.profile, &self.limits, &self.env)?;
         Ok(Sandbox {
             profile: self.profile,
@@ -229,6 +343,7 @@ impl SandboxBuilder {
             require_run: self.require_run,
             require_table: self.require_table,
             isolation,
+            tools,
         })
     }
 }
@@ -243,6 +358,7 @@ pub struct Sandbox {
     require_run: bool,
     require_table: bool,
     pub(crate) isolation: Isolated,
+    tools: Option<Arc<ToolRegistry>>,
 }
 
 impl Default for Sandbox {
@@ -254,6 +370,7 @@ impl Default for Sandbox {
             require_run: false,
             require_table: false,
             isolation: Isolated::InProcess,
+            tools: None,
         }
     }
 }
@@ -289,6 +406,11 @@ impl Sandbox {
         &self.limits
     }
 
+    /// The host tools runs get (`None`: no tools), frozen when the sandbox was built.
+    pub fn tools(&self) -> Option<&Arc<ToolRegistry>> {
+        self.tools.as_ref()
+    }
+
     /// Runs `source` in a fresh state with `input` as its first vararg (and as the
     /// argument of `run`, if the chunk defines one).
     pub fn run(&self, source: impl AsRef<[u8]>, input: &Json) -> Outcome {
@@ -311,14 +433,25 @@ impl Sandbox {
         }
         let start = Instant::now();
         let mut stats = Stats::default();
-        let (result, output, diagnostics) =
-            self.execute(source.as_ref(), input, opts, start, &mut stats);
+        let tools = self
+            .tools
+            .as_ref()
+            .map(|registry| Arc::new(registry.start_run(self.limits.timeout.map(|t| start + t))));
+        let (result, output, diagnostics) = self.execute(
+            source.as_ref(),
+            input,
+            opts,
+            start,
+            &mut stats,
+            tools.clone(),
+        );
         stats.wall = start.elapsed();
         Outcome {
             result,
             output,
             stats,
             diagnostics,
+            tool_calls: tools.map(|t| t.take_calls()).unwrap_or_default(),
         }
     }
 
@@ -329,6 +462,7 @@ impl Sandbox {
         opts: &RunOptions,
         start: Instant,
         stats: &mut Stats,
+        tools: Option<Arc<crate::tools::ToolRun>>,
     ) -> (Result<Json, Error>, String, Option<Diagnostics>) {
         if let Some(max) = self.limits.source_bytes {
             if source.len() > max {
@@ -381,6 +515,13 @@ impl Sandbox {
             output = ?self.limits.output_bytes,
             "limits set"
         );
+        if let Some(run) = tools {
+            let args = Bounds {
+                depth: self.limits.result_depth,
+                bytes: self.limits.result_bytes.unwrap_or(usize::MAX),
+            };
+            crate::tools::lua::attach(vm.lua(), run, args, self.limits.result_depth);
+        }
         let result = env::build(vm.lua(), spec, &self.env)
             .inspect(|()| tracing::debug!(profile = spec.name, "environment built"))
             .map_err(|e| {

@@ -6,7 +6,15 @@
 //! usable (Lua unwound normally). After a timeout or an instruction limit the state may
 //! be mid-update (a handler stopped half-way), so the session is closed, and every later
 //! call fails with the reason.
+//!
+//! On an isolated sandbox a session is one worker process, dedicated to it: the state
+//! lives there, each call's deadline is enforced from outside as for runs, and the worker
+//! is killed when the session closes. There, a call that overruns its deadline kills the
+//! worker and closes the session as `timeout`; a worker that dies closes it as `killed`.
 
+use std::cell::OnceCell;
+#[cfg(target_os = "linux")]
+use std::cell::RefCell;
 use std::time::Instant;
 
 use mlua::chunk::ChunkMode;
@@ -24,25 +32,39 @@ use crate::{env, ErrorKind as Kind};
 /// A persistent sandbox state. Not `Send`: a session lives on the thread that made it
 /// (drive it from a dedicated thread to share it).
 pub struct Session {
-    vm: Option<Vm>,
+    backend: Backend,
     sandbox: Sandbox,
-    closed: Option<Error>,
+    /// Set once, when the session closes on its own (never by [`Session::close`]).
+    closed: OnceCell<Error>,
     chunk_name: String,
 }
 
+/// Where the session's state lives; `None` once the session is closed.
+enum Backend {
+    InProcess(Option<Vm>),
+    #[cfg(target_os = "linux")]
+    Worker(RefCell<Option<Box<crate::worker::session::WorkerSession>>>),
+}
+
+/// The chunk name of the code a session runs, in error messages.
+const CHUNK_NAME: &str = "session";
+
 impl Sandbox {
-    /// Opens a persistent session with this sandbox's profile and limits.
+    /// Opens a persistent session with this sandbox's profile and limits — in a
+    /// dedicated worker process when the sandbox is isolated.
     ///
     /// # Errors
     /// An `internal` error if the state cannot be built (or `memory_limit` if the limit
-    /// is too small for the environment).
+    /// is too small for the environment), or, isolated, if no worker can be started.
     pub fn session(&self) -> Result<Session, Error> {
-        if self.is_isolated() {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                "sessions do not run in worker processes yet: build the sandbox with \
-                 Isolation::InProcess for sessions",
-            ));
+        #[cfg(target_os = "linux")]
+        if let Some(opened) = self.isolation.open_session(self, CHUNK_NAME) {
+            return opened.map(|worker| Session {
+                backend: Backend::Worker(RefCell::new(Some(Box::new(worker)))),
+                sandbox: self.clone(),
+                closed: OnceCell::new(),
+                chunk_name: CHUNK_NAME.to_string(),
+            });
         }
         let spec = self.profile().spec();
         let memory = self.limits().memory_bytes.unwrap_or(usize::MAX);
@@ -67,10 +89,10 @@ impl Sandbox {
             })?;
         }
         Ok(Session {
-            vm: Some(vm),
+            backend: Backend::InProcess(Some(vm)),
             sandbox: self.clone(),
-            closed: None,
-            chunk_name: "session".to_string(),
+            closed: OnceCell::new(),
+            chunk_name: CHUNK_NAME.to_string(),
         })
     }
 }
@@ -79,6 +101,10 @@ impl Session {
     /// Runs `code` in the session's state; the result is the chunk's first return value.
     pub fn exec(&mut self, code: impl AsRef<[u8]>) -> Outcome {
         let code = code.as_ref();
+        #[cfg(target_os = "linux")]
+        if let Some(outcome) = self.in_worker(|worker| worker.exec(code)) {
+            return outcome;
+        }
         let name = self.chunk_name.clone();
         self.with_call(|vm, sandbox| {
             if let Some(max) = sandbox.limits().source_bytes {
@@ -116,6 +142,10 @@ impl Session {
     /// Calls the global function `name` with `args` (each converted from JSON); the
     /// result is its first return value.
     pub fn call(&mut self, name: &str, args: &[Json]) -> Outcome {
+        #[cfg(target_os = "linux")]
+        if let Some(outcome) = self.in_worker(|worker| worker.call(name, args)) {
+            return outcome;
+        }
         let chunk = self.chunk_name.clone();
         self.with_call(|vm, sandbox| {
             let lua = vm.lua();
@@ -144,43 +174,148 @@ impl Session {
     }
 
     /// True when the session holds a global function `name` (a raw lookup: no
-    /// metamethod of `_G` runs).
+    /// metamethod of `_G` runs). False once the session is closed; in a worker process,
+    /// a failure to ask is false too, and closes the session with the reason.
     pub fn has_function(&self, name: &str) -> bool {
-        self.vm.as_ref().is_some_and(|vm| {
-            matches!(
-                crate::diag::real_globals(vm.lua()).raw_get::<Value>(name),
-                Ok(Value::Function(_))
-            )
-        })
+        match &self.backend {
+            Backend::InProcess(vm) => vm.as_ref().is_some_and(|vm| {
+                matches!(
+                    crate::diag::real_globals(vm.lua()).raw_get::<Value>(name),
+                    Ok(Value::Function(_))
+                )
+            }),
+            #[cfg(target_os = "linux")]
+            Backend::Worker(slot) => {
+                let mut slot = slot.borrow_mut();
+                let Some(worker) = slot.as_mut() else {
+                    return false;
+                };
+                match worker.has_function(name) {
+                    Ok(has) => has,
+                    Err(reason) => {
+                        *slot = None;
+                        let _ = self.closed.set(reason);
+                        false
+                    }
+                }
+            }
+        }
     }
 
     /// Why the session was closed, if it was.
     pub fn closed_reason(&self) -> Option<&Error> {
-        self.closed.as_ref()
+        self.closed.get()
     }
 
-    /// Closes the session's state now (dropping the session does the same).
-    pub fn close(mut self) {
-        self.vm = None;
+    /// Closes the session's state now (dropping the session does the same; an isolated
+    /// session's worker process is killed).
+    pub fn close(self) {}
+
+    /// The pid of the session's worker process (`None` in process, or once closed). For
+    /// tests of isolated sessions.
+    #[doc(hidden)]
+    pub fn worker_pid(&self) -> Option<u32> {
+        match &self.backend {
+            Backend::InProcess(_) => None,
+            #[cfg(target_os = "linux")]
+            Backend::Worker(slot) => slot.borrow().as_ref().and_then(|w| w.pid()),
+        }
+    }
+
+    /// Sends a test-hook probe to the session's worker (honoured only by workers started
+    /// with test hooks). A probe that kills the worker closes the session as `killed`.
+    ///
+    /// # Errors
+    /// In process, on a closed session, or the worker's death, refusal or failure.
+    #[doc(hidden)]
+    pub fn probe_worker(&mut self, probe: &str) -> Result<Json, Error> {
+        match &mut self.backend {
+            Backend::InProcess(_) => Err(Error::new(
+                ErrorKind::Internal,
+                "this session runs in process: there is no worker to probe",
+            )),
+            #[cfg(target_os = "linux")]
+            Backend::Worker(slot) => {
+                let slot = slot.get_mut();
+                let Some(worker) = slot.as_mut() else {
+                    return Err(self.closed_outcome().result.unwrap_err());
+                };
+                let (result, close) = worker.probe(probe);
+                if close {
+                    *slot = None;
+                    let reason = result.clone().err().unwrap_or_else(|| {
+                        Error::new(ErrorKind::Internal, "the session's worker process was lost")
+                    });
+                    let _ = self.closed.set(reason);
+                }
+                result
+            }
+        }
+    }
+
+    /// Names the chunk of the code the session runs (in error messages).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn set_chunk_name(&mut self, name: String) {
+        self.chunk_name = name;
+    }
+
+    /// The sandbox the session was opened from.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// The outcome of a call on a closed session.
+    fn closed_outcome(&self) -> Outcome {
+        let reason = self
+            .closed
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Error::new(ErrorKind::Internal, "the session is closed"));
+        Outcome {
+            result: Err(Error {
+                message: format!("the session was closed: {}", reason.message),
+                ..reason
+            }),
+            output: String::new(),
+            stats: Stats::default(),
+            diagnostics: None,
+            tool_calls: Vec::new(),
+        }
+    }
+
+    /// Runs `call` against the session's worker when the session is isolated (`None`
+    /// otherwise), closing the session when the call says so.
+    #[cfg(target_os = "linux")]
+    fn in_worker(
+        &mut self,
+        call: impl FnOnce(&mut crate::worker::session::WorkerSession) -> (Outcome, bool),
+    ) -> Option<Outcome> {
+        let Backend::Worker(slot) = &mut self.backend else {
+            return None;
+        };
+        let slot = slot.get_mut();
+        let Some(worker) = slot.as_mut() else {
+            return Some(self.closed_outcome());
+        };
+        let (outcome, close) = call(&mut *worker);
+        if close {
+            // Dropping the worker's session kills the worker.
+            *slot = None;
+            let reason = outcome.error().cloned().unwrap_or_else(|| {
+                Error::new(ErrorKind::Internal, "the session's worker process was lost")
+            });
+            let _ = self.closed.set(reason);
+        }
+        Some(outcome)
     }
 
     fn with_call(&mut self, body: impl FnOnce(&Vm, &Sandbox) -> Result<Value, Error>) -> Outcome {
         let start = Instant::now();
         let mut stats = Stats::default();
-        let Some(vm) = self.vm.as_ref() else {
-            let reason = self
-                .closed
-                .clone()
-                .unwrap_or_else(|| Error::new(ErrorKind::Internal, "the session is closed"));
-            return Outcome {
-                result: Err(Error {
-                    message: format!("the session was closed: {}", reason.message),
-                    ..reason
-                }),
-                output: String::new(),
-                stats,
-                diagnostics: None,
-            };
+        let vm = match &self.backend {
+            Backend::InProcess(Some(vm)) => vm,
+            _ => return self.closed_outcome(),
         };
         let ctl = vm.ctl();
         let limits = self.sandbox.limits().clone();
@@ -208,8 +343,8 @@ impl Session {
         drop(active);
         if let Err(e) = &result {
             if matches!(e.kind, Kind::Timeout | Kind::InstructionLimit) {
-                self.closed = Some(e.clone());
-                self.vm = None;
+                let _ = self.closed.set(e.clone());
+                self.backend = Backend::InProcess(None);
             }
         }
         stats.wall = start.elapsed();
@@ -218,13 +353,7 @@ impl Session {
             output,
             stats,
             diagnostics,
+            tool_calls: Vec::new(),
         }
-    }
-}
-
-impl Sandbox {
-    /// True when runs go to worker processes.
-    fn is_isolated(&self) -> bool {
-        !matches!(self.isolation, crate::worker::Isolated::InProcess)
     }
 }

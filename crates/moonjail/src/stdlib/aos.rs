@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use mlua::{Function, Lua, MultiValue, Table, UserData, UserDataMethods, Value};
 
-use crate::host::{Determinism, HostFiles};
+use crate::host::{Determinism, FileSource};
 
 /// `require` as Lua 5.4 defines it, minus every searcher that reaches the disk or C:
 /// `package.loaded`, then `package.preload`, then the host's module directory. Trusted
@@ -50,7 +50,9 @@ return package, require
 "#;
 
 /// Builds `package` and `require`; the caller fills `package.loaded` with the libraries.
-pub(crate) fn package(lua: &Lua, files: Arc<HostFiles>) -> mlua::Result<(Table, Function)> {
+/// Host modules come from `files` (the host's file system in process, the supervisor
+/// inside a worker process).
+pub(crate) fn package(lua: &Lua, files: Arc<dyn FileSource>) -> mlua::Result<(Table, Function)> {
     let find = lua.create_function(move |lua, name: String| {
         Ok(match files.module(&name) {
             Ok((src, path)) => (Value::String(lua.create_string(&src)?), path),
@@ -208,8 +210,8 @@ impl UserData for FileHandle {
     }
 }
 
-/// Builds `io` with only `open`, reading what the host allowlisted.
-pub(crate) fn io(lua: &Lua, files: Arc<HostFiles>) -> mlua::Result<Table> {
+/// Builds `io` with only `open`, reading what the host allowlisted (through `files`).
+pub(crate) fn io(lua: &Lua, files: Arc<dyn FileSource>) -> mlua::Result<Table> {
     let io = lua.create_table()?;
     let open = lua.create_function(move |lua, (path, mode): (String, Option<String>)| {
         let mode = mode.unwrap_or_else(|| "r".to_string());

@@ -21,9 +21,25 @@
 //! ```
 //!
 //! The pieces, one module each: `protocol` (the versioned, length-prefixed frames),
-//! `serve` (the worker's side: warm up, lock down, serve runs), `supervisor` (one worker
-//! process seen from outside: spawn, deadline, kill, reap) and `pool` (the warm pool that
+//! `serve` (the worker's side: warm up, lock down, serve runs and sessions), `supervisor`
+//! (one worker process seen from outside: spawn, deadline, kill, reap), `host_call` (what
+//! a worker may ask its supervisor for mid-run: modules, listed files, later tools),
+//! `session` (a persistent session in a dedicated worker) and `pool` (the warm pool that
 //! lives inside a [`Sandbox`]).
+//!
+//! **Host files.** A worker cannot open files. `require` of a host module and `io.open`
+//! of a listed file ask the supervisor over the channel, which answers from the sandbox's
+//! [`crate::HostFiles`] with the same rules as in process. The host calls of one request
+//! are bounded ([`ProcessConfigBuilder::max_host_calls`],
+//! [`ProcessConfigBuilder::max_host_call_bytes`]): past the bound the worker is killed and
+//! the request fails as `forbidden`.
+//!
+//! **Sessions.** [`Sandbox::session`] on an isolated sandbox takes one worker for the
+//! session alone: an idle worker of the pool (which then prespawns a replacement), or a
+//! new one. Session workers are not counted in the pool's size and never go back to it:
+//! the worker is killed when the session closes, is dropped, or dies. Every call has the
+//! run deadline, enforced from outside; a call that overruns it kills the worker and
+//! closes the session as `timeout`, a worker that dies closes it as `killed`.
 //!
 //! **Deadlines.** The supervisor kills a worker that has not answered by the run's
 //! timeout plus [`ProcessConfigBuilder::kill_grace`], and reports `timeout`: this is what
@@ -43,11 +59,15 @@
 //! call) can serve as its own worker.
 
 #[cfg(target_os = "linux")]
+mod host_call;
+#[cfg(target_os = "linux")]
 mod pool;
 #[cfg(target_os = "linux")]
 pub(crate) mod protocol;
 #[cfg(target_os = "linux")]
 mod serve;
+#[cfg(target_os = "linux")]
+pub(crate) mod session;
 #[cfg(target_os = "linux")]
 mod supervisor;
 
@@ -164,6 +184,8 @@ pub struct ProcessConfig {
     max_frame_bytes: usize,
     stderr_bytes: usize,
     test_hooks: bool,
+    max_host_calls: u64,
+    max_host_call_bytes: u64,
 }
 
 impl Default for ProcessConfig {
@@ -183,6 +205,8 @@ impl Default for ProcessConfig {
             max_frame_bytes: 64 << 20,
             stderr_bytes: 64 << 10,
             test_hooks: false,
+            max_host_calls: 10_000,
+            max_host_call_bytes: 256 << 20,
         }
     }
 }
@@ -195,7 +219,7 @@ impl ProcessConfig {
         }
     }
 
-    /// The most workers alive at once.
+    /// The most workers alive at once for runs (each open session has one more).
     pub fn pool_size(&self) -> usize {
         self.pool_size
     }
@@ -226,7 +250,8 @@ impl ProcessConfigBuilder {
         self
     }
 
-    /// Sets the most workers alive at once; a run that finds them all busy waits.
+    /// Sets the most workers alive at once for runs; a run that finds them all busy waits.
+    /// Sessions are not counted: each open session has a worker of its own on top.
     ///
     /// By default, the number of CPUs.
     pub fn pool_size(mut self, workers: usize) -> Self {
@@ -329,6 +354,26 @@ impl ProcessConfigBuilder {
         self
     }
 
+    /// Sets how many host calls (`require` of a host module, `io.open` of a listed file)
+    /// one request — a run, or one call of a session — may make. A worker that makes more
+    /// is killed and the request fails as `forbidden`.
+    ///
+    /// By default, 10 000.
+    pub fn max_host_calls(mut self, calls: u64) -> Self {
+        self.config.max_host_calls = calls;
+        self
+    }
+
+    /// Sets how many bytes the host calls of one request may move, requests and answers
+    /// together (a module's source and a file's bytes count in full on every call). A
+    /// worker that moves more is killed and the request fails as `forbidden`.
+    ///
+    /// By default, 256 MiB.
+    pub fn max_host_call_bytes(mut self, bytes: u64) -> Self {
+        self.config.max_host_call_bytes = bytes;
+        self
+    }
+
     /// Starts workers with their test hooks enabled (raw system calls and crashes on
     /// request, for the tests of the isolation layers). Never for production.
     #[doc(hidden)]
@@ -422,6 +467,8 @@ impl Isolated {
             Isolation::InProcess => Ok(Isolated::InProcess),
             #[cfg(target_os = "linux")]
             Isolation::Process(config) => {
+                // Host files need no refusal: workers ask the supervisor for them.
+                let _ = env;
                 if let Profile::Custom(spec) = profile {
                     // Runs name their profile; a worker knows only the built-in ones (and
                     // must never mistake a custom list for a built-in of the same name).
@@ -432,16 +479,6 @@ impl Isolated {
                              yet: only built-in profiles are",
                             spec.name
                         ),
-                    });
-                }
-                if !env.files.is_empty() {
-                    // A locked-down worker cannot open files: host files would have to
-                    // travel over the channel (a later protocol message).
-                    return Err(ConfigError::InvalidLimit {
-                        name: "isolation",
-                        reason: "host files (require, io.open) are not available to worker \
-                                 processes yet"
-                            .into(),
                     });
                 }
                 let settings = settings(&config, limits)?;
@@ -474,17 +511,53 @@ impl Isolated {
                 let len = job.source.len();
                 if let Some(max) = job.limits.source_bytes.filter(|max| len > *max) {
                     let message = format!("the source is {len} bytes, over the {max} byte limit");
-                    return Some(Outcome {
-                        result: Err(Error::new(ErrorKind::Input, message)),
-                        output: String::new(),
-                        stats: Default::default(),
-                        diagnostics: None,
-                    });
+                    return Some(failed(
+                        Error::new(ErrorKind::Input, message),
+                        Duration::ZERO,
+                    ));
                 }
                 Some(pool.run(job))
             }
         }
     }
+
+    /// Opens a session in a dedicated worker when isolated; `None` means "in process".
+    #[cfg(target_os = "linux")]
+    pub(crate) fn open_session(
+        &self,
+        sandbox: &Sandbox,
+        chunk_name: &str,
+    ) -> Option<Result<session::WorkerSession, Error>> {
+        match self {
+            Isolated::InProcess => None,
+            Isolated::Process(pool) => {
+                Some(session::WorkerSession::open(pool, sandbox, chunk_name))
+            }
+        }
+    }
+}
+
+/// An outcome without output or diagnostics: a request answered without running a
+/// script (`has_function`, opening a session), or one that failed before any script ran
+/// or whose worker was lost.
+#[cfg(target_os = "linux")]
+pub(crate) fn outcome(result: Result<Json, Error>, wall: Duration) -> Outcome {
+    Outcome {
+        result,
+        output: String::new(),
+        stats: crate::sandbox::Stats {
+            wall,
+            ..Default::default()
+        },
+        diagnostics: None,
+        tool_calls: Vec::new(),
+    }
+}
+
+/// [`outcome`] of an error.
+#[cfg(target_os = "linux")]
+pub(crate) fn failed(error: Error, wall: Duration) -> Outcome {
+    outcome(Err(error), wall)
 }
 
 #[cfg(target_os = "linux")]
@@ -527,6 +600,8 @@ fn settings(config: &ProcessConfig, limits: &Limits) -> Result<supervisor::Setti
         max_frame,
         stderr_bytes: config.stderr_bytes,
         test_hooks: config.test_hooks,
+        max_host_calls: config.max_host_calls,
+        max_host_call_bytes: config.max_host_call_bytes,
     })
 }
 

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 use super::supervisor::{Fate, Settings, Worker};
-use super::{Job, WorkerPids};
+use super::{failed, Job, WorkerPids};
 use crate::error::{Error, ErrorKind};
-use crate::sandbox::{Outcome, Stats};
+use crate::sandbox::Outcome;
 
 /// The pool of one sandbox.
 pub(crate) struct Pool {
@@ -213,11 +213,51 @@ impl Pool {
         let start = Instant::now();
         let mut worker = match self.shared.acquire() {
             Ok(worker) => worker,
-            Err(message) => return failed(start, ErrorKind::Internal, message),
+            Err(message) => {
+                return failed(Error::new(ErrorKind::Internal, message), start.elapsed())
+            }
         };
         let (outcome, fate) = worker.run(job, &self.shared.settings);
         self.shared.release(worker, fate);
         outcome
+    }
+
+    /// Takes a worker out of the pool for good, for a session: an idle one if there is
+    /// one (the keeper then prespawns its replacement), else a new one. Either way the
+    /// worker no longer counts against the pool's size; give it back with
+    /// [`Pool::retire`].
+    pub(crate) fn take(&self) -> Result<Worker, String> {
+        let mut state = self.shared.lock();
+        while let Some(worker) = state.idle.pop() {
+            state.live -= 1;
+            self.shared.changed.notify_all();
+            if worker.is_idle_and_alive() {
+                return Ok(worker);
+            }
+            state.retired.push(worker);
+        }
+        if state.shutdown {
+            return Err("the sandbox is being dropped".into());
+        }
+        drop(state);
+        Worker::spawn(&self.shared.settings)
+    }
+
+    /// Kills and reaps a worker taken with [`Pool::take`], off the caller's path.
+    pub(crate) fn retire(&self, worker: Worker) {
+        let mut state = self.shared.lock();
+        if state.shutdown {
+            drop(state);
+            drop(worker);
+            return;
+        }
+        state.retired.push(worker);
+        self.shared.changed.notify_all();
+    }
+
+    /// The settings every worker of this pool shares.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.shared.settings
     }
 
     /// Sends a test-hook probe to a worker of the pool.
@@ -315,17 +355,5 @@ impl Drop for Pool {
         drop(state);
         drop(idle);
         drop(retired);
-    }
-}
-
-fn failed(start: Instant, kind: ErrorKind, message: String) -> Outcome {
-    Outcome {
-        result: Err(Error::new(kind, message)),
-        output: String::new(),
-        stats: Stats {
-            wall: start.elapsed(),
-            ..Stats::default()
-        },
-        diagnostics: None,
     }
 }

@@ -19,11 +19,27 @@
 //! | `StartFailed` | worker → supervisor | why lockdown failed (JSON) |
 //! | `Run` | supervisor → worker | run settings (JSON), input (JSON), source (raw) |
 //! | `Done` | worker → supervisor | error and stats (JSON), result (JSON, empty on error), output (raw) |
-//! | `ToolCall` | worker → supervisor | reserved: a host tool call in the middle of a run |
-//! | `ToolResult` | supervisor → worker | reserved: the answer to a `ToolCall` |
+//! | `HostCall` | worker → supervisor | a request to the host in the middle of a request (JSON) |
+//! | `HostReply` | supervisor → worker | the answer (JSON), its bytes (raw, empty when none) |
 //! | `Probe` | supervisor → worker | test hook request (JSON), honoured only by test workers |
 //! | `ProbeReply` | worker → supervisor | what the probe found (JSON) |
 //! | `Refused` | worker → supervisor | the request was not acceptable (JSON) |
+//! | `SessionOpen` | supervisor → worker | session settings (JSON); answered by `Done` |
+//! | `Exec` | supervisor → worker | source (raw); answered by `Done` |
+//! | `Call` | supervisor → worker | function name (JSON), arguments (JSON array); answered by `Done` |
+//! | `HasFunction` | supervisor → worker | function name (JSON); answered by `Done` with a boolean |
+//! | `Close` | supervisor → worker | none; the worker ends the session and exits, unanswered |
+//!
+//! **Requests and host calls.** The supervisor sends one request (`Run`, a session
+//! request, `Probe`) at a time and reads until its answer. While it waits, the worker may
+//! send `HostCall` frames (a module for `require`, a listed file for `io.open`, later a
+//! host tool) and block until the `HostReply` with the same id. The supervisor answers
+//! them from the sandbox's own configuration, under the request's deadline and a budget
+//! of calls and bytes per request; a worker that breaks either is killed.
+//!
+//! **Sessions.** After `SessionOpen` a worker holds one persistent Lua state and serves
+//! `Exec`, `Call` and `HasFunction` against it until `Close` (or until it is killed). A
+//! session's worker is dedicated to it and is never handed another sandbox's requests.
 
 use std::fmt;
 use std::time::Duration;
@@ -36,7 +52,7 @@ use crate::limits::Limits;
 use crate::sandbox::Stats;
 
 /// The protocol version both sides must speak; bump it on any incompatible change.
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
 
 /// Bytes before a frame's sections: length, version, type.
 pub(crate) const HEADER_BYTES: usize = 6;
@@ -53,13 +69,18 @@ pub(crate) enum Kind {
     StartFailed = 3,
     Run = 4,
     Done = 5,
-    /// Reserved for host tool calls made by a running script (not sent yet).
-    ToolCall = 6,
-    /// Reserved for the answers to `ToolCall` (not sent yet).
-    ToolResult = 7,
+    /// A request to the host (module, file, tool) in the middle of a request.
+    HostCall = 6,
+    /// The answer to a `HostCall`.
+    HostReply = 7,
     Probe = 8,
     ProbeReply = 9,
     Refused = 10,
+    SessionOpen = 11,
+    Exec = 12,
+    Call = 13,
+    HasFunction = 14,
+    Close = 15,
 }
 
 impl Kind {
@@ -70,11 +91,16 @@ impl Kind {
             3 => Kind::StartFailed,
             4 => Kind::Run,
             5 => Kind::Done,
-            6 => Kind::ToolCall,
-            7 => Kind::ToolResult,
+            6 => Kind::HostCall,
+            7 => Kind::HostReply,
             8 => Kind::Probe,
             9 => Kind::ProbeReply,
             10 => Kind::Refused,
+            11 => Kind::SessionOpen,
+            12 => Kind::Exec,
+            13 => Kind::Call,
+            14 => Kind::HasFunction,
+            15 => Kind::Close,
             _ => return None,
         })
     }
@@ -138,6 +164,11 @@ impl Frame {
         })?;
         serde_json::from_slice(bytes)
             .map_err(|e| FrameError::Malformed(format!("{:?} section {index}: {e}", self.kind)))
+    }
+
+    /// The size of the frame on the wire.
+    pub(crate) fn encoded_len(&self) -> usize {
+        HEADER_BYTES + self.body.len()
     }
 
     /// The number of sections.
@@ -372,6 +403,77 @@ pub(crate) struct RunMeta {
     /// Diagnostic mode.
     #[serde(default)]
     pub(crate) diagnostic: bool,
+    /// Whether the host provides modules or files: when not, the worker refuses
+    /// `require` of a host module and `io.open` itself, without asking.
+    #[serde(default)]
+    pub(crate) host_files: bool,
+}
+
+/// `SessionOpen`, section 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionMeta {
+    pub(crate) profile: String,
+    pub(crate) limits: WireLimits,
+    pub(crate) chunk_name: String,
+    pub(crate) deterministic: Option<(i64, i64)>,
+    #[serde(default)]
+    pub(crate) diagnostic: bool,
+    #[serde(default)]
+    pub(crate) host_files: bool,
+}
+
+/// `Call` and `HasFunction`, section 0 (section 1 of `Call` is the arguments, a JSON
+/// array).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FunctionName {
+    pub(crate) name: String,
+}
+
+/// `HostCall`, section 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct HostCall {
+    /// Chosen by the worker; the reply carries it back.
+    pub(crate) id: u64,
+    pub(crate) request: HostRequest,
+}
+
+/// What a worker asks its host for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum HostRequest {
+    /// The source of module `name`, for `require` (validated and resolved by the host).
+    ReadModule { name: String },
+    /// A file the host listed, for `io.open` (exactly as the script spelled the path).
+    ReadFile { path: String },
+    /// A host tool call (not made by workers yet).
+    Tool { name: String, args: Json },
+}
+
+/// `HostReply`, section 0 (section 1 is the bytes of a found module or a read file, and
+/// empty otherwise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct HostReply {
+    pub(crate) id: u64,
+    pub(crate) answer: HostAnswer,
+}
+
+/// The host's answer to a [`HostRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum HostAnswer {
+    /// `ReadModule`: found at `path` (relative to the module directory); the source is
+    /// section 1.
+    Module { path: String },
+    /// `ReadModule`: not found; `tried` is the "no file" lines of the error message.
+    NoModule { tried: String },
+    /// `ReadFile`: the file's bytes are section 1.
+    File,
+    /// `ReadFile`: the path is not on the host's list.
+    NotListed,
+    /// The request failed: reading a listed file failed, or the host refused it.
+    Failed { message: String },
+    /// A tool's result.
+    Value { value: Json },
 }
 
 /// `Done`, section 0 (section 1 is the result JSON, empty on error; section 2 the output).
@@ -381,6 +483,9 @@ pub(crate) struct DoneMeta {
     pub(crate) stats: Stats,
     #[serde(default)]
     pub(crate) diagnostics: Option<crate::Diagnostics>,
+    /// The audit records of the host tool calls the script made.
+    #[serde(default)]
+    pub(crate) tool_calls: Vec<crate::ToolCall>,
 }
 
 /// `Probe`: one test-hook request (see `serve.rs`).

@@ -9,10 +9,16 @@
 //! 3. [`moonjail_isolate::lockdown`]: every layer, in order; the process returns from it
 //!    as PID 1 of a new PID namespace (the original process stays behind as the relay).
 //! 4. Send `Ready`, then serve `Run` requests, each with a fresh Lua state (the Lua-level
-//!    layers and quotas stay on inside the worker), until the channel closes.
+//!    layers and quotas stay on inside the worker), until the channel closes — or, after
+//!    `SessionOpen`, the session's `Exec`, `Call` and `HasFunction` requests against one
+//!    persistent state, until `Close`.
 //!
 //! Lua code running here never sees the channel: no library a profile can list reaches a
-//! file descriptor, and the requests are driven by the supervisor alone. `Probe` requests
+//! file descriptor, and the requests are driven by the supervisor alone. The one way a
+//! script reaches past its state is through the host's own functions: `require` of a host
+//! module and `io.open` of a listed file, which here become `HostCall` frames (a
+//! [`ChannelFiles`] in place of the host's file system) answered by the supervisor from
+//! its configuration; the script chooses only the name or path asked for. `Probe` requests
 //! (raw system calls and crashes, for the tests of the isolation layers) are honoured only
 //! when the process was started with `MOONJAIL_WORKER_TEST_HOOKS=1`, which the supervisor
 //! sets only for a `ProcessConfig` built with the hidden `test_hooks` switch; a production
@@ -20,19 +26,22 @@
 
 use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use moonjail_isolate::{lockdown, Layer, LayerSet, LayerStatus, LockdownConfig, LockdownReport};
 use serde_json::{json, Value as Json};
 
 use super::protocol::{
-    self, Configure, Decoded, DoneMeta, Frame, Kind, LayerLine, Message, ProbeRequest, Ready,
-    RunMeta,
+    self, Configure, Decoded, DoneMeta, Frame, FunctionName, HostAnswer, HostCall, HostReply,
+    HostRequest, Kind, LayerLine, Message, ProbeRequest, Ready, RunMeta, SessionMeta, WireLimits,
 };
 use super::TEST_HOOKS_ENV;
 use crate::error::{Error, ErrorKind};
-use crate::host::Determinism;
+use crate::host::{Determinism, FileSource};
 use crate::profile::Profile;
 use crate::sandbox::{Outcome, RunOptions, Sandbox};
+use crate::session::Session;
 
 /// Exit statuses of a worker.
 const EXIT_OK: i32 = 0;
@@ -75,16 +84,17 @@ pub(crate) fn serve() -> i32 {
         Ok(fd) => fd,
         Err(e) => return protocol_error(&format!("moving the channel off stdin: {e}")),
     };
-    let mut channel = WorkerChannel::new(channel_fd.as_fd());
+    let raw_fd = channel_fd.as_raw_fd();
+    let link = Arc::new(Link::new(channel_fd));
 
-    let report = match lock_down(&configure, channel_fd.as_raw_fd()) {
+    let report = match lock_down(&configure, raw_fd) {
         Ok(report) => report,
         Err(message) => {
-            let _ = channel.send_json(Kind::StartFailed, &Message { message });
+            let _ = link.send_json(Kind::StartFailed, &Message { message });
             return EXIT_LOCKDOWN;
         }
     };
-    if channel
+    if link
         .send_json(
             Kind::Ready,
             &Ready {
@@ -96,21 +106,30 @@ pub(crate) fn serve() -> i32 {
         return EXIT_PROTOCOL;
     }
 
+    let mut session: Option<Session> = None;
     loop {
-        let frame = match channel.recv(u32::MAX as usize) {
+        let frame = match link.recv() {
             Ok(frame) => frame,
             Err(RecvError::Closed) => return EXIT_OK,
             Err(e) => return protocol_error(&e.to_string()),
         };
         let reply = match frame.kind {
-            Kind::Run => run(&frame),
+            Kind::Run => run(&frame, &link),
+            Kind::SessionOpen if session.is_some() => refused("a session is already open"),
+            Kind::SessionOpen => open_session(&frame, &link, &mut session),
+            Kind::Exec | Kind::Call | Kind::HasFunction => match session.as_mut() {
+                Some(session) => session_request(&frame, session),
+                None => refused(&format!("{:?} without an open session", frame.kind)),
+            },
+            // The session ends with the process: nothing of its state outlives it.
+            Kind::Close => return EXIT_OK,
             Kind::Probe if test_hooks => probe(&frame),
             Kind::Probe => refused("test hooks are disabled in this worker"),
             other => refused(&format!("a worker does not accept {other:?} frames")),
         };
         match reply {
             Ok(bytes) => {
-                if channel.send(&bytes).is_err() {
+                if link.send(&bytes).is_err() {
                     return EXIT_PROTOCOL;
                 }
             }
@@ -222,8 +241,8 @@ fn refused(message: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Serves one `Run`: a fresh in-process sandbox with the requested settings.
-fn run(frame: &Frame) -> Result<Vec<u8>, String> {
-    let outcome = match run_request(frame) {
+fn run(frame: &Frame, link: &Arc<Link>) -> Result<Vec<u8>, String> {
+    let outcome = match run_request(frame, link) {
         Ok((sandbox, source, input, chunk_name)) => sandbox.run_with(
             source,
             &input,
@@ -231,13 +250,13 @@ fn run(frame: &Frame) -> Result<Vec<u8>, String> {
                 chunk_name: &chunk_name,
             },
         ),
-        Err(error) => Outcome {
-            result: Err(error),
-            output: String::new(),
-            stats: Default::default(),
-            diagnostics: None,
-        },
+        Err(error) => super::failed(error, Default::default()),
     };
+    done(&outcome)
+}
+
+/// Encodes `outcome` as a `Done` frame.
+fn done(outcome: &Outcome) -> Result<Vec<u8>, String> {
     let (error, result) = match &outcome.result {
         Ok(value) => (
             None,
@@ -249,14 +268,21 @@ fn run(frame: &Frame) -> Result<Vec<u8>, String> {
         error,
         stats: outcome.stats.clone(),
         diagnostics: outcome.diagnostics.clone(),
+        tool_calls: outcome.tool_calls.clone(),
     })
     .map_err(|e| format!("encoding Done: {e}"))?;
     protocol::encode(Kind::Done, &[&meta, &result, outcome.output.as_bytes()])
         .map_err(|e| e.to_string())
 }
 
-fn run_request(frame: &Frame) -> Result<(Sandbox, &[u8], Json, String), Error> {
-    let internal = |what: String| Error::new(ErrorKind::Internal, what);
+fn internal(what: String) -> Error {
+    Error::new(ErrorKind::Internal, what)
+}
+
+fn run_request<'f>(
+    frame: &'f Frame,
+    link: &Arc<Link>,
+) -> Result<(Sandbox, &'f [u8], Json, String), Error> {
     let meta: RunMeta = frame.json(0).map_err(|e| internal(e.to_string()))?;
     let input = frame
         .section(1)
@@ -267,23 +293,116 @@ fn run_request(frame: &Frame) -> Result<(Sandbox, &[u8], Json, String), Error> {
     let depth = meta.limits.result_depth.saturating_add(INPUT_DEPTH_SLACK);
     let input = protocol::parse_value(input, depth)
         .map_err(|e| Error::new(ErrorKind::Input, format!("the input: {e}")))?;
-    let profile: Profile = meta
-        .profile
+    let sandbox = sandbox(
+        &meta.profile,
+        meta.limits,
+        (meta.require_run, meta.require_table),
+        meta.deterministic,
+        meta.diagnostic,
+        meta.host_files.then_some(link),
+    )?;
+    Ok((sandbox, source, input, meta.chunk_name))
+}
+
+/// An in-process sandbox with the settings a request carries; its host files are asked of
+/// the supervisor over `link` when the host provides any.
+fn sandbox(
+    profile: &str,
+    limits: WireLimits,
+    (require_run, require_table): (bool, bool),
+    deterministic: Option<(i64, i64)>,
+    diagnostic: bool,
+    link: Option<&Arc<Link>>,
+) -> Result<Sandbox, Error> {
+    let profile: Profile = profile
         .parse()
         .map_err(|e: crate::ConfigError| internal(e.to_string()))?;
-    let deterministic = meta
-        .deterministic
-        .map(|(timestamp, seed)| Determinism { timestamp, seed });
-    let sandbox = Sandbox::builder()
+    let deterministic = deterministic.map(|(timestamp, seed)| Determinism { timestamp, seed });
+    let mut sandbox = Sandbox::builder()
         .profile(profile)
-        .limits(meta.limits.into())
-        .require_run(meta.require_run)
-        .require_table_result(meta.require_table)
+        .limits(limits.into())
+        .require_run(require_run)
+        .require_table_result(require_table)
         .deterministic(deterministic)
-        .diagnostic(meta.diagnostic)
+        .diagnostic(diagnostic)
         .build()
         .map_err(|e| internal(e.to_string()))?;
-    Ok((sandbox, source, input, meta.chunk_name))
+    if let Some(link) = link {
+        sandbox.env.files = Arc::new(ChannelFiles(Arc::clone(link)));
+    }
+    Ok(sandbox)
+}
+
+/// Serves `SessionOpen`: builds the session's state, answering `Done` (null on success).
+fn open_session(
+    frame: &Frame,
+    link: &Arc<Link>,
+    slot: &mut Option<Session>,
+) -> Result<Vec<u8>, String> {
+    let opened = frame
+        .json::<SessionMeta>(0)
+        .map_err(|e| internal(e.to_string()))
+        .and_then(|meta| {
+            let sandbox = sandbox(
+                &meta.profile,
+                meta.limits,
+                (false, false),
+                meta.deterministic,
+                meta.diagnostic,
+                meta.host_files.then_some(link),
+            )?;
+            let mut session = sandbox.session()?;
+            session.set_chunk_name(meta.chunk_name);
+            Ok(session)
+        });
+    let outcome = match opened {
+        Ok(session) => {
+            *slot = Some(session);
+            super::outcome(Ok(Json::Null), Default::default())
+        }
+        Err(error) => super::failed(error, Default::default()),
+    };
+    done(&outcome)
+}
+
+/// Serves `Exec`, `Call` and `HasFunction` against the open session.
+fn session_request(frame: &Frame, session: &mut Session) -> Result<Vec<u8>, String> {
+    let outcome = match frame.kind {
+        Kind::Exec => match frame.section(0) {
+            Some(code) => session.exec(code),
+            None => super::failed(
+                internal("an Exec frame without source".into()),
+                Default::default(),
+            ),
+        },
+        Kind::Call => match call_request(frame, session.sandbox().limits().result_depth) {
+            Ok((name, args)) => session.call(&name, &args),
+            Err(error) => super::failed(error, Default::default()),
+        },
+        _ => match frame.json::<FunctionName>(0) {
+            Ok(f) => {
+                let has = session.has_function(&f.name);
+                super::outcome(Ok(Json::Bool(has)), Default::default())
+            }
+            Err(e) => super::failed(internal(e.to_string()), Default::default()),
+        },
+    };
+    done(&outcome)
+}
+
+fn call_request(frame: &Frame, result_depth: usize) -> Result<(String, Vec<Json>), Error> {
+    let meta: FunctionName = frame.json(0).map_err(|e| internal(e.to_string()))?;
+    let args = frame
+        .section(1)
+        .ok_or_else(|| internal("a Call frame without arguments".into()))?;
+    // The arguments are an array: one level more than each argument may nest.
+    let depth = result_depth.saturating_add(INPUT_DEPTH_SLACK + 1);
+    let args = match protocol::parse_value(args, depth) {
+        Ok(Json::Array(args)) => args,
+        Ok(_) => return Err(internal("the arguments of a Call are not an array".into())),
+        Err(e) => return Err(Error::new(ErrorKind::Input, format!("the arguments: {e}"))),
+    };
+    Ok((meta.name, args))
 }
 
 /// Serves one test-hook `Probe`. A forbidden system call is expected never to return
@@ -317,13 +436,14 @@ impl std::fmt::Display for RecvError {
 
 /// The worker's end of the channel: blocking reads and writes (`read`/`write` are in the
 /// seccomp allowlist; the supervisor enforces every deadline).
-struct WorkerChannel<'fd> {
-    fd: std::os::fd::BorrowedFd<'fd>,
+#[derive(Debug)]
+struct WorkerChannel<F: AsFd> {
+    fd: F,
     buffer: Vec<u8>,
 }
 
-impl<'fd> WorkerChannel<'fd> {
-    fn new(fd: std::os::fd::BorrowedFd<'fd>) -> Self {
+impl<F: AsFd> WorkerChannel<F> {
+    fn new(fd: F) -> Self {
         WorkerChannel {
             fd,
             buffer: Vec::new(),
@@ -335,6 +455,11 @@ impl<'fd> WorkerChannel<'fd> {
             let need = match protocol::decode(&self.buffer, max).map_err(RecvError::Frame)? {
                 Decoded::Frame(frame, used) => {
                     self.buffer.drain(..used);
+                    if self.buffer.is_empty() && self.buffer.capacity() > KEEP_BUFFER_BYTES {
+                        // Do not hold on to the memory of a big source or file between
+                        // requests.
+                        self.buffer = Vec::new();
+                    }
                     return Ok(frame);
                 }
                 Decoded::Need(total) => total,
@@ -344,7 +469,7 @@ impl<'fd> WorkerChannel<'fd> {
             let want = need - self.buffer.len();
             self.buffer.reserve(want);
             let spare = &mut self.buffer.spare_capacity_mut()[..want];
-            match rustix::io::read(self.fd, spare) {
+            match rustix::io::read(self.fd.as_fd(), spare) {
                 Ok(([], _)) => return Err(RecvError::Closed),
                 Ok((read, _)) => {
                     let n = read.len();
@@ -361,7 +486,7 @@ impl<'fd> WorkerChannel<'fd> {
     fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let mut sent = 0;
         while sent < bytes.len() {
-            match rustix::io::write(self.fd, &bytes[sent..]) {
+            match rustix::io::write(self.fd.as_fd(), &bytes[sent..]) {
                 Ok(n) => sent += n,
                 Err(rustix::io::Errno::INTR) => {}
                 Err(errno) => return Err(errno.into()),
@@ -369,11 +494,115 @@ impl<'fd> WorkerChannel<'fd> {
         }
         Ok(())
     }
+}
 
-    fn send_json(&mut self, kind: Kind, meta: &impl serde::Serialize) -> std::io::Result<()> {
+/// Read buffers larger than this are freed once empty.
+const KEEP_BUFFER_BYTES: usize = 1 << 20;
+
+/// The channel to the supervisor once it is off stdin, shared by the request loop and
+/// the host calls of the script being served. Both run on the worker's one VM thread, one
+/// after the other: the mutex, never contended, only makes the link `Send + Sync`, as a
+/// sandbox's file source must be.
+#[derive(Debug)]
+struct Link {
+    channel: Mutex<WorkerChannel<OwnedFd>>,
+    next_id: AtomicU64,
+}
+
+impl Link {
+    fn new(fd: OwnedFd) -> Link {
+        Link {
+            channel: Mutex::new(WorkerChannel::new(fd)),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn channel(&self) -> std::sync::MutexGuard<'_, WorkerChannel<OwnedFd>> {
+        self.channel.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next request from the supervisor (trusted: no size limit).
+    fn recv(&self) -> Result<Frame, RecvError> {
+        self.channel().recv(u32::MAX as usize)
+    }
+
+    fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
+        self.channel().send(bytes)
+    }
+
+    fn send_json(&self, kind: Kind, meta: &impl serde::Serialize) -> std::io::Result<()> {
         let bytes = protocol::encode_json(kind, meta).map_err(std::io::Error::other)?;
         self.send(&bytes)
     }
+
+    /// Asks the supervisor and waits for its answer (the supervisor's deadline bounds the
+    /// wait: past it, this process is killed). The bytes are those of a module or file.
+    ///
+    /// A channel that fails here leaves nothing useful to do: the process exits, and the
+    /// supervisor reports the request as failed.
+    fn host_call(&self, request: HostRequest) -> (HostAnswer, Vec<u8>) {
+        match self.try_host_call(request) {
+            Ok(answer) => answer,
+            Err(message) => std::process::exit(protocol_error(&format!("a host call: {message}"))),
+        }
+    }
+
+    fn try_host_call(&self, request: HostRequest) -> Result<(HostAnswer, Vec<u8>), String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let call = protocol::encode_json(Kind::HostCall, &HostCall { id, request })
+            .map_err(|e| e.to_string())?;
+        let mut channel = self.channel();
+        channel.send(&call).map_err(|e| e.to_string())?;
+        let frame = channel.recv(u32::MAX as usize).map_err(|e| e.to_string())?;
+        if frame.kind != Kind::HostReply {
+            return Err(format!(
+                "the supervisor sent {:?}, not a HostReply",
+                frame.kind
+            ));
+        }
+        let reply: HostReply = frame.json(0).map_err(|e| e.to_string())?;
+        if reply.id != id {
+            return Err(format!("the reply to host call {id} has id {}", reply.id));
+        }
+        let data = frame.section(1).unwrap_or_default().to_vec();
+        Ok((reply.answer, data))
+    }
+}
+
+/// The host's files, as seen from inside a worker: every `require` of a host module and
+/// every `io.open` is asked of the supervisor, which applies the host's rules.
+#[derive(Debug)]
+struct ChannelFiles(Arc<Link>);
+
+impl FileSource for ChannelFiles {
+    fn module(&self, name: &str) -> Result<(Vec<u8>, String), String> {
+        let request = HostRequest::ReadModule {
+            name: name.to_string(),
+        };
+        match self.0.host_call(request) {
+            (HostAnswer::Module { path }, source) => Ok((source, path)),
+            (HostAnswer::NoModule { tried }, _) => Err(tried),
+            (other, _) => unexpected(&other),
+        }
+    }
+
+    fn read(&self, path: &str) -> Option<Result<Vec<u8>, String>> {
+        let request = HostRequest::ReadFile {
+            path: path.to_string(),
+        };
+        match self.0.host_call(request) {
+            (HostAnswer::File, bytes) => Some(Ok(bytes)),
+            (HostAnswer::NotListed, _) => None,
+            (HostAnswer::Failed { message }, _) => Some(Err(message)),
+            (other, _) => unexpected(&other),
+        }
+    }
+}
+
+fn unexpected(answer: &HostAnswer) -> ! {
+    std::process::exit(protocol_error(&format!(
+        "the supervisor answered a host call with {answer:?}"
+    )))
 }
 
 /// The test hooks: raw system calls the seccomp filter must stop, and crashes.

@@ -1,5 +1,6 @@
 //! One worker process, seen from its supervisor: spawn and configure it, wait until it is
-//! locked down, hand it runs under a deadline enforced from outside, and kill and reap it.
+//! locked down, hand it requests (runs, session calls) under a deadline enforced from
+//! outside, answer the host calls it makes meanwhile (`host_call`), and kill and reap it.
 //!
 //! Everything here reads and writes with a deadline (`poll`), so a worker that hangs,
 //! floods, lies or dies costs the run it was serving and nothing else: the answer is an
@@ -18,11 +19,13 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::net::{RecvFlags, SendFlags};
 use serde_json::Value as Json;
 
+use super::host_call::{self, Budget, Refusal};
 use super::protocol::{self, Decoded, DoneMeta, FrameError, Kind, LayerLine, Message, RunMeta};
-use super::{Job, TEST_HOOKS_ENV, WORKER_ARG};
+use super::{failed, Job, TEST_HOOKS_ENV, WORKER_ARG};
 use crate::error::{Error, ErrorKind};
+use crate::host::FileSource;
 use crate::limits::Limits;
-use crate::sandbox::{Outcome, Stats};
+use crate::sandbox::Outcome;
 
 /// How long to wait for a worker whose channel closed to be reaped before killing it.
 const REAP_WAIT: Duration = Duration::from_secs(2);
@@ -45,6 +48,10 @@ pub(crate) struct Settings {
     pub(crate) max_frame: usize,
     pub(crate) stderr_bytes: usize,
     pub(crate) test_hooks: bool,
+    /// The most host calls one request may make.
+    pub(crate) max_host_calls: u64,
+    /// The most bytes the host calls of one request may move (both ways).
+    pub(crate) max_host_call_bytes: u64,
 }
 
 /// Whether a worker may serve again after a run.
@@ -69,6 +76,8 @@ enum Failure {
     Refused(String),
     /// The channel failed.
     Io(io::Error),
+    /// The worker went over its budget of host calls.
+    HostCalls(String),
 }
 
 /// The supervisor's end of the channel, plus the worker's captured stderr.
@@ -370,51 +379,15 @@ impl Worker {
     pub(crate) fn run(&mut self, job: &Job, settings: &Settings) -> (Outcome, Fate) {
         let start = Instant::now();
         let deadline = job.limits.timeout.map(|t| start + t + settings.kill_grace);
-        let failed = |error: Error, fate| {
-            let stats = Stats {
-                wall: start.elapsed(),
-                ..Stats::default()
-            };
-            (
-                Outcome {
-                    result: Err(error),
-                    output: String::new(),
-                    stats,
-                    diagnostics: None,
-                },
-                fate,
-            )
-        };
         let request = match encode_run(job) {
             Ok(request) => request,
-            Err(message) => return failed(Error::new(ErrorKind::Input, message), Fate::Reuse),
-        };
-        self.runs += 1;
-        let reply = self
-            .channel
-            .send(&request, deadline)
-            .and_then(|()| self.reply(Kind::Done, deadline, settings.max_frame));
-        let frame = match reply {
-            Ok(frame) => frame,
-            Err(failure) => {
-                let error = match failure {
-                    Failure::Timeout => {
-                        self.kill();
-                        Error::new(
-                            ErrorKind::Timeout,
-                            format!(
-                                "timeout: the script ran past its wall-clock deadline (its \
-                                 worker process was killed {} ms after it)",
-                                settings.kill_grace.as_millis()
-                            ),
-                        )
-                    }
-                    other => self.failure_error(other, settings),
-                };
-                return failed(error, Fate::Retire);
+            Err(message) => {
+                let error = Error::new(ErrorKind::Input, message);
+                return (failed(error, start.elapsed()), Fate::Reuse);
             }
         };
-        match decode_done(&frame, job.limits) {
+        self.runs += 1;
+        match self.exchange(&request, deadline, settings, &*job.env.files, job.limits) {
             Ok(outcome) => {
                 let fate = match outcome.error() {
                     Some(e) if e.kind.is_limit() => Fate::Retire,
@@ -425,13 +398,52 @@ impl Worker {
                 };
                 (outcome, fate)
             }
-            Err(message) => {
+            Err(error) => (failed(error, start.elapsed()), Fate::Retire),
+        }
+    }
+
+    /// Sends `request` and waits for its `Done` until `deadline`, answering the worker's
+    /// host calls from `files` meanwhile: the outcome the worker reported, or (after the
+    /// worker was killed, or died) the error that ended the exchange.
+    pub(crate) fn exchange(
+        &mut self,
+        request: &[u8],
+        deadline: Option<Instant>,
+        settings: &Settings,
+        files: &dyn FileSource,
+        limits: &Limits,
+    ) -> Result<Outcome, Error> {
+        let reply = self
+            .channel
+            .send(request, deadline)
+            .and_then(|()| self.reply(Kind::Done, deadline, settings, Some(files)));
+        let frame = match reply {
+            Ok(frame) => frame,
+            Err(Failure::Timeout) => {
                 self.kill();
-                failed(
-                    Error::new(ErrorKind::Internal, format!("the worker sent {message}")),
-                    Fate::Retire,
-                )
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "timeout: the script ran past its wall-clock deadline (its worker \
+                         process was killed {} ms after it)",
+                        settings.kill_grace.as_millis()
+                    ),
+                ));
             }
+            Err(failure) => return Err(self.failure_error(failure, settings)),
+        };
+        decode_done(&frame, limits).map_err(|message| {
+            self.kill();
+            Error::new(ErrorKind::Internal, format!("the worker sent {message}"))
+        })
+    }
+
+    /// Sends `Close` without waiting: the worker ends its session and exits. The caller
+    /// retires the worker either way.
+    pub(crate) fn send_close(&mut self) {
+        if let Ok(close) = protocol::encode(Kind::Close, &[]) {
+            let soon = Instant::now() + Duration::from_millis(10);
+            let _ = self.channel.send(&close, Some(soon));
         }
     }
 
@@ -452,7 +464,7 @@ impl Worker {
             Ok(request) => self
                 .channel
                 .send(&request, deadline)
-                .and_then(|()| self.reply(Kind::ProbeReply, deadline, settings.max_frame)),
+                .and_then(|()| self.reply(Kind::ProbeReply, deadline, settings, None)),
             Err(e) => Err(Failure::Frame(e)),
         };
         match reply {
@@ -487,17 +499,19 @@ impl Worker {
         }
     }
 
-    /// Waits for the reply of type `expected`. Other frames a worker may send in the
-    /// middle of a request (a future `ToolCall`) are answered here, inside the loop.
-    #[allow(clippy::never_loop)] // Until `ToolCall` frames are answered in the loop.
+    /// Waits for the reply of type `expected`. The worker's host calls in the middle of
+    /// the request are answered here, inside the loop, from `files` (none: a host call is
+    /// unexpected), under the same deadline and a fresh budget per request.
     fn reply(
         &mut self,
         expected: Kind,
         deadline: Option<Instant>,
-        max: usize,
+        settings: &Settings,
+        files: Option<&dyn FileSource>,
     ) -> Result<protocol::Frame, Failure> {
+        let mut budget = Budget::new(settings.max_host_calls, settings.max_host_call_bytes);
         loop {
-            let frame = self.channel.recv(deadline, max)?;
+            let frame = self.channel.recv(deadline, settings.max_frame)?;
             match frame.kind {
                 kind if kind == expected => return Ok(frame),
                 Kind::Refused => {
@@ -507,7 +521,17 @@ impl Worker {
                         .unwrap_or_else(|e| e.to_string());
                     return Err(Failure::Refused(message));
                 }
-                // Kind::ToolCall => { call the tool, send a ToolResult, keep waiting }
+                Kind::HostCall => {
+                    let Some(files) = files else {
+                        return Err(Failure::Unexpected(Kind::HostCall));
+                    };
+                    let reply = match host_call::answer(&frame, files, &mut budget) {
+                        Ok(reply) => reply,
+                        Err(Refusal::Frame(e)) => return Err(Failure::Frame(e)),
+                        Err(Refusal::Budget(why)) => return Err(Failure::HostCalls(why)),
+                    };
+                    self.channel.send(&reply, deadline)?;
+                }
                 other => return Err(Failure::Unexpected(other)),
             }
         }
@@ -524,6 +548,10 @@ impl Worker {
                     message.push_str(&format!("; its stderr: {tail}"));
                 }
                 Error::new(ErrorKind::Killed, message)
+            }
+            Failure::HostCalls(why) => {
+                self.kill();
+                Error::new(ErrorKind::Forbidden, why)
             }
             other => Error::new(ErrorKind::Internal, self.explain(other, settings)),
         }
@@ -558,6 +586,10 @@ impl Worker {
             Failure::Io(e) => {
                 self.kill();
                 format!("the channel to the worker failed: {e}")
+            }
+            Failure::HostCalls(why) => {
+                self.kill();
+                why
             }
         };
         self.channel.drain_stderr();
@@ -640,6 +672,7 @@ fn encode_run(job: &Job) -> Result<Vec<u8>, String> {
         chunk_name: job.chunk_name.to_string(),
         deterministic: job.env.deterministic.map(|d| (d.timestamp, d.seed)),
         diagnostic: job.env.diagnostic,
+        host_files: !job.env.files.is_empty(),
     };
     let meta = serde_json::to_vec(&meta).map_err(|e| format!("encoding the run: {e}"))?;
     let input = serde_json::to_vec(job.input).map_err(|e| format!("encoding the input: {e}"))?;
@@ -670,6 +703,7 @@ fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Outcome, Stri
         output: String::from_utf8_lossy(output).into_owned(),
         stats: meta.stats,
         diagnostics: meta.diagnostics,
+        tool_calls: meta.tool_calls,
     })
 }
 
@@ -728,6 +762,7 @@ pub(crate) fn signal_name(signal: i32) -> (String, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::Stats;
 
     #[test]
     fn signal_names() {
@@ -747,6 +782,7 @@ mod tests {
             error: None,
             stats: Stats::default(),
             diagnostics: None,
+            tool_calls: Vec::new(),
         })
         .unwrap();
         let bytes = protocol::encode(Kind::Done, &[&meta, b"{\"a\":[1,2]}", b"hi\n"]).unwrap();

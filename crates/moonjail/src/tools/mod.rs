@@ -1,0 +1,685 @@
+//! Host tools: functions the host registers under dotted names (`"weather.lookup"`, or a
+//! bare `"log"`) and scripts call as `weather.lookup{city = "Lyon"}`.
+//!
+//! The registry ([`ToolRegistry`]) is built once, frozen in an `Arc` when the sandbox is
+//! built, and shared by every run. Each run gets its own [`ToolRun`]: the call quotas,
+//! the deadline and the audit record ([`ToolCall`]) live there, so runs share nothing.
+//! [`ToolRun::call`] dispatches by name with a JSON argument list and returns JSON or a
+//! [`ToolError`]; the Lua side (`lua.rs`) is one caller of it, a worker's host-call
+//! channel can be another.
+//!
+//! Arguments and results cross through the core marshaling rules. A tool error, an
+//! argument JSON cannot hold, an exceeded quota and a panicking tool all reach the script
+//! as a plain string error it can catch with `pcall`; none ever reaches the host as a
+//! panic.
+//!
+//! Built-in tools: [`HttpConfig`] (`http.get`, `http.post` to allowlisted destinations)
+//! and [`CommandTool`] (an external program, JSON on stdin and stdout).
+
+mod command;
+mod http;
+pub(crate) mod lua;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::error::ConfigError;
+
+pub use command::CommandTool;
+pub use http::{HttpConfig, HttpDestination};
+
+/// Longest tool error message kept (in the audit record and in the Lua error), in bytes.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// What a tool returns instead of a value: the script sees `message` as a plain string
+/// error it can catch with `pcall`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolError {
+    message: String,
+}
+
+impl ToolError {
+    /// A tool error with this message.
+    pub fn new(message: impl Into<String>) -> ToolError {
+        ToolError {
+            message: message.into(),
+        }
+    }
+
+    /// The message the script sees.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ToolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ToolError {}
+
+impl From<String> for ToolError {
+    fn from(message: String) -> Self {
+        ToolError::new(message)
+    }
+}
+
+impl From<&str> for ToolError {
+    fn from(message: &str) -> Self {
+        ToolError::new(message)
+    }
+}
+
+/// What a tool knows about the call it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ToolContext {
+    deadline: Option<Instant>,
+}
+
+impl ToolContext {
+    /// A context whose calls must end by `deadline` (`None`: the run has no deadline).
+    pub fn new(deadline: Option<Instant>) -> ToolContext {
+        ToolContext { deadline }
+    }
+
+    /// When the run ends. A tool must return by then: the run is over at that instant,
+    /// and whatever the tool returns later is thrown away.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left until the deadline (`None`: no deadline).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The timeout a tool should use for its own work: `cap`, shortened to the time left.
+    pub fn timeout(&self, cap: Duration) -> Duration {
+        self.remaining().map_or(cap, |left| left.min(cap))
+    }
+
+    /// True once the deadline has passed.
+    pub fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// The audit record of one tool call, as [`crate::Outcome::tool_calls`] lists it.
+///
+/// Calls refused before the tool ran (an unknown name, a passed deadline, an exceeded
+/// quota) are not recorded: so the record is bounded by the quotas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The tool's registered name, e.g. `"http.get"`.
+    pub name: String,
+    /// Time spent in the call (marshaling included).
+    pub duration: Duration,
+    /// True when the tool returned a value.
+    pub ok: bool,
+    /// The tool error's message, when it failed.
+    pub error: Option<String>,
+    /// Size of the arguments as JSON text (what went into the tool), in bytes.
+    pub bytes_in: u64,
+    /// Size of the result as JSON text (what came out of it), in bytes; 0 on error.
+    pub bytes_out: u64,
+}
+
+impl ToolCall {
+    /// `{"name", "ms", "ok", "error", "bytes_in", "bytes_out"}`, as `run --json` prints it.
+    pub fn to_json(&self) -> Json {
+        serde_json::json!({
+            "name": self.name,
+            "ms": (self.duration.as_secs_f64() * 1e6).round() / 1e3,
+            "ok": self.ok,
+            "error": self.error,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        })
+    }
+}
+
+/// How many tool calls one run may make.
+///
+/// A call over a quota is a tool error the script can catch (it is not recorded, and the
+/// tool does not run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolQuota {
+    /// Calls to all tools together. By default, 1000.
+    pub per_run: Option<u32>,
+    /// Calls per tool or per namespace: `"weather.lookup"` bounds that tool, `"weather"`
+    /// every tool under `weather.`. A call must fit every quota that names it. By
+    /// default, empty (the `http` namespace gets [`HttpConfig::max_requests`]).
+    pub per_tool: BTreeMap<String, u32>,
+}
+
+impl Default for ToolQuota {
+    fn default() -> Self {
+        ToolQuota {
+            per_run: Some(1000),
+            per_tool: BTreeMap::new(),
+        }
+    }
+}
+
+impl ToolQuota {
+    /// Bounds the calls a run may make to `name` (a tool or a namespace).
+    pub fn tool(mut self, name: impl Into<String>, calls: u32) -> Self {
+        self.per_tool.insert(name.into(), calls);
+        self
+    }
+
+    /// Bounds the calls a run may make to all tools together (`None`: no bound).
+    pub fn per_run(mut self, calls: Option<u32>) -> Self {
+        self.per_run = calls;
+        self
+    }
+}
+
+/// A tool: called with the context and the JSON argument list.
+pub type ToolFn = dyn Fn(&ToolContext, Vec<Json>) -> Result<Json, ToolError> + Send + Sync;
+
+/// The host functions a sandbox exposes, by dotted name, with their quotas.
+///
+/// ```
+/// use moonjail::{Sandbox, ToolError, ToolRegistry};
+/// use serde_json::json;
+///
+/// let mut tools = ToolRegistry::new();
+/// tools.register("weather.lookup", |args| match args.first().and_then(|a| a["city"].as_str()) {
+///     Some("Lyon") => Ok(json!({"forecast": "sunny"})),
+///     Some(city) => Err(ToolError::new(format!("no forecast for {city}"))),
+///     None => Err(ToolError::new("expected {city = ...}")),
+/// })?;
+/// let sandbox = Sandbox::builder().tools(tools).build()?;
+/// let out = sandbox.run(r#"return weather.lookup{city = "Lyon"}.forecast"#, &json!(null));
+/// assert_eq!(out.result.unwrap(), json!("sunny"));
+/// assert_eq!(out.tool_calls.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct ToolRegistry {
+    tools: BTreeMap<String, Arc<ToolFn>>,
+    quota: ToolQuota,
+}
+
+impl fmt::Debug for ToolRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToolRegistry")
+            .field("tools", &self.tools.keys().collect::<Vec<_>>())
+            .field("quota", &self.quota)
+            .finish()
+    }
+}
+
+impl ToolRegistry {
+    /// An empty registry with the default quota.
+    pub fn new() -> ToolRegistry {
+        ToolRegistry::default()
+    }
+
+    /// Registers `f` under `name`: a bare Lua identifier (`"log"`, a global function) or
+    /// dotted identifiers (`"weather.lookup"`, `weather` becoming a read-only namespace).
+    ///
+    /// # Errors
+    /// [`ConfigError::Tool`] for a name that is not dotted Lua identifiers, is taken, or
+    /// would be both a tool and a namespace.
+    pub fn register<F>(&mut self, name: &str, f: F) -> Result<&mut Self, ConfigError>
+    where
+        F: Fn(Vec<Json>) -> Result<Json, ToolError> + Send + Sync + 'static,
+    {
+        self.register_with_context(name, move |_: &ToolContext, args| f(args))
+    }
+
+    /// [`ToolRegistry::register`] for a tool that needs its [`ToolContext`] (a tool that
+    /// can block must finish by [`ToolContext::deadline`]).
+    ///
+    /// # Errors
+    /// As [`ToolRegistry::register`].
+    pub fn register_with_context<F>(&mut self, name: &str, f: F) -> Result<&mut Self, ConfigError>
+    where
+        F: Fn(&ToolContext, Vec<Json>) -> Result<Json, ToolError> + Send + Sync + 'static,
+    {
+        self.insert(name, Arc::new(f))?;
+        Ok(self)
+    }
+
+    /// Registers an external program as tool `name` (see [`CommandTool`]).
+    ///
+    /// # Errors
+    /// As [`ToolRegistry::register`], and for an empty command.
+    pub fn register_command(
+        &mut self,
+        name: &str,
+        tool: CommandTool,
+    ) -> Result<&mut Self, ConfigError> {
+        if tool.command().trim().is_empty() {
+            return Err(tool_error(name, "the command is empty"));
+        }
+        let label = name.to_string();
+        self.register_with_context(name, move |ctx, args| tool.call(&label, ctx, args))
+    }
+
+    /// Registers `http.get` and `http.post`, restricted to `config`'s allowlist, and
+    /// bounds the `http` namespace to [`HttpConfig::max_requests`] calls per run.
+    ///
+    /// # Errors
+    /// [`ConfigError::Tool`] for an allowlist entry that does not parse, an empty
+    /// allowlist, or when `http.get`/`http.post` are taken.
+    pub fn register_http(&mut self, config: HttpConfig) -> Result<&mut Self, ConfigError> {
+        let client = Arc::new(http::Client::new(config)?);
+        let get = client.clone();
+        self.register_with_context("http.get", move |ctx, args| get.get(ctx, args))?;
+        self.register_with_context("http.post", move |ctx, args| client.post(ctx, args))?;
+        Ok(self)
+    }
+
+    fn insert(&mut self, name: &str, f: Arc<ToolFn>) -> Result<(), ConfigError> {
+        validate_name(name)?;
+        if self.tools.contains_key(name) {
+            return Err(tool_error(
+                name,
+                "a tool of that name is already registered",
+            ));
+        }
+        let prefix = format!("{name}.");
+        if let Some(other) = self.tools.keys().find(|k| k.starts_with(&prefix)) {
+            return Err(tool_error(
+                name,
+                format!("`{name}` is already a namespace (of `{other}`)"),
+            ));
+        }
+        let mut end = 0;
+        while let Some(dot) = name[end..].find('.') {
+            let ns = &name[..end + dot];
+            if self.tools.contains_key(ns) {
+                return Err(tool_error(
+                    name,
+                    format!("`{ns}` is already a tool, so it cannot be a namespace"),
+                ));
+            }
+            end += dot + 1;
+        }
+        self.tools.insert(name.to_string(), f);
+        Ok(())
+    }
+
+    /// Replaces the call quota. By default, [`ToolQuota::default`].
+    pub fn set_quota(&mut self, quota: ToolQuota) -> &mut Self {
+        self.quota = quota;
+        self
+    }
+
+    /// The call quota each run starts with.
+    pub fn quota(&self) -> &ToolQuota {
+        &self.quota
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tools.keys().map(String::as_str)
+    }
+
+    /// True when a tool of that name is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tools.contains_key(name)
+    }
+
+    /// The number of tools.
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    /// True when no tool is registered.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Calls tool `name` directly: no quota, no audit (see [`ToolRun::call`] for both).
+    /// A panic in the tool is contained and returned as a tool error.
+    ///
+    /// # Errors
+    /// The tool's error; a tool error for an unknown name or a panic.
+    pub fn call(&self, ctx: &ToolContext, name: &str, args: Vec<Json>) -> Result<Json, ToolError> {
+        let f = self
+            .tools
+            .get(name)
+            .ok_or_else(|| ToolError::new(format!("no tool named `{name}` is registered")))?;
+        match catch_unwind(AssertUnwindSafe(|| f(ctx, args))) {
+            Ok(r) => r,
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".to_string());
+                Err(ToolError::new(format!("the tool panicked: {what}")))
+            }
+        }
+    }
+
+    /// Starts the per-run state (quotas, audit) of one run ending at `deadline`.
+    pub fn start_run(self: &Arc<Self>, deadline: Option<Instant>) -> ToolRun {
+        ToolRun {
+            registry: Arc::clone(self),
+            deadline,
+            state: Mutex::new(RunState::default()),
+        }
+    }
+}
+
+/// One run's view of a registry: its quotas, its deadline and its audit record.
+#[derive(Debug)]
+pub struct ToolRun {
+    registry: Arc<ToolRegistry>,
+    deadline: Option<Instant>,
+    state: Mutex<RunState>,
+}
+
+#[derive(Debug, Default)]
+struct RunState {
+    total: u32,
+    counts: BTreeMap<String, u32>,
+    calls: Vec<ToolCall>,
+}
+
+impl ToolRun {
+    /// The registry this run calls into.
+    pub fn registry(&self) -> &Arc<ToolRegistry> {
+        &self.registry
+    }
+
+    /// When the run ends (`None`: no deadline).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Calls tool `name` with `args` under this run's quotas and deadline, and records
+    /// the call.
+    ///
+    /// # Errors
+    /// A tool error for an unknown name, a passed deadline or an exceeded quota (none of
+    /// them recorded), or the tool's own error or panic (recorded).
+    pub fn call(&self, name: &str, args: Vec<Json>) -> Result<Json, ToolError> {
+        self.call_prepared(name, || Ok(args))
+    }
+
+    /// [`ToolRun::call`] with arguments prepared once the call is admitted (marshaling
+    /// from Lua happens there, so its cost and failures are part of the recorded call).
+    pub(crate) fn call_prepared(
+        &self,
+        name: &str,
+        args: impl FnOnce() -> Result<Vec<Json>, ToolError>,
+    ) -> Result<Json, ToolError> {
+        if !self.registry.contains(name) {
+            return Err(ToolError::new(format!(
+                "no tool named `{name}` is registered"
+            )));
+        }
+        let ctx = ToolContext::new(self.deadline);
+        if ctx.expired() {
+            return Err(ToolError::new("the run's deadline has passed"));
+        }
+        self.admit(name)?;
+        let start = Instant::now();
+        let mut bytes_in = 0;
+        let mut bytes_out = 0;
+        let result = args().and_then(|args| {
+            bytes_in = json_len(&args);
+            let r = self.registry.call(&ctx, name, args);
+            if let Ok(v) = &r {
+                bytes_out = json_len(v);
+            }
+            r
+        });
+        let result = result.map_err(|e| ToolError::new(truncate(e.message)));
+        let call = ToolCall {
+            name: name.to_string(),
+            duration: start.elapsed(),
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(|e| e.message.clone()),
+            bytes_in,
+            bytes_out,
+        };
+        tracing::debug!(
+            tool = name,
+            ok = call.ok,
+            elapsed = ?call.duration,
+            bytes_in,
+            bytes_out,
+            "tool call"
+        );
+        self.lock().calls.push(call);
+        result
+    }
+
+    /// Counts a call against every quota that names it, or refuses it.
+    fn admit(&self, name: &str) -> Result<(), ToolError> {
+        let quota = &self.registry.quota;
+        let mut state = self.lock();
+        if let Some(max) = quota.per_run {
+            if state.total >= max {
+                return Err(ToolError::new(format!(
+                    "tool call quota exceeded: at most {max} tool calls per run"
+                )));
+            }
+        }
+        let keys: Vec<&str> = std::iter::once(name)
+            .chain(name.match_indices('.').map(|(i, _)| &name[..i]))
+            .filter(|k| quota.per_tool.contains_key(*k))
+            .collect();
+        for key in &keys {
+            let max = quota.per_tool[*key];
+            if state.counts.get(*key).copied().unwrap_or(0) >= max {
+                let what = if *key == name {
+                    format!("`{key}`")
+                } else {
+                    format!("the `{key}` tools")
+                };
+                return Err(ToolError::new(format!(
+                    "tool call quota exceeded: at most {max} calls to {what} per run"
+                )));
+            }
+        }
+        state.total += 1;
+        for key in keys {
+            *state.counts.entry(key.to_string()).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// The calls recorded so far.
+    pub fn calls(&self) -> Vec<ToolCall> {
+        self.lock().calls.clone()
+    }
+
+    /// Takes the calls recorded so far.
+    pub fn take_calls(&self) -> Vec<ToolCall> {
+        std::mem::take(&mut self.lock().calls)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RunState> {
+        // A panic cannot happen while the lock is held (tools run outside it).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The size of `v` as JSON text, without building the text.
+fn json_len(v: &impl Serialize) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// Cuts a message to [`MAX_MESSAGE_BYTES`] on a character boundary.
+pub(crate) fn truncate(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
+pub(crate) fn tool_error(name: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Tool {
+        name: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+const KEYWORDS: &[&str] = &[
+    "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in",
+    "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+];
+
+/// Most segments a tool name may have (`a.b.c.d`).
+const MAX_DEPTH: usize = 4;
+
+fn validate_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(tool_error(name, "a tool name has 1 to 128 characters"));
+    }
+    let segments: Vec<&str> = name.split('.').collect();
+    if segments.len() > MAX_DEPTH {
+        return Err(tool_error(
+            name,
+            format!("a tool name has at most {MAX_DEPTH} dotted parts"),
+        ));
+    }
+    for seg in segments {
+        let ident = seg
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident || KEYWORDS.contains(&seg) {
+            return Err(tool_error(
+                name,
+                format!(
+                    "`{seg}` is not a Lua identifier (a tool name is identifiers joined by \
+                     dots, e.g. `weather.lookup`)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn echo(args: Vec<Json>) -> Result<Json, ToolError> {
+        Ok(Json::Array(args))
+    }
+
+    #[test]
+    fn names() {
+        let mut r = ToolRegistry::new();
+        r.register("log", echo).unwrap();
+        r.register("weather.lookup", echo).unwrap();
+        r.register("a.b.c.d", echo).unwrap();
+        for bad in [
+            "",
+            "1x",
+            "a..b",
+            ".a",
+            "a.",
+            "a-b",
+            "end",
+            "x.local",
+            "a.b.c.d.e",
+        ] {
+            assert!(r.register(bad, echo).is_err(), "{bad:?} accepted");
+        }
+        // Taken, a tool under a tool, a tool over a namespace.
+        assert!(r.register("log", echo).is_err());
+        assert!(r.register("log.x", echo).is_err());
+        assert!(r.register("weather", echo).is_err());
+        assert!(r.register("a.b", echo).is_err());
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn quotas_per_run_per_tool_per_namespace() {
+        let mut r = ToolRegistry::new();
+        r.register("ns.a", echo).unwrap();
+        r.register("ns.b", echo).unwrap();
+        r.register("c", echo).unwrap();
+        r.set_quota(
+            ToolQuota::default()
+                .per_run(Some(5))
+                .tool("ns", 3)
+                .tool("ns.a", 1),
+        );
+        let run = Arc::new(r).start_run(None);
+        assert!(run.call("ns.a", vec![]).is_ok());
+        let e = run.call("ns.a", vec![]).unwrap_err();
+        assert!(e.message().contains("at most 1 calls to `ns.a`"), "{e}");
+        assert!(run.call("ns.b", vec![]).is_ok());
+        assert!(run.call("ns.b", vec![]).is_ok());
+        let e = run.call("ns.b", vec![]).unwrap_err();
+        assert!(e.message().contains("the `ns` tools"), "{e}");
+        assert!(run.call("c", vec![]).is_ok());
+        assert!(run.call("c", vec![]).is_ok());
+        let e = run.call("c", vec![]).unwrap_err();
+        assert!(e.message().contains("at most 5 tool calls"), "{e}");
+        // Refused calls are not recorded.
+        assert_eq!(run.calls().len(), 5);
+    }
+
+    #[test]
+    fn audit_and_panics() {
+        let mut r = ToolRegistry::new();
+        r.register("echo", echo).unwrap();
+        r.register("boom", |_| panic!("kaboom")).unwrap();
+        r.register("fail", |_| Err(ToolError::new("nope"))).unwrap();
+        let run = Arc::new(r).start_run(None);
+        assert_eq!(run.call("echo", vec![json!("ab")]).unwrap(), json!(["ab"]));
+        let e = run.call("boom", vec![]).unwrap_err();
+        assert_eq!(e.message(), "the tool panicked: kaboom");
+        assert_eq!(run.call("fail", vec![]).unwrap_err().message(), "nope");
+        assert!(run.call("missing", vec![]).is_err());
+        let calls = run.take_calls();
+        assert_eq!(calls.len(), 3);
+        assert_eq!(
+            (calls[0].ok, calls[0].bytes_in, calls[0].bytes_out),
+            (true, 6, 6)
+        );
+        assert_eq!(calls[1].error.as_deref(), Some("the tool panicked: kaboom"));
+        assert_eq!(calls[2].error.as_deref(), Some("nope"));
+    }
+
+    #[test]
+    fn deadline_refuses_calls() {
+        let mut r = ToolRegistry::new();
+        r.register("echo", echo).unwrap();
+        let run = Arc::new(r).start_run(Some(Instant::now()));
+        assert!(run.call("echo", vec![]).is_err());
+        assert!(run.calls().is_empty());
+    }
+}

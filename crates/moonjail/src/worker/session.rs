@@ -1,0 +1,231 @@
+//! A persistent session in a dedicated worker process, seen from the supervisor.
+//!
+//! The worker holds the session's one Lua state; every call is a request (`Exec`, `Call`,
+//! `HasFunction`) answered by `Done`, with the host calls of the call answered in between
+//! (see `host_call`), under the call's deadline enforced from outside. The public
+//! [`crate::Session`] decides from each answer whether the session goes on: it closes
+//! after a timeout or an instruction limit (as in process), and whenever the worker was
+//! lost (killed at the deadline, crashed, or broke the protocol).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+use super::failed;
+use super::pool::Pool;
+use super::protocol::{self, FunctionName, Kind, SessionMeta};
+use super::supervisor::{Fate, Worker};
+use crate::error::{Error, ErrorKind};
+use crate::host::FileSource;
+use crate::limits::Limits;
+use crate::sandbox::{Outcome, Sandbox};
+
+/// One session's worker, taken out of the pool; killed (through the pool's keeper) when
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct WorkerSession {
+    /// `None` only while being dropped.
+    worker: Option<Worker>,
+    pool: Arc<Pool>,
+    files: Arc<dyn FileSource>,
+    limits: Limits,
+}
+
+impl WorkerSession {
+    /// Takes a worker for a new session of `sandbox` and opens the session in it.
+    ///
+    /// # Errors
+    /// Why no worker could be had, or why the worker could not build the state.
+    pub(crate) fn open(
+        pool: &Arc<Pool>,
+        sandbox: &Sandbox,
+        chunk_name: &str,
+    ) -> Result<WorkerSession, Error> {
+        let worker = pool
+            .take()
+            .map_err(|message| Error::new(ErrorKind::Internal, message))?;
+        let mut session = WorkerSession {
+            worker: Some(worker),
+            pool: Arc::clone(pool),
+            files: Arc::clone(&sandbox.env.files),
+            limits: sandbox.limits().clone(),
+        };
+        let env = &sandbox.env;
+        let meta = SessionMeta {
+            profile: sandbox.profile().name().to_string(),
+            limits: sandbox.limits().into(),
+            chunk_name: chunk_name.to_string(),
+            deterministic: env.deterministic.map(|d| (d.timestamp, d.seed)),
+            diagnostic: env.diagnostic,
+            host_files: !env.files.is_empty(),
+        };
+        let request = protocol::encode_json(Kind::SessionOpen, &meta)
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        // Building a state is the host's work, not the script's: the spawn timeout bounds
+        // it, not the run's.
+        let deadline = Some(Instant::now() + session.settings_spawn_timeout());
+        match session.request(&request, deadline) {
+            Ok(outcome) => match outcome.result {
+                Ok(_) => Ok(session),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Runs `code` in the session's state. True in the second place when the session must
+    /// close (the outcome's error says why).
+    pub(crate) fn exec(&mut self, code: &[u8]) -> (Outcome, bool) {
+        let start = Instant::now();
+        // Refused here rather than shipped to the worker only to be refused there.
+        if let Some(max) = self.limits.source_bytes.filter(|max| code.len() > *max) {
+            let message = format!(
+                "the source is {} bytes, over the {max} byte limit",
+                code.len()
+            );
+            return (
+                failed(Error::new(ErrorKind::Input, message), start.elapsed()),
+                false,
+            );
+        }
+        match protocol::encode(Kind::Exec, &[code]) {
+            Ok(request) => self.call_request(&request, start),
+            Err(_) => {
+                let message = format!(
+                    "the source ({} bytes) is too large to send to a worker process",
+                    code.len()
+                );
+                (
+                    failed(Error::new(ErrorKind::Input, message), start.elapsed()),
+                    false,
+                )
+            }
+        }
+    }
+
+    /// Calls the global function `name` with `args`.
+    pub(crate) fn call(&mut self, name: &str, args: &[Json]) -> (Outcome, bool) {
+        let start = Instant::now();
+        let encoded = serde_json::to_vec(&FunctionName {
+            name: name.to_string(),
+        })
+        .and_then(|meta| Ok((meta, serde_json::to_vec(args)?)));
+        let request = encoded.map_err(|e| e.to_string()).and_then(|(meta, args)| {
+            protocol::encode(Kind::Call, &[&meta, &args]).map_err(|_| {
+                format!(
+                    "the arguments ({} bytes) are too large to send to a worker process",
+                    args.len()
+                )
+            })
+        });
+        match request {
+            Ok(request) => self.call_request(&request, start),
+            Err(message) => (
+                failed(Error::new(ErrorKind::Input, message), start.elapsed()),
+                false,
+            ),
+        }
+    }
+
+    /// Whether the state holds a global function `name`.
+    ///
+    /// # Errors
+    /// Why the worker could not answer; the session must close.
+    pub(crate) fn has_function(&mut self, name: &str) -> Result<bool, Error> {
+        let request = protocol::encode_json(
+            Kind::HasFunction,
+            &FunctionName {
+                name: name.to_string(),
+            },
+        )
+        .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        let timeout = self
+            .limits
+            .timeout
+            .unwrap_or_else(|| self.settings_spawn_timeout());
+        let deadline = Some(Instant::now() + timeout + self.pool.settings().kill_grace);
+        let outcome = self.request(&request, deadline)?;
+        match outcome.result {
+            Ok(Json::Bool(has)) => Ok(has),
+            Ok(other) => {
+                self.kill();
+                Err(Error::new(
+                    ErrorKind::Internal,
+                    format!("the worker answered HasFunction with {other}, not a boolean"),
+                ))
+            }
+            Err(error) => {
+                self.kill();
+                Err(error)
+            }
+        }
+    }
+
+    /// Sends a test-hook probe to the session's worker. True in the second place when the
+    /// session must close (the worker died or misbehaved).
+    pub(crate) fn probe(&mut self, probe: &str) -> (Result<Json, Error>, bool) {
+        let deadline = self.limits.timeout.map(|t| Instant::now() + t);
+        let pool = Arc::clone(&self.pool);
+        let Some(worker) = self.worker.as_mut() else {
+            return (Err(lost()), true);
+        };
+        let (result, fate) = worker.probe(probe, deadline, pool.settings());
+        (result, fate == Fate::Retire)
+    }
+
+    /// The pid of the locked-down worker process.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.worker.as_ref().map(|w| w.pids().1)
+    }
+
+    /// Sends an `Exec` or `Call` under the call deadline.
+    fn call_request(&mut self, request: &[u8], start: Instant) -> (Outcome, bool) {
+        let grace = self.pool.settings().kill_grace;
+        let deadline = self.limits.timeout.map(|t| start + t + grace);
+        match self.request(request, deadline) {
+            Ok(outcome) => {
+                // As in process: after a timeout or an instruction limit the state may be
+                // mid-update, so the session closes (and its worker goes).
+                let close = outcome.error().is_some_and(|e| {
+                    matches!(e.kind, ErrorKind::Timeout | ErrorKind::InstructionLimit)
+                });
+                (outcome, close)
+            }
+            Err(error) => (failed(error, start.elapsed()), true),
+        }
+    }
+
+    /// One exchange with the worker; `Err` when the worker was lost.
+    fn request(&mut self, request: &[u8], deadline: Option<Instant>) -> Result<Outcome, Error> {
+        let pool = Arc::clone(&self.pool);
+        let files = Arc::clone(&self.files);
+        let Some(worker) = self.worker.as_mut() else {
+            return Err(lost());
+        };
+        worker.exchange(request, deadline, pool.settings(), &*files, &self.limits)
+    }
+
+    fn settings_spawn_timeout(&self) -> Duration {
+        self.pool.settings().spawn_timeout
+    }
+
+    fn kill(&mut self) {
+        if let Some(worker) = self.worker.as_mut() {
+            worker.kill();
+        }
+    }
+}
+
+impl Drop for WorkerSession {
+    fn drop(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            worker.send_close();
+            self.pool.retire(worker);
+        }
+    }
+}
+
+fn lost() -> Error {
+    Error::new(ErrorKind::Internal, "the session's worker process is gone")
+}
