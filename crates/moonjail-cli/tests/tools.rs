@@ -245,6 +245,20 @@ fn tool_flags_are_checked() {
         assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
         assert!(out.stderr.contains(fragment), "{args:?}: {out:?}");
     }
+    // Isolated mode has no tools yet: refused when the sandbox is built.
+    if cfg!(target_os = "linux") {
+        for flag in [["--tool", "x=true"], ["--allow-http", "127.0.0.1:1"]] {
+            let out = moonjail(
+                dir.path(),
+                &["run", "-e", "return 1", "--isolate", flag[0], flag[1]],
+            );
+            assert_eq!(out.code, Some(2), "{out:?}");
+            assert!(
+                out.stderr.contains("not available to worker processes yet"),
+                "{out:?}"
+            );
+        }
+    }
     // Sessions have no tools yet: refused rather than silently missing.
     let out = moonjail(dir.path(), &["session", "--tool", "x=true"]);
     assert_eq!(out.code, Some(2), "{out:?}");

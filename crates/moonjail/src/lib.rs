@@ -6,6 +6,12 @@
 //! caps on output, source and result. Input and result cross as JSON, read with raw
 //! access only.
 //!
+//! Scripts reach outside only through host tools the host registers ([`ToolRegistry`],
+//! [`SandboxBuilder::tool`]): read-only namespaces of functions taking and returning JSON,
+//! under per-run quotas and the run's deadline, each call recorded in
+//! [`Outcome::tool_calls`]. Built in: an allowlisted `http` tool ([`HttpConfig`]) and
+//! external programs as tools ([`CommandTool`]).
+//!
 //! ```
 //! use moonjail::{ErrorKind, Sandbox};
 //! use serde_json::json;

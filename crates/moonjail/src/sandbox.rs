@@ -273,12 +273,6 @@ impl SandboxBuilder {
         let mut registry = self.tools.clone();
         if self.http.is_enabled() {
             registry.register_http(self.http.clone())?;
-            if let Some(max) = self.http.request_quota() {
-                let mut quota = registry.quota().clone();
-                let max = quota.per_tool.get("http").map_or(max, |q| (*q).min(max));
-                quota.per_tool.insert("http".into(), max);
-                registry.set_quota(quota);
-            }
         }
         if registry.is_empty() {
             return Ok(None);
@@ -299,8 +293,9 @@ impl SandboxBuilder {
         if matches!(self.isolation, Isolation::Process(_)) {
             return Err(ConfigError::Tool {
                 name: registry.names().collect::<Vec<_>>().join(", "),
-                reason: "host tools are not available to worker processes yet: build the \
-                         sandbox with Isolation::InProcess to use tools"
+                reason: "host tools are not available to worker processes yet (isolated \
+                         mode): run in process (Isolation::InProcess, no --isolate) to use \
+                         tools"
                     .into(),
             });
         }

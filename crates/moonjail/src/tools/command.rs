@@ -263,12 +263,14 @@ fn exited(pid: u32) -> bool {
     }
 }
 
-/// Kills process group `pgid` (the program's own group: it was started as its leader).
+/// Kills the program and its process group `pgid` (it was started as the group's
+/// leader; the program itself is killed directly too, in case it left the group).
 fn kill_group(pgid: u32) {
-    // SAFETY: plain syscall; `pgid` is the id of a group our unreaped child leads, so it
-    // cannot name anyone else's group.
+    // SAFETY: plain syscalls; `pgid` is our unreaped child's pid and the id of the group
+    // it leads, so neither can name anyone else's process or group.
     unsafe {
         libc::kill(-(pgid as libc::pid_t), libc::SIGKILL);
+        libc::kill(pgid as libc::pid_t, libc::SIGKILL);
     }
 }
 

@@ -270,16 +270,30 @@ impl ToolRegistry {
     }
 
     /// Registers `http.get` and `http.post`, restricted to `config`'s allowlist, and
-    /// bounds the `http` namespace to [`HttpConfig::max_requests`] calls per run.
+    /// bounds the `http` namespace to [`HttpConfig::max_requests`] calls per run (or to
+    /// the quota already set for `http`, if lower; a later
+    /// [`ToolRegistry::set_quota`] replaces it).
     ///
     /// # Errors
     /// [`ConfigError::Tool`] for an allowlist entry that does not parse, an empty
     /// allowlist, or when `http.get`/`http.post` are taken.
     pub fn register_http(&mut self, config: HttpConfig) -> Result<&mut Self, ConfigError> {
+        let max = config.request_quota();
         let client = Arc::new(http::Client::new(config)?);
+        if self.contains("http.get") || self.contains("http.post") {
+            return Err(tool_error(
+                "http",
+                "`http.get` or `http.post` is already registered",
+            ));
+        }
         let get = client.clone();
         self.register_with_context("http.get", move |ctx, args| get.get(ctx, args))?;
         self.register_with_context("http.post", move |ctx, args| client.post(ctx, args))?;
+        if let Some(max) = max {
+            let per_tool = &mut self.quota.per_tool;
+            let max = per_tool.get("http").map_or(max, |q| (*q).min(max));
+            per_tool.insert("http".into(), max);
+        }
         Ok(self)
     }
 
