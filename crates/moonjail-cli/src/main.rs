@@ -56,7 +56,9 @@ enum Command {
     /// "stats") plus "id". A malformed line gets an error response (kind "input") and the
     /// session goes on. Time and instruction limits are per request; memory covers the
     /// whole state. After a timeout or an instruction limit the session is closed and
-    /// every later request fails with that reason.
+    /// every later request fails with that reason. Host tools (--tool, --allow-http) are
+    /// there in every request, with quotas per request; a response lists the request's
+    /// own calls in "tool_calls".
     ///
     /// Example:
     ///   printf '%s\n' '{"id":1,"op":"exec","code":"n = 0 function bump() n = n + 1 return n end"}' \
@@ -223,7 +225,9 @@ struct SandboxArgs {
     /// JSON array on stdin and prints its result as one JSON value on stdout. A non-zero
     /// exit status (the message is stderr's first lines) or output that is not JSON is an
     /// error the script can catch with pcall. The program is killed at the run's deadline
-    /// (at most 30 s per call) or past 1 MiB of output.
+    /// (at most 30 s per call) or past 1 MiB of output. With --isolate the script runs in
+    /// the locked-down worker, but the program does not: moonjail starts it outside, with
+    /// moonjail's own rights (the script chooses only its arguments).
     ///
     /// Example: a tool adding two numbers, in three lines of shell:
     ///   printf '%s\n' 'read -r args' 'set -- $(echo "$args" | tr "[]," "   ")' \
@@ -667,9 +671,6 @@ fn render_diagnostics(d: &Diagnostics) -> String {
 
 fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
     use std::io::BufRead;
-    if !args.sandbox.tool.is_empty() || !args.sandbox.allow_http.is_empty() {
-        bail!("--tool, --allow-http: sessions do not have host tools yet (use `moonjail run`)");
-    }
     let sandbox = args.sandbox.build(false, false)?;
     let mut vm = sandbox.session()?;
     let stdin = std::io::stdin();

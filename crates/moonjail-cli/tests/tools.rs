@@ -1,10 +1,14 @@
 //! Host tools through the command line: `--tool NAME=COMMAND` (command tools written in
 //! a few lines of shell), `--allow-http HOST[:PORT]`, and `examples/agent_http.lua`
-//! exactly as the README runs it, against the fixture server started in-process.
+//! exactly as the README runs it, against the fixture server started in-process — each
+//! in process and with `--isolate` (the script in a worker, the tools in `moonjail`),
+//! for `run` and for `session`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
@@ -66,17 +70,79 @@ impl Out {
 
 /// Runs the built `moonjail` in `dir`.
 fn moonjail(dir: &Path, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_moonjail"))
+    moonjail_with_input(dir, args, "")
+}
+
+/// Runs the built `moonjail` in `dir` with `input` on its stdin. With `--isolate` the
+/// binary serves as its own worker.
+fn moonjail_with_input(dir: &Path, args: &[&str], input: &str) -> Out {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moonjail"))
         .args(args)
         .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
+        .env("MOONJAIL_WORKER", env!("CARGO_BIN_EXE_moonjail"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run moonjail");
+    let mut stdin = child.stdin.take().expect("a stdin pipe");
+    stdin.write_all(input.as_bytes()).expect("write the input");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait for moonjail");
     Out {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// The flags that run a command in a worker process on this machine: `--isolate`, and
+/// `--allow-missing` for the layers `moonjail doctor` finds unusable here.
+fn isolate_flags() -> Vec<String> {
+    static FLAGS: OnceLock<Vec<String>> = OnceLock::new();
+    FLAGS
+        .get_or_init(|| {
+            let out = moonjail(Path::new("."), &["doctor", "--json"]);
+            let doc: Json = serde_json::from_str(&out.stdout)
+                .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {out:?}"));
+            let missing: Vec<&str> = doc["layers"]
+                .as_array()
+                .expect("a layer list")
+                .iter()
+                .filter(|l| l["usable"] == Json::Bool(false))
+                .map(|l| l["layer"].as_str().unwrap())
+                .collect();
+            let mut flags = vec!["--isolate".to_string()];
+            if !missing.is_empty() {
+                flags.extend(["--allow-missing".to_string(), missing.join(",")]);
+            }
+            flags
+        })
+        .clone()
+}
+
+/// `args` with the isolation flags appended when `isolate`.
+fn with_isolation<'a>(args: &[&'a str], isolate: bool, flags: &'a [String]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    if isolate {
+        all.extend(flags.iter().map(String::as_str));
+    }
+    all
+}
+
+/// A `--json` document without what varies between runs (timings, memory).
+fn essence(mut doc: Json) -> Json {
+    if let Some(obj) = doc.as_object_mut() {
+        obj.remove("stats");
+    }
+    if let Some(calls) = doc.get_mut("tool_calls").and_then(Json::as_array_mut) {
+        for call in calls {
+            if let Some(obj) = call.as_object_mut() {
+                obj.remove("ms");
+            }
+        }
+    }
+    doc
 }
 
 /// The repository root (the README's commands run from there).
@@ -245,27 +311,6 @@ fn tool_flags_are_checked() {
         assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
         assert!(out.stderr.contains(fragment), "{args:?}: {out:?}");
     }
-    // Isolated mode has no tools yet: refused when the sandbox is built.
-    if cfg!(target_os = "linux") {
-        for flag in [["--tool", "x=true"], ["--allow-http", "127.0.0.1:1"]] {
-            let out = moonjail(
-                dir.path(),
-                &["run", "-e", "return 1", "--isolate", flag[0], flag[1]],
-            );
-            assert_eq!(out.code, Some(2), "{out:?}");
-            assert!(
-                out.stderr.contains("not available to worker processes yet"),
-                "{out:?}"
-            );
-        }
-    }
-    // Sessions have no tools yet: refused rather than silently missing.
-    let out = moonjail(dir.path(), &["session", "--tool", "x=true"]);
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(
-        out.stderr.contains("sessions do not have host tools"),
-        "{out:?}"
-    );
 }
 
 #[test]
@@ -305,6 +350,140 @@ fn the_help_example_command_tool_works() {
     assert_eq!((out.code, out.stdout.trim()), (Some(0), "5"), "{out:?}");
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn an_isolated_run_uses_a_shell_command_tool_as_in_process() {
+    let dir = TempDir::new();
+    dir.write("add.sh", ADD);
+    dir.write("greet.sh", GREET);
+    dir.write(
+        "script.lua",
+        r#"
+        local sum = calc.add(2, 3)
+        local g = greet("Ada")
+        local ok, err = pcall(calc.add, 1, "x")
+        local ok2, err2 = pcall(calc.add, print)
+        return {sum = sum, greeting = g.greeting, args = g.args, caught = err, bad = err2}
+        "#,
+    );
+    let flags = isolate_flags();
+    let args = [
+        "run",
+        "script.lua",
+        "--tool",
+        "calc.add=sh add.sh",
+        "--tool",
+        "greet=sh greet.sh",
+        "--json",
+    ];
+    let local = moonjail(dir.path(), &args);
+    let isolated = moonjail(dir.path(), &with_isolation(&args, true, &flags));
+    assert_eq!(isolated.code, Some(0), "{isolated:?}");
+    let doc = isolated.json();
+    assert_eq!(doc["result"]["sum"], json!(5));
+    assert_eq!(doc["result"]["greeting"], json!("hello Ada"));
+    assert_eq!(
+        doc["result"]["bad"],
+        json!("calc.add: argument 1: $: a function cannot be represented in JSON")
+    );
+    let calls: Vec<_> = doc["tool_calls"]
+        .as_array()
+        .expect("tool_calls")
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("calc.add", true),
+            ("greet", true),
+            ("calc.add", false),
+            ("calc.add", false)
+        ]
+    );
+    assert_eq!(essence(doc), essence(local.json()));
+
+    // The command tool is killed at the deadline, the run is a timeout.
+    let args = [
+        "run",
+        "-e",
+        "return pcall(slow)",
+        "--tool",
+        "slow=sleep 30",
+        "--timeout",
+        "300ms",
+        "--json",
+    ];
+    let start = Instant::now();
+    let out = moonjail(dir.path(), &with_isolation(&args, true, &flags));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.json()["error"]["kind"], json!("timeout"));
+    assert_eq!(out.json()["tool_calls"][0]["name"], json!("slow"));
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_session_has_tools_with_an_audit_per_request() {
+    let dir = TempDir::new();
+    dir.write("add.sh", ADD);
+    let flags = isolate_flags();
+    let requests = [
+        r#"{"id":1,"op":"exec","code":"total = 0 function add(n) total = calc.add(total, n) return total end"}"#,
+        r#"{"id":2,"op":"call","function":"add","args":[2]}"#,
+        r#"{"id":3,"op":"call","function":"add","args":[40]}"#,
+        r#"{"id":4,"op":"exec","code":"return {pcall(calc.add, 1, 'x')}"}"#,
+        r#"{"id":5,"op":"exec","code":"return pcall(function() calc.add = 1 end)"}"#,
+        r#"{"id":6,"op":"exec","code":"return {total, calc.add(0, 0)}"}"#,
+    ]
+    .join("\n");
+    let mut sessions = Vec::new();
+    for isolate in [false, true] {
+        if isolate && !cfg!(target_os = "linux") {
+            continue;
+        }
+        let args = ["session", "--tool", "calc.add=sh add.sh", "--timeout", "5s"];
+        let out = moonjail_with_input(
+            dir.path(),
+            &with_isolation(&args, isolate, &flags),
+            &requests,
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let docs: Vec<Json> = out
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 6, "{out:?}");
+        let results: Vec<_> = docs.iter().map(|d| d["result"].clone()).collect();
+        assert_eq!((&results[1], &results[2]), (&json!(2), &json!(42)));
+        assert_eq!(results[3][0], json!(false));
+        assert!(
+            results[3][1]
+                .as_str()
+                .unwrap()
+                .contains("calc.add: the command exited with status 3"),
+            "{results:?}"
+        );
+        // The namespace is read-only in a session too.
+        assert_eq!(results[4], json!(false));
+        assert_eq!(results[5], json!([42, 0]));
+        // Each response lists its own calls.
+        let counts: Vec<_> = docs
+            .iter()
+            .map(|d| {
+                d.get("tool_calls")
+                    .map_or(0, |c| c.as_array().unwrap().len())
+            })
+            .collect();
+        assert_eq!(counts, [0, 1, 1, 1, 0, 1], "isolate={isolate}");
+        assert_eq!(docs[2]["tool_calls"][0]["bytes_in"], json!(6)); // [2,40]
+        sessions.push(docs.into_iter().map(essence).collect::<Vec<_>>());
+    }
+    if sessions.len() == 2 {
+        assert_eq!(sessions[0], sessions[1]);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // http and the LuaExecutor example.
 // ---------------------------------------------------------------------------------------
@@ -336,6 +515,25 @@ fn agent_http_example_runs_against_the_fixture_server() {
     );
     assert_eq!(doc["tool_calls"][0]["name"], json!("http.get"));
     assert_eq!(doc["tool_calls"][0]["ok"], json!(true));
+
+    // The same in a worker process, which has no network: the request is made by
+    // moonjail, outside the worker.
+    if cfg!(target_os = "linux") {
+        let flags = isolate_flags();
+        let args = [
+            "run",
+            "examples/agent_http.lua",
+            "--allow-http",
+            &allow,
+            "--input",
+            &input.to_string(),
+            "--require-run",
+            "--json",
+        ];
+        let out = moonjail(&repo(), &with_isolation(&args, true, &flags));
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert_eq!(essence(out.json()), essence(doc.clone()));
+    }
 
     // An unknown city: the script's own error, fed back as a runtime error.
     let input = json!({"city": "Rome", "base_url": format!("http://127.0.0.1:{port}")});

@@ -10,18 +10,25 @@
 //! [`SandboxBuilder::tool`]): read-only namespaces of functions taking and returning JSON,
 //! under per-run quotas and the run's deadline, each call recorded in
 //! [`Outcome::tool_calls`]. Built in: an allowlisted `http` tool ([`HttpConfig`]) and
-//! external programs as tools ([`CommandTool`]).
+//! external programs as tools ([`CommandTool`]). Tools work in sessions and in isolated
+//! mode alike; there the tool runs in the supervisor, on the worker's request (see
+//! [`worker`]).
 //!
 //! ```
+//! use std::time::Duration;
 //! use moonjail::{ErrorKind, Sandbox};
 //! use serde_json::json;
 //!
-//! let sandbox = Sandbox::builder().build().unwrap();
+//! let sandbox = Sandbox::builder()
+//!     .timeout(Some(Duration::from_millis(100)))
+//!     .build()
+//!     .unwrap();
 //! let out = sandbox.run("function run(ctx) return {sum = ctx.a + ctx.b} end", &json!({"a": 1, "b": 2}));
 //! assert_eq!(out.result.unwrap(), json!({"sum": 3}));
 //!
+//! // pcall cannot swallow the deadline.
 //! let out = sandbox.run("while true do pcall(function() while true do end end) end", &json!(null));
-//! # let _ = out; // (the default 5 s timeout would stop it; shortened in tests)
+//! assert_eq!(out.error().unwrap().kind, ErrorKind::Timeout);
 //! ```
 
 #![forbid(unsafe_op_in_unsafe_fn)]

@@ -290,15 +290,6 @@ impl SandboxBuilder {
                 });
             }
         }
-        if matches!(self.isolation, Isolation::Process(_)) {
-            return Err(ConfigError::Tool {
-                name: registry.names().collect::<Vec<_>>().join(", "),
-                reason: "host tools are not available to worker processes yet (isolated \
-                         mode): run in process (Isolation::InProcess, no --isolate) to use \
-                         tools"
-                    .into(),
-            });
-        }
         Ok(Some(Arc::new(registry)))
     }
 
@@ -307,8 +298,7 @@ impl SandboxBuilder {
     /// # Errors
     /// [`ConfigError::InvalidLimit`] for a limit that would fail every run;
     /// [`ConfigError::Tool`] for a tool that cannot be registered (an invalid or taken
-    /// name, a name the profile already defines, an invalid `http` allowlist entry), and
-    /// for tools with process isolation (not supported yet).
+    /// name, a name the profile already defines, an invalid `http` allowlist entry).
     pub fn build(self) -> Result<Sandbox, ConfigError> {
         let l = &self.limits;
         let bad = |name, reason: &str| {
@@ -423,6 +413,7 @@ impl Sandbox {
             env: &self.env,
             require_run: self.require_run,
             require_table: self.require_table,
+            tools: self.tools.as_ref(),
         }) {
             return outcome;
         }

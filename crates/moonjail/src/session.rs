@@ -11,10 +11,16 @@
 //! lives there, each call's deadline is enforced from outside as for runs, and the worker
 //! is killed when the session closes. There, a call that overruns its deadline kills the
 //! worker and closes the session as `timeout`; a worker that dies closes it as `killed`.
+//!
+//! Host tools are part of a session's environment, in both modes. Each call (`exec`,
+//! `call`) is one run as far as tools are concerned: a fresh [`crate::ToolRun`] with the
+//! call's deadline and its own quotas, and the calls it made in that call's
+//! [`Outcome::tool_calls`].
 
 use std::cell::OnceCell;
 #[cfg(target_os = "linux")]
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mlua::chunk::ChunkMode;
@@ -78,6 +84,12 @@ impl Sandbox {
                 .set(self.limits().source_bytes.unwrap_or(usize::MAX));
             let _active = Activation::new(ctl);
             vm.begin_call(None);
+            // The namespaces are built now; each call attaches its own run (see
+            // `with_call`), so this one, without a deadline, is never called through.
+            if let Some(registry) = self.tools() {
+                let run = Arc::new(registry.start_run(None));
+                attach_tools(&vm, self, run);
+            }
             env::build(vm.lua(), spec, &self.env).map_err(|e| {
                 classify(
                     ctl,
@@ -325,6 +337,12 @@ impl Session {
         let deadline = limits
             .timeout
             .map(|t| Deadline::arm(start + t, ctl.expired.clone()));
+        // This call's tool run: its deadline, its quotas, its record.
+        let tools = self.sandbox.tools().map(|registry| {
+            let run = Arc::new(registry.start_run(limits.timeout.map(|t| start + t)));
+            attach_tools(vm, &self.sandbox, Arc::clone(&run));
+            run
+        });
         let result = body(vm, &self.sandbox).and_then(|value| {
             let bounds = Bounds {
                 depth: limits.result_depth,
@@ -353,7 +371,17 @@ impl Session {
             output,
             stats,
             diagnostics,
-            tool_calls: Vec::new(),
+            tool_calls: tools.map(|run| run.take_calls()).unwrap_or_default(),
         }
     }
+}
+
+/// Sends the tool calls of `vm`'s state to `run`, with `sandbox`'s marshaling bounds.
+fn attach_tools(vm: &Vm, sandbox: &Sandbox, run: Arc<crate::ToolRun>) {
+    let limits = sandbox.limits();
+    let args = Bounds {
+        depth: limits.result_depth,
+        bytes: limits.result_bytes.unwrap_or(usize::MAX),
+    };
+    crate::tools::lua::attach(vm.lua(), run, args, limits.result_depth);
 }

@@ -853,11 +853,14 @@ fn a_worker_killed_from_outside_while_idle_is_replaced_unnoticed() {
 // The protocol's defences: fake workers that lie, stall, flood or die.
 // ---------------------------------------------------------------------------------------
 
-/// A frame as the worker protocol encodes it (version 2).
+/// The worker protocol's version (`protocol::VERSION`).
+const VERSION: u8 = 3;
+
+/// A frame as the worker protocol encodes it.
 fn frame(kind: u8, sections: &[&[u8]]) -> Vec<u8> {
     let body: usize = 2 + sections.iter().map(|s| 4 + s.len()).sum::<usize>();
     let mut out = (body as u32).to_le_bytes().to_vec();
-    out.extend([2, kind]);
+    out.extend([VERSION, kind]);
     for s in sections {
         out.extend((s.len() as u32).to_le_bytes());
         out.extend_from_slice(s);
@@ -996,7 +999,7 @@ fn a_missing_worker_executable_is_an_error() {
 fn an_oversized_frame_is_refused_before_it_is_read() {
     // A header announcing 3 GiB, and nothing behind it.
     let mut huge = (3u32 << 30).to_le_bytes().to_vec();
-    huge.extend([2, DONE]);
+    huge.extend([VERSION, DONE]);
     let fake = Fake::new(
         "oversized",
         Some(ready_frame()),
@@ -1054,7 +1057,7 @@ fn a_truncated_frame_then_death_is_killed() {
 fn a_worker_that_dribbles_forever_times_out() {
     // A header that promises 100 bytes, then one byte a second.
     let mut partial = 100u32.to_le_bytes().to_vec();
-    partial.extend([2, DONE]);
+    partial.extend([VERSION, DONE]);
     let fake = Fake::new(
         "dribble",
         Some(ready_frame()),

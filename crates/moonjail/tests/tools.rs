@@ -1,7 +1,6 @@
 //! Host tools through the library: the registry's namespaces in Lua (immutability),
 //! argument and result marshaling, tool errors, panics, quotas, the deadline, and the
-//! audit record. In-process only: with process isolation, `build` refuses tools (tested
-//! at the end) until tools cross the worker channel.
+//! audit record, in process. The same, across the worker channel: `tools_isolated.rs`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -530,25 +529,10 @@ fn build_refuses_bad_tool_configurations() {
     assert!(e.contains("already registered"), "{e}");
 }
 
-#[cfg(target_os = "linux")]
-#[test]
-fn process_isolation_refuses_tools_for_now() {
-    let config = moonjail::ProcessConfig::builder().build().unwrap();
-    let e = Sandbox::builder()
-        .tool("echo", echo)
-        .isolation(moonjail::Isolation::Process(config))
-        .build()
-        .unwrap_err();
-    assert!(
-        matches!(&e, ConfigError::Tool { reason, .. } if reason.contains("worker processes")),
-        "{e}"
-    );
-}
-
 #[test]
 fn the_registry_is_a_plain_dispatcher_too() {
-    // What a worker channel will call: by name, JSON in, JSON or a tool error out, with
-    // the quotas and the audit of one run.
+    // What the supervisor calls for a worker: by name, JSON in, JSON or a tool error out,
+    // with the quotas and the audit of one run.
     let mut registry = ToolRegistry::new();
     registry.register("echo", echo).unwrap();
     registry.set_quota(ToolQuota::default().per_run(Some(1)));

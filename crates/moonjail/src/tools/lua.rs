@@ -18,6 +18,11 @@
 //!
 //! Tool functions raise plain string errors (`pcall` gets the message, `"x" .. err`
 //! works) through [`with_plain_errors`]; a panic anywhere on the way is contained.
+//!
+//! The namespaces are built once per state, from the registry's names; the [`ToolRun`]
+//! a call goes to (its quotas, deadline and audit) is looked up when the call is made.
+//! A run attaches one before its environment is built; a session attaches a fresh one
+//! before each of its calls, so each call has its own deadline and its own record.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -34,7 +39,7 @@ use crate::vm::{current, native_checkpoint};
 /// What a metatable's `__metatable` field shows the script.
 const LOCKED: &str = "locked: tool namespaces cannot be changed";
 
-/// The run's tools, attached to its state before the environment is built.
+/// The tools of the call in progress, attached to the state.
 struct Attached {
     run: Arc<ToolRun>,
     /// Bounds for each call's arguments (all of them together).
@@ -43,7 +48,10 @@ struct Attached {
     result_depth: usize,
 }
 
-/// Makes `run`'s tools part of the environment [`install`] builds in `lua`.
+/// Sends the tool calls `lua` makes to `run` from now on. Attached before the
+/// environment is built, it also makes the tools part of the environment [`install`]
+/// builds; attached again (between calls of a session) it replaces the run, which must
+/// come from the same registry.
 pub(crate) fn attach(lua: &Lua, run: Arc<ToolRun>, args: Bounds, result_depth: usize) {
     lua.set_app_data(Attached {
         run,
@@ -52,13 +60,16 @@ pub(crate) fn attach(lua: &Lua, run: Arc<ToolRun>, args: Bounds, result_depth: u
     });
 }
 
+/// The attached run and bounds.
+fn attached(lua: &Lua) -> Option<(Arc<ToolRun>, Bounds, usize)> {
+    lua.app_data_ref::<Attached>()
+        .map(|a| (a.run.clone(), a.args, a.result_depth))
+}
+
 /// Installs the attached tools as globals: namespaces, and bare tools as functions.
 /// Nothing happens when no tools were attached.
 pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
-    let Some((run, args, depth)) = lua
-        .app_data_ref::<Attached>()
-        .map(|a| (a.run.clone(), a.args, a.result_depth))
-    else {
+    let Some((run, _, _)) = attached(lua) else {
         return Ok(());
     };
     let mut root = Node::default();
@@ -67,7 +78,7 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
     }
     let g = lua.globals();
     for (key, child) in &root.children {
-        let value = build(lua, &run, args, depth, key, child)?;
+        let value = build(lua, key, child)?;
         g.raw_set(key.as_str(), value)?;
     }
     Ok(())
@@ -88,20 +99,13 @@ impl Node {
     }
 }
 
-fn build(
-    lua: &Lua,
-    run: &Arc<ToolRun>,
-    args: Bounds,
-    depth: usize,
-    path: &str,
-    node: &Node,
-) -> mlua::Result<Value> {
+fn build(lua: &Lua, path: &str, node: &Node) -> mlua::Result<Value> {
     if node.children.is_empty() {
-        return tool_function(lua, run.clone(), args, depth, path.to_string()).map(Value::Function);
+        return tool_function(lua, path.to_string()).map(Value::Function);
     }
     let members = lua.create_table()?;
     for (key, child) in &node.children {
-        let value = build(lua, run, args, depth, &format!("{path}.{key}"), child)?;
+        let value = build(lua, &format!("{path}.{key}"), child)?;
         members.raw_set(key.as_str(), value)?;
     }
     namespace(lua, path, members, node.children.keys().cloned().collect())
@@ -158,15 +162,12 @@ fn namespace(lua: &Lua, path: &str, members: Table, keys: Vec<String>) -> mlua::
 }
 
 /// The Lua function of tool `name`.
-fn tool_function(
-    lua: &Lua,
-    run: Arc<ToolRun>,
-    args: Bounds,
-    depth: usize,
-    name: String,
-) -> mlua::Result<Function> {
+fn tool_function(lua: &Lua, name: String) -> mlua::Result<Function> {
     let f = lua.create_function(move |lua, values: MultiValue| {
-        guard(|| call(lua, &run, args, depth, &name, values))
+        guard(|| match attached(lua) {
+            Some((run, args, depth)) => call(lua, &run, args, depth, &name, values),
+            None => fail(lua, format!("{name}: no tools are attached to this state")),
+        })
     })?;
     with_plain_errors(lua, &f)
 }

@@ -5,8 +5,15 @@
 //! built, and shared by every run. Each run gets its own [`ToolRun`]: the call quotas,
 //! the deadline and the audit record ([`ToolCall`]) live there, so runs share nothing.
 //! [`ToolRun::call`] dispatches by name with a JSON argument list and returns JSON or a
-//! [`ToolError`]; the Lua side (`lua.rs`) is one caller of it, a worker's host-call
-//! channel can be another.
+//! [`ToolError`]; the Lua side (`lua.rs`) is one caller of it, the supervisor serving a
+//! worker's host calls is the other.
+//!
+//! **In a worker process** the registry holds names and quotas only: a *relayed*
+//! registry, whose calls go through a [`Relay`] (the channel to the supervisor) instead
+//! of functions. The worker's own [`ToolRun`] still refuses unknown names, calls past its
+//! deadline and calls over the quotas, with the same messages as in process and without
+//! asking; what it admits, the supervisor checks again and runs with the run's real
+//! [`ToolRun`], whose record is the one the outcome reports.
 //!
 //! Arguments and results cross through the core marshaling rules. A tool error, an
 //! argument JSON cannot hold, an exceeded quota and a panicking tool all reach the script
@@ -152,7 +159,7 @@ impl ToolCall {
 ///
 /// A call over a quota is a tool error the script can catch (it is not recorded, and the
 /// tool does not run).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolQuota {
     /// Calls to all tools together. By default, 1000.
     pub per_run: Option<u32>,
@@ -188,6 +195,15 @@ impl ToolQuota {
 /// A tool: called with the context and the JSON argument list.
 pub type ToolFn = dyn Fn(&ToolContext, Vec<Json>) -> Result<Json, ToolError> + Send + Sync;
 
+/// Where the calls of a relayed registry go instead of to functions: inside a worker
+/// process, the channel to the supervisor, which runs the real tool.
+pub(crate) trait Relay: Send + Sync {
+    /// Performs the admitted call `name`. `args` are its arguments, or why they could not
+    /// be marshaled: that is relayed too, so that the host records the failed call as it
+    /// would in process.
+    fn call(&self, name: &str, args: Result<Vec<Json>, ToolError>) -> Result<Json, ToolError>;
+}
+
 /// The host functions a sandbox exposes, by dotted name, with their quotas.
 ///
 /// ```
@@ -210,6 +226,9 @@ pub type ToolFn = dyn Fn(&ToolContext, Vec<Json>) -> Result<Json, ToolError> + S
 pub struct ToolRegistry {
     tools: BTreeMap<String, Arc<ToolFn>>,
     quota: ToolQuota,
+    /// Set in a worker process: every call goes through it (the functions are
+    /// placeholders, never called).
+    relay: Option<Arc<dyn Relay>>,
 }
 
 impl fmt::Debug for ToolRegistry {
@@ -217,6 +236,7 @@ impl fmt::Debug for ToolRegistry {
         f.debug_struct("ToolRegistry")
             .field("tools", &self.tools.keys().collect::<Vec<_>>())
             .field("quota", &self.quota)
+            .field("relayed", &self.relay.is_some())
             .finish()
     }
 }
@@ -225,6 +245,33 @@ impl ToolRegistry {
     /// An empty registry with the default quota.
     pub fn new() -> ToolRegistry {
         ToolRegistry::default()
+    }
+
+    /// A registry of `names` under `quota` whose calls all go through `relay`: the view a
+    /// worker process has of its supervisor's registry (names and quotas cross the
+    /// channel, never anything callable).
+    ///
+    /// # Errors
+    /// As [`ToolRegistry::register`], for a name that is not valid.
+    pub(crate) fn relayed(
+        names: &[String],
+        quota: ToolQuota,
+        relay: Arc<dyn Relay>,
+    ) -> Result<ToolRegistry, ConfigError> {
+        let mut registry = ToolRegistry {
+            quota,
+            relay: Some(relay),
+            ..ToolRegistry::default()
+        };
+        for name in names {
+            registry.insert(
+                name,
+                Arc::new(|_: &ToolContext, _| {
+                    Err(ToolError::new("a relayed tool is called through its relay"))
+                }),
+            )?;
+        }
+        Ok(registry)
     }
 
     /// Registers `f` under `name`: a bare Lua identifier (`"log"`, a global function) or
@@ -368,6 +415,9 @@ impl ToolRegistry {
             .tools
             .get(name)
             .ok_or_else(|| ToolError::new(format!("no tool named `{name}` is registered")))?;
+        if let Some(relay) = &self.relay {
+            return relay.call(name, Ok(args));
+        }
         match catch_unwind(AssertUnwindSafe(|| f(ctx, args))) {
             Ok(r) => r,
             Err(payload) => {
@@ -447,14 +497,18 @@ impl ToolRun {
         let start = Instant::now();
         let mut bytes_in = 0;
         let mut bytes_out = 0;
-        let result = args().and_then(|args| {
-            bytes_in = json_len(&args);
-            let r = self.registry.call(&ctx, name, args);
-            if let Ok(v) = &r {
-                bytes_out = json_len(v);
+        let result = match (args(), &self.registry.relay) {
+            (Ok(args), _) => {
+                bytes_in = json_len(&args);
+                self.registry.call(&ctx, name, args)
             }
-            r
-        });
+            // Relayed, so that the host records the failed call too.
+            (Err(e), Some(relay)) => relay.call(name, Err(e)),
+            (Err(e), None) => Err(e),
+        };
+        if let Ok(v) = &result {
+            bytes_out = json_len(v);
+        }
         let result = result.map_err(|e| ToolError::new(truncate(e.message)));
         let call = ToolCall {
             name: name.to_string(),
@@ -686,6 +740,61 @@ mod tests {
         );
         assert_eq!(calls[1].error.as_deref(), Some("the tool panicked: kaboom"));
         assert_eq!(calls[2].error.as_deref(), Some("nope"));
+    }
+
+    /// What reached a relay: the tool's name, and its arguments or why there are none.
+    type Relayed = (String, Result<Vec<Json>, String>);
+
+    /// A relay that records what reaches it and answers with the arguments.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Relayed>>);
+
+    impl Relay for Recorder {
+        fn call(&self, name: &str, args: Result<Vec<Json>, ToolError>) -> Result<Json, ToolError> {
+            let seen = args.clone().map_err(|e| e.message);
+            self.0.lock().unwrap().push((name.to_string(), seen));
+            args.map(Json::Array)
+        }
+    }
+
+    #[test]
+    fn a_relayed_registry_checks_locally_and_relays_the_rest() {
+        let recorder = Arc::new(Recorder::default());
+        let names = ["ns.a".to_string(), "b".to_string()];
+        let quota = ToolQuota::default().per_run(Some(3)).tool("ns", 1);
+        let r = ToolRegistry::relayed(&names, quota, recorder.clone()).unwrap();
+        assert_eq!(r.names().collect::<Vec<_>>(), ["b", "ns.a"]);
+        let run = Arc::new(r).start_run(None);
+        assert_eq!(run.call("ns.a", vec![json!(1)]).unwrap(), json!([1]));
+        // Refused locally: over the namespace quota, an unknown name.
+        assert!(run
+            .call("ns.a", vec![])
+            .unwrap_err()
+            .message()
+            .contains("quota"));
+        assert!(run.call("c", vec![]).is_err());
+        // Arguments that could not be marshaled are relayed as such.
+        let e = run
+            .call_prepared("b", || Err(ToolError::new("argument 1: bad")))
+            .unwrap_err();
+        assert_eq!(e.message(), "argument 1: bad");
+        assert_eq!(run.call("b", vec![]).unwrap(), json!([]));
+        assert!(run
+            .call("b", vec![])
+            .unwrap_err()
+            .message()
+            .contains("at most 3"));
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            [
+                ("ns.a".to_string(), Ok(vec![json!(1)])),
+                ("b".to_string(), Err("argument 1: bad".to_string())),
+                ("b".to_string(), Ok(vec![])),
+            ]
+        );
+        // Invalid names are refused as in `register`.
+        let bad = ToolRegistry::relayed(&["1x".to_string()], ToolQuota::default(), recorder);
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! The pieces, one module each: `protocol` (the versioned, length-prefixed frames),
 //! `serve` (the worker's side: warm up, lock down, serve runs and sessions), `supervisor`
 //! (one worker process seen from outside: spawn, deadline, kill, reap), `host_call` (what
-//! a worker may ask its supervisor for mid-run: modules, listed files, later tools),
+//! a worker may ask its supervisor for mid-run: modules, listed files, tool calls),
 //! `session` (a persistent session in a dedicated worker) and `pool` (the warm pool that
 //! lives inside a [`Sandbox`]).
 //!
@@ -33,6 +33,20 @@
 //! are bounded ([`ProcessConfigBuilder::max_host_calls`],
 //! [`ProcessConfigBuilder::max_host_call_bytes`]): past the bound the worker is killed and
 //! the request fails as `forbidden`.
+//!
+//! **Host tools.** A worker has no network and no file system, so a tool runs in the
+//! supervisor: the worker learns the tool names and quotas (never anything callable),
+//! builds the same read-only namespaces, and turns each call into a host call; the
+//! supervisor runs the tool with the run's own [`crate::ToolRun`] — the quotas, the
+//! deadline in the tool's [`crate::ToolContext`], and the audit record in
+//! [`crate::Outcome::tool_calls`] are the supervisor's, exactly as in process — and the
+//! worker turns the answer into the same Lua value or plain-string error. The supervisor
+//! calls only registered names: a worker that asks for any other is killed and the run
+//! fails as `forbidden`. Tool calls count against the host-call budget as well as the
+//! tool quotas (which the worker applies itself first, so a script retrying past a quota
+//! costs no host call). Time in a tool counts against the run's deadline; a tool that
+//! returns past the kill deadline gets the worker killed and the run reported as
+//! `timeout`.
 //!
 //! **Sessions.** [`Sandbox::session`] on an isolated sandbox takes one worker for the
 //! session alone: an idle worker of the pool (which then prespawns a replacement), or a
@@ -354,9 +368,9 @@ impl ProcessConfigBuilder {
         self
     }
 
-    /// Sets how many host calls (`require` of a host module, `io.open` of a listed file)
-    /// one request — a run, or one call of a session — may make. A worker that makes more
-    /// is killed and the request fails as `forbidden`.
+    /// Sets how many host calls (`require` of a host module, `io.open` of a listed file,
+    /// a host tool call) one request — a run, or one call of a session — may make. A
+    /// worker that makes more is killed and the request fails as `forbidden`.
     ///
     /// By default, 10 000.
     pub fn max_host_calls(mut self, calls: u64) -> Self {
@@ -365,8 +379,9 @@ impl ProcessConfigBuilder {
     }
 
     /// Sets how many bytes the host calls of one request may move, requests and answers
-    /// together (a module's source and a file's bytes count in full on every call). A
-    /// worker that moves more is killed and the request fails as `forbidden`.
+    /// together (a module's source, a file's bytes, a tool's arguments and result count
+    /// in full on every call). A worker that moves more is killed and the request fails
+    /// as `forbidden`.
     ///
     /// By default, 256 MiB.
     pub fn max_host_call_bytes(mut self, bytes: u64) -> Self {
@@ -443,6 +458,8 @@ pub(crate) struct Job<'a> {
     pub(crate) env: &'a EnvOptions,
     pub(crate) require_run: bool,
     pub(crate) require_table: bool,
+    /// The host tools (run in the supervisor, on the worker's request).
+    pub(crate) tools: Option<&'a Arc<crate::ToolRegistry>>,
 }
 
 /// What a [`Sandbox`] runs its scripts in: its own thread, or a pool of workers.

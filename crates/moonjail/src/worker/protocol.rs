@@ -17,14 +17,14 @@
 //! | `Configure` | supervisor → worker | lockdown settings (JSON) |
 //! | `Ready` | worker → supervisor | lockdown report (JSON) |
 //! | `StartFailed` | worker → supervisor | why lockdown failed (JSON) |
-//! | `Run` | supervisor → worker | run settings (JSON), input (JSON), source (raw) |
+//! | `Run` | supervisor → worker | run settings (JSON, with the tool names), input (JSON), source (raw) |
 //! | `Done` | worker → supervisor | error and stats (JSON), result (JSON, empty on error), output (raw) |
 //! | `HostCall` | worker → supervisor | a request to the host in the middle of a request (JSON) |
-//! | `HostReply` | supervisor → worker | the answer (JSON), its bytes (raw, empty when none) |
+//! | `HostReply` | supervisor → worker | the answer (JSON), its bytes (raw: a module, a file, a tool's result as JSON text; empty when none) |
 //! | `Probe` | supervisor → worker | test hook request (JSON), honoured only by test workers |
 //! | `ProbeReply` | worker → supervisor | what the probe found (JSON) |
 //! | `Refused` | worker → supervisor | the request was not acceptable (JSON) |
-//! | `SessionOpen` | supervisor → worker | session settings (JSON); answered by `Done` |
+//! | `SessionOpen` | supervisor → worker | session settings (JSON, with the tool names); answered by `Done` |
 //! | `Exec` | supervisor → worker | source (raw); answered by `Done` |
 //! | `Call` | supervisor → worker | function name (JSON), arguments (JSON array); answered by `Done` |
 //! | `HasFunction` | supervisor → worker | function name (JSON); answered by `Done` with a boolean |
@@ -32,10 +32,16 @@
 //!
 //! **Requests and host calls.** The supervisor sends one request (`Run`, a session
 //! request, `Probe`) at a time and reads until its answer. While it waits, the worker may
-//! send `HostCall` frames (a module for `require`, a listed file for `io.open`, later a
-//! host tool) and block until the `HostReply` with the same id. The supervisor answers
+//! send `HostCall` frames (a module for `require`, a listed file for `io.open`, a host
+//! tool call) and block until the `HostReply` with the same id. The supervisor answers
 //! them from the sandbox's own configuration, under the request's deadline and a budget
 //! of calls and bytes per request; a worker that breaks either is killed.
+//!
+//! **Tools.** `Run` and `SessionOpen` carry the names of the sandbox's tools and their
+//! quotas — data only, never anything callable — so that the worker can build the Lua
+//! namespaces and refuse what the host would refuse without asking. A tool call is a
+//! `HostCall` naming the tool; the supervisor runs it only if the sandbox registered that
+//! name, and kills a worker that asks for any other.
 //!
 //! **Sessions.** After `SessionOpen` a worker holds one persistent Lua state and serves
 //! `Exec`, `Call` and `HasFunction` against it until `Close` (or until it is killed). A
@@ -52,7 +58,8 @@ use crate::limits::Limits;
 use crate::sandbox::Stats;
 
 /// The protocol version both sides must speak; bump it on any incompatible change.
-pub(crate) const VERSION: u8 = 2;
+/// (3: host tools — a worker of version 2 would silently run without them.)
+pub(crate) const VERSION: u8 = 3;
 
 /// Bytes before a frame's sections: length, version, type.
 pub(crate) const HEADER_BYTES: usize = 6;
@@ -407,6 +414,25 @@ pub(crate) struct RunMeta {
     /// `require` of a host module and `io.open` itself, without asking.
     #[serde(default)]
     pub(crate) host_files: bool,
+    /// The host tools the script may call (none: no tool globals).
+    #[serde(default)]
+    pub(crate) tools: Option<WireTools>,
+}
+
+/// The host tools, as a worker learns of them: names and quotas, nothing callable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WireTools {
+    pub(crate) names: Vec<String>,
+    pub(crate) quota: crate::ToolQuota,
+}
+
+impl From<&crate::ToolRegistry> for WireTools {
+    fn from(registry: &crate::ToolRegistry) -> Self {
+        WireTools {
+            names: registry.names().map(str::to_string).collect(),
+            quota: registry.quota().clone(),
+        }
+    }
 }
 
 /// `SessionOpen`, section 0.
@@ -420,6 +446,8 @@ pub(crate) struct SessionMeta {
     pub(crate) diagnostic: bool,
     #[serde(default)]
     pub(crate) host_files: bool,
+    #[serde(default)]
+    pub(crate) tools: Option<WireTools>,
 }
 
 /// `Call` and `HasFunction`, section 0 (section 1 of `Call` is the arguments, a JSON
@@ -445,8 +473,15 @@ pub(crate) enum HostRequest {
     ReadModule { name: String },
     /// A file the host listed, for `io.open` (exactly as the script spelled the path).
     ReadFile { path: String },
-    /// A host tool call (not made by workers yet).
-    Tool { name: String, args: Json },
+    /// A call of host tool `name` with `args` (a JSON array) — or, when `args_error` is
+    /// set, a call whose arguments could not be marshaled, reported so that the host
+    /// records it (the tool does not run).
+    Tool {
+        name: String,
+        args: Json,
+        #[serde(default)]
+        args_error: Option<String>,
+    },
 }
 
 /// `HostReply`, section 0 (section 1 is the bytes of a found module or a read file, and
@@ -472,8 +507,19 @@ pub(crate) enum HostAnswer {
     NotListed,
     /// The request failed: reading a listed file failed, or the host refused it.
     Failed { message: String },
-    /// A tool's result.
-    Value { value: Json },
+    /// `Tool`: the tool's result is section 1 (JSON text). `expired`: the run's deadline
+    /// passed during the call, so the run is over.
+    Value {
+        #[serde(default)]
+        expired: bool,
+    },
+    /// `Tool`: the tool failed, or the host refused the call (quota, deadline); `message`
+    /// is what the script sees.
+    ToolError {
+        message: String,
+        #[serde(default)]
+        expired: bool,
+    },
 }
 
 /// `Done`, section 0 (section 1 is the result JSON, empty on error; section 2 the output).
@@ -483,9 +529,8 @@ pub(crate) struct DoneMeta {
     pub(crate) stats: Stats,
     #[serde(default)]
     pub(crate) diagnostics: Option<crate::Diagnostics>,
-    /// The audit records of the host tool calls the script made.
-    #[serde(default)]
-    pub(crate) tool_calls: Vec<crate::ToolCall>,
+    // No tool calls: the supervisor keeps the audit record of the calls it served itself,
+    // and never takes a worker's word for it.
 }
 
 /// `Probe`: one test-hook request (see `serve.rs`).
@@ -554,6 +599,35 @@ mod tests {
         assert!(matches!(decode(&bytes, 100), Err(FrameError::Malformed(_))));
         // Text that is not a frame at all.
         assert!(decode(b"garbage from a shell script\n", 1 << 20).is_err());
+    }
+
+    #[test]
+    fn tools_cross_as_names_and_quotas_only() {
+        let mut registry = crate::ToolRegistry::new();
+        registry
+            .register("weather.lookup", |_| Ok(Json::Null))
+            .unwrap();
+        registry.register("log", |_| Ok(Json::Null)).unwrap();
+        registry.set_quota(crate::ToolQuota::default().tool("weather", 3));
+        let wire = WireTools::from(&registry);
+        let text = serde_json::to_value(&wire).unwrap();
+        assert_eq!(
+            text,
+            serde_json::json!({"names": ["log", "weather.lookup"],
+                               "quota": {"per_run": 1000, "per_tool": {"weather": 3}}})
+        );
+        assert_eq!(serde_json::from_value::<WireTools>(text).unwrap(), wire);
+        // A tool request without `args_error` (as an older or hand-written peer sends it).
+        let call: HostCall =
+            serde_json::from_str(r#"{"id": 1, "request": {"tool": {"name": "log", "args": []}}}"#)
+                .unwrap();
+        assert!(matches!(
+            call.request,
+            HostRequest::Tool {
+                args_error: None,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -17,8 +17,10 @@
 //! file descriptor, and the requests are driven by the supervisor alone. The one way a
 //! script reaches past its state is through the host's own functions: `require` of a host
 //! module and `io.open` of a listed file, which here become `HostCall` frames (a
-//! [`ChannelFiles`] in place of the host's file system) answered by the supervisor from
-//! its configuration; the script chooses only the name or path asked for. `Probe` requests
+//! [`ChannelFiles`] in place of the host's file system), and host tools, whose calls
+//! become `HostCall` frames too (a [`ChannelTools`] relay in place of the tools, which the
+//! worker knows by name only); the supervisor answers them from its configuration, and
+//! the script chooses only the name, path or arguments asked for. `Probe` requests
 //! (raw system calls and crashes, for the tests of the isolation layers) are honoured only
 //! when the process was started with `MOONJAIL_WORKER_TEST_HOOKS=1`, which the supervisor
 //! sets only for a `ProcessConfig` built with the hidden `test_hooks` switch; a production
@@ -35,6 +37,7 @@ use serde_json::{json, Value as Json};
 use super::protocol::{
     self, Configure, Decoded, DoneMeta, Frame, FunctionName, HostAnswer, HostCall, HostReply,
     HostRequest, Kind, LayerLine, Message, ProbeRequest, Ready, RunMeta, SessionMeta, WireLimits,
+    WireTools,
 };
 use super::TEST_HOOKS_ENV;
 use crate::error::{Error, ErrorKind};
@@ -42,6 +45,7 @@ use crate::host::{Determinism, FileSource};
 use crate::profile::Profile;
 use crate::sandbox::{Outcome, RunOptions, Sandbox};
 use crate::session::Session;
+use crate::tools::{Relay, ToolError, ToolRegistry};
 
 /// Exit statuses of a worker.
 const EXIT_OK: i32 = 0;
@@ -268,7 +272,6 @@ fn done(outcome: &Outcome) -> Result<Vec<u8>, String> {
         error,
         stats: outcome.stats.clone(),
         diagnostics: outcome.diagnostics.clone(),
-        tool_calls: outcome.tool_calls.clone(),
     })
     .map_err(|e| format!("encoding Done: {e}"))?;
     protocol::encode(Kind::Done, &[&meta, &result, outcome.output.as_bytes()])
@@ -294,40 +297,61 @@ fn run_request<'f>(
     let input = protocol::parse_value(input, depth)
         .map_err(|e| Error::new(ErrorKind::Input, format!("the input: {e}")))?;
     let sandbox = sandbox(
-        &meta.profile,
-        meta.limits,
-        (meta.require_run, meta.require_table),
-        meta.deterministic,
-        meta.diagnostic,
-        meta.host_files.then_some(link),
+        Settings {
+            profile: &meta.profile,
+            limits: meta.limits,
+            require: (meta.require_run, meta.require_table),
+            deterministic: meta.deterministic,
+            diagnostic: meta.diagnostic,
+            host_files: meta.host_files,
+            tools: meta.tools,
+        },
+        link,
     )?;
     Ok((sandbox, source, input, meta.chunk_name))
 }
 
-/// An in-process sandbox with the settings a request carries; its host files are asked of
-/// the supervisor over `link` when the host provides any.
-fn sandbox(
-    profile: &str,
+/// What a `Run` or `SessionOpen` asks the worker's in-process sandbox to be.
+struct Settings<'a> {
+    profile: &'a str,
     limits: WireLimits,
-    (require_run, require_table): (bool, bool),
+    /// `require_run`, `require_table_result`.
+    require: (bool, bool),
     deterministic: Option<(i64, i64)>,
     diagnostic: bool,
-    link: Option<&Arc<Link>>,
-) -> Result<Sandbox, Error> {
-    let profile: Profile = profile
+    host_files: bool,
+    tools: Option<WireTools>,
+}
+
+/// An in-process sandbox with the settings a request carries; its host files (when the
+/// host provides any) and its tools are asked of the supervisor over `link`.
+fn sandbox(settings: Settings<'_>, link: &Arc<Link>) -> Result<Sandbox, Error> {
+    let profile: Profile = settings
+        .profile
         .parse()
         .map_err(|e: crate::ConfigError| internal(e.to_string()))?;
-    let deterministic = deterministic.map(|(timestamp, seed)| Determinism { timestamp, seed });
-    let mut sandbox = Sandbox::builder()
+    let deterministic = settings
+        .deterministic
+        .map(|(timestamp, seed)| Determinism { timestamp, seed });
+    let result_depth = settings.limits.result_depth;
+    let mut builder = Sandbox::builder()
         .profile(profile)
-        .limits(limits.into())
-        .require_run(require_run)
-        .require_table_result(require_table)
+        .limits(settings.limits.into())
+        .require_run(settings.require.0)
+        .require_table_result(settings.require.1)
         .deterministic(deterministic)
-        .diagnostic(diagnostic)
-        .build()
-        .map_err(|e| internal(e.to_string()))?;
-    if let Some(link) = link {
+        .diagnostic(settings.diagnostic);
+    if let Some(tools) = settings.tools {
+        let relay = Arc::new(ChannelTools {
+            link: Arc::clone(link),
+            result_depth,
+        });
+        let registry = ToolRegistry::relayed(&tools.names, tools.quota, relay)
+            .map_err(|e| internal(format!("the tools sent: {e}")))?;
+        builder = builder.tools(registry);
+    }
+    let mut sandbox = builder.build().map_err(|e| internal(e.to_string()))?;
+    if settings.host_files {
         sandbox.env.files = Arc::new(ChannelFiles(Arc::clone(link)));
     }
     Ok(sandbox)
@@ -344,12 +368,16 @@ fn open_session(
         .map_err(|e| internal(e.to_string()))
         .and_then(|meta| {
             let sandbox = sandbox(
-                &meta.profile,
-                meta.limits,
-                (false, false),
-                meta.deterministic,
-                meta.diagnostic,
-                meta.host_files.then_some(link),
+                Settings {
+                    profile: &meta.profile,
+                    limits: meta.limits,
+                    require: (false, false),
+                    deterministic: meta.deterministic,
+                    diagnostic: meta.diagnostic,
+                    host_files: meta.host_files,
+                    tools: meta.tools,
+                },
+                link,
             )?;
             let mut session = sandbox.session()?;
             session.set_chunk_name(meta.chunk_name);
@@ -596,6 +624,51 @@ impl FileSource for ChannelFiles {
             (HostAnswer::Failed { message }, _) => Some(Err(message)),
             (other, _) => unexpected(&other),
         }
+    }
+}
+
+/// The host's tools, as seen from inside a worker: each call the worker's own
+/// [`crate::ToolRun`] admits (a registered name, before its deadline, within the quotas)
+/// is asked of the supervisor, which runs the tool, and the answer becomes the call's
+/// result or tool error.
+struct ChannelTools {
+    link: Arc<Link>,
+    /// Deepest result the worker parses (the sandbox then refuses anything deeper than
+    /// `result_depth` itself, with the in-process message).
+    result_depth: usize,
+}
+
+impl Relay for ChannelTools {
+    fn call(&self, name: &str, args: Result<Vec<Json>, ToolError>) -> Result<Json, ToolError> {
+        let (args, args_error) = match args {
+            Ok(args) => (Json::Array(args), None),
+            Err(e) => (Json::Null, Some(e.message().to_string())),
+        };
+        let request = HostRequest::Tool {
+            name: name.to_string(),
+            args,
+            args_error,
+        };
+        let (result, expired) = match self.link.host_call(request) {
+            (HostAnswer::Value { expired }, bytes) => {
+                let depth = self.result_depth.saturating_add(INPUT_DEPTH_SLACK);
+                let value = protocol::parse_value(&bytes, depth)
+                    .map_err(|e| ToolError::new(format!("result: {e}")));
+                (value, expired)
+            }
+            (HostAnswer::ToolError { message, expired }, _) => {
+                (Err(ToolError::new(message)), expired)
+            }
+            (other, _) => unexpected(&other),
+        };
+        // The run's deadline passed while the tool ran: the run is over here too, even if
+        // this process's own deadline (which started a little later) has not come yet.
+        if expired {
+            if let Some(ctl) = crate::vm::current() {
+                ctl.expired.store(true, Ordering::SeqCst);
+            }
+        }
+        result
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! The worker holds the session's one Lua state; every call is a request (`Exec`, `Call`,
 //! `HasFunction`) answered by `Done`, with the host calls of the call answered in between
-//! (see `host_call`), under the call's deadline enforced from outside. The public
+//! (see `host_call`), under the call's deadline enforced from outside. Each `Exec` and
+//! `Call` gets its own [`crate::ToolRun`] here, as in process: its own tool quotas and
+//! deadline, and its own audit record in the call's outcome. The public
 //! [`crate::Session`] decides from each answer whether the session goes on: it closes
 //! after a timeout or an instruction limit (as in process), and whenever the worker was
 //! lost (killed at the deadline, crashed, or broke the protocol).
@@ -13,13 +15,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 use super::failed;
+use super::host_call::Host;
 use super::pool::Pool;
-use super::protocol::{self, FunctionName, Kind, SessionMeta};
+use super::protocol::{self, FunctionName, Kind, SessionMeta, WireTools};
 use super::supervisor::{Fate, Worker};
 use crate::error::{Error, ErrorKind};
 use crate::host::FileSource;
 use crate::limits::Limits;
 use crate::sandbox::{Outcome, Sandbox};
+use crate::tools::{ToolRegistry, ToolRun};
 
 /// One session's worker, taken out of the pool; killed (through the pool's keeper) when
 /// dropped.
@@ -29,6 +33,7 @@ pub(crate) struct WorkerSession {
     worker: Option<Worker>,
     pool: Arc<Pool>,
     files: Arc<dyn FileSource>,
+    tools: Option<Arc<ToolRegistry>>,
     limits: Limits,
 }
 
@@ -49,6 +54,7 @@ impl WorkerSession {
             worker: Some(worker),
             pool: Arc::clone(pool),
             files: Arc::clone(&sandbox.env.files),
+            tools: sandbox.tools().cloned(),
             limits: sandbox.limits().clone(),
         };
         let env = &sandbox.env;
@@ -59,13 +65,14 @@ impl WorkerSession {
             deterministic: env.deterministic.map(|d| (d.timestamp, d.seed)),
             diagnostic: env.diagnostic,
             host_files: !env.files.is_empty(),
+            tools: sandbox.tools().map(|registry| WireTools::from(&**registry)),
         };
         let request = protocol::encode_json(Kind::SessionOpen, &meta)
             .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
         // Building a state is the host's work, not the script's: the spawn timeout bounds
         // it, not the run's.
         let deadline = Some(Instant::now() + session.settings_spawn_timeout());
-        match session.request(&request, deadline) {
+        match session.request(&request, deadline, None) {
             Ok(outcome) => match outcome.result {
                 Ok(_) => Ok(session),
                 Err(error) => Err(error),
@@ -145,7 +152,7 @@ impl WorkerSession {
             .timeout
             .unwrap_or_else(|| self.settings_spawn_timeout());
         let deadline = Some(Instant::now() + timeout + self.pool.settings().kill_grace);
-        let outcome = self.request(&request, deadline)?;
+        let outcome = self.request(&request, deadline, None)?;
         match outcome.result {
             Ok(Json::Bool(has)) => Ok(has),
             Ok(other) => {
@@ -179,11 +186,16 @@ impl WorkerSession {
         self.worker.as_ref().map(|w| w.pids().1)
     }
 
-    /// Sends an `Exec` or `Call` under the call deadline.
+    /// Sends an `Exec` or `Call` under the call deadline, serving its tool calls with a
+    /// fresh [`ToolRun`] whose record becomes the outcome's.
     fn call_request(&mut self, request: &[u8], start: Instant) -> (Outcome, bool) {
         let grace = self.pool.settings().kill_grace;
         let deadline = self.limits.timeout.map(|t| start + t + grace);
-        match self.request(request, deadline) {
+        let tools = self
+            .tools
+            .as_ref()
+            .map(|registry| registry.start_run(self.limits.timeout.map(|t| start + t)));
+        let (mut outcome, close) = match self.request(request, deadline, tools.as_ref()) {
             Ok(outcome) => {
                 // As in process: after a timeout or an instruction limit the state may be
                 // mid-update, so the session closes (and its worker goes).
@@ -193,17 +205,30 @@ impl WorkerSession {
                 (outcome, close)
             }
             Err(error) => (failed(error, start.elapsed()), true),
-        }
+        };
+        outcome.tool_calls = tools.map(|run| run.take_calls()).unwrap_or_default();
+        (outcome, close)
     }
 
-    /// One exchange with the worker; `Err` when the worker was lost.
-    fn request(&mut self, request: &[u8], deadline: Option<Instant>) -> Result<Outcome, Error> {
+    /// One exchange with the worker, serving tool calls through `tools` (none: the
+    /// request may call no tool); `Err` when the worker was lost.
+    fn request(
+        &mut self,
+        request: &[u8],
+        deadline: Option<Instant>,
+        tools: Option<&ToolRun>,
+    ) -> Result<Outcome, Error> {
         let pool = Arc::clone(&self.pool);
         let files = Arc::clone(&self.files);
         let Some(worker) = self.worker.as_mut() else {
             return Err(lost());
         };
-        worker.exchange(request, deadline, pool.settings(), &*files, &self.limits)
+        let host = Host {
+            files: &*files,
+            tools,
+            max_depth: self.limits.result_depth,
+        };
+        worker.exchange(request, deadline, pool.settings(), host, &self.limits)
     }
 
     fn settings_spawn_timeout(&self) -> Duration {

@@ -1,6 +1,7 @@
 //! One worker process, seen from its supervisor: spawn and configure it, wait until it is
 //! locked down, hand it requests (runs, session calls) under a deadline enforced from
-//! outside, answer the host calls it makes meanwhile (`host_call`), and kill and reap it.
+//! outside, answer the host calls it makes meanwhile (`host_call`: modules, files, tool
+//! calls run here with the request's own `ToolRun`), and kill and reap it.
 //!
 //! Everything here reads and writes with a deadline (`poll`), so a worker that hangs,
 //! floods, lies or dies costs the run it was serving and nothing else: the answer is an
@@ -19,11 +20,12 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::net::{RecvFlags, SendFlags};
 use serde_json::Value as Json;
 
-use super::host_call::{self, Budget, Refusal};
-use super::protocol::{self, Decoded, DoneMeta, FrameError, Kind, LayerLine, Message, RunMeta};
+use super::host_call::{self, Budget, Host, Refusal};
+use super::protocol::{
+    self, Decoded, DoneMeta, FrameError, Kind, LayerLine, Message, RunMeta, WireTools,
+};
 use super::{failed, Job, TEST_HOOKS_ENV, WORKER_ARG};
 use crate::error::{Error, ErrorKind};
-use crate::host::FileSource;
 use crate::limits::Limits;
 use crate::sandbox::Outcome;
 
@@ -76,7 +78,8 @@ enum Failure {
     Refused(String),
     /// The channel failed.
     Io(io::Error),
-    /// The worker went over its budget of host calls.
+    /// The worker went over its budget of host calls, or asked for a tool that is not
+    /// registered.
     HostCalls(String),
 }
 
@@ -375,7 +378,9 @@ impl Worker {
     }
 
     /// Runs `job` in the worker. The deadline (timeout plus grace) is enforced here: past
-    /// it the worker is killed and the run reported as `timeout`.
+    /// it the worker is killed and the run reported as `timeout`. The run's tool calls are
+    /// served and recorded here: the outcome's `tool_calls` are this side's record, even
+    /// when the worker died.
     pub(crate) fn run(&mut self, job: &Job, settings: &Settings) -> (Outcome, Fate) {
         let start = Instant::now();
         let deadline = job.limits.timeout.map(|t| start + t + settings.kill_grace);
@@ -387,36 +392,48 @@ impl Worker {
             }
         };
         self.runs += 1;
-        match self.exchange(&request, deadline, settings, &*job.env.files, job.limits) {
-            Ok(outcome) => {
-                let fate = match outcome.error() {
-                    Some(e) if e.kind.is_limit() => Fate::Retire,
-                    Some(e) if matches!(e.kind, ErrorKind::Killed | ErrorKind::Internal) => {
-                        Fate::Retire
-                    }
-                    _ => Fate::Reuse,
-                };
-                (outcome, fate)
-            }
-            Err(error) => (failed(error, start.elapsed()), Fate::Retire),
-        }
+        let tools = job
+            .tools
+            .map(|registry| registry.start_run(job.limits.timeout.map(|t| start + t)));
+        let host = Host {
+            files: &*job.env.files,
+            tools: tools.as_ref(),
+            max_depth: job.limits.result_depth,
+        };
+        let (mut outcome, fate) =
+            match self.exchange(&request, deadline, settings, host, job.limits) {
+                Ok(outcome) => {
+                    let fate = match outcome.error() {
+                        Some(e) if e.kind.is_limit() => Fate::Retire,
+                        Some(e) if matches!(e.kind, ErrorKind::Killed | ErrorKind::Internal) => {
+                            Fate::Retire
+                        }
+                        _ => Fate::Reuse,
+                    };
+                    (outcome, fate)
+                }
+                Err(error) => (failed(error, start.elapsed()), Fate::Retire),
+            };
+        outcome.tool_calls = tools.map(|run| run.take_calls()).unwrap_or_default();
+        (outcome, fate)
     }
 
     /// Sends `request` and waits for its `Done` until `deadline`, answering the worker's
-    /// host calls from `files` meanwhile: the outcome the worker reported, or (after the
-    /// worker was killed, or died) the error that ended the exchange.
+    /// host calls from `host` meanwhile: the outcome the worker reported (without tool
+    /// calls: the caller has their record), or (after the worker was killed, or died) the
+    /// error that ended the exchange.
     pub(crate) fn exchange(
         &mut self,
         request: &[u8],
         deadline: Option<Instant>,
         settings: &Settings,
-        files: &dyn FileSource,
+        host: Host<'_>,
         limits: &Limits,
     ) -> Result<Outcome, Error> {
         let reply = self
             .channel
             .send(request, deadline)
-            .and_then(|()| self.reply(Kind::Done, deadline, settings, Some(files)));
+            .and_then(|()| self.reply(Kind::Done, deadline, settings, Some(host)));
         let frame = match reply {
             Ok(frame) => frame,
             Err(Failure::Timeout) => {
@@ -500,14 +517,18 @@ impl Worker {
     }
 
     /// Waits for the reply of type `expected`. The worker's host calls in the middle of
-    /// the request are answered here, inside the loop, from `files` (none: a host call is
+    /// the request are answered here, inside the loop, from `host` (none: a host call is
     /// unexpected), under the same deadline and a fresh budget per request.
+    ///
+    /// A tool runs on this thread, so the deadline cannot interrupt it: a tool is given
+    /// the run's deadline and must honour it. One that returns past `deadline` anyway
+    /// gets no answer sent: the worker is killed and the request ends as a timeout.
     fn reply(
         &mut self,
         expected: Kind,
         deadline: Option<Instant>,
         settings: &Settings,
-        files: Option<&dyn FileSource>,
+        host: Option<Host<'_>>,
     ) -> Result<protocol::Frame, Failure> {
         let mut budget = Budget::new(settings.max_host_calls, settings.max_host_call_bytes);
         loop {
@@ -522,14 +543,17 @@ impl Worker {
                     return Err(Failure::Refused(message));
                 }
                 Kind::HostCall => {
-                    let Some(files) = files else {
+                    let Some(host) = host else {
                         return Err(Failure::Unexpected(Kind::HostCall));
                     };
-                    let reply = match host_call::answer(&frame, files, &mut budget) {
+                    let reply = match host_call::answer(&frame, host, &mut budget) {
                         Ok(reply) => reply,
                         Err(Refusal::Frame(e)) => return Err(Failure::Frame(e)),
-                        Err(Refusal::Budget(why)) => return Err(Failure::HostCalls(why)),
+                        Err(Refusal::Forbidden(why)) => return Err(Failure::HostCalls(why)),
                     };
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Failure::Timeout);
+                    }
                     self.channel.send(&reply, deadline)?;
                 }
                 other => return Err(Failure::Unexpected(other)),
@@ -673,6 +697,7 @@ fn encode_run(job: &Job) -> Result<Vec<u8>, String> {
         deterministic: job.env.deterministic.map(|d| (d.timestamp, d.seed)),
         diagnostic: job.env.diagnostic,
         host_files: !job.env.files.is_empty(),
+        tools: job.tools.map(|registry| WireTools::from(&**registry)),
     };
     let meta = serde_json::to_vec(&meta).map_err(|e| format!("encoding the run: {e}"))?;
     let input = serde_json::to_vec(job.input).map_err(|e| format!("encoding the input: {e}"))?;
@@ -703,7 +728,7 @@ fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Outcome, Stri
         output: String::from_utf8_lossy(output).into_owned(),
         stats: meta.stats,
         diagnostics: meta.diagnostics,
-        tool_calls: meta.tool_calls,
+        tool_calls: Vec::new(),
     })
 }
 
@@ -782,7 +807,6 @@ mod tests {
             error: None,
             stats: Stats::default(),
             diagnostics: None,
-            tool_calls: Vec::new(),
         })
         .unwrap();
         let bytes = protocol::encode(Kind::Done, &[&meta, b"{\"a\":[1,2]}", b"hi\n"]).unwrap();
