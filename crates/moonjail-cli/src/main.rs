@@ -97,7 +97,7 @@ enum ProfileCommand {
     List,
     /// Print everything a profile exposes, and how each guarded name is made safe.
     Show {
-        /// minimal or standard
+        /// minimal, standard or aos
         name: String,
         /// Print as JSON.
         #[arg(long)]
