@@ -3,7 +3,10 @@
 use std::time::Instant;
 
 fn main() {
-    let n = 20_000;
+    let n: usize = std::env::var("MOONJAIL_LATENCY_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     for profile in moonjail::Profile::ALL {
         let sandbox = moonjail::Sandbox::builder()
             .profile(profile)

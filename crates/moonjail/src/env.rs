@@ -9,7 +9,7 @@ use mlua::{Function, Lua, StdLib, Table, Value};
 use crate::host::EnvOptions;
 use crate::profile::{Item, ProfileSpec};
 use crate::stdlib::{aos, base, json, strmatch};
-use crate::vm::retain_string_keys;
+use crate::vm::{retain_string_keys, set_c_functions};
 
 /// The stock libraries a profile needs opened.
 pub(crate) fn libs_for(spec: &ProfileSpec) -> StdLib {
@@ -74,7 +74,7 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                     _ => None,
                 };
                 if let Some(f) = guarded {
-                    g.raw_set(name, c_function(lua, f)?)?;
+                    set_c_functions(lua, &g, &[(name, f)], false)?;
                 } else if name == "setmetatable" {
                     g.raw_set(name, base::setmetatable_closure(lua)?)?;
                 }
@@ -156,21 +156,11 @@ fn trim(lua: &Lua, lib: &Table, members: &[&str]) -> mlua::Result<()> {
 
 fn guard_coroutine(lua: &Lua, co: &Table) -> mlua::Result<()> {
     use crate::vm::hook;
-    for (name, f) in [
-        ("create", hook::co_create as mlua::ffi::lua_CFunction),
+    let entries: [(&str, mlua::ffi::lua_CFunction); 4] = [
+        ("create", hook::co_create),
         ("resume", hook::co_resume),
         ("wrap", hook::co_wrap),
         ("close", hook::co_close),
-    ] {
-        if co.raw_get::<Value>(name)? != Value::Nil {
-            co.raw_set(name, c_function(lua, f)?)?;
-        }
-    }
-    Ok(())
-}
-
-fn c_function(lua: &Lua, f: mlua::ffi::lua_CFunction) -> mlua::Result<Function> {
-    // SAFETY: only moonjail's own lua_CFunctions are passed here, each written to the C
-    // API's calling protocol.
-    unsafe { lua.create_c_function(f) }
+    ];
+    set_c_functions(lua, co, &entries, true)
 }

@@ -266,11 +266,13 @@ impl Walker {
 
 /// Converts host JSON to a Lua value (input), nesting at most `depth` levels.
 pub(crate) fn from_json(lua: &Lua, value: &Json, depth: usize) -> mlua::Result<Value> {
-    let empty_arrays = empty_array_set(lua)?;
-    build(lua, &empty_arrays, value, depth)
+    // The array set is made on the first array only: most inputs have none, and sandbox
+    // creation is a hot path.
+    let mut arrays = None;
+    build(lua, &mut arrays, value, depth)
 }
 
-fn build(lua: &Lua, empty_arrays: &Table, value: &Json, depth: usize) -> mlua::Result<Value> {
+fn build(lua: &Lua, arrays: &mut Option<Table>, value: &Json, depth: usize) -> mlua::Result<Value> {
     Ok(match value {
         Json::Null => null(),
         Json::Bool(b) => Value::Boolean(*b),
@@ -280,16 +282,20 @@ fn build(lua: &Lua, empty_arrays: &Table, value: &Json, depth: usize) -> mlua::R
             let depth = descend(depth)?;
             let t = lua.create_table_with_capacity(items.len(), 0)?;
             for (i, item) in items.iter().enumerate() {
-                t.raw_set(i + 1, build(lua, empty_arrays, item, depth)?)?;
+                t.raw_set(i + 1, build(lua, arrays, item, depth)?)?;
             }
-            empty_arrays.raw_set(&t, true)?;
+            let set = match arrays {
+                Some(set) => set,
+                None => arrays.insert(empty_array_set(lua)?),
+            };
+            set.raw_set(&t, true)?;
             Value::Table(t)
         }
         Json::Object(map) => {
             let depth = descend(depth)?;
             let t = lua.create_table_with_capacity(0, map.len())?;
             for (k, v) in map {
-                t.raw_set(k.as_str(), build(lua, empty_arrays, v, depth)?)?;
+                t.raw_set(k.as_str(), build(lua, arrays, v, depth)?)?;
             }
             Value::Table(t)
         }

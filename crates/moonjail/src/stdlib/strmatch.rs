@@ -1512,18 +1512,10 @@ pub(crate) fn install(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()>
         ("gmatch", str_gmatch),
         ("gsub", str_gsub),
     ];
-    for (name, func) in funcs {
-        if string.raw_get::<mlua::Value>(name)?.is_nil() {
-            continue;
-        }
-        // SAFETY: each function follows the Lua C API protocol for a C
-        // function (reads its arguments, pushes results, returns their
-        // count, raises errors only via lua_error with no destructors
-        // pending) and never lets a Rust panic unwind out of it.
-        let f = unsafe { lua.create_c_function(func) }?;
-        string.raw_set(name, f)?;
-    }
-    Ok(())
+    // Each function follows the Lua C API protocol for a C function (reads its
+    // arguments, pushes results, returns their count, raises errors only via lua_error
+    // with no destructors pending) and never lets a Rust panic unwind out of it.
+    crate::vm::set_c_functions(lua, string, &funcs, true)
 }
 
 // ---------------------------------------------------------------------------
