@@ -281,7 +281,9 @@ impl SandboxArgs {
                 seed: self.seed,
             }))
             .require_run(require_run)
-            .require_table_result(require_table);
+            .require_table_result(require_table)
+            // One command, one run: nothing to prepare ahead.
+            .prepared_states(0);
         if !self.tool.is_empty() {
             let mut tools = ToolRegistry::new();
             for spec in &self.tool {

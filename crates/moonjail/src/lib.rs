@@ -40,6 +40,7 @@ mod error;
 mod host;
 mod limits;
 mod marshal;
+mod prepared;
 mod profile;
 mod sandbox;
 mod session;
