@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mlua::ffi::lua_State;
@@ -175,20 +175,25 @@ impl Control {
 
     /// Pushes a thread onto the resume chain. Returns false when the chain is full.
     pub(crate) fn push_thread(&self, l: *mut lua_State) -> bool {
-        let d = self.depth.load(Ordering::SeqCst);
+        // The chain is only ever read by this thread (its signal handler included), so
+        // program order is all that matters: relaxed accesses and a compiler fence, not
+        // the full barriers SeqCst stores cost on every coroutine resume.
+        let d = self.depth.load(Ordering::Relaxed);
         if d >= MAX_CHAIN {
             return false;
         }
-        self.chain[d].store(l, Ordering::SeqCst);
-        self.depth.store(d + 1, Ordering::SeqCst);
+        self.chain[d].store(l, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        self.depth.store(d + 1, Ordering::Relaxed);
         true
     }
 
     pub(crate) fn pop_thread(&self) {
-        let d = self.depth.load(Ordering::SeqCst);
+        let d = self.depth.load(Ordering::Relaxed);
         if d > 0 {
-            self.depth.store(d - 1, Ordering::SeqCst);
+            self.depth.store(d - 1, Ordering::Relaxed);
         }
+        compiler_fence(Ordering::SeqCst);
     }
 
     /// Resets the chain to just the entry thread.
@@ -200,9 +205,10 @@ impl Control {
     /// Hooks every thread of the live resume chain so its next instruction raises the
     /// stop error. Async-signal-safe: atomics and `lua_sethook` only.
     pub(crate) fn arm_all(&self) {
-        let d = self.depth.load(Ordering::SeqCst).min(MAX_CHAIN);
+        compiler_fence(Ordering::SeqCst);
+        let d = self.depth.load(Ordering::Relaxed).min(MAX_CHAIN);
         for slot in &self.chain[..d] {
-            let l = slot.load(Ordering::SeqCst);
+            let l = slot.load(Ordering::Relaxed);
             if !l.is_null() {
                 super::hook::arm_thread(l);
             }
