@@ -161,3 +161,30 @@ fn aos_flags_modules_read_deterministic_diagnostic() {
     assert_eq!(d["diagnostics"]["library"]["io.open"], json!(1));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn session_protocol_is_the_same_isolated() {
+    let lines = [
+        r#"{"id":1,"op":"exec","code":"n = 0 function bump(k) n = n + (k or 1) print('n=' .. n) return n end"}"#,
+        r#"{"id":2,"op":"call","function":"bump","args":[5]}"#,
+        "not json",
+        r#"{"id":3,"op":"has_function","name":"bump"}"#,
+        r#"{"id":4,"op":"exec","code":"error('boom')"}"#,
+        r#"{"id":5,"op":"exec","code":"return n"}"#,
+        r#"{"id":6,"op":"exec","code":"while true do end"}"#,
+        r#"{"id":7,"op":"exec","code":"return n"}"#,
+    ];
+    let strip = |mut docs: Vec<Value>| {
+        for d in &mut docs {
+            if let Some(obj) = d.as_object_mut() {
+                obj.remove("stats");
+            }
+        }
+        docs
+    };
+    let (plain, code) = session(&["--timeout", "300ms"], &lines);
+    assert_eq!(code, 0);
+    let (isolated, code) = session(&["--timeout", "300ms", "--isolate"], &lines);
+    assert_eq!(code, 0);
+    assert_eq!(strip(plain), strip(isolated));
+}
