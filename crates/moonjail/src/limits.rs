@@ -24,6 +24,16 @@ pub struct Limits {
     pub result_bytes: Option<usize>,
 }
 
+impl Limits {
+    /// The bounds results (and tool arguments) are marshaled under.
+    pub(crate) fn result_bounds(&self) -> crate::marshal::Bounds {
+        crate::marshal::Bounds {
+            depth: self.result_depth,
+            bytes: self.result_bytes.unwrap_or(usize::MAX),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -565,11 +565,7 @@ impl Sandbox {
             "limits set"
         );
         if let Some(run) = tools {
-            let args = Bounds {
-                depth: self.limits.result_depth,
-                bytes: self.limits.result_bytes.unwrap_or(usize::MAX),
-            };
-            crate::tools::lua::attach(vm.lua(), run, args, self.limits.result_depth);
+            attach_tools(&vm, &self.limits, run);
         }
         let environment = if built {
             Ok(())
@@ -600,10 +596,7 @@ impl Sandbox {
                 "outcome: failed"
             ),
         }
-        stats.memory_bytes = peak;
-        stats.instructions = self.limits.instructions.map(|_| ctl.instr_charged.get());
-        let output = String::from_utf8_lossy(&ctl.take_output()).into_owned();
-        let diagnostics = crate::diag::take(vm.lua());
+        let (output, diagnostics) = collect(&vm, &self.limits, stats);
         drop(deadline);
         drop(active);
         match &self.prepared {
@@ -664,13 +657,29 @@ impl Sandbox {
                 format!("the result must be a table, got a {}", value.type_name()),
             ));
         }
-        let bounds = Bounds {
-            depth: self.limits.result_depth,
-            bytes: self.limits.result_bytes.unwrap_or(usize::MAX),
-        };
-        marshal::to_json(lua, &value, bounds)
+        marshal::to_json(lua, &value, self.limits.result_bounds())
             .map_err(|e| Error::new(ErrorKind::Result, e.to_string()))
     }
+}
+
+/// Sends the tool calls of `vm`'s state to `run`, under `limits`' marshaling bounds.
+pub(crate) fn attach_tools(vm: &Vm, limits: &Limits, run: Arc<crate::tools::ToolRun>) {
+    crate::tools::lua::attach(vm.lua(), run, limits.result_bounds(), limits.result_depth);
+}
+
+/// What a finished call leaves to report: memory and instruction figures into `stats`,
+/// then the captured output and the diagnostics.
+pub(crate) fn collect(
+    vm: &Vm,
+    limits: &Limits,
+    stats: &mut Stats,
+) -> (String, Option<Diagnostics>) {
+    let ctl = vm.ctl();
+    let (_, peak, _) = ctl.memory();
+    stats.memory_bytes = peak;
+    stats.instructions = limits.instructions.map(|_| ctl.instr_charged.get());
+    let output = String::from_utf8_lossy(&ctl.take_output()).into_owned();
+    (output, crate::diag::take(vm.lua()))
 }
 
 /// The final kind: a quota that fired wins over whatever error the script raised after

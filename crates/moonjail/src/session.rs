@@ -28,9 +28,10 @@ use mlua::Value;
 use serde_json::Value as Json;
 
 use crate::error::{Error, ErrorKind};
-use crate::marshal::{self, Bounds};
+use crate::marshal;
 use crate::sandbox::{
-    classify, classify_result, load_error, mlua_message, script_error, Outcome, Sandbox, Stats,
+    attach_tools, classify, classify_result, collect, load_error, mlua_message, script_error,
+    Outcome, Sandbox, Stats,
 };
 use crate::vm::{watchdog::Deadline, Activation, Vm};
 use crate::{env, ErrorKind as Kind};
@@ -88,7 +89,7 @@ impl Sandbox {
             // `with_call`), so this one, without a deadline, is never called through.
             if let Some(registry) = self.tools() {
                 let run = Arc::new(registry.start_run(None));
-                attach_tools(&vm, self, run);
+                attach_tools(&vm, self.limits(), run);
             }
             env::build(vm.lua(), spec, &self.env).map_err(|e| {
                 classify(
@@ -340,23 +341,15 @@ impl Session {
         // This call's tool run: its deadline, its quotas, its record.
         let tools = self.sandbox.tools().map(|registry| {
             let run = Arc::new(registry.start_run(limits.timeout.map(|t| start + t)));
-            attach_tools(vm, &self.sandbox, Arc::clone(&run));
+            attach_tools(vm, self.sandbox.limits(), Arc::clone(&run));
             run
         });
         let result = body(vm, &self.sandbox).and_then(|value| {
-            let bounds = Bounds {
-                depth: limits.result_depth,
-                bytes: limits.result_bytes.unwrap_or(usize::MAX),
-            };
-            marshal::to_json(vm.lua(), &value, bounds)
+            marshal::to_json(vm.lua(), &value, limits.result_bounds())
                 .map_err(|e| Error::new(ErrorKind::Result, e.to_string()))
         });
         let result = classify_result(ctl, result);
-        let (_, peak, _) = ctl.memory();
-        stats.memory_bytes = peak;
-        stats.instructions = limits.instructions.map(|_| ctl.instr_charged.get());
-        let output = String::from_utf8_lossy(&ctl.take_output()).into_owned();
-        let diagnostics = crate::diag::take(vm.lua());
+        let (output, diagnostics) = collect(vm, &limits, &mut stats);
         drop(deadline);
         drop(active);
         if let Err(e) = &result {
@@ -374,14 +367,4 @@ impl Session {
             tool_calls: tools.map(|run| run.take_calls()).unwrap_or_default(),
         }
     }
-}
-
-/// Sends the tool calls of `vm`'s state to `run`, with `sandbox`'s marshaling bounds.
-fn attach_tools(vm: &Vm, sandbox: &Sandbox, run: Arc<crate::ToolRun>) {
-    let limits = sandbox.limits();
-    let args = Bounds {
-        depth: limits.result_depth,
-        bytes: limits.result_bytes.unwrap_or(usize::MAX),
-    };
-    crate::tools::lua::attach(vm.lua(), run, args, limits.result_depth);
 }
