@@ -551,10 +551,7 @@ impl Sandbox {
         // Reset the call state first: arming first would let a deadline that passes at
         // once be cleared by the reset and lost.
         vm.begin_call(self.limits.instructions);
-        let deadline = self
-            .limits
-            .timeout
-            .map(|t| Deadline::arm(start + t, ctl.expired.clone()));
+        let deadline = self.limits.timeout.map(|t| Deadline::arm(ctl, start + t));
 
         tracing::debug!(
             profile = spec.name,

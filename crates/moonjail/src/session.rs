@@ -335,9 +335,7 @@ impl Session {
         let active = Activation::new(ctl);
         // Reset before arming, so a deadline that passes at once is not cleared.
         vm.begin_call(limits.instructions);
-        let deadline = limits
-            .timeout
-            .map(|t| Deadline::arm(start + t, ctl.expired.clone()));
+        let deadline = limits.timeout.map(|t| Deadline::arm(ctl, start + t));
         // This call's tool run: its deadline, its quotas, its record.
         let tools = self.sandbox.tools().map(|registry| {
             let run = Arc::new(registry.start_run(limits.timeout.map(|t| start + t)));

@@ -450,17 +450,16 @@ fn every_thread_of_a_live_worker_has_no_new_privs_and_seccomp() {
         return;
     }
     let sb = sandbox();
-    // A run with a deadline starts the watchdog thread.
+    // A run with a deadline arms the worker's per-thread deadline timer (no helper
+    // thread: the worker stays single-threaded; threads that exist when the filter is
+    // installed are covered by TSYNC, tested in moonjail-isolate's seccomp tests).
     assert_healthy(&sb);
     let worker = idle_worker(&sb);
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", worker.pid))
         .expect("the worker's task list")
         .map(|entry| entry.unwrap().path())
         .collect();
-    assert!(
-        tasks.len() >= 2,
-        "expected the watchdog thread too: {tasks:?}"
-    );
+    assert!(!tasks.is_empty(), "no task in the worker: {tasks:?}");
     for task in tasks {
         let status = task.join("status");
         assert_eq!(

@@ -4,7 +4,9 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
-use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    compiler_fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::sync::Arc;
 
 use mlua::ffi::lua_State;
@@ -70,8 +72,12 @@ pub(crate) struct MemState {
 
 pub(crate) struct Control {
     pub(crate) mem: UnsafeCell<MemState>,
-    /// Set by the watchdog thread when the deadline passes.
+    /// Set when the deadline passes (by the deadline signal's handler, a native
+    /// checkpoint, or the watchdog thread where there are no per-thread timers).
     pub(crate) expired: Arc<AtomicBool>,
+    /// When the deadline passes, in monotonic nanoseconds; `u64::MAX` for none. Lets the
+    /// signal handler tell a stale signal (from an earlier call) from a real expiry.
+    deadline_ns: AtomicU64,
     stop: AtomicU8,
     pub(crate) instr_limit: Cell<Option<u64>>,
     pub(crate) instr_charged: Cell<u64>,
@@ -92,6 +98,7 @@ impl Control {
                 ..MemState::default()
             }),
             expired: Arc::new(AtomicBool::new(false)),
+            deadline_ns: AtomicU64::new(u64::MAX),
             stop: AtomicU8::new(Stop::None as u8),
             instr_limit: Cell::new(None),
             instr_charged: Cell::new(0),
@@ -122,6 +129,7 @@ impl Control {
     pub(crate) fn reset_for_call(&self) {
         self.stop.store(Stop::None as u8, Ordering::SeqCst);
         self.expired.store(false, Ordering::SeqCst);
+        self.deadline_ns.store(u64::MAX, Ordering::SeqCst);
         self.instr_charged.set(0);
         self.forbidden.set(false);
         // SAFETY: only the VM thread touches the output buffer, and no borrow of it is
@@ -129,6 +137,19 @@ impl Control {
         unsafe { (*self.output.get()).clear() };
         // SAFETY: as above, for the memory counters.
         unsafe { (*self.mem.get()).hits = 0 };
+    }
+
+    /// Sets when this call's deadline passes (monotonic nanoseconds).
+    pub(crate) fn set_deadline_ns(&self, due: u64) {
+        self.deadline_ns.store(due, Ordering::SeqCst);
+    }
+
+    /// Marks the deadline as passed if the clock says so (signal-safe).
+    pub(crate) fn observe_clock(&self) {
+        let due = self.deadline_ns.load(Ordering::SeqCst);
+        if due != u64::MAX && super::watchdog::monotonic_ns() >= due {
+            self.expired.store(true, Ordering::SeqCst);
+        }
     }
 
     /// The stop message if the run must end now: a sticky stop, or a passed deadline
@@ -271,5 +292,9 @@ impl Drop for Activation {
 /// Called by long-running native library functions (pattern matching, marshaling) every
 /// few thousand steps. `Some(message)` means the run must stop: raise that message.
 pub(crate) fn native_checkpoint() -> Option<&'static str> {
-    current().and_then(|c| c.check_stop())
+    current().and_then(|c| {
+        // Long native work polls the clock too, in case the signal is held back.
+        c.observe_clock();
+        c.check_stop()
+    })
 }

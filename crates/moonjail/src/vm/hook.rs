@@ -2,7 +2,8 @@
 //! functions and the entry shim: the raw Lua C API pieces of the quota layer.
 //!
 //! No hook is installed while a run is within its deadline and has no instruction limit.
-//! When the deadline passes, the watchdog signals the VM thread; the handler hooks every
+//! When the deadline passes, the VM thread is signalled (its own POSIX timer on Linux,
+//! a watchdog thread elsewhere; see `watchdog.rs`); the handler hooks every
 //! coroutine of the live resume chain (`lua_sethook` is documented as signal-safe), and
 //! the hook then raises at every instruction, so `pcall`, `xpcall`, message handlers and
 //! `__close` cannot swallow the stop.
@@ -109,6 +110,9 @@ pub(crate) extern "C" fn on_deadline_signal(
     _ctx: *mut c_void,
 ) {
     if let Some(ctl) = current() {
+        // A timer signal carries no run id: compare with this run's own deadline, so a
+        // stale signal from an earlier call changes nothing.
+        ctl.observe_clock();
         if ctl.expired.load(std::sync::atomic::Ordering::SeqCst) {
             ctl.set_stop(Stop::Timeout);
             ctl.arm_all();

@@ -165,8 +165,8 @@ fn warm_up() {
     }
     // SAFETY: tzset only reads TZ and the zone file; the process is single-threaded here.
     unsafe { tzset() };
-    // One run through the whole sandbox. No timeout: a deadline would start the
-    // watchdog thread, and lockdown needs a single-threaded process.
+    // One run through the whole sandbox. No timeout: lockdown needs a single-threaded
+    // process, and the deadline machinery is set up lazily per thread.
     if let Ok(sandbox) = Sandbox::builder().timeout(None).build() {
         let _ = sandbox.run(WARM_UP, &Json::Null);
     }
