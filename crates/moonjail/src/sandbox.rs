@@ -333,9 +333,10 @@ impl SandboxBuilder {
     /// helper thread (started by the first run), and closes used states there: a run
     /// then only compiles and runs its chunk (~5–8 µs for `return 1` instead of ~25–35
     /// µs, when runs leave the helper time to keep up). Each run still gets a state made
-    /// for it alone, used by no other run. Not used with host tools or isolation. By
-    /// default, 0: every state is built on the calling thread, which suits batches and
-    /// sandboxes used once.
+    /// for it alone, used by no other run. Not used with host tools or isolation. The
+    /// helper thread makes a single-threaded host multi-threaded, and glibc's allocator
+    /// then locks: allocation-heavy scripts run slower. By default, 0: every state is
+    /// built on the calling thread, which suits batches and sandboxes used once.
     pub fn prepared_states(mut self, states: usize) -> Self {
         self.prepared_states = Some(states);
         self
