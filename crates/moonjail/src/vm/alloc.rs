@@ -13,7 +13,7 @@ use std::ptr;
 
 use mlua::ffi;
 
-use super::control::Control;
+use super::control::{Control, MemState};
 
 /// The allocator installed on every sandbox state: mlua's own allocator (the global Rust
 /// allocator with blocks aligned to `SYS_MIN_ALIGN`), so blocks move freely between the
@@ -28,15 +28,13 @@ unsafe extern "C" fn counting_alloc(
     osize: usize,
     nsize: usize,
 ) -> *mut c_void {
-    // SAFETY: `install` passes a pointer to a boxed `Wrapped` that outlives the state's
-    // use of this allocator (it is uninstalled before the box is freed).
-    let wrap = unsafe { &*(ud as *const Wrapped) };
-    // SAFETY: the allocator runs on the VM thread only; no other reference to the
-    // counters is alive during this call.
-    let mem = unsafe { &mut *(*wrap.ctl).mem.get() };
-    let old = if block.is_null() { 0 } else { osize };
+    // SAFETY: `install` passes the control block's `MemState`, which outlives the state's
+    // use of this allocator (it is uninstalled before the control block is freed). The
+    // allocator runs on the VM thread only; no other reference to it is alive meanwhile.
+    let mem = unsafe { &mut *(ud as *mut MemState) };
     if nsize == 0 {
         if !block.is_null() {
+            mem.used = mem.used.saturating_sub(osize);
             // SAFETY: every block of this state was allocated by this function or by
             // mlua's allocator, both with this layout.
             unsafe {
@@ -45,45 +43,59 @@ unsafe extern "C" fn counting_alloc(
                     Layout::from_size_align_unchecked(osize, ALIGN),
                 )
             };
-            mem.used -= old.min(mem.used);
         }
         return ptr::null_mut();
     }
-    let request = (block as usize, osize, nsize);
-    if nsize > old && mem.used.saturating_add(nsize - old) > mem.limit {
-        // Lua retries a refused allocation once after an emergency collection; only a
-        // refusal that is not followed by a successful identical retry raises an error.
-        mem.hits = mem.hits.saturating_add(1);
-        mem.pending = Some(request);
-        return ptr::null_mut();
+    let old = if block.is_null() { 0 } else { osize };
+    let used = mem.used.saturating_sub(old) + nsize;
+    if (used > mem.limit && nsize > old) || nsize > MAX_BLOCK {
+        return refuse(mem, block, osize, nsize);
     }
-    let p = if block.is_null() {
-        match Layout::from_size_align(nsize, ALIGN) {
-            // SAFETY: a non-zero size with a valid alignment.
-            Ok(layout) => unsafe { alloc::alloc(layout) },
-            Err(_) => ptr::null_mut(),
-        }
-    } else if nsize > isize::MAX as usize - ALIGN {
-        ptr::null_mut()
-    } else {
-        // SAFETY: `block` was allocated with this layout (see above); the new size is
-        // non-zero and does not overflow when rounded to the alignment.
-        unsafe {
+    // The books are settled before the call, so the allocation is a tail call: this is the
+    // hottest function of allocation-heavy scripts. If the system allocator itself then
+    // fails (true exhaustion), the count stays a little high: the limit only gets stricter.
+    mem.used = used;
+    if used > mem.peak {
+        mem.peak = used;
+    }
+    if mem.pending.is_some() {
+        settle_retry(mem, block, osize, nsize);
+    }
+    // SAFETY: a non-zero size that does not overflow when rounded to the alignment
+    // (`MAX_BLOCK`); an existing `block` was allocated with the layout given (see above).
+    unsafe {
+        if block.is_null() {
+            alloc::alloc(Layout::from_size_align_unchecked(nsize, ALIGN)).cast()
+        } else {
             alloc::realloc(
                 block.cast(),
                 Layout::from_size_align_unchecked(osize, ALIGN),
                 nsize,
             )
-        }
-    };
-    if !p.is_null() {
-        mem.used = mem.used - old.min(mem.used) + nsize;
-        mem.peak = mem.peak.max(mem.used);
-        if mem.pending.take() == Some(request) {
-            mem.hits = mem.hits.saturating_sub(1);
+            .cast()
         }
     }
-    p.cast()
+}
+
+/// Largest block handed to the system allocator (Lua's own size checks come first).
+const MAX_BLOCK: usize = isize::MAX as usize - ALIGN;
+
+/// A refused request. Lua retries a refused allocation once after an emergency
+/// collection; only a refusal not followed by a successful identical retry raises an
+/// error, so the refusal is remembered until the next request.
+#[cold]
+fn refuse(mem: &mut MemState, block: *mut c_void, osize: usize, nsize: usize) -> *mut c_void {
+    mem.hits = mem.hits.saturating_add(1);
+    mem.pending = Some((block as usize, osize, nsize));
+    ptr::null_mut()
+}
+
+/// The request after a refusal: if it is Lua's identical retry, the refusal was rescued.
+#[cold]
+fn settle_retry(mem: &mut MemState, block: *mut c_void, osize: usize, nsize: usize) {
+    if mem.pending.take() == Some((block as usize, osize, nsize)) {
+        mem.hits = mem.hits.saturating_sub(1);
+    }
 }
 
 /// mlua's block alignment; both allocators must agree on it.
@@ -91,7 +103,6 @@ const ALIGN: usize = ffi::SYS_MIN_ALIGN;
 
 /// The allocator pair we wrap, kept beside the control block.
 pub(crate) struct Wrapped {
-    ctl: *const Control,
     inner: ffi::lua_Alloc,
     inner_ud: *mut c_void,
 }
@@ -111,19 +122,10 @@ pub(crate) unsafe fn install(l: *mut ffi::lua_State, ctl: &Control, used: usize)
         mem.used = used;
         mem.peak = used;
     }
-    let wrapped = Box::new(Wrapped {
-        ctl,
-        inner,
-        inner_ud,
-    });
-    // SAFETY: the box address is stable and outlives the installation (caller's contract).
-    unsafe {
-        ffi::lua_setallocf(
-            l,
-            counting_alloc,
-            &*wrapped as *const Wrapped as *mut c_void,
-        )
-    };
+    let wrapped = Box::new(Wrapped { inner, inner_ud });
+    // SAFETY: the control block is boxed (a stable address) and outlives the
+    // installation (caller's contract); `counting_alloc` reads it as a `MemState`.
+    unsafe { ffi::lua_setallocf(l, counting_alloc, ctl.mem.get().cast()) };
     wrapped
 }
 
