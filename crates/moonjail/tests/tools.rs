@@ -7,34 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moonjail::{
-    ConfigError, ErrorKind, Outcome, Profile, Sandbox, SandboxBuilder, ToolError, ToolQuota,
-    ToolRegistry,
+    ConfigError, ErrorKind, Outcome, Profile, Sandbox, SandboxBuilder, ToolQuota, ToolRegistry,
 };
 use serde_json::{json, Value as Json};
 
-fn echo(args: Vec<Json>) -> Result<Json, ToolError> {
-    Ok(Json::Array(args))
-}
-
-/// A sandbox with `weather.lookup`, `weather.fail`, `weather.boom` (panics), `echo`, and
-/// `deep.er.tool`.
-fn builder() -> SandboxBuilder {
-    Sandbox::builder()
-        .timeout(Some(Duration::from_secs(5)))
-        .tool("weather.lookup", |args| {
-            match args.first().and_then(|a| a["city"].as_str()) {
-                Some("Lyon") => Ok(json!({"forecast": "sunny", "temperature_c": 21})),
-                Some(city) => Err(ToolError::new(format!("no forecast for {city}"))),
-                None => Err(ToolError::new("expected {city = NAME}")),
-            }
-        })
-        .tool("weather.fail", |_| {
-            Err(ToolError::new("the service is down"))
-        })
-        .tool("weather.boom", |_| panic!("the tool's own bug"))
-        .tool("echo", echo)
-        .tool("deep.er.tool", |_| Ok(json!("deep")))
-}
+#[path = "support/tool_fixtures.rs"]
+mod tool_fixtures;
+use tool_fixtures::{builder, echo};
 
 fn sandbox() -> Sandbox {
     builder().build().expect("the sandbox builds")
