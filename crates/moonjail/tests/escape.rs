@@ -99,28 +99,13 @@ fn run(sb: &Sandbox, source: impl AsRef<[u8]>) -> Outcome {
     run_input(sb, source, &Json::Null)
 }
 
-const HEALTHY: &str = r#"
-local input = ...
-local t = {}
-for i = 1, 10 do t[#t + 1] = string.format("%d", i * i) end
-print("healthy")
-local ok, e = pcall(error, "caught")
-return {joined = table.concat(t, ","), upper = ("ok"):upper(), caught = e, ok = ok,
-        n = input.n, pi = math.floor(math.pi * 100)}
-"#;
+#[path = "support/healthy.rs"]
+mod healthy;
+use healthy::{check_healthy, healthy_input, HEALTHY};
 
 /// A normal run on the same sandbox succeeds with the right result and output.
 fn assert_healthy(sb: &Sandbox) {
-    let out = run_input(sb, HEALTHY, &json!({"n": 7}));
-    assert_eq!(
-        out.result,
-        Ok(json!({
-            "joined": "1,4,9,16,25,36,49,64,81,100", "upper": "OK", "caught": "caught",
-            "ok": false, "n": 7, "pi": 314
-        })),
-        "the sandbox is not healthy after the escape attempt"
-    );
-    assert_eq!(out.output, "healthy\n");
+    check_healthy(&run_input(sb, HEALTHY, &healthy_input()));
 }
 
 /// Runs `source`, asserts it fails with exactly `kind`, asserts the host is healthy, and
