@@ -4,7 +4,6 @@
 //! Everything here is compared with in-process runs; and the host-call channel is bounded
 //! against floods and refuses malformed calls from a fake worker without hanging.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::OnceLock;
@@ -16,6 +15,10 @@ use moonjail::{
     WorkerPath,
 };
 use serde_json::{json, Value as Json};
+
+#[path = "support/fake_worker.rs"]
+mod fake_worker;
+use fake_worker::{frame, Fake, HOST_CALL};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_moonjail-worker");
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -456,52 +459,7 @@ fn a_flood_closes_the_session_but_not_the_sandbox() {
 // Fake workers that abuse the host-call channel.
 // ---------------------------------------------------------------------------------------
 
-/// The worker protocol's version (`protocol::VERSION`).
-const VERSION: u8 = 3;
-
-/// A frame as the worker protocol encodes it.
-fn frame(kind: u8, sections: &[&[u8]]) -> Vec<u8> {
-    let body: usize = 2 + sections.iter().map(|s| 4 + s.len()).sum::<usize>();
-    let mut out = (body as u32).to_le_bytes().to_vec();
-    out.extend([VERSION, kind]);
-    for s in sections {
-        out.extend((s.len() as u32).to_le_bytes());
-        out.extend_from_slice(s);
-    }
-    out
-}
-
-const READY: u8 = 2;
-const HOST_CALL: u8 = 6;
-
-/// A fake worker: a shell script that sends Ready, waits for a request (any byte), sends
-/// `reply`, then sleeps.
-struct Fake {
-    dir: PathBuf,
-}
-
 impl Fake {
-    fn new(name: &str, reply: Vec<u8>) -> Fake {
-        let dir = std::env::temp_dir().join(format!(
-            "moonjail-fake-host-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("ready"), frame(READY, &[br#"{"layers":[]}"#])).unwrap();
-        std::fs::write(dir.join("reply"), reply).unwrap();
-        let script = format!(
-            "#!/bin/sh\ncat '{0}/ready'\ndd bs=1 count=1 of=/dev/null 2>/dev/null\n\
-             cat '{0}/reply'\nexec sleep 30\n",
-            dir.display()
-        );
-        let path = dir.join("worker");
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Fake { dir }
-    }
-
     fn sandbox(&self, config: ProcessConfigBuilder) -> Sandbox {
         Sandbox::builder()
             .profile(Profile::Aos)
@@ -518,12 +476,6 @@ impl Fake {
             ))
             .build()
             .unwrap()
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

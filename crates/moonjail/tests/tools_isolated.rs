@@ -10,8 +10,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -22,6 +20,10 @@ use moonjail::{
     ToolQuota, WorkerPath,
 };
 use serde_json::{json, Value as Json};
+
+#[path = "support/fake_worker.rs"]
+mod fake_worker;
+use fake_worker::{frame, Fake, HOST_CALL};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_moonjail-worker");
 /// A test that has not finished after this long has hung the supervisor.
@@ -740,58 +742,13 @@ fn a_flood_of_tool_calls_is_bounded_by_the_host_call_budget() {
 // Fake workers: a worker cannot make the supervisor call what was not registered.
 // ---------------------------------------------------------------------------------------
 
-/// The worker protocol's version (`protocol::VERSION`).
-const VERSION: u8 = 3;
-
-/// A frame as the worker protocol encodes it.
-fn frame(kind: u8, sections: &[&[u8]]) -> Vec<u8> {
-    let body: usize = 2 + sections.iter().map(|s| 4 + s.len()).sum::<usize>();
-    let mut out = (body as u32).to_le_bytes().to_vec();
-    out.extend([VERSION, kind]);
-    for s in sections {
-        out.extend((s.len() as u32).to_le_bytes());
-        out.extend_from_slice(s);
-    }
-    out
-}
-
-const READY: u8 = 2;
-const HOST_CALL: u8 = 6;
-
 fn tool_call(id: u64, name: &str, args: &str) -> Vec<u8> {
     let meta =
         format!(r#"{{"id": {id}, "request": {{"tool": {{"name": {name:?}, "args": {args}}}}}}}"#);
     frame(HOST_CALL, &[meta.as_bytes()])
 }
 
-/// A fake worker: a shell script that sends Ready, waits for the run (any byte), sends
-/// `reply`, then sleeps.
-struct Fake {
-    dir: PathBuf,
-}
-
 impl Fake {
-    fn new(name: &str, reply: Vec<u8>) -> Fake {
-        let dir = std::env::temp_dir().join(format!(
-            "moonjail-fake-tools-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("ready"), frame(READY, &[br#"{"layers":[]}"#])).unwrap();
-        std::fs::write(dir.join("reply"), reply).unwrap();
-        let script = format!(
-            "#!/bin/sh\ncat '{0}/ready'\ndd bs=1 count=1 of=/dev/null 2>/dev/null\n\
-             cat '{0}/reply'\nexec sleep 30\n",
-            dir.display()
-        );
-        let path = dir.join("worker");
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Fake { dir }
-    }
-
     fn sandbox(&self, builder: SandboxBuilder, config: ProcessConfigBuilder) -> Sandbox {
         isolated_with(
             builder.timeout(Some(Duration::from_secs(2))),
@@ -801,12 +758,6 @@ impl Fake {
                 .prespawn(0)
                 .max_frame_bytes(1 << 20),
         )
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
