@@ -131,3 +131,30 @@ fn off_by_default_and_in_json() {
         json!(1)
     );
 }
+
+#[test]
+fn the_proxies_memory_is_not_charged_to_the_script() {
+    const LIMIT: usize = 128 << 10;
+    let sb = |d: bool| {
+        Sandbox::builder()
+            .memory_limit(Some(LIMIT))
+            .diagnostic(d)
+            .build()
+            .unwrap()
+    };
+    let plain_peak = sb(false).run("return 1", &Value::Null).stats.memory_bytes;
+    let diag_peak = sb(true).run("return 1", &Value::Null).stats.memory_bytes;
+    let proxies = diag_peak - plain_peak;
+    const MARGIN: usize = 2048;
+    assert!(
+        proxies > 2 * MARGIN,
+        "the proxies cost only {proxies} bytes: the test below could not tell"
+    );
+    // A string that fits the limit with MARGIN to spare when the proxies are not charged,
+    // and would not if they were (`string.rep` holds its buffer and the result at once,
+    // so it needs twice the length).
+    let n = (LIMIT - plain_peak - MARGIN) / 2;
+    let code = format!("local s = string.rep('x', {n}) return #s");
+    assert_eq!(sb(false).run(&code, &Value::Null).result, Ok(json!(n)));
+    assert_eq!(sb(true).run(&code, &Value::Null).result, Ok(json!(n)));
+}
