@@ -132,7 +132,13 @@ fn run_and_check(sb: &Sandbox, job: Job, id: usize) {
         Job::Normal => check_normal(id, &out),
         Job::Timeout => {
             assert_eq!(kind, Some(ErrorKind::Timeout), "run {id}: {out:?}");
-            assert_eq!(out.output, format!("t {id}\n"));
+            // On a loaded machine the short deadline can pass before the script reaches
+            // its print; what matters is that the output is never another run's.
+            assert!(
+                out.output.is_empty() || out.output == format!("t {id}\n"),
+                "run {id}: {:?}",
+                out.output
+            );
         }
         Job::Memory => {
             assert_eq!(kind, Some(ErrorKind::MemoryLimit), "run {id}: {out:?}");
