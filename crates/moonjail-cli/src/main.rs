@@ -728,12 +728,13 @@ fn session_request(vm: &mut moonjail::Session, line: &str) -> (serde_json::Value
         }
         Some("has_function") => match text("name") {
             Some(name) => {
-                let has = vm.has_function(name);
-                return (
-                    json!({"id": id, "ok": true, "result": has, "output": "",
+                let reply = match vm.has_function(name) {
+                    Ok(has) => json!({"id": id, "ok": true, "result": has, "output": "",
                                "error": null, "stats": null}),
-                    false,
-                );
+                    Err(e) => json!({"id": id, "ok": false, "result": null, "output": "",
+                               "error": e, "stats": null}),
+                };
+                return (reply, false);
             }
             None => {
                 return (

@@ -109,6 +109,45 @@ impl Error {
     }
 }
 
+/// The longest error message an outcome carries; longer ones keep their head and a
+/// marker. A script chooses its error messages, and the host must not pay for 30 MB of
+/// one (nor a worker frame overflow on it).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 10;
+
+impl Error {
+    /// Cuts the message to [`MAX_MESSAGE_BYTES`] (on a character boundary), saying how
+    /// much was dropped.
+    pub(crate) fn bounded(mut self) -> Self {
+        self.message = bound_message(self.message);
+        self
+    }
+}
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] with a marker naming what was dropped.
+pub(crate) fn bound_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let total = message.len();
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(&format!("... ({} more bytes not shown)", total - end));
+    }
+    message
+}
+
+/// The innermost message of an mlua error (callback errors wrap the real one).
+pub(crate) fn mlua_message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => mlua_message(cause),
+        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        mlua::Error::WithContext { cause, .. } => mlua_message(cause),
+        other => other.to_string(),
+    }
+}
+
 /// Result alias for run outcomes.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -126,7 +126,7 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// Makes time and randomness reproducible: the same messages give the same state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Determinism {
     /// What `os.time()` returns and `os.date()` formats (Unix seconds).
     pub timestamp: i64,

@@ -6,7 +6,7 @@ use std::time::Duration;
 ///
 /// `None` means "no limit". Defaults: 64 MiB memory, 5 s timeout, no instruction limit,
 /// 1 MiB output, 1 MiB source, results 64 levels deep and 16 MiB of JSON.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Lua heap, counted exactly by the allocator.
     pub memory_bytes: Option<usize>,
@@ -25,6 +25,10 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The deepest `result_depth` a sandbox accepts: marshaling recurses once per level,
+    /// and a host thread's stack must hold every level of it.
+    pub const MAX_RESULT_DEPTH: usize = 1024;
+
     /// The bounds results (and tool arguments) are marshaled under.
     pub(crate) fn result_bounds(&self) -> crate::marshal::Bounds {
         crate::marshal::Bounds {

@@ -2,7 +2,7 @@
 //!
 //! Nothing outside a profile's list exists in the sandbox. How each listed name is made
 //! safe (for instance `setmetatable` refusing `__gc`) is the environment builder's
-//! policy ([`crate::env`]); the profile only says *what* is there.
+//! policy (the environment layer); the profile only says *what* is there.
 
 use std::fmt;
 use std::str::FromStr;
@@ -298,6 +298,27 @@ impl Profile {
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// A profile crosses process boundaries by name. A custom profile does not cross at
+/// all: a worker must never take a custom list for the built-in of the same name.
+impl serde::Serialize for Profile {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Profile::Custom(spec) => Err(serde::ser::Error::custom(format!(
+                "the custom profile {:?} cannot be serialised: only built-in profiles can",
+                spec.name
+            ))),
+            builtin => serializer.serialize_str(builtin.name()),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Profile {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,103 +1,21 @@
-//! The sandbox: a validated configuration, and `run`, which gives every script a fresh
-//! state built from the profile, under the limits.
+//! The sandbox facade: a validated configuration, and `run`, which gives every script a
+//! fresh state built from the profile, under the limits, in process or in a worker.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlua::chunk::ChunkMode;
-use mlua::Value;
-use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::diag::Diagnostics;
-use crate::env;
-use crate::error::{ConfigError, Error, ErrorKind};
-use crate::host::{Determinism, EnvOptions, HostFiles};
+use crate::engine::{self, Engine, Host};
+use crate::error::ConfigError;
+use crate::host::{Determinism, HostFiles};
 use crate::limits::Limits;
-use crate::marshal::{self, Bounds};
+use crate::outcome::Outcome;
 use crate::prepared::Prepared;
 use crate::profile::Profile;
-use crate::stdlib::base::FORBIDDEN;
-use crate::tools::{HttpConfig, ToolCall, ToolContext, ToolError, ToolQuota, ToolRegistry};
-use crate::vm::{watchdog::Deadline, Activation, Control, Vm};
-use crate::worker::{Isolated, Isolation};
-
-/// What a run produced: the result or the error, the captured output and statistics.
-/// Output and statistics are there whether the run succeeded or not.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Outcome {
-    /// The JSON result, or why there is none.
-    pub result: Result<Json, Error>,
-    /// Everything the script printed (invalid UTF-8 replaced), up to the output limit.
-    pub output: String,
-    /// Measurements of the run.
-    pub stats: Stats,
-    /// What the script touched, when the sandbox runs in diagnostic mode.
-    pub diagnostics: Option<Diagnostics>,
-    /// Every host tool call the script made, in order (see [`ToolCall`]).
-    pub tool_calls: Vec<ToolCall>,
-}
-
-/// Measurements of one run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Stats {
-    /// Wall-clock time, from the start of `run` to the state's close.
-    pub wall: Duration,
-    /// Peak Lua heap, in bytes.
-    pub memory_bytes: usize,
-    /// Instructions charged, when an instruction limit was set (counted in blocks of up
-    /// to 256, paid in advance).
-    pub instructions: Option<u64>,
-}
-
-impl Outcome {
-    /// True when the run succeeded.
-    pub fn is_ok(&self) -> bool {
-        self.result.is_ok()
-    }
-
-    /// The error, if the run failed.
-    pub fn error(&self) -> Option<&Error> {
-        self.result.as_ref().err()
-    }
-
-    /// The document `moonjail run --json` prints (a stable contract):
-    /// `{"ok", "result", "output", "error": {"kind", "message", "line"} | null, "stats"}`,
-    /// plus `"diagnostics"` in diagnostic mode and `"tool_calls"` (`[{"name", "ms", "ok",
-    /// "error", "bytes_in", "bytes_out"}]`) when the script called host tools.
-    pub fn to_json(&self) -> Json {
-        let (ok, result, error) = match &self.result {
-            Ok(v) => (true, v.clone(), Json::Null),
-            Err(e) => (
-                false,
-                Json::Null,
-                serde_json::json!({"kind": e.kind.as_str(), "message": e.message, "line": e.line}),
-            ),
-        };
-        let mut doc = serde_json::json!({
-            "ok": ok,
-            "result": result,
-            "output": self.output,
-            "error": error,
-            "stats": {
-                "wall_ms": (self.stats.wall.as_secs_f64() * 1e6).round() / 1e3,
-                "memory_bytes": self.stats.memory_bytes,
-                "instructions": self.stats.instructions,
-            },
-        });
-        if let (Some(d), Some(obj)) = (&self.diagnostics, doc.as_object_mut()) {
-            obj.insert(
-                "diagnostics".into(),
-                serde_json::to_value(d).unwrap_or(Json::Null),
-            );
-        }
-        if let (false, Some(obj)) = (self.tool_calls.is_empty(), doc.as_object_mut()) {
-            let calls = self.tool_calls.iter().map(ToolCall::to_json).collect();
-            obj.insert("tool_calls".into(), Json::Array(calls));
-        }
-        doc
-    }
-}
+use crate::spec::Spec;
+use crate::tools::{HttpConfig, ToolContext, ToolError, ToolQuota, ToolRegistry};
+use crate::worker::{Isolated, Isolation, Job};
 
 /// How many prepared states a sandbox keeps ready by default: none. Preparing pays off
 /// when runs arrive with idle time between them (a service: ~5–8 µs per run instead of
@@ -105,41 +23,11 @@ impl Outcome {
 /// runs for the cores, so it is the caller's choice.
 const DEFAULT_PREPARED_STATES: usize = 0;
 
-/// A fresh state under this configuration's memory, output and source limits.
-fn new_vm(profile: Profile, limits: &Limits) -> mlua::Result<Vm> {
-    let spec = profile.spec();
-    let vm = Vm::new(
-        env::libs_for(spec),
-        limits.memory_bytes.unwrap_or(usize::MAX),
-    )?;
-    let ctl = vm.ctl();
-    ctl.output_limit
-        .set(limits.output_bytes.unwrap_or(usize::MAX));
-    ctl.source_limit
-        .set(limits.source_bytes.unwrap_or(usize::MAX));
-    Ok(vm)
-}
-
-/// A fresh state with its environment built, ready for one run (see [`Prepared`]).
-fn prepare(profile: Profile, limits: &Limits, env_opts: &EnvOptions) -> mlua::Result<Vm> {
-    let vm = new_vm(profile, limits)?;
-    {
-        let active = Activation::new(vm.ctl());
-        vm.begin_call(None);
-        env::build(vm.lua(), profile.spec(), env_opts)?;
-        drop(active);
-    }
-    Ok(vm)
-}
-
 /// Builds a [`Sandbox`]; validates when built.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxBuilder {
-    profile: Profile,
-    limits: Limits,
-    env: EnvOptions,
-    require_run: bool,
-    require_table: bool,
+    spec: Spec,
+    files: HostFiles,
     isolation: Isolation,
     tools: ToolRegistry,
     http: HttpConfig,
@@ -152,83 +40,83 @@ pub struct SandboxBuilder {
 impl SandboxBuilder {
     /// Selects the profile. By default, [`Profile::Standard`].
     pub fn profile(mut self, profile: Profile) -> Self {
-        self.profile = profile;
+        self.spec.profile = profile;
         self
     }
 
     /// Replaces all limits at once. By default, [`Limits::default`].
     pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
+        self.spec.limits = limits;
         self
     }
 
     /// Sets the Lua heap limit in bytes. By default, 64 MiB.
     pub fn memory_limit(mut self, bytes: Option<usize>) -> Self {
-        self.limits.memory_bytes = bytes;
+        self.spec.limits.memory_bytes = bytes;
         self
     }
 
     /// Sets the wall-clock deadline of each run. By default, 5 s.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.limits.timeout = timeout;
+        self.spec.limits.timeout = timeout;
         self
     }
 
     /// Sets an instruction budget shared by all coroutines of a run. This installs a
     /// count hook, which roughly doubles run time. By default, no limit is set.
     pub fn instruction_limit(mut self, instructions: Option<u64>) -> Self {
-        self.limits.instructions = instructions;
+        self.spec.limits.instructions = instructions;
         self
     }
 
     /// Sets the limit on captured output in bytes. By default, 1 MiB.
     pub fn output_limit(mut self, bytes: Option<usize>) -> Self {
-        self.limits.output_bytes = bytes;
+        self.spec.limits.output_bytes = bytes;
         self
     }
 
     /// Sets the limit on source size in bytes (also for `load`). By default, 1 MiB.
     pub fn source_limit(mut self, bytes: Option<usize>) -> Self {
-        self.limits.source_bytes = bytes;
+        self.spec.limits.source_bytes = bytes;
         self
     }
 
     /// Sets how deeply input and result may nest. By default, 64.
     pub fn result_depth(mut self, depth: usize) -> Self {
-        self.limits.result_depth = depth;
+        self.spec.limits.result_depth = depth;
         self
     }
 
     /// Sets the limit on the result's JSON size in bytes. By default, 16 MiB.
     pub fn result_limit(mut self, bytes: Option<usize>) -> Self {
-        self.limits.result_bytes = bytes;
+        self.spec.limits.result_bytes = bytes;
         self
     }
 
     /// Fails runs whose script defines no global function `run` (LuaExecutor
     /// strictness). By default, off: the chunk's return value is the result.
     pub fn require_run(mut self, yes: bool) -> Self {
-        self.require_run = yes;
+        self.spec.require_run = yes;
         self
     }
 
     /// Fails runs whose result is not a table. By default, off.
     pub fn require_table_result(mut self, yes: bool) -> Self {
-        self.require_table = yes;
+        self.spec.require_table = yes;
         self
     }
 
     /// Lets scripts `require` host modules and `io.open` host files (aos profile).
     /// By default, nothing is readable.
     pub fn host_files(mut self, files: HostFiles) -> Self {
-        self.env.files = std::sync::Arc::new(files);
+        self.files = files;
         self
     }
 
     /// Makes `os.time`/`os.clock`/`os.date` and `math.random` reproducible. Works with
     /// every profile. By default, off.
     pub fn deterministic(mut self, determinism: Option<Determinism>) -> Self {
-        self.env.deterministic = determinism;
+        self.spec.deterministic = determinism;
         self
     }
 
@@ -243,7 +131,7 @@ impl SandboxBuilder {
     /// `require`, into [`Outcome::diagnostics`]. The script behaves the same and the
     /// bookkeeping does not count against its limits. By default, off.
     pub fn diagnostic(mut self, yes: bool) -> Self {
-        self.env.diagnostic = yes;
+        self.spec.diagnostic = yes;
         self
     }
 
@@ -313,7 +201,7 @@ impl SandboxBuilder {
         if registry.is_empty() {
             return Ok(None);
         }
-        let spec = self.profile.spec();
+        let spec = self.spec.profile.spec();
         for name in registry.names() {
             let global = name.split('.').next().unwrap_or(name);
             if spec.has_global(global) {
@@ -349,7 +237,7 @@ impl SandboxBuilder {
     /// [`ConfigError::Tool`] for a tool that cannot be registered (an invalid or taken
     /// name, a name the profile already defines, an invalid `http` allowlist entry).
     pub fn build(self) -> Result<Sandbox, ConfigError> {
-        let l = &self.limits;
+        let l = &self.spec.limits;
         let bad = |name, reason: &str| {
             Err(ConfigError::InvalidLimit {
                 name,
@@ -368,27 +256,34 @@ impl SandboxBuilder {
         if l.result_depth == 0 {
             return bad("result-depth", "must be at least 1");
         }
-        let tools = self.tool_registry()?;
-        let isolation = Isolated::new(self.isolation, self.profile, &self.limits, &self.env)?;
+        if l.result_depth > Limits::MAX_RESULT_DEPTH {
+            return bad(
+                "result-depth",
+                &format!("must be at most {}", Limits::MAX_RESULT_DEPTH),
+            );
+        }
+        let host = Host {
+            files: Arc::new(self.files.clone()),
+            tools: self.tool_registry()?,
+        };
+        let isolation = Isolated::new(self.isolation, &self.spec)?;
         // States can be prepared ahead only when nothing per-run goes into the
         // environment (tools attach per run) and runs happen in this process.
         let spares = self.prepared_states.unwrap_or(DEFAULT_PREPARED_STATES);
-        let prepared = (spares > 0 && tools.is_none() && matches!(isolation, Isolated::InProcess))
-            .then(|| {
-                let (profile, limits, env) = (self.profile, self.limits.clone(), self.env.clone());
-                Arc::new(Prepared::new(
-                    spares,
-                    Box::new(move || prepare(profile, &limits, &env).ok()),
-                ))
-            });
+        let prepared = (spares > 0
+            && host.tools.is_none()
+            && matches!(isolation, Isolated::InProcess))
+        .then(|| {
+            let (spec, host) = (self.spec.clone(), host.clone());
+            Arc::new(Prepared::new(
+                spares,
+                Box::new(move || engine::prepare(&spec, &host).ok()),
+            ))
+        });
         Ok(Sandbox {
-            profile: self.profile,
-            limits: self.limits,
-            env: self.env,
-            require_run: self.require_run,
-            require_table: self.require_table,
+            spec: self.spec,
+            host,
             isolation,
-            tools,
             prepared,
         })
     }
@@ -398,26 +293,18 @@ impl SandboxBuilder {
 /// builds its own state, so runs on many threads share nothing.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
-    profile: Profile,
-    limits: Limits,
-    pub(crate) env: EnvOptions,
-    require_run: bool,
-    require_table: bool,
-    pub(crate) isolation: Isolated,
-    tools: Option<Arc<ToolRegistry>>,
+    spec: Spec,
+    host: Host,
+    isolation: Isolated,
     prepared: Option<Arc<Prepared>>,
 }
 
 impl Default for Sandbox {
     fn default() -> Self {
         Sandbox {
-            profile: Profile::default(),
-            limits: Limits::default(),
-            env: EnvOptions::default(),
-            require_run: false,
-            require_table: false,
+            spec: Spec::default(),
+            host: Host::default(),
             isolation: Isolated::InProcess,
-            tools: None,
             prepared: None,
         }
     }
@@ -446,17 +333,32 @@ impl Sandbox {
 
     /// The profile runs use.
     pub fn profile(&self) -> Profile {
-        self.profile
+        self.spec.profile
     }
 
     /// The limits runs use.
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        &self.spec.limits
+    }
+
+    /// Everything runs are configured with (what a worker is sent).
+    pub fn spec(&self) -> &Spec {
+        &self.spec
     }
 
     /// The host tools runs get (`None`: no tools), frozen when the sandbox was built.
     pub fn tools(&self) -> Option<&Arc<ToolRegistry>> {
-        self.tools.as_ref()
+        self.host.tools.as_ref()
+    }
+
+    /// What runs get from the host besides the spec.
+    pub(crate) fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Where runs happen.
+    pub(crate) fn isolated(&self) -> &Isolated {
+        &self.isolation
     }
 
     /// Runs `source` in a fresh state with `input` as its first vararg (and as the
@@ -467,334 +369,74 @@ impl Sandbox {
 
     /// [`Sandbox::run`] with options.
     pub fn run_with(&self, source: impl AsRef<[u8]>, input: &Json, opts: &RunOptions) -> Outcome {
-        if let Some(outcome) = self.isolation.run(&crate::worker::Job {
-            source: source.as_ref(),
+        let source = source.as_ref();
+        let job = Job {
+            source,
             input,
             chunk_name: opts.chunk_name,
-            profile: self.profile,
-            limits: &self.limits,
-            env: &self.env,
-            require_run: self.require_run,
-            require_table: self.require_table,
-            tools: self.tools.as_ref(),
-        }) {
+            spec: &self.spec,
+            host: &self.host,
+        };
+        if let Some(outcome) = self.isolation.run(&job) {
             return outcome;
         }
         let start = Instant::now();
-        let mut stats = Stats::default();
-        let tools = self
-            .tools
-            .as_ref()
-            .map(|registry| Arc::new(registry.start_run(self.limits.timeout.map(|t| start + t))));
-        let (result, output, diagnostics) = self.execute(
-            source.as_ref(),
-            input,
-            opts,
-            start,
-            &mut stats,
-            tools.clone(),
-        );
-        stats.wall = start.elapsed();
-        Outcome {
-            result,
-            output,
-            stats,
-            diagnostics,
-            tool_calls: tools.map(|t| t.take_calls()).unwrap_or_default(),
-        }
-    }
-
-    fn execute(
-        &self,
-        source: &[u8],
-        input: &Json,
-        opts: &RunOptions,
-        start: Instant,
-        stats: &mut Stats,
-        tools: Option<Arc<crate::tools::ToolRun>>,
-    ) -> (Result<Json, Error>, String, Option<Diagnostics>) {
-        if let Some(max) = self.limits.source_bytes {
-            if source.len() > max {
-                let msg = format!(
-                    "the source is {} bytes, over the {max} byte limit",
-                    source.len()
-                );
-                return (Err(Error::new(ErrorKind::Input, msg)), String::new(), None);
-            }
-        }
-        if source.first() == Some(&0x1b) {
-            let msg = "binary chunks cannot be loaded";
-            return (
-                Err(Error::new(ErrorKind::Forbidden, msg)),
-                String::new(),
-                None,
-            );
-        }
-        let spec = self.profile.spec();
-        // A prepared state has its environment built already; otherwise build it here.
-        let prepared = self.prepared.as_ref().and_then(|p| p.take());
-        let built = prepared.is_some();
-        let vm = match prepared {
-            Some(vm) => vm,
-            None => match new_vm(self.profile, &self.limits) {
-                Ok(vm) => vm,
-                Err(e) => {
-                    return (
-                        Err(Error::new(ErrorKind::Internal, e.to_string())),
-                        String::new(),
-                        None,
-                    )
-                }
-            },
+        // A prepared state has its environment built already.
+        let engine = match self.prepared.as_ref().and_then(|p| p.take()) {
+            Some(vm) => Ok(Engine::with_vm(vm, &self.spec, &self.host, opts.chunk_name)),
+            None => Engine::new(&self.spec, &self.host, opts.chunk_name),
         };
-        let ctl = vm.ctl();
-        let active = Activation::new(ctl);
-        // Reset the call state first: arming first would let a deadline that passes at
-        // once be cleared by the reset and lost.
-        vm.begin_call(self.limits.instructions);
-        let deadline = self.limits.timeout.map(|t| Deadline::arm(ctl, start + t));
-
-        tracing::debug!(
-            profile = spec.name,
-            memory = ?self.limits.memory_bytes,
-            timeout = ?self.limits.timeout,
-            instructions = ?self.limits.instructions,
-            output = ?self.limits.output_bytes,
-            "limits set"
-        );
-        if let Some(run) = tools {
-            attach_tools(&vm, &self.limits, run);
-        }
-        let environment = if built {
-            Ok(())
-        } else {
-            env::build(vm.lua(), spec, &self.env)
+        let mut engine = match engine {
+            Ok(engine) => engine,
+            Err(error) => return Outcome::failed(error, start.elapsed()),
         };
-        let result = environment
-            .inspect(|()| {
-                tracing::debug!(profile = spec.name, prepared = built, "environment built")
-            })
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Internal,
-                    format!("building the environment: {e}"),
-                )
-            })
-            .and_then(|()| self.script(&vm, source, input, opts));
-        let result = classify_result(ctl, result);
-
-        let (_, peak, _) = ctl.memory();
-        match &result {
-            Ok(_) => tracing::debug!(peak_memory = peak, elapsed = ?start.elapsed(), "outcome: ok"),
-            Err(e) => tracing::debug!(
-                kind = e.kind.as_str(),
-                message = %e.message,
-                peak_memory = peak,
-                elapsed = ?start.elapsed(),
-                "outcome: failed"
-            ),
-        }
-        let (output, diagnostics) = collect(&vm, &self.limits, stats);
-        drop(deadline);
-        drop(active);
+        let outcome = engine.run(source, input, start);
         match &self.prepared {
             // Closed by the helper thread, off this run's path.
-            Some(p) => p.retire(vm),
-            None => drop(vm),
+            Some(p) => p.retire(engine.into_vm()),
+            None => drop(engine),
         }
-        (result, output, diagnostics)
-    }
-
-    fn script(
-        &self,
-        vm: &Vm,
-        source: &[u8],
-        input: &Json,
-        opts: &RunOptions,
-    ) -> Result<Json, Error> {
-        let lua = vm.lua();
-        let name = opts.chunk_name;
-        let f = lua
-            .load(source)
-            .set_name(format!("={name}"))
-            .set_mode(ChunkMode::Text)
-            .into_function()
-            .map_err(|e| load_error(e, name))?;
-        tracing::debug!(chunk = name, bytes = source.len(), "chunk compiled");
-        let input = marshal::from_json(lua, input, self.limits.result_depth)
-            .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
-        let rets = vm
-            .call(&f, &input)
-            .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?
-            .map_err(|v| script_error(lua, v, name))?;
-        let run: Value = crate::diag::real_globals(lua)
-            .raw_get("run")
-            .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
-        if matches!(run, Value::Function(_)) {
-            tracing::debug!("entry called: run(input)");
-        }
-        let value = match run {
-            Value::Function(run) => vm
-                .call(&run, &input)
-                .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?
-                .map_err(|v| script_error(lua, v, name))?
-                .into_iter()
-                .next(),
-            _ if self.require_run => {
-                return Err(Error::new(
-                    ErrorKind::Runtime,
-                    "the script defines no global function `run`",
-                ))
-            }
-            _ => rets.into_iter().next(),
-        }
-        .unwrap_or(Value::Nil);
-        if self.require_table && !matches!(value, Value::Table(_)) {
-            return Err(Error::new(
-                ErrorKind::Result,
-                format!("the result must be a table, got a {}", value.type_name()),
-            ));
-        }
-        marshal::to_json(lua, &value, self.limits.result_bounds())
-            .map_err(|e| Error::new(ErrorKind::Result, e.to_string()))
+        outcome
     }
 }
 
-/// Sends the tool calls of `vm`'s state to `run`, under `limits`' marshaling bounds.
-pub(crate) fn attach_tools(vm: &Vm, limits: &Limits, run: Arc<crate::tools::ToolRun>) {
-    crate::tools::lua::attach(vm.lua(), run, limits.result_bounds(), limits.result_depth);
-}
-
-/// What a finished call leaves to report: memory and instruction figures into `stats`,
-/// then the captured output and the diagnostics.
-pub(crate) fn collect(
-    vm: &Vm,
-    limits: &Limits,
-    stats: &mut Stats,
-) -> (String, Option<Diagnostics>) {
-    let ctl = vm.ctl();
-    let (_, peak, _) = ctl.memory();
-    stats.memory_bytes = peak;
-    stats.instructions = limits.instructions.map(|_| ctl.instr_charged.get());
-    let output = String::from_utf8_lossy(&ctl.take_output()).into_owned();
-    (output, crate::diag::take(vm.lua()))
-}
-
-/// The final kind: a quota that fired wins over whatever error the script raised after
-/// catching it; then a refused operation; then the error as raised.
-pub(crate) fn classify(ctl: &Control, e: Error) -> Error {
-    classify_result(ctl, Err(e))
-        .err()
-        .unwrap_or_else(|| Error::new(ErrorKind::Internal, "classify: an error became a success"))
-}
-
-/// Limits are sticky: a quota that fired fails the run even when the script caught the
-/// error and then returned normally (for instance `return pcall(...)`, where no
-/// instruction runs after the catch for the hook to stop).
-pub(crate) fn classify_result(ctl: &Control, r: Result<Json, Error>) -> Result<Json, Error> {
-    let line = r.as_ref().err().and_then(|e| e.line);
-    if let Some(kind) = ctl.stop().kind() {
-        return Err(Error {
-            kind,
-            message: ctl.stop().message().to_string(),
-            line,
-        });
+/// Inspection hooks for tests of isolated mode (the `test-support` feature).
+#[cfg(feature = "test-support")]
+impl Sandbox {
+    /// The pids of this sandbox's idle workers (empty in process).
+    pub fn worker_pids(&self) -> Vec<crate::worker::WorkerPids> {
+        self.isolation.worker_pids()
     }
-    let (_, _, memory_hit) = ctl.memory();
-    if memory_hit && !matches!(&r, Err(e) if e.kind == ErrorKind::Input) {
-        return Err(Error {
-            kind: ErrorKind::MemoryLimit,
-            message: "not enough memory: the script reached its memory limit".to_string(),
-            line,
-        });
-    }
-    r.map_err(|e| classify_error(ctl, e))
-}
 
-fn classify_error(ctl: &Control, e: Error) -> Error {
-    if e.kind == ErrorKind::Runtime && ctl.forbidden.get() && e.message.contains(FORBIDDEN) {
-        return Error {
-            kind: ErrorKind::Forbidden,
-            ..e
-        };
+    /// Waits until `count` workers are idle (prespawned or back from runs).
+    pub fn wait_for_idle_workers(&self, count: usize, timeout: Duration) -> bool {
+        self.isolation.wait_for_idle_workers(count, timeout)
     }
-    e
-}
 
-/// The innermost message of an mlua error (callback errors wrap the real one).
-pub(crate) fn mlua_message(e: &mlua::Error) -> String {
-    match e {
-        mlua::Error::CallbackError { cause, .. } => mlua_message(cause),
-        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
-        mlua::Error::SyntaxError { message, .. } => message.clone(),
-        mlua::Error::WithContext { cause, .. } => mlua_message(cause),
-        other => other.to_string(),
+    /// Starts a worker with this sandbox's settings outside its pool, waits until it is
+    /// locked down (spawn, lockdown, `Ready`), kills it, and says how long the start took.
+    /// For benchmarks.
+    ///
+    /// # Errors
+    /// Why the worker could not start, as an `internal` [`crate::Error`].
+    pub fn cold_start_worker(&self) -> Result<Duration, crate::Error> {
+        self.isolation.cold_start_worker()
     }
-}
 
-pub(crate) fn load_error(e: mlua::Error, name: &str) -> Error {
-    match e {
-        mlua::Error::SyntaxError { message, .. } => Error {
-            line: line_of(&message, name),
-            kind: ErrorKind::Syntax,
-            message,
-        },
-        mlua::Error::MemoryError(m) => Error::new(ErrorKind::MemoryLimit, m),
-        // The parser raises runtime errors too ("C stack overflow" on deep nesting):
-        // still the source's fault.
-        mlua::Error::RuntimeError(message) => Error {
-            line: line_of(&message, name),
-            kind: ErrorKind::Syntax,
-            message,
-        },
-        other => Error::new(ErrorKind::Internal, mlua_message(&other)),
+    /// Sends a test-hook probe to one of this sandbox's workers; honoured only by workers
+    /// started with test hooks. A probe that kills the worker comes back as a `killed`
+    /// error naming the signal.
+    ///
+    /// # Errors
+    /// The worker's death, refusal or failure, as an [`crate::Error`].
+    pub fn probe_worker(&self, probe: &str) -> Result<Json, crate::Error> {
+        self.isolation.probe_worker(probe, self.spec.limits.timeout)
     }
-}
-
-/// Turns an error value into a message without running any of its metamethods.
-pub(crate) fn script_error(lua: &mlua::Lua, v: Value, name: &str) -> Error {
-    let message = match &v {
-        Value::String(s) => s.to_string_lossy(),
-        Value::Integer(i) => i.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::Error(e) => mlua_message(e),
-        Value::Nil => "nil".to_string(),
-        Value::Table(_) => {
-            let bounds = Bounds {
-                depth: 16,
-                bytes: 4096,
-            };
-            match marshal::to_json(lua, &v, bounds) {
-                Ok(j) => format!("error object: {j}"),
-                Err(_) => "(error object is a table value)".to_string(),
-            }
-        }
-        other => format!("(error object is a {} value)", other.type_name()),
-    };
-    Error {
-        line: line_of(&message, name),
-        kind: ErrorKind::Runtime,
-        message,
-    }
-}
-
-/// The line number when `message` starts with `NAME:LINE:`.
-fn line_of(message: &str, name: &str) -> Option<u32> {
-    let rest = message.strip_prefix(name)?.strip_prefix(':')?;
-    let end = rest.find(':')?;
-    rest[..end].parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines() {
-        assert_eq!(line_of("script:3: boom", "script"), Some(3));
-        assert_eq!(line_of("other:3: boom", "script"), None);
-        assert_eq!(line_of("script: boom", "script"), None);
-    }
 
     fn assert_send_sync<T: Send + Sync>() {}
 

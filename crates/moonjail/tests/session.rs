@@ -17,11 +17,11 @@ fn sandbox() -> Sandbox {
 #[test]
 fn state_persists_across_calls() {
     let mut s = sandbox().session().unwrap();
-    assert!(!s.has_function("compute"));
+    assert!(!s.has_function("compute").unwrap());
     let out = s.exec("count = 0 function compute(state, msg) count = count + 1 state.n = (state.n or 0) + msg.add return state, count end");
     assert!(out.is_ok(), "{:?}", out.result);
-    assert!(s.has_function("compute"));
-    assert!(!s.has_function("count"));
+    assert!(s.has_function("compute").unwrap());
+    assert!(!s.has_function("count").unwrap());
     let out = s.call("compute", &[json!({"n": 1}), json!({"add": 2})]);
     assert_eq!(out.result.unwrap(), json!({"n": 3}));
     let out = s.call("compute", &[json!({}), json!({"add": 5})]);
@@ -39,7 +39,7 @@ fn output_is_per_call() {
 #[test]
 fn caught_error_and_memory_limit_keep_the_session() {
     let mut s = sandbox().session().unwrap();
-    s.exec("x = 41");
+    let _ = s.exec("x = 41");
     let out = s.exec("error('boom')");
     assert_eq!(out.error().unwrap().kind, ErrorKind::Runtime);
     let out = s.exec("local t = {} for i = 1, 1e9 do t[i] = i end");
@@ -51,7 +51,7 @@ fn caught_error_and_memory_limit_keep_the_session() {
 #[test]
 fn timeout_closes_the_session_with_its_reason() {
     let mut s = sandbox().session().unwrap();
-    s.exec("function spin() while true do pcall(function() while true do end end) end end");
+    let _ = s.exec("function spin() while true do pcall(function() while true do end end) end end");
     let out = s.call("spin", &[]);
     assert_eq!(out.error().unwrap().kind, ErrorKind::Timeout);
     assert_eq!(s.closed_reason().unwrap().kind, ErrorKind::Timeout);
@@ -59,7 +59,10 @@ fn timeout_closes_the_session_with_its_reason() {
     let e = out.error().unwrap();
     assert_eq!(e.kind, ErrorKind::Timeout);
     assert!(e.message.contains("session was closed"), "{}", e.message);
-    assert!(!s.has_function("spin"));
+    // A closed session refuses has_function too, with the reason.
+    let e = s.has_function("spin").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Timeout);
+    assert!(e.message.contains("session was closed"), "{}", e.message);
 }
 
 #[test]
@@ -69,7 +72,7 @@ fn instruction_limit_is_per_call_and_closes() {
         .build()
         .unwrap();
     let mut s = sb.session().unwrap();
-    s.exec("function work(n) local x = 0 for i = 1, n do x = x + i end return x end");
+    let _ = s.exec("function work(n) local x = 0 for i = 1, n do x = x + i end return x end");
     // Each call gets the whole budget again.
     for _ in 0..5 {
         assert_eq!(

@@ -861,7 +861,7 @@ fn sessions_have_tools_in_both_modes() {
                 s.exec("return pcall(function() echo = nil store.add = nil end)"),
                 s.exec("return {type(store), store.add(0), echo == nil}"),
             ];
-            assert!(s.has_function("add"));
+            assert!(s.has_function("add").unwrap());
             assert!(s.closed_reason().is_none());
             outs.iter().map(essence).collect()
         };

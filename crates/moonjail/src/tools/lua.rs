@@ -222,7 +222,7 @@ fn call(
             Err(e @ mlua::Error::MemoryError(_)) => Err(e),
             Err(e) => fail(
                 lua,
-                format!("{name}: result: {}", crate::sandbox::mlua_message(&e)),
+                format!("{name}: result: {}", crate::error::mlua_message(&e)),
             ),
         },
         Err(e) => fail(lua, format!("{name}: {}", e.message())),

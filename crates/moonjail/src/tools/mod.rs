@@ -125,7 +125,7 @@ impl ToolContext {
 ///
 /// Calls refused before the tool ran (an unknown name, a passed deadline, an exceeded
 /// quota) are not recorded: so the record is bounded by the quotas.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolCall {
     /// The tool's registered name, e.g. `"http.get"`.
     pub name: String,
@@ -139,6 +139,13 @@ pub struct ToolCall {
     pub bytes_in: u64,
     /// Size of the result as JSON text (what came out of it), in bytes; 0 on error.
     pub bytes_out: u64,
+}
+
+/// Serialised as `run --json` prints it (see [`ToolCall::to_json`]).
+impl Serialize for ToolCall {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
+    }
 }
 
 impl ToolCall {
@@ -300,6 +307,19 @@ impl ToolRegistry {
         Ok(self)
     }
 
+    /// Without the `http` feature there is no client to register.
+    ///
+    /// # Errors
+    /// Always [`ConfigError::Tool`]: moonjail was built without the `http` feature.
+    #[cfg(not(feature = "http"))]
+    pub fn register_http(&mut self, config: HttpConfig) -> Result<&mut Self, ConfigError> {
+        let _ = config;
+        Err(tool_error(
+            "http",
+            "this moonjail was built without the `http` feature (no HTTP or TLS client)",
+        ))
+    }
+
     /// Registers an external program as tool `name` (see [`CommandTool`]).
     ///
     /// # Errors
@@ -324,6 +344,7 @@ impl ToolRegistry {
     /// # Errors
     /// [`ConfigError::Tool`] for an allowlist entry that does not parse, an empty
     /// allowlist, or when `http.get`/`http.post` are taken.
+    #[cfg(feature = "http")]
     pub fn register_http(&mut self, config: HttpConfig) -> Result<&mut Self, ConfigError> {
         let max = config.request_quota();
         let client = Arc::new(http::Client::new(config)?);

@@ -68,6 +68,11 @@ impl Vm {
         hook::start_metering(self.main);
     }
 
+    /// Instructions the current call has executed (meaningful with an instruction limit).
+    pub(crate) fn instructions_used(&self) -> u64 {
+        self.ctl.instr_charged.get()
+    }
+
     /// Calls `f` through the entry shim: `Ok(values)` or `Err(error value)`, without any
     /// metamethod of the error running on the way.
     pub(crate) fn call(

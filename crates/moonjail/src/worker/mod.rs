@@ -72,32 +72,37 @@
 //! thing in `main` (the `moonjail` CLI does, and the `moonjail-worker` binary is only that
 //! call) can serve as its own worker.
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 mod host_call;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 mod pool;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 pub(crate) mod protocol;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 mod serve;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 pub(crate) mod session;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 mod supervisor;
 
 use std::path::{Path, PathBuf};
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use crate::error::{ConfigError, Error, ErrorKind};
-use crate::host::EnvOptions;
+#[cfg(all(target_os = "linux", feature = "isolation"))]
+use crate::engine::check_source;
+use crate::engine::Host;
+use crate::error::{ConfigError, Error};
 use crate::limits::Limits;
+use crate::outcome::Outcome;
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 use crate::profile::Profile;
-use crate::sandbox::{Outcome, Sandbox};
+use crate::spec::Spec;
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 pub use moonjail_isolate::{probe, Availability, Capabilities, Layer, LayerSet};
 
 /// The hidden first argument a worker process is started with.
@@ -120,9 +125,9 @@ pub fn run_if_worker() {
     if first.as_deref() != Some(std::ffi::OsStr::new(WORKER_ARG)) {
         return;
     }
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", feature = "isolation"))]
     std::process::exit(serve::serve());
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(target_os = "linux", feature = "isolation")))]
     {
         eprintln!("moonjail: worker processes need Linux");
         std::process::exit(2);
@@ -193,7 +198,7 @@ pub struct ProcessConfig {
     cpu_time: Option<Duration>,
     address_space_bytes: Option<u64>,
     ids: (u32, u32),
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", feature = "isolation"))]
     allow_missing: LayerSet,
     max_frame_bytes: usize,
     stderr_bytes: usize,
@@ -214,7 +219,7 @@ impl Default for ProcessConfig {
             cpu_time: None,
             address_space_bytes: Some(1 << 30),
             ids: (65534, 65534),
-            #[cfg(target_os = "linux")]
+            #[cfg(all(target_os = "linux", feature = "isolation"))]
             allow_missing: LayerSet::empty(),
             max_frame_bytes: 64 << 20,
             stderr_bytes: 64 << 10,
@@ -343,7 +348,7 @@ impl ProcessConfigBuilder {
     /// cannot be applied fails the worker's start, and so the run, with the reason.
     ///
     /// By default, none.
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", feature = "isolation"))]
     pub fn allow_missing(mut self, layers: LayerSet) -> Self {
         self.config.allow_missing = layers;
         self
@@ -391,7 +396,7 @@ impl ProcessConfigBuilder {
 
     /// Starts workers with their test hooks enabled (raw system calls and crashes on
     /// request, for the tests of the isolation layers). Never for production.
-    #[doc(hidden)]
+    #[cfg(feature = "test-support")]
     pub fn test_hooks(mut self, yes: bool) -> Self {
         self.config.test_hooks = yes;
         self
@@ -453,13 +458,15 @@ pub(crate) struct Job<'a> {
     pub(crate) source: &'a [u8],
     pub(crate) input: &'a Json,
     pub(crate) chunk_name: &'a str,
-    pub(crate) profile: Profile,
-    pub(crate) limits: &'a Limits,
-    pub(crate) env: &'a EnvOptions,
-    pub(crate) require_run: bool,
-    pub(crate) require_table: bool,
-    /// The host tools (run in the supervisor, on the worker's request).
-    pub(crate) tools: Option<&'a Arc<crate::ToolRegistry>>,
+    pub(crate) spec: &'a Spec,
+    /// The host's files and tools (served by the supervisor, on the worker's request).
+    pub(crate) host: &'a Host,
+}
+
+impl Job<'_> {
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.spec.limits
+    }
 }
 
 /// What a [`Sandbox`] runs its scripts in: its own thread, or a pool of workers.
@@ -467,26 +474,20 @@ pub(crate) struct Job<'a> {
 pub(crate) enum Isolated {
     #[default]
     InProcess,
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", feature = "isolation"))]
     Process(Arc<pool::Pool>),
 }
 
 impl Isolated {
     /// Sets up `isolation` for a sandbox with `limits` (starting a pool and its
     /// background prespawning for [`Isolation::Process`]).
-    pub(crate) fn new(
-        isolation: Isolation,
-        profile: Profile,
-        limits: &Limits,
-        env: &EnvOptions,
-    ) -> Result<Isolated, ConfigError> {
+    pub(crate) fn new(isolation: Isolation, spec: &Spec) -> Result<Isolated, ConfigError> {
+        let limits = &spec.limits;
         match isolation {
             Isolation::InProcess => Ok(Isolated::InProcess),
-            #[cfg(target_os = "linux")]
+            #[cfg(all(target_os = "linux", feature = "isolation"))]
             Isolation::Process(config) => {
-                // Host files need no refusal: workers ask the supervisor for them.
-                let _ = env;
-                if let Profile::Custom(spec) = profile {
+                if let Profile::Custom(spec) = spec.profile {
                     // Runs name their profile; a worker knows only the built-in ones (and
                     // must never mistake a custom list for a built-in of the same name).
                     return Err(ConfigError::InvalidLimit {
@@ -507,12 +508,12 @@ impl Isolated {
                     })?;
                 Ok(Isolated::Process(Arc::new(pool)))
             }
-            #[cfg(not(target_os = "linux"))]
+            #[cfg(not(all(target_os = "linux", feature = "isolation")))]
             Isolation::Process(_) => {
-                let _ = (profile, limits, env);
+                let _ = limits;
                 Err(ConfigError::InvalidLimit {
                     name: "isolation",
-                    reason: "process isolation needs Linux".into(),
+                    reason: "process isolation needs Linux and the `isolation` feature".into(),
                 })
             }
         }
@@ -521,17 +522,15 @@ impl Isolated {
     /// Runs in a worker when isolated; `None` means "run in process".
     pub(crate) fn run(&self, job: &Job) -> Option<Outcome> {
         match self {
-            Isolated::InProcess => None,
-            #[cfg(target_os = "linux")]
+            Isolated::InProcess => {
+                let _ = job;
+                None
+            }
+            #[cfg(all(target_os = "linux", feature = "isolation"))]
             Isolated::Process(pool) => {
                 // Refused here rather than shipped to a worker only to be refused there.
-                let len = job.source.len();
-                if let Some(max) = job.limits.source_bytes.filter(|max| len > *max) {
-                    let message = format!("the source is {len} bytes, over the {max} byte limit");
-                    return Some(failed(
-                        Error::new(ErrorKind::Input, message),
-                        Duration::ZERO,
-                    ));
+                if let Err(error) = check_source(job.spec, job.source) {
+                    return Some(Outcome::failed(error, Duration::ZERO));
                 }
                 Some(pool.run(job))
             }
@@ -539,45 +538,35 @@ impl Isolated {
     }
 
     /// Opens a session in a dedicated worker when isolated; `None` means "in process".
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", feature = "isolation"))]
     pub(crate) fn open_session(
         &self,
-        sandbox: &Sandbox,
+        spec: &Spec,
+        host: &Host,
         chunk_name: &str,
     ) -> Option<Result<session::WorkerSession, Error>> {
         match self {
             Isolated::InProcess => None,
             Isolated::Process(pool) => {
-                Some(session::WorkerSession::open(pool, sandbox, chunk_name))
+                Some(session::WorkerSession::open(pool, spec, host, chunk_name))
             }
         }
     }
 }
 
-/// An outcome without output or diagnostics: a request answered without running a
-/// script (`has_function`, opening a session), or one that failed before any script ran
-/// or whose worker was lost.
-#[cfg(target_os = "linux")]
+/// An outcome without output or diagnostics (see [`Outcome::bare`]).
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 pub(crate) fn outcome(result: Result<Json, Error>, wall: Duration) -> Outcome {
-    Outcome {
-        result,
-        output: String::new(),
-        stats: crate::sandbox::Stats {
-            wall,
-            ..Default::default()
-        },
-        diagnostics: None,
-        tool_calls: Vec::new(),
-    }
+    Outcome::bare(result, wall)
 }
 
 /// [`outcome`] of an error.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 pub(crate) fn failed(error: Error, wall: Duration) -> Outcome {
-    outcome(Err(error), wall)
+    Outcome::failed(error, wall)
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 fn settings(config: &ProcessConfig, limits: &Limits) -> Result<supervisor::Settings, ConfigError> {
     let exe = config.worker.resolve()?;
     let configure = protocol::Configure {
@@ -622,24 +611,24 @@ fn settings(config: &ProcessConfig, limits: &Limits) -> Result<supervisor::Setti
     })
 }
 
-/// Inspection hooks for tests of isolated mode.
-impl Sandbox {
+/// Inspection hooks for tests of isolated mode (the `test-support` feature; `Sandbox`
+/// exposes them).
+#[cfg(feature = "test-support")]
+impl Isolated {
     /// The pids of this sandbox's idle workers (empty in process).
-    #[doc(hidden)]
-    pub fn worker_pids(&self) -> Vec<WorkerPids> {
-        match &self.isolation {
+    pub(crate) fn worker_pids(&self) -> Vec<WorkerPids> {
+        match self {
             Isolated::InProcess => Vec::new(),
-            #[cfg(target_os = "linux")]
+            #[cfg(all(target_os = "linux", feature = "isolation"))]
             Isolated::Process(pool) => pool.worker_pids(),
         }
     }
 
     /// Waits until `count` workers are idle (prespawned or back from runs).
-    #[doc(hidden)]
-    pub fn wait_for_idle_workers(&self, count: usize, timeout: Duration) -> bool {
-        match &self.isolation {
+    pub(crate) fn wait_for_idle_workers(&self, count: usize, timeout: Duration) -> bool {
+        match self {
             Isolated::InProcess => false,
-            #[cfg(target_os = "linux")]
+            #[cfg(all(target_os = "linux", feature = "isolation"))]
             Isolated::Process(pool) => pool.wait_for_idle(count, timeout),
         }
     }
@@ -650,17 +639,16 @@ impl Sandbox {
     ///
     /// # Errors
     /// Why the worker could not start, as an `internal` [`Error`].
-    #[doc(hidden)]
-    pub fn cold_start_worker(&self) -> Result<Duration, Error> {
-        match &self.isolation {
+    pub(crate) fn cold_start_worker(&self) -> Result<Duration, Error> {
+        match self {
             Isolated::InProcess => Err(Error::new(
-                ErrorKind::Internal,
+                crate::error::ErrorKind::Internal,
                 "this sandbox runs in process: there is no worker to start",
             )),
-            #[cfg(target_os = "linux")]
+            #[cfg(all(target_os = "linux", feature = "isolation"))]
             Isolated::Process(pool) => pool
                 .cold_start()
-                .map_err(|message| Error::new(ErrorKind::Internal, message)),
+                .map_err(|message| Error::new(crate::error::ErrorKind::Internal, message)),
         }
     }
 
@@ -670,15 +658,18 @@ impl Sandbox {
     ///
     /// # Errors
     /// The worker's death, refusal or failure, as an [`Error`].
-    #[doc(hidden)]
-    pub fn probe_worker(&self, probe: &str) -> Result<Json, Error> {
-        match &self.isolation {
+    pub(crate) fn probe_worker(
+        &self,
+        probe: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Json, Error> {
+        match self {
             Isolated::InProcess => Err(Error::new(
-                ErrorKind::Internal,
+                crate::error::ErrorKind::Internal,
                 "this sandbox runs in process: there is no worker to probe",
             )),
-            #[cfg(target_os = "linux")]
-            Isolated::Process(pool) => pool.probe(probe, self.limits().timeout),
+            #[cfg(all(target_os = "linux", feature = "isolation"))]
+            Isolated::Process(pool) => pool.probe(probe, timeout),
         }
     }
 }

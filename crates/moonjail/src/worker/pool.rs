@@ -19,7 +19,7 @@ use serde_json::Value as Json;
 use super::supervisor::{Fate, Settings, Worker};
 use super::{failed, Job, WorkerPids};
 use crate::error::{Error, ErrorKind};
-use crate::sandbox::Outcome;
+use crate::outcome::Outcome;
 
 /// The pool of one sandbox.
 pub(crate) struct Pool {
@@ -261,6 +261,7 @@ impl Pool {
     }
 
     /// Sends a test-hook probe to a worker of the pool.
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub(crate) fn probe(&self, probe: &str, timeout: Option<Duration>) -> Result<Json, Error> {
         let mut worker = self
             .shared
@@ -274,6 +275,7 @@ impl Pool {
 
     /// Starts one worker outside the pool, waits until it is locked down, and kills it:
     /// how long a cold start takes.
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub(crate) fn cold_start(&self) -> Result<Duration, String> {
         let started = Instant::now();
         let worker = Worker::spawn(&self.shared.settings)?;
@@ -283,6 +285,7 @@ impl Pool {
     }
 
     /// The pids of the idle workers.
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub(crate) fn worker_pids(&self) -> Vec<WorkerPids> {
         let state = self.shared.lock();
         state
@@ -305,6 +308,7 @@ impl Pool {
     }
 
     /// Waits until at least `count` workers are idle, or `timeout` passes.
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub(crate) fn wait_for_idle(&self, count: usize, timeout: Duration) -> bool {
         let until = Instant::now() + timeout;
         let mut state = self.shared.lock();

@@ -53,13 +53,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use crate::engine::Host;
 use crate::error::Error;
-use crate::limits::Limits;
-use crate::sandbox::Stats;
+use crate::outcome::Stats;
+use crate::spec::Spec;
 
 /// The protocol version both sides must speak; bump it on any incompatible change.
-/// (3: host tools — a worker of version 2 would silently run without them.)
-pub(crate) const VERSION: u8 = 3;
+/// (3: host tools — a worker of version 2 would silently run without them; 4: one
+/// `RequestMeta` carrying the `Spec` for runs and sessions.)
+pub(crate) const VERSION: u8 = 4;
 
 /// Bytes before a frame's sections: length, version, type.
 pub(crate) const HEADER_BYTES: usize = 6;
@@ -357,66 +359,29 @@ pub(crate) struct Message {
     pub(crate) message: String,
 }
 
-/// [`Limits`] on the wire.
+/// `Run` and `SessionOpen`, section 0 (a `Run`'s section 1 is the input JSON, section 2
+/// the source).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct WireLimits {
-    pub(crate) memory_bytes: Option<usize>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) instructions: Option<u64>,
-    pub(crate) output_bytes: Option<usize>,
-    pub(crate) source_bytes: Option<usize>,
-    pub(crate) result_depth: usize,
-    pub(crate) result_bytes: Option<usize>,
-}
-
-impl From<&Limits> for WireLimits {
-    fn from(l: &Limits) -> Self {
-        WireLimits {
-            memory_bytes: l.memory_bytes,
-            timeout: l.timeout,
-            instructions: l.instructions,
-            output_bytes: l.output_bytes,
-            source_bytes: l.source_bytes,
-            result_depth: l.result_depth,
-            result_bytes: l.result_bytes,
-        }
-    }
-}
-
-impl From<WireLimits> for Limits {
-    fn from(l: WireLimits) -> Self {
-        Limits {
-            memory_bytes: l.memory_bytes,
-            timeout: l.timeout,
-            instructions: l.instructions,
-            output_bytes: l.output_bytes,
-            source_bytes: l.source_bytes,
-            result_depth: l.result_depth,
-            result_bytes: l.result_bytes,
-        }
-    }
-}
-
-/// `Run`, section 0 (section 1 is the input JSON, section 2 the source).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct RunMeta {
-    pub(crate) profile: String,
-    pub(crate) limits: WireLimits,
-    pub(crate) require_run: bool,
-    pub(crate) require_table: bool,
+pub(crate) struct RequestMeta {
+    /// The run's configuration, exactly as the sandbox holds it.
+    pub(crate) spec: Spec,
     pub(crate) chunk_name: String,
-    /// `Determinism { timestamp, seed }`, when the run is deterministic.
-    pub(crate) deterministic: Option<(i64, i64)>,
-    /// Diagnostic mode.
-    #[serde(default)]
-    pub(crate) diagnostic: bool,
     /// Whether the host provides modules or files: when not, the worker refuses
     /// `require` of a host module and `io.open` itself, without asking.
-    #[serde(default)]
     pub(crate) host_files: bool,
     /// The host tools the script may call (none: no tool globals).
-    #[serde(default)]
     pub(crate) tools: Option<WireTools>,
+}
+
+impl RequestMeta {
+    pub(crate) fn new(spec: &Spec, host: &Host, chunk_name: &str) -> RequestMeta {
+        RequestMeta {
+            spec: spec.clone(),
+            chunk_name: chunk_name.to_string(),
+            host_files: !host.files.is_empty(),
+            tools: host.tools.as_deref().map(WireTools::from),
+        }
+    }
 }
 
 /// The host tools, as a worker learns of them: names and quotas, nothing callable.
@@ -433,21 +398,6 @@ impl From<&crate::ToolRegistry> for WireTools {
             quota: registry.quota().clone(),
         }
     }
-}
-
-/// `SessionOpen`, section 0.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SessionMeta {
-    pub(crate) profile: String,
-    pub(crate) limits: WireLimits,
-    pub(crate) chunk_name: String,
-    pub(crate) deterministic: Option<(i64, i64)>,
-    #[serde(default)]
-    pub(crate) diagnostic: bool,
-    #[serde(default)]
-    pub(crate) host_files: bool,
-    #[serde(default)]
-    pub(crate) tools: Option<WireTools>,
 }
 
 /// `Call` and `HasFunction`, section 0 (section 1 of `Call` is the arguments, a JSON

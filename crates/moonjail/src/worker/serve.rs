@@ -36,15 +36,14 @@ use serde_json::{json, Value as Json};
 
 use super::protocol::{
     self, Configure, Decoded, DoneMeta, Frame, FunctionName, HostAnswer, HostCall, HostReply,
-    HostRequest, Kind, LayerLine, Message, ProbeRequest, Ready, RunMeta, SessionMeta, WireLimits,
-    WireTools,
+    HostRequest, Kind, LayerLine, Message, ProbeRequest, Ready, RequestMeta,
 };
 use super::TEST_HOOKS_ENV;
+use crate::engine::{Engine, Host};
 use crate::error::{Error, ErrorKind};
-use crate::host::{Determinism, FileSource};
-use crate::profile::Profile;
-use crate::sandbox::{Outcome, RunOptions, Sandbox};
-use crate::session::Session;
+use crate::host::{FileSource, HostFiles};
+use crate::outcome::Outcome;
+use crate::spec::Spec;
 use crate::tools::{Relay, ToolError, ToolRegistry};
 
 /// Exit statuses of a worker.
@@ -110,7 +109,7 @@ pub(crate) fn serve() -> i32 {
         return EXIT_PROTOCOL;
     }
 
-    let mut session: Option<Session> = None;
+    let mut session: Option<Engine> = None;
     loop {
         let frame = match link.recv() {
             Ok(frame) => frame,
@@ -165,10 +164,12 @@ fn warm_up() {
     }
     // SAFETY: tzset only reads TZ and the zone file; the process is single-threaded here.
     unsafe { tzset() };
-    // One run through the whole sandbox. No timeout: lockdown needs a single-threaded
+    // One run through the whole engine. No timeout: lockdown needs a single-threaded
     // process, and the deadline machinery is set up lazily per thread.
-    if let Ok(sandbox) = Sandbox::builder().timeout(None).build() {
-        let _ = sandbox.run(WARM_UP, &Json::Null);
+    let mut spec = Spec::default();
+    spec.limits.timeout = None;
+    if let Ok(mut engine) = Engine::new(&spec, &Host::default(), "warm-up") {
+        let _ = engine.run(WARM_UP.as_bytes(), &Json::Null, std::time::Instant::now());
     }
 }
 
@@ -244,17 +245,12 @@ fn refused(message: &str) -> Result<Vec<u8>, String> {
     .map_err(|e| e.to_string())
 }
 
-/// Serves one `Run`: a fresh in-process sandbox with the requested settings.
+/// Serves one `Run`: a fresh engine with the requested spec.
 fn run(frame: &Frame, link: &Arc<Link>) -> Result<Vec<u8>, String> {
+    let start = std::time::Instant::now();
     let outcome = match run_request(frame, link) {
-        Ok((sandbox, source, input, chunk_name)) => sandbox.run_with(
-            source,
-            &input,
-            &RunOptions {
-                chunk_name: &chunk_name,
-            },
-        ),
-        Err(error) => super::failed(error, Default::default()),
+        Ok((mut engine, source, input)) => engine.run(source, &input, start),
+        Err(error) => super::failed(error, start.elapsed()),
     };
     done(&outcome)
 }
@@ -282,110 +278,60 @@ fn internal(what: String) -> Error {
     Error::new(ErrorKind::Internal, what)
 }
 
-fn run_request<'f>(
-    frame: &'f Frame,
-    link: &Arc<Link>,
-) -> Result<(Sandbox, &'f [u8], Json, String), Error> {
-    let meta: RunMeta = frame.json(0).map_err(|e| internal(e.to_string()))?;
+fn run_request<'f>(frame: &'f Frame, link: &Arc<Link>) -> Result<(Engine, &'f [u8], Json), Error> {
+    let meta: RequestMeta = frame.json(0).map_err(|e| internal(e.to_string()))?;
     let input = frame
         .section(1)
         .ok_or_else(|| internal("a Run frame without input".into()))?;
     let source = frame
         .section(2)
         .ok_or_else(|| internal("a Run frame without source".into()))?;
-    let depth = meta.limits.result_depth.saturating_add(INPUT_DEPTH_SLACK);
+    let depth = meta
+        .spec
+        .limits
+        .result_depth
+        .saturating_add(INPUT_DEPTH_SLACK);
     let input = protocol::parse_value(input, depth)
         .map_err(|e| Error::new(ErrorKind::Input, format!("the input: {e}")))?;
-    let sandbox = sandbox(
-        Settings {
-            profile: &meta.profile,
-            limits: meta.limits,
-            require: (meta.require_run, meta.require_table),
-            deterministic: meta.deterministic,
-            diagnostic: meta.diagnostic,
-            host_files: meta.host_files,
-            tools: meta.tools,
-        },
-        link,
-    )?;
-    Ok((sandbox, source, input, meta.chunk_name))
+    Ok((engine(&meta, link)?, source, input))
 }
 
-/// What a `Run` or `SessionOpen` asks the worker's in-process sandbox to be.
-struct Settings<'a> {
-    profile: &'a str,
-    limits: WireLimits,
-    /// `require_run`, `require_table_result`.
-    require: (bool, bool),
-    deterministic: Option<(i64, i64)>,
-    diagnostic: bool,
-    host_files: bool,
-    tools: Option<WireTools>,
-}
-
-/// An in-process sandbox with the settings a request carries; its host files (when the
-/// host provides any) and its tools are asked of the supervisor over `link`.
-fn sandbox(settings: Settings<'_>, link: &Arc<Link>) -> Result<Sandbox, Error> {
-    let profile: Profile = settings
-        .profile
-        .parse()
-        .map_err(|e: crate::ConfigError| internal(e.to_string()))?;
-    let deterministic = settings
-        .deterministic
-        .map(|(timestamp, seed)| Determinism { timestamp, seed });
-    let result_depth = settings.limits.result_depth;
-    let mut builder = Sandbox::builder()
-        .profile(profile)
-        .limits(settings.limits.into())
-        .require_run(settings.require.0)
-        .require_table_result(settings.require.1)
-        .deterministic(deterministic)
-        .diagnostic(settings.diagnostic);
-    if let Some(tools) = settings.tools {
-        let relay = Arc::new(ChannelTools {
-            link: Arc::clone(link),
-            result_depth,
-        });
-        let registry = ToolRegistry::relayed(&tools.names, tools.quota, relay)
-            .map_err(|e| internal(format!("the tools sent: {e}")))?;
-        builder = builder.tools(registry);
-    }
-    let mut sandbox = builder.build().map_err(|e| internal(e.to_string()))?;
-    if settings.host_files {
-        sandbox.env.files = Arc::new(ChannelFiles(Arc::clone(link)));
-    }
-    Ok(sandbox)
+/// An engine for the spec a request carries; its host files (when the host provides
+/// any) and its tools are asked of the supervisor over `link`.
+fn engine(meta: &RequestMeta, link: &Arc<Link>) -> Result<Engine, Error> {
+    let files: Arc<dyn FileSource> = if meta.host_files {
+        Arc::new(ChannelFiles(Arc::clone(link)))
+    } else {
+        Arc::new(HostFiles::default())
+    };
+    let tools = match &meta.tools {
+        Some(tools) => {
+            let relay = Arc::new(ChannelTools {
+                link: Arc::clone(link),
+                result_depth: meta.spec.limits.result_depth,
+            });
+            let registry = ToolRegistry::relayed(&tools.names, tools.quota.clone(), relay)
+                .map_err(|e| internal(format!("the tools sent: {e}")))?;
+            Some(Arc::new(registry))
+        }
+        None => None,
+    };
+    Engine::new(&meta.spec, &Host { files, tools }, &meta.chunk_name)
 }
 
 /// Serves `SessionOpen`: builds the session's state, answering `Done` (null on success).
 fn open_session(
     frame: &Frame,
     link: &Arc<Link>,
-    slot: &mut Option<Session>,
+    slot: &mut Option<Engine>,
 ) -> Result<Vec<u8>, String> {
     let opened = frame
-        .json::<SessionMeta>(0)
+        .json::<RequestMeta>(0)
         .map_err(|e| internal(e.to_string()))
-        .and_then(|meta| {
-            let sandbox = sandbox(
-                Settings {
-                    profile: &meta.profile,
-                    limits: meta.limits,
-                    require: (false, false),
-                    deterministic: meta.deterministic,
-                    diagnostic: meta.diagnostic,
-                    host_files: meta.host_files,
-                    tools: meta.tools,
-                },
-                link,
-            )?;
-            let mut session = sandbox.session()?;
-            session.set_chunk_name(meta.chunk_name);
-            Ok(session)
-        });
+        .and_then(|meta| engine(&meta, link));
     let outcome = match opened {
-        Ok(session) => {
-            *slot = Some(session);
+        Ok(engine) => {
+            *slot = Some(engine);
             super::outcome(Ok(Json::Null), Default::default())
         }
         Err(error) => super::failed(error, Default::default()),
@@ -394,7 +340,7 @@ fn open_session(
 }
 
 /// Serves `Exec`, `Call` and `HasFunction` against the open session.
-fn session_request(frame: &Frame, session: &mut Session) -> Result<Vec<u8>, String> {
+fn session_request(frame: &Frame, session: &mut Engine) -> Result<Vec<u8>, String> {
     let outcome = match frame.kind {
         Kind::Exec => match frame.section(0) {
             Some(code) => session.exec(code),
@@ -403,7 +349,7 @@ fn session_request(frame: &Frame, session: &mut Session) -> Result<Vec<u8>, Stri
                 Default::default(),
             ),
         },
-        Kind::Call => match call_request(frame, session.sandbox().limits().result_depth) {
+        Kind::Call => match call_request(frame, session.spec().limits.result_depth) {
             Ok((name, args)) => session.call(&name, &args),
             Err(error) => super::failed(error, Default::default()),
         },

@@ -17,12 +17,14 @@ use serde_json::Value as Json;
 use super::failed;
 use super::host_call::Host;
 use super::pool::Pool;
-use super::protocol::{self, FunctionName, Kind, SessionMeta, WireTools};
+use super::protocol::{self, FunctionName, Kind, RequestMeta};
 use super::supervisor::{Fate, Worker};
+use crate::engine::{self, check_source};
 use crate::error::{Error, ErrorKind};
 use crate::host::FileSource;
 use crate::limits::Limits;
-use crate::sandbox::{Outcome, Sandbox};
+use crate::outcome::Outcome;
+use crate::spec::Spec;
 use crate::tools::{ToolRegistry, ToolRun};
 
 /// One session's worker, taken out of the pool; killed (through the pool's keeper) when
@@ -34,17 +36,18 @@ pub(crate) struct WorkerSession {
     pool: Arc<Pool>,
     files: Arc<dyn FileSource>,
     tools: Option<Arc<ToolRegistry>>,
-    limits: Limits,
+    spec: Spec,
 }
 
 impl WorkerSession {
-    /// Takes a worker for a new session of `sandbox` and opens the session in it.
+    /// Takes a worker for a new session of `spec` and opens the session in it.
     ///
     /// # Errors
     /// Why no worker could be had, or why the worker could not build the state.
     pub(crate) fn open(
         pool: &Arc<Pool>,
-        sandbox: &Sandbox,
+        spec: &Spec,
+        host: &engine::Host,
         chunk_name: &str,
     ) -> Result<WorkerSession, Error> {
         let worker = pool
@@ -53,20 +56,11 @@ impl WorkerSession {
         let mut session = WorkerSession {
             worker: Some(worker),
             pool: Arc::clone(pool),
-            files: Arc::clone(&sandbox.env.files),
-            tools: sandbox.tools().cloned(),
-            limits: sandbox.limits().clone(),
+            files: Arc::clone(&host.files),
+            tools: host.tools.clone(),
+            spec: spec.clone(),
         };
-        let env = &sandbox.env;
-        let meta = SessionMeta {
-            profile: sandbox.profile().name().to_string(),
-            limits: sandbox.limits().into(),
-            chunk_name: chunk_name.to_string(),
-            deterministic: env.deterministic.map(|d| (d.timestamp, d.seed)),
-            diagnostic: env.diagnostic,
-            host_files: !env.files.is_empty(),
-            tools: sandbox.tools().map(|registry| WireTools::from(&**registry)),
-        };
+        let meta = RequestMeta::new(spec, host, chunk_name);
         let request = protocol::encode_json(Kind::SessionOpen, &meta)
             .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
         // Building a state is the host's work, not the script's: the spawn timeout bounds
@@ -81,20 +75,17 @@ impl WorkerSession {
         }
     }
 
+    fn limits(&self) -> &Limits {
+        &self.spec.limits
+    }
+
     /// Runs `code` in the session's state. True in the second place when the session must
     /// close (the outcome's error says why).
     pub(crate) fn exec(&mut self, code: &[u8]) -> (Outcome, bool) {
         let start = Instant::now();
         // Refused here rather than shipped to the worker only to be refused there.
-        if let Some(max) = self.limits.source_bytes.filter(|max| code.len() > *max) {
-            let message = format!(
-                "the source is {} bytes, over the {max} byte limit",
-                code.len()
-            );
-            return (
-                failed(Error::new(ErrorKind::Input, message), start.elapsed()),
-                false,
-            );
+        if let Err(error) = check_source(&self.spec, code) {
+            return (failed(error, start.elapsed()), false);
         }
         match protocol::encode(Kind::Exec, &[code]) {
             Ok(request) => self.call_request(&request, start),
@@ -148,7 +139,7 @@ impl WorkerSession {
         )
         .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
         let timeout = self
-            .limits
+            .limits()
             .timeout
             .unwrap_or_else(|| self.settings_spawn_timeout());
         let deadline = Some(Instant::now() + timeout + self.pool.settings().kill_grace);
@@ -171,8 +162,9 @@ impl WorkerSession {
 
     /// Sends a test-hook probe to the session's worker. True in the second place when the
     /// session must close (the worker died or misbehaved).
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub(crate) fn probe(&mut self, probe: &str) -> (Result<Json, Error>, bool) {
-        let deadline = self.limits.timeout.map(|t| Instant::now() + t);
+        let deadline = self.limits().timeout.map(|t| Instant::now() + t);
         let pool = Arc::clone(&self.pool);
         let Some(worker) = self.worker.as_mut() else {
             return (Err(lost()), true);
@@ -182,6 +174,7 @@ impl WorkerSession {
     }
 
     /// The pid of the locked-down worker process.
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub(crate) fn pid(&self) -> Option<u32> {
         self.worker.as_ref().map(|w| w.pids().1)
     }
@@ -190,11 +183,11 @@ impl WorkerSession {
     /// fresh [`ToolRun`] whose record becomes the outcome's.
     fn call_request(&mut self, request: &[u8], start: Instant) -> (Outcome, bool) {
         let grace = self.pool.settings().kill_grace;
-        let deadline = self.limits.timeout.map(|t| start + t + grace);
+        let deadline = self.limits().timeout.map(|t| start + t + grace);
         let tools = self
             .tools
             .as_ref()
-            .map(|registry| registry.start_run(self.limits.timeout.map(|t| start + t)));
+            .map(|registry| registry.start_run(self.limits().timeout.map(|t| start + t)));
         let (mut outcome, close) = match self.request(request, deadline, tools.as_ref()) {
             Ok(outcome) => {
                 // As in process: after a timeout or an instruction limit the state may be
@@ -226,9 +219,9 @@ impl WorkerSession {
         let host = Host {
             files: &*files,
             tools,
-            max_depth: self.limits.result_depth,
+            max_depth: self.spec.limits.result_depth,
         };
-        worker.exchange(request, deadline, pool.settings(), host, &self.limits)
+        worker.exchange(request, deadline, pool.settings(), host, &self.spec.limits)
     }
 
     fn settings_spawn_timeout(&self) -> Duration {

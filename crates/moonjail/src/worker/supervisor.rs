@@ -21,13 +21,11 @@ use rustix::net::{RecvFlags, SendFlags};
 use serde_json::Value as Json;
 
 use super::host_call::{self, Budget, Host, Refusal};
-use super::protocol::{
-    self, Decoded, DoneMeta, FrameError, Kind, LayerLine, Message, RunMeta, WireTools,
-};
+use super::protocol::{self, Decoded, DoneMeta, FrameError, Kind, LayerLine, Message, RequestMeta};
 use super::{failed, Job, TEST_HOOKS_ENV, WORKER_ARG};
 use crate::error::{Error, ErrorKind};
 use crate::limits::Limits;
-use crate::sandbox::Outcome;
+use crate::outcome::Outcome;
 
 /// How long to wait for a worker whose channel closed to be reaped before killing it.
 const REAP_WAIT: Duration = Duration::from_secs(2);
@@ -383,7 +381,10 @@ impl Worker {
     /// when the worker died.
     pub(crate) fn run(&mut self, job: &Job, settings: &Settings) -> (Outcome, Fate) {
         let start = Instant::now();
-        let deadline = job.limits.timeout.map(|t| start + t + settings.kill_grace);
+        let deadline = job
+            .limits()
+            .timeout
+            .map(|t| start + t + settings.kill_grace);
         let request = match encode_run(job) {
             Ok(request) => request,
             Err(message) => {
@@ -393,15 +394,17 @@ impl Worker {
         };
         self.runs += 1;
         let tools = job
+            .host
             .tools
-            .map(|registry| registry.start_run(job.limits.timeout.map(|t| start + t)));
+            .as_ref()
+            .map(|registry| registry.start_run(job.limits().timeout.map(|t| start + t)));
         let host = Host {
-            files: &*job.env.files,
+            files: &*job.host.files,
             tools: tools.as_ref(),
-            max_depth: job.limits.result_depth,
+            max_depth: job.limits().result_depth,
         };
         let (mut outcome, fate) =
-            match self.exchange(&request, deadline, settings, host, job.limits) {
+            match self.exchange(&request, deadline, settings, host, job.limits()) {
                 Ok(outcome) => {
                     let fate = match outcome.error() {
                         Some(e) if e.kind.is_limit() => Fate::Retire,
@@ -465,6 +468,7 @@ impl Worker {
     }
 
     /// Sends a test-hook probe and returns the worker's answer.
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub(crate) fn probe(
         &mut self,
         probe: &str,
@@ -664,12 +668,14 @@ impl Worker {
 
     /// The pid of the process spawned, and of the locked-down worker (its child, when the
     /// PID-namespace layer forked; otherwise the same process).
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub(crate) fn pids(&self) -> (u32, u32) {
         let relay = self.child.id();
         (relay, child_of(relay).unwrap_or(relay))
     }
 
     /// The lockdown report the worker sent with `Ready`.
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub(crate) fn layers(&self) -> &[LayerLine] {
         &self.layers
     }
@@ -682,23 +688,14 @@ impl Drop for Worker {
 }
 
 /// The first child of `pid`, from /proc.
+#[cfg_attr(not(feature = "test-support"), allow(dead_code))]
 fn child_of(pid: u32) -> Option<u32> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     children.split_whitespace().next()?.parse().ok()
 }
 
 fn encode_run(job: &Job) -> Result<Vec<u8>, String> {
-    let meta = RunMeta {
-        profile: job.profile.name().to_string(),
-        limits: job.limits.into(),
-        require_run: job.require_run,
-        require_table: job.require_table,
-        chunk_name: job.chunk_name.to_string(),
-        deterministic: job.env.deterministic.map(|d| (d.timestamp, d.seed)),
-        diagnostic: job.env.diagnostic,
-        host_files: !job.env.files.is_empty(),
-        tools: job.tools.map(|registry| WireTools::from(&**registry)),
-    };
+    let meta = RequestMeta::new(job.spec, job.host, job.chunk_name);
     let meta = serde_json::to_vec(&meta).map_err(|e| format!("encoding the run: {e}"))?;
     let input = serde_json::to_vec(job.input).map_err(|e| format!("encoding the input: {e}"))?;
     protocol::encode(Kind::Run, &[&meta, &input, job.source]).map_err(|_| {
@@ -787,7 +784,7 @@ pub(crate) fn signal_name(signal: i32) -> (String, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::Stats;
+    use crate::outcome::Stats;
 
     #[test]
     fn signal_names() {

@@ -1,0 +1,441 @@
+//! The engine: one Lua state and the whole run pipeline.
+//!
+//! Every way a script runs goes through here: a one-shot run in process, a call of an
+//! in-process session, and both of those inside a worker process. The pipeline is, in
+//! order: source checks, the state and its environment (built once per state), limits
+//! armed, the chunk loaded and called under the entry convention, the value marshaled
+//! (inside the deadline), limits disarmed, the error classified, and everything
+//! collected into an [`Outcome`]. The facades (`Sandbox`, `Session`) only choose whether
+//! this happens here or in a worker, which runs this same engine.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mlua::chunk::ChunkMode;
+use mlua::{MultiValue, Value};
+use serde_json::Value as Json;
+
+use crate::diag;
+use crate::env;
+use crate::error::{mlua_message, Error, ErrorKind};
+use crate::host::{EnvOptions, FileSource, HostFiles};
+use crate::marshal::{self, Bounds};
+use crate::outcome::{Outcome, Stats};
+use crate::spec::Spec;
+use crate::stdlib::base::FORBIDDEN;
+use crate::tools::{self, ToolRegistry, ToolRun};
+use crate::vm::{watchdog::Deadline, Activation, Control, Vm};
+
+/// What the host attaches to a run besides its spec: the files `require` and `io.open`
+/// read and the tools a script may call. In a worker these are relays to the supervisor.
+#[derive(Debug, Clone)]
+pub(crate) struct Host {
+    pub(crate) files: Arc<dyn FileSource>,
+    pub(crate) tools: Option<Arc<ToolRegistry>>,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host {
+            files: Arc::new(HostFiles::default()),
+            tools: None,
+        }
+    }
+}
+
+/// Refuses what no run may load: a source over the limit, a binary chunk.
+pub(crate) fn check_source(spec: &Spec, source: &[u8]) -> Result<(), Error> {
+    if let Some(max) = spec.limits.source_bytes {
+        if source.len() > max {
+            let msg = format!(
+                "the source is {} bytes, over the {max} byte limit",
+                source.len()
+            );
+            return Err(Error::new(ErrorKind::Input, msg));
+        }
+    }
+    if source.first() == Some(&0x1b) {
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            "binary chunks cannot be loaded",
+        ));
+    }
+    Ok(())
+}
+
+/// A fresh state under the spec's memory, output and source limits, environment not yet
+/// built.
+fn new_vm(spec: &Spec) -> mlua::Result<Vm> {
+    let profile = spec.profile.spec();
+    let limits = &spec.limits;
+    let vm = Vm::new(
+        env::libs_for(profile),
+        limits.memory_bytes.unwrap_or(usize::MAX),
+    )?;
+    let ctl = vm.ctl();
+    ctl.output_limit
+        .set(limits.output_bytes.unwrap_or(usize::MAX));
+    ctl.source_limit
+        .set(limits.source_bytes.unwrap_or(usize::MAX));
+    Ok(vm)
+}
+
+fn env_options(spec: &Spec, host: &Host) -> EnvOptions {
+    EnvOptions {
+        files: Arc::clone(&host.files),
+        deterministic: spec.deterministic,
+        diagnostic: spec.diagnostic,
+    }
+}
+
+/// A state with its environment built: what [`Engine::new`] makes, and what a prepared
+/// state is (see `prepared.rs`; only without tools, which attach per state).
+pub(crate) fn prepare(spec: &Spec, host: &Host) -> Result<Vm, Error> {
+    let vm = new_vm(spec).map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
+    {
+        let ctl = vm.ctl();
+        let _active = Activation::new(ctl);
+        vm.begin_call(None);
+        // The namespaces are built with the environment; each call attaches its own run
+        // (see `Engine::call_with`), so this one, without a deadline, is never called
+        // through.
+        if let Some(registry) = &host.tools {
+            let run = Arc::new(registry.start_run(None));
+            attach_tools(&vm, spec, run);
+        }
+        env::build(vm.lua(), spec.profile.spec(), &env_options(spec, host)).map_err(|e| {
+            classify(
+                ctl,
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("building the environment: {e}"),
+                ),
+            )
+        })?;
+        tracing::debug!(profile = spec.profile.name(), "environment built");
+    }
+    Ok(vm)
+}
+
+fn attach_tools(vm: &Vm, spec: &Spec, run: Arc<ToolRun>) {
+    let limits = &spec.limits;
+    tools::lua::attach(vm.lua(), run, limits.result_bounds(), limits.result_depth);
+}
+
+/// One Lua state with its environment, and the pipeline that runs code in it.
+pub(crate) struct Engine {
+    vm: Vm,
+    spec: Spec,
+    host: Host,
+    chunk_name: String,
+}
+
+impl Engine {
+    /// A fresh state for `spec`, with the environment built.
+    ///
+    /// # Errors
+    /// `internal` when the state cannot be built, `memory_limit` when the limit is too
+    /// small for the environment.
+    pub(crate) fn new(spec: &Spec, host: &Host, chunk_name: &str) -> Result<Engine, Error> {
+        let vm = prepare(spec, host)?;
+        Ok(Engine::with_vm(vm, spec, host, chunk_name))
+    }
+
+    /// An engine over a state [`prepare`]d for the same spec and host.
+    pub(crate) fn with_vm(vm: Vm, spec: &Spec, host: &Host, chunk_name: &str) -> Engine {
+        Engine {
+            vm,
+            spec: spec.clone(),
+            host: host.clone(),
+            chunk_name: chunk_name.to_string(),
+        }
+    }
+
+    /// The state, for retiring it off the caller's path.
+    pub(crate) fn into_vm(self) -> Vm {
+        self.vm
+    }
+
+    /// The spec this engine runs under.
+    pub(crate) fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// A one-shot run: the chunk gets `input` as its vararg; if it defines a global
+    /// function `run`, that is called with `input` and gives the result, otherwise the
+    /// chunk's first return value does. `start` is when the caller began (wall time and
+    /// the deadline count from it).
+    pub(crate) fn run(&mut self, source: &[u8], input: &Json, start: Instant) -> Outcome {
+        self.call_with(start, |vm, spec, chunk| {
+            check_source(spec, source)?;
+            let lua = vm.lua();
+            let f = load_chunk(vm, source, chunk)?;
+            let input = marshal::from_json(lua, input, spec.limits.result_depth)
+                .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
+            let rets = call(vm, &f, &input, chunk)?;
+            let run: Value = diag::real_globals(lua)
+                .raw_get("run")
+                .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
+            let value = match run {
+                Value::Function(run) => {
+                    tracing::debug!("entry called: run(input)");
+                    call(vm, &run, &input, chunk)?.into_iter().next()
+                }
+                _ if spec.require_run => {
+                    return Err(Error::new(
+                        ErrorKind::Runtime,
+                        "the script defines no global function `run`",
+                    ))
+                }
+                _ => rets.into_iter().next(),
+            }
+            .unwrap_or(Value::Nil);
+            if spec.require_table && !matches!(value, Value::Table(_)) {
+                return Err(Error::new(
+                    ErrorKind::Result,
+                    format!("the result must be a table, got a {}", value.type_name()),
+                ));
+            }
+            Ok(value)
+        })
+    }
+
+    /// Runs `code` in this state (a session's `exec`); the result is the chunk's first
+    /// return value.
+    pub(crate) fn exec(&mut self, code: &[u8]) -> Outcome {
+        self.call_with(Instant::now(), |vm, spec, chunk| {
+            check_source(spec, code)?;
+            let f = load_chunk(vm, code, chunk)?;
+            let rets = call(vm, &f, (), chunk)?;
+            Ok(rets.into_iter().next().unwrap_or(Value::Nil))
+        })
+    }
+
+    /// Calls the global function `name` with `args` (a session's `call`); the result is
+    /// its first return value.
+    pub(crate) fn call(&mut self, name: &str, args: &[Json]) -> Outcome {
+        self.call_with(Instant::now(), |vm, spec, chunk| {
+            let lua = vm.lua();
+            let f: Value = diag::real_globals(lua)
+                .raw_get(name)
+                .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
+            let Value::Function(f) = f else {
+                return Err(Error::new(
+                    ErrorKind::Runtime,
+                    format!("no global function `{name}` in the session"),
+                ));
+            };
+            let mut values = MultiValue::new();
+            for a in args {
+                let v = marshal::from_json(lua, a, spec.limits.result_depth)
+                    .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
+                values.push_back(v);
+            }
+            let rets = call(vm, &f, values, chunk)?;
+            Ok(rets.into_iter().next().unwrap_or(Value::Nil))
+        })
+    }
+
+    /// True when the state holds a global function `name` (a raw lookup: no metamethod
+    /// of `_G` runs).
+    pub(crate) fn has_function(&self, name: &str) -> bool {
+        matches!(
+            diag::real_globals(self.vm.lua()).raw_get::<Value>(name),
+            Ok(Value::Function(_))
+        )
+    }
+
+    /// The one place limits are armed and disarmed around script code, the value is
+    /// marshaled, the error classified and the outcome collected.
+    fn call_with(
+        &mut self,
+        start: Instant,
+        body: impl FnOnce(&Vm, &Spec, &str) -> Result<Value, Error>,
+    ) -> Outcome {
+        let limits = &self.spec.limits;
+        let vm = &self.vm;
+        let ctl = vm.ctl();
+        let active = Activation::new(ctl);
+        // Reset the call state first: arming first would let a deadline that passes at
+        // once be cleared by the reset and lost.
+        vm.begin_call(limits.instructions);
+        let due = limits.timeout.map(|t| start + t);
+        let deadline = due.map(|at| Deadline::arm(ctl, at));
+        tracing::debug!(
+            profile = self.spec.profile.name(),
+            memory = ?limits.memory_bytes,
+            timeout = ?limits.timeout,
+            instructions = ?limits.instructions,
+            output = ?limits.output_bytes,
+            "limits set"
+        );
+        // This call's tool run: its deadline, its quotas, its record.
+        let tools = self.host.tools.as_ref().map(|registry| {
+            let run = Arc::new(registry.start_run(due));
+            attach_tools(vm, &self.spec, Arc::clone(&run));
+            run
+        });
+        // Marshaling happens here, inside the deadline: a result the script built to be
+        // expensive to convert is the script's time.
+        let result = body(vm, &self.spec, &self.chunk_name).and_then(|value| {
+            marshal::to_json(vm.lua(), &value, limits.result_bounds())
+                .map_err(|e| Error::new(ErrorKind::Result, e.to_string()))
+        });
+        let result = classify_result(ctl, result).map_err(Error::bounded);
+        let mut stats = Stats::default();
+        let (_, peak, _) = ctl.memory();
+        stats.memory_bytes = peak;
+        stats.instructions = limits.instructions.map(|_| vm.instructions_used());
+        let output = String::from_utf8_lossy(&ctl.take_output()).into_owned();
+        let diagnostics = diag::take(vm.lua());
+        drop(deadline);
+        drop(active);
+        match &result {
+            Ok(_) => tracing::debug!(peak_memory = peak, elapsed = ?start.elapsed(), "outcome: ok"),
+            Err(e) => tracing::debug!(
+                kind = e.kind.as_str(),
+                peak_memory = peak,
+                elapsed = ?start.elapsed(),
+                "outcome: failed"
+            ),
+        }
+        stats.wall = start.elapsed();
+        Outcome {
+            result,
+            output,
+            stats,
+            diagnostics,
+            tool_calls: tools.map(|run| run.take_calls()).unwrap_or_default(),
+        }
+    }
+}
+
+/// Compiles `source` as text under the chunk name `name`.
+fn load_chunk(vm: &Vm, source: &[u8], name: &str) -> Result<mlua::Function, Error> {
+    let f = vm
+        .lua()
+        .load(source)
+        .set_name(format!("={name}"))
+        .set_mode(ChunkMode::Text)
+        .into_function()
+        .map_err(|e| load_error(e, name))?;
+    tracing::debug!(chunk = name, bytes = source.len(), "chunk compiled");
+    Ok(f)
+}
+
+/// Calls `f` through the VM's entry shim: its return values, or the error it raised.
+fn call(
+    vm: &Vm,
+    f: &mlua::Function,
+    args: impl mlua::IntoLuaMulti,
+    chunk: &str,
+) -> Result<MultiValue, Error> {
+    vm.call(f, args)
+        .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?
+        .map_err(|v| script_error(vm.lua(), v, chunk))
+}
+
+/// The final kind of an error raised while `ctl`'s call was active.
+fn classify(ctl: &Control, e: Error) -> Error {
+    classify_result(ctl, Err(e))
+        .err()
+        .unwrap_or_else(|| Error::new(ErrorKind::Internal, "classify: an error became a success"))
+}
+
+/// Limits are sticky: a quota that fired fails the run even when the script caught the
+/// error and then returned normally (for instance `return pcall(...)`, where no
+/// instruction runs after the catch for the hook to stop). Then a refused operation; then
+/// the error as raised.
+fn classify_result(ctl: &Control, r: Result<Json, Error>) -> Result<Json, Error> {
+    let line = r.as_ref().err().and_then(|e| e.line);
+    if let Some(kind) = ctl.stop().kind() {
+        return Err(Error {
+            kind,
+            message: ctl.stop().message().to_string(),
+            line,
+        });
+    }
+    let (_, _, memory_hit) = ctl.memory();
+    if memory_hit && !matches!(&r, Err(e) if e.kind == ErrorKind::Input) {
+        return Err(Error {
+            kind: ErrorKind::MemoryLimit,
+            message: "not enough memory: the script reached its memory limit".to_string(),
+            line,
+        });
+    }
+    r.map_err(|e| {
+        if e.kind == ErrorKind::Runtime && ctl.forbidden.get() && e.message.contains(FORBIDDEN) {
+            Error {
+                kind: ErrorKind::Forbidden,
+                ..e
+            }
+        } else {
+            e
+        }
+    })
+}
+
+fn load_error(e: mlua::Error, name: &str) -> Error {
+    match e {
+        mlua::Error::SyntaxError { message, .. } => Error {
+            line: line_of(&message, name),
+            kind: ErrorKind::Syntax,
+            message,
+        },
+        mlua::Error::MemoryError(m) => Error::new(ErrorKind::MemoryLimit, m),
+        // The parser raises runtime errors too ("C stack overflow" on deep nesting):
+        // still the source's fault.
+        mlua::Error::RuntimeError(message) => Error {
+            line: line_of(&message, name),
+            kind: ErrorKind::Syntax,
+            message,
+        },
+        other => Error::new(ErrorKind::Internal, mlua_message(&other)),
+    }
+}
+
+/// Turns an error value into a message without running any of its metamethods.
+fn script_error(lua: &mlua::Lua, v: Value, name: &str) -> Error {
+    let message = match &v {
+        Value::String(s) => s.to_string_lossy(),
+        Value::Integer(i) => i.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Error(e) => mlua_message(e),
+        Value::Nil => "nil".to_string(),
+        Value::Table(_) => {
+            let bounds = Bounds {
+                depth: 16,
+                bytes: 4096,
+            };
+            match marshal::to_json(lua, &v, bounds) {
+                Ok(j) => format!("error object: {j}"),
+                Err(_) => "(error object is a table value)".to_string(),
+            }
+        }
+        other => format!("(error object is a {} value)", other.type_name()),
+    };
+    Error {
+        line: line_of(&message, name),
+        kind: ErrorKind::Runtime,
+        message,
+    }
+}
+
+/// The line number when `message` starts with `NAME:LINE:`.
+fn line_of(message: &str, name: &str) -> Option<u32> {
+    let rest = message.strip_prefix(name)?.strip_prefix(':')?;
+    let end = rest.find(':')?;
+    rest[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines() {
+        assert_eq!(line_of("script:3: boom", "script"), Some(3));
+        assert_eq!(line_of("other:3: boom", "script"), None);
+        assert_eq!(line_of("script: boom", "script"), None);
+    }
+}

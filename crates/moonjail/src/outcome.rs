@@ -1,0 +1,182 @@
+//! What a run produced, and its one JSON shape: `Outcome`'s `Serialize` is the document
+//! `moonjail run --json` prints, the worker protocol's answers carry and every front end
+//! returns.
+
+use std::time::Duration;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::diag::Diagnostics;
+use crate::error::Error;
+use crate::tools::ToolCall;
+
+/// What a run produced: the result or the error, the captured output and statistics.
+/// Output and statistics are there whether the run succeeded or not.
+///
+/// Serialised (the `--json` contract), it is
+/// `{"ok", "result", "output", "error": {"kind", "message", "line"} | null, "stats":
+/// {"wall_ms", "memory_bytes", "instructions"}}`, plus `"diagnostics"` in diagnostic mode
+/// and `"tool_calls"` when the script called host tools.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use = "an outcome says whether the script failed"]
+#[non_exhaustive]
+pub struct Outcome {
+    /// The JSON result, or why there is none.
+    pub result: Result<Json, Error>,
+    /// Everything the script printed (invalid UTF-8 replaced), up to the output limit.
+    pub output: String,
+    /// Measurements of the run.
+    pub stats: Stats,
+    /// What the script touched, when the sandbox runs in diagnostic mode.
+    pub diagnostics: Option<Diagnostics>,
+    /// Every host tool call the script made, in order (see [`ToolCall`]).
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// Measurements of one run.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Wall-clock time, from the start of the run to its outcome (marshaling included).
+    pub wall: Duration,
+    /// Peak Lua heap, in bytes.
+    pub memory_bytes: usize,
+    /// VM instructions executed, when an instruction limit was set.
+    pub instructions: Option<u64>,
+}
+
+impl Outcome {
+    /// An outcome with nothing but `result` and the time it took: a request answered
+    /// without running a script, or one refused before any script ran.
+    pub(crate) fn bare(result: Result<Json, Error>, wall: Duration) -> Outcome {
+        Outcome {
+            result,
+            output: String::new(),
+            stats: Stats {
+                wall,
+                ..Stats::default()
+            },
+            diagnostics: None,
+            tool_calls: Vec::new(),
+        }
+    }
+
+    /// [`Outcome::bare`] of an error.
+    pub(crate) fn failed(error: Error, wall: Duration) -> Outcome {
+        Outcome::bare(Err(error), wall)
+    }
+
+    /// True when the run succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    /// The error, if the run failed.
+    pub fn error(&self) -> Option<&Error> {
+        self.result.as_ref().err()
+    }
+
+    /// The `--json` document as a value (the same as serialising the outcome).
+    pub fn to_json(&self) -> Json {
+        serde_json::to_value(self).unwrap_or_else(|e| {
+            serde_json::json!({"ok": false, "result": null, "output": "",
+                "error": {"kind": "internal", "message": format!("encoding the outcome: {e}"), "line": null},
+                "stats": {"wall_ms": 0.0, "memory_bytes": 0, "instructions": null}})
+        })
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("ok", &self.result.is_ok())?;
+        match &self.result {
+            Ok(value) => {
+                map.serialize_entry("result", value)?;
+                map.serialize_entry("output", &self.output)?;
+                map.serialize_entry("error", &Json::Null)?;
+            }
+            Err(error) => {
+                map.serialize_entry("result", &Json::Null)?;
+                map.serialize_entry("output", &self.output)?;
+                map.serialize_entry("error", error)?;
+            }
+        }
+        map.serialize_entry("stats", &self.stats)?;
+        if let Some(d) = &self.diagnostics {
+            map.serialize_entry("diagnostics", d)?;
+        }
+        if !self.tool_calls.is_empty() {
+            map.serialize_entry("tool_calls", &self.tool_calls)?;
+        }
+        map.end()
+    }
+}
+
+/// The wire and document shape of [`Stats`]: milliseconds, rounded to microseconds.
+#[derive(Serialize, Deserialize)]
+struct StatsDoc {
+    wall_ms: f64,
+    memory_bytes: usize,
+    instructions: Option<u64>,
+}
+
+impl Serialize for Stats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StatsDoc {
+            wall_ms: (self.wall.as_secs_f64() * 1e6).round() / 1e3,
+            memory_bytes: self.memory_bytes,
+            instructions: self.instructions,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Stats {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let doc = StatsDoc::deserialize(deserializer)?;
+        Ok(Stats {
+            wall: Duration::try_from_secs_f64(doc.wall_ms / 1e3).unwrap_or_default(),
+            memory_bytes: doc.memory_bytes,
+            instructions: doc.instructions,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn serialize_is_the_json_contract() {
+        let ok = Outcome::bare(Ok(serde_json::json!({"a": 1})), Duration::from_micros(1500));
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            serde_json::json!({"ok": true, "result": {"a": 1}, "output": "", "error": null,
+                "stats": {"wall_ms": 1.5, "memory_bytes": 0, "instructions": null}})
+        );
+        let failed = Outcome::failed(Error::new(ErrorKind::Timeout, "late"), Duration::ZERO);
+        let doc = failed.to_json();
+        assert_eq!(doc["ok"], false);
+        assert_eq!(doc["result"], Json::Null);
+        assert_eq!(
+            doc["error"],
+            serde_json::json!({"kind": "timeout", "message": "late", "line": null})
+        );
+        assert!(doc.get("tool_calls").is_none() && doc.get("diagnostics").is_none());
+    }
+
+    #[test]
+    fn stats_round_trip() {
+        let stats = Stats {
+            wall: Duration::from_micros(2500),
+            memory_bytes: 10,
+            instructions: Some(3),
+        };
+        let back: Stats = serde_json::from_value(serde_json::to_value(&stats).unwrap()).unwrap();
+        assert_eq!(back, stats);
+    }
+}

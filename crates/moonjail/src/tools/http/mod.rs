@@ -1,0 +1,330 @@
+//! The built-in `http` tool: `http.get(url [, headers])` and `http.post(url, body [,
+//! headers])` to allowlisted destinations only.
+//!
+//! Every hop (the first request and each redirect) is checked the same way before any
+//! byte is sent: the scheme is `http` or `https`; host and port are on the allowlist; the
+//! host name is resolved once, here, and each address must be public unless that address
+//! itself is allowlisted (so `localhost`, or a name an attacker points at 10.0.0.1 or
+//! 169.254.169.254, cannot reach the host's own network); the connection then goes to
+//! exactly the checked addresses (ureq gets them through a pinned resolver, so there is
+//! no second lookup for DNS rebinding to answer differently). The response body is read
+//! up to a cap; connect and total timeouts are bounded by the run's deadline.
+
+//!
+//! This module is the configuration (always compiled: an allowlist is checked when a
+//! sandbox is built); `client.rs`, the part that speaks HTTP and TLS, only with the
+//! `http` feature.
+
+#[cfg(feature = "http")]
+mod client;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use url::Host;
+
+#[cfg(feature = "http")]
+pub(crate) use client::Client;
+
+/// Configuration of the built-in `http` tool: where it may go and how much it may do.
+///
+/// ```
+/// use moonjail::HttpConfig;
+/// let http = HttpConfig::new()
+///     .allow("api.example.com")          // ports 80 and 443
+///     .allow("127.0.0.1:8080")           // this address and port only
+///     .max_body_bytes(256 << 10);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    allow: Vec<String>,
+    max_body_bytes: u64,
+    max_requests: Option<u32>,
+    max_redirects: u32,
+    connect_timeout: Duration,
+    timeout: Option<Duration>,
+    root_certificates: Option<Vec<Vec<u8>>>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            allow: Vec::new(),
+            max_body_bytes: 1 << 20,
+            max_requests: Some(100),
+            max_redirects: 5,
+            connect_timeout: Duration::from_secs(10),
+            timeout: Some(Duration::from_secs(30)),
+            root_certificates: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// A configuration with the defaults and an empty allowlist.
+    pub fn new() -> HttpConfig {
+        HttpConfig::default()
+    }
+
+    /// Allows `HOST[:PORT]`: a name (`api.example.com`, matched exactly, case-insensitive),
+    /// an IPv4 address or an IPv6 address in brackets (`[::1]:8080`). Without a port, 80
+    /// and 443. An address entry also lets an allowlisted name resolve to that address.
+    /// Checked when the sandbox is built. By default, nothing is allowed (and the tool is
+    /// not installed).
+    pub fn allow(mut self, destination: impl Into<String>) -> Self {
+        self.allow.push(destination.into());
+        self
+    }
+
+    /// The allowlist as given.
+    pub fn allowed(&self) -> &[String] {
+        &self.allow
+    }
+
+    /// True when at least one destination is allowed.
+    pub fn is_enabled(&self) -> bool {
+        !self.allow.is_empty()
+    }
+
+    /// Sets the largest response body, in bytes; a larger one is a tool error. By
+    /// default, 1 MiB.
+    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Sets how many requests (`http.get` and `http.post` calls together) one run may
+    /// make. By default, 100.
+    pub fn max_requests(mut self, requests: Option<u32>) -> Self {
+        self.max_requests = requests;
+        self
+    }
+
+    /// Sets how many redirects one request follows (each one checked like the first
+    /// request). By default, 5.
+    pub fn max_redirects(mut self, redirects: u32) -> Self {
+        self.max_redirects = redirects;
+        self
+    }
+
+    /// Sets the connect timeout (always shortened to the run's remaining time). By
+    /// default, 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the total time one request may take, redirects and body included (always
+    /// shortened to the run's remaining time). By default, 30 s.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Makes https trust exactly these root certificates (DER), e.g. a private CA,
+    /// instead of the bundled Mozilla roots. Certificates are always verified. By
+    /// default, the Mozilla roots (webpki-roots, compiled in: no system store is read).
+    pub fn root_certificates_der(mut self, certificates: Vec<Vec<u8>>) -> Self {
+        self.root_certificates = Some(certificates);
+        self
+    }
+
+    /// The per-run request quota, for the `http` namespace.
+    pub(crate) fn request_quota(&self) -> Option<u32> {
+        self.max_requests
+    }
+}
+
+/// One allowlist entry: a host and the ports allowed on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpDestination {
+    host: Host<String>,
+    ports: Vec<u16>,
+}
+
+impl HttpDestination {
+    fn matches(&self, host: &Host<String>, port: u16) -> bool {
+        self.host == *host && self.ports.contains(&port)
+    }
+}
+
+impl fmt::Display for HttpDestination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = match &self.host {
+            Host::Ipv6(a) => format!("[{a}]"),
+            h => h.to_string(),
+        };
+        match self.ports.as_slice() {
+            [p] => write!(f, "{host}:{p}"),
+            _ => write!(f, "{host}"),
+        }
+    }
+}
+
+impl FromStr for HttpDestination {
+    type Err = String;
+
+    /// Parses `HOST[:PORT]` (see [`HttpConfig::allow`]).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty destination".into());
+        }
+        if s.contains(['/', '@', '?', '#', ' ']) || s.contains("://") {
+            return Err(format!(
+                "{s:?} is not HOST[:PORT] (give no scheme, path or credentials)"
+            ));
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (inside, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("{s:?}: missing `]`"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("{s:?}: expected `:PORT` after `]`"))?,
+                ),
+            };
+            (format!("[{inside}]"), port)
+        } else {
+            match s.matches(':').count() {
+                0 => (s.to_string(), None),
+                1 => {
+                    let (h, p) = s.split_once(':').unwrap_or((s, ""));
+                    (h.to_string(), Some(p))
+                }
+                _ => {
+                    return Err(format!(
+                        "{s:?}: write IPv6 addresses in brackets, e.g. [::1]:8080"
+                    ))
+                }
+            }
+        };
+        let host = Host::parse(&host).map_err(|e| format!("{s:?}: invalid host: {e}"))?;
+        let ports = match port {
+            None => vec![80, 443],
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => vec![p],
+                _ => return Err(format!("{s:?}: invalid port {p:?}")),
+            },
+        };
+        Ok(HttpDestination { host, ports })
+    }
+}
+
+#[cfg(all(test, feature = "http"))]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use url::Url;
+
+    use super::client::{is_special, Client};
+    use super::*;
+
+    #[test]
+    fn special_addresses() {
+        for special in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "100.64.0.1",
+            "100.127.255.255",
+            "127.0.0.1",
+            "127.255.0.9",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:8.8.8.8",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::",
+            "2001:0:4136:e378::",
+            "2001:db8::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+        ] {
+            assert!(
+                is_special(special.parse().unwrap()),
+                "{special} not special"
+            );
+        }
+        for public in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.63.255.255",
+            "100.128.0.0",
+            "172.15.255.255",
+            "172.32.0.0",
+            "169.253.0.1",
+            "223.255.255.255",
+            "2606:4700:4700::1111",
+            "2a00:1450:4007::64",
+        ] {
+            assert!(!is_special(public.parse().unwrap()), "{public} special");
+        }
+    }
+
+    #[test]
+    fn destinations() {
+        let d: HttpDestination = "API.Example.com".parse().unwrap();
+        assert_eq!(d.host, Host::Domain("api.example.com".to_string()));
+        assert_eq!(d.ports, vec![80, 443]);
+        let d: HttpDestination = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(d.host, Host::<String>::Ipv4(Ipv4Addr::LOCALHOST));
+        assert_eq!(d.ports, vec![8080]);
+        assert_eq!(d.to_string(), "127.0.0.1:8080");
+        let d: HttpDestination = "[::1]:9".parse().unwrap();
+        assert_eq!(d.host, Host::<String>::Ipv6(Ipv6Addr::LOCALHOST));
+        assert_eq!(d.to_string(), "[::1]:9");
+        for bad in [
+            "",
+            "http://a.com",
+            "a.com/x",
+            "u@a.com",
+            "a.com:0",
+            "a.com:99999",
+            "a.com:x",
+            "::1",
+            "[::1",
+            "[::1]x",
+        ] {
+            assert!(bad.parse::<HttpDestination>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn urls_against_the_allowlist() {
+        let c = Client::new(
+            HttpConfig::new()
+                .allow("api.example.com")
+                .allow("127.0.0.1:8080"),
+        )
+        .unwrap();
+        let ok = |u: &str| c.check_url(&Url::parse(u).unwrap()).is_ok();
+        assert!(ok("https://api.example.com/x"));
+        assert!(ok("http://API.example.com:80/x"));
+        assert!(ok("http://127.0.0.1:8080/"));
+        // WHATWG parsing normalises other spellings of the same address.
+        assert!(ok("http://2130706433:8080/"));
+        assert!(!ok("http://api.example.com:8080/"));
+        assert!(!ok("http://127.0.0.1/"));
+        assert!(!ok("http://other.example.com/"));
+        assert!(!ok("ftp://api.example.com/"));
+        assert!(!ok("http://user:pw@api.example.com/"));
+        assert!(!ok("file:///etc/passwd"));
+    }
+}
