@@ -260,7 +260,13 @@ impl Engine {
         // once be cleared by the reset and lost.
         vm.begin_call(limits.instructions);
         let due = limits.timeout.map(|t| start + t);
-        let deadline = due.map(|at| Deadline::arm(ctl, at));
+        let deadline = match due.map(|at| Deadline::arm(ctl, at)).transpose() {
+            Ok(deadline) => deadline,
+            Err(message) => {
+                drop(active);
+                return Outcome::failed(Error::new(ErrorKind::Internal, message), start.elapsed());
+            }
+        };
         tracing::debug!(
             profile = self.spec.profile.name(),
             memory = ?limits.memory_bytes,

@@ -144,6 +144,11 @@ impl Control {
         self.deadline_ns.store(due, Ordering::SeqCst);
     }
 
+    /// When this call's deadline passes (monotonic nanoseconds; `u64::MAX`: never).
+    pub(crate) fn deadline_ns(&self) -> u64 {
+        self.deadline_ns.load(Ordering::SeqCst)
+    }
+
     /// Marks the deadline as passed if the clock says so (signal-safe).
     pub(crate) fn observe_clock(&self) {
         let due = self.deadline_ns.load(Ordering::SeqCst);

@@ -109,14 +109,19 @@ pub(crate) extern "C" fn on_deadline_signal(
     _info: *mut libc::siginfo_t,
     _ctx: *mut c_void,
 ) {
-    if let Some(ctl) = current() {
-        // A timer signal carries no run id: compare with this run's own deadline, so a
-        // stale signal from an earlier call changes nothing.
+    // A timer signal carries no run id: compare with each armed run's own deadline (the
+    // current one and any run it is nested in), so a stale signal changes nothing and an
+    // outer run's deadline is not lost while a run started inside it is active.
+    let stop = |ctl: &super::control::Control| {
         ctl.observe_clock();
         if ctl.expired.load(std::sync::atomic::Ordering::SeqCst) {
             ctl.set_stop(Stop::Timeout);
             ctl.arm_all();
         }
+    };
+    super::watchdog::for_each_armed(stop);
+    if let Some(ctl) = current() {
+        stop(ctl);
     }
 }
 

@@ -40,7 +40,15 @@ fn set_due(ctl: &Control, at: Instant) -> std::time::Duration {
 #[cfg(not(target_os = "linux"))]
 pub(crate) use thread::Deadline;
 #[cfg(target_os = "linux")]
-pub(crate) use timer::Deadline;
+pub(crate) use timer::{for_each_armed, Deadline};
+
+/// Without per-thread timers, the handler knows only the current run.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn for_each_armed(mut f: impl FnMut(&Control)) {
+    if let Some(ctl) = super::control::current() {
+        f(ctl);
+    }
+}
 
 #[cfg(target_os = "linux")]
 mod timer {
@@ -110,33 +118,118 @@ mod timer {
         unsafe { libc::timer_settime(timer, 0, &value, std::ptr::null_mut()) };
     }
 
-    /// A registered deadline; dropping it disarms the timer.
+    /// How many deadlines may nest on one thread (a host tool that starts a run inside a
+    /// run, and so on). Deeper ones are refused by `arm`, which stops that run at once.
+    pub(crate) const MAX_NESTED: usize = 16;
+
+    /// The control blocks of the runs whose deadlines are armed on this thread, outermost
+    /// first. Const-initialised cells without a destructor, so the signal handler may
+    /// read them; only this thread writes them, with the signal's handler seeing either
+    /// the old or the new length.
+    struct Stack {
+        len: Cell<usize>,
+        entries: [Cell<*const Control>; MAX_NESTED],
+    }
+
+    thread_local! {
+        static STACK: Stack = const {
+            Stack {
+                len: Cell::new(0),
+                entries: [const { Cell::new(std::ptr::null()) }; MAX_NESTED],
+            }
+        };
+    }
+
+    /// Calls `f` with every control block whose deadline is armed on this thread.
+    /// Async-signal-safe: reads const-initialised thread-locals only.
+    pub(crate) fn for_each_armed(mut f: impl FnMut(&Control)) {
+        STACK.with(|stack| {
+            for cell in stack.entries.iter().take(stack.len.get()) {
+                // SAFETY: an entry is pushed by `Deadline::arm` and popped by its drop, and
+                // the run keeps its `Control` alive (boxed, never moved) until after the
+                // drop; so every entry below `len` points to a live control block.
+                if let Some(ctl) = unsafe { cell.get().as_ref() } {
+                    f(ctl);
+                }
+            }
+        });
+    }
+
+    /// Sets this thread's timer for the earliest deadline still armed, or disarms it.
+    fn rearm(timer: libc::timer_t) {
+        let mut earliest = u64::MAX;
+        for_each_armed(|ctl| earliest = earliest.min(ctl.deadline_ns()));
+        if earliest == u64::MAX {
+            settime(timer, 0);
+        } else {
+            let left = earliest.saturating_sub(super::monotonic_ns());
+            // At least 1 ns: a zero value would disarm instead of firing at once.
+            settime(timer, left.max(1));
+        }
+    }
+
+    /// A registered deadline; dropping it unregisters it and re-arms the thread's timer
+    /// for the deadline of the run it was nested in, if any, so an outer run keeps its
+    /// deadline across a run started inside it on the same thread.
     pub(crate) struct Deadline {
         timer: Option<libc::timer_t>,
+        pushed: bool,
     }
 
     impl Deadline {
-        /// Arms this thread's timer for `at`: when it passes, the thread is signalled and
-        /// the handler stops the run whose control block is `ctl`.
-        pub(crate) fn arm(ctl: &Control, at: Instant) -> Deadline {
-            static HANDLER: OnceLock<()> = OnceLock::new();
-            HANDLER.get_or_init(super::thread::install_handler);
+        /// Arms this thread's timer for `at` (or for an earlier deadline of an enclosing
+        /// run): when one passes, the thread is signalled and the handler stops each run
+        /// whose deadline has passed.
+        ///
+        /// # Errors
+        /// When the deadline signal's handler could not be installed (the host program
+        /// has its own handler for that signal): the deadline could not be delivered.
+        pub(crate) fn arm(ctl: &Control, at: Instant) -> Result<Deadline, String> {
+            static HANDLER: OnceLock<Result<(), String>> = OnceLock::new();
+            HANDLER
+                .get_or_init(super::thread::install_handler)
+                .clone()?;
             super::thread::unblock_on_this_thread();
-            let left = set_due(ctl, at);
+            set_due(ctl, at);
+            let pushed = STACK.with(|stack| {
+                let len = stack.len.get();
+                match stack.entries.get(len) {
+                    Some(cell) => {
+                        cell.set(ctl as *const Control);
+                        stack.len.set(len + 1);
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if !pushed {
+                // Nested past the limit: this run has no deadline it could be given
+                // without losing an outer one, so it stops at its first instruction.
+                tracing::error!("deadlines nested more than {MAX_NESTED} deep on one thread");
+                ctl.set_stop(super::super::control::Stop::Timeout);
+                ctl.arm_all();
+            }
             let timer = this_thread_timer();
             if let Some(timer) = timer {
-                // At least 1 ns: a zero value would disarm instead of firing at once.
-                let nanos = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX).max(1);
-                settime(timer, nanos);
+                rearm(timer);
             }
-            Deadline { timer }
+            Ok(Deadline { timer, pushed })
         }
     }
 
     impl Drop for Deadline {
         fn drop(&mut self) {
+            if self.pushed {
+                STACK.with(|stack| {
+                    let len = stack.len.get();
+                    if len > 0 {
+                        stack.len.set(len - 1);
+                        stack.entries[len - 1].set(std::ptr::null());
+                    }
+                });
+            }
             if let Some(timer) = self.timer {
-                settime(timer, 0);
+                rearm(timer);
             }
         }
     }
@@ -174,7 +267,9 @@ mod thread {
     fn watchdog() -> &'static Watchdog {
         static WD: OnceLock<&'static Watchdog> = OnceLock::new();
         WD.get_or_init(|| {
-            install_handler();
+            if let Err(message) = install_handler() {
+                tracing::error!("{message}");
+            }
             let wd: &'static Watchdog = Box::leak(Box::new(Watchdog {
                 state: Mutex::new(State {
                     pending: BTreeMap::new(),
@@ -193,21 +288,51 @@ mod thread {
         })
     }
 
-    pub(super) fn install_handler() {
-        // SAFETY: installing a plain SA_SIGINFO handler; the handler only touches a
-        // const-initialised thread-local, atomics and `lua_sethook`.
+    /// Installs the deadline signal's handler, unless the program already handles that
+    /// signal itself: silently replacing an embedder's handler would break the embedder,
+    /// so moonjail refuses instead, and every run with a deadline fails saying why.
+    ///
+    /// # Errors
+    /// A foreign handler is installed, or `sigaction` failed.
+    pub(super) fn install_handler() -> Result<(), String> {
+        let ours = crate::vm::hook::on_deadline_signal as *const () as usize;
+        // SAFETY: reading the current disposition into a zeroed struct, then installing
+        // a plain SA_SIGINFO handler; the handler only touches const-initialised
+        // thread-locals, atomics and `lua_sethook`.
         unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(deadline_signal(), std::ptr::null(), &mut old) != 0 {
+                return Err(format!(
+                    "cannot read the deadline signal's disposition: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let foreign = old.sa_sigaction != libc::SIG_DFL
+                && old.sa_sigaction != libc::SIG_IGN
+                && old.sa_sigaction != ours;
+            if foreign {
+                let message = format!(
+                    "the deadline signal (SIGRTMIN+{}) already has a handler of the host \
+                     program's; moonjail will not replace it, so runs with a deadline \
+                     cannot be stopped in this process (leave that signal to moonjail, see \
+                     moonjail::deadline_signal)",
+                    deadline_signal() - libc::SIGRTMIN()
+                );
+                tracing::error!("{message}");
+                return Err(message);
+            }
             let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = crate::vm::hook::on_deadline_signal as *const () as usize;
+            sa.sa_sigaction = ours;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
             libc::sigemptyset(&mut sa.sa_mask);
             if libc::sigaction(deadline_signal(), &sa, std::ptr::null_mut()) != 0 {
-                tracing::error!(
+                return Err(format!(
                     "cannot install the deadline signal handler: {}",
                     std::io::Error::last_os_error()
-                );
+                ));
             }
         }
+        Ok(())
     }
 
     pub(super) fn unblock_on_this_thread() {
@@ -266,7 +391,10 @@ mod thread {
     impl Deadline {
         /// Registers `at` for the calling thread: when it passes, `expired` is set and the
         /// thread is signalled.
-        pub(crate) fn arm(ctl: &Control, at: Instant) -> Deadline {
+        ///
+        /// # Errors
+        /// Never on this path (kept for the same signature as the timer's).
+        pub(crate) fn arm(ctl: &Control, at: Instant) -> Result<Deadline, String> {
             set_due(ctl, at);
             let expired = ctl.expired.clone();
             unblock_on_this_thread();
@@ -282,7 +410,7 @@ mod thread {
             if at < st.wake_at {
                 wd.cv.notify_one();
             }
-            Deadline { key }
+            Ok(Deadline { key })
         }
     }
 
