@@ -43,7 +43,8 @@ pub struct Stats {
     pub wall: Duration,
     /// Peak Lua heap, in bytes.
     pub memory_bytes: usize,
-    /// VM instructions executed, when an instruction limit was set.
+    /// VM instructions executed (exactly: the least limit under which the run would
+    /// have succeeded), when an instruction limit was set.
     pub instructions: Option<u64>,
 }
 

@@ -81,6 +81,9 @@ pub(crate) struct Control {
     stop: AtomicU8,
     pub(crate) instr_limit: Cell<Option<u64>>,
     pub(crate) instr_charged: Cell<u64>,
+    /// The thread holding the unpaid count of one once the budget is spent (null: none;
+    /// see `hook::meter`).
+    pub(crate) instr_sentinel: Cell<*mut lua_State>,
     chain: [AtomicPtr<lua_State>; MAX_CHAIN],
     depth: AtomicUsize,
     output: UnsafeCell<Vec<u8>>,
@@ -102,6 +105,7 @@ impl Control {
             stop: AtomicU8::new(Stop::None as u8),
             instr_limit: Cell::new(None),
             instr_charged: Cell::new(0),
+            instr_sentinel: Cell::new(std::ptr::null_mut()),
             chain: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CHAIN],
             depth: AtomicUsize::new(0),
             output: UnsafeCell::new(Vec::new()),
@@ -131,6 +135,7 @@ impl Control {
         self.expired.store(false, Ordering::SeqCst);
         self.deadline_ns.store(u64::MAX, Ordering::SeqCst);
         self.instr_charged.set(0);
+        self.instr_sentinel.set(std::ptr::null_mut());
         self.forbidden.set(false);
         // SAFETY: only the VM thread touches the output buffer, and no borrow of it is
         // alive between calls.

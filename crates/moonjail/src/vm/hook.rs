@@ -39,19 +39,63 @@ unsafe extern "C-unwind" fn quota_hook(l: *mut lua_State, ar: *mut lua_Debug) {
     }
     // SAFETY: Lua passes a valid activation record to the hook.
     let event = unsafe { (*ar).event };
-    if event == ffi::LUA_HOOKCOUNT {
-        if let Some(limit) = ctl.instr_limit.get() {
-            let charged = ctl.instr_charged.get();
-            if charged >= limit {
-                ctl.set_stop(Stop::Instructions);
-                ctl.arm_all();
-                // SAFETY: as above.
-                unsafe { raise(l, Stop::Instructions.message()) }
-            }
-            // SAFETY: `l` is the running thread the hook was called for.
-            unsafe { charge_next(l, limit, charged) };
+    if event == ffi::LUA_HOOKCOUNT && ctl.instr_limit.get().is_some() {
+        if ctl.instr_sentinel.get() == l {
+            // The instruction about to run is past the budget.
+            ctl.set_stop(Stop::Instructions);
+            ctl.arm_all();
+            // SAFETY: as above.
+            unsafe { raise(l, Stop::Instructions.message()) }
         }
+        // The instruction about to run is the last of a paid block: it runs, and `l`
+        // pays for what follows.
+        meter(l);
     }
+}
+
+/// Makes `l`, the thread about to run Lua code, pay for its next instructions: a block of
+/// up to [`COUNT_STEP`] paid in advance (so the budget is never overdrawn), or, when the
+/// budget is spent, a count of one that is not paid, so that its next instruction raises
+/// (the sentinel). Only the running thread holds a block: a resumer gives its unspent
+/// instructions back while the coroutine runs (see `enter_thread`), so the count is exact.
+fn meter(l: *mut lua_State) {
+    let Some(ctl) = current() else { return };
+    let Some(limit) = ctl.instr_limit.get() else {
+        return;
+    };
+    if ctl.stop() != Stop::None {
+        arm_thread(l);
+        return;
+    }
+    let charged = ctl.instr_charged.get();
+    if charged >= limit {
+        ctl.instr_sentinel.set(l);
+        // SAFETY: `l` is a live thread of the running state.
+        unsafe { ffi::lua_sethook(l, Some(quota_hook), ffi::LUA_MASKCOUNT, 1) };
+    } else {
+        // SAFETY: as above.
+        unsafe { charge_next(l, limit, charged) };
+    }
+}
+
+/// Gives back what `l` paid for and did not run, and stops metering it (it yielded,
+/// returned, or resumed another thread); it pays again when it next runs. Nothing
+/// changes while a stop is armed: its hook must stay.
+fn unmeter(l: *mut lua_State) {
+    let Some(ctl) = current() else { return };
+    if ctl.instr_limit.get().is_none() || ctl.stop() != Stop::None {
+        return;
+    }
+    if ctl.instr_sentinel.get() == l {
+        // Its count of one was never paid for.
+        ctl.instr_sentinel.set(std::ptr::null_mut());
+    } else {
+        let left = unspent(l);
+        ctl.instr_charged
+            .set(ctl.instr_charged.get().saturating_sub(left));
+    }
+    // SAFETY: `l` is a live thread that is not executing a Lua instruction now.
+    unsafe { ffi::lua_sethook(l, None, 0, 0) };
 }
 
 /// Pays in advance for the next block of instructions of `l` and sets its count hook to
@@ -67,6 +111,92 @@ unsafe fn charge_next(l: *mut lua_State, limit: u64, charged: u64) {
     unsafe { ffi::lua_sethook(l, Some(quota_hook), ffi::LUA_MASKCOUNT, step as c_int) };
 }
 
+/// Where `lua_State.basehookcount` sits in Lua 5.4.9 on 64-bit targets (`lstate.h`:
+/// the common header and 10 pointer-sized fields, the 64-byte `base_ci`, `hook`,
+/// `errfunc`, `nCcalls` and `oldpc`); `hookcount`, the instructions left in the current
+/// count block, follows it. Lua has no API for the remaining count, and an exact
+/// instruction count needs it. [`count_layout_ok`] checks the offset against
+/// `lua_gethookcount` before it is ever used, so a Lua upgrade that moves it makes counts
+/// block-granular again rather than wrong.
+#[cfg(target_pointer_width = "64")]
+const BASEHOOKCOUNT_OFFSET: usize = 184;
+#[cfg(not(target_pointer_width = "64"))]
+const BASEHOOKCOUNT_OFFSET: usize = usize::MAX;
+
+/// Reads `(basehookcount, hookcount)` of `l`.
+///
+/// # Safety
+/// `l` is a live thread and [`BASEHOOKCOUNT_OFFSET`] is within its `lua_State`.
+unsafe fn hook_counts(l: *mut lua_State) -> (c_int, c_int) {
+    // SAFETY: caller's contract; unaligned reads of two plain ints.
+    unsafe {
+        let base = (l as *const u8).add(BASEHOOKCOUNT_OFFSET);
+        (
+            std::ptr::read_unaligned(base.cast::<c_int>()),
+            std::ptr::read_unaligned(base.add(4).cast::<c_int>()),
+        )
+    }
+}
+
+/// True when [`BASEHOOKCOUNT_OFFSET`] is right for the linked Lua: checked once per
+/// process on `l` (a fresh state's main thread, no hook set), whose hook is left unset.
+pub(crate) fn count_layout_ok(l: *mut lua_State) -> bool {
+    *LAYOUT_OK.get_or_init(|| {
+        if BASEHOOKCOUNT_OFFSET == usize::MAX {
+            return false;
+        }
+        let probe: c_int = 0x2b3c_4d5e;
+        // SAFETY: `l` is a live thread not running Lua code; setting and clearing a hook
+        // is always allowed. The offset is inside every 64-bit 5.4 `lua_State` (at least
+        // 200 bytes), and is only trusted if both reads return what was just set.
+        unsafe {
+            ffi::lua_sethook(l, Some(quota_hook), ffi::LUA_MASKCOUNT, probe);
+            let seen = hook_counts(l);
+            let api = ffi::lua_gethookcount(l);
+            ffi::lua_sethook(l, None, 0, 0);
+            api == probe && seen == (probe, probe)
+        }
+    })
+}
+
+/// Instructions paid for but not yet executed in `l`'s current count block (0 when `l`
+/// is not metered or the layout check failed).
+fn unspent(l: *mut lua_State) -> u64 {
+    // SAFETY: `l` is a live thread of the running state; the layout was verified.
+    unsafe {
+        let metered =
+            ffi::lua_gethook(l).is_some() && ffi::lua_gethookmask(l) & ffi::LUA_MASKCOUNT != 0;
+        if !metered || !count_layout_ok_cached() {
+            return 0;
+        }
+        let (base, left) = hook_counts(l);
+        if base <= 0 || left <= 0 || left > base {
+            return 0;
+        }
+        left as u64
+    }
+}
+
+/// [`count_layout_ok`]'s verdict.
+static LAYOUT_OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// [`count_layout_ok`]'s verdict, false if it was never checked (the check runs when the
+/// first state is made, so in practice it always has been).
+fn count_layout_ok_cached() -> bool {
+    LAYOUT_OK.get().copied().unwrap_or(false)
+}
+
+/// Instructions the call has executed so far: what was paid for, less what the main
+/// thread has not run of its current block (coroutines are refunded as they stop).
+pub(crate) fn instructions_used(main: *mut lua_State, charged: u64) -> u64 {
+    let sentinel = current().is_some_and(|ctl| ctl.instr_sentinel.get() == main);
+    if sentinel {
+        charged
+    } else {
+        charged.saturating_sub(unspent(main))
+    }
+}
+
 /// Hooks `l` so its next instruction raises the run's stop error. Async-signal-safe.
 pub(crate) fn arm_thread(l: *mut lua_State) {
     // SAFETY: `l` comes from the live resume chain; `lua_sethook` only stores fields and
@@ -78,28 +208,36 @@ pub(crate) fn arm_thread(l: *mut lua_State) {
 pub(crate) fn start_metering(l: *mut lua_State) {
     let Some(ctl) = current() else { return };
     match ctl.instr_limit.get() {
-        // SAFETY: `l` is the state's entry thread, not running Lua code right now.
-        Some(limit) => unsafe { charge_next(l, limit, ctl.instr_charged.get()) },
-        // SAFETY: as above; clears any hook left from a previous session call.
+        Some(_) => meter(l),
+        // SAFETY: `l` is the state's entry thread, not running Lua code right now; this
+        // clears any hook left from a previous session call.
         None => unsafe { ffi::lua_sethook(l, None, 0, 0) },
     }
 }
 
 /// Brings a thread about to run (resumed or closed) under the run's quotas.
-fn enter_thread(co: *mut lua_State) -> bool {
+/// The resumer `l` gives its unspent instructions back and `co` pays for its own.
+fn enter_thread(l: *mut lua_State, co: *mut lua_State) -> bool {
     let Some(ctl) = current() else { return true };
     if !ctl.push_thread(co) {
         return false;
     }
     if ctl.check_stop().is_some() {
         arm_thread(co);
+    } else {
+        unmeter(l);
+        meter(co);
     }
     true
 }
 
-fn leave_thread() {
+/// Takes `co` (which just yielded, returned or died) off the resume chain; it gives back
+/// what it did not run, and the resumer `l` pays for its own instructions again.
+fn leave_thread(l: *mut lua_State, co: *mut lua_State) {
     if let Some(ctl) = current() {
         ctl.pop_thread();
+        unmeter(co);
+        meter(l);
     }
 }
 
@@ -158,14 +296,14 @@ unsafe fn aux_resume(l: *mut lua_State, co: *mut lua_State, narg: c_int) -> c_in
             push_str(l, "too many arguments to resume");
             return -1;
         }
-        if !enter_thread(co) {
+        if !enter_thread(l, co) {
             push_str(l, "coroutines nested too deeply");
             return -1;
         }
         ffi::lua_xmove(l, co, narg);
         let mut nres: c_int = 0;
         let status = ffi::lua_resume(co, l, narg, &mut nres);
-        leave_thread();
+        leave_thread(l, co);
         if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
             if ffi::lua_checkstack(l, nres + 1) == 0 {
                 ffi::lua_pop(co, nres);
@@ -199,17 +337,7 @@ unsafe fn create_thread(l: *mut lua_State) -> *mut lua_State {
         let nl = ffi::lua_newthread(l);
         ffi::lua_pushvalue(l, 1);
         ffi::lua_xmove(l, nl, 1);
-        if let Some(ctl) = current() {
-            if let Some(limit) = ctl.instr_limit.get() {
-                let charged = ctl.instr_charged.get();
-                if charged >= limit {
-                    ctl.set_stop(Stop::Instructions);
-                    ctl.arm_all();
-                    raise(l, Stop::Instructions.message());
-                }
-                charge_next(nl, limit, charged);
-            }
-        }
+        // A new coroutine pays for its instructions when it first runs (`enter_thread`).
         nl
     }
 }
@@ -273,11 +401,11 @@ pub(crate) unsafe extern "C-unwind" fn co_wrap(l: *mut lua_State) -> c_int {
 /// # Safety
 /// `co` is a suspended or dead thread of the running state, `l` the running thread.
 unsafe fn close_thread(l: *mut lua_State, co: *mut lua_State) -> c_int {
-    let entered = enter_thread(co);
+    let entered = enter_thread(l, co);
     // SAFETY: caller's contract.
     let status = unsafe { ffi::lua_closethread(co, l) };
     if entered {
-        leave_thread();
+        leave_thread(l, co);
     }
     status
 }
@@ -355,5 +483,19 @@ pub(crate) unsafe extern "C-unwind" fn entry_shim(l: *mut lua_State) -> c_int {
         ffi::lua_pushboolean(l, (status == ffi::LUA_OK) as c_int);
         ffi::lua_insert(l, 1);
         ffi::lua_gettop(l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails when a Lua upgrade moves `basehookcount`: counts would silently become
+    /// block-granular again.
+    #[test]
+    fn the_hook_count_layout_matches_lua() {
+        let vm = crate::vm::Vm::new(mlua::StdLib::NONE, usize::MAX).unwrap();
+        assert!(count_layout_ok(vm.main_thread()));
+        assert!(count_layout_ok_cached());
     }
 }

@@ -36,6 +36,9 @@ impl Vm {
         let mut main: *mut ffi::lua_State = std::ptr::null_mut();
         // SAFETY: the closure only reads the state pointer it is given.
         unsafe { lua.exec_raw::<()>((), |l| main = l)? };
+        // Before any hook exists on this state: the one place the layout probe may set
+        // and clear one.
+        hook::count_layout_ok(main);
         let ctl = Control::new(memory_limit);
         // SAFETY: `main` is this state's main thread; `ctl` is boxed and outlives the
         // wrapper, which `Drop` uninstalls before closing the state.
@@ -49,6 +52,12 @@ impl Vm {
             ctl,
             shim: ManuallyDrop::new(shim),
         })
+    }
+
+    /// The state's main thread.
+    #[cfg(test)]
+    pub(crate) fn main_thread(&self) -> *mut ffi::lua_State {
+        self.main
     }
 
     pub(crate) fn lua(&self) -> &Lua {
@@ -70,7 +79,7 @@ impl Vm {
 
     /// Instructions the current call has executed (meaningful with an instruction limit).
     pub(crate) fn instructions_used(&self) -> u64 {
-        self.ctl.instr_charged.get()
+        hook::instructions_used(self.main, self.ctl.instr_charged.get())
     }
 
     /// Calls `f` through the entry shim: `Ok(values)` or `Err(error value)`, without any
