@@ -1,0 +1,50 @@
+//! `moonjail check`: a profile's environment checklist, run inside the real sandbox.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::args::SandboxArgs;
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Print one JSON document: {"profile", "ok", "items": [{"name", "pass", "detail"}]}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let sandbox = args.sandbox.build(false, false)?;
+    let results = sandbox.check()?;
+    let ok = results.iter().all(|r| r.pass);
+    if args.json {
+        let doc = serde_json::json!({
+            "profile": sandbox.profile().name(),
+            "ok": ok,
+            "items": results,
+        });
+        println!("{doc}");
+    } else {
+        for r in &results {
+            let mark = if r.pass { "pass" } else { "FAIL" };
+            match &r.detail {
+                Some(d) => println!("{mark}  {}  ({d})", r.name),
+                None => println!("{mark}  {}", r.name),
+            }
+        }
+        let failed = results.iter().filter(|r| !r.pass).count();
+        println!(
+            "\n{} items, {} passed, {failed} failed (profile {})",
+            results.len(),
+            results.len() - failed,
+            sandbox.profile().name()
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

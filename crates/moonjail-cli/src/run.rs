@@ -1,0 +1,127 @@
+//! `moonjail run`: one script, one fresh sandbox.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use moonjail::{Diagnostics, RunOptions};
+
+use crate::args::SandboxArgs;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The script to run; `-` reads it from standard input.
+    #[arg(
+        value_name = "FILE|-",
+        required_unless_present = "code",
+        conflicts_with = "code"
+    )]
+    pub file: Option<PathBuf>,
+    /// Run CODE instead of a file.
+    #[arg(short = 'e', long = "eval", value_name = "CODE")]
+    pub code: Option<String>,
+    /// The input, as JSON text or @FILE. Default: null.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub input: Option<String>,
+    /// Fail if the script defines no global function `run`.
+    #[arg(long)]
+    pub require_run: bool,
+    /// Fail if the result is not a table.
+    #[arg(long)]
+    pub require_table: bool,
+    /// Print one JSON document: {"ok", "result", "output", "error", "stats"}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (source, name) = match (&args.code, &args.file) {
+        (Some(code), _) => (code.clone().into_bytes(), "(command line)".to_string()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading the script from standard input")?;
+            (buf, "stdin".to_string())
+        }
+        (None, Some(path)) => {
+            let buf = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "script".into());
+            (buf, name)
+        }
+        (None, None) => bail!("give a FILE, `-` for standard input, or -e CODE"),
+    };
+    let input: serde_json::Value = match &args.input {
+        None => serde_json::Value::Null,
+        Some(text) => {
+            let text = match text.strip_prefix('@') {
+                Some(path) => {
+                    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+                }
+                None => text.clone(),
+            };
+            serde_json::from_str(&text).context("--input is not valid JSON")?
+        }
+    };
+    let sandbox = args.sandbox.build(args.require_run, args.require_table)?;
+    let outcome = sandbox.run_with(&source, &input, &RunOptions { chunk_name: &name });
+
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", outcome.to_json())?;
+    } else {
+        stdout.write_all(outcome.output.as_bytes())?;
+        if let Some(d) = &outcome.diagnostics {
+            stdout.flush()?;
+            eprint!("{}", render_diagnostics(d));
+        }
+        match &outcome.result {
+            Ok(serde_json::Value::Null) => {}
+            Ok(v) => writeln!(stdout, "{}", serde_json::to_string_pretty(v)?)?,
+            Err(e) => {
+                stdout.flush()?;
+                let line = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
+                eprintln!("moonjail: {} error{line}: {}", e.kind, e.message);
+            }
+        }
+    }
+    stdout.flush()?;
+    Ok(if outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A readable table of what a run touched (printed on stderr in human mode).
+fn render_diagnostics(d: &Diagnostics) -> String {
+    let mut out = String::from("-- diagnostics --\n");
+    let mut section = |title: &str, map: &std::collections::BTreeMap<String, u64>| {
+        if map.is_empty() {
+            return;
+        }
+        out.push_str(&format!("{title}:\n"));
+        for (name, n) in map {
+            out.push_str(&format!("  {name:<28} x{n}\n"));
+        }
+    };
+    section("globals read", &d.globals_read);
+    section("globals written", &d.globals_written);
+    section("library members used", &d.library);
+    section("missing (read but never defined)", &d.missing);
+    if !d.require.is_empty() {
+        out.push_str("require:\n");
+        for r in &d.require {
+            let found = if r.found { "found" } else { "NOT FOUND" };
+            out.push_str(&format!("  {:<28} {found}\n", r.name));
+        }
+    }
+    out
+}
