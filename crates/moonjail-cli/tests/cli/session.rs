@@ -1,36 +1,8 @@
-//! `moonjail session` (JSON lines), `moonjail check` and the aos flags, through the
-//! built binary.
-
-use std::io::Write;
-use std::process::{Command, Stdio};
+//! `moonjail session` (JSON lines), `moonjail check` and the aos flags.
 
 use serde_json::{json, Value};
 
-fn moonjail() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_moonjail"))
-}
-
-fn session(args: &[&str], lines: &[&str]) -> (Vec<Value>, i32) {
-    let mut child = moonjail()
-        .arg("session")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for l in lines {
-        writeln!(stdin, "{l}").unwrap();
-    }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let docs = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (docs, out.status.code().unwrap_or(-1))
-}
+use crate::support::*;
 
 #[test]
 fn session_protocol_good_bad_and_interleaved_requests() {
@@ -50,7 +22,7 @@ fn session_protocol_good_bad_and_interleaved_requests() {
             r#"{"id":10,"op":"exec","code":"return n"}"#,
         ],
     );
-    assert_eq!(code, 0);
+    assert_eq!(code, Some(0));
     assert_eq!(docs.len(), 11);
     assert_eq!(docs[0]["id"], json!(1));
     assert_eq!(docs[0]["ok"], json!(true));
@@ -83,14 +55,14 @@ fn session_close_op_ends_the_session() {
             r#"{"id":2,"op":"exec","code":"return 1"}"#,
         ],
     );
-    assert_eq!(code, 0);
+    assert_eq!(code, Some(0));
     assert_eq!(docs.len(), 1);
 }
 
 #[test]
 fn check_passes_for_every_profile() {
     for profile in ["minimal", "standard", "aos"] {
-        let out = moonjail()
+        let out = command(".", &[])
             .args(["check", "--profile", profile, "--json"])
             .output()
             .unwrap();
@@ -99,7 +71,7 @@ fn check_passes_for_every_profile() {
         assert_eq!(doc["ok"], json!(true));
         assert_eq!(doc["profile"], json!(profile));
         assert!(doc["items"].as_array().unwrap().len() > 20);
-        let human = moonjail()
+        let human = command(".", &[])
             .args(["check", "--profile", profile])
             .output()
             .unwrap();
@@ -125,7 +97,7 @@ fn aos_flags_modules_read_deterministic_diagnostic() {
          return {{u.twice(21), l, os.time(), math.random(1, 1000000)}}"
     );
     let run = |extra: &[&str]| {
-        let out = moonjail()
+        let out = command(".", &[])
             .args(["run", "--profile", "aos", "--json", "--modules"])
             .arg(&dir)
             .args(["--read", &data, "-e", &code])
@@ -183,8 +155,8 @@ fn session_protocol_is_the_same_isolated() {
         docs
     };
     let (plain, code) = session(&["--timeout", "300ms"], &lines);
-    assert_eq!(code, 0);
+    assert_eq!(code, Some(0));
     let (isolated, code) = session(&["--timeout", "300ms", "--isolate"], &lines);
-    assert_eq!(code, 0);
+    assert_eq!(code, Some(0));
     assert_eq!(strip(plain), strip(isolated));
 }
