@@ -1,8 +1,11 @@
 //! `moonjail check`: a profile's environment checklist, run inside the real sandbox.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
+
+use crate::output;
 
 use crate::args::SandboxArgs;
 
@@ -19,28 +22,30 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let sandbox = args.sandbox.build(false, false)?;
     let results = sandbox.check()?;
     let ok = results.iter().all(|r| r.pass);
+    let mut out = output::stdout();
     if args.json {
         let doc = serde_json::json!({
             "profile": sandbox.profile().name(),
             "ok": ok,
             "items": results,
         });
-        println!("{doc}");
+        writeln!(out, "{doc}")?;
     } else {
         for r in &results {
             let mark = if r.pass { "pass" } else { "FAIL" };
             match &r.detail {
-                Some(d) => println!("{mark}  {}  ({d})", r.name),
-                None => println!("{mark}  {}", r.name),
+                Some(d) => writeln!(out, "{mark}  {}  ({d})", r.name)?,
+                None => writeln!(out, "{mark}  {}", r.name)?,
             }
         }
         let failed = results.iter().filter(|r| !r.pass).count();
-        println!(
+        writeln!(
+            out,
             "\n{} items, {} passed, {failed} failed (profile {})",
             results.len(),
             results.len() - failed,
             sandbox.profile().name()
-        );
+        )?;
     }
     Ok(if ok {
         ExitCode::SUCCESS

@@ -1,7 +1,10 @@
 //! `moonjail doctor`: which isolation layers this machine can apply, and one real
 //! isolated run.
 
+use std::io::Write;
 use std::process::ExitCode;
+
+use crate::output;
 
 #[cfg(target_os = "linux")]
 use moonjail::{Isolation, ProcessConfig, Sandbox};
@@ -50,6 +53,7 @@ pub fn doctor(json: bool) -> anyhow::Result<ExitCode> {
         Err(e) => Some(format!("{e:#}")),
     };
     let ok = all_usable && worker_error.is_none();
+    let mut out = output::stdout();
 
     if json {
         let doc = serde_json::json!({
@@ -66,9 +70,10 @@ pub fn doctor(json: bool) -> anyhow::Result<ExitCode> {
                 "ms": (elapsed_ms * 1e3).round() / 1e3,
             },
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
-        println!(
+        writeln!(
+            out,
             "kernel {}, running as {}",
             capabilities.kernel_release,
             if capabilities.running_as_root {
@@ -76,22 +81,29 @@ pub fn doctor(json: bool) -> anyhow::Result<ExitCode> {
             } else {
                 "an unprivileged user"
             }
-        );
+        )?;
         for (name, status, detail, _) in &layers {
             let status = status.replace('_', " ");
-            println!("  {name:<18} {status:<15} {detail}");
+            writeln!(out, "  {name:<18} {status:<15} {detail}")?;
         }
         match &worker_error {
-            None => println!("worker: started, locked down and ran a script in {elapsed_ms:.1} ms"),
-            Some(e) => println!("worker: FAILED: {e}"),
+            None => writeln!(
+                out,
+                "worker: started, locked down and ran a script in {elapsed_ms:.1} ms"
+            )?,
+            Some(e) => writeln!(out, "worker: FAILED: {e}")?,
         }
         if ok {
-            println!("every layer is available: `moonjail run --isolate` applies them all");
+            writeln!(
+                out,
+                "every layer is available: `moonjail run --isolate` applies them all"
+            )?;
         } else if !all_usable {
-            println!(
+            writeln!(
+                out,
                 "some layers are unavailable: `run --isolate` fails unless they are listed \
                  in --allow-missing"
-            );
+            )?;
         }
     }
     Ok(if ok {
@@ -103,13 +115,18 @@ pub fn doctor(json: bool) -> anyhow::Result<ExitCode> {
 
 #[cfg(not(target_os = "linux"))]
 pub fn doctor(json: bool) -> anyhow::Result<ExitCode> {
+    let mut out = output::stdout();
     if json {
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::json!({"ok": false, "error": "isolation needs Linux"})
-        );
+        )?;
     } else {
-        println!("isolation layers exist on Linux only: `run --isolate` is not available");
+        writeln!(
+            out,
+            "isolation layers exist on Linux only: `run --isolate` is not available"
+        )?;
     }
     Ok(ExitCode::from(1))
 }

@@ -1,9 +1,12 @@
-//! `moonjail`: a thin shell over the library. Exit status: 0 the script succeeded, 1 it
-//! failed (any error kind), 2 the command itself was misused.
+//! `moonjail`: a thin shell over the library: parse the command line, dispatch to the
+//! command's module, turn the outcome into an exit status. Exit status: 0 the script
+//! succeeded (or stdout's reader went away), 1 it failed (any error kind), 2 the command
+//! itself was misused.
 
 mod args;
 mod check;
 mod doctor;
+mod output;
 mod profile;
 mod run;
 mod session;
@@ -23,6 +26,10 @@ use crate::session::{session, SessionArgs};
 /// moonjail gives every run a fresh Lua state holding exactly what a profile lists, under
 /// exact limits (memory, wall-clock time, instructions, output), and hands back the
 /// result as JSON.
+///
+/// Exit status: 0 the command succeeded (also when the reader of stdout goes away early,
+/// as with `| head`: moonjail then stops quietly), 1 the script failed (any error kind)
+/// or a check failed, 2 the command was misused.
 #[derive(Parser, Debug)]
 #[command(name = "moonjail", version, propagate_version = true)]
 struct Cli {
@@ -103,8 +110,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,
+        // The reader went away: nothing is wrong, and no one is left to tell.
+        Err(_) if output::closed() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("moonjail: {e:#}");
+            output::warn(format_args!("moonjail: {e:#}"));
             ExitCode::from(2)
         }
     }

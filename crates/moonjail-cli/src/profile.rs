@@ -1,9 +1,12 @@
 //! `moonjail profile`: what each profile lets a script reach.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use moonjail::{Item, Profile};
+
+use crate::output;
 
 #[derive(Subcommand, Debug)]
 pub enum ProfileCommand {
@@ -20,10 +23,11 @@ pub enum ProfileCommand {
 }
 
 pub fn profile(command: ProfileCommand) -> anyhow::Result<ExitCode> {
+    let mut out = output::stdout();
     match command {
         ProfileCommand::List => {
             for p in Profile::ALL {
-                println!("{:<10} {}", p.name(), p.spec().summary);
+                writeln!(out, "{:<10} {}", p.name(), p.spec().summary)?;
             }
         }
         ProfileCommand::Show { name, json } => {
@@ -71,17 +75,18 @@ pub fn profile(command: ProfileCommand) -> anyhow::Result<ExitCode> {
                     .collect();
                 let doc =
                     serde_json::json!({"name": spec.name, "summary": spec.summary, "items": items});
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
             } else {
-                println!("profile {}: {}", spec.name, spec.summary);
-                println!(
+                writeln!(out, "profile {}: {}", spec.name, spec.summary)?;
+                writeln!(
+                    out,
                     "exposes {} names; nothing else exists in the sandbox.\n",
                     rows.len()
-                );
+                )?;
                 for (n, note) in rows {
                     match note {
-                        Some(note) => println!("  {n:<22} {note}"),
-                        None => println!("  {n}"),
+                        Some(note) => writeln!(out, "  {n:<22} {note}")?,
+                        None => writeln!(out, "  {n}")?,
                     }
                 }
             }

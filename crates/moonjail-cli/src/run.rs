@@ -9,6 +9,7 @@ use clap::Args;
 use moonjail::{Diagnostics, RunOptions};
 
 use crate::args::SandboxArgs;
+use crate::output;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -73,14 +74,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let sandbox = args.sandbox.build(args.require_run, args.require_table)?;
     let outcome = sandbox.run_with(&source, &input, &RunOptions { chunk_name: &name });
 
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = output::stdout();
     if args.json {
         writeln!(stdout, "{}", outcome.to_json())?;
     } else {
         stdout.write_all(outcome.output.as_bytes())?;
         if let Some(d) = &outcome.diagnostics {
             stdout.flush()?;
-            eprint!("{}", render_diagnostics(d));
+            output::warn(format_args!("{}", render_diagnostics(d).trim_end()));
         }
         match &outcome.result {
             Ok(serde_json::Value::Null) => {}
@@ -88,7 +89,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 stdout.flush()?;
                 let line = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
-                eprintln!("moonjail: {} error{line}: {}", e.kind, e.message);
+                output::warn(format_args!(
+                    "moonjail: {} error{line}: {}",
+                    e.kind, e.message
+                ));
             }
         }
     }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::args::SandboxArgs;
+use crate::output;
 
 #[derive(Args, Debug)]
 pub struct SessionArgs {
@@ -19,7 +20,7 @@ pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
     let sandbox = args.sandbox.build(false, false)?;
     let mut vm = sandbox.session()?;
     let stdin = std::io::stdin();
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = output::stdout();
     for line in stdin.lock().lines() {
         let line = line.context("reading a request from standard input")?;
         if line.trim().is_empty() {
