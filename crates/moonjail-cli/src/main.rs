@@ -65,7 +65,9 @@ enum Command {
     ///   {"id": 3, "op": "has_function", "name": "compute"}
     ///   {"id": 4, "op": "close"}
     /// Responses carry the fields of `run --json` ("ok", "result", "output", "error",
-    /// "stats") plus "id". A malformed line gets an error response (kind "input") and the
+    /// "stats") plus "id". A line that is not UTF-8, not JSON, not one of these requests
+    /// (unknown op, missing, unknown or mistyped field) or longer than --request-limit
+    /// gets an error response (kind "input", the message names the op or field) and the
     /// session goes on. Time and instruction limits are per request; memory covers the
     /// whole state. After a timeout or an instruction limit the session is closed and
     /// every later request fails with that reason. Host tools (--tool, --allow-http) are

@@ -1,32 +1,173 @@
 //! `moonjail session`: one persistent sandbox driven over JSON lines.
+//!
+//! Whatever arrives on stdin, the session answers each line and goes on: a line that is
+//! not UTF-8, not JSON, not a known request or longer than `--request-limit` gets an
+//! `input` error response. Only `close`, the end of stdin, a read error or a closed stdout
+//! end it.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use serde::Deserialize;
+use serde_json::{json, Value};
 
-use crate::args::SandboxArgs;
+use crate::args::{self, SandboxArgs};
 use crate::output;
 
 #[derive(Args, Debug)]
 pub struct SessionArgs {
+    /// Limit on one request line; a longer line is skipped (never held in memory) and
+    /// answered with an `input` error. Default: 16MiB plus --source-limit (none when
+    /// --source-limit is none); `none` for no limit.
+    #[arg(long, value_name = "SIZE")]
+    pub request_limit: Option<String>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
 
+/// The default request limit on top of the source limit: room for `call` arguments, and
+/// for the JSON escaping of an `exec` request's code.
+const REQUEST_OVERHEAD: usize = 16 << 20;
+
+/// The ops of [`Request`], as a request spells them.
+const OPS: [&str; 4] = ["exec", "call", "has_function", "close"];
+
+/// One request, `id` aside (it is echoed whatever it is, so it is taken out first).
+#[derive(Deserialize, Debug, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum Request {
+    /// Run a chunk in the session's state.
+    Exec {
+        #[serde(deserialize_with = "field::code")]
+        code: String,
+    },
+    /// Call a global function with JSON arguments (absent or null: none).
+    Call {
+        #[serde(deserialize_with = "field::function")]
+        function: String,
+        #[serde(default, deserialize_with = "field::args")]
+        args: Option<Vec<Value>>,
+    },
+    /// Whether a global function of that name exists.
+    HasFunction {
+        #[serde(deserialize_with = "field::name")]
+        name: String,
+    },
+    /// End the session. A struct variant so that unknown fields are refused here too.
+    Close {},
+}
+
+/// Field deserializers that name their field: serde's "invalid type: integer `5`,
+/// expected a string" alone does not say which field was wrong.
+mod field {
+    use serde::de::{Deserialize, Deserializer, Error};
+    use serde_json::Value;
+
+    fn named<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+        name: &str,
+    ) -> Result<T, D::Error> {
+        T::deserialize(d).map_err(|e| D::Error::custom(format_args!("field `{name}`: {e}")))
+    }
+
+    pub fn code<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        named(d, "code")
+    }
+
+    pub fn function<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        named(d, "function")
+    }
+
+    pub fn args<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Value>>, D::Error> {
+        named(d, "args")
+    }
+
+    pub fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        named(d, "name")
+    }
+}
+
+/// One line of input, read under the request limit.
+#[derive(Debug, PartialEq)]
+enum Line {
+    /// A line (without its newline) in the caller's buffer.
+    Text,
+    /// A line longer than the limit, skipped up to and including its newline.
+    TooLong,
+    /// The end of the input.
+    End,
+}
+
+/// Reads one line into `buf`, holding at most `limit + 1` bytes of it: past that the rest
+/// of the line is skipped in the reader's own chunks, never buffered.
+fn read_line(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    limit: Option<usize>,
+) -> std::io::Result<Line> {
+    buf.clear();
+    let max = limit.map_or(u64::MAX, |l| l as u64 + 1);
+    let n = std::io::Read::take(&mut *reader, max).read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(Line::End);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        return Ok(Line::Text);
+    }
+    if limit.is_some_and(|l| buf.len() > l) {
+        buf.clear();
+        reader.skip_until(b'\n')?;
+        return Ok(Line::TooLong);
+    }
+    // The last line, without a newline.
+    Ok(Line::Text)
+}
+
 pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
-    use std::io::BufRead;
+    let limit = match &args.request_limit {
+        Some(text) => args::size(text).context("--request-limit")?,
+        None => args::size(&args.sandbox.source_limit)
+            .context("--source-limit")?
+            .map(|source| source.saturating_add(REQUEST_OVERHEAD)),
+    };
     let sandbox = args.sandbox.build(false, false)?;
     let mut vm = sandbox.session()?;
-    let stdin = std::io::stdin();
+    let mut stdin = std::io::stdin().lock();
     let mut stdout = output::stdout();
-    for line in stdin.lock().lines() {
-        let line = line.context("reading a request from standard input")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let (response, close) = session_request(&mut vm, &line);
+    let mut buf = Vec::new();
+    loop {
+        let line = read_line(&mut stdin, &mut buf, limit)
+            .context("reading a request from standard input")?;
+        let (response, close) = match line {
+            Line::End => break,
+            Line::TooLong => (
+                input_error(
+                    Value::Null,
+                    format!(
+                        "the request is over the --request-limit of {} bytes; it was skipped",
+                        limit.unwrap_or(usize::MAX)
+                    ),
+                ),
+                false,
+            ),
+            Line::Text if buf.trim_ascii().is_empty() => continue,
+            Line::Text => match std::str::from_utf8(&buf) {
+                Ok(text) => answer(&mut vm, text),
+                Err(e) => (
+                    input_error(
+                        Value::Null,
+                        format!(
+                            "the request is not UTF-8 (invalid byte at offset {})",
+                            e.valid_up_to()
+                        ),
+                    ),
+                    false,
+                ),
+            },
+        };
         writeln!(stdout, "{response}")?;
         stdout.flush()?;
         if close {
@@ -36,77 +177,141 @@ pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Answers one JSON-lines request; true when the session should end.
-fn session_request(vm: &mut moonjail::Session, line: &str) -> (serde_json::Value, bool) {
-    use serde_json::{json, Value};
-    let bad = |id: Value, message: String| {
-        json!({"id": id, "ok": false, "result": null, "output": "", "stats": null,
-               "error": {"kind": "input", "message": message, "line": null}})
+/// The response to a request that could not be carried out as written: the shape of
+/// every response, with an `input` error.
+fn input_error(id: Value, message: String) -> Value {
+    json!({"id": id, "ok": false, "result": null, "output": "", "stats": null,
+           "error": {"kind": "input", "message": message, "line": null}})
+}
+
+/// Answers one request line; true when the session should end.
+fn answer(vm: &mut moonjail::Session, line: &str) -> (Value, bool) {
+    let (id, request) = match parse(line) {
+        Ok(parsed) => parsed,
+        Err((id, message)) => return (input_error(id, message), false),
     };
-    let request: Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => {
-            return (
-                bad(Value::Null, format!("the request is not JSON: {e}")),
-                false,
-            )
+    let outcome = match request {
+        Request::Exec { code } => vm.exec(code),
+        Request::Call { function, args } => vm.call(&function, &args.unwrap_or_default()),
+        Request::HasFunction { name } => {
+            let has = vm.has_function(&name);
+            let doc = json!({"id": id, "ok": true, "result": has, "output": "",
+                             "error": null, "stats": null});
+            return (doc, false);
         }
-    };
-    let id = request.get("id").cloned().unwrap_or(Value::Null);
-    let text = |key: &str| request.get(key).and_then(Value::as_str);
-    let outcome = match text("op") {
-        Some("exec") => match text("code") {
-            Some(code) => vm.exec(code),
-            None => return (bad(id, "exec needs a string \"code\"".into()), false),
-        },
-        Some("call") => {
-            let Some(name) = text("function") else {
-                return (bad(id, "call needs a string \"function\"".into()), false);
-            };
-            let args = match request.get("args") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::Array(a)) => a.clone(),
-                Some(_) => return (bad(id, "\"args\" must be an array".into()), false),
-            };
-            vm.call(name, &args)
+        Request::Close {} => {
+            let doc = json!({"id": id, "ok": true, "result": null, "output": "",
+                             "error": null, "stats": null});
+            return (doc, true);
         }
-        Some("has_function") => match text("name") {
-            Some(name) => {
-                let has = vm.has_function(name);
-                return (
-                    json!({"id": id, "ok": true, "result": has, "output": "",
-                               "error": null, "stats": null}),
-                    false,
-                );
-            }
-            None => {
-                return (
-                    bad(id, "has_function needs a string \"name\"".into()),
-                    false,
-                )
-            }
-        },
-        Some("close") => {
-            return (
-                json!({"id": id, "ok": true, "result": null, "output": "",
-                           "error": null, "stats": null}),
-                true,
-            );
-        }
-        Some(other) => {
-            return (
-                bad(
-                    id,
-                    format!("unknown op {other:?} (exec, call, has_function, close)"),
-                ),
-                false,
-            )
-        }
-        None => return (bad(id, "the request has no string \"op\"".into()), false),
     };
     let mut doc = outcome.to_json();
     if let Some(obj) = doc.as_object_mut() {
         obj.insert("id".into(), id);
     }
     (doc, false)
+}
+
+/// A request line as its id and request, or the id (null when unreadable) and why not.
+fn parse(line: &str) -> Result<(Value, Request), (Value, String)> {
+    let value: Value = serde_json::from_str(line)
+        .map_err(|e| (Value::Null, format!("the request is not JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err((
+            Value::Null,
+            "a request is a JSON object, e.g. {\"id\": 1, \"op\": \"exec\", \"code\": \"return 1\"}"
+                .into(),
+        ));
+    };
+    let id = fields.remove("id").unwrap_or(Value::Null);
+    let op = match fields.get("op") {
+        Some(Value::String(op)) => op.clone(),
+        Some(other) => {
+            return Err((
+                id,
+                format!("\"op\" must be a string (exec, call, has_function, close), not {other}"),
+            ))
+        }
+        None => {
+            return Err((
+                id,
+                "the request has no \"op\" (exec, call, has_function, close)".into(),
+            ))
+        }
+    };
+    if !OPS.contains(&op.as_str()) {
+        return Err((
+            id,
+            format!("unknown op {op:?} (exec, call, has_function, close)"),
+        ));
+    }
+    match Request::deserialize(Value::Object(fields)) {
+        Ok(request) => Ok((id, request)),
+        Err(e) => Err((id, format!("op {op:?}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_into_their_variant() {
+        let ok = |line: &str| parse(line).map(|(_, r)| r).map_err(|(_, m)| m);
+        assert_eq!(
+            ok(r#"{"op":"exec","code":"return 1"}"#),
+            Ok(Request::Exec {
+                code: "return 1".into()
+            })
+        );
+        assert_eq!(
+            ok(r#"{"op":"call","function":"f","args":[1]}"#),
+            Ok(Request::Call {
+                function: "f".into(),
+                args: Some(vec![json!(1)])
+            })
+        );
+        assert_eq!(
+            ok(r#"{"op":"call","function":"f"}"#),
+            Ok(Request::Call {
+                function: "f".into(),
+                args: None
+            })
+        );
+        assert_eq!(ok(r#"{"op":"close"}"#), Ok(Request::Close {}));
+        let err = ok(r#"{"op":"frobnicate"}"#).unwrap_err();
+        assert_eq!(
+            err,
+            "unknown op \"frobnicate\" (exec, call, has_function, close)"
+        );
+        let err = ok(r#"{"op":"exec","code":5}"#).unwrap_err();
+        assert!(err.contains("field `code`: invalid type"), "{err}");
+        let err = ok(r#"{"op":"close","now":1}"#).unwrap_err();
+        assert!(err.contains("unknown field `now`"), "{err}");
+    }
+
+    #[test]
+    fn lines_are_read_under_the_limit() {
+        let input = b"12345\n123456\n\n1234567890123\nabc";
+        let mut reader = std::io::BufReader::with_capacity(4, &input[..]);
+        let mut buf = Vec::new();
+        let mut lines = Vec::new();
+        loop {
+            let line = read_line(&mut reader, &mut buf, Some(5)).unwrap();
+            if line == Line::End {
+                break;
+            }
+            lines.push((line, String::from_utf8(buf.clone()).unwrap()));
+        }
+        assert_eq!(
+            lines,
+            [
+                (Line::Text, "12345".into()),
+                (Line::TooLong, String::new()),
+                (Line::Text, String::new()),
+                (Line::TooLong, String::new()),
+                (Line::Text, "abc".into()),
+            ]
+        );
+    }
 }

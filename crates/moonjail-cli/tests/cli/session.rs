@@ -160,3 +160,192 @@ fn session_protocol_is_the_same_isolated() {
     assert_eq!(code, Some(0));
     assert_eq!(strip(plain), strip(isolated));
 }
+
+// ---------------------------------------------------------------------------------------
+// The protocol's edges: bytes that are not text, requests of the wrong shape, lines past
+// the request limit.
+// ---------------------------------------------------------------------------------------
+
+/// The error message of a response that must be an `input` error.
+fn input_error(doc: &Value) -> &str {
+    assert_eq!(doc["ok"], json!(false), "{doc}");
+    assert_eq!(doc["error"]["kind"], json!("input"), "{doc}");
+    doc["error"]["message"].as_str().expect("a message")
+}
+
+#[test]
+fn a_line_that_is_not_utf8_gets_an_input_error_and_the_session_goes_on() {
+    let dir = TempDir::new();
+    let out = moonjail(
+        &dir,
+        &["session"],
+        Some(b"{\"id\":1,\"op\":\"exec\",\"code\":\"return 1\"}\n\xff\xfe\n{\"id\":2,\"op\":\"exec\",\"code\":\"return 2\"}\n"),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let docs = out.json_lines();
+    assert_eq!(docs.len(), 3, "{out:?}");
+    assert_eq!(docs[0]["result"], json!(1));
+    assert!(input_error(&docs[1]).contains("UTF-8"), "{}", docs[1]);
+    assert_eq!(docs[1]["id"], Value::Null);
+    assert_eq!(docs[2]["result"], json!(2));
+    assert_eq!(docs[2]["id"], json!(2));
+}
+
+#[test]
+fn requests_of_the_wrong_shape_get_precise_input_errors() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            r#"{"id":1,"op":"frobnicate"}"#,
+            &["frobnicate", "exec", "has_function"],
+        ),
+        (r#"{"id":1}"#, &["op"]),
+        (r#"{"id":1,"op":7}"#, &["op"]),
+        (r#"{"id":1,"op":"exec"}"#, &["exec", "code"]),
+        (
+            r#"{"id":1,"op":"exec","code":5}"#,
+            &["exec", "code", "string"],
+        ),
+        (
+            r#"{"id":1,"op":"exec","code":"return 1","cod":1}"#,
+            &["exec", "cod"],
+        ),
+        (
+            r#"{"id":1,"op":"call","function":"f","args":"nope"}"#,
+            &["call", "args"],
+        ),
+        (r#"{"id":1,"op":"call","fn":"f"}"#, &["call", "fn"]),
+        (
+            r#"{"id":1,"op":"has_function","name":["f"]}"#,
+            &["has_function", "name"],
+        ),
+        (r#"{"id":1,"op":"close","now":true}"#, &["close", "now"]),
+        ("[1, 2]", &["object"]),
+        ("not json", &["not JSON"]),
+    ];
+    let mut lines: Vec<&str> = cases.iter().map(|(l, _)| *l).collect();
+    lines.push(r#"{"id":{"any":["json"]},"op":"exec","code":"return 'alive'"}"#);
+    let (docs, code) = session(&[], &lines);
+    assert_eq!(code, Some(0));
+    assert_eq!(docs.len(), cases.len() + 1, "{docs:?}");
+    for ((line, fragments), doc) in cases.iter().zip(&docs) {
+        let message = input_error(doc);
+        for f in *fragments {
+            assert!(message.contains(f), "{line}: {message:?} lacks {f:?}");
+        }
+        assert_document_shape_with_id(doc);
+    }
+    // The id is echoed whatever it is, and the session went on.
+    let last = &docs[cases.len()];
+    assert_eq!(last["id"], json!({"any": ["json"]}));
+    assert_eq!(last["result"], json!("alive"));
+    // The id of a request that is not right is still echoed when it can be read.
+    assert_eq!(docs[0]["id"], json!(1));
+}
+
+/// A response: the fields of `run --json` plus `id`.
+fn assert_document_shape_with_id(doc: &Value) {
+    let mut keys: Vec<&str> = doc
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["error", "id", "ok", "output", "result", "stats"],
+        "{doc}"
+    );
+}
+
+#[test]
+fn call_args_may_be_absent_or_null() {
+    let (docs, code) = session(
+        &[],
+        &[
+            r#"{"id":1,"op":"exec","code":"function f(...) return select('#', ...) end"}"#,
+            r#"{"id":2,"op":"call","function":"f"}"#,
+            r#"{"id":3,"op":"call","function":"f","args":null}"#,
+            r#"{"id":4,"op":"call","function":"f","args":[1, null, {}]}"#,
+            r#"{"op":"has_function","name":"f"}"#,
+        ],
+    );
+    assert_eq!(code, Some(0));
+    let results: Vec<_> = docs.iter().map(|d| d["result"].clone()).collect();
+    assert_eq!(results[1..], [json!(0), json!(0), json!(3), json!(true)]);
+    assert_eq!(docs[4]["id"], Value::Null, "no id: null");
+}
+
+#[test]
+fn an_over_long_request_line_is_skipped_without_being_held() {
+    // 300 MiB on one line, to a session that may map only 256 MiB: it must skip the line
+    // in chunks, answer it, and go on. (Read whole, it dies of its memory limit.)
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -v 262144 && exec "$0" "$@""#)
+        .arg(MOONJAIL)
+        .args(["session", "--request-limit", "1MiB"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sh");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let chunk = vec![b'x'; 1 << 20];
+        let mut write = || -> std::io::Result<()> {
+            stdin.write_all(br#"{"id":1,"op":"exec","code":"return 1"}"#)?;
+            stdin.write_all(b"\n")?;
+            for _ in 0..300 {
+                stdin.write_all(&chunk)?;
+            }
+            stdin.write_all(b"\n")?;
+            stdin.write_all(br#"{"id":3,"op":"exec","code":"return 3"}"#)?;
+            stdin.write_all(b"\n")
+        };
+        let _ = write();
+    });
+    let out = child.wait_with_output().expect("wait");
+    writer.join().expect("the writer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout} {:?}", out.stderr);
+    let docs: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(docs.len(), 3, "{stdout}");
+    assert_eq!(docs[0]["result"], json!(1));
+    let message = input_error(&docs[1]);
+    assert!(message.contains("--request-limit"), "{message}");
+    assert_eq!(docs[2]["result"], json!(3));
+}
+
+#[test]
+fn request_lines_up_to_the_limit_are_accepted() {
+    // A line of exactly the limit passes; one byte more does not; the next line is fine.
+    let exact = format!(
+        r#"{{"id":1,"op":"exec","code":"return 1{}"}}"#,
+        " ".repeat(60)
+    );
+    let limit = exact.len().to_string();
+    let over = format!(
+        r#"{{"id":2,"op":"exec","code":"return 2{}"}}"#,
+        " ".repeat(61)
+    );
+    let (docs, code) = session(
+        &["--request-limit", &limit],
+        &[&exact, &over, r#"{"id":3,"op":"exec","code":"return 3"}"#],
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(docs[0]["result"], json!(1), "{docs:?}");
+    assert!(input_error(&docs[1]).contains("--request-limit"));
+    assert_eq!(docs[2]["result"], json!(3));
+    // `none` lifts the limit; a bad size is a misuse.
+    let (docs, _) = session(&["--request-limit", "none"], &[&over]);
+    assert_eq!(docs[0]["result"], json!(2));
+    assert_misuse(
+        &mj(&["session", "--request-limit", "lots"]),
+        "--request-limit",
+    );
+}
