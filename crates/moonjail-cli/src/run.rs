@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use moonjail::{Diagnostics, RunOptions};
 
-use crate::args::SandboxArgs;
+use crate::args::{self, SandboxArgs};
 use crate::output;
 
 #[derive(Args, Debug)]
@@ -26,6 +26,10 @@ pub struct RunArgs {
     /// The input, as JSON text or @FILE. Default: null.
     #[arg(long, value_name = "JSON|@FILE")]
     pub input: Option<String>,
+    /// Limit on the input's size (inline or @FILE, which is read no further); `none` for
+    /// no limit.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB")]
+    pub input_limit: String,
     /// Fail if the script defines no global function `run`.
     #[arg(long)]
     pub require_run: bool,
@@ -40,17 +44,22 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let source_limit = args::size(&args.sandbox.source_limit).context("--source-limit")?;
+    let input_limit = args::size(&args.input_limit).context("--input-limit")?;
+    let over_source = "the script is over the --source-limit";
     let (source, name) = match (&args.code, &args.file) {
+        // Already in memory; the sandbox applies the source limit to it.
         (Some(code), _) => (code.clone().into_bytes(), "(command line)".to_string()),
         (None, Some(path)) if path.as_os_str() == "-" => {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
+            let buf = read_capped(std::io::stdin().lock(), source_limit, over_source)
                 .context("reading the script from standard input")?;
             (buf, "stdin".to_string())
         }
         (None, Some(path)) => {
-            let buf = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let buf = std::fs::File::open(path)
+                .map_err(anyhow::Error::from)
+                .and_then(|file| read_capped(file, source_limit, over_source))
+                .with_context(|| format!("reading {}", path.display()))?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -59,16 +68,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => bail!("give a FILE, `-` for standard input, or -e CODE"),
     };
+    let over_input = "the input is over the --input-limit";
     let input: serde_json::Value = match &args.input {
         None => serde_json::Value::Null,
         Some(text) => {
-            let text = match text.strip_prefix('@') {
-                Some(path) => {
-                    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
-                }
-                None => text.clone(),
+            let bytes = match text.strip_prefix('@') {
+                Some(path) => std::fs::File::open(path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|file| read_capped(file, input_limit, over_input))
+                    .with_context(|| format!("reading {path}"))?,
+                None => match input_limit {
+                    Some(limit) if text.len() > limit => {
+                        bail!("--input: {over_input} of {limit} bytes")
+                    }
+                    _ => text.clone().into_bytes(),
+                },
             };
-            serde_json::from_str(&text).context("--input is not valid JSON")?
+            serde_json::from_slice(&bytes).context("--input is not valid JSON")?
         }
     };
     let sandbox = args.sandbox.build(args.require_run, args.require_table)?;
@@ -128,4 +144,17 @@ fn render_diagnostics(d: &Diagnostics) -> String {
         }
     }
     out
+}
+
+/// Reads all of `reader`, or fails as soon as it has given more than `limit` bytes: at
+/// most `limit + 1` bytes are ever held, whatever the source (`/dev/zero`, an endless
+/// pipe). `over` says what was over which flag.
+fn read_capped(reader: impl Read, limit: Option<usize>, over: &str) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let max = limit.map_or(u64::MAX, |l| (l as u64).saturating_add(1));
+    reader.take(max).read_to_end(&mut buf)?;
+    match limit {
+        Some(limit) if buf.len() > limit => bail!("{over} of {limit} bytes"),
+        _ => Ok(buf),
+    }
 }

@@ -392,3 +392,135 @@ fn profiles_on_the_command_line() {
     let (_, doc) = json_eval("return type(json)", &[]);
     assert_eq!(doc["result"], json!("table"));
 }
+
+// ---------------------------------------------------------------------------------------
+// run: bounded reads. The script and the input are read up to their limit plus one byte,
+// never further, whatever the source: `/dev/zero` fails at once instead of filling memory.
+// ---------------------------------------------------------------------------------------
+
+fn dev_zero() -> std::process::Stdio {
+    std::fs::File::open("/dev/zero").expect("/dev/zero").into()
+}
+
+#[test]
+fn a_script_over_the_source_limit_is_refused_before_it_is_read_whole() {
+    let dir = TempDir::new();
+    let cases: &[(&[&str], bool, &str)] = &[
+        (
+            &["run", "/dev/zero", "--source-limit", "1KiB"],
+            false,
+            "1024",
+        ),
+        (&["run", "-", "--source-limit", "1KiB"], true, "1024"),
+        // The default limit (1 MiB) bounds the read too.
+        (&["run", "/dev/zero"], false, "1048576"),
+        (&["run", "-"], true, "1048576"),
+    ];
+    for (args, stdin, limit) in cases {
+        let stdin = if *stdin {
+            dev_zero()
+        } else {
+            std::process::Stdio::null()
+        };
+        let out = capped(&dir, args, stdin);
+        assert_misuse(&out, "--source-limit");
+        assert!(out.stderr.contains(limit), "{args:?}: {out:?}");
+    }
+}
+
+#[test]
+fn a_script_of_exactly_the_source_limit_runs() {
+    let dir = TempDir::new();
+    let script = format!("return 1 --{}", "x".repeat(1024 - 11));
+    assert_eq!(script.len(), 1024);
+    dir.write("exact.lua", &script);
+    dir.write("over.lua", format!("{script}x"));
+    let out = moonjail(&dir, &["run", "exact.lua", "--source-limit", "1KiB"], None);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "1\n"), "{out:?}");
+    let out = moonjail(
+        &dir,
+        &["run", "-", "--source-limit", "1KiB"],
+        Some(script.as_bytes()),
+    );
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "1\n"), "{out:?}");
+    assert_misuse(
+        &moonjail(&dir, &["run", "over.lua", "--source-limit", "1KiB"], None),
+        "reading over.lua: the script is over the --source-limit of 1024 bytes",
+    );
+    // `none` reads it all.
+    let out = moonjail(&dir, &["run", "over.lua", "--source-limit", "none"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+}
+
+#[test]
+fn the_input_is_read_up_to_the_input_limit() {
+    let dir = TempDir::new();
+    // From an endless file: refused at once, under the default limit and a given one.
+    for extra in [&[][..], &["--input-limit", "1KiB"][..]] {
+        let mut args = vec!["run", "-e", "return 1", "--input", "@/dev/zero"];
+        args.extend_from_slice(extra);
+        let out = capped(&dir, &args, std::process::Stdio::null());
+        assert_misuse(&out, "--input-limit");
+    }
+    // Exactly the limit passes, a byte more does not, inline or from a file.
+    let exact = format!("\"{}\"", "x".repeat(14)); // 16 bytes
+    dir.write("exact.json", &exact);
+    dir.write("over.json", format!("{exact} "));
+    for input in ["@exact.json", exact.as_str()] {
+        let out = moonjail(
+            &dir,
+            &[
+                "run",
+                "-e",
+                "return #...",
+                "--input",
+                input,
+                "--input-limit",
+                "16",
+            ],
+            None,
+        );
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (Some(0), "14\n"),
+            "{out:?}"
+        );
+    }
+    let over_inline = format!("{exact} ");
+    for input in ["@over.json", over_inline.as_str()] {
+        assert_misuse(
+            &moonjail(
+                &dir,
+                &[
+                    "run",
+                    "-e",
+                    "return 1",
+                    "--input",
+                    input,
+                    "--input-limit",
+                    "16",
+                ],
+                None,
+            ),
+            "over the --input-limit of 16 bytes",
+        );
+    }
+    let out = moonjail(
+        &dir,
+        &[
+            "run",
+            "-e",
+            "return #...",
+            "--input",
+            "@over.json",
+            "--input-limit",
+            "none",
+        ],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_misuse(
+        &moonjail(&dir, &["run", "-e", "1", "--input-limit", "lots"], None),
+        "--input-limit",
+    );
+}

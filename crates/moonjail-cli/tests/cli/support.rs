@@ -118,6 +118,32 @@ pub fn moonjail(dir: &(impl AsRef<Path> + ?Sized), args: &[&str], stdin: Option<
     }
 }
 
+/// The address space `capped` gives moonjail: plenty for any command here, far less than
+/// an unbounded read of `/dev/zero` wants.
+pub const ADDRESS_SPACE_KIB: u64 = 256 * 1024;
+
+/// Runs `moonjail ARGS` in `dir` under an address-space limit (`ulimit -v`), with `stdin`:
+/// a read that does not stop at its limit ends in an allocation failure, not in a machine
+/// out of memory.
+pub fn capped(dir: &(impl AsRef<Path> + ?Sized), args: &[&str], stdin: Stdio) -> Out {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            r#"ulimit -v {ADDRESS_SPACE_KIB} && exec "$0" "$@""#
+        ))
+        .arg(MOONJAIL)
+        .args(args)
+        .current_dir(dir.as_ref())
+        .stdin(stdin)
+        .output()
+        .expect("start sh");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// `moonjail ARGS` in a fresh directory, stdin closed.
 pub fn mj(args: &[&str]) -> Out {
     let dir = TempDir::new();
