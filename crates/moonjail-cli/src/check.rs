@@ -50,6 +50,6 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(crate::FAILED)
     })
 }

@@ -109,7 +109,7 @@ pub fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(crate::FAILED)
     })
 }
 
@@ -128,5 +128,5 @@ pub fn doctor(json: bool) -> anyhow::Result<ExitCode> {
             "isolation layers exist on Linux only: `run --isolate` is not available"
         )?;
     }
-    Ok(ExitCode::from(1))
+    Ok(ExitCode::from(crate::FAILED))
 }

@@ -11,6 +11,7 @@ mod profile;
 mod run;
 mod session;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -105,18 +106,43 @@ enum Command {
     },
 }
 
+/// The script failed (any error kind), or a check did.
+const FAILED: u8 = 1;
+/// The command was misused: a bad flag or value, an unreadable or over-limit file, a
+/// sandbox that cannot be built. Under `--json` also one document, error kind `input`.
+const MISUSE: u8 = 2;
+
 fn main() -> ExitCode {
     // Started as a worker process by `--isolate` (this executable re-run with a hidden
     // first argument): serve, and never come back.
     moonjail::worker::run_if_worker();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return parse_error(e),
+    };
+    let json = cli.json();
     match dispatch(cli) {
         Ok(code) => code,
         // The reader went away: nothing is wrong, and no one is left to tell.
         Err(_) if output::closed() => ExitCode::SUCCESS,
-        Err(e) => {
-            output::warn(format_args!("moonjail: {e:#}"));
-            ExitCode::from(2)
+        Err(e) => misuse(json, &format!("{e:#}")),
+    }
+}
+
+impl Cli {
+    /// Whether the command was asked for one JSON document, failures included.
+    fn json(&self) -> bool {
+        match &self.command {
+            Command::Run(args) => args.json,
+            Command::Check(args) => args.json,
+            Command::Profile {
+                command: ProfileCommand::Show { json, .. },
+            } => *json,
+            Command::Doctor { json } => *json,
+            Command::Session(_)
+            | Command::Profile {
+                command: ProfileCommand::List,
+            } => false,
         }
     }
 }
@@ -129,4 +155,40 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profile { command } => profile(command),
         Command::Doctor { json } => doctor(json),
     }
+}
+
+/// The command line did not parse. Help and version are printed as asked; a real error
+/// is a misuse, reported as a JSON document when `--json` is among the arguments (the
+/// caller asked for JSON even if clap could not tell which command it belongs to).
+fn parse_error(e: clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        // --help, --version: stdout, and a closed stdout is nobody's problem.
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    if json {
+        let message = e.render().to_string();
+        let message = message.trim_end();
+        misuse(true, message.strip_prefix("error: ").unwrap_or(message))
+    } else {
+        let _ = e.print();
+        ExitCode::from(MISUSE)
+    }
+}
+
+/// Reports a misuse: one JSON document on stdout under `--json` (unless stdout already
+/// has one), a line on stderr otherwise.
+fn misuse(json: bool, message: &str) -> ExitCode {
+    if json && !output::wrote() {
+        let doc = output::misuse_document(message);
+        let mut out = output::stdout();
+        let written = writeln!(out, "{doc}").and_then(|()| out.flush());
+        if written.is_err() && output::closed() {
+            return ExitCode::SUCCESS;
+        }
+    } else {
+        output::warn(format_args!("moonjail: {message}"));
+    }
+    ExitCode::from(MISUSE)
 }

@@ -8,7 +8,10 @@
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use moonjail::{ErrorKind, Outcome, Stats};
+
 static CLOSED: AtomicBool = AtomicBool::new(false);
+static WROTE: AtomicBool = AtomicBool::new(false);
 
 /// Standard output, locked: write with `write!`/`writeln!` and `?`.
 pub struct Stdout(io::StdoutLock<'static>);
@@ -31,6 +34,7 @@ impl Stdout {
 
 impl Write for Stdout {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        WROTE.store(true, Ordering::Relaxed);
         Self::note(self.0.write(buf))
     }
 
@@ -43,6 +47,25 @@ impl Write for Stdout {
 /// reporting, and the exit is quiet.
 pub fn closed() -> bool {
     CLOSED.load(Ordering::Relaxed)
+}
+
+/// True once anything was written to stdout: a `--json` misuse document would then be
+/// a second document.
+pub fn wrote() -> bool {
+    WROTE.load(Ordering::Relaxed)
+}
+
+/// The `--json` document of a misuse: the shape of `run --json` (built from an
+/// [`Outcome`], so the two cannot drift), error kind `input`, no output, zero stats.
+pub fn misuse_document(message: &str) -> serde_json::Value {
+    Outcome {
+        result: Err(moonjail::Error::new(ErrorKind::Input, message)),
+        output: String::new(),
+        stats: Stats::default(),
+        diagnostics: None,
+        tool_calls: Vec::new(),
+    }
+    .to_json()
 }
 
 /// A message on stderr. A failure to write it is ignored: there is nowhere left to say

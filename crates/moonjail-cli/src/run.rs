@@ -116,7 +116,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(if outcome.is_ok() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(crate::FAILED)
     })
 }
 

@@ -8,6 +8,7 @@
 mod fixture_server;
 
 mod isolated;
+mod json_errors;
 mod pipes;
 mod profile;
 mod run;
