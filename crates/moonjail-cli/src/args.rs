@@ -29,7 +29,8 @@ pub struct SandboxArgs {
     /// Limit on captured print output; `none` for no limit.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     pub output_limit: String,
-    /// Limit on the source size (also for `load`); `none` for no limit.
+    /// Limit on the source size (also for `load`; a script FILE or `-` is read no
+    /// further); `none` for no limit.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     pub source_limit: String,
     /// Limit on the result's JSON size; `none` for no limit.

@@ -12,6 +12,7 @@ use crate::args::SandboxArgs;
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     /// Print one JSON document: {"profile", "ok", "items": [{"name", "pass", "detail"}]}.
+    /// A misuse (status 2) is the document of `run --json`, error kind "input".
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -100,7 +100,8 @@ enum Command {
     ///
     /// Exit status: 0 when every layer is available and the worker ran, 1 otherwise.
     Doctor {
-        /// Print one JSON document.
+        /// Print one JSON document. A misuse (status 2) is the document of `run --json`,
+        /// error kind "input".
         #[arg(long)]
         json: bool,
     },

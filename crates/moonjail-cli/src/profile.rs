@@ -16,7 +16,8 @@ pub enum ProfileCommand {
     Show {
         /// minimal, standard or aos
         name: String,
-        /// Print as JSON.
+        /// Print as JSON. A misuse (status 2) is the document of `run --json`, error kind
+        /// "input".
         #[arg(long)]
         json: bool,
     },

@@ -36,7 +36,8 @@ pub struct RunArgs {
     /// Fail if the result is not a table.
     #[arg(long)]
     pub require_table: bool,
-    /// Print one JSON document: {"ok", "result", "output", "error", "stats"}.
+    /// Print one JSON document: {"ok", "result", "output", "error", "stats"}. A misuse
+    /// (status 2) is one such document too, error kind "input".
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -94,8 +94,8 @@ mod field {
 enum Line {
     /// A line (without its newline) in the caller's buffer.
     Text,
-    /// A line longer than the limit, skipped up to and including its newline.
-    TooLong,
+    /// A line longer than `limit`, skipped up to and including its newline.
+    TooLong { limit: usize },
     /// The end of the input.
     End,
 }
@@ -108,7 +108,7 @@ fn read_line(
     limit: Option<usize>,
 ) -> std::io::Result<Line> {
     buf.clear();
-    let max = limit.map_or(u64::MAX, |l| l as u64 + 1);
+    let max = limit.map_or(u64::MAX, |l| (l as u64).saturating_add(1));
     let n = std::io::Read::take(&mut *reader, max).read_until(b'\n', buf)?;
     if n == 0 {
         return Ok(Line::End);
@@ -117,10 +117,10 @@ fn read_line(
         buf.pop();
         return Ok(Line::Text);
     }
-    if limit.is_some_and(|l| buf.len() > l) {
+    if let Some(limit) = limit.filter(|&l| buf.len() > l) {
         buf.clear();
         reader.skip_until(b'\n')?;
-        return Ok(Line::TooLong);
+        return Ok(Line::TooLong { limit });
     }
     // The last line, without a newline.
     Ok(Line::Text)
@@ -143,12 +143,11 @@ pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
             .context("reading a request from standard input")?;
         let (response, close) = match line {
             Line::End => break,
-            Line::TooLong => (
+            Line::TooLong { limit } => (
                 input_error(
                     Value::Null,
                     format!(
-                        "the request is over the --request-limit of {} bytes; it was skipped",
-                        limit.unwrap_or(usize::MAX)
+                        "the request is over the --request-limit of {limit} bytes; it was skipped"
                     ),
                 ),
                 false,
@@ -303,13 +302,19 @@ mod tests {
             }
             lines.push((line, String::from_utf8(buf.clone()).unwrap()));
         }
+        // A limit as large as they come does not overflow.
+        let mut reader = &b"x\n"[..];
+        assert_eq!(
+            read_line(&mut reader, &mut buf, Some(usize::MAX)).unwrap(),
+            Line::Text
+        );
         assert_eq!(
             lines,
             [
                 (Line::Text, "12345".into()),
-                (Line::TooLong, String::new()),
+                (Line::TooLong { limit: 5 }, String::new()),
                 (Line::Text, String::new()),
-                (Line::TooLong, String::new()),
+                (Line::TooLong { limit: 5 }, String::new()),
                 (Line::Text, "abc".into()),
             ]
         );

@@ -341,6 +341,13 @@ fn request_lines_up_to_the_limit_are_accepted() {
     assert_eq!(docs[0]["result"], json!(1), "{docs:?}");
     assert!(input_error(&docs[1]).contains("--request-limit"));
     assert_eq!(docs[2]["result"], json!(3));
+    // A source limit as large as they come: the default request limit saturates.
+    let (docs, _) = session(
+        &["--source-limit", "18446744073709549568"],
+        &[r#"{"id":4,"op":"exec","code":"return 4"}"#],
+    );
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    assert_eq!(docs[0]["result"], json!(4));
     // `none` lifts the limit; a bad size is a misuse.
     let (docs, _) = session(&["--request-limit", "none"], &[&over]);
     assert_eq!(docs[0]["result"], json!(2));
