@@ -50,6 +50,8 @@ fn every_command_ends_quietly_when_stdout_is_closed() {
         (&["run", "-e", "return {1, 2, 3}"], b""),
         (&["run", "-e", "return 1", "--json"], b""),
         (&["session"], session),
+        (&["doctor"], b""),
+        (&["doctor", "--json"], b""),
         (&["--help"], b""),
         (&["run", "--help"], b""),
     ];
