@@ -5,9 +5,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::output;
-
 use crate::args::SandboxArgs;
+use crate::output;
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {

@@ -1,5 +1,6 @@
 //! `moonjail run`: one script, one fresh sandbox.
 
+use std::borrow::Cow;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,16 +74,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let input: serde_json::Value = match &args.input {
         None => serde_json::Value::Null,
         Some(text) => {
-            let bytes = match text.strip_prefix('@') {
+            let bytes: Cow<[u8]> = match text.strip_prefix('@') {
                 Some(path) => std::fs::File::open(path)
                     .map_err(anyhow::Error::from)
                     .and_then(|file| read_capped(file, input_limit, over_input))
-                    .with_context(|| format!("reading {path}"))?,
+                    .with_context(|| format!("reading {path}"))?
+                    .into(),
                 None => match input_limit {
                     Some(limit) if text.len() > limit => {
                         bail!("--input: {over_input} of {limit} bytes")
                     }
-                    _ => text.clone().into_bytes(),
+                    _ => text.as_bytes().into(),
                 },
             };
             serde_json::from_slice(&bytes).context("--input is not valid JSON")?
