@@ -10,20 +10,26 @@ use crate::support::*;
 /// starts, then `stdin` on its stdin: the exit status and stderr.
 ///
 /// A shell waits for one line on stdin before it execs moonjail, so the read end is
-/// surely closed before moonjail writes a byte (no race with a fast child).
+/// surely closed before moonjail writes a byte (no race with a fast child), and no
+/// child of another test holds a copy of it (see `support::spawn_lock`).
 fn with_stdout_closed(args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
-    let mut child = std::process::Command::new("sh")
-        .arg("-c")
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
         .arg(r#"read -r _ && exec "$0" "$@""#)
         .arg(MOONJAIL)
         .args(args)
         .env("MOONJAIL_WORKER", MOONJAIL)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sh");
-    drop(child.stdout.take());
+        .stderr(Stdio::piped());
+    // No other test may start a child (which would hold a copy of the read end until
+    // it execs) between this spawn and the close of the read end.
+    let mut child = {
+        let _lock = spawn_lock();
+        let mut child = cmd.spawn().expect("start sh");
+        drop(child.stdout.take());
+        child
+    };
     let mut pipe = child.stdin.take().expect("stdin");
     let mut bytes = b"go\n".to_vec();
     bytes.extend_from_slice(stdin);

@@ -62,19 +62,16 @@ fn session_close_op_ends_the_session() {
 #[test]
 fn check_passes_for_every_profile() {
     for profile in ["minimal", "standard", "aos"] {
-        let out = command(".", &[])
-            .args(["check", "--profile", profile, "--json"])
-            .output()
-            .unwrap();
+        let out = output(&mut command(
+            ".",
+            &["check", "--profile", profile, "--json"],
+        ));
         assert_eq!(out.status.code(), Some(0), "{profile}");
         let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(doc["ok"], json!(true));
         assert_eq!(doc["profile"], json!(profile));
         assert!(doc["items"].as_array().unwrap().len() > 20);
-        let human = command(".", &[])
-            .args(["check", "--profile", profile])
-            .output()
-            .unwrap();
+        let human = output(&mut command(".", &["check", "--profile", profile]));
         let text = String::from_utf8(human.stdout).unwrap();
         assert!(text.contains("pass  "), "{text}");
         assert!(!text.contains("FAIL"), "{text}");
@@ -97,13 +94,12 @@ fn aos_flags_modules_read_deterministic_diagnostic() {
          return {{u.twice(21), l, os.time(), math.random(1, 1000000)}}"
     );
     let run = |extra: &[&str]| {
-        let out = command(".", &[])
-            .args(["run", "--profile", "aos", "--json", "--modules"])
-            .arg(&dir)
-            .args(["--read", &data, "-e", &code])
-            .args(extra)
-            .output()
-            .unwrap();
+        let out = output(
+            command(".", &["run", "--profile", "aos", "--json", "--modules"])
+                .arg(&dir)
+                .args(["--read", &data, "-e", &code])
+                .args(extra),
+        );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
     let a = run(&[
@@ -280,16 +276,18 @@ fn call_args_may_be_absent_or_null() {
 fn an_over_long_request_line_is_skipped_without_being_held() {
     // 300 MiB on one line, to a session that may map only 256 MiB: it must skip the line
     // in chunks, answer it, and go on. (Read whole, it dies of its memory limit.)
-    let mut child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(r#"ulimit -v 262144 && exec "$0" "$@""#)
-        .arg(MOONJAIL)
-        .args(["session", "--request-limit", "1MiB"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start sh");
+    let mut child = spawn(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                r#"ulimit -v {ADDRESS_SPACE_KIB} && exec "$0" "$@""#
+            ))
+            .arg(MOONJAIL)
+            .args(["session", "--request-limit", "1MiB"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
     let mut stdin = child.stdin.take().expect("stdin");
     let writer = std::thread::spawn(move || {
         use std::io::Write;

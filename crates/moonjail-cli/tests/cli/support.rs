@@ -3,9 +3,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use serde_json::{json, Value as Json};
 
@@ -78,12 +78,40 @@ impl Out {
     }
 }
 
-/// A `moonjail` command in `dir`. With `--isolate` the binary serves as its own worker.
+/// Held while a child is started, and by a test that must close a pipe end for sure.
+///
+/// A child forked by another test thread holds a copy of every fd of this process until
+/// it execs; a pipe's read end closed here may so stay open there for a moment, and a
+/// write meant to find no reader would succeed. Every spawn in these tests takes the lock.
+static SPAWN: Mutex<()> = Mutex::new(());
+
+/// The spawn lock (see [`SPAWN`]).
+pub fn spawn_lock() -> MutexGuard<'static, ()> {
+    SPAWN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts `cmd` under the spawn lock.
+pub fn spawn(cmd: &mut Command) -> Child {
+    let _lock = spawn_lock();
+    cmd.spawn().expect("start a child")
+}
+
+/// Runs `cmd` to its end, stdout and stderr captured (`Command::output`, under the spawn
+/// lock).
+pub fn output(cmd: &mut Command) -> Output {
+    spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))
+        .wait_with_output()
+        .expect("wait for a child")
+}
+
+/// A `moonjail` command in `dir`, stdin closed. With `--isolate` the binary serves as its
+/// own worker.
 pub fn command(dir: &(impl AsRef<Path> + ?Sized), args: &[&str]) -> Command {
     let mut cmd = Command::new(MOONJAIL);
     cmd.args(args)
         .current_dir(dir.as_ref())
-        .env("MOONJAIL_WORKER", MOONJAIL);
+        .env("MOONJAIL_WORKER", MOONJAIL)
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -99,7 +127,7 @@ pub fn moonjail(dir: &(impl AsRef<Path> + ?Sized), args: &[&str], stdin: Option<
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start moonjail");
+    let mut child = spawn(&mut cmd);
     let writer = stdin.map(|bytes| {
         let mut pipe = child.stdin.take().expect("stdin pipe");
         let bytes = bytes.to_vec();
@@ -126,17 +154,17 @@ pub const ADDRESS_SPACE_KIB: u64 = 256 * 1024;
 /// a read that does not stop at its limit ends in an allocation failure, not in a machine
 /// out of memory.
 pub fn capped(dir: &(impl AsRef<Path> + ?Sized), args: &[&str], stdin: Stdio) -> Out {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            r#"ulimit -v {ADDRESS_SPACE_KIB} && exec "$0" "$@""#
-        ))
-        .arg(MOONJAIL)
-        .args(args)
-        .current_dir(dir.as_ref())
-        .stdin(stdin)
-        .output()
-        .expect("start sh");
+    let out = output(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                r#"ulimit -v {ADDRESS_SPACE_KIB} && exec "$0" "$@""#
+            ))
+            .arg(MOONJAIL)
+            .args(args)
+            .current_dir(dir.as_ref())
+            .stdin(stdin),
+    );
     Out {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
