@@ -18,6 +18,7 @@ pub struct CheckArgs {
     pub sandbox: SandboxArgs,
 }
 
+/// Runs the checklist in the sandbox the flags describe; status 1 when an item fails.
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let sandbox = args.sandbox.build(false, false)?;
     let results = sandbox.check()?;

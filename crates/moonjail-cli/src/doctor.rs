@@ -113,6 +113,7 @@ pub fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `moonjail doctor` where there is no isolation to probe.
 #[cfg(not(target_os = "linux"))]
 pub fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     let mut out = output::stdout();

@@ -23,6 +23,7 @@ pub enum ProfileCommand {
     },
 }
 
+/// Lists the profiles, or prints what one exposes.
 pub fn profile(command: ProfileCommand) -> anyhow::Result<ExitCode> {
     let mut out = output::stdout();
     match command {

@@ -45,6 +45,8 @@ pub struct RunArgs {
     pub sandbox: SandboxArgs,
 }
 
+/// Reads the script and the input (each under its limit), runs once, prints the outcome;
+/// status 1 when the script failed.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let source_limit = args::size(&args.sandbox.source_limit).context("--source-limit")?;
     let input_limit = args::size(&args.input_limit).context("--input-limit")?;

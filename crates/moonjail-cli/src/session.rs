@@ -126,6 +126,7 @@ fn read_line(
     Ok(Line::Text)
 }
 
+/// Answers request lines until `close`, the end of stdin or a closed stdout.
 pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
     let limit = match &args.request_limit {
         Some(text) => args::size(text).context("--request-limit")?,
