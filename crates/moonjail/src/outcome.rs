@@ -69,6 +69,13 @@ impl Outcome {
         Outcome::bare(Err(error), wall)
     }
 
+    /// The outcome of a request refused before any script ran (a front end's usage
+    /// error, say): `error`, no output, zero stats. Front ends build every error
+    /// document from this, so it has the one shape of the contract.
+    pub fn from_error(error: Error) -> Outcome {
+        Outcome::failed(error, Duration::ZERO)
+    }
+
     /// True when the run succeeded.
     pub fn is_ok(&self) -> bool {
         self.result.is_ok()

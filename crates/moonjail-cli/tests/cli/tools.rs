@@ -4,151 +4,12 @@
 //! in process and with `--isolate` (the script in a worker, the tools in `moonjail`),
 //! for `run` and for `session`.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 
-// The example's own server code, so the test runs against exactly what the README starts.
-#[allow(dead_code)]
-#[path = "../examples/fixture_server.rs"]
-mod fixture_server;
-
-// ---------------------------------------------------------------------------------------
-// Harness.
-// ---------------------------------------------------------------------------------------
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "moonjail-cli-tools-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("create the temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, contents).expect("write a test file");
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[derive(Debug)]
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Json {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
-    }
-}
-
-/// Runs the built `moonjail` in `dir`.
-fn moonjail(dir: &Path, args: &[&str]) -> Out {
-    moonjail_with_input(dir, args, "")
-}
-
-/// Runs the built `moonjail` in `dir` with `input` on its stdin. With `--isolate` the
-/// binary serves as its own worker.
-fn moonjail_with_input(dir: &Path, args: &[&str], input: &str) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_moonjail"))
-        .args(args)
-        .current_dir(dir)
-        .env("MOONJAIL_WORKER", env!("CARGO_BIN_EXE_moonjail"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run moonjail");
-    let mut stdin = child.stdin.take().expect("a stdin pipe");
-    stdin.write_all(input.as_bytes()).expect("write the input");
-    drop(stdin);
-    let out = child.wait_with_output().expect("wait for moonjail");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// The flags that run a command in a worker process on this machine: `--isolate`, and
-/// `--allow-missing` for the layers `moonjail doctor` finds unusable here.
-fn isolate_flags() -> Vec<String> {
-    static FLAGS: OnceLock<Vec<String>> = OnceLock::new();
-    FLAGS
-        .get_or_init(|| {
-            let out = moonjail(Path::new("."), &["doctor", "--json"]);
-            let doc: Json = serde_json::from_str(&out.stdout)
-                .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {out:?}"));
-            let missing: Vec<&str> = doc["layers"]
-                .as_array()
-                .expect("a layer list")
-                .iter()
-                .filter(|l| l["usable"] == Json::Bool(false))
-                .map(|l| l["layer"].as_str().unwrap())
-                .collect();
-            let mut flags = vec!["--isolate".to_string()];
-            if !missing.is_empty() {
-                flags.extend(["--allow-missing".to_string(), missing.join(",")]);
-            }
-            flags
-        })
-        .clone()
-}
-
-/// `args` with the isolation flags appended when `isolate`.
-fn with_isolation<'a>(args: &[&'a str], isolate: bool, flags: &'a [String]) -> Vec<&'a str> {
-    let mut all = args.to_vec();
-    if isolate {
-        all.extend(flags.iter().map(String::as_str));
-    }
-    all
-}
-
-/// A `--json` document without what varies between runs (timings, memory).
-fn essence(mut doc: Json) -> Json {
-    if let Some(obj) = doc.as_object_mut() {
-        obj.remove("stats");
-    }
-    if let Some(calls) = doc.get_mut("tool_calls").and_then(Json::as_array_mut) {
-        for call in calls {
-            if let Some(obj) = call.as_object_mut() {
-                obj.remove("ms");
-            }
-        }
-    }
-    doc
-}
-
-/// The repository root (the README's commands run from there).
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use crate::fixture_server;
+use crate::support::*;
 
 /// A command tool in a few lines of shell: `calc.add(a, b)` prints a + b; an argument
 /// that is not a number makes it fail with a message on stderr.
@@ -193,6 +54,7 @@ fn a_shell_command_tool_used_from_a_script() {
             "greet=sh greet.sh",
             "--json",
         ],
+        None,
     );
     assert_eq!(out.code, Some(0), "{out:?}");
     let doc = out.json();
@@ -228,6 +90,7 @@ fn an_uncaught_tool_error_fails_the_run_with_its_message() {
             "--tool",
             "calc.add=sh add.sh",
         ],
+        None,
     );
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
@@ -250,6 +113,7 @@ fn invalid_json_output_is_a_tool_error() {
             "bad=echo 'not json'; echo 'a warning' >&2",
             "--json",
         ],
+        None,
     );
     assert_eq!(out.code, Some(0), "{out:?}");
     let r = &out.json()["result"];
@@ -278,6 +142,7 @@ fn a_command_tool_is_killed_at_the_run_deadline() {
             "300ms",
             "--json",
         ],
+        None,
     );
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(out.json()["error"]["kind"], json!("timeout"));
@@ -307,7 +172,7 @@ fn tool_flags_are_checked() {
     ] {
         let mut all = vec!["run", "-e", "return 1"];
         all.extend(args.iter());
-        let out = moonjail(dir.path(), &all);
+        let out = moonjail(dir.path(), &all, None);
         assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
         assert!(out.stderr.contains(fragment), "{args:?}: {out:?}");
     }
@@ -315,7 +180,7 @@ fn tool_flags_are_checked() {
 
 #[test]
 fn help_teaches_the_tool_flags() {
-    let out = moonjail(&repo(), &["run", "--help"]);
+    let out = moonjail(&repo(), &["run", "--help"], None);
     assert_eq!(out.code, Some(0));
     for fragment in [
         "--tool <NAME=COMMAND>",
@@ -346,6 +211,7 @@ fn the_help_example_command_tool_works() {
             "--tool",
             "calc.add=sh add.sh",
         ],
+        None,
     );
     assert_eq!((out.code, out.stdout.trim()), (Some(0), "5"), "{out:?}");
 }
@@ -376,8 +242,8 @@ fn an_isolated_run_uses_a_shell_command_tool_as_in_process() {
         "greet=sh greet.sh",
         "--json",
     ];
-    let local = moonjail(dir.path(), &args);
-    let isolated = moonjail(dir.path(), &with_isolation(&args, true, &flags));
+    let local = moonjail(dir.path(), &args, None);
+    let isolated = moonjail(dir.path(), &with_isolation(&args, true, &flags), None);
     assert_eq!(isolated.code, Some(0), "{isolated:?}");
     let doc = isolated.json();
     assert_eq!(doc["result"]["sum"], json!(5));
@@ -415,7 +281,7 @@ fn an_isolated_run_uses_a_shell_command_tool_as_in_process() {
         "--json",
     ];
     let start = Instant::now();
-    let out = moonjail(dir.path(), &with_isolation(&args, true, &flags));
+    let out = moonjail(dir.path(), &with_isolation(&args, true, &flags), None);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(out.json()["error"]["kind"], json!("timeout"));
     assert_eq!(out.json()["tool_calls"][0]["name"], json!("slow"));
@@ -442,10 +308,10 @@ fn a_session_has_tools_with_an_audit_per_request() {
             continue;
         }
         let args = ["session", "--tool", "calc.add=sh add.sh", "--timeout", "5s"];
-        let out = moonjail_with_input(
+        let out = moonjail(
             dir.path(),
             &with_isolation(&args, isolate, &flags),
-            &requests,
+            Some(requests.as_bytes()),
         );
         assert_eq!(out.code, Some(0), "{out:?}");
         let docs: Vec<Json> = out
@@ -505,6 +371,7 @@ fn agent_http_example_runs_against_the_fixture_server() {
             "--require-run",
             "--json",
         ],
+        None,
     );
     assert_eq!(out.code, Some(0), "{out:?}");
     let doc = out.json();
@@ -530,7 +397,7 @@ fn agent_http_example_runs_against_the_fixture_server() {
             "--require-run",
             "--json",
         ];
-        let out = moonjail(&repo(), &with_isolation(&args, true, &flags));
+        let out = moonjail(&repo(), &with_isolation(&args, true, &flags), None);
         assert_eq!(out.code, Some(0), "{out:?}");
         assert_eq!(essence(out.json()), essence(doc.clone()));
     }
@@ -547,6 +414,7 @@ fn agent_http_example_runs_against_the_fixture_server() {
             "--input",
             &input.to_string(),
         ],
+        None,
     );
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
@@ -563,6 +431,7 @@ fn agent_http_example_runs_against_the_fixture_server() {
             "--input",
             &input.to_string(),
         ],
+        None,
     );
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("global 'http'"), "{out:?}");
@@ -575,7 +444,11 @@ fn allow_http_refuses_names_that_resolve_to_loopback() {
     let code = format!("return http.get({url:?}).status");
     let by_name = format!("localhost:{port}");
     let by_addr = format!("127.0.0.1:{port}");
-    let out = moonjail(&repo(), &["run", "-e", &code, "--allow-http", &by_name]);
+    let out = moonjail(
+        &repo(),
+        &["run", "-e", &code, "--allow-http", &by_name],
+        None,
+    );
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
         out.stderr.contains("localhost resolves to 127.0.0.1"),
@@ -592,6 +465,7 @@ fn allow_http_refuses_names_that_resolve_to_loopback() {
             "--allow-http",
             &by_addr,
         ],
+        None,
     );
     assert_eq!((out.code, out.stdout.trim()), (Some(0), "200"), "{out:?}");
 }

@@ -1,176 +1,14 @@
-//! The `moonjail` command line, through the built binary, in a temporary directory.
+//! `moonjail run`: sources, input, failures and exit statuses, limits, profiles.
 //!
-//! The contract under test (DESIGN.md): `run [FILE|-] [-e CODE] [--input JSON|@FILE] ...
-//! [--json]`, one JSON document `{"ok", "result", "output", "error": {"kind", "message",
-//! "line"} | null, "stats": {"wall_ms", "memory_bytes", "instructions"}}`, human mode
-//! printing output then the result (errors on stderr with the line), and exit statuses
-//! 0 (the script succeeded), 1 (it failed, any kind), 2 (the command was misused).
-
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! The contract under test: `run [FILE|-] [-e CODE] [--input JSON|@FILE] ... [--json]`,
+//! one JSON document `{"ok", "result", "output", "error": {"kind", "message", "line"} |
+//! null, "stats": {"wall_ms", "memory_bytes", "instructions"}}`, human mode printing
+//! output then the result (errors on stderr with the line), and exit statuses 0 (the
+//! script succeeded), 1 (it failed, any kind), 2 (the command was misused).
 
 use serde_json::{json, Value as Json};
 
-// ---------------------------------------------------------------------------------------
-// Harness.
-// ---------------------------------------------------------------------------------------
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "moonjail-cli-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("create the temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, contents).expect("write a test file");
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// What one invocation did.
-#[derive(Debug)]
-struct Out {
-    /// The exit status; None when the process died of a signal.
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Json {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
-    }
-}
-
-fn moonjail(dir: &TempDir, args: &[&str], stdin: Option<&[u8]>) -> Out {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moonjail"));
-    cmd.args(args)
-        .current_dir(dir.path())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start moonjail");
-    if let Some(bytes) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin pipe");
-        pipe.write_all(bytes).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait for moonjail");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn mj(args: &[&str]) -> Out {
-    moonjail(&TempDir::new(), args, None)
-}
-
-/// `moonjail run -e CODE EXTRA... --json`: the exit status and the document.
-fn json_eval(code: &str, extra: &[&str]) -> (Option<i32>, Json) {
-    let mut args = vec!["run", "-e", code];
-    args.extend_from_slice(extra);
-    args.push("--json");
-    let out = mj(&args);
-    let doc = out.json();
-    (out.code, doc)
-}
-
-fn assert_misuse(out: &Out, fragment: &str) {
-    assert_eq!(out.code, Some(2), "misuse must exit 2: {out:?}");
-    assert!(out.stdout.is_empty(), "nothing on stdout: {out:?}");
-    assert!(
-        out.stderr.contains(fragment),
-        "stderr lacks {fragment:?}: {out:?}"
-    );
-}
-
-/// The stable shape of the `--json` document.
-fn assert_document_shape(doc: &Json) {
-    let obj = doc.as_object().expect("an object");
-    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-    keys.sort();
-    assert_eq!(keys, ["error", "ok", "output", "result", "stats"], "{doc}");
-    assert!(doc["ok"].is_boolean());
-    assert!(doc["output"].is_string());
-    let stats = doc["stats"].as_object().expect("stats is an object");
-    let mut skeys: Vec<&str> = stats.keys().map(String::as_str).collect();
-    skeys.sort();
-    assert_eq!(skeys, ["instructions", "memory_bytes", "wall_ms"], "{doc}");
-    assert!(
-        doc["stats"]["wall_ms"].as_f64().is_some_and(|w| w >= 0.0),
-        "{doc}"
-    );
-    assert!(doc["stats"]["memory_bytes"].is_u64(), "{doc}");
-    assert!(
-        doc["stats"]["instructions"].is_null() || doc["stats"]["instructions"].is_u64(),
-        "{doc}"
-    );
-    if doc["ok"] == json!(true) {
-        assert!(doc["error"].is_null(), "{doc}");
-    } else {
-        assert!(doc["result"].is_null(), "{doc}");
-        let err = doc["error"]
-            .as_object()
-            .expect("error is an object on failure");
-        let mut ekeys: Vec<&str> = err.keys().map(String::as_str).collect();
-        ekeys.sort();
-        assert_eq!(ekeys, ["kind", "line", "message"], "{doc}");
-        let kinds = [
-            "syntax",
-            "runtime",
-            "memory_limit",
-            "instruction_limit",
-            "timeout",
-            "output_limit",
-            "input",
-            "result",
-            "forbidden",
-            "killed",
-            "internal",
-        ];
-        assert!(
-            kinds.contains(&doc["error"]["kind"].as_str().unwrap()),
-            "{doc}"
-        );
-        assert!(doc["error"]["message"].is_string());
-        assert!(
-            doc["error"]["line"].is_null() || doc["error"]["line"].is_u64(),
-            "{doc}"
-        );
-    }
-}
-
-fn kind(doc: &Json) -> &str {
-    doc["error"]["kind"].as_str().unwrap_or("(none)")
-}
+use crate::support::*;
 
 // ---------------------------------------------------------------------------------------
 // run: sources.
@@ -556,144 +394,133 @@ fn profiles_on_the_command_line() {
 }
 
 // ---------------------------------------------------------------------------------------
-// profile.
+// run: bounded reads. The script and the input are read up to their limit plus one byte,
+// never further, whatever the source: `/dev/zero` fails at once instead of filling memory.
 // ---------------------------------------------------------------------------------------
 
+fn dev_zero() -> std::process::Stdio {
+    std::fs::File::open("/dev/zero").expect("/dev/zero").into()
+}
+
 #[test]
-fn profile_list() {
-    let out = mj(&["profile", "list"]);
-    assert_eq!(out.code, Some(0));
-    let names: Vec<&str> = out
-        .stdout
-        .lines()
-        .map(|l| l.split_whitespace().next().unwrap())
-        .collect();
-    assert_eq!(names[..2], ["minimal", "standard"], "{out:?}");
-    assert!(
-        out.stdout.lines().all(|l| l.split_whitespace().count() > 1),
-        "each has a summary"
-    );
-    // Every listed profile can be shown and used.
-    for name in names {
-        assert_eq!(mj(&["profile", "show", name]).code, Some(0), "show {name}");
-        let (code, doc) = json_eval("return 1", &["--profile", name]);
-        assert_eq!(
-            (code, &doc["result"]),
-            (Some(0), &json!(1)),
-            "run --profile {name}"
-        );
+fn a_script_over_the_source_limit_is_refused_before_it_is_read_whole() {
+    let dir = TempDir::new();
+    let cases: &[(&[&str], bool, &str)] = &[
+        (
+            &["run", "/dev/zero", "--source-limit", "1KiB"],
+            false,
+            "1024",
+        ),
+        (&["run", "-", "--source-limit", "1KiB"], true, "1024"),
+        // The default limit (1 MiB) bounds the read too.
+        (&["run", "/dev/zero"], false, "1048576"),
+        (&["run", "-"], true, "1048576"),
+    ];
+    for (args, stdin, limit) in cases {
+        let stdin = if *stdin {
+            dev_zero()
+        } else {
+            std::process::Stdio::null()
+        };
+        let out = capped(&dir, args, stdin);
+        assert_misuse(&out, "--source-limit");
+        assert!(out.stderr.contains(limit), "{args:?}: {out:?}");
     }
 }
 
 #[test]
-fn profile_show_text() {
-    let out = mj(&["profile", "show", "standard"]);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(out.stdout.starts_with("profile standard: "), "{out:?}");
-    assert!(out.stdout.contains("nothing else exists in the sandbox"));
-    let line = |name: &str| {
-        out.stdout
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .unwrap_or_else(|| panic!("no line for {name}: {}", out.stdout))
-            .to_string()
-    };
-    assert!(line("setmetatable").contains("__gc"));
-    assert!(line("collectgarbage").contains("count"));
-    assert!(line("string.find").contains("metered"));
-    assert_eq!(line("string.upper").trim(), "string.upper");
-    assert!(!out.stdout.contains("string.dump"));
-    let out = mj(&["profile", "show", "minimal"]);
-    assert_eq!(out.code, Some(0));
-    assert!(!out
-        .stdout
-        .lines()
-        .any(|l| l.trim_start().starts_with("load")));
-    assert_misuse(&mj(&["profile", "show", "nope"]), "unknown profile");
-}
-
-#[test]
-fn profile_show_json() {
-    let out = mj(&["profile", "show", "standard", "--json"]);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let doc = out.json();
-    assert_eq!(doc["name"], json!("standard"));
-    assert!(doc["summary"].as_str().is_some_and(|s| !s.is_empty()));
-    let items = doc["items"].as_array().expect("items");
-    let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
-    for want in [
-        "print",
-        "load",
-        "_G",
-        "json",
-        "string.format",
-        "coroutine.wrap",
-        "os.time",
-        "utf8.char",
-    ] {
-        assert!(names.contains(&want), "{want} missing from {names:?}");
-    }
-    for absent in [
-        "string.dump",
-        "os.execute",
-        "io",
-        "require",
-        "debug",
-        "package",
-    ] {
-        assert!(!names.contains(&absent), "{absent} must not be listed");
-    }
-    for item in items {
-        let keys: Vec<&String> = item.as_object().unwrap().keys().collect();
-        assert_eq!(keys.len(), 2, "{item}");
-        assert!(
-            item["guard"].is_null() || item["guard"].is_string(),
-            "{item}"
-        );
-    }
-    let guard = |n: &str| items.iter().find(|i| i["name"] == json!(n)).unwrap()["guard"].clone();
-    assert!(guard("load").as_str().unwrap().contains("binary"));
-    assert_eq!(guard("string.upper"), Json::Null);
-
-    let out = mj(&["profile", "show", "minimal", "--json"]);
-    let doc = out.json();
-    let names: Vec<&str> = doc["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap())
-        .collect();
-    assert!(!names.contains(&"load") && !names.contains(&"json") && !names.contains(&"_G"));
-    assert!(names.contains(&"pcall") && names.contains(&"string.rep"));
-}
-
-#[test]
-fn run_help_example_works() {
-    let out = mj(&["run", "--help"]);
-    let example = out
-        .stdout
-        .lines()
-        .find(|l| l.contains("echo '"))
-        .expect("the stdin example");
-    let code = example.split('\'').nth(1).expect("quoted code");
+fn a_script_of_exactly_the_source_limit_runs() {
+    let dir = TempDir::new();
+    let script = format!("return 1 --{}", "x".repeat(1024 - 11));
+    assert_eq!(script.len(), 1024);
+    dir.write("exact.lua", &script);
+    dir.write("over.lua", format!("{script}x"));
+    let out = moonjail(&dir, &["run", "exact.lua", "--source-limit", "1KiB"], None);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "1\n"), "{out:?}");
     let out = moonjail(
-        &TempDir::new(),
-        &["run", "-", "--input", r#"{"n": 21}"#, "--json"],
-        Some(code.as_bytes()),
+        &dir,
+        &["run", "-", "--source-limit", "1KiB"],
+        Some(script.as_bytes()),
     );
-    assert_eq!(out.code, Some(0), "{code}: {out:?}");
-    assert_eq!(out.json()["result"], json!(42));
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "1\n"), "{out:?}");
+    assert_misuse(
+        &moonjail(&dir, &["run", "over.lua", "--source-limit", "1KiB"], None),
+        "reading over.lua: the script is over the --source-limit of 1024 bytes",
+    );
+    // `none` reads it all.
+    let out = moonjail(&dir, &["run", "over.lua", "--source-limit", "none"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
 }
 
 #[test]
-fn help_and_version() {
-    let out = mj(&["--help"]);
-    assert_eq!(out.code, Some(0));
-    assert!(out.stdout.contains("run"));
-    let out = mj(&["run", "--help"]);
-    assert_eq!(out.code, Some(0));
-    assert!(out.stdout.contains("--input") && out.stdout.contains("--json"));
-    let out = mj(&["--version"]);
-    assert_eq!(out.code, Some(0));
-    assert!(out.stdout.starts_with("moonjail "), "{out:?}");
+fn the_input_is_read_up_to_the_input_limit() {
+    let dir = TempDir::new();
+    // From an endless file: refused at once, under the default limit and a given one.
+    for extra in [&[][..], &["--input-limit", "1KiB"][..]] {
+        let mut args = vec!["run", "-e", "return 1", "--input", "@/dev/zero"];
+        args.extend_from_slice(extra);
+        let out = capped(&dir, &args, std::process::Stdio::null());
+        assert_misuse(&out, "--input-limit");
+    }
+    // Exactly the limit passes, a byte more does not, inline or from a file.
+    let exact = format!("\"{}\"", "x".repeat(14)); // 16 bytes
+    dir.write("exact.json", &exact);
+    dir.write("over.json", format!("{exact} "));
+    for input in ["@exact.json", exact.as_str()] {
+        let out = moonjail(
+            &dir,
+            &[
+                "run",
+                "-e",
+                "return #...",
+                "--input",
+                input,
+                "--input-limit",
+                "16",
+            ],
+            None,
+        );
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (Some(0), "14\n"),
+            "{out:?}"
+        );
+    }
+    let over_inline = format!("{exact} ");
+    for input in ["@over.json", over_inline.as_str()] {
+        assert_misuse(
+            &moonjail(
+                &dir,
+                &[
+                    "run",
+                    "-e",
+                    "return 1",
+                    "--input",
+                    input,
+                    "--input-limit",
+                    "16",
+                ],
+                None,
+            ),
+            "over the --input-limit of 16 bytes",
+        );
+    }
+    let out = moonjail(
+        &dir,
+        &[
+            "run",
+            "-e",
+            "return #...",
+            "--input",
+            "@over.json",
+            "--input-limit",
+            "none",
+        ],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_misuse(
+        &moonjail(&dir, &["run", "-e", "1", "--input-limit", "lots"], None),
+        "--input-limit",
+    );
 }

@@ -1,32 +1,15 @@
-//! `moonjail run --isolate` and `moonjail doctor`, through the built binary. The binary
-//! serves as its own worker (`MOONJAIL_WORKER` points at it), so these tests also prove
-//! that an embedding program can run isolated with nothing but `run_if_worker()` in main.
-
-use std::process::Command;
+//! `moonjail run --isolate` and `moonjail doctor`. The binary serves as its own worker
+//! (`MOONJAIL_WORKER` points at it), so these tests also prove that an embedding program
+//! can run isolated with nothing but `run_if_worker()` in main.
 
 use serde_json::Value as Json;
 
-const MOONJAIL: &str = env!("CARGO_BIN_EXE_moonjail");
+use crate::support::*;
 
-fn moonjail(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(MOONJAIL)
-        .args(args)
-        .env("MOONJAIL_WORKER", MOONJAIL)
-        .output()
-        .expect("run moonjail");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `doctor --json`, parsed; also says whether every layer is usable here.
-fn doctor() -> (Option<i32>, Json) {
-    let (code, stdout, stderr) = moonjail(&["doctor", "--json"]);
-    let doc: Json = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {stdout} {stderr}"));
-    (code, doc)
+/// `moonjail ARGS`: the exit status, stdout and stderr.
+fn moonjail_here(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = moonjail(".", args, None);
+    (out.code, out.stdout, out.stderr)
 }
 
 /// `--allow-missing` for the layers this machine lacks.
@@ -49,7 +32,7 @@ fn run_isolated(extra: &[&str]) -> (Option<i32>, String, String) {
         args.extend(["--allow-missing", &missing]);
     }
     args.extend(extra);
-    moonjail(&args)
+    moonjail_here(&args)
 }
 
 #[test]
@@ -101,7 +84,7 @@ fn doctor_json_lists_every_layer_and_its_exit_status_follows() {
 
 #[test]
 fn doctor_prints_one_line_per_layer() {
-    let (code, stdout, _) = moonjail(&["doctor"]);
+    let (code, stdout, _) = moonjail_here(&["doctor"]);
     assert!(matches!(code, Some(0 | 1)));
     for layer in ["fds", "network-namespace", "landlock", "seccomp"] {
         assert!(
@@ -139,9 +122,10 @@ fn run_isolate_kills_a_long_c_call_at_the_deadline() {
 
 #[test]
 fn allow_missing_needs_isolate_and_known_layers() {
-    let (code, _, stderr) = moonjail(&["run", "--allow-missing", "landlock", "-e", "return 1"]);
+    let (code, _, stderr) =
+        moonjail_here(&["run", "--allow-missing", "landlock", "-e", "return 1"]);
     assert_eq!(code, Some(2), "{stderr}");
-    let (code, _, stderr) = moonjail(&[
+    let (code, _, stderr) = moonjail_here(&[
         "run",
         "--isolate",
         "--allow-missing",

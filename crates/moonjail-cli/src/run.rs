@@ -1,0 +1,165 @@
+//! `moonjail run`: one script, one fresh sandbox.
+
+use std::borrow::Cow;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use moonjail::{Diagnostics, RunOptions};
+
+use crate::args::{self, SandboxArgs};
+use crate::output;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The script to run; `-` reads it from standard input.
+    #[arg(
+        value_name = "FILE|-",
+        required_unless_present = "code",
+        conflicts_with = "code"
+    )]
+    pub file: Option<PathBuf>,
+    /// Run CODE instead of a file.
+    #[arg(short = 'e', long = "eval", value_name = "CODE")]
+    pub code: Option<String>,
+    /// The input, as JSON text or @FILE. Default: null.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub input: Option<String>,
+    /// Limit on the input's size (inline or @FILE, which is read no further); `none` for
+    /// no limit.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB")]
+    pub input_limit: String,
+    /// Fail if the script defines no global function `run`.
+    #[arg(long)]
+    pub require_run: bool,
+    /// Fail if the result is not a table.
+    #[arg(long)]
+    pub require_table: bool,
+    /// Print one JSON document: {"ok", "result", "output", "error", "stats"}. A misuse
+    /// (status 2) is one such document too, error kind "input".
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// Reads the script and the input (each under its limit), runs once, prints the outcome;
+/// status 1 when the script failed.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let source_limit = args::size(&args.sandbox.source_limit).context("--source-limit")?;
+    let input_limit = args::size(&args.input_limit).context("--input-limit")?;
+    let over_source = "the script is over the --source-limit";
+    let (source, name) = match (&args.code, &args.file) {
+        // Already in memory; the sandbox applies the source limit to it.
+        (Some(code), _) => (code.clone().into_bytes(), "(command line)".to_string()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let buf = read_capped(std::io::stdin().lock(), source_limit, over_source)
+                .context("reading the script from standard input")?;
+            (buf, "stdin".to_string())
+        }
+        (None, Some(path)) => {
+            let buf = std::fs::File::open(path)
+                .map_err(anyhow::Error::from)
+                .and_then(|file| read_capped(file, source_limit, over_source))
+                .with_context(|| format!("reading {}", path.display()))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "script".into());
+            (buf, name)
+        }
+        (None, None) => bail!("give a FILE, `-` for standard input, or -e CODE"),
+    };
+    let over_input = "the input is over the --input-limit";
+    let input: serde_json::Value = match &args.input {
+        None => serde_json::Value::Null,
+        Some(text) => {
+            let bytes: Cow<[u8]> = match text.strip_prefix('@') {
+                Some(path) => std::fs::File::open(path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|file| read_capped(file, input_limit, over_input))
+                    .with_context(|| format!("reading {path}"))?
+                    .into(),
+                None => match input_limit {
+                    Some(limit) if text.len() > limit => {
+                        bail!("--input: {over_input} of {limit} bytes")
+                    }
+                    _ => text.as_bytes().into(),
+                },
+            };
+            serde_json::from_slice(&bytes).context("--input is not valid JSON")?
+        }
+    };
+    let sandbox = args.sandbox.build(args.require_run, args.require_table)?;
+    let outcome = sandbox.run_with(&source, &input, &RunOptions { chunk_name: &name });
+
+    let mut stdout = output::stdout();
+    if args.json {
+        writeln!(stdout, "{}", outcome.to_json())?;
+    } else {
+        stdout.write_all(outcome.output.as_bytes())?;
+        if let Some(d) = &outcome.diagnostics {
+            stdout.flush()?;
+            output::warn(format_args!("{}", render_diagnostics(d).trim_end()));
+        }
+        match &outcome.result {
+            Ok(serde_json::Value::Null) => {}
+            Ok(v) => writeln!(stdout, "{}", serde_json::to_string_pretty(v)?)?,
+            Err(e) => {
+                stdout.flush()?;
+                let line = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
+                output::warn(format_args!(
+                    "moonjail: {} error{line}: {}",
+                    e.kind, e.message
+                ));
+            }
+        }
+    }
+    stdout.flush()?;
+    Ok(if outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::FAILED)
+    })
+}
+
+/// A readable table of what a run touched (printed on stderr in human mode).
+fn render_diagnostics(d: &Diagnostics) -> String {
+    let mut out = String::from("-- diagnostics --\n");
+    let mut section = |title: &str, map: &std::collections::BTreeMap<String, u64>| {
+        if map.is_empty() {
+            return;
+        }
+        out.push_str(&format!("{title}:\n"));
+        for (name, n) in map {
+            out.push_str(&format!("  {name:<28} x{n}\n"));
+        }
+    };
+    section("globals read", &d.globals_read);
+    section("globals written", &d.globals_written);
+    section("library members used", &d.library);
+    section("missing (read but never defined)", &d.missing);
+    if !d.require.is_empty() {
+        out.push_str("require:\n");
+        for r in &d.require {
+            let found = if r.found { "found" } else { "NOT FOUND" };
+            out.push_str(&format!("  {:<28} {found}\n", r.name));
+        }
+    }
+    out
+}
+
+/// Reads all of `reader`, or fails as soon as it has given more than `limit` bytes: at
+/// most `limit + 1` bytes are ever held, whatever the source (`/dev/zero`, an endless
+/// pipe). `over` says what was over which flag.
+fn read_capped(reader: impl Read, limit: Option<usize>, over: &str) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let max = limit.map_or(u64::MAX, |l| (l as u64).saturating_add(1));
+    reader.take(max).read_to_end(&mut buf)?;
+    match limit {
+        Some(limit) if buf.len() > limit => bail!("{over} of {limit} bytes"),
+        _ => Ok(buf),
+    }
+}

@@ -1,0 +1,326 @@
+//! `moonjail session`: one persistent sandbox driven over JSON lines.
+//!
+//! Whatever arrives on stdin, the session answers each line and goes on: a line that is
+//! not UTF-8, not JSON, not a known request or longer than `--request-limit` gets an
+//! `input` error response. Only `close`, the end of stdin, a read error or a closed stdout
+//! end it.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::args::{self, SandboxArgs};
+use crate::output;
+
+#[derive(Args, Debug)]
+pub struct SessionArgs {
+    /// Limit on one request line; a longer line is skipped (never held in memory) and
+    /// answered with an `input` error. Default: 16MiB plus --source-limit (none when
+    /// --source-limit is none); `none` for no limit.
+    #[arg(long, value_name = "SIZE")]
+    pub request_limit: Option<String>,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// The default request limit on top of the source limit: room for `call` arguments, and
+/// for the JSON escaping of an `exec` request's code.
+const REQUEST_OVERHEAD: usize = 16 << 20;
+
+/// The ops of [`Request`], as a request spells them.
+const OPS: [&str; 4] = ["exec", "call", "has_function", "close"];
+
+/// One request, `id` aside (it is echoed whatever it is, so it is taken out first).
+#[derive(Deserialize, Debug, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum Request {
+    /// Run a chunk in the session's state.
+    Exec {
+        #[serde(deserialize_with = "field::code")]
+        code: String,
+    },
+    /// Call a global function with JSON arguments (absent or null: none).
+    Call {
+        #[serde(deserialize_with = "field::function")]
+        function: String,
+        #[serde(default, deserialize_with = "field::args")]
+        args: Option<Vec<Value>>,
+    },
+    /// Whether a global function of that name exists.
+    HasFunction {
+        #[serde(deserialize_with = "field::name")]
+        name: String,
+    },
+    /// End the session. A struct variant so that unknown fields are refused here too.
+    Close {},
+}
+
+/// Field deserializers that name their field: serde's "invalid type: integer `5`,
+/// expected a string" alone does not say which field was wrong.
+mod field {
+    use serde::de::{Deserialize, Deserializer, Error};
+    use serde_json::Value;
+
+    fn named<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+        name: &str,
+    ) -> Result<T, D::Error> {
+        T::deserialize(d).map_err(|e| D::Error::custom(format_args!("field `{name}`: {e}")))
+    }
+
+    pub fn code<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        named(d, "code")
+    }
+
+    pub fn function<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        named(d, "function")
+    }
+
+    pub fn args<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Value>>, D::Error> {
+        named(d, "args")
+    }
+
+    pub fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        named(d, "name")
+    }
+}
+
+/// One line of input, read under the request limit.
+#[derive(Debug, PartialEq)]
+enum Line {
+    /// A line (without its newline) in the caller's buffer.
+    Text,
+    /// A line longer than `limit`, skipped up to and including its newline.
+    TooLong { limit: usize },
+    /// The end of the input.
+    End,
+}
+
+/// Reads one line into `buf`, holding at most `limit + 1` bytes of it: past that the rest
+/// of the line is skipped in the reader's own chunks, never buffered.
+fn read_line(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    limit: Option<usize>,
+) -> std::io::Result<Line> {
+    buf.clear();
+    let max = limit.map_or(u64::MAX, |l| (l as u64).saturating_add(1));
+    let n = std::io::Read::take(&mut *reader, max).read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(Line::End);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        return Ok(Line::Text);
+    }
+    if let Some(limit) = limit.filter(|&l| buf.len() > l) {
+        buf.clear();
+        reader.skip_until(b'\n')?;
+        return Ok(Line::TooLong { limit });
+    }
+    // The last line, without a newline.
+    Ok(Line::Text)
+}
+
+/// Answers request lines until `close`, the end of stdin or a closed stdout.
+pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
+    let limit = match &args.request_limit {
+        Some(text) => args::size(text).context("--request-limit")?,
+        None => args::size(&args.sandbox.source_limit)
+            .context("--source-limit")?
+            .map(|source| source.saturating_add(REQUEST_OVERHEAD)),
+    };
+    let sandbox = args.sandbox.build(false, false)?;
+    let mut vm = sandbox.session()?;
+    let mut stdin = std::io::stdin().lock();
+    let mut stdout = output::stdout();
+    let mut buf = Vec::new();
+    loop {
+        let line = read_line(&mut stdin, &mut buf, limit)
+            .context("reading a request from standard input")?;
+        let (response, close) = match line {
+            Line::End => break,
+            Line::TooLong { limit } => (
+                input_error(
+                    Value::Null,
+                    format!(
+                        "the request is over the --request-limit of {limit} bytes; it was skipped"
+                    ),
+                ),
+                false,
+            ),
+            Line::Text if buf.trim_ascii().is_empty() => continue,
+            Line::Text => match std::str::from_utf8(&buf) {
+                Ok(text) => answer(&mut vm, text),
+                Err(e) => (
+                    input_error(
+                        Value::Null,
+                        format!(
+                            "the request is not UTF-8 (invalid byte at offset {})",
+                            e.valid_up_to()
+                        ),
+                    ),
+                    false,
+                ),
+            },
+        };
+        writeln!(stdout, "{response}")?;
+        stdout.flush()?;
+        if close {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The response to a request that could not be carried out as written: the shape of
+/// every response, with an `input` error.
+fn input_error(id: Value, message: String) -> Value {
+    json!({"id": id, "ok": false, "result": null, "output": "", "stats": null,
+           "error": {"kind": "input", "message": message, "line": null}})
+}
+
+/// Answers one request line; true when the session should end.
+fn answer(vm: &mut moonjail::Session, line: &str) -> (Value, bool) {
+    let (id, request) = match parse(line) {
+        Ok(parsed) => parsed,
+        Err((id, message)) => return (input_error(id, message), false),
+    };
+    let outcome = match request {
+        Request::Exec { code } => vm.exec(code),
+        Request::Call { function, args } => vm.call(&function, &args.unwrap_or_default()),
+        Request::HasFunction { name } => match vm.has_function(&name) {
+            Ok(has) => {
+                let doc = json!({"id": id, "ok": true, "result": has, "output": "",
+                                 "error": null, "stats": null});
+                return (doc, false);
+            }
+            // A closed session refuses has_function as it refuses every other op.
+            Err(error) => moonjail::Outcome::from_error(error),
+        },
+        Request::Close {} => {
+            let doc = json!({"id": id, "ok": true, "result": null, "output": "",
+                             "error": null, "stats": null});
+            return (doc, true);
+        }
+    };
+    let mut doc = outcome.to_json();
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("id".into(), id);
+    }
+    (doc, false)
+}
+
+/// A request line as its id and request, or the id (null when unreadable) and why not.
+fn parse(line: &str) -> Result<(Value, Request), (Value, String)> {
+    let value: Value = serde_json::from_str(line)
+        .map_err(|e| (Value::Null, format!("the request is not JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err((
+            Value::Null,
+            "a request is a JSON object, e.g. {\"id\": 1, \"op\": \"exec\", \"code\": \"return 1\"}"
+                .into(),
+        ));
+    };
+    let id = fields.remove("id").unwrap_or(Value::Null);
+    let op = match fields.get("op") {
+        Some(Value::String(op)) => op.clone(),
+        Some(other) => {
+            return Err((
+                id,
+                format!("\"op\" must be a string (exec, call, has_function, close), not {other}"),
+            ))
+        }
+        None => {
+            return Err((
+                id,
+                "the request has no \"op\" (exec, call, has_function, close)".into(),
+            ))
+        }
+    };
+    if !OPS.contains(&op.as_str()) {
+        return Err((
+            id,
+            format!("unknown op {op:?} (exec, call, has_function, close)"),
+        ));
+    }
+    match Request::deserialize(Value::Object(fields)) {
+        Ok(request) => Ok((id, request)),
+        Err(e) => Err((id, format!("op {op:?}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_into_their_variant() {
+        let ok = |line: &str| parse(line).map(|(_, r)| r).map_err(|(_, m)| m);
+        assert_eq!(
+            ok(r#"{"op":"exec","code":"return 1"}"#),
+            Ok(Request::Exec {
+                code: "return 1".into()
+            })
+        );
+        assert_eq!(
+            ok(r#"{"op":"call","function":"f","args":[1]}"#),
+            Ok(Request::Call {
+                function: "f".into(),
+                args: Some(vec![json!(1)])
+            })
+        );
+        assert_eq!(
+            ok(r#"{"op":"call","function":"f"}"#),
+            Ok(Request::Call {
+                function: "f".into(),
+                args: None
+            })
+        );
+        assert_eq!(ok(r#"{"op":"close"}"#), Ok(Request::Close {}));
+        let err = ok(r#"{"op":"frobnicate"}"#).unwrap_err();
+        assert_eq!(
+            err,
+            "unknown op \"frobnicate\" (exec, call, has_function, close)"
+        );
+        let err = ok(r#"{"op":"exec","code":5}"#).unwrap_err();
+        assert!(err.contains("field `code`: invalid type"), "{err}");
+        let err = ok(r#"{"op":"close","now":1}"#).unwrap_err();
+        assert!(err.contains("unknown field `now`"), "{err}");
+    }
+
+    #[test]
+    fn lines_are_read_under_the_limit() {
+        let input = b"12345\n123456\n\n1234567890123\nabc";
+        let mut reader = std::io::BufReader::with_capacity(4, &input[..]);
+        let mut buf = Vec::new();
+        let mut lines = Vec::new();
+        loop {
+            let line = read_line(&mut reader, &mut buf, Some(5)).unwrap();
+            if line == Line::End {
+                break;
+            }
+            lines.push((line, String::from_utf8(buf.clone()).unwrap()));
+        }
+        // A limit as large as they come does not overflow.
+        let mut reader = &b"x\n"[..];
+        assert_eq!(
+            read_line(&mut reader, &mut buf, Some(usize::MAX)).unwrap(),
+            Line::Text
+        );
+        assert_eq!(
+            lines,
+            [
+                (Line::Text, "12345".into()),
+                (Line::TooLong { limit: 5 }, String::new()),
+                (Line::Text, String::new()),
+                (Line::TooLong { limit: 5 }, String::new()),
+                (Line::Text, "abc".into()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! The `moonjail` command line, through the built binary: one test binary, one harness
+//! (`support`), one module per command.
+
+// The example's own server code, so the tools tests run against exactly what the README
+// starts.
+#[allow(dead_code)]
+#[path = "../../examples/fixture_server.rs"]
+mod fixture_server;
+
+mod isolated;
+mod json_errors;
+mod pipes;
+mod profile;
+mod run;
+mod session;
+mod support;
+mod tools;
