@@ -30,7 +30,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             "ok": ok,
             "items": results,
         });
-        writeln!(out, "{doc}")?;
+        writeln!(out, "{}", moonjail::to_json_line(&doc))?;
     } else {
         for r in &results {
             let mark = if r.pass { "pass" } else { "FAIL" };

@@ -184,7 +184,7 @@ fn misuse(json: bool, message: &str) -> ExitCode {
     if json && !output::wrote() {
         let doc = output::misuse_document(message);
         let mut out = output::stdout();
-        let written = writeln!(out, "{doc}").and_then(|()| out.flush());
+        let written = writeln!(out, "{}", moonjail::to_json_line(&doc)).and_then(|()| out.flush());
         if written.is_err() && output::closed() {
             return ExitCode::SUCCESS;
         }

@@ -97,7 +97,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let mut stdout = output::stdout();
     if args.json {
-        writeln!(stdout, "{}", outcome.to_json())?;
+        writeln!(stdout, "{}", moonjail::to_json_line(&outcome))?;
     } else {
         stdout.write_all(outcome.output.as_bytes())?;
         if let Some(d) = &outcome.diagnostics {

@@ -168,7 +168,7 @@ pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
                 ),
             },
         };
-        writeln!(stdout, "{response}")?;
+        writeln!(stdout, "{}", moonjail::to_json_line(&response))?;
         stdout.flush()?;
         if close {
             break;

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use mlua::chunk::ChunkMode;
 use mlua::{MultiValue, Value};
 use serde_json::Value as Json;
 
@@ -284,8 +283,14 @@ impl Engine {
         // Marshaling happens here, inside the deadline: a result the script built to be
         // expensive to convert is the script's time.
         let result = body(vm, &self.spec, &self.chunk_name).and_then(|value| {
-            marshal::to_json(vm.lua(), &value, limits.result_bounds())
-                .map_err(|e| Error::new(ErrorKind::Result, e.to_string()))
+            marshal::to_json(vm.lua(), &value, limits.result_bounds()).map_err(|e| {
+                let kind = if e.host {
+                    ErrorKind::MemoryLimit
+                } else {
+                    ErrorKind::Result
+                };
+                Error::new(kind, e.to_string())
+            })
         });
         let result = classify_result(ctl, result).map_err(Error::bounded);
         let mut stats = Stats::default();
@@ -316,15 +321,53 @@ impl Engine {
     }
 }
 
-/// Compiles `source` as text under the chunk name `name`.
+/// Compiles `source` as text under the chunk name `name`, under the run's deadline (see
+/// `vm/load.rs`).
 fn load_chunk(vm: &Vm, source: &[u8], name: &str) -> Result<mlua::Function, Error> {
-    let f = vm
-        .lua()
-        .load(source)
-        .set_name(format!("={name}"))
-        .set_mode(ChunkMode::Text)
-        .into_function()
-        .map_err(|e| load_error(e, name))?;
+    // A chunk name is the host's (a file name); a NUL in it would cut it short.
+    let chunkname = std::ffi::CString::new(format!("={name}").replace('\0', "?"))
+        .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+    // SAFETY: the closure runs protected on the state's running thread with stack room
+    // for what it pushes: the function, or Lua's status and the error message.
+    let loaded = unsafe {
+        vm.lua().exec_raw::<MultiValue>((), |l| {
+            let status = crate::vm::load::load_text(l, source, &chunkname);
+            if status != mlua::ffi::LUA_OK {
+                mlua::ffi::lua_pushinteger(l, mlua::ffi::lua_Integer::from(status));
+                mlua::ffi::lua_insert(l, -2);
+            }
+        })
+    }
+    .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
+    let mut values = loaded.into_iter();
+    let f = match (values.next(), values.next()) {
+        (Some(Value::Function(f)), _) => f,
+        (Some(Value::Integer(status)), message) => {
+            let message = match message {
+                Some(Value::String(m)) => m.to_string_lossy(),
+                _ => "the chunk could not be loaded".to_string(),
+            };
+            let kind = if status == i64::from(mlua::ffi::LUA_ERRMEM) {
+                ErrorKind::MemoryLimit
+            } else {
+                // Syntax errors, and the parser's own runtime errors ("C stack
+                // overflow" on deep nesting): the source's fault either way. A stop
+                // raised by the reader (the deadline) is classified by its stop.
+                ErrorKind::Syntax
+            };
+            return Err(Error {
+                line: line_of(&message, name),
+                kind,
+                message,
+            });
+        }
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "loading the chunk returned no function",
+            ))
+        }
+    };
     tracing::debug!(chunk = name, bytes = source.len(), "chunk compiled");
     Ok(f)
 }
@@ -381,25 +424,6 @@ fn classify_result(ctl: &Control, r: Result<Json, Error>) -> Result<Json, Error>
     })
 }
 
-fn load_error(e: mlua::Error, name: &str) -> Error {
-    match e {
-        mlua::Error::SyntaxError { message, .. } => Error {
-            line: line_of(&message, name),
-            kind: ErrorKind::Syntax,
-            message,
-        },
-        mlua::Error::MemoryError(m) => Error::new(ErrorKind::MemoryLimit, m),
-        // The parser raises runtime errors too ("C stack overflow" on deep nesting):
-        // still the source's fault.
-        mlua::Error::RuntimeError(message) => Error {
-            line: line_of(&message, name),
-            kind: ErrorKind::Syntax,
-            message,
-        },
-        other => Error::new(ErrorKind::Internal, mlua_message(&other)),
-    }
-}
-
 /// Turns an error value into a message without running any of its metamethods.
 fn script_error(lua: &mlua::Lua, v: Value, name: &str) -> Error {
     let message = match &v {
@@ -409,10 +433,7 @@ fn script_error(lua: &mlua::Lua, v: Value, name: &str) -> Error {
         Value::Error(e) => mlua_message(e),
         Value::Nil => "nil".to_string(),
         Value::Table(_) => {
-            let bounds = Bounds {
-                depth: 16,
-                bytes: 4096,
-            };
+            let bounds = Bounds::new(16, 4096);
             match marshal::to_json(lua, &v, bounds) {
                 Ok(j) => format!("error object: {j}"),
                 Err(_) => "(error object is a table value)".to_string(),

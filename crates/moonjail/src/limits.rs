@@ -34,6 +34,9 @@ impl Limits {
         crate::marshal::Bounds {
             depth: self.result_depth,
             bytes: self.result_bytes.unwrap_or(usize::MAX),
+            // The converted value lives on the host: it may take as much as the script's
+            // own heap may, no more.
+            host_bytes: self.memory_bytes.unwrap_or(usize::MAX),
         }
     }
 }

@@ -31,8 +31,50 @@ pub(crate) fn null() -> Value {
 pub(crate) struct Bounds {
     /// Deepest nesting of tables/arrays accepted.
     pub depth: usize,
-    /// Largest JSON text (approximately, counted as it is built) accepted.
+    /// Largest JSON text accepted, counted as it would be written (escapes included).
     pub bytes: usize,
+    /// Most host memory the converted value may take. A table reachable many times
+    /// (`t = {t, t}` twenty times over) is one table in Lua but a million in JSON: the
+    /// host pays per copy, so the copies are counted against this.
+    pub host_bytes: usize,
+}
+
+impl Bounds {
+    /// Depth and text bounds, with the host bound equal to the text bound.
+    pub(crate) fn new(depth: usize, bytes: usize) -> Bounds {
+        Bounds {
+            depth,
+            bytes,
+            host_bytes: bytes,
+        }
+    }
+}
+
+/// Stack left below which a conversion continues on a new segment, and that segment's
+/// size. (Inside a worker, the first call, during warm-up before the lockdown, is what
+/// reads the thread's stack bounds: `stacker` caches them per thread.)
+const STACK_RED_ZONE: usize = 64 << 10;
+const STACK_SEGMENT: usize = 1 << 20;
+
+/// Host bytes of one JSON node beyond its text: the `Value` itself.
+const NODE_HOST_BYTES: usize = std::mem::size_of::<Json>();
+/// Host bytes of one object entry beyond its key's text: the key `String` and the map's
+/// share of a B-tree node.
+const ENTRY_HOST_BYTES: usize = std::mem::size_of::<String>() + 24;
+
+/// The length of `text` as a JSON string literal, quotes and escapes included, as
+/// moonjail writes it (U+2028, U+2029 and U+0085 escaped too, see `json_line`).
+pub(crate) fn escaped_len(text: &str) -> usize {
+    let mut n = 2;
+    for c in text.chars() {
+        n += match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            '\u{85}' | '\u{2028}' | '\u{2029}' => 6,
+            c => c.len_utf8(),
+        };
+    }
+    n
 }
 
 /// A value that cannot be turned into JSON, with where it sits.
@@ -42,6 +84,8 @@ pub(crate) struct MarshalError {
     pub message: String,
     /// The value exceeded the byte bound (rather than being unrepresentable).
     pub too_large: bool,
+    /// The value exceeded the host-memory bound.
+    pub host: bool,
 }
 
 impl fmt::Display for MarshalError {
@@ -87,6 +131,7 @@ pub(crate) fn to_json(lua: &Lua, value: &Value, bounds: Bounds) -> Result<Json, 
         open: Vec::new(),
         path: Vec::new(),
         bytes: 0,
+        host: 0,
         nodes: 0,
     };
     w.walk(value)
@@ -98,6 +143,7 @@ struct Walker {
     open: Vec<*const std::ffi::c_void>,
     path: Vec<Seg>,
     bytes: usize,
+    host: usize,
     nodes: u64,
 }
 
@@ -107,7 +153,22 @@ impl Walker {
             path: render_path(&self.path),
             message: message.into(),
             too_large: false,
+            host: false,
         }
+    }
+
+    fn add_host(&mut self, n: usize) -> Result<(), MarshalError> {
+        self.host = self.host.saturating_add(n);
+        if self.host > self.bounds.host_bytes {
+            let mut e = self.fail(format!(
+                "the value would take more than {} bytes of host memory as JSON (a table \
+                 reachable many times is copied each time)",
+                self.bounds.host_bytes
+            ));
+            e.host = true;
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn add_bytes(&mut self, n: usize) -> Result<(), MarshalError> {
@@ -124,12 +185,19 @@ impl Walker {
     }
 
     fn walk(&mut self, value: &Value) -> Result<Json, MarshalError> {
+        // One level of a table is several kilobytes of stack in a debug build: grow the
+        // stack instead of trusting the thread to have `result_depth` times that.
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || self.walk_value(value))
+    }
+
+    fn walk_value(&mut self, value: &Value) -> Result<Json, MarshalError> {
         self.nodes += 1;
         if self.nodes % 1024 == 0 {
             if let Some(msg) = native_checkpoint() {
                 return Err(self.fail(msg));
             }
         }
+        self.add_host(NODE_HOST_BYTES)?;
         match value {
             Value::Nil => {
                 self.add_bytes(4)?;
@@ -153,9 +221,12 @@ impl Walker {
             }
             Value::String(s) => {
                 let bytes = s.as_bytes();
-                self.add_bytes(bytes.len() + 2)?;
+                self.add_host(bytes.len())?;
                 match std::str::from_utf8(&bytes) {
-                    Ok(text) => Ok(Json::String(text.to_owned())),
+                    Ok(text) => {
+                        self.add_bytes(escaped_len(text))?;
+                        Ok(Json::String(text.to_owned()))
+                    }
                     Err(e) => Err(self.fail(format!(
                         "string is not valid UTF-8 (invalid byte at offset {})",
                         e.valid_up_to()
@@ -251,7 +322,8 @@ impl Walker {
                     )))
                 }
             };
-            self.add_bytes(key.len() + 4)?;
+            self.add_bytes(escaped_len(&key) + 2)?;
+            self.add_host(key.len() + ENTRY_HOST_BYTES)?;
             if map.contains_key(&key) {
                 return Err(self.fail(format!("two table keys become the same JSON key {:?}", key)));
             }
@@ -273,6 +345,17 @@ pub(crate) fn from_json(lua: &Lua, value: &Json, depth: usize) -> mlua::Result<V
 }
 
 fn build(lua: &Lua, arrays: &mut Option<Table>, value: &Json, depth: usize) -> mlua::Result<Value> {
+    stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
+        build_value(lua, arrays, value, depth)
+    })
+}
+
+fn build_value(
+    lua: &Lua,
+    arrays: &mut Option<Table>,
+    value: &Json,
+    depth: usize,
+) -> mlua::Result<Value> {
     Ok(match value {
         Json::Null => null(),
         Json::Bool(b) => Value::Boolean(*b),

@@ -86,13 +86,77 @@ impl Outcome {
         self.result.as_ref().err()
     }
 
-    /// The `--json` document as a value (the same as serialising the outcome).
+    /// The `--json` document as a value: the same as serialising the outcome, built
+    /// directly (a deep result is cloned, not run through a serialiser, which recurses
+    /// with far larger frames).
     pub fn to_json(&self) -> Json {
-        serde_json::to_value(self).unwrap_or_else(|e| {
-            serde_json::json!({"ok": false, "result": null, "output": "",
-                "error": {"kind": "internal", "message": format!("encoding the outcome: {e}"), "line": null},
-                "stats": {"wall_ms": 0.0, "memory_bytes": 0, "instructions": null}})
-        })
+        let (result, error) = match &self.result {
+            Ok(value) => (value.clone(), Json::Null),
+            Err(e) => (
+                Json::Null,
+                serde_json::json!({"kind": e.kind, "message": e.message, "line": e.line}),
+            ),
+        };
+        let mut doc = serde_json::Map::new();
+        doc.insert("ok".into(), Json::Bool(self.result.is_ok()));
+        doc.insert("result".into(), result);
+        doc.insert("output".into(), Json::String(self.output.clone()));
+        doc.insert("error".into(), error);
+        doc.insert(
+            "stats".into(),
+            serde_json::json!({
+                "wall_ms": (self.stats.wall.as_secs_f64() * 1e6).round() / 1e3,
+                "memory_bytes": self.stats.memory_bytes,
+                "instructions": self.stats.instructions,
+            }),
+        );
+        if let Some(d) = &self.diagnostics {
+            doc.insert(
+                "diagnostics".into(),
+                serde_json::to_value(d).unwrap_or(Json::Null),
+            );
+        }
+        if !self.tool_calls.is_empty() {
+            let calls = self.tool_calls.iter().map(ToolCall::to_json).collect();
+            doc.insert("tool_calls".into(), Json::Array(calls));
+        }
+        Json::Object(doc)
+    }
+}
+
+/// `value` as one line of JSON that stays one line for every reader: compact, and with
+/// U+2028, U+2029 and U+0085 escaped, which JSON allows raw but which line splitters that
+/// honour Unicode line breaks (JavaScript's, Python's `str.splitlines`) cut at. Every
+/// JSON-lines front end writes its documents with this.
+pub fn to_json_line(value: &impl Serialize) -> String {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, LineFormatter);
+    match value.serialize(&mut ser) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(e) => format!(
+            "{{\"ok\":false,\"result\":null,\"output\":\"\",\"error\":{{\"kind\":\"internal\",\"message\":{},\"line\":null}},\"stats\":null}}",
+            Json::String(format!("encoding a document: {e}"))
+        ),
+    }
+}
+
+/// serde_json's compact format, with the Unicode line separators escaped.
+struct LineFormatter;
+
+impl serde_json::ser::Formatter for LineFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut rest = fragment;
+        while let Some(at) = rest.find(['\u{85}', '\u{2028}', '\u{2029}']) {
+            writer.write_all(rest[..at].as_bytes())?;
+            let c = rest[at..].chars().next().unwrap_or('\u{2028}');
+            write!(writer, "\\u{:04x}", c as u32)?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        writer.write_all(rest.as_bytes())
     }
 }
 
@@ -175,6 +239,16 @@ mod tests {
             serde_json::json!({"kind": "timeout", "message": "late", "line": null})
         );
         assert!(doc.get("tool_calls").is_none() && doc.get("diagnostics").is_none());
+        assert_eq!(serde_json::to_value(&failed).unwrap(), doc);
+    }
+
+    #[test]
+    fn json_lines_escape_unicode_line_breaks() {
+        let value = serde_json::json!({"s": "a\u{2028}b\u{2029}c\u{85}d\né"});
+        let line = to_json_line(&value);
+        assert_eq!(line, r#"{"s":"a\u2028b\u2029c\u0085d\né"}"#);
+        assert_eq!(serde_json::from_str::<Json>(&line).unwrap(), value);
+        assert_eq!(line.lines().count(), 1);
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub(crate) unsafe extern "C-unwind" fn load(l: *mut lua_State) -> c_int {
             ffi::lua_pushstring(l, c"attempt to load a text chunk (mode is 'b')".as_ptr());
             ffi::LUA_ERRSYNTAX
         } else {
-            ffi::luaL_loadbufferx(l, s, len, chunkname, c"t".as_ptr())
+            crate::vm::load::load_text(l, src, std::ffi::CStr::from_ptr(chunkname))
         };
         if status == ffi::LUA_OK {
             if env != 0 {

@@ -19,15 +19,14 @@ pub(crate) fn create(lua: &Lua) -> mlua::Result<Table> {
     let encode = lua.create_function(|lua, value: Value| {
         guard(|| {
             let room = current().map_or(usize::MAX, |c| c.memory_remaining());
-            let bounds = Bounds {
-                depth: JSON_DEPTH,
-                bytes: room,
-            };
+            // The text and the value it is made from both come out of what is left of
+            // the heap.
+            let bounds = Bounds::new(JSON_DEPTH, room);
             let j = match marshal::to_json(lua, &value, bounds) {
                 Ok(j) => j,
                 Err(e) => {
                     // Text larger than the heap left is the memory limit, whoever holds it.
-                    if e.too_large {
+                    if e.too_large || e.host {
                         if let Some(ctl) = current() {
                             ctl.note_memory_refusal();
                         }

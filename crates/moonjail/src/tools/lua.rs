@@ -196,8 +196,8 @@ fn call(
         let mut out = Vec::with_capacity(values.len());
         for (i, v) in values.iter().enumerate() {
             let b = Bounds {
-                depth: bounds.depth,
                 bytes: budget,
+                ..bounds
             };
             let j = marshal::to_json(lua, v, b)
                 .map_err(|e| ToolError::new(format!("argument {}: {e}", i + 1)))?;

@@ -247,16 +247,24 @@ impl Control {
     }
 
     /// Appends to captured output; false (after keeping what fits) when the limit is hit.
+    /// Invalid UTF-8 is replaced here, as it is written, so the limit counts the text
+    /// the outcome will carry (each bad byte becomes a 3-byte U+FFFD) and the buffer
+    /// always holds valid UTF-8.
     pub(crate) fn write_output(&self, bytes: &[u8]) -> bool {
         // SAFETY: only the VM thread writes output and no reference to the buffer
         // outlives this call.
         let out = unsafe { &mut *self.output.get() };
+        let text = String::from_utf8_lossy(bytes);
         let room = self.output_limit.get().saturating_sub(out.len());
-        if bytes.len() > room {
-            out.extend_from_slice(&bytes[..room]);
+        if text.len() > room {
+            let mut end = room;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.extend_from_slice(&text.as_bytes()[..end]);
             return false;
         }
-        out.extend_from_slice(bytes);
+        out.extend_from_slice(text.as_bytes());
         true
     }
 

@@ -4,6 +4,7 @@
 mod alloc;
 pub(crate) mod control;
 pub(crate) mod hook;
+pub(crate) mod load;
 pub(crate) mod watchdog;
 
 use std::mem::ManuallyDrop;
