@@ -71,8 +71,8 @@ fn compiling_stops_at_the_deadline() {
     let slow = format!("local a = 1 return {}a", "a or ".repeat(200_000));
     for (mode, sb) in both(|| Sandbox::builder().timeout(Some(timeout))) {
         // The script itself, and a chunk it loads.
-        expect(&sb, mode, &slow, ErrorKind::Timeout);
-        expect(
+        let _ = expect(&sb, mode, &slow, ErrorKind::Timeout);
+        let _ = expect(
             &sb,
             mode,
             r#"return load("local a = 1 return " .. ("a or "):rep(200000) .. "a")"#,
@@ -116,7 +116,7 @@ fn shared_subtables_are_charged_per_copy() {
             out.error().unwrap().message.contains("host memory"),
             "{mode}: {out:?}"
         );
-        expect(
+        let _ = expect(
             &sb,
             mode,
             &format!("{DAG} return json.encode(t)"),
