@@ -4,6 +4,7 @@
 //! itself was misused.
 
 mod args;
+mod backstop;
 mod check;
 mod doctor;
 mod output;

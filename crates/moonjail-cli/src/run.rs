@@ -10,6 +10,7 @@ use clap::Args;
 use moonjail::{Diagnostics, RunOptions};
 
 use crate::args::{self, SandboxArgs};
+use crate::backstop;
 use crate::output;
 
 #[derive(Args, Debug)]
@@ -93,7 +94,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let sandbox = args.sandbox.build(args.require_run, args.require_table)?;
+    // In process, a deadline that cannot be delivered (see backstop.rs) still ends the
+    // run, as a timeout, soon after.
+    let backstop = match sandbox.limits().timeout {
+        Some(timeout) if !args.sandbox.isolate => {
+            let (fd, message) = backstop_message(timeout, args.json);
+            backstop::Backstop::arm(timeout, fd, message)
+        }
+        _ => None,
+    };
     let outcome = sandbox.run_with(&source, &input, &RunOptions { chunk_name: &name });
+    if let Some(backstop) = backstop {
+        if !backstop.settle() {
+            // The backstop is ending the process with its own outcome.
+            std::thread::sleep(backstop::GRACE);
+        }
+    }
 
     let mut stdout = output::stdout();
     if args.json {
@@ -123,6 +139,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(crate::FAILED)
     })
+}
+
+/// What the backstop prints if it has to end the run: the `--json` document or the
+/// human error line of a `timeout`, and the descriptor it goes to.
+fn backstop_message(timeout: std::time::Duration, json: bool) -> (libc::c_int, Vec<u8>) {
+    let message = format!(
+        "timeout: the script ran past its {} ms deadline inside work that cannot be \
+         interrupted in process (the collector or one huge string comparison); the process \
+         ended it {} ms later (use --isolate to contain this)",
+        timeout.as_millis(),
+        backstop::GRACE.as_millis()
+    );
+    let error = moonjail::Error::new(moonjail::ErrorKind::Timeout, message);
+    if json {
+        let mut outcome = moonjail::Outcome::from_error(error);
+        outcome.stats.wall = timeout.saturating_add(backstop::GRACE);
+        (
+            1,
+            format!("{}\n", moonjail::to_json_line(&outcome)).into_bytes(),
+        )
+    } else {
+        (
+            2,
+            format!("moonjail: {} error: {}\n", error.kind, error.message).into_bytes(),
+        )
+    }
 }
 
 /// A readable table of what a run touched (printed on stderr in human mode).

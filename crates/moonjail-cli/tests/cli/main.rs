@@ -7,6 +7,7 @@
 #[path = "../../examples/fixture_server.rs"]
 mod fixture_server;
 
+mod backstop;
 mod isolated;
 mod json_errors;
 mod pipes;
