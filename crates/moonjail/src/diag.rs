@@ -18,7 +18,10 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 use crate::vm::{set_registry_globals, string_metatable};
 use serde::{Deserialize, Serialize};
 
-/// What a run touched, by name and count.
+/// What a run touched, by name and count. Each map keeps at most 4096 distinct names
+/// of at most 256 bytes (the records live on the host, outside the script's memory
+/// limit); accesses past that are counted under `"(more names, not recorded)"`, and at
+/// most 4096 `require`s are listed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diagnostics {
     /// Globals read that existed, with how often.
@@ -50,7 +53,26 @@ pub(crate) struct DiagHandle {
     pub(crate) globals: Table,
 }
 
-fn bump(map: &mut BTreeMap<String, u64>, key: String) {
+/// Most distinct names one map records, and the longest name kept: the records live on
+/// the host heap, outside the script's memory limit, and a script chooses the names.
+/// Past the count, accesses are tallied under [`MORE_NAMES`].
+pub(crate) const MAX_RECORDED_NAMES: usize = 4096;
+const MAX_NAME_BYTES: usize = 256;
+/// The key under which accesses to names past [`MAX_RECORDED_NAMES`] are counted.
+pub(crate) const MORE_NAMES: &str = "(more names, not recorded)";
+
+fn bump(map: &mut BTreeMap<String, u64>, mut key: String) {
+    if key.len() > MAX_NAME_BYTES {
+        let mut end = MAX_NAME_BYTES;
+        while !key.is_char_boundary(end) {
+            end -= 1;
+        }
+        key.truncate(end);
+        key.push('…');
+    }
+    if !map.contains_key(&key) && map.len() >= MAX_RECORDED_NAMES {
+        key = MORE_NAMES.to_string();
+    }
     *map.entry(key).or_insert(0) += 1;
 }
 
@@ -71,10 +93,15 @@ pub(crate) fn take(lua: &Lua) -> Option<Diagnostics> {
 /// Records a `require` (called by the package prelude).
 pub(crate) fn note_require(lua: &Lua, name: &str, found: bool) {
     if let Some(h) = lua.app_data_ref::<DiagHandle>() {
-        h.records.borrow_mut().require.push(RequireRecord {
-            name: name.to_string(),
-            found,
-        });
+        let mut records = h.records.borrow_mut();
+        if records.require.len() < MAX_RECORDED_NAMES {
+            let mut end = name.len().min(MAX_NAME_BYTES);
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            let name = name[..end].to_string();
+            records.require.push(RequireRecord { name, found });
+        }
     }
 }
 

@@ -230,3 +230,52 @@ fn the_deepest_result_does_not_overflow_a_small_stack() {
         .unwrap();
     assert_eq!(handle.join().unwrap(), Ok(json!(1000)));
 }
+
+#[test]
+fn diagnostics_keep_a_bounded_number_of_names() {
+    let sb = Sandbox::builder().diagnostic(true).build().unwrap();
+    let out = sb.run(
+        "for i = 1, 20000 do local _ = _G['g' .. i] end \
+         for i = 1, 10 do local _ = _G[('x'):rep(100000) .. i] end return 1",
+        &Json::Null,
+    );
+    assert_eq!(out.result, Ok(json!(1)), "{out:?}");
+    let d = out.diagnostics.expect("diagnostics");
+    assert!(d.missing.len() <= 4097, "{} names", d.missing.len());
+    assert!(
+        d.missing.contains_key("(more names, not recorded)"),
+        "{:?}",
+        d.missing.keys().last()
+    );
+    assert!(d.missing.keys().all(|k| k.len() <= 260));
+}
+
+#[test]
+fn lines_takes_no_more_formats_than_stock_lua() {
+    let dir = std::env::temp_dir().join(format!("moonjail-lines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("data.txt");
+    std::fs::write(&file, "a\nb\n").unwrap();
+    let path = file.to_str().unwrap().to_string();
+    let sb = Sandbox::builder()
+        .profile(moonjail::Profile::Aos)
+        .host_files(moonjail::HostFiles::default().allow_read(&path))
+        .build()
+        .unwrap();
+    let script = |n: usize| {
+        format!(
+            "local f = io.open({path:?}) local t = {{}} for i = 1, {n} do t[i] = 'l' end \
+             local ok, e = pcall(f.lines, f, table.unpack(t)) return {{ok = ok, e = tostring(e)}}"
+        )
+    };
+    let out = sb.run(script(250), &Json::Null);
+    assert_eq!(out.result.as_ref().unwrap()["ok"], json!(true), "{out:?}");
+    let out = sb.run(script(100_000), &Json::Null);
+    let result = out.result.expect("a result");
+    assert_eq!(result["ok"], json!(false));
+    assert!(
+        result["e"].as_str().unwrap().contains("too many arguments"),
+        "{result}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -193,6 +193,13 @@ impl UserData for FileHandle {
         methods.add_function(
             "lines",
             |lua, (ud, formats): (mlua::AnyUserData, MultiValue)| {
+                // The formats live on the host heap until the iterator is collected:
+                // as many as stock Lua keeps (its MAXARGLINE), no more.
+                if formats.len() > MAX_LINES_FORMATS {
+                    return Err(mlua::Error::runtime(
+                        "bad argument #252 to 'lines' (too many arguments)",
+                    ));
+                }
                 let formats: Vec<Value> = formats.into_iter().collect();
                 lua.create_function_mut(move |lua, ()| {
                     let mut this = ud.borrow_mut::<FileHandle>()?;
@@ -209,6 +216,9 @@ impl UserData for FileHandle {
         });
     }
 }
+
+/// Most formats `file:lines` takes (stock Lua's `MAXARGLINE`).
+const MAX_LINES_FORMATS: usize = 250;
 
 /// Builds `io` with only `open`, reading what the host allowlisted (through `files`).
 pub(crate) fn io(lua: &Lua, files: Arc<dyn FileSource>) -> mlua::Result<Table> {
