@@ -17,9 +17,9 @@ fn fresh_run(c: &mut Criterion) {
         });
     }
     let no_limits = Sandbox::builder()
-        .memory_limit(None)
-        .timeout(None)
-        .output_limit(None)
+        .no_memory_limit()
+        .no_timeout()
+        .no_output_limit()
         .build()
         .unwrap();
     g.bench_function("return_1/standard_no_limits", |b| {

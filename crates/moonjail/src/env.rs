@@ -29,25 +29,6 @@ pub(crate) fn libs_for(spec: &ProfileSpec) -> StdLib {
     libs
 }
 
-/// How a listed base global is provided, for `moonjail profile show`.
-pub fn guard_note(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "print" => "captured into the run's output, under the output limit",
-        "load" => "text chunks only; binary chunks are forbidden; env argument honoured",
-        "setmetatable" => "refuses metatables with __gc (finalizers)",
-        "getmetatable" => "getmetatable(\"\") returns false: the string metatable is locked",
-        "collectgarbage" => "only collectgarbage(\"count\")",
-        "xpcall" => "the message handler is skipped once a limit has stopped the run",
-        "coroutine.resume" | "coroutine.wrap" | "coroutine.create" | "coroutine.close" => {
-            "deadline and instruction budget reach every coroutine"
-        }
-        "string.find" | "string.match" | "string.gmatch" | "string.gsub" => {
-            "metered matcher: backtracking stops at the deadline"
-        }
-        _ => return None,
-    })
-}
-
 /// Replaces the state's globals with exactly what `spec` lists.
 pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::Result<()> {
     let g = lua.globals();

@@ -20,7 +20,7 @@
 //! use serde_json::json;
 //!
 //! let sandbox = Sandbox::builder()
-//!     .timeout(Some(Duration::from_millis(100)))
+//!     .timeout(Duration::from_millis(100))
 //!     .build()
 //!     .unwrap();
 //! let out = sandbox.run("function run(ctx) return {sum = ctx.a + ctx.b} end", &json!({"a": 1, "b": 2}));
@@ -39,6 +39,11 @@
     not(all(feature = "http", feature = "isolation")),
     allow(dead_code, unused_imports)
 )]
+
+/// The README's Rust examples, compiled and run as doctests so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 
 mod check;
 mod diag;
@@ -62,12 +67,11 @@ pub mod worker;
 
 pub use check::{checklist, CheckItem, CheckResult};
 pub use diag::{Diagnostics, RequireRecord};
-pub use env::guard_note;
 pub use error::{ConfigError, Error, ErrorKind, Result, MAX_MESSAGE_BYTES};
 pub use host::{Determinism, HostFiles};
 pub use limits::Limits;
 pub use outcome::{to_json_line, Outcome, Stats};
-pub use profile::{Item, Profile, ProfileSpec};
+pub use profile::{guard_note, Item, Profile, ProfileSpec};
 pub use sandbox::{RunOptions, Sandbox, SandboxBuilder};
 pub use session::Session;
 pub use spec::Spec;

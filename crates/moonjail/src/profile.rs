@@ -356,6 +356,26 @@ impl ProfileSpec {
     }
 }
 
+/// How a listed name is made safe when the sandbox provides it (`moonjail profile
+/// show` prints it; a profile lists *what*, the environment layer decides *how*).
+pub fn guard_note(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "print" => "captured into the run's output, under the output limit",
+        "load" => "text chunks only; binary chunks are forbidden; env argument honoured",
+        "setmetatable" => "refuses metatables with __gc (finalizers)",
+        "getmetatable" => "getmetatable(\"\") returns false: the string metatable is locked",
+        "collectgarbage" => "only collectgarbage(\"count\")",
+        "xpcall" => "the message handler is skipped once a limit has stopped the run",
+        "coroutine.resume" | "coroutine.wrap" | "coroutine.create" | "coroutine.close" => {
+            "deadline and instruction budget reach every coroutine"
+        }
+        "string.find" | "string.match" | "string.gmatch" | "string.gsub" => {
+            "metered matcher: backtracking stops at the deadline"
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,34 +50,69 @@ impl SandboxBuilder {
         self
     }
 
-    /// Sets the Lua heap limit in bytes. By default, 64 MiB.
-    pub fn memory_limit(mut self, bytes: Option<usize>) -> Self {
-        self.spec.limits.memory_bytes = bytes;
+    /// Sets the Lua heap limit in bytes (counted exactly by the allocator). By default,
+    /// 64 MiB; [`SandboxBuilder::no_memory_limit`] lifts it.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.spec.limits.memory_bytes = Some(bytes);
         self
     }
 
-    /// Sets the wall-clock deadline of each run. By default, 5 s.
-    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.spec.limits.timeout = timeout;
+    /// Lets the Lua heap grow without a limit (the process's own memory still bounds it).
+    pub fn no_memory_limit(mut self) -> Self {
+        self.spec.limits.memory_bytes = None;
+        self
+    }
+
+    /// Sets the wall-clock deadline of each run (each call, in a session). By default,
+    /// 5 s; [`SandboxBuilder::no_timeout`] lifts it.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.spec.limits.timeout = Some(timeout);
+        self
+    }
+
+    /// Runs without a wall-clock deadline: only the instruction budget, if one is set,
+    /// ends a script that never stops.
+    pub fn no_timeout(mut self) -> Self {
+        self.spec.limits.timeout = None;
         self
     }
 
     /// Sets an instruction budget shared by all coroutines of a run. This installs a
     /// count hook, which roughly doubles run time. By default, no limit is set.
-    pub fn instruction_limit(mut self, instructions: Option<u64>) -> Self {
-        self.spec.limits.instructions = instructions;
+    pub fn instruction_limit(mut self, instructions: u64) -> Self {
+        self.spec.limits.instructions = Some(instructions);
         self
     }
 
-    /// Sets the limit on captured output in bytes. By default, 1 MiB.
-    pub fn output_limit(mut self, bytes: Option<usize>) -> Self {
-        self.spec.limits.output_bytes = bytes;
+    /// Removes the instruction budget (the default).
+    pub fn no_instruction_limit(mut self) -> Self {
+        self.spec.limits.instructions = None;
         self
     }
 
-    /// Sets the limit on source size in bytes (also for `load`). By default, 1 MiB.
-    pub fn source_limit(mut self, bytes: Option<usize>) -> Self {
-        self.spec.limits.source_bytes = bytes;
+    /// Sets the limit on captured output in bytes. By default, 1 MiB;
+    /// [`SandboxBuilder::no_output_limit`] lifts it.
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.spec.limits.output_bytes = Some(bytes);
+        self
+    }
+
+    /// Captures output without a limit.
+    pub fn no_output_limit(mut self) -> Self {
+        self.spec.limits.output_bytes = None;
+        self
+    }
+
+    /// Sets the limit on source size in bytes (also for `load`). By default, 1 MiB;
+    /// [`SandboxBuilder::no_source_limit`] lifts it.
+    pub fn source_limit(mut self, bytes: usize) -> Self {
+        self.spec.limits.source_bytes = Some(bytes);
+        self
+    }
+
+    /// Accepts sources of any size.
+    pub fn no_source_limit(mut self) -> Self {
+        self.spec.limits.source_bytes = None;
         self
     }
 
@@ -87,9 +122,17 @@ impl SandboxBuilder {
         self
     }
 
-    /// Sets the limit on the result's JSON size in bytes. By default, 16 MiB.
-    pub fn result_limit(mut self, bytes: Option<usize>) -> Self {
-        self.spec.limits.result_bytes = bytes;
+    /// Sets the limit on the result's JSON size in bytes, counted as written (escapes
+    /// included). By default, 16 MiB; [`SandboxBuilder::no_result_limit`] lifts it.
+    pub fn result_limit(mut self, bytes: usize) -> Self {
+        self.spec.limits.result_bytes = Some(bytes);
+        self
+    }
+
+    /// Accepts results of any size (the memory limit still bounds what marshaling
+    /// takes on the host).
+    pub fn no_result_limit(mut self) -> Self {
+        self.spec.limits.result_bytes = None;
         self
     }
 

@@ -25,9 +25,9 @@ fn short() -> &'static Sandbox {
     static S: std::sync::OnceLock<Sandbox> = std::sync::OnceLock::new();
     S.get_or_init(|| {
         Sandbox::builder()
-            .memory_limit(Some(MEMORY))
-            .timeout(Some(SHORT_TIMEOUT))
-            .output_limit(Some(OUTPUT))
+            .memory_limit(MEMORY)
+            .timeout(SHORT_TIMEOUT)
+            .output_limit(OUTPUT)
             .build()
             .expect("a valid configuration")
     })
@@ -37,9 +37,9 @@ const HANG_GUARD: Duration = Duration::from_secs(180);
 fn shared() -> Sandbox {
     Sandbox::builder()
         .profile(Profile::Standard)
-        .memory_limit(Some(MEMORY))
-        .timeout(Some(TIMEOUT))
-        .output_limit(Some(OUTPUT))
+        .memory_limit(MEMORY)
+        .timeout(TIMEOUT)
+        .output_limit(OUTPUT)
         .build()
         .expect("a valid configuration")
 }
@@ -219,8 +219,8 @@ fn instruction_budgets_are_per_run() {
     guarded(|| {
         let limit = 200_000u64;
         let sb = Sandbox::builder()
-            .instruction_limit(Some(limit))
-            .timeout(Some(Duration::from_secs(30)))
+            .instruction_limit(limit)
+            .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
         std::thread::scope(|s| {
@@ -264,7 +264,7 @@ fn deadlines_firing_together_hit_only_their_own_runs() {
         // but not so short that it can pass before the script starts: see
         // `deadline_expiring_before_the_script_starts_still_stops_it`.)
         let fast = Sandbox::builder()
-            .timeout(Some(Duration::from_millis(300)))
+            .timeout(Duration::from_millis(300))
             .build()
             .unwrap();
         let slow = shared();
@@ -327,7 +327,7 @@ fn deadline_expiring_before_the_script_starts_still_stops_it() {
     // and then, and that run never ends.
     let sb = Arc::new(
         Sandbox::builder()
-            .timeout(Some(Duration::from_micros(1)))
+            .timeout(Duration::from_micros(1))
             .build()
             .unwrap(),
     );

@@ -69,7 +69,7 @@ fn expect(sb: &Sandbox, mode: &str, source: &str, kind: ErrorKind) -> Outcome {
 fn compiling_stops_at_the_deadline() {
     let timeout = Duration::from_millis(500);
     let slow = format!("local a = 1 return {}a", "a or ".repeat(200_000));
-    for (mode, sb) in both(|| Sandbox::builder().timeout(Some(timeout))) {
+    for (mode, sb) in both(|| Sandbox::builder().timeout(timeout)) {
         // The script itself, and a chunk it loads.
         let _ = expect(&sb, mode, &slow, ErrorKind::Timeout);
         let _ = expect(
@@ -102,8 +102,8 @@ const DAG: &str = "local t = {a = {}} for i = 1, 20 do t = {t, t} end";
 fn shared_subtables_are_charged_per_copy() {
     for (mode, sb) in both(|| {
         Sandbox::builder()
-            .memory_limit(Some(1 << 20))
-            .timeout(Some(Duration::from_secs(5)))
+            .memory_limit(1 << 20)
+            .timeout(Duration::from_secs(5))
             .tool("echo", |args| Ok(Json::Array(args)))
     }) {
         let out = expect(
@@ -140,7 +140,7 @@ fn shared_subtables_are_charged_per_copy() {
 
 #[test]
 fn escaped_json_counts_against_the_result_limit() {
-    for (mode, sb) in both(|| Sandbox::builder().result_limit(Some(1 << 20))) {
+    for (mode, sb) in both(|| Sandbox::builder().result_limit(1 << 20)) {
         // 300 KB of text, 1.8 MB of JSON once escaped.
         let out = expect(&sb, mode, r#"return ("\1"):rep(300000)"#, ErrorKind::Result);
         assert!(
@@ -177,7 +177,7 @@ fn error_messages_are_bounded() {
 
 #[test]
 fn replaced_output_counts_against_the_output_limit() {
-    for (mode, sb) in both(|| Sandbox::builder().output_limit(Some(1000))) {
+    for (mode, sb) in both(|| Sandbox::builder().output_limit(1000)) {
         // 600 invalid bytes become 1800 bytes of U+FFFD.
         let out = expect(
             &sb,

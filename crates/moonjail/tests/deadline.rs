@@ -24,11 +24,11 @@ fn run_guarded(sb: Sandbox, source: &'static str) -> moonjail::Outcome {
 /// (so the inner run arms and disarms the same thread's timer).
 fn nesting_sandbox(outer_timeout: Duration, inner_source: &'static str) -> Sandbox {
     let inner = Sandbox::builder()
-        .timeout(Some(Duration::from_secs(10)))
+        .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     Sandbox::builder()
-        .timeout(Some(outer_timeout))
+        .timeout(outer_timeout)
         .tool("inner.run", move |_args| {
             let out = inner.run(inner_source, &Json::Null);
             out.result.map_err(|e| moonjail::ToolError::new(e.message))
@@ -99,7 +99,7 @@ fn a_foreign_handler_on_the_deadline_signal_is_refused_not_replaced() {
         };
         assert_ne!(installed, libc::SIG_ERR);
         let sb = Sandbox::builder()
-            .timeout(Some(Duration::from_millis(100)))
+            .timeout(Duration::from_millis(100))
             .build()
             .unwrap();
         let out = sb.run("while true do end", &Json::Null);
@@ -117,7 +117,7 @@ fn a_foreign_handler_on_the_deadline_signal_is_refused_not_replaced() {
         };
         assert_eq!(current, foreign_handler as *const () as libc::sighandler_t);
         // Without a deadline nothing needs the signal: runs still work.
-        let unbounded = Sandbox::builder().timeout(None).build().unwrap();
+        let unbounded = Sandbox::builder().no_timeout().build().unwrap();
         assert_eq!(unbounded.run("return 1", &Json::Null).result, Ok(json!(1)));
         return;
     }

@@ -9,7 +9,7 @@ fn diag(profile: Profile) -> Sandbox {
     Sandbox::builder()
         .profile(profile)
         .diagnostic(true)
-        .timeout(Some(Duration::from_secs(2)))
+        .timeout(Duration::from_secs(2))
         .build()
         .unwrap()
 }
@@ -73,8 +73,8 @@ fn behaviour_is_the_same_with_and_without() {
 fn bookkeeping_does_not_count_against_limits() {
     let sb = |d: bool| {
         Sandbox::builder()
-            .instruction_limit(Some(5_000))
-            .memory_limit(Some(256 << 10))
+            .instruction_limit(5_000)
+            .memory_limit(256 << 10)
             .diagnostic(d)
             .build()
             .unwrap()
@@ -137,7 +137,7 @@ fn the_proxies_memory_is_not_charged_to_the_script() {
     const LIMIT: usize = 128 << 10;
     let sb = |d: bool| {
         Sandbox::builder()
-            .memory_limit(Some(LIMIT))
+            .memory_limit(LIMIT)
             .diagnostic(d)
             .build()
             .unwrap()

@@ -42,9 +42,9 @@ const MEMORY_MSG: &str = "memory limit";
 fn builder(profile: Profile) -> SandboxBuilder {
     Sandbox::builder()
         .profile(profile)
-        .timeout(Some(TIMEOUT))
-        .memory_limit(Some(MEMORY))
-        .output_limit(Some(OUTPUT))
+        .timeout(TIMEOUT)
+        .memory_limit(MEMORY)
+        .output_limit(OUTPUT)
 }
 
 fn sandbox(profile: Profile) -> Sandbox {
@@ -53,7 +53,7 @@ fn sandbox(profile: Profile) -> Sandbox {
 
 fn with_instructions(profile: Profile, n: u64) -> Sandbox {
     builder(profile)
-        .instruction_limit(Some(n))
+        .instruction_limit(n)
         .build()
         .expect("a valid configuration")
 }
@@ -62,8 +62,8 @@ fn with_instructions(profile: Profile, n: u64) -> Sandbox {
 /// machine running the suite may be slow or busy).
 fn with_memory(profile: Profile, bytes: usize) -> Sandbox {
     builder(profile)
-        .memory_limit(Some(bytes))
-        .timeout(Some(PATIENT))
+        .memory_limit(bytes)
+        .timeout(PATIENT)
         .build()
         .expect("a valid configuration")
 }
@@ -598,7 +598,7 @@ both!(limit_caught_then_other_error_reports_the_limit, |p| {
         r#"pcall(function() while true do end end) error("other")"#,
         ErrorKind::InstructionLimit,
     );
-    let sb = builder(p).output_limit(Some(100)).build().unwrap();
+    let sb = builder(p).output_limit(100).build().unwrap();
     let e = expect_err(
         &sb,
         r#"pcall(function() for i = 1, 1000 do print(i) end end) error("other")"#,
@@ -650,7 +650,7 @@ both!(
 both!(
     output_limit_caught_in_tail_position_is_still_reported,
     |p| {
-        let sb = builder(p).output_limit(Some(100)).build().unwrap();
+        let sb = builder(p).output_limit(100).build().unwrap();
         expect_err(
             &sb,
             r#"return pcall(function() while true do print("xxxxxxxxxxxxxxx") end end)"#,
@@ -675,9 +675,9 @@ both!(
 #[test]
 fn memory_limit_swallowed_by_load_is_still_reported() {
     let sb = builder(STD)
-        .memory_limit(Some(8 << 20))
-        .source_limit(None)
-        .timeout(Some(PATIENT))
+        .memory_limit(8 << 20)
+        .no_source_limit()
+        .timeout(PATIENT)
         .build()
         .unwrap();
     expect_err(
@@ -1526,7 +1526,7 @@ fn load_of_pathological_sources_returns_nil_and_message() {
 
 #[test]
 fn load_over_the_source_limit_returns_nil_and_message() {
-    let sb = builder(STD).source_limit(Some(1024)).build().unwrap();
+    let sb = builder(STD).source_limit(1024).build().unwrap();
     let v = expect_ok(
         &sb,
         r#"local f, e = load(("x"):rep(2000)) return {f == nil, e}"#,
@@ -1544,7 +1544,7 @@ fn load_over_the_source_limit_returns_nil_and_message() {
 }
 
 both!(source_over_the_limit_is_an_input_error, |p| {
-    let sb = builder(p).source_limit(Some(1024)).build().unwrap();
+    let sb = builder(p).source_limit(1024).build().unwrap();
     let src = format!("return 1 --{}", "x".repeat(2048));
     let err = expect_err_msg(&sb, &src, ErrorKind::Input, "over the 1024 byte limit");
     assert_eq!(err.line, None);
@@ -1781,7 +1781,7 @@ both!(print_flood_hits_output_limit, |p| {
 });
 
 both!(output_limit_is_exact, |p| {
-    let sb = builder(p).output_limit(Some(6)).build().unwrap();
+    let sb = builder(p).output_limit(6).build().unwrap();
     let out = run(&sb, r#"print("hello")"#);
     assert_eq!(
         (out.result.clone(), out.output.as_str()),
@@ -1796,7 +1796,7 @@ both!(output_limit_is_exact, |p| {
 });
 
 both!(output_flood_variants, |p| {
-    let sb = builder(p).output_limit(Some(1000)).build().unwrap();
+    let sb = builder(p).output_limit(1000).build().unwrap();
     expect_err(
         &sb,
         "for i = 1, 1e6 do print(i) end",
@@ -1818,7 +1818,7 @@ both!(output_flood_variants, |p| {
 
 #[test]
 fn output_flood_variants_standard() {
-    let sb = builder(STD).output_limit(Some(1000)).build().unwrap();
+    let sb = builder(STD).output_limit(1000).build().unwrap();
     expect_err(
         &sb,
         "coroutine.wrap(function() while true do print('co') end end)()",

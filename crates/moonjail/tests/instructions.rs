@@ -6,7 +6,7 @@ use serde_json::Value as Json;
 
 fn run(source: &str, limit: u64) -> moonjail::Outcome {
     Sandbox::builder()
-        .instruction_limit(Some(limit))
+        .instruction_limit(limit)
         .build()
         .unwrap()
         .run(source, &Json::Null)

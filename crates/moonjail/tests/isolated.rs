@@ -78,9 +78,9 @@ fn config() -> ProcessConfigBuilder {
 
 fn build(config: ProcessConfigBuilder) -> Sandbox {
     Sandbox::builder()
-        .timeout(Some(TIMEOUT))
-        .memory_limit(Some(16 << 20))
-        .output_limit(Some(64 << 10))
+        .timeout(TIMEOUT)
+        .memory_limit(16 << 20)
+        .output_limit(64 << 10)
         .isolation(Isolation::Process(
             config.build().expect("a valid process config"),
         ))
@@ -222,9 +222,9 @@ fn is_our_child(pid: u32) -> bool {
 fn isolated_runs_match_in_process_runs() {
     let isolated = sandbox();
     let local = Sandbox::builder()
-        .timeout(Some(TIMEOUT))
-        .memory_limit(Some(16 << 20))
-        .output_limit(Some(64 << 10))
+        .timeout(TIMEOUT)
+        .memory_limit(16 << 20)
+        .output_limit(64 << 10)
         .build()
         .unwrap();
     let input = json!({"n": 3, "list": [1, 2, {"deep": [true, null]}], "s": "é\u{0}x"});
@@ -307,7 +307,7 @@ fn results_deeper_than_serde_defaults_cross_the_channel() {
 #[test]
 fn large_output_and_results_within_the_limits_fit() {
     let sb = Sandbox::builder()
-        .output_limit(Some(4 << 20))
+        .output_limit(4 << 20)
         .isolation(Isolation::Process(config().build().unwrap()))
         .build()
         .unwrap();
@@ -322,7 +322,7 @@ fn large_output_and_results_within_the_limits_fit() {
 #[test]
 fn the_source_limit_is_checked_before_anything_is_sent() {
     let sb = Sandbox::builder()
-        .source_limit(Some(100))
+        .source_limit(100)
         .isolation(Isolation::Process(config().build().unwrap()))
         .build()
         .unwrap();
@@ -694,7 +694,7 @@ fn coroutine_loops_time_out() {
 #[test]
 fn instruction_limits_hold() {
     let sb = Sandbox::builder()
-        .instruction_limit(Some(100_000))
+        .instruction_limit(100_000)
         .isolation(Isolation::Process(config().build().unwrap()))
         .build()
         .unwrap();
@@ -708,8 +708,8 @@ fn instruction_limits_hold() {
 fn allocation_bombs_hit_the_memory_limit() {
     // A longer deadline: filling 16 MiB takes a while in a debug build.
     let sb = Sandbox::builder()
-        .timeout(Some(Duration::from_secs(10)))
-        .memory_limit(Some(16 << 20))
+        .timeout(Duration::from_secs(10))
+        .memory_limit(16 << 20)
         .isolation(Isolation::Process(config().build().unwrap()))
         .build()
         .unwrap();

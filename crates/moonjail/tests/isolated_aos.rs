@@ -68,7 +68,7 @@ fn host_files() -> HostFiles {
 fn aos(deterministic: bool, isolation: Option<ProcessConfigBuilder>) -> Sandbox {
     let mut builder = Sandbox::builder()
         .profile(Profile::Aos)
-        .timeout(Some(TIMEOUT))
+        .timeout(TIMEOUT)
         .host_files(host_files())
         .deterministic(deterministic.then_some(Determinism {
             timestamp: 1_700_000_000,
@@ -286,7 +286,7 @@ fn a_listed_file_that_cannot_be_read_fails_as_in_process() {
         let build = |isolation: Option<ProcessConfigBuilder>| {
             let mut b = Sandbox::builder()
                 .profile(Profile::Aos)
-                .timeout(Some(TIMEOUT))
+                .timeout(TIMEOUT)
                 .host_files(HostFiles::default().allow_read(gone.clone()));
             if let Some(c) = isolation {
                 b = b.isolation(Isolation::Process(c.build().unwrap()));
@@ -314,7 +314,7 @@ fn a_listed_fifo_is_refused_without_blocking() {
         let build = |isolation: Option<ProcessConfigBuilder>| {
             let mut b = Sandbox::builder()
                 .profile(Profile::Aos)
-                .timeout(Some(TIMEOUT))
+                .timeout(TIMEOUT)
                 .host_files(HostFiles::default().allow_read(path.clone()));
             if let Some(c) = isolation {
                 b = b.isolation(Isolation::Process(c.build().unwrap()));
@@ -383,7 +383,7 @@ fn diagnostics_record_requires_in_a_worker() {
 fn unbounded_time(config: ProcessConfigBuilder) -> Sandbox {
     Sandbox::builder()
         .profile(Profile::Aos)
-        .timeout(None)
+        .no_timeout()
         .host_files(host_files())
         .isolation(Isolation::Process(config.build().unwrap()))
         .build()
@@ -463,7 +463,7 @@ impl Fake {
     fn sandbox(&self, config: ProcessConfigBuilder) -> Sandbox {
         Sandbox::builder()
             .profile(Profile::Aos)
-            .timeout(Some(TIMEOUT))
+            .timeout(TIMEOUT)
             .host_files(host_files())
             .isolation(Isolation::Process(
                 config

@@ -50,8 +50,8 @@ fn config() -> ProcessConfigBuilder {
 
 fn isolated(config: ProcessConfigBuilder) -> Sandbox {
     Sandbox::builder()
-        .timeout(Some(TIMEOUT))
-        .memory_limit(Some(4 << 20))
+        .timeout(TIMEOUT)
+        .memory_limit(4 << 20)
         .isolation(Isolation::Process(config.build().unwrap()))
         .build()
         .unwrap()
@@ -63,8 +63,8 @@ fn sandbox() -> Sandbox {
 
 fn in_process() -> Sandbox {
     Sandbox::builder()
-        .timeout(Some(TIMEOUT))
-        .memory_limit(Some(4 << 20))
+        .timeout(TIMEOUT)
+        .memory_limit(4 << 20)
         .build()
         .unwrap()
 }
@@ -258,8 +258,8 @@ fn a_call_the_worker_cannot_stop_is_killed_from_outside() {
 fn instruction_limit_is_per_call_and_closes() {
     guarded(|| {
         let sb = Sandbox::builder()
-            .instruction_limit(Some(100_000))
-            .timeout(Some(Duration::from_secs(5)))
+            .instruction_limit(100_000)
+            .timeout(Duration::from_secs(5))
             .isolation(Isolation::Process(config().build().unwrap()))
             .build()
             .unwrap();
@@ -337,7 +337,7 @@ fn sessions_match_in_process_sessions() {
 fn an_oversized_exec_is_refused_before_it_is_sent() {
     guarded(|| {
         let sb = Sandbox::builder()
-            .source_limit(Some(100))
+            .source_limit(100)
             .isolation(Isolation::Process(config().build().unwrap()))
             .build()
             .unwrap();

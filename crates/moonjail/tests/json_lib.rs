@@ -9,7 +9,7 @@ use serde_json::{json, Value as Json};
 fn sandbox() -> Sandbox {
     Sandbox::builder()
         .profile(Profile::Standard)
-        .timeout(Some(Duration::from_secs(10)))
+        .timeout(Duration::from_secs(10))
         .build()
         .expect("a valid configuration")
 }
@@ -316,8 +316,8 @@ fn encode_never_runs_metamethods() {
 #[test]
 fn decode_is_counted_against_the_memory_limit() {
     let sb = Sandbox::builder()
-        .memory_limit(Some(1 << 20))
-        .timeout(Some(Duration::from_secs(10)))
+        .memory_limit(1 << 20)
+        .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     // 600 KB of text fits; the 300 001 integers it decodes to do not.
@@ -356,8 +356,8 @@ fn decode_is_counted_against_the_memory_limit() {
 #[test]
 fn encode_is_bounded_by_the_memory_left() {
     let sb = Sandbox::builder()
-        .memory_limit(Some(2 << 20))
-        .timeout(Some(Duration::from_secs(10)))
+        .memory_limit(2 << 20)
+        .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     // The JSON text would be larger than the memory left: json.encode refuses it, and

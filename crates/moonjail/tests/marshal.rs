@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value as Json};
 fn sandbox() -> Sandbox {
     Sandbox::builder()
         .profile(Profile::Standard)
-        .timeout(Some(Duration::from_secs(10)))
+        .timeout(Duration::from_secs(10))
         .build()
         .expect("a valid configuration")
 }
@@ -876,7 +876,7 @@ fn input_deeper_than_the_limit_is_an_input_error() {
 
 #[test]
 fn results_larger_than_the_limit_are_result_errors() {
-    let sb = Sandbox::builder().result_limit(Some(100)).build().unwrap();
+    let sb = Sandbox::builder().result_limit(100).build().unwrap();
     assert!(run(&sb, r#"return ("x"):rep(50)"#, &Json::Null)
         .result
         .is_ok());

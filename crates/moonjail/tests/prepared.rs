@@ -9,9 +9,9 @@ fn prepared(profile: Profile) -> Sandbox {
     Sandbox::builder()
         .profile(profile)
         .prepared_states(2)
-        .timeout(Some(Duration::from_millis(300)))
-        .memory_limit(Some(4 << 20))
-        .output_limit(Some(1024))
+        .timeout(Duration::from_millis(300))
+        .memory_limit(4 << 20)
+        .output_limit(1024)
         .build()
         .unwrap()
 }
@@ -63,7 +63,7 @@ fn limits_hold_on_prepared_states_and_the_next_run_is_healthy() {
     }
     let sb = Sandbox::builder()
         .prepared_states(1)
-        .instruction_limit(Some(10_000))
+        .instruction_limit(10_000)
         .build()
         .unwrap();
     settle();

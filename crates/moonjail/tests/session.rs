@@ -8,8 +8,8 @@ use serde_json::json;
 
 fn sandbox() -> Sandbox {
     Sandbox::builder()
-        .timeout(Some(Duration::from_millis(200)))
-        .memory_limit(Some(4 << 20))
+        .timeout(Duration::from_millis(200))
+        .memory_limit(4 << 20)
         .build()
         .unwrap()
 }
@@ -68,7 +68,7 @@ fn timeout_closes_the_session_with_its_reason() {
 #[test]
 fn instruction_limit_is_per_call_and_closes() {
     let sb = Sandbox::builder()
-        .instruction_limit(Some(100_000))
+        .instruction_limit(100_000)
         .build()
         .unwrap();
     let mut s = sb.session().unwrap();

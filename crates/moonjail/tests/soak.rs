@@ -69,9 +69,9 @@ fn sandbox() -> Sandbox {
         .build()
         .unwrap();
     Sandbox::builder()
-        .timeout(Some(Duration::from_millis(100)))
-        .memory_limit(Some(8 << 20))
-        .output_limit(Some(16 << 10))
+        .timeout(Duration::from_millis(100))
+        .memory_limit(8 << 20)
+        .output_limit(16 << 10)
         .isolation(Isolation::Process(config))
         .build()
         .unwrap()

@@ -265,7 +265,7 @@ fn results_cross_as_json() {
 #[test]
 fn a_result_larger_than_the_heap_is_a_memory_limit() {
     let sb = Sandbox::builder()
-        .memory_limit(Some(1 << 20))
+        .memory_limit(1 << 20)
         .tool("big", |_| Ok(Json::String("x".repeat(4 << 20))))
         .build()
         .unwrap();
@@ -398,7 +398,7 @@ fn a_tool_call_cannot_outlive_the_run() {
     let seen = Arc::new(std::sync::Mutex::new(None));
     let seen2 = seen.clone();
     let sb = Sandbox::builder()
-        .timeout(Some(Duration::from_millis(300)))
+        .timeout(Duration::from_millis(300))
         .tool_with_context("slow", move |ctx, _| {
             *seen2.lock().unwrap() = ctx.remaining();
             std::thread::sleep(ctx.timeout(Duration::from_secs(10)) + Duration::from_millis(20));
@@ -429,7 +429,7 @@ fn calls_after_the_deadline_never_reach_the_tool() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     let sb = Sandbox::builder()
-        .timeout(Some(Duration::from_millis(200)))
+        .timeout(Duration::from_millis(200))
         .tool_quota(ToolQuota::default().per_run(None))
         .tool("tick", move |_| {
             c.fetch_add(1, Ordering::SeqCst);

@@ -194,7 +194,7 @@ fn route(req: &Request) -> (&'static str, Vec<(&'static str, String)>, Vec<u8>) 
 // ---------------------------------------------------------------------------------------
 
 fn builder() -> SandboxBuilder {
-    Sandbox::builder().timeout(Some(Duration::from_secs(5)))
+    Sandbox::builder().timeout(Duration::from_secs(5))
 }
 
 fn run(sb: &Sandbox, src: &str) -> Outcome {
@@ -405,7 +405,7 @@ fn oversized_body() {
 fn slow_server_vs_the_run_deadline() {
     let s = Server::start();
     let sb = builder()
-        .timeout(Some(Duration::from_millis(300)))
+        .timeout(Duration::from_millis(300))
         .allow_http(s.addr())
         .build()
         .unwrap();

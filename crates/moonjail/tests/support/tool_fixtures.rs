@@ -14,7 +14,7 @@ pub fn echo(args: Vec<Json>) -> Result<Json, ToolError> {
 /// `deep.er.tool`.
 pub fn builder() -> SandboxBuilder {
     Sandbox::builder()
-        .timeout(Some(Duration::from_secs(5)))
+        .timeout(Duration::from_secs(5))
         .tool("weather.lookup", |args| {
             match args.first().and_then(|a| a["city"].as_str()) {
                 Some("Lyon") => Ok(json!({"forecast": "sunny", "temperature_c": 21})),
