@@ -73,6 +73,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => bail!("give a FILE, `-` for standard input, or -e CODE"),
     };
+    let sandbox = args.sandbox.build(args.require_run, args.require_table)?;
+    let limits = sandbox.limits().clone();
     let over_input = "the input is over the --input-limit";
     let input: serde_json::Value = match &args.input {
         None => serde_json::Value::Null,
@@ -90,10 +92,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     _ => text.as_bytes().into(),
                 },
             };
-            serde_json::from_slice(&bytes).context("--input is not valid JSON")?
+            // Within the sandbox's depth and memory limits (see moonjail::parse_input).
+            moonjail::parse_input(&bytes, &limits)
+                .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {}", e.message))?
         }
     };
-    let sandbox = args.sandbox.build(args.require_run, args.require_table)?;
     // In process, a deadline that cannot be delivered (see backstop.rs) still ends the
     // run, as a timeout, soon after.
     let backstop = match sandbox.limits().timeout {

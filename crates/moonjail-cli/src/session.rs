@@ -155,7 +155,7 @@ pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
             ),
             Line::Text if buf.trim_ascii().is_empty() => continue,
             Line::Text => match std::str::from_utf8(&buf) {
-                Ok(text) => answer(&mut vm, text),
+                Ok(text) => answer(&mut vm, sandbox.limits(), text),
                 Err(e) => (
                     input_error(
                         Value::Null,
@@ -185,8 +185,8 @@ fn input_error(id: Value, message: String) -> Value {
 }
 
 /// Answers one request line; true when the session should end.
-fn answer(vm: &mut moonjail::Session, line: &str) -> (Value, bool) {
-    let (id, request) = match parse(line) {
+fn answer(vm: &mut moonjail::Session, limits: &moonjail::Limits, line: &str) -> (Value, bool) {
+    let (id, request) = match parse(line, limits) {
         Ok(parsed) => parsed,
         Err((id, message)) => return (input_error(id, message), false),
     };
@@ -216,9 +216,15 @@ fn answer(vm: &mut moonjail::Session, line: &str) -> (Value, bool) {
 }
 
 /// A request line as its id and request, or the id (null when unreadable) and why not.
-fn parse(line: &str) -> Result<(Value, Request), (Value, String)> {
-    let value: Value = serde_json::from_str(line)
-        .map_err(|e| (Value::Null, format!("the request is not JSON: {e}")))?;
+fn parse(line: &str, limits: &moonjail::Limits) -> Result<(Value, Request), (Value, String)> {
+    // Parsed within the sandbox's depth and memory limits: a request of a few megabytes
+    // must not cost the host a gigabyte of JSON values.
+    let value: Value = moonjail::parse_input(line.as_bytes(), limits).map_err(|e| {
+        (
+            Value::Null,
+            format!("the request is not JSON: {}", e.message),
+        )
+    })?;
     let Value::Object(mut fields) = value else {
         return Err((
             Value::Null,
@@ -260,7 +266,8 @@ mod tests {
 
     #[test]
     fn requests_parse_into_their_variant() {
-        let ok = |line: &str| parse(line).map(|(_, r)| r).map_err(|(_, m)| m);
+        let limits = moonjail::Limits::default();
+        let ok = |line: &str| parse(line, &limits).map(|(_, r)| r).map_err(|(_, m)| m);
         assert_eq!(
             ok(r#"{"op":"exec","code":"return 1"}"#),
             Ok(Request::Exec {

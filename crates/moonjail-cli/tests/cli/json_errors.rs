@@ -31,7 +31,7 @@ fn run_json_misuse_is_one_document() {
     let cases: &[(&[&str], &str)] = &[
         (&["--input", "{bad"], "--input is not valid JSON"),
         (&["--input", "@missing.json"], "reading missing.json"),
-        (&["--input", "@deep.json"], "recursion limit"),
+        (&["--input", "@deep.json"], "levels deep"),
         (
             &["--input", "[1, 2]", "--input-limit", "3"],
             "--input-limit",

@@ -385,3 +385,27 @@ fn a_closed_session_refuses_every_op() {
         }
     }
 }
+
+/// Regression: a request line of a few megabytes of small JSON values cost the host
+/// hundreds of megabytes (15 MB: 1.4 GB) before any limit applied. It is now refused by
+/// an estimate made before parsing, and the session goes on.
+#[test]
+fn a_request_that_would_parse_into_too_much_memory_is_refused() {
+    let many = format!("[{}{{}}]", "{},".repeat(1_000_000));
+    let big = format!(r#"{{"id":1,"op":"call","function":"f","args":{many}}}"#);
+    let (docs, code) = session(
+        &["--memory", "16MiB"],
+        &[&big, r#"{"id":2,"op":"exec","code":"return 2"}"#],
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(docs[0]["error"]["kind"], json!("input"), "{:?}", docs[0]);
+    assert!(
+        docs[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory"),
+        "{:?}",
+        docs[0]
+    );
+    assert_eq!(docs[1]["result"], json!(2));
+}

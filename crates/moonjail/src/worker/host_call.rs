@@ -47,6 +47,8 @@ pub(crate) struct Host<'a> {
     pub(crate) tools: Option<&'a ToolRun>,
     /// The deepest JSON a host call may hold (tool arguments nest as deep as results).
     pub(crate) max_depth: usize,
+    /// The most memory a host call's JSON may take once parsed (see `input.rs`).
+    pub(crate) max_host_bytes: u64,
 }
 
 /// How much deeper than the arguments themselves a `HostCall` nests (the call, its
@@ -121,7 +123,7 @@ pub(crate) fn answer(
     budget
         .charge_bytes(frame.encoded_len())
         .map_err(Refusal::Forbidden)?;
-    let call = parse(frame, host.max_depth).map_err(Refusal::Frame)?;
+    let call = parse(frame, host.max_depth, host.max_host_bytes).map_err(Refusal::Frame)?;
     let (answer, data) = serve(call.request, host)?;
     let meta = serde_json::to_vec(&HostReply {
         id: call.id,
@@ -136,13 +138,13 @@ pub(crate) fn answer(
 
 /// The call in `frame`, its nesting checked before it is parsed (tool arguments may nest
 /// deeper than serde's fixed limit).
-fn parse(frame: &Frame, max_depth: usize) -> Result<HostCall, FrameError> {
+fn parse(frame: &Frame, max_depth: usize, max_host_bytes: u64) -> Result<HostCall, FrameError> {
     let malformed = |what: String| FrameError::Malformed(format!("HostCall: {what}"));
     let bytes = frame
         .section(0)
         .ok_or_else(|| malformed("no section 0".into()))?;
-    let value =
-        protocol::parse_value(bytes, max_depth.saturating_add(CALL_DEPTH)).map_err(malformed)?;
+    let value = protocol::parse_value(bytes, max_depth.saturating_add(CALL_DEPTH), max_host_bytes)
+        .map_err(malformed)?;
     serde_json::from_value(value).map_err(|e| malformed(e.to_string()))
 }
 
@@ -245,6 +247,7 @@ mod tests {
             files,
             tools: None,
             max_depth: 64,
+            max_host_bytes: u64::MAX,
         }
     }
 
@@ -308,6 +311,7 @@ mod tests {
             files: &files,
             tools: Some(&run),
             max_depth: 64,
+            max_host_bytes: u64::MAX,
         };
         let mut budget = Budget::new(100, 1 << 20);
         let mut ask = |request| reply(&answer(&call(request), host, &mut budget).unwrap());
@@ -368,6 +372,7 @@ mod tests {
                 files: &files,
                 tools,
                 max_depth: 64,
+                max_host_bytes: u64::MAX,
             };
             for name in ["missing", "echo.x", "", "os.execute"] {
                 let refused = answer(&call(tool_call(name, json!([]))), host, &mut budget);
@@ -382,6 +387,7 @@ mod tests {
             files: &files,
             tools: None,
             max_depth: 64,
+            max_host_bytes: u64::MAX,
         };
         assert!(answer(&call(tool_call("echo", json!([]))), host, &mut budget).is_err());
         // Arguments that are not a list are malformed.
@@ -407,6 +413,7 @@ mod tests {
             files: &files,
             tools: Some(&run),
             max_depth: 64,
+            max_host_bytes: u64::MAX,
         };
         let mut budget = Budget::new(100, 1 << 20);
         let (r, _) =
@@ -429,6 +436,7 @@ mod tests {
             files: &files,
             tools: Some(&run),
             max_depth: 200,
+            max_host_bytes: u64::MAX,
         };
         let mut deep = json!(1);
         for _ in 0..200 {
@@ -442,6 +450,7 @@ mod tests {
         // Deeper than allowed: refused before parsing.
         let host = Host {
             max_depth: 100,
+            max_host_bytes: u64::MAX,
             ..host
         };
         let mut deep = json!(1);

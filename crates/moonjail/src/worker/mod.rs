@@ -554,6 +554,17 @@ impl Isolated {
     }
 }
 
+/// The most memory the supervisor lets JSON from a worker take once parsed: twice what
+/// the script's heap may take (the worker bounded the value by the same limit; the
+/// estimate over text is coarser than the worker's over values). Untrusted bytes never
+/// cost the host more than that, whatever a compromised worker sends.
+#[cfg(all(target_os = "linux", feature = "isolation"))]
+pub(crate) fn host_budget(limits: &Limits) -> u64 {
+    limits
+        .memory_bytes
+        .map_or(u64::MAX, |m| (m as u64).saturating_mul(2))
+}
+
 /// An outcome without output or diagnostics (see [`Outcome::bare`]).
 #[cfg(all(target_os = "linux", feature = "isolation"))]
 pub(crate) fn outcome(result: Result<Json, Error>, wall: Duration) -> Outcome {

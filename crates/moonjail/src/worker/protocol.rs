@@ -281,50 +281,10 @@ pub(crate) fn decode(buffer: &[u8], max: usize) -> Result<Decoded, FrameError> {
     ))
 }
 
-/// Parses JSON that came from the other side, refusing nesting deeper than `max_depth`
-/// before parsing (the parser itself then runs without serde_json's fixed limit of 128,
-/// since `result_depth` may be set higher).
-pub(crate) fn parse_value(bytes: &[u8], max_depth: usize) -> Result<Json, String> {
-    let depth = nesting(bytes);
-    if depth > max_depth {
-        return Err(format!(
-            "JSON nested {depth} levels deep, over the maximum of {max_depth}"
-        ));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    de.disable_recursion_limit();
-    let value = Json::deserialize(&mut de).map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
-    Ok(value)
-}
-
-/// The deepest nesting of arrays and objects in JSON text (strings skipped), for text
-/// that may be invalid: the parser reports the rest.
-fn nesting(bytes: &[u8]) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
+/// Parses JSON that came over the channel, nesting at most `max_depth` levels and
+/// taking at most about `host_bytes` once parsed (see `input.rs`).
+pub(crate) fn parse_value(bytes: &[u8], max_depth: usize, host_bytes: u64) -> Result<Json, String> {
+    crate::input::parse_bounded(bytes, max_depth, host_bytes)
 }
 
 /// `Configure`: how the worker locks itself down.
@@ -583,9 +543,9 @@ mod tests {
     #[test]
     fn depth_is_checked_before_parsing() {
         let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
-        assert!(parse_value(deep.as_bytes(), 299).is_err());
-        assert!(parse_value(deep.as_bytes(), 300).is_ok());
-        assert_eq!(nesting(br#"{"a": "[[[[", "b": [1, {"c": "\"]"}]}"#), 3);
-        assert!(parse_value(b"[1] x", 10).is_err());
+        assert!(parse_value(deep.as_bytes(), 299, u64::MAX).is_err());
+        assert!(parse_value(deep.as_bytes(), 300, u64::MAX).is_ok());
+        assert!(parse_value(br#"{"a": "[[[[", "b": [1, {"c": "\"]"}]}"#, 3, u64::MAX).is_ok());
+        assert!(parse_value(b"[1] x", 10, u64::MAX).is_err());
     }
 }

@@ -291,7 +291,7 @@ fn run_request<'f>(frame: &'f Frame, link: &Arc<Link>) -> Result<(Engine, &'f [u
         .limits
         .result_depth
         .saturating_add(INPUT_DEPTH_SLACK);
-    let input = protocol::parse_value(input, depth)
+    let input = protocol::parse_value(input, depth, u64::MAX)
         .map_err(|e| Error::new(ErrorKind::Input, format!("the input: {e}")))?;
     Ok((engine(&meta, link)?, source, input))
 }
@@ -371,7 +371,7 @@ fn call_request(frame: &Frame, result_depth: usize) -> Result<(String, Vec<Json>
         .ok_or_else(|| internal("a Call frame without arguments".into()))?;
     // The arguments are an array: one level more than each argument may nest.
     let depth = result_depth.saturating_add(INPUT_DEPTH_SLACK + 1);
-    let args = match protocol::parse_value(args, depth) {
+    let args = match protocol::parse_value(args, depth, u64::MAX) {
         Ok(Json::Array(args)) => args,
         Ok(_) => return Err(internal("the arguments of a Call are not an array".into())),
         Err(e) => return Err(Error::new(ErrorKind::Input, format!("the arguments: {e}"))),
@@ -598,7 +598,7 @@ impl Relay for ChannelTools {
         let (result, expired) = match self.link.host_call(request) {
             (HostAnswer::Value { expired }, bytes) => {
                 let depth = self.result_depth.saturating_add(INPUT_DEPTH_SLACK);
-                let value = protocol::parse_value(&bytes, depth)
+                let value = protocol::parse_value(&bytes, depth, u64::MAX)
                     .map_err(|e| ToolError::new(format!("result: {e}")));
                 (value, expired)
             }

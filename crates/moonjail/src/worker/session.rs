@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use super::failed;
 use super::host_call::Host;
 use super::pool::Pool;
 use super::protocol::{self, FunctionName, Kind, RequestMeta};
 use super::supervisor::{Fate, Worker};
+use super::{failed, host_budget};
 use crate::engine::{self, check_source};
 use crate::error::{Error, ErrorKind};
 use crate::host::FileSource;
@@ -220,6 +220,7 @@ impl WorkerSession {
             files: &*files,
             tools,
             max_depth: self.spec.limits.result_depth,
+            max_host_bytes: host_budget(&self.spec.limits),
         };
         worker.exchange(request, deadline, pool.settings(), host, &self.spec.limits)
     }

@@ -402,6 +402,7 @@ impl Worker {
             files: &*job.host.files,
             tools: tools.as_ref(),
             max_depth: job.limits().result_depth,
+            max_host_bytes: super::host_budget(job.limits()),
         };
         let (mut outcome, fate) =
             match self.exchange(&request, deadline, settings, host, job.limits()) {
@@ -717,8 +718,12 @@ fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Outcome, Stri
     let result = match meta.error {
         Some(error) => Err(error),
         // The worker checked the depth already; one level of slack for the encoding.
-        None => Ok(protocol::parse_value(result, limits.result_depth + 1)
-            .map_err(|e| format!("a malformed result: {e}"))?),
+        None => {
+            Ok(
+                protocol::parse_value(result, limits.result_depth + 1, super::host_budget(limits))
+                    .map_err(|e| format!("a malformed result: {e}"))?,
+            )
+        }
     };
     Ok(Outcome {
         result,
