@@ -123,10 +123,20 @@ pub fn lockdown(config: &LockdownConfig) -> Result<LockdownReport, Error> {
             let Some(relay_filter) = relay_filter else {
                 return Ok("not entered".into());
             };
-            link = Some(pidns::enter(&relay_filter?)?);
+            // The relay drops its privileges as the worker's credentials layer will.
+            let credentials = layers.contains(Layer::Credentials).then(|| {
+                pidns::RelayCredentials {
+                    switch_ids: root,
+                    uid: config.uid(),
+                    gid: config.gid(),
+                    required: !config.allow_missing().contains(Layer::Credentials),
+                }
+            });
+            link = Some(pidns::enter(&relay_filter?, credentials)?);
             Ok(format!(
                 "unshared and forked: this process is PID 1 of a new PID namespace; \
-                 the parent (pid {own_pid}) relays its exit status"
+                 the parent (pid {own_pid}) relays its exit status, with the worker's \
+                 credentials and a seccomp filter of its own"
             ))
         }
     })?;
