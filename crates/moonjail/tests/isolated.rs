@@ -990,7 +990,7 @@ fn an_oversized_frame_is_refused_before_it_is_read() {
         Some(huge),
         "exec sleep 30",
     );
-    expect_fake_error(&fake, &[ErrorKind::Internal], "over the");
+    expect_fake_error(&fake, &[ErrorKind::MemoryLimit], "over the");
 }
 
 #[test]

@@ -266,7 +266,7 @@ fn done(outcome: &Outcome) -> Result<Vec<u8>, String> {
             None,
             serde_json::to_vec(value).map_err(|e| format!("encoding the result: {e}"))?,
         ),
-        Err(error) => (Some(error.clone()), Vec::new()),
+        Err(error) => (Some(truncated(error)), Vec::new()),
     };
     let meta = serde_json::to_vec(&DoneMeta {
         error,
@@ -276,6 +276,28 @@ fn done(outcome: &Outcome) -> Result<Vec<u8>, String> {
     .map_err(|e| format!("encoding Done: {e}"))?;
     protocol::encode(Kind::Done, &[&meta, &result, outcome.output.as_bytes()])
         .map_err(|e| e.to_string())
+}
+
+/// The longest error message a worker sends: a message is bounded by no limit but the
+/// memory limit, and its escaped JSON must fit in a frame the supervisor accepts.
+const MAX_ERROR_MESSAGE: usize = 64 << 10;
+
+/// `error` with its message cut to [`MAX_ERROR_MESSAGE`] bytes (at a character boundary),
+/// saying how much was cut.
+fn truncated(error: &Error) -> Error {
+    let mut error = error.clone();
+    if error.message.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE;
+        while !error.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = error.message.len() - end;
+        error.message.truncate(end);
+        error
+            .message
+            .push_str(&format!("... [{cut} more bytes cut by the worker process]"));
+    }
+    error
 }
 
 fn internal(what: String) -> Error {
