@@ -56,6 +56,8 @@ use crate::sandbox::Outcome;
 
 /// How long to wait for a worker whose channel closed to be reaped before killing it.
 const REAP_WAIT: Duration = Duration::from_secs(2);
+/// How long a relay may take to end once its worker has: it only has to reap it.
+const RELAY_WAIT: Duration = Duration::from_millis(250);
 /// Read buffers larger than this are freed once empty.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
 /// How much of a worker's stderr goes into an error message.
@@ -360,6 +362,9 @@ struct Processes {
     /// The relay's child, once found: its pid and a pidfd (signals through it can never
     /// reach another process that got the same pid).
     worker: Option<(u32, OwnedFd)>,
+    /// Whether the spawned process is a relay, once the worker's report said so (before
+    /// that, a process that has one child is taken for one).
+    relay: Option<bool>,
     ended: Option<Ended>,
 }
 
@@ -367,7 +372,7 @@ impl Processes {
     /// Finds the relay's child and takes a pidfd of it, unless done already. Without a
     /// relay (no PID namespace) there is no child: the spawned process is the worker.
     fn attach(&mut self) {
-        if self.worker.is_some() || self.ended.is_some() {
+        if self.worker.is_some() || self.ended.is_some() || self.relay == Some(false) {
             return;
         }
         let spawned = self.spawned.as_raw_nonzero().get() as u32;
@@ -426,8 +431,8 @@ impl Processes {
     }
 
     /// Kills the worker and reaps every process of it: the worker through its pidfd, then
-    /// the relay, which reaps the worker and ends the same way. A relay that does not end
-    /// within [`REAP_WAIT`] (or a worker without a pidfd) is killed itself.
+    /// the relay, which reaps the worker and ends the same way. A relay that has not ended
+    /// [`RELAY_WAIT`] after its worker (or a worker without a pidfd) is killed itself.
     fn kill(&mut self) -> Option<Ended> {
         if self.ended.is_some() {
             return self.ended;
@@ -436,7 +441,10 @@ impl Processes {
         if let Some((_, pidfd)) = &self.worker {
             // ESRCH: the worker has ended already; the relay is reaping it.
             let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
-            if let Some(ended) = self.wait_for(REAP_WAIT) {
+            // A pidfd reads as ready once its process has ended.
+            let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+            let _ = poll(&mut fds, Some(&timespec(REAP_WAIT)));
+            if let Some(ended) = self.wait_for(RELAY_WAIT) {
                 return Some(ended);
             }
         }
@@ -524,6 +532,7 @@ impl Worker {
             processes: Processes {
                 spawned,
                 worker: None,
+                relay: None,
                 ended: None,
             },
             stat: None,
@@ -579,6 +588,14 @@ impl Worker {
                         ));
                     }
                 }
+                // With the PID namespace layer (forking, the default) the process spawned
+                // is a relay and its only child the worker; without it there is no child.
+                worker.processes.relay = Some(
+                    ready
+                        .layers
+                        .iter()
+                        .any(|l| l.layer == "pid-namespace" && l.status == "applied"),
+                );
                 worker.layers = ready.layers;
                 worker.processes.attach();
                 let (_, pid) = worker.pids();
