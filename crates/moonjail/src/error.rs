@@ -14,7 +14,8 @@ pub enum ErrorKind {
     Syntax,
     /// The script raised an error, or called something with bad arguments.
     Runtime,
-    /// The Lua heap would have grown past the memory limit.
+    /// The Lua heap would have grown past the memory limit (isolated: or the worker ran
+    /// out of address space outside it, or its answer was too large to accept).
     MemoryLimit,
     /// The instruction budget ran out.
     InstructionLimit,
