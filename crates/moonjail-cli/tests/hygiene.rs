@@ -17,7 +17,10 @@ fn children() -> Vec<(u32, char)> {
     };
     for task in tasks.flatten() {
         let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for pid in list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+        for pid in list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let state = stat
                 .rsplit(')')

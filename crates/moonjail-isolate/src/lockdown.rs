@@ -124,14 +124,15 @@ pub fn lockdown(config: &LockdownConfig) -> Result<LockdownReport, Error> {
                 return Ok("not entered".into());
             };
             // The relay drops its privileges as the worker's credentials layer will.
-            let credentials = layers.contains(Layer::Credentials).then(|| {
-                pidns::RelayCredentials {
-                    switch_ids: root,
-                    uid: config.uid(),
-                    gid: config.gid(),
-                    required: !config.allow_missing().contains(Layer::Credentials),
-                }
-            });
+            let credentials =
+                layers
+                    .contains(Layer::Credentials)
+                    .then(|| pidns::RelayCredentials {
+                        switch_ids: root,
+                        uid: config.uid(),
+                        gid: config.gid(),
+                        required: !config.allow_missing().contains(Layer::Credentials),
+                    });
             link = Some(pidns::enter(&relay_filter?, credentials)?);
             Ok(format!(
                 "unshared and forked: this process is PID 1 of a new PID namespace; \

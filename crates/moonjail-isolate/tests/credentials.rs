@@ -106,7 +106,11 @@ fn the_relay_is_unprivileged_and_filtered_seen_from_outside() {
     let root = common::capabilities().running_as_root;
     let held = Held::start("hold", &[]);
     let relay = held.pid();
-    assert_ne!(held.worker_pid(), relay, "no relay: the helper did not fork");
+    assert_ne!(
+        held.worker_pid(),
+        relay,
+        "no relay: the helper did not fork"
+    );
     let status = format!("/proc/{relay}/status");
     let field = |key| proc_field(&status, key).unwrap_or_else(|| panic!("{key} in {status}"));
     if root {

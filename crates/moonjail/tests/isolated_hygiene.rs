@@ -56,7 +56,9 @@ fn sandbox(timeout: Option<Duration>, config: ProcessConfigBuilder) -> Sandbox {
     Sandbox::builder()
         .timeout(timeout)
         .memory_limit(Some(256 << 20))
-        .isolation(Isolation::Process(config.build().expect("a process config")))
+        .isolation(Isolation::Process(
+            config.build().expect("a process config"),
+        ))
         .build()
         .expect("a sandbox")
 }
@@ -69,7 +71,10 @@ fn children() -> Vec<(u32, char)> {
     };
     for task in tasks.flatten() {
         let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for pid in list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+        for pid in list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let state = stat
                 .rsplit(')')
@@ -124,10 +129,16 @@ fn isolated_runs_leave_no_process_with_a_subreaper_caller() {
     assert_no_children("before any run");
     let sb = sandbox(
         Some(Duration::from_millis(500)),
-        config().max_runs(Some(1)).kill_grace(Duration::from_millis(50)),
+        config()
+            .max_runs(Some(1))
+            .kill_grace(Duration::from_millis(50)),
     );
     for i in 0..4 {
-        assert_eq!(sb.run("return 1 + 1", &Json::Null).result, Ok(json!(2)), "run {i}");
+        assert_eq!(
+            sb.run("return 1 + 1", &Json::Null).result,
+            Ok(json!(2)),
+            "run {i}"
+        );
     }
     // The supervisor's kill path (deadline), and deaths it only observes (a fault).
     let timeout = sb.probe_worker("spin").unwrap_err();
@@ -193,7 +204,10 @@ fn a_run_without_a_timeout_ends_at_its_cpu_budget() {
     }
     // The budget is per request: many short runs on one worker add up past it.
     for _ in 0..3 {
-        let out = sb.run("local n = 0 for i = 1, 2e6 do n = n + i end return n", &Json::Null);
+        let out = sb.run(
+            "local n = 0 for i = 1, 2e6 do n = n + i end return n",
+            &Json::Null,
+        );
         assert!(out.result.is_ok(), "{:?}", out.result);
     }
     drop(sb);
@@ -314,10 +328,15 @@ fn large_escaped_results_and_huge_error_messages_are_ordinary_outcomes() {
     }
     let err = error_of(sb.run(r#"error(("\1"):rep(20e6), 0)"#, &Json::Null));
     assert_eq!(err.kind, ErrorKind::Runtime, "{}", &err.message[..80]);
-    assert!(err.message.len() < (64 << 10) + 200, "{}", err.message.len());
+    assert!(
+        err.message.len() < (64 << 10) + 200,
+        "{}",
+        err.message.len()
+    );
     assert!(err.message.starts_with('\u{1}'));
     assert!(
-        err.message.ends_with("more bytes cut by the worker process]"),
+        err.message
+            .ends_with("more bytes cut by the worker process]"),
         "{}",
         &err.message[err.message.len() - 80..]
     );

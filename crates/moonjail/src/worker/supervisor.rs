@@ -165,7 +165,10 @@ fn cpu_time(stat: &File) -> Option<Duration> {
     let text = std::str::from_utf8(&buffer[..n]).ok()?;
     // The command name (field 2) may hold anything up to its closing parenthesis; fields
     // 14 and 15 (utime, stime) are the 12th and 13th after it.
-    let mut fields = text.get(text.rfind(')')? + 1..)?.split_whitespace().skip(11);
+    let mut fields = text
+        .get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     let hz = rustix::param::clock_ticks_per_second().max(1);
@@ -439,13 +442,16 @@ impl Processes {
         }
         self.attach();
         if let Some((_, pidfd)) = &self.worker {
-            // ESRCH: the worker has ended already; the relay is reaping it.
-            let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
-            // A pidfd reads as ready once its process has ended.
-            let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-            let _ = poll(&mut fds, Some(&timespec(REAP_WAIT)));
-            if let Some(ended) = self.wait_for(RELAY_WAIT) {
-                return Some(ended);
+            // ESRCH: the worker has ended already; the relay is reaping it. Any other
+            // error: the worker cannot be signalled, so only killing the relay is left.
+            let sent = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+            if matches!(sent, Ok(()) | Err(rustix::io::Errno::SRCH)) {
+                // A pidfd reads as ready once its process has ended.
+                let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+                let _ = poll(&mut fds, Some(&timespec(REAP_WAIT)));
+                if let Some(ended) = self.wait_for(RELAY_WAIT) {
+                    return Some(ended);
+                }
             }
         }
         // Not reaped yet, so the pid is still ours: no other process can have it.
@@ -1115,6 +1121,83 @@ pub(crate) fn signal_name(signal: i32) -> (String, &'static str) {
 mod tests {
     use super::*;
     use crate::sandbox::Stats;
+
+    fn settings(rlimit_cpu: Option<Duration>) -> Settings {
+        Settings {
+            exe: PathBuf::new(),
+            configure: Vec::new(),
+            required: Vec::new(),
+            kill_grace: Duration::ZERO,
+            spawn_timeout: Duration::ZERO,
+            max_frame: 0,
+            stderr_bytes: 0,
+            test_hooks: false,
+            max_host_calls: 0,
+            max_host_call_bytes: 0,
+            run_cpu_time: None,
+            rlimit_cpu,
+            rlimit_as: Some(1 << 30),
+        }
+    }
+
+    fn ended(signal: i32, cpu_ms: u64) -> Option<Ended> {
+        Some(Ended {
+            status: ExitStatus::from_raw(signal),
+            cpu: Duration::from_millis(cpu_ms),
+        })
+    }
+
+    #[test]
+    fn deaths_are_limits_only_when_the_cause_is_certain() {
+        let oom = b"moonjail worker: x\nmemory allocation of 240000143 bytes failed\nnote: ...\n";
+        let plain = settings(None);
+        // An abort (SIGSEGV as PID 1, or SIGABRT) after the allocation failure message.
+        for signal in [libc::SIGSEGV, libc::SIGABRT] {
+            let (kind, message) = classify_death(ended(signal, 10), oom, &plain);
+            assert_eq!(kind, ErrorKind::MemoryLimit, "{message}");
+            assert!(message.contains("memory allocation of 240000143 bytes failed"));
+            assert!(message.contains("1073741824 bytes"), "{message}");
+        }
+        // The same signals without it, the message from another signal, or a script that
+        // merely printed something alike in the middle of a line: a crash.
+        let (kind, _) = classify_death(ended(libc::SIGSEGV, 10), b"boom\n", &plain);
+        assert_eq!(kind, ErrorKind::Killed);
+        let (kind, _) = classify_death(ended(libc::SIGSYS, 10), oom, &plain);
+        assert_eq!(kind, ErrorKind::Killed);
+        let echoed = b"print: memory allocation of 5 bytes failed\n";
+        let (kind, _) = classify_death(ended(libc::SIGSEGV, 10), echoed, &plain);
+        assert_eq!(kind, ErrorKind::Killed);
+        // SIGKILL at the RLIMIT_CPU (rounded up to 2 s) is a timeout; before it, or with
+        // no such limit, someone else killed the worker.
+        let limited = settings(Some(Duration::from_millis(1500)));
+        let (kind, message) = classify_death(ended(libc::SIGKILL, 1990), b"", &limited);
+        assert_eq!(kind, ErrorKind::Timeout, "{message}");
+        assert!(message.contains("RLIMIT_CPU, 2 s"), "{message}");
+        let (kind, _) = classify_death(ended(libc::SIGKILL, 300), b"", &limited);
+        assert_eq!(kind, ErrorKind::Killed);
+        let (kind, _) = classify_death(ended(libc::SIGKILL, 5000), b"", &plain);
+        assert_eq!(kind, ErrorKind::Killed);
+        let (kind, _) = classify_death(None, oom, &limited);
+        assert_eq!(kind, ErrorKind::Killed);
+        // An exit status is never a limit.
+        let exited = Some(Ended {
+            status: ExitStatus::from_raw(2 << 8),
+            cpu: Duration::from_secs(9),
+        });
+        assert_eq!(classify_death(exited, oom, &limited).0, ErrorKind::Killed);
+    }
+
+    #[test]
+    fn cpu_time_is_read_from_proc_stat() {
+        let stat = File::open("/proc/self/stat").unwrap();
+        let before = cpu_time(&stat).expect("this process's CPU time");
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(100) {
+            std::hint::spin_loop();
+        }
+        let after = cpu_time(&stat).unwrap();
+        assert!(after > before, "{before:?} then {after:?}");
+    }
 
     #[test]
     fn signal_names() {
