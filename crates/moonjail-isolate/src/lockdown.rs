@@ -14,7 +14,9 @@ use crate::{credentials, fds, landlock, pidns, seccomp};
 /// 1. close every file descriptor except [`keep_fds`](crate::LockdownConfigBuilder::keep_fds);
 /// 2. unshare the user namespace (only when not root), then the network, mount, IPC and UTS
 ///    namespaces, then the PID namespace (see [`PidNamespace`]: by default the process
-///    forks once here and `lockdown` returns in the child, PID 1 of the new namespace);
+///    forks once here and `lockdown` returns in the child, PID 1 of the new namespace; the
+///    parent stays behind as a relay that drops the credentials of step 4 and sets
+///    `no_new_privs` and a seccomp filter of its own before the child goes on);
 /// 3. set `RLIMIT_CPU`, `RLIMIT_AS`, `RLIMIT_NOFILE`, `RLIMIT_NPROC`, and `RLIMIT_FSIZE` and
 ///    `RLIMIT_CORE` to 0;
 /// 4. when root, drop supplementary groups, gid and uid; in all cases drop every
