@@ -833,7 +833,12 @@ impl Worker {
                 let ended = self.reap();
                 self.channel.drain_stderr();
                 let (kind, mut message) = classify_death(ended, &self.channel.captured, settings);
-                if let Some(tail) = self.channel.stderr_tail() {
+                // A memory_limit already quotes the one line of stderr that matters.
+                if let Some(tail) = self
+                    .channel
+                    .stderr_tail()
+                    .filter(|_| kind != ErrorKind::MemoryLimit)
+                {
                     message.push_str(&format!("; its stderr: {tail}"));
                 }
                 Error::new(kind, message)
