@@ -856,9 +856,10 @@ impl Worker {
                 Error::new(
                     ErrorKind::MemoryLimit,
                     format!(
-                        "memory limit: the worker's answer is {length} bytes, over the {max} \
-                         bytes the supervisor accepts in one frame (max_frame_bytes plus the \
-                         result and output limits); its worker process was killed"
+                        "memory limit: the worker sent a frame (an answer or a host call) of \
+                         {length} bytes, over the {max} bytes the supervisor accepts in one \
+                         (max_frame_bytes plus room for the result and output limits); its \
+                         worker process was killed"
                     ),
                 )
             }
