@@ -135,11 +135,16 @@ pub fn lockdown(config: &LockdownConfig) -> Result<LockdownReport, Error> {
                         gid: config.gid(),
                         required: !config.allow_missing().contains(Layer::Credentials),
                     });
-            link = Some(pidns::enter(&relay_filter?, credentials)?);
+            let entered = pidns::enter(&relay_filter?, credentials)?;
+            link = Some(entered.link);
+            let relay = if entered.relay_unprivileged {
+                "with the worker's credentials and a seccomp filter of its own"
+            } else {
+                "keeping its credentials, with a seccomp filter of its own"
+            };
             Ok(format!(
                 "unshared and forked: this process is PID 1 of a new PID namespace; \
-                 the parent (pid {own_pid}) relays its exit status, with the worker's \
-                 credentials and a seccomp filter of its own"
+                 the parent (pid {own_pid}) relays its exit status, {relay}"
             ))
         }
     })?;

@@ -110,10 +110,20 @@ pub(crate) struct RelayCredentials {
     pub(crate) required: bool,
 }
 
-/// The handshake bytes the relay sends.
+/// The handshake bytes the relay sends: confined (with its privileges dropped, or keeping
+/// them because that was allowed), unconfined, or still privileged when that was required.
 const CONFINED: u8 = 1;
+const CONFINED_PRIVILEGED: u8 = 3;
 const UNCONFINED: u8 = 0;
 const PRIVILEGED: u8 = 2;
+
+/// The worker's side of a relay, once the relay is confined.
+#[derive(Debug)]
+pub(crate) struct Entered {
+    pub(crate) link: Link,
+    /// Whether the relay dropped its privileges (false: not asked to, or allowed to fail).
+    pub(crate) relay_unprivileged: bool,
+}
 
 /// Unshares the PID namespace and forks. Returns in the child (PID 1 of the new namespace)
 /// with the [`Link`] to arm later; the parent never returns (see the module docs). The relay
@@ -121,7 +131,7 @@ const PRIVILEGED: u8 = 2;
 pub(crate) fn enter(
     relay_filter: &seccomp::Filter,
     credentials: Option<RelayCredentials>,
-) -> Result<Link, Error> {
+) -> Result<Entered, Error> {
     namespaces::unshare(Namespace::Pid).map_err(Error::Unshare)?;
     let (from_relay, to_worker) =
         pipe_with(PipeFlags::CLOEXEC).map_err(|e| Error::Pipe(e.into()))?;
@@ -132,8 +142,11 @@ pub(crate) fn enter(
         -1 => Err(Error::Fork(io::Error::last_os_error())),
         0 => {
             drop(to_worker);
-            wait_for_relay(&from_relay)?;
-            Ok(Link { from_relay })
+            let dropped = wait_for_relay(&from_relay)?;
+            Ok(Entered {
+                link: Link { from_relay },
+                relay_unprivileged: dropped && credentials.is_some(),
+            })
         }
         child => {
             drop(from_relay);
@@ -142,12 +155,14 @@ pub(crate) fn enter(
     }
 }
 
-/// Waits until the relay says it is confined (one byte: [`CONFINED`], or why not).
-fn wait_for_relay(from_relay: &OwnedFd) -> Result<(), Error> {
+/// Waits until the relay says it is confined (one byte: [`CONFINED`], or why not); says
+/// whether it also dropped its privileges.
+fn wait_for_relay(from_relay: &OwnedFd) -> Result<bool, Error> {
     let mut byte = [0u8; 1];
     loop {
         match rustix::io::read(from_relay, &mut byte) {
-            Ok(1) if byte[0] == CONFINED => return Ok(()),
+            Ok(1) if byte[0] == CONFINED => return Ok(true),
+            Ok(1) if byte[0] == CONFINED_PRIVILEGED => return Ok(false),
             Ok(1) if byte[0] == PRIVILEGED => return Err(Error::RelayPrivileged),
             Ok(1) => return Err(Error::RelayUnconfined),
             Ok(_) => return Err(Error::RelayGone),
@@ -191,16 +206,21 @@ fn relay(
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
     // Privileges first (dropping the bounding set needs CAP_SETPCAP, which the uid switch
     // takes away), then no_new_privs and the filter, as in the worker.
-    let privileged = credentials.is_some_and(|c| {
-        crate::credentials::drop_raw(c.switch_ids, c.uid, c.gid).is_err() && c.required
-    });
+    let (dropped, required) = match credentials {
+        Some(c) => (
+            crate::credentials::drop_raw(c.switch_ids, c.uid, c.gid).is_ok(),
+            c.required,
+        ),
+        None => (true, false),
+    };
     let confined = rustix::thread::set_no_new_privs(true).is_ok() && filter.apply().is_ok();
     // Tell the worker, which waits for this before going on: when `lockdown` returns, the
     // relay is already confined.
-    let byte = [match (privileged, confined) {
-        (true, _) => PRIVILEGED,
-        (false, true) => CONFINED,
-        (false, false) => UNCONFINED,
+    let byte = [match (dropped, required, confined) {
+        (false, true, _) => PRIVILEGED,
+        (_, _, false) => UNCONFINED,
+        (true, _, true) => CONFINED,
+        (false, false, true) => CONFINED_PRIVILEGED,
     }];
     // SAFETY: writes one byte from a live buffer to the pipe descriptor the relay owns.
     unsafe { libc::write(keep as libc::c_int, byte.as_ptr().cast(), 1) };

@@ -126,4 +126,11 @@ fn the_relay_is_unprivileged_and_filtered_seen_from_outside() {
     // Still a working relay: the worker's exit status comes through.
     let (status, transcript) = held.finish();
     assert_eq!(status.code(), Some(0), "{transcript:?}");
+    // The report says what the relay holds, with and without the credentials layer.
+    let with = run("report", &[], "");
+    let detail = with.value("REPORT pid-namespace").unwrap_or_default();
+    assert!(detail.contains("with the worker's credentials"), "{detail}");
+    let without = run("report", &["--without", "credentials"], "");
+    let detail = without.value("REPORT pid-namespace").unwrap_or_default();
+    assert!(detail.contains("keeping its credentials"), "{detail}");
 }
