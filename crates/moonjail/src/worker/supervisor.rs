@@ -965,10 +965,30 @@ impl Drop for Worker {
     }
 }
 
-/// The first child of `pid`, from /proc.
+/// The first child of `pid`, from /proc: its `children` list, or, on a kernel built
+/// without it (`CONFIG_PROC_CHILDREN`), the process whose parent it is.
 fn child_of(pid: u32) -> Option<u32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
+    match std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        Ok(children) => children.split_whitespace().next()?.parse().ok(),
+        Err(_) => child_by_parent(pid),
+    }
+}
+
+/// A process whose parent is `pid`, from every `/proc/PID/stat`.
+fn child_by_parent(pid: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // Field 4, the parent, is the second after the command name's ')'.
+            let parent = stat
+                .get(stat.rfind(')')? + 1..)?
+                .split_whitespace()
+                .nth(1)?;
+            (parent.parse::<u32>().ok()? == pid).then_some(child)
+        })
 }
 
 fn encode_run(job: &Job) -> Result<Vec<u8>, String> {
@@ -1191,6 +1211,32 @@ mod tests {
             cpu: Duration::from_secs(9),
         });
         assert_eq!(classify_death(exited, oom, &limited).0, ErrorKind::Killed);
+    }
+
+    #[test]
+    fn the_child_of_a_process_is_found_in_proc() {
+        // A single-threaded parent with one child, as a relay is.
+        let mut shell = Command::new("sh")
+            .args(["-c", "sleep 5 & wait"])
+            .spawn()
+            .unwrap();
+        let parent = shell.id();
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut found = child_of(parent);
+        while found.is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+            found = child_of(parent);
+        }
+        let by_parent = child_by_parent(parent);
+        let comm = found.map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")));
+        if let Some(pid) = found.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        let _ = shell.kill();
+        let _ = shell.wait();
+        assert!(found.is_some(), "no child of {parent}");
+        assert_eq!(by_parent, found);
+        assert_eq!(comm.and_then(Result::ok).as_deref(), Some("sleep\n"));
     }
 
     #[test]
