@@ -153,10 +153,12 @@ impl fmt::Debug for LayerSet {
 pub enum PidNamespace {
     /// Unshare, then fork once. The child becomes PID 1 of the new namespace and
     /// [`lockdown`](crate::lockdown) returns in it; the original process becomes a *relay*
-    /// that closes every fd, installs a tiny seccomp filter of its own, waits for the child
-    /// and exits the way the child did (same exit code, or dies by the same signal). The
-    /// child is killed (`PR_SET_PDEATHSIG`) if the relay dies, so a supervisor that kills
-    /// the process it spawned kills the worker.
+    /// that closes every fd, drops the worker's ids and every capability (with the
+    /// credentials layer), installs a tiny seccomp filter of its own, waits for (and reaps)
+    /// the child and exits the way the child did (same exit code, or dies by the same
+    /// signal). The child is killed (`PR_SET_PDEATHSIG`) if the relay dies, but its zombie
+    /// then goes to the caller's subreaper or init: a supervisor should kill the child and
+    /// wait for the relay instead.
     #[default]
     Fork,
     /// The caller was already started as PID 1 of a fresh PID namespace (for example by a
@@ -306,7 +308,8 @@ impl LockdownConfigBuilder {
 
     /// Sets `RLIMIT_NPROC`. The kernel counts every task (thread or process) of the real
     /// uid, across all processes of that uid, so with a pool of workers all running as
-    /// `nobody` the limit must cover all their threads. Seccomp is what forbids creating
+    /// `nobody` the limit must cover all their threads (and their relays, which run as
+    /// `nobody` too). Seccomp is what forbids creating
     /// processes; this is a backstop.
     ///
     /// By default, 256.

@@ -2,7 +2,8 @@
 //!
 //! The calls here change the calling thread only (raw syscalls, not glibc's
 //! all-threads `setuid`), which is right because [`lockdown`](crate::lockdown) runs
-//! single-threaded.
+//! single-threaded. The PID-namespace relay drops the same privileges with an
+//! allocation-free variant, so that it holds no more than the worker it waits for.
 
 use std::io;
 
@@ -184,6 +185,74 @@ fn drop_bounding_set() -> Result<String, Error> {
 /// be applied without `CAP_SYS_ADMIN`.
 pub(crate) fn set_no_new_privs() -> Result<(), Error> {
     rustix::thread::set_no_new_privs(true).map_err(|e| Error::NoNewPrivs(e.into()))
+}
+
+/// Drops every privilege like [`drop_privileges`], allocating nothing: for the
+/// PID-namespace relay, a forked process that must not touch the allocator's state. Empties
+/// the ambient and (where `CAP_SETPCAP` allows) bounding sets, switches ids when
+/// `switch_ids`, becomes non-dumpable (so that no other process of the same uid can ptrace
+/// it), empties the effective, permitted and inheritable sets, and checks that they are
+/// empty. Returns the first errno (`EPERM` when a capability survived).
+pub(crate) fn drop_raw(switch_ids: bool, uid: u32, gid: u32) -> Result<(), i32> {
+    clear_ambient().map_err(|e| match e {
+        Error::ClearAmbient(e) => e.raw_os_error().unwrap_or(libc::EPERM),
+        _ => libc::EPERM,
+    })?;
+    drop_bounding_raw()?;
+    probe_raw(switch_ids, uid, gid)?;
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| e.raw_os_error())?;
+    let held = capabilities(None).map_err(|e| e.raw_os_error())?;
+    let empty = held.effective.is_empty() && held.permitted.is_empty();
+    if !empty || !held.inheritable.is_empty() {
+        return Err(libc::EPERM);
+    }
+    Ok(())
+}
+
+/// [`drop_bounding_set`] without the report (and so without allocating).
+fn drop_bounding_raw() -> Result<(), i32> {
+    for capability in 0u32.. {
+        // SAFETY: PR_CAPBSET_READ takes the capability number and no pointer.
+        let present = unsafe {
+            libc::prctl(
+                libc::PR_CAPBSET_READ,
+                libc::c_ulong::from(capability),
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if present == -1 {
+            // EINVAL: past the last capability this kernel knows.
+            return Ok(());
+        }
+        if present == 1 {
+            // SAFETY: PR_CAPBSET_DROP takes the capability number and no pointer.
+            let rc = unsafe {
+                libc::prctl(
+                    libc::PR_CAPBSET_DROP,
+                    libc::c_ulong::from(capability),
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            };
+            if rc == -1 {
+                let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                let can_setpcap = capabilities(None)
+                    .map(|sets| sets.effective.contains(CapabilitySet::SETPCAP))
+                    .unwrap_or(false);
+                // As in `drop_bounding_set`: without CAP_SETPCAP the set cannot shrink, and
+                // it matters only to an `execve` that no_new_privs and seccomp rule out.
+                if errno == libc::EPERM && !can_setpcap {
+                    return Ok(());
+                }
+                return Err(errno);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Drops privileges like [`drop_privileges`] but allocating nothing and checking nothing

@@ -8,6 +8,12 @@
 //! skipped and why. [`probe`] tells which layers this machine can apply, without confining
 //! the caller (for `moonjail doctor`).
 //!
+//! The PID namespace layer forks: the caller's original process stays behind as a *relay*
+//! that drops the same uid, gid and capabilities as the worker, sets `no_new_privs`, runs
+//! under a seccomp filter of its own that allows little more than waiting, reaps the worker
+//! and ends as it ended. A supervisor stops a worker by killing the relay's child, then
+//! waiting for the relay: every process the lockdown forked is then reaped (see `pidns`).
+//!
 //! ```no_run
 //! use moonjail_isolate::{lockdown, LockdownConfig};
 //!

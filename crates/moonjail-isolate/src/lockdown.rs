@@ -14,7 +14,9 @@ use crate::{credentials, fds, landlock, pidns, seccomp};
 /// 1. close every file descriptor except [`keep_fds`](crate::LockdownConfigBuilder::keep_fds);
 /// 2. unshare the user namespace (only when not root), then the network, mount, IPC and UTS
 ///    namespaces, then the PID namespace (see [`PidNamespace`]: by default the process
-///    forks once here and `lockdown` returns in the child, PID 1 of the new namespace);
+///    forks once here and `lockdown` returns in the child, PID 1 of the new namespace; the
+///    parent stays behind as a relay that drops the credentials of step 4 and sets
+///    `no_new_privs` and a seccomp filter of its own before the child goes on);
 /// 3. set `RLIMIT_CPU`, `RLIMIT_AS`, `RLIMIT_NOFILE`, `RLIMIT_NPROC`, and `RLIMIT_FSIZE` and
 ///    `RLIMIT_CORE` to 0;
 /// 4. when root, drop supplementary groups, gid and uid; in all cases drop every
@@ -123,10 +125,26 @@ pub fn lockdown(config: &LockdownConfig) -> Result<LockdownReport, Error> {
             let Some(relay_filter) = relay_filter else {
                 return Ok("not entered".into());
             };
-            link = Some(pidns::enter(&relay_filter?)?);
+            // The relay drops its privileges as the worker's credentials layer will.
+            let credentials =
+                layers
+                    .contains(Layer::Credentials)
+                    .then(|| pidns::RelayCredentials {
+                        switch_ids: root,
+                        uid: config.uid(),
+                        gid: config.gid(),
+                        required: !config.allow_missing().contains(Layer::Credentials),
+                    });
+            let entered = pidns::enter(&relay_filter?, credentials)?;
+            link = Some(entered.link);
+            let relay = if entered.relay_unprivileged {
+                "with the worker's credentials and a seccomp filter of its own"
+            } else {
+                "keeping its credentials, with a seccomp filter of its own"
+            };
             Ok(format!(
                 "unshared and forked: this process is PID 1 of a new PID namespace; \
-                 the parent (pid {own_pid}) relays its exit status"
+                 the parent (pid {own_pid}) relays its exit status, {relay}"
             ))
         }
     })?;

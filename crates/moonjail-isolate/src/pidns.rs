@@ -8,10 +8,20 @@
 //!   credentials are final (a credential change clears it) it sets `PR_SET_PDEATHSIG` to
 //!   `SIGKILL`, so it dies with the relay;
 //! - the parent becomes the relay: it closes every descriptor, sets `RLIMIT_CORE` to 0,
-//!   installs a seccomp filter that allows only waiting and exiting, tells the child (which
-//!   waits for that) that it is confined, waits for the child, then exits with its exit code
-//!   or dies by its signal. A supervisor therefore sees the worker's outcome as the outcome
-//!   of the process it spawned, and kills the worker by killing that process.
+//!   drops its privileges as the worker does (when the credentials layer is on: empty
+//!   ambient and bounding sets, the worker's uid and gid with no supplementary group when
+//!   root, not dumpable, no effective, permitted or inheritable capability), sets
+//!   `no_new_privs`, installs a seccomp filter that allows only waiting and exiting, tells
+//!   the child (which waits for that) that it is confined, waits for the child — reaping
+//!   it, so no zombie of the worker is ever left to anyone else — then exits with its exit
+//!   code or dies by its signal. A supervisor therefore sees the worker's outcome as the
+//!   outcome of the process it spawned.
+//!
+//! To stop a worker without leaving a zombie, a supervisor kills the *worker* (the relay's
+//! only child, best through a pidfd) and then waits for the relay, which reaps the worker
+//! and ends the same way. Killing the relay instead orphans the worker: `PR_SET_PDEATHSIG`
+//! still kills it, but its zombie is reparented to the caller's subreaper or init, which
+//! may never reap it.
 //!
 //! As PID 1 the worker ignores signals it has no handler for when they come from inside its
 //! namespace; the kernel's own signals (seccomp's kill, `RLIMIT_CPU`, faults) and `SIGKILL`
@@ -49,6 +59,9 @@ pub enum Error {
     /// The relay could not install its own seccomp filter.
     #[error("the PID namespace relay could not confine itself (no_new_privs or seccomp failed)")]
     RelayUnconfined,
+    /// The relay could not drop its privileges (ids, capabilities).
+    #[error("the PID namespace relay could not drop its uid, gid or capabilities")]
+    RelayPrivileged,
     /// The relay died before the worker was tied to it.
     #[error("the PID namespace relay died before the worker was tied to it")]
     RelayGone,
@@ -85,9 +98,40 @@ impl Link {
     }
 }
 
+/// How the relay drops its privileges before it confines itself: like the worker's
+/// credentials layer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RelayCredentials {
+    /// Switch to `uid`/`gid` (the process runs as root); otherwise keep the ids.
+    pub(crate) switch_ids: bool,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    /// A failure stops the worker (the credentials layer is not allowed to be missing).
+    pub(crate) required: bool,
+}
+
+/// The handshake bytes the relay sends: confined (with its privileges dropped, or keeping
+/// them because that was allowed), unconfined, or still privileged when that was required.
+const CONFINED: u8 = 1;
+const CONFINED_PRIVILEGED: u8 = 3;
+const UNCONFINED: u8 = 0;
+const PRIVILEGED: u8 = 2;
+
+/// The worker's side of a relay, once the relay is confined.
+#[derive(Debug)]
+pub(crate) struct Entered {
+    pub(crate) link: Link,
+    /// Whether the relay dropped its privileges (false: not asked to, or allowed to fail).
+    pub(crate) relay_unprivileged: bool,
+}
+
 /// Unshares the PID namespace and forks. Returns in the child (PID 1 of the new namespace)
-/// with the [`Link`] to arm later; the parent never returns (see the module docs).
-pub(crate) fn enter(relay_filter: &seccomp::Filter) -> Result<Link, Error> {
+/// with the [`Link`] to arm later; the parent never returns (see the module docs). The relay
+/// drops its privileges as `credentials` says (none: it keeps them).
+pub(crate) fn enter(
+    relay_filter: &seccomp::Filter,
+    credentials: Option<RelayCredentials>,
+) -> Result<Entered, Error> {
     namespaces::unshare(Namespace::Pid).map_err(Error::Unshare)?;
     let (from_relay, to_worker) =
         pipe_with(PipeFlags::CLOEXEC).map_err(|e| Error::Pipe(e.into()))?;
@@ -98,22 +142,28 @@ pub(crate) fn enter(relay_filter: &seccomp::Filter) -> Result<Link, Error> {
         -1 => Err(Error::Fork(io::Error::last_os_error())),
         0 => {
             drop(to_worker);
-            wait_for_relay(&from_relay)?;
-            Ok(Link { from_relay })
+            let dropped = wait_for_relay(&from_relay)?;
+            Ok(Entered {
+                link: Link { from_relay },
+                relay_unprivileged: dropped && credentials.is_some(),
+            })
         }
         child => {
             drop(from_relay);
-            relay(child, to_worker, relay_filter)
+            relay(child, to_worker, relay_filter, credentials)
         }
     }
 }
 
-/// Waits until the relay says it is confined (one byte: 1 confined, 0 not).
-fn wait_for_relay(from_relay: &OwnedFd) -> Result<(), Error> {
+/// Waits until the relay says it is confined (one byte: [`CONFINED`], or why not); says
+/// whether it also dropped its privileges.
+fn wait_for_relay(from_relay: &OwnedFd) -> Result<bool, Error> {
     let mut byte = [0u8; 1];
     loop {
         match rustix::io::read(from_relay, &mut byte) {
-            Ok(1) if byte[0] == 1 => return Ok(()),
+            Ok(1) if byte[0] == CONFINED => return Ok(true),
+            Ok(1) if byte[0] == CONFINED_PRIVILEGED => return Ok(false),
+            Ok(1) if byte[0] == PRIVILEGED => return Err(Error::RelayPrivileged),
             Ok(1) => return Err(Error::RelayUnconfined),
             Ok(_) => return Err(Error::RelayGone),
             Err(rustix::io::Errno::INTR) => continue,
@@ -131,7 +181,12 @@ pub(crate) fn check_pid_one() -> Result<(), Error> {
 }
 
 /// The relay's whole life: wait for `child`, then end the way it ended.
-fn relay(child: libc::pid_t, to_worker: OwnedFd, filter: &seccomp::Filter) -> ! {
+fn relay(
+    child: libc::pid_t,
+    to_worker: OwnedFd,
+    filter: &seccomp::Filter,
+    credentials: Option<RelayCredentials>,
+) -> ! {
     // Never dropped: the write end stays open until the relay exits (and dropping an
     // `OwnedFd` may call `fcntl`, which the relay's filter forbids).
     let keep = to_worker.into_raw_fd() as u32;
@@ -149,10 +204,24 @@ fn relay(child: libc::pid_t, to_worker: OwnedFd, filter: &seccomp::Filter) -> ! 
     };
     // SAFETY: `no_core` is a valid rlimit for the duration of the call.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+    // Privileges first (dropping the bounding set needs CAP_SETPCAP, which the uid switch
+    // takes away), then no_new_privs and the filter, as in the worker.
+    let (dropped, required) = match credentials {
+        Some(c) => (
+            crate::credentials::drop_raw(c.switch_ids, c.uid, c.gid).is_ok(),
+            c.required,
+        ),
+        None => (true, false),
+    };
     let confined = rustix::thread::set_no_new_privs(true).is_ok() && filter.apply().is_ok();
     // Tell the worker, which waits for this before going on: when `lockdown` returns, the
     // relay is already confined.
-    let byte = [u8::from(confined)];
+    let byte = [match (dropped, required, confined) {
+        (false, true, _) => PRIVILEGED,
+        (_, _, false) => UNCONFINED,
+        (true, _, true) => CONFINED,
+        (false, false, true) => CONFINED_PRIVILEGED,
+    }];
     // SAFETY: writes one byte from a live buffer to the pipe descriptor the relay owns.
     unsafe { libc::write(keep as libc::c_int, byte.as_ptr().cast(), 1) };
 

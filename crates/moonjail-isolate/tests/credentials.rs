@@ -87,3 +87,50 @@ fn ids_are_dropped_seen_from_inside() {
         assert_eq!(control.value("UIDS"), Some("0 0 0"), "{control:#?}");
     }
 }
+
+/// The PID-namespace relay (the process the caller spawned, left behind by the fork) drops
+/// the same ids and every capability as the worker, and is filtered, seen from outside.
+#[test]
+fn the_relay_is_unprivileged_and_filtered_seen_from_outside() {
+    if !require(
+        "the_relay_is_unprivileged_and_filtered_seen_from_outside",
+        &[
+            Layer::PidNamespace,
+            Layer::Credentials,
+            Layer::NoNewPrivs,
+            Layer::Seccomp,
+        ],
+    ) {
+        return;
+    }
+    let root = common::capabilities().running_as_root;
+    let held = Held::start("hold", &[]);
+    let relay = held.pid();
+    assert_ne!(
+        held.worker_pid(),
+        relay,
+        "no relay: the helper did not fork"
+    );
+    let status = format!("/proc/{relay}/status");
+    let field = |key| proc_field(&status, key).unwrap_or_else(|| panic!("{key} in {status}"));
+    if root {
+        assert_eq!(field("Uid"), "65534\t65534\t65534\t65534", "{status}");
+        assert_eq!(field("Gid"), "65534\t65534\t65534\t65534", "{status}");
+        assert_eq!(field("Groups"), "", "{status}");
+    }
+    for key in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
+        assert_eq!(field(key), "0000000000000000", "{key} of the relay");
+    }
+    assert_eq!(field("NoNewPrivs"), "1", "{status}");
+    assert_eq!(field("Seccomp"), "2", "{status}");
+    // Still a working relay: the worker's exit status comes through.
+    let (status, transcript) = held.finish();
+    assert_eq!(status.code(), Some(0), "{transcript:?}");
+    // The report says what the relay holds, with and without the credentials layer.
+    let with = run("report", &[], "");
+    let detail = with.value("REPORT pid-namespace").unwrap_or_default();
+    assert!(detail.contains("with the worker's credentials"), "{detail}");
+    let without = run("report", &["--without", "credentials"], "");
+    let detail = without.value("REPORT pid-namespace").unwrap_or_default();
+    assert!(detail.contains("keeping its credentials"), "{detail}");
+}

@@ -14,7 +14,8 @@ pub enum ErrorKind {
     Syntax,
     /// The script raised an error, or called something with bad arguments.
     Runtime,
-    /// The Lua heap would have grown past the memory limit.
+    /// The Lua heap would have grown past the memory limit (isolated: or the worker ran
+    /// out of address space outside it, or its answer was too large to accept).
     MemoryLimit,
     /// The instruction budget ran out.
     InstructionLimit,
@@ -123,11 +124,13 @@ impl Error {
     }
 }
 
-/// `message` cut to [`MAX_MESSAGE_BYTES`] with a marker naming what was dropped.
+/// `message` cut to at most [`MAX_MESSAGE_BYTES`], marker included, naming what was
+/// dropped. Idempotent: a message cut once is short enough to pass unchanged.
 pub(crate) fn bound_message(mut message: String) -> String {
     if message.len() > MAX_MESSAGE_BYTES {
         let total = message.len();
-        let mut end = MAX_MESSAGE_BYTES;
+        // Room for the marker, so the result stays within the bound.
+        let mut end = MAX_MESSAGE_BYTES - 64;
         while !message.is_char_boundary(end) {
             end -= 1;
         }

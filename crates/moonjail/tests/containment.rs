@@ -166,7 +166,7 @@ fn error_messages_are_bounded() {
             let out = expect(&sb, mode, source, ErrorKind::Runtime);
             let message = &out.error().unwrap().message;
             assert!(
-                message.len() < MAX_MESSAGE_BYTES + 100,
+                message.len() <= MAX_MESSAGE_BYTES,
                 "{mode}: {} bytes",
                 message.len()
             );

@@ -493,6 +493,40 @@ fn a_live_worker_runs_with_dropped_ids() {
     );
 }
 
+/// The relay (the process the supervisor spawned, left behind by the fork into the PID
+/// namespace) holds no more than the worker: same ids, no capability, no_new_privs, and a
+/// seccomp filter of its own.
+#[test]
+fn a_live_workers_relay_runs_with_dropped_ids_and_no_capability() {
+    if !require(
+        "a_live_workers_relay_runs_with_dropped_ids_and_no_capability",
+        &[
+            Layer::PidNamespace,
+            Layer::Credentials,
+            Layer::NoNewPrivs,
+            Layer::Seccomp,
+        ],
+    ) {
+        return;
+    }
+    let sb = sandbox();
+    let worker = idle_worker(&sb);
+    assert_ne!(worker.relay, worker.pid, "no relay");
+    let status = format!("/proc/{}/status", worker.relay);
+    let field = |key| proc_field(&status, key).unwrap_or_else(|| panic!("{key} in {status}"));
+    if running_as_root() {
+        assert_eq!(field("Uid"), "65534\t65534\t65534\t65534");
+        assert_eq!(field("Gid"), "65534\t65534\t65534\t65534");
+        assert_eq!(field("Groups"), "");
+    }
+    for key in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
+        assert_eq!(field(key), "0000000000000000", "{key} of the relay");
+    }
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2");
+    assert_healthy(&sb);
+}
+
 #[test]
 fn a_live_worker_lives_in_its_own_namespaces() {
     let needed = [
@@ -990,7 +1024,7 @@ fn an_oversized_frame_is_refused_before_it_is_read() {
         Some(huge),
         "exec sleep 30",
     );
-    expect_fake_error(&fake, &[ErrorKind::Internal], "over the");
+    expect_fake_error(&fake, &[ErrorKind::MemoryLimit], "over the");
 }
 
 #[test]

@@ -57,13 +57,18 @@
 //!
 //! **Deadlines.** The supervisor kills a worker that has not answered by the run's
 //! timeout plus [`ProcessConfigBuilder::kill_grace`], and reports `timeout`: this is what
-//! stops a script stuck in a long C call. A run without a timeout has no such bound (set
-//! [`ProcessConfigBuilder::cpu_time`] as a backstop if you need one).
+//! stops a script stuck in a long C call. A request without a timeout is bounded by CPU
+//! time instead: the supervisor kills its worker once the request has used
+//! [`ProcessConfigBuilder::run_cpu_time`] (60 s by default) and reports `timeout`.
+//! [`ProcessConfigBuilder::cpu_time`] adds a kernel backstop over a worker's whole life.
 //!
-//! **Crashes.** A worker that dies (seccomp's SIGSYS, a fault, its CPU limit) fails the run
-//! it was serving as `killed`, with the signal in the message; it is reaped and the next
-//! run gets a fresh worker. A worker that sends anything but a well-formed answer fails the
-//! run as `internal` and is killed. Neither ever panics or hangs the supervisor.
+//! **Crashes.** A worker that dies (seccomp's SIGSYS, a fault) fails the run it was
+//! serving as `killed`, with the signal in the message; one ended by its `RLIMIT_CPU` is a
+//! `timeout`, and one that aborted because an allocation failed under its `RLIMIT_AS` a
+//! `memory_limit`, as is an answer too large for the supervisor to accept. The worker and
+//! its relay are reaped (no zombie is left to the caller's subreaper or init) and the next
+//! run gets a fresh worker. A worker that sends anything else but a well-formed answer fails
+//! the run as `internal` and is killed. None of this ever panics or hangs the supervisor.
 //!
 //! **Which executable is the worker.** [`WorkerPath::Auto`] looks for, in order: the
 //! `MOONJAIL_WORKER` environment variable; a `moonjail-worker` executable next to the
@@ -196,6 +201,7 @@ pub struct ProcessConfig {
     kill_grace: Duration,
     spawn_timeout: Duration,
     cpu_time: Option<Duration>,
+    run_cpu_time: Option<Duration>,
     address_space_bytes: Option<u64>,
     ids: (u32, u32),
     #[cfg(all(target_os = "linux", feature = "isolation"))]
@@ -217,6 +223,7 @@ impl Default for ProcessConfig {
             kill_grace: Duration::from_millis(100),
             spawn_timeout: Duration::from_secs(10),
             cpu_time: None,
+            run_cpu_time: Some(Duration::from_secs(60)),
             address_space_bytes: Some(1 << 30),
             ids: (65534, 65534),
             #[cfg(all(target_os = "linux", feature = "isolation"))]
@@ -317,11 +324,26 @@ impl ProcessConfigBuilder {
 
     /// Sets `RLIMIT_CPU` of each worker (whole seconds, at least one). CPU time adds up
     /// over all the runs of a worker, so allow for `max_runs` of them; a worker that
-    /// reaches it is killed and the run reported as `killed`.
+    /// reaches it is killed by the kernel and the run reported as `timeout`, naming the
+    /// limit.
     ///
-    /// By default, no limit is set (the wall-clock timeout bounds each run).
+    /// By default, no limit is set (the wall-clock timeout, or else
+    /// [`run_cpu_time`](Self::run_cpu_time), bounds each run).
     pub fn cpu_time(mut self, limit: Option<Duration>) -> Self {
         self.config.cpu_time = limit;
+        self
+    }
+
+    /// Sets the CPU time one request (a run, a session call) *without* a wall-clock
+    /// timeout may use. The supervisor watches the worker's CPU time while it waits for the
+    /// answer and, past this, kills the worker and reports `timeout`. Unlike
+    /// [`cpu_time`](Self::cpu_time), it counts per request, so pooled workers keep
+    /// serving; a request with a timeout is bounded by its deadline instead. `None` lets
+    /// such a request spin forever.
+    ///
+    /// By default, 60 s.
+    pub fn run_cpu_time(mut self, limit: Option<Duration>) -> Self {
+        self.config.run_cpu_time = limit;
         self
     }
 
@@ -355,8 +377,9 @@ impl ProcessConfigBuilder {
     }
 
     /// Sets the largest frame accepted from a worker, on top of the sandbox's result and
-    /// output limits (so a run within its limits always fits). A bigger frame fails the
-    /// run as `internal` and retires the worker.
+    /// output limits (so a run within its limits always fits, a result counted as the JSON
+    /// that may escape each byte in six). A bigger frame fails the run as `memory_limit`
+    /// and retires the worker.
     ///
     /// By default, 64 MiB.
     pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
@@ -429,6 +452,9 @@ impl ProcessConfigBuilder {
         }
         if c.cpu_time.is_some_and(|t| t < Duration::from_secs(1)) {
             return bad("cpu-time", "must be at least one second");
+        }
+        if c.run_cpu_time.is_some_and(|t| t.is_zero()) {
+            return bad("run-cpu-time", "must be greater than zero");
         }
         if c.spawn_timeout.is_zero() {
             return bad("spawn-timeout", "must be greater than zero");
@@ -603,9 +629,11 @@ fn settings(config: &ProcessConfig, limits: &Limits) -> Result<supervisor::Setti
         .map(|layer| layer.name().to_string())
         .collect();
     let unlimited = u32::MAX as usize;
+    // The result limit counts the value's bytes; its JSON may escape each in six
+    // (`"\u0001"`), and a run within its limits must fit.
     let max_frame = config
         .max_frame_bytes
-        .saturating_add(limits.result_bytes.unwrap_or(unlimited))
+        .saturating_add(limits.result_bytes.unwrap_or(unlimited).saturating_mul(6))
         .saturating_add(limits.output_bytes.unwrap_or(unlimited))
         .min(unlimited);
     Ok(supervisor::Settings {
@@ -619,6 +647,9 @@ fn settings(config: &ProcessConfig, limits: &Limits) -> Result<supervisor::Setti
         test_hooks: config.test_hooks,
         max_host_calls: config.max_host_calls,
         max_host_call_bytes: config.max_host_call_bytes,
+        run_cpu_time: config.run_cpu_time,
+        rlimit_cpu: config.cpu_time,
+        rlimit_as: config.address_space_bytes,
     })
 }
 

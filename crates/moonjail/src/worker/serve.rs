@@ -262,7 +262,9 @@ fn done(outcome: &Outcome) -> Result<Vec<u8>, String> {
             None,
             serde_json::to_vec(value).map_err(|e| format!("encoding the result: {e}"))?,
         ),
-        Err(error) => (Some(error.clone()), Vec::new()),
+        // Bounded by the engine already; bounded again here for the errors made outside
+        // it, so the escaped message always fits a frame the supervisor accepts.
+        Err(error) => (Some(error.clone().bounded()), Vec::new()),
     };
     let meta = serde_json::to_vec(&DoneMeta {
         error,

@@ -7,13 +7,38 @@
 //! floods, lies or dies costs the run it was serving and nothing else: the answer is an
 //! error outcome, never a panic or a hang in the supervisor. A [`Worker`] that is dropped
 //! is killed and reaped.
+//!
+//! **Reaping.** Every process a worker consists of is reaped: the supervisor kills the
+//! locked-down worker itself (the PID-namespace relay's only child, through a pidfd taken
+//! while it was alive, so a recycled pid is never hit), and then waits for the relay, which
+//! reaps the worker and ends the same way. Killing the relay instead would orphan the
+//! worker, whose zombie would then go to the caller's subreaper or init — for a service
+//! running as PID 1 in a container, a zombie per worker until its pid limit is reached.
+//!
+//! **Classifying a death.** A worker whose channel closes is reported as `killed`, naming
+//! the signal, except for two deaths whose cause is certain: the kernel's `SIGKILL` (or
+//! `SIGXCPU`) once the CPU time it used (from `wait4`'s rusage, which includes the reaped
+//! worker) reached its `RLIMIT_CPU` is a `timeout`; and an abort (`SIGABRT`, or `SIGSEGV`,
+//! how `abort` ends a PID 1) after Rust's allocation-failure message on its stderr
+//! (`memory allocation of N bytes failed`, what an allocation refused under `RLIMIT_AS`
+//! prints) is a `memory_limit`. A frame over the size the supervisor accepts is a
+//! `memory_limit` too. Anything else (a fault without that message, a signal from another
+//! process) stays `killed`: a genuine crash is never reported as a limit.
+//!
+//! **CPU time without a clock.** A request without a deadline is watched for CPU time
+//! instead: while waiting for its answer the supervisor reads the worker's CPU time from
+//! `/proc/PID/stat` (opened while it was alive) every [`CPU_TICK`], and kills it past
+//! `run_cpu_time`, reported as `timeout`. This is per request, unlike `RLIMIT_CPU`, which
+//! adds up over every run of a pooled worker.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt as _;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -29,10 +54,16 @@ use crate::outcome::Outcome;
 
 /// How long to wait for a worker whose channel closed to be reaped before killing it.
 const REAP_WAIT: Duration = Duration::from_secs(2);
+/// How long a relay may take to end once its worker has: it only has to reap it.
+const RELAY_WAIT: Duration = Duration::from_millis(250);
 /// Read buffers larger than this are freed once empty.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
 /// How much of a worker's stderr goes into an error message.
 const STDERR_IN_MESSAGE: usize = 2048;
+/// How often the CPU time of a worker serving a request without a deadline is read.
+const CPU_TICK: Duration = Duration::from_millis(50);
+/// What Rust's default allocation-error handler prints before it aborts.
+const ALLOC_FAILED: &str = "memory allocation of ";
 
 /// What every worker of a pool shares: resolved once, when the sandbox is built.
 #[derive(Debug)]
@@ -52,6 +83,11 @@ pub(crate) struct Settings {
     pub(crate) max_host_calls: u64,
     /// The most bytes the host calls of one request may move (both ways).
     pub(crate) max_host_call_bytes: u64,
+    /// The CPU time a request without a deadline may use (watched from here).
+    pub(crate) run_cpu_time: Option<Duration>,
+    /// Each worker's `RLIMIT_CPU` and `RLIMIT_AS`, to name them when a worker dies of one.
+    pub(crate) rlimit_cpu: Option<Duration>,
+    pub(crate) rlimit_as: Option<u64>,
 }
 
 /// Whether a worker may serve again after a run.
@@ -79,6 +115,8 @@ enum Failure {
     /// The worker went over its budget of host calls, or asked for a tool that is not
     /// registered.
     HostCalls(String),
+    /// A request without a deadline used more than this CPU time.
+    CpuTime(Duration),
 }
 
 /// The supervisor's end of the channel, plus the worker's captured stderr.
@@ -90,6 +128,50 @@ struct Channel {
     captured: Vec<u8>,
     dropped: usize,
     stderr_limit: usize,
+    /// Armed for a request without a deadline: its CPU budget.
+    cpu: Option<CpuWatch>,
+}
+
+/// The CPU time of the worker, read from `/proc/PID/stat`, against a budget.
+#[derive(Debug)]
+struct CpuWatch {
+    /// `/proc/WORKER/stat`, opened while the worker was alive: after the worker is gone it
+    /// reads as an error, never as another process that got the same pid.
+    stat: File,
+    /// CPU time (user + system) when the request was sent.
+    start: Duration,
+    limit: Duration,
+}
+
+impl CpuWatch {
+    fn new(stat: File, limit: Duration) -> Option<CpuWatch> {
+        let start = cpu_time(&stat)?;
+        Some(CpuWatch { stat, start, limit })
+    }
+
+    /// Whether the request has used up its CPU time (false when it cannot be read: the
+    /// worker is gone, which the channel will show).
+    fn exceeded(&self) -> bool {
+        cpu_time(&self.stat).is_some_and(|now| now.saturating_sub(self.start) >= self.limit)
+    }
+}
+
+/// User plus system CPU time of a process, from its open `/proc/PID/stat`.
+fn cpu_time(stat: &File) -> Option<Duration> {
+    let mut buffer = [0u8; 1024];
+    let n = stat.read_at(&mut buffer, 0).ok()?;
+    let text = std::str::from_utf8(&buffer[..n]).ok()?;
+    // The command name (field 2) may hold anything up to its closing parenthesis; fields
+    // 14 and 15 (utime, stime) are the 12th and 13th after it.
+    let mut fields = text
+        .get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    let ticks = utime.saturating_add(stime);
+    Some(Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz))
 }
 
 impl Channel {
@@ -153,15 +235,25 @@ impl Channel {
     /// meanwhile.
     fn wait(&mut self, events: PollFlags, deadline: Option<Instant>) -> Result<(), Failure> {
         loop {
-            let timeout = match deadline {
+            let left = match deadline {
                 None => None,
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(Failure::Timeout);
                     }
-                    Some(timespec(left))
+                    Some(left)
                 }
+            };
+            if let Some(cpu) = &self.cpu {
+                if cpu.exceeded() {
+                    return Err(Failure::CpuTime(cpu.limit));
+                }
+            }
+            let tick = self.cpu.as_ref().map(|_| CPU_TICK);
+            let timeout = match (left, tick) {
+                (Some(left), Some(tick)) => Some(timespec(left.min(tick))),
+                (left, tick) => left.or(tick).map(timespec),
             };
             let (socket_ready, stderr_ready) = {
                 let mut fds = vec![PollFd::new(&self.socket, events)];
@@ -254,11 +346,141 @@ fn timespec(d: Duration) -> Timespec {
     }
 }
 
+/// How the process the supervisor spawned ended.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    status: ExitStatus,
+    /// CPU time it used, with that of its reaped children (the worker, behind a relay).
+    cpu: Duration,
+}
+
+/// The processes of one worker as the supervisor holds them: the process it spawned (the
+/// PID-namespace relay, or the worker itself without that layer), ours to wait for, and a
+/// pidfd of the relay's child, the locked-down worker.
+#[derive(Debug)]
+struct Processes {
+    spawned: rustix::process::Pid,
+    /// The relay's child, once found: its pid and a pidfd (signals through it can never
+    /// reach another process that got the same pid).
+    worker: Option<(u32, OwnedFd)>,
+    /// Whether the spawned process is a relay, once the worker's report said so (before
+    /// that, a process that has one child is taken for one).
+    relay: Option<bool>,
+    ended: Option<Ended>,
+}
+
+impl Processes {
+    /// Finds the relay's child and takes a pidfd of it, unless done already. Without a
+    /// relay (no PID namespace) there is no child: the spawned process is the worker.
+    fn attach(&mut self) {
+        if self.worker.is_some() || self.ended.is_some() || self.relay == Some(false) {
+            return;
+        }
+        let spawned = self.spawned.as_raw_nonzero().get() as u32;
+        let Some(pid) = child_of(spawned) else { return };
+        let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
+            return;
+        };
+        let Ok(pidfd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+        else {
+            return;
+        };
+        // Only the relay reaps its child, so if `pid` is still its child now, the pidfd
+        // (taken before) refers to that child and not to a process that reused the pid.
+        if child_of(spawned) == Some(pid) {
+            self.worker = Some((pid, pidfd));
+        }
+    }
+
+    /// Reaps the spawned process if it has ended (`block`: waits until it has).
+    fn wait(&mut self, block: bool) -> Option<Ended> {
+        if self.ended.is_some() {
+            return self.ended;
+        }
+        let options = if block { 0 } else { libc::WNOHANG };
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: wait4 writes only to the two live locals; the pid is our child and
+            // is reaped only here (std's `Child` was dropped at spawn, unused).
+            let rc = unsafe {
+                libc::wait4(
+                    self.spawned.as_raw_nonzero().get(),
+                    &mut status,
+                    options,
+                    &mut usage,
+                )
+            };
+            match rc {
+                0 => return None,
+                -1 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+                -1 => return None,
+                _ => break,
+            }
+        }
+        let time = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec.max(0) as u64)
+                + Duration::from_micros(t.tv_usec.max(0) as u64)
+        };
+        self.ended = Some(Ended {
+            status: ExitStatus::from_raw(status),
+            cpu: time(usage.ru_utime) + time(usage.ru_stime),
+        });
+        self.worker = None;
+        self.ended
+    }
+
+    /// Kills the worker and reaps every process of it: the worker through its pidfd, then
+    /// the relay, which reaps the worker and ends the same way. A relay that has not ended
+    /// [`RELAY_WAIT`] after its worker (or a worker without a pidfd) is killed itself.
+    fn kill(&mut self) -> Option<Ended> {
+        if self.ended.is_some() {
+            return self.ended;
+        }
+        self.attach();
+        if let Some((_, pidfd)) = &self.worker {
+            // ESRCH: the worker has ended already; the relay is reaping it. Any other
+            // error: the worker cannot be signalled, so only killing the relay is left.
+            let sent = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+            if matches!(sent, Ok(()) | Err(rustix::io::Errno::SRCH)) {
+                // A pidfd reads as ready once its process has ended.
+                let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+                let _ = poll(&mut fds, Some(&timespec(REAP_WAIT)));
+                if let Some(ended) = self.wait_for(RELAY_WAIT) {
+                    return Some(ended);
+                }
+            }
+        }
+        // Not reaped yet, so the pid is still ours: no other process can have it.
+        let _ = rustix::process::kill_process(self.spawned, rustix::process::Signal::KILL);
+        self.wait(true)
+    }
+
+    /// Waits up to `limit` for the spawned process to end.
+    fn wait_for(&mut self, limit: Duration) -> Option<Ended> {
+        let until = Instant::now() + limit;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            if let Some(ended) = self.wait(false) {
+                return Some(ended);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+}
+
 /// A live worker process: the process the supervisor spawned (the PID-namespace relay,
 /// whose only child is the locked-down worker), and the channel to it.
 #[derive(Debug)]
 pub(crate) struct Worker {
-    child: Child,
+    processes: Processes,
+    /// `/proc/WORKER/stat`, opened once the worker was ready, for the CPU watch.
+    stat: Option<File>,
     channel: Channel,
     runs: u64,
     layers: Vec<LayerLine>,
@@ -306,8 +528,18 @@ impl Worker {
             )
         })?;
         let stderr = child.stderr.take();
+        let spawned = rustix::process::Pid::from_child(&child);
+        // From here on the pid is waited for with `wait4` (for the CPU time the worker
+        // used), never through `child`, which has nothing left to release.
+        drop(child);
         let mut worker = Worker {
-            child,
+            processes: Processes {
+                spawned,
+                worker: None,
+                relay: None,
+                ended: None,
+            },
+            stat: None,
             channel: Channel {
                 socket: OwnedFd::from(ours),
                 buffer: Vec::new(),
@@ -315,6 +547,7 @@ impl Worker {
                 captured: Vec::new(),
                 dropped: 0,
                 stderr_limit: settings.stderr_bytes,
+                cpu: None,
             },
             runs: 0,
             layers: Vec::new(),
@@ -359,7 +592,18 @@ impl Worker {
                         ));
                     }
                 }
+                // With the PID namespace layer (forking, the default) the process spawned
+                // is a relay and its only child the worker; without it there is no child.
+                worker.processes.relay = Some(
+                    ready
+                        .layers
+                        .iter()
+                        .any(|l| l.layer == "pid-namespace" && l.status == "applied"),
+                );
                 worker.layers = ready.layers;
+                worker.processes.attach();
+                let (_, pid) = worker.pids();
+                worker.stat = File::open(format!("/proc/{pid}/stat")).ok();
                 Ok(worker)
             }
             Kind::StartFailed => {
@@ -536,6 +780,27 @@ impl Worker {
         host: Option<Host<'_>>,
     ) -> Result<protocol::Frame, Failure> {
         let mut budget = Budget::new(settings.max_host_calls, settings.max_host_call_bytes);
+        // No clock bounds this request: its CPU time does.
+        self.channel.cpu = match (deadline, settings.run_cpu_time, &self.stat) {
+            (None, Some(limit), Some(stat)) => stat
+                .try_clone()
+                .ok()
+                .and_then(|stat| CpuWatch::new(stat, limit)),
+            _ => None,
+        };
+        let reply = self.reply_frames(expected, deadline, settings, host, &mut budget);
+        self.channel.cpu = None;
+        reply
+    }
+
+    fn reply_frames(
+        &mut self,
+        expected: Kind,
+        deadline: Option<Instant>,
+        settings: &Settings,
+        host: Option<Host<'_>>,
+        budget: &mut Budget,
+    ) -> Result<protocol::Frame, Failure> {
         loop {
             let frame = self.channel.recv(deadline, settings.max_frame)?;
             match frame.kind {
@@ -551,7 +816,7 @@ impl Worker {
                     let Some(host) = host else {
                         return Err(Failure::Unexpected(Kind::HostCall));
                     };
-                    let reply = match host_call::answer(&frame, host, &mut budget) {
+                    let reply = match host_call::answer(&frame, host, budget) {
                         Ok(reply) => reply,
                         Err(Refusal::Frame(e)) => return Err(Failure::Frame(e)),
                         Err(Refusal::Forbidden(why)) => return Err(Failure::HostCalls(why)),
@@ -570,17 +835,38 @@ impl Worker {
     fn failure_error(&mut self, failure: Failure, settings: &Settings) -> Error {
         match failure {
             Failure::Closed => {
-                let status = self.reap();
+                let ended = self.reap();
                 self.channel.drain_stderr();
-                let mut message = describe_death(status);
-                if let Some(tail) = self.channel.stderr_tail() {
+                let (kind, mut message) = classify_death(ended, &self.channel.captured, settings);
+                // A memory_limit already quotes the one line of stderr that matters.
+                if let Some(tail) = self
+                    .channel
+                    .stderr_tail()
+                    .filter(|_| kind != ErrorKind::MemoryLimit)
+                {
                     message.push_str(&format!("; its stderr: {tail}"));
                 }
-                Error::new(ErrorKind::Killed, message)
+                Error::new(kind, message)
             }
             Failure::HostCalls(why) => {
                 self.kill();
                 Error::new(ErrorKind::Forbidden, why)
+            }
+            Failure::CpuTime(limit) => {
+                self.kill();
+                Error::new(ErrorKind::Timeout, cpu_time_message(limit))
+            }
+            Failure::Frame(FrameError::Oversized { length, max }) => {
+                self.kill();
+                Error::new(
+                    ErrorKind::MemoryLimit,
+                    format!(
+                        "memory limit: the worker sent a frame (an answer or a host call) of \
+                         {length} bytes, over the {max} bytes the supervisor accepts in one \
+                         (max_frame_bytes plus room for the result and output limits); its \
+                         worker process was killed"
+                    ),
+                )
             }
             other => Error::new(ErrorKind::Internal, self.explain(other, settings)),
         }
@@ -597,8 +883,12 @@ impl Worker {
                 )
             }
             Failure::Closed => {
-                let status = self.reap();
-                describe_death(status)
+                let ended = self.reap();
+                describe_death(ended.map(|e| e.status))
+            }
+            Failure::CpuTime(limit) => {
+                self.kill();
+                cpu_time_message(limit)
             }
             Failure::Frame(e) => {
                 self.kill();
@@ -628,27 +918,18 @@ impl Worker {
         message
     }
 
-    /// Kills the worker (through the process spawned: killing the relay kills the worker
-    /// it is tied to) and reaps it.
+    /// Kills the worker and reaps it and its relay (see the module docs: no zombie is
+    /// left to anyone).
     pub(crate) fn kill(&mut self) -> Option<ExitStatus> {
-        let _ = self.child.kill();
-        self.child.wait().ok()
+        self.processes.kill().map(|ended| ended.status)
     }
 
     /// Reaps a worker whose channel closed; kills it if it does not end soon.
-    fn reap(&mut self) -> Option<ExitStatus> {
-        let until = Instant::now() + REAP_WAIT;
-        let mut pause = Duration::from_micros(50);
-        while Instant::now() < until {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) => {}
-                Err(_) => break,
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(20));
+    fn reap(&mut self) -> Option<Ended> {
+        match self.processes.wait_for(REAP_WAIT) {
+            Some(ended) => Some(ended),
+            None => self.processes.kill(),
         }
-        self.kill()
     }
 
     /// Whether an idle worker still looks usable: nothing to read on its channel (no
@@ -671,8 +952,11 @@ impl Worker {
     /// PID-namespace layer forked; otherwise the same process).
     #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub(crate) fn pids(&self) -> (u32, u32) {
-        let relay = self.child.id();
-        (relay, child_of(relay).unwrap_or(relay))
+        let relay = self.processes.spawned.as_raw_nonzero().get() as u32;
+        match &self.processes.worker {
+            Some((pid, _)) => (relay, *pid),
+            None => (relay, child_of(relay).unwrap_or(relay)),
+        }
     }
 
     /// The lockdown report the worker sent with `Ready`.
@@ -688,11 +972,30 @@ impl Drop for Worker {
     }
 }
 
-/// The first child of `pid`, from /proc.
-#[cfg_attr(not(feature = "test-support"), allow(dead_code))]
+/// The first child of `pid`, from /proc: its `children` list, or, on a kernel built
+/// without it (`CONFIG_PROC_CHILDREN`), the process whose parent it is.
 fn child_of(pid: u32) -> Option<u32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
+    match std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        Ok(children) => children.split_whitespace().next()?.parse().ok(),
+        Err(_) => child_by_parent(pid),
+    }
+}
+
+/// A process whose parent is `pid`, from every `/proc/PID/stat`.
+fn child_by_parent(pid: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // Field 4, the parent, is the second after the command name's ')'.
+            let parent = stat
+                .get(stat.rfind(')')? + 1..)?
+                .split_whitespace()
+                .nth(1)?;
+            (parent.parse::<u32>().ok()? == pid).then_some(child)
+        })
 }
 
 fn encode_run(job: &Job) -> Result<Vec<u8>, String> {
@@ -732,6 +1035,61 @@ fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Outcome, Stri
         diagnostics: meta.diagnostics,
         tool_calls: Vec::new(),
     })
+}
+
+/// The message of a request without a deadline that used up its CPU time.
+fn cpu_time_message(limit: Duration) -> String {
+    format!(
+        "timeout: the script used {:.1} s of CPU time, the CPU-time limit of a request \
+         without a wall-clock timeout (run_cpu_time); its worker process was killed",
+        limit.as_secs_f64()
+    )
+}
+
+/// What a worker's death is reported as (see the module docs for the rule): `timeout` when
+/// its `RLIMIT_CPU` ended it, `memory_limit` when an allocation under its `RLIMIT_AS` failed
+/// and it aborted, otherwise `killed`.
+fn classify_death(ended: Option<Ended>, stderr: &[u8], settings: &Settings) -> (ErrorKind, String) {
+    let described = describe_death(ended.map(|e| e.status));
+    let Some(ended) = ended else {
+        return (ErrorKind::Killed, described);
+    };
+    let signal = ended.status.signal();
+    if let (Some(libc::SIGKILL | libc::SIGXCPU), Some(limit)) = (signal, settings.rlimit_cpu) {
+        // The kernel kills at the limit rounded up to whole seconds; rusage may be short of
+        // it by a tick or so.
+        let whole = Duration::from_secs(limit.as_secs() + u64::from(limit.subsec_nanos() > 0));
+        if ended.cpu + Duration::from_millis(100) >= whole {
+            return (
+                ErrorKind::Timeout,
+                format!(
+                    "timeout: the worker process reached its CPU-time limit (RLIMIT_CPU, {} s \
+                     over all its runs) after {:.2} s of CPU time; {described}",
+                    whole.as_secs(),
+                    ended.cpu.as_secs_f64()
+                ),
+            );
+        }
+    }
+    if matches!(signal, Some(libc::SIGABRT | libc::SIGSEGV)) {
+        let text = String::from_utf8_lossy(stderr);
+        if let Some(line) = text.lines().find(|line| {
+            line.starts_with(ALLOC_FAILED) && line.trim_end().ends_with("bytes failed")
+        }) {
+            let limit = settings
+                .rlimit_as
+                .map_or_else(|| "no".to_string(), |bytes| format!("{bytes} bytes"));
+            return (
+                ErrorKind::MemoryLimit,
+                format!(
+                    "memory limit: the worker process ran out of address space outside the \
+                     Lua heap (RLIMIT_AS: {limit}) and aborted: {}",
+                    line.trim()
+                ),
+            );
+        }
+    }
+    (ErrorKind::Killed, described)
 }
 
 /// Says how a worker ended, naming the signal and what it usually means.
@@ -791,6 +1149,109 @@ mod tests {
     use super::*;
     use crate::outcome::Stats;
 
+    fn settings(rlimit_cpu: Option<Duration>) -> Settings {
+        Settings {
+            exe: PathBuf::new(),
+            configure: Vec::new(),
+            required: Vec::new(),
+            kill_grace: Duration::ZERO,
+            spawn_timeout: Duration::ZERO,
+            max_frame: 0,
+            stderr_bytes: 0,
+            test_hooks: false,
+            max_host_calls: 0,
+            max_host_call_bytes: 0,
+            run_cpu_time: None,
+            rlimit_cpu,
+            rlimit_as: Some(1 << 30),
+        }
+    }
+
+    fn ended(signal: i32, cpu_ms: u64) -> Option<Ended> {
+        Some(Ended {
+            status: ExitStatus::from_raw(signal),
+            cpu: Duration::from_millis(cpu_ms),
+        })
+    }
+
+    #[test]
+    fn deaths_are_limits_only_when_the_cause_is_certain() {
+        let oom = b"moonjail worker: x\nmemory allocation of 240000143 bytes failed\nnote: ...\n";
+        let plain = settings(None);
+        // An abort (SIGSEGV as PID 1, or SIGABRT) after the allocation failure message.
+        for signal in [libc::SIGSEGV, libc::SIGABRT] {
+            let (kind, message) = classify_death(ended(signal, 10), oom, &plain);
+            assert_eq!(kind, ErrorKind::MemoryLimit, "{message}");
+            assert!(message.contains("memory allocation of 240000143 bytes failed"));
+            assert!(message.contains("1073741824 bytes"), "{message}");
+        }
+        // The same signals without it, the message from another signal, or a script that
+        // merely printed something alike in the middle of a line: a crash.
+        let (kind, _) = classify_death(ended(libc::SIGSEGV, 10), b"boom\n", &plain);
+        assert_eq!(kind, ErrorKind::Killed);
+        let (kind, _) = classify_death(ended(libc::SIGSYS, 10), oom, &plain);
+        assert_eq!(kind, ErrorKind::Killed);
+        let echoed = b"print: memory allocation of 5 bytes failed\n";
+        let (kind, _) = classify_death(ended(libc::SIGSEGV, 10), echoed, &plain);
+        assert_eq!(kind, ErrorKind::Killed);
+        // SIGKILL at the RLIMIT_CPU (rounded up to 2 s) is a timeout; before it, or with
+        // no such limit, someone else killed the worker.
+        let limited = settings(Some(Duration::from_millis(1500)));
+        let (kind, message) = classify_death(ended(libc::SIGKILL, 1990), b"", &limited);
+        assert_eq!(kind, ErrorKind::Timeout, "{message}");
+        assert!(message.contains("RLIMIT_CPU, 2 s"), "{message}");
+        let (kind, _) = classify_death(ended(libc::SIGKILL, 300), b"", &limited);
+        assert_eq!(kind, ErrorKind::Killed);
+        let (kind, _) = classify_death(ended(libc::SIGKILL, 5000), b"", &plain);
+        assert_eq!(kind, ErrorKind::Killed);
+        let (kind, _) = classify_death(None, oom, &limited);
+        assert_eq!(kind, ErrorKind::Killed);
+        // An exit status is never a limit.
+        let exited = Some(Ended {
+            status: ExitStatus::from_raw(2 << 8),
+            cpu: Duration::from_secs(9),
+        });
+        assert_eq!(classify_death(exited, oom, &limited).0, ErrorKind::Killed);
+    }
+
+    #[test]
+    fn the_child_of_a_process_is_found_in_proc() {
+        // A single-threaded parent with one child, as a relay is.
+        let mut shell = Command::new("sh")
+            .args(["-c", "sleep 5 & wait"])
+            .spawn()
+            .unwrap();
+        let parent = shell.id();
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut found = child_of(parent);
+        while found.is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+            found = child_of(parent);
+        }
+        let by_parent = child_by_parent(parent);
+        let comm = found.map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")));
+        if let Some(pid) = found.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        let _ = shell.kill();
+        let _ = shell.wait();
+        assert!(found.is_some(), "no child of {parent}");
+        assert_eq!(by_parent, found);
+        assert_eq!(comm.and_then(Result::ok).as_deref(), Some("sleep\n"));
+    }
+
+    #[test]
+    fn cpu_time_is_read_from_proc_stat() {
+        let stat = File::open("/proc/self/stat").unwrap();
+        let before = cpu_time(&stat).expect("this process's CPU time");
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(100) {
+            std::hint::spin_loop();
+        }
+        let after = cpu_time(&stat).unwrap();
+        assert!(after > before, "{before:?} then {after:?}");
+    }
+
     #[test]
     fn signal_names() {
         assert_eq!(signal_name(libc::SIGSYS).0, "SIGSYS");
@@ -836,6 +1297,7 @@ mod tests {
             captured: Vec::new(),
             dropped: 0,
             stderr_limit: 16,
+            cpu: None,
         };
         let soon = Some(Instant::now() + Duration::from_millis(20));
         assert!(matches!(channel.recv(soon, 1024), Err(Failure::Timeout)));
