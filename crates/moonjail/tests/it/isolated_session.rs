@@ -5,14 +5,14 @@
 //! from other sessions' workers.
 
 use std::sync::mpsc;
-use std::sync::OnceLock;
+
 use std::time::{Duration, Instant};
 
-use moonjail::worker::{Capabilities, LayerSet, ProcessConfigBuilder};
+use crate::support::{unusable, WORKER};
+use moonjail::worker::ProcessConfigBuilder;
 use moonjail::{ErrorKind, Isolation, Outcome, ProcessConfig, Sandbox, Session, WorkerPath};
 use serde_json::{json, Value as Json};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_moonjail-worker");
 /// Deadline of the calls here: short, so the suite stays fast, long enough for a debug
 /// build on a loaded machine.
 const TIMEOUT: Duration = Duration::from_millis(400);
@@ -22,22 +22,6 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------
 // Harness.
 // ---------------------------------------------------------------------------------------
-
-fn capabilities() -> &'static Capabilities {
-    static CAPABILITIES: OnceLock<Capabilities> = OnceLock::new();
-    CAPABILITIES.get_or_init(moonjail::worker::probe)
-}
-
-/// The layers this machine cannot apply: allowed to be missing, so that the tests still
-/// run (they are about sessions, not about the layers).
-fn unusable() -> LayerSet {
-    capabilities()
-        .layers
-        .iter()
-        .filter(|(_, availability)| !availability.is_usable())
-        .map(|(layer, _)| *layer)
-        .collect()
-}
 
 fn config() -> ProcessConfigBuilder {
     ProcessConfig::builder()

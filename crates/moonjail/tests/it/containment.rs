@@ -2,30 +2,17 @@
 //! escape or print is bounded by the run's limits, in both isolation modes; every case
 //! ends with an ordinary kind, never `internal`, within its deadline plus slack.
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use moonjail::worker::{Capabilities, LayerSet};
+use crate::support::{unusable, WORKER};
 use moonjail::{
     ErrorKind, Isolation, Limits, Outcome, ProcessConfig, Sandbox, SandboxBuilder, WorkerPath,
     MAX_MESSAGE_BYTES,
 };
 use serde_json::{json, Value as Json};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_moonjail-worker");
 /// "It ended": these tests never assert how fast.
 const SLACK: Duration = Duration::from_secs(15);
-
-fn unusable() -> LayerSet {
-    static CAPABILITIES: OnceLock<Capabilities> = OnceLock::new();
-    CAPABILITIES
-        .get_or_init(moonjail::worker::probe)
-        .layers
-        .iter()
-        .filter(|(_, availability)| !availability.is_usable())
-        .map(|(layer, _)| *layer)
-        .collect()
-}
 
 /// The same configuration in process and in a worker.
 fn both(builder: impl Fn() -> SandboxBuilder) -> [(&'static str, Sandbox); 2] {

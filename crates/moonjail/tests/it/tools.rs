@@ -11,8 +11,7 @@ use moonjail::{
 };
 use serde_json::{json, Value as Json};
 
-#[path = "support/tool_fixtures.rs"]
-mod tool_fixtures;
+use crate::support::tool_fixtures;
 use tool_fixtures::{builder, echo};
 
 fn sandbox() -> Sandbox {

@@ -6,21 +6,20 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::OnceLock;
+
 use std::time::{Duration, Instant};
 
-use moonjail::worker::{Capabilities, LayerSet, ProcessConfigBuilder};
+use moonjail::worker::{LayerSet, ProcessConfigBuilder};
 use moonjail::{
     Determinism, ErrorKind, HostFiles, Isolation, Outcome, ProcessConfig, Profile, Sandbox,
     WorkerPath,
 };
 use serde_json::{json, Value as Json};
 
-#[path = "support/fake_worker.rs"]
-mod fake_worker;
+use crate::support::fake_worker;
+use crate::support::{unusable, WORKER};
 use fake_worker::{frame, Fake, HOST_CALL};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_moonjail-worker");
 const TIMEOUT: Duration = Duration::from_secs(2);
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
@@ -34,20 +33,6 @@ fn fixtures() -> PathBuf {
 
 fn listed() -> String {
     fixtures().join("utils.lua").to_string_lossy().into_owned()
-}
-
-fn capabilities() -> &'static Capabilities {
-    static CAPABILITIES: OnceLock<Capabilities> = OnceLock::new();
-    CAPABILITIES.get_or_init(moonjail::worker::probe)
-}
-
-fn unusable() -> LayerSet {
-    capabilities()
-        .layers
-        .iter()
-        .filter(|(_, availability)| !availability.is_usable())
-        .map(|(layer, _)| *layer)
-        .collect()
 }
 
 fn config() -> ProcessConfigBuilder {

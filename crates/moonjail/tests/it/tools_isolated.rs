@@ -6,47 +6,28 @@
 //! tools that do not exist or flood the channel, a tool that ignores its deadline, and
 //! sessions with tools in both modes.
 
-#![cfg(target_os = "linux")]
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moonjail::worker::{Capabilities, LayerSet, ProcessConfigBuilder};
+use moonjail::worker::{LayerSet, ProcessConfigBuilder};
 use moonjail::{
     ErrorKind, Isolation, Outcome, ProcessConfig, Profile, Sandbox, SandboxBuilder, ToolError,
     ToolQuota, WorkerPath,
 };
 use serde_json::{json, Value as Json};
 
-#[path = "support/fake_worker.rs"]
-mod fake_worker;
+use crate::support::fake_worker;
 use fake_worker::{frame, Fake, HOST_CALL};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_moonjail-worker");
 /// A test that has not finished after this long has hung the supervisor.
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------
 // Harness.
 // ---------------------------------------------------------------------------------------
-
-fn capabilities() -> &'static Capabilities {
-    static CAPABILITIES: OnceLock<Capabilities> = OnceLock::new();
-    CAPABILITIES.get_or_init(moonjail::worker::probe)
-}
-
-/// The layers this machine cannot apply, allowed to be missing.
-fn unusable() -> LayerSet {
-    capabilities()
-        .layers
-        .iter()
-        .filter(|(_, availability)| !availability.is_usable())
-        .map(|(layer, _)| *layer)
-        .collect()
-}
 
 fn config() -> ProcessConfigBuilder {
     ProcessConfig::builder()
@@ -82,8 +63,8 @@ fn guarded<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
     }
 }
 
-#[path = "support/tool_fixtures.rs"]
-mod tool_fixtures;
+use crate::support::tool_fixtures;
+use crate::support::{unusable, WORKER};
 use tool_fixtures::{builder, echo};
 
 /// The same sandbox, in process and isolated.
@@ -750,7 +731,7 @@ fn tool_call(id: u64, name: &str, args: &str) -> Vec<u8> {
 }
 
 impl Fake {
-    fn sandbox(&self, builder: SandboxBuilder, config: ProcessConfigBuilder) -> Sandbox {
+    fn sandbox_with_tools(&self, builder: SandboxBuilder, config: ProcessConfigBuilder) -> Sandbox {
         isolated_with(
             builder.timeout(Duration::from_secs(2)),
             config
@@ -783,7 +764,7 @@ fn a_worker_asking_for_an_unregistered_tool_is_killed_without_anything_being_cal
         for name in ["os.execute", "tick.x", "TICK", "", "http.get", "../tick"] {
             let (count, tick) = counter();
             let fake = Fake::new("unregistered", tool_call(1, name, "[]"));
-            let sb = fake.sandbox(Sandbox::builder().tool("tick", tick), config());
+            let sb = fake.sandbox_with_tools(Sandbox::builder().tool("tick", tick), config());
             let e = fake_error(&sb, true);
             assert_eq!(e.kind, ErrorKind::Forbidden, "{name:?}: {e:?}");
             assert!(e.message.contains("not a tool"), "{name:?}: {e:?}");
@@ -791,12 +772,12 @@ fn a_worker_asking_for_an_unregistered_tool_is_killed_without_anything_being_cal
         }
         // Without any tool at all, the same.
         let fake = Fake::new("no-tools", tool_call(1, "tick", "[]"));
-        let sb = fake.sandbox(Sandbox::builder(), config());
+        let sb = fake.sandbox_with_tools(Sandbox::builder(), config());
         assert_eq!(fake_error(&sb, true).kind, ErrorKind::Forbidden);
         // A registered name with arguments that are not a list: malformed, not called.
         let (count, tick) = counter();
         let fake = Fake::new("bad-args", tool_call(1, "tick", r#"{"a": 1}"#));
-        let sb = fake.sandbox(Sandbox::builder().tool("tick", tick), config());
+        let sb = fake.sandbox_with_tools(Sandbox::builder().tool("tick", tick), config());
         let e = fake_error(&sb, true);
         assert_eq!(e.kind, ErrorKind::Internal, "{e:?}");
         assert!(e.message.contains("malformed"), "{e:?}");
@@ -814,7 +795,7 @@ fn a_fake_worker_flooding_tool_calls_is_stopped() {
             .flat_map(|id| tool_call(id, "tick", "[]"))
             .collect();
         let fake = Fake::new("flood", flood);
-        let sb = fake.sandbox(
+        let sb = fake.sandbox_with_tools(
             Sandbox::builder()
                 .tool("tick", tick)
                 .tool_quota(ToolQuota::default().per_run(Some(10))),

@@ -11,14 +11,13 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::OnceLock;
+
 use std::time::{Duration, Instant};
 
-use moonjail::worker::{Capabilities, Layer, LayerSet, ProcessConfigBuilder};
+use moonjail::worker::{Layer, LayerSet, ProcessConfigBuilder};
 use moonjail::{ErrorKind, Isolation, Outcome, ProcessConfig, Profile, Sandbox, WorkerPath};
 use serde_json::{json, Value as Json};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_moonjail-worker");
 /// Deadline of the runs here: short, so the suite stays fast, long enough for a debug
 /// build on a loaded machine.
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -28,22 +27,6 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------
 // Harness.
 // ---------------------------------------------------------------------------------------
-
-fn capabilities() -> &'static Capabilities {
-    static CAPABILITIES: OnceLock<Capabilities> = OnceLock::new();
-    CAPABILITIES.get_or_init(moonjail::worker::probe)
-}
-
-/// The layers this machine cannot apply: allowed to be missing, so that the tests about
-/// the other layers still run.
-fn unusable() -> LayerSet {
-    capabilities()
-        .layers
-        .iter()
-        .filter(|(_, availability)| !availability.is_usable())
-        .map(|(layer, _)| *layer)
-        .collect()
-}
 
 /// False, after printing why, when one of `layers` cannot be applied here.
 fn require(test: &str, layers: &[Layer]) -> bool {
@@ -118,8 +101,8 @@ fn run(sb: &Sandbox, source: impl AsRef<[u8]>) -> Outcome {
     run_input(sb, source, &Json::Null)
 }
 
-#[path = "support/healthy.rs"]
-mod healthy;
+use crate::support::healthy;
+use crate::support::{capabilities, unusable, WORKER};
 use healthy::{check_healthy, healthy_input, HEALTHY};
 
 /// A normal run on the same sandbox succeeds with the right result and output.

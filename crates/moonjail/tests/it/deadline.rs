@@ -124,7 +124,7 @@ fn a_foreign_handler_on_the_deadline_signal_is_refused_not_replaced() {
     let status = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "a_foreign_handler_on_the_deadline_signal_is_refused_not_replaced",
+            "deadline::a_foreign_handler_on_the_deadline_signal_is_refused_not_replaced",
             "--test-threads=1",
         ])
         .env(FOREIGN_CHILD, "1")

@@ -99,8 +99,7 @@ fn run(sb: &Sandbox, source: impl AsRef<[u8]>) -> Outcome {
     run_input(sb, source, &Json::Null)
 }
 
-#[path = "support/healthy.rs"]
-mod healthy;
+use crate::support::healthy;
 use healthy::{check_healthy, healthy_input, HEALTHY};
 
 /// A normal run on the same sandbox succeeds with the right result and output.

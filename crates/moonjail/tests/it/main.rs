@@ -1,0 +1,26 @@
+//! moonjail's integration tests, one binary (linking one binary per file dominated
+//! `cargo test`). Tests that count what the whole test process holds (file descriptors,
+//! threads, child processes, a subreaper's orphans) stay in binaries of their own:
+//! `tests/soak.rs`, `tests/prepared_drop.rs`, `tests/isolated_hygiene.rs`.
+
+mod support;
+
+mod aos;
+mod architecture;
+mod check;
+mod concurrency;
+mod containment;
+mod deadline;
+mod diagnostics;
+mod escape;
+mod instructions;
+mod isolated;
+mod isolated_aos;
+mod isolated_session;
+mod json_lib;
+mod marshal;
+mod prepared;
+mod session;
+mod tools;
+mod tools_http;
+mod tools_isolated;
