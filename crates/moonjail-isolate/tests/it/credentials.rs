@@ -1,7 +1,7 @@
 //! The credentials and no_new_privs layers, observed from outside through
 //! /proc/PID/status of every thread, and from inside.
 
-mod common;
+use crate::common;
 
 use common::{proc_field, require, run, Held};
 use moonjail_isolate::Layer;

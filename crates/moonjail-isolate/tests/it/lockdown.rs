@@ -1,6 +1,6 @@
 //! `lockdown` as a whole: its report, its refusals, and `allow_missing`.
 
-mod common;
+use crate::common;
 
 use common::run;
 use moonjail_isolate::Layer;

@@ -1,6 +1,6 @@
 //! `probe()`: every layer is examined, in a child, without confining the caller.
 
-mod common;
+use crate::common;
 
 use moonjail_isolate::{probe, Availability, Layer};
 

@@ -1,7 +1,7 @@
 //! The namespace layers, observed from inside (no network) and from outside (/proc/PID/ns),
 //! and the PID namespace relay.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The fds layer: an inherited descriptor the worker did not ask to keep is closed.
 
-mod common;
+use crate::common;
 
 use common::{command_with_extra_fd, Held};
 

@@ -2,7 +2,7 @@
 //! `clone3` and path-resolving `stat` calls fail with ENOSYS, other ABIs are killed, every
 //! thread carries the filter, and a normal workload still runs.
 
-mod common;
+use crate::common;
 
 use common::{require, run, Held, Outcome};
 use moonjail_isolate::Layer;

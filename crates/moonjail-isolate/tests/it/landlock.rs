@@ -1,6 +1,6 @@
 //! The Landlock layer alone (seccomp disabled) refuses every file system access.
 
-mod common;
+use crate::common;
 
 use common::{require, run};
 use moonjail_isolate::Layer;

@@ -1,6 +1,6 @@
 //! The rlimits layer, observed from outside through /proc/PID/limits.
 
-mod common;
+use crate::common;
 
 use common::{require, Held};
 use moonjail_isolate::Layer;
