@@ -176,6 +176,10 @@ pub enum ConfigError {
         /// What was wrong with it.
         reason: String,
     },
+    /// Isolated mode cannot be set up as configured: no worker executable, a profile
+    /// workers do not know, a platform or build without isolation.
+    #[error("isolation: {0}")]
+    Isolation(String),
     /// No profile of that name exists.
     #[error("unknown profile {0:?} (known: minimal, standard, aos)")]
     UnknownProfile(String),

@@ -175,9 +175,8 @@ impl WorkerPath {
         if let Some(path) = std::env::var_os(WORKER_ENV).filter(|p| !p.is_empty()) {
             return Ok(PathBuf::from(path));
         }
-        let current = std::env::current_exe().map_err(|e| ConfigError::InvalidLimit {
-            name: "worker",
-            reason: format!("cannot find the current executable: {e}"),
+        let current = std::env::current_exe().map_err(|e| {
+            ConfigError::Isolation(format!("cannot find the current executable: {e}"))
         })?;
         let sibling = current.with_file_name("moonjail-worker");
         if sibling != current && is_file(&sibling) {
@@ -516,31 +515,24 @@ impl Isolated {
                 if let Profile::Custom(spec) = spec.profile {
                     // Runs name their profile; a worker knows only the built-in ones (and
                     // must never mistake a custom list for a built-in of the same name).
-                    return Err(ConfigError::InvalidLimit {
-                        name: "isolation",
-                        reason: format!(
-                            "the custom profile {:?} is not available to worker processes \
+                    return Err(ConfigError::Isolation(format!(
+                        "the custom profile {:?} is not available to worker processes \
                              yet: only built-in profiles are",
-                            spec.name
-                        ),
-                    });
+                        spec.name
+                    )));
                 }
                 let settings = settings(&config, limits)?;
                 let pool =
                     pool::Pool::new(settings, config.pool_size, config.prespawn, config.max_runs)
-                        .map_err(|reason| ConfigError::InvalidLimit {
-                        name: "isolation",
-                        reason,
-                    })?;
+                        .map_err(ConfigError::Isolation)?;
                 Ok(Isolated::Process(Arc::new(pool)))
             }
             #[cfg(not(all(target_os = "linux", feature = "isolation")))]
             Isolation::Process(_) => {
                 let _ = limits;
-                Err(ConfigError::InvalidLimit {
-                    name: "isolation",
-                    reason: "process isolation needs Linux and the `isolation` feature".into(),
-                })
+                Err(ConfigError::Isolation(
+                    "process isolation needs Linux and the `isolation` feature".into(),
+                ))
             }
         }
     }
@@ -617,12 +609,8 @@ fn settings(config: &ProcessConfig, limits: &Limits) -> Result<supervisor::Setti
             .map(|l| l.name().to_string())
             .collect(),
     };
-    let configure = protocol::encode_json(protocol::Kind::Configure, &configure).map_err(|e| {
-        ConfigError::InvalidLimit {
-            name: "isolation",
-            reason: e.to_string(),
-        }
-    })?;
+    let configure = protocol::encode_json(protocol::Kind::Configure, &configure)
+        .map_err(|e| ConfigError::Isolation(e.to_string()))?;
     let required = Layer::ALL
         .into_iter()
         .filter(|layer| !config.allow_missing.contains(*layer))

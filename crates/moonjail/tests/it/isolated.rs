@@ -1282,8 +1282,7 @@ fn custom_profiles_are_refused_at_build_time_and_host_files_accepted() {
         .isolation(Isolation::Process(config().build().unwrap()))
         .build();
     match custom {
-        Err(moonjail::ConfigError::InvalidLimit { name, reason }) => {
-            assert_eq!(name, "isolation");
+        Err(moonjail::ConfigError::Isolation(reason)) => {
             assert!(reason.contains("custom profile"), "{reason}");
         }
         other => panic!("a custom profile was accepted: {other:?}"),
