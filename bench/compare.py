@@ -40,6 +40,10 @@ DEADLINE = "600s"
 INSTRUCTION_BUDGET = "100000000000"
 # Far above any expected run time; only protects against a hung interpreter.
 RUN_TIMEOUT_S = 300.0
+# `lua -e` prelude of the `--hook` reference: lua's own count hook with moonjail's block
+# size and budget.
+LUA_COUNT_HOOK = ("local n = 0 debug.sethook(function() n = n + 256 "
+                  f"if n > {INSTRUCTION_BUDGET} then error('instruction limit') end end, '', 256)")
 
 
 class BenchError(Exception):
@@ -298,6 +302,14 @@ def report(names: list[str], configs: list[Config],
                "other load on the machine):")
     out.append("")
     out += table(names, configs, cpus)
+    keys = {c.key for c in configs}
+    if {"mji", "luah"} <= keys:
+        pair = [c for c in configs if c.key == "luah"] + [c for c in configs if c.key == "mji"]
+        out.append("")
+        out.append("Instruction budget against the reference's own count hook (median CPU "
+                   "time):")
+        out.append("")
+        out += table(names, pair, cpus)
     out.append("")
     out.append(f"Medians of {reps} interleaved runs per configuration "
                f"(after one untimed warm-up/verification run); ratios > 1 mean moonjail "
@@ -371,6 +383,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     ap.add_argument("--diagnostic", action="store_true",
                     help="also measure moonjail --diagnostic (diagnostic mode's overhead)")
+    ap.add_argument("--hook", action="store_true",
+                    help="also measure the reference interpreter under its own count hook "
+                         "(the fair baseline for moonjail+instr)")
     args = ap.parse_args(argv)
     if args.reps < 1:
         ap.error("--reps must be at least 1")
@@ -406,6 +421,11 @@ def main(argv: list[str]) -> int:
     if args.diagnostic:
         configs.append(Config("mjd", "moonjail+diag", [moonjail, "run"],
                               ["--timeout", DEADLINE, "--diagnostic"]))
+    if args.hook:
+        # The fair reference for an instruction budget: the same interpreter counting
+        # instructions itself, as a pure-Lua sandbox does (a count hook every 256
+        # instructions that adds up and raises past the budget).
+        configs.append(Config("luah", f"{lua_label}+hook", [lua, "-e", LUA_COUNT_HOOK]))
     names = [p.stem for p in programs]
     if load is not None and load > 0.5:
         log(f"warning: 1-minute load average is {load:.2f}; other processes will make "

@@ -49,7 +49,7 @@ unsafe extern "C-unwind" fn quota_hook(l: *mut lua_State, ar: *mut lua_Debug) {
         }
         // The instruction about to run is the last of a paid block: it runs, and `l`
         // pays for what follows.
-        meter(l);
+        meter(l, true);
     }
 }
 
@@ -58,7 +58,7 @@ unsafe extern "C-unwind" fn quota_hook(l: *mut lua_State, ar: *mut lua_Debug) {
 /// budget is spent, a count of one that is not paid, so that its next instruction raises
 /// (the sentinel). Only the running thread holds a block: a resumer gives its unspent
 /// instructions back while the coroutine runs (see `enter_thread`), so the count is exact.
-fn meter(l: *mut lua_State) {
+fn meter(l: *mut lua_State, in_hook: bool) {
     let Some(ctl) = current() else { return };
     let Some(limit) = ctl.instr_limit.get() else {
         return;
@@ -74,7 +74,7 @@ fn meter(l: *mut lua_State) {
         unsafe { ffi::lua_sethook(l, Some(quota_hook), ffi::LUA_MASKCOUNT, 1) };
     } else {
         // SAFETY: as above.
-        unsafe { charge_next(l, limit, charged) };
+        unsafe { charge_next(l, limit, charged, in_hook) };
     }
 }
 
@@ -103,12 +103,24 @@ fn unmeter(l: *mut lua_State) {
 ///
 /// # Safety
 /// `l` must be a valid thread of the running state.
-unsafe fn charge_next(l: *mut lua_State, limit: u64, charged: u64) {
+unsafe fn charge_next(l: *mut lua_State, limit: u64, charged: u64, in_hook: bool) {
     let Some(ctl) = current() else { return };
     let step = COUNT_STEP.min(limit - charged).max(1);
     ctl.instr_charged.set(charged + step);
-    // SAFETY: caller's contract; `step` ≤ 256 fits a c_int.
-    unsafe { ffi::lua_sethook(l, Some(quota_hook), ffi::LUA_MASKCOUNT, step as c_int) };
+    // Inside its own count hook, Lua has already reset `l`'s count to the block size it
+    // had: when that is the size wanted, there is nothing to set. (`lua_sethook` marks
+    // every Lua frame of the thread for tracing, a walk of the whole call stack: on
+    // deep recursion that, every 256 instructions, was most of the hook's cost.)
+    // SAFETY: caller's contract; reading a thread's hook settings is always allowed.
+    let unchanged = in_hook
+        && unsafe {
+            ffi::lua_gethookmask(l) == ffi::LUA_MASKCOUNT
+                && i64::from(ffi::lua_gethookcount(l)) == step as i64
+        };
+    if !unchanged {
+        // SAFETY: caller's contract; `step` ≤ 256 fits a c_int.
+        unsafe { ffi::lua_sethook(l, Some(quota_hook), ffi::LUA_MASKCOUNT, step as c_int) };
+    }
 }
 
 /// Where `lua_State.basehookcount` sits in Lua 5.4.9 on 64-bit targets (`lstate.h`:
@@ -208,7 +220,7 @@ pub(crate) fn arm_thread(l: *mut lua_State) {
 pub(crate) fn start_metering(l: *mut lua_State) {
     let Some(ctl) = current() else { return };
     match ctl.instr_limit.get() {
-        Some(_) => meter(l),
+        Some(_) => meter(l, false),
         // SAFETY: `l` is the state's entry thread, not running Lua code right now; this
         // clears any hook left from a previous session call.
         None => unsafe { ffi::lua_sethook(l, None, 0, 0) },
@@ -226,7 +238,7 @@ fn enter_thread(l: *mut lua_State, co: *mut lua_State) -> bool {
         arm_thread(co);
     } else {
         unmeter(l);
-        meter(co);
+        meter(co, false);
     }
     true
 }
@@ -237,7 +249,7 @@ fn leave_thread(l: *mut lua_State, co: *mut lua_State) {
     if let Some(ctl) = current() {
         ctl.pop_thread();
         unmeter(co);
-        meter(l);
+        meter(l, false);
     }
 }
 
