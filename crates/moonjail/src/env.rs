@@ -8,7 +8,7 @@ use mlua::{Function, Lua, StdLib, Table, Value};
 
 use crate::host::EnvOptions;
 use crate::profile::{Item, ProfileSpec};
-use crate::stdlib::{aos, base, json, strmatch};
+use crate::stdlib::{aos, base, json, strmatch, table};
 use crate::vm::{retain_string_keys, set_c_functions};
 
 /// The stock libraries a profile needs opened.
@@ -43,6 +43,13 @@ pub fn guard_note(name: &str) -> Option<&'static str> {
         }
         "string.find" | "string.match" | "string.gmatch" | "string.gsub" => {
             "metered matcher: backtracking stops at the deadline"
+        }
+        "table.move" | "table.insert" | "table.remove" | "table.concat" | "table.unpack"
+        | "unpack" | "string.rep" => {
+            "metered: long loops stop at the deadline and count against the instruction budget"
+        }
+        "table.sort" => {
+            "metered: comparisons count against the deadline and the instruction budget"
         }
         _ => return None,
     })
@@ -87,6 +94,10 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                 }
                 if name == "string" {
                     strmatch::install(lua, &lib)?;
+                    table::install_string(lua, &lib)?;
+                }
+                if name == "table" {
+                    table::install_table(lua, &lib)?;
                 }
             }
             Item::GlobalsRef => g.raw_set("_G", &g)?,
