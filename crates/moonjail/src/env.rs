@@ -8,7 +8,7 @@ use mlua::{Function, Lua, StdLib, Table, Value};
 
 use crate::host::EnvOptions;
 use crate::profile::{Item, ProfileSpec};
-use crate::stdlib::{aos, base, json, strmatch, table};
+use crate::stdlib::{aos, base, identity, json, strmatch, table};
 use crate::vm::{retain_string_keys, set_c_functions};
 
 /// The stock libraries a profile needs opened.
@@ -32,7 +32,10 @@ pub(crate) fn libs_for(spec: &ProfileSpec) -> StdLib {
 /// How a listed base global is provided, for `moonjail profile show`.
 pub fn guard_note(name: &str) -> Option<&'static str> {
     Some(match name {
-        "print" => "captured into the run's output, under the output limit",
+        "print" => {
+            "captured into the run's output, under the output limit; objects show a per-run \
+             number, not a host address"
+        }
         "load" => "text chunks only; binary chunks are forbidden; env argument honoured",
         "setmetatable" => "refuses metatables with __gc (finalizers)",
         "getmetatable" => "getmetatable(\"\") returns false: the string metatable is locked",
@@ -47,6 +50,9 @@ pub fn guard_note(name: &str) -> Option<&'static str> {
         "table.move" | "table.insert" | "table.remove" | "table.concat" | "table.unpack"
         | "unpack" | "string.rep" => {
             "metered: long loops stop at the deadline and count against the instruction budget"
+        }
+        "tostring" | "string.format" => {
+            "tables, functions and coroutines show a per-run number, not a host address"
         }
         "table.sort" => {
             "metered: comparisons count against the deadline and the instruction budget"
@@ -78,6 +84,7 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                     "load" => Some(base::load as mlua::ffi::lua_CFunction),
                     "collectgarbage" => Some(base::collectgarbage as mlua::ffi::lua_CFunction),
                     "xpcall" => Some(base::xpcall as mlua::ffi::lua_CFunction),
+                    "tostring" => Some(identity::tostring as mlua::ffi::lua_CFunction),
                     _ => None,
                 };
                 if let Some(f) = guarded {
@@ -95,6 +102,7 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                 if name == "string" {
                     strmatch::install(lua, &lib)?;
                     table::install_string(lua, &lib)?;
+                    identity::install_string(lua, &lib)?;
                 }
                 if name == "table" {
                     table::install_table(lua, &lib)?;

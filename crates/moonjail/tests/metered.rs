@@ -83,7 +83,8 @@ const RUNAWAY: &[&str] = &[
     // Each element comes from a C __index (concat of an empty table): no Lua instruction
     // runs between elements, so no hook ever fires.
     "table.concat(setmetatable({}, {__index = table.concat}), '', 1, math.maxinteger)",
-    "table.move(setmetatable({}, {__index = table.concat}), 1, math.maxinteger - 1, 1)",
+    "table.move(setmetatable({}, {__index = table.concat}), 1, math.maxinteger - 1, 1, \
+     setmetatable({}, {__newindex = rawequal}))",
     // Two different strings with the same 8 MB of "\\0": one stock comparison is 8
     // million strcoll calls.
     "local a = ('\\0'):rep(8e6) local b = ('\\0'):rep(8e6 - 1) .. '\\0' \
@@ -373,6 +374,52 @@ const SNIPPETS: &[&str] = &[
     "P(string.rep, {}, 1)",
     "P(string.rep, 'x')",
     "('x'):rep(3, 7)",
+    // string.format (ported to make %p opaque): everything else must be stock
+    "string.format('%d %5d %-5d| %05d %+d % d %i', 1, 2, 3, 4, 5, 6, 7)",
+    "string.format('%x %X %#x %o %#o %u', 255, 255, 255, 8, 8, 42)",
+    "string.format('%d', math.mininteger)",
+    "string.format('%x', -1)",
+    "string.format('%5.2f|%-10.3e|%g|%G|%.14g|%a|%A', math.pi, 12345.678, 1e20, 1e-20, 0.1, 1.0, 0.5)",
+    "string.format('%f', 1e300)",
+    "string.format('%.99f', 1/3)",
+    "string.format('%99.99f', -1e308)",
+    "string.format('%c%c%c', 76, 117, 97)",
+    "string.format('%5c|%-5c|', 65, 66)",
+    "string.format('%s %s %s %s', 1, 2.5, true, nil)",
+    "string.format('%10s|%-10s|%.2s', 'abc', 'abc', 'abc')",
+    "string.format('%s', ('x'):rep(200))",
+    "string.format('%5s', ('x'):rep(200))",
+    "string.format('%.3s', ('x'):rep(200))",
+    "string.format('%s', setmetatable({}, {__tostring = function() return 'custom' end}))",
+    "string.format('%q', 'a\\nb\\0c\\\"d\\1e\\0019\\r\\127')",
+    "string.format('%q', 1/0) .. string.format('%q', -1/0) .. string.format('%q', 0/0)",
+    "string.format('%q %q %q', 0.1, math.mininteger, 42)",
+    "string.format('%q %q', true, nil)",
+    "string.format('100%% %s', 'sure')",
+    "string.format('')",
+    "string.format('no items')",
+    "string.format('%s\\0%s', 'a', 'b')",
+    "P(string.format, '%q', {})",
+    "P(string.format, '%10q', 'x')",
+    "P(string.format, '%d', 1.5)",
+    "P(string.format, '%d', 'x')",
+    "P(string.format, '%d')",
+    "P(string.format, '%y', 1)",
+    "P(string.format, '%', 1)",
+    "P(string.format, '%123d', 1)",
+    "P(string.format, '%0-5d', 1)",
+    "P(string.format, '%#d', 1)",
+    "P(string.format, '%.3c', 65)",
+    "P(string.format, '%-+ #0-+ #0-+ #0d', 1)",
+    "P(string.format, '%10.3p', {})",
+    "P(string.format, '%5s', 'a\\0b')",
+    "P(string.format, '%s', setmetatable({}, {__tostring = function() return {} end}))",
+    "P(string.format, '%s', setmetatable({}, {__tostring = function() error('in tostring', 0) end}))",
+    "P(string.format)",
+    "P(string.format, {})",
+    "P(string.format, '%ld', 1)",
+    "string.format('%p|%5p|%-8p|', nil, true, 12)",
+    "string.format('%s', setmetatable({}, {__name = 42, __tostring = function() return 'named' end}))",
 ];
 
 /// The stock result of each snippet, from a plain Lua state.
