@@ -344,6 +344,10 @@ const SNIPPETS: &[&str] = &[
     "(function() local t = {'b', 'a', 'c', 'a\\0b', 'a\\0', 'A', ''} table.sort(t) return t end)()",
     "(function() local t = {3, 1.5, 2, -1, math.huge, -math.huge, 0} table.sort(t) return t end)()",
     "P(table.sort, {3, 'a', 1})",
+    // long strings: chunked comparison (64 KiB chunks), late differences, prefixes,
+    // equal contents in different objects
+    "(function() local a = ('x'):rep(70000) local b = a:sub(1, -2) .. 'y' local c = ('x'):rep(69999) local d = ('x'):rep(140000) local e = ('x'):rep(65536) .. 'a' .. ('x'):rep(10) local t = {d, b, a, c, e, a .. '', ('x'):rep(70000), b .. '\\0', c .. '\\0'} table.sort(t) local o = {} for i = 1, #t do o[i] = #t[i] .. t[i]:sub(-1) end return o end)()",
+    "(function() local t = {'\\0\\0', '\\0', '\\0a', 'a\\0\\0b', 'a\\0\\0a', '\\255', '\\128', '\\127'} table.sort(t) local o = {} for i = 1, #t do o[i] = t[i]:byte(1, -1) and table.concat({t[i]:byte(1, -1)}, '.') or '' end return o end)()",
     "P(table.sort, {3, 2, 1}, 'x')",
     "P(table.sort, {3, 2, 1}, function() error('boom', 0) end)",
     "P(table.sort, {3, 2, 1}, function() error({code = 7}) end)",

@@ -62,6 +62,12 @@ unsafe fn tick_bytes(l: State, m: &mut Meter, bytes: usize) {
     }
 }
 
+/// Units for `bytes` copied or compared.
+#[inline(always)]
+fn units_of(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(crate::vm::control::BYTES_PER_UNIT)
+}
+
 /// Charges what is left on the meter at the end of a call.
 ///
 /// # Safety
@@ -277,11 +283,12 @@ pub(crate) unsafe extern "C-unwind" fn tmove(l: State) -> c_int {
     1
 }
 
-/// `addfield`: appends `t[i]` to the buffer, or raises the stock concat error.
+/// `addfield`: appends `t[i]` to the buffer, or raises the stock concat error; returns
+/// how many bytes it appended.
 ///
 /// # Safety
 /// `l` is the running thread inside `tconcat`, `b` its initialised buffer.
-unsafe fn addfield(l: State, b: *mut ffi::luaL_Buffer, i: lua_Integer, m: &mut Meter) {
+unsafe fn addfield(l: State, b: *mut ffi::luaL_Buffer, i: lua_Integer) -> usize {
     // SAFETY: caller's contract; mirrors ltablib's addfield.
     unsafe {
         ffi::lua_geti(l, 1, i);
@@ -293,11 +300,9 @@ unsafe fn addfield(l: State, b: *mut ffi::luaL_Buffer, i: lua_Integer, m: &mut M
                 i,
             );
         }
-        // Strings report their length; numbers (short once converted) report 0.
-        let len = ffi::lua_rawlen(l, -1);
+        let before = (*b).n;
         ffi::luaL_addvalue(b);
-        tick(l, m, 1);
-        tick_bytes(l, m, len);
+        (*b).n.wrapping_sub(before)
     }
 }
 
@@ -320,14 +325,15 @@ pub(crate) unsafe extern "C-unwind" fn tconcat(l: State) -> c_int {
         last = ffi::luaL_optinteger(l, 4, last);
         ffi::luaL_buffinit(l, b);
         while i < last {
-            addfield(l, b, i, &mut m);
+            let len = addfield(l, b, i);
             ffi::luaL_addlstring(b, sep, lsep);
-            tick_bytes(l, &mut m, lsep);
+            tick(l, &mut m, 1 + units_of(len.saturating_add(lsep)));
             i += 1; // i < last, so no overflow
         }
         if i == last {
             // add last value (if interval was not empty)
-            addfield(l, b, i, &mut m);
+            let len = addfield(l, b, i);
+            tick(l, &mut m, 1 + units_of(len));
         }
         ffi::luaL_pushresult(b);
         finish(l, &mut m);
@@ -389,6 +395,9 @@ struct Sort {
     /// Whether string collation is plain byte order (the C locale), decided at the first
     /// string comparison: then strings are compared with chunked `memcmp`.
     bytewise: Option<bool>,
+    /// Whether argument 2 is an order function (it is a function or nil, and stays on
+    /// the stack for the whole sort).
+    has_comparator: bool,
 }
 
 /// `l_randomizePivot`: clocks mixed into a "random" pivot seed, as stock Lua does with
@@ -423,6 +432,7 @@ impl Sort {
     ///
     /// # Safety
     /// `self.l` is the running thread; the values at `a` and `b` are strings.
+    #[inline(never)]
     unsafe fn str_less(&mut self, a: c_int, b: c_int) -> bool {
         let l = self.l;
         let (mut la, mut lb) = (0usize, 0usize);
@@ -450,24 +460,26 @@ impl Sort {
         }
     }
 
-    /// Byte-order comparison in chunks, the cost charged per chunk.
+    /// Byte-order comparison, the cost charged per chunk of [`CMP_CHUNK`] bytes.
     ///
     /// # Safety
     /// `self.l` is the running thread; nothing with a destructor is alive.
     unsafe fn bytes_less(&mut self, sa: &[u8], sb: &[u8]) -> bool {
         let common = sa.len().min(sb.len());
         let mut at = 0;
-        while at < common {
-            let end = at.saturating_add(CMP_CHUNK).min(common);
-            let (ca, cb) = (&sa[at..end], &sb[at..end]);
+        while common - at > CMP_CHUNK {
+            let end = at + CMP_CHUNK;
             // SAFETY: caller's contract.
-            unsafe { tick_bytes(self.l, &mut self.meter, end - at) };
-            if ca != cb {
-                return ca < cb;
+            unsafe { tick(self.l, &mut self.meter, units_of(CMP_CHUNK)) };
+            match sa[at..end].cmp(&sb[at..end]) {
+                std::cmp::Ordering::Equal => at = end,
+                o => return o.is_lt(),
             }
-            at = end;
         }
-        sa.len() < sb.len()
+        // The last (usually the only) chunk, and the lengths if it is equal.
+        // SAFETY: caller's contract.
+        unsafe { tick(self.l, &mut self.meter, units_of(common - at)) };
+        sa[at..].cmp(&sb[at..]).is_lt()
     }
 
     /// Lua's `l_strcmp` (one `strcoll` per `\0`-separated segment) for other locales,
@@ -512,12 +524,13 @@ impl Sort {
     ///
     /// # Safety
     /// `self.l` is the running thread inside `sort`, with the comparator (or nil) at 2.
+    #[inline(always)]
     unsafe fn less(&mut self, a: c_int, b: c_int) -> bool {
         let l = self.l;
         // SAFETY: caller's contract; mirrors ltablib's sort_comp.
         unsafe {
             tick(l, &mut self.meter, 1);
-            if ffi::lua_type(l, 2) == ffi::LUA_TNIL {
+            if !self.has_comparator {
                 if ffi::lua_type(l, a) == ffi::LUA_TSTRING
                     && ffi::lua_type(l, b) == ffi::LUA_TSTRING
                 {
@@ -541,6 +554,7 @@ impl Sort {
     ///
     /// # Safety
     /// As [`Sort::less`], with two values on top of the stack.
+    #[inline(always)]
     unsafe fn set2(&mut self, i: IdxT, j: IdxT) {
         // SAFETY: caller's contract.
         unsafe {
@@ -552,6 +566,7 @@ impl Sort {
 
     /// # Safety
     /// As [`Sort::less`].
+    #[inline(always)]
     unsafe fn geti(&mut self, i: IdxT) {
         // SAFETY: caller's contract.
         unsafe { ffi::lua_geti(self.l, 1, lua_Integer::from(i)) };
@@ -699,6 +714,7 @@ pub(crate) unsafe extern "C-unwind" fn sort(l: State) -> c_int {
                 l,
                 meter: Meter::new(),
                 bytewise: None,
+                has_comparator: ffi::lua_type(l, 2) != ffi::LUA_TNIL,
             };
             // 1 < n < INT_MAX, so it fits an IdxT.
             s.auxsort(1, n as IdxT, 0);
@@ -798,4 +814,87 @@ pub(crate) fn install_table(lua: &mlua::Lua, table: &mlua::Table) -> mlua::Resul
 /// Replaces `rep` in `string` with the metered version, if the profile kept it.
 pub(crate) fn install_string(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()> {
     crate::vm::set_c_functions(lua, string, &[("rep", str_rep as ffi::lua_CFunction)], true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte strings with embedded NULs, prefixes and high bytes.
+    fn samples() -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"\0".to_vec(),
+            b"\0\0".to_vec(),
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"a\0b".to_vec(),
+            b"a\0a".to_vec(),
+            b"ab".to_vec(),
+            b"b".to_vec(),
+            b"\x7f".to_vec(),
+            b"\x80".to_vec(),
+            b"\xff\0".to_vec(),
+        ];
+        v.push(vec![b'x'; CMP_CHUNK + 10]);
+        let mut late = vec![b'x'; CMP_CHUNK + 10];
+        late[CMP_CHUNK + 5] = b'y';
+        v.push(late);
+        v
+    }
+
+    /// Both comparison paths agree with byte order, which is `l_strcmp` in the C locale
+    /// (the test process never calls setlocale).
+    #[test]
+    fn collation_paths_agree_with_byte_order() {
+        assert!(collation_is_bytewise());
+        let lua = mlua::Lua::new();
+        let all = samples();
+        let cs: Vec<Vec<u8>> = all
+            .iter()
+            .map(|s| {
+                let mut c = s.clone();
+                c.push(0);
+                c
+            })
+            .collect();
+        // SAFETY: the closure only uses the state pointer for the sort's (never raising:
+        // no control block is active) meter.
+        unsafe {
+            lua.exec_raw::<()>((), |l| {
+                let mut s = Sort {
+                    l,
+                    meter: Meter::new(),
+                    bytewise: Some(true),
+                    has_comparator: false,
+                };
+                for (a, ca) in all.iter().zip(&cs) {
+                    for (b, cb) in all.iter().zip(&cs) {
+                        let want = a < b;
+                        assert_eq!(s.bytes_less(a, b), want, "{a:?} < {b:?}");
+                        let coll =
+                            s.coll_less(ca.as_ptr().cast(), a.len(), cb.as_ptr().cast(), b.len());
+                        assert_eq!(coll, want, "strcoll path: {a:?} < {b:?}");
+                    }
+                }
+            })
+            .expect("the closure does not raise");
+        }
+    }
+
+    #[test]
+    fn choose_pivot_stays_in_the_middle_half() {
+        for (lo, up) in [
+            (1u32, 101u32),
+            (1, 1000),
+            (500, 100_000),
+            (1, i32::MAX as u32 - 1),
+        ] {
+            for rnd in [1u32, 7, 12345, u32::MAX] {
+                let p = choose_pivot(lo, up, rnd);
+                let r4 = (up - lo) / 4;
+                assert!(lo + r4 <= p && p <= up - r4, "{lo} {up} {rnd} -> {p}");
+            }
+        }
+    }
 }
