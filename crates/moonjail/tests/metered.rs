@@ -160,6 +160,18 @@ fn short_native_calls_are_charged() {
     expect_stop(&sb, src, ErrorKind::InstructionLimit);
 }
 
+/// `string.format` (ported for opaque identities) charges its plain text and `%q` input.
+#[test]
+fn string_format_is_charged() {
+    let sb = budgeted(Profile::Standard);
+    for src in [
+        "local s = ('\\0'):rep(1e7) for i = 1, 10 do local q = string.format('%q', s) end",
+        "local s = ('x'):rep(1e7) for i = 1, 10 do local q = string.format(s) end",
+    ] {
+        expect_stop(&sb, src, ErrorKind::InstructionLimit);
+    }
+}
+
 /// What was quadratic or unbounded in stock Lua and is now cheap, with the same result.
 #[test]
 fn degenerate_inputs_finish_quickly() {

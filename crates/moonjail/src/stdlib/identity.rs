@@ -12,12 +12,17 @@
 //! changed: a wrapper around the stock function could not keep the stock error messages
 //! (`bad argument #2 to 'format'`, positions), which name the calling function.
 //! Conversions go through the C library's `snprintf` with the same format text, as in
-//! stock Lua, so numbers print identically.
+//! stock Lua, so numbers print identically. The port is metered too (one unit per item,
+//! per 64 bytes of plain text or of `%q` input), so a huge format or `%q` of a huge
+//! string stops at the deadline.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::mem::MaybeUninit;
 
 use mlua::ffi::{self, lua_Integer, lua_State};
+
+use super::table::{finish, tick, units_of};
+use crate::vm::Meter;
 
 type State = *mut lua_State;
 
@@ -201,15 +206,19 @@ fn addlenmod(form: &mut [u8; MAX_FORMAT], lenmod: &[u8]) {
     form[l + lenmod.len()] = 0;
 }
 
-/// `addquoted`: `s` as a Lua string literal.
+/// `addquoted`: `s` as a Lua string literal, metered per [`QUOTE_CHUNK`] bytes.
 ///
 /// # Safety
-/// `b` is an initialised buffer of the running thread.
-unsafe fn addquoted(b: *mut ffi::luaL_Buffer, s: &[u8]) {
+/// `b` is an initialised buffer of the running thread `l`; nothing with a destructor is
+/// alive in the caller's frames.
+unsafe fn addquoted(l: State, b: *mut ffi::luaL_Buffer, s: &[u8], m: &mut Meter) {
     // SAFETY: caller's contract.
     unsafe {
         ffi::luaL_addchar(b, b'"' as c_char);
         for (i, &c) in s.iter().enumerate() {
+            if i % QUOTE_CHUNK == 0 {
+                tick(l, m, units_of(QUOTE_CHUNK.min(s.len() - i)));
+            }
             if c == b'"' || c == b'\\' || c == b'\n' {
                 ffi::luaL_addchar(b, b'\\' as c_char);
                 ffi::luaL_addchar(b, c as c_char);
@@ -231,6 +240,9 @@ unsafe fn addquoted(b: *mut ffi::luaL_Buffer, s: &[u8]) {
         ffi::luaL_addchar(b, b'"' as c_char);
     }
 }
+
+/// Bytes quoted by `%q` between two meter charges.
+const QUOTE_CHUNK: usize = 4096;
 
 /// `quotefloat`: a float that reads back exactly, into `buff` (`MAX_ITEM` bytes).
 ///
@@ -271,14 +283,14 @@ unsafe fn quotefloat(buff: *mut c_char, n: f64) -> usize {
 ///
 /// # Safety
 /// `l` is the running thread inside `format`, `b` its buffer.
-unsafe fn addliteral(l: State, b: *mut ffi::luaL_Buffer, arg: c_int) {
+unsafe fn addliteral(l: State, b: *mut ffi::luaL_Buffer, arg: c_int, m: &mut Meter) {
     // SAFETY: caller's contract; mirrors lstrlib's addliteral.
     unsafe {
         match ffi::lua_type(l, arg) {
             ffi::LUA_TSTRING => {
                 let mut len = 0usize;
                 let s = ffi::lua_tolstring(l, arg, &mut len);
-                addquoted(b, std::slice::from_raw_parts(s.cast::<u8>(), len));
+                addquoted(l, b, std::slice::from_raw_parts(s.cast::<u8>(), len), m);
             }
             ffi::LUA_TNUMBER => {
                 let buff = ffi::luaL_prepbuffsize(b, MAX_ITEM);
@@ -312,6 +324,7 @@ unsafe fn addliteral(l: State, b: *mut ffi::luaL_Buffer, arg: c_int) {
 /// # Safety
 /// Must only be called by Lua as a C function.
 pub(crate) unsafe extern "C-unwind" fn format(l: State) -> c_int {
+    let mut m = Meter::new();
     let mut buf = MaybeUninit::<ffi::luaL_Buffer>::uninit();
     let b = buf.as_mut_ptr();
     // SAFETY: called by Lua as a C function; mirrors lstrlib's str_format. `buf` stays in
@@ -328,8 +341,14 @@ pub(crate) unsafe extern "C-unwind" fn format(l: State) -> c_int {
         let mut i = 0usize;
         while i < fmt.len() {
             if fmt[i] != b'%' {
-                ffi::luaL_addchar(b, fmt[i] as c_char);
-                i += 1;
+                // A run of plain text, copied at once (stock adds it byte by byte).
+                let run = fmt[i..]
+                    .iter()
+                    .position(|c| *c == b'%')
+                    .unwrap_or(fmt.len() - i);
+                ffi::luaL_addlstring(b, fmt[i..].as_ptr().cast(), run);
+                tick(l, &mut m, units_of(run));
+                i += run;
                 continue;
             }
             i += 1;
@@ -420,7 +439,7 @@ pub(crate) unsafe extern "C-unwind" fn format(l: State) -> c_int {
                             c"specifier '%%q' cannot have modifiers".as_ptr(),
                         );
                     }
-                    addliteral(l, b, arg);
+                    addliteral(l, b, arg, &mut m);
                 }
                 b's' => {
                     let mut sl = 0usize;
@@ -453,8 +472,10 @@ pub(crate) unsafe extern "C-unwind" fn format(l: State) -> c_int {
                 }
             }
             ffi::luaL_addsize(b, nb.min(maxitem - 1));
+            tick(l, &mut m, 1);
         }
         ffi::luaL_pushresult(b);
+        finish(l, &mut m);
     }
     1
 }

@@ -43,7 +43,7 @@ const TAB_RW: c_int = TAB_R | TAB_W;
 /// `l` is the running thread inside a C function; nothing with a destructor is alive in
 /// the caller's frames.
 #[inline(always)]
-unsafe fn tick(l: State, m: &mut Meter, units: u64) {
+pub(super) unsafe fn tick(l: State, m: &mut Meter, units: u64) {
     if let Some(msg) = m.charge(units) {
         // SAFETY: caller's contract.
         unsafe { raise(l, msg) }
@@ -64,7 +64,7 @@ unsafe fn tick_bytes(l: State, m: &mut Meter, bytes: usize) {
 
 /// Units for `bytes` copied or compared.
 #[inline(always)]
-fn units_of(bytes: usize) -> u64 {
+pub(super) fn units_of(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(crate::vm::control::BYTES_PER_UNIT)
 }
 
@@ -73,7 +73,7 @@ fn units_of(bytes: usize) -> u64 {
 /// # Safety
 /// As [`tick`].
 #[inline]
-unsafe fn finish(l: State, m: &mut Meter) {
+pub(super) unsafe fn finish(l: State, m: &mut Meter) {
     if let Some(msg) = m.finish() {
         // SAFETY: caller's contract.
         unsafe { raise(l, msg) }
