@@ -48,7 +48,7 @@ pub fn guard_note(name: &str) -> Option<&'static str> {
             "metered matcher: backtracking stops at the deadline"
         }
         "table.move" | "table.insert" | "table.remove" | "table.concat" | "table.unpack"
-        | "unpack" | "string.rep" => {
+        | "unpack" | "string.rep" | "string.reverse" | "string.lower" | "string.upper" => {
             "metered: long loops stop at the deadline and count against the instruction budget"
         }
         "tostring" | "string.format" => {

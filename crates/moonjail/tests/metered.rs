@@ -160,13 +160,16 @@ fn short_native_calls_are_charged() {
     expect_stop(&sb, src, ErrorKind::InstructionLimit);
 }
 
-/// `string.format` (ported for opaque identities) charges its plain text and `%q` input.
+/// `string.format` (ported for opaque identities) charges its plain text and `%q` input;
+/// `upper`, `lower` and `reverse` charge the bytes they map.
 #[test]
-fn string_format_is_charged() {
+fn string_functions_are_charged() {
     let sb = budgeted(Profile::Standard);
     for src in [
         "local s = ('\\0'):rep(1e7) for i = 1, 10 do local q = string.format('%q', s) end",
         "local s = ('x'):rep(1e7) for i = 1, 10 do local q = string.format(s) end",
+        "local s = ('x'):rep(1e7) for i = 1, 10 do local q = s:upper() end",
+        "local s = ('x'):rep(1e7) for i = 1, 10 do local q = s:reverse() end",
     ] {
         expect_stop(&sb, src, ErrorKind::InstructionLimit);
     }
@@ -390,6 +393,13 @@ const SNIPPETS: &[&str] = &[
     "P(string.rep, {}, 1)",
     "P(string.rep, 'x')",
     "('x'):rep(3, 7)",
+    // string.reverse/lower/upper (ported to be metered)
+    "(function() local t = {} for i = 0, 255 do t[#t + 1] = string.char(i) end local s = table.concat(t) return {s:lower():byte(1, -1)} end)()",
+    "(function() local t = {} for i = 0, 255 do t[#t + 1] = string.char(i) end local s = table.concat(t) return {s:upper():byte(1, -1)} end)()",
+    "(function() local t = {} for i = 0, 255 do t[#t + 1] = string.char(i) end local s = table.concat(t) return {s:reverse():byte(1, -1)} end)()",
+    "{('Hello, World'):lower(), ('Hello, World'):upper(), ('Hello, World'):reverse(), (''):reverse(), ('a'):reverse()}",
+    "(function() local s = ('abc'):rep(50000) .. 'XYZ' local r = s:reverse() local u = s:upper() return {#r, r:sub(1, 5), r:sub(-5), u:sub(-8), #u, s:lower():sub(-4)} end)()",
+    "{P(string.reverse), P(string.lower, {}), P(string.upper, 12), P(string.reverse, 1.5)}",
     // string.format (ported to make %p opaque): everything else must be stock
     "string.format('%d %5d %-5d| %05d %+d % d %i', 1, 2, 3, 4, 5, 6, 7)",
     "string.format('%x %X %#x %o %#o %u', 255, 255, 255, 8, 8, 42)",

@@ -1,5 +1,6 @@
 //! Metered ports of `ltablib.c` (Lua 5.4.9): `table.move`, `insert`, `remove`, `concat`,
-//! `unpack` and `sort`, plus `string.rep` from `lstrlib.c`.
+//! `unpack` and `sort`, plus `string.rep`, `reverse`, `lower` and `upper` from
+//! `lstrlib.c`.
 //!
 //! The stock functions loop in C over ranges the script chooses
 //! (`table.move({}, 1, math.maxinteger - 1, 1)`, `table.remove` on a table whose `__len`
@@ -796,6 +797,105 @@ pub(crate) unsafe extern "C-unwind" fn str_rep(l: State) -> c_int {
     1
 }
 
+// ---- string.reverse, string.lower, string.upper ----
+
+/// Bytes mapped between two meter charges.
+const MAP_CHUNK: usize = 64 * 1024;
+
+/// Strings up to this long are case-mapped byte by byte through the C library (a
+/// table of all 256 answers costs more than that), uncharged like any short call.
+const SHORT_MAP: usize = 256;
+
+/// What [`map_string`] does to each byte.
+#[derive(Clone, Copy)]
+enum Map {
+    Reverse,
+    Case(unsafe extern "C" fn(c_int) -> c_int),
+}
+
+/// Shared body of `reverse`, `lower` and `upper` (as in `lstrlib.c`: a result of the
+/// argument's length), filled chunk by chunk with the bytes charged: linear work, but
+/// over strings as long as the memory limit allows.
+///
+/// # Safety
+/// Called by Lua as a C function (through the functions below).
+unsafe fn map_string(l: State, map: Map) -> c_int {
+    let mut m = Meter::new();
+    let mut buf = MaybeUninit::<ffi::luaL_Buffer>::uninit();
+    let b = buf.as_mut_ptr();
+    // SAFETY: called by Lua as a C function; `buf` stays in this frame while in use; the
+    // slices cover the argument string (alive on the stack) and the `len` bytes that
+    // luaL_buffinitsize reserved. tolower/toupper accept any unsigned char value.
+    unsafe {
+        let mut len = 0usize;
+        let s = ffi::luaL_checklstring(l, 1, &mut len);
+        let p = ffi::luaL_buffinitsize(l, b, len);
+        let src = std::slice::from_raw_parts(s.cast::<u8>(), len);
+        let out = std::slice::from_raw_parts_mut(p.cast::<u8>(), len);
+        // Long strings map through a table of the C library's answers, read once per
+        // call (so the current locale is honoured exactly as by stock Lua); short ones
+        // ask per byte, as stock Lua does.
+        match map {
+            Map::Case(f) if len <= SHORT_MAP => {
+                for (d, c) in out.iter_mut().zip(src) {
+                    *d = f(c_int::from(*c)) as u8;
+                }
+            }
+            Map::Case(f) => {
+                let mut table = [0u8; 256];
+                for (i, slot) in table.iter_mut().enumerate() {
+                    *slot = f(i as c_int) as u8;
+                }
+                for (k, dst) in out.chunks_mut(MAP_CHUNK).enumerate() {
+                    tick(l, &mut m, units_of(dst.len()));
+                    for (d, c) in dst.iter_mut().zip(&src[k * MAP_CHUNK..]) {
+                        *d = table[usize::from(*c)];
+                    }
+                }
+            }
+            Map::Reverse => {
+                for (k, dst) in out.chunks_mut(MAP_CHUNK).enumerate() {
+                    tick(l, &mut m, units_of(dst.len()));
+                    let start = k * MAP_CHUNK;
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = src[len - 1 - (start + j)];
+                    }
+                }
+            }
+        }
+        ffi::luaL_pushresultsize(b, len);
+        finish(l, &mut m);
+    }
+    1
+}
+
+/// Metered `string.reverse`.
+///
+/// # Safety
+/// Must only be called by Lua as a C function.
+pub(crate) unsafe extern "C-unwind" fn str_reverse(l: State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe { map_string(l, Map::Reverse) }
+}
+
+/// Metered `string.lower`.
+///
+/// # Safety
+/// Must only be called by Lua as a C function.
+pub(crate) unsafe extern "C-unwind" fn str_lower(l: State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe { map_string(l, Map::Case(libc::tolower)) }
+}
+
+/// Metered `string.upper`.
+///
+/// # Safety
+/// Must only be called by Lua as a C function.
+pub(crate) unsafe extern "C-unwind" fn str_upper(l: State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe { map_string(l, Map::Case(libc::toupper)) }
+}
+
 /// Replaces `move`, `insert`, `remove`, `concat`, `unpack` and `sort` in `table` with
 /// the metered versions; only entries the profile kept are replaced.
 pub(crate) fn install_table(lua: &mlua::Lua, table: &mlua::Table) -> mlua::Result<()> {
@@ -811,9 +911,17 @@ pub(crate) fn install_table(lua: &mlua::Lua, table: &mlua::Table) -> mlua::Resul
     crate::vm::set_c_functions(lua, table, &funcs, true)
 }
 
-/// Replaces `rep` in `string` with the metered version, if the profile kept it.
+/// Replaces `rep`, `reverse`, `lower` and `upper` in `string` with the metered
+/// versions; only entries the profile kept are replaced.
 pub(crate) fn install_string(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()> {
-    crate::vm::set_c_functions(lua, string, &[("rep", str_rep as ffi::lua_CFunction)], true)
+    let funcs: [(&str, ffi::lua_CFunction); 4] = [
+        ("rep", str_rep),
+        ("reverse", str_reverse),
+        ("lower", str_lower),
+        ("upper", str_upper),
+    ];
+    // Each follows the lua_CFunction protocol and cannot panic.
+    crate::vm::set_c_functions(lua, string, &funcs, true)
 }
 
 #[cfg(test)]
