@@ -85,6 +85,8 @@ const RUNAWAY: &[&str] = &[
     "table.concat(setmetatable({}, {__index = table.concat}), '', 1, math.maxinteger)",
     "table.move(setmetatable({}, {__index = table.concat}), 1, math.maxinteger - 1, 1, \
      setmetatable({}, {__newindex = rawequal}))",
+    // Backtracking in the (already metered) pattern matcher: the budget counts it too.
+    "string.find(('a'):rep(40), ('a*'):rep(40) .. 'b')",
     // Two different strings with the same 8 MB of "\\0": one stock comparison is 8
     // million strcoll calls.
     "local a = ('\\0'):rep(8e6) local b = ('\\0'):rep(8e6 - 1) .. '\\0' \
