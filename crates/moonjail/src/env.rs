@@ -45,7 +45,7 @@ pub fn guard_note(name: &str) -> Option<&'static str> {
             "deadline and instruction budget reach every coroutine"
         }
         "string.find" | "string.match" | "string.gmatch" | "string.gsub" => {
-            "metered matcher: backtracking stops at the deadline"
+            "metered matcher: backtracking stops at the deadline and the instruction budget"
         }
         "table.move" | "table.insert" | "table.remove" | "table.concat" | "table.unpack"
         | "unpack" | "string.rep" | "string.reverse" | "string.lower" | "string.upper" => {
