@@ -8,7 +8,7 @@ use mlua::{Function, Lua, StdLib, Table, Value};
 
 use crate::host::EnvOptions;
 use crate::profile::{Item, ProfileSpec};
-use crate::stdlib::{aos, base, json, strmatch};
+use crate::stdlib::{aos, base, identity, json, strmatch, table};
 use crate::vm::{retain_string_keys, set_c_functions};
 
 /// The stock libraries a profile needs opened.
@@ -52,6 +52,7 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                     "load" => Some(base::load as mlua::ffi::lua_CFunction),
                     "collectgarbage" => Some(base::collectgarbage as mlua::ffi::lua_CFunction),
                     "xpcall" => Some(base::xpcall as mlua::ffi::lua_CFunction),
+                    "tostring" => Some(identity::tostring as mlua::ffi::lua_CFunction),
                     _ => None,
                 };
                 if let Some(f) = guarded {
@@ -68,6 +69,11 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                 }
                 if name == "string" {
                     strmatch::install(lua, &lib)?;
+                    table::install_string(lua, &lib)?;
+                    identity::install_string(lua, &lib)?;
+                }
+                if name == "table" {
+                    table::install_table(lua, &lib)?;
                 }
             }
             Item::GlobalsRef => g.raw_set("_G", &g)?,

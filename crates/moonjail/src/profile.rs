@@ -360,7 +360,10 @@ impl ProfileSpec {
 /// show` prints it; a profile lists *what*, the environment layer decides *how*).
 pub fn guard_note(name: &str) -> Option<&'static str> {
     Some(match name {
-        "print" => "captured into the run's output, under the output limit",
+        "print" => {
+            "captured into the run's output, under the output limit; objects show a per-run \
+             number, not a host address"
+        }
         "load" => "text chunks only; binary chunks are forbidden; env argument honoured",
         "setmetatable" => "refuses metatables with __gc (finalizers)",
         "getmetatable" => "getmetatable(\"\") returns false: the string metatable is locked",
@@ -370,7 +373,17 @@ pub fn guard_note(name: &str) -> Option<&'static str> {
             "deadline and instruction budget reach every coroutine"
         }
         "string.find" | "string.match" | "string.gmatch" | "string.gsub" => {
-            "metered matcher: backtracking stops at the deadline"
+            "metered matcher: backtracking stops at the deadline and the instruction budget"
+        }
+        "table.move" | "table.insert" | "table.remove" | "table.concat" | "table.unpack"
+        | "unpack" | "string.rep" | "string.reverse" | "string.lower" | "string.upper" => {
+            "metered: long loops stop at the deadline and count against the instruction budget"
+        }
+        "tostring" | "string.format" => {
+            "tables, functions and coroutines show a per-run number, not a host address"
+        }
+        "table.sort" => {
+            "metered: comparisons count against the deadline and the instruction budget"
         }
         _ => return None,
     })

@@ -28,14 +28,14 @@ unsafe fn forbid(l: *mut lua_State, what: &'static std::ffi::CStr) -> ! {
 }
 
 /// `print`: like the stock one (`luaL_tolstring`, tabs, newline) but into the run's
-/// captured output, under the output limit.
+/// captured output, under the output limit, with opaque identities for objects.
 pub(crate) unsafe extern "C-unwind" fn print(l: *mut lua_State) -> c_int {
     // SAFETY: called by Lua as a C function.
     unsafe {
         let n = ffi::lua_gettop(l);
         for i in 1..=n {
             let mut len = 0usize;
-            let s = ffi::luaL_tolstring(l, i, &mut len);
+            let s = super::identity::tolstring(l, i, &mut len);
             let bytes = std::slice::from_raw_parts(s.cast::<u8>(), len);
             if i > 1 {
                 emit(l, b"\t");

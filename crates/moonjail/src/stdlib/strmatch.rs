@@ -10,7 +10,8 @@
 //! `max_expand`, `min_expand`, captures, `%b`, `%f`, back references,
 //! anchors, `MAXCCALLS`, `LUA_MAXCAPTURES`, `lmemfind`, ...) to safe Rust over
 //! byte slices, with a step counter: every [`CHECK_INTERVAL`] steps it calls
-//! [`crate::vm::native_checkpoint`], and when that returns `Some(msg)` the
+//! [`crate::vm::native_charge`] (which also charges the steps to the instruction
+//! budget, one instruction each), and when that returns `Some(msg)` the
 //! match is abandoned and a Lua error carrying exactly `msg` is raised.
 //!
 //! A *step* is one iteration of the matcher's main loop (one pattern item
@@ -268,8 +269,12 @@ impl Meter {
     #[cold]
     #[inline(never)]
     fn checkpoint(&mut self) -> Result<(), MatchError> {
+        // Steps since the last checkpoint (the budget is <= 0 here), charged to the
+        // instruction budget at one instruction each, so `--instructions` ends runaway
+        // backtracking too, not only the deadline.
+        let spent = CHECK_INTERVAL.saturating_sub(self.budget).unsigned_abs() as u64;
         self.budget = CHECK_INTERVAL;
-        match crate::vm::native_checkpoint() {
+        match crate::vm::native_charge(spent) {
             Some(msg) => {
                 self.interrupt = msg;
                 Err(MatchError::Interrupted)

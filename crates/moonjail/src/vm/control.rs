@@ -316,3 +316,118 @@ pub(crate) fn native_checkpoint() -> Option<&'static str> {
         c.check_stop()
     })
 }
+
+/// Units of native work per instruction charged to the instruction budget.
+///
+/// A *unit* is one element moved, read, written or compared by a metered library loop,
+/// or [`BYTES_PER_UNIT`] bytes copied or compared. One unit costs one instruction: about
+/// what the interpreter spends on a `t[i] = t[j]` of its own, so a script gains nothing
+/// by handing a loop to the library instead of writing it.
+pub(crate) const INSTRUCTIONS_PER_UNIT: u64 = 1;
+
+/// Bytes copied or compared that count as one unit of native work.
+pub(crate) const BYTES_PER_UNIT: u64 = 64;
+
+/// Units between two looks at the clock and the budget: large enough that the fast path
+/// is a subtraction and a branch, small enough (microseconds of work) that the deadline
+/// is honoured to well within a millisecond.
+pub(crate) const METER_INTERVAL: u64 = 4096;
+
+/// Charges `units` of native work done since the last call, and says whether the run
+/// must stop: a passed deadline (the clock is read here, in case the deadline signal is
+/// held back), a stop already recorded, or an exhausted instruction budget (recorded as
+/// [`Stop::Instructions`] with every running coroutine hooked, exactly as the count hook
+/// does). `Some(message)` means: raise exactly that message.
+///
+/// Reads the clock: callers batch their work and call this every [`METER_INTERVAL`]
+/// units or so (see [`Meter`]).
+pub(crate) fn native_charge(units: u64) -> Option<&'static str> {
+    let c = current()?;
+    c.observe_clock();
+    if let Some(msg) = c.check_stop() {
+        return Some(msg);
+    }
+    c.charge_instructions(units)
+}
+
+impl Control {
+    /// Charges `units` of native work to the instruction budget, if the run has one.
+    /// The charge is capped at the limit (the reported count never exceeds it); reaching
+    /// the limit stops the run as [`Stop::Instructions`].
+    fn charge_instructions(&self, units: u64) -> Option<&'static str> {
+        let limit = self.instr_limit.get()?;
+        let cost = units.saturating_mul(INSTRUCTIONS_PER_UNIT);
+        let charged = self.instr_charged.get();
+        if cost > limit.saturating_sub(charged) {
+            self.instr_charged.set(limit);
+            self.set_stop(Stop::Instructions);
+            self.arm_all();
+            return Some(Stop::Instructions.message());
+        }
+        self.instr_charged.set(charged + cost);
+        None
+    }
+}
+
+/// A batching meter for one native library call: [`Meter::charge`] is a subtraction on
+/// the fast path and calls [`native_charge`] once per [`METER_INTERVAL`] units.
+///
+/// Plain `Copy` data with no destructor, so a Lua error may unwind over it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meter {
+    /// Units left before the next settlement.
+    left: u64,
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        Meter::new()
+    }
+}
+
+impl Meter {
+    pub(crate) const fn new() -> Meter {
+        Meter {
+            left: METER_INTERVAL,
+        }
+    }
+
+    /// Counts `units` of work; `Some(message)` means the run must stop now.
+    #[inline(always)]
+    pub(crate) fn charge(&mut self, units: u64) -> Option<&'static str> {
+        if units < self.left {
+            self.left -= units;
+            None
+        } else {
+            self.settle(units)
+        }
+    }
+
+    /// Counts `bytes` copied or compared, rounded up to whole units.
+    #[inline(always)]
+    pub(crate) fn charge_bytes(&mut self, bytes: usize) -> Option<&'static str> {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        self.charge(bytes.div_ceil(BYTES_PER_UNIT))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn settle(&mut self, units: u64) -> Option<&'static str> {
+        let spent = (METER_INTERVAL - self.left).saturating_add(units);
+        self.left = METER_INTERVAL;
+        native_charge(spent)
+    }
+
+    /// Charges the units counted since the last settlement to the instruction budget at
+    /// the end of a call (without reading the clock), so many short calls pay for their
+    /// work too. `Some(message)` means the budget ran out: raise that message.
+    #[inline]
+    pub(crate) fn finish(&mut self) -> Option<&'static str> {
+        let spent = METER_INTERVAL - self.left;
+        self.left = METER_INTERVAL;
+        if spent == 0 {
+            return None;
+        }
+        current().and_then(|c| c.charge_instructions(spent))
+    }
+}

@@ -12,7 +12,9 @@ use std::mem::ManuallyDrop;
 use mlua::state::{GcGenParams, GcMode};
 use mlua::{ffi, Function, IntoLuaMulti, Lua, LuaOptions, MultiValue, StdLib};
 
-pub(crate) use control::{current, native_checkpoint, Activation, Control, Stop};
+pub(crate) use control::{
+    current, native_charge, native_checkpoint, Activation, Control, Meter, Stop,
+};
 
 /// A Lua state under quota. Dropping it closes the state with its control block active,
 /// so nothing the script left behind can run unmetered.
