@@ -296,7 +296,15 @@ impl Engine {
         let mut stats = Stats::default();
         let (_, peak, _) = ctl.memory();
         stats.memory_bytes = peak;
-        stats.instructions = limits.instructions.map(|_| vm.instructions_used());
+        // A spent budget reports the budget: the last block's remainder may be held by a
+        // thread the stop reached in native code.
+        stats.instructions = limits.instructions.map(|limit| {
+            if ctl.stop() == crate::vm::Stop::Instructions {
+                limit
+            } else {
+                vm.instructions_used()
+            }
+        });
         let output = String::from_utf8_lossy(&ctl.take_output()).into_owned();
         let diagnostics = diag::take(vm.lua());
         drop(deadline);

@@ -16,7 +16,7 @@ use mlua::{LightUserData, Lua, Table, Value};
 use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value as Json};
 
-use crate::vm::native_checkpoint;
+use crate::vm::Meter;
 
 /// Registry key of the weak set of tables that came from JSON arrays.
 pub(crate) const EMPTY_ARRAYS_KEY: &str = "moonjail.json.empty_arrays";
@@ -132,9 +132,15 @@ pub(crate) fn to_json(lua: &Lua, value: &Value, bounds: Bounds) -> Result<Json, 
         path: Vec::new(),
         bytes: 0,
         host: 0,
-        nodes: 0,
+        meter: Meter::new(),
     };
-    w.walk(value)
+    let json = w.walk(value);
+    // What was counted since the last settlement is paid too, so many small conversions
+    // (a loop around `json.encode`) use up an instruction budget.
+    if let Some(msg) = w.meter.finish() {
+        return Err(w.fail(msg));
+    }
+    json
 }
 
 struct Walker {
@@ -144,7 +150,9 @@ struct Walker {
     path: Vec<Seg>,
     bytes: usize,
     host: usize,
-    nodes: u64,
+    /// The conversion's work against the deadline and the instruction budget: one unit
+    /// a value, one per 64 bytes of string.
+    meter: Meter,
 }
 
 impl Walker {
@@ -191,11 +199,8 @@ impl Walker {
     }
 
     fn walk_value(&mut self, value: &Value) -> Result<Json, MarshalError> {
-        self.nodes += 1;
-        if self.nodes % 1024 == 0 {
-            if let Some(msg) = native_checkpoint() {
-                return Err(self.fail(msg));
-            }
+        if let Some(msg) = self.meter.charge(1) {
+            return Err(self.fail(msg));
         }
         self.add_host(NODE_HOST_BYTES)?;
         match value {
@@ -222,6 +227,9 @@ impl Walker {
             Value::String(s) => {
                 let bytes = s.as_bytes();
                 self.add_host(bytes.len())?;
+                if let Some(msg) = self.meter.charge_bytes(bytes.len()) {
+                    return Err(self.fail(msg));
+                }
                 match std::str::from_utf8(&bytes) {
                     Ok(text) => {
                         self.add_bytes(escaped_len(text))?;

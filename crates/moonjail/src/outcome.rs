@@ -43,8 +43,10 @@ pub struct Stats {
     pub wall: Duration,
     /// Peak Lua heap, in bytes.
     pub memory_bytes: usize,
-    /// VM instructions executed (exactly: the least limit under which the run would
-    /// have succeeded), when an instruction limit was set.
+    /// Instructions used, when an instruction limit was set: VM instructions executed
+    /// plus moonjail's native work in the same units (one per element or value, one per
+    /// 64 bytes copied; conversion to JSON included). Exact: the least limit under which
+    /// the run would have succeeded.
     pub instructions: Option<u64>,
 }
 

@@ -8,6 +8,7 @@
 mod fixture_server;
 
 mod backstop;
+mod corpus;
 mod isolated;
 mod json_errors;
 mod pipes;

@@ -45,6 +45,12 @@ pub(crate) fn create(lua: &Lua) -> mlua::Result<Table> {
         guard(|| {
             let empty_arrays = marshal::empty_array_set(lua)?;
             let bytes = text.as_bytes();
+            // Decoding is linear in text the script already paid memory for: one unit
+            // per 64 bytes against the deadline and the instruction budget, paid up
+            // front.
+            if let Some(msg) = crate::vm::native_charge(bytes.len().div_ceil(64) as u64) {
+                return fail(lua, format!("json.decode: {msg}"));
+            }
             let mut de = serde_json::Deserializer::from_slice(&bytes);
             let seed = LuaSeed {
                 lua,

@@ -233,6 +233,15 @@ impl Control {
         self.push_thread(main);
     }
 
+    /// The thread running now: the top of the resume chain (null before the first call).
+    pub(crate) fn running_thread(&self) -> *mut lua_State {
+        let d = self.depth.load(Ordering::Relaxed).min(MAX_CHAIN);
+        match d.checked_sub(1) {
+            Some(top) => self.chain[top].load(Ordering::Relaxed),
+            None => ptr::null_mut(),
+        }
+    }
+
     /// Hooks every thread of the live resume chain so its next instruction raises the
     /// stop error. Async-signal-safe: atomics and `lua_sethook` only.
     pub(crate) fn arm_all(&self) {
@@ -358,7 +367,10 @@ impl Control {
         let limit = self.instr_limit.get()?;
         let cost = units.saturating_mul(INSTRUCTIONS_PER_UNIT);
         let charged = self.instr_charged.get();
-        if cost > limit.saturating_sub(charged) {
+        // The running thread has paid for a block it has not run yet: that part of the
+        // budget is still there for native work (see `hook::meter`).
+        let used = super::hook::instructions_used(self.running_thread(), charged);
+        if cost > limit.saturating_sub(used) {
             self.instr_charged.set(limit);
             self.set_stop(Stop::Instructions);
             self.arm_all();

@@ -198,11 +198,11 @@ fn count_layout_ok_cached() -> bool {
     LAYOUT_OK.get().copied().unwrap_or(false)
 }
 
-/// Instructions the call has executed so far: what was paid for, less what the main
-/// thread has not run of its current block (coroutines are refunded as they stop).
+/// Instructions the call has executed so far: what was paid for, less what `main` (the
+/// running thread; the only one holding a block) has not run of its current block.
 pub(crate) fn instructions_used(main: *mut lua_State, charged: u64) -> u64 {
     let sentinel = current().is_some_and(|ctl| ctl.instr_sentinel.get() == main);
-    if sentinel {
+    if sentinel || main.is_null() {
         charged
     } else {
         charged.saturating_sub(unspent(main))
