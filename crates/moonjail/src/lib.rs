@@ -45,6 +45,9 @@ mod diag;
 mod engine;
 mod env;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod limits;
 mod marshal;
