@@ -319,13 +319,14 @@ impl Differential {
     }
 
     /// Runs `op` on `subject` and `pattern` with the stock functions and with the metered
-    /// ones: each outcome serialised (`true, results...` or `false, message`).
+    /// ones: each outcome serialised (`true, results...` or `false, message`; bytes, since
+    /// results hold any byte).
     pub fn compare(
         &self,
         subject: &[u8],
         pattern: &[u8],
         op: &MatchOp,
-    ) -> mlua::Result<(String, String)> {
+    ) -> mlua::Result<(Vec<u8>, Vec<u8>)> {
         let lua = &self.lua;
         let int = |v: &Option<i64>| v.map_or(mlua::Value::Nil, mlua::Value::Integer);
         let (name, a3, a4) = match op {
@@ -350,7 +351,7 @@ impl Differential {
                 int(n),
             ),
         };
-        self.harness.call::<(String, String)>((
+        let (stock, metered) = self.harness.call::<(mlua::LuaString, mlua::LuaString)>((
             &self.stock,
             &self.metered,
             name,
@@ -358,6 +359,7 @@ impl Differential {
             lua.create_string(pattern)?,
             a3,
             a4,
-        ))
+        ))?;
+        Ok((stock.as_bytes().to_vec(), metered.as_bytes().to_vec()))
     }
 }
