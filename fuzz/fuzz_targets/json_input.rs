@@ -9,18 +9,11 @@ use moonjail::{ErrorKind, Sandbox};
 
 fn sandbox() -> &'static Sandbox {
     static S: OnceLock<Sandbox> = OnceLock::new();
-    S.get_or_init(|| {
-        Sandbox::builder()
-            .memory_limit(Some(8 << 20))
-            .build()
-            .expect("valid")
-    })
+    S.get_or_init(|| Sandbox::builder().memory_limit(Some(8 << 20)).build().expect("valid"))
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
+    let Ok(text) = std::str::from_utf8(data) else { return };
     let out = sandbox().run(
         "local ok, v = pcall(json.decode, ...) if not ok then return false end return json.encode(v)",
         &serde_json::Value::String(text.to_string()),
