@@ -17,17 +17,6 @@ use crate::worker::host_call::{self, Budget, Host, Refusal};
 use crate::worker::protocol::{self, Decoded, Kind};
 use crate::worker::supervisor;
 
-/// The wire value of `Kind::Done`.
-pub const KIND_DONE: u8 = Kind::Done as u8;
-/// The wire value of `Kind::HostCall`.
-pub const KIND_HOST_CALL: u8 = Kind::HostCall as u8;
-/// The wire value of `Kind::HostReply`.
-pub const KIND_HOST_REPLY: u8 = Kind::HostReply as u8;
-/// The protocol version both sides speak.
-pub const VERSION: u8 = protocol::VERSION;
-/// Bytes before a frame's sections: length, version, type.
-pub const HEADER_BYTES: usize = protocol::HEADER_BYTES;
-
 /// A frame as the supervisor's reader sees it.
 #[derive(Debug)]
 pub struct DecodedFrame {
@@ -85,16 +74,6 @@ pub fn decode_frame(bytes: &[u8], max: usize) -> Result<FrameResult, String> {
             }))
         }
     }
-}
-
-/// Encodes a frame of type `kind` (`None` when no message has that type).
-pub fn encode_frame(kind: u8, sections: &[&[u8]]) -> Option<Vec<u8>> {
-    // The decoder knows the type bytes: a frame with no section decodes to its kind.
-    let header = [2u8, 0, 0, 0, protocol::VERSION, kind];
-    let Ok(Decoded::Frame(frame, _)) = protocol::decode(&header, 16) else {
-        return None;
-    };
-    protocol::encode(frame.kind, sections).ok()
 }
 
 /// `protocol::parse_value`: JSON from a worker, nesting refused past `max_depth`.
