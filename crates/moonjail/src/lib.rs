@@ -50,6 +50,9 @@ mod diag;
 mod engine;
 mod env;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod input;
 mod limits;

@@ -78,7 +78,7 @@
 //! call) can serve as its own worker.
 
 #[cfg(all(target_os = "linux", feature = "isolation"))]
-mod host_call;
+pub(crate) mod host_call;
 #[cfg(all(target_os = "linux", feature = "isolation"))]
 mod pool;
 #[cfg(all(target_os = "linux", feature = "isolation"))]
@@ -88,7 +88,7 @@ mod serve;
 #[cfg(all(target_os = "linux", feature = "isolation"))]
 pub(crate) mod session;
 #[cfg(all(target_os = "linux", feature = "isolation"))]
-mod supervisor;
+pub(crate) mod supervisor;
 
 use std::path::{Path, PathBuf};
 #[cfg(all(target_os = "linux", feature = "isolation"))]

@@ -1010,7 +1010,7 @@ fn encode_run(job: &Job) -> Result<Vec<u8>, String> {
     })
 }
 
-fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Outcome, String> {
+pub(crate) fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Outcome, String> {
     let meta: DoneMeta = frame.json(0).map_err(|e| e.to_string())?;
     let result = frame
         .section(1)
