@@ -76,9 +76,10 @@ pub fn decode_frame(bytes: &[u8], max: usize) -> Result<FrameResult, String> {
     }
 }
 
-/// `protocol::parse_value`: JSON from a worker, nesting refused past `max_depth`.
+/// `protocol::parse_value`: JSON from a worker, nesting refused past `max_depth`, and
+/// refused past 64 MiB of estimated memory once parsed.
 pub fn parse_value(bytes: &[u8], max_depth: usize) -> Result<Json, String> {
-    protocol::parse_value(bytes, max_depth)
+    protocol::parse_value(bytes, max_depth, 64 << 20)
 }
 
 /// The supervisor's `decode_done` on a `Done` frame made of `sections`, under default
@@ -141,6 +142,7 @@ fn answer_host_call(frame: &protocol::Frame, max_depth: usize) -> Result<HostCal
             files: &host.files,
             tools: Some(&host.run),
             max_depth,
+            max_host_bytes: 64 << 20,
         },
         &mut budget,
     )

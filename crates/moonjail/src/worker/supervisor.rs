@@ -1018,8 +1018,22 @@ pub(crate) fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Ou
     let output = frame
         .section(2)
         .ok_or("a malformed frame: Done without an output section")?;
+    // A worker that keeps to its limits never sends more than they allow: anything else
+    // is a worker that broke the protocol, and none of it reaches the caller.
+    if let Some(max) = limits.output_bytes.filter(|max| output.len() > *max) {
+        return Err(format!(
+            "the worker sent {} bytes of output, over the {max} byte output limit",
+            output.len()
+        ));
+    }
+    if let Some(max) = limits.result_bytes.filter(|max| result.len() > *max) {
+        return Err(format!(
+            "the worker sent a {} byte result, over the {max} byte result limit",
+            result.len()
+        ));
+    }
     let result = match meta.error {
-        Some(error) => Err(error),
+        Some(error) => Err(error.bounded()),
         // The worker checked the depth already; one level of slack for the encoding.
         None => {
             Ok(
@@ -1307,5 +1321,54 @@ mod tests {
             channel.send(b"x", Some(Instant::now() + Duration::from_secs(1))),
             Err(Failure::Closed)
         ));
+    }
+}
+
+/// A worker's `Done` is held to the limits the worker was given (found by reading the
+/// code behind the `done_document` fuzz target).
+#[cfg(test)]
+mod done_bounds {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn done(error: Option<Error>, result: &[u8], output: &[u8]) -> protocol::Frame {
+        let meta = serde_json::to_vec(&DoneMeta {
+            error,
+            stats: Default::default(),
+            diagnostics: None,
+        })
+        .unwrap();
+        let bytes = protocol::encode(Kind::Done, &[&meta, result, output]).unwrap();
+        match protocol::decode(&bytes, usize::MAX).unwrap() {
+            Decoded::Frame(frame, _) => frame,
+            Decoded::Need(_) => panic!("a whole frame"),
+        }
+    }
+
+    #[test]
+    fn output_and_results_over_the_limits_are_refused() {
+        let limits = Limits {
+            output_bytes: Some(10),
+            result_bytes: Some(10),
+            ..Limits::default()
+        };
+        let e = decode_done(&done(None, b"1", &[b'x'; 11]), &limits).unwrap_err();
+        assert!(e.contains("output limit"), "{e}");
+        let e = decode_done(&done(None, b"\"0123456789\"", b""), &limits).unwrap_err();
+        assert!(e.contains("result limit"), "{e}");
+        let ok = decode_done(&done(None, b"1", b"0123456789"), &limits).unwrap();
+        assert_eq!(ok.output, "0123456789");
+    }
+
+    #[test]
+    fn an_error_message_is_bounded_whatever_the_worker_says() {
+        let huge = Error::new(ErrorKind::Runtime, "x".repeat(1 << 20));
+        let out = decode_done(&done(Some(huge), b"", b""), &Limits::default()).unwrap();
+        let message = out.error().unwrap().message.clone();
+        assert!(
+            message.len() <= crate::error::MAX_MESSAGE_BYTES,
+            "{}",
+            message.len()
+        );
     }
 }
