@@ -276,7 +276,7 @@ impl Engine {
         );
         // This call's tool run: its deadline, its quotas, its record.
         let tools = self.host.tools.as_ref().map(|registry| {
-            let run = Arc::new(registry.start_run(due));
+            let run = Arc::new(registry.start_bounded_run(due, limits.result_depth));
             attach_tools(vm, &self.spec, Arc::clone(&run));
             run
         });

@@ -457,7 +457,22 @@ impl ToolRegistry {
         ToolRun {
             registry: Arc::clone(self),
             deadline,
+            result_depth: None,
             state: Mutex::new(RunState::default()),
+        }
+    }
+
+    /// [`ToolRegistry::start_run`] for a run whose results may nest at most
+    /// `result_depth` levels: a deeper result is the call's error, recorded as such, so
+    /// the audit says what the script received (in process and isolated alike).
+    pub(crate) fn start_bounded_run(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        result_depth: usize,
+    ) -> ToolRun {
+        ToolRun {
+            result_depth: Some(result_depth),
+            ..self.start_run(deadline)
         }
     }
 }
@@ -467,6 +482,8 @@ impl ToolRegistry {
 pub struct ToolRun {
     registry: Arc<ToolRegistry>,
     deadline: Option<Instant>,
+    /// Results nesting deeper fail the call (see [`ToolRegistry::start_bounded_run`]).
+    result_depth: Option<usize>,
     state: Mutex<RunState>,
 }
 
@@ -527,6 +544,13 @@ impl ToolRun {
             (Err(e), Some(relay)) => relay.call(name, Err(e)),
             (Err(e), None) => Err(e),
         };
+        // A result the script cannot be given is the call's failure, and recorded so.
+        let result = result.and_then(|v| match self.result_depth {
+            Some(max) if nesting(&v) > max => Err(ToolError::new(format!(
+                "result: JSON nested deeper than the limit of {max} levels"
+            ))),
+            _ => Ok(v),
+        });
         if let Ok(v) = &result {
             bytes_out = json_len(v);
         }
@@ -617,6 +641,22 @@ fn json_len(v: &impl Serialize) -> u64 {
     let mut c = Count(0);
     let _ = serde_json::to_writer(&mut c, v);
     c.0
+}
+
+/// How deeply `v`'s arrays and objects nest (0 for a scalar), without recursion.
+fn nesting(v: &Json) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Json>> = match v {
+            Json::Array(items) => Box::new(items.iter()),
+            Json::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
 }
 
 /// Cuts a message to [`MAX_MESSAGE_BYTES`] on a character boundary.

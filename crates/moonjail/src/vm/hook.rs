@@ -236,7 +236,7 @@ fn enter_thread(l: *mut lua_State, co: *mut lua_State) -> bool {
     }
     if ctl.check_stop().is_some() {
         arm_thread(co);
-    } else {
+    } else if ctl.instr_limit.get().is_some() {
         unmeter(l);
         meter(co, false);
     }
@@ -248,8 +248,10 @@ fn enter_thread(l: *mut lua_State, co: *mut lua_State) -> bool {
 fn leave_thread(l: *mut lua_State, co: *mut lua_State) {
     if let Some(ctl) = current() {
         ctl.pop_thread();
-        unmeter(co);
-        meter(l, false);
+        if ctl.instr_limit.get().is_some() {
+            unmeter(co);
+            meter(l, false);
+        }
     }
 }
 

@@ -187,7 +187,10 @@ impl WorkerSession {
         let tools = self
             .tools
             .as_ref()
-            .map(|registry| registry.start_run(self.limits().timeout.map(|t| start + t)));
+            .map(|registry| {
+                let due = self.limits().timeout.map(|t| start + t);
+                registry.start_bounded_run(due, self.limits().result_depth)
+            });
         let (mut outcome, close) = match self.request(request, deadline, tools.as_ref()) {
             Ok(outcome) => {
                 // As in process: after a timeout or an instruction limit the state may be

@@ -641,7 +641,10 @@ impl Worker {
             .host
             .tools
             .as_ref()
-            .map(|registry| registry.start_run(job.limits().timeout.map(|t| start + t)));
+            .map(|registry| {
+                let due = job.limits().timeout.map(|t| start + t);
+                registry.start_bounded_run(due, job.limits().result_depth)
+            });
         let host = Host {
             files: &*job.host.files,
             tools: tools.as_ref(),

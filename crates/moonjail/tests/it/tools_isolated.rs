@@ -910,3 +910,40 @@ fn a_session_call_whose_tool_overruns_closes_the_session_as_timeout() {
         }
     });
 }
+
+/// Regression: `tool_calls` said `ok: true` for a call whose result the script could
+/// not be given (it received an error). The record now says what the script received,
+/// in both modes, with the same message.
+#[test]
+fn a_result_the_script_cannot_receive_is_recorded_as_a_failed_call() {
+    guarded(|| {
+        let deep = || {
+            let mut v = json!(1);
+            for _ in 0..20 {
+                v = json!([v]);
+            }
+            v
+        };
+        let b = move || {
+            Sandbox::builder()
+                .result_depth(10)
+                .tool("deep", move |_| Ok(deep()))
+        };
+        let (local, remote) = (b().build().unwrap(), isolated(b()));
+        for sb in [&local, &remote] {
+            let out = run(sb, "local ok, e = pcall(deep) return {ok = ok, e = e}");
+            let result = out.result.clone().expect("a result");
+            assert_eq!(result["ok"], json!(false), "{out:?}");
+            assert!(
+                result["e"].as_str().unwrap().contains("nested deeper"),
+                "{result}"
+            );
+            assert_eq!(out.tool_calls.len(), 1);
+            assert!(!out.tool_calls[0].ok, "{:?}", out.tool_calls[0]);
+            assert!(out.tool_calls[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("nested deeper")));
+        }
+    });
+}
