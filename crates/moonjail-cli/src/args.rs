@@ -23,7 +23,8 @@ pub struct SandboxArgs {
     /// Wall-clock deadline (per call in a session), e.g. 500ms or 2s; `none` for no limit.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub timeout: String,
-    /// Instruction budget shared by all coroutines (costs ~2x run time). Default: none.
+    /// Instruction budget shared by all coroutines, native work included (costs about
+    /// what Lua's own count hook does). Default: none.
     #[arg(long, value_name = "N")]
     pub instructions: Option<u64>,
     /// Limit on captured print output; `none` for no limit.

@@ -147,7 +147,8 @@ impl fmt::Debug for LayerSet {
 /// `unshare(CLONE_NEWPID)` does not move the caller: only its *children* are created in the
 /// new namespace. Worse, the kernel then refuses to create threads (`clone(CLONE_THREAD)`
 /// fails with `EINVAL` while `pid_for_children` differs from the caller's own PID namespace),
-/// and the worker needs a watchdog thread. So unsharing alone is never what a worker wants.
+/// and a worker must be able to create threads (its runtime and libraries may). So
+/// unsharing alone is never what a worker wants.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PidNamespace {

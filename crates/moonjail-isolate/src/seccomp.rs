@@ -1,5 +1,5 @@
-//! The seccomp allowlist of a worker: what a running Lua VM, its watchdog thread and the
-//! channel to the supervisor need, and nothing else. Any other system call kills the whole
+//! The seccomp allowlist of a worker: what a running Lua VM, its deadline timer and signal,
+//! the threads of the process and the channel to the supervisor need, and nothing else. Any other system call kills the whole
 //! process (`SECCOMP_RET_KILL_PROCESS`, seen by the parent as death by `SIGSYS`).
 //!
 //! Prepare, then enforce: [`Filter::worker`] compiles the BPF programs (where errors can be

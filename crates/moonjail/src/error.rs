@@ -4,8 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// What went wrong in a run. The `as_str` names are a stable contract (CLI `--json`,
-/// the HTTP service, logs): never rename one.
+/// What went wrong in a run. The `as_str` names are a stable contract (front ends: the
+/// CLI's `--json`, a future HTTP service; logs): never rename one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]

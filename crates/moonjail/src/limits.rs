@@ -12,7 +12,8 @@ pub struct Limits {
     pub memory_bytes: Option<usize>,
     /// Wall-clock deadline, from the start of the run.
     pub timeout: Option<Duration>,
-    /// VM instructions, one budget shared by every coroutine of the run.
+    /// VM instructions plus native work in the same units, one budget shared by every
+    /// coroutine of the run.
     pub instructions: Option<u64>,
     /// Bytes of captured `print` output.
     pub output_bytes: Option<usize>,

@@ -43,7 +43,7 @@ pub enum Item {
 /// A named, declarative list of [`Item`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProfileSpec {
-    /// The name the CLI and service use.
+    /// The name front ends (the CLI; a future HTTP service) use.
     pub name: &'static str,
     /// One line saying who the profile is for.
     pub summary: &'static str,

@@ -77,8 +77,10 @@ impl SandboxBuilder {
         self
     }
 
-    /// Sets an instruction budget shared by all coroutines of a run. This installs a
-    /// count hook, which roughly doubles run time. By default, no limit is set.
+    /// Sets an instruction budget shared by all coroutines of a run; moonjail's native
+    /// work (metered library loops, pattern matching, marshaling, `json`) is charged to it
+    /// too. This installs a count hook, about as costly as Lua's own (see BENCHMARKS.md).
+    /// By default, no limit is set.
     pub fn instruction_limit(mut self, instructions: u64) -> Self {
         self.spec.limits.instructions = Some(instructions);
         self

@@ -1,4 +1,5 @@
-//! Human sizes (`5MiB`) and durations (`500ms`), as the CLI and service accept them.
+//! Human sizes (`5MiB`) and durations (`500ms`), as front ends (the CLI; a future HTTP
+//! service) accept them.
 
 use std::time::Duration;
 
