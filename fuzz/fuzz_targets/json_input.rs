@@ -9,7 +9,7 @@ use moonjail::{ErrorKind, Sandbox};
 
 fn sandbox() -> &'static Sandbox {
     static S: OnceLock<Sandbox> = OnceLock::new();
-    S.get_or_init(|| Sandbox::builder().memory_limit(Some(8 << 20)).build().expect("valid"))
+    S.get_or_init(|| Sandbox::builder().memory_limit(8 << 20).build().expect("valid"))
 }
 
 fuzz_target!(|data: &[u8]| {

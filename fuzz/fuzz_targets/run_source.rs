@@ -12,10 +12,10 @@ fn sandbox() -> &'static Sandbox {
     static S: OnceLock<Sandbox> = OnceLock::new();
     S.get_or_init(|| {
         Sandbox::builder()
-            .memory_limit(Some(4 << 20))
-            .timeout(Some(Duration::from_millis(200)))
-            .instruction_limit(Some(2_000_000))
-            .output_limit(Some(64 << 10))
+            .memory_limit(4 << 20)
+            .timeout(Duration::from_millis(200))
+            .instruction_limit(2_000_000)
+            .output_limit(64 << 10)
             .build()
             .expect("valid limits")
     })
