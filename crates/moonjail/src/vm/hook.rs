@@ -12,7 +12,7 @@ use std::ffi::{c_int, c_void};
 
 use mlua::ffi::{self, lua_Debug, lua_State};
 
-use super::control::{current, Stop};
+use super::control::{current, Control, Stop};
 
 /// Instructions between two count-hook calls when an instruction limit is set.
 pub(crate) const COUNT_STEP: u64 = 256;
@@ -49,7 +49,7 @@ unsafe extern "C-unwind" fn quota_hook(l: *mut lua_State, ar: *mut lua_Debug) {
         }
         // The instruction about to run is the last of a paid block: it runs, and `l`
         // pays for what follows.
-        meter(l, true);
+        meter(ctl, l, true);
     }
 }
 
@@ -58,8 +58,7 @@ unsafe extern "C-unwind" fn quota_hook(l: *mut lua_State, ar: *mut lua_Debug) {
 /// budget is spent, a count of one that is not paid, so that its next instruction raises
 /// (the sentinel). Only the running thread holds a block: a resumer gives its unspent
 /// instructions back while the coroutine runs (see `enter_thread`), so the count is exact.
-fn meter(l: *mut lua_State, in_hook: bool) {
-    let Some(ctl) = current() else { return };
+fn meter(ctl: &Control, l: *mut lua_State, in_hook: bool) {
     let Some(limit) = ctl.instr_limit.get() else {
         return;
     };
@@ -73,29 +72,41 @@ fn meter(l: *mut lua_State, in_hook: bool) {
         // SAFETY: `l` is a live thread of the running state.
         unsafe { ffi::lua_sethook(l, Some(quota_hook), ffi::LUA_MASKCOUNT, 1) };
     } else {
+        if !in_hook && ctl.instr_sentinel.get() != l {
+            // A thread coming back to run (resumed, or a resumer whose coroutine
+            // yielded) kept the block it had: it pays again for what is left of it, and
+            // its hook stays as it is (`lua_sethook` walks the thread's whole call stack;
+            // on every coroutine switch that was the metering's main cost).
+            let left = unspent(l);
+            if left > 0 && charged.saturating_add(left) <= limit {
+                ctl.instr_charged.set(charged + left);
+                return;
+            }
+        }
         // SAFETY: as above.
         unsafe { charge_next(l, limit, charged, in_hook) };
     }
 }
 
-/// Gives back what `l` paid for and did not run, and stops metering it (it yielded,
-/// returned, or resumed another thread); it pays again when it next runs. Nothing
-/// changes while a stop is armed: its hook must stay.
-fn unmeter(l: *mut lua_State) {
-    let Some(ctl) = current() else { return };
+/// Gives back what `l` paid for and did not run (it yielded, returned, or resumed
+/// another thread); it pays for it again when it next runs. Nothing changes while a
+/// stop is armed: its hook must stay.
+fn unmeter(ctl: &Control, l: *mut lua_State) {
     if ctl.instr_limit.get().is_none() || ctl.stop() != Stop::None {
         return;
     }
     if ctl.instr_sentinel.get() == l {
         // Its count of one was never paid for.
         ctl.instr_sentinel.set(std::ptr::null_mut());
+        // SAFETY: `l` is a live thread that is not executing a Lua instruction now.
+        unsafe { ffi::lua_sethook(l, None, 0, 0) };
     } else {
+        // The rest of its block is given back; the hook stays, holding that rest
+        // unpaid until the thread runs again (see `meter`).
         let left = unspent(l);
         ctl.instr_charged
             .set(ctl.instr_charged.get().saturating_sub(left));
     }
-    // SAFETY: `l` is a live thread that is not executing a Lua instruction now.
-    unsafe { ffi::lua_sethook(l, None, 0, 0) };
 }
 
 /// Pays in advance for the next block of instructions of `l` and sets its count hook to
@@ -166,7 +177,9 @@ pub(crate) fn count_layout_ok(l: *mut lua_State) -> bool {
             let seen = hook_counts(l);
             let api = ffi::lua_gethookcount(l);
             ffi::lua_sethook(l, None, 0, 0);
-            api == probe && seen == (probe, probe)
+            let ok = api == probe && seen == (probe, probe);
+            LAYOUT_VERIFIED.store(ok, std::sync::atomic::Ordering::Relaxed);
+            ok
         }
     })
 }
@@ -176,9 +189,8 @@ pub(crate) fn count_layout_ok(l: *mut lua_State) -> bool {
 fn unspent(l: *mut lua_State) -> u64 {
     // SAFETY: `l` is a live thread of the running state; the layout was verified.
     unsafe {
-        let metered =
-            ffi::lua_gethook(l).is_some() && ffi::lua_gethookmask(l) & ffi::LUA_MASKCOUNT != 0;
-        if !metered || !count_layout_ok_cached() {
+        // Only moonjail sets hooks in a sandbox: a count mask is its count hook.
+        if !count_layout_ok_cached() || ffi::lua_gethookmask(l) & ffi::LUA_MASKCOUNT == 0 {
             return 0;
         }
         let (base, left) = hook_counts(l);
@@ -191,11 +203,14 @@ fn unspent(l: *mut lua_State) -> u64 {
 
 /// [`count_layout_ok`]'s verdict.
 static LAYOUT_OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// The same verdict as one relaxed load, for the coroutine-switch path.
+static LAYOUT_VERIFIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// [`count_layout_ok`]'s verdict, false if it was never checked (the check runs when the
 /// first state is made, so in practice it always has been).
+#[inline]
 fn count_layout_ok_cached() -> bool {
-    LAYOUT_OK.get().copied().unwrap_or(false)
+    LAYOUT_VERIFIED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Instructions the call has executed so far: what was paid for, less what `main` (the
@@ -220,7 +235,7 @@ pub(crate) fn arm_thread(l: *mut lua_State) {
 pub(crate) fn start_metering(l: *mut lua_State) {
     let Some(ctl) = current() else { return };
     match ctl.instr_limit.get() {
-        Some(_) => meter(l, false),
+        Some(_) => meter(ctl, l, false),
         // SAFETY: `l` is the state's entry thread, not running Lua code right now; this
         // clears any hook left from a previous session call.
         None => unsafe { ffi::lua_sethook(l, None, 0, 0) },
@@ -237,8 +252,8 @@ fn enter_thread(l: *mut lua_State, co: *mut lua_State) -> bool {
     if ctl.check_stop().is_some() {
         arm_thread(co);
     } else if ctl.instr_limit.get().is_some() {
-        unmeter(l);
-        meter(co, false);
+        unmeter(ctl, l);
+        meter(ctl, co, false);
     }
     true
 }
@@ -249,8 +264,8 @@ fn leave_thread(l: *mut lua_State, co: *mut lua_State) {
     if let Some(ctl) = current() {
         ctl.pop_thread();
         if ctl.instr_limit.get().is_some() {
-            unmeter(co);
-            meter(l, false);
+            unmeter(ctl, co);
+            meter(ctl, l, false);
         }
     }
 }

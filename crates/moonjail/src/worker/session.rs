@@ -184,13 +184,10 @@ impl WorkerSession {
     fn call_request(&mut self, request: &[u8], start: Instant) -> (Outcome, bool) {
         let grace = self.pool.settings().kill_grace;
         let deadline = self.limits().timeout.map(|t| start + t + grace);
-        let tools = self
-            .tools
-            .as_ref()
-            .map(|registry| {
-                let due = self.limits().timeout.map(|t| start + t);
-                registry.start_bounded_run(due, self.limits().result_depth)
-            });
+        let tools = self.tools.as_ref().map(|registry| {
+            let due = self.limits().timeout.map(|t| start + t);
+            registry.start_bounded_run(due, self.limits().result_depth)
+        });
         let (mut outcome, close) = match self.request(request, deadline, tools.as_ref()) {
             Ok(outcome) => {
                 // As in process: after a timeout or an instruction limit the state may be

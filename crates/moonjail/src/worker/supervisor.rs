@@ -637,14 +637,10 @@ impl Worker {
             }
         };
         self.runs += 1;
-        let tools = job
-            .host
-            .tools
-            .as_ref()
-            .map(|registry| {
-                let due = job.limits().timeout.map(|t| start + t);
-                registry.start_bounded_run(due, job.limits().result_depth)
-            });
+        let tools = job.host.tools.as_ref().map(|registry| {
+            let due = job.limits().timeout.map(|t| start + t);
+            registry.start_bounded_run(due, job.limits().result_depth)
+        });
         let host = Host {
             files: &*job.host.files,
             tools: tools.as_ref(),

@@ -23,6 +23,14 @@ const SCRIPTS: &[&str] = &[
      local s = 0 for i = 1, 300 do local _, v = coroutine.resume(t[i], i) s = s + v end return s",
     "local ok = pcall(function() error('x') end) return ok",
     "function run(x) local n = 0 while n < 777 do n = n + 1 end return n end",
+    // Blocks kept across many switches: a coroutine that yields mid-block, nested ones.
+    "local co = coroutine.wrap(function() local s = 0 for i = 1, 5000 do s = s + i \
+     if i % 37 == 0 then coroutine.yield(s) end end return s end) \
+     local last for i = 1, 200 do last = co() if i == 135 then break end end return last",
+    "local function gen(n) return coroutine.wrap(function() for i = 1, n do \
+     local inner = coroutine.wrap(function() for j = 1, 3 do coroutine.yield(j) end end) \
+     coroutine.yield(inner() + inner() + i) end end) end \
+     local g, s = gen(100), 0 for i = 1, 100 do s = s + g() end return s",
 ];
 
 #[test]
