@@ -54,6 +54,8 @@ impl Bounds {
 /// size. (Inside a worker, the first call, during warm-up before the lockdown, is what
 /// reads the thread's stack bounds: `stacker` caches them per thread.)
 const STACK_RED_ZONE: usize = 64 << 10;
+/// Levels converted without a stack check: a thread has room for these.
+const SHALLOW_LEVELS: usize = 16;
 const STACK_SEGMENT: usize = 1 << 20;
 
 /// Host bytes of one JSON node beyond its text: the `Value` itself.
@@ -193,8 +195,13 @@ impl Walker {
     }
 
     fn walk(&mut self, value: &Value) -> Result<Json, MarshalError> {
-        // One level of a table is several kilobytes of stack in a debug build: grow the
-        // stack instead of trusting the thread to have `result_depth` times that.
+        // One level of a table is several kilobytes of stack in a debug build: past a
+        // few levels, grow the stack instead of trusting the thread to have
+        // `result_depth` times that. (Not for shallow values: `stacker`'s first call on
+        // a thread reads the stack's bounds from /proc, ~30 µs.)
+        if self.open.len() < SHALLOW_LEVELS {
+            return self.walk_value(value);
+        }
         stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || self.walk_value(value))
     }
 
@@ -349,12 +356,22 @@ pub(crate) fn from_json(lua: &Lua, value: &Json, depth: usize) -> mlua::Result<V
     // The array set is made on the first array only: most inputs have none, and sandbox
     // creation is a hot path.
     let mut arrays = None;
-    build(lua, &mut arrays, value, depth)
+    build(lua, &mut arrays, value, depth, 0)
 }
 
-fn build(lua: &Lua, arrays: &mut Option<Table>, value: &Json, depth: usize) -> mlua::Result<Value> {
+fn build(
+    lua: &Lua,
+    arrays: &mut Option<Table>,
+    value: &Json,
+    depth: usize,
+    level: usize,
+) -> mlua::Result<Value> {
+    // The first levels need no stack check (see `Walker::walk`).
+    if level < SHALLOW_LEVELS {
+        return build_value(lua, arrays, value, depth, level);
+    }
     stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
-        build_value(lua, arrays, value, depth)
+        build_value(lua, arrays, value, depth, level)
     })
 }
 
@@ -363,6 +380,7 @@ fn build_value(
     arrays: &mut Option<Table>,
     value: &Json,
     depth: usize,
+    level: usize,
 ) -> mlua::Result<Value> {
     Ok(match value {
         Json::Null => null(),
@@ -373,7 +391,7 @@ fn build_value(
             let depth = descend(depth)?;
             let t = lua.create_table_with_capacity(items.len(), 0)?;
             for (i, item) in items.iter().enumerate() {
-                t.raw_set(i + 1, build(lua, arrays, item, depth)?)?;
+                t.raw_set(i + 1, build(lua, arrays, item, depth, level + 1)?)?;
             }
             let set = match arrays {
                 Some(set) => set,
@@ -386,7 +404,7 @@ fn build_value(
             let depth = descend(depth)?;
             let t = lua.create_table_with_capacity(0, map.len())?;
             for (k, v) in map {
-                t.raw_set(k.as_str(), build(lua, arrays, v, depth)?)?;
+                t.raw_set(k.as_str(), build(lua, arrays, v, depth, level + 1)?)?;
             }
             Value::Table(t)
         }

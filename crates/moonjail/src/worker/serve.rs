@@ -164,6 +164,10 @@ fn warm_up() {
     }
     // SAFETY: tzset only reads TZ and the zone file; the process is single-threaded here.
     unsafe { tzset() };
+    // Marshaling grows its stack on deep values through `stacker`, whose first call on a
+    // thread reads the stack's bounds from /proc/self/maps: an open the seccomp filter
+    // would punish later. Read them now, while the worker may still open files.
+    let _ = stacker::remaining_stack();
     // One run through the whole engine. No timeout: lockdown needs a single-threaded
     // process, and the deadline machinery is set up lazily per thread.
     let mut spec = Spec::default();

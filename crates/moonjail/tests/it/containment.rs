@@ -266,3 +266,18 @@ fn lines_takes_no_more_formats_than_stock_lua() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// In a worker, marshaling a deep value grows the stack through `stacker`, whose first
+/// call on a thread opens /proc/self/maps: the worker reads it before its lockdown, or
+/// the seccomp filter would kill it here.
+#[test]
+fn a_deep_result_converts_in_a_locked_down_worker() {
+    for (mode, sb) in both(|| Sandbox::builder().result_depth(Limits::MAX_RESULT_DEPTH)) {
+        let out = sb.run(
+            "local t = 1 for i = 1, 1000 do t = {t} end return t",
+            &Json::Null,
+        );
+        assert!(out.is_ok(), "{mode}: {:?}", out.error());
+        std::mem::forget(out);
+    }
+}
