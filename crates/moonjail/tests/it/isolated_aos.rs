@@ -5,7 +5,6 @@
 //! against floods and refuses malformed calls from a fake worker without hanging.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
 
 use std::time::{Duration, Instant};
 
@@ -66,15 +65,7 @@ fn aos(deterministic: bool, isolation: Option<ProcessConfigBuilder>) -> Sandbox 
 }
 
 fn guarded<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(HANG_GUARD) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("the supervisor hung"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the test body panicked"),
-    }
+    crate::support::guarded(HANG_GUARD, body)
 }
 
 /// Result (or error kind, message and line) and output: what must not depend on the mode.

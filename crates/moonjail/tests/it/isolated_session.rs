@@ -4,8 +4,6 @@
 //! only a worker can do: be killed at the deadline from outside, crash, and be told apart
 //! from other sessions' workers.
 
-use std::sync::mpsc;
-
 use std::time::{Duration, Instant};
 
 use crate::support::{unusable, WORKER};
@@ -56,15 +54,7 @@ fn in_process() -> Sandbox {
 /// Runs `body` on a helper thread (sessions are not `Send`: each is made there); panics
 /// if it does not come back, which would mean the supervisor hung.
 fn guarded<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(HANG_GUARD) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("the supervisor hung"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the test body panicked"),
-    }
+    crate::support::guarded(HANG_GUARD, body)
 }
 
 fn open(sb: &Sandbox) -> Session {

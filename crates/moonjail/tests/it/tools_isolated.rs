@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moonjail::worker::{LayerSet, ProcessConfigBuilder};
@@ -52,15 +52,7 @@ fn isolated_with(builder: SandboxBuilder, config: ProcessConfigBuilder) -> Sandb
 
 /// Runs `body` on a helper thread; panics if it does not finish (a hung supervisor).
 fn guarded<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(HANG_GUARD) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung for {HANG_GUARD:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the test body panicked"),
-    }
+    crate::support::guarded(HANG_GUARD, body)
 }
 
 use crate::support::tool_fixtures;

@@ -3,7 +3,8 @@
 
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
 
 use moonjail::worker::{Capabilities, LayerSet};
 
@@ -29,4 +30,18 @@ pub fn unusable() -> LayerSet {
         .filter(|(_, availability)| !availability.is_usable())
         .map(|(layer, _)| *layer)
         .collect()
+}
+
+/// Runs `body` on a helper thread and waits at most `limit`: a test whose subject hangs
+/// (a supervisor, a deadline that never fires) fails instead of hanging the suite.
+pub fn guarded<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung for {limit:?}"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the test body panicked"),
+    }
 }
