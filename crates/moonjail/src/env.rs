@@ -8,7 +8,7 @@ use mlua::{Function, Lua, StdLib, Table, Value};
 
 use crate::host::EnvOptions;
 use crate::profile::{Item, ProfileSpec};
-use crate::stdlib::{aos, base, identity, json, strmatch, table};
+use crate::stdlib::{aos, base, charged, identity, json, strmatch, table};
 use crate::vm::{retain_string_keys, set_c_functions};
 
 /// The stock libraries a profile needs opened.
@@ -71,6 +71,10 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                     strmatch::install(lua, &lib)?;
                     table::install_string(lua, &lib)?;
                     identity::install_string(lua, &lib)?;
+                    charged::install_string(lua, &lib)?;
+                }
+                if name == "utf8" {
+                    charged::install_utf8(lua, &lib)?;
                 }
                 if name == "table" {
                     table::install_table(lua, &lib)?;

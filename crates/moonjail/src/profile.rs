@@ -382,6 +382,10 @@ pub fn guard_note(name: &str) -> Option<&'static str> {
         "tostring" | "string.format" => {
             "tables, functions and coroutines show a per-run number, not a host address"
         }
+        "utf8.len" | "utf8.codepoint" | "utf8.offset" | "utf8.char" | "string.byte"
+        | "string.char" | "string.sub" => {
+            "charged per call against the instruction budget (one unit per 64 bytes covered)"
+        }
         "table.sort" => {
             "metered: comparisons count against the deadline and the instruction budget"
         }

@@ -5,6 +5,7 @@
 
 pub(crate) mod aos;
 pub(crate) mod base;
+pub(crate) mod charged;
 pub(crate) mod identity;
 pub(crate) mod json;
 pub(crate) mod strmatch;

@@ -348,6 +348,17 @@ pub(crate) const METER_INTERVAL: u64 = 4096;
 /// [`Stop::Instructions`] with every running coroutine hooked, exactly as the count hook
 /// does). `Some(message)` means: raise exactly that message.
 ///
+/// Charges `units` to the instruction budget without reading the clock: for small,
+/// frequent charges whose work is bounded (see `stdlib/charged.rs`). `Some(message)`
+/// means the run must stop: a stop is armed, or the budget ran out.
+pub(crate) fn native_charge_quiet(units: u64) -> Option<&'static str> {
+    let c = current()?;
+    if let Some(msg) = c.check_stop() {
+        return Some(msg);
+    }
+    c.charge_instructions(units)
+}
+
 /// Reads the clock: callers batch their work and call this every [`METER_INTERVAL`]
 /// units or so (see [`Meter`]).
 pub(crate) fn native_charge(units: u64) -> Option<&'static str> {

@@ -13,7 +13,8 @@ use mlua::state::{GcGenParams, GcMode};
 use mlua::{ffi, Function, IntoLuaMulti, Lua, LuaOptions, MultiValue, StdLib};
 
 pub(crate) use control::{
-    current, native_charge, native_checkpoint, Activation, Control, Meter, Stop,
+    current, native_charge, native_charge_quiet, native_checkpoint, Activation, Control, Meter,
+    Stop,
 };
 
 /// A Lua state under quota. Dropping it closes the state with its control block active,

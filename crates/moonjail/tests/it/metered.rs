@@ -177,6 +177,22 @@ fn string_functions_are_charged() {
     }
 }
 
+/// Stock functions linear in a string the script holds are charged per call: a loop of
+/// them uses up a budget with no clock (it used to be charged only its VM instructions).
+#[test]
+fn linear_stock_functions_are_charged_per_call() {
+    let sb = budgeted(Profile::Standard);
+    for src in [
+        "local s = ('x'):rep(1e6) while true do local n = utf8.len(s) end",
+        "local s = ('x'):rep(1e6) while true do local n = utf8.offset(s, -1) end",
+        "local s = ('x'):rep(1e6) while true do local t = s:sub(2) end",
+        "local s = ('x'):rep(1e5) while true do local a = s:byte(1, 5000) end",
+        "local t = {} for i = 1, 5000 do t[i] = 65 end while true do local c = string.char(table.unpack(t)) end",
+    ] {
+        let _ = expect_stop(&sb, src, ErrorKind::InstructionLimit);
+    }
+}
+
 /// What was quadratic or unbounded in stock Lua and is now cheap, with the same result.
 #[test]
 fn degenerate_inputs_finish_quickly() {
@@ -448,6 +464,28 @@ const SNIPPETS: &[&str] = &[
     "P(string.format, '%ld', 1)",
     "string.format('%p|%5p|%-8p|', nil, true, 12)",
     "string.format('%s', setmetatable({}, {__name = 42, __tostring = function() return 'named' end}))",
+    // Charged per call (stdlib/charged.rs), the stock function doing the work.
+    "P(utf8.len, 'h\\xc3\\xa9llo')",
+    "P(utf8.len, 'h\\xffllo')",
+    "P(utf8.len, 'abc', 5)",
+    "P(utf8.len, 'abc', 1, 10)",
+    "P(utf8.len)",
+    "P(utf8.codepoint, 'h\\xc3\\xa9llo', 1, -1)",
+    "P(utf8.codepoint, 'abc', 4)",
+    "P(utf8.offset, 'h\\xc3\\xa9llo', 3)",
+    "P(utf8.offset, 'abc', 1, 10)",
+    "P(utf8.char, 72, 228, 8364)",
+    "P(utf8.char, -1)",
+    "P(string.byte, 'hello', 2, 4)",
+    "P(string.byte, 'hello', -2)",
+    "P(string.byte)",
+    "P(string.char, 104, 105)",
+    "P(string.char, 256)",
+    "P(string.sub, 'hello', 2, -2)",
+    "P(string.sub, 'hello', -100, 100)",
+    "P(string.sub)",
+    "('hello'):sub(2)",
+    "('x'):byte()",
 ];
 
 /// The stock result of each snippet, from a plain Lua state.
