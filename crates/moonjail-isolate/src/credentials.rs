@@ -131,14 +131,19 @@ fn clear_ambient() -> Result<(), Error> {
     Ok(())
 }
 
-/// Drops every capability the kernel knows from the bounding set; says what was done.
-///
-/// Without `CAP_SETPCAP` (an unprivileged process outside a user namespace) the bounding
-/// set cannot be changed; it only matters for `execve` of a file with capabilities, which
-/// `no_new_privs` and seccomp both rule out, so that case is reported, not failed.
-fn drop_bounding_set() -> Result<String, Error> {
-    let mut capability: u32 = 0;
-    loop {
+/// What emptying the bounding set came to.
+enum Bounding {
+    /// Every capability up to this count was dropped.
+    Emptied(u32),
+    /// No `CAP_SETPCAP`: the set cannot shrink (see [`drop_bounding_set`]).
+    Kept,
+}
+
+/// Drops every capability the kernel knows from the bounding set, allocating nothing (the
+/// relay runs it in a forked process). `Err((capability, errno))` names the one that
+/// could not be dropped.
+fn empty_bounding_set() -> Result<Bounding, (u32, i32)> {
+    for capability in 0u32.. {
         // SAFETY: PR_CAPBSET_READ takes the capability number and no pointer.
         let present = unsafe {
             libc::prctl(
@@ -151,7 +156,7 @@ fn drop_bounding_set() -> Result<String, Error> {
         };
         if present == -1 {
             // EINVAL: past the last capability this kernel knows.
-            return Ok(format!("bounding set emptied ({capability} capabilities)"));
+            return Ok(Bounding::Emptied(capability));
         }
         if present == 1 {
             // SAFETY: PR_CAPBSET_DROP takes the capability number and no pointer.
@@ -165,19 +170,35 @@ fn drop_bounding_set() -> Result<String, Error> {
                 )
             };
             if rc == -1 {
-                let source = io::Error::last_os_error();
+                let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
                 let can_setpcap = capabilities(None)
                     .map(|sets| sets.effective.contains(CapabilitySet::SETPCAP))
                     .unwrap_or(false);
-                if source.raw_os_error() == Some(libc::EPERM) && !can_setpcap {
-                    return Ok(
-                        "bounding set kept (no CAP_SETPCAP; irrelevant without execve)".to_owned(),
-                    );
+                if errno == libc::EPERM && !can_setpcap {
+                    return Ok(Bounding::Kept);
                 }
-                return Err(Error::DropBounding { capability, source });
+                return Err((capability, errno));
             }
         }
-        capability += 1;
+    }
+    Ok(Bounding::Emptied(u32::MAX))
+}
+
+/// Drops every capability the kernel knows from the bounding set; says what was done.
+///
+/// Without `CAP_SETPCAP` (an unprivileged process outside a user namespace) the bounding
+/// set cannot be changed; it only matters for `execve` of a file with capabilities, which
+/// `no_new_privs` and seccomp both rule out, so that case is reported, not failed.
+fn drop_bounding_set() -> Result<String, Error> {
+    match empty_bounding_set() {
+        Ok(Bounding::Emptied(n)) => Ok(format!("bounding set emptied ({n} capabilities)")),
+        Ok(Bounding::Kept) => {
+            Ok("bounding set kept (no CAP_SETPCAP; irrelevant without execve)".to_owned())
+        }
+        Err((capability, errno)) => Err(Error::DropBounding {
+            capability,
+            source: io::Error::from_raw_os_error(errno),
+        }),
     }
 }
 
@@ -198,7 +219,7 @@ pub(crate) fn drop_raw(switch_ids: bool, uid: u32, gid: u32) -> Result<(), i32> 
         Error::ClearAmbient(e) => e.raw_os_error().unwrap_or(libc::EPERM),
         _ => libc::EPERM,
     })?;
-    drop_bounding_raw()?;
+    empty_bounding_set().map_err(|(_, errno)| errno)?;
     probe_raw(switch_ids, uid, gid)?;
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .map_err(|e| e.raw_os_error())?;
@@ -206,51 +227,6 @@ pub(crate) fn drop_raw(switch_ids: bool, uid: u32, gid: u32) -> Result<(), i32> 
     let empty = held.effective.is_empty() && held.permitted.is_empty();
     if !empty || !held.inheritable.is_empty() {
         return Err(libc::EPERM);
-    }
-    Ok(())
-}
-
-/// [`drop_bounding_set`] without the report (and so without allocating).
-fn drop_bounding_raw() -> Result<(), i32> {
-    for capability in 0u32.. {
-        // SAFETY: PR_CAPBSET_READ takes the capability number and no pointer.
-        let present = unsafe {
-            libc::prctl(
-                libc::PR_CAPBSET_READ,
-                libc::c_ulong::from(capability),
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            )
-        };
-        if present == -1 {
-            // EINVAL: past the last capability this kernel knows.
-            return Ok(());
-        }
-        if present == 1 {
-            // SAFETY: PR_CAPBSET_DROP takes the capability number and no pointer.
-            let rc = unsafe {
-                libc::prctl(
-                    libc::PR_CAPBSET_DROP,
-                    libc::c_ulong::from(capability),
-                    0 as libc::c_ulong,
-                    0 as libc::c_ulong,
-                    0 as libc::c_ulong,
-                )
-            };
-            if rc == -1 {
-                let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-                let can_setpcap = capabilities(None)
-                    .map(|sets| sets.effective.contains(CapabilitySet::SETPCAP))
-                    .unwrap_or(false);
-                // As in `drop_bounding_set`: without CAP_SETPCAP the set cannot shrink, and
-                // it matters only to an `execve` that no_new_privs and seccomp rule out.
-                if errno == libc::EPERM && !can_setpcap {
-                    return Ok(());
-                }
-                return Err(errno);
-            }
-        }
     }
     Ok(())
 }
