@@ -124,13 +124,18 @@ impl Error {
     }
 }
 
-/// `message` cut to at most [`MAX_MESSAGE_BYTES`], marker included, naming what was
-/// dropped. Idempotent: a message cut once is short enough to pass unchanged.
-pub(crate) fn bound_message(mut message: String) -> String {
-    if message.len() > MAX_MESSAGE_BYTES {
+/// `message` cut to at most [`MAX_MESSAGE_BYTES`], marker included (see [`cut_message`]).
+pub(crate) fn bound_message(message: String) -> String {
+    cut_message(message, MAX_MESSAGE_BYTES)
+}
+
+/// `message` cut to at most `max` bytes (at least 64), marker included, on a character
+/// boundary, naming how much was dropped. Idempotent: a message cut once passes unchanged.
+pub(crate) fn cut_message(mut message: String, max: usize) -> String {
+    if message.len() > max {
         let total = message.len();
         // Room for the marker, so the result stays within the bound.
-        let mut end = MAX_MESSAGE_BYTES - 64;
+        let mut end = max.saturating_sub(64);
         while !message.is_char_boundary(end) {
             end -= 1;
         }

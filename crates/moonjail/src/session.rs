@@ -101,18 +101,14 @@ impl Session {
     /// (which closes the session).
     pub fn has_function(&mut self, name: &str) -> Result<bool, Error> {
         self.request(|backend| match backend {
-            Backend::InProcess(engine) => (
-                Outcome::bare(Ok(Json::Bool(engine.has_function(name))), Duration::ZERO),
-                false,
-            ),
+            Backend::InProcess(engine) => (Ok(engine.has_function(name)), false),
             #[cfg(all(target_os = "linux", feature = "isolation"))]
-            Backend::Worker(worker) => match worker.has_function(name) {
-                Ok(has) => (Outcome::bare(Ok(Json::Bool(has)), Duration::ZERO), false),
-                Err(reason) => (Outcome::failed(reason, Duration::ZERO), true),
-            },
+            Backend::Worker(worker) => {
+                let answer = worker.has_function(name);
+                let lost = answer.is_err();
+                (answer, lost)
+            }
         })
-        .result
-        .map(|v| v == Json::Bool(true))
     }
 
     /// Why the session was closed, if it was.
@@ -149,56 +145,75 @@ impl Session {
     pub fn probe_worker(&mut self, probe: &str) -> Result<Json, Error> {
         self.request(|backend| match backend {
             Backend::InProcess(_) => (
-                Outcome::failed(
-                    Error::new(
-                        ErrorKind::Internal,
-                        "this session runs in process: there is no worker to probe",
-                    ),
-                    Duration::ZERO,
-                ),
+                Err(Error::new(
+                    ErrorKind::Internal,
+                    "this session runs in process: there is no worker to probe",
+                )),
                 false,
             ),
             #[cfg(all(target_os = "linux", feature = "isolation"))]
-            Backend::Worker(worker) => {
-                let (result, close) = worker.probe(probe);
-                (Outcome::bare(result, Duration::ZERO), close)
-            }
+            Backend::Worker(worker) => worker.probe(probe),
         })
-        .result
     }
 
     /// Runs one request against the backend, or refuses it on a closed session; closes
     /// the session when the backend says so (its worker was lost) or when the call hit a
     /// limit that may have left the state mid-update.
-    fn request(&mut self, op: impl FnOnce(&mut Backend) -> (Outcome, bool)) -> Outcome {
+    fn request<A: Answer>(&mut self, op: impl FnOnce(&mut Backend) -> (A, bool)) -> A {
         let Some(backend) = self.backend.as_mut() else {
-            return self.closed_outcome();
+            return A::refused(self.closed_error());
         };
-        let (outcome, lost) = op(backend);
+        let (answer, lost) = op(backend);
         let stopped = matches!(
-            outcome.error().map(|e| e.kind),
+            answer.error().map(|e| e.kind),
             Some(ErrorKind::Timeout | ErrorKind::InstructionLimit)
         );
         if lost || stopped {
             // Dropping a worker backend kills the worker.
             self.backend = None;
-            let reason = outcome.error().cloned().unwrap_or_else(|| {
+            let reason = answer.error().cloned().unwrap_or_else(|| {
                 Error::new(ErrorKind::Internal, "the session's worker process was lost")
             });
             self.closed.get_or_insert(reason);
         }
-        outcome
+        answer
     }
 
-    /// The outcome of a request on a closed session.
-    fn closed_outcome(&self) -> Outcome {
-        let error = match &self.closed {
+    /// The error of a request on a closed session.
+    fn closed_error(&self) -> Error {
+        match &self.closed {
             Some(reason) => Error {
                 message: format!("the session was closed: {}", reason.message),
                 ..reason.clone()
             },
             None => Error::new(ErrorKind::Input, "the session was closed"),
-        };
+        }
+    }
+}
+
+/// What a request answers: an outcome (`exec`, `call`) or a plain result
+/// (`has_function`, probes). [`Session::request`] needs its error and a refusal.
+trait Answer {
+    fn error(&self) -> Option<&Error>;
+    fn refused(error: Error) -> Self;
+}
+
+impl Answer for Outcome {
+    fn error(&self) -> Option<&Error> {
+        Outcome::error(self)
+    }
+
+    fn refused(error: Error) -> Self {
         Outcome::failed(error, Duration::ZERO)
+    }
+}
+
+impl<T> Answer for Result<T, Error> {
+    fn error(&self) -> Option<&Error> {
+        self.as_ref().err()
+    }
+
+    fn refused(error: Error) -> Self {
+        Err(error)
     }
 }

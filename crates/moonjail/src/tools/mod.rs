@@ -554,7 +554,8 @@ impl ToolRun {
         if let Ok(v) = &result {
             bytes_out = json_len(v);
         }
-        let result = result.map_err(|e| ToolError::new(truncate(e.message)));
+        let result = result
+            .map_err(|e| ToolError::new(crate::error::cut_message(e.message, MAX_MESSAGE_BYTES)));
         let call = ToolCall {
             name: name.to_string(),
             duration: start.elapsed(),
@@ -657,19 +658,6 @@ fn nesting(v: &Json) -> usize {
         stack.extend(children.map(|c| (c, depth + 1)));
     }
     deepest
-}
-
-/// Cuts a message to [`MAX_MESSAGE_BYTES`] on a character boundary.
-pub(crate) fn truncate(mut message: String) -> String {
-    if message.len() > MAX_MESSAGE_BYTES {
-        let mut end = MAX_MESSAGE_BYTES;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str("...");
-    }
-    message
 }
 
 pub(crate) fn tool_error(name: &str, reason: impl Into<String>) -> ConfigError {

@@ -583,18 +583,6 @@ pub(crate) fn host_budget(limits: &Limits) -> u64 {
         .map_or(u64::MAX, |m| (m as u64).saturating_mul(2))
 }
 
-/// An outcome without output or diagnostics (see [`Outcome::bare`]).
-#[cfg(all(target_os = "linux", feature = "isolation"))]
-pub(crate) fn outcome(result: Result<Json, Error>, wall: Duration) -> Outcome {
-    Outcome::bare(result, wall)
-}
-
-/// [`outcome`] of an error.
-#[cfg(all(target_os = "linux", feature = "isolation"))]
-pub(crate) fn failed(error: Error, wall: Duration) -> Outcome {
-    Outcome::failed(error, wall)
-}
-
 #[cfg(all(target_os = "linux", feature = "isolation"))]
 fn settings(config: &ProcessConfig, limits: &Limits) -> Result<supervisor::Settings, ConfigError> {
     let exe = config.worker.resolve()?;

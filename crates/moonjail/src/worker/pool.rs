@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 use super::supervisor::{Fate, Settings, Worker};
-use super::{failed, Job, WorkerPids};
+use super::{Job, WorkerPids};
 use crate::error::{Error, ErrorKind};
 use crate::outcome::Outcome;
 
@@ -214,7 +214,7 @@ impl Pool {
         let mut worker = match self.shared.acquire() {
             Ok(worker) => worker,
             Err(message) => {
-                return failed(Error::new(ErrorKind::Internal, message), start.elapsed())
+                return Outcome::failed(Error::new(ErrorKind::Internal, message), start.elapsed())
             }
         };
         let (outcome, fate) = worker.run(job, &self.shared.settings);

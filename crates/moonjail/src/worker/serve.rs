@@ -254,7 +254,7 @@ fn run(frame: &Frame, link: &Arc<Link>) -> Result<Vec<u8>, String> {
     let start = std::time::Instant::now();
     let outcome = match run_request(frame, link) {
         Ok((mut engine, source, input)) => engine.run(source, &input, start),
-        Err(error) => super::failed(error, start.elapsed()),
+        Err(error) => Outcome::failed(error, start.elapsed()),
     };
     done(&outcome)
 }
@@ -338,9 +338,9 @@ fn open_session(
     let outcome = match opened {
         Ok(engine) => {
             *slot = Some(engine);
-            super::outcome(Ok(Json::Null), Default::default())
+            Outcome::bare(Ok(Json::Null), Default::default())
         }
-        Err(error) => super::failed(error, Default::default()),
+        Err(error) => Outcome::failed(error, Default::default()),
     };
     done(&outcome)
 }
@@ -350,21 +350,21 @@ fn session_request(frame: &Frame, session: &mut Engine) -> Result<Vec<u8>, Strin
     let outcome = match frame.kind {
         Kind::Exec => match frame.section(0) {
             Some(code) => session.exec(code),
-            None => super::failed(
+            None => Outcome::failed(
                 internal("an Exec frame without source".into()),
                 Default::default(),
             ),
         },
         Kind::Call => match call_request(frame, session.spec().limits.result_depth) {
             Ok((name, args)) => session.call(&name, &args),
-            Err(error) => super::failed(error, Default::default()),
+            Err(error) => Outcome::failed(error, Default::default()),
         },
         _ => match frame.json::<FunctionName>(0) {
             Ok(f) => {
                 let has = session.has_function(&f.name);
-                super::outcome(Ok(Json::Bool(has)), Default::default())
+                Outcome::bare(Ok(Json::Bool(has)), Default::default())
             }
-            Err(e) => super::failed(internal(e.to_string()), Default::default()),
+            Err(e) => Outcome::failed(internal(e.to_string()), Default::default()),
         },
     };
     done(&outcome)

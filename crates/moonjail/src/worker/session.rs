@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use super::host_budget;
 use super::host_call::Host;
 use super::pool::Pool;
 use super::protocol::{self, FunctionName, Kind, RequestMeta};
 use super::supervisor::{Fate, Worker};
-use super::{failed, host_budget};
 use crate::engine::{self, check_source};
 use crate::error::{Error, ErrorKind};
 use crate::host::FileSource;
@@ -85,7 +85,7 @@ impl WorkerSession {
         let start = Instant::now();
         // Refused here rather than shipped to the worker only to be refused there.
         if let Err(error) = check_source(&self.spec, code) {
-            return (failed(error, start.elapsed()), false);
+            return (Outcome::failed(error, start.elapsed()), false);
         }
         match protocol::encode(Kind::Exec, &[code]) {
             Ok(request) => self.call_request(&request, start),
@@ -95,7 +95,7 @@ impl WorkerSession {
                     code.len()
                 );
                 (
-                    failed(Error::new(ErrorKind::Input, message), start.elapsed()),
+                    Outcome::failed(Error::new(ErrorKind::Input, message), start.elapsed()),
                     false,
                 )
             }
@@ -120,7 +120,7 @@ impl WorkerSession {
         match request {
             Ok(request) => self.call_request(&request, start),
             Err(message) => (
-                failed(Error::new(ErrorKind::Input, message), start.elapsed()),
+                Outcome::failed(Error::new(ErrorKind::Input, message), start.elapsed()),
                 false,
             ),
         }
@@ -197,7 +197,7 @@ impl WorkerSession {
                 });
                 (outcome, close)
             }
-            Err(error) => (failed(error, start.elapsed()), true),
+            Err(error) => (Outcome::failed(error, start.elapsed()), true),
         };
         outcome.tool_calls = tools.map(|run| run.take_calls()).unwrap_or_default();
         (outcome, close)

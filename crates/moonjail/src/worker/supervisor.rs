@@ -47,7 +47,7 @@ use serde_json::Value as Json;
 
 use super::host_call::{self, Budget, Host, Refusal};
 use super::protocol::{self, Decoded, DoneMeta, FrameError, Kind, LayerLine, Message, RequestMeta};
-use super::{failed, Job, TEST_HOOKS_ENV, WORKER_ARG};
+use super::{Job, TEST_HOOKS_ENV, WORKER_ARG};
 use crate::error::{Error, ErrorKind};
 use crate::limits::Limits;
 use crate::outcome::Outcome;
@@ -633,7 +633,7 @@ impl Worker {
             Ok(request) => request,
             Err(message) => {
                 let error = Error::new(ErrorKind::Input, message);
-                return (failed(error, start.elapsed()), Fate::Reuse);
+                return (Outcome::failed(error, start.elapsed()), Fate::Reuse);
             }
         };
         self.runs += 1;
@@ -659,7 +659,7 @@ impl Worker {
                     };
                     (outcome, fate)
                 }
-                Err(error) => (failed(error, start.elapsed()), Fate::Retire),
+                Err(error) => (Outcome::failed(error, start.elapsed()), Fate::Retire),
             };
         outcome.tool_calls = tools.map(|run| run.take_calls()).unwrap_or_default();
         (outcome, fate)
