@@ -65,15 +65,24 @@ const NODE_HOST_BYTES: usize = std::mem::size_of::<Json>();
 const ENTRY_HOST_BYTES: usize = std::mem::size_of::<String>() + 24;
 
 /// The length of `text` as a JSON string literal, quotes and escapes included, as
-/// moonjail writes it (U+2028, U+2029 and U+0085 escaped too, see `json_line`).
+/// moonjail writes it (U+2028, U+2029 and U+0085 escaped too, see `to_json_line`).
+/// Counted over bytes, not characters: it runs on every string marshaled.
 pub(crate) fn escaped_len(text: &str) -> usize {
-    let mut n = 2;
-    for c in text.chars() {
-        n += match c {
-            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-            c if (c as u32) < 0x20 => 6,
-            '\u{85}' | '\u{2028}' | '\u{2029}' => 6,
-            c => c.len_utf8(),
+    let bytes = text.as_bytes();
+    let mut n = 2 + bytes.len();
+    for (i, &b) in bytes.iter().enumerate() {
+        n += match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            0..=0x1f => 5,
+            // U+0085 (C2 85): 2 bytes become 6.
+            0xc2 if bytes.get(i + 1) == Some(&0x85) => 4,
+            // U+2028, U+2029 (E2 80 A8/A9): 3 bytes become 6.
+            0xe2 if bytes.get(i + 1) == Some(&0x80)
+                && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) =>
+            {
+                3
+            }
+            _ => 0,
         };
     }
     n
@@ -533,6 +542,21 @@ impl<'de> Visitor<'de> for LuaSeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_len_is_the_written_length() {
+        for text in [
+            "",
+            "plain",
+            "q\"b\\",
+            "\u{1}\n\t\u{8}\u{c}\r",
+            "é€😀",
+            "a\u{2028}b\u{2029}\u{85}c",
+        ] {
+            let written = crate::outcome::to_json_line(&Json::String(text.to_string()));
+            assert_eq!(escaped_len(text), written.len(), "{text:?}");
+        }
+    }
 
     #[test]
     fn paths_render() {

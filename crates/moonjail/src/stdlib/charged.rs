@@ -28,6 +28,18 @@ enum Cost {
     Args = 3,
 }
 
+impl Cost {
+    /// The kind stored in a wrapper's upvalue (see [`wrap`]).
+    fn of(tag: i64) -> Cost {
+        match tag {
+            0 => Cost::RangeToEnd,
+            1 => Cost::RangeToI,
+            2 => Cost::Whole,
+            _ => Cost::Args,
+        }
+    }
+}
+
 const UNITS_CHECKING_THE_CLOCK: u64 = 4096;
 
 /// Lua's `posrelat` for a start, and the clamped end: the length of `s[i..j]`.
@@ -67,22 +79,21 @@ unsafe extern "C-unwind" fn charged(l: *mut lua_State) -> c_int {
     // SAFETY: called by Lua as the C closure made in `install`: upvalue 1 is the stock C
     // function, upvalue 2 the cost kind.
     unsafe {
-        let kind = ffi::lua_tointeger(l, ffi::lua_upvalueindex(2));
         let len = if ffi::lua_type(l, 1) == ffi::LUA_TSTRING {
             ffi::lua_rawlen(l, 1) as i64
         } else {
             0
         };
-        let covered = match kind {
-            0 => range_len(len, opt_int(l, 2, 1), opt_int(l, 3, -1)),
-            1 => {
+        let bytes = |covered: i64| (covered as u64) / 64 + 1;
+        let units = match Cost::of(ffi::lua_tointeger(l, ffi::lua_upvalueindex(2))) {
+            Cost::RangeToEnd => bytes(range_len(len, opt_int(l, 2, 1), opt_int(l, 3, -1))),
+            Cost::RangeToI => {
                 let i = opt_int(l, 2, 1);
-                range_len(len, i, opt_int(l, 3, i))
+                bytes(range_len(len, i, opt_int(l, 3, i)))
             }
-            2 => len,
-            _ => i64::from(ffi::lua_gettop(l)) * 64,
+            Cost::Whole => bytes(len),
+            Cost::Args => ffi::lua_gettop(l).unsigned_abs().into(),
         };
-        let units = (covered as u64) / 64 + 1;
         let stop = if units >= UNITS_CHECKING_THE_CLOCK {
             native_charge(units)
         } else {

@@ -164,11 +164,13 @@ unsafe fn hook_counts(l: *mut lua_State) -> (c_int, c_int) {
 /// True when [`BASEHOOKCOUNT_OFFSET`] is right for the linked Lua: checked once per
 /// process on `l` (a fresh state's main thread, no hook set), whose hook is left unset.
 pub(crate) fn count_layout_ok(l: *mut lua_State) -> bool {
-    *LAYOUT_OK.get_or_init(|| {
-        if BASEHOOKCOUNT_OFFSET == usize::MAX {
-            return false;
-        }
-        let probe: c_int = 0x2b3c_4d5e;
+    // Checked at most once per process; concurrent first states may both probe, which
+    // is harmless (each probes its own thread).
+    if let Some(ok) = layout_verdict() {
+        return ok;
+    }
+    let probe: c_int = 0x2b3c_4d5e;
+    let ok = BASEHOOKCOUNT_OFFSET != usize::MAX && {
         // SAFETY: `l` is a live thread not running Lua code; setting and clearing a hook
         // is always allowed. The offset is inside every 64-bit 5.4 `lua_State` (at least
         // 200 bytes), and is only trusted if both reads return what was just set.
@@ -177,11 +179,11 @@ pub(crate) fn count_layout_ok(l: *mut lua_State) -> bool {
             let seen = hook_counts(l);
             let api = ffi::lua_gethookcount(l);
             ffi::lua_sethook(l, None, 0, 0);
-            let ok = api == probe && seen == (probe, probe);
-            LAYOUT_VERIFIED.store(ok, std::sync::atomic::Ordering::Relaxed);
-            ok
+            api == probe && seen == (probe, probe)
         }
-    })
+    };
+    LAYOUT.store(if ok { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
+    ok
 }
 
 /// Instructions paid for but not yet executed in `l`'s current count block (0 when `l`
@@ -201,16 +203,22 @@ fn unspent(l: *mut lua_State) -> u64 {
     }
 }
 
-/// [`count_layout_ok`]'s verdict.
-static LAYOUT_OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-/// The same verdict as one relaxed load, for the coroutine-switch path.
-static LAYOUT_VERIFIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// [`count_layout_ok`]'s verdict: 0 not checked yet, 1 wrong, 2 right. One relaxed load
+/// on the coroutine-switch path.
+static LAYOUT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+fn layout_verdict() -> Option<bool> {
+    match LAYOUT.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        v => Some(v == 2),
+    }
+}
 
 /// [`count_layout_ok`]'s verdict, false if it was never checked (the check runs when the
 /// first state is made, so in practice it always has been).
 #[inline]
 fn count_layout_ok_cached() -> bool {
-    LAYOUT_VERIFIED.load(std::sync::atomic::Ordering::Relaxed)
+    layout_verdict() == Some(true)
 }
 
 /// Instructions the call has executed so far: what was paid for, less what `main` (the
