@@ -544,21 +544,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaped_len_is_the_written_length() {
-        for text in [
-            "",
-            "plain",
-            "q\"b\\",
-            "\u{1}\n\t\u{8}\u{c}\r",
-            "é€😀",
-            "a\u{2028}b\u{2029}\u{85}c",
-        ] {
-            let written = crate::outcome::to_json_line(&Json::String(text.to_string()));
-            assert_eq!(escaped_len(text), written.len(), "{text:?}");
-        }
-    }
-
-    #[test]
     fn paths_render() {
         let p = [
             Seg::Key("a".into()),

@@ -254,6 +254,21 @@ mod tests {
     }
 
     #[test]
+    fn escaped_len_is_the_written_length() {
+        for text in [
+            "",
+            "plain",
+            "q\"b\\",
+            "\u{1}\n\t\u{8}\u{c}\r",
+            "é€😀",
+            "a\u{2028}b\u{2029}\u{85}c",
+        ] {
+            let written = to_json_line(&Json::String(text.to_string()));
+            assert_eq!(crate::marshal::escaped_len(text), written.len(), "{text:?}");
+        }
+    }
+
+    #[test]
     fn stats_round_trip() {
         let stats = Stats {
             wall: Duration::from_micros(2500),
