@@ -106,8 +106,9 @@ pub(crate) fn parse_bounded(
 /// # Errors
 /// An [`ErrorKind::Input`] error saying what was wrong.
 pub fn parse_input(text: &[u8], limits: &Limits) -> Result<Json, Error> {
-    // One level of slack: a session call's arguments are an array of values.
-    let depth = limits.result_depth.saturating_add(1);
+    // Two levels of slack: a session request wraps a call's arguments in an object and
+    // an array; the engine checks each value's own depth exactly.
+    let depth = limits.result_depth.saturating_add(2);
     let host = limits.memory_bytes.map_or(u64::MAX, |m| m as u64);
     parse_bounded(text, depth, host).map_err(|e| Error::new(ErrorKind::Input, e))
 }

@@ -409,3 +409,21 @@ fn a_request_that_would_parse_into_too_much_memory_is_refused() {
     );
     assert_eq!(docs[1]["result"], json!(2));
 }
+
+/// Regression: the request line was parsed within `result_depth + 1` levels, so a call
+/// whose argument nested exactly `result_depth` deep (two more for the request's object
+/// and argument array) was refused although the sandbox accepts it.
+#[test]
+fn call_arguments_may_nest_as_deep_as_the_result_depth() {
+    let (docs, code) = session(
+        &["--result-depth", "3"],
+        &[
+            r#"{"id":1,"op":"exec","code":"function depth(t) local n = 0 while type(t) == 'table' do t = t[1] n = n + 1 end return n end"}"#,
+            r#"{"id":2,"op":"call","function":"depth","args":[[[[1]]]]}"#,
+            r#"{"id":3,"op":"call","function":"depth","args":[[[[[1]]]]]}"#,
+        ],
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(docs[1]["result"], json!(3), "{:?}", docs[1]);
+    assert_eq!(docs[2]["ok"], json!(false), "{:?}", docs[2]);
+}
