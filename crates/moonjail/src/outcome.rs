@@ -242,6 +242,26 @@ mod tests {
         );
         assert!(doc.get("tool_calls").is_none() && doc.get("diagnostics").is_none());
         assert_eq!(serde_json::to_value(&failed).unwrap(), doc);
+        // With every optional part: `to_json` (built directly, for deep results) and
+        // `Serialize` (written to lines) must stay the same document.
+        let mut full = Outcome::bare(
+            Ok(serde_json::json!([1, {"a": null}])),
+            Duration::from_millis(3),
+        );
+        full.output = "printed\n".into();
+        full.stats.instructions = Some(7);
+        full.diagnostics = Some(Diagnostics::default());
+        full.tool_calls.push(ToolCall {
+            name: "t.x".into(),
+            duration: Duration::from_micros(1500),
+            ok: false,
+            error: Some("no".into()),
+            bytes_in: 2,
+            bytes_out: 0,
+        });
+        assert_eq!(serde_json::to_value(&full).unwrap(), full.to_json());
+        let line: Json = serde_json::from_str(&to_json_line(&full)).unwrap();
+        assert_eq!(line, full.to_json());
     }
 
     #[test]

@@ -67,8 +67,29 @@ fn isolated_the_supervisor_kills_it() {
 
 #[test]
 fn a_run_that_ends_in_time_prints_only_its_own_outcome() {
+    // The backstop is armed for 100 ms + 1 s. A run that ends in time, or that ends at
+    // its deadline in the ordinary way, prints exactly its own document: the backstop
+    // was disarmed before it could add a second one.
     let out = mj(&["run", "-e", "return 1", "--timeout", "100ms", "--json"]);
     assert_eq!(out.code, Some(0));
-    std::thread::sleep(Duration::from_millis(50));
     assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
+    let out = mj(&[
+        "run",
+        "-e",
+        "while true do end",
+        "--timeout",
+        "100ms",
+        "--json",
+    ]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 1, "one document: {out:?}");
+    let doc = out.json();
+    assert_eq!(doc["error"]["kind"], json!("timeout"));
+    assert!(
+        !doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be interrupted"),
+        "the in-process deadline ended it, not the backstop: {doc}"
+    );
 }
