@@ -94,10 +94,7 @@ impl Outcome {
     pub fn to_json(&self) -> Json {
         let (result, error) = match &self.result {
             Ok(value) => (value.clone(), Json::Null),
-            Err(e) => (
-                Json::Null,
-                serde_json::json!({"kind": e.kind, "message": e.message, "line": e.line}),
-            ),
+            Err(e) => (Json::Null, serde_json::to_value(e).unwrap_or(Json::Null)),
         };
         let mut doc = serde_json::Map::new();
         doc.insert("ok".into(), Json::Bool(self.result.is_ok()));
@@ -106,11 +103,7 @@ impl Outcome {
         doc.insert("error".into(), error);
         doc.insert(
             "stats".into(),
-            serde_json::json!({
-                "wall_ms": (self.stats.wall.as_secs_f64() * 1e6).round() / 1e3,
-                "memory_bytes": self.stats.memory_bytes,
-                "instructions": self.stats.instructions,
-            }),
+            serde_json::to_value(&self.stats).unwrap_or(Json::Null),
         );
         if let Some(d) = &self.diagnostics {
             doc.insert(
