@@ -325,6 +325,7 @@ impl Engine {
             stats,
             diagnostics,
             tool_calls: tools.map(|run| run.take_calls()).unwrap_or_default(),
+            lint: None,
         }
     }
 }

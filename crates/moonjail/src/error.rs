@@ -33,11 +33,14 @@ pub enum ErrorKind {
     Killed,
     /// A fault in moonjail itself, never the script's doing.
     Internal,
+    /// The linter found errors before the run (`run --lint`), so the script was not run;
+    /// the findings are in [`crate::Outcome::lint`].
+    Lint,
 }
 
 impl ErrorKind {
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::Syntax,
         ErrorKind::Runtime,
         ErrorKind::MemoryLimit,
@@ -49,6 +52,7 @@ impl ErrorKind {
         ErrorKind::Forbidden,
         ErrorKind::Killed,
         ErrorKind::Internal,
+        ErrorKind::Lint,
     ];
 
     /// The stable name used in JSON outcomes.
@@ -65,6 +69,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::Killed => "killed",
             ErrorKind::Internal => "internal",
+            ErrorKind::Lint => "lint",
         }
     }
 

@@ -10,6 +10,7 @@ use serde_json::Value as Json;
 
 use crate::diag::Diagnostics;
 use crate::error::Error;
+use crate::lint::LintReport;
 use crate::tools::ToolCall;
 
 /// What a run produced: the result or the error, the captured output and statistics.
@@ -17,8 +18,8 @@ use crate::tools::ToolCall;
 ///
 /// Serialised (the `--json` contract), it is
 /// `{"ok", "result", "output", "error": {"kind", "message", "line"} | null, "stats":
-/// {"wall_ms", "memory_bytes", "instructions"}}`, plus `"diagnostics"` in diagnostic mode
-/// and `"tool_calls"` when the script called host tools.
+/// {"wall_ms", "memory_bytes", "instructions"}}`, plus `"diagnostics"` in diagnostic mode,
+/// `"tool_calls"` when the script called host tools and `"lint"` when it was linted first.
 #[derive(Debug, Clone, PartialEq)]
 #[must_use = "an outcome says whether the script failed"]
 #[non_exhaustive]
@@ -33,6 +34,9 @@ pub struct Outcome {
     pub diagnostics: Option<Diagnostics>,
     /// Every host tool call the script made, in order (see [`ToolCall`]).
     pub tool_calls: Vec<ToolCall>,
+    /// The linter's report, when the run was linted first (`run --lint`); with error
+    /// findings the script was not run and the error is of kind `lint`.
+    pub lint: Option<LintReport>,
 }
 
 /// Measurements of one run.
@@ -63,6 +67,7 @@ impl Outcome {
             },
             diagnostics: None,
             tool_calls: Vec::new(),
+            lint: None,
         }
     }
 
@@ -114,6 +119,12 @@ impl Outcome {
         if !self.tool_calls.is_empty() {
             let calls = self.tool_calls.iter().map(ToolCall::to_json).collect();
             doc.insert("tool_calls".into(), Json::Array(calls));
+        }
+        if let Some(report) = &self.lint {
+            doc.insert(
+                "lint".into(),
+                serde_json::to_value(report).unwrap_or(Json::Null),
+            );
         }
         Json::Object(doc)
     }
@@ -177,6 +188,9 @@ impl Serialize for Outcome {
         }
         if !self.tool_calls.is_empty() {
             map.serialize_entry("tool_calls", &self.tool_calls)?;
+        }
+        if let Some(report) = &self.lint {
+            map.serialize_entry("lint", report)?;
         }
         map.end()
     }
@@ -252,7 +266,9 @@ mod tests {
             bytes_in: 2,
             bytes_out: 0,
         });
+        full.lint = Some(crate::lint::LintReport::default());
         assert_eq!(serde_json::to_value(&full).unwrap(), full.to_json());
+        assert!(full.to_json()["lint"]["findings"].is_array());
         let line: Json = serde_json::from_str(&to_json_line(&full)).unwrap();
         assert_eq!(line, full.to_json());
     }

@@ -146,22 +146,26 @@ fn prose_follows(src: &[u8], tokens: &[Token], i: usize) -> bool {
     name(i) && name(i + 1)
 }
 
-/// Code after `return` in the same block: Lua reports the token that follows the return
-/// statement, which says nothing of why.
+/// Code after `return` in the same block: Lua reports the token after the return
+/// statement (`'end' expected near 'print'`), full_moon the return itself (`expected
+/// `end` to close function body block`); neither says why.
 fn after_return(source: &[u8], line: u32, message: &str) -> Option<String> {
-    if !((message.contains("expected") && message.contains("near"))
-        || message.contains("unexpected"))
-    {
+    if !message.contains("expected") {
         return None;
     }
-    let here = line_text(source, line)?;
-    let before = line.checked_sub(1).and_then(|l| line_text(source, l));
+    let first_is_closer = |text: &[u8]| {
+        Lexer::new(text)
+            .next()
+            .is_none_or(|t| matches!(t.text(text), b"end" | b"else" | b"elseif" | b"until"))
+    };
     let has_return =
         |text: &[u8]| Lexer::new(text).any(|t| t.kind == Kind::Name && t.text(text) == b"return");
-    let first_is_end = Lexer::new(here)
-        .next()
-        .is_some_and(|t| matches!(t.text(here), b"end" | b"else" | b"elseif" | b"until"));
-    (!first_is_end && (has_return(here) || before.is_some_and(has_return))).then(|| {
+    let here = line_text(source, line)?;
+    let before = line.checked_sub(1).and_then(|l| line_text(source, l));
+    let after = line_text(source, line + 1);
+    let code_after_return = (before.is_some_and(has_return) && !first_is_closer(here))
+        || (has_return(here) && after.is_some_and(|a| !first_is_closer(a)));
+    code_after_return.then(|| {
         "`return` must be the last statement of its block: code after it never runs; to \
          return early, write `do return end`"
             .to_string()
@@ -230,6 +234,9 @@ mod tests {
             3,
             "'end' expected (to close 'function' at line 1) near 'print'",
         );
+        assert!(h.contains("do return end"), "{h}");
+        // full_moon reports the return itself.
+        let h = hint(src, 2, "expected `end` to close function body block");
         assert!(h.contains("do return end"), "{h}");
         assert_eq!(hint("return 1\nend", 2, "'<eof>' expected near 'end'"), "");
     }

@@ -39,6 +39,7 @@ use serde_json::Value as Json;
 use crate::error::ConfigError;
 
 pub use command::CommandTool;
+pub(crate) use http::check_url;
 pub use http::{HttpConfig, HttpDestination};
 
 /// Longest tool error message kept (in the audit record and in the Lua error), in bytes.

@@ -1047,6 +1047,7 @@ pub(crate) fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Ou
         stats: meta.stats,
         diagnostics: meta.diagnostics,
         tool_calls: Vec::new(),
+        lint: None,
     })
 }
 
