@@ -7,6 +7,7 @@ mod args;
 mod backstop;
 mod check;
 mod doctor;
+mod lint;
 mod output;
 mod profile;
 mod run;
@@ -19,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 use crate::check::{check, CheckArgs};
 use crate::doctor::doctor;
+use crate::lint::{lint, LintArgs};
 use crate::profile::{profile, ProfileCommand};
 use crate::run::{run, RunArgs};
 use crate::session::{session, SessionArgs};
@@ -58,6 +60,33 @@ enum Command {
     ///   moonjail run -e 'return calc.add(2, 3)' --tool 'calc.add=sh add.sh' --json
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
+    /// Check a script against the sandbox `run` would give it, without running it.
+    ///
+    /// Takes run's sandbox flags (--profile, --tool, --allow-http, --modules,
+    /// --require-run ...), so the check is against exactly what the script would reach:
+    /// syntax errors (with hints for other languages' spellings: != += continue ?: //),
+    /// globals and library members the sandbox does not have (and which it removes on
+    /// purpose: io, os.execute, debug, string.dump ...), typos ("did you mean"), writes to
+    /// tool namespaces, malformed pattern literals, literal URLs the --allow-http list
+    /// refuses, wrong argument counts, a missing `run` under --require-run, and the usual
+    /// correctness warnings (unused locals, shadowing, 0-based loops).
+    ///
+    /// Output: `FILE:LINE:COL: SEVERITY[RULE]: MESSAGE`, the source line with a caret
+    /// under the span, and `= help:` with what to write instead. --json prints one
+    /// document with every finding and the script's capability manifest (globals, library
+    /// members, tools and hosts it reaches; whether it loads code at run time).
+    ///
+    /// Exit status: 0 no error finding (warnings allowed), 1 error findings, 2 misuse.
+    ///
+    /// Examples:
+    ///   moonjail lint agent.lua
+    ///   moonjail lint agent.lua --json | jq '.findings[] | [.line, .rule, .message]'
+    ///   moonjail lint -e 'if a != b then print(io.open("x")) end'
+    ///   moonjail lint weather.lua --tool 'weather.lookup=python3 w.py' --allow-http api.example.com
+    ///   moonjail lint --profile aos --modules ./process process.lua
+    ///   moonjail run --lint agent.lua     # lint first; error findings: not run (kind "lint")
+    #[command(verbatim_doc_comment)]
+    Lint(Box<LintArgs>),
     /// Drive one persistent sandbox over JSON lines: one request per line on stdin, one
     /// response per line on stdout, so any language can host a Lua VM over a pipe.
     ///
@@ -65,9 +94,12 @@ enum Command {
     ///   {"id": 1, "op": "exec", "code": "function compute(s, m) ... end"}
     ///   {"id": 2, "op": "call", "function": "compute", "args": [{}, {"Action": "Ping"}]}
     ///   {"id": 3, "op": "has_function", "name": "compute"}
-    ///   {"id": 4, "op": "close"}
+    ///   {"id": 4, "op": "lint", "code": "return io.open('x')"}
+    ///   {"id": 5, "op": "close"}
     /// Responses carry the fields of `run --json` ("ok", "result", "output", "error",
-    /// "stats") plus "id". A line that is not UTF-8, not JSON, not one of these requests
+    /// "stats") plus "id"; a lint response has "lint": {"findings", "manifest"} (as
+    /// `moonjail lint --json`; the chunk is judged alone, against a fresh sandbox) and
+    /// runs nothing. A line that is not UTF-8, not JSON, not one of these requests
     /// (unknown op, missing, unknown or mistyped field) or longer than --request-limit
     /// gets an error response (kind "input", the message names the op or field) and the
     /// session goes on. Time and instruction limits are per request; memory covers the
@@ -108,7 +140,7 @@ enum Command {
     },
 }
 
-/// The script failed (any error kind), or a check did.
+/// The script failed (any error kind), a check did, or lint found errors.
 const FAILED: u8 = 1;
 /// The command was misused: a bad flag or value, an unreadable or over-limit file, a
 /// sandbox that cannot be built. Under `--json` also one document, error kind `input`.
@@ -136,6 +168,7 @@ impl Cli {
     fn json(&self) -> bool {
         match &self.command {
             Command::Run(args) => args.json,
+            Command::Lint(args) => args.json,
             Command::Check(args) => args.json,
             Command::Profile {
                 command: ProfileCommand::Show { json, .. },
@@ -152,6 +185,7 @@ impl Cli {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(*args),
+        Command::Lint(args) => lint(*args),
         Command::Session(args) => session(args),
         Command::Check(args) => check(args),
         Command::Profile { command } => profile(command),

@@ -32,7 +32,7 @@ pub struct SessionArgs {
 const REQUEST_OVERHEAD: usize = 16 << 20;
 
 /// The ops of [`Request`], as a request spells them.
-const OPS: [&str; 4] = ["exec", "call", "has_function", "close"];
+const OPS: [&str; 5] = ["exec", "call", "has_function", "lint", "close"];
 
 /// One request, `id` aside (it is echoed whatever it is, so it is taken out first).
 #[derive(Deserialize, Debug, PartialEq)]
@@ -54,6 +54,11 @@ enum Request {
     HasFunction {
         #[serde(deserialize_with = "field::name")]
         name: String,
+    },
+    /// Check a chunk against the session's sandbox without running it.
+    Lint {
+        #[serde(deserialize_with = "field::code")]
+        code: String,
     },
     /// End the session. A struct variant so that unknown fields are refused here too.
     Close {},
@@ -155,7 +160,7 @@ pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
             ),
             Line::Text if buf.trim_ascii().is_empty() => continue,
             Line::Text => match std::str::from_utf8(&buf) {
-                Ok(text) => answer(&mut vm, sandbox.limits(), text),
+                Ok(text) => answer(&mut vm, &sandbox, text),
                 Err(e) => (
                     input_error(
                         Value::Null,
@@ -185,8 +190,8 @@ fn input_error(id: Value, message: String) -> Value {
 }
 
 /// Answers one request line; true when the session should end.
-fn answer(vm: &mut moonjail::Session, limits: &moonjail::Limits, line: &str) -> (Value, bool) {
-    let (id, request) = match parse(line, limits) {
+fn answer(vm: &mut moonjail::Session, sandbox: &moonjail::Sandbox, line: &str) -> (Value, bool) {
+    let (id, request) = match parse(line, sandbox.limits()) {
         Ok(parsed) => parsed,
         Err((id, message)) => return (input_error(id, message), false),
     };
@@ -202,6 +207,12 @@ fn answer(vm: &mut moonjail::Session, limits: &moonjail::Limits, line: &str) -> 
             // A closed session refuses has_function as it refuses every other op.
             Err(error) => moonjail::Outcome::from_error(error),
         },
+        Request::Lint { code } => {
+            let report = sandbox.lint(code);
+            let doc = json!({"id": id, "ok": true, "result": null, "output": "",
+                             "error": null, "stats": null, "lint": report});
+            return (doc, false);
+        }
         Request::Close {} => {
             let doc = json!({"id": id, "ok": true, "result": null, "output": "",
                              "error": null, "stats": null});
@@ -233,25 +244,26 @@ fn parse(line: &str, limits: &moonjail::Limits) -> Result<(Value, Request), (Val
         ));
     };
     let id = fields.remove("id").unwrap_or(Value::Null);
-    let op = match fields.get("op") {
-        Some(Value::String(op)) => op.clone(),
-        Some(other) => {
-            return Err((
+    let op =
+        match fields.get("op") {
+            Some(Value::String(op)) => op.clone(),
+            Some(other) => return Err((
                 id,
-                format!("\"op\" must be a string (exec, call, has_function, close), not {other}"),
-            ))
-        }
-        None => {
-            return Err((
-                id,
-                "the request has no \"op\" (exec, call, has_function, close)".into(),
-            ))
-        }
-    };
+                format!(
+                    "\"op\" must be a string (exec, call, has_function, lint, close), not {other}"
+                ),
+            )),
+            None => {
+                return Err((
+                    id,
+                    "the request has no \"op\" (exec, call, has_function, lint, close)".into(),
+                ))
+            }
+        };
     if !OPS.contains(&op.as_str()) {
         return Err((
             id,
-            format!("unknown op {op:?} (exec, call, has_function, close)"),
+            format!("unknown op {op:?} (exec, call, has_function, lint, close)"),
         ));
     }
     match Request::deserialize(Value::Object(fields)) {
@@ -289,10 +301,14 @@ mod tests {
             })
         );
         assert_eq!(ok(r#"{"op":"close"}"#), Ok(Request::Close {}));
+        assert_eq!(
+            ok(r#"{"op":"lint","code":"x"}"#),
+            Ok(Request::Lint { code: "x".into() })
+        );
         let err = ok(r#"{"op":"frobnicate"}"#).unwrap_err();
         assert_eq!(
             err,
-            "unknown op \"frobnicate\" (exec, call, has_function, close)"
+            "unknown op \"frobnicate\" (exec, call, has_function, lint, close)"
         );
         let err = ok(r#"{"op":"exec","code":5}"#).unwrap_err();
         assert!(err.contains("field `code`: invalid type"), "{err}");

@@ -11,6 +11,7 @@ mod backstop;
 mod corpus;
 mod isolated;
 mod json_errors;
+mod lint;
 mod pipes;
 mod profile;
 mod run;

@@ -22,7 +22,7 @@ use full_moon::node::Node;
 use full_moon::tokenizer::{StringLiteralQuoteType, TokenReference, TokenType};
 use full_moon::LuaVersion;
 
-use super::hints::{foreign_name, syntax_hint};
+use super::hints::{foreign_name, repair, syntax_hint};
 use super::rules;
 use super::view::{Entry, Environment, TableKind};
 use super::{Finding, LintReport, Severity};
@@ -126,31 +126,84 @@ struct Walker<'e> {
     in_condition: usize,
 }
 
+/// A parse error's span and message (the tokenizer's messages end with their range,
+/// which the finding has).
+fn parse_error(error: &full_moon::Error) -> (Span, String) {
+    let (start, end) = error.range();
+    let span = Span {
+        line: clamp(start.line()),
+        column: clamp(start.character()),
+        end_line: clamp(end.line()),
+        end_column: clamp(end.character()),
+    };
+    let message = error.error_message().into_owned();
+    let message = match message.rfind(" (") {
+        Some(at) if message.ends_with(')') && message[at..].contains(" to ") => {
+            message[..at].to_string()
+        }
+        _ => message,
+    };
+    (span, message)
+}
+
+/// The span of bytes `start..end` of `text` (columns count characters).
+fn span_at(text: &str, start: usize, end: usize) -> Span {
+    let at = |offset: usize| {
+        let before = text.get(..offset).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+        let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+        (clamp(line), clamp(column))
+    };
+    let ((line, column), (end_line, end_column)) = (at(start), at(end));
+    Span {
+        line,
+        column,
+        end_line,
+        end_column,
+    }
+}
+
 /// Parses `text` and adds what it finds to `report`.
 pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
     let version = LuaVersion::lua54();
     let result = full_moon::parse_fallible(text, version);
+    let mut errors: Vec<(Span, String)> = result.errors().iter().map(parse_error).collect();
+    let mut ast = result.into_ast();
+    let mut repaired = Vec::new();
+    let mut still_broken = !errors.is_empty();
+    // After a syntax error, the parser's recovery may have skipped much of the script,
+    // and its errors land where recovery stopped, not where the mistake is. With the
+    // other languages' spellings repaired (same positions), each spelling is reported
+    // where it stands, the errors left are the script's own, and the rest of the
+    // script is read for everything else.
+    if still_broken {
+        if let Some((fixed, repairs)) = repair(text) {
+            let again = full_moon::parse_fallible(&fixed, version);
+            errors = again.errors().iter().map(parse_error).collect();
+            still_broken = !errors.is_empty();
+            ast = again.into_ast();
+            repaired = repairs;
+        }
+    }
     let mut lines_with_errors = HashSet::new();
-    for error in result.errors() {
-        let (start, end) = error.range();
-        let span = Span {
-            line: clamp(start.line()),
-            column: clamp(start.character()),
-            end_line: clamp(end.line()),
-            end_column: clamp(end.character()),
-        };
+    for r in &repaired {
+        let span = span_at(text, r.start, r.end);
+        if lines_with_errors.insert(span.line) {
+            report.findings.push(finding(
+                "syntax",
+                Severity::Error,
+                span,
+                format!("syntax error: `{}` is not Lua", r.text),
+                Some(r.hint.clone()),
+            ));
+        }
+    }
+    for (span, message) in errors {
         // One error per line: the parser's recovery reports the same mistake again.
         if !lines_with_errors.insert(span.line) {
             continue;
         }
-        let message = error.error_message().into_owned();
-        // The tokenizer's messages end with their range, which the finding has.
-        let message = match message.rfind(" (") {
-            Some(at) if message.ends_with(')') && message[at..].contains(" to ") => {
-                message[..at].to_string()
-            }
-            _ => message,
-        };
         let hint = syntax_hint(text.as_bytes(), Some(span.line), &message);
         let after_return = hint.as_deref().is_some_and(|h| h.contains("do return end"));
         report.findings.push(finding(
@@ -176,12 +229,11 @@ pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
         env_tricks: false,
         in_condition: 0,
     };
-    let ast = result.into_ast();
     walker.push(true);
     walker.block(ast.nodes());
     walker.pop();
     let syntax_errors = !lines_with_errors.is_empty();
-    if syntax_errors {
+    if still_broken {
         // The recovered tree lacks what the parser skipped: what it says is unused or
         // shadowed may not be.
         walker
