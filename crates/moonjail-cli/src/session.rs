@@ -244,22 +244,23 @@ fn parse(line: &str, limits: &moonjail::Limits) -> Result<(Value, Request), (Val
         ));
     };
     let id = fields.remove("id").unwrap_or(Value::Null);
-    let op =
-        match fields.get("op") {
-            Some(Value::String(op)) => op.clone(),
-            Some(other) => return Err((
+    let op = match fields.get("op") {
+        Some(Value::String(op)) => op.clone(),
+        Some(other) => {
+            return Err((
                 id,
                 format!(
                     "\"op\" must be a string (exec, call, has_function, lint, close), not {other}"
                 ),
-            )),
-            None => {
-                return Err((
-                    id,
-                    "the request has no \"op\" (exec, call, has_function, lint, close)".into(),
-                ))
-            }
-        };
+            ))
+        }
+        None => {
+            return Err((
+                id,
+                "the request has no \"op\" (exec, call, has_function, lint, close)".into(),
+            ))
+        }
+    };
     if !OPS.contains(&op.as_str()) {
         return Err((
             id,
