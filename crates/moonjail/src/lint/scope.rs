@@ -385,6 +385,15 @@ fn arg_of(expr: &Expression) -> Arg {
     }
 }
 
+/// The argument and, for a string (the only arguments findings point at), its span:
+/// a span is a walk over the expression's tokens, too dear for every argument.
+fn arg_with_span(expr: &Expression) -> (Arg, Span) {
+    match arg_of(expr) {
+        Arg::Other => (Arg::Other, Span::default()),
+        arg => (arg, span_of(expr)),
+    }
+}
+
 impl Arg {
     fn string(&self) -> Option<&[u8]> {
         match self {
@@ -764,7 +773,7 @@ impl<'e> Walker<'e> {
                     path: vec!["string".into(), name.to_string()],
                     span: span_of(m.name()),
                     use_: Use::Call {
-                        args: args.iter().map(|a| (arg_of(a), span_of(*a))).collect(),
+                        args: args.iter().map(|a| arg_with_span(a)).collect(),
                         open: open_ended(&args),
                         method: true,
                     },
@@ -843,7 +852,7 @@ impl<'e> Walker<'e> {
                     self.env_tricks = true;
                 }
                 let mut collected: Vec<(Arg, Span)> =
-                    list.iter().map(|a| (arg_of(a), span_of(*a))).collect();
+                    list.iter().map(|a| arg_with_span(a)).collect();
                 let mut open = open_ended(&list);
                 match &**args {
                     FunctionArgs::String(t) => {
@@ -895,7 +904,7 @@ impl<'e> Walker<'e> {
                     path: vec!["string".into(), name.to_string()],
                     span: span_of(m.name()),
                     use_: Use::Call {
-                        args: args.iter().map(|a| (arg_of(a), span_of(*a))).collect(),
+                        args: args.iter().map(|a| arg_with_span(a)).collect(),
                         open: open_ended(&args),
                         method: true,
                     },
