@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use moonjail::{
-    units, CommandTool, Determinism, HostFiles, Isolation, Limits, ProcessConfig, Sandbox,
-    ToolRegistry,
+    units, CommandTool, Determinism, HostFiles, Isolation, Limits, OutputOverflow, ProcessConfig,
+    Sandbox, ToolRegistry,
 };
 
 /// What every command that builds a sandbox accepts.
@@ -30,6 +30,12 @@ pub struct SandboxArgs {
     /// Limit on captured print output; `none` for no limit.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     pub output_limit: String,
+    /// What printing past --output-limit does: `fail` the run (kind output_limit), or
+    /// `truncate`: keep the first and the last half of the limit, with a marker line
+    /// between them, let the run go on, and report `output_truncated` ({"kept_bytes",
+    /// "dropped_bytes"}) in the outcome.
+    #[arg(long, value_name = "MODE", default_value = "fail", value_parser = ["fail", "truncate"])]
+    pub output_overflow: String,
     /// Limit on the source size (also for `load`; a script FILE or `-` is read no
     /// further); `none` for no limit.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
@@ -124,6 +130,11 @@ impl SandboxArgs {
             timeout: duration(&self.timeout).context("--timeout")?,
             instructions: self.instructions,
             output_bytes: size(&self.output_limit).context("--output-limit")?,
+            output_overflow: if self.output_overflow == "truncate" {
+                OutputOverflow::Truncate
+            } else {
+                OutputOverflow::Fail
+            },
             source_bytes: size(&self.source_limit).context("--source-limit")?,
             result_depth: self.result_depth,
             result_bytes: size(&self.result_limit).context("--result-limit")?,

@@ -71,11 +71,11 @@ pub mod worker;
 
 pub use check::{checklist, CheckItem, CheckResult};
 pub use diag::{Diagnostics, RequireRecord};
-pub use error::{ConfigError, Error, ErrorKind, Result, MAX_MESSAGE_BYTES};
+pub use error::{ConfigError, Error, ErrorKind, Frame, Result, MAX_FRAMES, MAX_MESSAGE_BYTES};
 pub use host::{Determinism, HostFiles};
 pub use input::parse_input;
 pub use limits::Limits;
-pub use outcome::{to_json_line, Outcome, Stats};
+pub use outcome::{to_json_line, Budget, Outcome, Stats};
 pub use profile::{guard_note, Item, Profile, ProfileSpec};
 pub use sandbox::{RunOptions, Sandbox, SandboxBuilder};
 pub use session::Session;
@@ -84,5 +84,6 @@ pub use tools::{
     CommandTool, HttpConfig, HttpDestination, ToolCall, ToolContext, ToolError, ToolFn, ToolQuota,
     ToolRegistry, ToolRun,
 };
+pub use vm::output::{OutputOverflow, Truncation};
 pub use vm::watchdog::deadline_signal;
 pub use worker::{Isolation, ProcessConfig, ProcessConfigBuilder, WorkerPath};

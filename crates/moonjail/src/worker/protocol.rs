@@ -432,15 +432,26 @@ pub(crate) enum HostAnswer {
     },
 }
 
-/// `Done`, section 0 (section 1 is the result JSON, empty on error; section 2 the output).
+/// `Done`, section 0 (section 1 is the result JSON, empty on error; section 2 the output;
+/// section 3, when the script returned more than one value, the JSON array of the
+/// values after the first).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DoneMeta {
     pub(crate) error: Option<Error>,
     pub(crate) stats: Stats,
     #[serde(default)]
     pub(crate) diagnostics: Option<crate::Diagnostics>,
+    /// How many values the script returned (see [`crate::Outcome::result_count`]).
+    #[serde(default = "one")]
+    pub(crate) result_count: usize,
+    #[serde(default)]
+    pub(crate) output_truncated: Option<crate::Truncation>,
     // No tool calls: the supervisor keeps the audit record of the calls it served itself,
     // and never takes a worker's word for it.
+}
+
+fn one() -> usize {
+    1
 }
 
 /// `Probe`: one test-hook request (see `serve.rs`).

@@ -270,14 +270,25 @@ fn done(outcome: &Outcome) -> Result<Vec<u8>, String> {
         // it, so the escaped message always fits a frame the supervisor accepts.
         Err(error) => (Some(error.clone().bounded()), Vec::new()),
     };
+    let more = if outcome.more_results.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(&outcome.more_results)
+            .map_err(|e| format!("encoding the results: {e}"))?
+    };
     let meta = serde_json::to_vec(&DoneMeta {
         error,
         stats: outcome.stats.clone(),
         diagnostics: outcome.diagnostics.clone(),
+        result_count: outcome.result_count,
+        output_truncated: outcome.output_truncated,
     })
     .map_err(|e| format!("encoding Done: {e}"))?;
-    protocol::encode(Kind::Done, &[&meta, &result, outcome.output.as_bytes()])
-        .map_err(|e| e.to_string())
+    protocol::encode(
+        Kind::Done,
+        &[&meta, &result, outcome.output.as_bytes(), &more],
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn internal(what: String) -> Error {
