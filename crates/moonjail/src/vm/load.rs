@@ -71,3 +71,66 @@ pub(crate) unsafe fn load_text(l: *mut lua_State, source: &[u8], chunkname: &CSt
         )
     }
 }
+
+/// What `lua.c` (through `luaL_loadfilex`) skips before compiling a script file: a UTF-8
+/// byte order mark, then a first line starting with `#` (a Unix shebang, `#!/usr/bin/env
+/// lua`). The `#` line's text goes but its newline stays, so that the script's line 2 is
+/// still line 2 in error messages and lint findings. Only script files get this: `load`
+/// compiles its string exactly as given, as in stock Lua.
+#[allow(dead_code)] // The lint module and the run pipeline call it.
+pub(crate) fn skip_prelude(source: &[u8]) -> &[u8] {
+    let source = source.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(source);
+    if source.first() != Some(&b'#') {
+        return source;
+    }
+    match source.iter().position(|&b| b == b'\n') {
+        Some(newline) => &source[newline..],
+        // The whole script is the `#` line: nothing to compile.
+        None => &source[source.len()..],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_prelude;
+
+    #[test]
+    fn a_bom_is_skipped() {
+        assert_eq!(skip_prelude(b"\xEF\xBB\xBFreturn 1"), b"return 1");
+        // Only a whole BOM, and only at the start.
+        assert_eq!(skip_prelude(b"\xEF\xBBreturn 1"), b"\xEF\xBBreturn 1");
+        assert_eq!(skip_prelude(b"x\xEF\xBB\xBF"), b"x\xEF\xBB\xBF");
+    }
+
+    #[test]
+    fn a_hash_line_goes_but_its_newline_stays() {
+        assert_eq!(skip_prelude(b"#!/usr/bin/env lua\nreturn 1"), b"\nreturn 1");
+        assert_eq!(skip_prelude(b"# comment\r\nx = 1"), b"\nx = 1");
+        assert_eq!(
+            skip_prelude(b"\xEF\xBB\xBF#!lua\n\nreturn 2"),
+            b"\n\nreturn 2"
+        );
+        assert_eq!(skip_prelude(b"#!lua"), b"");
+        assert_eq!(skip_prelude(b"#\n"), b"\n");
+    }
+
+    #[test]
+    fn other_sources_are_unchanged() {
+        for source in [&b""[..], b"return 1", b" #x\n", b"\n#x", b"--#\nreturn 1"] {
+            assert_eq!(skip_prelude(source), source);
+        }
+    }
+
+    #[test]
+    fn line_numbers_survive() {
+        let source = b"#!/usr/bin/env lua\nlocal a = 1\nerror('x')\n";
+        let rest = skip_prelude(source);
+        // Line 3 of the file is line 3 of what is compiled: one newline before `local`.
+        let before_error = rest
+            .windows(5)
+            .position(|w| w == b"error")
+            .expect("the text is kept");
+        let lines = rest[..before_error].iter().filter(|&&b| b == b'\n').count() + 1;
+        assert_eq!(lines, 3);
+    }
+}
