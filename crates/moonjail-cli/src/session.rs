@@ -32,23 +32,46 @@ pub struct SessionArgs {
 const REQUEST_OVERHEAD: usize = 16 << 20;
 
 /// The ops of [`Request`], as a request spells them.
-const OPS: [&str; 4] = ["exec", "call", "has_function", "close"];
+const OPS: [&str; 5] = ["exec", "eval", "call", "has_function", "close"];
+
+/// The ops, as error messages list them.
+const OP_LIST: &str = "exec, eval, call, has_function, close";
 
 /// One request, `id` aside (it is echoed whatever it is, so it is taken out first).
 #[derive(Deserialize, Debug, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 enum Request {
-    /// Run a chunk in the session's state.
+    /// Run a chunk in the session's state, with `input` as its vararg.
     Exec {
         #[serde(deserialize_with = "field::code")]
         code: String,
+        #[serde(default)]
+        input: Value,
+        #[serde(default, deserialize_with = "field::timeout")]
+        timeout: Option<String>,
+        #[serde(default, deserialize_with = "field::instructions")]
+        instructions: Option<u64>,
     },
-    /// Call a global function with JSON arguments (absent or null: none).
+    /// The value of an expression (tried as `return CODE`, then as a statement).
+    Eval {
+        #[serde(deserialize_with = "field::code")]
+        code: String,
+        #[serde(default, deserialize_with = "field::timeout")]
+        timeout: Option<String>,
+        #[serde(default, deserialize_with = "field::instructions")]
+        instructions: Option<u64>,
+    },
+    /// Call a function (dotted names and callable tables too) with JSON arguments
+    /// (absent or null: none).
     Call {
         #[serde(deserialize_with = "field::function")]
         function: String,
         #[serde(default, deserialize_with = "field::args")]
         args: Option<Vec<Value>>,
+        #[serde(default, deserialize_with = "field::timeout")]
+        timeout: Option<String>,
+        #[serde(default, deserialize_with = "field::instructions")]
+        instructions: Option<u64>,
     },
     /// Whether a global function of that name exists.
     HasFunction {
@@ -57,6 +80,26 @@ enum Request {
     },
     /// End the session. A struct variant so that unknown fields are refused here too.
     Close {},
+}
+
+/// A request's own limits, lower than the session's (a higher one is the session's):
+/// `timeout` in the CLI's units (`200ms`), `instructions` a count. (Fields of each
+/// variant rather than one flattened struct: serde cannot refuse unknown fields
+/// through `flatten`.)
+fn lowered(
+    timeout: Option<&str>,
+    instructions: Option<u64>,
+) -> Result<moonjail::CallOptions, String> {
+    let mut options = moonjail::CallOptions::default();
+    if let Some(text) = timeout {
+        let timeout =
+            moonjail::units::parse_duration(text).map_err(|e| format!("field `timeout`: {e}"))?;
+        options = options.timeout(timeout);
+    }
+    if let Some(n) = instructions {
+        options = options.instructions(n);
+    }
+    Ok(options)
 }
 
 /// Field deserializers that name their field: serde's "invalid type: integer `5`,
@@ -86,6 +129,14 @@ mod field {
 
     pub fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         named(d, "name")
+    }
+
+    pub fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        named(d, "timeout")
+    }
+
+    pub fn instructions<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        named(d, "instructions")
     }
 }
 
@@ -191,8 +242,32 @@ fn answer(vm: &mut moonjail::Session, limits: &moonjail::Limits, line: &str) -> 
         Err((id, message)) => return (input_error(id, message), false),
     };
     let outcome = match request {
-        Request::Exec { code } => vm.exec(code),
-        Request::Call { function, args } => vm.call(&function, &args.unwrap_or_default()),
+        Request::Exec {
+            code,
+            input,
+            timeout,
+            instructions,
+        } => match lowered(timeout.as_deref(), instructions) {
+            Ok(options) => vm.exec_with(code, &input, &options),
+            Err(message) => return (input_error(id, message), false),
+        },
+        Request::Eval {
+            code,
+            timeout,
+            instructions,
+        } => match lowered(timeout.as_deref(), instructions) {
+            Ok(options) => vm.eval(code, &options),
+            Err(message) => return (input_error(id, message), false),
+        },
+        Request::Call {
+            function,
+            args,
+            timeout,
+            instructions,
+        } => match lowered(timeout.as_deref(), instructions) {
+            Ok(options) => vm.call_with(&function, &args.unwrap_or_default(), &options),
+            Err(message) => return (input_error(id, message), false),
+        },
         Request::HasFunction { name } => match vm.has_function(&name) {
             Ok(has) => {
                 let doc = json!({"id": id, "ok": true, "result": has, "output": "",
@@ -238,21 +313,13 @@ fn parse(line: &str, limits: &moonjail::Limits) -> Result<(Value, Request), (Val
         Some(other) => {
             return Err((
                 id,
-                format!("\"op\" must be a string (exec, call, has_function, close), not {other}"),
+                format!("\"op\" must be a string ({OP_LIST}), not {other}"),
             ))
         }
-        None => {
-            return Err((
-                id,
-                "the request has no \"op\" (exec, call, has_function, close)".into(),
-            ))
-        }
+        None => return Err((id, format!("the request has no \"op\" ({OP_LIST})"))),
     };
     if !OPS.contains(&op.as_str()) {
-        return Err((
-            id,
-            format!("unknown op {op:?} (exec, call, has_function, close)"),
-        ));
+        return Err((id, format!("unknown op {op:?} ({OP_LIST})")));
     }
     match Request::deserialize(Value::Object(fields)) {
         Ok(request) => Ok((id, request)),
@@ -271,31 +338,48 @@ mod tests {
         assert_eq!(
             ok(r#"{"op":"exec","code":"return 1"}"#),
             Ok(Request::Exec {
-                code: "return 1".into()
+                code: "return 1".into(),
+                input: Value::Null,
+                timeout: None,
+                instructions: None,
             })
         );
         assert_eq!(
             ok(r#"{"op":"call","function":"f","args":[1]}"#),
             Ok(Request::Call {
                 function: "f".into(),
-                args: Some(vec![json!(1)])
+                args: Some(vec![json!(1)]),
+                timeout: None,
+                instructions: None,
             })
         );
         assert_eq!(
             ok(r#"{"op":"call","function":"f"}"#),
             Ok(Request::Call {
                 function: "f".into(),
-                args: None
+                args: None,
+                timeout: None,
+                instructions: None,
             })
         );
         assert_eq!(ok(r#"{"op":"close"}"#), Ok(Request::Close {}));
         let err = ok(r#"{"op":"frobnicate"}"#).unwrap_err();
         assert_eq!(
             err,
-            "unknown op \"frobnicate\" (exec, call, has_function, close)"
+            "unknown op \"frobnicate\" (exec, eval, call, has_function, close)"
         );
         let err = ok(r#"{"op":"exec","code":5}"#).unwrap_err();
         assert!(err.contains("field `code`: invalid type"), "{err}");
+        let err = ok(r#"{"op":"exec","code":"x","bogus":1}"#).unwrap_err();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+        assert_eq!(
+            ok(r#"{"op":"eval","code":"1","timeout":"10ms","instructions":5}"#),
+            Ok(Request::Eval {
+                code: "1".into(),
+                timeout: Some("10ms".into()),
+                instructions: Some(5),
+            })
+        );
         let err = ok(r#"{"op":"close","now":1}"#).unwrap_err();
         assert!(err.contains("unknown field `now`"), "{err}");
     }

@@ -20,7 +20,7 @@ use crate::error::{mlua_message, Error, ErrorKind};
 use crate::host::{EnvOptions, FileSource, HostFiles};
 use crate::marshal::{self, Bounds};
 use crate::outcome::{Outcome, Stats};
-use crate::spec::Spec;
+use crate::spec::{CallOptions, Spec};
 use crate::stdlib::base::FORBIDDEN;
 use crate::tools::{self, ToolRegistry, ToolRun};
 use crate::vm::{watchdog::Deadline, Activation, Control, Vm};
@@ -163,14 +163,21 @@ impl Engine {
     }
 
     /// A one-shot run: the chunk gets `input` as its vararg; if it defines a global
-    /// function `run`, that is called with `input` and gives the result, otherwise the
-    /// chunk's first return value does. `start` is when the caller began (wall time and
-    /// the deadline count from it).
-    pub(crate) fn run(&mut self, source: &[u8], input: &Json, start: Instant) -> Outcome {
-        self.call_with(start, |vm, spec, chunk| {
-            check_source(spec, source)?;
+    /// function `run`, that is called with `input` and gives the results, otherwise the
+    /// chunk's return values do. `start` is when the caller began (wall time and the
+    /// deadline count from it). With `expression`, the source may be an expression,
+    /// whose value is the result (see [`load_code`]).
+    pub(crate) fn run(
+        &mut self,
+        source: &[u8],
+        input: &Json,
+        start: Instant,
+        expression: bool,
+    ) -> Outcome {
+        let limits = self.spec.limits.clone();
+        self.call_with(start, limits, |vm, spec, chunk| {
+            let f = load_code(vm, spec, source, chunk, expression)?;
             let lua = vm.lua();
-            let f = load_chunk(vm, source, chunk)?;
             let input = marshal::from_json(lua, input, spec.limits.result_depth)
                 .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
             let rets = call(vm, &f, &input, chunk)?;
@@ -201,31 +208,45 @@ impl Engine {
         })
     }
 
-    /// Runs `code` in this state (a session's `exec`); the results are the chunk's
-    /// return values.
-    pub(crate) fn exec(&mut self, code: &[u8]) -> Outcome {
-        self.call_with(Instant::now(), |vm, spec, chunk| {
-            check_source(spec, code)?;
-            let f = load_chunk(vm, code, chunk)?;
-            call(vm, &f, (), chunk)
+    /// Runs `code` in this state (a session's `exec`), with `input` as the chunk's
+    /// vararg; the results are the chunk's return values. With `expression`, `code` may
+    /// be an expression (see [`load_code`]).
+    pub(crate) fn exec(
+        &mut self,
+        code: &[u8],
+        input: &Json,
+        expression: bool,
+        options: &CallOptions,
+    ) -> Outcome {
+        let limits = self.spec.limits.lowered(options);
+        self.call_with(Instant::now(), limits, |vm, spec, chunk| {
+            let f = load_code(vm, spec, code, chunk, expression)?;
+            let input = marshal::from_json(vm.lua(), input, spec.limits.result_depth)
+                .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
+            call(vm, &f, input, chunk)
         })
     }
 
-    /// Calls the global function `name` with `args` (a session's `call`); the result is
-    /// its first return value.
-    pub(crate) fn call(&mut self, name: &str, args: &[Json]) -> Outcome {
-        self.call_with(Instant::now(), |vm, spec, chunk| {
+    /// Calls the function `name` with `args` (a session's `call`); the results are its
+    /// return values. `name` may be dotted (`M.f`) and may name a callable table (see
+    /// [`resolve`]).
+    pub(crate) fn call(&mut self, name: &str, args: &[Json], options: &CallOptions) -> Outcome {
+        let limits = self.spec.limits.lowered(options);
+        self.call_with(Instant::now(), limits, |vm, spec, chunk| {
             let lua = vm.lua();
-            let f: Value = diag::real_globals(lua)
-                .raw_get(name)
-                .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
-            let Value::Function(f) = f else {
-                return Err(Error::new(
-                    ErrorKind::Runtime,
-                    format!("no global function `{name}` in the session"),
-                ));
+            let (f, this) = match resolve(lua, name)? {
+                Some(callable) => callable,
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Runtime,
+                        format!("no function `{name}` in the session"),
+                    ))
+                }
             };
             let mut values = MultiValue::new();
+            if let Some(this) = this {
+                values.push_back(Value::Table(this));
+            }
             for a in args {
                 let v = marshal::from_json(lua, a, spec.limits.result_depth)
                     .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
@@ -235,13 +256,10 @@ impl Engine {
         })
     }
 
-    /// True when the state holds a global function `name` (a raw lookup: no metamethod
-    /// of `_G` runs).
+    /// True when `name` (dotted or not) names a function or a callable table in the
+    /// state (raw lookups: no metamethod runs).
     pub(crate) fn has_function(&self, name: &str) -> bool {
-        matches!(
-            diag::real_globals(self.vm.lua()).raw_get::<Value>(name),
-            Ok(Value::Function(_))
-        )
+        matches!(resolve(self.vm.lua(), name), Ok(Some(_)))
     }
 
     /// The one place limits are armed and disarmed around script code, the value is
@@ -249,9 +267,10 @@ impl Engine {
     fn call_with(
         &mut self,
         start: Instant,
+        limits: crate::Limits,
         body: impl FnOnce(&Vm, &Spec, &str) -> Result<MultiValue, Error>,
     ) -> Outcome {
-        let limits = &self.spec.limits;
+        let limits = &limits;
         let vm = &self.vm;
         let ctl = vm.ctl();
         let active = Activation::new(ctl);
@@ -348,6 +367,63 @@ impl Engine {
     }
 }
 
+/// The function to run for `source`: a script (its BOM and `#` first line skipped as
+/// `lua.c` does, see `vm::load::skip_prelude`), and with `expression` first tried as
+/// `return SOURCE`, as Lua's REPL does, so that `1 + 1` is 2 and a statement still runs.
+fn load_code(
+    vm: &Vm,
+    spec: &Spec,
+    source: &[u8],
+    chunk: &str,
+    expression: bool,
+) -> Result<mlua::Function, Error> {
+    check_source(spec, source)?;
+    let source = crate::vm::load::skip_prelude(source);
+    check_source(spec, source)?;
+    if expression {
+        let mut returned = b"return ".to_vec();
+        returned.extend_from_slice(source);
+        match load_chunk(vm, &returned, chunk) {
+            Ok(f) => return Ok(f),
+            // A stop (the deadline) or a memory error is the run's, not a reason to try
+            // the statement form.
+            Err(e) if e.kind != ErrorKind::Syntax => return Err(e),
+            Err(_) => {}
+        }
+    }
+    load_chunk(vm, source, chunk)
+}
+
+/// What `name` calls, found with raw lookups (no metamethod runs): the global `name`,
+/// or for `a.b.c` the field `c` of the table `a.b`; a function, or a table whose
+/// metatable has a `__call` function (returned with the table, its first argument).
+fn resolve(
+    lua: &mlua::Lua,
+    name: &str,
+) -> Result<Option<(mlua::Function, Option<mlua::Table>)>, Error> {
+    let internal = |e: mlua::Error| Error::new(ErrorKind::Internal, mlua_message(&e));
+    let mut parts = name.split('.');
+    let first = parts.next().unwrap_or_default();
+    let mut value: Value = diag::real_globals(lua).raw_get(first).map_err(internal)?;
+    for part in parts {
+        value = match value {
+            Value::Table(t) => t.raw_get(part).map_err(internal)?,
+            _ => return Ok(None),
+        };
+    }
+    Ok(match value {
+        Value::Function(f) => Some((f, None)),
+        Value::Table(t) => match t.metatable() {
+            Some(mt) => match mt.raw_get::<Value>("__call").map_err(internal)? {
+                Value::Function(f) => Some((f, Some(t))),
+                _ => None,
+            },
+            None => None,
+        },
+        _ => None,
+    })
+}
+
 /// Compiles `source` as text under the chunk name `name`, under the run's deadline (see
 /// `vm/load.rs`).
 fn load_chunk(vm: &Vm, source: &[u8], name: &str) -> Result<mlua::Function, Error> {
@@ -419,7 +495,11 @@ fn classify(ctl: &Control, limits: &crate::Limits, e: Error) -> Error {
 /// error and then returned normally (for instance `return pcall(...)`, where no
 /// instruction runs after the catch for the hook to stop). Then a refused operation; then
 /// the error as raised.
-fn classify_result<T>(ctl: &Control, limits: &crate::Limits, r: Result<T, Error>) -> Result<T, Error> {
+fn classify_result<T>(
+    ctl: &Control,
+    limits: &crate::Limits,
+    r: Result<T, Error>,
+) -> Result<T, Error> {
     let line = r.as_ref().err().and_then(|e| e.line);
     if let Some(kind) = ctl.stop().kind() {
         return Err(Error::new(kind, limit_message(kind, limits)).with_line(line));
@@ -440,14 +520,24 @@ fn classify_result<T>(ctl: &Control, limits: &crate::Limits, r: Result<T, Error>
 /// What a limit error says: which limit, and its value.
 fn limit_message(kind: ErrorKind, limits: &crate::Limits) -> String {
     use crate::units::{format_duration, format_size};
-    let size = |b: Option<usize>| b.map_or_else(|| "its".to_string(), |b| format!("its {}", format_size(b as u64)));
+    let size = |b: Option<usize>| {
+        b.map_or_else(
+            || "its".to_string(),
+            |b| format!("its {}", format_size(b as u64)),
+        )
+    };
     match kind {
         ErrorKind::Timeout => match limits.timeout {
-            Some(t) => format!("timeout: the script ran past its {} deadline", format_duration(t)),
+            Some(t) => format!(
+                "timeout: the script ran past its {} deadline",
+                format_duration(t)
+            ),
             None => "timeout: the script ran past its deadline".to_string(),
         },
         ErrorKind::InstructionLimit => match limits.instructions {
-            Some(n) => format!("instruction_limit: the script used up its budget of {n} instructions"),
+            Some(n) => {
+                format!("instruction_limit: the script used up its budget of {n} instructions")
+            }
             None => "instruction_limit: the script used up its instruction budget".to_string(),
         },
         ErrorKind::OutputLimit => format!(
@@ -466,7 +556,10 @@ fn limit_message(kind: ErrorKind, limits: &crate::Limits) -> String {
 /// names none. A limit error also says where in its message, for readers of the
 /// message alone.
 fn locate(mut e: Error, trace: Vec<crate::error::Frame>, chunk: &str) -> Error {
-    if matches!(e.kind, ErrorKind::Syntax | ErrorKind::Input | ErrorKind::Internal) {
+    if matches!(
+        e.kind,
+        ErrorKind::Syntax | ErrorKind::Input | ErrorKind::Internal
+    ) {
         return e;
     }
     if e.traceback.is_empty() {
@@ -501,7 +594,11 @@ fn is_chunk(source: &str, chunk: &str) -> bool {
 
 /// Every value the script returned, as JSON, under one result budget: each value is
 /// marshaled with what the ones before it left of the byte limit.
-fn marshal_results(lua: &mlua::Lua, values: &MultiValue, limits: &crate::Limits) -> Result<Vec<Json>, Error> {
+fn marshal_results(
+    lua: &mlua::Lua,
+    values: &MultiValue,
+    limits: &crate::Limits,
+) -> Result<Vec<Json>, Error> {
     let mut bounds = limits.result_bounds();
     let mut out = Vec::with_capacity(values.len());
     let last = values.len().saturating_sub(1);

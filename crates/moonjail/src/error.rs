@@ -169,7 +169,10 @@ impl Error {
         self.traceback.truncate(MAX_FRAMES);
         for frame in &mut self.traceback {
             frame.source = cut_message(std::mem::take(&mut frame.source), MAX_NAME_BYTES);
-            frame.function = frame.function.take().map(|f| cut_message(f, MAX_NAME_BYTES));
+            frame.function = frame
+                .function
+                .take()
+                .map(|f| cut_message(f, MAX_NAME_BYTES));
         }
         self.hint = self.hint.take().map(|h| cut_message(h, MAX_NAME_BYTES * 4));
         self
@@ -237,6 +240,10 @@ pub enum ConfigError {
     /// workers do not know, a platform or build without isolation.
     #[error("isolation: {0}")]
     Isolation(String),
+    /// An option the sandbox's profile cannot honour (modules without `require`, files
+    /// without `io`): refused rather than silently ignored.
+    #[error("{0}")]
+    Unsupported(String),
     /// No profile of that name exists.
     #[error("unknown profile {0:?} (known: minimal, standard, aos)")]
     UnknownProfile(String),

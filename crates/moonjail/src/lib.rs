@@ -79,7 +79,7 @@ pub use outcome::{to_json_line, Budget, Outcome, Stats};
 pub use profile::{guard_note, Item, Profile, ProfileSpec};
 pub use sandbox::{RunOptions, Sandbox, SandboxBuilder};
 pub use session::Session;
-pub use spec::Spec;
+pub use spec::{CallOptions, Spec};
 pub use tools::{
     CommandTool, HttpConfig, HttpDestination, ToolCall, ToolContext, ToolError, ToolFn, ToolQuota,
     ToolRegistry, ToolRun,

@@ -280,7 +280,9 @@ impl SandboxBuilder {
     /// # Errors
     /// [`ConfigError::InvalidLimit`] for a limit that would fail every run;
     /// [`ConfigError::Tool`] for a tool that cannot be registered (an invalid or taken
-    /// name, a name the profile already defines, an invalid `http` allowlist entry).
+    /// name, a name the profile already defines, an invalid `http` allowlist entry);
+    /// [`ConfigError::Unsupported`] for host modules or files the profile has no
+    /// `require` or `io.open` to reach.
     pub fn build(self) -> Result<Sandbox, ConfigError> {
         let l = &self.spec.limits;
         let bad = |name, reason: &str| {
@@ -306,6 +308,21 @@ impl SandboxBuilder {
                 "result-depth",
                 &format!("must be at most {}", Limits::MAX_RESULT_DEPTH),
             );
+        }
+        let profile = self.spec.profile.spec();
+        if self.files.has_modules() && !profile.items.contains(&crate::Item::Package) {
+            return Err(ConfigError::Unsupported(format!(
+                "the {} profile has no `require`, so host modules cannot be served \
+                 (profiles with `require`: standard, aos)",
+                profile.name
+            )));
+        }
+        if self.files.has_readable() && !profile.items.contains(&crate::Item::Io) {
+            return Err(ConfigError::Unsupported(format!(
+                "the {} profile has no `io.open`, so host files cannot be read \
+                 (profiles with `io.open`: aos)",
+                profile.name
+            )));
         }
         let host = Host {
             files: Arc::new(self.files.clone()),
@@ -357,16 +374,35 @@ impl Default for Sandbox {
 
 /// Per-run options that are not limits.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RunOptions<'a> {
     /// The chunk name used in error messages (`NAME:LINE: message`). By default, "script".
     pub chunk_name: &'a str,
+    /// The source may be an expression whose value is the result (`1 + 1`, `#t`): it
+    /// is tried as `return SOURCE` first, then as a script, as Lua's REPL does.
+    pub expression: bool,
 }
 
 impl Default for RunOptions<'_> {
     fn default() -> Self {
         RunOptions {
             chunk_name: "script",
+            expression: false,
         }
+    }
+}
+
+impl<'a> RunOptions<'a> {
+    /// The options with this chunk name.
+    pub fn chunk_name(mut self, name: &'a str) -> Self {
+        self.chunk_name = name;
+        self
+    }
+
+    /// The options with expression mode on or off.
+    pub fn expression(mut self, yes: bool) -> Self {
+        self.expression = yes;
+        self
     }
 }
 
@@ -419,6 +455,7 @@ impl Sandbox {
             source,
             input,
             chunk_name: opts.chunk_name,
+            expression: opts.expression,
             spec: &self.spec,
             host: &self.host,
         };
@@ -435,7 +472,7 @@ impl Sandbox {
             Ok(engine) => engine,
             Err(error) => return Outcome::failed(error, start.elapsed()),
         };
-        let outcome = engine.run(source, input, start);
+        let outcome = engine.run(source, input, start, opts.expression);
         match &self.prepared {
             // Closed by the helper thread, off this run's path.
             Some(p) => p.retire(engine.into_vm()),

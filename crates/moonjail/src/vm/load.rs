@@ -77,7 +77,6 @@ pub(crate) unsafe fn load_text(l: *mut lua_State, source: &[u8], chunkname: &CSt
 /// lua`). The `#` line's text goes but its newline stays, so that the script's line 2 is
 /// still line 2 in error messages and lint findings. Only script files get this: `load`
 /// compiles its string exactly as given, as in stock Lua.
-#[allow(dead_code)] // The lint module and the run pipeline call it.
 pub(crate) fn skip_prelude(source: &[u8]) -> &[u8] {
     let source = source.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(source);
     if source.first() != Some(&b'#') {

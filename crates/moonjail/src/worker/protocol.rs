@@ -331,6 +331,9 @@ pub(crate) struct RequestMeta {
     pub(crate) host_files: bool,
     /// The host tools the script may call (none: no tool globals).
     pub(crate) tools: Option<WireTools>,
+    /// A `Run` whose source may be an expression (see `engine::load_code`).
+    #[serde(default)]
+    pub(crate) expression: bool,
 }
 
 impl RequestMeta {
@@ -340,8 +343,18 @@ impl RequestMeta {
             chunk_name: chunk_name.to_string(),
             host_files: !host.files.is_empty(),
             tools: host.tools.as_deref().map(WireTools::from),
+            expression: false,
         }
     }
+}
+
+/// `Exec`, section 1 (section 0 is the code; section 2, when present, the input JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ExecMeta {
+    #[serde(default)]
+    pub(crate) expression: bool,
+    #[serde(default)]
+    pub(crate) options: crate::CallOptions,
 }
 
 /// The host tools, as a worker learns of them: names and quotas, nothing callable.
@@ -365,6 +378,9 @@ impl From<&crate::ToolRegistry> for WireTools {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct FunctionName {
     pub(crate) name: String,
+    /// A `Call`'s lowered limits.
+    #[serde(default)]
+    pub(crate) options: crate::CallOptions,
 }
 
 /// `HostCall`, section 0.

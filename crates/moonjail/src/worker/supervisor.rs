@@ -998,7 +998,8 @@ fn child_by_parent(pid: u32) -> Option<u32> {
 }
 
 fn encode_run(job: &Job) -> Result<Vec<u8>, String> {
-    let meta = RequestMeta::new(job.spec, job.host, job.chunk_name);
+    let mut meta = RequestMeta::new(job.spec, job.host, job.chunk_name);
+    meta.expression = job.expression;
     let meta = serde_json::to_vec(&meta).map_err(|e| format!("encoding the run: {e}"))?;
     let input = serde_json::to_vec(job.input).map_err(|e| format!("encoding the input: {e}"))?;
     protocol::encode(Kind::Run, &[&meta, &input, job.source]).map_err(|_| {
@@ -1034,7 +1035,10 @@ pub(crate) fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Ou
     } else {
         meta.result_count
     };
-    if let Some(max) = limits.result_bytes.filter(|max| sent > max.saturating_add(slack)) {
+    if let Some(max) = limits
+        .result_bytes
+        .filter(|max| sent > max.saturating_add(slack))
+    {
         return Err(format!(
             "the worker sent {sent} bytes of results, over the {max} byte result limit"
         ));

@@ -10,6 +10,7 @@ mod architecture;
 mod check;
 mod concurrency;
 mod containment;
+mod contract;
 mod deadline;
 mod diagnostics;
 mod escape;
