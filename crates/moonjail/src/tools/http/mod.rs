@@ -415,7 +415,7 @@ mod tests {
             ("*a.example.com", "whole first label"),
             ("*.*.example.com", "whole first label"),
             ("**.example.com", "whole first label"),
-            ("*.", "two labels"),
+            ("*.", "invalid host"),
             ("*.127.0.0.1", "not of an address"),
         ] {
             let e = bad.parse::<HttpDestination>().unwrap_err();
