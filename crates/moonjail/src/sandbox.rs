@@ -224,7 +224,8 @@ impl SandboxBuilder {
     ///         .parameters(json!({"type": "object", "required": ["city"],
     ///                            "properties": {"city": {"type": "string"}}})))
     ///     .build()?;
-    /// let entry = &sandbox.tool_catalogue().tools[0];
+    /// let catalogue = sandbox.tool_catalogue();
+    /// let entry = catalogue.get("weather.lookup").unwrap();
     /// assert_eq!(entry.description.as_deref(), Some("The forecast for a city."));
     /// # Ok::<(), moonjail::ConfigError>(())
     /// ```
