@@ -8,8 +8,10 @@ use anyhow::{bail, Context};
 use clap::Args;
 use moonjail::{
     units, CommandTool, Determinism, HostFiles, Isolation, Limits, ProcessConfig, Sandbox,
-    ToolRegistry, ToolSpec,
+    ToolRegistry,
 };
+// Imported on its own line: the list above is shared with other flags' changes.
+use moonjail::ToolSpec;
 
 /// Largest `--tool-schema` file read.
 const MAX_SCHEMA_FILE: u64 = 1 << 20;
