@@ -11,6 +11,7 @@ mod output;
 mod profile;
 mod run;
 mod session;
+mod tools;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ use crate::doctor::doctor;
 use crate::profile::{profile, ProfileCommand};
 use crate::run::{run, RunArgs};
 use crate::session::{session, SessionArgs};
+use crate::tools::{tools, ToolsArgs};
 
 /// Run untrusted Lua 5.4 safely.
 ///
@@ -91,6 +93,21 @@ enum Command {
     /// Example: moonjail check --profile aos
     #[command(verbatim_doc_comment)]
     Check(CheckArgs),
+    /// Print the tools a script gets with these sandbox flags: host tools (--tool, with
+    /// --tool-schema and --tool-description), http (--allow-http) and json (in profiles
+    /// that have it), with descriptions and argument schemas.
+    ///
+    /// Output: a readable list; --json, one document for programs (an MCP tool list is
+    /// each entry's name, description and parameters); --lua-stubs, LuaLS annotations
+    /// to paste into a model's prompt.
+    ///
+    /// Examples:
+    ///   moonjail tools
+    ///   moonjail tools --tool 'weather.lookup=python3 w.py' \
+    ///     --tool-schema weather.lookup=weather.schema.json --lua-stubs
+    ///   moonjail tools --allow-http api.example.com --allow-http '*.example.org' --json
+    #[command(verbatim_doc_comment)]
+    Tools(Box<ToolsArgs>),
     /// Inspect the profiles: what each one lets a script reach.
     Profile {
         #[command(subcommand)]
@@ -137,6 +154,7 @@ impl Cli {
         match &self.command {
             Command::Run(args) => args.json,
             Command::Check(args) => args.json,
+            Command::Tools(args) => args.json,
             Command::Profile {
                 command: ProfileCommand::Show { json, .. },
             } => *json,
@@ -154,6 +172,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(*args),
         Command::Session(args) => session(args),
         Command::Check(args) => check(args),
+        Command::Tools(args) => tools(*args),
         Command::Profile { command } => profile(command),
         Command::Doctor { json } => doctor(json),
     }

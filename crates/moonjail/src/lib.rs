@@ -81,8 +81,8 @@ pub use sandbox::{RunOptions, Sandbox, SandboxBuilder};
 pub use session::Session;
 pub use spec::{CallOptions, Spec};
 pub use tools::{
-    CommandTool, HttpConfig, HttpDestination, ToolCall, ToolContext, ToolError, ToolFn, ToolQuota,
-    ToolRegistry, ToolRun,
+    Catalogue, CommandTool, EntryKind, HttpConfig, HttpDestination, ToolCall, ToolContext,
+    ToolError, ToolFn, ToolInfo, ToolQuota, ToolRegistry, ToolRun, ToolSpec,
 };
 pub use vm::output::{OutputOverflow, Truncation};
 pub use vm::watchdog::deadline_signal;

@@ -14,7 +14,9 @@ use crate::outcome::Outcome;
 use crate::prepared::Prepared;
 use crate::profile::Profile;
 use crate::spec::Spec;
-use crate::tools::{HttpConfig, ToolContext, ToolError, ToolQuota, ToolRegistry};
+use crate::tools::{
+    Catalogue, HttpConfig, ToolContext, ToolError, ToolQuota, ToolRegistry, ToolSpec,
+};
 use crate::worker::{Isolated, Isolation, Job};
 
 /// How many prepared states a sandbox keeps ready by default: none. Preparing pays off
@@ -200,6 +202,35 @@ impl SandboxBuilder {
         F: Fn(&ToolContext, Vec<Json>) -> Result<Json, ToolError> + Send + Sync + 'static,
     {
         if let Err(e) = self.tools.register_with_context(name, f) {
+            self.tool_error.get_or_insert(e);
+        }
+        self
+    }
+
+    /// Describes the tool registered as `name` (see [`ToolRegistry::describe`]): a
+    /// description and schemas for the catalogue ([`Sandbox::tool_catalogue`]), and
+    /// parameters every call is checked against before the tool runs. Call it after
+    /// the tool is registered; a problem (no such tool, an invalid schema) is reported
+    /// by [`SandboxBuilder::build`]. By default, tools are not described.
+    ///
+    /// ```
+    /// use moonjail::{Sandbox, ToolSpec};
+    /// use serde_json::json;
+    ///
+    /// let sandbox = Sandbox::builder()
+    ///     .tool("weather.lookup", |_| Ok(json!({"forecast": "sunny"})))
+    ///     .describe_tool("weather.lookup", ToolSpec::new()
+    ///         .description("The forecast for a city.")
+    ///         .parameters(json!({"type": "object", "required": ["city"],
+    ///                            "properties": {"city": {"type": "string"}}})))
+    ///     .build()?;
+    /// let catalogue = sandbox.tool_catalogue();
+    /// let entry = catalogue.get("weather.lookup").unwrap();
+    /// assert_eq!(entry.description.as_deref(), Some("The forecast for a city."));
+    /// # Ok::<(), moonjail::ConfigError>(())
+    /// ```
+    pub fn describe_tool(mut self, name: &str, spec: ToolSpec) -> Self {
+        if let Err(e) = self.tools.describe(name, spec) {
             self.tool_error.get_or_insert(e);
         }
         self
@@ -430,6 +461,29 @@ impl Sandbox {
     /// The host tools runs get (`None`: no tools), frozen when the sandbox was built.
     pub fn tools(&self) -> Option<&Arc<ToolRegistry>> {
         self.host.tools.as_ref()
+    }
+
+    /// Everything this sandbox's scripts can call, with descriptions and schemas: the
+    /// host tools, `http.get`/`http.post` when allowed (their description lists the
+    /// allowlist), and the `json` library when the profile has it. What `moonjail tools`
+    /// prints; an MCP front end's tool list is its entries' `name`, `description` and
+    /// `parameters`.
+    pub fn tool_catalogue(&self) -> Catalogue {
+        let mut catalogue = self
+            .host
+            .tools
+            .as_ref()
+            .map(|tools| tools.catalogue())
+            .unwrap_or_default();
+        let profile = self.spec.profile.spec();
+        if profile
+            .items
+            .iter()
+            .any(|item| matches!(item, crate::profile::Item::Json))
+        {
+            catalogue.extend(crate::tools::json_entries());
+        }
+        catalogue
     }
 
     /// What runs get from the host besides the spec.

@@ -24,6 +24,7 @@ mod marshal;
 mod metered;
 mod prepared;
 mod session;
+mod tool_schema;
 mod tools;
 mod tools_http;
 mod tools_isolated;
