@@ -161,7 +161,7 @@ fn lua_stubs_carry_the_annotations() {
         "json = {}\n",
         "---@class weather.lookup.Args\n---@field city string the city's name\n---@field days? integer\n",
         "---The forecast for a city.\n---@param args weather.lookup.Args\n---@return weather.lookup.Result\nfunction weather.lookup(args) end\n",
-        "---@param text string JSON text\n---@return any\nfunction json.decode(text) end\n",
+        "---@param text string JSON text\n---@param options? json.decode.options {null = json.null} keeps every null as json.null\n---@return any\nfunction json.decode(text, options) end\n",
     ] {
         assert!(stubs.contains(expected), "missing {expected:?} in\n{stubs}");
     }
