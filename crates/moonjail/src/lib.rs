@@ -56,6 +56,7 @@ pub mod fuzzing;
 mod host;
 mod input;
 mod limits;
+mod lint;
 mod marshal;
 mod outcome;
 mod prepared;
