@@ -459,7 +459,12 @@ fn load_chunk(vm: &Vm, source: &[u8], name: &str) -> Result<mlua::Function, Erro
                 ErrorKind::Syntax
             };
             let line = line_of(&message, name);
-            return Err(Error::new(kind, message).with_line(line));
+            let mut error = Error::new(kind, message).with_line(line);
+            if kind == ErrorKind::Syntax {
+                // What the other language's spelling is in Lua; the code is not changed.
+                error.hint = crate::lint::hints::syntax_hint(source, line, &error.message);
+            }
+            return Err(error);
         }
         _ => {
             return Err(Error::new(

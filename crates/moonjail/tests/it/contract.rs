@@ -481,3 +481,32 @@ fn isolated_runs_keep_the_contract() {
     );
     check_session_contract(&sb);
 }
+
+/// A syntax error keeps Lua's message and adds a hint for habits from other languages;
+/// the code is never changed.
+#[test]
+fn syntax_errors_hint_at_other_languages() {
+    let sb = sandbox(Profile::Standard);
+    for (code, fragment) in [
+        ("local x = 1\nif x != 2 then end", "`~=`"),
+        ("x += 1", "x = x + ..."),
+        (
+            "for i = 1, 3 do\n  if i == 2 then continue end\nend",
+            "goto continue",
+        ),
+        ("local a = b ? 1 : 2", "cond and a or b"),
+        ("// note\nreturn 1", "`--`"),
+    ] {
+        let e = sb.run(code, &Json::Null).result.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Syntax, "{code}");
+        let hint = e.hint.clone().unwrap_or_default();
+        assert!(hint.contains(fragment), "{code}: {e:?}");
+        assert!(
+            e.message.starts_with("script:"),
+            "Lua's message stays: {e:?}"
+        );
+    }
+    // Nothing to say about an ordinary mistake.
+    let e = sb.run("local = 1", &Json::Null).result.unwrap_err();
+    assert_eq!(e.hint, None);
+}
