@@ -229,10 +229,24 @@ pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The response to a request that could not be carried out as written: the shape of
-/// every response, with an `input` error.
+/// every response, with an `input` error (built from an `Outcome`, so the error has the
+/// contract's shape), and `stats` null: nothing ran.
 fn input_error(id: Value, message: String) -> Value {
-    json!({"id": id, "ok": false, "result": null, "output": "", "stats": null,
-           "error": {"kind": "input", "message": message, "line": null}})
+    let error = moonjail::Error::new(moonjail::ErrorKind::Input, message);
+    let mut doc = moonjail::Outcome::from_error(error).to_json();
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("id".into(), id);
+        obj.insert("stats".into(), Value::Null);
+    }
+    doc
+}
+
+/// The response to a request answered without running code (`has_function`, `close`):
+/// the shape of every response, `stats` null.
+fn answered(id: Value, result: Option<Value>) -> Value {
+    let results: Vec<Value> = result.iter().cloned().collect();
+    json!({"id": id, "ok": true, "result": result, "results": results, "output": "",
+           "output_truncated": null, "error": null, "stats": null})
 }
 
 /// Answers one request line; true when the session should end.
@@ -269,19 +283,11 @@ fn answer(vm: &mut moonjail::Session, limits: &moonjail::Limits, line: &str) -> 
             Err(message) => return (input_error(id, message), false),
         },
         Request::HasFunction { name } => match vm.has_function(&name) {
-            Ok(has) => {
-                let doc = json!({"id": id, "ok": true, "result": has, "output": "",
-                                 "error": null, "stats": null});
-                return (doc, false);
-            }
+            Ok(has) => return (answered(id, Some(Value::Bool(has))), false),
             // A closed session refuses has_function as it refuses every other op.
             Err(error) => moonjail::Outcome::from_error(error),
         },
-        Request::Close {} => {
-            let doc = json!({"id": id, "ok": true, "result": null, "output": "",
-                             "error": null, "stats": null});
-            return (doc, true);
-        }
+        Request::Close {} => return (answered(id, None), true),
     };
     let mut doc = outcome.to_json();
     if let Some(obj) = doc.as_object_mut() {

@@ -146,8 +146,13 @@ impl Control {
         // SAFETY: only the VM thread touches the output buffer, and no borrow of it is
         // alive between calls.
         unsafe { *self.output.get() = super::output::Captured::default() };
-        // SAFETY: as above, for the memory counters.
-        unsafe { (*self.mem.get()).hits = 0 };
+        // SAFETY: as above, for the memory counters. The peak is this call's: a
+        // session's later call reports its own, from what the state holds now.
+        unsafe {
+            let mem = &mut *self.mem.get();
+            mem.hits = 0;
+            mem.peak = mem.used;
+        }
     }
 
     /// Sets when this call's deadline passes (monotonic nanoseconds).
@@ -469,5 +474,25 @@ impl Meter {
             return None;
         }
         current().and_then(|c| c.charge_instructions(spent))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session call's peak is its own: the next call starts from what the state holds,
+    /// not from an earlier call's peak.
+    #[test]
+    fn each_call_starts_its_peak_from_the_memory_in_use() {
+        let ctl = Control::new(usize::MAX);
+        // SAFETY: no allocator runs on this block.
+        unsafe {
+            let mem = &mut *ctl.mem.get();
+            mem.used = 1000;
+            mem.peak = 9000;
+        }
+        ctl.reset_for_call();
+        assert_eq!(ctl.memory(), (1000, 1000, false));
     }
 }
