@@ -7,9 +7,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use moonjail::{
-    units, CommandTool, Determinism, HostFiles, Isolation, Limits, ProcessConfig, Sandbox,
-    ToolRegistry,
+    units, CommandTool, Determinism, HostFiles, Isolation, Limits, OutputOverflow, ProcessConfig,
+    Sandbox, ToolRegistry,
 };
+// Imported on its own line: the list above is shared with other flags' changes.
+use moonjail::ToolSpec;
+
+/// Largest `--tool-schema` file read.
+const MAX_SCHEMA_FILE: u64 = 1 << 20;
 
 /// What every command that builds a sandbox accepts.
 #[derive(Args, Debug)]
@@ -30,6 +35,12 @@ pub struct SandboxArgs {
     /// Limit on captured print output; `none` for no limit.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     pub output_limit: String,
+    /// What printing past --output-limit does: `fail` the run (kind output_limit), or
+    /// `truncate`: keep the first and the last half of the limit, with a marker line
+    /// between them, let the run go on, and report `output_truncated` ({"kept_bytes",
+    /// "dropped_bytes"}) in the outcome.
+    #[arg(long, value_name = "MODE", default_value = "fail", value_parser = ["fail", "truncate"])]
+    pub output_overflow: String,
     /// Limit on the source size (also for `load`; a script FILE or `-` is read no
     /// further); `none` for no limit.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
@@ -100,6 +111,25 @@ pub struct SandboxArgs {
     ///   moonjail run -e 'return calc.add(2, 3)' --tool 'calc.add=sh add.sh'   # 5
     #[arg(long = "tool", value_name = "NAME=COMMAND", verbatim_doc_comment)]
     pub tool: Vec<String>,
+    /// Describe the --tool NAME with the JSON document in FILE, and check every call's
+    /// arguments against it before the program runs. Repeatable.
+    ///
+    /// FILE is either a JSON Schema of the arguments, or a tool document:
+    ///   {"description": "...", "parameters": SCHEMA, "returns": SCHEMA}
+    /// (a document is recognised by its "parameters" or "returns" member). A parameter
+    /// schema whose top-level "type" is "array" describes the whole argument list
+    /// (`f("Lyon", 3)`: use "prefixItems"); any other schema describes the one argument
+    /// (`f{city = "Lyon"}`), and a call with more than one is refused. A call that does
+    /// not match fails, catchable with pcall, with e.g.
+    ///   weather.lookup: argument 1: at /city: expected string, got integer
+    /// An invalid schema, or a "$ref" outside the file, is a usage error (status 2).
+    /// "returns" is for the catalogue only (`moonjail tools`).
+    #[arg(long = "tool-schema", value_name = "NAME=FILE", verbatim_doc_comment)]
+    pub tool_schema: Vec<String>,
+    /// Describe the --tool NAME for models (`moonjail tools`), replacing the
+    /// description of its --tool-schema document if any. Repeatable.
+    #[arg(long = "tool-description", value_name = "NAME=TEXT")]
+    pub tool_description: Vec<String>,
     /// Enable the `http` tool for HOST[:PORT] (without a port: 80 and 443). Repeatable.
     ///
     /// Scripts get http.get(url [, headers]) and http.post(url, body [, headers]), which
@@ -108,6 +138,10 @@ pub struct SandboxArgs {
     /// 1 MiB, 100 requests per run, each request bounded by the run's deadline. A name
     /// must resolve to public addresses: to reach a loopback or private address, allow
     /// the address itself, e.g. `--allow-http 127.0.0.1:8765`.
+    ///
+    /// `*.example.com` allows every subdomain of example.com (one or more labels before
+    /// it; not example.com itself, list it too if needed), with the same address checks.
+    /// `*`, `*.com` and a `*` anywhere but the whole first label are refused (status 2).
     #[arg(long = "allow-http", value_name = "HOST[:PORT]", verbatim_doc_comment)]
     pub allow_http: Vec<String>,
 }
@@ -124,6 +158,11 @@ impl SandboxArgs {
             timeout: duration(&self.timeout).context("--timeout")?,
             instructions: self.instructions,
             output_bytes: size(&self.output_limit).context("--output-limit")?,
+            output_overflow: if self.output_overflow == "truncate" {
+                OutputOverflow::Truncate
+            } else {
+                OutputOverflow::Fail
+            },
             source_bytes: size(&self.source_limit).context("--source-limit")?,
             result_depth: self.result_depth,
             result_bytes: size(&self.result_limit).context("--result-limit")?,
@@ -161,7 +200,10 @@ impl SandboxArgs {
                     .register_command(name.trim(), CommandTool::new(command))
                     .with_context(|| format!("--tool {spec:?}"))?;
             }
+            self.describe_tools(&mut tools)?;
             builder = builder.tools(tools);
+        } else if let Some(flag) = self.tool_schema.first().or(self.tool_description.first()) {
+            bail!("{flag:?}: describes a tool, but no --tool NAME=COMMAND is given");
         }
         for destination in &self.allow_http {
             builder = builder.allow_http(destination.clone());
@@ -174,6 +216,61 @@ impl SandboxArgs {
         }
         Ok(builder.build()?)
     }
+}
+
+impl SandboxArgs {
+    /// Applies --tool-schema and --tool-description to the command tools in `tools`.
+    fn describe_tools(&self, tools: &mut ToolRegistry) -> anyhow::Result<()> {
+        let mut specs: Vec<(String, ToolSpec)> = Vec::new();
+        for flag in &self.tool_schema {
+            let Some((name, file)) = flag.split_once('=') else {
+                bail!("--tool-schema {flag:?}: expected NAME=FILE, e.g. 'weather.lookup=weather.schema.json'");
+            };
+            let name = name.trim();
+            let doc = read_schema(file).with_context(|| format!("--tool-schema {flag:?}"))?;
+            let spec = ToolSpec::from_document(doc)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--tool-schema {flag:?}"))?;
+            if specs.iter().any(|(n, _)| n == name) {
+                bail!("--tool-schema {flag:?}: `{name}` already has a --tool-schema");
+            }
+            specs.push((name.to_string(), spec));
+        }
+        for flag in &self.tool_description {
+            let Some((name, text)) = flag.split_once('=') else {
+                bail!("--tool-description {flag:?}: expected NAME=TEXT");
+            };
+            let name = name.trim();
+            match specs.iter_mut().find(|(n, _)| n == name) {
+                Some((_, spec)) => spec.description = Some(text.to_string()),
+                None => specs.push((name.to_string(), ToolSpec::new().description(text))),
+            }
+        }
+        for (name, spec) in specs {
+            if !tools.contains(&name) {
+                bail!("--tool-schema/--tool-description `{name}`: no --tool of that name");
+            }
+            tools.describe(&name, spec)?;
+        }
+        Ok(())
+    }
+}
+
+/// A schema file's JSON, read no further than [`MAX_SCHEMA_FILE`], nesting at most 64
+/// levels.
+fn read_schema(path: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {path}"))?;
+    let mut text = Vec::new();
+    file.take(MAX_SCHEMA_FILE + 1)
+        .read_to_end(&mut text)
+        .with_context(|| format!("reading {path}"))?;
+    if text.len() as u64 > MAX_SCHEMA_FILE {
+        bail!("{path}: larger than {MAX_SCHEMA_FILE} bytes");
+    }
+    // Depth and size checked before parsing, as for every JSON moonjail reads.
+    moonjail::parse_input(&text, &Limits::default())
+        .map_err(|e| anyhow::anyhow!("{path}: {}", e.message))
 }
 
 fn init_tracing() {

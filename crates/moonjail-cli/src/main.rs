@@ -12,6 +12,7 @@ mod output;
 mod profile;
 mod run;
 mod session;
+mod tools;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ use crate::lint::{lint, LintArgs};
 use crate::profile::{profile, ProfileCommand};
 use crate::run::{run, RunArgs};
 use crate::session::{session, SessionArgs};
+use crate::tools::{tools, ToolsArgs};
 
 /// Run untrusted Lua 5.4 safely.
 ///
@@ -123,6 +125,21 @@ enum Command {
     /// Example: moonjail check --profile aos
     #[command(verbatim_doc_comment)]
     Check(CheckArgs),
+    /// Print the tools a script gets with these sandbox flags: host tools (--tool, with
+    /// --tool-schema and --tool-description), http (--allow-http) and json (in profiles
+    /// that have it), with descriptions and argument schemas.
+    ///
+    /// Output: a readable list; --json, one document for programs (an MCP tool list is
+    /// each entry's name, description and parameters); --lua-stubs, LuaLS annotations
+    /// to paste into a model's prompt.
+    ///
+    /// Examples:
+    ///   moonjail tools
+    ///   moonjail tools --tool 'weather.lookup=python3 w.py' \
+    ///     --tool-schema weather.lookup=weather.schema.json --lua-stubs
+    ///   moonjail tools --allow-http api.example.com --allow-http '*.example.org' --json
+    #[command(verbatim_doc_comment)]
+    Tools(Box<ToolsArgs>),
     /// Inspect the profiles: what each one lets a script reach.
     Profile {
         #[command(subcommand)]
@@ -170,6 +187,7 @@ impl Cli {
             Command::Run(args) => args.json,
             Command::Lint(args) => args.json,
             Command::Check(args) => args.json,
+            Command::Tools(args) => args.json,
             Command::Profile {
                 command: ProfileCommand::Show { json, .. },
             } => *json,
@@ -188,6 +206,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lint(args) => lint(*args),
         Command::Session(args) => session(args),
         Command::Check(args) => check(args),
+        Command::Tools(args) => tools(*args),
         Command::Profile { command } => profile(command),
         Command::Doctor { json } => doctor(json),
     }

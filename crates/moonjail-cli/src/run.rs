@@ -22,7 +22,9 @@ pub struct RunArgs {
         conflicts_with = "code"
     )]
     pub file: Option<PathBuf>,
-    /// Run CODE instead of a file.
+    /// Run CODE instead of a file. As in Lua's REPL, CODE may be an expression: it is
+    /// tried as `return CODE` first, so `-e '1 + 1'` prints 2 and `-e 'x = 1'` still
+    /// runs as a statement.
     #[arg(short = 'e', long = "eval", value_name = "CODE")]
     pub code: Option<String>,
     /// The input, as JSON text or @FILE. Default: null.
@@ -44,10 +46,16 @@ pub struct RunArgs {
     /// script runs.
     #[arg(long)]
     pub lint: bool,
-    /// Print one JSON document: {"ok", "result", "output", "error", "stats"}. A misuse
-    /// (status 2) is one such document too, error kind "input".
-    #[arg(long)]
+    /// Print one JSON document: {"ok", "result", "results", "output",
+    /// "output_truncated", "error", "stats"}. A misuse (status 2) is one such document
+    /// too, error kind "input".
+    #[arg(long, conflicts_with = "raw")]
     pub json: bool,
+    /// Print the result only, for shells: a string as is (no quotes, one newline after
+    /// it), anything else as compact JSON, nothing for nil. The script's own output is
+    /// not printed. A failure is reported on stderr (status 1).
+    #[arg(long)]
+    pub raw: bool,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -91,6 +99,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    let options = RunOptions::default()
+        .chunk_name(&name)
+        .expression(args.code.is_some());
     let report = args.lint.then(|| sandbox.lint(&source));
     let outcome = match report {
         Some(report) if report.has_errors() => {
@@ -109,7 +120,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             {
                 crate::lint::print_findings(&name, &source, report, &mut std::io::stderr())?;
             }
-            let mut outcome = sandbox.run_with(&source, &input, &RunOptions { chunk_name: &name });
+            let mut outcome = sandbox.run_with(&source, &input, &options);
             outcome.lint = report;
             outcome
         }
@@ -124,6 +135,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut stdout = output::stdout();
     if args.json {
         writeln!(stdout, "{}", moonjail::to_json_line(&outcome))?;
+    } else if args.raw {
+        match &outcome.result {
+            Ok(serde_json::Value::Null) => {}
+            Ok(serde_json::Value::String(s)) => writeln!(stdout, "{s}")?,
+            Ok(v) => writeln!(stdout, "{v}")?,
+            Err(e) => report_error(e),
+        }
     } else {
         stdout.write_all(outcome.output.as_bytes())?;
         if let Some(d) = &outcome.diagnostics {
@@ -131,15 +149,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             output::warn(format_args!("{}", render_diagnostics(d).trim_end()));
         }
         match &outcome.result {
-            Ok(serde_json::Value::Null) => {}
-            Ok(v) => writeln!(stdout, "{}", serde_json::to_string_pretty(v)?)?,
+            Ok(_) => {
+                let results = outcome.results();
+                // One value: as before; several (`return nil, "not found"`): one per
+                // line, nil as null, as the REPL lists them.
+                if results.len() > 1 || results.first().is_some_and(|v| !v.is_null()) {
+                    for v in results {
+                        writeln!(stdout, "{}", serde_json::to_string_pretty(v)?)?;
+                    }
+                }
+            }
             Err(e) => {
                 stdout.flush()?;
-                let line = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
-                output::warn(format_args!(
-                    "moonjail: {} error{line}: {}",
-                    e.kind, e.message
-                ));
+                report_error(e);
             }
         }
     }
@@ -180,6 +202,31 @@ pub fn read_script(
         }
         (None, None) => bail!("give a FILE, `-` for standard input, or -e CODE"),
     })
+}
+
+/// A failed run on stderr: the kind, the line and the message, then where it happened
+/// (the traceback, innermost first) and the hint, if any.
+fn report_error(e: &moonjail::Error) {
+    let line = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
+    output::warn(format_args!(
+        "moonjail: {} error{line}: {}",
+        e.kind, e.message
+    ));
+    if e.traceback.len() > 1 || e.traceback.first().is_some_and(|f| f.function.is_some()) {
+        output::warn(format_args!("traceback (innermost first):"));
+        for frame in &e.traceback {
+            match &frame.function {
+                Some(f) => output::warn(format_args!(
+                    "  {}:{} in function '{f}'",
+                    frame.source, frame.line
+                )),
+                None => output::warn(format_args!("  {}:{}", frame.source, frame.line)),
+            }
+        }
+    }
+    if let Some(hint) = &e.hint {
+        output::warn(format_args!("hint: {hint}"));
+    }
 }
 
 /// What the backstop prints if it has to end the run: the `--json` document or the

@@ -32,23 +32,46 @@ pub struct SessionArgs {
 const REQUEST_OVERHEAD: usize = 16 << 20;
 
 /// The ops of [`Request`], as a request spells them.
-const OPS: [&str; 5] = ["exec", "call", "has_function", "lint", "close"];
+const OPS: [&str; 6] = ["exec", "eval", "call", "has_function", "lint", "close"];
+
+/// The ops, as error messages list them.
+const OP_LIST: &str = "exec, eval, call, has_function, lint, close";
 
 /// One request, `id` aside (it is echoed whatever it is, so it is taken out first).
 #[derive(Deserialize, Debug, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 enum Request {
-    /// Run a chunk in the session's state.
+    /// Run a chunk in the session's state, with `input` as its vararg.
     Exec {
         #[serde(deserialize_with = "field::code")]
         code: String,
+        #[serde(default)]
+        input: Value,
+        #[serde(default, deserialize_with = "field::timeout")]
+        timeout: Option<String>,
+        #[serde(default, deserialize_with = "field::instructions")]
+        instructions: Option<u64>,
     },
-    /// Call a global function with JSON arguments (absent or null: none).
+    /// The value of an expression (tried as `return CODE`, then as a statement).
+    Eval {
+        #[serde(deserialize_with = "field::code")]
+        code: String,
+        #[serde(default, deserialize_with = "field::timeout")]
+        timeout: Option<String>,
+        #[serde(default, deserialize_with = "field::instructions")]
+        instructions: Option<u64>,
+    },
+    /// Call a function (dotted names and callable tables too) with JSON arguments
+    /// (absent or null: none).
     Call {
         #[serde(deserialize_with = "field::function")]
         function: String,
         #[serde(default, deserialize_with = "field::args")]
         args: Option<Vec<Value>>,
+        #[serde(default, deserialize_with = "field::timeout")]
+        timeout: Option<String>,
+        #[serde(default, deserialize_with = "field::instructions")]
+        instructions: Option<u64>,
     },
     /// Whether a global function of that name exists.
     HasFunction {
@@ -62,6 +85,26 @@ enum Request {
     },
     /// End the session. A struct variant so that unknown fields are refused here too.
     Close {},
+}
+
+/// A request's own limits, lower than the session's (a higher one is the session's):
+/// `timeout` in the CLI's units (`200ms`), `instructions` a count. (Fields of each
+/// variant rather than one flattened struct: serde cannot refuse unknown fields
+/// through `flatten`.)
+fn lowered(
+    timeout: Option<&str>,
+    instructions: Option<u64>,
+) -> Result<moonjail::CallOptions, String> {
+    let mut options = moonjail::CallOptions::default();
+    if let Some(text) = timeout {
+        let timeout =
+            moonjail::units::parse_duration(text).map_err(|e| format!("field `timeout`: {e}"))?;
+        options = options.timeout(timeout);
+    }
+    if let Some(n) = instructions {
+        options = options.instructions(n);
+    }
+    Ok(options)
 }
 
 /// Field deserializers that name their field: serde's "invalid type: integer `5`,
@@ -91,6 +134,14 @@ mod field {
 
     pub fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         named(d, "name")
+    }
+
+    pub fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        named(d, "timeout")
+    }
+
+    pub fn instructions<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        named(d, "instructions")
     }
 }
 
@@ -183,10 +234,24 @@ pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The response to a request that could not be carried out as written: the shape of
-/// every response, with an `input` error.
+/// every response, with an `input` error (built from an `Outcome`, so the error has the
+/// contract's shape), and `stats` null: nothing ran.
 fn input_error(id: Value, message: String) -> Value {
-    json!({"id": id, "ok": false, "result": null, "output": "", "stats": null,
-           "error": {"kind": "input", "message": message, "line": null}})
+    let error = moonjail::Error::new(moonjail::ErrorKind::Input, message);
+    let mut doc = moonjail::Outcome::from_error(error).to_json();
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("id".into(), id);
+        obj.insert("stats".into(), Value::Null);
+    }
+    doc
+}
+
+/// The response to a request answered without running code (`has_function`, `close`):
+/// the shape of every response, `stats` null.
+fn answered(id: Value, result: Option<Value>) -> Value {
+    let results: Vec<Value> = result.iter().cloned().collect();
+    json!({"id": id, "ok": true, "result": result, "results": results, "output": "",
+           "output_truncated": null, "error": null, "stats": null})
 }
 
 /// Answers one request line; true when the session should end.
@@ -196,28 +261,45 @@ fn answer(vm: &mut moonjail::Session, sandbox: &moonjail::Sandbox, line: &str) -
         Err((id, message)) => return (input_error(id, message), false),
     };
     let outcome = match request {
-        Request::Exec { code } => vm.exec(code),
-        Request::Call { function, args } => vm.call(&function, &args.unwrap_or_default()),
+        Request::Exec {
+            code,
+            input,
+            timeout,
+            instructions,
+        } => match lowered(timeout.as_deref(), instructions) {
+            Ok(options) => vm.exec_with(code, &input, &options),
+            Err(message) => return (input_error(id, message), false),
+        },
+        Request::Eval {
+            code,
+            timeout,
+            instructions,
+        } => match lowered(timeout.as_deref(), instructions) {
+            Ok(options) => vm.eval(code, &options),
+            Err(message) => return (input_error(id, message), false),
+        },
+        Request::Call {
+            function,
+            args,
+            timeout,
+            instructions,
+        } => match lowered(timeout.as_deref(), instructions) {
+            Ok(options) => vm.call_with(&function, &args.unwrap_or_default(), &options),
+            Err(message) => return (input_error(id, message), false),
+        },
         Request::HasFunction { name } => match vm.has_function(&name) {
-            Ok(has) => {
-                let doc = json!({"id": id, "ok": true, "result": has, "output": "",
-                                 "error": null, "stats": null});
-                return (doc, false);
-            }
+            Ok(has) => return (answered(id, Some(Value::Bool(has))), false),
             // A closed session refuses has_function as it refuses every other op.
             Err(error) => moonjail::Outcome::from_error(error),
         },
         Request::Lint { code } => {
-            let report = sandbox.lint(code);
-            let doc = json!({"id": id, "ok": true, "result": null, "output": "",
-                             "error": null, "stats": null, "lint": report});
+            let mut doc = answered(id, None);
+            if let Some(obj) = doc.as_object_mut() {
+                obj.insert("lint".into(), json!(sandbox.lint(code)));
+            }
             return (doc, false);
         }
-        Request::Close {} => {
-            let doc = json!({"id": id, "ok": true, "result": null, "output": "",
-                             "error": null, "stats": null});
-            return (doc, true);
-        }
+        Request::Close {} => return (answered(id, None), true),
     };
     let mut doc = outcome.to_json();
     if let Some(obj) = doc.as_object_mut() {
@@ -249,23 +331,13 @@ fn parse(line: &str, limits: &moonjail::Limits) -> Result<(Value, Request), (Val
         Some(other) => {
             return Err((
                 id,
-                format!(
-                    "\"op\" must be a string (exec, call, has_function, lint, close), not {other}"
-                ),
+                format!("\"op\" must be a string ({OP_LIST}), not {other}"),
             ))
         }
-        None => {
-            return Err((
-                id,
-                "the request has no \"op\" (exec, call, has_function, lint, close)".into(),
-            ))
-        }
+        None => return Err((id, format!("the request has no \"op\" ({OP_LIST})"))),
     };
     if !OPS.contains(&op.as_str()) {
-        return Err((
-            id,
-            format!("unknown op {op:?} (exec, call, has_function, lint, close)"),
-        ));
+        return Err((id, format!("unknown op {op:?} ({OP_LIST})")));
     }
     match Request::deserialize(Value::Object(fields)) {
         Ok(request) => Ok((id, request)),
@@ -284,21 +356,28 @@ mod tests {
         assert_eq!(
             ok(r#"{"op":"exec","code":"return 1"}"#),
             Ok(Request::Exec {
-                code: "return 1".into()
+                code: "return 1".into(),
+                input: Value::Null,
+                timeout: None,
+                instructions: None,
             })
         );
         assert_eq!(
             ok(r#"{"op":"call","function":"f","args":[1]}"#),
             Ok(Request::Call {
                 function: "f".into(),
-                args: Some(vec![json!(1)])
+                args: Some(vec![json!(1)]),
+                timeout: None,
+                instructions: None,
             })
         );
         assert_eq!(
             ok(r#"{"op":"call","function":"f"}"#),
             Ok(Request::Call {
                 function: "f".into(),
-                args: None
+                args: None,
+                timeout: None,
+                instructions: None,
             })
         );
         assert_eq!(ok(r#"{"op":"close"}"#), Ok(Request::Close {}));
@@ -309,10 +388,20 @@ mod tests {
         let err = ok(r#"{"op":"frobnicate"}"#).unwrap_err();
         assert_eq!(
             err,
-            "unknown op \"frobnicate\" (exec, call, has_function, lint, close)"
+            "unknown op \"frobnicate\" (exec, eval, call, has_function, lint, close)"
         );
         let err = ok(r#"{"op":"exec","code":5}"#).unwrap_err();
         assert!(err.contains("field `code`: invalid type"), "{err}");
+        let err = ok(r#"{"op":"exec","code":"x","bogus":1}"#).unwrap_err();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+        assert_eq!(
+            ok(r#"{"op":"eval","code":"1","timeout":"10ms","instructions":5}"#),
+            Ok(Request::Eval {
+                code: "1".into(),
+                timeout: Some("10ms".into()),
+                instructions: Some(5),
+            })
+        );
         let err = ok(r#"{"op":"close","now":1}"#).unwrap_err();
         assert!(err.contains("unknown field `now`"), "{err}");
     }

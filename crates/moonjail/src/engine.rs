@@ -20,7 +20,7 @@ use crate::error::{mlua_message, Error, ErrorKind};
 use crate::host::{EnvOptions, FileSource, HostFiles};
 use crate::marshal::{self, Bounds};
 use crate::outcome::{Outcome, Stats};
-use crate::spec::Spec;
+use crate::spec::{CallOptions, Spec};
 use crate::stdlib::base::FORBIDDEN;
 use crate::tools::{self, ToolRegistry, ToolRun};
 use crate::vm::{watchdog::Deadline, Activation, Control, Vm};
@@ -74,6 +74,7 @@ fn new_vm(spec: &Spec) -> mlua::Result<Vm> {
     let ctl = vm.ctl();
     ctl.output_limit
         .set(limits.output_bytes.unwrap_or(usize::MAX));
+    ctl.output_overflow.set(limits.output_overflow);
     ctl.source_limit
         .set(limits.source_bytes.unwrap_or(usize::MAX));
     Ok(vm)
@@ -105,6 +106,7 @@ pub(crate) fn prepare(spec: &Spec, host: &Host) -> Result<Vm, Error> {
         env::build(vm.lua(), spec.profile.spec(), &env_options(spec, host)).map_err(|e| {
             classify(
                 ctl,
+                &spec.limits,
                 Error::new(
                     ErrorKind::Internal,
                     format!("building the environment: {e}"),
@@ -161,24 +163,31 @@ impl Engine {
     }
 
     /// A one-shot run: the chunk gets `input` as its vararg; if it defines a global
-    /// function `run`, that is called with `input` and gives the result, otherwise the
-    /// chunk's first return value does. `start` is when the caller began (wall time and
-    /// the deadline count from it).
-    pub(crate) fn run(&mut self, source: &[u8], input: &Json, start: Instant) -> Outcome {
-        self.call_with(start, |vm, spec, chunk| {
-            check_source(spec, source)?;
+    /// function `run`, that is called with `input` and gives the results, otherwise the
+    /// chunk's return values do. `start` is when the caller began (wall time and the
+    /// deadline count from it). With `expression`, the source may be an expression,
+    /// whose value is the result (see [`load_code`]).
+    pub(crate) fn run(
+        &mut self,
+        source: &[u8],
+        input: &Json,
+        start: Instant,
+        expression: bool,
+    ) -> Outcome {
+        let limits = self.spec.limits.clone();
+        self.call_with(start, limits, |vm, spec, chunk| {
+            let f = load_code(vm, spec, source, chunk, expression)?;
             let lua = vm.lua();
-            let f = load_chunk(vm, source, chunk)?;
             let input = marshal::from_json(lua, input, spec.limits.result_depth)
                 .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
             let rets = call(vm, &f, &input, chunk)?;
             let run: Value = diag::real_globals(lua)
                 .raw_get("run")
                 .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
-            let value = match run {
+            let values = match run {
                 Value::Function(run) => {
                     tracing::debug!("entry called: run(input)");
-                    call(vm, &run, &input, chunk)?.into_iter().next()
+                    call(vm, &run, &input, chunk)?
                 }
                 _ if spec.require_run => {
                     return Err(Error::new(
@@ -186,62 +195,71 @@ impl Engine {
                         "the script defines no global function `run`",
                     ))
                 }
-                _ => rets.into_iter().next(),
-            }
-            .unwrap_or(Value::Nil);
-            if spec.require_table && !matches!(value, Value::Table(_)) {
+                _ => rets,
+            };
+            if spec.require_table && !matches!(values.front(), Some(Value::Table(_))) {
+                let got = values.front().map_or("nil", Value::type_name);
                 return Err(Error::new(
                     ErrorKind::Result,
-                    format!("the result must be a table, got a {}", value.type_name()),
+                    format!("the result must be a table, got a {got}"),
                 ));
             }
-            Ok(value)
+            Ok(values)
         })
     }
 
-    /// Runs `code` in this state (a session's `exec`); the result is the chunk's first
-    /// return value.
-    pub(crate) fn exec(&mut self, code: &[u8]) -> Outcome {
-        self.call_with(Instant::now(), |vm, spec, chunk| {
-            check_source(spec, code)?;
-            let f = load_chunk(vm, code, chunk)?;
-            let rets = call(vm, &f, (), chunk)?;
-            Ok(rets.into_iter().next().unwrap_or(Value::Nil))
+    /// Runs `code` in this state (a session's `exec`), with `input` as the chunk's
+    /// vararg; the results are the chunk's return values. With `expression`, `code` may
+    /// be an expression (see [`load_code`]).
+    pub(crate) fn exec(
+        &mut self,
+        code: &[u8],
+        input: &Json,
+        expression: bool,
+        options: &CallOptions,
+    ) -> Outcome {
+        let limits = self.spec.limits.lowered(options);
+        self.call_with(Instant::now(), limits, |vm, spec, chunk| {
+            let f = load_code(vm, spec, code, chunk, expression)?;
+            let input = marshal::from_json(vm.lua(), input, spec.limits.result_depth)
+                .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
+            call(vm, &f, input, chunk)
         })
     }
 
-    /// Calls the global function `name` with `args` (a session's `call`); the result is
-    /// its first return value.
-    pub(crate) fn call(&mut self, name: &str, args: &[Json]) -> Outcome {
-        self.call_with(Instant::now(), |vm, spec, chunk| {
+    /// Calls the function `name` with `args` (a session's `call`); the results are its
+    /// return values. `name` may be dotted (`M.f`) and may name a callable table (see
+    /// [`resolve`]).
+    pub(crate) fn call(&mut self, name: &str, args: &[Json], options: &CallOptions) -> Outcome {
+        let limits = self.spec.limits.lowered(options);
+        self.call_with(Instant::now(), limits, |vm, spec, chunk| {
             let lua = vm.lua();
-            let f: Value = diag::real_globals(lua)
-                .raw_get(name)
-                .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?;
-            let Value::Function(f) = f else {
-                return Err(Error::new(
-                    ErrorKind::Runtime,
-                    format!("no global function `{name}` in the session"),
-                ));
+            let (f, this) = match resolve(lua, name)? {
+                Some(callable) => callable,
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Runtime,
+                        format!("no function `{name}` in the session"),
+                    ))
+                }
             };
             let mut values = MultiValue::new();
+            if let Some(this) = this {
+                values.push_back(Value::Table(this));
+            }
             for a in args {
                 let v = marshal::from_json(lua, a, spec.limits.result_depth)
                     .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
                 values.push_back(v);
             }
-            let rets = call(vm, &f, values, chunk)?;
-            Ok(rets.into_iter().next().unwrap_or(Value::Nil))
+            call(vm, &f, values, chunk)
         })
     }
 
-    /// True when the state holds a global function `name` (a raw lookup: no metamethod
-    /// of `_G` runs).
+    /// True when `name` (dotted or not) names a function or a callable table in the
+    /// state (raw lookups: no metamethod runs).
     pub(crate) fn has_function(&self, name: &str) -> bool {
-        matches!(
-            diag::real_globals(self.vm.lua()).raw_get::<Value>(name),
-            Ok(Value::Function(_))
-        )
+        matches!(resolve(self.vm.lua(), name), Ok(Some(_)))
     }
 
     /// The one place limits are armed and disarmed around script code, the value is
@@ -249,9 +267,10 @@ impl Engine {
     fn call_with(
         &mut self,
         start: Instant,
-        body: impl FnOnce(&Vm, &Spec, &str) -> Result<Value, Error>,
+        limits: crate::Limits,
+        body: impl FnOnce(&Vm, &Spec, &str) -> Result<MultiValue, Error>,
     ) -> Outcome {
-        let limits = &self.spec.limits;
+        let limits = &limits;
         let vm = &self.vm;
         let ctl = vm.ctl();
         let active = Activation::new(ctl);
@@ -282,20 +301,23 @@ impl Engine {
         });
         // Marshaling happens here, inside the deadline: a result the script built to be
         // expensive to convert is the script's time.
-        let result = body(vm, &self.spec, &self.chunk_name).and_then(|value| {
-            marshal::to_json(vm.lua(), &value, limits.result_bounds()).map_err(|e| {
-                let kind = if e.host {
-                    ErrorKind::MemoryLimit
-                } else {
-                    ErrorKind::Result
-                };
-                Error::new(kind, e.to_string())
-            })
-        });
-        let result = classify_result(ctl, result).map_err(Error::bounded);
+        let result = body(vm, &self.spec, &self.chunk_name)
+            .and_then(|values| marshal_results(vm.lua(), &values, limits));
+        let trace = ctl.take_trace();
+        let result = classify_result(ctl, limits, result)
+            .map_err(|e| locate(e, trace, &self.chunk_name).bounded());
         let mut stats = Stats::default();
-        let (_, peak, _) = ctl.memory();
-        stats.memory_bytes = peak;
+        let (used, peak, _) = ctl.memory();
+        stats.memory_bytes = used;
+        stats.peak_memory_bytes = peak;
+        stats.output_bytes = ctl.output_total();
+        stats.limits = crate::Budget {
+            wall: limits.timeout,
+            memory_bytes: limits.memory_bytes,
+            instructions: limits.instructions,
+            output_bytes: limits.output_bytes,
+            tool_calls: self.host.tools.as_ref().and_then(|r| r.quota().per_run),
+        };
         // A spent budget reports the budget: the last block's remainder may be held by a
         // thread the stop reached in native code.
         stats.instructions = limits.instructions.map(|limit| {
@@ -305,7 +327,7 @@ impl Engine {
                 vm.instructions_used()
             }
         });
-        let output = String::from_utf8_lossy(&ctl.take_output()).into_owned();
+        let (output, output_truncated) = ctl.take_output();
         let diagnostics = diag::take(vm.lua());
         drop(deadline);
         drop(active);
@@ -319,15 +341,88 @@ impl Engine {
             ),
         }
         stats.wall = start.elapsed();
+        // The first value is the result; the others ride along (the document's
+        // `results` lists them all, without a copy of the first).
+        let (result, more_results, count) = match result {
+            Ok(values) => {
+                let count = values.len();
+                let mut values = values.into_iter();
+                let first = values.next().unwrap_or(Json::Null);
+                (Ok(first), values.collect(), count)
+            }
+            Err(e) => (Err(e), Vec::new(), 0),
+        };
+        let tool_calls = tools.map(|run| run.take_calls()).unwrap_or_default();
+        stats.tool_calls = tool_calls.len();
         Outcome {
             result,
+            more_results,
+            result_count: count,
             output,
+            output_truncated,
             stats,
             diagnostics,
-            tool_calls: tools.map(|run| run.take_calls()).unwrap_or_default(),
+            tool_calls,
             lint: None,
         }
     }
+}
+
+/// The function to run for `source`: a script (its BOM and `#` first line skipped as
+/// `lua.c` does, see `vm::load::skip_prelude`), and with `expression` first tried as
+/// `return SOURCE`, as Lua's REPL does, so that `1 + 1` is 2 and a statement still runs.
+fn load_code(
+    vm: &Vm,
+    spec: &Spec,
+    source: &[u8],
+    chunk: &str,
+    expression: bool,
+) -> Result<mlua::Function, Error> {
+    check_source(spec, source)?;
+    let source = crate::vm::load::skip_prelude(source);
+    check_source(spec, source)?;
+    if expression {
+        let mut returned = b"return ".to_vec();
+        returned.extend_from_slice(source);
+        match load_chunk(vm, &returned, chunk) {
+            Ok(f) => return Ok(f),
+            // A stop (the deadline) or a memory error is the run's, not a reason to try
+            // the statement form.
+            Err(e) if e.kind != ErrorKind::Syntax => return Err(e),
+            Err(_) => {}
+        }
+    }
+    load_chunk(vm, source, chunk)
+}
+
+/// What `name` calls, found with raw lookups (no metamethod runs): the global `name`,
+/// or for `a.b.c` the field `c` of the table `a.b`; a function, or a table whose
+/// metatable has a `__call` function (returned with the table, its first argument).
+fn resolve(
+    lua: &mlua::Lua,
+    name: &str,
+) -> Result<Option<(mlua::Function, Option<mlua::Table>)>, Error> {
+    let internal = |e: mlua::Error| Error::new(ErrorKind::Internal, mlua_message(&e));
+    let mut parts = name.split('.');
+    let first = parts.next().unwrap_or_default();
+    let mut value: Value = diag::real_globals(lua).raw_get(first).map_err(internal)?;
+    for part in parts {
+        value = match value {
+            Value::Table(t) => t.raw_get(part).map_err(internal)?,
+            _ => return Ok(None),
+        };
+    }
+    Ok(match value {
+        Value::Function(f) => Some((f, None)),
+        Value::Table(t) => match t.metatable() {
+            Some(mt) => match mt.raw_get::<Value>("__call").map_err(internal)? {
+                Value::Function(f) => Some((f, Some(t))),
+                _ => None,
+            },
+            None => None,
+        },
+        _ => None,
+    })
 }
 
 /// Compiles `source` as text under the chunk name `name`, under the run's deadline (see
@@ -364,11 +459,13 @@ fn load_chunk(vm: &Vm, source: &[u8], name: &str) -> Result<mlua::Function, Erro
                 // raised by the reader (the deadline) is classified by its stop.
                 ErrorKind::Syntax
             };
-            return Err(Error {
-                line: line_of(&message, name),
-                kind,
-                message,
-            });
+            let line = line_of(&message, name);
+            let mut error = Error::new(kind, message).with_line(line);
+            if kind == ErrorKind::Syntax {
+                // What the other language's spelling is in Lua; the code is not changed.
+                error.hint = crate::lint::hints::syntax_hint(source, line, &error.message);
+            }
+            return Err(error);
         }
         _ => {
             return Err(Error::new(
@@ -390,12 +487,12 @@ fn call(
 ) -> Result<MultiValue, Error> {
     vm.call(f, args)
         .map_err(|e| Error::new(ErrorKind::Internal, mlua_message(&e)))?
-        .map_err(|v| script_error(vm.lua(), v, chunk))
+        .map_err(|v| script_error(vm, v, chunk))
 }
 
 /// The final kind of an error raised while `ctl`'s call was active.
-fn classify(ctl: &Control, e: Error) -> Error {
-    classify_result(ctl, Err(e))
+fn classify(ctl: &Control, limits: &crate::Limits, e: Error) -> Error {
+    classify_result::<()>(ctl, limits, Err(e))
         .err()
         .unwrap_or_else(|| Error::new(ErrorKind::Internal, "classify: an error became a success"))
 }
@@ -404,56 +501,185 @@ fn classify(ctl: &Control, e: Error) -> Error {
 /// error and then returned normally (for instance `return pcall(...)`, where no
 /// instruction runs after the catch for the hook to stop). Then a refused operation; then
 /// the error as raised.
-fn classify_result(ctl: &Control, r: Result<Json, Error>) -> Result<Json, Error> {
+fn classify_result<T>(
+    ctl: &Control,
+    limits: &crate::Limits,
+    r: Result<T, Error>,
+) -> Result<T, Error> {
     let line = r.as_ref().err().and_then(|e| e.line);
     if let Some(kind) = ctl.stop().kind() {
-        return Err(Error {
-            kind,
-            message: ctl.stop().message().to_string(),
-            line,
-        });
+        return Err(Error::new(kind, limit_message(kind, limits)).with_line(line));
     }
     let (_, _, memory_hit) = ctl.memory();
     if memory_hit && !matches!(&r, Err(e) if e.kind == ErrorKind::Input) {
-        return Err(Error {
-            kind: ErrorKind::MemoryLimit,
-            message: "not enough memory: the script reached its memory limit".to_string(),
-            line,
-        });
+        let kind = ErrorKind::MemoryLimit;
+        return Err(Error::new(kind, limit_message(kind, limits)).with_line(line));
     }
-    r.map_err(|e| {
+    r.map_err(|mut e| {
         if e.kind == ErrorKind::Runtime && ctl.forbidden.get() && e.message.contains(FORBIDDEN) {
-            Error {
-                kind: ErrorKind::Forbidden,
-                ..e
-            }
-        } else {
-            e
+            e.kind = ErrorKind::Forbidden;
         }
+        e
     })
 }
 
-/// Turns an error value into a message without running any of its metamethods.
-fn script_error(lua: &mlua::Lua, v: Value, name: &str) -> Error {
+/// What a limit error says: which limit, and its value.
+fn limit_message(kind: ErrorKind, limits: &crate::Limits) -> String {
+    use crate::units::{format_duration, format_size};
+    let size = |b: Option<usize>| {
+        b.map_or_else(
+            || "its".to_string(),
+            |b| format!("its {}", format_size(b as u64)),
+        )
+    };
+    match kind {
+        ErrorKind::Timeout => match limits.timeout {
+            Some(t) => format!(
+                "timeout: the script ran past its {} deadline",
+                format_duration(t)
+            ),
+            None => "timeout: the script ran past its deadline".to_string(),
+        },
+        ErrorKind::InstructionLimit => match limits.instructions {
+            Some(n) => {
+                format!("instruction_limit: the script used up its budget of {n} instructions")
+            }
+            None => "instruction_limit: the script used up its instruction budget".to_string(),
+        },
+        ErrorKind::OutputLimit => format!(
+            "output_limit: the script printed more than {} output limit",
+            size(limits.output_bytes)
+        ),
+        _ => format!(
+            "not enough memory: the script reached {} memory limit",
+            size(limits.memory_bytes)
+        ),
+    }
+}
+
+/// Attaches where the error happened: the traceback captured when it was raised (or
+/// the run stopped), and from it the line in the script's own chunk when the message
+/// names none. A limit error also says where in its message, for readers of the
+/// message alone.
+fn locate(mut e: Error, trace: Vec<crate::error::Frame>, chunk: &str) -> Error {
+    if matches!(
+        e.kind,
+        ErrorKind::Syntax | ErrorKind::Input | ErrorKind::Internal
+    ) {
+        return e;
+    }
+    if e.traceback.is_empty() {
+        e.traceback = trace;
+    }
+    let own = e.traceback.iter().find(|f| is_chunk(&f.source, chunk));
+    if e.line.is_none() {
+        e.line = own.map(|f| f.line);
+    }
+    if e.kind.is_limit() {
+        if let Some(frame) = own {
+            let place = match &frame.function {
+                Some(f) => format!(" (stopped at line {} in function '{f}')", frame.line),
+                None => format!(" (stopped at line {})", frame.line),
+            };
+            e.message.push_str(&place);
+        }
+    }
+    e
+}
+
+/// True when a frame's `source` (Lua's short form of a chunk name, cut to 59 bytes)
+/// is the chunk `chunk`.
+fn is_chunk(source: &str, chunk: &str) -> bool {
+    const SHORT_SRC: usize = 59;
+    if chunk.len() <= SHORT_SRC {
+        source == chunk
+    } else {
+        source.len() == SHORT_SRC && chunk.as_bytes().starts_with(source.as_bytes())
+    }
+}
+
+/// Every value the script returned, as JSON, under one result budget: each value is
+/// marshaled with what the ones before it left of the byte limit.
+fn marshal_results(
+    lua: &mlua::Lua,
+    values: &MultiValue,
+    limits: &crate::Limits,
+) -> Result<Vec<Json>, Error> {
+    let mut bounds = limits.result_bounds();
+    let mut out = Vec::with_capacity(values.len());
+    let last = values.len().saturating_sub(1);
+    for (i, value) in values.iter().enumerate() {
+        let json = marshal::to_json(lua, value, bounds).map_err(|e| {
+            let kind = if e.host {
+                ErrorKind::MemoryLimit
+            } else {
+                ErrorKind::Result
+            };
+            let message = if values.len() > 1 {
+                format!("result {}: {e}", i + 1)
+            } else {
+                e.to_string()
+            };
+            Error::new(kind, message)
+        })?;
+        if i < last {
+            // Only between values: a single result (the common case) is not measured
+            // twice.
+            let used = serde_json::to_vec(&json).map_or(usize::MAX, |v| v.len());
+            bounds.bytes = bounds.bytes.saturating_sub(used);
+            bounds.host_bytes = bounds.host_bytes.saturating_sub(used);
+        }
+        out.push(json);
+    }
+    Ok(out)
+}
+
+/// Turns an error value into an error. A string is the message; a table is marshaled
+/// raw (no metamethod runs) into `value`, and its message is what its `__tostring`
+/// gives, run inside the sandbox under the call's remaining limits (read raw from its
+/// metatable, so `__index` and `__metatable` play no part).
+fn script_error(vm: &Vm, v: Value, name: &str) -> Error {
+    let lua = vm.lua();
+    let mut value = None;
     let message = match &v {
         Value::String(s) => s.to_string_lossy(),
         Value::Integer(i) => i.to_string(),
         Value::Number(n) => n.to_string(),
         Value::Error(e) => mlua_message(e),
         Value::Nil => "nil".to_string(),
-        Value::Table(_) => {
-            let bounds = Bounds::new(16, 4096);
-            match marshal::to_json(lua, &v, bounds) {
-                Ok(j) => format!("error object: {j}"),
-                Err(_) => "(error object is a table value)".to_string(),
+        Value::Table(t) => {
+            value = marshal::to_json(lua, &v, Bounds::new(16, ERROR_VALUE_BYTES)).ok();
+            match render_with_tostring(vm, t) {
+                Some(text) => text,
+                None => match &value {
+                    Some(j) => format!("error object: {j}"),
+                    None => "(error object is a table value)".to_string(),
+                },
             }
         }
         other => format!("(error object is a {} value)", other.type_name()),
     };
-    Error {
-        line: line_of(&message, name),
-        kind: ErrorKind::Runtime,
-        message,
+    let line = line_of(&message, name);
+    let mut error = Error::new(ErrorKind::Runtime, message).with_line(line);
+    error.value = value;
+    error
+}
+
+/// Largest error value kept, as JSON text.
+const ERROR_VALUE_BYTES: usize = 64 << 10;
+
+/// The text `t`'s own `__tostring` makes of it, when it has one that returns a string.
+fn render_with_tostring(vm: &Vm, t: &mlua::Table) -> Option<String> {
+    let tostring: mlua::Function = t.metatable()?.raw_get("__tostring").ok()?;
+    if vm.ctl().stop() != crate::vm::Stop::None {
+        return None;
+    }
+    match vm.call(&tostring, t.clone()) {
+        Ok(Ok(values)) => match values.into_iter().next() {
+            Some(Value::String(s)) => Some(s.to_string_lossy()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

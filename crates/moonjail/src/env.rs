@@ -102,7 +102,13 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
     // Host tools, when the run has any: read-only namespaces and bare functions.
     crate::tools::lua::install(lua)?;
     if spec.items.contains(&Item::Package) {
-        let (package, require) = aos::package(lua, opts.files.clone())?;
+        let builtin = lua.create_table()?;
+        if !spec.items.contains(&Item::Json) {
+            // Made on first `require("json")`: sandbox creation stays as cheap as before.
+            let make = lua.create_function(|lua, ()| crate::stdlib::json::create(lua))?;
+            builtin.raw_set("json", make)?;
+        }
+        let (package, require) = aos::package(lua, opts.files.clone(), builtin)?;
         let loaded: Table = package.raw_get("loaded")?;
         for pair in g.pairs::<Value, Value>() {
             let (k, v) = pair?;

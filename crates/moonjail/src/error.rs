@@ -93,16 +93,53 @@ impl fmt::Display for ErrorKind {
 
 /// A failed run: precise enough to show a person or to feed back to the model that wrote
 /// the script.
+///
+/// Serialised (the `error` of the `--json` contract) it is `{"kind", "message", "line",
+/// "traceback", "value", "hint"}`, every key always present (`null` or `[]` when there
+/// is nothing to say).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind}: {message}")]
+#[non_exhaustive]
 pub struct Error {
     /// The stable category.
     pub kind: ErrorKind,
     /// The message, as Lua worded it where Lua raised it.
     pub message: String,
-    /// The line in the script's own chunk, when the message names one.
+    /// The line in the script's own chunk: the one the message names, else the
+    /// innermost frame of the script's chunk in [`Error::traceback`].
     pub line: Option<u32>,
+    /// The Lua frames active where the error was raised (or the run was stopped),
+    /// innermost first, at most [`MAX_FRAMES`]. Empty for errors no Lua code raised
+    /// (syntax, input, a memory error, which unwinds before anything can look).
+    #[serde(default)]
+    pub traceback: Vec<Frame>,
+    /// The error value, when the script raised a table (`error({code = 42})`): marshaled
+    /// raw (no metamethod runs) and bounded like a result.
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    /// For a syntax error that looks like a habit from another language (`!=`, `+=`,
+    /// `continue`, ...), what Lua spells instead. The code is never changed.
+    #[serde(default)]
+    pub hint: Option<String>,
 }
+
+/// One Lua frame of a traceback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The function's name as its caller knew it (`run`, `process`, a method), or
+    /// `null` for the main chunk and for functions with no name to give.
+    pub function: Option<String>,
+    /// The chunk the function was defined in (the script's chunk name, a module name).
+    pub source: String,
+    /// The line being executed in that frame.
+    pub line: u32,
+}
+
+/// The most frames a traceback keeps (the innermost ones).
+pub const MAX_FRAMES: usize = 32;
+
+/// The longest function or chunk name a frame keeps (a script names its functions).
+const MAX_NAME_BYTES: usize = 256;
 
 impl Error {
     /// An error of `kind` with no line.
@@ -111,7 +148,16 @@ impl Error {
             kind,
             message: message.into(),
             line: None,
+            traceback: Vec::new(),
+            value: None,
+            hint: None,
         }
+    }
+
+    /// The same error with `line` set.
+    pub fn with_line(mut self, line: Option<u32>) -> Self {
+        self.line = line;
+        self
     }
 }
 
@@ -125,6 +171,15 @@ impl Error {
     /// much was dropped.
     pub(crate) fn bounded(mut self) -> Self {
         self.message = bound_message(self.message);
+        self.traceback.truncate(MAX_FRAMES);
+        for frame in &mut self.traceback {
+            frame.source = cut_message(std::mem::take(&mut frame.source), MAX_NAME_BYTES);
+            frame.function = frame
+                .function
+                .take()
+                .map(|f| cut_message(f, MAX_NAME_BYTES));
+        }
+        self.hint = self.hint.take().map(|h| cut_message(h, MAX_NAME_BYTES * 4));
         self
     }
 }
@@ -190,6 +245,10 @@ pub enum ConfigError {
     /// workers do not know, a platform or build without isolation.
     #[error("isolation: {0}")]
     Isolation(String),
+    /// An option the sandbox's profile cannot honour (modules without `require`, files
+    /// without `io`): refused rather than silently ignored.
+    #[error("{0}")]
+    Unsupported(String),
     /// No profile of that name exists.
     #[error("unknown profile {0:?} (known: minimal, standard, aos)")]
     UnknownProfile(String),

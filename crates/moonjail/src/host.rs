@@ -52,17 +52,30 @@ impl HostFiles {
         self
     }
 
+    /// True when modules are served (`require` needs the profile to have it).
+    pub fn has_modules(&self) -> bool {
+        self.modules_dir.is_some()
+    }
+
+    /// True when some file is readable (`io.open` needs the profile to have it).
+    pub fn has_readable(&self) -> bool {
+        !self.readable.is_empty()
+    }
+
     /// True when nothing is provided.
     pub fn is_empty(&self) -> bool {
         self.modules_dir.is_none() && self.readable.is_empty()
     }
 
     /// Finds module `name`: `Ok((source, path))`, or `Err` with the "no file" lines of the
-    /// not-found message.
+    /// not-found message. A leading dot is how aos process code names its own modules
+    /// (`require('.handlers')`, `require('.crypto.init')`): it is resolved from the
+    /// module directory as the name without it.
     pub(crate) fn module(&self, name: &str) -> Result<(Vec<u8>, String), String> {
         let Some(dir) = &self.modules_dir else {
             return Err("\n\tno module directory was provided by the host".to_string());
         };
+        let name = name.strip_prefix('.').unwrap_or(name);
         let valid = !name.is_empty()
             && name.split('.').all(|seg| {
                 !seg.is_empty()

@@ -72,19 +72,20 @@ pub mod worker;
 
 pub use check::{checklist, CheckItem, CheckResult};
 pub use diag::{Diagnostics, RequireRecord};
-pub use error::{ConfigError, Error, ErrorKind, Result, MAX_MESSAGE_BYTES};
+pub use error::{ConfigError, Error, ErrorKind, Frame, Result, MAX_FRAMES, MAX_MESSAGE_BYTES};
 pub use host::{Determinism, HostFiles};
 pub use input::parse_input;
 pub use limits::Limits;
 pub use lint::{Finding, LintReport, Manifest, Severity};
-pub use outcome::{to_json_line, Outcome, Stats};
+pub use outcome::{to_json_line, Budget, Outcome, Stats};
 pub use profile::{guard_note, Item, Profile, ProfileSpec};
 pub use sandbox::{RunOptions, Sandbox, SandboxBuilder};
 pub use session::Session;
-pub use spec::Spec;
+pub use spec::{CallOptions, Spec};
 pub use tools::{
-    CommandTool, HttpConfig, HttpDestination, ToolCall, ToolContext, ToolError, ToolFn, ToolQuota,
-    ToolRegistry, ToolRun,
+    Catalogue, CommandTool, EntryKind, HttpConfig, HttpDestination, ToolCall, ToolContext,
+    ToolError, ToolFn, ToolInfo, ToolQuota, ToolRegistry, ToolRun, ToolSpec,
 };
+pub use vm::output::{OutputOverflow, Truncation};
 pub use vm::watchdog::deadline_signal;
 pub use worker::{Isolation, ProcessConfig, ProcessConfigBuilder, WorkerPath};

@@ -17,6 +17,10 @@ pub struct Limits {
     pub instructions: Option<u64>,
     /// Bytes of captured `print` output.
     pub output_bytes: Option<usize>,
+    /// What passing `output_bytes` does: fail the run (the default) or keep the head
+    /// and tail of the output and go on.
+    #[serde(default)]
+    pub output_overflow: crate::OutputOverflow,
     /// Bytes of source, checked before parsing (also for `load`).
     pub source_bytes: Option<usize>,
     /// Nesting of the input and of the result.
@@ -49,6 +53,7 @@ impl Default for Limits {
             timeout: Some(Duration::from_secs(5)),
             instructions: None,
             output_bytes: Some(1 << 20),
+            output_overflow: crate::OutputOverflow::Fail,
             source_bytes: Some(1 << 20),
             result_depth: 64,
             result_bytes: Some(16 << 20),

@@ -360,12 +360,18 @@ impl Walker {
     }
 }
 
-/// Converts host JSON to a Lua value (input), nesting at most `depth` levels.
+/// Converts host JSON to a Lua value (input, call arguments, tool results), nesting at
+/// most `depth` levels.
+///
+/// JSON `null` becomes `nil` where a script looks for a value (the value itself, an
+/// object's field, which is then absent), so that `x or default` and `if t.x then`
+/// work as Lua code expects; inside an array it becomes [`null`] (`json.null`), which
+/// keeps the positions of the elements after it.
 pub(crate) fn from_json(lua: &Lua, value: &Json, depth: usize) -> mlua::Result<Value> {
     // The array set is made on the first array only: most inputs have none, and sandbox
     // creation is a hot path.
     let mut arrays = None;
-    build(lua, &mut arrays, value, depth, 0)
+    build(lua, &mut arrays, value, depth, 0, Value::Nil)
 }
 
 fn build(
@@ -374,13 +380,14 @@ fn build(
     value: &Json,
     depth: usize,
     level: usize,
+    null_is: Value,
 ) -> mlua::Result<Value> {
     // The first levels need no stack check (see `Walker::walk`).
     if level < SHALLOW_LEVELS {
-        return build_value(lua, arrays, value, depth, level);
+        return build_value(lua, arrays, value, depth, level, null_is);
     }
     stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
-        build_value(lua, arrays, value, depth, level)
+        build_value(lua, arrays, value, depth, level, null_is)
     })
 }
 
@@ -390,9 +397,10 @@ fn build_value(
     value: &Json,
     depth: usize,
     level: usize,
+    null_is: Value,
 ) -> mlua::Result<Value> {
     Ok(match value {
-        Json::Null => null(),
+        Json::Null => null_is,
         Json::Bool(b) => Value::Boolean(*b),
         Json::Number(n) => number(n),
         Json::String(s) => Value::String(lua.create_string(s)?),
@@ -400,7 +408,7 @@ fn build_value(
             let depth = descend(depth)?;
             let t = lua.create_table_with_capacity(items.len(), 0)?;
             for (i, item) in items.iter().enumerate() {
-                t.raw_set(i + 1, build(lua, arrays, item, depth, level + 1)?)?;
+                t.raw_set(i + 1, build(lua, arrays, item, depth, level + 1, null())?)?;
             }
             let set = match arrays {
                 Some(set) => set,
@@ -413,7 +421,12 @@ fn build_value(
             let depth = descend(depth)?;
             let t = lua.create_table_with_capacity(0, map.len())?;
             for (k, v) in map {
-                t.raw_set(k.as_str(), build(lua, arrays, v, depth, level + 1)?)?;
+                if !v.is_null() {
+                    t.raw_set(
+                        k.as_str(),
+                        build(lua, arrays, v, depth, level + 1, Value::Nil)?,
+                    )?;
+                }
             }
             Value::Table(t)
         }
@@ -453,6 +466,11 @@ pub(crate) struct LuaSeed<'a> {
     pub lua: &'a Lua,
     pub empty_arrays: &'a Table,
     pub depth: usize,
+    /// Keep every `null` as [`null`] (`json.decode(s, {null = json.null})`), for a
+    /// faithful round trip; otherwise nulls follow [`from_json`]'s rule.
+    pub keep_null: bool,
+    /// The value being built is an array element (where a null keeps its position).
+    pub in_array: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for LuaSeed<'_> {
@@ -464,15 +482,15 @@ impl<'de> DeserializeSeed<'de> for LuaSeed<'_> {
 }
 
 impl LuaSeed<'_> {
-    fn child<E: serde::de::Error>(&self) -> Result<Self, E> {
+    fn child<E: serde::de::Error>(&self, in_array: bool) -> Result<Self, E> {
         let depth = self
             .depth
             .checked_sub(1)
             .ok_or_else(|| E::custom("JSON nested too deeply"))?;
         Ok(LuaSeed {
-            lua: self.lua,
-            empty_arrays: self.empty_arrays,
             depth,
+            in_array,
+            ..*self
         })
     }
 }
@@ -511,11 +529,15 @@ impl<'de> Visitor<'de> for LuaSeed<'_> {
     }
 
     fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(null())
+        Ok(if self.keep_null || self.in_array {
+            null()
+        } else {
+            Value::Nil
+        })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let child = self.child()?;
+        let child = self.child(true)?;
         let t = self.lua.create_table().map_err(A::Error::custom)?;
         let mut i = 1usize;
         while let Some(v) = seq.next_element_seed(child)? {
@@ -529,7 +551,7 @@ impl<'de> Visitor<'de> for LuaSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let child = self.child()?;
+        let child = self.child(false)?;
         let t = self.lua.create_table().map_err(A::Error::custom)?;
         while let Some(k) = map.next_key::<String>()? {
             let v = map.next_value_seed(child)?;

@@ -17,17 +17,28 @@ use crate::tools::ToolCall;
 /// Output and statistics are there whether the run succeeded or not.
 ///
 /// Serialised (the `--json` contract), it is
-/// `{"ok", "result", "output", "error": {"kind", "message", "line"} | null, "stats":
-/// {"wall_ms", "memory_bytes", "instructions"}}`, plus `"diagnostics"` in diagnostic mode,
-/// `"tool_calls"` when the script called host tools and `"lint"` when it was linted first.
+/// `{"ok", "result", "results", "output", "error": {"kind", "message", "line",
+/// "traceback", ...} | null, "stats": {...}}`, plus `"diagnostics"` in diagnostic mode
+/// `"tool_calls"` when the script called host tools and `"lint"` when it was
+/// linted first. `results` lists every value
+/// the script returned; `result` is the first (`null` when there is none).
 #[derive(Debug, Clone, PartialEq)]
 #[must_use = "an outcome says whether the script failed"]
 #[non_exhaustive]
 pub struct Outcome {
-    /// The JSON result, or why there is none.
+    /// The JSON result (the first value returned), or why there is none.
     pub result: Result<Json, Error>,
-    /// Everything the script printed (invalid UTF-8 replaced), up to the output limit.
+    /// The values returned after the first (`return nil, "not found"` puts
+    /// `"not found"` here). Kept apart so that the common single result is never copied.
+    pub more_results: Vec<Json>,
+    /// How many values the script returned: 0 for a bare `return` (then `result` is
+    /// `null` and the document's `results` is `[]`), else `1 + more_results.len()`.
+    pub result_count: usize,
+    /// Everything the script printed (invalid UTF-8 replaced), up to the output limit;
+    /// with [`crate::OutputOverflow::Truncate`], its head and tail around a marker line.
     pub output: String,
+    /// What was dropped from the middle of the output, when it was truncated.
+    pub output_truncated: Option<crate::Truncation>,
     /// Measurements of the run.
     pub stats: Stats,
     /// What the script touched, when the sandbox runs in diagnostic mode.
@@ -39,28 +50,59 @@ pub struct Outcome {
     pub lint: Option<LintReport>,
 }
 
-/// Measurements of one run.
+/// Measurements of one run: for each limit, what was used, and the limit itself (in
+/// [`Stats::limits`]), so a caller (or a model) sees how close the run came.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
     /// Wall-clock time, from the start of the run to its outcome (marshaling included).
     pub wall: Duration,
-    /// Peak Lua heap, in bytes.
+    /// Lua heap in use when the call ended, in bytes: for a session, what the state
+    /// keeps between calls.
     pub memory_bytes: usize,
+    /// Peak Lua heap during the call, in bytes: what the memory limit is checked
+    /// against.
+    pub peak_memory_bytes: usize,
     /// Instructions used, when an instruction limit was set: VM instructions executed
     /// plus moonjail's native work in the same units (one per element or value, one per
     /// 64 bytes copied; conversion to JSON included). Exact: the least limit under which
     /// the run would have succeeded.
     pub instructions: Option<u64>,
+    /// Bytes the script printed (as captured, before any truncation).
+    pub output_bytes: usize,
+    /// Host tool calls the script made (refused ones included).
+    pub tool_calls: usize,
+    /// The limits the call ran under; `None` in each field means unlimited.
+    pub limits: Budget,
+}
+
+/// The limits a call ran under, beside what it used (see [`Stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Budget {
+    /// The wall-clock deadline.
+    pub wall: Option<Duration>,
+    /// The memory limit, in bytes.
+    pub memory_bytes: Option<usize>,
+    /// The instruction budget.
+    pub instructions: Option<u64>,
+    /// The output limit, in bytes.
+    pub output_bytes: Option<usize>,
+    /// Tool calls allowed per run.
+    pub tool_calls: Option<u32>,
 }
 
 impl Outcome {
     /// An outcome with nothing but `result` and the time it took: a request answered
     /// without running a script, or one refused before any script ran.
     pub(crate) fn bare(result: Result<Json, Error>, wall: Duration) -> Outcome {
+        let result_count = usize::from(result.is_ok());
         Outcome {
             result,
+            more_results: Vec::new(),
+            result_count,
             output: String::new(),
+            output_truncated: None,
             stats: Stats {
                 wall,
                 ..Stats::default()
@@ -93,6 +135,17 @@ impl Outcome {
         self.result.as_ref().err()
     }
 
+    /// Every value the script returned, in order (empty when it failed or returned
+    /// nothing): the document's `results`.
+    pub fn results(&self) -> Vec<&Json> {
+        match &self.result {
+            Ok(first) if self.result_count > 0 => {
+                std::iter::once(first).chain(&self.more_results).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The `--json` document as a value: the same as serialising the outcome, built
     /// directly (a deep result is cloned, not run through a serialiser, which recurses
     /// with far larger frames).
@@ -101,10 +154,16 @@ impl Outcome {
             Ok(value) => (value.clone(), Json::Null),
             Err(e) => (Json::Null, serde_json::to_value(e).unwrap_or(Json::Null)),
         };
+        let results = self.results().into_iter().cloned().collect();
         let mut doc = serde_json::Map::new();
         doc.insert("ok".into(), Json::Bool(self.result.is_ok()));
         doc.insert("result".into(), result);
+        doc.insert("results".into(), Json::Array(results));
         doc.insert("output".into(), Json::String(self.output.clone()));
+        doc.insert(
+            "output_truncated".into(),
+            serde_json::to_value(self.output_truncated).unwrap_or(Json::Null),
+        );
         doc.insert("error".into(), error);
         doc.insert(
             "stats".into(),
@@ -173,12 +232,16 @@ impl Serialize for Outcome {
         match &self.result {
             Ok(value) => {
                 map.serialize_entry("result", value)?;
+                map.serialize_entry("results", &self.results())?;
                 map.serialize_entry("output", &self.output)?;
+                map.serialize_entry("output_truncated", &self.output_truncated)?;
                 map.serialize_entry("error", &Json::Null)?;
             }
             Err(error) => {
                 map.serialize_entry("result", &Json::Null)?;
+                map.serialize_entry("results", &[] as &[Json])?;
                 map.serialize_entry("output", &self.output)?;
+                map.serialize_entry("output_truncated", &self.output_truncated)?;
                 map.serialize_entry("error", error)?;
             }
         }
@@ -201,15 +264,52 @@ impl Serialize for Outcome {
 struct StatsDoc {
     wall_ms: f64,
     memory_bytes: usize,
+    #[serde(default)]
+    peak_memory_bytes: usize,
     instructions: Option<u64>,
+    #[serde(default)]
+    output_bytes: usize,
+    #[serde(default)]
+    tool_calls: usize,
+    #[serde(default)]
+    limits: BudgetDoc,
+}
+
+/// The document shape of [`Budget`], in the units of [`StatsDoc`].
+#[derive(Default, Serialize, Deserialize)]
+struct BudgetDoc {
+    wall_ms: Option<f64>,
+    memory_bytes: Option<usize>,
+    instructions: Option<u64>,
+    output_bytes: Option<usize>,
+    tool_calls: Option<u32>,
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn from_millis(ms: f64) -> Duration {
+    Duration::try_from_secs_f64(ms / 1e3).unwrap_or_default()
 }
 
 impl Serialize for Stats {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let b = &self.limits;
         StatsDoc {
-            wall_ms: (self.wall.as_secs_f64() * 1e6).round() / 1e3,
+            wall_ms: millis(self.wall),
             memory_bytes: self.memory_bytes,
+            peak_memory_bytes: self.peak_memory_bytes,
             instructions: self.instructions,
+            output_bytes: self.output_bytes,
+            tool_calls: self.tool_calls,
+            limits: BudgetDoc {
+                wall_ms: b.wall.map(millis),
+                memory_bytes: b.memory_bytes,
+                instructions: b.instructions,
+                output_bytes: b.output_bytes,
+                tool_calls: b.tool_calls,
+            },
         }
         .serialize(serializer)
     }
@@ -218,10 +318,21 @@ impl Serialize for Stats {
 impl<'de> Deserialize<'de> for Stats {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let doc = StatsDoc::deserialize(deserializer)?;
+        let b = doc.limits;
         Ok(Stats {
-            wall: Duration::try_from_secs_f64(doc.wall_ms / 1e3).unwrap_or_default(),
+            wall: from_millis(doc.wall_ms),
             memory_bytes: doc.memory_bytes,
+            peak_memory_bytes: doc.peak_memory_bytes,
             instructions: doc.instructions,
+            output_bytes: doc.output_bytes,
+            tool_calls: doc.tool_calls,
+            limits: Budget {
+                wall: b.wall_ms.map(from_millis),
+                memory_bytes: b.memory_bytes,
+                instructions: b.instructions,
+                output_bytes: b.output_bytes,
+                tool_calls: b.tool_calls,
+            },
         })
     }
 }
@@ -236,8 +347,12 @@ mod tests {
         let ok = Outcome::bare(Ok(serde_json::json!({"a": 1})), Duration::from_micros(1500));
         assert_eq!(
             serde_json::to_value(&ok).unwrap(),
-            serde_json::json!({"ok": true, "result": {"a": 1}, "output": "", "error": null,
-                "stats": {"wall_ms": 1.5, "memory_bytes": 0, "instructions": null}})
+            serde_json::json!({"ok": true, "result": {"a": 1}, "results": [{"a": 1}],
+                "output": "", "output_truncated": null, "error": null,
+                "stats": {"wall_ms": 1.5, "memory_bytes": 0, "peak_memory_bytes": 0,
+                    "instructions": null, "output_bytes": 0, "tool_calls": 0,
+                    "limits": {"wall_ms": null, "memory_bytes": null, "instructions": null,
+                        "output_bytes": null, "tool_calls": null}}})
         );
         let failed = Outcome::failed(Error::new(ErrorKind::Timeout, "late"), Duration::ZERO);
         let doc = failed.to_json();
@@ -245,8 +360,10 @@ mod tests {
         assert_eq!(doc["result"], Json::Null);
         assert_eq!(
             doc["error"],
-            serde_json::json!({"kind": "timeout", "message": "late", "line": null})
+            serde_json::json!({"kind": "timeout", "message": "late", "line": null,
+                "traceback": [], "value": null, "hint": null})
         );
+        assert_eq!(doc["results"], serde_json::json!([]));
         assert!(doc.get("tool_calls").is_none() && doc.get("diagnostics").is_none());
         assert_eq!(serde_json::to_value(&failed).unwrap(), doc);
         // With every optional part: `to_json` (built directly, for deep results) and
@@ -256,6 +373,12 @@ mod tests {
             Duration::from_millis(3),
         );
         full.output = "printed\n".into();
+        full.more_results = vec![Json::Null, serde_json::json!("x")];
+        full.result_count = 3;
+        full.output_truncated = Some(crate::Truncation {
+            kept_bytes: 8,
+            dropped_bytes: 2,
+        });
         full.stats.instructions = Some(7);
         full.diagnostics = Some(Diagnostics::default());
         full.tool_calls.push(ToolCall {
@@ -269,6 +392,10 @@ mod tests {
         full.lint = Some(crate::lint::LintReport::default());
         assert_eq!(serde_json::to_value(&full).unwrap(), full.to_json());
         assert!(full.to_json()["lint"]["findings"].is_array());
+        assert_eq!(
+            full.to_json()["results"],
+            serde_json::json!([[1, {"a": null}], null, "x"])
+        );
         let line: Json = serde_json::from_str(&to_json_line(&full)).unwrap();
         assert_eq!(line, full.to_json());
     }
@@ -302,7 +429,17 @@ mod tests {
         let stats = Stats {
             wall: Duration::from_micros(2500),
             memory_bytes: 10,
+            peak_memory_bytes: 20,
             instructions: Some(3),
+            output_bytes: 4,
+            tool_calls: 5,
+            limits: Budget {
+                wall: Some(Duration::from_millis(200)),
+                memory_bytes: Some(1 << 20),
+                instructions: None,
+                output_bytes: Some(100),
+                tool_calls: Some(7),
+            },
         };
         let back: Stats = serde_json::from_value(serde_json::to_value(&stats).unwrap()).unwrap();
         assert_eq!(back, stats);

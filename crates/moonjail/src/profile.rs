@@ -239,6 +239,7 @@ const STANDARD: &[Item] = &[
         members: OS_TIME,
     },
     Item::Json,
+    Item::Package,
 ];
 
 /// The built-in profiles.
@@ -249,7 +250,8 @@ pub enum Profile {
     /// `string` and `table`.
     Minimal,
     /// What most embedders want: `minimal` plus `_G`, guarded metatables, raw access,
-    /// `coroutine`, `utf8`, the time functions of `os`, text-only `load` and `json`.
+    /// `coroutine`, `utf8`, the time functions of `os`, text-only `load`, `json`, and
+    /// `require` (of the libraries, and of host modules when the host serves some).
     #[default]
     Standard,
     /// The HyperAOS environment for AO process modules (`aos.lua`, `utils.lua`):
@@ -275,7 +277,7 @@ impl Profile {
             Profile::Standard => &ProfileSpec {
                 name: "standard",
                 summary: "the default: minimal + _G, guarded metatables, raw access, coroutine, \
-                          utf8, os time functions, text-only load, json",
+                          utf8, os time functions, text-only load, json, require",
                 items: STANDARD,
             },
             Profile::Aos => &ProfileSpec {
@@ -430,7 +432,13 @@ mod tests {
                 assert!(!s.has_global(g), "{} exposes {g}", s.name);
             }
             if p != Profile::Aos {
-                for g in ["io", "package", "require", "loadstring"] {
+                for g in ["io", "loadstring"] {
+                    assert!(!s.has_global(g), "{} exposes {g}", s.name);
+                }
+            }
+            // `require` reaches only the libraries and the host's module directory.
+            if p == Profile::Minimal {
+                for g in ["package", "require"] {
                     assert!(!s.has_global(g), "{} exposes {g}", s.name);
                 }
             }

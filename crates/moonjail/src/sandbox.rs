@@ -15,7 +15,9 @@ use crate::outcome::Outcome;
 use crate::prepared::Prepared;
 use crate::profile::Profile;
 use crate::spec::Spec;
-use crate::tools::{HttpConfig, ToolContext, ToolError, ToolQuota, ToolRegistry};
+use crate::tools::{
+    Catalogue, HttpConfig, ToolContext, ToolError, ToolQuota, ToolRegistry, ToolSpec,
+};
 use crate::worker::{Isolated, Isolation, Job};
 
 /// How many prepared states a sandbox keeps ready by default: none. Preparing pays off
@@ -206,6 +208,35 @@ impl SandboxBuilder {
         self
     }
 
+    /// Describes the tool registered as `name` (see [`ToolRegistry::describe`]): a
+    /// description and schemas for the catalogue ([`Sandbox::tool_catalogue`]), and
+    /// parameters every call is checked against before the tool runs. Call it after
+    /// the tool is registered; a problem (no such tool, an invalid schema) is reported
+    /// by [`SandboxBuilder::build`]. By default, tools are not described.
+    ///
+    /// ```
+    /// use moonjail::{Sandbox, ToolSpec};
+    /// use serde_json::json;
+    ///
+    /// let sandbox = Sandbox::builder()
+    ///     .tool("weather.lookup", |_| Ok(json!({"forecast": "sunny"})))
+    ///     .describe_tool("weather.lookup", ToolSpec::new()
+    ///         .description("The forecast for a city.")
+    ///         .parameters(json!({"type": "object", "required": ["city"],
+    ///                            "properties": {"city": {"type": "string"}}})))
+    ///     .build()?;
+    /// let catalogue = sandbox.tool_catalogue();
+    /// let entry = catalogue.get("weather.lookup").unwrap();
+    /// assert_eq!(entry.description.as_deref(), Some("The forecast for a city."));
+    /// # Ok::<(), moonjail::ConfigError>(())
+    /// ```
+    pub fn describe_tool(mut self, name: &str, spec: ToolSpec) -> Self {
+        if let Err(e) = self.tools.describe(name, spec) {
+            self.tool_error.get_or_insert(e);
+        }
+        self
+    }
+
     /// Replaces every tool registered so far (and the tool quota) with `registry`'s.
     /// By default, no tool is registered.
     pub fn tools(mut self, registry: ToolRegistry) -> Self {
@@ -281,7 +312,9 @@ impl SandboxBuilder {
     /// # Errors
     /// [`ConfigError::InvalidLimit`] for a limit that would fail every run;
     /// [`ConfigError::Tool`] for a tool that cannot be registered (an invalid or taken
-    /// name, a name the profile already defines, an invalid `http` allowlist entry).
+    /// name, a name the profile already defines, an invalid `http` allowlist entry);
+    /// [`ConfigError::Unsupported`] for host modules or files the profile has no
+    /// `require` or `io.open` to reach.
     pub fn build(self) -> Result<Sandbox, ConfigError> {
         let l = &self.spec.limits;
         let bad = |name, reason: &str| {
@@ -307,6 +340,21 @@ impl SandboxBuilder {
                 "result-depth",
                 &format!("must be at most {}", Limits::MAX_RESULT_DEPTH),
             );
+        }
+        let profile = self.spec.profile.spec();
+        if self.files.has_modules() && !profile.items.contains(&crate::Item::Package) {
+            return Err(ConfigError::Unsupported(format!(
+                "the {} profile has no `require`, so host modules cannot be served \
+                 (profiles with `require`: standard, aos)",
+                profile.name
+            )));
+        }
+        if self.files.has_readable() && !profile.items.contains(&crate::Item::Io) {
+            return Err(ConfigError::Unsupported(format!(
+                "the {} profile has no `io.open`, so host files cannot be read \
+                 (profiles with `io.open`: aos)",
+                profile.name
+            )));
         }
         let host = Host {
             files: Arc::new(self.files.clone()),
@@ -381,16 +429,35 @@ fn lint_environment(spec: &Spec, host: &Host, http: &HttpConfig) -> Environment 
 
 /// Per-run options that are not limits.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RunOptions<'a> {
     /// The chunk name used in error messages (`NAME:LINE: message`). By default, "script".
     pub chunk_name: &'a str,
+    /// The source may be an expression whose value is the result (`1 + 1`, `#t`): it
+    /// is tried as `return SOURCE` first, then as a script, as Lua's REPL does.
+    pub expression: bool,
 }
 
 impl Default for RunOptions<'_> {
     fn default() -> Self {
         RunOptions {
             chunk_name: "script",
+            expression: false,
         }
+    }
+}
+
+impl<'a> RunOptions<'a> {
+    /// The options with this chunk name.
+    pub fn chunk_name(mut self, name: &'a str) -> Self {
+        self.chunk_name = name;
+        self
+    }
+
+    /// The options with expression mode on or off.
+    pub fn expression(mut self, yes: bool) -> Self {
+        self.expression = yes;
+        self
     }
 }
 
@@ -418,6 +485,29 @@ impl Sandbox {
     /// The host tools runs get (`None`: no tools), frozen when the sandbox was built.
     pub fn tools(&self) -> Option<&Arc<ToolRegistry>> {
         self.host.tools.as_ref()
+    }
+
+    /// Everything this sandbox's scripts can call, with descriptions and schemas: the
+    /// host tools, `http.get`/`http.post` when allowed (their description lists the
+    /// allowlist), and the `json` library when the profile has it. What `moonjail tools`
+    /// prints; an MCP front end's tool list is its entries' `name`, `description` and
+    /// `parameters`.
+    pub fn tool_catalogue(&self) -> Catalogue {
+        let mut catalogue = self
+            .host
+            .tools
+            .as_ref()
+            .map(|tools| tools.catalogue())
+            .unwrap_or_default();
+        let profile = self.spec.profile.spec();
+        if profile
+            .items
+            .iter()
+            .any(|item| matches!(item, crate::profile::Item::Json))
+        {
+            catalogue.extend(crate::tools::json_entries());
+        }
+        catalogue
     }
 
     /// What runs get from the host besides the spec.
@@ -470,6 +560,7 @@ impl Sandbox {
             source,
             input,
             chunk_name: opts.chunk_name,
+            expression: opts.expression,
             spec: &self.spec,
             host: &self.host,
         };
@@ -486,7 +577,7 @@ impl Sandbox {
             Ok(engine) => engine,
             Err(error) => return Outcome::failed(error, start.elapsed()),
         };
-        let outcome = engine.run(source, input, start);
+        let outcome = engine.run(source, input, start, opts.expression);
         match &self.prepared {
             // Closed by the helper thread, off this run's path.
             Some(p) => p.retire(engine.into_vm()),

@@ -26,6 +26,7 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorKind};
 use crate::outcome::Outcome;
 use crate::sandbox::Sandbox;
+use crate::spec::CallOptions;
 
 /// A persistent sandbox state. Not `Send`: a session lives on the thread that made it
 /// (drive it from a dedicated thread to share it).
@@ -73,28 +74,61 @@ impl Sandbox {
 }
 
 impl Session {
-    /// Runs `code` in the session's state; the result is the chunk's first return value.
+    /// Runs `code` in the session's state; the results are the chunk's return values.
     pub fn exec(&mut self, code: impl AsRef<[u8]>) -> Outcome {
-        let code = code.as_ref();
+        self.exec_with(code, &Json::Null, &CallOptions::default())
+    }
+
+    /// Runs `code` with `input` as the chunk's vararg (`local input = ...`; JSON null
+    /// is nil), under `options`' lowered limits.
+    pub fn exec_with(
+        &mut self,
+        code: impl AsRef<[u8]>,
+        input: &Json,
+        options: &CallOptions,
+    ) -> Outcome {
+        self.exec_code(code.as_ref(), input, false, options)
+    }
+
+    /// The value of an expression (`state.count`, `#Handlers.list`), as Lua's REPL
+    /// gives it: `code` is tried as `return CODE` first, then as a statement.
+    pub fn eval(&mut self, code: impl AsRef<[u8]>, options: &CallOptions) -> Outcome {
+        self.exec_code(code.as_ref(), &Json::Null, true, options)
+    }
+
+    fn exec_code(
+        &mut self,
+        code: &[u8],
+        input: &Json,
+        expression: bool,
+        options: &CallOptions,
+    ) -> Outcome {
         self.request(|backend| match backend {
-            Backend::InProcess(engine) => (engine.exec(code), false),
+            Backend::InProcess(engine) => (engine.exec(code, input, expression, options), false),
             #[cfg(all(target_os = "linux", feature = "isolation"))]
-            Backend::Worker(worker) => worker.exec(code),
+            Backend::Worker(worker) => worker.exec(code, input, expression, options),
         })
     }
 
-    /// Calls the global function `name` with `args` (each converted from JSON); the
-    /// result is its first return value.
+    /// Calls the function `name` with `args` (each converted from JSON); the results
+    /// are its return values. `name` may be dotted (`utils.map`, `M.f`) and may name a
+    /// callable table (one whose metatable has `__call`), found with raw lookups: no
+    /// `__index` runs on the way.
     pub fn call(&mut self, name: &str, args: &[Json]) -> Outcome {
+        self.call_with(name, args, &CallOptions::default())
+    }
+
+    /// [`Session::call`] under `options`' lowered limits.
+    pub fn call_with(&mut self, name: &str, args: &[Json], options: &CallOptions) -> Outcome {
         self.request(|backend| match backend {
-            Backend::InProcess(engine) => (engine.call(name, args), false),
+            Backend::InProcess(engine) => (engine.call(name, args, options), false),
             #[cfg(all(target_os = "linux", feature = "isolation"))]
-            Backend::Worker(worker) => worker.call(name, args),
+            Backend::Worker(worker) => worker.call(name, args, options),
         })
     }
 
-    /// Whether the session holds a global function `name` (a raw lookup: no metamethod
-    /// of `_G` runs).
+    /// Whether `name` (dotted or not) names a function or a callable table in the
+    /// session, found as [`Session::call`] finds it (raw lookups: no metamethod runs).
     ///
     /// # Errors
     /// On a closed session, the reason it closed; in a worker process, a failure to ask

@@ -31,8 +31,69 @@ pub struct Spec {
     pub diagnostic: bool,
 }
 
+/// What one session request may change for itself: its time and instruction limits,
+/// lowered, never raised (a value above the session's own limit is the session's limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// A shorter deadline for this request.
+    pub timeout: Option<std::time::Duration>,
+    /// A smaller instruction budget for this request.
+    pub instructions: Option<u64>,
+}
+
+impl CallOptions {
+    /// A shorter deadline for this request.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// A smaller instruction budget for this request.
+    pub fn instructions(mut self, instructions: u64) -> Self {
+        self.instructions = Some(instructions);
+        self
+    }
+}
+
+impl Limits {
+    /// These limits with `options` applied: each the smaller of the two.
+    pub(crate) fn lowered(&self, options: &CallOptions) -> Limits {
+        fn min<T: Ord>(own: Option<T>, asked: Option<T>) -> Option<T> {
+            match (own, asked) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        Limits {
+            timeout: min(self.timeout, options.timeout),
+            instructions: min(self.instructions, options.instructions),
+            ..self.clone()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_request_lowers_limits_and_never_raises_them() {
+        use std::time::Duration;
+        let own = Limits {
+            timeout: Some(Duration::from_secs(1)),
+            instructions: None,
+            ..Limits::default()
+        };
+        let asked = CallOptions::default()
+            .timeout(Duration::from_secs(5))
+            .instructions(100);
+        let lowered = own.lowered(&asked);
+        assert_eq!(lowered.timeout, Some(Duration::from_secs(1)));
+        assert_eq!(lowered.instructions, Some(100));
+        let asked = CallOptions::default().timeout(Duration::from_millis(10));
+        assert_eq!(own.lowered(&asked).timeout, Some(Duration::from_millis(10)));
+        assert_eq!(own.lowered(&CallOptions::default()), own);
+    }
+
     use super::*;
 
     #[test]

@@ -75,9 +75,49 @@ pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(secs).map_err(|_| err("out of range"))
 }
 
+/// A byte count as people write it, in the units [`parse_size`] reads back: the largest
+/// binary unit that divides it exactly (`64 MiB`, `1536 B`... `1.5 KiB` is written as
+/// `1536 B`, never rounded).
+pub fn format_size(bytes: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes != 0 && bytes % (1 << shift) == 0 {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} B")
+}
+
+/// A duration as people write it, in the units [`parse_duration`] reads back: whole
+/// seconds as `5 s`, whole milliseconds as `200 ms`, anything finer in microseconds.
+pub fn format_duration(d: Duration) -> String {
+    let micros = d.as_micros();
+    if micros != 0 && micros % 1_000_000 == 0 {
+        format!("{} s", micros / 1_000_000)
+    } else if micros % 1_000 == 0 {
+        format!("{} ms", micros / 1_000)
+    } else {
+        format!("{micros} us")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_read_back() {
+        for bytes in [0, 1, 1536, 1 << 20, 64 << 20, 3 << 30, 1_000_000] {
+            let text = format_size(bytes).replace(' ', "");
+            assert_eq!(parse_size(&text).unwrap(), bytes, "{text}");
+        }
+        assert_eq!(format_size(64 << 20), "64 MiB");
+        for d in [200, 5000, 1500, 1].map(Duration::from_millis) {
+            let text = format_duration(d).replace(' ', "");
+            assert_eq!(parse_duration(&text).unwrap(), d, "{text}");
+        }
+        assert_eq!(format_duration(Duration::from_millis(200)), "200 ms");
+        assert_eq!(format_duration(Duration::from_micros(1500)), "1500 us");
+    }
 
     #[test]
     fn sizes() {

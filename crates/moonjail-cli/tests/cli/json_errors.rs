@@ -18,7 +18,10 @@ fn assert_json_misuse(out: &Out, fragment: &str) {
     assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
     assert_eq!(
         doc["stats"],
-        json!({"wall_ms": 0.0, "memory_bytes": 0, "instructions": null})
+        json!({"wall_ms": 0.0, "memory_bytes": 0, "peak_memory_bytes": 0,
+            "instructions": null, "output_bytes": 0, "tool_calls": 0,
+            "limits": {"wall_ms": null, "memory_bytes": null, "instructions": null,
+                "output_bytes": null, "tool_calls": null}})
     );
     assert_eq!(out.stderr, "", "{out:?}");
 }

@@ -8,6 +8,7 @@
 mod fixture_server;
 
 mod backstop;
+mod catalogue;
 mod corpus;
 mod isolated;
 mod json_errors;

@@ -213,13 +213,54 @@ pub fn assert_document_shape(doc: &Json) {
     let obj = doc.as_object().expect("an object");
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort();
-    assert_eq!(keys, ["error", "ok", "output", "result", "stats"], "{doc}");
+    assert_eq!(
+        keys,
+        [
+            "error",
+            "ok",
+            "output",
+            "output_truncated",
+            "result",
+            "results",
+            "stats"
+        ],
+        "{doc}"
+    );
+    assert!(doc["results"].is_array(), "{doc}");
     assert!(doc["ok"].is_boolean());
     assert!(doc["output"].is_string());
     let stats = doc["stats"].as_object().expect("stats is an object");
     let mut skeys: Vec<&str> = stats.keys().map(String::as_str).collect();
     skeys.sort();
-    assert_eq!(skeys, ["instructions", "memory_bytes", "wall_ms"], "{doc}");
+    assert_eq!(
+        skeys,
+        [
+            "instructions",
+            "limits",
+            "memory_bytes",
+            "output_bytes",
+            "peak_memory_bytes",
+            "tool_calls",
+            "wall_ms"
+        ],
+        "{doc}"
+    );
+    let limits = doc["stats"]["limits"]
+        .as_object()
+        .expect("stats.limits is an object");
+    let mut lkeys: Vec<&str> = limits.keys().map(String::as_str).collect();
+    lkeys.sort();
+    assert_eq!(
+        lkeys,
+        [
+            "instructions",
+            "memory_bytes",
+            "output_bytes",
+            "tool_calls",
+            "wall_ms"
+        ],
+        "{doc}"
+    );
     assert!(
         doc["stats"]["wall_ms"].as_f64().is_some_and(|w| w >= 0.0),
         "{doc}"
@@ -231,6 +272,7 @@ pub fn assert_document_shape(doc: &Json) {
     );
     if doc["ok"] == json!(true) {
         assert!(doc["error"].is_null(), "{doc}");
+        assert_eq!(doc["results"][0], doc["result"], "{doc}");
     } else {
         assert!(doc["result"].is_null(), "{doc}");
         let err = doc["error"]
@@ -238,7 +280,12 @@ pub fn assert_document_shape(doc: &Json) {
             .expect("error is an object on failure");
         let mut ekeys: Vec<&str> = err.keys().map(String::as_str).collect();
         ekeys.sort();
-        assert_eq!(ekeys, ["kind", "line", "message"], "{doc}");
+        assert_eq!(
+            ekeys,
+            ["hint", "kind", "line", "message", "traceback", "value"],
+            "{doc}"
+        );
+        assert!(err["traceback"].is_array(), "{doc}");
         let kinds = [
             "syntax",
             "runtime",

@@ -23,7 +23,8 @@
 //! nesting past 200 levels anyway), and under it, parsing, analysis and the tree's drop
 //! run on a stack grown to fit (`stacker`). The source limit of the sandbox applies.
 
-mod hints;
+// The run pipeline adds the same hints to its syntax errors.
+pub(crate) mod hints;
 mod lex;
 mod rules;
 mod scope;
@@ -33,9 +34,6 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-// The run pipeline adds the same hints to its syntax errors.
-#[allow(unused_imports)]
-pub(crate) use hints::syntax_hint;
 pub(crate) use view::Environment;
 
 /// How much a finding matters. `error`: the script will fail (or be refused) when that

@@ -8,10 +8,13 @@ use mlua::{Function, Lua, MultiValue, Table, UserData, UserDataMethods, Value};
 use crate::host::{Determinism, FileSource};
 
 /// `require` as Lua 5.4 defines it, minus every searcher that reaches the disk or C:
-/// `package.loaded`, then `package.preload`, then the host's module directory. Trusted
-/// text, compiled once per state; its upvalues are captured before any script runs.
+/// `package.loaded`, then `package.preload`, then the host's module directory, then
+/// moonjail's built-in modules that the profile does not make globals (`json` in `aos`,
+/// whose global list is exactly HyperAOS's, while real AO code does `require("json")`;
+/// a host module of the same name wins). Trusted text, compiled once per state; its
+/// upvalues are captured before any script runs.
 const PACKAGE_PRELUDE: &str = r#"
-local find, load, type, error, tostring, note = ...
+local find, load, type, error, tostring, note, builtin = ...
 local package = { loaded = {}, preload = {}, path = "", cpath = "" }
 local function require(name)
   if type(name) == "number" then name = tostring(name) end
@@ -28,15 +31,19 @@ local function require(name)
     note(name, true)
   else
     local src, path = find(name)
-    note(name, src ~= nil)
-    if src == nil then
+    local make = builtin[name]
+    note(name, src ~= nil or make ~= nil)
+    if src == nil and make ~= nil then
+      loader, extra = make, ":builtin:"
+    elseif src == nil then
       error("module '" .. name .. "' not found:\n\tno field package.preload['" .. name .. "']" .. path, 2)
+    else
+      local f, err = load(src, "@" .. path, "t")
+      if not f then
+        error("error loading module '" .. name .. "' from file '" .. path .. "':\n\t" .. tostring(err), 2)
+      end
+      loader, extra = f, path
     end
-    local f, err = load(src, "@" .. path, "t")
-    if not f then
-      error("error loading module '" .. name .. "' from file '" .. path .. "':\n\t" .. tostring(err), 2)
-    end
-    loader, extra = f, path
   end
   local r = loader(name, extra)
   if r ~= nil then
@@ -51,8 +58,13 @@ return package, require
 
 /// Builds `package` and `require`; the caller fills `package.loaded` with the libraries.
 /// Host modules come from `files` (the host's file system in process, the supervisor
-/// inside a worker process).
-pub(crate) fn package(lua: &Lua, files: Arc<dyn FileSource>) -> mlua::Result<(Table, Function)> {
+/// inside a worker process); `builtin` maps module names to the functions that make
+/// them, for modules the profile offers to `require` only.
+pub(crate) fn package(
+    lua: &Lua,
+    files: Arc<dyn FileSource>,
+    builtin: Table,
+) -> mlua::Result<(Table, Function)> {
     let find = lua.create_function(move |lua, name: String| {
         Ok(match files.module(&name) {
             Ok((src, path)) => (Value::String(lua.create_string(&src)?), path),
@@ -72,7 +84,7 @@ pub(crate) fn package(lua: &Lua, files: Arc<dyn FileSource>) -> mlua::Result<(Ta
         crate::diag::note_require(lua, &name, found);
         Ok(())
     })?;
-    prelude.call((find, load, type_, error, tostring, note))
+    prelude.call((find, load, type_, error, tostring, note, builtin))
 }
 
 /// A read-only file handle over bytes the host read for the script.

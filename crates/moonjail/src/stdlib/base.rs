@@ -60,7 +60,8 @@ unsafe fn emit(l: *mut lua_State, bytes: &[u8]) {
     }
 }
 
-/// `load`: text chunks only, never a binary one; honours `chunkname` and `env` like the
+/// `load`: text chunks only, never a binary one (which gets `nil, message`, as stock
+/// `load` gives for any chunk it cannot load); honours `chunkname` and `env` like the
 /// stock `load`; sources over the run's source limit are refused like a syntax error.
 pub(crate) unsafe extern "C-unwind" fn load(l: *mut lua_State) -> c_int {
     // SAFETY: called by Lua as a C function; mirrors luaB_load for string chunks.
@@ -79,7 +80,14 @@ pub(crate) unsafe extern "C-unwind" fn load(l: *mut lua_State) -> c_int {
         }
         let src = std::slice::from_raw_parts(s.cast::<u8>(), len);
         if src.first() == Some(&0x1b) {
-            forbid(l, c"binary chunks cannot be loaded");
+            // As stock `load` answers a chunk it cannot load (here: any binary one,
+            // whatever the mode): nil and why, for the script to handle.
+            ffi::lua_pushnil(l);
+            ffi::lua_pushstring(
+                l,
+                c"attempt to load a binary chunk (the sandbox loads text only)".as_ptr(),
+            );
+            return 2;
         }
         let mode = ffi::luaL_optlstring(l, 3, c"bt".as_ptr(), std::ptr::null_mut());
         let env = if ffi::lua_isnone(l, 4) != 0 { 0 } else { 4 };

@@ -1,6 +1,11 @@
 //! The `json` library: `json.encode`, `json.decode`, `json.null`, in Rust, under the
 //! run's limits (decoded values are allocated by the Lua state and counted; encoded text
 //! may not exceed the memory left).
+//!
+//! `json.decode` follows the input's rule for `null` (see `marshal::from_json`): `nil`
+//! for the document itself and for object fields (absent), `json.null` in arrays, so
+//! `if obj.x then` works; `json.decode(s, {null = json.null})` keeps `json.null`
+//! everywhere, for a faithful round trip through `json.encode`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -41,8 +46,27 @@ pub(crate) fn create(lua: &Lua) -> mlua::Result<Table> {
             Ok((true, Value::String(lua.create_string(&text)?)))
         })
     })?;
-    let decode = lua.create_function(|lua, text: mlua::LuaString| {
+    let decode = lua.create_function(|lua, (text, options): (Value, Value)| {
         guard(|| {
+            let Value::String(text) = text else {
+                return fail(
+                    lua,
+                    format!("json.decode: expected a string, got {}", type_name(&text)),
+                );
+            };
+            let keep_null = match options {
+                Value::Nil => false,
+                Value::Table(t) => t.raw_get::<Value>("null")? == marshal::null(),
+                other => {
+                    return fail(
+                        lua,
+                        format!(
+                            "json.decode: expected an options table as argument 2, got {}",
+                            type_name(&other)
+                        ),
+                    )
+                }
+            };
             let empty_arrays = marshal::empty_array_set(lua)?;
             let bytes = text.as_bytes();
             // Decoding is linear in text the script already paid memory for: one unit
@@ -56,6 +80,8 @@ pub(crate) fn create(lua: &Lua) -> mlua::Result<Table> {
                 lua,
                 empty_arrays: &empty_arrays,
                 depth: JSON_DEPTH,
+                keep_null,
+                in_array: false,
             };
             match serde::de::DeserializeSeed::deserialize(seed, &mut de)
                 .and_then(|v| de.end().map(|()| v))
@@ -69,6 +95,20 @@ pub(crate) fn create(lua: &Lua) -> mlua::Result<Table> {
     json.raw_set("decode", with_plain_errors(lua, &decode)?)?;
     json.raw_set("null", marshal::null())?;
     Ok(json)
+}
+
+/// A value's type as Lua names it (`json.null` is the userdata it is).
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Nil => "nil",
+        Value::Boolean(_) => "boolean",
+        Value::Integer(_) | Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Table(_) => "table",
+        Value::Function(_) => "function",
+        Value::Thread(_) => "thread",
+        _ => "userdata",
+    }
 }
 
 /// The `false, message` half of the plain-error convention.

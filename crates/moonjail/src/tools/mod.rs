@@ -23,9 +23,11 @@
 //! Built-in tools: [`HttpConfig`] (`http.get`, `http.post` to allowlisted destinations)
 //! and [`CommandTool`] (an external program, JSON on stdin and stdout).
 
+mod catalogue;
 mod command;
 mod http;
 pub(crate) mod lua;
+mod schema;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,9 +40,14 @@ use serde_json::Value as Json;
 
 use crate::error::ConfigError;
 
+pub use catalogue::{Catalogue, EntryKind, ToolInfo};
 pub use command::CommandTool;
 pub(crate) use http::check_url;
 pub use http::{HttpConfig, HttpDestination};
+pub use schema::ToolSpec;
+
+pub(crate) use catalogue::json_entries;
+use schema::ArgsSchema;
 
 /// Longest tool error message kept (in the audit record and in the Lua error), in bytes.
 const MAX_MESSAGE_BYTES: usize = 4096;
@@ -233,16 +240,27 @@ pub(crate) trait Relay: Send + Sync {
 #[derive(Clone, Default)]
 pub struct ToolRegistry {
     tools: BTreeMap<String, Arc<ToolFn>>,
+    /// What the described tools say about themselves, with their compiled parameter
+    /// schemas. Never sent to a worker: the supervisor, which runs the tools, checks.
+    specs: BTreeMap<String, Described>,
     quota: ToolQuota,
     /// Set in a worker process: every call goes through it (the functions are
     /// placeholders, never called).
     relay: Option<Arc<dyn Relay>>,
 }
 
+/// A tool's spec, and its parameter schema compiled once (`None`: not checked).
+#[derive(Debug, Clone)]
+struct Described {
+    spec: ToolSpec,
+    args: Option<Arc<ArgsSchema>>,
+}
+
 impl fmt::Debug for ToolRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ToolRegistry")
             .field("tools", &self.tools.keys().collect::<Vec<_>>())
+            .field("described", &self.specs.keys().collect::<Vec<_>>())
             .field("quota", &self.quota)
             .field("relayed", &self.relay.is_some())
             .finish()
@@ -355,9 +373,17 @@ impl ToolRegistry {
                 "`http.get` or `http.post` is already registered",
             ));
         }
+        let allowed = client.allowed_summary();
         let get = client.clone();
         self.register_with_context("http.get", move |ctx, args| get.get(ctx, args))?;
         self.register_with_context("http.post", move |ctx, args| client.post(ctx, args))?;
+        // Described for the catalogue, not checked: the client checks its own arguments,
+        // with messages that name them.
+        for name in ["http.get", "http.post"] {
+            let spec = catalogue::http_spec(name, &allowed);
+            self.specs
+                .insert(name.into(), Described { spec, args: None });
+        }
         if let Some(max) = max {
             let per_tool = &mut self.quota.per_tool;
             let max = per_tool.get("http").map_or(max, |q| (*q).min(max));
@@ -402,6 +428,72 @@ impl ToolRegistry {
         self
     }
 
+    /// Describes the registered tool `name` for models ([`ToolRegistry::catalogue`])
+    /// and, when `spec` has parameters, checks every call's arguments against them
+    /// before the tool runs: a call that does not match fails with a message naming the
+    /// argument, the JSON pointer of the failing place and what was expected
+    /// (`argument 1: at /city: expected string, got integer`), recorded as a failed
+    /// call. See [`ToolSpec`] for which arguments a schema describes. The schemas are
+    /// compiled here, once; a `$ref` outside the schema is refused, never fetched.
+    /// Describing a tool again replaces its spec.
+    ///
+    /// ```
+    /// use moonjail::{Sandbox, ToolRegistry, ToolSpec};
+    /// use serde_json::json;
+    ///
+    /// let mut tools = ToolRegistry::new();
+    /// tools.register("weather.lookup", |_| Ok(json!({"forecast": "sunny"})))?;
+    /// tools.describe("weather.lookup", ToolSpec::new()
+    ///     .description("The forecast for a city.")
+    ///     .parameters(json!({"type": "object", "properties": {"city": {"type": "string"}},
+    ///                        "required": ["city"]})))?;
+    /// let sandbox = Sandbox::builder().tools(tools).build()?;
+    /// let out = sandbox.run("return select(2, pcall(weather.lookup, {city = 3}))", &json!(null));
+    /// assert_eq!(out.result.unwrap(),
+    ///            json!("weather.lookup: argument 1: at /city: expected string, got integer"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ConfigError::Tool`] when no tool `name` is registered, or a schema is not a
+    /// valid JSON Schema (or refers outside itself).
+    pub fn describe(&mut self, name: &str, spec: ToolSpec) -> Result<&mut Self, ConfigError> {
+        if !self.tools.contains_key(name) {
+            return Err(tool_error(
+                name,
+                "no tool of that name is registered (register it before describing it)",
+            ));
+        }
+        let args = match &spec.parameters {
+            Some(schema) => Some(Arc::new(
+                ArgsSchema::new(schema).map_err(|e| tool_error(name, e))?,
+            )),
+            None => None,
+        };
+        if let Some(returns) = &spec.returns {
+            schema::compile(returns, "returns").map_err(|e| tool_error(name, e))?;
+        }
+        self.specs
+            .insert(name.to_string(), Described { spec, args });
+        Ok(self)
+    }
+
+    /// What tool `name` says about itself (`None`: not described).
+    pub fn spec(&self, name: &str) -> Option<&ToolSpec> {
+        self.specs.get(name).map(|d| &d.spec)
+    }
+
+    /// Every registered tool with its description and schemas, sorted by name (the
+    /// `http` tools included when registered; the `json` library is the sandbox's, see
+    /// [`crate::Sandbox::tool_catalogue`]).
+    pub fn catalogue(&self) -> Catalogue {
+        Catalogue::new(
+            self.names()
+                .map(|name| ToolInfo::host(name, self.spec(name)))
+                .collect(),
+        )
+    }
+
     /// The call quota each run starts with.
     pub fn quota(&self) -> &ToolQuota {
         &self.quota
@@ -440,6 +532,11 @@ impl ToolRegistry {
         if let Some(relay) = &self.relay {
             return relay.call(name, Ok(args));
         }
+        // Before the tool runs: a tool with a schema only ever sees arguments that match.
+        let args = match self.specs.get(name).and_then(|d| d.args.as_ref()) {
+            Some(schema) => schema.check(args)?,
+            None => args,
+        };
         match catch_unwind(AssertUnwindSafe(|| f(ctx, args))) {
             Ok(r) => r,
             Err(payload) => {

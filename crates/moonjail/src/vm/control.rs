@@ -86,11 +86,14 @@ pub(crate) struct Control {
     pub(crate) instr_sentinel: Cell<*mut lua_State>,
     chain: [AtomicPtr<lua_State>; MAX_CHAIN],
     depth: AtomicUsize,
-    output: UnsafeCell<Vec<u8>>,
+    output: UnsafeCell<super::output::Captured>,
     pub(crate) output_limit: Cell<usize>,
+    pub(crate) output_overflow: Cell<super::output::OutputOverflow>,
     pub(crate) source_limit: Cell<usize>,
     /// A `forbidden:` error was raised during this run.
     pub(crate) forbidden: Cell<bool>,
+    /// Where this call raised its error or was stopped (see `trace.rs`).
+    pub(crate) trace: UnsafeCell<Option<Vec<crate::error::Frame>>>,
 }
 
 impl Control {
@@ -108,10 +111,12 @@ impl Control {
             instr_sentinel: Cell::new(std::ptr::null_mut()),
             chain: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CHAIN],
             depth: AtomicUsize::new(0),
-            output: UnsafeCell::new(Vec::new()),
+            output: UnsafeCell::new(super::output::Captured::default()),
             output_limit: Cell::new(usize::MAX),
+            output_overflow: Cell::new(super::output::OutputOverflow::Fail),
             source_limit: Cell::new(usize::MAX),
             forbidden: Cell::new(false),
+            trace: UnsafeCell::new(None),
         })
     }
 
@@ -137,11 +142,17 @@ impl Control {
         self.instr_charged.set(0);
         self.instr_sentinel.set(std::ptr::null_mut());
         self.forbidden.set(false);
+        let _ = self.take_trace();
         // SAFETY: only the VM thread touches the output buffer, and no borrow of it is
         // alive between calls.
-        unsafe { (*self.output.get()).clear() };
-        // SAFETY: as above, for the memory counters.
-        unsafe { (*self.mem.get()).hits = 0 };
+        unsafe { *self.output.get() = super::output::Captured::default() };
+        // SAFETY: as above, for the memory counters. The peak is this call's: a
+        // session's later call reports its own, from what the state holds now.
+        unsafe {
+            let mem = &mut *self.mem.get();
+            mem.hits = 0;
+            mem.peak = mem.used;
+        }
     }
 
     /// Sets when this call's deadline passes (monotonic nanoseconds).
@@ -242,6 +253,20 @@ impl Control {
         }
     }
 
+    /// The threads that resumed `l`, nearest first: the rest of the resume chain below
+    /// it (empty when `l` is not on the chain).
+    pub(crate) fn chain_below(&self, l: *mut lua_State) -> Vec<*mut lua_State> {
+        let d = self.depth.load(Ordering::Relaxed).min(MAX_CHAIN);
+        let threads: Vec<_> = self.chain[..d]
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .collect();
+        match threads.iter().rposition(|&t| t == l) {
+            Some(at) => threads[..at].iter().rev().copied().collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// Hooks every thread of the live resume chain so its next instruction raises the
     /// stop error. Async-signal-safe: atomics and `lua_sethook` only.
     pub(crate) fn arm_all(&self) {
@@ -255,31 +280,28 @@ impl Control {
         }
     }
 
-    /// Appends to captured output; false (after keeping what fits) when the limit is hit.
-    /// Invalid UTF-8 is replaced here, as it is written, so the limit counts the text
-    /// the outcome will carry (each bad byte becomes a 3-byte U+FFFD) and the buffer
-    /// always holds valid UTF-8.
+    /// Appends to captured output; false (after keeping what fits) when the limit is hit
+    /// and overflowing fails the run. Invalid UTF-8 is replaced here, as it is written,
+    /// so the limit counts the text the outcome will carry (each bad byte becomes a
+    /// 3-byte U+FFFD) and the buffer always holds valid UTF-8.
     pub(crate) fn write_output(&self, bytes: &[u8]) -> bool {
         // SAFETY: only the VM thread writes output and no reference to the buffer
         // outlives this call.
         let out = unsafe { &mut *self.output.get() };
         let text = String::from_utf8_lossy(bytes);
-        let room = self.output_limit.get().saturating_sub(out.len());
-        if text.len() > room {
-            let mut end = room;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            out.extend_from_slice(&text.as_bytes()[..end]);
-            return false;
-        }
-        out.extend_from_slice(text.as_bytes());
-        true
+        out.write(&text, self.output_limit.get(), self.output_overflow.get())
     }
 
-    pub(crate) fn take_output(&self) -> Vec<u8> {
+    /// Bytes written so far in this call.
+    pub(crate) fn output_total(&self) -> usize {
         // SAFETY: as in `write_output`.
-        std::mem::take(unsafe { &mut *self.output.get() })
+        unsafe { (*self.output.get()).total() }
+    }
+
+    /// The captured text, and what was dropped when it was cut.
+    pub(crate) fn take_output(&self) -> (String, Option<super::output::Truncation>) {
+        // SAFETY: as in `write_output`.
+        unsafe { (*self.output.get()).take(self.output_limit.get()) }
     }
 }
 
@@ -452,5 +474,25 @@ impl Meter {
             return None;
         }
         current().and_then(|c| c.charge_instructions(spent))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session call's peak is its own: the next call starts from what the state holds,
+    /// not from an earlier call's peak.
+    #[test]
+    fn each_call_starts_its_peak_from_the_memory_in_use() {
+        let ctl = Control::new(usize::MAX);
+        // SAFETY: no allocator runs on this block.
+        unsafe {
+            let mem = &mut *ctl.mem.get();
+            mem.used = 1000;
+            mem.peak = 9000;
+        }
+        ctl.reset_for_call();
+        assert_eq!(ctl.memory(), (1000, 1000, false));
     }
 }

@@ -25,6 +25,7 @@ pub(crate) const COUNT_STEP: u64 = 256;
 pub(crate) unsafe fn raise(l: *mut lua_State, msg: &'static str) -> ! {
     // SAFETY: per the function's contract.
     unsafe {
+        super::trace::capture(l);
         ffi::lua_pushlstring(l, msg.as_ptr().cast(), msg.len());
         ffi::lua_error(l)
     }
@@ -501,14 +502,24 @@ pub(crate) unsafe extern "C-unwind" fn co_close(l: *mut lua_State) -> c_int {
     }
 }
 
-/// Calls the function at index 1 with the values above it in protected mode, with no
-/// message handler (so no metamethod of the error object ever runs), and returns
+/// Calls the function at index 1 with the values above it in protected mode, with a
+/// message handler that only records the traceback (no metamethod of the error object
+/// ever runs), and returns
 /// `true, results...` or `false, error`. The host calls scripts only through this.
 pub(crate) unsafe extern "C-unwind" fn entry_shim(l: *mut lua_State) -> c_int {
     // SAFETY: called by Lua as a C function with the callee at index 1.
     unsafe {
-        let n = ffi::lua_gettop(l);
-        let status = ffi::lua_pcall(l, n - 1, ffi::LUA_MULTRET, 0);
+        // The message handler goes below the callee (when the stack has room for it).
+        let handler = ffi::lua_checkstack(l, 1) != 0;
+        if handler {
+            ffi::lua_pushcfunction(l, super::trace::message_handler);
+            ffi::lua_insert(l, 1);
+        }
+        let n = ffi::lua_gettop(l) - c_int::from(handler);
+        let status = ffi::lua_pcall(l, n - 1, ffi::LUA_MULTRET, c_int::from(handler));
+        if handler {
+            ffi::lua_remove(l, 1);
+        }
         if ffi::lua_checkstack(l, 1) == 0 {
             // Results fill the stack; drop them rather than fail outside protection.
             ffi::lua_settop(l, 0);

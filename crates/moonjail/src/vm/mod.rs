@@ -5,6 +5,8 @@ mod alloc;
 pub(crate) mod control;
 pub(crate) mod hook;
 pub(crate) mod load;
+pub(crate) mod output;
+pub(crate) mod trace;
 pub(crate) mod watchdog;
 
 use std::mem::ManuallyDrop;

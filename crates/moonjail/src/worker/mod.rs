@@ -483,6 +483,8 @@ pub(crate) struct Job<'a> {
     pub(crate) source: &'a [u8],
     pub(crate) input: &'a Json,
     pub(crate) chunk_name: &'a str,
+    /// The source may be an expression (see `RunOptions::expression`).
+    pub(crate) expression: bool,
     pub(crate) spec: &'a Spec,
     /// The host's files and tools (served by the supervisor, on the worker's request).
     pub(crate) host: &'a Host,

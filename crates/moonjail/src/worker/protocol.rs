@@ -331,6 +331,9 @@ pub(crate) struct RequestMeta {
     pub(crate) host_files: bool,
     /// The host tools the script may call (none: no tool globals).
     pub(crate) tools: Option<WireTools>,
+    /// A `Run` whose source may be an expression (see `engine::load_code`).
+    #[serde(default)]
+    pub(crate) expression: bool,
 }
 
 impl RequestMeta {
@@ -340,8 +343,18 @@ impl RequestMeta {
             chunk_name: chunk_name.to_string(),
             host_files: !host.files.is_empty(),
             tools: host.tools.as_deref().map(WireTools::from),
+            expression: false,
         }
     }
+}
+
+/// `Exec`, section 1 (section 0 is the code; section 2, when present, the input JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ExecMeta {
+    #[serde(default)]
+    pub(crate) expression: bool,
+    #[serde(default)]
+    pub(crate) options: crate::CallOptions,
 }
 
 /// The host tools, as a worker learns of them: names and quotas, nothing callable.
@@ -365,6 +378,9 @@ impl From<&crate::ToolRegistry> for WireTools {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct FunctionName {
     pub(crate) name: String,
+    /// A `Call`'s lowered limits.
+    #[serde(default)]
+    pub(crate) options: crate::CallOptions,
 }
 
 /// `HostCall`, section 0.
@@ -432,15 +448,26 @@ pub(crate) enum HostAnswer {
     },
 }
 
-/// `Done`, section 0 (section 1 is the result JSON, empty on error; section 2 the output).
+/// `Done`, section 0 (section 1 is the result JSON, empty on error; section 2 the output;
+/// section 3, when the script returned more than one value, the JSON array of the
+/// values after the first).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DoneMeta {
     pub(crate) error: Option<Error>,
     pub(crate) stats: Stats,
     #[serde(default)]
     pub(crate) diagnostics: Option<crate::Diagnostics>,
+    /// How many values the script returned (see [`crate::Outcome::result_count`]).
+    #[serde(default = "one")]
+    pub(crate) result_count: usize,
+    #[serde(default)]
+    pub(crate) output_truncated: Option<crate::Truncation>,
     // No tool calls: the supervisor keeps the audit record of the calls it served itself,
     // and never takes a worker's word for it.
+}
+
+fn one() -> usize {
+    1
 }
 
 /// `Probe`: one test-hook request (see `serve.rs`).

@@ -35,8 +35,8 @@ use moonjail_isolate::{lockdown, Layer, LayerSet, LayerStatus, LockdownConfig, L
 use serde_json::{json, Value as Json};
 
 use super::protocol::{
-    self, Configure, Decoded, DoneMeta, Frame, FunctionName, HostAnswer, HostCall, HostReply,
-    HostRequest, Kind, LayerLine, Message, ProbeRequest, Ready, RequestMeta,
+    self, Configure, Decoded, DoneMeta, ExecMeta, Frame, FunctionName, HostAnswer, HostCall,
+    HostReply, HostRequest, Kind, LayerLine, Message, ProbeRequest, Ready, RequestMeta,
 };
 use super::TEST_HOOKS_ENV;
 use crate::engine::{Engine, Host};
@@ -173,7 +173,12 @@ fn warm_up() {
     let mut spec = Spec::default();
     spec.limits.timeout = None;
     if let Ok(mut engine) = Engine::new(&spec, &Host::default(), "warm-up") {
-        let _ = engine.run(WARM_UP.as_bytes(), &Json::Null, std::time::Instant::now());
+        let _ = engine.run(
+            WARM_UP.as_bytes(),
+            &Json::Null,
+            std::time::Instant::now(),
+            false,
+        );
     }
 }
 
@@ -253,7 +258,9 @@ fn refused(message: &str) -> Result<Vec<u8>, String> {
 fn run(frame: &Frame, link: &Arc<Link>) -> Result<Vec<u8>, String> {
     let start = std::time::Instant::now();
     let outcome = match run_request(frame, link) {
-        Ok((mut engine, source, input)) => engine.run(source, &input, start),
+        Ok((mut engine, source, input, expression)) => {
+            engine.run(source, &input, start, expression)
+        }
         Err(error) => Outcome::failed(error, start.elapsed()),
     };
     done(&outcome)
@@ -270,21 +277,35 @@ fn done(outcome: &Outcome) -> Result<Vec<u8>, String> {
         // it, so the escaped message always fits a frame the supervisor accepts.
         Err(error) => (Some(error.clone().bounded()), Vec::new()),
     };
+    let more = if outcome.more_results.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(&outcome.more_results)
+            .map_err(|e| format!("encoding the results: {e}"))?
+    };
     let meta = serde_json::to_vec(&DoneMeta {
         error,
         stats: outcome.stats.clone(),
         diagnostics: outcome.diagnostics.clone(),
+        result_count: outcome.result_count,
+        output_truncated: outcome.output_truncated,
     })
     .map_err(|e| format!("encoding Done: {e}"))?;
-    protocol::encode(Kind::Done, &[&meta, &result, outcome.output.as_bytes()])
-        .map_err(|e| e.to_string())
+    protocol::encode(
+        Kind::Done,
+        &[&meta, &result, outcome.output.as_bytes(), &more],
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn internal(what: String) -> Error {
     Error::new(ErrorKind::Internal, what)
 }
 
-fn run_request<'f>(frame: &'f Frame, link: &Arc<Link>) -> Result<(Engine, &'f [u8], Json), Error> {
+fn run_request<'f>(
+    frame: &'f Frame,
+    link: &Arc<Link>,
+) -> Result<(Engine, &'f [u8], Json, bool), Error> {
     let meta: RequestMeta = frame.json(0).map_err(|e| internal(e.to_string()))?;
     let input = frame
         .section(1)
@@ -299,7 +320,7 @@ fn run_request<'f>(frame: &'f Frame, link: &Arc<Link>) -> Result<(Engine, &'f [u
         .saturating_add(INPUT_DEPTH_SLACK);
     let input = protocol::parse_value(input, depth, u64::MAX)
         .map_err(|e| Error::new(ErrorKind::Input, format!("the input: {e}")))?;
-    Ok((engine(&meta, link)?, source, input))
+    Ok((engine(&meta, link)?, source, input, meta.expression))
 }
 
 /// An engine for the spec a request carries; its host files (when the host provides
@@ -348,15 +369,12 @@ fn open_session(
 /// Serves `Exec`, `Call` and `HasFunction` against the open session.
 fn session_request(frame: &Frame, session: &mut Engine) -> Result<Vec<u8>, String> {
     let outcome = match frame.kind {
-        Kind::Exec => match frame.section(0) {
-            Some(code) => session.exec(code),
-            None => Outcome::failed(
-                internal("an Exec frame without source".into()),
-                Default::default(),
-            ),
+        Kind::Exec => match exec_request(frame, session.spec().limits.result_depth) {
+            Ok((code, input, meta)) => session.exec(code, &input, meta.expression, &meta.options),
+            Err(error) => Outcome::failed(error, Default::default()),
         },
         Kind::Call => match call_request(frame, session.spec().limits.result_depth) {
-            Ok((name, args)) => session.call(&name, &args),
+            Ok((f, args)) => session.call(&f.name, &args, &f.options),
             Err(error) => Outcome::failed(error, Default::default()),
         },
         _ => match frame.json::<FunctionName>(0) {
@@ -370,7 +388,29 @@ fn session_request(frame: &Frame, session: &mut Engine) -> Result<Vec<u8>, Strin
     done(&outcome)
 }
 
-fn call_request(frame: &Frame, result_depth: usize) -> Result<(String, Vec<Json>), Error> {
+/// An `Exec`'s code, input (null when absent) and options.
+fn exec_request(frame: &Frame, result_depth: usize) -> Result<(&[u8], Json, ExecMeta), Error> {
+    let code = frame
+        .section(0)
+        .ok_or_else(|| internal("an Exec frame without source".into()))?;
+    let meta = match frame.section(1) {
+        Some(bytes) if !bytes.is_empty() => {
+            serde_json::from_slice(bytes).map_err(|e| internal(e.to_string()))?
+        }
+        _ => ExecMeta::default(),
+    };
+    let input = match frame.section(2) {
+        Some(bytes) if !bytes.is_empty() => {
+            let depth = result_depth.saturating_add(INPUT_DEPTH_SLACK);
+            protocol::parse_value(bytes, depth, u64::MAX)
+                .map_err(|e| Error::new(ErrorKind::Input, format!("the input: {e}")))?
+        }
+        _ => Json::Null,
+    };
+    Ok((code, input, meta))
+}
+
+fn call_request(frame: &Frame, result_depth: usize) -> Result<(FunctionName, Vec<Json>), Error> {
     let meta: FunctionName = frame.json(0).map_err(|e| internal(e.to_string()))?;
     let args = frame
         .section(1)
@@ -382,7 +422,7 @@ fn call_request(frame: &Frame, result_depth: usize) -> Result<(String, Vec<Json>
         Ok(_) => return Err(internal("the arguments of a Call are not an array".into())),
         Err(e) => return Err(Error::new(ErrorKind::Input, format!("the arguments: {e}"))),
     };
-    Ok((meta.name, args))
+    Ok((meta, args))
 }
 
 /// Serves one test-hook `Probe`. A forbidden system call is expected never to return

@@ -17,14 +17,14 @@ use serde_json::Value as Json;
 use super::host_budget;
 use super::host_call::Host;
 use super::pool::Pool;
-use super::protocol::{self, FunctionName, Kind, RequestMeta};
+use super::protocol::{self, ExecMeta, FunctionName, Kind, RequestMeta};
 use super::supervisor::{Fate, Worker};
 use crate::engine::{self, check_source};
 use crate::error::{Error, ErrorKind};
 use crate::host::FileSource;
 use crate::limits::Limits;
 use crate::outcome::Outcome;
-use crate::spec::Spec;
+use crate::spec::{CallOptions, Spec};
 use crate::tools::{ToolRegistry, ToolRun};
 
 /// One session's worker, taken out of the pool; killed (through the pool's keeper) when
@@ -81,14 +81,32 @@ impl WorkerSession {
 
     /// Runs `code` in the session's state. True in the second place when the session must
     /// close (the outcome's error says why).
-    pub(crate) fn exec(&mut self, code: &[u8]) -> (Outcome, bool) {
+    pub(crate) fn exec(
+        &mut self,
+        code: &[u8],
+        input: &Json,
+        expression: bool,
+        options: &CallOptions,
+    ) -> (Outcome, bool) {
         let start = Instant::now();
         // Refused here rather than shipped to the worker only to be refused there.
         if let Err(error) = check_source(&self.spec, code) {
             return (Outcome::failed(error, start.elapsed()), false);
         }
-        match protocol::encode(Kind::Exec, &[code]) {
-            Ok(request) => self.call_request(&request, start),
+        let meta = ExecMeta {
+            expression,
+            options: *options,
+        };
+        let encoded = serde_json::to_vec(&meta).and_then(|m| Ok((m, serde_json::to_vec(input)?)));
+        let (meta, input) = match encoded {
+            Ok(parts) => parts,
+            Err(e) => {
+                let error = Error::new(ErrorKind::Internal, e.to_string());
+                return (Outcome::failed(error, start.elapsed()), false);
+            }
+        };
+        match protocol::encode(Kind::Exec, &[code, &meta, &input]) {
+            Ok(request) => self.call_request(&request, start, options),
             Err(_) => {
                 let message = format!(
                     "the source ({} bytes) is too large to send to a worker process",
@@ -103,10 +121,16 @@ impl WorkerSession {
     }
 
     /// Calls the global function `name` with `args`.
-    pub(crate) fn call(&mut self, name: &str, args: &[Json]) -> (Outcome, bool) {
+    pub(crate) fn call(
+        &mut self,
+        name: &str,
+        args: &[Json],
+        options: &CallOptions,
+    ) -> (Outcome, bool) {
         let start = Instant::now();
         let encoded = serde_json::to_vec(&FunctionName {
             name: name.to_string(),
+            options: *options,
         })
         .and_then(|meta| Ok((meta, serde_json::to_vec(args)?)));
         let request = encoded.map_err(|e| e.to_string()).and_then(|(meta, args)| {
@@ -118,7 +142,7 @@ impl WorkerSession {
             })
         });
         match request {
-            Ok(request) => self.call_request(&request, start),
+            Ok(request) => self.call_request(&request, start, options),
             Err(message) => (
                 Outcome::failed(Error::new(ErrorKind::Input, message), start.elapsed()),
                 false,
@@ -135,6 +159,7 @@ impl WorkerSession {
             Kind::HasFunction,
             &FunctionName {
                 name: name.to_string(),
+                options: CallOptions::default(),
             },
         )
         .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
@@ -181,12 +206,20 @@ impl WorkerSession {
 
     /// Sends an `Exec` or `Call` under the call deadline, serving its tool calls with a
     /// fresh [`ToolRun`] whose record becomes the outcome's.
-    fn call_request(&mut self, request: &[u8], start: Instant) -> (Outcome, bool) {
+    fn call_request(
+        &mut self,
+        request: &[u8],
+        start: Instant,
+        options: &CallOptions,
+    ) -> (Outcome, bool) {
         let grace = self.pool.settings().kill_grace;
-        let deadline = self.limits().timeout.map(|t| start + t + grace);
+        // The request's own limits: the worker applies them too, this deadline is the
+        // one enforced from outside.
+        let limits = self.limits().lowered(options);
+        let deadline = limits.timeout.map(|t| start + t + grace);
         let tools = self.tools.as_ref().map(|registry| {
-            let due = self.limits().timeout.map(|t| start + t);
-            registry.start_bounded_run(due, self.limits().result_depth)
+            let due = limits.timeout.map(|t| start + t);
+            registry.start_bounded_run(due, limits.result_depth)
         });
         let (mut outcome, close) = match self.request(request, deadline, tools.as_ref()) {
             Ok(outcome) => {

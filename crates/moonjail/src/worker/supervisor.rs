@@ -998,7 +998,8 @@ fn child_by_parent(pid: u32) -> Option<u32> {
 }
 
 fn encode_run(job: &Job) -> Result<Vec<u8>, String> {
-    let meta = RequestMeta::new(job.spec, job.host, job.chunk_name);
+    let mut meta = RequestMeta::new(job.spec, job.host, job.chunk_name);
+    meta.expression = job.expression;
     let meta = serde_json::to_vec(&meta).map_err(|e| format!("encoding the run: {e}"))?;
     let input = serde_json::to_vec(job.input).map_err(|e| format!("encoding the input: {e}"))?;
     protocol::encode(Kind::Run, &[&meta, &input, job.source]).map_err(|_| {
@@ -1025,24 +1026,57 @@ pub(crate) fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Ou
             output.len()
         ));
     }
-    if let Some(max) = limits.result_bytes.filter(|max| result.len() > *max) {
+    let more = frame.section(3).unwrap_or_default();
+    // The values after the first come as one array: its brackets and commas are the
+    // encoding's, not the script's.
+    let sent = result.len() + more.len();
+    let slack = if more.is_empty() {
+        0
+    } else {
+        meta.result_count
+    };
+    if let Some(max) = limits
+        .result_bytes
+        .filter(|max| sent > max.saturating_add(slack))
+    {
         return Err(format!(
-            "the worker sent a {} byte result, over the {max} byte result limit",
-            result.len()
+            "the worker sent {sent} bytes of results, over the {max} byte result limit"
         ));
     }
-    let result = match meta.error {
-        Some(error) => Err(error.bounded()),
-        // The worker checked the depth already; one level of slack for the encoding.
+    let budget = super::host_budget(limits);
+    let (result, more_results) = match meta.error {
+        Some(error) => (Err(error.bounded()), Vec::new()),
+        // The worker checked the depth already; one level of slack for the encoding (two
+        // for the array of further values).
         None => {
-            Ok(
-                protocol::parse_value(result, limits.result_depth + 1, super::host_budget(limits))
-                    .map_err(|e| format!("a malformed result: {e}"))?,
-            )
+            let first = protocol::parse_value(result, limits.result_depth + 1, budget)
+                .map_err(|e| format!("a malformed result: {e}"))?;
+            let more = if more.is_empty() {
+                Vec::new()
+            } else {
+                match protocol::parse_value(more, limits.result_depth + 2, budget)
+                    .map_err(|e| format!("malformed results: {e}"))?
+                {
+                    serde_json::Value::Array(values) => values,
+                    _ => return Err("malformed results: not an array".to_string()),
+                }
+            };
+            if meta.result_count != usize::from(meta.result_count > 0) + more.len() {
+                return Err(format!(
+                    "the worker sent {} values for a result count of {}",
+                    1 + more.len(),
+                    meta.result_count
+                ));
+            }
+            (Ok(first), more)
         }
     };
+    let result_count = if result.is_ok() { meta.result_count } else { 0 };
     Ok(Outcome {
         result,
+        more_results,
+        result_count,
+        output_truncated: meta.output_truncated,
         output: String::from_utf8_lossy(output).into_owned(),
         stats: meta.stats,
         diagnostics: meta.diagnostics,
@@ -1284,6 +1318,8 @@ mod tests {
             error: None,
             stats: Stats::default(),
             diagnostics: None,
+            result_count: 1,
+            output_truncated: None,
         })
         .unwrap();
         let bytes = protocol::encode(Kind::Done, &[&meta, b"{\"a\":[1,2]}", b"hi\n"]).unwrap();
@@ -1336,6 +1372,8 @@ mod done_bounds {
             error,
             stats: Default::default(),
             diagnostics: None,
+            result_count: 1,
+            output_truncated: None,
         })
         .unwrap();
         let bytes = protocol::encode(Kind::Done, &[&meta, result, output]).unwrap();

@@ -144,9 +144,9 @@ fn run_and_check(sb: &Sandbox, job: Job, id: usize) {
             assert_eq!(kind, Some(ErrorKind::MemoryLimit), "run {id}: {out:?}");
             assert_eq!(out.output, format!("m {id}\n"));
             assert!(
-                out.stats.memory_bytes <= MEMORY,
+                out.stats.peak_memory_bytes <= MEMORY,
                 "run {id} peak {}",
-                out.stats.memory_bytes
+                out.stats.peak_memory_bytes
             );
         }
         Job::Output => {

@@ -142,8 +142,14 @@ fn the_proxies_memory_is_not_charged_to_the_script() {
             .build()
             .unwrap()
     };
-    let plain_peak = sb(false).run("return 1", &Value::Null).stats.memory_bytes;
-    let diag_peak = sb(true).run("return 1", &Value::Null).stats.memory_bytes;
+    let plain_peak = sb(false)
+        .run("return 1", &Value::Null)
+        .stats
+        .peak_memory_bytes;
+    let diag_peak = sb(true)
+        .run("return 1", &Value::Null)
+        .stats
+        .peak_memory_bytes;
     let proxies = diag_peak - plain_peak;
     const MARGIN: usize = 2048;
     assert!(

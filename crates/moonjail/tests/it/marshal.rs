@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use crate::support::without_null_fields;
 use moonjail::{ErrorKind, Outcome, Profile, Sandbox};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
@@ -135,25 +136,28 @@ proptest! {
     fn any_json_value_round_trips(v in json_value()) {
         prop_assume!(depth(&v) <= 8);
         let sb = sandbox();
+        // Null object fields are absent in Lua (JSON null is nil there); everything
+        // else comes back exactly.
+        let seen = without_null_fields(&v);
         let out = run(&sb, "return ...", &v);
-        prop_assert_eq!(out.result, Ok(v.clone()));
+        prop_assert_eq!(out.result, Ok(seen.clone()));
         // Through `run(input)` too.
         let out = run(&sb, "function run(input) return input end", &v);
-        prop_assert_eq!(out.result, Ok(v));
+        prop_assert_eq!(out.result, Ok(seen));
     }
 
     #[test]
     fn json_library_round_trips_the_same_values(v in json_value_with(short_fraction().boxed())) {
         prop_assume!(depth(&v) <= 8);
         let out = run(&sandbox(), "return json.decode(json.encode(...))", &v);
-        prop_assert_eq!(out.result, Ok(v));
+        prop_assert_eq!(out.result, Ok(without_null_fields(&v)));
     }
 
     #[test]
     fn json_library_round_trips_any_float(v in json_value()) {
         prop_assume!(depth(&v) <= 8);
         let out = run(&sandbox(), "return json.decode(json.encode(...))", &v);
-        prop_assert_eq!(out.result, Ok(v));
+        prop_assert_eq!(out.result, Ok(without_null_fields(&v)));
     }
 }
 
@@ -581,10 +585,13 @@ fn json_null_in_arrays_and_objects() {
     assert_eq!(ok("return nil"), Json::Null);
     assert_eq!(ok("return"), Json::Null);
     let input = json!({"a": null, "b": [null, 1], "c": [null]});
-    assert_eq!(ok_with("return ...", &input), input);
+    assert_eq!(
+        ok_with("return ...", &input),
+        json!({"b": [null, 1], "c": [null]})
+    );
     assert_eq!(
         ok_with(
-            "local i = ... return {i.a == json.null, i.b[1] == json.null, #i.b, #i.c}",
+            "local i = ... return {i.a == nil, i.b[1] == json.null, #i.b, #i.c}",
             &input
         ),
         json!([true, true, 2, 1])

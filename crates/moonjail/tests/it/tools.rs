@@ -148,7 +148,8 @@ fn arguments_cross_as_json() {
     let src = r#"return echo({1, 2, {a = "b"}}, {x = {y = json.null}}, nil, 3.5, "é")"#;
     assert_eq!(
         ok(&sb, src),
-        json!([[1, 2, {"a": "b"}], {"x": {"y": null}}, null, 3.5, "é"])
+        // `y` reached the tool as null; coming back, a null field is absent in Lua.
+        json!([[1, 2, {"a": "b"}], {"x": {}}, null, 3.5, "é"])
     );
     // Trailing nils are dropped: f(a, nil) is f(a).
     assert_eq!(ok(&sb, "return #echo(1, nil, nil)"), json!(1));
@@ -244,7 +245,7 @@ fn results_cross_as_json() {
     let src = r#"
         local d = data.get()
         return {d.list[1], math.type(d.list[1]), d.list[2], d.list[4] == json.null,
-                #d.list, d.n == json.null, json.encode(d.list[5].k), json.encode(d.empty)}
+                #d.list, d.n == nil, json.encode(d.list[5].k), json.encode(d.empty)}
     "#;
     assert_eq!(
         ok(&sb, src),

@@ -201,7 +201,8 @@ fn arguments_and_results_cross_as_json() {
         );
         assert_eq!(
             r["result"]["ok"],
-            json!([[1, 2, {"a": "b"}], {"x": {"y": null}}, null, 3.5, "é", i64::MAX])
+            // `y` reached the tool as null; coming back, a null field is absent in Lua.
+            json!([[1, 2, {"a": "b"}], {"x": {}}, null, 3.5, "é", i64::MAX])
         );
         for src in [
             "return #echo(1, nil, nil)",
@@ -226,7 +227,7 @@ fn arguments_and_results_cross_as_json() {
         let src = r#"
             local d = data.get()
             return {d.list[1], math.type(d.list[1]), d.list[2], d.list[4] == json.null,
-                    #d.list, d.n == json.null, json.encode(d.list[5].k), json.encode(d.empty)}
+                    #d.list, d.n == nil, json.encode(d.list[5].k), json.encode(d.empty)}
         "#;
         let remote_data = isolated(tool(Sandbox::builder()));
         assert_eq!(

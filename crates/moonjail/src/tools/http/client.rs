@@ -41,13 +41,8 @@ impl Client {
         let mut allowed_addrs = BTreeSet::new();
         for entry in &config.allow {
             let d: HttpDestination = entry.parse().map_err(|e| tool_error("http", e))?;
-            let ip = match &d.host {
-                Host::Ipv4(a) => Some(IpAddr::V4(*a)),
-                Host::Ipv6(a) => Some(IpAddr::V6(*a)),
-                Host::Domain(_) => None,
-            };
-            if let Some(ip) = ip {
-                allowed_addrs.extend(d.ports.iter().map(|p| (ip, *p)));
+            if let Some(ip) = d.address() {
+                allowed_addrs.extend(d.ports().iter().map(|p| (ip, *p)));
             }
             allow.push(d);
         }
@@ -64,6 +59,22 @@ impl Client {
             tls: tls.build(),
             config,
         })
+    }
+
+    /// The allowlist as a model should read it: `api.example.com (ports 80, 443), ...`.
+    pub(crate) fn allowed_summary(&self) -> String {
+        let shown: Vec<String> = self
+            .allow
+            .iter()
+            .map(|d| match d.ports() {
+                [_] => d.to_string(),
+                ports => {
+                    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+                    format!("{d} (ports {})", ports.join(", "))
+                }
+            })
+            .collect();
+        shown.join(", ")
     }
 
     /// `http.get(url [, headers])`.

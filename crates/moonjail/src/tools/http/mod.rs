@@ -68,10 +68,13 @@ impl HttpConfig {
     }
 
     /// Allows `HOST[:PORT]`: a name (`api.example.com`, matched exactly, case-insensitive),
-    /// an IPv4 address or an IPv6 address in brackets (`[::1]:8080`). Without a port, 80
-    /// and 443. An address entry also lets an allowlisted name resolve to that address.
-    /// Checked when the sandbox is built. By default, nothing is allowed (and the tool is
-    /// not installed).
+    /// every subdomain of a name (`*.example.com`: one or more labels before
+    /// `example.com`, not `example.com` itself), an IPv4 address or an IPv6 address in
+    /// brackets (`[::1]:8080`). Without a port, 80 and 443. An address entry also lets an
+    /// allowlisted name resolve to that address; a name, wildcard or not, must resolve to
+    /// public addresses. Checked when the sandbox is built: `*`, `*.com` and a `*` other
+    /// than a whole first label are refused. By default, nothing is allowed (and the tool
+    /// is not installed).
     pub fn allow(mut self, destination: impl Into<String>) -> Self {
         self.allow.push(destination.into());
         self
@@ -136,31 +139,108 @@ impl HttpConfig {
     }
 }
 
-/// One allowlist entry: a host and the ports allowed on it.
+/// One allowlist entry: a host (or every subdomain of a domain) and the ports allowed on
+/// it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpDestination {
-    host: Host<String>,
+    host: HostPattern,
     ports: Vec<u16>,
 }
 
+/// The host part of an allowlist entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    /// This name or address, exactly.
+    Exact(Host<String>),
+    /// `*.SUFFIX`: any name with one or more labels before `SUFFIX` (normalised as URL
+    /// hosts are, so it compares with them as text), never `SUFFIX` itself.
+    Subdomains(String),
+}
+
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 impl HttpDestination {
-    /// True when a request to `host:port` may go here (before any address check).
+    /// True when a request to `host:port` may go here (before any address check: a
+    /// name's addresses are checked after resolution, whatever entry it matched).
     /// Shared with the linter, which checks URLs a script spells out.
     pub(crate) fn matches(&self, host: &Host<String>, port: u16) -> bool {
-        self.host == *host && self.ports.contains(&port)
+        self.ports.contains(&port) && self.matches_host(host)
+    }
+
+    /// True when `host` is this entry's host, or one of its subdomains for a `*.` entry.
+    pub(crate) fn matches_host(&self, host: &Host<String>) -> bool {
+        match (&self.host, host) {
+            (HostPattern::Exact(h), host) => h == host,
+            (HostPattern::Subdomains(suffix), Host::Domain(name)) => name
+                .strip_suffix(suffix.as_str())
+                .and_then(|rest| rest.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty()),
+            (HostPattern::Subdomains(_), _) => false,
+        }
+    }
+
+    /// The address this entry names, if it names one (an address entry also lets an
+    /// allowlisted name resolve to it).
+    pub(crate) fn address(&self) -> Option<std::net::IpAddr> {
+        match &self.host {
+            HostPattern::Exact(Host::Ipv4(a)) => Some(std::net::IpAddr::V4(*a)),
+            HostPattern::Exact(Host::Ipv6(a)) => Some(std::net::IpAddr::V6(*a)),
+            _ => None,
+        }
+    }
+
+    /// The ports allowed.
+    pub(crate) fn ports(&self) -> &[u16] {
+        &self.ports
     }
 }
 
 impl fmt::Display for HttpDestination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let host = match &self.host {
-            Host::Ipv6(a) => format!("[{a}]"),
-            h => h.to_string(),
+            HostPattern::Exact(Host::Ipv6(a)) => format!("[{a}]"),
+            HostPattern::Exact(h) => h.to_string(),
+            HostPattern::Subdomains(suffix) => format!("*.{suffix}"),
         };
         match self.ports.as_slice() {
             [p] => write!(f, "{host}:{p}"),
             _ => write!(f, "{host}"),
         }
+    }
+}
+
+/// Parses the host of an entry: a name or address, or `*.DOMAIN`.
+fn host_pattern(s: &str, host: &str) -> Result<HostPattern, String> {
+    if !host.contains('*') {
+        let host = Host::parse(host).map_err(|e| format!("{s:?}: invalid host: {e}"))?;
+        return Ok(HostPattern::Exact(host));
+    }
+    if host == "*" {
+        return Err(format!(
+            "{s:?}: `*` would allow every host on the internet; list the hosts, or the \
+             subdomains of one domain as `*.example.com`"
+        ));
+    }
+    let suffix = host
+        .strip_prefix("*.")
+        .filter(|rest| !rest.contains('*'))
+        .ok_or_else(|| {
+            format!(
+                "{s:?}: `*` may only be the whole first label, as in `*.example.com` (any \
+                 subdomain of example.com)"
+            )
+        })?;
+    match Host::parse(suffix) {
+        Ok(Host::Domain(d)) if d.trim_end_matches('.').contains('.') => {
+            Ok(HostPattern::Subdomains(d))
+        }
+        Ok(Host::Domain(_)) => Err(format!(
+            "{s:?}: a wildcard needs a domain of at least two labels after `*.` (`*.com` \
+             would allow a whole top-level domain)"
+        )),
+        Ok(_) => Err(format!(
+            "{s:?}: a wildcard stands for subdomains of a name, not of an address"
+        )),
+        Err(e) => Err(format!("{s:?}: invalid host: {e}")),
     }
 }
 
@@ -204,7 +284,7 @@ impl FromStr for HttpDestination {
                 }
             }
         };
-        let host = Host::parse(&host).map_err(|e| format!("{s:?}: invalid host: {e}"))?;
+        let host = host_pattern(s, &host)?;
         let ports = match port {
             None => vec![80, 443],
             Some(p) => match p.parse::<u16>() {
@@ -315,14 +395,17 @@ mod tests {
     #[test]
     fn destinations() {
         let d: HttpDestination = "API.Example.com".parse().unwrap();
-        assert_eq!(d.host, Host::Domain("api.example.com".to_string()));
+        assert_eq!(
+            d.host,
+            HostPattern::Exact(Host::Domain("api.example.com".to_string()))
+        );
         assert_eq!(d.ports, vec![80, 443]);
         let d: HttpDestination = "127.0.0.1:8080".parse().unwrap();
-        assert_eq!(d.host, Host::<String>::Ipv4(Ipv4Addr::LOCALHOST));
+        assert_eq!(d.host, HostPattern::Exact(Host::Ipv4(Ipv4Addr::LOCALHOST)));
         assert_eq!(d.ports, vec![8080]);
         assert_eq!(d.to_string(), "127.0.0.1:8080");
         let d: HttpDestination = "[::1]:9".parse().unwrap();
-        assert_eq!(d.host, Host::<String>::Ipv6(Ipv6Addr::LOCALHOST));
+        assert_eq!(d.host, HostPattern::Exact(Host::Ipv6(Ipv6Addr::LOCALHOST)));
         assert_eq!(d.to_string(), "[::1]:9");
         for bad in [
             "",
@@ -337,6 +420,38 @@ mod tests {
             "[::1]x",
         ] {
             assert!(bad.parse::<HttpDestination>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn wildcards() {
+        let d: HttpDestination = "*.Example.com".parse().unwrap();
+        assert_eq!(d.host, HostPattern::Subdomains("example.com".into()));
+        assert_eq!(d.to_string(), "*.example.com");
+        let d: HttpDestination = "*.example.com:8443".parse().unwrap();
+        assert_eq!(d.ports, vec![8443]);
+        let host = |h: &str| Host::Domain(h.to_string());
+        assert!(d.matches(&host("api.example.com"), 8443));
+        assert!(d.matches(&host("a.b.example.com"), 8443));
+        assert!(!d.matches(&host("example.com"), 8443));
+        assert!(!d.matches(&host("badexample.com"), 8443));
+        assert!(!d.matches(&host("api.example.com.evil.net"), 8443));
+        assert!(!d.matches(&host("api.example.com"), 443));
+        assert!(!d.matches(&Host::Ipv4(Ipv4Addr::LOCALHOST), 8443));
+        for (bad, why) in [
+            ("*", "every host"),
+            ("*:443", "every host"),
+            ("*.com", "two labels"),
+            ("*.localhost", "two labels"),
+            ("a.*.example.com", "whole first label"),
+            ("*a.example.com", "whole first label"),
+            ("*.*.example.com", "whole first label"),
+            ("**.example.com", "whole first label"),
+            ("*.", "invalid host"),
+            ("*.127.0.0.1", "not of an address"),
+        ] {
+            let e = bad.parse::<HttpDestination>().unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
         }
     }
 

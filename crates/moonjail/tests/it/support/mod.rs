@@ -45,3 +45,19 @@ pub fn guarded<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Se
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the test body panicked"),
     }
 }
+
+/// `v` as a script sees it by default: object fields that are null are absent (JSON null
+/// is nil there), array elements keep their place.
+pub fn without_null_fields(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match v {
+        Json::Object(map) => Json::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_null_fields(v)))
+                .collect(),
+        ),
+        Json::Array(items) => Json::Array(items.iter().map(without_null_fields).collect()),
+        other => other.clone(),
+    }
+}
