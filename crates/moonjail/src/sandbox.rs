@@ -424,6 +424,12 @@ fn lint_environment(spec: &Spec, host: &Host, http: &HttpConfig) -> Environment 
     let mut env = Environment::new(spec.profile.spec(), tools, allow);
     env.require_run = spec.require_run;
     env.source_limit = spec.limits.source_bytes;
+    if let Some(registry) = &host.tools {
+        env.schemas = registry
+            .names()
+            .filter_map(|name| Some((name.to_string(), registry.args_schema(name)?.clone())))
+            .collect();
+    }
     env
 }
 

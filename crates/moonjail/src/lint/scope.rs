@@ -74,6 +74,8 @@ enum Use {
     /// Called with these arguments (`open`: the last one may expand to many values).
     Call {
         args: Vec<(Arg, Span)>,
+        /// The arguments as JSON, when every one is a literal (`{city = "Lyon"}`, `3`).
+        literal: Option<Vec<serde_json::Value>>,
         open: bool,
         /// A method call on a string value (`("x"):rep(2)`): `self` is one more argument.
         method: bool,
@@ -401,6 +403,78 @@ impl Arg {
             _ => None,
         }
     }
+}
+
+/// Deepest literal table converted to JSON for a schema check.
+const MAX_LITERAL_DEPTH: usize = 32;
+
+/// A literal expression as the JSON a tool would receive (the marshaling rules: a table
+/// with keys `1..n` is an array, any other an object); `None` when it is not a literal,
+/// or holds `nil` (whose place in a list a schema check cannot judge).
+fn literal_json(expr: &Expression, depth: usize) -> Option<serde_json::Value> {
+    use serde_json::Value as Json;
+    match expr {
+        Expression::String(t) => String::from_utf8(string_value(t)?).ok().map(Json::String),
+        Expression::Number(t) => number_json(&t.token().to_string()),
+        Expression::Symbol(t) => match t.token().to_string().as_str() {
+            "true" => Some(Json::Bool(true)),
+            "false" => Some(Json::Bool(false)),
+            _ => None,
+        },
+        Expression::Parentheses { expression, .. } => literal_json(expression, depth),
+        Expression::UnaryOperator {
+            unop: ast::UnOp::Minus(_),
+            expression,
+        } => match &**expression {
+            Expression::Number(t) => number_json(&format!("-{}", t.token())),
+            _ => None,
+        },
+        Expression::TableConstructor(t) => table_json(t, depth),
+        _ => None,
+    }
+}
+
+fn number_json(text: &str) -> Option<serde_json::Value> {
+    if let Ok(i) = text.parse::<i64>() {
+        return Some(i.into());
+    }
+    let f = text.parse::<f64>().ok()?;
+    serde_json::Number::from_f64(f).map(serde_json::Value::Number)
+}
+
+fn table_json(table: &ast::TableConstructor, depth: usize) -> Option<serde_json::Value> {
+    if depth >= MAX_LITERAL_DEPTH {
+        return None;
+    }
+    let fields: Vec<&Field> = table.fields().iter().collect();
+    if fields.is_empty() {
+        return Some(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    if fields.iter().all(|f| matches!(f, Field::NoKey(_))) {
+        let items: Option<Vec<serde_json::Value>> = fields
+            .iter()
+            .map(|f| match f {
+                Field::NoKey(e) => literal_json(e, depth + 1),
+                _ => None,
+            })
+            .collect();
+        return items.map(serde_json::Value::Array);
+    }
+    let mut object = serde_json::Map::new();
+    for field in fields {
+        match field {
+            Field::NameKey { key, value, .. } => {
+                let key = ident(key)?.to_string();
+                object.insert(key, literal_json(value, depth + 1)?);
+            }
+            Field::ExpressionKey { key, value, .. } => {
+                let key = String::from_utf8(literal_string(key)?).ok()?;
+                object.insert(key, literal_json(value, depth + 1)?);
+            }
+            _ => return None,
+        }
+    }
+    Some(serde_json::Value::Object(object))
 }
 
 /// True for an argument list whose last value may expand to any number of values.
@@ -774,6 +848,7 @@ impl<'e> Walker<'e> {
                     span: span_of(m.name()),
                     use_: Use::Call {
                         args: args.iter().map(|a| arg_with_span(a)).collect(),
+                        literal: None,
                         open: open_ended(&args),
                         method: true,
                     },
@@ -854,12 +929,20 @@ impl<'e> Walker<'e> {
                 let mut collected: Vec<(Arg, Span)> =
                     list.iter().map(|a| arg_with_span(a)).collect();
                 let mut open = open_ended(&list);
+                let mut literal: Option<Vec<serde_json::Value>> =
+                    list.iter().map(|a| literal_json(a, 0)).collect();
                 match &**args {
                     FunctionArgs::String(t) => {
-                        collected.push((string_value(t).map_or(Arg::Other, Arg::Str), span_of(t)));
+                        let value = string_value(t);
+                        literal = value
+                            .as_ref()
+                            .and_then(|v| String::from_utf8(v.clone()).ok())
+                            .map(|v| vec![serde_json::Value::String(v)]);
+                        collected.push((value.map_or(Arg::Other, Arg::Str), span_of(t)));
                         open = false;
                     }
                     FunctionArgs::TableConstructor(t) => {
+                        literal = table_json(t, 0).map(|v| vec![v]);
                         collected.push((Arg::Other, span_of(&**t)));
                         open = false;
                     }
@@ -867,6 +950,7 @@ impl<'e> Walker<'e> {
                 }
                 Use::Call {
                     args: collected,
+                    literal,
                     open,
                     method: false,
                 }
@@ -905,6 +989,7 @@ impl<'e> Walker<'e> {
                     span: span_of(m.name()),
                     use_: Use::Call {
                         args: args.iter().map(|a| arg_with_span(a)).collect(),
+                        literal: None,
                         open: open_ended(&args),
                         method: true,
                     },
@@ -1116,8 +1201,27 @@ impl<'e> Walker<'e> {
         if reach.path.len() == 1 && env.tools.contains(root) {
             manifest.tools.insert(root.to_string());
         }
-        if let Use::Call { args, open, method } = &reach.use_ {
+        if let Use::Call {
+            args,
+            literal,
+            open,
+            method,
+        } = &reach.use_
+        {
             let path = reach.path.join(".");
+            if let (Some(schema), Some(values)) = (env.schemas.get(&path), literal) {
+                if let Err(e) = schema.check(values.clone()) {
+                    self.findings.push(finding(
+                        "tool-schema",
+                        Severity::Error,
+                        reach.span,
+                        format!("`{path}` would refuse these arguments: {e}"),
+                        Some(format!(
+                            "see the tool's schema (`moonjail tools` lists it) for what `{path}` takes"
+                        )),
+                    ));
+                }
+            }
             self.call_checks(&path, reach, args, *open, *method, report);
         }
     }

@@ -5,9 +5,10 @@
 //! `tests/it/lint.rs` compares this view with what a real sandbox holds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::profile::{Item, ProfileSpec};
-use crate::tools::HttpDestination;
+use crate::tools::{ArgsSchema, HttpDestination};
 
 /// What a name in the environment is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub(crate) struct Environment {
     pub(crate) require_run: bool,
     /// The source limit runs apply.
     pub(crate) source_limit: Option<usize>,
+    /// The compiled parameter schemas of the tools the host described, by tool name.
+    pub(crate) schemas: BTreeMap<String, Arc<ArgsSchema>>,
 }
 
 impl Environment {
@@ -102,6 +105,7 @@ impl Environment {
             http,
             require_run: false,
             source_limit: None,
+            schemas: BTreeMap::new(),
         }
     }
 

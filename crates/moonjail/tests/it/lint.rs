@@ -462,3 +462,53 @@ fn tool_names_in_findings_come_from_the_registry() {
     assert_eq!(errors(&sandbox, "return a.x.c(1)"), [("unknown-member", 1)]);
     assert_eq!(errors(&sandbox, "a.b = 1"), [("readonly-write", 1)]);
 }
+
+#[test]
+fn literal_tool_arguments_meet_the_tools_schema() {
+    let sandbox = Sandbox::builder()
+        .tool("weather.lookup", |_| Ok(json!({"forecast": "sunny"})))
+        .describe_tool(
+            "weather.lookup",
+            moonjail::ToolSpec::new().parameters(json!({
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+                "additionalProperties": false
+            })),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(
+        errors(&sandbox, "return weather.lookup{city = 'Lyon', days = 3}"),
+        []
+    );
+    assert_eq!(
+        errors(
+            &sandbox,
+            "local x = 1\nreturn weather.lookup{town = 'Lyon'}"
+        ),
+        [("tool-schema", 2)]
+    );
+    assert_eq!(
+        errors(
+            &sandbox,
+            "return weather.lookup{city = 'Lyon', days = 'three'}"
+        ),
+        [("tool-schema", 1)]
+    );
+    assert_eq!(
+        errors(&sandbox, "return weather.lookup('Lyon')"),
+        [("tool-schema", 1)]
+    );
+    // What the script computes is checked when it runs, not here.
+    assert_eq!(
+        errors(&sandbox, "local c = ... return weather.lookup{city = c}"),
+        []
+    );
+    let report = sandbox.lint("return weather.lookup{town = 'Lyon'}");
+    let message = &report.findings[0].message;
+    assert!(message.contains("weather.lookup"), "{message}");
+    // The run refuses the same arguments, with the same schema.
+    let out = sandbox.run("return weather.lookup{town = 'Lyon'}", &Value::Null);
+    assert!(out.error().is_some(), "{:?}", out.result);
+}
