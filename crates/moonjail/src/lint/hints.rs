@@ -17,6 +17,7 @@ use super::lex::{Kind, Lexer, Token};
 /// searched for spellings that are never valid Lua.
 pub(crate) fn syntax_hint(source: &[u8], line: Option<u32>, message: &str) -> Option<String> {
     let Some(line) = line else {
+        let source = &source[..source.len().min(MAX_SCANNED * 16)];
         let tokens: Vec<Token> = Lexer::new(source).collect();
         return (0..tokens.len()).find_map(|i| foreign(source, &tokens, i, false));
     };
@@ -138,10 +139,16 @@ fn continue_statement(src: &[u8], tokens: &[Token], i: usize) -> bool {
     }
 }
 
-/// The text of 1-based `line`, without its newline.
+/// How much of a line the recogniser reads. A line written by hand (or by a model) is
+/// far shorter; a generated one-line megabyte gets its hint from its start, and the run
+/// pipeline, which calls this inside the run's deadline, never pays for more.
+const MAX_SCANNED: usize = 4096;
+
+/// The text of 1-based `line`, without its newline, cut to [`MAX_SCANNED`] bytes.
 fn line_text(source: &[u8], line: u32) -> Option<&[u8]> {
     let index = usize::try_from(line.checked_sub(1)?).ok()?;
-    source.split(|&b| b == b'\n').nth(index)
+    let text = source.split(|&b| b == b'\n').nth(index)?;
+    Some(&text[..text.len().min(MAX_SCANNED)])
 }
 
 /// `X` of `near 'X'` in Lua's message, or the first `` `X` `` in full_moon's.
@@ -357,6 +364,15 @@ mod tests {
     fn continue_on_the_line_before() {
         let src = "for i = 1, 2 do\n  continue\nend";
         assert!(hint(src, 3, "syntax error near 'end'").contains("goto continue"));
+    }
+
+    #[test]
+    fn a_huge_line_costs_little() {
+        let braces = format!("return {}{}", "{".repeat(100_000), "}".repeat(100_000));
+        assert_eq!(hint(&braces, 1, "C stack overflow near '{'"), "");
+        let long = format!("x = 1 {}!= 2", " ".repeat(10_000));
+        // Past what is read: no hint rather than a slow one.
+        assert_eq!(hint(&long, 1, "x"), "");
     }
 
     #[test]
