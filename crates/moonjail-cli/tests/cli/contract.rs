@@ -563,7 +563,7 @@ fn flood() -> String {
 fn a_print_flood_is_truncated_to_its_head_and_tail() {
     let script = "for i = 1, 1000 do print(\"line \" .. i) end\nreturn \"done\"";
     let all = flood();
-    for isolate in [false] {
+    for isolate in [false, true] {
         let (code, doc) = eval_doc(
             script,
             &["--output-limit", "1KiB", "--output-overflow", "truncate"],
