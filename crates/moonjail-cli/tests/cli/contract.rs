@@ -657,7 +657,12 @@ fn a_session_calls_dotted_names_and_callable_tables() {
         assert_eq!(results[1], &json!([5, "sum"]), "isolate={isolate}");
         assert_eq!(results[2], &json!([15]));
         for (doc, has) in docs[3..6].iter().zip([true, true, false]) {
-            assert_eq!((&doc["ok"], &doc["result"]), (&json!(true), &json!(has)));
+            assert_eq!(
+                (&doc["ok"], &doc["result"], &doc["results"]),
+                (&json!(true), &json!(has), &json!([has])),
+                "{doc}"
+            );
+            assert_eq!((&doc["error"], &doc["stats"]), (&Json::Null, &Json::Null));
         }
         let e = &docs[6]["error"];
         assert_eq!(
@@ -753,4 +758,51 @@ fn a_request_lowers_the_session_limits_and_never_raises_them() {
         .as_str()
         .unwrap()
         .starts_with("the session was closed: timeout:"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Help.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn help_documents_the_contract() {
+    let out = mj(&["run", "--help"]);
+    assert_eq!(out.code, Some(0));
+    for fragment in [
+        "results",
+        "output_truncated",
+        "traceback",
+        "\"value\"",
+        "\"hint\"",
+        "peak_memory_bytes",
+        "limits",
+        "--output-overflow",
+        "--raw",
+        "--eval",
+        "shebang",
+    ] {
+        assert!(
+            out.stdout.contains(fragment),
+            "run --help lacks {fragment:?}:\n{}",
+            out.stdout
+        );
+    }
+    let out = mj(&["session", "--help"]);
+    assert_eq!(out.code, Some(0));
+    for fragment in [
+        "\"eval\"",
+        "\"input\"",
+        "\"timeout\"",
+        "\"instructions\"",
+        "M.f",
+        "results",
+        "traceback",
+        "peak_memory_bytes",
+    ] {
+        assert!(
+            out.stdout.contains(fragment),
+            "session --help lacks {fragment:?}:\n{}",
+            out.stdout
+        );
+    }
 }
