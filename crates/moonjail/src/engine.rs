@@ -448,7 +448,16 @@ fn load_chunk(vm: &Vm, source: &[u8], name: &str) -> Result<mlua::Function, Erro
         (Some(Value::Function(f)), _) => f,
         (Some(Value::Integer(status)), message) => {
             let message = match message {
-                Some(Value::String(m)) => m.to_string_lossy(),
+                // A runtime error inside the parser ("C stack overflow" on deep nesting)
+                // went through mlua's message handler, which appends a traceback of C
+                // frames: noise to a reader, and not the script's.
+                Some(Value::String(m)) => {
+                    let m = m.to_string_lossy();
+                    m.split("\nstack traceback:")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                }
                 _ => "the chunk could not be loaded".to_string(),
             };
             let kind = if status == i64::from(mlua::ffi::LUA_ERRMEM) {
@@ -461,8 +470,11 @@ fn load_chunk(vm: &Vm, source: &[u8], name: &str) -> Result<mlua::Function, Erro
             };
             let line = line_of(&message, name);
             let mut error = Error::new(kind, message).with_line(line);
-            if kind == ErrorKind::Syntax {
+            if kind == ErrorKind::Syntax && line.is_some() {
                 // What the other language's spelling is in Lua; the code is not changed.
+                // Only for an error on a line: without one (the parser's own C stack
+                // overflow) there is nothing to point at, and scanning the whole source
+                // would be the host's time.
                 error.hint = crate::lint::hints::syntax_hint(source, line, &error.message);
             }
             return Err(error);

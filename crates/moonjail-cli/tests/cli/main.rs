@@ -9,6 +9,7 @@ mod fixture_server;
 
 mod backstop;
 mod catalogue;
+mod contract;
 mod corpus;
 mod isolated;
 mod json_errors;
