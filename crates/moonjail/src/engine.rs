@@ -660,7 +660,7 @@ fn script_error(vm: &Vm, v: Value, name: &str) -> Error {
         Value::Error(e) => mlua_message(e),
         Value::Nil => "nil".to_string(),
         Value::Table(t) => {
-            value = marshal::to_json(lua, &v, Bounds::new(16, ERROR_VALUE_BYTES)).ok();
+            value = marshal::to_json(lua, &v, Bounds::new(16, crate::error::MAX_VALUE_BYTES)).ok();
             match render_with_tostring(vm, t) {
                 Some(text) => text,
                 None => match &value {
@@ -676,9 +676,6 @@ fn script_error(vm: &Vm, v: Value, name: &str) -> Error {
     error.value = value;
     error
 }
-
-/// Largest error value kept, as JSON text.
-const ERROR_VALUE_BYTES: usize = 64 << 10;
 
 /// The text `t`'s own `__tostring` makes of it, when it has one that returns a string.
 fn render_with_tostring(vm: &Vm, t: &mlua::Table) -> Option<String> {

@@ -138,6 +138,9 @@ pub struct Frame {
 /// The most frames a traceback keeps (the innermost ones).
 pub const MAX_FRAMES: usize = 32;
 
+/// The largest error value kept, as JSON text.
+pub(crate) const MAX_VALUE_BYTES: usize = 64 << 10;
+
 /// The longest function or chunk name a frame keeps (a script names its functions).
 const MAX_NAME_BYTES: usize = 256;
 
@@ -180,6 +183,15 @@ impl Error {
                 .map(|f| cut_message(f, MAX_NAME_BYTES));
         }
         self.hint = self.hint.take().map(|h| cut_message(h, MAX_NAME_BYTES * 4));
+        // The engine marshals an error value within this bound; one that comes larger
+        // (from a worker that broke the protocol) is dropped, not carried.
+        if self
+            .value
+            .as_ref()
+            .is_some_and(|v| serde_json::to_vec(v).map_or(true, |t| t.len() > MAX_VALUE_BYTES))
+        {
+            self.value = None;
+        }
         self
     }
 }

@@ -1453,6 +1453,25 @@ mod done_bounds {
     }
 
     #[test]
+    fn an_error_value_and_traceback_are_bounded_whatever_the_worker_says() {
+        let mut huge = Error::new(ErrorKind::Runtime, "x");
+        huge.value = Some(serde_json::json!("v".repeat(1 << 20)));
+        huge.traceback = vec![
+            crate::error::Frame {
+                function: Some("f".repeat(1 << 16)),
+                source: "s".into(),
+                line: 1,
+            };
+            1000
+        ];
+        let out = decode_done(&done(Some(huge), b"", b""), &Limits::default()).unwrap();
+        let e = out.error().unwrap();
+        assert_eq!(e.value, None);
+        assert_eq!(e.traceback.len(), crate::error::MAX_FRAMES);
+        assert!(e.traceback[0].function.as_ref().unwrap().len() <= 256);
+    }
+
+    #[test]
     fn an_error_message_is_bounded_whatever_the_worker_says() {
         let huge = Error::new(ErrorKind::Runtime, "x".repeat(1 << 20));
         let out = decode_done(&done(Some(huge), b"", b""), &Limits::default()).unwrap();
