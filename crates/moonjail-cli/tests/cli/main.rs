@@ -13,6 +13,7 @@ mod contract;
 mod corpus;
 mod isolated;
 mod json_errors;
+mod mcp;
 mod pipes;
 mod profile;
 mod run;
