@@ -434,3 +434,40 @@ fn a_command_tool_is_called_from_run_lua() {
         client.cancel().await.expect("close the connection");
     });
 }
+
+#[test]
+fn isolated_runs_and_sessions_keep_stdout_the_protocol_s() {
+    let dir = TempDir::new();
+    let flags = isolate_flags();
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    block_on(async {
+        let client = connect(&dir, &args).await;
+        let tools = client.list_all_tools().await.expect("tools/list");
+        let description = tool(&tools, "run_lua")
+            .description
+            .clone()
+            .unwrap_or_default();
+        assert!(description.contains("worker process"), "{description}");
+        // The worker's output is captured, never written to the protocol's stdout.
+        let result = call(&client, "run_lua", json!({"code": "print('hi') return 7"})).await;
+        assert_eq!(doc(&result)["result"], json!(7), "{result:?}");
+        assert_eq!(doc(&result)["output"], json!("hi\n"), "{result:?}");
+        let opened = call(&client, "session_open", json!({})).await;
+        let id = doc(&opened)["session_id"].clone();
+        let result = call(
+            &client,
+            "session_exec",
+            json!({"session_id": id, "code": "x = 6 print(x) return x * 7"}),
+        )
+        .await;
+        assert_eq!(doc(&result)["result"], json!(42), "{result:?}");
+        let result = call(
+            &client,
+            "session_eval",
+            json!({"session_id": id, "code": "x"}),
+        )
+        .await;
+        assert_eq!(doc(&result)["result"], json!(6), "{result:?}");
+        client.cancel().await.expect("close the connection");
+    });
+}
