@@ -471,3 +471,53 @@ fn isolated_runs_and_sessions_keep_stdout_the_protocol_s() {
         client.cancel().await.expect("close the connection");
     });
 }
+
+/// The client going away (stdin's end) ends the server, and its sessions with it. (A
+/// request still running then has rmcp's drain, 5 s, to answer before the process exits
+/// and ends it: not waited for here, to keep the test fast.)
+#[test]
+fn the_server_ends_with_the_connection_and_its_sessions_with_it() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let dir = TempDir::new();
+    let mut cmd = command(&dir, &["mcp", "--timeout", "60s"]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = spawn(&mut cmd);
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut send = |line: Json| {
+        writeln!(stdin, "{line}").expect("write a request");
+        stdin.flush().expect("flush");
+    };
+    let mut answer = |id: u64| loop {
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line).expect("read stdout");
+        assert!(read > 0, "stdout ended before the answer to {id}");
+        let message: Json = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("stdout carries only JSON-RPC ({e}): {line:?}"));
+        if message["id"] == json!(id) {
+            return message;
+        }
+    };
+    send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "0"}}}),
+    );
+    answer(1);
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "session_open", "arguments": {}}}));
+    let opened = answer(2);
+    let id = opened["result"]["structuredContent"]["session_id"].clone();
+    assert!(id.is_string(), "{opened}");
+    send(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "session_exec",
+                   "arguments": {"session_id": id, "code": "x = 1"}}}));
+    answer(3);
+    drop(send);
+    drop(stdin);
+    let status = child.wait().expect("wait for moonjail mcp");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
