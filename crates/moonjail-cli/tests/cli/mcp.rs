@@ -516,7 +516,6 @@ fn the_server_ends_with_the_connection_and_its_sessions_with_it() {
         "params": {"name": "session_exec",
                    "arguments": {"session_id": id, "code": "x = 1"}}}));
     answer(3);
-    drop(send);
     drop(stdin);
     let status = child.wait().expect("wait for moonjail mcp");
     assert_eq!(status.code(), Some(0), "{status:?}");
