@@ -8,6 +8,7 @@ mod backstop;
 mod check;
 mod doctor;
 mod lint;
+mod mcp;
 mod output;
 mod profile;
 mod run;
@@ -22,6 +23,7 @@ use clap::{Parser, Subcommand};
 use crate::check::{check, CheckArgs};
 use crate::doctor::doctor;
 use crate::lint::{lint, LintArgs};
+use crate::mcp::{mcp, McpArgs};
 use crate::profile::{profile, ProfileCommand};
 use crate::run::{run, RunArgs};
 use crate::session::{session, SessionArgs};
@@ -171,6 +173,40 @@ enum Command {
     ///     '{"id":2,"op":"call","function":"bump"}' | moonjail session
     #[command(verbatim_doc_comment)]
     Session(SessionArgs),
+    /// Serve the sandbox to an MCP client (Claude Desktop, an IDE, an agent framework)
+    /// over stdio: JSON-RPC on stdin and stdout, logs (with -v) on stderr. Configure it
+    /// with the sandbox flags of `run`; the client starts it and ends it by closing stdin.
+    ///
+    /// Tools:
+    ///   run_lua        {code, input?, expression?}: one script in a fresh sandbox
+    ///   lint_lua       {code}: check it against this sandbox without running it
+    ///   session_open   {}: a persistent state, returns {"session_id"}
+    ///   session_exec   {session_id, code, input?}: run code in it (globals persist)
+    ///   session_eval   {session_id, code}: an expression's value
+    ///   session_call   {session_id, function, args?}: call a function of it
+    ///   session_close  {session_id}
+    /// Sessions belong to the connection and close with it; at most --max-sessions are
+    /// open at once. Their descriptions tell the model the profile, every limit and the
+    /// host tools (--tool, --allow-http, json) with their signatures, as `moonjail tools`
+    /// lists them.
+    ///
+    /// Each result's structured content is the document of `run --json` ("ok", "result",
+    /// "results", "output", "error" with "kind", "message", "line", "traceback", "value",
+    /// "hint", "stats"), and its text a rendering for the model. A script that fails is a
+    /// tool error (isError: true) the model can read and fix; so are malformed
+    /// arguments, an unknown session id and a session past the cap.
+    ///
+    /// Register it in a client's configuration, e.g.:
+    ///   {"mcpServers": {"lua": {"command": "moonjail",
+    ///                           "args": ["mcp", "--timeout", "2s", "--memory", "32MiB"]}}}
+    ///
+    /// Examples:
+    ///   moonjail mcp --timeout 2s
+    ///   moonjail mcp --profile minimal --instructions 10000000 --max-sessions 2
+    ///   moonjail mcp --isolate --tool 'weather.lookup=python3 w.py' \
+    ///     --tool-schema weather.lookup=weather.schema.json
+    #[command(verbatim_doc_comment)]
+    Mcp(Box<McpArgs>),
     /// Run a profile's environment checklist inside the real sandbox: one line per item,
     /// exit status 1 if any item fails.
     ///
@@ -249,6 +285,7 @@ impl Cli {
             } => *json,
             Command::Doctor { json } => *json,
             Command::Session(_)
+            | Command::Mcp(_)
             | Command::Profile {
                 command: ProfileCommand::List,
             } => false,
@@ -261,6 +298,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(*args),
         Command::Lint(args) => lint(*args),
         Command::Session(args) => session(args),
+        Command::Mcp(args) => mcp(*args),
         Command::Check(args) => check(args),
         Command::Tools(args) => tools(*args),
         Command::Profile { command } => profile(command),

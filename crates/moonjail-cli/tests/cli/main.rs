@@ -14,6 +14,7 @@ mod corpus;
 mod isolated;
 mod json_errors;
 mod lint;
+mod mcp;
 mod pipes;
 mod profile;
 mod run;

@@ -1,0 +1,552 @@
+//! `moonjail mcp` through a real MCP client session: rmcp's client starts the built
+//! binary as its child process and speaks MCP over its stdin and stdout (so anything
+//! else written to stdout would break the session). Tools listed with their generated
+//! descriptions, run_lua's outcomes, the session tools and their refusals.
+
+use std::future::Future;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, Tool};
+use rmcp::service::RunningService;
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{json, Value as Json};
+
+use crate::support::*;
+
+type Client = RunningService<RoleClient, ()>;
+
+/// Runs a test's client on a runtime of its own.
+fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(f)
+}
+
+/// A client connected to `moonjail mcp ARGS` run in `dir` (initialized).
+async fn connect(dir: &TempDir, args: &[&str]) -> Client {
+    let cmd = tokio::process::Command::new(MOONJAIL).configure(|cmd| {
+        cmd.arg("mcp")
+            .args(args)
+            .current_dir(dir.path())
+            .env("MOONJAIL_WORKER", MOONJAIL);
+    });
+    let transport = {
+        let _lock = spawn_lock();
+        TokioChildProcess::new(cmd).expect("start moonjail mcp")
+    };
+    ().serve(transport).await.expect("the MCP handshake")
+}
+
+/// Calls the tool `name` with `args` (an object); a protocol error fails the test.
+async fn call(client: &Client, name: &str, args: Json) -> CallToolResult {
+    let Json::Object(args) = args else {
+        panic!("arguments are an object")
+    };
+    client
+        .call_tool(CallToolRequestParams::new(name.to_string()).with_arguments(args))
+        .await
+        .unwrap_or_else(|e| panic!("tools/call {name}: {e}"))
+}
+
+/// The structured content: the outcome document (or a session's id).
+fn doc(result: &CallToolResult) -> &Json {
+    result
+        .structured_content
+        .as_ref()
+        .unwrap_or_else(|| panic!("no structured content: {result:?}"))
+}
+
+/// The text content, joined.
+fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| match c {
+            ContentBlock::Text(t) => Some(t.text.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn tool<'a>(tools: &'a [Tool], name: &str) -> &'a Tool {
+    tools
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no tool {name}"))
+}
+
+#[test]
+fn the_tools_are_listed_with_generated_descriptions_and_schemas() {
+    let dir = TempDir::new();
+    block_on(async {
+        let client = connect(
+            &dir,
+            &[
+                "--timeout",
+                "2s",
+                "--memory",
+                "32MiB",
+                "--tool",
+                "calc.add=sh add.sh",
+                "--tool-description",
+                "calc.add=Adds two numbers.",
+                "--max-sessions",
+                "3",
+            ],
+        )
+        .await;
+        let tools = client.list_all_tools().await.expect("tools/list");
+        let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "lint_lua",
+                "run_lua",
+                "session_call",
+                "session_close",
+                "session_eval",
+                "session_exec",
+                "session_open"
+            ]
+        );
+        let run_lua = tool(&tools, "run_lua");
+        let description = run_lua.description.as_deref().unwrap_or_default();
+        for needle in [
+            "Profile: standard",
+            "timeout 2 s per run",
+            "memory 32 MiB",
+            "output 1 MiB",
+            "calc.add(",
+            "Adds two numbers.",
+            "json.encode",
+        ] {
+            assert!(description.contains(needle), "{needle:?} in {description}");
+        }
+        let schema = Json::Object((*run_lua.input_schema).clone());
+        assert_eq!(schema["type"], json!("object"), "{schema}");
+        for field in ["code", "input", "expression"] {
+            assert!(
+                schema["properties"].get(field).is_some(),
+                "{field} in {schema}"
+            );
+        }
+        assert_eq!(schema["required"], json!(["code"]), "{schema}");
+        let open = tool(&tools, "session_open");
+        let description = open.description.as_deref().unwrap_or_default();
+        assert!(description.contains("at most 3 sessions"), "{description}");
+        assert!(description.contains("calc.add("), "{description}");
+        let call_schema = Json::Object((*tool(&tools, "session_call").input_schema).clone());
+        assert_eq!(
+            call_schema["required"],
+            json!(["session_id", "function"]),
+            "{call_schema}"
+        );
+        let info = client.peer_info().expect("the server's info");
+        let instructions = info.instructions.as_deref().unwrap_or_default();
+        assert!(instructions.contains("timeout 2 s"), "{instructions}");
+        client.cancel().await.expect("close the connection");
+    });
+}
+
+#[test]
+fn run_lua_returns_the_outcome_document() {
+    let dir = TempDir::new();
+    block_on(async {
+        let client = connect(&dir, &[]).await;
+        let result = call(
+            &client,
+            "run_lua",
+            json!({"code": "local input = ... print('adding') return {sum = input.a + input.b}",
+                   "input": {"a": 1, "b": 2}}),
+        )
+        .await;
+        assert_eq!(result.is_error, Some(false), "{result:?}");
+        let outcome = doc(&result);
+        assert_eq!(outcome["ok"], json!(true));
+        assert_eq!(outcome["result"], json!({"sum": 3}));
+        assert_eq!(outcome["results"], json!([{"sum": 3}]));
+        assert_eq!(outcome["output"], json!("adding\n"));
+        assert_eq!(outcome["error"], Json::Null);
+        assert_eq!(outcome["stats"]["limits"]["wall_ms"], json!(5000.0));
+        let rendered = text(&result);
+        assert!(rendered.contains("result: {\"sum\":3}"), "{rendered}");
+        assert!(rendered.contains("output:\nadding"), "{rendered}");
+
+        let result = call(
+            &client,
+            "run_lua",
+            json!({"code": "1 + 1", "expression": true}),
+        )
+        .await;
+        assert_eq!(doc(&result)["result"], json!(2), "{result:?}");
+
+        let result = call(
+            &client,
+            "run_lua",
+            json!({"code": "return nil, 'not found'"}),
+        )
+        .await;
+        assert_eq!(doc(&result)["results"], json!([null, "not found"]));
+        client.cancel().await.expect("close the connection");
+    });
+}
+
+#[test]
+fn a_runtime_error_is_a_tool_error_with_line_and_traceback() {
+    let dir = TempDir::new();
+    block_on(async {
+        let client = connect(&dir, &[]).await;
+        let code = "local function f(t)\n  return t.x.y\nend\nlocal v = f({})\nreturn v";
+        let result = call(&client, "run_lua", json!({ "code": code })).await;
+        assert_eq!(result.is_error, Some(true), "{result:?}");
+        let error = &doc(&result)["error"];
+        assert_eq!(error["kind"], json!("runtime"), "{error}");
+        assert_eq!(error["line"], json!(2), "{error}");
+        assert_eq!(
+            error["traceback"][0],
+            json!({"function": "f", "source": "script", "line": 2}),
+            "{error}"
+        );
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("index"),
+            "{error}"
+        );
+        let rendered = text(&result);
+        assert!(
+            rendered.starts_with("error: runtime\nmessage: "),
+            "{rendered}"
+        );
+        assert!(rendered.contains("line: 2\n"), "{rendered}");
+        assert!(rendered.contains("script:2 in function 'f'"), "{rendered}");
+
+        // A syntax error from another language's habit carries its hint.
+        let result = call(&client, "run_lua", json!({"code": "if 1 != 2 then end"})).await;
+        let error = &doc(&result)["error"];
+        assert_eq!(error["kind"], json!("syntax"), "{error}");
+        assert!(error["hint"].is_string(), "{error}");
+        assert!(text(&result).contains("hint: "));
+
+        // lint_lua checks without running: findings with rule ids and lines, a tool error
+        // when one is an error; a clean script is not an error.
+        let result = call(
+            &client,
+            "lint_lua",
+            json!({"code": "print('ran')\nlocal x = string.spilt('a,b', ',')"}),
+        )
+        .await;
+        assert_eq!(result.is_error, Some(true));
+        let report = doc(&result);
+        let finding = &report["findings"][1];
+        assert_eq!(
+            (finding["rule"].as_str(), finding["line"].as_u64()),
+            (Some("unknown-member"), Some(2)),
+            "{report}"
+        );
+        assert!(
+            text(&result).contains("2:11: error[unknown-member]"),
+            "{}",
+            text(&result)
+        );
+        let result = call(
+            &client,
+            "lint_lua",
+            json!({"code": "return 1 + 1"}),
+        )
+        .await;
+        assert_eq!(result.is_error, Some(false), "{}", text(&result));
+        client.cancel().await.expect("close the connection");
+    });
+}
+
+#[test]
+fn a_timeout_is_reported_and_closes_a_session() {
+    let dir = TempDir::new();
+    block_on(async {
+        let client = connect(&dir, &["--timeout", "100ms"]).await;
+        let result = call(&client, "run_lua", json!({"code": "while true do end"})).await;
+        assert_eq!(result.is_error, Some(true), "{result:?}");
+        assert_eq!(doc(&result)["error"]["kind"], json!("timeout"));
+        assert!(text(&result).starts_with("error: timeout\n"));
+
+        let opened = call(&client, "session_open", json!({})).await;
+        let id = doc(&opened)["session_id"].clone();
+        let result = call(
+            &client,
+            "session_exec",
+            json!({"session_id": id, "code": "while true do end"}),
+        )
+        .await;
+        assert_eq!(doc(&result)["error"]["kind"], json!("timeout"));
+        // The state may be half-updated: the session refuses from now on, saying why.
+        let result = call(
+            &client,
+            "session_exec",
+            json!({"session_id": id, "code": "return 1"}),
+        )
+        .await;
+        assert_eq!(result.is_error, Some(true));
+        let error = &doc(&result)["error"];
+        assert_eq!(error["kind"], json!("timeout"), "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("the session was closed"),
+            "{error}"
+        );
+        client.cancel().await.expect("close the connection");
+    });
+}
+
+#[test]
+fn a_session_keeps_its_state_from_open_to_close() {
+    let dir = TempDir::new();
+    block_on(async {
+        let client = connect(&dir, &[]).await;
+        let opened = call(&client, "session_open", json!({})).await;
+        assert_eq!(opened.is_error, Some(false), "{opened:?}");
+        let id = doc(&opened)["session_id"].clone();
+        assert!(id.is_string(), "{opened:?}");
+        assert!(text(&opened).contains(id.as_str().unwrap_or_default()));
+
+        let result = call(
+            &client,
+            "session_exec",
+            json!({"session_id": id,
+                   "code": "local start = ... n = start.n function bump(k) n = n + (k or 1) return n end",
+                   "input": {"n": 10}}),
+        )
+        .await;
+        assert_eq!(result.is_error, Some(false), "{result:?}");
+        let result = call(
+            &client,
+            "session_call",
+            json!({"session_id": id, "function": "bump", "args": [5]}),
+        )
+        .await;
+        assert_eq!(doc(&result)["result"], json!(15), "{result:?}");
+        let result = call(
+            &client,
+            "session_call",
+            json!({"session_id": id, "function": "bump"}),
+        )
+        .await;
+        assert_eq!(doc(&result)["result"], json!(16), "{result:?}");
+        let result = call(
+            &client,
+            "session_eval",
+            json!({"session_id": id, "code": "n"}),
+        )
+        .await;
+        assert_eq!(doc(&result)["result"], json!(16), "{result:?}");
+
+        // A script error leaves the session usable.
+        let result = call(
+            &client,
+            "session_call",
+            json!({"session_id": id, "function": "missing"}),
+        )
+        .await;
+        assert_eq!(result.is_error, Some(true), "{result:?}");
+        let result = call(
+            &client,
+            "session_eval",
+            json!({"session_id": id, "code": "n"}),
+        )
+        .await;
+        assert_eq!(doc(&result)["result"], json!(16), "{result:?}");
+
+        let closed = call(&client, "session_close", json!({"session_id": id})).await;
+        assert_eq!(closed.is_error, Some(false), "{closed:?}");
+        let result = call(
+            &client,
+            "session_eval",
+            json!({"session_id": id, "code": "n"}),
+        )
+        .await;
+        assert_eq!(result.is_error, Some(true), "{result:?}");
+        assert_eq!(doc(&result)["error"]["kind"], json!("input"));
+        client.cancel().await.expect("close the connection");
+    });
+}
+
+#[test]
+fn sessions_past_the_cap_are_refused_until_one_closes() {
+    let dir = TempDir::new();
+    block_on(async {
+        let client = connect(&dir, &["--max-sessions", "2"]).await;
+        let first = call(&client, "session_open", json!({})).await;
+        let second = call(&client, "session_open", json!({})).await;
+        assert_eq!(second.is_error, Some(false), "{second:?}");
+        let third = call(&client, "session_open", json!({})).await;
+        assert_eq!(third.is_error, Some(true), "{third:?}");
+        let error = &doc(&third)["error"];
+        assert_eq!(error["kind"], json!("input"), "{error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("too many sessions"), "{message}");
+        assert!(message.contains('2'), "{message}");
+        assert!(text(&third).contains("too many sessions"));
+
+        let id = doc(&first)["session_id"].clone();
+        call(&client, "session_close", json!({"session_id": id})).await;
+        let again = call(&client, "session_open", json!({})).await;
+        assert_eq!(again.is_error, Some(false), "{again:?}");
+        client.cancel().await.expect("close the connection");
+    });
+}
+
+#[test]
+fn an_unknown_session_or_malformed_arguments_are_tool_errors() {
+    let dir = TempDir::new();
+    block_on(async {
+        let client = connect(&dir, &[]).await;
+        for (tool, args) in [
+            (
+                "session_exec",
+                json!({"session_id": "s999", "code": "return 1"}),
+            ),
+            ("session_eval", json!({"session_id": "s999", "code": "1"})),
+            (
+                "session_call",
+                json!({"session_id": "s999", "function": "f"}),
+            ),
+            ("session_close", json!({"session_id": "s999"})),
+        ] {
+            let result = call(&client, tool, args).await;
+            assert_eq!(result.is_error, Some(true), "{tool}: {result:?}");
+            let error = &doc(&result)["error"];
+            assert_eq!(error["kind"], json!("input"), "{tool}: {error}");
+            assert!(
+                error["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("s999"),
+                "{tool}: {error}"
+            );
+        }
+        // No code: the model gets an error it can read, naming the field.
+        let result = call(&client, "run_lua", json!({"input": 1})).await;
+        assert_eq!(result.is_error, Some(true), "{result:?}");
+        assert!(text(&result).contains("code"), "{result:?}");
+        let result = call(
+            &client,
+            "run_lua",
+            json!({"code": "return 1", "timeout": "1s"}),
+        )
+        .await;
+        assert_eq!(result.is_error, Some(true), "{result:?}");
+        assert!(text(&result).contains("timeout"), "{result:?}");
+        client.cancel().await.expect("close the connection");
+    });
+}
+
+#[test]
+fn a_command_tool_is_called_from_run_lua() {
+    let dir = TempDir::new();
+    dir.write(
+        "add.sh",
+        "read -r args\nset -- $(echo \"$args\" | tr '[],' '   ')\necho $(($1 + $2))\n",
+    );
+    block_on(async {
+        let client = connect(&dir, &["--tool", "calc.add=sh add.sh"]).await;
+        let result = call(&client, "run_lua", json!({"code": "return calc.add(2, 3)"})).await;
+        assert_eq!(result.is_error, Some(false), "{result:?}");
+        let doc = doc(&result);
+        assert_eq!(doc["result"], json!(5), "{doc}");
+        assert_eq!(doc["tool_calls"][0]["name"], json!("calc.add"), "{doc}");
+        client.cancel().await.expect("close the connection");
+    });
+}
+
+#[test]
+fn isolated_runs_and_sessions_keep_stdout_the_protocol_s() {
+    let dir = TempDir::new();
+    let flags = isolate_flags();
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    block_on(async {
+        let client = connect(&dir, &args).await;
+        let tools = client.list_all_tools().await.expect("tools/list");
+        let description = tool(&tools, "run_lua")
+            .description
+            .clone()
+            .unwrap_or_default();
+        assert!(description.contains("worker process"), "{description}");
+        // The worker's output is captured, never written to the protocol's stdout.
+        let result = call(&client, "run_lua", json!({"code": "print('hi') return 7"})).await;
+        assert_eq!(doc(&result)["result"], json!(7), "{result:?}");
+        assert_eq!(doc(&result)["output"], json!("hi\n"), "{result:?}");
+        let opened = call(&client, "session_open", json!({})).await;
+        let id = doc(&opened)["session_id"].clone();
+        let result = call(
+            &client,
+            "session_exec",
+            json!({"session_id": id, "code": "x = 6 print(x) return x * 7"}),
+        )
+        .await;
+        assert_eq!(doc(&result)["result"], json!(42), "{result:?}");
+        let result = call(
+            &client,
+            "session_eval",
+            json!({"session_id": id, "code": "x"}),
+        )
+        .await;
+        assert_eq!(doc(&result)["result"], json!(6), "{result:?}");
+        client.cancel().await.expect("close the connection");
+    });
+}
+
+/// The client going away (stdin's end) ends the server, and its sessions with it. (A
+/// request still running then has rmcp's drain, 5 s, to answer before the process exits
+/// and ends it: not waited for here, to keep the test fast.)
+#[test]
+fn the_server_ends_with_the_connection_and_its_sessions_with_it() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let dir = TempDir::new();
+    let mut cmd = command(&dir, &["mcp", "--timeout", "60s"]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = spawn(&mut cmd);
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut send = |line: Json| {
+        writeln!(stdin, "{line}").expect("write a request");
+        stdin.flush().expect("flush");
+    };
+    let mut answer = |id: u64| loop {
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line).expect("read stdout");
+        assert!(read > 0, "stdout ended before the answer to {id}");
+        let message: Json = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("stdout carries only JSON-RPC ({e}): {line:?}"));
+        if message["id"] == json!(id) {
+            return message;
+        }
+    };
+    send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "0"}}}),
+    );
+    answer(1);
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "session_open", "arguments": {}}}));
+    let opened = answer(2);
+    let id = opened["result"]["structuredContent"]["session_id"].clone();
+    assert!(id.is_string(), "{opened}");
+    send(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "session_exec",
+                   "arguments": {"session_id": id, "code": "x = 1"}}}));
+    answer(3);
+    drop(stdin);
+    let status = child.wait().expect("wait for moonjail mcp");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
