@@ -254,12 +254,7 @@ fn a_runtime_error_is_a_tool_error_with_line_and_traceback() {
             "{}",
             text(&result)
         );
-        let result = call(
-            &client,
-            "lint_lua",
-            json!({"code": "return 1 + 1"}),
-        )
-        .await;
+        let result = call(&client, "lint_lua", json!({"code": "return 1 + 1"})).await;
         assert_eq!(result.is_error, Some(false), "{}", text(&result));
         client.cancel().await.expect("close the connection");
     });
