@@ -159,11 +159,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let server = Server::bind(config, args.listen).await?;
         let addr = server.local_addr()?;
-        tracing::info!(%addr, isolated = args.sandbox.isolate, "listening");
+        tracing::info!(target: "moonjail_http", %addr, isolated = args.sandbox.isolate, "listening");
         // For scripts and tests that start the service on port 0.
         eprintln!("moonjail: listening on http://{addr}");
         server.run(moonjail_http::shutdown_signal()).await?;
-        tracing::info!("stopped");
+        tracing::info!(target: "moonjail_http", "stopped");
         anyhow::Ok(())
     })?;
     // Blocking threads still running a script past the grace period are not waited for.

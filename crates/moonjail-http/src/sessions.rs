@@ -236,7 +236,7 @@ impl Sessions {
         map.retain(|_, h| {
             h.use_
                 .lock()
-                .map_or(false, |u| u.1 > 0 || u.0.elapsed() < self.idle)
+                .is_ok_and(|u| u.1 > 0 || u.0.elapsed() < self.idle)
         });
         before - map.len()
     }

@@ -84,6 +84,21 @@ impl AppState {
         self.ready.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
     }
 
+    /// Requests executing now (runs and session calls).
+    pub fn executing(&self) -> usize {
+        self.executors.running()
+    }
+
+    /// Requests waiting for an executor now.
+    pub fn queued(&self) -> usize {
+        self.executors.queued()
+    }
+
+    /// Sessions open now.
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.live()
+    }
+
     /// Marks the service as stopping: `/readyz` answers 503 from now on.
     pub fn begin_shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
