@@ -15,6 +15,7 @@ mod json_errors;
 mod pipes;
 mod profile;
 mod run;
+mod serve;
 mod session;
 mod support;
 mod tools;
