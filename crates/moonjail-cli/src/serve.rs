@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// Profiles a request may name, comma-separated. Default: all built-in ones.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub profiles: Vec<String>,
+    /// How long a whole request may take, body upload included (408 past it): a
+    /// backstop behind each run's own deadline. Default: --timeout plus 30 s (5 minutes
+    /// without a timeout).
+    #[arg(long, value_name = "DURATION")]
+    pub request_timeout: Option<String>,
     /// How long requests in flight get to finish after SIGTERM or SIGINT.
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub grace: String,
@@ -133,6 +138,11 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     config.shutdown_grace = duration(&args.grace)
         .context("--grace")?
         .unwrap_or_default();
+    if let Some(text) = &args.request_timeout {
+        config.request_timeout = duration(text)
+            .context("--request-timeout")?
+            .context("--request-timeout: a request timeout is required")?;
+    }
     config.validate()?;
     Ok(config)
 }

@@ -61,6 +61,10 @@ pub struct Config {
     /// How long in-flight requests get to finish after a shutdown signal. By default,
     /// 10 s.
     pub shutdown_grace: Duration,
+    /// How long a whole request may take, body upload included, before it is answered
+    /// 408 (a backstop: runs have their own deadline, which should be well within it).
+    /// By default, the sandbox's timeout plus 30 s, or 5 minutes without one.
+    pub request_timeout: Duration,
 }
 
 /// What `moonjail serve` allows a request body to weigh by default.
@@ -70,6 +74,10 @@ impl Config {
     /// The defaults around `sandbox` (see each field).
     pub fn new(sandbox: Sandbox) -> Config {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let request_timeout = sandbox
+            .limits()
+            .timeout
+            .map_or(Duration::from_secs(300), |t| t + Duration::from_secs(30));
         Config {
             sandbox,
             profiles: Profile::ALL.to_vec(),
@@ -83,6 +91,7 @@ impl Config {
             key_concurrency: 64,
             rate_limit: None,
             shutdown_grace: Duration::from_secs(10),
+            request_timeout,
         }
     }
 
@@ -100,6 +109,9 @@ impl Config {
         }
         if self.key_concurrency == 0 {
             return bad("per-key concurrency: must be at least 1");
+        }
+        if self.request_timeout.is_zero() {
+            return bad("request timeout: must be greater than zero");
         }
         if self.session_idle.is_zero() {
             return bad("session idle timeout: must be greater than zero");

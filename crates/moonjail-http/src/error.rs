@@ -22,7 +22,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable category: `bad_request`, `unauthorized`, `not_found`,
-    /// `method_not_allowed`, `payload_too_large`, `rate_limited`, `too_many_requests`, `too_many_sessions`, `overloaded`,
+    /// `method_not_allowed`, `request_timeout`, `payload_too_large`, `rate_limited`, `too_many_requests`, `too_many_sessions`, `overloaded`,
     /// `session_closed`, `shutting_down`, `internal`.
     pub kind: String,
     /// What happened, naming the field, the limit or the key problem.
@@ -84,6 +84,15 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             message,
+        )
+    }
+
+    /// 408: the whole request took longer than the request timeout.
+    pub fn request_timeout(limit: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request took longer than {} ms", limit.as_millis()),
         )
     }
 

@@ -6,26 +6,47 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use crate::api;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{ApiError, Error, Result};
 use crate::state::AppState;
 
-/// The service's router: every route of `/openapi.json`, with the body limit and the
-/// request log as layers, and JSON answers for unknown routes and methods.
+/// The service's router: every route of `/openapi.json`, with the body limit, the
+/// request timeout and the request log as layers, and JSON answers for unknown routes
+/// and methods.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api::routes().split_for_parts();
+    let timeout = state.config().request_timeout;
     router
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::no_method)
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(axum::middleware::map_response(move |response: Response| {
+            json_for_timeout(response, timeout)
+        }))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::log::log_request,
         ))
         .with_state(state)
+}
+
+/// The timeout layer answers a bare 408; every refusal has the JSON body.
+async fn json_for_timeout(response: Response, timeout: Duration) -> Response {
+    if response.status() == StatusCode::REQUEST_TIMEOUT
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return ApiError::request_timeout(timeout).into_response();
+    }
+    response
 }
 
 /// The OpenAPI document of [`router`].

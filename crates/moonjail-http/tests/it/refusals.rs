@@ -186,3 +186,17 @@ fn session_caps_per_key_and_in_all() {
     );
     server.open_session(BOB, &json!({}));
 }
+
+#[test]
+fn a_request_past_the_request_timeout_gets_408() {
+    let mut config = config(sandbox());
+    config.request_timeout = std::time::Duration::from_millis(100);
+    let server = TestServer::start(config);
+    let answer = server.post(
+        "/v1/run",
+        Some(ALICE),
+        &json!({"code": "while true do end", "limits": {"timeout": "1s"}}),
+    );
+    assert_eq!(answer.status, 408, "{}", answer.text);
+    assert_eq!(answer.kind(), "request_timeout");
+}
