@@ -212,7 +212,7 @@ pub struct HasFunctionAnswer {
 /// `GET /healthz`, `GET /readyz`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok`, `ready`, `starting` or `stopping`.
+    /// `ok` (`/healthz`), `ready` or `not ready` (`/readyz`: starting, or stopping).
     pub status: String,
 }
 
@@ -361,7 +361,15 @@ async fn open_session(
     let ticket = state.executors.admit().await?;
     let opened = state.sessions.open(caller.key.clone(), sandbox).await?;
     drop(ticket);
-    let opened = opened.map_err(|e| ApiError::bad_request(format!("opening the session: {e}")))?;
+    let opened = opened.map_err(|e| match e.kind {
+        // No worker could be started, or it died: the service's trouble, not the request's.
+        moonjail::ErrorKind::Internal | moonjail::ErrorKind::Killed => ApiError::unavailable(
+            "unavailable",
+            format!("opening the session: {e}"),
+            std::time::Duration::from_secs(1),
+        ),
+        _ => ApiError::bad_request(format!("opening the session: {e}")),
+    })?;
     Ok((
         StatusCode::CREATED,
         Json(SessionCreated {

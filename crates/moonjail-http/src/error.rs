@@ -23,7 +23,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable category: `bad_request`, `unauthorized`, `not_found`,
     /// `method_not_allowed`, `request_timeout`, `payload_too_large`, `rate_limited`, `too_many_requests`, `too_many_sessions`, `overloaded`,
-    /// `session_closed`, `shutting_down`, `internal`.
+    /// `session_closed`, `shutting_down`, `unavailable`, `internal`.
     pub kind: String,
     /// What happened, naming the field, the limit or the key problem.
     pub message: String,
