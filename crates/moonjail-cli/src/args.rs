@@ -51,7 +51,9 @@ pub struct SandboxArgs {
     /// How deeply the input and the result may nest.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub result_depth: usize,
-    /// aos: serve `require("a.b")` from DIR/a/b.lua or DIR/a/b/init.lua.
+    /// Serve `require("a.b")` from DIR/a/b.lua or DIR/a/b/init.lua (`require(".a")`
+    /// too, as aos process code writes it), in the profiles that have `require`
+    /// (standard, aos); elsewhere a usage error.
     #[arg(long, value_name = "DIR")]
     pub modules: Option<PathBuf>,
     /// aos: let `io.open(PATH)` read PATH (exactly as the script spells it). Repeatable.

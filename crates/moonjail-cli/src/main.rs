@@ -7,6 +7,7 @@ mod args;
 mod backstop;
 mod check;
 mod doctor;
+mod lint;
 mod output;
 mod profile;
 mod run;
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand};
 
 use crate::check::{check, CheckArgs};
 use crate::doctor::doctor;
+use crate::lint::{lint, LintArgs};
 use crate::profile::{profile, ProfileCommand};
 use crate::run::{run, RunArgs};
 use crate::serve::{keys, serve, KeysCommand, ServeArgs};
@@ -48,12 +50,52 @@ enum Command {
     /// Run a Lua script once, in a fresh sandbox.
     ///
     /// The chunk gets the input as its first vararg (`local input = ...`). If it defines a
-    /// global function `run`, that is then called as `run(input)` and its first return
-    /// value is the result; otherwise the chunk's first return value is.
+    /// global function `run`, that is then called as `run(input)` and its return values
+    /// are the results; otherwise the chunk's return values are. JSON null in the input is
+    /// nil where a script looks (an object's null field is absent, an array keeps its
+    /// positions with json.null); without --input the vararg is nil. `require("json")`
+    /// works in the standard and aos profiles. A shebang first line (`#!/usr/bin/env
+    /// lua`) and a UTF-8 BOM are skipped as `lua` skips them; line numbers stay the file's.
+    ///
+    /// The --json document (one line):
+    ///   "ok"                true or false
+    ///   "result"            the first value returned (null when none)
+    ///   "results"           every value returned, in order: `return nil, "not found"`
+    ///                       gives [null, "not found"]; [] for a bare `return` or a failure
+    ///   "output"            what the script printed; with --output-overflow truncate its
+    ///                       head and tail around a `[... N bytes of output dropped ...]` line
+    ///   "output_truncated"  null, or {"kept_bytes", "dropped_bytes"} when the output was cut
+    ///   "error"             null, or {"kind", "message", "line", "traceback", "value", "hint"}:
+    ///     "kind"       syntax runtime memory_limit instruction_limit timeout output_limit
+    ///                  input result forbidden killed internal
+    ///     "message"    Lua's message; for a limit, which limit, its value and where the
+    ///                  script was stopped ("ran past its 200 ms deadline (stopped at line 3
+    ///                  in function 'spin')")
+    ///     "line"       the innermost line of the script, also for an error raised inside a
+    ///                  library function (null when there is none)
+    ///     "traceback"  the Lua frames, innermost first, at most 32:
+    ///                  [{"function": NAME or null, "source": CHUNK, "line": N}]
+    ///     "value"      the raised value when it is a table (`error({code = 42})` gives
+    ///                  {"code": 42}; an object with __tostring is also its message), else null
+    ///     "hint"       for a syntax error that looks like another language's habit (`!=`,
+    ///                  `+=`, `continue`, ...), what Lua spells instead; else null
+    ///   "stats"             what the run used of each limit, and the limits:
+    ///     "wall_ms", "memory_bytes" (in use at the end), "peak_memory_bytes",
+    ///     "instructions" (exact: the least --instructions that succeeds; null without
+    ///     --instructions), "output_bytes" (printed, before any truncation), "tool_calls",
+    ///     "limits": {"wall_ms", "memory_bytes", "instructions", "output_bytes",
+    ///     "tool_calls"} (null: no limit)
+    /// plus "tool_calls" (the host tool calls, when there were any) and "diagnostics"
+    /// (with --diagnostic). Without --json: the output, then each result on a line (nil
+    /// as null); a failure on stderr with its line, traceback and hint. --raw: the first
+    /// result alone.
     ///
     /// Examples:
     ///   moonjail run examples/hello.lua
     ///   moonjail run -e 'return 1 + 1'
+    ///   moonjail run -e '1 + 1'                      # an expression, as in the REPL: 2
+    ///   moonjail run -e 'return ("%d items"):format(3)' --raw   # 3 items
+    ///   moonjail run flood.lua --output-limit 64KiB --output-overflow truncate --json
     ///   echo 'return (...).n * 2' | moonjail run - --input '{"n": 21}' --json
     ///   moonjail run agent.lua --input @context.json --timeout 500ms --memory 16MiB
     ///
@@ -62,6 +104,33 @@ enum Command {
     ///   moonjail run -e 'return calc.add(2, 3)' --tool 'calc.add=sh add.sh' --json
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
+    /// Check a script against the sandbox `run` would give it, without running it.
+    ///
+    /// Takes run's sandbox flags (--profile, --tool, --allow-http, --modules,
+    /// --require-run ...), so the check is against exactly what the script would reach:
+    /// syntax errors (with hints for other languages' spellings: != += continue ?: //),
+    /// globals and library members the sandbox does not have (and which it removes on
+    /// purpose: io, os.execute, debug, string.dump ...), typos ("did you mean"), writes to
+    /// tool namespaces, malformed pattern literals, literal URLs the --allow-http list
+    /// refuses, wrong argument counts, a missing `run` under --require-run, and the usual
+    /// correctness warnings (unused locals, shadowing, 0-based loops).
+    ///
+    /// Output: `FILE:LINE:COL: SEVERITY[RULE]: MESSAGE`, the source line with a caret
+    /// under the span, and `= help:` with what to write instead. --json prints one
+    /// document with every finding and the script's capability manifest (globals, library
+    /// members, tools and hosts it reaches; whether it loads code at run time).
+    ///
+    /// Exit status: 0 no error finding (warnings allowed), 1 error findings, 2 misuse.
+    ///
+    /// Examples:
+    ///   moonjail lint agent.lua
+    ///   moonjail lint agent.lua --json | jq '.findings[] | [.line, .rule, .message]'
+    ///   moonjail lint -e 'if a != b then print(io.open("x")) end'
+    ///   moonjail lint weather.lua --tool 'weather.lookup=python3 w.py' --allow-http api.example.com
+    ///   moonjail lint --profile aos --modules ./process process.lua
+    ///   moonjail run --lint agent.lua     # lint first; error findings: not run (kind "lint")
+    #[command(verbatim_doc_comment)]
+    Lint(Box<LintArgs>),
     /// Drive one persistent sandbox over JSON lines: one request per line on stdin, one
     /// response per line on stdout, so any language can host a Lua VM over a pipe.
     ///
@@ -70,8 +139,27 @@ enum Command {
     ///   {"id": 2, "op": "call", "function": "compute", "args": [{}, {"Action": "Ping"}]}
     ///   {"id": 3, "op": "has_function", "name": "compute"}
     ///   {"id": 4, "op": "close"}
-    /// Responses carry the fields of `run --json` ("ok", "result", "output", "error",
-    /// "stats") plus "id". A line that is not UTF-8, not JSON, not one of these requests
+    /// and also:
+    ///   {"id": 5, "op": "exec", "code": "local order = ... return order.qty", "input": {"qty": 2}}
+    ///   {"id": 6, "op": "eval", "code": "#queue"}
+    ///   {"id": 7, "op": "call", "function": "M.f", "args": [1], "timeout": "200ms"}
+    ///   {"id": 8, "op": "lint", "code": "return io.open('x')"}
+    /// "exec" runs a chunk in the session's state, "input" its vararg (JSON null is nil,
+    /// as for `run --input`). "eval" gives an expression's value (tried as `return CODE`,
+    /// then as a statement, as Lua's REPL does). "call" and "has_function" take a global
+    /// name, a dotted one (`M.f`, `utils.map`) or a callable table (a __call metatable),
+    /// found by raw lookups (no metamethod runs). exec, eval and call accept "timeout" (a
+    /// duration, `200ms`) and "instructions" (a count): they lower the session's limits
+    /// for that request, never raise them.
+    ///
+    /// Responses to exec, eval and call are the document of `run --json` ("ok", "result",
+    /// "results", "output", "output_truncated", "error" with its "line", "traceback",
+    /// "value" and "hint", "stats" with "memory_bytes" in use after the request,
+    /// "peak_memory_bytes" during it, and the request's "limits") plus "id"; those to
+    /// has_function, close and refused requests have the same fields, "stats" null.
+    /// "lint" runs nothing: its response adds "lint": {"findings", "manifest"} (as
+    /// `moonjail lint --json`; the chunk is judged alone, against a fresh sandbox).
+    /// A line that is not UTF-8, not JSON, not one of these requests
     /// (unknown op, missing, unknown or mistyped field) or longer than --request-limit
     /// gets an error response (kind "input", the message names the op or field) and the
     /// session goes on. Time and instruction limits are per request; memory covers the
@@ -173,7 +261,7 @@ enum Command {
     },
 }
 
-/// The script failed (any error kind), or a check did.
+/// The script failed (any error kind), a check did, or lint found errors.
 const FAILED: u8 = 1;
 /// The command was misused: a bad flag or value, an unreadable or over-limit file, a
 /// sandbox that cannot be built. Under `--json` also one document, error kind `input`.
@@ -201,6 +289,7 @@ impl Cli {
     fn json(&self) -> bool {
         match &self.command {
             Command::Run(args) => args.json,
+            Command::Lint(args) => args.json,
             Command::Check(args) => args.json,
             Command::Tools(args) => args.json,
             Command::Profile {
@@ -220,6 +309,7 @@ impl Cli {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(*args),
+        Command::Lint(args) => lint(*args),
         Command::Session(args) => session(args),
         Command::Serve(args) => serve(*args),
         Command::Keys { command } => keys(command),

@@ -40,6 +40,12 @@ pub struct RunArgs {
     /// Fail if the result is not a table.
     #[arg(long)]
     pub require_table: bool,
+    /// Lint the script against the sandbox first (see `moonjail lint`): a script with
+    /// error findings is not run, and fails with error kind "lint" (its findings under
+    /// "lint" in --json); warnings are printed on stderr (under "lint" in --json) and the
+    /// script runs.
+    #[arg(long)]
+    pub lint: bool,
     /// Print one JSON document: {"ok", "result", "results", "output",
     /// "output_truncated", "error", "stats"}. A misuse (status 2) is one such document
     /// too, error kind "input".
@@ -59,28 +65,7 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let source_limit = args::size(&args.sandbox.source_limit).context("--source-limit")?;
     let input_limit = args::size(&args.input_limit).context("--input-limit")?;
-    let over_source = "the script is over the --source-limit";
-    let (source, name) = match (&args.code, &args.file) {
-        // Already in memory; the sandbox applies the source limit to it.
-        (Some(code), _) => (code.clone().into_bytes(), "(command line)".to_string()),
-        (None, Some(path)) if path.as_os_str() == "-" => {
-            let buf = read_capped(std::io::stdin().lock(), source_limit, over_source)
-                .context("reading the script from standard input")?;
-            (buf, "stdin".to_string())
-        }
-        (None, Some(path)) => {
-            let buf = std::fs::File::open(path)
-                .map_err(anyhow::Error::from)
-                .and_then(|file| read_capped(file, source_limit, over_source))
-                .with_context(|| format!("reading {}", path.display()))?;
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "script".into());
-            (buf, name)
-        }
-        (None, None) => bail!("give a FILE, `-` for standard input, or -e CODE"),
-    };
+    let (source, name) = read_script(args.code.as_deref(), args.file.as_deref(), source_limit)?;
     let sandbox = args.sandbox.build(args.require_run, args.require_table)?;
     let limits = sandbox.limits().clone();
     let over_input = "the input is over the --input-limit";
@@ -117,7 +102,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = RunOptions::default()
         .chunk_name(&name)
         .expression(args.code.is_some());
-    let outcome = sandbox.run_with(&source, &input, &options);
+    let report = args.lint.then(|| sandbox.lint(&source));
+    let outcome = match report {
+        Some(report) if report.has_errors() => {
+            let error = moonjail::Error::new(moonjail::ErrorKind::Lint, report.summary());
+            let mut outcome = moonjail::Outcome::from_error(error);
+            if !args.json {
+                crate::lint::print_findings(&name, &source, &report, &mut std::io::stderr())?;
+            }
+            outcome.lint = Some(report);
+            outcome
+        }
+        report => {
+            if let Some(report) = report
+                .as_ref()
+                .filter(|r| !r.findings.is_empty() && !args.json)
+            {
+                crate::lint::print_findings(&name, &source, report, &mut std::io::stderr())?;
+            }
+            let mut outcome = sandbox.run_with(&source, &input, &options);
+            outcome.lint = report;
+            outcome
+        }
+    };
     if let Some(backstop) = backstop {
         if !backstop.settle() {
             // The backstop is ending the process with its own outcome.
@@ -163,6 +170,37 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(crate::FAILED)
+    })
+}
+
+/// The script of `-e CODE`, `-` (standard input) or FILE, read no further than
+/// `source_limit`, and the chunk name it runs under.
+pub fn read_script(
+    code: Option<&str>,
+    file: Option<&std::path::Path>,
+    source_limit: Option<usize>,
+) -> anyhow::Result<(Vec<u8>, String)> {
+    let over_source = "the script is over the --source-limit";
+    Ok(match (code, file) {
+        // Already in memory; the sandbox applies the source limit to it.
+        (Some(code), _) => (code.as_bytes().to_vec(), "(command line)".to_string()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let buf = read_capped(std::io::stdin().lock(), source_limit, over_source)
+                .context("reading the script from standard input")?;
+            (buf, "stdin".to_string())
+        }
+        (None, Some(path)) => {
+            let buf = std::fs::File::open(path)
+                .map_err(anyhow::Error::from)
+                .and_then(|file| read_capped(file, source_limit, over_source))
+                .with_context(|| format!("reading {}", path.display()))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "script".into());
+            (buf, name)
+        }
+        (None, None) => bail!("give a FILE, `-` for standard input, or -e CODE"),
     })
 }
 

@@ -32,10 +32,10 @@ pub struct SessionArgs {
 const REQUEST_OVERHEAD: usize = 16 << 20;
 
 /// The ops of [`Request`], as a request spells them.
-const OPS: [&str; 5] = ["exec", "eval", "call", "has_function", "close"];
+const OPS: [&str; 6] = ["exec", "eval", "call", "has_function", "lint", "close"];
 
 /// The ops, as error messages list them.
-const OP_LIST: &str = "exec, eval, call, has_function, close";
+const OP_LIST: &str = "exec, eval, call, has_function, lint, close";
 
 /// One request, `id` aside (it is echoed whatever it is, so it is taken out first).
 #[derive(Deserialize, Debug, PartialEq)]
@@ -77,6 +77,11 @@ enum Request {
     HasFunction {
         #[serde(deserialize_with = "field::name")]
         name: String,
+    },
+    /// Check a chunk against the session's sandbox without running it.
+    Lint {
+        #[serde(deserialize_with = "field::code")]
+        code: String,
     },
     /// End the session. A struct variant so that unknown fields are refused here too.
     Close {},
@@ -206,7 +211,7 @@ pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
             ),
             Line::Text if buf.trim_ascii().is_empty() => continue,
             Line::Text => match std::str::from_utf8(&buf) {
-                Ok(text) => answer(&mut vm, sandbox.limits(), text),
+                Ok(text) => answer(&mut vm, &sandbox, text),
                 Err(e) => (
                     input_error(
                         Value::Null,
@@ -250,8 +255,8 @@ fn answered(id: Value, result: Option<Value>) -> Value {
 }
 
 /// Answers one request line; true when the session should end.
-fn answer(vm: &mut moonjail::Session, limits: &moonjail::Limits, line: &str) -> (Value, bool) {
-    let (id, request) = match parse(line, limits) {
+fn answer(vm: &mut moonjail::Session, sandbox: &moonjail::Sandbox, line: &str) -> (Value, bool) {
+    let (id, request) = match parse(line, sandbox.limits()) {
         Ok(parsed) => parsed,
         Err((id, message)) => return (input_error(id, message), false),
     };
@@ -287,6 +292,13 @@ fn answer(vm: &mut moonjail::Session, limits: &moonjail::Limits, line: &str) -> 
             // A closed session refuses has_function as it refuses every other op.
             Err(error) => moonjail::Outcome::from_error(error),
         },
+        Request::Lint { code } => {
+            let mut doc = answered(id, None);
+            if let Some(obj) = doc.as_object_mut() {
+                obj.insert("lint".into(), json!(sandbox.lint(code)));
+            }
+            return (doc, false);
+        }
         Request::Close {} => return (answered(id, None), true),
     };
     let mut doc = outcome.to_json();
@@ -369,10 +381,14 @@ mod tests {
             })
         );
         assert_eq!(ok(r#"{"op":"close"}"#), Ok(Request::Close {}));
+        assert_eq!(
+            ok(r#"{"op":"lint","code":"x"}"#),
+            Ok(Request::Lint { code: "x".into() })
+        );
         let err = ok(r#"{"op":"frobnicate"}"#).unwrap_err();
         assert_eq!(
             err,
-            "unknown op \"frobnicate\" (exec, eval, call, has_function, close)"
+            "unknown op \"frobnicate\" (exec, eval, call, has_function, lint, close)"
         );
         let err = ok(r#"{"op":"exec","code":5}"#).unwrap_err();
         assert!(err.contains("field `code`: invalid type"), "{err}");

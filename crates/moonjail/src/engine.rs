@@ -363,6 +363,7 @@ impl Engine {
             stats,
             diagnostics,
             tool_calls,
+            lint: None,
         }
     }
 }
@@ -447,7 +448,16 @@ fn load_chunk(vm: &Vm, source: &[u8], name: &str) -> Result<mlua::Function, Erro
         (Some(Value::Function(f)), _) => f,
         (Some(Value::Integer(status)), message) => {
             let message = match message {
-                Some(Value::String(m)) => m.to_string_lossy(),
+                // A runtime error inside the parser ("C stack overflow" on deep nesting)
+                // went through mlua's message handler, which appends a traceback of C
+                // frames: noise to a reader, and not the script's.
+                Some(Value::String(m)) => {
+                    let m = m.to_string_lossy();
+                    m.split("\nstack traceback:")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                }
                 _ => "the chunk could not be loaded".to_string(),
             };
             let kind = if status == i64::from(mlua::ffi::LUA_ERRMEM) {
@@ -460,8 +470,11 @@ fn load_chunk(vm: &Vm, source: &[u8], name: &str) -> Result<mlua::Function, Erro
             };
             let line = line_of(&message, name);
             let mut error = Error::new(kind, message).with_line(line);
-            if kind == ErrorKind::Syntax {
+            if kind == ErrorKind::Syntax && line.is_some() {
                 // What the other language's spelling is in Lua; the code is not changed.
+                // Only for an error on a line: without one (the parser's own C stack
+                // overflow) there is nothing to point at, and scanning the whole source
+                // would be the host's time.
                 error.hint = crate::lint::hints::syntax_hint(source, line, &error.message);
             }
             return Err(error);
@@ -647,7 +660,7 @@ fn script_error(vm: &Vm, v: Value, name: &str) -> Error {
         Value::Error(e) => mlua_message(e),
         Value::Nil => "nil".to_string(),
         Value::Table(t) => {
-            value = marshal::to_json(lua, &v, Bounds::new(16, ERROR_VALUE_BYTES)).ok();
+            value = marshal::to_json(lua, &v, Bounds::new(16, crate::error::MAX_VALUE_BYTES)).ok();
             match render_with_tostring(vm, t) {
                 Some(text) => text,
                 None => match &value {
@@ -663,9 +676,6 @@ fn script_error(vm: &Vm, v: Value, name: &str) -> Error {
     error.value = value;
     error
 }
-
-/// Largest error value kept, as JSON text.
-const ERROR_VALUE_BYTES: usize = 64 << 10;
 
 /// The text `t`'s own `__tostring` makes of it, when it has one that returns a string.
 fn render_with_tostring(vm: &Vm, t: &mlua::Table) -> Option<String> {

@@ -34,11 +34,14 @@ pub enum ErrorKind {
     Killed,
     /// A fault in moonjail itself, never the script's doing.
     Internal,
+    /// The linter found errors before the run (`run --lint`), so the script was not run;
+    /// the findings are in [`crate::Outcome::lint`].
+    Lint,
 }
 
 impl ErrorKind {
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::Syntax,
         ErrorKind::Runtime,
         ErrorKind::MemoryLimit,
@@ -50,6 +53,7 @@ impl ErrorKind {
         ErrorKind::Forbidden,
         ErrorKind::Killed,
         ErrorKind::Internal,
+        ErrorKind::Lint,
     ];
 
     /// The stable name used in JSON outcomes.
@@ -66,6 +70,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::Killed => "killed",
             ErrorKind::Internal => "internal",
+            ErrorKind::Lint => "lint",
         }
     }
 
@@ -137,6 +142,9 @@ pub struct Frame {
 /// The most frames a traceback keeps (the innermost ones).
 pub const MAX_FRAMES: usize = 32;
 
+/// The largest error value kept, as JSON text.
+pub(crate) const MAX_VALUE_BYTES: usize = 64 << 10;
+
 /// The longest function or chunk name a frame keeps (a script names its functions).
 const MAX_NAME_BYTES: usize = 256;
 
@@ -179,6 +187,15 @@ impl Error {
                 .map(|f| cut_message(f, MAX_NAME_BYTES));
         }
         self.hint = self.hint.take().map(|h| cut_message(h, MAX_NAME_BYTES * 4));
+        // The engine marshals an error value within this bound; one that comes larger
+        // (from a worker that broke the protocol) is dropped, not carried.
+        if self
+            .value
+            .as_ref()
+            .is_some_and(|v| serde_json::to_vec(v).map_or(true, |t| t.len() > MAX_VALUE_BYTES))
+        {
+            self.value = None;
+        }
         self
     }
 }

@@ -9,6 +9,7 @@ use serde_json::Value as Json;
 
 use crate::diag::Diagnostics;
 use crate::error::Error;
+use crate::lint::LintReport;
 use crate::tools::ToolCall;
 
 /// What a run produced: the result or the error, the captured output and statistics.
@@ -17,7 +18,8 @@ use crate::tools::ToolCall;
 /// Serialised (the `--json` contract), it is
 /// `{"ok", "result", "results", "output", "error": {"kind", "message", "line",
 /// "traceback", ...} | null, "stats": {...}}`, plus `"diagnostics"` in diagnostic mode
-/// and `"tool_calls"` when the script called host tools. `results` lists every value
+/// `"tool_calls"` when the script called host tools and `"lint"` when it was
+/// linted first. `results` lists every value
 /// the script returned; `result` is the first (`null` when there is none).
 #[derive(Debug, Clone, PartialEq)]
 #[must_use = "an outcome says whether the script failed"]
@@ -42,6 +44,9 @@ pub struct Outcome {
     pub diagnostics: Option<Diagnostics>,
     /// Every host tool call the script made, in order (see [`ToolCall`]).
     pub tool_calls: Vec<ToolCall>,
+    /// The linter's report, when the run was linted first (`run --lint`); with error
+    /// findings the script was not run and the error is of kind `lint`.
+    pub lint: Option<LintReport>,
 }
 
 /// Measurements of one run: for each limit, what was used, and the limit itself (in
@@ -103,6 +108,7 @@ impl Outcome {
             },
             diagnostics: None,
             tool_calls: Vec::new(),
+            lint: None,
         }
     }
 
@@ -171,6 +177,12 @@ impl Outcome {
         if !self.tool_calls.is_empty() {
             let calls = self.tool_calls.iter().map(ToolCall::to_json).collect();
             doc.insert("tool_calls".into(), Json::Array(calls));
+        }
+        if let Some(report) = &self.lint {
+            doc.insert(
+                "lint".into(),
+                serde_json::to_value(report).unwrap_or(Json::Null),
+            );
         }
         Json::Object(doc)
     }
@@ -246,6 +258,11 @@ pub struct OutcomeDoc<'a> {
     #[serde(skip_serializing_if = "<[ToolCall]>::is_empty")]
     #[cfg_attr(feature = "schema", schema(value_type = Option<Vec<ToolCallDoc>>, nullable = false))]
     tool_calls: &'a [ToolCall],
+    /// The linter's report, when the run was linted first (`run --lint`). Described as
+    /// a free-form object in the schema for now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(value_type = Option<Object>, nullable = false))]
+    lint: Option<&'a LintReport>,
 }
 
 /// The document shape of a [`ToolCall`] (which serialises through
@@ -289,6 +306,7 @@ impl Outcome {
             stats: &self.stats,
             diagnostics: self.diagnostics.as_ref(),
             tool_calls: &self.tool_calls,
+            lint: self.lint.as_ref(),
         }
     }
 }
@@ -431,7 +449,9 @@ mod tests {
             bytes_in: 2,
             bytes_out: 0,
         });
+        full.lint = Some(crate::lint::LintReport::default());
         assert_eq!(serde_json::to_value(&full).unwrap(), full.to_json());
+        assert!(full.to_json()["lint"]["findings"].is_array());
         assert_eq!(
             full.to_json()["results"],
             serde_json::json!([[1, {"a": null}], null, "x"])

@@ -10,6 +10,7 @@ use crate::engine::{self, Engine, Host};
 use crate::error::ConfigError;
 use crate::host::{Determinism, FileSource, HostFiles};
 use crate::limits::Limits;
+use crate::lint::{self, Environment, LintReport};
 use crate::outcome::Outcome;
 use crate::prepared::Prepared;
 use crate::profile::Profile;
@@ -309,6 +310,7 @@ impl SandboxBuilder {
             files: Arc::new(self.files.clone()),
             tools: self.tool_registry()?,
         };
+        let lint_env = Arc::new(lint_environment(&self.spec, &host, &self.http));
         let isolation = Isolated::new(self.isolation, &self.spec)?;
         // States can be prepared ahead only when nothing per-run goes into the
         // environment (tools attach per run) and runs happen in this process.
@@ -328,6 +330,7 @@ impl SandboxBuilder {
             host,
             isolation,
             prepared,
+            lint_env,
         })
     }
 }
@@ -407,17 +410,44 @@ pub struct Sandbox {
     host: Host,
     isolation: Isolated,
     prepared: Option<Arc<Prepared>>,
+    /// What the linter knows of this sandbox, built once with it.
+    lint_env: Arc<Environment>,
 }
 
 impl Default for Sandbox {
     fn default() -> Self {
+        let (spec, host) = (Spec::default(), Host::default());
+        let lint_env = Arc::new(lint_environment(&spec, &host, &HttpConfig::default()));
         Sandbox {
-            spec: Spec::default(),
-            host: Host::default(),
+            spec,
+            host,
             isolation: Isolated::InProcess,
             prepared: None,
+            lint_env,
         }
     }
+}
+
+/// The linter's view of a sandbox: its profile, its tools (`http` included) and its
+/// `http` allowlist, from the very values runs are built from.
+fn lint_environment(spec: &Spec, host: &Host, http: &HttpConfig) -> Environment {
+    let tools = host.tools.iter().flat_map(|registry| registry.names());
+    // Entries that do not parse were refused when the sandbox was built.
+    let allow = http
+        .allowed()
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .collect();
+    let mut env = Environment::new(spec.profile.spec(), tools, allow);
+    env.require_run = spec.require_run;
+    env.source_limit = spec.limits.source_bytes;
+    if let Some(registry) = &host.tools {
+        env.schemas = registry
+            .names()
+            .filter_map(|name| Some((name.to_string(), registry.args_schema(name)?.clone())))
+            .collect();
+    }
+    env
 }
 
 /// Per-run options that are not limits.
@@ -488,11 +518,26 @@ impl Sandbox {
                 custom.name
             )));
         }
+        // The linter's view follows the spec; the tools and the allowlist stay.
+        let lint_env = if spec.profile == self.spec.profile
+            && spec.require_run == self.spec.require_run
+            && spec.limits.source_bytes == self.spec.limits.source_bytes
+        {
+            self.lint_env.clone()
+        } else {
+            let tools = self.host.tools.iter().flat_map(|registry| registry.names());
+            let mut env = Environment::new(spec.profile.spec(), tools, self.lint_env.http.clone());
+            env.require_run = spec.require_run;
+            env.source_limit = spec.limits.source_bytes;
+            env.schemas = self.lint_env.schemas.clone();
+            Arc::new(env)
+        };
         Ok(Sandbox {
             spec,
             host: self.host.clone(),
             isolation: self.isolation.clone(),
             prepared: None,
+            lint_env,
         })
     }
 
@@ -547,6 +592,33 @@ impl Sandbox {
     /// Where runs happen.
     pub(crate) fn isolated(&self) -> &Isolated {
         &self.isolation
+    }
+
+    /// Checks `code` against this sandbox without running it: syntax errors (with hints
+    /// for other languages' spellings), globals and library members the sandbox does
+    /// not have, tool namespaces written to, malformed pattern literals, literal URLs
+    /// the `http` allowlist refuses, argument counts, and the usual correctness lints;
+    /// plus a manifest of what the script reaches. The sandbox's own checks at run time
+    /// stay the boundary: this is feedback before a run. A script with a shebang line or
+    /// a byte order mark is read as `moonjail run` reads a file.
+    ///
+    /// ```
+    /// let sandbox = moonjail::Sandbox::builder().build()?;
+    /// let report = sandbox.lint("local f = io.open('x')\nreturn string.spilt(f, ',')");
+    /// assert!(report.has_errors());
+    /// let rules: Vec<_> = report.findings.iter().map(|f| (f.rule, f.line)).collect();
+    /// assert_eq!(rules, [("removed-global", 1), ("unknown-member", 2)]);
+    /// # Ok::<(), moonjail::ConfigError>(())
+    /// ```
+    pub fn lint(&self, code: impl AsRef<[u8]>) -> LintReport {
+        lint::lint(&self.lint_env, code.as_ref())
+    }
+
+    /// What the linter believes this sandbox provides: each global with the names of its
+    /// members (empty for functions and values). The same as a run's environment, which
+    /// `tests/it/lint.rs` checks for every profile.
+    pub fn lint_environment(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.lint_env.names()
     }
 
     /// Runs `source` in a fresh state with `input` as its first vararg (and as the

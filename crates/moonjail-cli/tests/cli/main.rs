@@ -9,9 +9,11 @@ mod fixture_server;
 
 mod backstop;
 mod catalogue;
+mod contract;
 mod corpus;
 mod isolated;
 mod json_errors;
+mod lint;
 mod pipes;
 mod profile;
 mod run;

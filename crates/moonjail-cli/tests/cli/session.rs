@@ -238,7 +238,7 @@ fn requests_of_the_wrong_shape_get_precise_input_errors() {
     assert_eq!(docs[0]["id"], json!(1));
 }
 
-/// A response: the fields of `run --json` plus `id`.
+/// A response: the fields of `run --json` plus `id` (a refused request's `stats` null).
 fn assert_document_shape_with_id(doc: &Value) {
     let mut keys: Vec<&str> = doc
         .as_object()
@@ -249,9 +249,27 @@ fn assert_document_shape_with_id(doc: &Value) {
     keys.sort();
     assert_eq!(
         keys,
-        ["error", "id", "ok", "output", "result", "stats"],
+        [
+            "error",
+            "id",
+            "ok",
+            "output",
+            "output_truncated",
+            "result",
+            "results",
+            "stats"
+        ],
         "{doc}"
     );
+    if let Some(error) = doc["error"].as_object() {
+        let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["hint", "kind", "line", "message", "traceback", "value"],
+            "{doc}"
+        );
+    }
 }
 
 #[test]

@@ -298,6 +298,7 @@ pub fn assert_document_shape(doc: &Json) {
             "forbidden",
             "killed",
             "internal",
+            "lint",
         ];
         assert!(
             kinds.contains(&doc["error"]["kind"].as_str().unwrap()),

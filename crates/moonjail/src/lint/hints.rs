@@ -17,11 +17,25 @@ use super::lex::{Kind, Lexer, Token};
 /// searched for spellings that are never valid Lua.
 pub(crate) fn syntax_hint(source: &[u8], line: Option<u32>, message: &str) -> Option<String> {
     let Some(line) = line else {
+        let source = &source[..source.len().min(MAX_SCANNED * 16)];
         let tokens: Vec<Token> = Lexer::new(source).collect();
         return (0..tokens.len()).find_map(|i| foreign(source, &tokens, i, false));
     };
     let text = line_text(source, line)?;
     let tokens: Vec<Token> = Lexer::new(text).collect();
+    // Lua reports a `continue` statement at the token after it, often on the next line.
+    let before = line.checked_sub(1).and_then(|l| line_text(source, l));
+    if let Some(before) = before {
+        let prev: Vec<Token> = Lexer::new(before).collect();
+        if prev
+            .last()
+            .is_some_and(|t| t.text(before) == b"continue" && !tokens.is_empty())
+        {
+            if let Some(hint) = foreign(before, &prev, prev.len() - 1, true) {
+                return Some(hint);
+            }
+        }
+    }
     // The token the message names first (`near '!'`), then any other on the line.
     let near = near_token(message);
     let order = (0..tokens.len())
@@ -52,10 +66,89 @@ pub(crate) fn foreign_name(name: &str) -> Option<&'static str> {
     })
 }
 
-/// The text of 1-based `line`, without its newline.
+/// One foreign spelling that [`repair`] replaced: where it was (byte offsets) and the hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Repair {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) text: String,
+    pub(crate) hint: String,
+}
+
+/// `source` with other languages' spellings replaced by Lua of the same length (`!=` by
+/// `~=`, `x += 1` by `x =  1`, `&&` by `or`, `continue` by `do end`, a `//` comment by
+/// `--`), so that after a syntax error the rest of the script can still be read for
+/// names and calls at the same lines and columns, and each spelling reported where it is
+/// (not where the parser's recovery lands). What it writes need not mean what the script
+/// meant. Every spelling replaced is invalid Lua where it stands.
+pub(crate) fn repair(source: &str) -> Option<(String, Vec<Repair>)> {
+    let bytes = source.as_bytes();
+    let tokens: Vec<Token> = Lexer::new(bytes).collect();
+    let mut out = bytes.to_vec();
+    let mut repairs = Vec::new();
+    for (i, tok) in tokens.iter().enumerate() {
+        let first_on_line = i == 0 || bytes[tokens[i - 1].end..tok.start].contains(&b'\n');
+        let replacement: Option<&[u8]> = match tok.kind {
+            Kind::Sym("!=") => Some(b"~="),
+            Kind::Sym("!") => Some(b"~"),
+            Kind::Sym("&&" | "||") => Some(b"or"),
+            Kind::Sym("+=" | "-=" | "*=" | "/=" | "%=" | "^=") => Some(b"= "),
+            Kind::Sym("..=") => Some(b"=  "),
+            Kind::Sym("//") if first_on_line && prose_follows(bytes, &tokens, i + 1) => Some(b"--"),
+            Kind::Name
+                if tok.text(bytes) == b"continue" && continue_statement(bytes, &tokens, i) =>
+            {
+                Some(b"do end  ")
+            }
+            _ => None,
+        };
+        let Some(r) = replacement else { continue };
+        let Some(hint) = foreign(bytes, &tokens, i, true) else {
+            continue;
+        };
+        if let Some(slot) = out.get_mut(tok.start..tok.end) {
+            if slot.len() == r.len() {
+                slot.copy_from_slice(r);
+                repairs.push(Repair {
+                    start: tok.start,
+                    end: tok.end,
+                    text: String::from_utf8_lossy(tok.text(bytes)).into_owned(),
+                    hint,
+                });
+            }
+        }
+    }
+    if repairs.is_empty() {
+        return None;
+    }
+    Some((String::from_utf8(out).ok()?, repairs))
+}
+
+/// `continue` standing as a statement (not a call `continue(...)`, `continue "x"`, nor a
+/// variable): another language's keyword.
+fn continue_statement(src: &[u8], tokens: &[Token], i: usize) -> bool {
+    match tokens.get(i + 1) {
+        None => true,
+        Some(next) => {
+            next.kind != Kind::Str
+                && !matches!(
+                    next.text(src),
+                    b"(" | b"=" | b"." | b":" | b"[" | b"," | b"{"
+                )
+        }
+    }
+}
+
+/// How much of a line the recogniser reads. A line written by hand (or by a model) is
+/// far shorter; a generated one-line megabyte gets its hint from its start, and the run
+/// pipeline, which calls this inside the run's deadline, never pays for more.
+const MAX_SCANNED: usize = 4096;
+
+/// The text of 1-based `line`, without its newline, cut to [`MAX_SCANNED`] bytes.
 fn line_text(source: &[u8], line: u32) -> Option<&[u8]> {
     let index = usize::try_from(line.checked_sub(1)?).ok()?;
-    source.split(|&b| b == b'\n').nth(index)
+    let text = source.split(|&b| b == b'\n').nth(index)?;
+    Some(&text[..text.len().min(MAX_SCANNED)])
 }
 
 /// `X` of `near 'X'` in Lua's message, or the first `` `X` `` in full_moon's.
@@ -117,9 +210,7 @@ fn foreign(src: &[u8], tokens: &[Token], i: usize, on_error_line: bool) -> Optio
             "Lua comments start with `--` (`//` is integer division)".to_string()
         }
         Kind::Name if on_error_line => match tok.text(src) {
-            b"continue"
-                if next.is_none_or(|n| !matches!(n, b"(" | b"=" | b"." | b":" | b"[" | b",")) =>
-            {
+            b"continue" if continue_statement(src, tokens, i) => {
                 "Lua has no `continue`: put `goto continue` here and `::continue::` just before \
                  the loop's `end`, or restructure with `if`"
                     .to_string()
@@ -146,22 +237,26 @@ fn prose_follows(src: &[u8], tokens: &[Token], i: usize) -> bool {
     name(i) && name(i + 1)
 }
 
-/// Code after `return` in the same block: Lua reports the token that follows the return
-/// statement, which says nothing of why.
+/// Code after `return` in the same block: Lua reports the token after the return
+/// statement (`'end' expected near 'print'`), full_moon the return itself (`expected
+/// `end` to close function body block`); neither says why.
 fn after_return(source: &[u8], line: u32, message: &str) -> Option<String> {
-    if !((message.contains("expected") && message.contains("near"))
-        || message.contains("unexpected"))
-    {
+    if !message.contains("expected") {
         return None;
     }
-    let here = line_text(source, line)?;
-    let before = line.checked_sub(1).and_then(|l| line_text(source, l));
+    let first_is_closer = |text: &[u8]| {
+        Lexer::new(text)
+            .next()
+            .is_none_or(|t| matches!(t.text(text), b"end" | b"else" | b"elseif" | b"until"))
+    };
     let has_return =
         |text: &[u8]| Lexer::new(text).any(|t| t.kind == Kind::Name && t.text(text) == b"return");
-    let first_is_end = Lexer::new(here)
-        .next()
-        .is_some_and(|t| matches!(t.text(here), b"end" | b"else" | b"elseif" | b"until"));
-    (!first_is_end && (has_return(here) || before.is_some_and(has_return))).then(|| {
+    let here = line_text(source, line)?;
+    let before = line.checked_sub(1).and_then(|l| line_text(source, l));
+    let after = line_text(source, line + 1);
+    let code_after_return = (before.is_some_and(has_return) && !first_is_closer(here))
+        || (has_return(here) && after.is_some_and(|a| !first_is_closer(a)));
+    code_after_return.then(|| {
         "`return` must be the last statement of its block: code after it never runs; to \
          return early, write `do return end`"
             .to_string()
@@ -231,6 +326,9 @@ mod tests {
             "'end' expected (to close 'function' at line 1) near 'print'",
         );
         assert!(h.contains("do return end"), "{h}");
+        // full_moon reports the return itself.
+        let h = hint(src, 2, "expected `end` to close function body block");
+        assert!(h.contains("do return end"), "{h}");
         assert_eq!(hint("return 1\nend", 2, "'<eof>' expected near 'end'"), "");
     }
 
@@ -245,6 +343,36 @@ mod tests {
         assert_eq!(syntax_hint(b"x = a // 2", None, "x"), None);
         // Inside strings and comments, nothing is foreign.
         assert_eq!(hint("x = 'a != b' -- c += 1", 1, "x"), "");
+    }
+
+    #[test]
+    fn repairs_keep_positions() {
+        let src = "if a != b && !c then x += 1 end\n// note it here\nfor i=1,2 do continue end";
+        let (fixed, repairs) = repair(src).unwrap();
+        assert_eq!(fixed.len(), src.len());
+        assert_eq!(
+            fixed,
+            "if a ~= b or ~c then x =  1 end\n-- note it here\nfor i=1,2 do do end   end"
+        );
+        let texts: Vec<&str> = repairs.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(texts, ["!=", "&&", "!", "+=", "//", "continue"]);
+        assert_eq!(repair("x = a // 2"), None);
+        assert_eq!(repair("continue 'x' continue(1)"), None);
+    }
+
+    #[test]
+    fn continue_on_the_line_before() {
+        let src = "for i = 1, 2 do\n  continue\nend";
+        assert!(hint(src, 3, "syntax error near 'end'").contains("goto continue"));
+    }
+
+    #[test]
+    fn a_huge_line_costs_little() {
+        let braces = format!("return {}{}", "{".repeat(100_000), "}".repeat(100_000));
+        assert_eq!(hint(&braces, 1, "C stack overflow near '{'"), "");
+        let long = format!("x = 1 {}!= 2", " ".repeat(10_000));
+        // Past what is read: no hint rather than a slow one.
+        assert_eq!(hint(&long, 1, "x"), "");
     }
 
     #[test]

@@ -1,10 +1,243 @@
 //! `moonjail lint`: static analysis of a script against the exact sandbox it would run in.
 //!
 //! The runtime allowlist is the security boundary and stays so; the linter is feedback
-//! before a run, so that a model (or a plugin author) learns in one step what the sandbox
-//! does not have and where the script breaks.
+//! before a run, so that a model (or a plugin author) learns in one step that `io.open`
+//! does not exist here, that `string.spilt` is a typo, that `http.get` names a host the
+//! sandbox will refuse and that line 7 uses `!=`.
+//!
+//! **Parser.** [`full_moon`] with only its `lua54` feature: a lossless, error-recovering
+//! Lua 5.4 parser (`<const>`, `<close>`, `//`, `goto`) that reports every syntax error it
+//! can recover from, with positions. selene-lib, the linter built on it, was the other
+//! candidate: it would bring its own rule engine and a standard library read from YAML or
+//! TOML, but as a dependency it is 48 crates (`cargo tree`, lua54 only: an older
+//! full_moon, regex, serde_yaml, toml, codespan-reporting...) against full_moon's 17, and
+//! its standard library would be a second description of the sandbox to keep in step
+//! with the profiles. Here the standard library *is* the sandbox ([`view::Environment`],
+//! built from the profile's item list and the tool registry), and the rules are a few
+//! hundred lines over full_moon's tree.
+//!
+//! **Untrusted input.** The source is what a model wrote; linting it must not be a way to
+//! hurt the host. full_moon recurses (and so does dropping its tree), so before parsing,
+//! [`lex::nesting_bound`] bounds how deeply the chunk can nest; past
+//! [`MAX_NESTING`] the chunk is not parsed (a `too-complex` warning: stock Lua refuses
+//! nesting past 200 levels anyway), and under it, parsing, analysis and the tree's drop
+//! run on a stack grown to fit (`stacker`). The source limit of the sandbox applies.
 
-#![allow(dead_code)] // Filled in by the commits that build the linter on these parts.
-
+// The run pipeline adds the same hints to its syntax errors.
 pub(crate) mod hints;
 mod lex;
+mod rules;
+mod scope;
+pub(crate) mod view;
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+pub(crate) use view::Environment;
+
+/// How much a finding matters. `error`: the script will fail (or be refused) when that
+/// code runs; `warning`: probably a mistake; `info`: what the linter could not check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The script fails (or is refused) when this code runs.
+    Error,
+    /// Probably a mistake; the script may still run.
+    Warning,
+    /// Something the linter could not check.
+    Info,
+}
+
+impl Severity {
+    /// `error`, `warning` or `info`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thing the linter found. Lines and columns are 1-based; a column counts
+/// characters; the end is exclusive (`end_column` is one past the last character).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Finding {
+    /// The rule's stable id, e.g. `undefined-global` (see the README for the list).
+    pub rule: &'static str,
+    /// How much it matters.
+    pub severity: Severity,
+    /// Where it starts.
+    pub line: u32,
+    /// Where it starts on its line.
+    pub column: u32,
+    /// Where it ends.
+    pub end_line: u32,
+    /// One past its last character.
+    pub end_column: u32,
+    /// What is wrong, in a sentence.
+    pub message: String,
+    /// What to write instead, when there is something to say.
+    pub suggestion: Option<String>,
+}
+
+/// What a script can reach, as far as its text says: for a host to show or approve
+/// before a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Manifest {
+    /// Sandbox globals the script reads (`print`, `string`, `json`), libraries and tool
+    /// namespaces included.
+    pub globals: BTreeSet<String>,
+    /// Library members it uses, as `string.format`.
+    pub library: BTreeSet<String>,
+    /// Host tools it calls or refers to, by registered name (`weather.lookup`).
+    pub tools: BTreeSet<String>,
+    /// Hosts its literal URLs name (`api.example.com:443`), allowed or not.
+    pub hosts: BTreeSet<String>,
+    /// Modules it `require`s by a literal name.
+    pub requires: BTreeSet<String>,
+    /// Globals the script defines itself.
+    pub defines: BTreeSet<String>,
+    /// True when it compiles code at run time (`load`, `loadstring`, `require` of a
+    /// computed name): that code is not in this manifest.
+    pub dynamic_load: bool,
+}
+
+/// The findings and the manifest of one script.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct LintReport {
+    /// Every finding, in source order.
+    pub findings: Vec<Finding>,
+    /// What the script reaches.
+    pub manifest: Manifest,
+}
+
+impl LintReport {
+    /// True when a finding has error severity: the script would fail or be refused.
+    pub fn has_errors(&self) -> bool {
+        self.errors().next().is_some()
+    }
+
+    /// The findings of error severity.
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+    }
+
+    /// A one-paragraph summary of the first error findings, for an error message:
+    /// `3 lint errors: 2:4 undefined-global: ...; ...`.
+    pub fn summary(&self) -> String {
+        const SHOWN: usize = 3;
+        let errors: Vec<&Finding> = self.errors().collect();
+        let mut text = match errors.len() {
+            1 => "1 lint error: ".to_string(),
+            n => format!("{n} lint errors: "),
+        };
+        let parts: Vec<String> = errors
+            .iter()
+            .take(SHOWN)
+            .map(|f| {
+                let hint = f
+                    .suggestion
+                    .as_deref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default();
+                format!(
+                    "line {}:{} [{}] {}{hint}",
+                    f.line, f.column, f.rule, f.message
+                )
+            })
+            .collect();
+        text.push_str(&parts.join("; "));
+        if errors.len() > SHOWN {
+            text.push_str(&format!("; and {} more", errors.len() - SHOWN));
+        }
+        text
+    }
+}
+
+/// Chunks that nest deeper than this (by [`lex::nesting_bound`], an over-estimate) are
+/// not parsed. Stock Lua refuses more than 200 nested levels (`LUAI_MAXCCALLS`), so code
+/// that runs is far below; long left-associative chains (`1 + 1 + ... + 1`, which Lua
+/// compiles in a loop) are what can come near.
+pub(crate) const MAX_NESTING: usize = 1000;
+
+/// Stack one level of nesting may take in full_moon's parser, our walk and the tree's
+/// drop: a debug build (the hungriest) needs 24–40 KiB on the deepest shapes (nested
+/// tables, right-associative chains); twice that, reserved only when a chunk nests
+/// deeply, and touched only as far as used.
+const STACK_PER_LEVEL: usize = 80 << 10;
+
+/// Lints `source` (a script file's bytes, shebang and BOM included) against `env`.
+pub(crate) fn lint(env: &Environment, source: &[u8]) -> LintReport {
+    let mut report = LintReport::default();
+    if let Some(limit) = env.source_limit {
+        if source.len() > limit {
+            report.findings.push(whole(
+                "source-limit",
+                Severity::Error,
+                format!(
+                    "the source is {} bytes, over the sandbox's {limit} byte limit: it would \
+                     be refused unrun",
+                    source.len()
+                ),
+            ));
+            return report;
+        }
+    }
+    let code = crate::vm::load::skip_prelude(source);
+    if code.first() == Some(&0x1b) {
+        report.findings.push(whole(
+            "binary-chunk",
+            Severity::Error,
+            "binary chunks are refused: send Lua source text".into(),
+        ));
+        return report;
+    }
+    let depth = lex::nesting_bound(code);
+    if depth > MAX_NESTING {
+        report.findings.push(whole(
+            "too-complex",
+            Severity::Warning,
+            format!(
+                "the script nests too deeply to check (more than {MAX_NESTING} levels of \
+                 brackets, blocks and operators); stock Lua compiles at most 200 nested levels"
+            ),
+        ));
+        return report;
+    }
+    let text = String::from_utf8_lossy(code);
+    let stack = (depth + 8).saturating_mul(STACK_PER_LEVEL);
+    stacker::maybe_grow(stack, stack.max(1 << 20), || {
+        scope::analyse(env, &text, &mut report)
+    });
+    report
+        .findings
+        .sort_by_key(|f| (f.line, f.column, f.severity));
+    report
+}
+
+/// A finding about the whole script, at line 1.
+fn whole(rule: &'static str, severity: Severity, message: String) -> Finding {
+    Finding {
+        rule,
+        severity,
+        line: 1,
+        column: 1,
+        end_line: 1,
+        end_column: 1,
+        message,
+        suggestion: None,
+    }
+}

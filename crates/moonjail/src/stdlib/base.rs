@@ -70,11 +70,15 @@ pub(crate) unsafe extern "C-unwind" fn load(l: *mut lua_State) -> c_int {
         let s = ffi::lua_tolstring(l, 1, &mut len);
         if s.is_null() {
             if ffi::lua_type(l, 1) == ffi::LUA_TFUNCTION {
-                ffi::luaL_error(
+                // A chunk the sandbox cannot load (a reader could stream a binary one):
+                // answered as stock `load` answers any chunk it cannot load.
+                ffi::lua_pushnil(l);
+                ffi::lua_pushstring(
                     l,
                     c"load: only source strings can be loaded in the sandbox, not reader functions"
                         .as_ptr(),
                 );
+                return 2;
             }
             ffi::luaL_checktype(l, 1, ffi::LUA_TSTRING);
         }

@@ -1507,6 +1507,104 @@ pub(crate) unsafe extern "C-unwind" fn str_gsub(l: *mut ffi::lua_State) -> c_int
     2
 }
 
+/// Checks a pattern without a subject: the errors the matcher would raise on reaching
+/// each part of it (the same [`classend`] and the same messages, so that the linter
+/// says exactly what a run would). A pattern that passes may still fail only as "pattern
+/// too complex", which depends on the subject. Returns the number of captures.
+pub(crate) fn check_pattern(pat: &[u8]) -> Result<usize, String> {
+    let at = |i: usize| pat.get(i).copied().unwrap_or(0);
+    let mut p = usize::from(at(0) == b'^');
+    // One entry per capture opened: true once closed (position captures at once).
+    let mut captures: Vec<bool> = Vec::new();
+    while p < pat.len() {
+        match pat[p] {
+            b'(' => {
+                let position = at(p + 1) == b')';
+                captures.push(position);
+                if captures.len() > MAXCAPTURES {
+                    return Err(MatchError::TooManyCaptures.to_string());
+                }
+                p += if position { 2 } else { 1 };
+                continue;
+            }
+            b')' => {
+                let open = captures
+                    .iter()
+                    .rposition(|closed| !closed)
+                    .ok_or_else(|| MatchError::InvalidPatternCapture.to_string())?;
+                captures[open] = true;
+                p += 1;
+                continue;
+            }
+            b'$' if p + 1 == pat.len() => break,
+            L_ESC => match at(p + 1) {
+                b'b' => {
+                    if p + 3 >= pat.len() {
+                        return Err(MatchError::MissingBalanceArgs.to_string());
+                    }
+                    p += 4;
+                    continue;
+                }
+                b'f' => {
+                    p += 2;
+                    if at(p) != b'[' {
+                        return Err(MatchError::MissingFrontierBracket.to_string());
+                    }
+                    p = classend(pat, p).map_err(|e| e.to_string())?;
+                    continue;
+                }
+                d @ b'0'..=b'9' => {
+                    let index = usize::from(d - b'0');
+                    if index == 0 || !captures.get(index - 1).copied().unwrap_or(false) {
+                        return Err(
+                            MatchError::InvalidCaptureIndex(i32::from(d - b'0')).to_string()
+                        );
+                    }
+                    p += 2;
+                    continue;
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        p = classend(pat, p).map_err(|e| e.to_string())?;
+        if matches!(at(p), b'*' | b'+' | b'-' | b'?') {
+            p += 1;
+        }
+    }
+    if captures.iter().any(|closed| !closed) {
+        return Err(MatchError::UnfinishedCapture.to_string());
+    }
+    Ok(captures.len())
+}
+
+/// Checks a `gsub` replacement string against a pattern with `captures` captures: `%`
+/// must be followed by `%` or a digit naming the whole match (`%0`) or a capture (`%1`
+/// is the whole match when there are none), as `add_s` requires.
+pub(crate) fn check_replacement(repl: &[u8], captures: usize) -> Result<(), String> {
+    let mut i = 0;
+    while i < repl.len() {
+        if repl[i] == L_ESC {
+            match repl.get(i + 1) {
+                Some(b'%') => {}
+                Some(&d) if d.is_ascii_digit() => {
+                    let index = usize::from(d - b'0');
+                    if index > captures.max(1) {
+                        return Err(format!(
+                            "invalid capture index %{index} in replacement string"
+                        ));
+                    }
+                }
+                _ => return Err(MatchError::InvalidReplacement.to_string()),
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
 /// Replace `find`, `match`, `gmatch` and `gsub` in `string` with the metered
 /// versions. Only entries present in the table are replaced, so a function
 /// that an allowlist removed stays absent.
@@ -1674,6 +1772,42 @@ pub(crate) mod tests {
             t.get::<mlua::Value>("gmatch"),
             Ok(mlua::Value::Nil)
         ));
+    }
+
+    #[test]
+    fn check_pattern_agrees_with_the_matcher() {
+        for bad in [
+            "%", "[a", "[a-", "[a%]", "%b", "%bx", "%fa", "a)", "%1", "%0", "(a%1)", "(a", "[]",
+        ] {
+            // Where the matcher reaches the fault, it reports the same message.
+            let checked = check_pattern(bad.as_bytes()).expect_err(bad);
+            assert_eq!(checked, err("a", bad), "{bad}");
+        }
+        for good in [
+            "",
+            "a",
+            "^a$",
+            "[a-z]+",
+            "%d+%.%d*",
+            "(a)(b)%2",
+            "()",
+            "%b()",
+            "%f[%w]%w+",
+            "[]]",
+            "[^%]]",
+            "a$b",
+            "%%",
+            "(%w+)=(%w+)",
+            "[%a_][%w_]*",
+        ] {
+            assert!(check_pattern(good.as_bytes()).is_ok(), "{good}");
+        }
+        assert_eq!(check_pattern(b"(a)(b)"), Ok(2));
+        assert!(check_replacement(b"%1-%0 100%%", 1).is_ok());
+        assert!(check_replacement(b"%1", 0).is_ok());
+        assert!(check_replacement(b"%2", 1).is_err());
+        assert!(check_replacement(b"50%", 0).is_err());
+        assert!(check_replacement(b"%x", 0).is_err());
     }
 
     #[test]

@@ -42,11 +42,12 @@ use crate::error::ConfigError;
 
 pub use catalogue::{Catalogue, EntryKind, ToolInfo};
 pub use command::CommandTool;
+pub(crate) use http::check_url;
 pub use http::{HttpConfig, HttpDestination};
 pub use schema::ToolSpec;
 
 pub(crate) use catalogue::json_entries;
-use schema::ArgsSchema;
+pub(crate) use schema::ArgsSchema;
 
 /// Longest tool error message kept (in the audit record and in the Lua error), in bytes.
 const MAX_MESSAGE_BYTES: usize = 4096;
@@ -480,6 +481,12 @@ impl ToolRegistry {
     /// What tool `name` says about itself (`None`: not described).
     pub fn spec(&self, name: &str) -> Option<&ToolSpec> {
         self.specs.get(name).map(|d| &d.spec)
+    }
+
+    /// Tool `name`'s compiled parameter schema, if it has one: the linter checks literal
+    /// arguments against the very schema calls are checked against.
+    pub(crate) fn args_schema(&self, name: &str) -> Option<&Arc<ArgsSchema>> {
+        self.specs.get(name).and_then(|d| d.args.as_ref())
     }
 
     /// Every registered tool with its description and schemas, sorted by name (the

@@ -30,6 +30,16 @@ pub struct Truncation {
     pub dropped_bytes: usize,
 }
 
+/// The most a truncated output's text exceeds its limit by: the newline that ends a head
+/// cut mid-line and the marker line (`[... N bytes of output dropped ...]`, N at most 20
+/// digits). A supervisor checking a worker's output against the limit allows this much.
+pub(crate) const MARKER_MAX_BYTES: usize = 64;
+
+/// The line that stands for the dropped middle of a truncated output.
+fn marker(dropped: usize) -> String {
+    format!("[... {dropped} bytes of output dropped ...]\n")
+}
+
 /// The capture buffer of one call.
 #[derive(Debug, Default)]
 pub(crate) struct Captured {
@@ -117,7 +127,7 @@ impl Captured {
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
-        text.push_str(&format!("[... {dropped} bytes of output dropped ...]\n"));
+        text.push_str(&marker(dropped));
         text.push_str(&String::from_utf8_lossy(tail));
         (
             text,
@@ -140,6 +150,14 @@ mod tests {
         assert!(!c.write("world", 8, OutputOverflow::Fail));
         assert_eq!(c.total(), 11);
         assert_eq!(c.take(8), ("hello wo".to_string(), None));
+    }
+
+    #[test]
+    fn the_marker_fits_its_bound() {
+        assert!(
+            marker(usize::MAX).len() < MARKER_MAX_BYTES,
+            "room for the newline too"
+        );
     }
 
     #[test]

@@ -1019,10 +1019,20 @@ pub(crate) fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Ou
         .section(2)
         .ok_or("a malformed frame: Done without an output section")?;
     // A worker that keeps to its limits never sends more than they allow: anything else
-    // is a worker that broke the protocol, and none of it reaches the caller.
-    if let Some(max) = limits.output_bytes.filter(|max| output.len() > *max) {
+    // is a worker that broke the protocol, and none of it reaches the caller. A truncated
+    // output is its kept bytes (within the limit) plus the marker line.
+    let marker = if meta.output_truncated.is_some() {
+        crate::vm::output::MARKER_MAX_BYTES
+    } else {
+        0
+    };
+    let over_output = |max: &usize| {
+        output.len() > max.saturating_add(marker)
+            || meta.output_truncated.is_some_and(|t| t.kept_bytes > *max)
+    };
+    if let Some(max) = limits.output_bytes.filter(over_output) {
         return Err(format!(
-            "the worker sent {} bytes of output, over the {max} byte output limit",
+            "{} bytes of output, over the {max} byte output limit",
             output.len()
         ));
     }
@@ -1040,7 +1050,7 @@ pub(crate) fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Ou
         .filter(|max| sent > max.saturating_add(slack))
     {
         return Err(format!(
-            "the worker sent {sent} bytes of results, over the {max} byte result limit"
+            "{sent} bytes of results, over the {max} byte result limit"
         ));
     }
     let budget = super::host_budget(limits);
@@ -1063,7 +1073,7 @@ pub(crate) fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Ou
             };
             if meta.result_count != usize::from(meta.result_count > 0) + more.len() {
                 return Err(format!(
-                    "the worker sent {} values for a result count of {}",
+                    "{} values for a result count of {}",
                     1 + more.len(),
                     meta.result_count
                 ));
@@ -1081,6 +1091,7 @@ pub(crate) fn decode_done(frame: &protocol::Frame, limits: &Limits) -> Result<Ou
         stats: meta.stats,
         diagnostics: meta.diagnostics,
         tool_calls: Vec::new(),
+        lint: None,
     })
 }
 
@@ -1367,12 +1378,21 @@ mod done_bounds {
     use crate::error::ErrorKind;
 
     fn done(error: Option<Error>, result: &[u8], output: &[u8]) -> protocol::Frame {
+        done_truncated(error, result, output, None)
+    }
+
+    fn done_truncated(
+        error: Option<Error>,
+        result: &[u8],
+        output: &[u8],
+        output_truncated: Option<crate::Truncation>,
+    ) -> protocol::Frame {
         let meta = serde_json::to_vec(&DoneMeta {
             error,
             stats: Default::default(),
             diagnostics: None,
             result_count: 1,
-            output_truncated: None,
+            output_truncated,
         })
         .unwrap();
         let bytes = protocol::encode(Kind::Done, &[&meta, result, output]).unwrap();
@@ -1395,6 +1415,60 @@ mod done_bounds {
         assert!(e.contains("result limit"), "{e}");
         let ok = decode_done(&done(None, b"1", b"0123456789"), &limits).unwrap();
         assert_eq!(ok.output, "0123456789");
+    }
+
+    /// Regression: with `OutputOverflow::Truncate`, the worker's output is the kept
+    /// bytes plus the marker line, longer than the limit; every isolated truncating run
+    /// failed as `internal` ("the worker sent the worker sent 1064 bytes of output").
+    #[test]
+    fn a_truncated_output_may_carry_its_marker_past_the_limit() {
+        let limits = Limits {
+            output_bytes: Some(10),
+            output_overflow: crate::OutputOverflow::Truncate,
+            ..Limits::default()
+        };
+        let cut = |kept_bytes| {
+            Some(crate::Truncation {
+                kept_bytes,
+                dropped_bytes: 100,
+            })
+        };
+        let text = b"01234\n[... 100 bytes of output dropped ...]\n56789";
+        let ok = decode_done(&done_truncated(None, b"1", text, cut(10)), &limits).unwrap();
+        assert_eq!(ok.output.as_bytes(), text);
+        assert_eq!(ok.output_truncated, cut(10));
+        // Not more than the marker's room, and never more kept bytes than the limit.
+        let long = [b'x'; 10 + crate::vm::output::MARKER_MAX_BYTES + 1];
+        let e = decode_done(&done_truncated(None, b"1", &long, cut(10)), &limits).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "{} bytes of output, over the 10 byte output limit",
+                long.len()
+            )
+        );
+        assert!(decode_done(&done_truncated(None, b"1", text, cut(11)), &limits).is_err());
+        // Without a truncation, the limit is the limit.
+        assert!(decode_done(&done(None, b"1", text), &limits).is_err());
+    }
+
+    #[test]
+    fn an_error_value_and_traceback_are_bounded_whatever_the_worker_says() {
+        let mut huge = Error::new(ErrorKind::Runtime, "x");
+        huge.value = Some(serde_json::json!("v".repeat(1 << 20)));
+        huge.traceback = vec![
+            crate::error::Frame {
+                function: Some("f".repeat(1 << 16)),
+                source: "s".into(),
+                line: 1,
+            };
+            1000
+        ];
+        let out = decode_done(&done(Some(huge), b"", b""), &Limits::default()).unwrap();
+        let e = out.error().unwrap();
+        assert_eq!(e.value, None);
+        assert_eq!(e.traceback.len(), crate::error::MAX_FRAMES);
+        assert!(e.traceback[0].function.as_ref().unwrap().len() <= 256);
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod isolated;
 mod isolated_aos;
 mod isolated_session;
 mod json_lib;
+mod lint;
 mod marshal;
 mod metered;
 mod prepared;

@@ -176,36 +176,7 @@ impl Client {
 
     /// Scheme, host and port of `url` against the allowlist.
     pub(super) fn check_url(&self, url: &Url) -> Result<(Host<String>, u16), ToolError> {
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ToolError::new(format!(
-                "only http and https URLs are allowed, not {}:",
-                url.scheme()
-            )));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(ToolError::new(
-                "URLs with credentials are not allowed (send an Authorization header)",
-            ));
-        }
-        let host = url
-            .host()
-            .ok_or_else(|| ToolError::new("the URL has no host"))?
-            .to_owned();
-        let port = url
-            .port_or_known_default()
-            .ok_or_else(|| ToolError::new("the URL has no port"))?;
-        if !self.allow.iter().any(|d| d.matches(&host, port)) {
-            let shown = match &host {
-                Host::Ipv6(a) => format!("[{a}]:{port}"),
-                h => format!("{h}:{port}"),
-            };
-            let allowed: Vec<String> = self.allow.iter().map(|d| d.to_string()).collect();
-            return Err(ToolError::new(format!(
-                "{shown} is not an allowed destination (allowed: {})",
-                allowed.join(", ")
-            )));
-        }
-        Ok((host, port))
+        super::check_url(&self.allow, url).map_err(ToolError::new)
     }
 
     /// The addresses to connect to: resolved once, each one public or allowlisted.

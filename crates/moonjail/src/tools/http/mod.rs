@@ -296,6 +296,38 @@ impl FromStr for HttpDestination {
     }
 }
 
+/// Scheme, credentials, host and port of `url` against the allowlist `allow`: the host and
+/// port, or why the request is refused. The client checks every hop with this; the linter
+/// checks the URLs a script spells out.
+pub(crate) fn check_url(
+    allow: &[HttpDestination],
+    url: &url::Url,
+) -> Result<(Host<String>, u16), String> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "only http and https URLs are allowed, not {}:",
+            url.scheme()
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("URLs with credentials are not allowed (send an Authorization header)".into());
+    }
+    let host = url.host().ok_or("the URL has no host")?.to_owned();
+    let port = url.port_or_known_default().ok_or("the URL has no port")?;
+    if !allow.iter().any(|d| d.matches(&host, port)) {
+        let shown = match &host {
+            Host::Ipv6(a) => format!("[{a}]:{port}"),
+            h => format!("{h}:{port}"),
+        };
+        let allowed: Vec<String> = allow.iter().map(|d| d.to_string()).collect();
+        return Err(format!(
+            "{shown} is not an allowed destination (allowed: {})",
+            allowed.join(", ")
+        ));
+    }
+    Ok((host, port))
+}
+
 #[cfg(all(test, feature = "http"))]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};

