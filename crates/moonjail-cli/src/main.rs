@@ -203,6 +203,7 @@ enum Command {
     ///
     /// Routes (the full description, with every schema: GET /openapi.json):
     ///   POST   /v1/run                        {code, input?, profile?, limits?, expression?}
+    ///   POST   /v1/lint                       {code, profile?}  -> {findings, manifest}
     ///   POST   /v1/sessions                   {profile?, limits?}  -> {id, expires_at}
     ///   POST   /v1/sessions/ID/exec           {code, input?, timeout?, instructions?}
     ///   POST   /v1/sessions/ID/eval           {code, timeout?, instructions?}

@@ -124,6 +124,18 @@ pub struct RunRequest {
     pub expression: bool,
 }
 
+/// `POST /v1/lint`: check a script against the sandbox a run would get, without running
+/// it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LintRequest {
+    /// The Lua source.
+    pub code: String,
+    /// The profile to check against (`minimal`, `standard`, `aos`); by default the
+    /// server's.
+    pub profile: Option<String>,
+}
+
 /// `POST /v1/sessions`: a persistent state (every field optional; the body may be empty).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -274,6 +286,7 @@ impl utoipa::Modify for BearerAuth {
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(run))
+        .routes(routes!(lint))
         .routes(routes!(open_session))
         .routes(routes!(close_session))
         .routes(routes!(session_exec))
@@ -335,6 +348,43 @@ async fn run(
     )?;
     state.metrics.outcome("run", profile, &outcome);
     Ok(response)
+}
+
+/// Checks a script against the sandbox a run would get, without running it: syntax
+/// errors with hints, globals and members the profile does not have, tools, literal
+/// URLs the allowlist refuses, the usual correctness lints; and a manifest of what the
+/// script reaches. Feedback before a run; the run's own checks stay the boundary.
+#[utoipa::path(
+    post, path = "/v1/lint", tag = "runs",
+    request_body = LintRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The findings and the manifest", body = moonjail::LintReport),
+        (status = 400, description = "Malformed body, or an unknown profile", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one", body = ErrorBody),
+        (status = 408, description = "The request took longer than the request timeout", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 429, description = "The key's rate or concurrency limit", body = ErrorBody),
+        (status = 503, description = "Every executor is busy and the queue is full", body = ErrorBody),
+    )
+)]
+async fn lint(
+    State(state): State<AppState>,
+    _caller: Caller,
+    JsonBody(request): JsonBody<LintRequest>,
+) -> Result<Json<moonjail::LintReport>, ApiError> {
+    let sandbox = state.sandbox_for(request.profile.as_deref(), &LimitsRequest::default())?;
+    let ticket = state.executors.admit().await?;
+    // Parsing is CPU work proportional to the source: on an executor, like a run.
+    let report = joined(
+        tokio::task::spawn_blocking(move || {
+            let report = sandbox.lint(request.code.as_bytes());
+            drop(ticket);
+            report
+        })
+        .await,
+    )?;
+    Ok(Json(report))
 }
 
 /// Opens a persistent session.

@@ -2,6 +2,7 @@
 //! untrusted Lua, for programs in any language. The `moonjail serve` command is a thin
 //! shell over this crate.
 //!
+//! - `POST /v1/lint` `{code, profile}` checks a script without running it.
 //! - `POST /v1/run` `{code, input, profile, limits, expression}` answers the outcome
 //!   document of `moonjail run --json` (`moonjail::Outcome`'s serialisation; its schema
 //!   in `/openapi.json` is derived from the same type).
@@ -44,7 +45,7 @@ mod state;
 
 pub use api::{
     CallRequest, EvalRequest, ExecRequest, HasFunctionAnswer, HasFunctionRequest, Health,
-    LimitsRequest, OpenSessionRequest, Quantity, RunRequest, SessionCreated,
+    LimitsRequest, LintRequest, OpenSessionRequest, Quantity, RunRequest, SessionCreated,
 };
 pub use config::{Auth, Config, RateLimit, DEFAULT_MAX_BODY};
 pub use error::{ApiError, Error, ErrorBody, ErrorDetail, RateLimitInfo, Result};

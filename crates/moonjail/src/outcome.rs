@@ -258,10 +258,9 @@ pub struct OutcomeDoc<'a> {
     #[serde(skip_serializing_if = "<[ToolCall]>::is_empty")]
     #[cfg_attr(feature = "schema", schema(value_type = Option<Vec<ToolCallDoc>>, nullable = false))]
     tool_calls: &'a [ToolCall],
-    /// The linter's report, when the run was linted first (`run --lint`). Described as
-    /// a free-form object in the schema for now.
+    /// The linter's report, when the run was linted first (`run --lint`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schema(value_type = Option<Object>, nullable = false))]
+    #[cfg_attr(feature = "schema", schema(nullable = false))]
     lint: Option<&'a LintReport>,
 }
 

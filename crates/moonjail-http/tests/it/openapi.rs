@@ -10,8 +10,9 @@ use serde_json::{json, Value as Json};
 use crate::support::{config, sandbox, Answer, TestServer, ALICE};
 
 /// Every route, as (method, path template).
-const ROUTES: [(&str, &str); 11] = [
+const ROUTES: [(&str, &str); 12] = [
     ("post", "/v1/run"),
+    ("post", "/v1/lint"),
     ("post", "/v1/sessions"),
     ("delete", "/v1/sessions/{id}"),
     ("post", "/v1/sessions/{id}/exec"),
@@ -139,6 +140,13 @@ fn responses_match_their_schemas() {
     assert_eq!(run(json!({"code": "error({code = 7})"})).status, 200);
     assert_eq!(run(json!({"code": "print('x') return 1 +"})).status, 200);
     assert_eq!(run(json!({"code": 1})).status, 400);
+    let answer = server.post(
+        "/v1/lint",
+        Some(ALICE),
+        &json!({"code": "return string.spilt('a')"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_documented(&doc, "post", "/v1/lint", &answer);
     let answer = server.post("/v1/run", None, &json!({"code": "return 1"}));
     assert_documented(&doc, "post", "/v1/run", &answer);
 

@@ -52,3 +52,37 @@ fn expressions_profiles_and_lowered_limits_apply() {
         "limits": {"output": "100B"}}));
     assert_eq!(doc["error"]["kind"], "output_limit");
 }
+
+#[test]
+fn lint_checks_a_script_without_running_it() {
+    let server = TestServer::start(config(sandbox()));
+    let answer = server.post(
+        "/v1/lint",
+        Some(crate::support::ALICE),
+        &json!({"code": "print('never')\nreturn string.spilt('a,b', ',')"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let rules: Vec<&str> = answer.body["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert!(rules.contains(&"unknown-member"), "{}", answer.text);
+    assert!(answer.body["manifest"]["globals"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("print")));
+    // Against another profile: minimal has no coroutines.
+    let answer = server.post(
+        "/v1/lint",
+        Some(crate::support::ALICE),
+        &json!({"code": "return coroutine.create(print)", "profile": "minimal"}),
+    );
+    assert_eq!(answer.status, 200);
+    assert!(answer.text.contains("coroutine"), "{}", answer.text);
+    assert_eq!(
+        server.post("/v1/lint", None, &json!({"code": "x"})).status,
+        401
+    );
+}
