@@ -152,6 +152,19 @@ impl SandboxArgs {
     /// The sandbox these flags describe, for a command that may require a `run` entry
     /// or a table result.
     pub fn build(&self, require_run: bool, require_table: bool) -> anyhow::Result<Sandbox> {
+        // One command: one worker, started on demand.
+        self.build_pooled(require_run, require_table, 1, 0)
+    }
+
+    /// [`SandboxArgs::build`] for a long-running command (`serve`): with --isolate, a pool
+    /// of `pool` workers, `prespawn` of them kept ready.
+    pub fn build_pooled(
+        &self,
+        require_run: bool,
+        require_table: bool,
+        pool: usize,
+        prespawn: usize,
+    ) -> anyhow::Result<Sandbox> {
         if self.verbose {
             init_tracing();
         }
@@ -211,8 +224,7 @@ impl SandboxArgs {
             builder = builder.allow_http(destination.clone());
         }
         if self.isolate {
-            // One command: one worker, started on demand.
-            let config = ProcessConfig::builder().pool_size(1).prespawn(0);
+            let config = ProcessConfig::builder().pool_size(pool).prespawn(prespawn);
             let config = allow_missing(config, self.allow_missing.as_deref())?;
             builder = builder.isolation(Isolation::Process(config.build()?));
         }

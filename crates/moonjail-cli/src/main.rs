@@ -12,6 +12,7 @@ mod mcp;
 mod output;
 mod profile;
 mod run;
+mod serve;
 mod session;
 mod tools;
 
@@ -26,6 +27,7 @@ use crate::lint::{lint, LintArgs};
 use crate::mcp::{mcp, McpArgs};
 use crate::profile::{profile, ProfileCommand};
 use crate::run::{run, RunArgs};
+use crate::serve::{keys, serve, KeysCommand, ServeArgs};
 use crate::session::{session, SessionArgs};
 use crate::tools::{tools, ToolsArgs};
 
@@ -232,6 +234,53 @@ enum Command {
     ///   moonjail tools --allow-http api.example.com --allow-http '*.example.org' --json
     #[command(verbatim_doc_comment)]
     Tools(Box<ToolsArgs>),
+    /// Serve the sandbox over HTTP: one-off runs and persistent sessions for programs in
+    /// any language, behind API keys, with bounded queues and Prometheus metrics.
+    ///
+    /// Routes (the full description, with every schema: GET /openapi.json):
+    ///   POST   /v1/run                        {code, input?, profile?, limits?, expression?}
+    ///   POST   /v1/lint                       {code, profile?}  -> {findings, manifest}
+    ///   POST   /v1/sessions                   {profile?, limits?}  -> {id, expires_at}
+    ///   POST   /v1/sessions/ID/exec           {code, input?, timeout?, instructions?}
+    ///   POST   /v1/sessions/ID/eval           {code, timeout?, instructions?}
+    ///   POST   /v1/sessions/ID/call           {function, args?, timeout?, instructions?}
+    ///   POST   /v1/sessions/ID/has_function   {name}  -> {name, exists}
+    ///   DELETE /v1/sessions/ID
+    ///   GET    /healthz  /readyz  /metrics  /openapi.json
+    /// Runs and session calls answer the document of `run --json` (a script's failure is a
+    /// 200 with "ok": false). Refusals are {"error": {"kind", "message"}}: 400 malformed
+    /// body or a limit over the server's (the message names the field), 401 no or bad key,
+    /// 404 no such route or session (another key's session is not found either), 413 body
+    /// too large, 429 the key's rate, concurrency or session cap (Retry-After), 503 every
+    /// executor busy and the queue full (Retry-After).
+    ///
+    /// The sandbox flags (--memory, --timeout, --instructions, --output-limit...) set the
+    /// MAXIMUM: a request's "limits" may ask for less ({"timeout": "200ms", "memory":
+    /// "16MiB"}), never more. --isolate runs every script in a locked-down worker process
+    /// (--workers of them, kept warm; a session gets its own).
+    ///
+    /// Example:
+    ///   moonjail keys add alice --keys keys.txt          # prints the key once
+    ///   moonjail serve --listen 127.0.0.1:8080 --keys keys.txt --isolate --timeout 2s
+    ///   curl -s localhost:8080/v1/run -H "Authorization: Bearer $KEY" \
+    ///     -d '{"code": "return (...).n * 2", "input": {"n": 21}}'
+    ///
+    /// Stops on SIGTERM or SIGINT: no new connections, requests in flight get --grace to
+    /// finish, then sessions are closed and the command exits 0.
+    #[command(verbatim_doc_comment)]
+    Serve(Box<ServeArgs>),
+    /// Manage the API keys of `moonjail serve`: a key file stores names and SHA-256
+    /// hashes only; a key is printed once, when it is added.
+    ///
+    /// Examples:
+    ///   moonjail keys add alice --keys keys.txt
+    ///   moonjail keys list --keys keys.txt
+    ///   moonjail keys remove alice --keys keys.txt
+    #[command(verbatim_doc_comment)]
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Inspect the profiles: what each one lets a script reach.
     Profile {
         #[command(subcommand)]
@@ -286,6 +335,8 @@ impl Cli {
             Command::Doctor { json } => *json,
             Command::Session(_)
             | Command::Mcp(_)
+            | Command::Serve(_)
+            | Command::Keys { .. }
             | Command::Profile {
                 command: ProfileCommand::List,
             } => false,
@@ -299,6 +350,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lint(args) => lint(*args),
         Command::Session(args) => session(args),
         Command::Mcp(args) => mcp(*args),
+        Command::Serve(args) => serve(*args),
+        Command::Keys { command } => keys(command),
         Command::Check(args) => check(args),
         Command::Tools(args) => tools(*args),
         Command::Profile { command } => profile(command),

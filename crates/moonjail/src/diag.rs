@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 /// limit); accesses past that are counted under `"(more names, not recorded)"`, and at
 /// most 4096 `require`s are listed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Diagnostics {
     /// Globals read that existed, with how often.
     pub globals_read: BTreeMap<String, u64>,
@@ -38,6 +39,7 @@ pub struct Diagnostics {
 
 /// One `require` call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct RequireRecord {
     /// The module name.
     pub name: String,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// CLI's `--json`, a future HTTP service; logs): never rename one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub enum ErrorKind {
     /// The source (or a `load`ed chunk at top level) does not parse.
@@ -98,6 +99,7 @@ impl fmt::Display for ErrorKind {
 /// "traceback", "value", "hint"}`, every key always present (`null` or `[]` when there
 /// is nothing to say).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[error("{kind}: {message}")]
 #[non_exhaustive]
 pub struct Error {
@@ -116,6 +118,7 @@ pub struct Error {
     /// The error value, when the script raised a table (`error({code = 42})`): marshaled
     /// raw (no metamethod runs) and bounded like a result.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(value_type = Option<serde_json::Value>))]
     pub value: Option<serde_json::Value>,
     /// For a syntax error that looks like a habit from another language (`!=`, `+=`,
     /// `continue`, ...), what Lua spells instead. The code is never changed.
@@ -125,6 +128,7 @@ pub struct Error {
 
 /// One Lua frame of a traceback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Frame {
     /// The function's name as its caller knew it (`run`, `process`, a method), or
     /// `null` for the main chunk and for functions with no name to give.

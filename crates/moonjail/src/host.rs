@@ -27,6 +27,16 @@ pub(crate) trait FileSource: fmt::Debug + Send + Sync {
     fn is_empty(&self) -> bool {
         false
     }
+
+    /// True when modules are served (`require` needs the profile to have it).
+    fn has_modules(&self) -> bool {
+        false
+    }
+
+    /// True when some file is readable (`io.open` needs the profile to have it).
+    fn has_readable(&self) -> bool {
+        false
+    }
 }
 
 /// Host-provided files and modules. By default, none.
@@ -117,6 +127,14 @@ impl FileSource for HostFiles {
 
     fn is_empty(&self) -> bool {
         HostFiles::is_empty(self)
+    }
+
+    fn has_modules(&self) -> bool {
+        HostFiles::has_modules(self)
+    }
+
+    fn has_readable(&self) -> bool {
+        HostFiles::has_readable(self)
     }
 }
 

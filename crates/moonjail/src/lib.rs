@@ -77,7 +77,7 @@ pub use host::{Determinism, HostFiles};
 pub use input::parse_input;
 pub use limits::Limits;
 pub use lint::{Finding, LintReport, Manifest, Severity};
-pub use outcome::{to_json_line, Budget, Outcome, Stats};
+pub use outcome::{to_json_line, Budget, Outcome, OutcomeDoc, Stats};
 pub use profile::{guard_note, Item, Profile, ProfileSpec};
 pub use sandbox::{RunOptions, Sandbox, SandboxBuilder};
 pub use session::Session;

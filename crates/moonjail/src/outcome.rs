@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
@@ -225,42 +224,101 @@ impl serde_json::ser::Formatter for LineFormatter {
     }
 }
 
+/// The JSON document of an [`Outcome`], borrowed from it: `Outcome`'s `Serialize` writes
+/// exactly this, so the document has one definition. With the `schema` feature it also
+/// derives its OpenAPI schema (`utoipa::ToSchema`, named `Outcome`), so a front end that
+/// describes its API (the HTTP service) describes the document from the type that writes
+/// it. ([`Outcome::to_json`] builds the same document as a value without a serialiser,
+/// for deep results; the tests below keep the two equal.)
+#[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema), schema(as = Outcome))]
+pub struct OutcomeDoc<'a> {
+    /// True when the run succeeded.
+    ok: bool,
+    /// The first value the script returned; `null` when it failed or returned nothing.
+    #[cfg_attr(feature = "schema", schema(value_type = serde_json::Value))]
+    result: &'a Json,
+    /// Every value the script returned, in order (`[]` when it failed).
+    #[cfg_attr(feature = "schema", schema(value_type = Vec<serde_json::Value>))]
+    results: Vec<&'a Json>,
+    /// Everything the script printed, up to the output limit.
+    output: &'a str,
+    /// What was dropped from the middle of the output, when it was truncated.
+    output_truncated: Option<crate::Truncation>,
+    /// Why the run failed; `null` when it succeeded.
+    error: Option<&'a Error>,
+    /// Measurements of the run, and the limits it ran under.
+    #[cfg_attr(feature = "schema", schema(value_type = StatsDoc))]
+    stats: &'a Stats,
+    /// What the script touched, in diagnostic mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(nullable = false))]
+    diagnostics: Option<&'a Diagnostics>,
+    /// The host tool calls the script made, when it made some.
+    #[serde(skip_serializing_if = "<[ToolCall]>::is_empty")]
+    #[cfg_attr(feature = "schema", schema(value_type = Option<Vec<ToolCallDoc>>, nullable = false))]
+    tool_calls: &'a [ToolCall],
+    /// The linter's report, when the run was linted first (`run --lint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(nullable = false))]
+    lint: Option<&'a LintReport>,
+}
+
+/// The document shape of a [`ToolCall`] (which serialises through
+/// [`ToolCall::to_json`]), for the schema only.
+#[cfg(feature = "schema")]
+#[derive(utoipa::ToSchema)]
+#[schema(as = ToolCall)]
+#[allow(dead_code)]
+struct ToolCallDoc {
+    /// The tool's registered name, e.g. `http.get`.
+    name: String,
+    /// Time spent in the call, in milliseconds.
+    ms: f64,
+    /// True when the tool returned a value.
+    ok: bool,
+    /// The tool error's message, when it failed.
+    error: Option<String>,
+    /// Size of the arguments as JSON text, in bytes.
+    bytes_in: u64,
+    /// Size of the result as JSON text, in bytes; 0 on error.
+    bytes_out: u64,
+}
+
+/// `null`, for the result of a failed run.
+const NULL: &Json = &Json::Null;
+
+impl Outcome {
+    /// The outcome's JSON document, borrowed (see [`OutcomeDoc`]).
+    pub fn doc(&self) -> OutcomeDoc<'_> {
+        let (result, error) = match &self.result {
+            Ok(value) => (value, None),
+            Err(error) => (NULL, Some(error)),
+        };
+        OutcomeDoc {
+            ok: self.result.is_ok(),
+            result,
+            results: self.results(),
+            output: &self.output,
+            output_truncated: self.output_truncated,
+            error,
+            stats: &self.stats,
+            diagnostics: self.diagnostics.as_ref(),
+            tool_calls: &self.tool_calls,
+            lint: self.lint.as_ref(),
+        }
+    }
+}
+
 impl Serialize for Outcome {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("ok", &self.result.is_ok())?;
-        match &self.result {
-            Ok(value) => {
-                map.serialize_entry("result", value)?;
-                map.serialize_entry("results", &self.results())?;
-                map.serialize_entry("output", &self.output)?;
-                map.serialize_entry("output_truncated", &self.output_truncated)?;
-                map.serialize_entry("error", &Json::Null)?;
-            }
-            Err(error) => {
-                map.serialize_entry("result", &Json::Null)?;
-                map.serialize_entry("results", &[] as &[Json])?;
-                map.serialize_entry("output", &self.output)?;
-                map.serialize_entry("output_truncated", &self.output_truncated)?;
-                map.serialize_entry("error", error)?;
-            }
-        }
-        map.serialize_entry("stats", &self.stats)?;
-        if let Some(d) = &self.diagnostics {
-            map.serialize_entry("diagnostics", d)?;
-        }
-        if !self.tool_calls.is_empty() {
-            map.serialize_entry("tool_calls", &self.tool_calls)?;
-        }
-        if let Some(report) = &self.lint {
-            map.serialize_entry("lint", report)?;
-        }
-        map.end()
+        self.doc().serialize(serializer)
     }
 }
 
 /// The wire and document shape of [`Stats`]: milliseconds, rounded to microseconds.
 #[derive(Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema), schema(as = Stats))]
 struct StatsDoc {
     wall_ms: f64,
     memory_bytes: usize,
@@ -277,6 +335,7 @@ struct StatsDoc {
 
 /// The document shape of [`Budget`], in the units of [`StatsDoc`].
 #[derive(Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema), schema(as = Budget))]
 struct BudgetDoc {
     wall_ms: Option<f64>,
     memory_bytes: Option<usize>,

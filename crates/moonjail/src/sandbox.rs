@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use crate::engine::{self, Engine, Host};
 use crate::error::ConfigError;
-use crate::host::{Determinism, HostFiles};
+use crate::host::{Determinism, FileSource, HostFiles};
 use crate::limits::Limits;
 use crate::lint::{self, Environment, LintReport};
 use crate::outcome::Outcome;
@@ -278,19 +278,7 @@ impl SandboxBuilder {
         if registry.is_empty() {
             return Ok(None);
         }
-        let spec = self.spec.profile.spec();
-        for name in registry.names() {
-            let global = name.split('.').next().unwrap_or(name);
-            if spec.has_global(global) {
-                return Err(ConfigError::Tool {
-                    name: name.to_string(),
-                    reason: format!(
-                        "the profile {} already defines the global `{global}`",
-                        spec.name
-                    ),
-                });
-            }
-        }
+        check_tool_globals(self.spec.profile, &registry)?;
         Ok(Some(Arc::new(registry)))
     }
 
@@ -316,46 +304,8 @@ impl SandboxBuilder {
     /// [`ConfigError::Unsupported`] for host modules or files the profile has no
     /// `require` or `io.open` to reach.
     pub fn build(self) -> Result<Sandbox, ConfigError> {
-        let l = &self.spec.limits;
-        let bad = |name, reason: &str| {
-            Err(ConfigError::InvalidLimit {
-                name,
-                reason: reason.to_string(),
-            })
-        };
-        if l.memory_bytes.is_some_and(|m| m < 64 << 10) {
-            return bad("memory", "below 64 KiB no state can even be built");
-        }
-        if l.timeout.is_some_and(|t| t.is_zero()) {
-            return bad("timeout", "must be greater than zero");
-        }
-        if l.instructions == Some(0) {
-            return bad("instructions", "must be at least 1");
-        }
-        if l.result_depth == 0 {
-            return bad("result-depth", "must be at least 1");
-        }
-        if l.result_depth > Limits::MAX_RESULT_DEPTH {
-            return bad(
-                "result-depth",
-                &format!("must be at most {}", Limits::MAX_RESULT_DEPTH),
-            );
-        }
-        let profile = self.spec.profile.spec();
-        if self.files.has_modules() && !profile.items.contains(&crate::Item::Package) {
-            return Err(ConfigError::Unsupported(format!(
-                "the {} profile has no `require`, so host modules cannot be served \
-                 (profiles with `require`: standard, aos)",
-                profile.name
-            )));
-        }
-        if self.files.has_readable() && !profile.items.contains(&crate::Item::Io) {
-            return Err(ConfigError::Unsupported(format!(
-                "the {} profile has no `io.open`, so host files cannot be read \
-                 (profiles with `io.open`: aos)",
-                profile.name
-            )));
-        }
+        validate_limits(&self.spec.limits)?;
+        check_host_files(self.spec.profile, &self.files)?;
         let host = Host {
             files: Arc::new(self.files.clone()),
             tools: self.tool_registry()?,
@@ -383,6 +333,73 @@ impl SandboxBuilder {
             lint_env,
         })
     }
+}
+
+/// The limits checks of [`SandboxBuilder::build`] (and [`Sandbox::with_spec`]).
+fn validate_limits(l: &Limits) -> Result<(), ConfigError> {
+    let bad = |name, reason: &str| {
+        Err(ConfigError::InvalidLimit {
+            name,
+            reason: reason.to_string(),
+        })
+    };
+    if l.memory_bytes.is_some_and(|m| m < 64 << 10) {
+        return bad("memory", "below 64 KiB no state can even be built");
+    }
+    if l.timeout.is_some_and(|t| t.is_zero()) {
+        return bad("timeout", "must be greater than zero");
+    }
+    if l.instructions == Some(0) {
+        return bad("instructions", "must be at least 1");
+    }
+    if l.result_depth == 0 {
+        return bad("result-depth", "must be at least 1");
+    }
+    if l.result_depth > Limits::MAX_RESULT_DEPTH {
+        return bad(
+            "result-depth",
+            &format!("must be at most {}", Limits::MAX_RESULT_DEPTH),
+        );
+    }
+    Ok(())
+}
+
+/// No tool may take a name the profile already defines as a global.
+fn check_tool_globals(profile: Profile, registry: &ToolRegistry) -> Result<(), ConfigError> {
+    let spec = profile.spec();
+    for name in registry.names() {
+        let global = name.split('.').next().unwrap_or(name);
+        if spec.has_global(global) {
+            return Err(ConfigError::Tool {
+                name: name.to_string(),
+                reason: format!(
+                    "the profile {} already defines the global `{global}`",
+                    spec.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Host modules and files need a profile that can reach them.
+fn check_host_files(profile: Profile, files: &dyn FileSource) -> Result<(), ConfigError> {
+    let profile = profile.spec();
+    if files.has_modules() && !profile.items.contains(&crate::Item::Package) {
+        return Err(ConfigError::Unsupported(format!(
+            "the {} profile has no `require`, so host modules cannot be served \
+             (profiles with `require`: standard, aos)",
+            profile.name
+        )));
+    }
+    if files.has_readable() && !profile.items.contains(&crate::Item::Io) {
+        return Err(ConfigError::Unsupported(format!(
+            "the {} profile has no `io.open`, so host files cannot be read \
+             (profiles with `io.open`: aos)",
+            profile.name
+        )));
+    }
+    Ok(())
 }
 
 /// A validated sandbox configuration. Cheap to share: `Send + Sync`, and every run
@@ -471,6 +488,57 @@ impl Sandbox {
     /// Starts a builder with the defaults.
     pub fn builder() -> SandboxBuilder {
         SandboxBuilder::default()
+    }
+
+    /// A sandbox whose runs and sessions use `spec` (another built-in profile, other
+    /// limits) and share everything else with this one: the host files, the host tools
+    /// and, isolated, the pool of workers (no new worker is started). For a front end
+    /// whose requests choose their own profile and limits (the HTTP service); it is up
+    /// to the caller to keep those within what it allows, and, isolated, the limits on
+    /// output and result within this sandbox's own (they size what a worker may send).
+    /// Prepared states are not shared: the new sandbox builds each state per run.
+    ///
+    /// # Errors
+    /// What [`SandboxBuilder::build`] reports for these limits and this profile
+    /// ([`ConfigError::InvalidLimit`], [`ConfigError::Tool`],
+    /// [`ConfigError::Unsupported`]), and [`ConfigError::Isolation`] for a custom
+    /// profile on an isolated sandbox (workers know only the built-in ones).
+    pub fn with_spec(&self, spec: Spec) -> Result<Sandbox, ConfigError> {
+        validate_limits(&spec.limits)?;
+        check_host_files(spec.profile, self.host.files.as_ref())?;
+        if let Some(tools) = &self.host.tools {
+            check_tool_globals(spec.profile, tools)?;
+        }
+        if let (Profile::Custom(custom), false) =
+            (spec.profile, matches!(self.isolation, Isolated::InProcess))
+        {
+            return Err(ConfigError::Isolation(format!(
+                "the custom profile {:?} is not available to worker processes: only \
+                 built-in profiles are",
+                custom.name
+            )));
+        }
+        // The linter's view follows the spec; the tools and the allowlist stay.
+        let lint_env = if spec.profile == self.spec.profile
+            && spec.require_run == self.spec.require_run
+            && spec.limits.source_bytes == self.spec.limits.source_bytes
+        {
+            self.lint_env.clone()
+        } else {
+            let tools = self.host.tools.iter().flat_map(|registry| registry.names());
+            let mut env = Environment::new(spec.profile.spec(), tools, self.lint_env.http.clone());
+            env.require_run = spec.require_run;
+            env.source_limit = spec.limits.source_bytes;
+            env.schemas = self.lint_env.schemas.clone();
+            Arc::new(env)
+        };
+        Ok(Sandbox {
+            spec,
+            host: self.host.clone(),
+            isolation: self.isolation.clone(),
+            prepared: None,
+            lint_env,
+        })
     }
 
     /// The profile runs use.
@@ -632,6 +700,35 @@ mod tests {
     use super::*;
 
     fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn with_spec_changes_the_profile_and_limits_and_validates_them() {
+        let base = Sandbox::builder()
+            .host_files(HostFiles::default().allow_read("x"))
+            .profile(Profile::Aos)
+            .build()
+            .unwrap();
+        let mut spec = base.spec().clone();
+        spec.limits.instructions = Some(1000);
+        let narrowed = base.with_spec(spec.clone()).unwrap();
+        let out = narrowed.run("while true do end", &Json::Null);
+        assert_eq!(
+            out.error().map(|e| e.kind),
+            Some(crate::ErrorKind::InstructionLimit)
+        );
+        spec.limits.memory_bytes = Some(1);
+        assert!(matches!(
+            base.with_spec(spec.clone()),
+            Err(ConfigError::InvalidLimit { name: "memory", .. })
+        ));
+        // The base reads a host file: a profile without io.open cannot have it.
+        spec.limits = Limits::default();
+        spec.profile = Profile::Standard;
+        assert!(matches!(
+            base.with_spec(spec),
+            Err(ConfigError::Unsupported(_))
+        ));
+    }
 
     #[test]
     fn sandbox_is_send_sync() {

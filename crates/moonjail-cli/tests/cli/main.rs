@@ -18,6 +18,7 @@ mod mcp;
 mod pipes;
 mod profile;
 mod run;
+mod serve;
 mod session;
 mod support;
 mod tools;

@@ -39,6 +39,7 @@ pub(crate) use view::Environment;
 /// How much a finding matters. `error`: the script will fail (or be refused) when that
 /// code runs; `warning`: probably a mistake; `info`: what the linter could not check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// The script fails (or is refused) when this code runs.
@@ -69,6 +70,7 @@ impl std::fmt::Display for Severity {
 /// One thing the linter found. Lines and columns are 1-based; a column counts
 /// characters; the end is exclusive (`end_column` is one past the last character).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct Finding {
     /// The rule's stable id, e.g. `undefined-global` (see the README for the list).
@@ -92,6 +94,7 @@ pub struct Finding {
 /// What a script can reach, as far as its text says: for a host to show or approve
 /// before a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct Manifest {
     /// Sandbox globals the script reads (`print`, `string`, `json`), libraries and tool
@@ -114,6 +117,7 @@ pub struct Manifest {
 
 /// The findings and the manifest of one script.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct LintReport {
     /// Every finding, in source order.

@@ -22,6 +22,7 @@ pub enum OutputOverflow {
 
 /// How much output a truncating run kept and dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Truncation {
     /// Bytes of the script's output kept (head and tail; the marker not counted).
     pub kept_bytes: usize,

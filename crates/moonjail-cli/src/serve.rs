@@ -1,0 +1,239 @@
+//! `moonjail serve`: the HTTP service, and `moonjail keys`: its API keys. A thin shell
+//! over `moonjail_http`: flags to a `Config`, then serve until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use moonjail::Profile;
+use moonjail_http::{Auth, Config, KeyStore, RateLimit, Server};
+
+use crate::args::{duration, size, SandboxArgs};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The address to listen on, IP:PORT (port 0: any free port, printed at start).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The API key file (see `moonjail keys add`). Required unless --insecure-no-auth.
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
+    /// Accept requests without a key (as the key "anonymous"). Only on a loopback
+    /// address: refused on any other.
+    #[arg(long, conflicts_with = "keys")]
+    pub insecure_no_auth: bool,
+    /// Requests executed at once (runs and session calls); with --isolate, also the
+    /// worker pool's size. Default: the number of CPUs.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Requests that may wait for an executor; past them, 503 with Retry-After at once.
+    /// Default: 4 per worker.
+    #[arg(long, value_name = "N")]
+    pub queue: Option<usize>,
+    /// The largest request body; larger is a 413.
+    #[arg(long, value_name = "SIZE", default_value = "2MiB")]
+    pub max_body: String,
+    /// Open sessions in all.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_sessions: usize,
+    /// Open sessions per key (429 past it).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_sessions_per_key: usize,
+    /// How long an unused session stays open.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub session_idle: String,
+    /// Requests one key may have in flight at once (429 past it).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub key_concurrency: usize,
+    /// Requests per second per key, a token bucket (429 with Retry-After and RateLimit-*
+    /// headers past it). Default: no rate limit.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<f64>,
+    /// With --rate: the bucket's size, requests allowed at once. Default: --rate, at
+    /// least 1.
+    #[arg(long, value_name = "N", requires = "rate")]
+    pub burst: Option<u32>,
+    /// Profiles a request may name, comma-separated. Default: all built-in ones.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub profiles: Vec<String>,
+    /// How long a whole request may take, body upload included (408 past it): a
+    /// backstop behind each run's own deadline. Default: --timeout plus 30 s (5 minutes
+    /// without a timeout).
+    #[arg(long, value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// How long requests in flight get to finish after SIGTERM or SIGINT.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub grace: String,
+    /// The sandbox requests run in. Its limits are the most a request may ask for; its
+    /// profile is the one a request gets when it names none.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// Builds the config the flags describe.
+fn config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let workers = match args.workers {
+        Some(0) => bail!("--workers: must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let auth = match (&args.keys, args.insecure_no_auth) {
+        (_, true) => {
+            if !args.listen.ip().is_loopback() {
+                bail!(
+                    "--insecure-no-auth: refused on {}, which is not a loopback address \
+                     (anyone who can reach it could run code); use --keys FILE",
+                    args.listen
+                );
+            }
+            Auth::None
+        }
+        (Some(path), false) => {
+            let store = KeyStore::load(path)?;
+            if store.is_empty() {
+                bail!(
+                    "--keys {}: no keys; create one with `moonjail keys add NAME --keys {}`",
+                    path.display(),
+                    path.display()
+                );
+            }
+            Auth::Keys(store)
+        }
+        (None, false) => bail!(
+            "give --keys FILE (create keys with `moonjail keys add NAME --keys FILE`), or \
+             --insecure-no-auth on a loopback address"
+        ),
+    };
+    // Every executor keeps a worker ready.
+    let sandbox = args.sandbox.build_pooled(false, false, workers, workers)?;
+    let mut config = Config::new(sandbox);
+    config.auth = auth;
+    config.workers = workers;
+    config.queue = args.queue.unwrap_or(workers * 4);
+    config.max_body_bytes = size(&args.max_body)
+        .context("--max-body")?
+        .context("--max-body: a body limit is required")?;
+    config.max_sessions = args.max_sessions;
+    config.max_sessions_per_key = args.max_sessions_per_key;
+    config.session_idle = duration(&args.session_idle)
+        .context("--session-idle")?
+        .context("--session-idle: an idle timeout is required")?;
+    config.key_concurrency = args.key_concurrency;
+    config.rate_limit = args.rate.map(|per_second| RateLimit {
+        per_second,
+        burst: args
+            .burst
+            .unwrap_or_else(|| (per_second.ceil() as u32).max(1)),
+    });
+    if !args.profiles.is_empty() {
+        config.profiles = args
+            .profiles
+            .iter()
+            .map(|name| name.trim().parse::<Profile>())
+            .collect::<Result<_, _>>()
+            .context("--profiles")?;
+    }
+    config.shutdown_grace = duration(&args.grace)
+        .context("--grace")?
+        .unwrap_or_default();
+    if let Some(text) = &args.request_timeout {
+        config.request_timeout = duration(text)
+            .context("--request-timeout")?
+            .context("--request-timeout: a request timeout is required")?;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOONJAIL_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("moonjail_http=info,moonjail=warn")
+            }),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Serves until SIGTERM or SIGINT, then exits 0 once requests in flight have finished
+/// (or the grace period is over).
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let config = config(&args)?;
+    let runtime = moonjail_http::runtime(&config)?;
+    runtime.block_on(async {
+        let server = Server::bind(config, args.listen).await?;
+        let addr = server.local_addr()?;
+        tracing::info!(target: "moonjail_http", %addr, isolated = args.sandbox.isolate, "listening");
+        // For scripts and tests that start the service on port 0.
+        eprintln!("moonjail: listening on http://{addr}");
+        server.run(moonjail_http::shutdown_signal()).await?;
+        tracing::info!(target: "moonjail_http", "stopped");
+        anyhow::Ok(())
+    })?;
+    // Blocking threads still running a script past the grace period are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key named NAME, print it once on stdout, and store only its SHA-256 in
+    /// the key file (created, readable by its owner only, if missing).
+    Add {
+        /// 1 to 64 letters, digits, '-', '_' or '.'; shown in logs and metrics.
+        name: String,
+        /// The key file.
+        #[arg(long, value_name = "FILE")]
+        keys: PathBuf,
+    },
+    /// List the names of the keys in the key file.
+    List {
+        /// The key file.
+        #[arg(long, value_name = "FILE")]
+        keys: PathBuf,
+    },
+    /// Remove the key named NAME (a running `serve` keeps accepting it until restarted).
+    Remove {
+        /// The key's name.
+        name: String,
+        /// The key file.
+        #[arg(long, value_name = "FILE")]
+        keys: PathBuf,
+    },
+}
+
+/// `moonjail keys ...`.
+pub fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeysCommand::Add { name, keys } => {
+            let mut store = KeyStore::load(&keys)?;
+            let key = store.add(&name)?;
+            store.save(&keys)?;
+            println!("{key}");
+            eprintln!(
+                "moonjail: key {name:?} added to {}; it is shown only now (the file keeps \
+                 its hash): send it as `Authorization: Bearer KEY`",
+                keys.display()
+            );
+        }
+        KeysCommand::List { keys } => {
+            let store = KeyStore::load(&keys)?;
+            for name in store.names() {
+                println!("{name}");
+            }
+        }
+        KeysCommand::Remove { name, keys } => {
+            let mut store = KeyStore::load(&keys)?;
+            store.remove(&name)?;
+            store.save(&keys)?;
+            eprintln!("moonjail: key {name:?} removed from {}", keys.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

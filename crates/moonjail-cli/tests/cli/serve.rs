@@ -1,0 +1,144 @@
+//! `moonjail keys` and `moonjail serve`: keys stored as hashes and printed once; the
+//! service refuses to run without auth off loopback; it serves over HTTP (isolated, the
+//! binary being its own worker) and exits 0 on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+
+use crate::support::{command, moonjail, spawn, TempDir};
+
+#[test]
+fn keys_are_printed_once_and_stored_as_hashes() {
+    let dir = TempDir::new();
+    let out = moonjail(&dir, &["keys", "add", "alice", "--keys", "k.txt"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let key = out.stdout.trim();
+    assert!(key.starts_with("mj_") && key.len() == 67, "{key}");
+    let file = std::fs::read_to_string(dir.path().join("k.txt")).unwrap();
+    assert!(file.contains("alice sha256:"), "{file}");
+    assert!(!file.contains(&key[3..]), "the file holds the key itself");
+    let out = moonjail(&dir, &["keys", "add", "alice", "--keys", "k.txt"], None);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("exists already"), "{}", out.stderr);
+    moonjail(&dir, &["keys", "add", "bob", "--keys", "k.txt"], None);
+    let out = moonjail(&dir, &["keys", "list", "--keys", "k.txt"], None);
+    assert_eq!(out.stdout, "alice\nbob\n");
+    let out = moonjail(&dir, &["keys", "remove", "alice", "--keys", "k.txt"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = moonjail(&dir, &["keys", "list", "--keys", "k.txt"], None);
+    assert_eq!(out.stdout, "bob\n");
+}
+
+#[test]
+fn serve_refuses_to_run_without_auth_off_loopback() {
+    let dir = TempDir::new();
+    let out = moonjail(
+        &dir,
+        &["serve", "--listen", "0.0.0.0:0", "--insecure-no-auth"],
+        None,
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("not a loopback address"),
+        "{}",
+        out.stderr
+    );
+    let out = moonjail(&dir, &["serve", "--listen", "127.0.0.1:0"], None);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("--keys"), "{}", out.stderr);
+    let out = moonjail(
+        &dir,
+        &["serve", "--listen", "127.0.0.1:0", "--keys", "missing.txt"],
+        None,
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("no keys"), "{}", out.stderr);
+}
+
+/// One HTTP/1.1 request over a fresh connection; the response's status and body.
+fn http(addr: &str, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the service");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn serve_answers_runs_isolated_and_exits_0_on_sigterm() {
+    let dir = TempDir::new();
+    let key = moonjail(&dir, &["keys", "add", "ci", "--keys", "k.txt"], None)
+        .stdout
+        .trim()
+        .to_string();
+    let isolate = crate::support::isolate_flags();
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--keys",
+        "k.txt",
+        "--workers",
+        "1",
+        "--timeout",
+        "2s",
+    ];
+    args.extend(isolate.iter().map(String::as_str));
+    let mut cmd = command(&dir, &args);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = spawn(&mut cmd);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no address printed"
+        );
+        if let Some(rest) = line.trim().strip_prefix("moonjail: listening on http://") {
+            break rest.to_string();
+        }
+    };
+    // Drain the log so the child never blocks on a full pipe.
+    let log = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    let body = r#"{"code": "return (...).n * 2", "input": {"n": 21}}"#;
+    let (status, answer) = http(
+        &addr,
+        &format!(
+            "POST /v1/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let doc: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(doc["result"], 42, "{doc}");
+    let (status, _) = http(
+        &addr,
+        "POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    assert_eq!(status, 401);
+    // SAFETY: kill(2) on our own child's pid, which it cannot have reused: not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("key=\"ci\""),
+        "the request log names the key: {log}"
+    );
+    assert!(
+        !log.contains("return (...)"),
+        "the log never holds the source: {log}"
+    );
+}

@@ -1,0 +1,697 @@
+//! The routes: thin handlers over the library. Each takes the caller (authenticated,
+//! within its key's limits) and a typed body, asks the state for a sandbox or a session,
+//! waits for an executor, and answers the outcome document (`Outcome`'s own
+//! serialisation: the same document as `moonjail run --json`).
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use moonjail::{Outcome, RunOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Caller, JsonBody};
+use crate::log::Logged;
+use crate::sessions::{rfc3339, Command, Job};
+use crate::state::AppState;
+
+/// A size (`"16MiB"`, or a number of bytes) or a duration (`"500ms"`, `"2s"`, or a
+/// number of seconds), in the units of the CLI's flags; `"none"` for no limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quantity(String);
+
+impl Quantity {
+    pub(crate) fn text(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn is_none(&self) -> bool {
+        self.0 == "none"
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Quantity;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string with a unit (\"16MiB\", \"500ms\", \"none\") or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl utoipa::PartialSchema for Quantity {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Array(vec![Type::String, Type::Integer]))
+            .description(Some(
+                "A size (\"16MiB\", or bytes) or a duration (\"500ms\", \"2s\", or seconds), \
+                 as the CLI's flags take them; \"none\" for no limit",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Quantity {}
+
+/// Limits a request asks for: each at most the server's own (asking for more is a 400
+/// naming the field and the maximum). Absent fields keep the server's limit.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    /// The wall-clock deadline, e.g. `"500ms"`.
+    pub timeout: Option<Quantity>,
+    /// The Lua heap limit, e.g. `"16MiB"`.
+    pub memory: Option<Quantity>,
+    /// The instruction budget.
+    pub instructions: Option<u64>,
+    /// The limit on captured output, e.g. `"64KiB"`.
+    pub output: Option<Quantity>,
+    /// The limit on the source's size.
+    pub source: Option<Quantity>,
+    /// The limit on the result's JSON size.
+    pub result: Option<Quantity>,
+    /// How deeply the input and the result may nest.
+    pub result_depth: Option<usize>,
+}
+
+impl LimitsRequest {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.timeout.is_none()
+            && self.memory.is_none()
+            && self.instructions.is_none()
+            && self.output.is_none()
+            && self.source.is_none()
+            && self.result.is_none()
+            && self.result_depth.is_none()
+    }
+}
+
+/// `POST /v1/run`: one script in a fresh sandbox.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The Lua source. If it defines a global `run`, that is called with the input.
+    pub code: String,
+    /// The input: the chunk's first vararg (`local input = ...`) and `run`'s argument.
+    #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub input: Value,
+    /// The profile (`minimal`, `standard`, `aos`); by default the server's.
+    pub profile: Option<String>,
+    /// Lower limits for this run.
+    #[serde(default)]
+    pub limits: LimitsRequest,
+    /// The code may be an expression (`1 + 1`): tried as `return CODE` first.
+    #[serde(default)]
+    pub expression: bool,
+}
+
+/// `POST /v1/lint`: check a script against the sandbox a run would get, without running
+/// it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LintRequest {
+    /// The Lua source.
+    pub code: String,
+    /// The profile to check against (`minimal`, `standard`, `aos`); by default the
+    /// server's.
+    pub profile: Option<String>,
+}
+
+/// `POST /v1/sessions`: a persistent state (every field optional; the body may be empty).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenSessionRequest {
+    /// The profile (`minimal`, `standard`, `aos`); by default the server's.
+    pub profile: Option<String>,
+    /// Lower limits for the session (time and instructions per call, memory for the
+    /// whole state).
+    #[serde(default)]
+    pub limits: LimitsRequest,
+}
+
+/// A session just opened.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionCreated {
+    /// The session's id, for the `/v1/sessions/{id}/...` routes.
+    pub id: String,
+    /// When the session closes if it is not used (RFC 3339, UTC); each request moves
+    /// it on by the idle timeout.
+    pub expires_at: String,
+    /// The idle timeout, in milliseconds.
+    pub idle_timeout_ms: u64,
+}
+
+/// `POST /v1/sessions/{id}/exec`: run code in the session's state.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The Lua code; its return values are the results.
+    pub code: String,
+    /// The chunk's vararg (`local input = ...`).
+    #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub input: Value,
+    /// A shorter deadline for this call.
+    pub timeout: Option<Quantity>,
+    /// A smaller instruction budget for this call.
+    pub instructions: Option<u64>,
+}
+
+/// `POST /v1/sessions/{id}/eval`: the value of an expression in the session's state.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvalRequest {
+    /// The expression (`state.count`), tried as `return CODE`, then as a statement.
+    pub code: String,
+    /// A shorter deadline for this call.
+    pub timeout: Option<Quantity>,
+    /// A smaller instruction budget for this call.
+    pub instructions: Option<u64>,
+}
+
+/// `POST /v1/sessions/{id}/call`: call a function of the session's state.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallRequest {
+    /// The function's name, possibly dotted (`utils.map`).
+    pub function: String,
+    /// The arguments, each converted from JSON.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<serde_json::Value>>)]
+    pub args: Vec<Value>,
+    /// A shorter deadline for this call.
+    pub timeout: Option<Quantity>,
+    /// A smaller instruction budget for this call.
+    pub instructions: Option<u64>,
+}
+
+/// `POST /v1/sessions/{id}/has_function`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HasFunctionRequest {
+    /// The name, possibly dotted.
+    pub name: String,
+}
+
+/// Whether a session has a function.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HasFunctionAnswer {
+    /// The name asked about.
+    pub name: String,
+    /// True when it names a function or a callable table.
+    pub exists: bool,
+}
+
+/// `GET /healthz`, `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` (`/healthz`), `ready` or `not ready` (`/readyz`: starting, or stopping).
+    pub status: String,
+}
+
+/// An outcome as a response: the document, `Content-Type: application/json`.
+pub(crate) struct OutcomeResponse {
+    body: String,
+    kind: &'static str,
+}
+
+impl OutcomeResponse {
+    fn new(outcome: &Outcome) -> Self {
+        OutcomeResponse {
+            body: moonjail::to_json_line(outcome),
+            kind: outcome.error().map_or("ok", |e| e.kind.as_str()),
+        }
+    }
+}
+
+impl IntoResponse for OutcomeResponse {
+    fn into_response(self) -> Response {
+        let mut response =
+            ([(header::CONTENT_TYPE, "application/json")], self.body).into_response();
+        response.extensions_mut().insert(Logged::kind(self.kind));
+        response
+    }
+}
+
+/// The OpenAPI document's frame; the paths come from the router.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "moonjail",
+        description = "Run untrusted Lua 5.4 in a sandbox: one-off runs and persistent \
+                       sessions, under exact limits. Every run answers the outcome document \
+                       of `moonjail run --json`."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "runs", description = "One script, one fresh sandbox"),
+        (name = "sessions", description = "A persistent state, owned by the key that opened it"),
+        (name = "service", description = "Health, readiness, metrics, this document")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route, with its OpenAPI description.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(run))
+        .routes(routes!(lint))
+        .routes(routes!(open_session))
+        .routes(routes!(close_session))
+        .routes(routes!(session_exec))
+        .routes(routes!(session_eval))
+        .routes(routes!(session_call))
+        .routes(routes!(session_has_function))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+}
+
+/// The OpenAPI document of [`routes`], as JSON.
+pub(crate) fn openapi_document() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+fn joined<T>(result: Result<T, tokio::task::JoinError>) -> Result<T, ApiError> {
+    result.map_err(|e| ApiError::internal(format!("a run's thread failed: {e}")))
+}
+
+/// Runs a script once, in a fresh sandbox.
+///
+/// The answer is the outcome document whether the script succeeded or not: a script's
+/// failure (`ok: false`, `error.kind`) is a 200. Other statuses are refusals, with an
+/// `{"error": {"kind", "message"}}` body.
+#[utoipa::path(
+    post, path = "/v1/run", tag = "runs",
+    request_body = RunRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The outcome document", body = moonjail::OutcomeDoc),
+        (status = 400, description = "Malformed body, unknown profile, or a limit over the server's", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one", body = ErrorBody),
+        (status = 408, description = "The request took longer than the request timeout", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 429, description = "The key's rate or concurrency limit", body = ErrorBody),
+        (status = 503, description = "Every executor is busy and the queue is full", body = ErrorBody),
+    )
+)]
+async fn run(
+    State(state): State<AppState>,
+    _caller: Caller,
+    JsonBody(request): JsonBody<RunRequest>,
+) -> Result<OutcomeResponse, ApiError> {
+    let sandbox = state.sandbox_for(request.profile.as_deref(), &request.limits)?;
+    let profile = sandbox.profile().name();
+    let ticket = state.executors.admit().await?;
+    let (outcome, response) = joined(
+        tokio::task::spawn_blocking(move || {
+            let options = RunOptions::default().expression(request.expression);
+            let outcome = sandbox.run_with(request.code.as_bytes(), &request.input, &options);
+            drop(ticket);
+            // Written here, off the async threads: a deep result takes stack.
+            let response = OutcomeResponse::new(&outcome);
+            (outcome, response)
+        })
+        .await,
+    )?;
+    state.metrics.outcome("run", profile, &outcome);
+    Ok(response)
+}
+
+/// Checks a script against the sandbox a run would get, without running it: syntax
+/// errors with hints, globals and members the profile does not have, tools, literal
+/// URLs the allowlist refuses, the usual correctness lints; and a manifest of what the
+/// script reaches. Feedback before a run; the run's own checks stay the boundary.
+#[utoipa::path(
+    post, path = "/v1/lint", tag = "runs",
+    request_body = LintRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The findings and the manifest", body = moonjail::LintReport),
+        (status = 400, description = "Malformed body, or an unknown profile", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one", body = ErrorBody),
+        (status = 408, description = "The request took longer than the request timeout", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 429, description = "The key's rate or concurrency limit", body = ErrorBody),
+        (status = 503, description = "Every executor is busy and the queue is full", body = ErrorBody),
+    )
+)]
+async fn lint(
+    State(state): State<AppState>,
+    _caller: Caller,
+    JsonBody(request): JsonBody<LintRequest>,
+) -> Result<Json<moonjail::LintReport>, ApiError> {
+    let sandbox = state.sandbox_for(request.profile.as_deref(), &LimitsRequest::default())?;
+    let ticket = state.executors.admit().await?;
+    // Parsing is CPU work proportional to the source: on an executor, like a run.
+    let report = joined(
+        tokio::task::spawn_blocking(move || {
+            let report = sandbox.lint(request.code.as_bytes());
+            drop(ticket);
+            report
+        })
+        .await,
+    )?;
+    Ok(Json(report))
+}
+
+/// Opens a persistent session.
+#[utoipa::path(
+    post, path = "/v1/sessions", tag = "sessions",
+    request_body(content = Option<OpenSessionRequest>, description = "Optional: a profile and lower limits"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The session is open", body = SessionCreated),
+        (status = 400, description = "Malformed body, or the state could not be built", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one", body = ErrorBody),
+        (status = 408, description = "The request took longer than the request timeout", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 429, description = "The key's limits, or its session cap", body = ErrorBody),
+        (status = 503, description = "Overloaded, or the service's session cap", body = ErrorBody),
+    )
+)]
+async fn open_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<OpenSessionRequest>,
+) -> Result<(StatusCode, Json<SessionCreated>), ApiError> {
+    let sandbox = state.sandbox_for(request.profile.as_deref(), &request.limits)?;
+    let ticket = state.executors.admit().await?;
+    let opened = state.sessions.open(caller.key.clone(), sandbox).await?;
+    drop(ticket);
+    let opened = opened.map_err(|e| match e.kind {
+        // No worker could be started, or it died: the service's trouble, not the request's.
+        moonjail::ErrorKind::Internal | moonjail::ErrorKind::Killed => ApiError::unavailable(
+            "unavailable",
+            format!("opening the session: {e}"),
+            std::time::Duration::from_secs(1),
+        ),
+        _ => ApiError::bad_request(format!("opening the session: {e}")),
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SessionCreated {
+            id: opened.id,
+            expires_at: rfc3339(opened.expires_at),
+            idle_timeout_ms: u64::try_from(state.sessions.idle().as_millis()).unwrap_or(u64::MAX),
+        }),
+    ))
+}
+
+/// Closes a session (its state is dropped; isolated, its worker is killed).
+#[utoipa::path(
+    delete, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Closed"),
+        (status = 401, description = "No key, or not a valid one", body = ErrorBody),
+        (status = 404, description = "No such session for this key", body = ErrorBody),
+        (status = 429, description = "The key's rate or concurrency limit", body = ErrorBody),
+    )
+)]
+async fn close_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.sessions.remove(&caller.key, &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sends `command` to session `id` of `caller` on an executor, and waits for its answer.
+async fn on_session<T>(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    command: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<(T, &'static str), ApiError> {
+    let session = state.sessions.get(&caller.key, id)?;
+    let ticket = state.executors.admit().await?;
+    let (reply, answer) = oneshot::channel();
+    session.send(Job {
+        command: command(reply),
+        ticket,
+    })?;
+    let answer = answer
+        .await
+        .map_err(|_| ApiError::internal("the session's thread ended without answering"))?;
+    Ok((answer, session.profile()))
+}
+
+/// Runs code in a session's state; the results are the chunk's return values.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/exec", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    request_body = ExecRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The outcome document", body = moonjail::OutcomeDoc),
+        (status = 400, description = "Malformed body, or a limit over the server's", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one", body = ErrorBody),
+        (status = 404, description = "No such session for this key", body = ErrorBody),
+        (status = 408, description = "The request took longer than the request timeout", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 429, description = "The key's rate or concurrency limit", body = ErrorBody),
+        (status = 503, description = "Every executor is busy and the queue is full", body = ErrorBody),
+    )
+)]
+async fn session_exec(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<ExecRequest>,
+) -> Result<OutcomeResponse, ApiError> {
+    let options = state.call_options(request.timeout.as_ref(), request.instructions)?;
+    let (outcome, profile) = on_session(&state, &caller, &id, |reply| Command::Exec {
+        code: request.code,
+        input: request.input,
+        expression: false,
+        options,
+        reply,
+    })
+    .await?;
+    state.metrics.outcome("session", profile, &outcome);
+    Ok(OutcomeResponse::new(&outcome))
+}
+
+/// The value of an expression in a session's state.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/eval", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    request_body = EvalRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The outcome document", body = moonjail::OutcomeDoc),
+        (status = 400, description = "Malformed body, or a limit over the server's", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one", body = ErrorBody),
+        (status = 404, description = "No such session for this key", body = ErrorBody),
+        (status = 408, description = "The request took longer than the request timeout", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 429, description = "The key's rate or concurrency limit", body = ErrorBody),
+        (status = 503, description = "Every executor is busy and the queue is full", body = ErrorBody),
+    )
+)]
+async fn session_eval(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<EvalRequest>,
+) -> Result<OutcomeResponse, ApiError> {
+    let options = state.call_options(request.timeout.as_ref(), request.instructions)?;
+    let (outcome, profile) = on_session(&state, &caller, &id, |reply| Command::Exec {
+        code: request.code,
+        input: Value::Null,
+        expression: true,
+        options,
+        reply,
+    })
+    .await?;
+    state.metrics.outcome("session", profile, &outcome);
+    Ok(OutcomeResponse::new(&outcome))
+}
+
+/// Calls a function of a session's state with JSON arguments.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/call", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    request_body = CallRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The outcome document", body = moonjail::OutcomeDoc),
+        (status = 400, description = "Malformed body, or a limit over the server's", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one", body = ErrorBody),
+        (status = 404, description = "No such session for this key", body = ErrorBody),
+        (status = 408, description = "The request took longer than the request timeout", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 429, description = "The key's rate or concurrency limit", body = ErrorBody),
+        (status = 503, description = "Every executor is busy and the queue is full", body = ErrorBody),
+    )
+)]
+async fn session_call(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<CallRequest>,
+) -> Result<OutcomeResponse, ApiError> {
+    let options = state.call_options(request.timeout.as_ref(), request.instructions)?;
+    let (outcome, profile) = on_session(&state, &caller, &id, |reply| Command::Call {
+        function: request.function,
+        args: request.args,
+        options,
+        reply,
+    })
+    .await?;
+    state.metrics.outcome("session", profile, &outcome);
+    Ok(OutcomeResponse::new(&outcome))
+}
+
+/// Whether a session has a function (or a callable table) of that name.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/has_function", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    request_body = HasFunctionRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The answer", body = HasFunctionAnswer),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one", body = ErrorBody),
+        (status = 404, description = "No such session for this key", body = ErrorBody),
+        (status = 409, description = "The session closed itself (after a timeout, say)", body = ErrorBody),
+        (status = 408, description = "The request took longer than the request timeout", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 429, description = "The key's rate or concurrency limit", body = ErrorBody),
+        (status = 503, description = "Every executor is busy and the queue is full", body = ErrorBody),
+    )
+)]
+async fn session_has_function(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<HasFunctionRequest>,
+) -> Result<Json<HasFunctionAnswer>, ApiError> {
+    let name = request.name.clone();
+    let (answer, _) = on_session(&state, &caller, &id, |reply| Command::HasFunction {
+        name: request.name,
+        reply,
+    })
+    .await?;
+    let exists = answer.map_err(|e| ApiError::session_closed(e.message))?;
+    Ok(Json(HasFunctionAnswer { name, exists }))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(
+    get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "Alive", body = Health))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: a warm-up script has run (isolated: a worker is up and answering), and the
+/// service is not stopping.
+#[utoipa::path(
+    get, path = "/readyz", tag = "service",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Starting or stopping", body = Health),
+    )
+)]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    if state.is_ready() {
+        (
+            StatusCode::OK,
+            Json(Health {
+                status: "ready".into(),
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "not ready".into(),
+            }),
+        )
+    }
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(
+    get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String))
+)]
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let text = state
+        .metrics_text()
+        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// This document: every route the service serves, with its request and response schemas
+/// (the outcome's derived from the library's own document type).
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "service",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object))
+)]
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    match DOCUMENT.get_or_init(|| openapi_document().to_json().map_err(|e| e.to_string())) {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text.clone()).into_response(),
+        Err(e) => ApiError::internal(format!("encoding the OpenAPI document: {e}")).into_response(),
+    }
+}
+
+/// What a request for no route gets.
+pub(crate) async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route {}; see /openapi.json", uri.path()))
+}
+
+/// What a request with a method the route does not serve gets.
+pub(crate) async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::method_not_allowed(format!(
+        "{} does not serve {method}; see /openapi.json",
+        uri.path()
+    ))
+}

@@ -1,0 +1,55 @@
+//! moonjail as an HTTP service: authenticated one-off runs and persistent sessions of
+//! untrusted Lua, for programs in any language. The `moonjail serve` command is a thin
+//! shell over this crate.
+//!
+//! - `POST /v1/lint` `{code, profile}` checks a script without running it.
+//! - `POST /v1/run` `{code, input, profile, limits, expression}` answers the outcome
+//!   document of `moonjail run --json` (`moonjail::Outcome`'s serialisation; its schema
+//!   in `/openapi.json` is derived from the same type).
+//! - Sessions: `POST /v1/sessions`, then `.../{id}/exec`, `eval`, `call`,
+//!   `has_function`, and `DELETE /v1/sessions/{id}`. Each lives on a thread of its own
+//!   (isolated: in a worker process of its own), belongs to the key that opened it (any
+//!   other key gets 404), and closes when idle.
+//! - `GET /healthz`, `/readyz`, `/metrics` (OpenMetrics), `/openapi.json`.
+//!
+//! Requests carry `Authorization: Bearer KEY` ([`KeyStore`]); each key has a concurrency
+//! cap and optionally a rate limit (429, with `Retry-After` and `RateLimit-*` headers).
+//! Work goes through a fixed number of executors behind a bounded queue: when it is
+//! full, a request gets 503 with `Retry-After` at once. Limits a request asks for are at
+//! most the server's: more is a 400 naming the field and the maximum.
+//!
+//! ```no_run
+//! use moonjail::Sandbox;
+//! use moonjail_http::{Auth, Config, Server};
+//!
+//! # async fn example() -> Result<(), moonjail_http::Error> {
+//! let mut config = Config::new(Sandbox::builder().build()?);
+//! config.auth = Auth::None; // loopback only
+//! let server = Server::bind(config, "127.0.0.1:0".parse().unwrap()).await?;
+//! println!("listening on {}", server.local_addr()?);
+//! server.run(moonjail_http::shutdown_signal()).await
+//! # }
+//! ```
+
+mod admission;
+mod api;
+mod config;
+mod error;
+mod extract;
+pub mod keys;
+mod log;
+mod metrics;
+mod server;
+mod sessions;
+mod state;
+
+pub use api::{
+    CallRequest, EvalRequest, ExecRequest, HasFunctionAnswer, HasFunctionRequest, Health,
+    LimitsRequest, LintRequest, OpenSessionRequest, Quantity, RunRequest, SessionCreated,
+};
+pub use config::{Auth, Config, RateLimit, DEFAULT_MAX_BODY};
+pub use error::{ApiError, Error, ErrorBody, ErrorDetail, RateLimitInfo, Result};
+pub use extract::{Caller, JsonBody, ANONYMOUS};
+pub use keys::{KeyError, KeyStore};
+pub use server::{openapi, router, runtime, shutdown_signal, Server};
+pub use state::AppState;

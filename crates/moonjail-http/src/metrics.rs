@@ -1,0 +1,169 @@
+//! The service's Prometheus metrics (`GET /metrics`, OpenMetrics text): runs by profile
+//! and outcome kind, their latency, limit hits by kind, tool calls, and the gauges of
+//! the moment (queue depth, executors busy, pool size, live sessions).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use moonjail::Outcome;
+
+/// What a run is counted under.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    /// `run` or `session`.
+    mode: &'static str,
+    profile: &'static str,
+    /// `ok`, or the error kind.
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+/// Every metric, and the registry that writes them.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    runs: Family<RunLabels, Counter>,
+    latency: Histogram,
+    limit_hits: Family<KindLabels, Counter>,
+    tool_calls: Counter,
+    requests: Family<RequestLabels, Counter>,
+    queue_depth: Gauge,
+    running: Gauge,
+    pool_size: Gauge,
+    live_sessions: Gauge,
+}
+
+/// The gauges' values at scrape time.
+pub(crate) struct Snapshot {
+    pub(crate) queue_depth: usize,
+    pub(crate) running: usize,
+    pub(crate) pool_size: usize,
+    pub(crate) live_sessions: usize,
+}
+
+fn gauge(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("moonjail");
+        let runs = Family::<RunLabels, Counter>::default();
+        registry.register(
+            "runs",
+            "Runs and session calls, by mode, profile and outcome (ok or the error kind)",
+            runs.clone(),
+        );
+        // 100 µs to ~27 s.
+        let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 19));
+        registry.register(
+            "run_duration_seconds",
+            "Wall-clock time of runs and session calls, as measured by the sandbox",
+            latency.clone(),
+        );
+        let limit_hits = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "limit_hits",
+            "Runs stopped by a limit, by kind (timeout, memory_limit, instruction_limit, output_limit)",
+            limit_hits.clone(),
+        );
+        let tool_calls = Counter::default();
+        registry.register(
+            "tool_calls",
+            "Host tool calls made by scripts",
+            tool_calls.clone(),
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            requests.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Requests waiting for an executor",
+            queue_depth.clone(),
+        );
+        let running = Gauge::default();
+        registry.register("executors_busy", "Requests executing now", running.clone());
+        let pool_size = Gauge::default();
+        registry.register(
+            "pool_size",
+            "Executors: requests that may execute at once (isolated: the worker pool's size)",
+            pool_size.clone(),
+        );
+        let live_sessions = Gauge::default();
+        registry.register("live_sessions", "Open sessions", live_sessions.clone());
+        Metrics {
+            registry,
+            runs,
+            latency,
+            limit_hits,
+            tool_calls,
+            requests,
+            queue_depth,
+            running,
+            pool_size,
+            live_sessions,
+        }
+    }
+
+    /// Counts one outcome.
+    pub(crate) fn outcome(&self, mode: &'static str, profile: &'static str, outcome: &Outcome) {
+        let kind = outcome.error().map(|e| e.kind);
+        self.runs
+            .get_or_create(&RunLabels {
+                mode,
+                profile,
+                outcome: kind.map_or("ok", |k| k.as_str()),
+            })
+            .inc();
+        self.latency.observe(outcome.stats.wall.as_secs_f64());
+        if let Some(kind) = kind.filter(|k| k.is_limit()) {
+            self.limit_hits
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .inc();
+        }
+        if !outcome.tool_calls.is_empty() {
+            self.tool_calls.inc_by(outcome.tool_calls.len() as u64);
+        }
+    }
+
+    /// Counts one answered request.
+    pub(crate) fn request(&self, route: &str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    /// The metrics as OpenMetrics text, with the gauges set to `now`.
+    pub(crate) fn encode(&self, now: Snapshot) -> Result<String, std::fmt::Error> {
+        self.queue_depth.set(gauge(now.queue_depth));
+        self.running.set(gauge(now.running));
+        self.pool_size.set(gauge(now.pool_size));
+        self.live_sessions.set(gauge(now.live_sessions));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}

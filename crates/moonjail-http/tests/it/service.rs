@@ -1,0 +1,72 @@
+//! `/healthz`, `/readyz`, `/metrics`, and graceful shutdown.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::support::{config, sandbox, TestServer, ALICE};
+
+#[test]
+fn health_and_readiness() {
+    let server = TestServer::start(config(sandbox()));
+    let health = server.get("/healthz", None);
+    assert_eq!(
+        (health.status, health.body["status"].as_str()),
+        (200, Some("ok"))
+    );
+    let ready = server.get("/readyz", None);
+    assert_eq!(
+        (ready.status, ready.body["status"].as_str()),
+        (200, Some("ready"))
+    );
+    server.state.begin_shutdown();
+    assert_eq!(server.get("/readyz", None).status, 503);
+    assert_eq!(server.get("/healthz", None).status, 200);
+}
+
+#[test]
+fn metrics_count_runs_limits_tool_calls_and_sessions() {
+    let server = TestServer::start(config(sandbox()));
+    server.run(&json!({"code": "return 1"}));
+    server.run(&json!({"code": "return 1", "profile": "minimal"}));
+    server.run(&json!({"code": "while true do end", "limits": {"timeout": "20ms"}}));
+    server.open_session(ALICE, &json!({}));
+    let metrics = server.get("/metrics", None);
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = &metrics.text;
+    for line in [
+        r#"moonjail_runs_total{mode="run",profile="standard",outcome="ok"} 1"#,
+        r#"moonjail_runs_total{mode="run",profile="minimal",outcome="ok"} 1"#,
+        r#"moonjail_runs_total{mode="run",profile="standard",outcome="timeout"} 1"#,
+        r#"moonjail_limit_hits_total{kind="timeout"} 1"#,
+        "moonjail_run_duration_seconds_count 3",
+        "moonjail_live_sessions 1",
+        "moonjail_pool_size 2",
+        "moonjail_queue_depth 0",
+        "moonjail_tool_calls_total 0",
+        r#"moonjail_http_requests_total{route="/v1/run",status="200"} 3"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+}
+
+#[test]
+fn shutdown_lets_requests_in_flight_finish() {
+    let server = Arc::new(TestServer::start(config(sandbox())));
+    let busy = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            server.run(&json!({"code":
+                "local t = os.clock() while os.clock() - t < 0.3 do end return 'done'"}))
+        })
+    };
+    server.wait_executing(1);
+    server.signal_stop();
+    assert_eq!(busy.join().unwrap()["result"], "done");
+    server.shutdown().unwrap();
+    assert!(!server.state.is_ready());
+}
