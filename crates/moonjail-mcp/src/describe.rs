@@ -90,6 +90,11 @@ impl Descriptions {
              JSON array of its arguments (absent: none). The results are its return values. \
              Returns the outcome of run_lua."
             .to_string();
+        let lowered = " `timeout` (e.g. `\"200ms\"`) and `instructions` give this request \
+             lower limits than the session's (never higher).";
+        let session_exec = session_exec + lowered;
+        let session_eval = session_eval + lowered;
+        let session_call = session_call + lowered;
         let session_close = "Close an open session and free its state. Sessions also close \
              with the MCP connection."
             .to_string();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use moonjail::{Error, ErrorKind, Outcome, RunOptions, Sandbox};
+use moonjail::{CallOptions, Error, ErrorKind, Outcome, RunOptions, Sandbox};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
@@ -56,6 +56,13 @@ pub struct SessionExec {
     /// Absent: nil.
     #[serde(default)]
     pub input: Json,
+    /// A shorter deadline for this request than the session's, e.g. `"200ms"` (a
+    /// longer one is the session's own).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// A smaller instruction budget for this request than the session's.
+    #[serde(default)]
+    pub instructions: Option<u64>,
 }
 
 /// `session_eval`'s arguments.
@@ -66,6 +73,13 @@ pub struct SessionEval {
     pub session_id: String,
     /// A Lua expression (`count`, `#queue`), or a statement.
     pub code: String,
+    /// A shorter deadline for this request than the session's, e.g. `"200ms"` (a
+    /// longer one is the session's own).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// A smaller instruction budget for this request than the session's.
+    #[serde(default)]
+    pub instructions: Option<u64>,
 }
 
 /// `session_call`'s arguments.
@@ -79,6 +93,37 @@ pub struct SessionCall {
     /// The arguments, in order, as JSON (null is nil). Absent: none.
     #[serde(default)]
     pub args: Option<Vec<Json>>,
+    /// A shorter deadline for this request than the session's, e.g. `"200ms"` (a
+    /// longer one is the session's own).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// A smaller instruction budget for this request than the session's.
+    #[serde(default)]
+    pub instructions: Option<u64>,
+}
+
+/// A session request's own limits (its `timeout` and `instructions` fields): lower than
+/// the session's, never higher. Fields of each request rather than one flattened struct:
+/// serde cannot refuse unknown fields through `flatten`.
+struct Lowered {
+    timeout: Option<String>,
+    instructions: Option<u64>,
+}
+
+impl Lowered {
+    /// The options these fields ask for, or why the timeout does not parse.
+    fn options(&self) -> Result<CallOptions, String> {
+        let mut options = CallOptions::default();
+        if let Some(text) = &self.timeout {
+            let timeout =
+                moonjail::units::parse_duration(text).map_err(|e| format!("timeout: {e}"))?;
+            options = options.timeout(timeout);
+        }
+        if let Some(n) = self.instructions {
+            options = options.instructions(n);
+        }
+        Ok(options)
+    }
 }
 
 /// `session_close`'s arguments.
@@ -255,12 +300,20 @@ impl Server {
             session_id,
             code,
             input,
+            timeout,
+            instructions,
         } = args;
+        let limits = Lowered {
+            timeout,
+            instructions,
+        };
+        let options = match limits.options() {
+            Ok(options) => options,
+            Err(message) => return Ok(render::refused(message)),
+        };
         let answer = self
             .sessions
-            .request(&session_id, move |s| {
-                s.exec_with(code, &input, &Default::default())
-            })
+            .request(&session_id, move |s| s.exec_with(code, &input, &options))
             .await;
         Ok(answered(answer))
     }
@@ -271,10 +324,23 @@ impl Server {
         &self,
         Parameters(args): Parameters<SessionEval>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
-        let SessionEval { session_id, code } = args;
+        let SessionEval {
+            session_id,
+            code,
+            timeout,
+            instructions,
+        } = args;
+        let limits = Lowered {
+            timeout,
+            instructions,
+        };
+        let options = match limits.options() {
+            Ok(options) => options,
+            Err(message) => return Ok(render::refused(message)),
+        };
         let answer = self
             .sessions
-            .request(&session_id, move |s| s.eval(code, &Default::default()))
+            .request(&session_id, move |s| s.eval(code, &options))
             .await;
         Ok(answered(answer))
     }
@@ -289,11 +355,23 @@ impl Server {
             session_id,
             function,
             args,
+            timeout,
+            instructions,
         } = args;
+        let limits = Lowered {
+            timeout,
+            instructions,
+        };
+        let options = match limits.options() {
+            Ok(options) => options,
+            Err(message) => return Ok(render::refused(message)),
+        };
         let args = args.unwrap_or_default();
         let answer = self
             .sessions
-            .request(&session_id, move |s| s.call(&function, &args))
+            .request(&session_id, move |s| {
+                s.call_with(&function, &args, &options)
+            })
             .await;
         Ok(answered(answer))
     }

@@ -300,6 +300,55 @@ fn a_timeout_is_reported_and_closes_a_session() {
     });
 }
 
+/// A session request may lower its own limits (never raise them): the outcome's
+/// `stats.limits` and its error say the lowered value.
+#[test]
+fn a_session_request_lowers_its_own_limits() {
+    let dir = TempDir::new();
+    block_on(async {
+        let client = connect(&dir, &["--timeout", "5s"]).await;
+        let opened = call(&client, "session_open", json!({})).await;
+        let id = doc(&opened)["session_id"].clone();
+        let result = call(
+            &client,
+            "session_eval",
+            json!({"session_id": id, "code": "1 + 1", "timeout": "250ms", "instructions": 1000}),
+        )
+        .await;
+        let limits = &doc(&result)["stats"]["limits"];
+        assert_eq!(
+            (limits["wall_ms"].as_f64(), limits["instructions"].as_u64()),
+            (Some(250.0), Some(1000)),
+            "{limits}"
+        );
+        // Higher than the session's: the session's own.
+        let result = call(
+            &client,
+            "session_call",
+            json!({"session_id": id, "function": "tostring", "args": [1], "timeout": "1h"}),
+        )
+        .await;
+        assert_eq!(doc(&result)["stats"]["limits"]["wall_ms"], json!(5000.0));
+        let result = call(
+            &client,
+            "session_exec",
+            json!({"session_id": id, "code": "while true do end", "instructions": 5000}),
+        )
+        .await;
+        assert_eq!(doc(&result)["error"]["kind"], json!("instruction_limit"));
+        // A timeout that does not parse is refused, naming the field.
+        let result = call(
+            &client,
+            "session_exec",
+            json!({"session_id": id, "code": "return 1", "timeout": "soon"}),
+        )
+        .await;
+        assert_eq!(result.is_error, Some(true));
+        assert!(text(&result).contains("timeout:"), "{}", text(&result));
+        client.cancel().await.expect("close the connection");
+    });
+}
+
 #[test]
 fn a_session_keeps_its_state_from_open_to_close() {
     let dir = TempDir::new();
