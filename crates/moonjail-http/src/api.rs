@@ -61,6 +61,9 @@ impl utoipa::PartialSchema for Quantity {
         use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
         ObjectBuilder::new()
             .schema_type(SchemaType::Array(vec![Type::String, Type::Integer]))
+            // A number is a count of bytes or seconds; zero is no limit anyone can run
+            // under (use "none" to lift one).
+            .minimum(Some(1))
             .description(Some(
                 "A size (\"16MiB\", or bytes) or a duration (\"500ms\", \"2s\", or seconds), \
                  as the CLI's flags take them; \"none\" for no limit",
@@ -70,6 +73,17 @@ impl utoipa::PartialSchema for Quantity {
 }
 
 impl ToSchema for Quantity {}
+
+/// The built-in profiles a request may name (the server may allow fewer: naming one it
+/// does not allow is a 400). Documentation only: requests carry the name as a string.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum ProfileName {
+    Minimal,
+    Standard,
+    Aos,
+}
 
 /// Limits a request asks for: each at most the server's own (asking for more is a 400
 /// naming the field and the maximum). Absent fields keep the server's limit.
@@ -81,6 +95,7 @@ pub struct LimitsRequest {
     /// The Lua heap limit, e.g. `"16MiB"`.
     pub memory: Option<Quantity>,
     /// The instruction budget.
+    #[schema(minimum = 1)]
     pub instructions: Option<u64>,
     /// The limit on captured output, e.g. `"64KiB"`.
     pub output: Option<Quantity>,
@@ -89,6 +104,7 @@ pub struct LimitsRequest {
     /// The limit on the result's JSON size.
     pub result: Option<Quantity>,
     /// How deeply the input and the result may nest.
+    #[schema(minimum = 1)]
     pub result_depth: Option<usize>,
 }
 
@@ -115,6 +131,7 @@ pub struct RunRequest {
     #[schema(value_type = Option<serde_json::Value>)]
     pub input: Value,
     /// The profile (`minimal`, `standard`, `aos`); by default the server's.
+    #[schema(value_type = Option<ProfileName>)]
     pub profile: Option<String>,
     /// Lower limits for this run.
     #[serde(default)]
@@ -133,6 +150,7 @@ pub struct LintRequest {
     pub code: String,
     /// The profile to check against (`minimal`, `standard`, `aos`); by default the
     /// server's.
+    #[schema(value_type = Option<ProfileName>)]
     pub profile: Option<String>,
 }
 
@@ -141,6 +159,7 @@ pub struct LintRequest {
 #[serde(deny_unknown_fields)]
 pub struct OpenSessionRequest {
     /// The profile (`minimal`, `standard`, `aos`); by default the server's.
+    #[schema(value_type = Option<ProfileName>)]
     pub profile: Option<String>,
     /// Lower limits for the session (time and instructions per call, memory for the
     /// whole state).
@@ -173,6 +192,7 @@ pub struct ExecRequest {
     /// A shorter deadline for this call.
     pub timeout: Option<Quantity>,
     /// A smaller instruction budget for this call.
+    #[schema(minimum = 1)]
     pub instructions: Option<u64>,
 }
 
@@ -185,6 +205,7 @@ pub struct EvalRequest {
     /// A shorter deadline for this call.
     pub timeout: Option<Quantity>,
     /// A smaller instruction budget for this call.
+    #[schema(minimum = 1)]
     pub instructions: Option<u64>,
 }
 
@@ -194,13 +215,14 @@ pub struct EvalRequest {
 pub struct CallRequest {
     /// The function's name, possibly dotted (`utils.map`).
     pub function: String,
-    /// The arguments, each converted from JSON.
+    /// The arguments, each converted from JSON (absent or null: none).
     #[serde(default)]
     #[schema(value_type = Option<Vec<serde_json::Value>>)]
-    pub args: Vec<Value>,
+    pub args: Option<Vec<Value>>,
     /// A shorter deadline for this call.
     pub timeout: Option<Quantity>,
     /// A smaller instruction budget for this call.
+    #[schema(minimum = 1)]
     pub instructions: Option<u64>,
 }
 
@@ -569,7 +591,7 @@ async fn session_call(
     let options = state.call_options(request.timeout.as_ref(), request.instructions)?;
     let (outcome, profile) = on_session(&state, &caller, &id, |reply| Command::Call {
         function: request.function,
-        args: request.args,
+        args: request.args.unwrap_or_default(),
         options,
         reply,
     })

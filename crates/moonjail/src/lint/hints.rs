@@ -16,6 +16,13 @@ use super::lex::{Kind, Lexer, Token};
 /// the line shows a mistake from another language. `line` `None`: the whole source is
 /// searched for spellings that are never valid Lua.
 pub(crate) fn syntax_hint(source: &[u8], line: Option<u32>, message: &str) -> Option<String> {
+    if message.contains("near '`'") {
+        return Some(
+            "a backtick is not Lua: strings are quoted with \"...\", '...' or [[...]], and a \
+             Markdown code fence (```) does not belong in the script"
+                .to_string(),
+        );
+    }
     let Some(line) = line else {
         let source = &source[..source.len().min(MAX_SCANNED * 16)];
         let tokens: Vec<Token> = Lexer::new(source).collect();

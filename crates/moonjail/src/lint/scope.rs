@@ -23,6 +23,7 @@ use full_moon::tokenizer::{StringLiteralQuoteType, TokenReference, TokenType};
 use full_moon::LuaVersion;
 
 use super::hints::{foreign_name, repair, syntax_hint};
+use super::lex::{Kind, Lexer};
 use super::rules;
 use super::view::{Entry, Environment, TableKind};
 use super::{Finding, LintReport, Severity};
@@ -166,10 +167,74 @@ fn span_at(text: &str, start: usize, end: usize) -> Span {
     }
 }
 
+/// `text` with every backtick that stands where a token would (not inside a string or a
+/// comment) blanked, and where they were. full_moon's lexer treats a backtick as Luau's
+/// interpolated-string quote and, with Luau off, reaches an `unreachable!()` on it: a
+/// Markdown fence (```` ```lua ````) pasted into a script would panic the linter. It is
+/// never valid Lua 5.4, so it is reported here as a syntax error and the rest is read.
+fn blank_backticks(text: &str) -> (std::borrow::Cow<'_, str>, Vec<usize>) {
+    let bytes = text.as_bytes();
+    let at: Vec<usize> = Lexer::new(bytes)
+        .filter(|t| t.kind == Kind::Other && bytes.get(t.start) == Some(&b'`'))
+        .map(|t| t.start)
+        .collect();
+    if at.is_empty() {
+        return (std::borrow::Cow::Borrowed(text), at);
+    }
+    let mut out = bytes.to_vec();
+    for &i in &at {
+        out[i] = b' ';
+        // A fence line (```` ```lua ````): its info string goes too, or it would read as
+        // a stray name.
+        let line_start = bytes[..i]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |n| n + 1);
+        if bytes[line_start..i].iter().all(u8::is_ascii_whitespace)
+            && bytes[i..].starts_with(b"```")
+        {
+            let end = bytes[i..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |n| i + n);
+            for b in &mut out[i..end] {
+                if b.is_ascii() {
+                    *b = b' ';
+                }
+            }
+        }
+    }
+    // Only ASCII bytes were replaced by ASCII: still UTF-8.
+    let blanked = String::from_utf8(out).unwrap_or_else(|_| text.replace('`', " "));
+    (std::borrow::Cow::Owned(blanked), at)
+}
+
+/// full_moon's parse, with a panic inside it (a bug of the parser on some input we do
+/// not know yet) contained: `None` then, and the linter reports that it could not read
+/// the script rather than taking the host down.
+fn parse(text: &str, version: LuaVersion) -> Option<full_moon::ast::AstResult> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        full_moon::parse_fallible(text, version)
+    }))
+    .ok()
+}
+
 /// Parses `text` and adds what it finds to `report`.
 pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
     let version = LuaVersion::lua54();
-    let result = full_moon::parse_fallible(text, version);
+    let original = text;
+    let (blanked, backticks) = blank_backticks(text);
+    let text: &str = &blanked;
+    let Some(result) = parse(text, version) else {
+        report.findings.push(finding(
+            "syntax",
+            Severity::Error,
+            span_at(text, 0, 0),
+            "the script could not be parsed: the parser failed on it".to_string(),
+            None,
+        ));
+        return;
+    };
     let mut errors: Vec<(Span, String)> = result.errors().iter().map(parse_error).collect();
     let mut ast = result.into_ast();
     let mut repaired = Vec::new();
@@ -181,14 +246,31 @@ pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
     // script is read for everything else.
     if still_broken {
         if let Some((fixed, repairs)) = repair(text) {
-            let again = full_moon::parse_fallible(&fixed, version);
-            errors = again.errors().iter().map(parse_error).collect();
-            still_broken = !errors.is_empty();
-            ast = again.into_ast();
-            repaired = repairs;
+            if let Some(again) = parse(&fixed, version) {
+                errors = again.errors().iter().map(parse_error).collect();
+                still_broken = !errors.is_empty();
+                ast = again.into_ast();
+                repaired = repairs;
+            }
         }
     }
     let mut lines_with_errors = HashSet::new();
+    for &at in &backticks {
+        let span = span_at(original, at, at + 1);
+        if lines_with_errors.insert(span.line) {
+            report.findings.push(finding(
+                "syntax",
+                Severity::Error,
+                span,
+                "syntax error: a backtick (`) is not Lua".to_string(),
+                Some(
+                    "Lua strings are quoted with \"...\", '...' or [[...]]; a Markdown code \
+                     fence (```) does not belong in the script"
+                        .to_string(),
+                ),
+            ));
+        }
+    }
     for r in &repaired {
         let span = span_at(text, r.start, r.end);
         if lines_with_errors.insert(span.line) {

@@ -496,6 +496,7 @@ fn syntax_errors_hint_at_other_languages() {
         ),
         ("local a = b ? 1 : 2", "cond and a or b"),
         ("// note\nreturn 1", "`--`"),
+        ("```lua\nreturn 1\n```", "code fence"),
     ] {
         let e = sb.run(code, &Json::Null).result.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Syntax, "{code}");

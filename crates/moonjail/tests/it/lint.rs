@@ -512,3 +512,23 @@ fn literal_tool_arguments_meet_the_tools_schema() {
     let out = sandbox.run("return weather.lookup{town = 'Lyon'}", &Value::Null);
     assert!(out.error().is_some(), "{:?}", out.result);
 }
+
+/// A backtick where a token would be (a Markdown fence a model pasted in, a template
+/// string from JavaScript) made full_moon's lexer reach `unreachable!()` and panic the
+/// host (found by schemathesis through `POST /v1/lint`). It is a syntax error at its
+/// place, and the rest of the script is still read.
+#[test]
+fn a_backtick_is_a_syntax_error_not_a_panic() {
+    let sb = Sandbox::builder().build().unwrap();
+    assert_eq!(errors(&sb, "`\u{ea}"), [("syntax", 1)]);
+    let fenced = "```lua\nlocal x = 1\nprint(x)\nstring.spilt('a', ',')\n```";
+    assert_eq!(
+        errors(&sb, fenced),
+        [("syntax", 1), ("unknown-member", 4), ("syntax", 5)]
+    );
+    let template = "local name = 'x'\nprint(`hello ${name}`)";
+    let found = errors(&sb, template);
+    assert!(found.contains(&("syntax", 2)), "{found:?}");
+    // Inside strings and comments a backtick is text.
+    assert_eq!(errors(&sb, "-- `code`\nreturn '`x`'"), []);
+}
