@@ -174,14 +174,23 @@ fn span_at(text: &str, start: usize, end: usize) -> Span {
 /// never valid Lua 5.4, so it is reported here as a syntax error and the rest is read.
 fn blank_backticks(text: &str) -> (std::borrow::Cow<'_, str>, Vec<usize>) {
     let bytes = text.as_bytes();
+    if !bytes.contains(&b'`') {
+        return (std::borrow::Cow::Borrowed(text), Vec::new());
+    }
     let at: Vec<usize> = Lexer::new(bytes)
         .filter(|t| t.kind == Kind::Other && bytes.get(t.start) == Some(&b'`'))
         .map(|t| t.start)
         .collect();
-    if at.is_empty() {
-        return (std::borrow::Cow::Borrowed(text), at);
-    }
-    let mut out = bytes.to_vec();
+    // Every backtick is blanked, also those this module's lexer sees inside a string or
+    // a comment: where a string ends on malformed input (an unfinished one, a lone
+    // `\r`) full_moon's lexer and this one may disagree, and a backtick full_moon
+    // reads as a token start is the panic. Inside a real string or comment a blank
+    // changes nothing the rules look at but that text. Only those at token positions
+    // are reported.
+    let mut out: Vec<u8> = bytes
+        .iter()
+        .map(|&b| if b == b'`' { b' ' } else { b })
+        .collect();
     for &i in &at {
         out[i] = b' ';
         // A fence line (```` ```lua ````): its info string goes too, or it would read as

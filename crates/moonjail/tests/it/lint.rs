@@ -531,4 +531,8 @@ fn a_backtick_is_a_syntax_error_not_a_panic() {
     assert!(found.contains(&("syntax", 2)), "{found:?}");
     // Inside strings and comments a backtick is text.
     assert_eq!(errors(&sb, "-- `code`\nreturn '`x`'"), []);
+    // Where an unfinished string ends is where the lexers may disagree (found by the
+    // lint_source fuzz target): no panic either.
+    let report = sb.lint(b"T.T`\n\n\r` \n'\r`\n\r\xbd".as_slice());
+    assert!(report.has_errors());
 }

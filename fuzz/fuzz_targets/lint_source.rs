@@ -1,0 +1,39 @@
+//! Arbitrary bytes linted against a sandbox with a tool, a schema and an allowlist: the
+//! linter reads untrusted source (the CLI, `run --lint`, `POST /v1/lint`, the MCP
+//! `lint_lua` tool), so it must never panic, and every finding must point inside the
+//! source. (A backtick once reached an `unreachable!()` in full_moon's lexer.)
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use moonjail::{Sandbox, ToolSpec};
+
+fn sandbox() -> &'static Sandbox {
+    static S: OnceLock<Sandbox> = OnceLock::new();
+    S.get_or_init(|| {
+        Sandbox::builder()
+            .tool("weather.lookup", |_| Ok(serde_json::Value::Null))
+            .describe_tool(
+                "weather.lookup",
+                ToolSpec::new().parameters(serde_json::json!({
+                    "type": "object",
+                    "required": ["city"],
+                    "properties": {"city": {"type": "string"}}
+                })),
+            )
+            .allow_http("api.example.com")
+            .require_run(true)
+            .build()
+            .expect("valid")
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let report = sandbox().lint(data);
+    let lines = data.iter().filter(|&&b| b == b'\n').count() as u32 + 1;
+    for f in &report.findings {
+        assert!(f.line >= 1 && f.line <= lines, "line {} of {lines}: {f:?}", f.line);
+        assert!(!f.message.is_empty());
+    }
+});
