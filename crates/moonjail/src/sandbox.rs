@@ -16,7 +16,8 @@ use crate::prepared::Prepared;
 use crate::profile::Profile;
 use crate::spec::Spec;
 use crate::tools::{
-    Catalogue, HttpConfig, ToolContext, ToolError, ToolQuota, ToolRegistry, ToolSpec,
+    Catalogue, HttpConfig, HttpDestination, ToolContext, ToolError, ToolQuota, ToolRegistry,
+    ToolSpec,
 };
 use crate::worker::{Isolated, Isolation, Job};
 
@@ -310,7 +311,7 @@ impl SandboxBuilder {
             files: Arc::new(self.files.clone()),
             tools: self.tool_registry()?,
         };
-        let lint_env = Arc::new(lint_environment(&self.spec, &host, &self.http));
+        let lint = Arc::new(LintView::new(&self.http));
         let isolation = Isolated::new(self.isolation, &self.spec)?;
         // States can be prepared ahead only when nothing per-run goes into the
         // environment (tools attach per run) and runs happen in this process.
@@ -330,7 +331,7 @@ impl SandboxBuilder {
             host,
             isolation,
             prepared,
-            lint_env,
+            lint,
         })
     }
 }
@@ -410,44 +411,63 @@ pub struct Sandbox {
     host: Host,
     isolation: Isolated,
     prepared: Option<Arc<Prepared>>,
-    /// What the linter knows of this sandbox, built once with it.
-    lint_env: Arc<Environment>,
+    /// What the linter knows of this sandbox, built on the first lint.
+    lint: Arc<LintView>,
+}
+
+/// What the linter needs besides the spec and the host (the `http` allowlist, which
+/// runs keep only inside the tool registry), and the view built from them on the
+/// first lint: most sandboxes never lint, and building one must not pay for it.
+#[derive(Debug, Default)]
+struct LintView {
+    http: Vec<HttpDestination>,
+    env: std::sync::OnceLock<Environment>,
+}
+
+impl LintView {
+    fn new(http: &HttpConfig) -> LintView {
+        LintView {
+            // Entries that do not parse were refused when the sandbox was built.
+            http: http
+                .allowed()
+                .iter()
+                .filter_map(|d| d.parse().ok())
+                .collect(),
+            env: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The linter's view of a sandbox: its profile, its tools (`http` included) and its
+    /// `http` allowlist, from the very values runs are built from.
+    fn env(&self, spec: &Spec, host: &Host) -> &Environment {
+        self.env.get_or_init(|| {
+            let tools = host.tools.iter().flat_map(|registry| registry.names());
+            let mut env = Environment::new(spec.profile.spec(), tools, self.http.clone());
+            env.require_run = spec.require_run;
+            env.source_limit = spec.limits.source_bytes;
+            if let Some(registry) = &host.tools {
+                env.schemas = registry
+                    .names()
+                    .filter_map(|name| {
+                        Some((name.to_string(), registry.args_schema(name)?.clone()))
+                    })
+                    .collect();
+            }
+            env
+        })
+    }
 }
 
 impl Default for Sandbox {
     fn default() -> Self {
-        let (spec, host) = (Spec::default(), Host::default());
-        let lint_env = Arc::new(lint_environment(&spec, &host, &HttpConfig::default()));
         Sandbox {
-            spec,
-            host,
+            spec: Spec::default(),
+            host: Host::default(),
             isolation: Isolated::InProcess,
             prepared: None,
-            lint_env,
+            lint: Arc::default(),
         }
     }
-}
-
-/// The linter's view of a sandbox: its profile, its tools (`http` included) and its
-/// `http` allowlist, from the very values runs are built from.
-fn lint_environment(spec: &Spec, host: &Host, http: &HttpConfig) -> Environment {
-    let tools = host.tools.iter().flat_map(|registry| registry.names());
-    // Entries that do not parse were refused when the sandbox was built.
-    let allow = http
-        .allowed()
-        .iter()
-        .filter_map(|d| d.parse().ok())
-        .collect();
-    let mut env = Environment::new(spec.profile.spec(), tools, allow);
-    env.require_run = spec.require_run;
-    env.source_limit = spec.limits.source_bytes;
-    if let Some(registry) = &host.tools {
-        env.schemas = registry
-            .names()
-            .filter_map(|name| Some((name.to_string(), registry.args_schema(name)?.clone())))
-            .collect();
-    }
-    env
 }
 
 /// Per-run options that are not limits.
@@ -518,26 +538,18 @@ impl Sandbox {
                 custom.name
             )));
         }
-        // The linter's view follows the spec; the tools and the allowlist stay.
-        let lint_env = if spec.profile == self.spec.profile
-            && spec.require_run == self.spec.require_run
-            && spec.limits.source_bytes == self.spec.limits.source_bytes
-        {
-            self.lint_env.clone()
-        } else {
-            let tools = self.host.tools.iter().flat_map(|registry| registry.names());
-            let mut env = Environment::new(spec.profile.spec(), tools, self.lint_env.http.clone());
-            env.require_run = spec.require_run;
-            env.source_limit = spec.limits.source_bytes;
-            env.schemas = self.lint_env.schemas.clone();
-            Arc::new(env)
-        };
+        // The linter's view follows the spec (built again on first use); the tools and
+        // the allowlist stay.
+        let lint = Arc::new(LintView {
+            http: self.lint.http.clone(),
+            env: std::sync::OnceLock::new(),
+        });
         Ok(Sandbox {
             spec,
             host: self.host.clone(),
             isolation: self.isolation.clone(),
             prepared: None,
-            lint_env,
+            lint,
         })
     }
 
@@ -611,14 +623,14 @@ impl Sandbox {
     /// # Ok::<(), moonjail::ConfigError>(())
     /// ```
     pub fn lint(&self, code: impl AsRef<[u8]>) -> LintReport {
-        lint::lint(&self.lint_env, code.as_ref())
+        lint::lint(self.lint.env(&self.spec, &self.host), code.as_ref())
     }
 
     /// What the linter believes this sandbox provides: each global with the names of its
     /// members (empty for functions and values). The same as a run's environment, which
     /// `tests/it/lint.rs` checks for every profile.
     pub fn lint_environment(&self) -> std::collections::BTreeMap<String, Vec<String>> {
-        self.lint_env.names()
+        self.lint.env(&self.spec, &self.host).names()
     }
 
     /// Runs `source` in a fresh state with `input` as its first vararg (and as the
