@@ -95,16 +95,12 @@ fn lowered(
     timeout: Option<&str>,
     instructions: Option<u64>,
 ) -> Result<moonjail::CallOptions, String> {
-    let mut options = moonjail::CallOptions::default();
-    if let Some(text) = timeout {
-        let timeout =
-            moonjail::units::parse_duration(text).map_err(|e| format!("field `timeout`: {e}"))?;
-        options = options.timeout(timeout);
-    }
-    if let Some(n) = instructions {
-        options = options.instructions(n);
-    }
-    Ok(options)
+    moonjail::CallOptions::parse(timeout, instructions).map_err(|e| match e {
+        moonjail::ConfigError::InvalidLimit { name, reason } => {
+            format!("field `{name}`: {reason}")
+        }
+        e => format!("field `timeout`: {e}"),
+    })
 }
 
 /// Field deserializers that name their field: serde's "invalid type: integer `5`,

@@ -102,30 +102,6 @@ pub struct SessionCall {
     pub instructions: Option<u64>,
 }
 
-/// A session request's own limits (its `timeout` and `instructions` fields): lower than
-/// the session's, never higher. Fields of each request rather than one flattened struct:
-/// serde cannot refuse unknown fields through `flatten`.
-struct Lowered {
-    timeout: Option<String>,
-    instructions: Option<u64>,
-}
-
-impl Lowered {
-    /// The options these fields ask for, or why the timeout does not parse.
-    fn options(&self) -> Result<CallOptions, String> {
-        let mut options = CallOptions::default();
-        if let Some(text) = &self.timeout {
-            let timeout =
-                moonjail::units::parse_duration(text).map_err(|e| format!("timeout: {e}"))?;
-            options = options.timeout(timeout);
-        }
-        if let Some(n) = self.instructions {
-            options = options.instructions(n);
-        }
-        Ok(options)
-    }
-}
-
 /// `session_close`'s arguments.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -303,19 +279,11 @@ impl Server {
             timeout,
             instructions,
         } = args;
-        let limits = Lowered {
-            timeout,
-            instructions,
-        };
-        let options = match limits.options() {
-            Ok(options) => options,
-            Err(message) => return Ok(render::refused(message)),
-        };
-        let answer = self
-            .sessions
-            .request(&session_id, move |s| s.exec_with(code, &input, &options))
-            .await;
-        Ok(answered(answer))
+        Ok(self
+            .on_session(&session_id, timeout, instructions, move |s, options| {
+                s.exec_with(code, &input, options)
+            })
+            .await)
     }
 
     /// The value of an expression in a session.
@@ -330,19 +298,11 @@ impl Server {
             timeout,
             instructions,
         } = args;
-        let limits = Lowered {
-            timeout,
-            instructions,
-        };
-        let options = match limits.options() {
-            Ok(options) => options,
-            Err(message) => return Ok(render::refused(message)),
-        };
-        let answer = self
-            .sessions
-            .request(&session_id, move |s| s.eval(code, &options))
-            .await;
-        Ok(answered(answer))
+        Ok(self
+            .on_session(&session_id, timeout, instructions, move |s, options| {
+                s.eval(code, options)
+            })
+            .await)
     }
 
     /// Call a function of a session.
@@ -358,22 +318,12 @@ impl Server {
             timeout,
             instructions,
         } = args;
-        let limits = Lowered {
-            timeout,
-            instructions,
-        };
-        let options = match limits.options() {
-            Ok(options) => options,
-            Err(message) => return Ok(render::refused(message)),
-        };
         let args = args.unwrap_or_default();
-        let answer = self
-            .sessions
-            .request(&session_id, move |s| {
-                s.call_with(&function, &args, &options)
+        Ok(self
+            .on_session(&session_id, timeout, instructions, move |s, options| {
+                s.call_with(&function, &args, options)
             })
-            .await;
-        Ok(answered(answer))
+            .await)
     }
 
     /// Close a session.
@@ -393,6 +343,27 @@ impl Server {
             }
             Err(refusal) => refused(refusal),
         })
+    }
+}
+
+impl Server {
+    /// One session request: its own limits (`timeout`, `instructions`: lower than the
+    /// session's, never higher) parsed, then `op` run on the session's thread.
+    async fn on_session(
+        &self,
+        id: &str,
+        timeout: Option<String>,
+        instructions: Option<u64>,
+        op: impl FnOnce(&mut moonjail::Session, &CallOptions) -> Outcome + Send + 'static,
+    ) -> CallToolResult {
+        let options = match CallOptions::parse(timeout.as_deref(), instructions) {
+            Ok(options) => options,
+            Err(moonjail::ConfigError::InvalidLimit { name, reason }) => {
+                return render::refused(format!("{name}: {reason}"))
+            }
+            Err(e) => return render::refused(format!("timeout: {e}")),
+        };
+        answered(self.sessions.request(id, move |s| op(s, &options)).await)
     }
 }
 

@@ -56,6 +56,41 @@ impl CallOptions {
     }
 }
 
+impl CallOptions {
+    /// The options a front end's request asks for: `timeout` in the CLI's units
+    /// (`"200ms"`, `"2s"`), `instructions` a count. What the CLI session, the MCP
+    /// session tools (and any front end taking text) parse requests with.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] for a timeout that is not a duration;
+    /// [`ConfigError::InvalidLimit`] for a zero one (or zero instructions), which no
+    /// request could run under.
+    pub fn parse(
+        timeout: Option<&str>,
+        instructions: Option<u64>,
+    ) -> Result<CallOptions, crate::ConfigError> {
+        let invalid = |name, reason: &str| crate::ConfigError::InvalidLimit {
+            name,
+            reason: reason.to_string(),
+        };
+        let mut options = CallOptions::default();
+        if let Some(text) = timeout {
+            let timeout = crate::units::parse_duration(text)?;
+            if timeout.is_zero() {
+                return Err(invalid("timeout", "must be greater than zero"));
+            }
+            options = options.timeout(timeout);
+        }
+        if let Some(n) = instructions {
+            if n == 0 {
+                return Err(invalid("instructions", "must be at least 1"));
+            }
+            options = options.instructions(n);
+        }
+        Ok(options)
+    }
+}
+
 impl Limits {
     /// These limits with `options` applied: each the smaller of the two.
     pub(crate) fn lowered(&self, options: &CallOptions) -> Limits {
@@ -92,6 +127,23 @@ mod tests {
         let asked = CallOptions::default().timeout(Duration::from_millis(10));
         assert_eq!(own.lowered(&asked).timeout, Some(Duration::from_millis(10)));
         assert_eq!(own.lowered(&CallOptions::default()), own);
+    }
+
+    #[test]
+    fn request_options_parse_from_text() {
+        use std::time::Duration;
+        let o = CallOptions::parse(Some("200ms"), Some(5)).unwrap();
+        assert_eq!(
+            (o.timeout, o.instructions),
+            (Some(Duration::from_millis(200)), Some(5))
+        );
+        assert_eq!(
+            CallOptions::parse(None, None).unwrap(),
+            CallOptions::default()
+        );
+        assert!(CallOptions::parse(Some("soon"), None).is_err());
+        assert!(CallOptions::parse(Some("0ms"), None).is_err());
+        assert!(CallOptions::parse(None, Some(0)).is_err());
     }
 
     use super::*;
