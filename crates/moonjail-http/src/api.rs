@@ -493,6 +493,18 @@ async fn on_session<T>(
     Ok((answer, session.profile()))
 }
 
+/// A session request that runs code: its outcome, counted in the metrics.
+async fn session_outcome(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    command: impl FnOnce(oneshot::Sender<moonjail::Outcome>) -> Command,
+) -> Result<OutcomeResponse, ApiError> {
+    let (outcome, profile) = on_session(state, caller, id, command).await?;
+    state.metrics.outcome("session", profile, &outcome);
+    Ok(OutcomeResponse::new(&outcome))
+}
+
 /// Runs code in a session's state; the results are the chunk's return values.
 #[utoipa::path(
     post, path = "/v1/sessions/{id}/exec", tag = "sessions",
@@ -517,16 +529,14 @@ async fn session_exec(
     JsonBody(request): JsonBody<ExecRequest>,
 ) -> Result<OutcomeResponse, ApiError> {
     let options = state.call_options(request.timeout.as_ref(), request.instructions)?;
-    let (outcome, profile) = on_session(&state, &caller, &id, |reply| Command::Exec {
+    session_outcome(&state, &caller, &id, |reply| Command::Exec {
         code: request.code,
         input: request.input,
         expression: false,
         options,
         reply,
     })
-    .await?;
-    state.metrics.outcome("session", profile, &outcome);
-    Ok(OutcomeResponse::new(&outcome))
+    .await
 }
 
 /// The value of an expression in a session's state.
@@ -553,16 +563,14 @@ async fn session_eval(
     JsonBody(request): JsonBody<EvalRequest>,
 ) -> Result<OutcomeResponse, ApiError> {
     let options = state.call_options(request.timeout.as_ref(), request.instructions)?;
-    let (outcome, profile) = on_session(&state, &caller, &id, |reply| Command::Exec {
+    session_outcome(&state, &caller, &id, |reply| Command::Exec {
         code: request.code,
         input: Value::Null,
         expression: true,
         options,
         reply,
     })
-    .await?;
-    state.metrics.outcome("session", profile, &outcome);
-    Ok(OutcomeResponse::new(&outcome))
+    .await
 }
 
 /// Calls a function of a session's state with JSON arguments.
@@ -589,15 +597,13 @@ async fn session_call(
     JsonBody(request): JsonBody<CallRequest>,
 ) -> Result<OutcomeResponse, ApiError> {
     let options = state.call_options(request.timeout.as_ref(), request.instructions)?;
-    let (outcome, profile) = on_session(&state, &caller, &id, |reply| Command::Call {
+    session_outcome(&state, &caller, &id, |reply| Command::Call {
         function: request.function,
         args: request.args.unwrap_or_default(),
         options,
         reply,
     })
-    .await?;
-    state.metrics.outcome("session", profile, &outcome);
-    Ok(OutcomeResponse::new(&outcome))
+    .await
 }
 
 /// Whether a session has a function (or a callable table) of that name.
