@@ -610,40 +610,27 @@ fn is_chunk(source: &str, chunk: &str) -> bool {
     }
 }
 
-/// Every value the script returned, as JSON, under one result budget: each value is
-/// marshaled with what the ones before it left of the byte limit.
+/// Every value the script returned, as JSON, under one result budget (the bounds cover
+/// them together).
 fn marshal_results(
     lua: &mlua::Lua,
     values: &MultiValue,
     limits: &crate::Limits,
 ) -> Result<Vec<Json>, Error> {
-    let mut bounds = limits.result_bounds();
-    let mut out = Vec::with_capacity(values.len());
-    let last = values.len().saturating_sub(1);
-    for (i, value) in values.iter().enumerate() {
-        let json = marshal::to_json(lua, value, bounds).map_err(|e| {
-            let kind = if e.host {
-                ErrorKind::MemoryLimit
-            } else {
-                ErrorKind::Result
-            };
-            let message = if values.len() > 1 {
-                format!("result {}: {e}", i + 1)
-            } else {
-                e.to_string()
-            };
-            Error::new(kind, message)
-        })?;
-        if i < last {
-            // Only between values: a single result (the common case) is not measured
-            // twice.
-            let used = serde_json::to_vec(&json).map_or(usize::MAX, |v| v.len());
-            bounds.bytes = bounds.bytes.saturating_sub(used);
-            bounds.host_bytes = bounds.host_bytes.saturating_sub(used);
-        }
-        out.push(json);
-    }
-    Ok(out)
+    let values: Vec<Value> = values.iter().cloned().collect();
+    marshal::to_json_all(lua, &values, limits.result_bounds()).map_err(|(i, e)| {
+        let kind = if e.host {
+            ErrorKind::MemoryLimit
+        } else {
+            ErrorKind::Result
+        };
+        let message = if values.len() > 1 {
+            format!("result {}: {e}", i + 1)
+        } else {
+            e.to_string()
+        };
+        Error::new(kind, message)
+    })
 }
 
 /// Turns an error value into an error. A string is the message; a table is marshaled

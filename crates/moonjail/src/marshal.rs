@@ -132,6 +132,19 @@ fn render_path(segs: &[Seg]) -> String {
 
 /// Converts a Lua value to JSON under `bounds`.
 pub(crate) fn to_json(lua: &Lua, value: &Value, bounds: Bounds) -> Result<Json, MarshalError> {
+    to_json_all(lua, std::slice::from_ref(value), bounds)
+        .map(|mut all| all.pop().unwrap_or(Json::Null))
+        .map_err(|(_, e)| e)
+}
+
+/// Converts several values (the results of one call) under one budget: `bounds` cover
+/// them together, counted as they are converted. On failure, the position of the value
+/// that broke them.
+pub(crate) fn to_json_all(
+    lua: &Lua,
+    values: &[Value],
+    bounds: Bounds,
+) -> Result<Vec<Json>, (usize, MarshalError)> {
     let empty_arrays = lua
         .named_registry_value::<Option<Table>>(EMPTY_ARRAYS_KEY)
         .ok()
@@ -145,13 +158,16 @@ pub(crate) fn to_json(lua: &Lua, value: &Value, bounds: Bounds) -> Result<Json, 
         host: 0,
         meter: Meter::new(),
     };
-    let json = w.walk(value);
+    let mut out = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        out.push(w.walk(value).map_err(|e| (i, e))?);
+    }
     // What was counted since the last settlement is paid too, so many small conversions
     // (a loop around `json.encode`) use up an instruction budget.
     if let Some(msg) = w.meter.finish() {
-        return Err(w.fail(msg));
+        return Err((values.len().saturating_sub(1), w.fail(msg)));
     }
-    json
+    Ok(out)
 }
 
 struct Walker {
