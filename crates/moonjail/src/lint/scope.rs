@@ -149,6 +149,23 @@ fn parse_error(error: &full_moon::Error) -> (Span, String) {
     (span, message)
 }
 
+/// A call `s:name(...)` read as a call of `string.name` with the receiver as `self`;
+/// `uncertain` when the receiver is not known to be a string.
+fn string_method_call(m: &full_moon::ast::MethodCall, name: &str, uncertain: bool) -> Reach {
+    let args = call_args(m.args());
+    Reach {
+        path: vec!["string".into(), name.to_string()],
+        span: span_of(m.name()),
+        use_: Use::Call {
+            args: args.iter().map(|a| arg_with_span(a)).collect(),
+            literal: None,
+            open: open_ended(&args),
+            method: true,
+        },
+        uncertain,
+    }
+}
+
 /// The span of bytes `start..end` of `text` (columns count characters).
 fn span_at(text: &str, start: usize, end: usize) -> Span {
     let at = |offset: usize| {
@@ -933,18 +950,7 @@ impl<'e> Walker<'e> {
         }
         if let Some(Suffix::Call(Call::MethodCall(m))) = suffixes.first() {
             if let Some(name) = ident(m.name()) {
-                let args = call_args(m.args());
-                self.reaches.push(Reach {
-                    path: vec!["string".into(), name.to_string()],
-                    span: span_of(m.name()),
-                    use_: Use::Call {
-                        args: args.iter().map(|a| arg_with_span(a)).collect(),
-                        literal: None,
-                        open: open_ended(&args),
-                        method: true,
-                    },
-                    uncertain: false,
-                });
+                self.reaches.push(string_method_call(m, name, false));
             }
         }
     }
@@ -1074,18 +1080,7 @@ impl<'e> Walker<'e> {
                 if !matches!(name, "find" | "match" | "gmatch" | "gsub") {
                     continue;
                 }
-                let args = call_args(m.args());
-                self.reaches.push(Reach {
-                    path: vec!["string".into(), name.to_string()],
-                    span: span_of(m.name()),
-                    use_: Use::Call {
-                        args: args.iter().map(|a| arg_with_span(a)).collect(),
-                        literal: None,
-                        open: open_ended(&args),
-                        method: true,
-                    },
-                    uncertain: true,
-                });
+                self.reaches.push(string_method_call(m, name, true));
             }
         }
     }
