@@ -1,0 +1,122 @@
+"""moonjail: run Lua you did not write, safely, from Python.
+
+::
+
+    import moonjail
+
+    sb = moonjail.Sandbox(memory_limit="16MiB", timeout=0.5)
+    out = sb.run("function run(ctx) return {sum = ctx.a + ctx.b} end", input={"a": 1, "b": 2})
+    assert out.ok and out.result == {"sum": 3}
+
+Every run gets a fresh Lua 5.4 state whose globals are exactly the profile's, under exact
+limits (memory counted by the allocator, a wall-clock deadline, an optional instruction
+budget, output and result caps). The GIL is released while Lua runs. See the package's
+README for the whole API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any, Union
+
+from . import _native
+from ._errors import (
+    ConfigError,
+    ForbiddenError,
+    InputError,
+    InstructionLimitError,
+    InternalError,
+    InterruptedRunError,
+    LimitError,
+    LintError,
+    LuaRuntimeError,
+    LuaSyntaxError,
+    MemoryLimitError,
+    OutputLimitError,
+    ResultError,
+    SandboxError,
+    TimeLimitError,
+    ToolError,
+    WorkerKilledError,
+)
+from ._native import CancelToken, Outcome, Session, time_left
+from ._tool import Tool, tool
+
+__version__: str = _native.__version__
+
+__all__ = [
+    "Sandbox",
+    "Session",
+    "Outcome",
+    "CancelToken",
+    "Tool",
+    "tool",
+    "time_left",
+    "run",
+    "SandboxError",
+    "LuaSyntaxError",
+    "LuaRuntimeError",
+    "LimitError",
+    "MemoryLimitError",
+    "InstructionLimitError",
+    "TimeLimitError",
+    "OutputLimitError",
+    "InputError",
+    "ResultError",
+    "ForbiddenError",
+    "WorkerKilledError",
+    "InternalError",
+    "LintError",
+    "InterruptedRunError",
+    "ConfigError",
+    "ToolError",
+]
+
+
+class Sandbox(_native.Sandbox):
+    """A sandbox: a profile, limits and host tools, ready to run scripts.
+
+    ``Sandbox(profile="standard", *, memory_limit=..., timeout=..., ...)``; see the
+    package README (or ``help(moonjail.Sandbox.__init__)`` in the stubs) for every
+    option. A sandbox is safe to share between threads; each run gets a fresh state.
+    """
+
+    async def run_async(
+        self,
+        code: Union[str, bytes],
+        input: Any = None,
+        *,
+        lint: bool = False,
+    ) -> Outcome:
+        """``run`` on the event loop's default executor; cancelling the awaiting task
+        stops the script (within about 50 ms) and raises ``CancelledError``."""
+        token = CancelToken()
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self.run, code, input, lint=lint, cancel=token)
+        future = loop.run_in_executor(None, call)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            token.cancel()
+            raise
+
+    async def eval_async(self, code: Union[str, bytes], input: Any = None) -> Any:
+        """``eval`` on the event loop's default executor (cancellable as ``run_async``)."""
+        token = CancelToken()
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self.eval, code, input, cancel=token)
+        future = loop.run_in_executor(None, call)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            token.cancel()
+            raise
+
+
+def run(code: Union[str, bytes], input: Any = None, *, profile: str = "standard") -> Outcome:
+    """Runs ``code`` once in a default sandbox of ``profile`` (a new sandbox per call:
+    for many runs, make a ``Sandbox`` and reuse it)."""
+    return Sandbox(profile).run(code, input)
+
+

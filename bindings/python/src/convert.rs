@@ -1,0 +1,144 @@
+//! Python values to JSON and back.
+//!
+//! Hand-written rather than `pythonize`: the sandbox needs a depth bound (a list that
+//! contains itself must be an error, not a stack overflow), `json.dumps`'s rules for what
+//! counts as JSON (no NaN, `int` keys written as text, `bool` before `int`), and errors
+//! that name where in the value the offending part is (`input["items"][3]`), none of
+//! which a generic serde bridge gives. Both directions are a few dozen lines.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::{Map, Number, Value as Json};
+
+/// The deepest value converted: one past the deepest result a sandbox accepts, so the
+/// library's own depth check (with its own message) sees any deeper input first.
+pub const MAX_DEPTH: usize = moonjail::Limits::MAX_RESULT_DEPTH + 1;
+
+/// `value` as JSON, by `json.dumps`'s rules; `what` names the value in errors.
+pub fn to_json(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Json> {
+    let mut path = String::from(what);
+    to_json_at(value, &mut path, 0)
+}
+
+fn to_json_at(value: &Bound<'_, PyAny>, path: &mut String, depth: usize) -> PyResult<Json> {
+    if depth > MAX_DEPTH {
+        return Err(PyValueError::new_err(format!(
+            "{path} nests more than {MAX_DEPTH} levels deep (does it contain itself?)"
+        )));
+    }
+    if value.is_none() {
+        return Ok(Json::Null);
+    }
+    // `bool` is a subclass of `int`: test it first.
+    if let Ok(b) = value.cast::<PyBool>() {
+        return Ok(Json::Bool(b.is_true()));
+    }
+    if let Ok(s) = value.cast::<PyString>() {
+        return Ok(Json::String(s.to_cow()?.into_owned()));
+    }
+    if value.cast::<PyInt>().is_ok() {
+        if let Ok(i) = value.extract::<i64>() {
+            return Ok(Json::Number(i.into()));
+        }
+        if let Ok(u) = value.extract::<u64>() {
+            return Ok(Json::Number(u.into()));
+        }
+        return Err(PyValueError::new_err(format!(
+            "{path} is an integer too large for Lua (64 bits): {}",
+            value.str()?
+        )));
+    }
+    if let Ok(f) = value.cast::<PyFloat>() {
+        let f = f.value();
+        return Number::from_f64(f).map(Json::Number).ok_or_else(|| {
+            PyValueError::new_err(format!("{path} is {f}, which JSON cannot carry"))
+        });
+    }
+    if let Ok(d) = value.cast::<PyDict>() {
+        let mut map = Map::new();
+        for (k, v) in d.iter() {
+            let key = dict_key(&k, path)?;
+            let len = path.len();
+            path.push_str(&format!("[{key:?}]"));
+            let item = to_json_at(&v, path, depth + 1)?;
+            path.truncate(len);
+            map.insert(key, item);
+        }
+        return Ok(Json::Object(map));
+    }
+    if let Ok(l) = value.cast::<PyList>() {
+        return sequence(l.iter(), l.len(), path, depth);
+    }
+    if let Ok(t) = value.cast::<PyTuple>() {
+        return sequence(t.iter(), t.len(), path, depth);
+    }
+    let type_name = value.get_type().name()?;
+    Err(PyTypeError::new_err(format!(
+        "{path} is a {type_name}, which is not JSON (use None, bool, int, float, str, list, \
+         tuple or dict)"
+    )))
+}
+
+fn sequence<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    len: usize,
+    path: &mut String,
+    depth: usize,
+) -> PyResult<Json> {
+    let mut out = Vec::with_capacity(len);
+    for (i, item) in items.enumerate() {
+        let mark = path.len();
+        path.push_str(&format!("[{i}]"));
+        out.push(to_json_at(&item, path, depth + 1)?);
+        path.truncate(mark);
+    }
+    Ok(Json::Array(out))
+}
+
+/// A dict key as `json.dumps` writes it: a `str` as is, an `int` as its digits.
+fn dict_key(key: &Bound<'_, PyAny>, path: &str) -> PyResult<String> {
+    if let Ok(s) = key.cast::<PyString>() {
+        return Ok(s.to_cow()?.into_owned());
+    }
+    if key.cast::<PyInt>().is_ok() && key.cast::<PyBool>().is_err() {
+        return Ok(key.str()?.to_cow()?.into_owned());
+    }
+    let type_name = key.get_type().name()?;
+    Err(PyTypeError::new_err(format!(
+        "{path} has a key of type {type_name}; JSON object keys are str (or int)"
+    )))
+}
+
+/// A JSON value as a Python object: `null` is `None`, integers are `int`, other numbers
+/// `float`, objects `dict`.
+pub fn to_py<'py>(py: Python<'py>, value: &Json) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match value {
+        Json::Null => py.None().into_bound(py),
+        Json::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any()
+            } else {
+                PyFloat::new(py, n.as_f64().unwrap_or(f64::NAN)).into_any()
+            }
+        }
+        Json::String(s) => PyString::new(py, s).into_any(),
+        Json::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Json::Object(map) => {
+            let dict = PyDict::new(py);
+            for (k, v) in map {
+                dict.set_item(k, to_py(py, v)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
