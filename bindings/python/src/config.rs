@@ -243,7 +243,7 @@ impl ToolDef {
         for (attr, what) in [("parameters", "parameters"), ("returns", "returns")] {
             let schema = value.getattr(attr)?;
             if !schema.is_none() {
-                let json = to_json(&schema, &format!("tool {name:?}'s {what} schema"))?;
+                let json = to_json(&schema, &format_args!("tool {name:?}'s {what} schema"))?;
                 spec = if attr == "parameters" {
                     spec.parameters(json)
                 } else {

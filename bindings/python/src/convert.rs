@@ -16,15 +16,78 @@ use serde_json::{Map, Number, Value as Json};
 pub const MAX_DEPTH: usize = moonjail::Limits::MAX_RESULT_DEPTH + 1;
 
 /// `value` as JSON, by `json.dumps`'s rules; `what` names the value in errors.
-pub fn to_json(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Json> {
-    let mut path = String::from(what);
-    to_json_at(value, &mut path, 0)
+/// (`what` is only formatted on failure.)
+pub fn to_json(value: &Bound<'_, PyAny>, what: &dyn std::fmt::Display) -> PyResult<Json> {
+    to_json_at(value, 0).map_err(|e| e.into_py_err(what))
 }
 
-fn to_json_at(value: &Bound<'_, PyAny>, path: &mut String, depth: usize) -> PyResult<Json> {
+/// Where in a value a conversion failed, built only on failure: each level adds its
+/// step on the way out, so a value that converts pays nothing for its path.
+struct Failure {
+    steps: Vec<Step>,
+    error: PyErr,
+    /// Whether `error`'s message is about the value (a `TypeError`/`ValueError` made
+    /// here, to be prefixed with the path) or an error Python raised (kept as is).
+    ours: Option<(bool, String)>,
+}
+
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+impl Failure {
+    fn type_error(message: String) -> Failure {
+        Failure {
+            steps: Vec::new(),
+            error: PyTypeError::new_err(""),
+            ours: Some((true, message)),
+        }
+    }
+
+    fn value_error(message: String) -> Failure {
+        Failure {
+            steps: Vec::new(),
+            error: PyValueError::new_err(""),
+            ours: Some((false, message)),
+        }
+    }
+
+    fn at(mut self, step: Step) -> Failure {
+        self.steps.push(step);
+        self
+    }
+
+    fn into_py_err(self, what: &dyn std::fmt::Display) -> PyErr {
+        let mut path = what.to_string();
+        for step in self.steps.iter().rev() {
+            match step {
+                Step::Key(k) => path.push_str(&format!("[{k:?}]")),
+                Step::Index(i) => path.push_str(&format!("[{i}]")),
+            }
+        }
+        match self.ours {
+            Some((true, message)) => PyTypeError::new_err(format!("{path} {message}")),
+            Some((false, message)) => PyValueError::new_err(format!("{path} {message}")),
+            None => self.error,
+        }
+    }
+}
+
+impl From<PyErr> for Failure {
+    fn from(error: PyErr) -> Failure {
+        Failure {
+            steps: Vec::new(),
+            error,
+            ours: None,
+        }
+    }
+}
+
+fn to_json_at(value: &Bound<'_, PyAny>, depth: usize) -> Result<Json, Failure> {
     if depth > MAX_DEPTH {
-        return Err(PyValueError::new_err(format!(
-            "{path} nests more than {MAX_DEPTH} levels deep (does it contain itself?)"
+        return Err(Failure::value_error(format!(
+            "nests more than {MAX_DEPTH} levels deep (does it contain itself?)"
         )));
     }
     if value.is_none() {
@@ -44,60 +107,57 @@ fn to_json_at(value: &Bound<'_, PyAny>, path: &mut String, depth: usize) -> PyRe
         if let Ok(u) = value.extract::<u64>() {
             return Ok(Json::Number(u.into()));
         }
-        return Err(PyValueError::new_err(format!(
-            "{path} is an integer too large for Lua (64 bits): {}",
+        return Err(Failure::value_error(format!(
+            "is an integer too large for Lua (64 bits): {}",
             value.str()?
         )));
     }
     if let Ok(f) = value.cast::<PyFloat>() {
         let f = f.value();
-        return Number::from_f64(f).map(Json::Number).ok_or_else(|| {
-            PyValueError::new_err(format!("{path} is {f}, which JSON cannot carry"))
-        });
+        return Number::from_f64(f)
+            .map(Json::Number)
+            .ok_or_else(|| Failure::value_error(format!("is {f}, which JSON cannot carry")));
     }
     if let Ok(d) = value.cast::<PyDict>() {
         let mut map = Map::new();
         for (k, v) in d.iter() {
-            let key = dict_key(&k, path)?;
-            let len = path.len();
-            path.push_str(&format!("[{key:?}]"));
-            let item = to_json_at(&v, path, depth + 1)?;
-            path.truncate(len);
-            map.insert(key, item);
+            let key = dict_key(&k)?;
+            match to_json_at(&v, depth + 1) {
+                Ok(item) => {
+                    map.insert(key, item);
+                }
+                Err(e) => return Err(e.at(Step::Key(key))),
+            }
         }
         return Ok(Json::Object(map));
     }
     if let Ok(l) = value.cast::<PyList>() {
-        return sequence(l.iter(), l.len(), path, depth);
+        return sequence(l.iter(), l.len(), depth);
     }
     if let Ok(t) = value.cast::<PyTuple>() {
-        return sequence(t.iter(), t.len(), path, depth);
+        return sequence(t.iter(), t.len(), depth);
     }
     let type_name = value.get_type().name()?;
-    Err(PyTypeError::new_err(format!(
-        "{path} is a {type_name}, which is not JSON (use None, bool, int, float, str, list, \
-         tuple or dict)"
+    Err(Failure::type_error(format!(
+        "is a {type_name}, which is not JSON (use None, bool, int, float, str, list, tuple \
+         or dict)"
     )))
 }
 
 fn sequence<'py>(
     items: impl Iterator<Item = Bound<'py, PyAny>>,
     len: usize,
-    path: &mut String,
     depth: usize,
-) -> PyResult<Json> {
+) -> Result<Json, Failure> {
     let mut out = Vec::with_capacity(len);
     for (i, item) in items.enumerate() {
-        let mark = path.len();
-        path.push_str(&format!("[{i}]"));
-        out.push(to_json_at(&item, path, depth + 1)?);
-        path.truncate(mark);
+        out.push(to_json_at(&item, depth + 1).map_err(|e| e.at(Step::Index(i)))?);
     }
     Ok(Json::Array(out))
 }
 
 /// A dict key as `json.dumps` writes it: a `str` as is, an `int` as its digits.
-fn dict_key(key: &Bound<'_, PyAny>, path: &str) -> PyResult<String> {
+fn dict_key(key: &Bound<'_, PyAny>) -> Result<String, Failure> {
     if let Ok(s) = key.cast::<PyString>() {
         return Ok(s.to_cow()?.into_owned());
     }
@@ -105,8 +165,8 @@ fn dict_key(key: &Bound<'_, PyAny>, path: &str) -> PyResult<String> {
         return Ok(key.str()?.to_cow()?.into_owned());
     }
     let type_name = key.get_type().name()?;
-    Err(PyTypeError::new_err(format!(
-        "{path} has a key of type {type_name}; JSON object keys are str (or int)"
+    Err(Failure::type_error(format!(
+        "has a key of type {type_name}; JSON object keys are str (or int)"
     )))
 }
 

@@ -46,7 +46,7 @@ pub fn source<'a>(code: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
 pub fn input(value: Option<&Bound<'_, PyAny>>) -> PyResult<Json> {
     match value {
         None => Ok(Json::Null),
-        Some(v) => to_json(v, "input"),
+        Some(v) => to_json(v, &"input"),
     }
 }
 

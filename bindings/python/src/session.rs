@@ -128,7 +128,7 @@ impl Session {
     ) -> PyResult<Outcome> {
         let mut json = Vec::with_capacity(args.len());
         for (i, arg) in args.iter().enumerate() {
-            json.push(to_json(&arg, &format!("argument {}", i + 1))?);
+            json.push(to_json(&arg, &format_args!("argument {}", i + 1))?);
         }
         self.request(py, cancel, |s| s.call_with(name, &json, &options))
             .map(Outcome::new)

@@ -158,7 +158,7 @@ pub fn call_python(
                  synchronously (wrap it in a plain function)"
             )));
         }
-        to_json(&returned, &format!("the value {name} returned")).map_err(|e| {
+        to_json(&returned, &format_args!("the value {name} returned")).map_err(|e| {
             ToolError::new(e.value(py).str().map(|s| s.to_string()).unwrap_or_default())
         })
     })
