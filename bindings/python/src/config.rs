@@ -18,7 +18,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyModule, PyString};
 
 use crate::convert::to_json;
 use crate::outcome::config_error;
-use crate::tools::call_python;
+use crate::tools::{call_python, ToolSlots};
 
 /// Every keyword `Sandbox` takes, for the message about one it does not.
 const OPTIONS: &[&str] = &[
@@ -48,10 +48,14 @@ const OPTIONS: &[&str] = &[
 ];
 
 /// The builder for `profile` with `options` applied.
+///
+/// The Python callables of the tools go into `slots`, where the sandbox object can show
+/// them to the garbage collector.
 pub fn builder(
     py: Python<'_>,
     profile: &str,
     options: Option<&Bound<'_, PyDict>>,
+    slots: &ToolSlots,
 ) -> PyResult<SandboxBuilder> {
     let profile: Profile = profile.parse().map_err(|e| config_error(py, &e))?;
     let mut b = moonjail::Sandbox::builder().profile(profile);
@@ -131,10 +135,10 @@ pub fn builder(
                 if let Some(n) = tool.max_calls {
                     quota = quota.tool(name.clone(), n);
                 }
-                let func = tool.func;
-                let tool_name = name.clone();
+                let index = slots.add(tool.func);
+                let slots = slots.clone();
                 b = b.tool_with_context(&name, move |ctx, args| {
-                    call_python(&func, &tool_name, ctx, args)
+                    call_python(&slots, index, ctx, args)
                 });
                 if let Some(spec) = tool.spec {
                     b = b.describe_tool(&name, spec);
@@ -152,7 +156,14 @@ pub fn builder(
     let mut files = HostFiles::default();
     if let Some(v) = get("modules")? {
         if !v.is_none() {
-            files = files.modules_dir(path(&v, "modules")?);
+            let dir = path(&v, "modules")?;
+            if !dir.is_dir() {
+                return Err(crate::outcome::config_error_text(
+                    py,
+                    &format!("modules: {} is not a directory", dir.display()),
+                ));
+            }
+            files = files.modules_dir(dir);
         }
     }
     if let Some(v) = get("read")? {
@@ -220,18 +231,16 @@ impl ToolDef {
                     .unbind(),
             )
         })?;
-        if !value.is_instance(class.bind(py))? {
-            if !value.is_callable() {
-                return Err(PyTypeError::new_err(format!(
-                    "tool {name:?} must be a callable or a moonjail.Tool"
-                )));
-            }
-            return Ok(ToolDef {
-                func: value.clone().unbind(),
-                spec: None,
-                max_calls: None,
-            });
-        }
+        let value = if value.is_instance(class.bind(py))? {
+            value.clone()
+        } else if value.is_callable() {
+            // A plain callable is a Tool with nothing but its docstring.
+            class.bind(py).call1((value,))?
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "tool {name:?} must be a callable or a moonjail.Tool"
+            )));
+        };
         let func = value.getattr("func")?;
         let mut spec = ToolSpec::new();
         let mut described = false;
@@ -256,7 +265,8 @@ impl ToolDef {
         let max_calls = if max_calls.is_none() {
             None
         } else {
-            Some(max_calls.extract::<u32>()?)
+            let n = count(&max_calls, &format!("tool {name:?}: max_calls"))?;
+            Some(n.map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)))
         };
         Ok(ToolDef {
             func: func.unbind(),
@@ -270,7 +280,14 @@ impl ToolDef {
 /// `moonjail-worker` installed inside the package.
 fn worker_path(py: Python<'_>, given: Option<Bound<'_, PyAny>>) -> PyResult<WorkerPath> {
     if let Some(v) = given.filter(|v| !v.is_none()) {
-        return Ok(WorkerPath::Path(path(&v, "worker")?));
+        let worker = path(&v, "worker")?;
+        if !worker.is_file() {
+            return Err(crate::outcome::config_error_text(
+                py,
+                &format!("isolation: worker {} is not a file", worker.display()),
+            ));
+        }
+        return Ok(WorkerPath::Path(worker));
     }
     if std::env::var_os("MOONJAIL_WORKER").is_some_and(|p| !p.is_empty()) {
         return Ok(WorkerPath::Auto);
@@ -337,6 +354,9 @@ fn count(value: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<u64>> {
     }
     if let Ok(s) = value.cast::<PyString>() {
         let text = s.to_cow()?;
+        if is_none_text(&text) {
+            return Ok(None);
+        }
         if let Ok(n) = text.trim().parse::<u64>() {
             return Ok(Some(n));
         }
@@ -362,6 +382,9 @@ fn duration(value: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<Duration>> 
     }
     if let Ok(s) = value.cast::<PyString>() {
         let text = s.to_cow()?;
+        if is_none_text(&text) {
+            return Ok(None);
+        }
         return units::parse_duration(&text)
             .map(Some)
             .map_err(|e| PyValueError::new_err(format!("{name}: {e}")));
@@ -388,6 +411,11 @@ fn duration(value: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<Duration>> 
     Duration::try_from_secs_f64(seconds)
         .map(Some)
         .map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
+}
+
+/// The CLI's spelling of "no limit".
+fn is_none_text(text: &str) -> bool {
+    text.trim().eq_ignore_ascii_case("none")
 }
 
 fn strings(value: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<String>> {

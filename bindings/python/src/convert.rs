@@ -60,7 +60,16 @@ impl Failure {
 
     fn into_py_err(self, what: &dyn std::fmt::Display) -> PyErr {
         let mut path = what.to_string();
-        for step in self.steps.iter().rev() {
+        // A value that contains itself fails a thousand levels down: name the first and
+        // the last steps of such a path, not all of them.
+        let steps: Vec<&Step> = self.steps.iter().rev().collect();
+        for (i, step) in steps.iter().enumerate() {
+            if steps.len() > 16 && i == 8 {
+                path.push_str(&format!("[... {} more ...]", steps.len() - 16));
+            }
+            if steps.len() > 16 && (8..steps.len() - 8).contains(&i) {
+                continue;
+            }
             match step {
                 Step::Key(k) => path.push_str(&format!("[{k:?}]")),
                 Step::Index(i) => path.push_str(&format!("[{i}]")),
@@ -104,13 +113,16 @@ fn to_json_at(value: &Bound<'_, PyAny>, depth: usize) -> Result<Json, Failure> {
         if let Ok(i) = value.extract::<i64>() {
             return Ok(Json::Number(i.into()));
         }
-        if let Ok(u) = value.extract::<u64>() {
-            return Ok(Json::Number(u.into()));
-        }
-        return Err(Failure::value_error(format!(
-            "is an integer too large for Lua (64 bits): {}",
-            value.str()?
-        )));
+        // The JSON rule of the whole project: an integer beyond 64 signed bits is a
+        // float (as `--input 18446744073709551616` reads); one beyond a float's range
+        // is refused.
+        return match value.extract::<f64>() {
+            Ok(f) if f.is_finite() => Ok(Number::from_f64(f).map_or(Json::Null, Json::Number)),
+            _ => Err(Failure::value_error(format!(
+                "is an integer too large for a Lua number: {}...",
+                value.str()?.to_cow()?.chars().take(20).collect::<String>()
+            ))),
+        };
     }
     if let Ok(f) = value.cast::<PyFloat>() {
         let f = f.value();
@@ -139,8 +151,8 @@ fn to_json_at(value: &Bound<'_, PyAny>, depth: usize) -> Result<Json, Failure> {
     }
     let type_name = value.get_type().name()?;
     Err(Failure::type_error(format!(
-        "is a {type_name}, which is not JSON (use None, bool, int, float, str, list, tuple \
-         or dict)"
+        "is of type {type_name}, which is not JSON (use None, bool, int, float, str, list, \
+         tuple or dict)"
     )))
 }
 

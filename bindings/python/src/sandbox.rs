@@ -10,6 +10,7 @@ use moonjail::{Error, ErrorKind, RunOptions};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::{PyTraverseError, PyVisit};
 use serde_json::Value as Json;
 
 use crate::config;
@@ -17,12 +18,15 @@ use crate::convert::{to_json, to_py};
 use crate::interrupt::{self, CancelToken};
 use crate::outcome::{config_error, Outcome};
 use crate::session::{Session, ThreadBound};
+use crate::tools::ToolSlots;
 
 /// A sandbox: a profile, limits and host tools, ready to run scripts.
 #[pyclass(frozen, subclass, module = "moonjail._native", name = "Sandbox")]
 pub struct Sandbox {
     inner: Arc<moonjail::Sandbox>,
     isolated: bool,
+    /// The tools' Python callables, for the garbage collector.
+    slots: ToolSlots,
 }
 
 /// A script's source: `str` (UTF-8) or `bytes` (Lua source is bytes).
@@ -99,7 +103,8 @@ impl Sandbox {
     #[new]
     #[pyo3(signature = (profile = "standard", **options))]
     fn new(py: Python<'_>, profile: &str, options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let builder = interrupt::install(config::builder(py, profile, options)?);
+        let slots = ToolSlots::default();
+        let builder = interrupt::install(config::builder(py, profile, options, &slots)?);
         let inner = builder.build().map_err(|e| config_error(py, &e))?;
         let isolated = match options {
             Some(o) => o
@@ -110,6 +115,7 @@ impl Sandbox {
         Ok(Sandbox {
             inner: Arc::new(inner),
             isolated,
+            slots,
         })
     }
 
@@ -203,6 +209,14 @@ impl Sandbox {
     #[getter]
     fn isolated(&self) -> bool {
         self.isolated
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.slots.visit(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.slots.clear();
     }
 
     fn __repr__(&self) -> String {

@@ -299,9 +299,8 @@ impl Session {
     }
 
     #[pyo3(signature = (*_exc))]
-    fn __exit__(&mut self, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.close()?;
-        Ok(false)
+    fn __exit__(&mut self, _exc: &Bound<'_, PyTuple>) -> PyResult<()> {
+        self.close()
     }
 
     fn __repr__(&self) -> String {

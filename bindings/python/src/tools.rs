@@ -5,6 +5,7 @@
 //! The tool takes the GIL back for the duration of the call only.
 
 use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use moonjail::{ToolContext, ToolError};
@@ -12,6 +13,7 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyModule, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 use serde_json::Value as Json;
 
 use crate::convert::{to_json, to_py};
@@ -94,7 +96,7 @@ fn tool_error_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 /// `moonjail.ToolError`, `"Type: message"` of any other `Exception`. A `BaseException`
 /// beyond those (KeyboardInterrupt, SystemExit) is kept to raise after the run, which
 /// stops at once.
-fn tool_failure(py: Python<'_>, name: &str, err: PyErr) -> ToolError {
+fn tool_failure(py: Python<'_>, err: PyErr) -> ToolError {
     let value = err.value(py);
     let message = value
         .str()
@@ -109,7 +111,7 @@ fn tool_failure(py: Python<'_>, name: &str, err: PyErr) -> ToolError {
     if !err.is_instance_of::<PyException>(py) {
         let type_name = type_name(value.as_any());
         set_pending(err);
-        return ToolError::new(format!("{name}: interrupted by {type_name} in the host"));
+        return ToolError::new(format!("interrupted by {type_name} in the host"));
     }
     let type_name = type_name(value.as_any());
     if message.is_empty() {
@@ -127,38 +129,81 @@ fn type_name(value: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| String::from("Exception"))
 }
 
-/// Calls `func` with the script's arguments, under the GIL, and turns what it returns
-/// (or raises) into the tool's answer.
+/// The Python callables of one sandbox's tools. The sandbox's closures reach them by
+/// index, and the sandbox object shows them to Python's garbage collector and clears
+/// them when it is collected: a tool that refers back to its sandbox (a bound method of
+/// the object that owns the sandbox) is a reference cycle the collector can break.
+#[derive(Default, Clone)]
+pub struct ToolSlots(Arc<Mutex<Vec<Option<Py<PyAny>>>>>);
+
+impl ToolSlots {
+    /// Keeps `func`; returns its index.
+    pub fn add(&self, func: Py<PyAny>) -> usize {
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.push(Some(func));
+        slots.len() - 1
+    }
+
+    /// The callable at `index`, unless the sandbox was cleared.
+    fn get(&self, py: Python<'_>, index: usize) -> Option<Py<PyAny>> {
+        let slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .get(index)
+            .and_then(|f| f.as_ref().map(|f| f.clone_ref(py)))
+    }
+
+    /// Shows every callable to the collector (`__traverse__`).
+    pub fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Never wait in a traversal: a holder of the lock holds the GIL, which the
+        // collector holds now, so the lock is free; `try_lock` only makes that certain.
+        if let Ok(slots) = self.0.try_lock() {
+            for f in slots.iter().flatten() {
+                visit.call(f)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every callable (`__clear__`); later calls fail as tool errors.
+    pub fn clear(&self) {
+        let taken = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(taken);
+    }
+}
+
+/// Calls the tool in `slots[index]` with the script's arguments, under the GIL, and
+/// turns what it returns (or raises) into the tool's answer.
 pub fn call_python(
-    func: &Py<PyAny>,
-    name: &str,
+    slots: &ToolSlots,
+    index: usize,
     ctx: &ToolContext,
     args: Vec<Json>,
 ) -> Result<Json, ToolError> {
     Python::attach(|py| {
+        let Some(func) = slots.get(py, index) else {
+            return Err(ToolError::new("the sandbox was garbage-collected"));
+        };
         if has_pending() {
-            return Err(ToolError::new(format!(
-                "{name}: not called, the run is being interrupted"
-            )));
+            return Err(ToolError::new("not called: the run is being interrupted"));
         }
         let _scope = DeadlineScope::enter(ctx.deadline());
         let mut py_args = Vec::with_capacity(args.len());
         for arg in &args {
-            py_args.push(to_py(py, arg).map_err(|e| tool_failure(py, name, e))?);
+            py_args.push(to_py(py, arg).map_err(|e| tool_failure(py, e))?);
         }
-        let tuple = PyTuple::new(py, py_args).map_err(|e| tool_failure(py, name, e))?;
+        let tuple = PyTuple::new(py, py_args).map_err(|e| tool_failure(py, e))?;
         let returned = func
             .bind(py)
             .call1(tuple)
-            .map_err(|e| tool_failure(py, name, e))?;
+            .map_err(|e| tool_failure(py, e))?;
         if returned.get_type().name().is_ok_and(|n| n == "coroutine") {
             let _ = returned.call_method0("close");
-            return Err(ToolError::new(format!(
-                "{name}: the host tool is an async function; moonjail calls tools \
-                 synchronously (wrap it in a plain function)"
-            )));
+            return Err(ToolError::new(
+                "the host tool is an async function; moonjail calls tools synchronously \
+                 (wrap it in a plain function)",
+            ));
         }
-        to_json(&returned, &format_args!("the value {name} returned")).map_err(|e| {
+        to_json(&returned, &"the value the tool returned").map_err(|e| {
             ToolError::new(e.value(py).str().map(|s| s.to_string()).unwrap_or_default())
         })
     })

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from . import _native
 from ._errors import (
@@ -114,7 +114,12 @@ class Sandbox(_native.Sandbox):
             raise
 
 
-def run(code: Union[str, bytes], input: Any = None, *, profile: str = "standard") -> Outcome:
+def run(
+    code: Union[str, bytes],
+    input: Any = None,
+    *,
+    profile: Literal["minimal", "standard", "aos"] = "standard",
+) -> Outcome:
     """Runs ``code`` once in a default sandbox of ``profile`` (a new sandbox per call:
     for many runs, make a ``Sandbox`` and reuse it)."""
     return Sandbox(profile).run(code, input)

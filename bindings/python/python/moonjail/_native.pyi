@@ -16,6 +16,8 @@ from typing import (
     Union,
 )
 
+from typing_extensions import disjoint_base, final
+
 from ._tool import Tool
 
 __version__: str
@@ -29,7 +31,10 @@ Size = Union[int, str]
 Seconds = Union[int, float, datetime.timedelta, str]
 StrPath = Union[str, "os.PathLike[str]"]
 _S = TypeVar("_S", bound="Sandbox")
+Profile = Literal["minimal", "standard", "aos"]
 
+@final
+@disjoint_base
 class CancelToken:
     """Stops the runs it is passed to (``run(..., cancel=token)``) once cancelled."""
 
@@ -38,6 +43,8 @@ class CancelToken:
     @property
     def cancelled(self) -> bool: ...
 
+@final
+@disjoint_base
 class Outcome:
     """What a run produced (the fields of ``moonjail run --json``)."""
 
@@ -66,6 +73,8 @@ class Outcome:
     def to_dict(self) -> Dict[str, Any]: ...
     def to_json(self) -> str: ...
 
+@final
+@disjoint_base
 class Session:
     """A persistent Lua state, usable on the thread that opened it."""
 
@@ -116,14 +125,15 @@ class Session:
     def closed_reason(self) -> Optional[Any]: ...
     def close(self) -> None: ...
     def __enter__(self) -> "Session": ...
-    def __exit__(self, *exc: object) -> bool: ...
+    def __exit__(self, *exc: object) -> None: ...
 
+@disjoint_base
 class Sandbox:
     """A sandbox: a profile, limits and host tools, ready to run scripts."""
 
     def __new__(
         cls: Type[_S],
-        profile: Literal["minimal", "standard", "aos"] = "standard",
+        profile: Profile = "standard",
         *,
         memory_limit: Optional[Size] = ...,
         timeout: Optional[Seconds] = ...,
