@@ -80,6 +80,8 @@
 #[cfg(all(target_os = "linux", feature = "isolation"))]
 pub(crate) mod host_call;
 #[cfg(all(target_os = "linux", feature = "isolation"))]
+mod interrupt;
+#[cfg(all(target_os = "linux", feature = "isolation"))]
 mod pool;
 #[cfg(all(target_os = "linux", feature = "isolation"))]
 pub(crate) mod protocol;
