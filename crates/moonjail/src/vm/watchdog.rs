@@ -500,3 +500,39 @@ mod thread {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::super::control::{Activation, Control, Stop};
+    use crate::host::InterruptCheck;
+
+    /// The watchdog thread (what systems without per-thread timers use; built on Linux
+    /// too) signals a call with a check once per period, and the check stops it.
+    #[test]
+    fn the_watchdog_thread_brings_the_check_round() {
+        let ctl = Control::new(usize::MAX);
+        let _active = Activation::new(&ctl);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        ctl.set_interrupt(&InterruptCheck {
+            every: Some(Duration::from_millis(2)),
+            check: Arc::new(move || counted.fetch_add(1, Ordering::SeqCst) == 2),
+        });
+        let armed = super::thread::Deadline::arm(&ctl, None).expect("armed");
+        let give_up = Instant::now() + Duration::from_secs(60);
+        let stopped = loop {
+            if let Some(message) = ctl.check_stop() {
+                break message;
+            }
+            assert!(Instant::now() < give_up, "the check never came round");
+            std::hint::spin_loop();
+        };
+        drop(armed);
+        assert_eq!(stopped, Stop::Interrupted.message());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+}

@@ -569,3 +569,103 @@ fn many_runs_with_a_check_every_millisecond_all_end() {
         }
     });
 }
+
+/// A fake worker that ignores the signal to stop: it sends Ready, answers its first
+/// request (a session's opening) with `first` if given, and then never answers again.
+struct Deaf {
+    dir: std::path::PathBuf,
+}
+
+impl Deaf {
+    fn new(name: &str, first: Option<Vec<u8>>) -> Deaf {
+        use crate::support::fake_worker::{frame, READY};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!(
+            "moonjail-deaf-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ready"), frame(READY, &[br#"{"layers":[]}"#])).unwrap();
+        // The supervisor's stop signal, SIGRTMIN+4, ignored (and so by `sleep` too).
+        let mut script = format!(
+            "#!/bin/sh\ntrap '' {}\ncat '{}/ready'\n",
+            libc::SIGRTMIN() + 4,
+            dir.display()
+        );
+        if let Some(first) = first {
+            std::fs::write(dir.join("first"), first).unwrap();
+            script.push_str(&format!(
+                "dd bs=1 count=1 of=/dev/null 2>/dev/null\ncat '{}/first'\n",
+                dir.display()
+            ));
+        }
+        script.push_str("exec sleep 30\n");
+        std::fs::write(dir.join("worker"), script).unwrap();
+        std::fs::set_permissions(dir.join("worker"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        Deaf { dir }
+    }
+
+    fn sandbox(&self, trigger: &Trigger) -> Sandbox {
+        let config = ProcessConfig::builder()
+            .worker(WorkerPath::Path(self.dir.join("worker")))
+            .allow_missing(moonjail::worker::LayerSet::all())
+            .prespawn(0)
+            .kill_grace(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        Sandbox::builder()
+            .no_timeout()
+            .interrupt_check(EVERY, trigger.check())
+            .isolation(Isolation::Process(config))
+            .build()
+            .unwrap()
+    }
+}
+
+impl Drop for Deaf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_worker_that_does_not_stop_is_killed_and_the_request_reported_as_interrupted() {
+    let trigger = Trigger::default();
+    let deaf = Deaf::new("run", None);
+    let sb = deaf.sandbox(&trigger);
+    trigger.arm(2);
+    let out = guarded(HANG_GUARD, move || sb.run("return 1", &Json::Null));
+    let e = out.error().expect("stopped");
+    assert_eq!(e.kind, ErrorKind::Interrupted, "{e:?}");
+    assert!(e.message.contains("was killed"), "{e:?}");
+
+    // A session's worker that does not stop is killed too, and the session closed with
+    // the reason.
+    use crate::support::fake_worker::frame;
+    let meta = json!({"error": null, "stats": moonjail::Stats::default()}).to_string();
+    let opened = frame(5, &[meta.as_bytes(), b"null", b""]);
+    let deaf = Deaf::new("session", Some(opened));
+    let sb = deaf.sandbox(&trigger);
+    let trigger = trigger.clone();
+    guarded(HANG_GUARD, move || {
+        let mut session = sb.session().expect("the fake opens a session");
+        trigger.arm(2);
+        let out = session.exec("return 1");
+        assert_eq!(kind(&out), Some(ErrorKind::Interrupted), "{out:?}");
+        assert!(!session.is_open());
+        assert_eq!(
+            session.closed_reason().map(|e| e.kind),
+            Some(ErrorKind::Interrupted)
+        );
+        let later = session.exec("return 2");
+        assert_eq!(kind(&later), Some(ErrorKind::Interrupted), "{later:?}");
+        assert!(later
+            .error()
+            .unwrap()
+            .message
+            .contains("the session was closed"));
+    });
+}
