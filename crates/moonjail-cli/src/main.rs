@@ -69,7 +69,7 @@ enum Command {
     ///   "output_truncated"  null, or {"kept_bytes", "dropped_bytes"} when the output was cut
     ///   "error"             null, or {"kind", "message", "line", "traceback", "value", "hint"}:
     ///     "kind"       syntax runtime memory_limit instruction_limit timeout output_limit
-    ///                  input result forbidden killed internal
+    ///                  input result forbidden interrupted killed internal
     ///     "message"    Lua's message; for a limit, which limit, its value and where the
     ///                  script was stopped ("ran past its 200 ms deadline (stopped at line 3
     ///                  in function 'spin')")

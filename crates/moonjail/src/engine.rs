@@ -17,7 +17,7 @@ use serde_json::Value as Json;
 use crate::diag;
 use crate::env;
 use crate::error::{mlua_message, Error, ErrorKind};
-use crate::host::{EnvOptions, FileSource, HostFiles};
+use crate::host::{EnvOptions, FileSource, HostFiles, InterruptCheck};
 use crate::marshal::{self, Bounds};
 use crate::outcome::{Outcome, Stats};
 use crate::spec::{CallOptions, Spec};
@@ -26,11 +26,14 @@ use crate::tools::{self, ToolRegistry, ToolRun};
 use crate::vm::{watchdog::Deadline, Activation, Control, Vm};
 
 /// What the host attaches to a run besides its spec: the files `require` and `io.open`
-/// read and the tools a script may call. In a worker these are relays to the supervisor.
+/// read, the tools a script may call, and the check that may interrupt a call. In a
+/// worker the files and tools are relays to the supervisor, and the check is the
+/// supervisor's request to stop (see `worker/serve.rs`).
 #[derive(Debug, Clone)]
 pub(crate) struct Host {
     pub(crate) files: Arc<dyn FileSource>,
     pub(crate) tools: Option<Arc<ToolRegistry>>,
+    pub(crate) interrupt: Option<InterruptCheck>,
 }
 
 impl Default for Host {
@@ -38,6 +41,7 @@ impl Default for Host {
         Host {
             files: Arc::new(HostFiles::default()),
             tools: None,
+            interrupt: None,
         }
     }
 }
@@ -277,8 +281,19 @@ impl Engine {
         // Reset the call state first: arming first would let a deadline that passes at
         // once be cleared by the reset and lost.
         vm.begin_call(limits.instructions);
+        let interrupt = self.host.interrupt.as_ref();
+        if let Some(check) = interrupt {
+            ctl.set_interrupt(check);
+            // Asked once before anything runs: a call the host stops already does not
+            // start (its first instruction raises the stop).
+            ctl.interrupt_now();
+        }
         let due = limits.timeout.map(|t| start + t);
-        let deadline = match due.map(|at| Deadline::arm(ctl, at)).transpose() {
+        // The timer is armed for a deadline, or for the polls of an interrupt check; a
+        // call with neither arms nothing.
+        let polled = interrupt.is_some_and(|check| check.every.is_some());
+        let armed = (due.is_some() || polled).then(|| Deadline::arm(ctl, due));
+        let deadline = match armed.transpose() {
             Ok(deadline) => deadline,
             Err(message) => {
                 drop(active);
@@ -330,6 +345,7 @@ impl Engine {
         let (output, output_truncated) = ctl.take_output();
         let diagnostics = diag::take(vm.lua());
         drop(deadline);
+        ctl.clear_interrupt();
         drop(active);
         match &result {
             Ok(_) => tracing::debug!(peak_memory = peak, elapsed = ?start.elapsed(), "outcome: ok"),
@@ -562,6 +578,7 @@ fn limit_message(kind: ErrorKind, limits: &crate::Limits) -> String {
             "output_limit: the script printed more than {} output limit",
             size(limits.output_bytes)
         ),
+        ErrorKind::Interrupted => crate::vm::Stop::Interrupted.message().to_string(),
         _ => format!(
             "not enough memory: the script reached {} memory limit",
             size(limits.memory_bytes)
@@ -587,14 +604,18 @@ fn locate(mut e: Error, trace: Vec<crate::error::Frame>, chunk: &str) -> Error {
     if e.line.is_none() {
         e.line = own.map(|f| f.line);
     }
-    if e.kind.is_limit() {
-        if let Some(frame) = own {
-            let place = match &frame.function {
-                Some(f) => format!(" (stopped at line {} in function '{f}')", frame.line),
-                None => format!(" (stopped at line {})", frame.line),
-            };
-            e.message.push_str(&place);
-        }
+    // "stopped at" for a limit; an interrupt says "stopped" already.
+    let lead = match e.kind {
+        ErrorKind::Interrupted => Some("at"),
+        kind if kind.is_limit() => Some("stopped at"),
+        _ => None,
+    };
+    if let (Some(lead), Some(frame)) = (lead, own) {
+        let place = match &frame.function {
+            Some(f) => format!(" ({lead} line {} in function '{f}')", frame.line),
+            None => format!(" ({lead} line {})", frame.line),
+        };
+        e.message.push_str(&place);
     }
     e
 }

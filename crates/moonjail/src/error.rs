@@ -30,6 +30,10 @@ pub enum ErrorKind {
     Result,
     /// The script tried something the sandbox refuses (binary chunks, `__gc`, ...).
     Forbidden,
+    /// The host stopped the run: its interrupt check
+    /// ([`crate::SandboxBuilder::interrupt_check`]) said so. Not a limit: the script did
+    /// nothing wrong.
+    Interrupted,
     /// The worker process running the script died (isolated mode).
     Killed,
     /// A fault in moonjail itself, never the script's doing.
@@ -41,7 +45,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::Syntax,
         ErrorKind::Runtime,
         ErrorKind::MemoryLimit,
@@ -51,6 +55,7 @@ impl ErrorKind {
         ErrorKind::Input,
         ErrorKind::Result,
         ErrorKind::Forbidden,
+        ErrorKind::Interrupted,
         ErrorKind::Killed,
         ErrorKind::Internal,
         ErrorKind::Lint,
@@ -68,6 +73,7 @@ impl ErrorKind {
             ErrorKind::Input => "input",
             ErrorKind::Result => "result",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Interrupted => "interrupted",
             ErrorKind::Killed => "killed",
             ErrorKind::Internal => "internal",
             ErrorKind::Lint => "lint",
@@ -276,4 +282,23 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind is listed once, and its stable name is the one it serialises to.
+    #[test]
+    fn every_kind_serialises_to_its_name() {
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::String(kind.as_str().to_string())
+            );
+            assert!(!ErrorKind::ALL[..i].contains(kind), "{kind} twice");
+        }
+        assert!(ErrorKind::ALL.contains(&ErrorKind::Interrupted));
+        assert!(!ErrorKind::Interrupted.is_limit());
+    }
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where `require` and `io.open` get their bytes.
 pub(crate) trait FileSource: fmt::Debug + Send + Sync {
@@ -154,6 +155,44 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.take(MAX_HOST_FILE).read_to_end(&mut buf)?;
     Ok(buf)
+}
+
+/// The host's interrupt check ([`crate::SandboxBuilder::interrupt_check`]): asked, on the
+/// thread running a call, whether that call must stop now.
+#[derive(Clone)]
+pub(crate) struct InterruptCheck {
+    /// How often it is asked while a script runs (it is also asked once as each call
+    /// starts); `None`: only as each call starts (a worker's check of its supervisor's
+    /// request, which a signal also delivers as it comes).
+    pub(crate) every: Option<Duration>,
+    pub(crate) check: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// The shortest period between two interrupt checks: a shorter one asked for is raised
+/// to this (each check is a timer signal and a call into the host).
+pub(crate) const MIN_INTERRUPT_PERIOD: Duration = Duration::from_millis(1);
+
+impl InterruptCheck {
+    /// Asks the check. A check that panics stops the call: the panic cannot unwind
+    /// through Lua, and a broken check must not leave a run that nothing can stop.
+    pub(crate) fn ask(&self) -> bool {
+        let check = &*self.check;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+            Ok(stop) => stop,
+            Err(_) => {
+                tracing::error!("the interrupt check panicked: the call is stopped");
+                true
+            }
+        }
+    }
+}
+
+impl fmt::Debug for InterruptCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InterruptCheck")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Makes time and randomness reproducible: the same messages give the same state.

@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use crate::engine::{self, Engine, Host};
 use crate::error::ConfigError;
-use crate::host::{Determinism, FileSource, HostFiles};
+use crate::host::{Determinism, FileSource, HostFiles, InterruptCheck, MIN_INTERRUPT_PERIOD};
 use crate::limits::Limits;
 use crate::lint::{self, Environment, LintReport};
 use crate::outcome::Outcome;
@@ -39,6 +39,8 @@ pub struct SandboxBuilder {
     tool_error: Option<ConfigError>,
     /// `None`: [`DEFAULT_PREPARED_STATES`].
     prepared_states: Option<usize>,
+    /// The host's interrupt check, with its period as given (checked by `build`).
+    interrupt: Option<InterruptCheck>,
 }
 
 impl SandboxBuilder {
@@ -296,10 +298,87 @@ impl SandboxBuilder {
         self
     }
 
+    /// Lets the host stop a run from outside: while a script runs (a [`Sandbox::run`] or
+    /// [`Sandbox::run_with`], and every request of a [`crate::Session`] made from this
+    /// sandbox: `exec`, `exec_with`, `eval`, `call`, `call_with`, `has_function`), `check`
+    /// is called about every `every` (at least every millisecond: a shorter period is
+    /// raised to 1 ms), and once as each call starts; when it returns true the run stops
+    /// with [`crate::ErrorKind::Interrupted`], with the place where it stopped, as a
+    /// timeout stops it (`pcall`, coroutines, `__close` and metered library loops cannot
+    /// hold it up). A panic in `check` counts as true.
+    ///
+    /// In process, `check` is called on the thread that called `run`, `exec` or `call`,
+    /// never from a signal handler, so it may do what the host likes (take a lock, take
+    /// Python's GIL and look at its signal flags). The period is kept by the deadline's
+    /// per-thread timer: no thread is started, and a check that keeps returning false
+    /// changes nothing in the run (its `stats.instructions` included). Isolated, the
+    /// supervisor calls it on the same calling thread while it waits for the worker's
+    /// answer, and on true tells the worker to stop with a signal; the worker answers
+    /// `interrupted` with the place, and a session goes on in the same worker. A worker
+    /// that has not answered [`crate::ProcessConfigBuilder::kill_grace`] after being told
+    /// is killed, the request reported as `interrupted` (a session is then closed).
+    ///
+    /// Not interrupted: a host tool call in progress (the check is asked again as soon as
+    /// the script resumes). A session stays open after an interrupted call, and the state
+    /// keeps whatever the call had changed before it stopped. By default, no check.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// let stop = Arc::new(AtomicBool::new(false));
+    /// let flag = Arc::clone(&stop);
+    /// let sandbox = moonjail::Sandbox::builder()
+    ///     .no_timeout()
+    ///     .interrupt_check(Duration::from_millis(10), move || flag.load(Ordering::Relaxed))
+    ///     .build()?;
+    /// stop.store(true, Ordering::Relaxed); // say, set by a Ctrl-C handler
+    /// let outcome = sandbox.run("while true do end", &serde_json::Value::Null);
+    /// assert_eq!(outcome.error().unwrap().kind, moonjail::ErrorKind::Interrupted);
+    /// # Ok::<(), moonjail::ConfigError>(())
+    /// ```
+    pub fn interrupt_check(
+        mut self,
+        every: Duration,
+        check: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.interrupt = Some(InterruptCheck {
+            every: Some(every),
+            check: Arc::new(check),
+        });
+        self
+    }
+
+    /// Removes the interrupt check (the default).
+    pub fn no_interrupt_check(mut self) -> Self {
+        self.interrupt = None;
+        self
+    }
+
+    /// The interrupt check as runs get it: its period checked and raised to the minimum.
+    fn interrupt(&self) -> Result<Option<InterruptCheck>, ConfigError> {
+        let Some(check) = &self.interrupt else {
+            return Ok(None);
+        };
+        let every = check.every.unwrap_or(MIN_INTERRUPT_PERIOD);
+        if every.is_zero() {
+            return Err(ConfigError::InvalidLimit {
+                name: "interrupt-check",
+                reason: "its period must be greater than zero".to_string(),
+            });
+        }
+        Ok(Some(InterruptCheck {
+            every: Some(every.max(MIN_INTERRUPT_PERIOD)),
+            check: Arc::clone(&check.check),
+        }))
+    }
+
     /// Validates the configuration.
     ///
     /// # Errors
-    /// [`ConfigError::InvalidLimit`] for a limit that would fail every run;
+    /// [`ConfigError::InvalidLimit`] for a limit that would fail every run (and for an
+    /// interrupt check whose period is zero);
     /// [`ConfigError::Tool`] for a tool that cannot be registered (an invalid or taken
     /// name, a name the profile already defines, an invalid `http` allowlist entry);
     /// [`ConfigError::Unsupported`] for host modules or files the profile has no
@@ -310,6 +389,7 @@ impl SandboxBuilder {
         let host = Host {
             files: Arc::new(self.files.clone()),
             tools: self.tool_registry()?,
+            interrupt: self.interrupt()?,
         };
         let lint = Arc::new(LintView::new(&self.http));
         let isolation = Isolated::new(self.isolation, &self.spec)?;

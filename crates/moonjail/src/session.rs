@@ -5,13 +5,17 @@
 //! After a memory limit, an output limit or an error the script raised, the session stays
 //! usable (Lua unwound normally). After a timeout or an instruction limit the state may
 //! be mid-update (a handler stopped half-way), so the session is closed, and every later
-//! request fails with the reason.
+//! request fails with the reason. A call the host stopped through its interrupt check
+//! ([`crate::SandboxBuilder::interrupt_check`]) leaves the session open: the host chose
+//! to stop it (a Ctrl-C in a REPL), and the state keeps whatever the call had changed.
 //!
 //! On an isolated sandbox a session is one worker process, dedicated to it: the state
 //! lives there (in the same engine), each call's deadline is enforced from outside as for
 //! runs, and the worker is killed when the session closes. There, a call that overruns
 //! its deadline kills the worker and closes the session as `timeout`; a worker that dies
-//! closes it as `killed`.
+//! closes it as `killed`. An interrupted call is stopped by the worker itself, which keeps
+//! the session; only a worker that does not stop within `kill_grace` of being told is
+//! killed, which closes the session as `interrupted`.
 //!
 //! Host tools are part of a session's environment, in both modes. Each call (`exec`,
 //! `call`) is one run as far as tools are concerned: a fresh [`crate::ToolRun`] with the

@@ -296,6 +296,7 @@ pub fn assert_document_shape(doc: &Json) {
             "input",
             "result",
             "forbidden",
+            "interrupted",
             "killed",
             "internal",
             "lint",

@@ -210,7 +210,7 @@ fn call(
     // if the watchdog has not fired yet.
     if run.deadline().is_some_and(|d| Instant::now() >= d) {
         if let Some(ctl) = current() {
-            ctl.expired.store(true, std::sync::atomic::Ordering::SeqCst);
+            ctl.expire();
         }
     }
     if let Some(stop) = native_checkpoint() {

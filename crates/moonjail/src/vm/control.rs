@@ -1,16 +1,16 @@
-//! Per-run (or per-session-call) control block: quotas, stop flags, the resume chain and
-//! captured output. It is reached from the allocator, the hook, native library functions
-//! and the deadline signal handler, all on the VM's own thread, through a thread-local.
+//! Per-run (or per-session-call) control block: quotas, stop flags, the resume chain,
+//! captured output and the host's interrupt check. It is reached from the allocator, the
+//! hook, native library functions and the deadline signal handler, all on the VM's own
+//! thread, through a thread-local.
 
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
-use std::sync::atomic::{
-    compiler_fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering,
-};
+use std::sync::atomic::{compiler_fence, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mlua::ffi::lua_State;
 
+use crate::host::InterruptCheck;
 use crate::ErrorKind;
 
 /// Deepest resume nesting tracked. Lua's own C-call limit (LUAI_MAXCCALLS = 200) stops
@@ -26,7 +26,15 @@ pub(crate) enum Stop {
     Timeout = 1,
     Instructions = 2,
     Output = 3,
+    /// The host's interrupt check said so.
+    Interrupted = 4,
 }
+
+/// Bits of [`Control::pending`]: what the signal handler (or a native checkpoint, or the
+/// watchdog thread) found, for the next look at the stops to act on.
+pub(crate) const EXPIRED: u8 = 1;
+/// The interrupt check is due.
+const POLL_DUE: u8 = 2;
 
 impl Stop {
     fn from_u8(v: u8) -> Stop {
@@ -34,6 +42,7 @@ impl Stop {
             1 => Stop::Timeout,
             2 => Stop::Instructions,
             3 => Stop::Output,
+            4 => Stop::Interrupted,
             _ => Stop::None,
         }
     }
@@ -45,6 +54,7 @@ impl Stop {
             Stop::Timeout => "timeout: the script ran past its wall-clock deadline",
             Stop::Instructions => "instruction_limit: the script used up its instruction budget",
             Stop::Output => "output_limit: the script printed more than its output limit",
+            Stop::Interrupted => "interrupted: the host stopped the run",
         }
     }
 
@@ -54,6 +64,7 @@ impl Stop {
             Stop::Timeout => Some(ErrorKind::Timeout),
             Stop::Instructions => Some(ErrorKind::InstructionLimit),
             Stop::Output => Some(ErrorKind::OutputLimit),
+            Stop::Interrupted => Some(ErrorKind::Interrupted),
         }
     }
 }
@@ -72,12 +83,22 @@ pub(crate) struct MemState {
 
 pub(crate) struct Control {
     pub(crate) mem: UnsafeCell<MemState>,
-    /// Set when the deadline passes (by the deadline signal's handler, a native
-    /// checkpoint, or the watchdog thread where there are no per-thread timers).
-    pub(crate) expired: Arc<AtomicBool>,
+    /// [`EXPIRED`] once the deadline passed (set by the deadline signal's handler, a
+    /// native checkpoint, or the watchdog thread where there are no per-thread timers);
+    /// [`POLL_DUE`] when the interrupt check is due. One byte, so the hot path's look at
+    /// it is one load whether or not the call has a check.
+    pending: Arc<AtomicU8>,
     /// When the deadline passes, in monotonic nanoseconds; `u64::MAX` for none. Lets the
     /// signal handler tell a stale signal (from an earlier call) from a real expiry.
     deadline_ns: AtomicU64,
+    /// When the timer should next fire for the interrupt check, in monotonic nanoseconds;
+    /// `u64::MAX` for no check, and while the check runs (it is scheduled again after).
+    poll_ns: AtomicU64,
+    /// This call's interrupt check (taken out while it runs, so it never runs nested).
+    interrupt: Cell<Option<InterruptCheck>>,
+    /// How often the check is asked, in nanoseconds (0: only as the call starts). Read
+    /// by the signal handler.
+    poll_every_ns: AtomicU64,
     stop: AtomicU8,
     pub(crate) instr_limit: Cell<Option<u64>>,
     pub(crate) instr_charged: Cell<u64>,
@@ -103,8 +124,11 @@ impl Control {
                 limit: memory_limit,
                 ..MemState::default()
             }),
-            expired: Arc::new(AtomicBool::new(false)),
+            pending: Arc::new(AtomicU8::new(0)),
             deadline_ns: AtomicU64::new(u64::MAX),
+            poll_ns: AtomicU64::new(u64::MAX),
+            interrupt: Cell::new(None),
+            poll_every_ns: AtomicU64::new(0),
             stop: AtomicU8::new(Stop::None as u8),
             instr_limit: Cell::new(None),
             instr_charged: Cell::new(0),
@@ -137,8 +161,9 @@ impl Control {
     /// Clears per-call state so a session can take its next call.
     pub(crate) fn reset_for_call(&self) {
         self.stop.store(Stop::None as u8, Ordering::SeqCst);
-        self.expired.store(false, Ordering::SeqCst);
+        self.pending.store(0, Ordering::SeqCst);
         self.deadline_ns.store(u64::MAX, Ordering::SeqCst);
+        self.clear_interrupt();
         self.instr_charged.set(0);
         self.instr_sentinel.set(std::ptr::null_mut());
         self.forbidden.set(false);
@@ -160,30 +185,181 @@ impl Control {
         self.deadline_ns.store(due, Ordering::SeqCst);
     }
 
-    /// When this call's deadline passes (monotonic nanoseconds; `u64::MAX`: never).
-    pub(crate) fn deadline_ns(&self) -> u64 {
-        self.deadline_ns.load(Ordering::SeqCst)
+    /// Marks the deadline as passed (async-signal-safe).
+    pub(crate) fn expire(&self) {
+        self.pending.fetch_or(EXPIRED, Ordering::SeqCst);
+    }
+
+    /// Whether the deadline was marked as passed.
+    pub(crate) fn expired(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) & EXPIRED != 0
+    }
+
+    /// The flags the watchdog thread sets (where there are no per-thread timers).
+    #[cfg_attr(target_os = "linux", allow(dead_code))]
+    pub(crate) fn pending_flags(&self) -> Arc<AtomicU8> {
+        Arc::clone(&self.pending)
     }
 
     /// Marks the deadline as passed if the clock says so (signal-safe).
     pub(crate) fn observe_clock(&self) {
         let due = self.deadline_ns.load(Ordering::SeqCst);
         if due != u64::MAX && super::watchdog::monotonic_ns() >= due {
-            self.expired.store(true, Ordering::SeqCst);
+            self.expire();
         }
     }
 
+    /// What the timer signal's handler does for this call at `now` (async-signal-safe:
+    /// atomics, `lua_gethookmask`, `lua_gethookcount` and `lua_sethook` only). A passed
+    /// deadline becomes the sticky [`Stop::Timeout`] with every running coroutine hooked.
+    /// A due interrupt check is marked for the run's own thread to make (never here: it
+    /// is the host's code), and the coroutines of the resume chain that have no hook get
+    /// one, so that the next instruction looks; coroutines that have one already (the
+    /// instruction budget's count hook) keep it untouched, and look at their next block
+    /// of at most [`super::hook::COUNT_STEP`] instructions, so that the count stays
+    /// exact.
+    ///
+    /// With a check, the timer fires once per period for as long as the call runs (not
+    /// while the check itself runs), and each firing hooks again what the last one
+    /// hooked: a coroutine that unhooks itself after a check can miss a hook set at
+    /// that very moment (Lua clears its trap on the next instruction, having read the
+    /// hook mask just before the handler set it), and the next firing makes up for it.
+    pub(crate) fn on_timer(&self, now: u64) {
+        let due = self.deadline_ns.load(Ordering::SeqCst);
+        if due != u64::MAX && now >= due {
+            self.expire();
+        }
+        let poll = self.poll_ns.load(Ordering::SeqCst);
+        let polled = poll != u64::MAX && now >= poll;
+        if polled {
+            let every = self.poll_every_ns.load(Ordering::SeqCst);
+            self.poll_ns
+                .store(now.saturating_add(every.max(1)), Ordering::SeqCst);
+        }
+        if self.expired() {
+            self.set_stop(Stop::Timeout);
+            self.arm_all();
+        } else if polled {
+            if self.stop() == Stop::None {
+                self.pending.fetch_or(POLL_DUE, Ordering::SeqCst);
+                self.arm_for_poll();
+            } else {
+                self.arm_all();
+            }
+        }
+    }
+
+    /// True when a stop is recorded or something is pending (signal-safe).
+    pub(crate) fn stopped_or_pending(&self) -> bool {
+        self.stop() != Stop::None || self.pending.load(Ordering::SeqCst) != 0
+    }
+
+    /// When this call next needs the timer (monotonic nanoseconds, `u64::MAX`: never): its
+    /// deadline unless that passed already, or its next interrupt check. Signal-safe.
+    pub(crate) fn next_wakeup_ns(&self) -> u64 {
+        let deadline = if self.expired() {
+            u64::MAX
+        } else {
+            self.deadline_ns.load(Ordering::SeqCst)
+        };
+        deadline.min(self.poll_ns.load(Ordering::SeqCst))
+    }
+
+    /// Gives this call the host's interrupt check (see [`Control::interrupt_now`]) and,
+    /// when it has a period, schedules its first poll one period from now.
+    pub(crate) fn set_interrupt(&self, check: &InterruptCheck) {
+        let every = check.every.map_or(0, |every| {
+            u64::try_from(every.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
+        self.poll_every_ns.store(every, Ordering::SeqCst);
+        self.interrupt.set(Some(check.clone()));
+        self.schedule_poll();
+    }
+
+    /// Takes the interrupt check away (the call is over).
+    pub(crate) fn clear_interrupt(&self) {
+        self.poll_ns.store(u64::MAX, Ordering::SeqCst);
+        self.poll_every_ns.store(0, Ordering::SeqCst);
+        self.pending.fetch_and(!POLL_DUE, Ordering::SeqCst);
+        drop(self.interrupt.take());
+    }
+
+    /// How often this call's interrupt check is asked, if it is polled at all.
+    #[cfg_attr(target_os = "linux", allow(dead_code))]
+    pub(crate) fn poll_every(&self) -> Option<std::time::Duration> {
+        let every = self.poll_every_ns.load(Ordering::SeqCst);
+        (every > 0).then(|| std::time::Duration::from_nanos(every))
+    }
+
+    fn schedule_poll(&self) {
+        let every = self.poll_every_ns.load(Ordering::SeqCst);
+        let next = if every == 0 {
+            u64::MAX
+        } else {
+            super::watchdog::monotonic_ns().saturating_add(every)
+        };
+        self.poll_ns.store(next, Ordering::SeqCst);
+    }
+
+    /// Asks the interrupt check now (on the run's thread, in normal context); true means
+    /// the call must stop, and is recorded as the sticky [`Stop::Interrupted`] with every
+    /// running coroutine hooked. False without a check, and while the check is running
+    /// (a check that itself runs code of this call's thread does not ask again).
+    pub(crate) fn interrupt_now(&self) -> bool {
+        let Some(check) = self.interrupt.take() else {
+            return false;
+        };
+        let stop = check.ask();
+        self.interrupt.set(Some(check));
+        if stop {
+            self.set_stop(Stop::Interrupted);
+            self.arm_all();
+        }
+        stop
+    }
+
     /// The stop message if the run must end now: a sticky stop, or a passed deadline
-    /// (which this call turns into a sticky stop, hooking every running coroutine).
+    /// (which this call turns into a sticky stop, hooking every running coroutine); a due
+    /// interrupt check is made here. The hot path (nothing pending) is two loads and two
+    /// branches, with or without a check.
+    #[inline]
     pub(crate) fn check_stop(&self) -> Option<&'static str> {
         let s = self.stop();
         if s != Stop::None {
             return Some(s.message());
         }
-        if self.expired.load(Ordering::SeqCst) {
+        let pending = self.pending.load(Ordering::SeqCst);
+        if pending != 0 {
+            return self.attend(pending);
+        }
+        None
+    }
+
+    /// [`Control::check_stop`] when something is pending: a passed deadline, or a due
+    /// interrupt check, asked here; if it says go on, the next one is scheduled (and the
+    /// thread's timer set for it) and the run goes on, unless a stop came meanwhile.
+    #[cold]
+    #[inline(never)]
+    fn attend(&self, pending: u8) -> Option<&'static str> {
+        if pending & EXPIRED == 0 && pending & POLL_DUE != 0 {
+            self.pending.fetch_and(!POLL_DUE, Ordering::SeqCst);
+            // No firing while the check runs (however long it takes): the next period
+            // starts when it returns. Scheduled again after a stop too, so that the
+            // firings keep the coroutines hooked until the stop is raised.
+            self.poll_ns.store(u64::MAX, Ordering::SeqCst);
+            self.interrupt_now();
+            self.schedule_poll();
+            super::watchdog::rearm_this_thread();
+        }
+        let s = self.stop();
+        if s != Stop::None {
+            return Some(s.message());
+        }
+        // The deadline passed (before the check was due, or while it ran).
+        if self.expired() {
             self.set_stop(Stop::Timeout);
             self.arm_all();
-            return Some(Stop::Timeout.message());
+            return Some(self.stop().message());
         }
         None
     }
@@ -264,6 +440,19 @@ impl Control {
         match threads.iter().rposition(|&t| t == l) {
             Some(at) => threads[..at].iter().rev().copied().collect(),
             None => Vec::new(),
+        }
+    }
+
+    /// Hooks the threads of the live resume chain for a due interrupt check (see
+    /// `hook::arm_for_poll`), so that the next instruction looks. Async-signal-safe.
+    fn arm_for_poll(&self) {
+        compiler_fence(Ordering::SeqCst);
+        let d = self.depth.load(Ordering::Relaxed).min(MAX_CHAIN);
+        for slot in &self.chain[..d] {
+            let l = slot.load(Ordering::Relaxed);
+            if !l.is_null() {
+                super::hook::arm_for_poll(l);
+            }
         }
     }
 
@@ -480,6 +669,68 @@ impl Meter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    fn counting(answer: bool, calls: &Arc<AtomicUsize>) -> InterruptCheck {
+        let calls = Arc::clone(calls);
+        InterruptCheck {
+            every: Some(Duration::from_secs(3600)),
+            check: Arc::new(move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                answer
+            }),
+        }
+    }
+
+    /// The handler only marks a due check; the next look at the stops makes it, on this
+    /// thread, and schedules the next one (or records the stop).
+    #[test]
+    fn a_due_check_is_made_at_the_next_look_and_scheduled_again() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let ctl = Control::new(usize::MAX);
+        ctl.set_interrupt(&counting(false, &calls));
+        let first = ctl.next_wakeup_ns();
+        assert!(first < u64::MAX);
+        // Not due yet: nothing happens.
+        ctl.on_timer(first - 1);
+        assert_eq!(ctl.check_stop(), None);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        // Due: marked, then made by the next look, which lets the run go on.
+        ctl.on_timer(first);
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "never from the handler");
+        assert_eq!(ctl.check_stop(), None);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(ctl.check_stop(), None);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "once per period");
+        assert!(ctl.next_wakeup_ns() > first);
+
+        let stop = Arc::new(AtomicUsize::new(0));
+        ctl.set_interrupt(&counting(true, &stop));
+        ctl.on_timer(ctl.next_wakeup_ns());
+        assert_eq!(ctl.check_stop(), Some(Stop::Interrupted.message()));
+        assert_eq!(ctl.stop(), Stop::Interrupted);
+        // Sticky, and the check is not asked again.
+        assert_eq!(ctl.check_stop(), Some(Stop::Interrupted.message()));
+        assert_eq!(stop.load(Ordering::SeqCst), 1);
+        // A call starts afresh.
+        ctl.reset_for_call();
+        assert_eq!(ctl.check_stop(), None);
+        assert_eq!(ctl.next_wakeup_ns(), u64::MAX);
+    }
+
+    /// A passed deadline wins over a check due at the same time: the check is not asked.
+    #[test]
+    fn a_passed_deadline_is_a_timeout_without_asking_the_check() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let ctl = Control::new(usize::MAX);
+        ctl.set_interrupt(&counting(true, &calls));
+        let at = ctl.next_wakeup_ns();
+        ctl.set_deadline_ns(at);
+        ctl.on_timer(at);
+        assert_eq!(ctl.check_stop(), Some(Stop::Timeout.message()));
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
 
     /// A session call's peak is its own: the next call starts from what the state holds,
     /// not from an earlier call's peak.

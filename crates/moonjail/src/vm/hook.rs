@@ -7,6 +7,14 @@
 //! coroutine of the live resume chain (`lua_sethook` is documented as signal-safe), and
 //! the hook then raises at every instruction, so `pcall`, `xpcall`, message handlers and
 //! `__close` cannot swallow the stop.
+//!
+//! A host interrupt check (`SandboxBuilder::interrupt_check`) rides on the same timer:
+//! when the check is due, the handler marks it due and hooks the coroutines of the resume
+//! chain that have no hook (see [`arm_for_poll`]); the hook (or a native checkpoint,
+//! whichever looks first) asks the check on the run's own thread, and either stops the
+//! run as it stops at the deadline, or unhooks itself and lets it go on. A coroutine
+//! running a block of the instruction budget is not hooked for it: its count hook looks
+//! within [`COUNT_STEP`] instructions anyway, and its block stays exactly as paid.
 
 use std::ffi::{c_int, c_void};
 
@@ -40,7 +48,20 @@ unsafe extern "C-unwind" fn quota_hook(l: *mut lua_State, ar: *mut lua_Debug) {
     }
     // SAFETY: Lua passes a valid activation record to the hook.
     let event = unsafe { (*ar).event };
-    if event == ffi::LUA_HOOKCOUNT && ctl.instr_limit.get().is_some() {
+    if event == ffi::LUA_HOOKCOUNT {
+        if ctl.instr_limit.get().is_none() {
+            // No budget, no stop: `l` was hooked only so that it would look at a due
+            // interrupt check (done above, which let the run go on). It runs unhooked
+            // again, as it did before.
+            // SAFETY: a hook may change its thread's hook (lua.c's `lstop` does).
+            unsafe { ffi::lua_sethook(l, None, 0, 0) };
+            // A stop, or the next check, that came between the look above and the
+            // unhooking was hooked for, and just unhooked: hook again.
+            if ctl.stopped_or_pending() {
+                arm_thread(l);
+            }
+            return;
+        }
         if ctl.instr_sentinel.get() == l {
             // The instruction about to run is past the budget.
             ctl.set_stop(Stop::Instructions);
@@ -240,6 +261,20 @@ pub(crate) fn arm_thread(l: *mut lua_State) {
     unsafe { ffi::lua_sethook(l, Some(quota_hook), ffi::LUA_MASKCOUNT, 1) };
 }
 
+/// Hooks `l` for a due interrupt check: like [`arm_thread`], when it has no hook, or a
+/// count of one (hooked for a check already, or the budget's sentinel or a block of
+/// one, which setting a count of one again leaves exactly as it was, traps set anew).
+/// A thread with a longer block of the instruction budget keeps it as paid: its count
+/// hook looks at its end. Async-signal-safe.
+pub(crate) fn arm_for_poll(l: *mut lua_State) {
+    // SAFETY: `l` comes from the live resume chain; reading its hook mask and count is a
+    // plain load each.
+    let (mask, count) = unsafe { (ffi::lua_gethookmask(l), ffi::lua_gethookcount(l)) };
+    if mask == 0 || count <= 1 {
+        arm_thread(l);
+    }
+}
+
 /// Starts instruction metering on `l` (the entry thread) when the run has a limit.
 pub(crate) fn start_metering(l: *mut lua_State) {
     let Some(ctl) = current() else { return };
@@ -279,26 +314,23 @@ fn leave_thread(l: *mut lua_State, co: *mut lua_State) {
     }
 }
 
-/// Signal handler for the deadline signal: hooks the live resume chain.
+/// Signal handler for the deadline signal: stops the runs whose deadline passed and
+/// marks due interrupt checks (see `Control::on_timer`), then sets the thread's timer for
+/// what is due next.
 pub(crate) extern "C" fn on_deadline_signal(
     _sig: c_int,
     _info: *mut libc::siginfo_t,
     _ctx: *mut c_void,
 ) {
-    // A timer signal carries no run id: compare with each armed run's own deadline (the
+    // A timer signal carries no run id: compare with each armed run's own times (the
     // current one and any run it is nested in), so a stale signal changes nothing and an
     // outer run's deadline is not lost while a run started inside it is active.
-    let stop = |ctl: &super::control::Control| {
-        ctl.observe_clock();
-        if ctl.expired.load(std::sync::atomic::Ordering::SeqCst) {
-            ctl.set_stop(Stop::Timeout);
-            ctl.arm_all();
-        }
-    };
-    super::watchdog::for_each_armed(stop);
+    let now = super::watchdog::monotonic_ns();
+    super::watchdog::for_each_armed(|ctl| ctl.on_timer(now));
     if let Some(ctl) = current() {
-        stop(ctl);
+        ctl.on_timer(now);
     }
+    super::watchdog::rearm_from_handler();
 }
 
 // ---- coroutine library, ported from lcorolib.c with the resume chain maintained ----

@@ -7,6 +7,10 @@
 //! (glibc's allocator takes no locks then: allocation-heavy scripts ran ~30% slower with
 //! a watchdog thread alive). Elsewhere one process-wide watchdog thread keeps the pending
 //! deadlines and signals the run's thread. Native functions also poll the clock.
+//!
+//! The same timer (or watchdog) also tells a call when its host interrupt check is due:
+//! the timer is set for whichever comes first, the deadline or the next check. A call
+//! with neither has no timer armed at all.
 
 use std::time::Instant;
 
@@ -40,7 +44,7 @@ fn set_due(ctl: &Control, at: Instant) -> std::time::Duration {
 #[cfg(not(target_os = "linux"))]
 pub(crate) use thread::Deadline;
 #[cfg(target_os = "linux")]
-pub(crate) use timer::{for_each_armed, Deadline};
+pub(crate) use timer::{for_each_armed, rearm_from_handler, rearm_this_thread, Deadline};
 
 /// Without per-thread timers, the handler knows only the current run.
 #[cfg(not(target_os = "linux"))]
@@ -49,6 +53,15 @@ pub(crate) fn for_each_armed(mut f: impl FnMut(&Control)) {
         f(ctl);
     }
 }
+
+/// Without per-thread timers there is nothing to set: the watchdog thread signals a call
+/// with an interrupt check once per period.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn rearm_from_handler() {}
+
+/// See [`rearm_from_handler`].
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn rearm_this_thread() {}
 
 #[cfg(target_os = "linux")]
 mod timer {
@@ -65,6 +78,7 @@ mod timer {
     impl Drop for ThreadTimer {
         fn drop(&mut self) {
             if let Some(t) = self.0.get() {
+                LIVE_TIMER.with(|live| live.set(None));
                 // SAFETY: `t` was created by `timer_create` on this thread and is
                 // deleted once, here.
                 unsafe { libc::timer_delete(t) };
@@ -74,6 +88,10 @@ mod timer {
 
     thread_local! {
         static TIMER: ThreadTimer = const { ThreadTimer(Cell::new(None)) };
+        /// The same timer for the signal handler: a const-initialised cell without a
+        /// destructor, which a handler may read (`TIMER`'s destructor is registered on
+        /// first use, which is not async-signal-safe). An `Option`: a timer's id may be 0.
+        static LIVE_TIMER: Cell<Option<libc::timer_t>> = const { Cell::new(None) };
     }
 
     fn this_thread_timer() -> Option<libc::timer_t> {
@@ -99,6 +117,7 @@ mod timer {
                 timer
             };
             t.0.set(Some(timer));
+            LIVE_TIMER.with(|live| live.set(Some(timer)));
             Some(timer)
         })
     }
@@ -155,10 +174,11 @@ mod timer {
         });
     }
 
-    /// Sets this thread's timer for the earliest deadline still armed, or disarms it.
+    /// Sets this thread's timer for what is due first among the armed calls (a deadline
+    /// that has not passed, an interrupt check), or disarms it. Async-signal-safe.
     fn rearm(timer: libc::timer_t) {
         let mut earliest = u64::MAX;
-        for_each_armed(|ctl| earliest = earliest.min(ctl.deadline_ns()));
+        for_each_armed(|ctl| earliest = earliest.min(ctl.next_wakeup_ns()));
         if earliest == u64::MAX {
             settime(timer, 0);
         } else {
@@ -166,6 +186,21 @@ mod timer {
             // At least 1 ns: a zero value would disarm instead of firing at once.
             settime(timer, left.max(1));
         }
+    }
+
+    /// Sets the timer again from the signal handler: it fired, so it is disarmed, and an
+    /// interrupt check scheduled later (or the deadline of a call nested in the one that
+    /// was due) still needs it. Async-signal-safe: const thread-locals, atomics,
+    /// `clock_gettime` and `timer_settime`.
+    pub(crate) fn rearm_from_handler() {
+        if let Some(timer) = LIVE_TIMER.with(Cell::get) {
+            rearm(timer);
+        }
+    }
+
+    /// Sets the timer for the current calls after an interrupt check was rescheduled.
+    pub(crate) fn rearm_this_thread() {
+        rearm_from_handler();
     }
 
     /// A registered deadline; dropping it unregisters it and re-arms the thread's timer
@@ -177,20 +212,23 @@ mod timer {
     }
 
     impl Deadline {
-        /// Arms this thread's timer for `at` (or for an earlier deadline of an enclosing
-        /// run): when one passes, the thread is signalled and the handler stops each run
-        /// whose deadline has passed.
+        /// Arms this thread's timer for `at` or the call's next interrupt check (or for
+        /// what an enclosing run needs earlier): when one is due, the thread is signalled
+        /// and the handler stops each run whose deadline has passed, and marks each due
+        /// check.
         ///
         /// # Errors
         /// When the deadline signal's handler could not be installed (the host program
         /// has its own handler for that signal): the deadline could not be delivered.
-        pub(crate) fn arm(ctl: &Control, at: Instant) -> Result<Deadline, String> {
+        pub(crate) fn arm(ctl: &Control, at: Option<Instant>) -> Result<Deadline, String> {
             static HANDLER: OnceLock<Result<(), String>> = OnceLock::new();
             HANDLER
                 .get_or_init(super::thread::install_handler)
                 .clone()?;
             super::thread::unblock_on_this_thread();
-            set_due(ctl, at);
+            if let Some(at) = at {
+                set_due(ctl, at);
+            }
             let pushed = STACK.with(|stack| {
                 let len = stack.len.get();
                 match stack.entries.get(len) {
@@ -237,10 +275,10 @@ mod timer {
 
 #[cfg_attr(target_os = "linux", allow(dead_code))]
 mod thread {
-    use super::super::control::Control;
+    use super::super::control::{Control, EXPIRED};
     use super::{deadline_signal, set_due};
     use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
     use std::sync::{Arc, Condvar, Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
@@ -250,7 +288,13 @@ mod thread {
 
     struct Entry {
         thread: libc::pthread_t,
-        expired: Arc<AtomicBool>,
+        /// The call's pending flags (`Control::pending`): a deadline entry sets
+        /// `EXPIRED` in them.
+        pending: Arc<AtomicU8>,
+        /// For an interrupt check's entry, its period: the thread is signalled once per
+        /// period (the handler marks the check due when its time has come), and the
+        /// entry comes back one period later. `None`: a deadline, signalled once.
+        every: Option<Duration>,
     }
 
     struct State {
@@ -361,10 +405,23 @@ mod thread {
                     if entry.key().0 > now {
                         break;
                     }
+                    let id = entry.key().1;
                     let e = entry.remove();
-                    e.expired.store(true, Ordering::SeqCst);
-                    // SAFETY: the target thread is alive: a run removes its entry (under this
-                    // lock) before its thread can finish, so `thread` is a live pthread.
+                    match e.every {
+                        None => {
+                            e.pending.fetch_or(EXPIRED, Ordering::SeqCst);
+                        }
+                        Some(every) => {
+                            let again = Entry {
+                                thread: e.thread,
+                                pending: Arc::clone(&e.pending),
+                                every: e.every,
+                            };
+                            st.pending.insert((now + every, id), again);
+                        }
+                    }
+                    // SAFETY: the target thread is alive: a run removes its entries (under
+                    // this lock) before its thread can finish, so `thread` is a live pthread.
                     unsafe { libc::pthread_kill(e.thread, deadline_signal()) };
                 }
                 let next = st
@@ -383,34 +440,52 @@ mod thread {
         }
     }
 
-    /// A registered deadline; dropping it cancels the deadline.
+    /// A registered deadline and interrupt check; dropping it cancels them.
     pub(crate) struct Deadline {
-        key: (Instant, u64),
+        id: u64,
     }
 
     impl Deadline {
-        /// Registers `at` for the calling thread: when it passes, `expired` is set and the
-        /// thread is signalled.
+        /// Registers `at` for the calling thread, and the call's interrupt check if it
+        /// has a period: when the deadline passes, `EXPIRED` is set and the thread is
+        /// signalled; the check's entry signals it once per period.
         ///
         /// # Errors
         /// Never on this path (kept for the same signature as the timer's).
-        pub(crate) fn arm(ctl: &Control, at: Instant) -> Result<Deadline, String> {
-            set_due(ctl, at);
-            let expired = ctl.expired.clone();
+        pub(crate) fn arm(ctl: &Control, at: Option<Instant>) -> Result<Deadline, String> {
+            if let Some(at) = at {
+                set_due(ctl, at);
+            }
             unblock_on_this_thread();
             let wd = watchdog();
-            let key = (at, wd.next_id.fetch_add(1, Ordering::Relaxed));
+            let id = wd.next_id.fetch_add(1, Ordering::Relaxed);
             // SAFETY: pthread_self has no preconditions.
             let thread = unsafe { libc::pthread_self() };
+            let entry = |every| Entry {
+                thread,
+                pending: ctl.pending_flags(),
+                every,
+            };
+            let mut entries = Vec::new();
+            if let Some(at) = at {
+                entries.push((at, entry(None)));
+            }
+            if let Some(every) = ctl.poll_every() {
+                entries.push((Instant::now() + every, entry(Some(every))));
+            }
             let mut st = match wd.state.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            st.pending.insert(key, Entry { thread, expired });
-            if at < st.wake_at {
+            let mut earliest = None::<Instant>;
+            for (when, e) in entries {
+                earliest = Some(earliest.map_or(when, |t| t.min(when)));
+                st.pending.insert((when, id), e);
+            }
+            if earliest.is_some_and(|t| t < st.wake_at) {
                 wd.cv.notify_one();
             }
-            Ok(Deadline { key })
+            Ok(Deadline { id })
         }
     }
 
@@ -421,7 +496,43 @@ mod thread {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            st.pending.remove(&self.key);
+            st.pending.retain(|key, _| key.1 != self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::super::control::{Activation, Control, Stop};
+    use crate::host::InterruptCheck;
+
+    /// The watchdog thread (what systems without per-thread timers use; built on Linux
+    /// too) signals a call with a check once per period, and the check stops it.
+    #[test]
+    fn the_watchdog_thread_brings_the_check_round() {
+        let ctl = Control::new(usize::MAX);
+        let _active = Activation::new(&ctl);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        ctl.set_interrupt(&InterruptCheck {
+            every: Some(Duration::from_millis(2)),
+            check: Arc::new(move || counted.fetch_add(1, Ordering::SeqCst) == 2),
+        });
+        let armed = super::thread::Deadline::arm(&ctl, None).expect("armed");
+        let give_up = Instant::now() + Duration::from_secs(60);
+        let stopped = loop {
+            if let Some(message) = ctl.check_stop() {
+                break message;
+            }
+            assert!(Instant::now() < give_up, "the check never came round");
+            std::hint::spin_loop();
+        };
+        drop(armed);
+        assert_eq!(stopped, Stop::Interrupted.message());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 }

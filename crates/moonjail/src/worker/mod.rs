@@ -62,6 +62,14 @@
 //! [`ProcessConfigBuilder::run_cpu_time`] (60 s by default) and reports `timeout`.
 //! [`ProcessConfigBuilder::cpu_time`] adds a kernel backstop over a worker's whole life.
 //!
+//! **Interrupts.** With a host interrupt check
+//! ([`crate::SandboxBuilder::interrupt_check`]), the supervisor asks it on the calling
+//! thread as a request starts and then every period while it waits, and on true tells
+//! the worker to stop with a signal naming the request: the worker answers `interrupted`,
+//! with the place, and goes on serving (a session keeps its worker). A worker that does
+//! not answer within [`ProcessConfigBuilder::kill_grace`] is killed and the request
+//! reported as `interrupted`.
+//!
 //! **Crashes.** A worker that dies (seccomp's SIGSYS, a fault) fails the run it was
 //! serving as `killed`, with the signal in the message; one ended by its `RLIMIT_CPU` is a
 //! `timeout`, and one that aborted because an allocation failed under its `RLIMIT_AS` a
@@ -79,6 +87,8 @@
 
 #[cfg(all(target_os = "linux", feature = "isolation"))]
 pub(crate) mod host_call;
+#[cfg(all(target_os = "linux", feature = "isolation"))]
+mod interrupt;
 #[cfg(all(target_os = "linux", feature = "isolation"))]
 mod pool;
 #[cfg(all(target_os = "linux", feature = "isolation"))]
@@ -305,7 +315,8 @@ impl ProcessConfigBuilder {
 
     /// Sets how long after a run's timeout the supervisor waits for the worker's answer
     /// before it kills the worker (the worker's own deadline normally answers first,
-    /// with the output so far).
+    /// with the output so far); also how long a worker told to stop by the host's
+    /// interrupt check ([`crate::SandboxBuilder::interrupt_check`]) has to answer.
     ///
     /// By default, 100 ms.
     pub fn kill_grace(mut self, grace: Duration) -> Self {

@@ -60,8 +60,10 @@ use crate::spec::Spec;
 
 /// The protocol version both sides must speak; bump it on any incompatible change.
 /// (3: host tools — a worker of version 2 would silently run without them; 4: one
-/// `RequestMeta` carrying the `Spec` for runs and sessions.)
-pub(crate) const VERSION: u8 = 4;
+/// `RequestMeta` carrying the `Spec` for runs and sessions; 5: requests are numbered for
+/// the interrupt signal, which a worker of version 4 would ignore, and `Done` may carry
+/// the kind `interrupted`.)
+pub(crate) const VERSION: u8 = 5;
 
 /// Bytes before a frame's sections: length, version, type.
 pub(crate) const HEADER_BYTES: usize = 6;

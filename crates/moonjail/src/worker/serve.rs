@@ -11,7 +11,8 @@
 //! 4. Send `Ready`, then serve `Run` requests, each with a fresh Lua state (the Lua-level
 //!    layers and quotas stay on inside the worker), until the channel closes — or, after
 //!    `SessionOpen`, the session's `Exec`, `Call` and `HasFunction` requests against one
-//!    persistent state, until `Close`.
+//!    persistent state, until `Close`. A request the supervisor asks to stop (a signal,
+//!    see `interrupt.rs`) ends as `interrupted`, answered as usual.
 //!
 //! Lua code running here never sees the channel: no library a profile can list reaches a
 //! file descriptor, and the requests are driven by the supervisor alone. The one way a
@@ -38,7 +39,7 @@ use super::protocol::{
     self, Configure, Decoded, DoneMeta, ExecMeta, Frame, FunctionName, HostAnswer, HostCall,
     HostReply, HostRequest, Kind, LayerLine, Message, ProbeRequest, Ready, RequestMeta,
 };
-use super::TEST_HOOKS_ENV;
+use super::{interrupt, TEST_HOOKS_ENV};
 use crate::engine::{Engine, Host};
 use crate::error::{Error, ErrorKind};
 use crate::host::{FileSource, HostFiles};
@@ -71,6 +72,9 @@ extern "C" {
 pub(crate) fn serve() -> i32 {
     install_panic_hook();
     let test_hooks = std::env::var_os(TEST_HOOKS_ENV).is_some_and(|v| v == "1");
+    if let Err(e) = interrupt::install() {
+        return protocol_error(&format!("installing the interrupt signal's handler: {e}"));
+    }
     warm_up();
 
     let stdin = std::io::stdin();
@@ -110,12 +114,17 @@ pub(crate) fn serve() -> i32 {
     }
 
     let mut session: Option<Engine> = None;
+    // Requests are numbered from 1, as the supervisor numbers them, for its requests to
+    // stop one (see `interrupt.rs`).
+    let mut requests: u64 = 0;
     loop {
         let frame = match link.recv() {
             Ok(frame) => frame,
             Err(RecvError::Closed) => return EXIT_OK,
             Err(e) => return protocol_error(&e.to_string()),
         };
+        requests += 1;
+        interrupt::serving(requests);
         let reply = match frame.kind {
             Kind::Run => run(&frame, &link),
             Kind::SessionOpen if session.is_some() => refused("a session is already open"),
@@ -130,6 +139,7 @@ pub(crate) fn serve() -> i32 {
             Kind::Probe => refused("test hooks are disabled in this worker"),
             other => refused(&format!("a worker does not accept {other:?} frames")),
         };
+        interrupt::served();
         match reply {
             Ok(bytes) => {
                 if link.send(&bytes).is_err() {
@@ -343,7 +353,12 @@ fn engine(meta: &RequestMeta, link: &Arc<Link>) -> Result<Engine, Error> {
         }
         None => None,
     };
-    Engine::new(&meta.spec, &Host { files, tools }, &meta.chunk_name)
+    let host = Host {
+        files,
+        tools,
+        interrupt: Some(interrupt::check()),
+    };
+    Engine::new(&meta.spec, &host, &meta.chunk_name)
 }
 
 /// Serves `SessionOpen`: builds the session's state, answering `Done` (null on success).
@@ -657,7 +672,7 @@ impl Relay for ChannelTools {
         // this process's own deadline (which started a little later) has not come yet.
         if expired {
             if let Some(ctl) = crate::vm::current() {
-                ctl.expired.store(true, Ordering::SeqCst);
+                ctl.expire();
             }
         }
         result

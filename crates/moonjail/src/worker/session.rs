@@ -7,7 +7,10 @@
 //! deadline, and its own audit record in the call's outcome. The public
 //! [`crate::Session`] decides from each answer whether the session goes on: it closes
 //! after a timeout or an instruction limit (as in process), and whenever the worker was
-//! lost (killed at the deadline, crashed, or broke the protocol).
+//! lost (killed at the deadline, crashed, or broke the protocol). A call the host's
+//! interrupt check stops is stopped by the worker itself, which answers `interrupted`
+//! and keeps the session; only a worker that does not stop in time is killed (and the
+//! session closed, as `interrupted`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +24,7 @@ use super::protocol::{self, ExecMeta, FunctionName, Kind, RequestMeta};
 use super::supervisor::{Fate, Worker};
 use crate::engine::{self, check_source};
 use crate::error::{Error, ErrorKind};
-use crate::host::FileSource;
+use crate::host::{FileSource, InterruptCheck};
 use crate::limits::Limits;
 use crate::outcome::Outcome;
 use crate::spec::{CallOptions, Spec};
@@ -36,6 +39,7 @@ pub(crate) struct WorkerSession {
     pool: Arc<Pool>,
     files: Arc<dyn FileSource>,
     tools: Option<Arc<ToolRegistry>>,
+    interrupt: Option<InterruptCheck>,
     spec: Spec,
 }
 
@@ -58,6 +62,7 @@ impl WorkerSession {
             pool: Arc::clone(pool),
             files: Arc::clone(&host.files),
             tools: host.tools.clone(),
+            interrupt: host.interrupt.clone(),
             spec: spec.clone(),
         };
         let meta = RequestMeta::new(spec, host, chunk_name);
@@ -66,7 +71,7 @@ impl WorkerSession {
         // Building a state is the host's work, not the script's: the spawn timeout bounds
         // it, not the run's.
         let deadline = Some(Instant::now() + session.settings_spawn_timeout());
-        match session.request(&request, deadline, None) {
+        match session.request(&request, deadline, None, false) {
             Ok(outcome) => match outcome.result {
                 Ok(_) => Ok(session),
                 Err(error) => Err(error),
@@ -168,7 +173,7 @@ impl WorkerSession {
             .timeout
             .unwrap_or_else(|| self.settings_spawn_timeout());
         let deadline = Some(Instant::now() + timeout + self.pool.settings().kill_grace);
-        let outcome = self.request(&request, deadline, None)?;
+        let outcome = self.request(&request, deadline, None, true)?;
         match outcome.result {
             Ok(Json::Bool(has)) => Ok(has),
             Ok(other) => {
@@ -221,7 +226,7 @@ impl WorkerSession {
             let due = limits.timeout.map(|t| start + t);
             registry.start_bounded_run(due, limits.result_depth)
         });
-        let (mut outcome, close) = match self.request(request, deadline, tools.as_ref()) {
+        let (mut outcome, close) = match self.request(request, deadline, tools.as_ref(), true) {
             Ok(outcome) => {
                 // As in process: after a timeout or an instruction limit the state may be
                 // mid-update, so the session closes (and its worker goes).
@@ -237,12 +242,14 @@ impl WorkerSession {
     }
 
     /// One exchange with the worker, serving tool calls through `tools` (none: the
-    /// request may call no tool); `Err` when the worker was lost.
+    /// request may call no tool), and asking the host's interrupt check meanwhile when
+    /// `interruptible`; `Err` when the worker was lost.
     fn request(
         &mut self,
         request: &[u8],
         deadline: Option<Instant>,
         tools: Option<&ToolRun>,
+        interruptible: bool,
     ) -> Result<Outcome, Error> {
         let pool = Arc::clone(&self.pool);
         let files = Arc::clone(&self.files);
@@ -255,7 +262,15 @@ impl WorkerSession {
             max_depth: self.spec.limits.result_depth,
             max_host_bytes: host_budget(&self.spec.limits),
         };
-        worker.exchange(request, deadline, pool.settings(), host, &self.spec.limits)
+        let interrupt = self.interrupt.as_ref().filter(|_| interruptible);
+        worker.exchange(
+            request,
+            deadline,
+            pool.settings(),
+            host,
+            &self.spec.limits,
+            interrupt,
+        )
     }
 
     fn settings_spawn_timeout(&self) -> Duration {

@@ -30,10 +30,18 @@
 //! `/proc/PID/stat` (opened while it was alive) every [`CPU_TICK`], and kills it past
 //! `run_cpu_time`, reported as `timeout`. This is per request, unlike `RLIMIT_CPU`, which
 //! adds up over every run of a pooled worker.
+//!
+//! **The host's interrupt check.** While it waits for a run's or a session call's answer,
+//! the supervisor (on the caller's thread) asks the sandbox's interrupt check once per
+//! period. When it says stop, the worker is told with a signal naming the request (see
+//! `interrupt.rs`) and the wait goes on: the worker answers `interrupted`, with the place
+//! it stopped, and stays usable. A worker that has not answered `kill_grace` after being
+//! told (stuck where no hook runs) is killed, and the request reported as `interrupted`.
+//! Host calls that come meanwhile are answered as ever.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::fs::FileExt as _;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -49,6 +57,7 @@ use super::host_call::{self, Budget, Host, Refusal};
 use super::protocol::{self, Decoded, DoneMeta, FrameError, Kind, LayerLine, Message, RequestMeta};
 use super::{Job, TEST_HOOKS_ENV, WORKER_ARG};
 use crate::error::{Error, ErrorKind};
+use crate::host::InterruptCheck;
 use crate::limits::Limits;
 use crate::outcome::Outcome;
 
@@ -117,6 +126,11 @@ enum Failure {
     HostCalls(String),
     /// A request without a deadline used more than this CPU time.
     CpuTime(Duration),
+    /// The interrupt check said stop: the worker is to be told (not a failure yet).
+    Interrupt,
+    /// The worker did not answer within the grace after it was told to stop, or could
+    /// not be told.
+    NotStopped(String),
 }
 
 /// The supervisor's end of the channel, plus the worker's captured stderr.
@@ -130,6 +144,27 @@ struct Channel {
     stderr_limit: usize,
     /// Armed for a request without a deadline: its CPU budget.
     cpu: Option<CpuWatch>,
+    /// Armed while waiting for the answer of a request the host's check may interrupt.
+    interrupt: Option<InterruptWatch>,
+}
+
+/// The host's interrupt check, asked while the supervisor waits for an answer.
+struct InterruptWatch {
+    check: InterruptCheck,
+    every: Duration,
+    /// When it is asked next.
+    next: Instant,
+    /// Once it said stop and the worker was told: by when the worker must answer.
+    told: Option<Instant>,
+}
+
+impl std::fmt::Debug for InterruptWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InterruptWatch")
+            .field("every", &self.every)
+            .field("told", &self.told)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The CPU time of the worker, read from `/proc/PID/stat`, against a budget.
@@ -232,7 +267,7 @@ impl Channel {
     }
 
     /// Waits until the socket is ready for `events` (or hung up), draining stderr
-    /// meanwhile.
+    /// meanwhile. Waiting for an answer, asks the interrupt check when it is due.
     fn wait(&mut self, events: PollFlags, deadline: Option<Instant>) -> Result<(), Failure> {
         loop {
             let left = match deadline {
@@ -250,11 +285,16 @@ impl Channel {
                     return Err(Failure::CpuTime(cpu.limit));
                 }
             }
-            let tick = self.cpu.as_ref().map(|_| CPU_TICK);
-            let timeout = match (left, tick) {
-                (Some(left), Some(tick)) => Some(timespec(left.min(tick))),
-                (left, tick) => left.or(tick).map(timespec),
+            let interrupt = match &mut self.interrupt {
+                Some(watch) if events.contains(PollFlags::IN) => Some(watch.due()?),
+                _ => None,
             };
+            let tick = self.cpu.as_ref().map(|_| CPU_TICK);
+            let timeout = [left, tick, interrupt]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(timespec);
             let (socket_ready, stderr_ready) = {
                 let mut fds = vec![PollFd::new(&self.socket, events)];
                 if let Some(stderr) = &self.stderr {
@@ -336,6 +376,45 @@ impl Channel {
             tail.push_str(&format!(" ({} more bytes dropped)", self.dropped));
         }
         Some(tail)
+    }
+}
+
+impl InterruptWatch {
+    fn new(check: &InterruptCheck) -> Option<InterruptWatch> {
+        let every = check.every?;
+        Some(InterruptWatch {
+            check: check.clone(),
+            every,
+            next: Instant::now() + every,
+            told: None,
+        })
+    }
+
+    /// Asks the check if it is due; how long until it is due next (or until the grace of
+    /// a worker told to stop runs out).
+    ///
+    /// # Errors
+    /// [`Failure::Interrupt`] when the check says stop; [`Failure::NotStopped`] when the
+    /// worker was told and its grace is over.
+    fn due(&mut self) -> Result<Duration, Failure> {
+        let now = Instant::now();
+        if let Some(by) = self.told {
+            if now >= by {
+                return Err(Failure::NotStopped(
+                    "its worker process had not stopped when the grace after being told to \
+                     was over, and was killed"
+                        .to_string(),
+                ));
+            }
+            return Ok(by - now);
+        }
+        if now >= self.next {
+            if self.check.ask() {
+                return Err(Failure::Interrupt);
+            }
+            self.next = now + self.every;
+        }
+        Ok(self.next.saturating_duration_since(now))
     }
 }
 
@@ -483,6 +562,9 @@ pub(crate) struct Worker {
     stat: Option<File>,
     channel: Channel,
     runs: u64,
+    /// Requests sent to the worker's loop, which numbers them the same way (from 1):
+    /// how a request to stop names the request it is about.
+    requests: u64,
     layers: Vec<LayerLine>,
 }
 
@@ -548,8 +630,10 @@ impl Worker {
                 dropped: 0,
                 stderr_limit: settings.stderr_bytes,
                 cpu: None,
+                interrupt: None,
             },
             runs: 0,
+            requests: 0,
             layers: Vec::new(),
         };
         let deadline = Some(Instant::now() + settings.spawn_timeout);
@@ -647,8 +731,9 @@ impl Worker {
             max_depth: job.limits().result_depth,
             max_host_bytes: super::host_budget(job.limits()),
         };
+        let interrupt = job.host.interrupt.as_ref();
         let (mut outcome, fate) =
-            match self.exchange(&request, deadline, settings, host, job.limits()) {
+            match self.exchange(&request, deadline, settings, host, job.limits(), interrupt) {
                 Ok(outcome) => {
                     let fate = match outcome.error() {
                         Some(e) if e.kind.is_limit() => Fate::Retire,
@@ -666,9 +751,9 @@ impl Worker {
     }
 
     /// Sends `request` and waits for its `Done` until `deadline`, answering the worker's
-    /// host calls from `host` meanwhile: the outcome the worker reported (without tool
-    /// calls: the caller has their record), or (after the worker was killed, or died) the
-    /// error that ended the exchange.
+    /// host calls from `host` meanwhile and asking `interrupt` once per its period: the
+    /// outcome the worker reported (without tool calls: the caller has their record), or
+    /// (after the worker was killed, or died) the error that ended the exchange.
     pub(crate) fn exchange(
         &mut self,
         request: &[u8],
@@ -676,11 +761,22 @@ impl Worker {
         settings: &Settings,
         host: Host<'_>,
         limits: &Limits,
+        interrupt: Option<&InterruptCheck>,
     ) -> Result<Outcome, Error> {
-        let reply = self
-            .channel
-            .send(request, deadline)
-            .and_then(|()| self.reply(Kind::Done, deadline, settings, Some(host)));
+        // Asked once before the request goes out, as in process: a call the host stops
+        // already is not sent (and the worker stays as it was).
+        if interrupt.is_some_and(InterruptCheck::ask) {
+            let error = Error::new(
+                ErrorKind::Interrupted,
+                crate::vm::Stop::Interrupted.message(),
+            );
+            return Ok(Outcome::failed(error, Duration::ZERO));
+        }
+        self.requests += 1;
+        let sent = self.channel.send(request, deadline);
+        self.channel.interrupt = interrupt.and_then(InterruptWatch::new);
+        let reply = sent.and_then(|()| self.reply(Kind::Done, deadline, settings, Some(host)));
+        self.channel.interrupt = None;
         let frame = match reply {
             Ok(frame) => frame,
             Err(Failure::Timeout) => {
@@ -705,6 +801,7 @@ impl Worker {
     /// Sends `Close` without waiting: the worker ends its session and exits. The caller
     /// retires the worker either way.
     pub(crate) fn send_close(&mut self) {
+        self.requests += 1;
         if let Ok(close) = protocol::encode(Kind::Close, &[]) {
             let soon = Instant::now() + Duration::from_millis(10);
             let _ = self.channel.send(&close, Some(soon));
@@ -725,6 +822,7 @@ impl Worker {
                 probe: probe.to_string(),
             },
         );
+        self.requests += 1;
         let reply = match request {
             Ok(request) => self
                 .channel
@@ -801,7 +899,14 @@ impl Worker {
         budget: &mut Budget,
     ) -> Result<protocol::Frame, Failure> {
         loop {
-            let frame = self.channel.recv(deadline, settings.max_frame)?;
+            let frame = match self.channel.recv(deadline, settings.max_frame) {
+                Ok(frame) => frame,
+                Err(Failure::Interrupt) => {
+                    self.tell_to_stop(settings)?;
+                    continue;
+                }
+                Err(failure) => return Err(failure),
+            };
             match frame.kind {
                 kind if kind == expected => return Ok(frame),
                 Kind::Refused => {
@@ -824,15 +929,58 @@ impl Worker {
                         return Err(Failure::Timeout);
                     }
                     self.channel.send(&reply, deadline)?;
+                    // A worker told to stop while the host served its call gets its grace
+                    // from now: it could not stop while it waited for the answer.
+                    if let Some(watch) = &mut self.channel.interrupt {
+                        if watch.told.is_some() {
+                            watch.told = Some(Instant::now() + settings.kill_grace);
+                        }
+                    }
                 }
                 other => return Err(Failure::Unexpected(other)),
             }
         }
     }
 
+    /// Tells the worker to stop the request it is serving (the interrupt check said so),
+    /// giving it `kill_grace` to answer.
+    ///
+    /// # Errors
+    /// [`Failure::NotStopped`] when the worker cannot be told.
+    fn tell_to_stop(&mut self, settings: &Settings) -> Result<(), Failure> {
+        let target = match (&self.processes.worker, self.processes.relay) {
+            (Some((_, pidfd)), _) => Some(super::interrupt::Target::Pidfd(pidfd.as_fd())),
+            (None, Some(false)) if self.processes.ended.is_none() => Some(
+                super::interrupt::Target::Child(self.processes.spawned.as_raw_nonzero().get()),
+            ),
+            _ => None,
+        };
+        let told = match target {
+            Some(target) => super::interrupt::send(target, self.requests)
+                .map_err(|e| format!("its worker process could not be told to stop ({e})")),
+            None => Err("its worker process could not be told to stop".to_string()),
+        };
+        match told {
+            Ok(()) => {
+                if let Some(watch) = &mut self.channel.interrupt {
+                    watch.told = Some(Instant::now() + settings.kill_grace);
+                }
+                Ok(())
+            }
+            Err(why) => Err(Failure::NotStopped(format!("{why}, and was killed"))),
+        }
+    }
+
     /// The error a failed exchange is reported as; the worker is killed and reaped.
     fn failure_error(&mut self, failure: Failure, settings: &Settings) -> Error {
         match failure {
+            Failure::NotStopped(why) => {
+                self.kill();
+                Error::new(
+                    ErrorKind::Interrupted,
+                    format!("{}; {why}", crate::vm::Stop::Interrupted.message()),
+                )
+            }
             Failure::Closed => {
                 let ended = self.reap();
                 self.channel.drain_stderr();
@@ -908,6 +1056,14 @@ impl Worker {
             Failure::HostCalls(why) => {
                 self.kill();
                 why
+            }
+            Failure::Interrupt => {
+                self.kill();
+                "the host stopped it".to_string()
+            }
+            Failure::NotStopped(why) => {
+                self.kill();
+                format!("the host stopped it; {why}")
             }
         };
         self.channel.drain_stderr();
@@ -1358,6 +1514,7 @@ mod tests {
             dropped: 0,
             stderr_limit: 16,
             cpu: None,
+            interrupt: None,
         };
         let soon = Some(Instant::now() + Duration::from_millis(20));
         assert!(matches!(channel.recv(soon, 1024), Err(Failure::Timeout)));

@@ -16,6 +16,7 @@ mod diagnostics;
 mod escape;
 mod identity;
 mod instructions;
+mod interrupt;
 mod isolated;
 mod isolated_aos;
 mod isolated_session;
