@@ -74,8 +74,7 @@ pub fn guarded<T>(cancel: Option<&CancelToken>, f: impl FnOnce() -> T) -> PyResu
 
 /// The builder with the interrupt check registered.
 pub fn install(builder: moonjail::SandboxBuilder) -> moonjail::SandboxBuilder {
-    let _ = (PERIOD, check as fn() -> bool);
-    builder // TODO(merge): .interrupt_check(PERIOD, check)
+    builder.interrupt_check(PERIOD, check)
 }
 
 /// True when the run on this thread must stop.

@@ -19,10 +19,6 @@ import moonjail
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
-#: The reason an interrupt test may fail today: the binding's interrupt check
-#: (``interrupt::install``) is a TODO until the library's ``interrupt_check`` is merged.
-INTERRUPT_XFAIL = pytest.mark.xfail(reason="interrupt check not merged yet", strict=False)
-
 
 # --------------------------------------------------------------------------- processes
 

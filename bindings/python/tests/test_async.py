@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable, List, TypeVar
 import pytest
 
 import moonjail
-from conftest import INTERRUPT_XFAIL
+
 
 T = TypeVar("T")
 
@@ -155,12 +155,10 @@ def _cancel_and_reuse(method: str) -> None:
     assert stopped.kind == "interrupted"
 
 
-@INTERRUPT_XFAIL
 def test_cancelling_run_async_stops_the_script() -> None:
     _cancel_and_reuse("run_async")
 
 
-@INTERRUPT_XFAIL
 def test_cancelling_eval_async_stops_the_script() -> None:
     _cancel_and_reuse("eval_async")
 

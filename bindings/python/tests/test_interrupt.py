@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator
 import pytest
 
 import moonjail
-from conftest import INTERRUPT_XFAIL, isolation_problem
+from conftest import isolation_problem
 
 WATCHDOG_S = 8
 #: The hang guard of ``communicate``, not a performance bound.
@@ -180,28 +180,23 @@ def check_keyboard_interrupt(result: Dict[str, Any]) -> None:
     assert "returned" not in result["stdout"], detail
 
 
-@INTERRUPT_XFAIL
 def test_ctrl_c_stops_a_run(interrupted: Dict[str, Dict[str, Any]]) -> None:
     assert interrupted["run"]["stdout"].startswith("started")
     check_keyboard_interrupt(interrupted["run"])
 
 
-@INTERRUPT_XFAIL
 def test_ctrl_c_stops_eval(interrupted: Dict[str, Dict[str, Any]]) -> None:
     check_keyboard_interrupt(interrupted["eval"])
 
 
-@INTERRUPT_XFAIL
 def test_ctrl_c_stops_a_session_request(interrupted: Dict[str, Dict[str, Any]]) -> None:
     check_keyboard_interrupt(interrupted["session"])
 
 
-@INTERRUPT_XFAIL
 def test_ctrl_c_stops_an_isolated_run(interrupted: Dict[str, Dict[str, Any]]) -> None:
     check_keyboard_interrupt(interrupted["isolated"])
 
 
-@INTERRUPT_XFAIL
 def test_keyboard_interrupt_from_a_tool_stops_a_script_that_catches_it(
     interrupted: Dict[str, Dict[str, Any]],
 ) -> None:
@@ -264,7 +259,6 @@ def _cancel_when_ready(token: moonjail.CancelToken, ready: threading.Event) -> t
     return t
 
 
-@INTERRUPT_XFAIL
 def test_cancel_token_stops_a_run() -> None:
     # The 1.5 s timeout is a safety net: without the interrupt check the run ends as
     # "timeout" instead of "interrupted".
@@ -279,7 +273,6 @@ def test_cancel_token_stops_a_run() -> None:
     assert sb.run("return 'after'").result == "after"
 
 
-@INTERRUPT_XFAIL
 def test_cancel_token_stops_a_session_request() -> None:
     ready = threading.Event()
     sb = moonjail.Sandbox(timeout=1.5, tools={"probe.ready": lambda: ready.set()})
@@ -291,7 +284,6 @@ def test_cancel_token_stops_a_session_request() -> None:
         assert isinstance(out.error, moonjail.InterruptedRunError), repr(out.error)
 
 
-@INTERRUPT_XFAIL
 def test_cancelled_token_stops_the_next_run() -> None:
     sb = moonjail.Sandbox(timeout=1.5)
     token = moonjail.CancelToken()

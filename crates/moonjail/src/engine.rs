@@ -395,8 +395,13 @@ fn load_code(
     expression: bool,
 ) -> Result<mlua::Function, Error> {
     check_source(spec, source)?;
-    let source = crate::vm::load::skip_prelude(source);
-    check_source(spec, source)?;
+    // A `#` line is a script file's (`#!/usr/bin/env moonjail`); an expression is read
+    // as Lua's REPL reads a line, where `#t` is a length.
+    let source = if expression {
+        source.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(source)
+    } else {
+        crate::vm::load::skip_prelude(source)
+    };
     if expression {
         let mut returned = b"return ".to_vec();
         returned.extend_from_slice(source);

@@ -34,7 +34,6 @@ _S = TypeVar("_S", bound="Sandbox")
 Profile = Literal["minimal", "standard", "aos"]
 
 @final
-@disjoint_base
 class CancelToken:
     """Stops the runs it is passed to (``run(..., cancel=token)``) once cancelled."""
 
@@ -44,7 +43,6 @@ class CancelToken:
     def cancelled(self) -> bool: ...
 
 @final
-@disjoint_base
 class Outcome:
     """What a run produced (the fields of ``moonjail run --json``)."""
 
@@ -74,7 +72,6 @@ class Outcome:
     def to_json(self) -> str: ...
 
 @final
-@disjoint_base
 class Session:
     """A persistent Lua state, usable on the thread that opened it."""
 

@@ -332,6 +332,20 @@ fn expressions_evaluate_as_in_the_repl() {
     // A syntax error is the statement form's.
     let e = sb.run_with("1 +", &Json::Null, &opts).result.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Syntax);
+    // `#` starts a length here, not a shebang line to skip (found by the Python suite:
+    // `eval("#'abc'")` gave nothing).
+    assert_eq!(
+        sb.run_with("#'abc'", &Json::Null, &opts).result,
+        Ok(json!(3))
+    );
+    let mut session = sb.session().unwrap();
+    let _ = session.exec("data = {1, 2}");
+    assert_eq!(
+        session
+            .eval("#data", &moonjail::CallOptions::default())
+            .result,
+        Ok(json!(2))
+    );
 }
 
 // ---------------------------------------------------------------------------------------
