@@ -129,6 +129,8 @@ fn attach_tools(vm: &Vm, spec: &Spec, run: Arc<ToolRun>) {
 
 /// One Lua state with its environment, and the pipeline that runs code in it.
 pub(crate) struct Engine {
+    /// Declared before `vm`: its handles go before the state does.
+    names: NameCache,
     vm: Vm,
     spec: Spec,
     host: Host,
@@ -149,6 +151,7 @@ impl Engine {
     /// An engine over a state [`prepare`]d for the same spec and host.
     pub(crate) fn with_vm(vm: Vm, spec: &Spec, host: &Host, chunk_name: &str) -> Engine {
         Engine {
+            names: NameCache::default(),
             vm,
             spec: spec.clone(),
             host: host.clone(),
@@ -236,9 +239,10 @@ impl Engine {
     /// [`resolve`]).
     pub(crate) fn call(&mut self, name: &str, args: &[Json], options: &CallOptions) -> Outcome {
         let limits = self.spec.limits.lowered(options);
-        self.call_with(Instant::now(), limits, |vm, spec, chunk| {
+        let mut names = std::mem::take(&mut self.names);
+        let outcome = self.call_with(Instant::now(), limits, |vm, spec, chunk| {
             let lua = vm.lua();
-            let (f, this) = match resolve(lua, name)? {
+            let (f, this) = match resolve(lua, name, Some(&mut names))? {
                 Some(callable) => callable,
                 None => {
                     return Err(Error::new(
@@ -257,13 +261,15 @@ impl Engine {
                 values.push_back(v);
             }
             call(vm, &f, values, chunk)
-        })
+        });
+        self.names = names;
+        outcome
     }
 
     /// True when `name` (dotted or not) names a function or a callable table in the
     /// state (raw lookups: no metamethod runs).
     pub(crate) fn has_function(&self, name: &str) -> bool {
-        matches!(resolve(self.vm.lua(), name), Ok(Some(_)))
+        matches!(resolve(self.vm.lua(), name, None), Ok(Some(_)))
     }
 
     /// The one place limits are armed and disarmed around script code, the value is
@@ -422,17 +428,69 @@ fn load_code(
 fn resolve(
     lua: &mlua::Lua,
     name: &str,
+    cache: Option<&mut NameCache>,
 ) -> Result<Option<(mlua::Function, Option<mlua::Table>)>, Error> {
     let internal = |e: mlua::Error| Error::new(ErrorKind::Internal, mlua_message(&e));
     let mut parts = name.split('.');
     let first = parts.next().unwrap_or_default();
-    let mut value: Value = diag::real_globals(lua).raw_get(first).map_err(internal)?;
+    let Some(cache) = cache else {
+        let mut value: Value = diag::real_globals(lua).raw_get(first).map_err(internal)?;
+        for part in parts {
+            value = match value {
+                Value::Table(t) => t.raw_get(part).map_err(internal)?,
+                _ => return Ok(None),
+            };
+        }
+        return callable(value);
+    };
+    let globals = match &cache.globals {
+        Some(g) => g.clone(),
+        None => cache.globals.insert(diag::real_globals(lua)).clone(),
+    };
+    let mut value: Value = globals
+        .raw_get(cache.key(lua, first).map_err(internal)?)
+        .map_err(internal)?;
     for part in parts {
         value = match value {
-            Value::Table(t) => t.raw_get(part).map_err(internal)?,
+            Value::Table(t) => t
+                .raw_get(cache.key(lua, part).map_err(internal)?)
+                .map_err(internal)?,
             _ => return Ok(None),
         };
     }
+    callable(value)
+}
+
+/// The Lua strings of the names a session calls, and its real globals table, kept
+/// between calls: a session that calls `compute` a million times made the string a
+/// million times (a protected call each: a sixth of a call's cost). Bounded: the first
+/// [`NameCache::MAX`] names stay, later ones are made per call.
+#[derive(Default)]
+struct NameCache {
+    globals: Option<mlua::Table>,
+    names: Vec<(Box<str>, mlua::LuaString)>,
+}
+
+impl NameCache {
+    const MAX: usize = 32;
+    const MAX_NAME: usize = 64;
+
+    fn key(&mut self, lua: &mlua::Lua, part: &str) -> mlua::Result<mlua::LuaString> {
+        if let Some((_, s)) = self.names.iter().find(|(n, _)| &**n == part) {
+            return Ok(s.clone());
+        }
+        let s = lua.create_string(part)?;
+        if self.names.len() < Self::MAX && part.len() <= Self::MAX_NAME {
+            self.names.push((part.into(), s.clone()));
+        }
+        Ok(s)
+    }
+}
+
+/// `value` as something to call: a function, or a table whose metatable's `__call` is
+/// a function (returned with the table, its first argument).
+fn callable(value: Value) -> Result<Option<(mlua::Function, Option<mlua::Table>)>, Error> {
+    let internal = |e: mlua::Error| Error::new(ErrorKind::Internal, mlua_message(&e));
     Ok(match value {
         Value::Function(f) => Some((f, None)),
         Value::Table(t) => match t.metatable() {

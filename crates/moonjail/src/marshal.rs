@@ -145,13 +145,10 @@ pub(crate) fn to_json_all(
     values: &[Value],
     bounds: Bounds,
 ) -> Result<Vec<Json>, (usize, MarshalError)> {
-    let empty_arrays = lua
-        .named_registry_value::<Option<Table>>(EMPTY_ARRAYS_KEY)
-        .ok()
-        .flatten();
     let mut w = Walker {
         bounds,
-        empty_arrays,
+        lua: lua.clone(),
+        empty_arrays: None,
         open: Vec::new(),
         path: Vec::new(),
         bytes: 0,
@@ -172,7 +169,11 @@ pub(crate) fn to_json_all(
 
 struct Walker {
     bounds: Bounds,
-    empty_arrays: Option<Table>,
+    lua: Lua,
+    /// The set of tables `json.decode` made from empty arrays, looked up at the first
+    /// empty table (most conversions meet none, and a session call's result is often a
+    /// scalar: the registry lookup was a tenth of such a call).
+    empty_arrays: Option<Option<Table>>,
     open: Vec<*const std::ffi::c_void>,
     path: Vec<Seg>,
     bytes: usize,
@@ -317,8 +318,14 @@ impl Walker {
         }
         self.add_bytes(2)?;
         if count == 0 {
+            let lua = &self.lua;
             let is_array = self
                 .empty_arrays
+                .get_or_insert_with(|| {
+                    lua.named_registry_value::<Option<Table>>(EMPTY_ARRAYS_KEY)
+                        .ok()
+                        .flatten()
+                })
                 .as_ref()
                 .is_some_and(|set| matches!(set.raw_get::<Value>(t), Ok(Value::Boolean(true))));
             return Ok(if is_array {

@@ -92,3 +92,45 @@ fn calling_a_missing_function_is_a_runtime_error() {
     assert_eq!(out.error().unwrap().kind, ErrorKind::Runtime);
     assert!(s.exec("return 1").is_ok());
 }
+
+/// A session keeps the names it calls between calls (engine.rs `NameCache`); what a
+/// name means must still be read afresh at every call.
+#[test]
+fn a_called_name_is_looked_up_again_at_every_call() {
+    let sb = sandbox();
+    let mut s = sb.session().unwrap();
+    assert!(s
+        .exec("function f() return 1 end M = {g = function() return 'a' end}")
+        .is_ok());
+    assert_eq!(s.call("f", &[]).result, Ok(json!(1)));
+    assert_eq!(s.call("M.g", &[]).result, Ok(json!("a")));
+    // Redefined, replaced, removed: each call sees the state as it is now.
+    assert!(s
+        .exec("function f() return 2 end M = {g = function() return 'b' end}")
+        .is_ok());
+    assert_eq!(s.call("f", &[]).result, Ok(json!(2)));
+    assert_eq!(s.call("M.g", &[]).result, Ok(json!("b")));
+    assert!(s.exec("f = nil").is_ok());
+    assert_eq!(
+        s.call("f", &[]).error().map(|e| e.kind),
+        Some(ErrorKind::Runtime)
+    );
+    // More names than the cache keeps, and long ones, still resolve.
+    let defs: String = (0..40)
+        .map(|i| format!("function name_{i}() return {i} end\n"))
+        .collect();
+    let long = "x".repeat(100);
+    assert!(s
+        .exec(format!("{defs}\nfunction {long}() return 'long' end"))
+        .is_ok());
+    for round in 0..2 {
+        for i in 0..40 {
+            assert_eq!(
+                s.call(&format!("name_{i}"), &[]).result,
+                Ok(json!(i)),
+                "round {round}"
+            );
+        }
+        assert_eq!(s.call(&long, &[]).result, Ok(json!("long")));
+    }
+}
