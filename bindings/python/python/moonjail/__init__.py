@@ -17,8 +17,7 @@ README for the whole API.
 from __future__ import annotations
 
 import asyncio
-import functools
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 from . import _native
 from ._errors import (
@@ -91,27 +90,26 @@ class Sandbox(_native.Sandbox):
     ) -> Outcome:
         """``run`` on the event loop's default executor; cancelling the awaiting task
         stops the script (within about 50 ms) and raises ``CancelledError``."""
-        token = CancelToken()
-        loop = asyncio.get_running_loop()
-        call = functools.partial(self.run, code, input, lint=lint, cancel=token)
-        future = loop.run_in_executor(None, call)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            token.cancel()
-            raise
+        outcome: Outcome = await _cancellable(
+            lambda token: self.run(code, input, lint=lint, cancel=token)
+        )
+        return outcome
 
     async def eval_async(self, code: Union[str, bytes], input: Any = None) -> Any:
         """``eval`` on the event loop's default executor (cancellable as ``run_async``)."""
-        token = CancelToken()
-        loop = asyncio.get_running_loop()
-        call = functools.partial(self.eval, code, input, cancel=token)
-        future = loop.run_in_executor(None, call)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            token.cancel()
-            raise
+        return await _cancellable(lambda token: self.eval(code, input, cancel=token))
+
+
+async def _cancellable(call: Callable[[CancelToken], Any]) -> Any:
+    """``call(token)`` on the default executor; the token is cancelled, stopping the
+    script, when the awaiting task is."""
+    token = CancelToken()
+    future = asyncio.get_running_loop().run_in_executor(None, call, token)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        token.cancel()
+        raise
 
 
 def run(
