@@ -66,6 +66,7 @@ pub(crate) fn rearm_this_thread() {}
 #[cfg(target_os = "linux")]
 mod timer {
     use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     use std::time::Instant;
 
@@ -94,10 +95,37 @@ mod timer {
         static LIVE_TIMER: Cell<Option<libc::timer_t>> = const { Cell::new(None) };
     }
 
+    /// Bumped in a child process right after `fork`: POSIX timers are not inherited, so
+    /// a timer id the forking thread kept names no timer in the child, and arming it
+    /// would silently arm nothing (a script forked off a host that had run one before
+    /// then ran past its deadline forever).
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+
+    extern "C" fn after_fork_in_child() {
+        FORKS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    thread_local! {
+        /// The value of `FORKS` when this thread's timer was made.
+        static TIMER_FORKS: Cell<u64> = const { Cell::new(0) };
+    }
+
     fn this_thread_timer() -> Option<libc::timer_t> {
+        static AT_FORK: std::sync::Once = std::sync::Once::new();
+        AT_FORK.call_once(|| {
+            // SAFETY: registers a child handler that only bumps an atomic (async-signal
+            // safe, as a handler run after fork in a multithreaded process must be).
+            unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        });
         TIMER.with(|t| {
             if let Some(timer) = t.0.get() {
-                return Some(timer);
+                if TIMER_FORKS.with(Cell::get) == FORKS.load(Ordering::Relaxed) {
+                    return Some(timer);
+                }
+                // Made before a fork: it does not exist in this process. Forget it
+                // (deleting could only fail, or hit a timer of this process).
+                t.0.set(None);
+                LIVE_TIMER.with(|live| live.set(None));
             }
             // SAFETY: a zeroed sigevent is valid; we fill the fields SIGEV_THREAD_ID
             // needs and let the kernel write the new timer's id.
@@ -117,6 +145,7 @@ mod timer {
                 timer
             };
             t.0.set(Some(timer));
+            TIMER_FORKS.with(|f| f.set(FORKS.load(Ordering::Relaxed)));
             LIVE_TIMER.with(|live| live.set(Some(timer)));
             Some(timer)
         })

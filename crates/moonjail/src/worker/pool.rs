@@ -9,7 +9,12 @@
 //!
 //! Dropping the pool (the last clone of its `Sandbox`) stops the keeper and kills and
 //! reaps every worker: no process, zombie or descriptor outlives it.
+//!
+//! After a `fork`, the child's copy of the pool leaves the parent's workers alone and
+//! spawns its own on demand (see `Pool::after_fork`). A fork while another thread is
+//! inside the pool (holding its lock) is not survivable, as with any lock and `fork`.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,6 +30,9 @@ use crate::outcome::Outcome;
 pub(crate) struct Pool {
     shared: Arc<Shared>,
     keeper: Mutex<Option<JoinHandle<()>>>,
+    /// The process the pool serves: its maker, or the forked child that took it over
+    /// (see [`Pool::after_fork`]).
+    owner: AtomicU32,
 }
 
 struct Shared {
@@ -205,12 +213,38 @@ impl Pool {
         Ok(Pool {
             shared,
             keeper: Mutex::new(Some(keeper)),
+            owner: AtomicU32::new(std::process::id()),
         })
+    }
+
+    /// In a process forked off the pool's maker (Python's `multiprocessing`, a
+    /// pre-forking server): the workers are the parent's and the keeper thread did not
+    /// survive the fork. Forgets both, once, so that this process spawns workers of its
+    /// own on demand (without prespawning) and never touches the parent's.
+    fn after_fork(&self) {
+        let here = std::process::id();
+        if self.owner.swap(here, Ordering::Relaxed) == here {
+            return;
+        }
+        let mut state = self.shared.lock();
+        // Dropping the parent's workers here only closes this process's descriptors
+        // (`Worker`'s drop knows whose they are).
+        state.idle.clear();
+        state.retired.clear();
+        state.live = 0;
+        state.prespawning = 0;
+        state.paused = true;
+        // Never joined: the thread is not in this process.
+        if let Some(keeper) = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            std::mem::forget(keeper);
+        }
+        self.shared.changed.notify_all();
     }
 
     /// Runs a job on a worker of the pool.
     pub(crate) fn run(&self, job: &Job) -> Outcome {
         let start = Instant::now();
+        self.after_fork();
         let mut worker = match self.shared.acquire() {
             Ok(worker) => worker,
             Err(message) => {
@@ -227,6 +261,7 @@ impl Pool {
     /// worker no longer counts against the pool's size; give it back with
     /// [`Pool::retire`].
     pub(crate) fn take(&self) -> Result<Worker, String> {
+        self.after_fork();
         let mut state = self.shared.lock();
         while let Some(worker) = state.idle.pop() {
             state.live -= 1;
@@ -332,6 +367,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        self.after_fork();
         let (idle, retired) = {
             let mut state = self.shared.lock();
             state.shutdown = true;

@@ -256,6 +256,13 @@ impl WorkerSession {
         let Some(worker) = self.worker.as_mut() else {
             return Err(lost());
         };
+        if !worker.belongs_here() {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "the session's worker belongs to the process that opened the session; \
+                 a forked process opens sessions of its own",
+            ));
+        }
         let host = Host {
             files: &*files,
             tools,
@@ -287,6 +294,10 @@ impl WorkerSession {
 impl Drop for WorkerSession {
     fn drop(&mut self) {
         if let Some(mut worker) = self.worker.take() {
+            if !worker.belongs_here() {
+                // A forked copy: the worker is the parent's (dropping only closes fds).
+                return;
+            }
             worker.send_close();
             self.pool.retire(worker);
         }

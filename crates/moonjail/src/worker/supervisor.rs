@@ -557,6 +557,10 @@ impl Processes {
 /// whose only child is the locked-down worker), and the channel to it.
 #[derive(Debug)]
 pub(crate) struct Worker {
+    /// The process that spawned the worker. After a `fork`, the child holds a copy of
+    /// this handle: the worker is still the parent's, so the child must neither use it
+    /// nor kill it (its pidfd would let it).
+    owner: u32,
     processes: Processes,
     /// `/proc/WORKER/stat`, opened once the worker was ready, for the CPU watch.
     stat: Option<File>,
@@ -615,6 +619,7 @@ impl Worker {
         // used), never through `child`, which has nothing left to release.
         drop(child);
         let mut worker = Worker {
+            owner: std::process::id(),
             processes: Processes {
                 spawned,
                 worker: None,
@@ -1076,6 +1081,10 @@ impl Worker {
     /// Kills the worker and reaps it and its relay (see the module docs: no zombie is
     /// left to anyone).
     pub(crate) fn kill(&mut self) -> Option<ExitStatus> {
+        // In a forked child the worker is the parent's: never signalled from here.
+        if !self.belongs_here() {
+            return None;
+        }
         self.processes.kill().map(|ended| ended.status)
     }
 
@@ -1121,8 +1130,17 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// False in a process forked off the one that spawned the worker.
+    pub(crate) fn belongs_here(&self) -> bool {
+        self.owner == std::process::id()
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
+        // In a forked child, `kill` leaves the parent's worker alone: dropping this copy
+        // only closes its descriptors.
         self.kill();
     }
 }
