@@ -28,6 +28,7 @@ from ._errors import (
     InstructionLimitError,
     InternalError,
     InterruptedRunError,
+    ReplayDivergenceError,
     LimitError,
     LintError,
     LuaRuntimeError,
@@ -69,6 +70,7 @@ __all__ = [
     "InternalError",
     "LintError",
     "InterruptedRunError",
+    "ReplayDivergenceError",
     "ConfigError",
     "ToolError",
 ]
