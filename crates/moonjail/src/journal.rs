@@ -980,7 +980,14 @@ pub fn replay_journal(journal: &Journal, options: &ReplayOptions) -> Result<Outc
         None => None,
     };
     if let Some(message) = message {
-        outcome.result = Err(Error::new(ErrorKind::ReplayDivergence, message));
+        // Where the script was stopped (the call that diverged, or where the stop
+        // check caught it after a `pcall`), when it was.
+        let mut error = Error::new(ErrorKind::ReplayDivergence, message);
+        if let Err(stopped) = &outcome.result {
+            error.line = stopped.line;
+            error.traceback = stopped.traceback.clone();
+        }
+        outcome.result = Err(error);
         outcome.more_results.clear();
         outcome.result_count = 0;
     }

@@ -191,6 +191,8 @@ fn journal_an_edited_source_diverges_at_the_step_that_differs() {
         let e = out.error().expect("a divergence");
         assert_eq!(e.kind, ErrorKind::ReplayDivergence, "{mode}: {e:?}");
         assert!(e.message.starts_with("step 2 (tool call 2)"), "{mode}: {e}");
+        // Where the script asked: the line of the second call.
+        assert_eq!(e.line, Some(3), "{mode}: {e:?}");
         assert!(e.message.contains(r#"records `rand.next({"k":2})`"#), "{e}");
         assert!(e.message.contains(r#"asked `rand.next({"k":3})`"#), "{e}");
         assert_eq!(ErrorKind::ReplayDivergence.as_str(), "replay_divergence");
