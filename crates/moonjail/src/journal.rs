@@ -156,7 +156,7 @@ impl JournalWriter {
 
     /// Writes `line` and a newline, whole, then flushes; refuses a line past the limit.
     fn line(&mut self, line: &Json) -> Result<(), JournalError> {
-        let mut text = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        let mut text = line_text(line)?;
         text.push(b'\n');
         let len = text.len() as u64;
         if let Some(limit) = self.limit {
@@ -183,6 +183,35 @@ impl JournalWriter {
         }
         Ok(())
     }
+}
+
+/// A line's JSON text, `v` and `type` first (a reader can tell a journal by its first
+/// bytes, `{"v":1,"type":"start"`), the other keys after them, sorted.
+fn line_text(line: &Json) -> Result<Vec<u8>, JournalError> {
+    let Json::Object(map) = line else {
+        return Ok(serde_json::to_vec(line).map_err(std::io::Error::other)?);
+    };
+    let first = ["v", "type"];
+    let keys = first
+        .iter()
+        .copied()
+        .filter(|k| map.contains_key(*k))
+        .chain(
+            map.keys()
+                .map(String::as_str)
+                .filter(|k| !first.contains(k)),
+        );
+    let mut text = vec![b'{'];
+    for (i, key) in keys.enumerate() {
+        if i > 0 {
+            text.push(b',');
+        }
+        serde_json::to_writer(&mut text, key).map_err(std::io::Error::other)?;
+        text.push(b':');
+        serde_json::to_writer(&mut text, &map[key]).map_err(std::io::Error::other)?;
+    }
+    text.push(b'}');
+    Ok(text)
 }
 
 /// A journal being written by one run, shared by its taps.
@@ -240,7 +269,7 @@ impl ToolTap for Recording {
         let step = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
         // A call whose arguments alone would pass the limit is not made.
         let mut line = json!({"type": "tool", "step": step, "name": name, "args": args});
-        let head = serde_json::to_vec(&line).map_or(u64::MAX, |t| t.len() as u64);
+        let head = line_text(&line).map_or(u64::MAX, |t| t.len() as u64 + 1);
         if !self.writer().fits(head) {
             let limit = self.writer().limit.unwrap_or(0);
             self.fail(JournalError::Limit { limit });

@@ -247,7 +247,7 @@ pub struct ToolRegistry {
     /// Set in a worker process: every call goes through it (the functions are
     /// placeholders, never called).
     relay: Option<Arc<dyn Relay>>,
-    /// Set for a journaled run (see [`crate::journal`]): every call the host runs goes
+    /// Set for a journaled run (`Sandbox::run_journaled`): every call the host runs goes
     /// through it, which records it (or, replaying, answers it from the journal).
     tap: Option<Arc<dyn ToolTap>>,
 }

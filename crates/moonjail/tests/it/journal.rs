@@ -152,6 +152,7 @@ fn journal_a_replay_gives_the_recorded_outcome_without_calling_a_tool() {
 fn journal_lines_are_versioned_json_with_the_source_hash() {
     let sandbox = tools(Arc::default()).build().unwrap();
     let (_, journal) = record(&sandbox, SCRIPT);
+    assert!(journal.starts_with(br#"{"v":1,"type":"start","#));
     let lines: Vec<Json> = journal
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -170,6 +171,10 @@ fn journal_lines_are_versioned_json_with_the_source_hash() {
     let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["start", "tool", "tool", "tool", "tool", "end"]);
     assert_eq!(lines[1]["name"], json!("rand.next"));
+    assert!(String::from_utf8_lossy(&journal)
+        .lines()
+        .skip(1)
+        .all(|l| l.starts_with(r#"{"type":""#)));
     assert_eq!(lines[1]["args"], json!(["first"]));
     assert_eq!(lines[3]["error"], json!("the service is down"));
     assert_eq!(lines[4]["args"], json!([{"x": "not an integer"}]));
