@@ -158,13 +158,18 @@ impl JournalWriter {
     fn line(&mut self, line: &Json) -> Result<(), JournalError> {
         let mut text = line_text(line)?;
         text.push(b'\n');
+        self.text(&text)
+    }
+
+    /// Writes one whole line, `\n` included; refuses a line past the limit.
+    fn text(&mut self, text: &[u8]) -> Result<(), JournalError> {
         let len = text.len() as u64;
         if let Some(limit) = self.limit {
             if self.written.saturating_add(len) > limit {
                 return Err(JournalError::Limit { limit });
             }
         }
-        self.out.write_all(&text)?;
+        self.out.write_all(text)?;
         self.out.flush()?;
         self.written += len;
         Ok(())
@@ -267,26 +272,51 @@ impl ToolTap for Recording {
             return Err(ToolError::new(JOURNAL_FAILED));
         }
         let step = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
-        // A call whose arguments alone would pass the limit is not made.
-        let mut line = json!({"type": "tool", "step": step, "name": name, "args": args});
-        let head = line_text(&line).map_or(u64::MAX, |t| t.len() as u64 + 1);
-        if !self.writer().fits(head) {
-            let limit = self.writer().limit.unwrap_or(0);
-            self.fail(JournalError::Limit { limit });
+        // The line is written as text, in one pass over the arguments and one over the
+        // answer (no copy of either): `{"type":"tool","step":N,"name":…,"args":[…]`, then
+        // `,"ok":true,"result":…}` or `,"ok":false,"error":…}`.
+        let mut line = format!("{{\"type\":\"tool\",\"step\":{step},\"name\":").into_bytes();
+        let head = serde_json::to_writer(&mut line, name)
+            .and_then(|()| {
+                line.extend_from_slice(b",\"args\":");
+                serde_json::to_writer(&mut line, &args)
+            })
+            .map_err(std::io::Error::other);
+        if let Err(e) = head {
+            self.fail(e.into());
             return Err(ToolError::new(JOURNAL_FAILED));
         }
-        let result = real(args);
-        match &result {
-            Ok(value) => {
-                line["ok"] = Json::Bool(true);
-                line["result"] = value.clone();
-            }
-            Err(e) => {
-                line["ok"] = Json::Bool(false);
-                line["error"] = Json::String(e.message().to_string());
+        // A call whose arguments alone would pass the limit is not made.
+        {
+            let writer = self.writer();
+            if !writer.fits(line.len() as u64 + 2) {
+                let limit = writer.limit.unwrap_or(0);
+                drop(writer);
+                self.fail(JournalError::Limit { limit });
+                return Err(ToolError::new(JOURNAL_FAILED));
             }
         }
-        if !self.record(&line) {
+        let result = real(args);
+        let tail = match &result {
+            Ok(value) => {
+                line.extend_from_slice(b",\"ok\":true,\"result\":");
+                serde_json::to_writer(&mut line, value)
+            }
+            Err(e) => {
+                line.extend_from_slice(b",\"ok\":false,\"error\":");
+                serde_json::to_writer(&mut line, e.message())
+            }
+        };
+        line.extend_from_slice(b"}\n");
+        let written = match tail {
+            Err(e) => Err(std::io::Error::other(e).into()),
+            Ok(()) if self.has_failed() => Err(JournalError::Io(std::io::Error::other(
+                "the journal failed",
+            ))),
+            Ok(()) => self.writer().text(&line),
+        };
+        if let Err(e) = written {
+            self.fail(e);
             return Err(ToolError::new(JOURNAL_FAILED));
         }
         result
@@ -513,7 +543,12 @@ impl Sandbox {
             return Err(e);
         }
         let mut writer = recording.writer();
-        writer.line(&json!({"type": "end", "outcome": outcome.to_json()}))?;
+        // Written straight from the outcome (no JSON value built: the document lists
+        // every tool call).
+        let mut end = b"{\"type\":\"end\",\"outcome\":".to_vec();
+        serde_json::to_writer(&mut end, &outcome).map_err(std::io::Error::other)?;
+        end.extend_from_slice(b"}\n");
+        writer.text(&end)?;
         writer.sync()?;
         Ok(outcome)
     }
