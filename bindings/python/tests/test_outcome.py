@@ -29,6 +29,7 @@ KINDS = {
     "internal": moonjail.InternalError,
     "lint": moonjail.LintError,
     "interrupted": moonjail.InterruptedRunError,
+    "replay_divergence": moonjail.ReplayDivergenceError,
 }
 
 

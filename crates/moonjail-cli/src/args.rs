@@ -319,7 +319,7 @@ pub fn duration(text: &str) -> anyhow::Result<Option<Duration>> {
 }
 
 #[cfg(target_os = "linux")]
-fn allow_missing(
+pub fn allow_missing(
     config: moonjail::ProcessConfigBuilder,
     list: Option<&str>,
 ) -> anyhow::Result<moonjail::ProcessConfigBuilder> {
@@ -342,7 +342,7 @@ fn allow_missing(
 }
 
 #[cfg(not(target_os = "linux"))]
-fn allow_missing(
+pub fn allow_missing(
     config: moonjail::ProcessConfigBuilder,
     list: Option<&str>,
 ) -> anyhow::Result<moonjail::ProcessConfigBuilder> {

@@ -11,6 +11,7 @@ mod lint;
 mod mcp;
 mod output;
 mod profile;
+mod replay;
 mod run;
 mod serve;
 mod session;
@@ -26,6 +27,7 @@ use crate::doctor::doctor;
 use crate::lint::{lint, LintArgs};
 use crate::mcp::{mcp, McpArgs};
 use crate::profile::{profile, ProfileCommand};
+use crate::replay::{replay, ReplayArgs};
 use crate::run::{run, RunArgs};
 use crate::serve::{keys, serve, KeysCommand, ServeArgs};
 use crate::session::{session, SessionArgs};
@@ -70,6 +72,7 @@ enum Command {
     ///   "error"             null, or {"kind", "message", "line", "traceback", "value", "hint"}:
     ///     "kind"       syntax runtime memory_limit instruction_limit timeout output_limit
     ///                  input result forbidden interrupted killed internal
+    ///                  replay_divergence (`moonjail replay`)
     ///     "message"    Lua's message; for a limit, which limit, its value and where the
     ///                  script was stopped ("ran past its 200 ms deadline (stopped at line 3
     ///                  in function 'spin')")
@@ -104,6 +107,10 @@ enum Command {
     /// Host tools (see --tool and --allow-http):
     ///   moonjail run examples/agent_http.lua --allow-http 127.0.0.1:8765 --input '{"city": "Lyon"}'
     ///   moonjail run -e 'return calc.add(2, 3)' --tool 'calc.add=sh add.sh' --json
+    ///
+    /// Durable runs (see --journal, `moonjail replay --help`, docs/JOURNAL.md):
+    ///   moonjail run agent.lua --tool 'calc.add=sh add.sh' --journal run.jsonl
+    ///   moonjail replay run.jsonl --json             # same outcome, add.sh is not run
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
     /// Check a script against the sandbox `run` would give it, without running it.
@@ -133,6 +140,27 @@ enum Command {
     ///   moonjail run --lint agent.lua     # lint first; error findings: not run (kind "lint")
     #[command(verbatim_doc_comment)]
     Lint(Box<LintArgs>),
+    /// Re-execute a run recorded with `moonjail run --journal FILE`, without calling a
+    /// tool or reading a file: the recorded source (or --source FILE) runs with the
+    /// recorded sandbox, input, time and seed; every tool call is answered from the
+    /// journal, in order, and every module or file read with the recorded content.
+    ///
+    /// The outcome is the recorded run's (but for wall times and tool call durations),
+    /// printed as `run` prints it. If the script asks for something the journal does not
+    /// have next (another tool, other arguments, one call too many or too few, a file
+    /// the recorded run did not read), the replay stops with error kind
+    /// "replay_divergence", whose message names the step, what was recorded and what was
+    /// asked.
+    ///
+    /// Exit status: as `run` (0 ok, 1 the script failed or diverged), 2 for a journal
+    /// that cannot be read (missing, truncated, corrupt, over --journal-limit).
+    ///
+    /// Examples:
+    ///   moonjail run agent.lua --tool 'dice.roll=sh roll.sh' --journal run.jsonl
+    ///   moonjail replay run.jsonl --json          # the same outcome; roll.sh is not run
+    ///   moonjail replay run.jsonl --source agent-fixed.lua   # the fix against that run
+    #[command(verbatim_doc_comment)]
+    Replay(Box<ReplayArgs>),
     /// Drive one persistent sandbox over JSON lines: one request per line on stdin, one
     /// response per line on stdout, so any language can host a Lua VM over a pipe.
     ///
@@ -326,6 +354,7 @@ impl Cli {
     fn json(&self) -> bool {
         match &self.command {
             Command::Run(args) => args.json,
+            Command::Replay(args) => args.json,
             Command::Lint(args) => args.json,
             Command::Check(args) => args.json,
             Command::Tools(args) => args.json,
@@ -347,6 +376,7 @@ impl Cli {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(*args),
+        Command::Replay(args) => replay(*args),
         Command::Lint(args) => lint(*args),
         Command::Session(args) => session(args),
         Command::Mcp(args) => mcp(*args),

@@ -56,6 +56,23 @@ pub struct RunArgs {
     /// not printed. A failure is reported on stderr (status 1).
     #[arg(long)]
     pub raw: bool,
+    /// Record the run into a journal (JSON lines, see docs/JOURNAL.md): the spec, the
+    /// source, the input, the time and seed, every tool call with its answer, every
+    /// module and file read with its content, and the outcome. `moonjail replay FILE`
+    /// re-executes it without calling a tool or reading a file. Without --deterministic
+    /// the run is made deterministic with the current time and a fresh seed, both
+    /// recorded (os.time() does not advance during the run, os.clock() is 0).
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<PathBuf>,
+    /// With --journal: the journal's size limit; a run whose journal would pass it is
+    /// stopped (status 2, the journal left without its "end" line). `none` for no limit.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "16MiB",
+        requires = "journal"
+    )]
+    pub journal_limit: String,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -64,6 +81,7 @@ pub struct RunArgs {
 /// status 1 when the script failed.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let source_limit = args::size(&args.sandbox.source_limit).context("--source-limit")?;
+    let journal_limit = args::size(&args.journal_limit).context("--journal-limit")?;
     let input_limit = args::size(&args.input_limit).context("--input-limit")?;
     let (source, name) = read_script(args.code.as_deref(), args.file.as_deref(), source_limit)?;
     let sandbox = args.sandbox.build(args.require_run, args.require_table)?;
@@ -120,7 +138,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             {
                 crate::lint::print_findings(&name, &source, report, &mut std::io::stderr())?;
             }
-            let mut outcome = sandbox.run_with(&source, &input, &options);
+            let mut outcome = match &args.journal {
+                Some(path) => {
+                    let journal = moonjail::JournalWriter::create(path)
+                        .with_context(|| format!("--journal {}", path.display()))?
+                        .limit(journal_limit.map(|l| l as u64));
+                    sandbox
+                        .run_journaled(&source, &input, &options, journal)
+                        .with_context(|| format!("--journal {}", path.display()))?
+                }
+                None => sandbox.run_with(&source, &input, &options),
+            };
             outcome.lint = report;
             outcome
         }
@@ -132,10 +160,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    print_outcome(&outcome, args.json, args.raw)
+}
+
+/// Prints `outcome` as `run` does (--json, --raw or for people); status 1 when the script
+/// failed.
+pub fn print_outcome(
+    outcome: &moonjail::Outcome,
+    json: bool,
+    raw: bool,
+) -> anyhow::Result<ExitCode> {
     let mut stdout = output::stdout();
-    if args.json {
-        writeln!(stdout, "{}", moonjail::to_json_line(&outcome))?;
-    } else if args.raw {
+    if json {
+        writeln!(stdout, "{}", moonjail::to_json_line(outcome))?;
+    } else if raw {
         match &outcome.result {
             Ok(serde_json::Value::Null) => {}
             Ok(serde_json::Value::String(s)) => writeln!(stdout, "{s}")?,

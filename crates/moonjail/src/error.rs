@@ -41,11 +41,16 @@ pub enum ErrorKind {
     /// The linter found errors before the run (`run --lint`), so the script was not run;
     /// the findings are in [`crate::Outcome::lint`].
     Lint,
+    /// A replay of a journal ([`crate::replay`]) stopped because the script asked for
+    /// something other than what the journal recorded next (another tool, other
+    /// arguments, a call past the last recorded one, fewer calls); the message names the
+    /// step, what was recorded and what was asked.
+    ReplayDivergence,
 }
 
 impl ErrorKind {
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::Syntax,
         ErrorKind::Runtime,
         ErrorKind::MemoryLimit,
@@ -59,6 +64,7 @@ impl ErrorKind {
         ErrorKind::Killed,
         ErrorKind::Internal,
         ErrorKind::Lint,
+        ErrorKind::ReplayDivergence,
     ];
 
     /// The stable name used in JSON outcomes.
@@ -77,6 +83,7 @@ impl ErrorKind {
             ErrorKind::Killed => "killed",
             ErrorKind::Internal => "internal",
             ErrorKind::Lint => "lint",
+            ErrorKind::ReplayDivergence => "replay_divergence",
         }
     }
 

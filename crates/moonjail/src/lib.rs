@@ -55,6 +55,7 @@ mod error;
 pub mod fuzzing;
 mod host;
 mod input;
+mod journal;
 mod limits;
 mod lint;
 mod marshal;
@@ -75,6 +76,10 @@ pub use diag::{Diagnostics, RequireRecord};
 pub use error::{ConfigError, Error, ErrorKind, Frame, Result, MAX_FRAMES, MAX_MESSAGE_BYTES};
 pub use host::{Determinism, HostFiles};
 pub use input::parse_input;
+pub use journal::{
+    replay, replay_journal, Journal, JournalError, JournalWriter, ReplayOptions,
+    DEFAULT_JOURNAL_LIMIT, JOURNAL_VERSION,
+};
 pub use limits::Limits;
 pub use lint::{Finding, LintReport, Manifest, Severity};
 pub use outcome::{to_json_line, Budget, Outcome, OutcomeDoc, Stats};

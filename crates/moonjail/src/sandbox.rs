@@ -44,6 +44,12 @@ pub struct SandboxBuilder {
 }
 
 impl SandboxBuilder {
+    /// Replaces the whole spec (a journal's, replayed).
+    pub(crate) fn spec(mut self, spec: Spec) -> Self {
+        self.spec = spec;
+        self
+    }
+
     /// Selects the profile. By default, [`Profile::Standard`].
     pub fn profile(mut self, profile: Profile) -> Self {
         self.spec.profile = profile;
@@ -674,6 +680,18 @@ impl Sandbox {
             catalogue.extend(crate::tools::json_entries());
         }
         catalogue
+    }
+
+    /// This sandbox with another spec and host (a journaled run's or a replay's taps),
+    /// sharing its workers; no prepared states.
+    pub(crate) fn variant(&self, spec: Spec, host: Host) -> Sandbox {
+        Sandbox {
+            spec,
+            host,
+            isolation: self.isolation.clone(),
+            prepared: None,
+            lint: Arc::clone(&self.lint),
+        }
     }
 
     /// What runs get from the host besides the spec.

@@ -27,6 +27,7 @@ from ._errors import (
     InstructionLimitError,
     InternalError,
     InterruptedRunError,
+    ReplayDivergenceError,
     LimitError,
     LintError,
     LuaRuntimeError,
@@ -68,6 +69,7 @@ __all__ = [
     "InternalError",
     "LintError",
     "InterruptedRunError",
+    "ReplayDivergenceError",
     "ConfigError",
     "ToolError",
 ]

@@ -158,6 +158,14 @@ class InterruptedRunError(SandboxError):
     kind = "interrupted"
 
 
+class ReplayDivergenceError(SandboxError):
+    """A replay of a journal stopped because the script asked for something other than
+    what the journal recorded next (``"replay_divergence"``); the message names the
+    step, what was recorded and what was asked."""
+
+    kind = "replay_divergence"
+
+
 class ConfigError(ValueError):
     """A sandbox cannot be built as configured (an unknown profile, a bad limit, a tool
     name that is not a Lua identifier, ...)."""
@@ -188,6 +196,7 @@ _BY_KIND: Dict[str, Type[SandboxError]] = {
         InternalError,
         LintError,
         InterruptedRunError,
+        ReplayDivergenceError,
     )
 }
 

@@ -12,6 +12,7 @@ mod catalogue;
 mod contract;
 mod corpus;
 mod isolated;
+mod journal;
 mod json_errors;
 mod lint;
 mod mcp;

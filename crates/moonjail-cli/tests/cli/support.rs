@@ -300,6 +300,7 @@ pub fn assert_document_shape(doc: &Json) {
             "killed",
             "internal",
             "lint",
+            "replay_divergence",
         ];
         assert!(
             kinds.contains(&doc["error"]["kind"].as_str().unwrap()),

@@ -247,6 +247,22 @@ pub struct ToolRegistry {
     /// Set in a worker process: every call goes through it (the functions are
     /// placeholders, never called).
     relay: Option<Arc<dyn Relay>>,
+    /// Set for a journaled run (`Sandbox::run_journaled`): every call the host runs goes
+    /// through it, which records it (or, replaying, answers it from the journal).
+    tap: Option<Arc<dyn ToolTap>>,
+}
+
+/// What sees every call a host-side registry runs, before its schema check: the journal
+/// records the arguments as the script gave them and the answer as the script got it
+/// (a schema failure, a panic and the tool's error included).
+pub(crate) trait ToolTap: Send + Sync {
+    /// Performs call `name`: `real` runs it as an untapped registry would.
+    fn call(
+        &self,
+        name: &str,
+        args: Vec<Json>,
+        real: &mut dyn FnMut(Vec<Json>) -> Result<Json, ToolError>,
+    ) -> Result<Json, ToolError>;
 }
 
 /// A tool's spec, and its parameter schema compiled once (`None`: not checked).
@@ -263,6 +279,7 @@ impl fmt::Debug for ToolRegistry {
             .field("described", &self.specs.keys().collect::<Vec<_>>())
             .field("quota", &self.quota)
             .field("relayed", &self.relay.is_some())
+            .field("tapped", &self.tap.is_some())
             .finish()
     }
 }
@@ -538,6 +555,23 @@ impl ToolRegistry {
         if let Some(relay) = &self.relay {
             return relay.call(name, Ok(args));
         }
+        if let Some(tap) = &self.tap {
+            return tap.call(name, args, &mut |args| {
+                self.call_untapped(ctx, f, name, args)
+            });
+        }
+        self.call_untapped(ctx, f, name, args)
+    }
+
+    /// The call of tool `f` (named `name`): its schema check, then the tool, a panic
+    /// contained.
+    fn call_untapped(
+        &self,
+        ctx: &ToolContext,
+        f: &Arc<ToolFn>,
+        name: &str,
+        args: Vec<Json>,
+    ) -> Result<Json, ToolError> {
         // Before the tool runs: a tool with a schema only ever sees arguments that match.
         let args = match self.specs.get(name).and_then(|d| d.args.as_ref()) {
             Some(schema) => schema.check(args)?,
@@ -553,6 +587,14 @@ impl ToolRegistry {
                     .unwrap_or_else(|| "(no message)".to_string());
                 Err(ToolError::new(format!("the tool panicked: {what}")))
             }
+        }
+    }
+
+    /// This registry with every call going through `tap` (a journaled run's).
+    pub(crate) fn tapped(&self, tap: Arc<dyn ToolTap>) -> ToolRegistry {
+        ToolRegistry {
+            tap: Some(tap),
+            ..self.clone()
         }
     }
 

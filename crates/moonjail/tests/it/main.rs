@@ -20,6 +20,7 @@ mod interrupt;
 mod isolated;
 mod isolated_aos;
 mod isolated_session;
+mod journal;
 mod json_lib;
 mod lint;
 mod marshal;

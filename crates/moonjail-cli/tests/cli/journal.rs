@@ -1,0 +1,220 @@
+//! Durable runs through the command line: `run --journal FILE` records a run, `replay
+//! FILE` re-executes it without running a tool, in process and with `--isolate`.
+
+use crate::support::*;
+
+/// A command tool answering a random number, and appending its arguments to calls.log
+/// on every call: a side effect a replay must not repeat.
+const RNG: &str = r#"read -r args
+echo "$args" >> calls.log
+n=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+printf '{"n": %s, "args": %s}\n' "$n" "$args"
+"#;
+
+const SCRIPT: &str = r#"
+local a = rng.next("a")
+local b = rng.next({step = 2})
+print("sum", a.n + b.n, "roll", math.random(1, 6), "at", os.time())
+return {a = a, b = b}
+"#;
+
+fn calls(dir: &TempDir) -> usize {
+    std::fs::read_to_string(dir.path().join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+fn setup() -> TempDir {
+    let dir = TempDir::new();
+    dir.write("rng.sh", RNG);
+    dir.write("script.lua", SCRIPT);
+    dir.write("edited.lua", SCRIPT.replace("{step = 2}", "{step = 3}"));
+    dir
+}
+
+#[test]
+fn journal_a_run_replays_to_the_same_document_without_running_the_tool() {
+    let flags = isolate_flags();
+    for isolate in [false, true] {
+        let dir = setup();
+        let run = with_isolation(
+            &[
+                "run",
+                "script.lua",
+                "--tool",
+                "rng.next=sh rng.sh",
+                "--journal",
+                "run.jsonl",
+                "--json",
+            ],
+            isolate,
+            &flags,
+        );
+        let recorded = moonjail(dir.path(), &run, None);
+        assert_eq!(recorded.code, Some(0), "{recorded:?}");
+        assert_eq!(calls(&dir), 2);
+        let replay = with_isolation(&["replay", "run.jsonl", "--json"], isolate, &flags);
+        let replayed = moonjail(dir.path(), &replay, None);
+        assert_eq!(replayed.code, Some(0), "{replayed:?}");
+        assert_eq!(essence(replayed.json()), essence(recorded.json()));
+        // The tool did not run again.
+        assert_eq!(calls(&dir), 2, "isolate: {isolate}");
+        // Without --json: the script's output and the result, as `run` prints them.
+        let human = moonjail(dir.path(), &["replay", "run.jsonl"], None);
+        assert_eq!(human.code, Some(0), "{human:?}");
+        let printed = recorded.json()["output"].as_str().unwrap().to_string();
+        assert!(human.stdout.starts_with(&printed), "{human:?}");
+        assert_eq!(calls(&dir), 2);
+    }
+}
+
+#[test]
+fn journal_an_edited_script_reports_replay_divergence_at_its_step() {
+    let flags = isolate_flags();
+    for isolate in [false, true] {
+        let dir = setup();
+        let out = moonjail(
+            dir.path(),
+            &[
+                "run",
+                "script.lua",
+                "--tool",
+                "rng.next=sh rng.sh",
+                "--journal",
+                "run.jsonl",
+            ],
+            None,
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let replay = with_isolation(
+            &["replay", "run.jsonl", "--source", "edited.lua", "--json"],
+            isolate,
+            &flags,
+        );
+        let out = moonjail(dir.path(), &replay, None);
+        assert_eq!(out.code, Some(1), "{out:?}");
+        let doc = out.json();
+        assert_eq!(doc["ok"], false);
+        // The line of the call that diverged.
+        assert_eq!(doc["error"]["line"], 3, "{doc}");
+        assert_eq!(kind(&doc), "replay_divergence", "{doc}");
+        let message = doc["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("step 2 (tool call 2)"), "{message}");
+        assert!(
+            message.contains(r#"records `rng.next({"step":2})`"#),
+            "{message}"
+        );
+        assert!(
+            message.contains(r#"asked `rng.next({"step":3})`"#),
+            "{message}"
+        );
+        assert_eq!(calls(&dir), 2);
+        // Human mode: the kind and the message on stderr.
+        let out = moonjail(
+            dir.path(),
+            &["replay", "run.jsonl", "--source", "edited.lua"],
+            None,
+        );
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(out.stderr.contains("replay_divergence error"), "{out:?}");
+    }
+}
+
+#[test]
+fn journal_bad_journals_are_misuse_never_a_panic() {
+    let dir = setup();
+    let out = moonjail(
+        dir.path(),
+        &[
+            "run",
+            "script.lua",
+            "--tool",
+            "rng.next=sh rng.sh",
+            "--journal",
+            "run.jsonl",
+        ],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let journal = std::fs::read(dir.path().join("run.jsonl")).unwrap();
+    dir.write("truncated.jsonl", &journal[..journal.len() - 20]);
+    dir.write("corrupt.jsonl", b"\x00\xffnot a journal\n");
+    dir.write("empty.jsonl", b"");
+    let cases = [
+        ("truncated.jsonl", "not a valid journal"),
+        ("corrupt.jsonl", "line 1: not JSON"),
+        ("empty.jsonl", "the journal is empty"),
+        ("missing.jsonl", "reading missing.jsonl"),
+    ];
+    for (file, fragment) in cases {
+        let out = moonjail(dir.path(), &["replay", file], None);
+        assert_eq!(out.code, Some(2), "{file}: {out:?}");
+        assert!(out.stderr.contains(fragment), "{file}: {out:?}");
+        assert!(!out.stderr.contains("panicked"), "{file}: {out:?}");
+        let out = moonjail(dir.path(), &["replay", file, "--json"], None);
+        assert_eq!(out.code, Some(2), "{file}: {out:?}");
+        let doc = out.json();
+        assert_eq!(kind(&doc), "input", "{doc}");
+        let message = doc["error"]["message"].as_str().unwrap();
+        assert!(message.contains(fragment), "{file}: {message}");
+    }
+    // Over the replay's own limit.
+    let out = moonjail(
+        dir.path(),
+        &["replay", "run.jsonl", "--journal-limit", "100B"],
+        None,
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("larger than the limit of 100 bytes"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn journal_the_journal_limit_stops_the_run() {
+    let flags = isolate_flags();
+    for isolate in [false, true] {
+        let dir = setup();
+        let run = with_isolation(
+            &[
+                "run",
+                "-e",
+                "for i = 1, 100 do rng.next(string.rep('x', 200)) end",
+                "--tool",
+                "rng.next=sh rng.sh",
+                "--journal",
+                "run.jsonl",
+                "--journal-limit",
+                "2KiB",
+            ],
+            isolate,
+            &flags,
+        );
+        let out = moonjail(dir.path(), &run, None);
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(
+            out.stderr.contains("journal limit of 2048 bytes"),
+            "{out:?}"
+        );
+        let size = std::fs::metadata(dir.path().join("run.jsonl"))
+            .unwrap()
+            .len();
+        assert!(size <= 2048, "{size}");
+        // The tool stopped running with the journal: far fewer than 100 calls.
+        assert!(calls(&dir) < 10, "{}", calls(&dir));
+    }
+}
+
+#[test]
+fn journal_flags_are_documented_in_help() {
+    let out = mj(&["replay", "--help"]);
+    assert_eq!(out.code, Some(0));
+    for fragment in ["--source", "replay_divergence", "run --journal"] {
+        assert!(out.stdout.contains(fragment), "{fragment}: {}", out.stdout);
+    }
+    let out = mj(&["run", "--help"]);
+    assert!(out.stdout.contains("--journal <FILE>"), "{}", out.stdout);
+    assert!(out.stdout.contains("--journal-limit"), "{}", out.stdout);
+}

@@ -1,0 +1,1059 @@
+//! Durable runs: the journal of a one-shot run, and its replay.
+//!
+//! A journal is JSON lines (the format: docs/JOURNAL.md): a `start` line with everything
+//! a run is made of (the spec, the source, the input, the time and seed, the tool names
+//! and quotas), then one line per thing the run got from the host and could not
+//! recompute (each tool call with its arguments and answer, each module or file read
+//! with its content), then an `end` line with the outcome document.
+//!
+//! **Recording** ([`Sandbox::run_journaled`]) runs the script with the sandbox's tools and
+//! files behind taps that write each answer as it is given. The taps sit where the host
+//! runs tools and reads files: in process, the calling thread; isolated, the supervisor
+//! (a worker relays its requests there and never sees the journal).
+//!
+//! **Replay** ([`replay`]) rebuilds a sandbox from the `start` line whose tools answer
+//! from the journal, in order, without calling anything, and whose files are the recorded
+//! contents. A call the journal does not have next (another tool, other arguments, one
+//! call too many or too few) stops the run with [`ErrorKind::ReplayDivergence`].
+//!
+//! The stop works through the run's interrupt check: the tap raises a flag, the check
+//! (asked every [`STOP_PERIOD`]) stops the script, and the outcome's error is replaced
+//! by the divergence (or, recording, the run ends in a [`JournalError`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+use sha2::{Digest, Sha256};
+
+use crate::engine::Host;
+use crate::error::{Error, ErrorKind};
+use crate::host::{Determinism, FileSource, InterruptCheck};
+use crate::outcome::Outcome;
+use crate::sandbox::{RunOptions, Sandbox};
+use crate::spec::Spec;
+use crate::tools::{ToolError, ToolQuota, ToolRegistry, ToolTap};
+use crate::worker::Isolation;
+
+/// The journal format's version: the `v` of the `start` line.
+pub const JOURNAL_VERSION: u64 = 1;
+
+/// The default size limit of a journal, written or read: 16 MiB.
+pub const DEFAULT_JOURNAL_LIMIT: u64 = 16 << 20;
+
+/// How often a journaled run looks at its stop flag (a journal that could not be
+/// written, a replay that diverged).
+const STOP_PERIOD: Duration = Duration::from_millis(5);
+
+/// Why a journal could not be written or read. A replay that diverges is not one: it is
+/// an outcome, error kind [`ErrorKind::ReplayDivergence`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// Writing or reading the journal failed.
+    #[error("journal: {0}")]
+    Io(#[from] std::io::Error),
+    /// The journal would have grown past its limit: the run was stopped (the call that
+    /// crossed it has run; none after it did), and the journal has no `end` line.
+    #[error(
+        "journal: the run was stopped because its journal would pass the journal limit of \
+         {limit} bytes (raise it with --journal-limit / JournalWriter::limit)"
+    )]
+    Limit {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The journal to replay is larger than the replay's limit.
+    #[error("journal: the journal is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The journal to replay is not one: a line that is not JSON, a missing or unknown
+    /// field, a version this moonjail does not know, no `end` line (a run that did not
+    /// finish recording).
+    #[error("journal: not a valid journal: line {line}: {reason}")]
+    Corrupt {
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The recorded run cannot be rebuilt (its sandbox does not validate here).
+    #[error("journal: the recorded sandbox cannot be built: {0}")]
+    Config(#[from] crate::error::ConfigError),
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing.
+// ---------------------------------------------------------------------------------------
+
+/// Where a journal goes: a file ([`JournalWriter::create`]) or any writer
+/// ([`JournalWriter::new`]), with a size limit ([`DEFAULT_JOURNAL_LIMIT`] by default).
+///
+/// Durability: every line is written whole and flushed as it is recorded (before the
+/// script gets the answer it records); a file is fsynced after the `end` line.
+pub struct JournalWriter {
+    out: Box<dyn Write + Send>,
+    /// The file, to fsync at the end.
+    file: Option<std::fs::File>,
+    limit: Option<u64>,
+    written: u64,
+}
+
+impl fmt::Debug for JournalWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JournalWriter")
+            .field("file", &self.file.is_some())
+            .field("limit", &self.limit)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JournalWriter {
+    /// Creates (or truncates) the journal file at `path`.
+    ///
+    /// # Errors
+    /// Why the file could not be created.
+    pub fn create(path: impl AsRef<Path>) -> std::io::Result<JournalWriter> {
+        let file = std::fs::File::create(path)?;
+        let sync = file.try_clone()?;
+        Ok(JournalWriter {
+            out: Box::new(file),
+            file: Some(sync),
+            limit: Some(DEFAULT_JOURNAL_LIMIT),
+            written: 0,
+        })
+    }
+
+    /// A journal written to `out` (flushed per line, never fsynced).
+    pub fn new(out: impl Write + Send + 'static) -> JournalWriter {
+        JournalWriter {
+            out: Box::new(out),
+            file: None,
+            limit: Some(DEFAULT_JOURNAL_LIMIT),
+            written: 0,
+        }
+    }
+
+    /// Sets the size limit in bytes (`None`: no limit). A run whose journal would pass
+    /// it is stopped, and ends in [`JournalError::Limit`].
+    pub fn limit(mut self, bytes: Option<u64>) -> JournalWriter {
+        self.limit = bytes;
+        self
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Writes `line` and a newline, whole, then flushes; refuses a line past the limit.
+    fn line(&mut self, line: &Json) -> Result<(), JournalError> {
+        let mut text = line_text(line)?;
+        text.push(b'\n');
+        self.text(&text)
+    }
+
+    /// Writes one whole line, `\n` included; refuses a line past the limit.
+    fn text(&mut self, text: &[u8]) -> Result<(), JournalError> {
+        let len = text.len() as u64;
+        if let Some(limit) = self.limit {
+            if self.written.saturating_add(len) > limit {
+                return Err(JournalError::Limit { limit });
+            }
+        }
+        self.out.write_all(text)?;
+        self.out.flush()?;
+        self.written += len;
+        Ok(())
+    }
+
+    /// Would a line of `len` bytes still fit?
+    fn fits(&self, len: u64) -> bool {
+        self.limit
+            .is_none_or(|limit| self.written.saturating_add(len) <= limit)
+    }
+
+    fn sync(&mut self) -> Result<(), JournalError> {
+        self.out.flush()?;
+        if let Some(file) = &self.file {
+            file.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// A line's JSON text, `v` and `type` first (a reader can tell a journal by its first
+/// bytes, `{"v":1,"type":"start"`), the other keys after them, sorted.
+fn line_text(line: &Json) -> Result<Vec<u8>, JournalError> {
+    let Json::Object(map) = line else {
+        return Ok(serde_json::to_vec(line).map_err(std::io::Error::other)?);
+    };
+    let first = ["v", "type"];
+    let keys = first
+        .iter()
+        .copied()
+        .filter(|k| map.contains_key(*k))
+        .chain(
+            map.keys()
+                .map(String::as_str)
+                .filter(|k| !first.contains(k)),
+        );
+    let mut text = vec![b'{'];
+    for (i, key) in keys.enumerate() {
+        if i > 0 {
+            text.push(b',');
+        }
+        serde_json::to_writer(&mut text, key).map_err(std::io::Error::other)?;
+        text.push(b':');
+        serde_json::to_writer(&mut text, &map[key]).map_err(std::io::Error::other)?;
+    }
+    text.push(b'}');
+    Ok(text)
+}
+
+/// A journal being written by one run, shared by its taps.
+struct Recording {
+    writer: Mutex<JournalWriter>,
+    /// The first failure; once set, nothing more is written and the run is stopped.
+    failed: Mutex<Option<JournalError>>,
+    stop: Arc<AtomicBool>,
+    steps: AtomicU64,
+}
+
+impl Recording {
+    fn writer(&self) -> MutexGuard<'_, JournalWriter> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn has_failed(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, error: JournalError) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.get_or_insert(error);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Writes `line`; on failure stops the run.
+    fn record(&self, line: &Json) -> bool {
+        if self.has_failed() {
+            return false;
+        }
+        match self.writer().line(line) {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail(e);
+                false
+            }
+        }
+    }
+}
+
+const JOURNAL_FAILED: &str = "the run's journal cannot record this call (see the run's \
+                              journal error): the run is stopped";
+
+impl ToolTap for Recording {
+    fn call(
+        &self,
+        name: &str,
+        args: Vec<Json>,
+        real: &mut dyn FnMut(Vec<Json>) -> Result<Json, ToolError>,
+    ) -> Result<Json, ToolError> {
+        if self.has_failed() {
+            return Err(ToolError::new(JOURNAL_FAILED));
+        }
+        let step = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
+        // The line is written as text, in one pass over the arguments and one over the
+        // answer (no copy of either): `{"type":"tool","step":N,"name":…,"args":[…]`, then
+        // `,"ok":true,"result":…}` or `,"ok":false,"error":…}`.
+        let mut line = format!("{{\"type\":\"tool\",\"step\":{step},\"name\":").into_bytes();
+        let head = serde_json::to_writer(&mut line, name)
+            .and_then(|()| {
+                line.extend_from_slice(b",\"args\":");
+                serde_json::to_writer(&mut line, &args)
+            })
+            .map_err(std::io::Error::other);
+        if let Err(e) = head {
+            self.fail(e.into());
+            return Err(ToolError::new(JOURNAL_FAILED));
+        }
+        // A call whose arguments alone would pass the limit is not made.
+        {
+            let writer = self.writer();
+            if !writer.fits(line.len() as u64 + 2) {
+                let limit = writer.limit.unwrap_or(0);
+                drop(writer);
+                self.fail(JournalError::Limit { limit });
+                return Err(ToolError::new(JOURNAL_FAILED));
+            }
+        }
+        let result = real(args);
+        let tail = match &result {
+            Ok(value) => {
+                line.extend_from_slice(b",\"ok\":true,\"result\":");
+                serde_json::to_writer(&mut line, value)
+            }
+            Err(e) => {
+                line.extend_from_slice(b",\"ok\":false,\"error\":");
+                serde_json::to_writer(&mut line, e.message())
+            }
+        };
+        line.extend_from_slice(b"}\n");
+        let written = match tail {
+            Err(e) => Err(std::io::Error::other(e).into()),
+            Ok(()) if self.has_failed() => Err(JournalError::Io(std::io::Error::other(
+                "the journal failed",
+            ))),
+            Ok(()) => self.writer().text(&line),
+        };
+        if let Err(e) = written {
+            self.fail(e);
+            return Err(ToolError::new(JOURNAL_FAILED));
+        }
+        result
+    }
+}
+
+/// Bytes in a journal: `{"sha256", "text"}` when they are UTF-8, `{"sha256", "hex"}`
+/// otherwise.
+fn blob(bytes: &[u8]) -> Json {
+    let sha = hex(&Sha256::digest(bytes));
+    match std::str::from_utf8(bytes) {
+        Ok(text) => json!({"sha256": sha, "text": text}),
+        Err(_) => json!({"sha256": sha, "hex": hex(bytes)}),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The bytes of a [`blob`], checked against their hash.
+fn unblob(v: &Json) -> Result<Vec<u8>, String> {
+    let bytes = match (v.get("text"), v.get("hex")) {
+        (Some(Json::String(t)), None) => t.as_bytes().to_vec(),
+        (None, Some(Json::String(h))) => unhex(h).ok_or("\"hex\" is not hexadecimal")?,
+        _ => return Err("expected {\"sha256\", \"text\" or \"hex\"}".into()),
+    };
+    let sha = v.get("sha256").and_then(Json::as_str).unwrap_or_default();
+    if hex(&Sha256::digest(&bytes)) != sha {
+        return Err("the content does not match its sha256".into());
+    }
+    Ok(bytes)
+}
+
+/// The host files of a journaled run: read through, each answer recorded.
+struct RecordingFiles {
+    inner: Arc<dyn FileSource>,
+    recording: Arc<Recording>,
+}
+
+impl fmt::Debug for RecordingFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordingFiles")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileSource for RecordingFiles {
+    fn module(&self, name: &str) -> Result<(Vec<u8>, String), String> {
+        let answer = self.inner.module(name);
+        let line = match &answer {
+            Ok((source, path)) => json!({"type": "module", "name": name, "found": true,
+                                         "path": path, "content": blob(source)}),
+            Err(why) => json!({"type": "module", "name": name, "found": false, "error": why}),
+        };
+        if !self.recording.record(&line) {
+            return Err(format!("\n\t{JOURNAL_FAILED}"));
+        }
+        answer
+    }
+
+    fn read(&self, path: &str) -> Option<Result<Vec<u8>, String>> {
+        let answer = self.inner.read(path);
+        let line = match &answer {
+            None => json!({"type": "file", "path": path, "listed": false}),
+            Some(Ok(bytes)) => json!({"type": "file", "path": path, "listed": true,
+                                      "ok": true, "content": blob(bytes)}),
+            Some(Err(why)) => json!({"type": "file", "path": path, "listed": true,
+                                     "ok": false, "error": why}),
+        };
+        if !self.recording.record(&line) {
+            return Some(Err(JOURNAL_FAILED.to_string()));
+        }
+        answer
+    }
+
+    fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    fn has_modules(&self) -> bool {
+        self.inner.has_modules()
+    }
+
+    fn has_readable(&self) -> bool {
+        self.inner.has_readable()
+    }
+}
+
+/// The host's own interrupt check, if any, or `stop`.
+fn stop_check(host: &Host, stop: Arc<AtomicBool>) -> InterruptCheck {
+    let own = host.interrupt.clone();
+    let every = own
+        .as_ref()
+        .and_then(|c| c.every)
+        .map_or(STOP_PERIOD, |e| e.min(STOP_PERIOD));
+    InterruptCheck {
+        every: Some(every),
+        check: Arc::new(move || {
+            stop.load(Ordering::SeqCst) || own.as_ref().is_some_and(|c| c.ask())
+        }),
+    }
+}
+
+/// A seed no earlier run is likely to have had.
+fn drawn_seed() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as i64
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Sandbox {
+    /// [`Sandbox::run_with`], recording the run into `journal` (see docs/JOURNAL.md), so
+    /// that [`replay`] can re-execute it without calling a tool or reading a file.
+    ///
+    /// A sandbox that is not deterministic runs deterministically here, with the current
+    /// time as `os.time()` and a fresh random seed, both written into the journal: the
+    /// clock does not advance during the run, and `os.clock()` is 0 (see
+    /// [`crate::SandboxBuilder::deterministic`]).
+    ///
+    /// ```
+    /// use moonjail::{JournalWriter, ReplayOptions, Sandbox};
+    /// use serde_json::json;
+    ///
+    /// let sandbox = Sandbox::builder().tool("dice.roll", |_| Ok(json!(4))).build()?;
+    /// let journal = std::env::temp_dir().join(format!("doc-{}.jsonl", std::process::id()));
+    /// let out = sandbox.run_journaled("return dice.roll() * 10", &json!(null),
+    ///     &Default::default(), JournalWriter::create(&journal)?)?;
+    /// assert_eq!(out.result.as_ref().unwrap(), &json!(40));
+    /// // The replay answers dice.roll from the journal.
+    /// let again = moonjail::replay(std::fs::File::open(&journal)?, &ReplayOptions::default())?;
+    /// assert_eq!(again.result.unwrap(), json!(40));
+    /// # std::fs::remove_file(&journal)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`JournalError`] when the journal could not be written or would pass its limit:
+    /// the run is stopped at that point (the outcome is then not returned).
+    pub fn run_journaled(
+        &self,
+        source: impl AsRef<[u8]>,
+        input: &Json,
+        opts: &RunOptions,
+        journal: JournalWriter,
+    ) -> Result<Outcome, JournalError> {
+        let source = source.as_ref();
+        let mut spec = self.spec().clone();
+        let drawn = spec.deterministic.is_none();
+        let determinism = *spec.deterministic.get_or_insert(Determinism {
+            timestamp: now_unix(),
+            seed: drawn_seed(),
+        });
+        let host = self.host();
+        let tools = host.tools.as_deref();
+        let start = json!({
+            "v": JOURNAL_VERSION,
+            "type": "start",
+            "moonjail": env!("CARGO_PKG_VERSION"),
+            "spec": serde_json::to_value(&spec).map_err(std::io::Error::other)?,
+            "chunk_name": opts.chunk_name,
+            "expression": opts.expression,
+            "source": blob(source),
+            "input": input,
+            "determinism": {"timestamp": determinism.timestamp, "seed": determinism.seed,
+                            "drawn": drawn},
+            "tools": tools.map_or(Vec::new(), |t| t.names().collect::<Vec<_>>()),
+            "quota": tools.map(|t| t.quota().clone()),
+            "files": {"modules": host.files.has_modules(), "readable": host.files.has_readable()},
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let recording = Arc::new(Recording {
+            writer: Mutex::new(journal),
+            failed: Mutex::new(None),
+            stop: Arc::clone(&stop),
+            steps: AtomicU64::new(0),
+        });
+        recording.writer().line(&start)?;
+        let journaled = Host {
+            files: Arc::new(RecordingFiles {
+                inner: Arc::clone(&host.files),
+                recording: Arc::clone(&recording),
+            }),
+            tools: host
+                .tools
+                .as_ref()
+                .map(|t| Arc::new(t.tapped(recording.clone()))),
+            interrupt: Some(stop_check(host, stop)),
+        };
+        let outcome = self.variant(spec, journaled).run_with(source, input, opts);
+        let failed = recording
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut writer = recording.writer();
+        // Written straight from the outcome (no JSON value built: the document lists
+        // every tool call).
+        let mut end = b"{\"type\":\"end\",\"outcome\":".to_vec();
+        serde_json::to_writer(&mut end, &outcome).map_err(std::io::Error::other)?;
+        end.extend_from_slice(b"}\n");
+        writer.text(&end)?;
+        writer.sync()?;
+        Ok(outcome)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading and replaying.
+// ---------------------------------------------------------------------------------------
+
+/// How [`replay`] re-executes a journal.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReplayOptions {
+    /// Replay this source instead of the recorded one (another version of the script,
+    /// to check it against a recorded run up to the first divergence). By default, the
+    /// recorded source.
+    pub source: Option<Vec<u8>>,
+    /// Where the replay runs. By default, in process.
+    pub isolation: Isolation,
+    /// The largest journal read. By default, [`DEFAULT_JOURNAL_LIMIT`].
+    pub limit: Option<u64>,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            source: None,
+            isolation: Isolation::InProcess,
+            limit: Some(DEFAULT_JOURNAL_LIMIT),
+        }
+    }
+}
+
+impl ReplayOptions {
+    /// Replays `source` instead of the recorded source.
+    pub fn source(mut self, source: impl Into<Vec<u8>>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Replays in `isolation`.
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Reads journals up to `bytes` (`None`: no limit).
+    pub fn limit(mut self, bytes: Option<u64>) -> Self {
+        self.limit = bytes;
+        self
+    }
+}
+
+/// One recorded tool call.
+#[derive(Debug, Clone)]
+struct ToolEvent {
+    name: String,
+    args: Vec<Json>,
+    result: Result<Json, String>,
+}
+
+/// A recorded module or file read's answer.
+#[derive(Debug, Clone)]
+enum FileEvent {
+    Module(Result<(Vec<u8>, String), String>),
+    File(Option<Result<Vec<u8>, String>>),
+}
+
+/// A journal, read and checked.
+#[derive(Debug)]
+pub struct Journal {
+    spec: Spec,
+    chunk_name: String,
+    expression: bool,
+    source: Vec<u8>,
+    input: Json,
+    tools: Vec<String>,
+    quota: Option<ToolQuota>,
+    has_modules: bool,
+    has_readable: bool,
+    calls: Vec<ToolEvent>,
+    /// Keyed by `module:NAME` and `file:PATH`; the first answer of each.
+    files: BTreeMap<String, FileEvent>,
+    end: Json,
+}
+
+fn corrupt(line: usize, reason: impl Into<String>) -> JournalError {
+    JournalError::Corrupt {
+        line,
+        reason: reason.into(),
+    }
+}
+
+fn field<'a>(v: &'a Json, key: &str, line: usize) -> Result<&'a Json, JournalError> {
+    v.get(key)
+        .ok_or_else(|| corrupt(line, format!("no \"{key}\" field")))
+}
+
+fn string(v: &Json, key: &str, line: usize) -> Result<String, JournalError> {
+    field(v, key, line)?
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| corrupt(line, format!("\"{key}\" is not a string")))
+}
+
+fn boolean(v: &Json, key: &str, line: usize) -> Result<bool, JournalError> {
+    field(v, key, line)?
+        .as_bool()
+        .ok_or_else(|| corrupt(line, format!("\"{key}\" is not a boolean")))
+}
+
+impl Journal {
+    /// Reads a journal from `reader`, at most `limit` bytes (`None`: no limit).
+    ///
+    /// # Errors
+    /// [`JournalError::Io`], [`JournalError::TooLarge`], and [`JournalError::Corrupt`]
+    /// naming the line for anything that is not a complete journal of this version.
+    pub fn read(reader: impl Read, limit: Option<u64>) -> Result<Journal, JournalError> {
+        let mut bytes = Vec::new();
+        let max = limit.map_or(u64::MAX, |l| l.saturating_add(1));
+        reader.take(max).read_to_end(&mut bytes)?;
+        if let Some(limit) = limit {
+            if bytes.len() as u64 > limit {
+                return Err(JournalError::TooLarge { limit });
+            }
+        }
+        Journal::parse(&bytes)
+    }
+
+    /// Parses the bytes of a journal.
+    ///
+    /// # Errors
+    /// As [`Journal::read`].
+    pub fn parse(bytes: &[u8]) -> Result<Journal, JournalError> {
+        let mut lines = bytes
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .map(|(i, l)| (i + 1, l))
+            .filter(|(_, l)| !l.is_empty());
+        let (n, first) = lines
+            .next()
+            .ok_or_else(|| corrupt(1, "the journal is empty"))?;
+        let start: Json =
+            serde_json::from_slice(first).map_err(|e| corrupt(n, format!("not JSON: {e}")))?;
+        if start.get("type").and_then(Json::as_str) != Some("start") {
+            return Err(corrupt(n, "the first line is not a \"start\" line"));
+        }
+        match start.get("v").and_then(Json::as_u64) {
+            Some(JOURNAL_VERSION) => {}
+            Some(v) => {
+                return Err(corrupt(
+                    n,
+                    format!("journal version {v}; this moonjail reads version {JOURNAL_VERSION}"),
+                ))
+            }
+            None => return Err(corrupt(n, "no journal version \"v\"")),
+        }
+        let mut spec: Spec = serde_json::from_value(field(&start, "spec", n)?.clone())
+            .map_err(|e| corrupt(n, format!("\"spec\": {e}")))?;
+        let det = field(&start, "determinism", n)?;
+        let number = |k: &str| {
+            det.get(k)
+                .and_then(Json::as_i64)
+                .ok_or_else(|| corrupt(n, format!("\"determinism\" has no integer \"{k}\"")))
+        };
+        spec.deterministic = Some(Determinism {
+            timestamp: number("timestamp")?,
+            seed: number("seed")?,
+        });
+        let source = unblob(field(&start, "source", n)?)
+            .map_err(|e| corrupt(n, format!("\"source\": {e}")))?;
+        let tools = match field(&start, "tools", n)? {
+            Json::Array(names) => names
+                .iter()
+                .map(|t| t.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| corrupt(n, "\"tools\" is not a list of names"))?,
+            _ => return Err(corrupt(n, "\"tools\" is not a list of names")),
+        };
+        let quota = match start.get("quota") {
+            None | Some(Json::Null) => None,
+            Some(q) => Some(
+                serde_json::from_value(q.clone())
+                    .map_err(|e| corrupt(n, format!("\"quota\": {e}")))?,
+            ),
+        };
+        let files = field(&start, "files", n)?;
+        let mut journal = Journal {
+            spec,
+            chunk_name: string(&start, "chunk_name", n)?,
+            expression: boolean(&start, "expression", n)?,
+            source,
+            input: field(&start, "input", n)?.clone(),
+            tools,
+            quota,
+            has_modules: boolean(files, "modules", n)?,
+            has_readable: boolean(files, "readable", n)?,
+            calls: Vec::new(),
+            files: BTreeMap::new(),
+            end: Json::Null,
+        };
+        let mut ended = false;
+        for (n, text) in lines {
+            if ended {
+                return Err(corrupt(n, "a line after the \"end\" line"));
+            }
+            let v: Json =
+                serde_json::from_slice(text).map_err(|e| corrupt(n, format!("not JSON: {e}")))?;
+            match v.get("type").and_then(Json::as_str) {
+                Some("tool") => journal.calls.push(tool_event(&v, n)?),
+                Some("module") => {
+                    let name = string(&v, "name", n)?;
+                    let answer = if boolean(&v, "found", n)? {
+                        let content = unblob(field(&v, "content", n)?)
+                            .map_err(|e| corrupt(n, format!("\"content\": {e}")))?;
+                        Ok((content, string(&v, "path", n)?))
+                    } else {
+                        Err(string(&v, "error", n)?)
+                    };
+                    journal
+                        .files
+                        .entry(format!("module:{name}"))
+                        .or_insert(FileEvent::Module(answer));
+                }
+                Some("file") => {
+                    let path = string(&v, "path", n)?;
+                    let answer = if !boolean(&v, "listed", n)? {
+                        None
+                    } else if boolean(&v, "ok", n)? {
+                        Some(Ok(unblob(field(&v, "content", n)?)
+                            .map_err(|e| corrupt(n, format!("\"content\": {e}")))?))
+                    } else {
+                        Some(Err(string(&v, "error", n)?))
+                    };
+                    journal
+                        .files
+                        .entry(format!("file:{path}"))
+                        .or_insert(FileEvent::File(answer));
+                }
+                Some("end") => {
+                    journal.end = field(&v, "outcome", n)?.clone();
+                    ended = true;
+                }
+                Some(other) => return Err(corrupt(n, format!("unknown line type {other:?}"))),
+                None => return Err(corrupt(n, "no \"type\" field")),
+            }
+        }
+        if !ended {
+            return Err(corrupt(
+                bytes.split(|b| *b == b'\n').count(),
+                "the journal has no \"end\" line (truncated, or the recording run did not finish)",
+            ));
+        }
+        Ok(journal)
+    }
+
+    /// The recorded spec (with the determinism the run had).
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// The recorded source.
+    pub fn source(&self) -> &[u8] {
+        &self.source
+    }
+
+    /// The recorded input.
+    pub fn input(&self) -> &Json {
+        &self.input
+    }
+
+    /// How many tool calls were recorded.
+    pub fn tool_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The outcome document the recorded run ended with (`run --json`'s).
+    pub fn recorded_outcome(&self) -> &Json {
+        &self.end
+    }
+}
+
+fn tool_event(v: &Json, n: usize) -> Result<ToolEvent, JournalError> {
+    let args = match field(v, "args", n)? {
+        Json::Array(a) => a.clone(),
+        _ => return Err(corrupt(n, "\"args\" is not a list")),
+    };
+    let result = if boolean(v, "ok", n)? {
+        Ok(field(v, "result", n)?.clone())
+    } else {
+        Err(string(v, "error", n)?)
+    };
+    Ok(ToolEvent {
+        name: string(v, "name", n)?,
+        args,
+        result,
+    })
+}
+
+/// Answers a replay's tool calls and file reads from the journal.
+#[derive(Debug)]
+struct Player {
+    calls: Mutex<VecDeque<ToolEvent>>,
+    files: BTreeMap<String, FileEvent>,
+    steps: AtomicU64,
+    divergence: Mutex<Option<String>>,
+    stop: Arc<AtomicBool>,
+}
+
+const DIVERGED: &str = "the replay diverged from the journal: the run is stopped";
+
+impl Player {
+    fn diverge(&self, message: String) -> ToolError {
+        let mut d = self.divergence.lock().unwrap_or_else(|e| e.into_inner());
+        d.get_or_insert(message);
+        self.stop.store(true, Ordering::SeqCst);
+        ToolError::new(DIVERGED)
+    }
+
+    fn diverged(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn answer(&self, name: &str, args: Vec<Json>) -> Result<Json, ToolError> {
+        if self.diverged() {
+            return Err(ToolError::new(DIVERGED));
+        }
+        let step = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
+        let next = self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+        let asked = call_text(name, &args);
+        match next {
+            None => Err(self.diverge(format!(
+                "step {step} (tool call {step}): the script asked {asked}, but the journal \
+                 records only {} tool calls",
+                step - 1
+            ))),
+            Some(ev) if ev.name != name || ev.args != args => Err(self.diverge(format!(
+                "step {step} (tool call {step}): the journal records {}, the script asked \
+                 {asked}",
+                call_text(&ev.name, &ev.args)
+            ))),
+            Some(ev) => ev.result.map_err(ToolError::new),
+        }
+    }
+
+    fn file(&self, key: &str, what: &str) -> Option<&FileEvent> {
+        if self.diverged() {
+            return None;
+        }
+        let found = self.files.get(key);
+        if found.is_none() {
+            let _ = self.diverge(format!(
+                "{what}: the script read it, but the recorded run did not (the journal has \
+                 no content for it)"
+            ));
+        }
+        found
+    }
+}
+
+/// `name(args…)` for a divergence message, cut to a readable length.
+fn call_text(name: &str, args: &[Json]) -> String {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let text = format!("`{name}({})`", args.join(", "));
+    crate::error::cut_message(text, 512)
+}
+
+/// The host files of a replay: the recorded answers.
+#[derive(Debug)]
+struct ReplayFiles {
+    player: Arc<Player>,
+    has_modules: bool,
+    has_readable: bool,
+}
+
+impl FileSource for ReplayFiles {
+    fn module(&self, name: &str) -> Result<(Vec<u8>, String), String> {
+        match self
+            .player
+            .file(&format!("module:{name}"), &format!("module `{name}`"))
+        {
+            Some(FileEvent::Module(answer)) => answer.clone(),
+            _ => Err(format!("\n\t{DIVERGED}")),
+        }
+    }
+
+    fn read(&self, path: &str) -> Option<Result<Vec<u8>, String>> {
+        match self
+            .player
+            .file(&format!("file:{path}"), &format!("file `{path}`"))
+        {
+            Some(FileEvent::File(answer)) => answer.clone(),
+            _ => Some(Err(DIVERGED.to_string())),
+        }
+    }
+
+    fn has_modules(&self) -> bool {
+        self.has_modules
+    }
+
+    fn has_readable(&self) -> bool {
+        self.has_readable
+    }
+}
+
+/// Re-executes a journal ([`Sandbox::run_journaled`]'s): the recorded source (or
+/// [`ReplayOptions::source`]) with the recorded spec, input, time and seed; every tool
+/// call is answered from the journal, in order, and no tool is called; every module and
+/// file read is answered with the recorded content, and no file is opened.
+///
+/// The outcome is the recorded run's (but for wall times). When the script asks for
+/// something the journal does not have next (another tool, other arguments, a call past
+/// the last recorded one, a file the recorded run did not read) or makes fewer tool calls
+/// than were recorded, the run is stopped and its error is
+/// [`ErrorKind::ReplayDivergence`], whose message names the step, what was recorded and
+/// what was asked.
+///
+/// # Errors
+/// [`JournalError`] for a journal that cannot be read, is not a complete journal of this
+/// version, or whose sandbox cannot be built here.
+pub fn replay(reader: impl Read, options: &ReplayOptions) -> Result<Outcome, JournalError> {
+    let journal = Journal::read(reader, options.limit)?;
+    replay_journal(&journal, options)
+}
+
+/// [`replay`] of a journal already read.
+///
+/// # Errors
+/// [`JournalError::Config`] when the recorded sandbox cannot be built here.
+pub fn replay_journal(journal: &Journal, options: &ReplayOptions) -> Result<Outcome, JournalError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let player = Arc::new(Player {
+        calls: Mutex::new(journal.calls.iter().cloned().collect()),
+        files: journal.files.clone(),
+        steps: AtomicU64::new(0),
+        divergence: Mutex::new(None),
+        stop: Arc::clone(&stop),
+    });
+    let mut registry = ToolRegistry::new();
+    for name in &journal.tools {
+        let player = Arc::clone(&player);
+        let label = name.clone();
+        registry.register(name, move |args| player.answer(&label, args))?;
+    }
+    if let Some(quota) = &journal.quota {
+        registry.set_quota(quota.clone());
+    }
+    let sandbox = Sandbox::builder()
+        .spec(journal.spec.clone())
+        .tools(registry)
+        .isolation(options.isolation.clone())
+        .prepared_states(0)
+        .build()?;
+    let host = Host {
+        files: Arc::new(ReplayFiles {
+            player: Arc::clone(&player),
+            has_modules: journal.has_modules,
+            has_readable: journal.has_readable,
+        }),
+        tools: sandbox.host().tools.clone(),
+        interrupt: Some(stop_check(sandbox.host(), stop)),
+    };
+    let spec = sandbox.spec().clone();
+    let sandbox = sandbox.variant(spec, host);
+    let source = options.source.as_deref().unwrap_or(&journal.source);
+    let opts = RunOptions::default()
+        .chunk_name(&journal.chunk_name)
+        .expression(journal.expression);
+    let mut outcome = sandbox.run_with(source, &journal.input, &opts);
+    let divergence = player
+        .divergence
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let left = player.calls.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let message = match divergence {
+        Some(message) => Some(message),
+        None if left > 0 => {
+            let made = player.steps.load(Ordering::SeqCst);
+            let next = &journal.calls[made as usize];
+            Some(format!(
+                "step {} (tool call {}): the journal records {}, but the script ended \
+                 after {made} tool calls",
+                made + 1,
+                made + 1,
+                call_text(&next.name, &next.args)
+            ))
+        }
+        None => None,
+    };
+    if let Some(message) = message {
+        // Where the script was stopped (the call that diverged, or where the stop
+        // check caught it after a `pcall`), when it was.
+        let mut error = Error::new(ErrorKind::ReplayDivergence, message);
+        if let Err(stopped) = &outcome.result {
+            error.line = stopped.line;
+            error.traceback = stopped.traceback.clone();
+        }
+        outcome.result = Err(error);
+        outcome.more_results.clear();
+        outcome.result_count = 0;
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,406 @@
+//! Durable runs: `Sandbox::run_journaled` records a run, `moonjail::replay` re-executes it
+//! without calling a tool or reading a file, in process and isolated.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use moonjail::{
+    ErrorKind, HostFiles, Isolation, Journal, JournalError, JournalWriter, Outcome, ProcessConfig,
+    Profile, ReplayOptions, RunOptions, Sandbox, SandboxBuilder, ToolError, ToolSpec,
+};
+use proptest::prelude::*;
+use serde_json::{json, Value as Json};
+
+use crate::support::{unusable, WORKER};
+
+/// A journal kept in memory.
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Buffer {
+    fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn isolation() -> Isolation {
+    Isolation::Process(
+        ProcessConfig::builder()
+            .worker(moonjail::WorkerPath::Path(WORKER.into()))
+            .allow_missing(unusable())
+            .pool_size(1)
+            .build()
+            .expect("a process config"),
+    )
+}
+
+/// Both isolation modes, each with its name.
+fn modes() -> [(&'static str, Isolation); 2] {
+    [
+        ("in process", Isolation::InProcess),
+        ("isolated", isolation()),
+    ]
+}
+
+/// A sandbox whose `rand.next` answers a different number on every call (and counts
+/// its calls), plus a failing tool and a described one.
+fn tools(calls: Arc<AtomicU64>) -> SandboxBuilder {
+    Sandbox::builder()
+        .timeout(Duration::from_secs(10))
+        .tool("rand.next", move |args| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos();
+            Ok(json!({"n": n, "noise": nanos, "echo": args}))
+        })
+        .tool("svc.down", |_| Err(ToolError::new("the service is down")))
+        .tool("typed", |args| Ok(Json::Array(args)))
+        .describe_tool(
+            "typed",
+            ToolSpec::new().parameters(json!({"type": "object", "required": ["x"],
+                                               "properties": {"x": {"type": "integer"}}})),
+        )
+}
+
+const SCRIPT: &str = r#"
+local a = rand.next("first")
+local b = rand.next({k = 2})
+local ok, err = pcall(svc.down)
+local ok2, err2 = pcall(typed, {x = "not an integer"})
+print("time", os.time(), "random", math.random(1, 1000000))
+return {a = a, b = b, err = err, err2 = err2, r = math.random()}
+"#;
+
+/// The outcome document without what varies between runs (wall times, memory).
+fn essence(out: &Outcome) -> Json {
+    let mut doc = out.to_json();
+    doc.as_object_mut().unwrap().remove("stats");
+    if let Some(calls) = doc.get_mut("tool_calls").and_then(Json::as_array_mut) {
+        for call in calls {
+            call.as_object_mut().unwrap().remove("ms");
+        }
+    }
+    doc
+}
+
+fn record(sandbox: &Sandbox, source: &str) -> (Outcome, Vec<u8>) {
+    let buffer = Buffer::default();
+    let out = sandbox
+        .run_journaled(
+            source,
+            &json!({"who": "me"}),
+            &RunOptions::default(),
+            JournalWriter::new(buffer.clone()),
+        )
+        .expect("the journal is written");
+    (out, buffer.bytes())
+}
+
+fn replay(journal: &[u8], options: &ReplayOptions) -> Outcome {
+    moonjail::replay(journal, options).expect("the journal replays")
+}
+
+#[test]
+fn journal_a_replay_gives_the_recorded_outcome_without_calling_a_tool() {
+    for (mode, isolation) in modes() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox = tools(calls.clone())
+            .isolation(isolation.clone())
+            .build()
+            .unwrap();
+        let (recorded, journal) = record(&sandbox, SCRIPT);
+        assert!(recorded.is_ok(), "{mode}: {:?}", recorded.result);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{mode}");
+        let options = ReplayOptions::default().isolation(isolation);
+        let replayed = replay(&journal, &options);
+        assert_eq!(essence(&replayed), essence(&recorded), "{mode}");
+        // No tool ran during the replay.
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{mode}");
+        // The journal ends with the outcome document.
+        let parsed = Journal::parse(&journal).unwrap();
+        // rand.next twice, svc.down, and typed, whose schema refused the call: recorded with
+        // the arguments as given and the error as the script got it.
+        assert_eq!(parsed.tool_calls(), 4, "{mode}");
+        assert_eq!(
+            parsed.recorded_outcome()["result"],
+            recorded.to_json()["result"]
+        );
+        let result = recorded.result.unwrap();
+        assert_eq!(result["err"], json!("svc.down: the service is down"));
+        assert!(result["err2"]
+            .as_str()
+            .unwrap()
+            .contains("expected integer"));
+    }
+}
+
+#[test]
+fn journal_lines_are_versioned_json_with_the_source_hash() {
+    let sandbox = tools(Arc::default()).build().unwrap();
+    let (_, journal) = record(&sandbox, SCRIPT);
+    assert!(journal.starts_with(br#"{"v":1,"type":"start","#));
+    let lines: Vec<Json> = journal
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let start = &lines[0];
+    assert_eq!(
+        (start["v"].clone(), start["type"].clone()),
+        (json!(1), json!("start"))
+    );
+    assert_eq!(start["source"]["text"], json!(SCRIPT));
+    assert_eq!(start["source"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(start["input"], json!({"who": "me"}));
+    assert_eq!(start["determinism"]["drawn"], json!(true));
+    assert_eq!(start["spec"]["profile"], json!("standard"));
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["start", "tool", "tool", "tool", "tool", "end"]);
+    assert_eq!(lines[1]["name"], json!("rand.next"));
+    assert!(String::from_utf8_lossy(&journal)
+        .lines()
+        .skip(1)
+        .all(|l| l.starts_with(r#"{"type":""#)));
+    assert_eq!(lines[1]["args"], json!(["first"]));
+    assert_eq!(lines[3]["error"], json!("the service is down"));
+    assert_eq!(lines[4]["args"], json!([{"x": "not an integer"}]));
+    assert!(lines[4]["error"]
+        .as_str()
+        .unwrap()
+        .contains("expected integer"));
+    assert_eq!(lines[5]["outcome"]["ok"], json!(true));
+}
+
+#[test]
+fn journal_an_edited_source_diverges_at_the_step_that_differs() {
+    for (mode, isolation) in modes() {
+        let sandbox = tools(Arc::default()).build().unwrap();
+        let (_, journal) = record(&sandbox, SCRIPT);
+        let edited = SCRIPT.replace("{k = 2}", "{k = 3}");
+        let options = ReplayOptions::default().isolation(isolation).source(edited);
+        let out = replay(&journal, &options);
+        let e = out.error().expect("a divergence");
+        assert_eq!(e.kind, ErrorKind::ReplayDivergence, "{mode}: {e:?}");
+        assert!(e.message.starts_with("step 2 (tool call 2)"), "{mode}: {e}");
+        // Where the script asked: the line of the second call.
+        assert_eq!(e.line, Some(3), "{mode}: {e:?}");
+        assert!(e.message.contains(r#"records `rand.next({"k":2})`"#), "{e}");
+        assert!(e.message.contains(r#"asked `rand.next({"k":3})`"#), "{e}");
+        assert_eq!(ErrorKind::ReplayDivergence.as_str(), "replay_divergence");
+    }
+}
+
+#[test]
+fn journal_another_tool_one_call_too_many_or_too_few_diverge() {
+    let sandbox = tools(Arc::default()).build().unwrap();
+    let (_, journal) = record(&sandbox, "return rand.next(1), rand.next(2)");
+    let cases = [
+        (
+            "return rand.next(1), typed{x = 1}",
+            "step 2",
+            "asked `typed({\"x\":1})`",
+        ),
+        (
+            "return rand.next(1), rand.next(2), rand.next(3)",
+            "step 3",
+            "records only 2 tool calls",
+        ),
+        ("return rand.next(1)", "step 2", "ended after 1 tool calls"),
+        // A divergence caught by pcall still ends the replay.
+        (
+            "pcall(rand.next, 9) while true do end",
+            "step 1",
+            "asked `rand.next(9)`",
+        ),
+    ];
+    for (source, step, fragment) in cases {
+        let out = replay(&journal, &ReplayOptions::default().source(source));
+        let e = out.error().expect("a divergence");
+        assert_eq!(e.kind, ErrorKind::ReplayDivergence, "{source}: {e:?}");
+        assert!(e.message.starts_with(step), "{source}: {e}");
+        assert!(e.message.contains(fragment), "{source}: {e}");
+    }
+}
+
+#[test]
+fn journal_host_modules_and_files_are_replayed_from_their_recorded_content() {
+    let dir = std::env::temp_dir().join(format!("moonjail-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("greet.lua"), "return {word = 'hello'}").unwrap();
+    let data = dir.join("data.txt");
+    std::fs::write(&data, "line one\n").unwrap();
+    let data = data.to_str().unwrap().to_string();
+    let source = format!(
+        "local g = require('greet') local f = io.open({data:?}) local t = f:read('a') \
+         f:close() return g.word .. ' ' .. t"
+    );
+    for (mode, isolation) in modes() {
+        let sandbox = Sandbox::builder()
+            .profile(Profile::Aos)
+            .host_files(HostFiles::default().modules_dir(&dir).allow_read(&data))
+            .isolation(isolation.clone())
+            .build()
+            .unwrap();
+        std::fs::write(dir.join("greet.lua"), "return {word = 'hello'}").unwrap();
+        std::fs::write(&data, "line one\n").unwrap();
+        let (recorded, journal) = record(&sandbox, &source);
+        assert_eq!(
+            recorded.result.as_ref().unwrap(),
+            &json!("hello line one\n"),
+            "{mode}"
+        );
+        // The files change (or vanish): the replay reads the journal, not them.
+        std::fs::write(dir.join("greet.lua"), "return {word = 'changed'}").unwrap();
+        std::fs::remove_file(&data).unwrap();
+        let replayed = replay(&journal, &ReplayOptions::default().isolation(isolation));
+        assert_eq!(essence(&replayed), essence(&recorded), "{mode}");
+        // A file the recorded run did not read is a divergence.
+        let other = replay(
+            &journal,
+            &ReplayOptions::default().source("return require('other')"),
+        );
+        let e = other.error().unwrap();
+        assert_eq!(e.kind, ErrorKind::ReplayDivergence, "{mode}: {e:?}");
+        assert!(e.message.contains("module `other`"), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn journal_the_size_limit_stops_the_run() {
+    for (mode, isolation) in modes() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox = tools(calls.clone()).isolation(isolation).build().unwrap();
+        let buffer = Buffer::default();
+        let result = sandbox.run_journaled(
+            "while true do rand.next(string.rep('x', 100)) end",
+            &Json::Null,
+            &RunOptions::default(),
+            JournalWriter::new(buffer.clone()).limit(Some(4096)),
+        );
+        match result {
+            Err(JournalError::Limit { limit: 4096 }) => {}
+            other => panic!("{mode}: expected the journal limit, got {other:?}"),
+        }
+        let written = buffer.bytes();
+        assert!(written.len() <= 4096, "{mode}: {} bytes", written.len());
+        // Every call that ran is in the journal, but for the one that crossed the limit.
+        let recorded = written
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+            - 1;
+        let made = calls.load(Ordering::SeqCst) as usize;
+        assert!(
+            made == recorded || made == recorded + 1,
+            "{mode}: {made} vs {recorded}"
+        );
+        // And the journal, left without its end line, does not replay.
+        let e = moonjail::replay(&written[..], &ReplayOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("no \"end\" line"), "{mode}: {e}");
+    }
+}
+
+#[test]
+fn journal_a_deterministic_sandbox_keeps_its_time_and_seed() {
+    let sandbox = Sandbox::builder()
+        .deterministic(Some(moonjail::Determinism {
+            timestamp: 1_700_000_000,
+            seed: 7,
+        }))
+        .build()
+        .unwrap();
+    let (recorded, journal) = record(&sandbox, "return os.time(), math.random(1, 1000)");
+    let plain = sandbox.run("return os.time(), math.random(1, 1000)", &Json::Null);
+    assert_eq!(essence(&recorded), essence(&plain));
+    let parsed = Journal::parse(&journal).unwrap();
+    assert_eq!(parsed.spec().deterministic.unwrap().seed, 7);
+    assert_eq!(
+        essence(&replay(&journal, &ReplayOptions::default())),
+        essence(&recorded)
+    );
+}
+
+#[test]
+fn journal_truncated_corrupt_and_oversized_journals_are_clear_errors() {
+    let sandbox = tools(Arc::default()).build().unwrap();
+    let (_, journal) = record(&sandbox, SCRIPT);
+    let text = String::from_utf8(journal.clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (Vec::new(), "the journal is empty"),
+        (b"not json\n".to_vec(), "line 1: not JSON"),
+        (lines[1..].join("\n").into_bytes(), "not a \"start\" line"),
+        (lines[..3].join("\n").into_bytes(), "no \"end\" line"),
+        (journal[..journal.len() / 2].to_vec(), "line"),
+        (
+            text.replacen("\"v\":1", "\"v\":99", 1).into_bytes(),
+            "journal version 99",
+        ),
+        (
+            text.replacen("\"type\":\"tool\"", "\"type\":\"teleport\"", 1)
+                .into_bytes(),
+            "unknown line type",
+        ),
+        (
+            text.replacen("rand.next(\\\"first\\\")", "rand.next(\\\"last\\\")", 1)
+                .into_bytes(),
+            "does not match its sha256",
+        ),
+        (
+            format!("{text}{}\n", lines[1]).into_bytes(),
+            "after the \"end\" line",
+        ),
+    ];
+    for (bytes, fragment) in cases {
+        let e = moonjail::replay(&bytes[..], &ReplayOptions::default()).unwrap_err();
+        assert!(
+            matches!(e, JournalError::Corrupt { .. }),
+            "{fragment}: {e:?}"
+        );
+        assert!(e.to_string().contains(fragment), "{fragment}: {e}");
+    }
+    let e = moonjail::replay(&journal[..], &ReplayOptions::default().limit(Some(100))).unwrap_err();
+    assert!(matches!(e, JournalError::TooLarge { limit: 100 }), "{e:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Arbitrary bytes as a journal: an error or a journal, never a panic.
+    #[test]
+    fn journal_arbitrary_bytes_never_panic_the_reader(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Journal::parse(&bytes);
+    }
+
+    /// A real journal with one byte changed or cut: never a panic, and the replay of
+    /// whatever still parses runs to an outcome.
+    #[test]
+    fn journal_damaged_journals_never_panic(at in 0usize..4096, byte in any::<u8>(), cut in any::<bool>()) {
+        static JOURNAL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let journal = JOURNAL.get_or_init(|| {
+            let sandbox = tools(Arc::default()).build().unwrap();
+            record(&sandbox, SCRIPT).1
+        });
+        let mut damaged = journal.clone();
+        let at = at % damaged.len();
+        if cut { damaged.truncate(at) } else { damaged[at] = byte }
+        if let Ok(parsed) = Journal::parse(&damaged) {
+            let _ = moonjail::replay_journal(&parsed, &ReplayOptions::default());
+        }
+    }
+}
