@@ -6,6 +6,9 @@
 #
 #   bash bench/load.sh                     # release build, 10 s per phase, 64 connections
 #   DURATION=5s CONNECTIONS=32 bash bench/load.sh
+#   PHASES=inprocess bash bench/load.sh    # some of: inprocess isolated saturated
+#   BIN=path/to/moonjail bash bench/load.sh  # that binary (its moonjail-worker beside
+#                                            # it), not a fresh build: before/after
 #
 # Installs wrk with apt-get when it is missing. Client and server share the machine:
 # on 2 cores the figures are a floor, not the service's capacity.
@@ -22,9 +25,15 @@ if ! command -v wrk >/dev/null; then
     echo "installing wrk" >&2
     (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
 fi
-cargo build --release -q -p moonjail-cli -p moonjail --bin moonjail --bin moonjail-worker
-target=${CARGO_TARGET_DIR:-target}
-bin="$target/release/moonjail"
+PHASES=${PHASES:-inprocess isolated saturated}
+if [ -n "${BIN:-}" ]; then
+    bin=$BIN
+else
+    cargo build --release -q -p moonjail-cli -p moonjail --bin moonjail --bin moonjail-worker
+    target=${CARGO_TARGET_DIR:-target}
+    bin="$target/release/moonjail"
+fi
+echo "binary: $bin ($(git rev-parse --short HEAD 2>/dev/null || echo '?')), $(nproc) CPUs, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 work=$(mktemp -d)
 trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -65,6 +74,11 @@ phase() {
 }
 
 # Throughput: a queue as deep as the connections, so every request waits its turn.
-phase "in process, $WORKERS workers, queue $CONNECTIONS" --workers "$WORKERS" --queue "$CONNECTIONS"
-phase "isolated, $WORKERS workers, queue $CONNECTIONS" --workers "$WORKERS" --queue "$CONNECTIONS" --isolate
-phase "saturated: 1 worker, queue 0 (expect 503s, each answered)" --workers 1 --queue 0
+for p in $PHASES; do
+    case $p in
+        inprocess) phase "in process, $WORKERS workers, queue $CONNECTIONS" --workers "$WORKERS" --queue "$CONNECTIONS" ;;
+        isolated) phase "isolated, $WORKERS workers, queue $CONNECTIONS" --workers "$WORKERS" --queue "$CONNECTIONS" --isolate ;;
+        saturated) phase "saturated: 1 worker, queue 0 (expect 503s, each answered)" --workers 1 --queue 0 ;;
+        *) echo "unknown phase $p (inprocess, isolated, saturated)" >&2; exit 2 ;;
+    esac
+done

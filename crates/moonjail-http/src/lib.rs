@@ -45,6 +45,7 @@ mod extract;
 pub mod keys;
 mod log;
 mod metrics;
+mod runners;
 mod server;
 mod sessions;
 mod state;

@@ -309,17 +309,18 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A runtime sized for the service: `workers` async threads is plenty (the work happens
-/// on blocking threads, as many as executors plus a few), with stacks deep enough for
-/// deeply nested JSON.
+/// A runtime sized for the service: one async thread per two executors, at most 4, is
+/// plenty, since the async side only speaks HTTP (runs happen on runner threads, one per
+/// executor; session calls and lint on blocking threads), and fewer async threads wake
+/// each other less; stacks deep enough for deeply nested JSON.
 ///
 /// # Errors
 /// [`Error::Io`] when the runtime cannot start.
 pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers.clamp(1, 4))
+        .worker_threads((config.workers / 2).clamp(1, 4))
         .max_blocking_threads(config.workers + 4)
-        .thread_stack_size(16 << 20)
+        .thread_stack_size(crate::state::STACK_BYTES)
         .thread_name("moonjail-http")
         .enable_all()
         .build()
