@@ -6,6 +6,9 @@
 #
 #   bash bench/load.sh                     # release build, 10 s per phase, 64 connections
 #   DURATION=5s CONNECTIONS=32 bash bench/load.sh
+#   PHASES=inprocess bash bench/load.sh    # some of: inprocess isolated saturated
+#   BIN=path/to/moonjail bash bench/load.sh  # that binary (its moonjail-worker beside
+#                                            # it), not a fresh build: before/after
 #
 # Installs wrk with apt-get when it is missing. Client and server share the machine:
 # on 2 cores the figures are a floor, not the service's capacity.
@@ -22,9 +25,16 @@ if ! command -v wrk >/dev/null; then
     echo "installing wrk" >&2
     (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
 fi
-cargo build --release -q -p moonjail-cli -p moonjail --bin moonjail --bin moonjail-worker
-target=${CARGO_TARGET_DIR:-target}
-bin="$target/release/moonjail"
+PHASES=${PHASES:-inprocess isolated saturated}
+if [ -n "${BIN:-}" ]; then
+    bin=$BIN
+else
+    cargo build --release -q -p moonjail-cli -p moonjail --bin moonjail --bin moonjail-worker
+    target=${CARGO_TARGET_DIR:-target}
+    bin="$target/release/moonjail"
+fi
+if [ -n "${BIN:-}" ]; then origin="given"; else origin="built from $(git rev-parse --short HEAD 2>/dev/null || echo '?')"; fi
+echo "binary: $bin ($origin), $(nproc) CPUs, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 work=$(mktemp -d)
 trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -52,12 +62,28 @@ stop() {
     kill -TERM "$server"; wait "$server" || true; server=
 }
 
+# The server's CPU time (utime stime, in clock ticks) and its threads' context switches.
+counters() {
+    echo "$(awk '{print $14, $15}' "/proc/$server/stat") \
+        $(cat /proc/"$server"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s}')"
+}
+
 phase() {
     local name=$1; shift
     echo "== $name"
     start "$@"
+    local before after
+    before=$(counters)
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/post.lua" \
-        "http://127.0.0.1:$PORT/v1/run" | grep -E "Requests/sec|Latency|50%|99%|Non-2xx|requests in|Socket errors"
+        "http://127.0.0.1:$PORT/v1/run" > "$work/wrk.out"
+    after=$(counters)
+    grep -E "Requests/sec|Latency|50%|99%|Non-2xx|requests in|Socket errors" "$work/wrk.out"
+    # Per request: what the server spent, whatever else shares the machine.
+    awk -v b="$before" -v a="$after" -v hz="$(getconf CLK_TCK)" \
+        -v n="$(awk '/requests in/ {print $1}' "$work/wrk.out")" 'BEGIN {
+            split(b, x, " "); split(a, y, " ");
+            printf "  server per request: %.0f us user, %.0f us system, %.2f context switches\n",
+                (y[1] - x[1]) / hz * 1e6 / n, (y[2] - x[2]) / hz * 1e6 / n, (y[3] - x[3]) / n }'
     # What every request was answered (wrk counts only non-2xx): by status, from the
     # service's own counters.
     curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^moonjail_http_requests_total\{route="/v1/run"' || true
@@ -65,6 +91,11 @@ phase() {
 }
 
 # Throughput: a queue as deep as the connections, so every request waits its turn.
-phase "in process, $WORKERS workers, queue $CONNECTIONS" --workers "$WORKERS" --queue "$CONNECTIONS"
-phase "isolated, $WORKERS workers, queue $CONNECTIONS" --workers "$WORKERS" --queue "$CONNECTIONS" --isolate
-phase "saturated: 1 worker, queue 0 (expect 503s, each answered)" --workers 1 --queue 0
+for p in $PHASES; do
+    case $p in
+        inprocess) phase "in process, $WORKERS workers, queue $CONNECTIONS" --workers "$WORKERS" --queue "$CONNECTIONS" ;;
+        isolated) phase "isolated, $WORKERS workers, queue $CONNECTIONS" --workers "$WORKERS" --queue "$CONNECTIONS" --isolate ;;
+        saturated) phase "saturated: 1 worker, queue 0 (expect 503s, each answered)" --workers 1 --queue 0 ;;
+        *) echo "unknown phase $p (inprocess, isolated, saturated)" >&2; exit 2 ;;
+    esac
+done

@@ -293,8 +293,12 @@ enum Command {
     ///   curl -s localhost:8080/v1/run -H "Authorization: Bearer $KEY" \
     ///     -d '{"code": "return (...).n * 2", "input": {"n": 21}}'
     ///
+    /// Connections: a request's head must arrive within --header-timeout of its first
+    /// byte, a connection with no request in progress closes after --idle-timeout, and at
+    /// most --max-connections are open at once (slow clients cannot hold them).
+    ///
     /// Stops on SIGTERM or SIGINT: no new connections, requests in flight get --grace to
-    /// finish, then sessions are closed and the command exits 0.
+    /// finish (then are cancelled), then sessions are closed and the command exits 0.
     #[command(verbatim_doc_comment)]
     Serve(Box<ServeArgs>),
     /// Manage the API keys of `moonjail serve`: a key file stores names and SHA-256

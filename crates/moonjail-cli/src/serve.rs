@@ -63,6 +63,20 @@ pub struct ServeArgs {
     /// without a timeout).
     #[arg(long, value_name = "DURATION")]
     pub request_timeout: Option<String>,
+    /// How long a client may take to send a request's head (request line and headers),
+    /// counted from its first byte; past it the connection is closed without an answer.
+    /// Against clients that trickle their headers to hold connections (slowloris).
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub header_timeout: String,
+    /// How long a connection may stay open with no request in progress (once accepted,
+    /// and between an answer and the next request); past it, it is closed. Keep it longer
+    /// than the idle timeout of a load balancer in front.
+    #[arg(long, value_name = "DURATION", default_value = "75s")]
+    pub idle_timeout: String,
+    /// Connections open at once; past it, new ones wait in the listen backlog until one
+    /// closes. Keep it below the file-descriptor limit (`ulimit -n`).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_connections: usize,
     /// How long requests in flight get to finish after SIGTERM or SIGINT.
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub grace: String,
@@ -143,6 +157,13 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
             .context("--request-timeout")?
             .context("--request-timeout: a request timeout is required")?;
     }
+    config.header_timeout = duration(&args.header_timeout)
+        .context("--header-timeout")?
+        .context("--header-timeout: a header timeout is required")?;
+    config.idle_timeout = duration(&args.idle_timeout)
+        .context("--idle-timeout")?
+        .context("--idle-timeout: an idle timeout is required")?;
+    config.max_connections = args.max_connections;
     config.validate()?;
     Ok(config)
 }

@@ -29,6 +29,36 @@ pub(crate) struct Ticket {
     _running: OwnedSemaphorePermit,
 }
 
+/// An admitted request waiting for an executor (it counts as queued until it has one).
+#[derive(Debug)]
+pub(crate) struct Place {
+    admitted: OwnedSemaphorePermit,
+    running: Arc<Semaphore>,
+}
+
+impl Place {
+    /// Blocks this thread (one that is not the runtime's) until an executor is free, or
+    /// returns `None` as soon as `cancelled` completes (the request went away).
+    pub(crate) fn wait_blocking(
+        self,
+        runtime: &tokio::runtime::Handle,
+        cancelled: impl std::future::Future<Output = ()>,
+    ) -> Option<Ticket> {
+        let Place { admitted, running } = self;
+        let running = runtime.block_on(async move {
+            tokio::select! {
+                biased;
+                () = cancelled => None,
+                permit = running.acquire_owned() => permit.ok(),
+            }
+        })?;
+        Some(Ticket {
+            _admitted: admitted,
+            _running: running,
+        })
+    }
+}
+
 impl Executors {
     pub(crate) fn new(workers: usize, queue: usize) -> Executors {
         let capacity = workers.saturating_add(queue);
@@ -42,7 +72,24 @@ impl Executors {
 
     /// Waits for an executor, or refuses at once when the queue is full.
     pub(crate) async fn admit(&self) -> Result<Ticket, ApiError> {
-        let overloaded = || {
+        let place = self.place()?;
+        let running = place.running.clone().acquire_owned().await.map_err(|_| {
+            ApiError::unavailable(
+                "shutting_down",
+                "the service is stopping",
+                Duration::from_secs(1),
+            )
+        })?;
+        Ok(Ticket {
+            _admitted: place.admitted,
+            _running: running,
+        })
+    }
+
+    /// A place among the requests admitted, or a refusal at once when the queue is full;
+    /// the executor is waited for later, with [`Place::wait_blocking`].
+    pub(crate) fn place(&self) -> Result<Place, ApiError> {
+        let admitted = self.admitted.clone().try_acquire_owned().map_err(|_| {
             ApiError::unavailable(
                 "overloaded",
                 format!(
@@ -53,22 +100,10 @@ impl Executors {
                 ),
                 Duration::from_secs(1),
             )
-        };
-        let admitted = self
-            .admitted
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| overloaded())?;
-        let running = self.running.clone().acquire_owned().await.map_err(|_| {
-            ApiError::unavailable(
-                "shutting_down",
-                "the service is stopping",
-                Duration::from_secs(1),
-            )
         })?;
-        Ok(Ticket {
-            _admitted: admitted,
-            _running: running,
+        Ok(Place {
+            admitted,
+            running: self.running.clone(),
         })
     }
 
@@ -195,6 +230,31 @@ mod tests {
         assert!(limits.enter(&key).is_err());
         drop(held);
         assert!(limits.enter(&key).is_ok());
+    }
+
+    #[test]
+    fn a_queued_place_waits_for_an_executor_unless_cancelled() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let executors = Executors::new(1, 2);
+        let busy = runtime.block_on(executors.admit()).unwrap();
+        let place = executors.place().unwrap();
+        assert_eq!((executors.running(), executors.queued()), (1, 1));
+        // The request went away while it waited: no executor is taken.
+        assert!(place
+            .wait_blocking(runtime.handle(), std::future::ready(()))
+            .is_none());
+        assert_eq!((executors.running(), executors.queued()), (1, 0));
+        drop(busy);
+        let ticket = executors
+            .place()
+            .unwrap()
+            .wait_blocking(runtime.handle(), std::future::pending())
+            .unwrap();
+        assert_eq!((executors.running(), executors.queued()), (1, 0));
+        drop(ticket);
+        assert_eq!(executors.running(), 0);
     }
 
     #[tokio::test]

@@ -356,18 +356,28 @@ async fn run(
 ) -> Result<OutcomeResponse, ApiError> {
     let sandbox = state.sandbox_for(request.profile.as_deref(), &request.limits)?;
     let profile = sandbox.profile().name();
-    let ticket = state.executors.admit().await?;
-    let (outcome, response) = joined(
-        tokio::task::spawn_blocking(move || {
-            let options = RunOptions::default().expression(request.expression);
-            let outcome = sandbox.run_with(request.code.as_bytes(), &request.input, &options);
-            drop(ticket);
-            // Written here, off the async threads: a deep result takes stack.
-            let response = OutcomeResponse::new(&outcome);
-            (outcome, response)
-        })
-        .await,
-    )?;
+    let place = state.executors.place()?;
+    let (answer, answered) = oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
+    // On a runner thread: it waits for an executor there, so the thread that finishes a
+    // run goes straight on to the next queued one.
+    state.runners.submit(Box::new(move || {
+        let mut answer = answer;
+        // Not run at all if the request went away meanwhile (timeout, client gone,
+        // shutdown): its receiver is dropped.
+        let Some(ticket) = place.wait_blocking(&runtime, answer.closed()) else {
+            return;
+        };
+        let options = RunOptions::default().expression(request.expression);
+        let outcome = sandbox.run_with(request.code.as_bytes(), &request.input, &options);
+        drop(ticket);
+        // Written here, off the async threads: a deep result takes stack.
+        let response = OutcomeResponse::new(&outcome);
+        let _ = answer.send((outcome, response));
+    }));
+    let (outcome, response) = answered
+        .await
+        .map_err(|_| ApiError::internal("a run's thread failed"))?;
     state.metrics.outcome("run", profile, &outcome);
     Ok(response)
 }

@@ -65,6 +65,21 @@ pub struct Config {
     /// 408 (a backstop: runs have their own deadline, which should be well within it).
     /// By default, the sandbox's timeout plus 30 s, or 5 minutes without one.
     pub request_timeout: Duration,
+    /// How long a client may take to send a request's head (request line and headers),
+    /// counted from its first byte; past it the connection is closed without an answer.
+    /// The defence against clients that trickle their headers to hold connections
+    /// (slowloris). By default, 10 s.
+    pub header_timeout: Duration,
+    /// How long a connection may stay open without a request in progress: after it is
+    /// accepted, and between an answer and the next request's first byte (writing the
+    /// answer out included); past it the connection is closed. Keep it longer than the
+    /// idle timeout of a load balancer in front, which would otherwise reuse a
+    /// connection just as it closes. By default, 75 s.
+    pub idle_timeout: Duration,
+    /// Connections open at once; at the cap, new connections wait in the listen backlog
+    /// until one closes. Keep it below the process's file-descriptor limit (`ulimit -n`)
+    /// with room for workers and files. By default, 512.
+    pub max_connections: usize,
 }
 
 /// What `moonjail serve` allows a request body to weigh by default.
@@ -92,6 +107,9 @@ impl Config {
             rate_limit: None,
             shutdown_grace: Duration::from_secs(10),
             request_timeout,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 512,
         }
     }
 
@@ -112,6 +130,15 @@ impl Config {
         }
         if self.request_timeout.is_zero() {
             return bad("request timeout: must be greater than zero");
+        }
+        if self.header_timeout.is_zero() {
+            return bad("header timeout: must be greater than zero");
+        }
+        if self.idle_timeout.is_zero() {
+            return bad("idle timeout: must be greater than zero");
+        }
+        if self.max_connections == 0 {
+            return bad("max connections: must be at least 1");
         }
         if self.session_idle.is_zero() {
             return bad("session idle timeout: must be greater than zero");

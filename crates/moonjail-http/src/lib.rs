@@ -18,6 +18,11 @@
 //! full, a request gets 503 with `Retry-After` at once. Limits a request asks for are at
 //! most the server's: more is a 400 naming the field and the maximum.
 //!
+//! Connections are HTTP/1.1 and cannot be held by slow clients: one whose request head
+//! takes longer than [`Config::header_timeout`] from its first byte, or that sits idle
+//! longer than [`Config::idle_timeout`], is closed; at most [`Config::max_connections`]
+//! are open at once.
+//!
 //! ```no_run
 //! use moonjail::Sandbox;
 //! use moonjail_http::{Auth, Config, Server};
@@ -34,11 +39,13 @@
 mod admission;
 mod api;
 mod config;
+mod conn;
 mod error;
 mod extract;
 pub mod keys;
 mod log;
 mod metrics;
+mod runners;
 mod server;
 mod sessions;
 mod state;

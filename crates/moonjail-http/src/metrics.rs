@@ -1,6 +1,7 @@
 //! The service's Prometheus metrics (`GET /metrics`, OpenMetrics text): runs by profile
-//! and outcome kind, their latency, limit hits by kind, tool calls, and the gauges of
-//! the moment (queue depth, executors busy, pool size, live sessions).
+//! and outcome kind, their latency, limit hits by kind, tool calls, connections closed
+//! for being idle or slow, and the gauges of the moment (queue depth, executors busy,
+//! pool size, live sessions, open connections).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,6 +28,12 @@ struct KindLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    /// `idle` or `header`.
+    phase: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: String,
     status: u16,
@@ -45,6 +52,17 @@ pub(crate) struct Metrics {
     running: Gauge,
     pool_size: Gauge,
     live_sessions: Gauge,
+    connections: Gauge,
+    connections_expired: Family<PhaseLabels, Counter>,
+}
+
+/// An open connection, counted until it is dropped.
+pub(crate) struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The gauges' values at scrape time.
@@ -109,6 +127,19 @@ impl Metrics {
         );
         let live_sessions = Gauge::default();
         registry.register("live_sessions", "Open sessions", live_sessions.clone());
+        let connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "HTTP connections open now",
+            connections.clone(),
+        );
+        let connections_expired = Family::<PhaseLabels, Counter>::default();
+        registry.register(
+            "connections_timed_out",
+            "Connections closed by the service: idle past the idle timeout (phase idle), or a \
+             request's head not complete within the header timeout (phase header)",
+            connections_expired.clone(),
+        );
         Metrics {
             registry,
             runs,
@@ -120,7 +151,24 @@ impl Metrics {
             running,
             pool_size,
             live_sessions,
+            connections,
+            connections_expired,
         }
+    }
+
+    /// Counts a connection as open until the guard is dropped.
+    pub(crate) fn connection_opened(&self) -> OpenConnection {
+        self.connections.inc();
+        OpenConnection(self.connections.clone())
+    }
+
+    /// Counts a connection closed for outlasting a timeout.
+    pub(crate) fn connection_expired(&self, phase: crate::conn::Expired) {
+        self.connections_expired
+            .get_or_create(&PhaseLabels {
+                phase: phase.as_str(),
+            })
+            .inc();
     }
 
     /// Counts one outcome.

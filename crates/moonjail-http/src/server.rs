@@ -1,17 +1,28 @@
-//! The router with its layers, and a server that binds, serves and shuts down
-//! gracefully.
+//! The router with its layers, and a server that binds, accepts, serves each connection
+//! under its clock (see [`crate::conn`]) and shuts down gracefully.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::api;
 use crate::config::Config;
+use crate::conn::{self, Clock, Timeouts, Watched};
 use crate::error::{ApiError, Error, Result};
 use crate::state::AppState;
 
@@ -95,12 +106,16 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes; then stops accepting, lets requests in flight
-    /// finish within the configured grace period, closes every session (isolated: kills
-    /// their workers) and returns. Warms up (for `/readyz`) and expires idle sessions in
-    /// the background meanwhile.
+    /// finish within the configured grace period, cancels what is still running, closes
+    /// every session (isolated: kills their workers) and returns. Warms up (for
+    /// `/readyz`) and expires idle sessions in the background meanwhile.
+    ///
+    /// Each connection is closed when it sits idle longer than
+    /// [`Config::idle_timeout`] or takes longer than [`Config::header_timeout`] to send
+    /// a request's head; at most [`Config::max_connections`] are open at once.
     ///
     /// # Errors
-    /// [`Error::Io`] when serving fails.
+    /// None so far: a failed accept is logged and retried, a failed connection closed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let Server { state, listener } = self;
         let warm = tokio::spawn({
@@ -122,37 +137,150 @@ impl Server {
                 }
             }
         });
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let signalled = {
-            let state = state.clone();
-            async move {
-                shutdown.await;
-                state.begin_shutdown();
-                tracing::info!("shutting down: no new connections; finishing requests in flight");
-                let _ = stop_tx.send(());
-            }
+        let config = state.config();
+        let timeouts = Timeouts {
+            header: config.header_timeout,
+            idle: config.idle_timeout,
         };
+        let grace = config.shutdown_grace;
+        let http = http1_builder(timeouts);
         let app = router(state.clone());
-        let serve = axum::serve(listener, app).with_graceful_shutdown(signalled);
-        let grace = state.config().shutdown_grace;
-        let outcome = tokio::select! {
-            served = serve => served.map_err(|source| Error::Io { what: "serving".into(), source }),
-            () = async move {
-                if stop_rx.await.is_ok() {
-                    tokio::time::sleep(grace).await;
-                } else {
-                    std::future::pending::<()>().await;
+        let slots = Arc::new(Semaphore::new(config.max_connections));
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let next = async {
+                // At the cap, wait for a connection to close before accepting: new ones
+                // wait in the listen backlog meanwhile.
+                let slot = slots.clone().acquire_owned().await;
+                (slot, listener.accept().await)
+            };
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(ended) = connections.join_next() => {
+                    if let Err(e) = ended {
+                        if e.is_panic() {
+                            tracing::error!(error = %e, "a connection's task panicked");
+                        }
+                    }
                 }
-            } => {
-                tracing::warn!(?grace, "grace period over: cancelling the requests still in flight");
-                Ok(())
+                (slot, accepted) = next => {
+                    let Ok(slot) = slot else { break };
+                    match accepted {
+                        Ok((stream, _peer)) => {
+                            let serve = serve_connection(
+                                &http, &graceful, &app, &state, stream, timeouts,
+                            );
+                            connections.spawn(async move {
+                                serve.await;
+                                drop(slot);
+                            });
+                        }
+                        Err(e) if is_connection_error(&e) => {}
+                        Err(e) => {
+                            // Out of descriptors, most likely: give connections time to
+                            // close rather than spin.
+                            tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
+                            tokio::select! {
+                                () = &mut shutdown => break,
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                        }
+                    }
+                }
             }
-        };
+        }
+        // Stop accepting: connections still in the backlog are refused.
+        drop(listener);
+        state.begin_shutdown();
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        // Idle connections close now, busy ones after their answer; then the grace
+        // period is over and whatever is still running is cancelled.
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!(?grace, "grace period over: cancelling the requests still in flight");
+            }
+        }
+        connections.shutdown().await;
         warm.abort();
         reaper.abort();
         state.sessions.clear();
-        outcome
+        Ok(())
     }
+}
+
+/// HTTP/1.1 as every connection speaks it. A timer, so hyper's own header-read timeout
+/// runs: a backstop behind [`conn::guard`], which bounds each phase separately (hyper's
+/// clock starts when it begins waiting for a head, idle time included, so it is set to
+/// both phases together). HTTP/2 is not compiled in: clients and load balancers reach the
+/// service over HTTP/1.1, and an HTTP/2 stack would be attack surface of its own (stream
+/// floods, its own keep-alive and header limits) for nothing the API needs.
+fn http1_builder(timeouts: Timeouts) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.idle + timeouts.header)
+        .keep_alive(true);
+    builder
+}
+
+/// One accepted connection, ready to be spawned: served by `app` under its clock, watched
+/// by `graceful`, counted in the metrics.
+fn serve_connection(
+    http: &http1::Builder,
+    graceful: &GracefulShutdown,
+    app: &Router,
+    state: &AppState,
+    stream: TcpStream,
+    timeouts: Timeouts,
+) -> impl Future<Output = ()> + Send + 'static {
+    // Answers go out as soon as they are written, not after a delayed ACK.
+    let _ = stream.set_nodelay(true);
+    let clock = Arc::new(Clock::new());
+    let io = TokioIo::new(Watched::new(stream, clock.clone()));
+    let service = hyper::service::service_fn({
+        let clock = clock.clone();
+        let app = app.clone();
+        move |request: Request<Incoming>| {
+            clock.request();
+            let answer = tower_service::Service::call(&mut app.clone(), request);
+            let clock = clock.clone();
+            async move {
+                let response = answer.await;
+                clock.answered();
+                response
+            }
+        }
+    });
+    let served = graceful.watch(http.serve_connection(io, service));
+    let state = state.clone();
+    async move {
+        let _open = state.metrics.connection_opened();
+        match conn::guard(served, &clock, timeouts).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "a connection ended with an error"),
+            Err(expired) => {
+                state.metrics.connection_expired(expired);
+                tracing::debug!(
+                    phase = expired.as_str(),
+                    "closed a connection: too long idle, or too slow sending a request's head"
+                );
+            }
+        }
+    }
+}
+
+/// An accept error that concerns one connection only (the next accept may succeed).
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
@@ -181,17 +309,18 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A runtime sized for the service: `workers` async threads is plenty (the work happens
-/// on blocking threads, as many as executors plus a few), with stacks deep enough for
-/// deeply nested JSON.
+/// A runtime sized for the service: one async thread per two executors, at most 4, is
+/// plenty, since the async side only speaks HTTP (runs happen on runner threads, one per
+/// executor; session calls and lint on blocking threads), and fewer async threads wake
+/// each other less; stacks deep enough for deeply nested JSON.
 ///
 /// # Errors
 /// [`Error::Io`] when the runtime cannot start.
 pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers.clamp(1, 4))
+        .worker_threads((config.workers / 2).clamp(1, 4))
         .max_blocking_threads(config.workers + 4)
-        .thread_stack_size(16 << 20)
+        .thread_stack_size(crate::state::STACK_BYTES)
         .thread_name("moonjail-http")
         .enable_all()
         .build()

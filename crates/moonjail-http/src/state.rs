@@ -13,7 +13,12 @@ use crate::api::{LimitsRequest, Quantity};
 use crate::config::Config;
 use crate::error::{ApiError, Error};
 use crate::metrics::{Metrics, Snapshot};
+use crate::runners::Runners;
 use crate::sessions::Sessions;
+
+/// The stack of every thread that runs Lua or parses a request: deep enough for the Lua
+/// C stack and for deeply nested JSON.
+pub(crate) const STACK_BYTES: usize = 16 << 20;
 
 /// The service's shared state; cheap to clone.
 #[derive(Clone)]
@@ -25,6 +30,7 @@ pub struct AppState {
 pub struct Inner {
     pub(crate) config: Config,
     pub(crate) executors: Executors,
+    pub(crate) runners: Runners,
     pub(crate) key_limits: KeyLimits,
     pub(crate) sessions: Sessions,
     pub(crate) metrics: Metrics,
@@ -53,12 +59,18 @@ impl AppState {
     /// [`AppState::warm_up`] has run a script.
     ///
     /// # Errors
-    /// [`Error::Config`] for a setting that cannot work.
+    /// [`Error::Config`] for a setting that cannot work, [`Error::Io`] when the threads
+    /// that run scripts cannot start.
     pub fn new(config: Config) -> Result<AppState, Error> {
         config.validate()?;
+        let runners = Runners::start(config.workers, STACK_BYTES).map_err(|source| Error::Io {
+            what: "starting the threads that run scripts".into(),
+            source,
+        })?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 executors: Executors::new(config.workers, config.queue),
+                runners,
                 key_limits: KeyLimits::new(config.key_concurrency, config.rate_limit),
                 sessions: Sessions::new(
                     config.max_sessions,

@@ -1,6 +1,7 @@
 //! `moonjail keys` and `moonjail serve`: keys stored as hashes and printed once; the
 //! service refuses to run without auth off loopback; it serves over HTTP (isolated, the
-//! binary being its own worker) and exits 0 on SIGTERM.
+//! binary being its own worker) and exits 0 on SIGTERM; `--header-timeout` closes a
+//! connection whose request head is too slow.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -70,6 +71,46 @@ fn http(addr: &str, request: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Starts `moonjail ARGS` (a `serve` on port 0): the child, the address it printed, and
+/// a thread draining its log (so it never blocks on a full pipe) that returns it.
+fn start_serve(
+    dir: &TempDir,
+    args: &[&str],
+) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+    let mut cmd = command(dir, args);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = spawn(&mut cmd);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no address printed"
+        );
+        if let Some(rest) = line.trim().strip_prefix("moonjail: listening on http://") {
+            break rest.to_string();
+        }
+    };
+    let log = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    (child, addr, log)
+}
+
+/// SIGTERM to `child`, then its exit status and log.
+fn stop_serve(
+    mut child: std::process::Child,
+    log: std::thread::JoinHandle<String>,
+) -> (std::process::ExitStatus, String) {
+    // SAFETY: kill(2) on our own child's pid, which it cannot have reused: not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    (status, log.join().unwrap())
+}
+
 #[test]
 fn serve_answers_runs_isolated_and_exits_0_on_sigterm() {
     let dir = TempDir::new();
@@ -90,27 +131,7 @@ fn serve_answers_runs_isolated_and_exits_0_on_sigterm() {
         "2s",
     ];
     args.extend(isolate.iter().map(String::as_str));
-    let mut cmd = command(&dir, &args);
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = spawn(&mut cmd);
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "no address printed"
-        );
-        if let Some(rest) = line.trim().strip_prefix("moonjail: listening on http://") {
-            break rest.to_string();
-        }
-    };
-    // Drain the log so the child never blocks on a full pipe.
-    let log = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
+    let (child, addr, log) = start_serve(&dir, &args);
     let body = r#"{"code": "return (...).n * 2", "input": {"n": 21}}"#;
     let (status, answer) = http(
         &addr,
@@ -128,10 +149,7 @@ fn serve_answers_runs_isolated_and_exits_0_on_sigterm() {
         "POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
     );
     assert_eq!(status, 401);
-    // SAFETY: kill(2) on our own child's pid, which it cannot have reused: not reaped yet.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    let log = log.join().unwrap();
+    let (status, log) = stop_serve(child, log);
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(
         log.contains("key=\"ci\""),
@@ -141,4 +159,54 @@ fn serve_answers_runs_isolated_and_exits_0_on_sigterm() {
         !log.contains("return (...)"),
         "the log never holds the source: {log}"
     );
+}
+
+#[test]
+fn serve_closes_a_connection_whose_head_is_slower_than_header_timeout() {
+    let dir = TempDir::new();
+    let (child, addr, log) = start_serve(
+        &dir,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-no-auth",
+            "--workers",
+            "1",
+            "--header-timeout",
+            "200ms",
+        ],
+    );
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /heal").unwrap();
+    // Closed (EOF or reset) before the hang guard, never answered.
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    match slow.read_to_end(&mut answer) {
+        Ok(_) => assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer)),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "still open"
+        ),
+    }
+    // A prompt client is served.
+    let (status, _) = http(
+        &addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let (status, log) = stop_serve(child, log);
+    assert_eq!(status.code(), Some(0), "{log}");
+    // The flag is checked.
+    let out = moonjail(
+        &dir,
+        &["serve", "--insecure-no-auth", "--header-timeout", "none"],
+        None,
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("--header-timeout"), "{}", out.stderr);
 }

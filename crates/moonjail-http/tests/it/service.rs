@@ -1,7 +1,11 @@
 //! `/healthz`, `/readyz`, `/metrics`, and graceful shutdown.
 
-use std::sync::Arc;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
+use moonjail::Sandbox;
 use serde_json::json;
 
 use crate::support::{config, sandbox, TestServer, ALICE};
@@ -69,4 +73,57 @@ fn shutdown_lets_requests_in_flight_finish() {
     assert_eq!(busy.join().unwrap()["result"], "done");
     server.shutdown().unwrap();
     assert!(!server.state.is_ready());
+}
+
+#[test]
+fn shutdown_stops_accepting_and_cancels_what_outlasts_the_grace_period() {
+    // A tool that holds its run until the test lets go: a request that cannot finish
+    // within any grace period, without spinning a core.
+    let (release, held) = mpsc::channel::<()>();
+    let held = Mutex::new(held);
+    let sandbox = Sandbox::builder()
+        .timeout(Duration::from_secs(60))
+        .tool("hold", move |_| {
+            let _ = held.lock().unwrap().recv();
+            Ok(serde_json::Value::Null)
+        })
+        .build()
+        .unwrap();
+    let mut config = config(sandbox);
+    config.shutdown_grace = Duration::from_millis(200);
+    let server = TestServer::start(config);
+    let addr = server.base.strip_prefix("http://").unwrap().to_string();
+    let mut stuck = TcpStream::connect(&addr).unwrap();
+    let body = r#"{"code": "hold() return 'finished'"}"#;
+    write!(
+        stuck,
+        "POST /v1/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    server.wait_executing(1);
+    server.shutdown().unwrap();
+    // The grace period is over: the request was cancelled, its connection closed
+    // without an answer, and nothing is accepted any more.
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    match stuck.read_to_end(&mut answer) {
+        Ok(_) => assert!(
+            answer.is_empty(),
+            "answered: {}",
+            String::from_utf8_lossy(&answer)
+        ),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "still open"
+        ),
+    }
+    assert!(TcpStream::connect(&addr).is_err(), "still accepting");
+    drop(release);
 }
