@@ -33,6 +33,23 @@ fn setup() -> TempDir {
     dir
 }
 
+/// Records `script.lua` (in process) into `run.jsonl`.
+fn record(dir: &TempDir) {
+    let out = moonjail(
+        dir.path(),
+        &[
+            "run",
+            "script.lua",
+            "--tool",
+            "rng.next=sh rng.sh",
+            "--journal",
+            "run.jsonl",
+        ],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+}
+
 #[test]
 fn journal_a_run_replays_to_the_same_document_without_running_the_tool() {
     let flags = isolate_flags();
@@ -74,19 +91,7 @@ fn journal_an_edited_script_reports_replay_divergence_at_its_step() {
     let flags = isolate_flags();
     for isolate in [false, true] {
         let dir = setup();
-        let out = moonjail(
-            dir.path(),
-            &[
-                "run",
-                "script.lua",
-                "--tool",
-                "rng.next=sh rng.sh",
-                "--journal",
-                "run.jsonl",
-            ],
-            None,
-        );
-        assert_eq!(out.code, Some(0), "{out:?}");
+        record(&dir);
         let replay = with_isolation(
             &["replay", "run.jsonl", "--source", "edited.lua", "--json"],
             isolate,
@@ -124,19 +129,7 @@ fn journal_an_edited_script_reports_replay_divergence_at_its_step() {
 #[test]
 fn journal_bad_journals_are_misuse_never_a_panic() {
     let dir = setup();
-    let out = moonjail(
-        dir.path(),
-        &[
-            "run",
-            "script.lua",
-            "--tool",
-            "rng.next=sh rng.sh",
-            "--journal",
-            "run.jsonl",
-        ],
-        None,
-    );
-    assert_eq!(out.code, Some(0), "{out:?}");
+    record(&dir);
     let journal = std::fs::read(dir.path().join("run.jsonl")).unwrap();
     dir.write("truncated.jsonl", &journal[..journal.len() - 20]);
     dir.write("corrupt.jsonl", b"\x00\xffnot a journal\n");
