@@ -376,7 +376,7 @@ fn count(value: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<u64>> {
 
 /// A duration: seconds as a number, a `datetime.timedelta`, or the CLI's text
 /// (`"500ms"`); None for no limit.
-fn duration(value: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<Duration>> {
+pub(crate) fn duration(value: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<Duration>> {
     if value.is_none() {
         return Ok(None);
     }

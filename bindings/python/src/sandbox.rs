@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use moonjail::{Error, ErrorKind, RunOptions};
+use moonjail::RunOptions;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
@@ -69,10 +69,7 @@ impl Sandbox {
         if lint {
             let report = self.inner.lint(&code);
             if report.has_errors() {
-                let mut outcome =
-                    moonjail::Outcome::from_error(Error::new(ErrorKind::Lint, report.summary()));
-                outcome.lint = Some(report);
-                return Ok(outcome);
+                return Ok(moonjail::Outcome::refused_by_lint(report));
             }
             let mut outcome = self.run_now(py, &code, &input, expression, cancel)?;
             outcome.lint = Some(report);

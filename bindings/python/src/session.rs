@@ -11,7 +11,7 @@ use std::thread::ThreadId;
 use moonjail::CallOptions;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::PyTuple;
 
 use crate::convert::to_json;
 use crate::interrupt::{self, CancelToken};
@@ -135,36 +135,18 @@ impl Session {
     }
 }
 
-/// The per-request limits a call may lower.
+/// The per-request limits a call may lower: a timeout as `Sandbox` takes one (seconds,
+/// a `timedelta` or text), checked as every front end checks a request's.
 fn options(
     timeout: Option<&Bound<'_, PyAny>>,
     instruction_limit: Option<u64>,
 ) -> PyResult<CallOptions> {
-    let mut o = CallOptions::default();
-    if let Some(t) = timeout.filter(|t| !t.is_none()) {
-        let seconds: f64 = if let Ok(s) = t.cast::<PyString>() {
-            moonjail::units::parse_duration(&s.to_cow()?)
-                .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("timeout: {e}")))?
-                .as_secs_f64()
-        } else {
-            t.extract()?
-        };
-        if !seconds.is_finite() || seconds <= 0.0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "timeout must be a positive number of seconds",
-            ));
-        }
-        o = o.timeout(std::time::Duration::from_secs_f64(seconds));
-    }
-    if let Some(n) = instruction_limit {
-        if n == 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "instruction_limit must be at least 1",
-            ));
-        }
-        o = o.instructions(n);
-    }
-    Ok(o)
+    let timeout = match timeout {
+        Some(t) => crate::config::duration(t, "timeout")?,
+        None => None,
+    };
+    CallOptions::checked(timeout, instruction_limit)
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
 }
 
 #[pymethods]

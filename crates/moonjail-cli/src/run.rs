@@ -123,13 +123,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let report = args.lint.then(|| sandbox.lint(&source));
     let outcome = match report {
         Some(report) if report.has_errors() => {
-            let error = moonjail::Error::new(moonjail::ErrorKind::Lint, report.summary());
-            let mut outcome = moonjail::Outcome::from_error(error);
             if !args.json {
                 crate::lint::print_findings(&name, &source, &report, &mut std::io::stderr())?;
             }
-            outcome.lint = Some(report);
-            outcome
+            moonjail::Outcome::refused_by_lint(report)
         }
         report => {
             if let Some(report) = report

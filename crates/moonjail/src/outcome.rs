@@ -124,6 +124,15 @@ impl Outcome {
         Outcome::failed(error, Duration::ZERO)
     }
 
+    /// The outcome of a script that linting refused (`run --lint`, `lint=True`): error
+    /// kind `lint` with the report's summary, and the report; the script did not run.
+    pub fn refused_by_lint(report: LintReport) -> Outcome {
+        let error = Error::new(crate::ErrorKind::Lint, report.summary());
+        let mut outcome = Outcome::from_error(error);
+        outcome.lint = Some(report);
+        outcome
+    }
+
     /// True when the run succeeded.
     pub fn is_ok(&self) -> bool {
         self.result.is_ok()

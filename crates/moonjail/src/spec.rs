@@ -69,13 +69,26 @@ impl CallOptions {
         timeout: Option<&str>,
         instructions: Option<u64>,
     ) -> Result<CallOptions, crate::ConfigError> {
+        let timeout = timeout.map(crate::units::parse_duration).transpose()?;
+        CallOptions::checked(timeout, instructions)
+    }
+
+    /// The options of a request whose timeout is already a duration (the Python
+    /// package takes seconds or a `timedelta`): the checks of [`CallOptions::parse`].
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidLimit`](crate::ConfigError::InvalidLimit) for a zero
+    /// timeout or zero instructions.
+    pub fn checked(
+        timeout: Option<std::time::Duration>,
+        instructions: Option<u64>,
+    ) -> Result<CallOptions, crate::ConfigError> {
         let invalid = |name, reason: &str| crate::ConfigError::InvalidLimit {
             name,
             reason: reason.to_string(),
         };
         let mut options = CallOptions::default();
-        if let Some(text) = timeout {
-            let timeout = crate::units::parse_duration(text)?;
+        if let Some(timeout) = timeout {
             if timeout.is_zero() {
                 return Err(invalid("timeout", "must be greater than zero"));
             }
