@@ -65,9 +65,7 @@ pub fn builder(
     for key in options.keys() {
         let key: String = key.extract()?;
         if !OPTIONS.contains(&key.as_str()) {
-            let close = OPTIONS
-                .iter()
-                .find(|o| edit_distance(o, &key) <= 2)
+            let close = moonjail::nearest(&key, OPTIONS.iter().copied())
                 .map(|o| format!(" (did you mean {o:?}?)"))
                 .unwrap_or_default();
             return Err(PyTypeError::new_err(format!(
@@ -443,20 +441,4 @@ fn path(value: &Bound<'_, PyAny>, name: &str) -> PyResult<PathBuf> {
         .extract::<String>()
         .map(PathBuf::from)
         .map_err(|_| PyTypeError::new_err(format!("{name} must be a path (str or os.PathLike)")))
-}
-
-/// Levenshtein distance, for "did you mean" on a misspelt keyword.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }

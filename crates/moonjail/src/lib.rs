@@ -81,7 +81,7 @@ pub use journal::{
     DEFAULT_JOURNAL_LIMIT, JOURNAL_VERSION,
 };
 pub use limits::Limits;
-pub use lint::{Finding, LintReport, Manifest, Severity};
+pub use lint::{nearest, Finding, LintReport, Manifest, Severity};
 pub use outcome::{to_json_line, Budget, Outcome, OutcomeDoc, Stats};
 pub use profile::{guard_note, Item, Profile, ProfileSpec};
 pub use sandbox::{RunOptions, Sandbox, SandboxBuilder};

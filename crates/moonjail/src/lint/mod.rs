@@ -27,6 +27,8 @@
 pub(crate) mod hints;
 mod lex;
 mod rules;
+
+pub use rules::nearest;
 mod scope;
 pub(crate) mod view;
 
