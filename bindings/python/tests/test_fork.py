@@ -37,7 +37,15 @@ SCRIPT = textwrap.dedent(
             if ppid == me:
                 found.add(int(pid))
         return found
-    before = workers()
+    # The timed-out run's worker is retired and replaced by the pool's keeper thread,
+    # off the run's path: take the parent's workers once that has settled.
+    import time
+    before, settled = workers(), 0
+    while settled < 4:
+        time.sleep(0.05)
+        now = workers()
+        settled = settled + 1 if now == before else 0
+        before = now
     pid = os.fork()
     if pid == 0:
         signal.alarm(10)                      # a hang guard for the child
