@@ -58,15 +58,24 @@ pub enum JournalError {
     /// Writing or reading the journal failed.
     #[error("journal: {0}")]
     Io(#[from] std::io::Error),
-    /// The journal would have grown past its limit: the run was stopped (the call that
-    /// crossed it has run; none after it did), and the journal has no `end` line.
+    /// The journal would have grown past its limit, and it has no `end` line. Either the
+    /// run was stopped (the call that crossed it has run; none after it did), or, when
+    /// `finished`, the run ended but its `end` line (the outcome, with its output and
+    /// every tool call) did not fit.
     #[error(
-        "journal: the run was stopped because its journal would pass the journal limit of \
-         {limit} bytes (raise it with --journal-limit / JournalWriter::limit)"
+        "journal: {} its journal would pass the journal limit of {limit} bytes (raise it \
+         with --journal-limit / JournalWriter::limit)",
+        if *finished {
+            "the run finished, but its outcome was not recorded because"
+        } else {
+            "the run was stopped because"
+        }
     )]
     Limit {
         /// The limit, in bytes.
         limit: u64,
+        /// The run had ended: only its `end` line was refused.
+        finished: bool,
     },
     /// The journal to replay is larger than the replay's limit.
     #[error("journal: the journal is larger than the limit of {limit} bytes")]
@@ -163,22 +172,22 @@ impl JournalWriter {
 
     /// Writes one whole line, `\n` included; refuses a line past the limit.
     fn text(&mut self, text: &[u8]) -> Result<(), JournalError> {
-        let len = text.len() as u64;
-        if let Some(limit) = self.limit {
-            if self.written.saturating_add(len) > limit {
-                return Err(JournalError::Limit { limit });
-            }
-        }
+        self.room(text.len() as u64)?;
         self.out.write_all(text)?;
         self.out.flush()?;
-        self.written += len;
+        self.written += text.len() as u64;
         Ok(())
     }
 
-    /// Would a line of `len` bytes still fit?
-    fn fits(&self, len: u64) -> bool {
-        self.limit
-            .is_none_or(|limit| self.written.saturating_add(len) <= limit)
+    /// Whether a line of `len` bytes still fits: the limit error if not.
+    fn room(&self, len: u64) -> Result<(), JournalError> {
+        match self.limit {
+            Some(limit) if self.written.saturating_add(len) > limit => Err(JournalError::Limit {
+                limit,
+                finished: false,
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn sync(&mut self) -> Result<(), JournalError> {
@@ -287,14 +296,10 @@ impl ToolTap for Recording {
             return Err(ToolError::new(JOURNAL_FAILED));
         }
         // A call whose arguments alone would pass the limit is not made.
-        {
-            let writer = self.writer();
-            if !writer.fits(line.len() as u64 + 2) {
-                let limit = writer.limit.unwrap_or(0);
-                drop(writer);
-                self.fail(JournalError::Limit { limit });
-                return Err(ToolError::new(JOURNAL_FAILED));
-            }
+        let room = self.writer().room(line.len() as u64 + 2);
+        if let Err(e) = room {
+            self.fail(e);
+            return Err(ToolError::new(JOURNAL_FAILED));
         }
         let result = real(args);
         let tail = match &result {
@@ -310,9 +315,6 @@ impl ToolTap for Recording {
         line.extend_from_slice(b"}\n");
         let written = match tail {
             Err(e) => Err(std::io::Error::other(e).into()),
-            Ok(()) if self.has_failed() => Err(JournalError::Io(std::io::Error::other(
-                "the journal failed",
-            ))),
             Ok(()) => self.writer().text(&line),
         };
         if let Err(e) = written {
@@ -548,7 +550,13 @@ impl Sandbox {
         let mut end = b"{\"type\":\"end\",\"outcome\":".to_vec();
         serde_json::to_writer(&mut end, &outcome).map_err(std::io::Error::other)?;
         end.extend_from_slice(b"}\n");
-        writer.text(&end)?;
+        writer.text(&end).map_err(|e| match e {
+            JournalError::Limit { limit, .. } => JournalError::Limit {
+                limit,
+                finished: true,
+            },
+            e => e,
+        })?;
         writer.sync()?;
         Ok(outcome)
     }

@@ -266,12 +266,17 @@ fn journal_host_modules_and_files_are_replayed_from_their_recorded_content() {
         // The files change (or vanish): the replay reads the journal, not them.
         std::fs::write(dir.join("greet.lua"), "return {word = 'changed'}").unwrap();
         std::fs::remove_file(&data).unwrap();
-        let replayed = replay(&journal, &ReplayOptions::default().isolation(isolation));
+        let replayed = replay(
+            &journal,
+            &ReplayOptions::default().isolation(isolation.clone()),
+        );
         assert_eq!(essence(&replayed), essence(&recorded), "{mode}");
         // A file the recorded run did not read is a divergence.
         let other = replay(
             &journal,
-            &ReplayOptions::default().source("return require('other')"),
+            &ReplayOptions::default()
+                .isolation(isolation.clone())
+                .source("return require('other')"),
         );
         let e = other.error().unwrap();
         assert_eq!(e.kind, ErrorKind::ReplayDivergence, "{mode}: {e:?}");
@@ -293,7 +298,10 @@ fn journal_the_size_limit_stops_the_run() {
             JournalWriter::new(buffer.clone()).limit(Some(4096)),
         );
         match result {
-            Err(JournalError::Limit { limit: 4096 }) => {}
+            Err(JournalError::Limit {
+                limit: 4096,
+                finished: false,
+            }) => {}
             other => panic!("{mode}: expected the journal limit, got {other:?}"),
         }
         let written = buffer.bytes();
@@ -312,6 +320,41 @@ fn journal_the_size_limit_stops_the_run() {
         // And the journal, left without its end line, does not replay.
         let e = moonjail::replay(&written[..], &ReplayOptions::default()).unwrap_err();
         assert!(e.to_string().contains("no \"end\" line"), "{mode}: {e}");
+
+        // A call whose arguments alone would pass the limit is not made at all.
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox = tools(calls.clone()).build().unwrap();
+        let result = sandbox.run_journaled(
+            "return rand.next(string.rep('x', 5000))",
+            &Json::Null,
+            &RunOptions::default(),
+            JournalWriter::new(Buffer::default()).limit(Some(4096)),
+        );
+        assert!(
+            matches!(
+                result,
+                Err(JournalError::Limit {
+                    finished: false,
+                    ..
+                })
+            ),
+            "{mode}: {result:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "{mode}");
+
+        // A run that ends, but whose outcome does not fit, says so.
+        let result = sandbox.run_journaled(
+            "print(string.rep('x', 5000)) return 1",
+            &Json::Null,
+            &RunOptions::default(),
+            JournalWriter::new(Buffer::default()).limit(Some(4096)),
+        );
+        match result {
+            Err(e @ JournalError::Limit { finished: true, .. }) => {
+                assert!(e.to_string().contains("the run finished"), "{mode}: {e}")
+            }
+            other => panic!("{mode}: expected an unrecorded outcome, got {other:?}"),
+        }
     }
 }
 
@@ -346,7 +389,7 @@ fn journal_truncated_corrupt_and_oversized_journals_are_clear_errors() {
         (b"not json\n".to_vec(), "line 1: not JSON"),
         (lines[1..].join("\n").into_bytes(), "not a \"start\" line"),
         (lines[..3].join("\n").into_bytes(), "no \"end\" line"),
-        (journal[..journal.len() / 2].to_vec(), "line"),
+        (journal[..journal.len() / 2].to_vec(), "not JSON"),
         (
             text.replacen("\"v\":1", "\"v\":99", 1).into_bytes(),
             "journal version 99",
