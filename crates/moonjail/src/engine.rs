@@ -428,33 +428,25 @@ fn load_code(
 fn resolve(
     lua: &mlua::Lua,
     name: &str,
-    cache: Option<&mut NameCache>,
+    mut cache: Option<&mut NameCache>,
 ) -> Result<Option<(mlua::Function, Option<mlua::Table>)>, Error> {
     let internal = |e: mlua::Error| Error::new(ErrorKind::Internal, mlua_message(&e));
     let mut parts = name.split('.');
     let first = parts.next().unwrap_or_default();
-    let Some(cache) = cache else {
-        let mut value: Value = diag::real_globals(lua).raw_get(first).map_err(internal)?;
-        for part in parts {
-            value = match value {
-                Value::Table(t) => t.raw_get(part).map_err(internal)?,
-                _ => return Ok(None),
-            };
-        }
-        return callable(value);
+    let globals = match cache.as_deref_mut() {
+        Some(cache) => cache.globals(lua),
+        None => diag::real_globals(lua),
     };
-    let globals = match &cache.globals {
-        Some(g) => g.clone(),
-        None => cache.globals.insert(diag::real_globals(lua)).clone(),
+    let mut key = |part: &str| match cache.as_deref_mut() {
+        Some(cache) => cache.key(lua, part),
+        None => lua.create_string(part),
     };
     let mut value: Value = globals
-        .raw_get(cache.key(lua, first).map_err(internal)?)
+        .raw_get(key(first).map_err(internal)?)
         .map_err(internal)?;
     for part in parts {
         value = match value {
-            Value::Table(t) => t
-                .raw_get(cache.key(lua, part).map_err(internal)?)
-                .map_err(internal)?,
+            Value::Table(t) => t.raw_get(key(part).map_err(internal)?).map_err(internal)?,
             _ => return Ok(None),
         };
     }
@@ -474,6 +466,12 @@ struct NameCache {
 impl NameCache {
     const MAX: usize = 32;
     const MAX_NAME: usize = 64;
+
+    fn globals(&mut self, lua: &mlua::Lua) -> mlua::Table {
+        self.globals
+            .get_or_insert_with(|| diag::real_globals(lua))
+            .clone()
+    }
 
     fn key(&mut self, lua: &mlua::Lua, part: &str) -> mlua::Result<mlua::LuaString> {
         if let Some((_, s)) = self.names.iter().find(|(n, _)| &**n == part) {
@@ -701,8 +699,7 @@ fn marshal_results(
     values: &MultiValue,
     limits: &crate::Limits,
 ) -> Result<Vec<Json>, Error> {
-    let values: Vec<Value> = values.iter().cloned().collect();
-    marshal::to_json_all(lua, &values, limits.result_bounds()).map_err(|(i, e)| {
+    marshal::to_json_all(lua, values.iter(), limits.result_bounds()).map_err(|(i, e)| {
         let kind = if e.host {
             ErrorKind::MemoryLimit
         } else {

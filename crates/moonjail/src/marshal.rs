@@ -132,7 +132,7 @@ fn render_path(segs: &[Seg]) -> String {
 
 /// Converts a Lua value to JSON under `bounds`.
 pub(crate) fn to_json(lua: &Lua, value: &Value, bounds: Bounds) -> Result<Json, MarshalError> {
-    to_json_all(lua, std::slice::from_ref(value), bounds)
+    to_json_all(lua, std::iter::once(value), bounds)
         .map(|mut all| all.pop().unwrap_or(Json::Null))
         .map_err(|(_, e)| e)
 }
@@ -140,9 +140,9 @@ pub(crate) fn to_json(lua: &Lua, value: &Value, bounds: Bounds) -> Result<Json, 
 /// Converts several values (the results of one call) under one budget: `bounds` cover
 /// them together, counted as they are converted. On failure, the position of the value
 /// that broke them.
-pub(crate) fn to_json_all(
+pub(crate) fn to_json_all<'a>(
     lua: &Lua,
-    values: &[Value],
+    values: impl ExactSizeIterator<Item = &'a Value>,
     bounds: Bounds,
 ) -> Result<Vec<Json>, (usize, MarshalError)> {
     let mut w = Walker {
@@ -155,14 +155,15 @@ pub(crate) fn to_json_all(
         host: 0,
         meter: Meter::new(),
     };
-    let mut out = Vec::with_capacity(values.len());
-    for (i, value) in values.iter().enumerate() {
+    let count = values.len();
+    let mut out = Vec::with_capacity(count);
+    for (i, value) in values.enumerate() {
         out.push(w.walk(value).map_err(|e| (i, e))?);
     }
     // What was counted since the last settlement is paid too, so many small conversions
     // (a loop around `json.encode`) use up an instruction budget.
     if let Some(msg) = w.meter.finish() {
-        return Err((values.len().saturating_sub(1), w.fail(msg)));
+        return Err((count.saturating_sub(1), w.fail(msg)));
     }
     Ok(out)
 }

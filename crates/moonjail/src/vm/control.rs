@@ -349,7 +349,7 @@ impl Control {
             self.poll_ns.store(u64::MAX, Ordering::SeqCst);
             self.interrupt_now();
             self.schedule_poll();
-            super::watchdog::rearm_this_thread();
+            super::watchdog::rearm_from_handler();
         }
         let s = self.stop();
         if s != Stop::None {

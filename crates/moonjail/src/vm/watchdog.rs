@@ -44,7 +44,7 @@ fn set_due(ctl: &Control, at: Instant) -> std::time::Duration {
 #[cfg(not(target_os = "linux"))]
 pub(crate) use thread::Deadline;
 #[cfg(target_os = "linux")]
-pub(crate) use timer::{for_each_armed, rearm_from_handler, rearm_this_thread, Deadline};
+pub(crate) use timer::{for_each_armed, rearm_from_handler, Deadline};
 
 /// Without per-thread timers, the handler knows only the current run.
 #[cfg(not(target_os = "linux"))]
@@ -58,10 +58,6 @@ pub(crate) fn for_each_armed(mut f: impl FnMut(&Control)) {
 /// with an interrupt check once per period.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn rearm_from_handler() {}
-
-/// See [`rearm_from_handler`].
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn rearm_this_thread() {}
 
 #[cfg(target_os = "linux")]
 mod timer {
@@ -225,11 +221,6 @@ mod timer {
         if let Some(timer) = LIVE_TIMER.with(Cell::get) {
             rearm(timer);
         }
-    }
-
-    /// Sets the timer for the current calls after an interrupt check was rescheduled.
-    pub(crate) fn rearm_this_thread() {
-        rearm_from_handler();
     }
 
     /// A registered deadline; dropping it unregisters it and re-arms the thread's timer
