@@ -241,8 +241,12 @@ fn a_check_that_never_stops_changes_nothing() {
         // coroutines for its polls, and unhooks them again).
         for source in BUSY {
             let sb = checked.with_spec(no_budget(&checked)).unwrap();
+            let reference = plain.with_spec(no_budget(&plain)).unwrap();
             let out = guarded(HANG_GUARD, move || sb.run(source, &Json::Null));
+            let expected = guarded(HANG_GUARD, move || reference.run(source, &Json::Null));
             assert!(out.is_ok(), "{mode}: {source}: {out:?}");
+            assert_eq!(out.result, expected.result, "{mode}: {source}");
+            assert_eq!(out.more_results, expected.more_results, "{mode}: {source}");
         }
     }
     assert!(
