@@ -12,6 +12,7 @@
 //! the timer is set for whichever comes first, the deadline or the next check. A call
 //! with neither has no timer armed at all.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::control::Control;
@@ -59,10 +60,29 @@ pub(crate) fn for_each_armed(mut f: impl FnMut(&Control)) {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn rearm_from_handler() {}
 
+/// How many times this process is a `fork` child of the process it started in (0 in the
+/// original): what tells a forked child that state it inherited belongs to its parent.
+/// POSIX timers are not inherited (a timer id kept across a fork names no timer, and
+/// arming it arms nothing: a forked child's scripts then ran past their deadlines
+/// forever), and workers are the parent's (`worker/pool.rs`, `Worker::belongs_here`).
+/// One atomic load, where `getpid` would be a system call.
+pub(crate) fn fork_generation() -> u64 {
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    extern "C" fn after_fork_in_child() {
+        FORKS.fetch_add(1, Ordering::Relaxed);
+    }
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a child handler that only bumps an atomic (async-signal
+        // safe, as a handler run after fork in a multithreaded process must be).
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+    FORKS.load(Ordering::Relaxed)
+}
+
 #[cfg(target_os = "linux")]
 mod timer {
     use std::cell::Cell;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     use std::time::Instant;
 
@@ -91,31 +111,16 @@ mod timer {
         static LIVE_TIMER: Cell<Option<libc::timer_t>> = const { Cell::new(None) };
     }
 
-    /// Bumped in a child process right after `fork`: POSIX timers are not inherited, so
-    /// a timer id the forking thread kept names no timer in the child, and arming it
-    /// would silently arm nothing (a script forked off a host that had run one before
-    /// then ran past its deadline forever).
-    static FORKS: AtomicU64 = AtomicU64::new(0);
-
-    extern "C" fn after_fork_in_child() {
-        FORKS.fetch_add(1, Ordering::Relaxed);
-    }
-
     thread_local! {
-        /// The value of `FORKS` when this thread's timer was made.
+        /// The fork generation in which this thread's timer was made.
         static TIMER_FORKS: Cell<u64> = const { Cell::new(0) };
     }
 
     fn this_thread_timer() -> Option<libc::timer_t> {
-        static AT_FORK: std::sync::Once = std::sync::Once::new();
-        AT_FORK.call_once(|| {
-            // SAFETY: registers a child handler that only bumps an atomic (async-signal
-            // safe, as a handler run after fork in a multithreaded process must be).
-            unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-        });
+        let forks = super::fork_generation();
         TIMER.with(|t| {
             if let Some(timer) = t.0.get() {
-                if TIMER_FORKS.with(Cell::get) == FORKS.load(Ordering::Relaxed) {
+                if TIMER_FORKS.with(Cell::get) == forks {
                     return Some(timer);
                 }
                 // Made before a fork: it does not exist in this process. Forget it
@@ -141,7 +146,7 @@ mod timer {
                 timer
             };
             t.0.set(Some(timer));
-            TIMER_FORKS.with(|f| f.set(FORKS.load(Ordering::Relaxed)));
+            TIMER_FORKS.with(|f| f.set(forks));
             LIVE_TIMER.with(|live| live.set(Some(timer)));
             Some(timer)
         })

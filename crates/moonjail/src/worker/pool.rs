@@ -14,7 +14,7 @@
 //! spawns its own on demand (see `Pool::after_fork`). A fork while another thread is
 //! inside the pool (holding its lock) is not survivable, as with any lock and `fork`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,9 +30,9 @@ use crate::outcome::Outcome;
 pub(crate) struct Pool {
     shared: Arc<Shared>,
     keeper: Mutex<Option<JoinHandle<()>>>,
-    /// The process the pool serves: its maker, or the forked child that took it over
-    /// (see [`Pool::after_fork`]).
-    owner: AtomicU32,
+    /// The fork generation of the process the pool serves: its maker's, or that of the
+    /// forked child that took it over (see [`Pool::after_fork`]).
+    owner: AtomicU64,
 }
 
 struct Shared {
@@ -213,7 +213,7 @@ impl Pool {
         Ok(Pool {
             shared,
             keeper: Mutex::new(Some(keeper)),
-            owner: AtomicU32::new(std::process::id()),
+            owner: AtomicU64::new(crate::vm::watchdog::fork_generation()),
         })
     }
 
@@ -222,7 +222,7 @@ impl Pool {
     /// survive the fork. Forgets both, once, so that this process spawns workers of its
     /// own on demand (without prespawning) and never touches the parent's.
     fn after_fork(&self) {
-        let here = std::process::id();
+        let here = crate::vm::watchdog::fork_generation();
         if self.owner.swap(here, Ordering::Relaxed) == here {
             return;
         }

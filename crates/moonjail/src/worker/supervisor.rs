@@ -557,10 +557,10 @@ impl Processes {
 /// whose only child is the locked-down worker), and the channel to it.
 #[derive(Debug)]
 pub(crate) struct Worker {
-    /// The process that spawned the worker. After a `fork`, the child holds a copy of
-    /// this handle: the worker is still the parent's, so the child must neither use it
-    /// nor kill it (its pidfd would let it).
-    owner: u32,
+    /// The fork generation of the process that spawned the worker. After a `fork`, the
+    /// child holds a copy of this handle: the worker is still the parent's, so the child
+    /// must neither use it nor kill it (its pidfd would let it).
+    owner: u64,
     processes: Processes,
     /// `/proc/WORKER/stat`, opened once the worker was ready, for the CPU watch.
     stat: Option<File>,
@@ -619,7 +619,7 @@ impl Worker {
         // used), never through `child`, which has nothing left to release.
         drop(child);
         let mut worker = Worker {
-            owner: std::process::id(),
+            owner: crate::vm::watchdog::fork_generation(),
             processes: Processes {
                 spawned,
                 worker: None,
@@ -1133,7 +1133,7 @@ impl Worker {
 impl Worker {
     /// False in a process forked off the one that spawned the worker.
     pub(crate) fn belongs_here(&self) -> bool {
-        self.owner == std::process::id()
+        self.owner == crate::vm::watchdog::fork_generation()
     }
 }
 
