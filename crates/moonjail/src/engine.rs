@@ -374,9 +374,7 @@ impl Engine {
             }
             Err(e) => (Err(e), Vec::new(), 0),
         };
-        let tool_calls = tools.map(|run| run.take_calls()).unwrap_or_default();
-        stats.tool_calls = tool_calls.len();
-        Outcome {
+        let mut outcome = Outcome {
             result,
             more_results,
             result_count: count,
@@ -384,9 +382,12 @@ impl Engine {
             output_truncated,
             stats,
             diagnostics,
-            tool_calls,
+            tool_calls: Vec::new(),
             lint: None,
-        }
+        };
+        crate::tools::ToolRun::settle(tools.as_deref(), &mut outcome);
+        outcome.stats.tool_calls = outcome.tool_calls.len();
+        outcome
     }
 }
 
@@ -640,6 +641,7 @@ fn limit_message(kind: ErrorKind, limits: &crate::Limits) -> String {
             size(limits.output_bytes)
         ),
         ErrorKind::Interrupted => crate::vm::Stop::Interrupted.message().to_string(),
+        ErrorKind::Suspended => crate::vm::Stop::Suspended.message().to_string(),
         _ => format!(
             "not enough memory: the script reached {} memory limit",
             size(limits.memory_bytes)

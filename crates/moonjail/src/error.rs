@@ -46,11 +46,16 @@ pub enum ErrorKind {
     /// arguments, a call past the last recorded one, fewer calls); the message names the
     /// step, what was recorded and what was asked.
     ReplayDivergence,
+    /// The script called a deferred tool ([`crate::SandboxBuilder::defer_tool`]): the run
+    /// stopped there to wait for the host's answer. Not a failure of the script: the
+    /// error's `value` is the pending call (`{"step", "name", "args"}`), and a journaled
+    /// run resumes from its journal ([`crate::Sandbox::resume`], `moonjail resume`).
+    Suspended,
 }
 
 impl ErrorKind {
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Syntax,
         ErrorKind::Runtime,
         ErrorKind::MemoryLimit,
@@ -65,6 +70,7 @@ impl ErrorKind {
         ErrorKind::Internal,
         ErrorKind::Lint,
         ErrorKind::ReplayDivergence,
+        ErrorKind::Suspended,
     ];
 
     /// The stable name used in JSON outcomes.
@@ -84,6 +90,7 @@ impl ErrorKind {
             ErrorKind::Internal => "internal",
             ErrorKind::Lint => "lint",
             ErrorKind::ReplayDivergence => "replay_divergence",
+            ErrorKind::Suspended => "suspended",
         }
     }
 

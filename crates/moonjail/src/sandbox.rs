@@ -217,6 +217,18 @@ impl SandboxBuilder {
         self
     }
 
+    /// Registers a deferred tool under `name` (see [`ToolRegistry::register_deferred`]):
+    /// a call to it suspends the run (error kind [`crate::ErrorKind::Suspended`], the
+    /// pending call in the error's `value`) until the host answers it; a journaled run
+    /// ([`Sandbox::run_journaled`]) is then resumed from its journal with [`crate::resume`].
+    /// An invalid or taken name is reported by [`SandboxBuilder::build`].
+    pub fn defer_tool(mut self, name: &str) -> Self {
+        if let Err(e) = self.tools.register_deferred(name) {
+            self.tool_error.get_or_insert(e);
+        }
+        self
+    }
+
     /// Describes the tool registered as `name` (see [`ToolRegistry::describe`]): a
     /// description and schemas for the catalogue ([`Sandbox::tool_catalogue`]), and
     /// parameters every call is checked against before the tool runs. Call it after

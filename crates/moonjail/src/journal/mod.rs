@@ -37,8 +37,10 @@ use crate::host::{Determinism, FileSource, InterruptCheck};
 use crate::outcome::Outcome;
 use crate::sandbox::{RunOptions, Sandbox};
 use crate::spec::Spec;
-use crate::tools::{ToolError, ToolQuota, ToolRegistry, ToolTap};
+use crate::tools::{ToolContext, ToolError, ToolQuota, ToolRegistry, ToolTap};
 use crate::worker::Isolation;
+
+mod suspend;
 
 /// The journal format's version: the `v` of the `start` line.
 pub const JOURNAL_VERSION: u64 = 1;
@@ -96,6 +98,13 @@ pub enum JournalError {
     /// The recorded run cannot be rebuilt (its sandbox does not validate here).
     #[error("journal: the recorded sandbox cannot be built: {0}")]
     Config(#[from] crate::error::ConfigError),
+    /// [`Sandbox::resume`] of a journal whose run is not suspended: it ends with `end`
+    /// (the run finished: replay it instead).
+    #[error(
+        "journal: the recorded run is not suspended at a deferred tool call (it finished: \
+         replay it instead); only a journal that ends with a \"suspend\" line can be resumed"
+    )]
+    NotSuspended,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -148,6 +157,19 @@ impl JournalWriter {
             file: None,
             limit: Some(DEFAULT_JOURNAL_LIMIT),
             written: 0,
+        }
+    }
+
+    /// A journal continued at the end of `out` (a file opened for appending, with
+    /// `written` bytes already; `sync` is the same file, fsynced at the end): what
+    /// [`Sandbox::resume`] writes the rest of a run with. The limit counts the bytes
+    /// already there.
+    pub fn appending(out: std::fs::File, sync: std::fs::File, written: u64) -> JournalWriter {
+        JournalWriter {
+            out: Box::new(out),
+            file: Some(sync),
+            limit: Some(DEFAULT_JOURNAL_LIMIT),
+            written,
         }
     }
 
@@ -235,6 +257,9 @@ struct Recording {
     failed: Mutex<Option<JournalError>>,
     stop: Arc<AtomicBool>,
     steps: AtomicU64,
+    /// A deferred call was recorded (a `suspend` line): the run is over, and any later
+    /// call (only a worker that ignored the stop could make one) is refused.
+    suspended: AtomicBool,
 }
 
 impl Recording {
@@ -280,10 +305,14 @@ impl ToolTap for Recording {
         if self.has_failed() {
             return Err(ToolError::new(JOURNAL_FAILED));
         }
+        if self.suspended.load(Ordering::SeqCst) {
+            return Err(ToolError::suspended());
+        }
         let step = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
         // The line is written as text, in one pass over the arguments and one over the
         // answer (no copy of either): `{"type":"tool","step":N,"name":…,"args":[…]`, then
-        // `,"ok":true,"result":…}` or `,"ok":false,"error":…}`.
+        // `,"ok":true,"result":…}` or `,"ok":false,"error":…}`; a deferred call's
+        // `{"type":"suspend",…,"args":[…]}` is the same head.
         let mut line = format!("{{\"type\":\"tool\",\"step\":{step},\"name\":").into_bytes();
         let head = serde_json::to_writer(&mut line, name)
             .and_then(|()| {
@@ -302,6 +331,9 @@ impl ToolTap for Recording {
             return Err(ToolError::new(JOURNAL_FAILED));
         }
         let result = real(args);
+        if matches!(&result, Err(e) if e.suspend) {
+            return self.suspend(line, result);
+        }
         let tail = match &result {
             Ok(value) => {
                 line.extend_from_slice(b",\"ok\":true,\"result\":");
@@ -322,6 +354,50 @@ impl ToolTap for Recording {
             return Err(ToolError::new(JOURNAL_FAILED));
         }
         result
+    }
+}
+
+impl Recording {
+    /// Writes the `suspend` line of a deferred call (`head` is its `tool` line up to the
+    /// arguments) and makes it durable: the journal is what the run resumes from.
+    fn suspend(
+        &self,
+        head: Vec<u8>,
+        result: Result<Json, ToolError>,
+    ) -> Result<Json, ToolError> {
+        self.suspended.store(true, Ordering::SeqCst);
+        let mut line = b"{\"type\":\"suspend\"".to_vec();
+        line.extend_from_slice(&head[b"{\"type\":\"tool\"".len()..]);
+        line.extend_from_slice(b"}\n");
+        let written = {
+            let mut writer = self.writer();
+            writer.text(&line).and_then(|()| writer.sync())
+        };
+        if let Err(e) = written {
+            self.fail(e);
+            return Err(ToolError::new(JOURNAL_FAILED));
+        }
+        result
+    }
+
+    /// Writes the host's answer to the pending call `p` (a `tool` line of its step) and
+    /// gives it to the script; the calls after it are numbered on from there.
+    fn answer(&self, p: &Pending, answer: Result<Json, ToolError>) -> Result<Json, ToolError> {
+        self.steps.store(p.step, Ordering::SeqCst);
+        let line = match &answer {
+            Ok(value) => json!({"type": "tool", "step": p.step, "name": p.name, "args": p.args,
+                                "ok": true, "result": value}),
+            Err(e) => json!({"type": "tool", "step": p.step, "name": p.name, "args": p.args,
+                             "ok": false, "error": e.message()}),
+        };
+        if !self.record(&line) {
+            return Err(ToolError::new(JOURNAL_FAILED));
+        }
+        answer
+    }
+
+    fn has_suspended(&self) -> bool {
+        self.suspended.load(Ordering::SeqCst)
     }
 }
 
@@ -513,6 +589,7 @@ impl Sandbox {
             "determinism": {"timestamp": determinism.timestamp, "seed": determinism.seed,
                             "drawn": drawn},
             "tools": tools.map_or(Vec::new(), |t| t.names().collect::<Vec<_>>()),
+            "deferred": tools.map_or(Vec::new(), |t| t.deferred().collect::<Vec<_>>()),
             "quota": tools.map(|t| t.quota().clone()),
             "files": {"modules": host.files.has_modules(), "readable": host.files.has_readable()},
         });
@@ -522,6 +599,7 @@ impl Sandbox {
             failed: Mutex::new(None),
             stop: Arc::clone(&stop),
             steps: AtomicU64::new(0),
+            suspended: AtomicBool::new(false),
         });
         recording.writer().line(&start)?;
         let journaled = Host {
@@ -536,7 +614,16 @@ impl Sandbox {
             interrupt: Some(stop_check(host, stop)),
         };
         let outcome = self.variant(spec, journaled).run_with(source, input, opts);
-        let failed = recording
+        recording.finish(outcome)
+    }
+}
+
+impl Recording {
+    /// Ends the journal of a run that gave `outcome`: its `end` line, fsynced; nothing
+    /// more for a run suspended at a deferred call (its `suspend` line is the last, and
+    /// durable already).
+    fn finish(&self, mut outcome: Outcome) -> Result<Outcome, JournalError> {
+        let failed = self
             .failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -544,7 +631,21 @@ impl Sandbox {
         if let Some(e) = failed {
             return Err(e);
         }
-        let mut writer = recording.writer();
+        let suspended = matches!(&outcome.result, Err(e) if e.kind == ErrorKind::Suspended);
+        if suspended && self.has_suspended() {
+            return Ok(outcome);
+        }
+        if self.has_suspended() {
+            // Only a worker that ignored the stop gets here: its outcome is not the run's.
+            outcome.result = Err(Error::new(
+                ErrorKind::Internal,
+                "the run went on after its deferred tool call had suspended it",
+            ));
+            outcome.more_results.clear();
+            outcome.result_count = 0;
+            return Ok(outcome);
+        }
+        let mut writer = self.writer();
         // Written straight from the outcome (no JSON value built: the document lists
         // every tool call).
         let mut end = b"{\"type\":\"end\",\"outcome\":".to_vec();
@@ -634,13 +735,30 @@ pub struct Journal {
     source: Vec<u8>,
     input: Json,
     tools: Vec<String>,
+    /// The deferred tools among `tools`.
+    deferred: Vec<String>,
     quota: Option<ToolQuota>,
     has_modules: bool,
     has_readable: bool,
     calls: Vec<ToolEvent>,
     /// Keyed by `module:NAME` and `file:PATH`; the first answer of each.
     files: BTreeMap<String, FileEvent>,
+    /// The deferred call the run is suspended at: the journal's last line, unanswered.
+    pending: Option<Pending>,
+    /// `null` for a suspended run.
     end: Json,
+}
+
+/// The deferred call a suspended run stopped at (a journal's last `suspend` line).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Pending {
+    /// The step (tool call number) of the call, counting from 1.
+    pub step: u64,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments the script gave.
+    pub args: Vec<Json>,
 }
 
 fn corrupt(line: usize, reason: impl Into<String>) -> JournalError {
@@ -743,6 +861,15 @@ impl Journal {
                     .map_err(|e| corrupt(n, format!("\"quota\": {e}")))?,
             ),
         };
+        let deferred = match start.get("deferred") {
+            None => Vec::new(),
+            Some(Json::Array(names)) => names
+                .iter()
+                .map(|t| t.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| corrupt(n, "\"deferred\" is not a list of names"))?,
+            Some(_) => return Err(corrupt(n, "\"deferred\" is not a list of names")),
+        };
         let files = field(&start, "files", n)?;
         let mut journal = Journal {
             spec,
@@ -751,11 +878,13 @@ impl Journal {
             source,
             input: field(&start, "input", n)?.clone(),
             tools,
+            deferred,
             quota,
             has_modules: boolean(files, "modules", n)?,
             has_readable: boolean(files, "readable", n)?,
             calls: Vec::new(),
             files: BTreeMap::new(),
+            pending: None,
             end: Json::Null,
         };
         let mut ended = false;
@@ -765,7 +894,45 @@ impl Journal {
             }
             let v: Json =
                 serde_json::from_slice(text).map_err(|e| corrupt(n, format!("not JSON: {e}")))?;
-            match v.get("type").and_then(Json::as_str) {
+            let kind = v.get("type").and_then(Json::as_str);
+            // A `suspend` line is answered by the next line: the `tool` line of its step.
+            if let Some(p) = journal.pending.take() {
+                let step = v.get("step").and_then(Json::as_u64);
+                if kind != Some("tool") || step != Some(p.step) {
+                    return Err(corrupt(
+                        n,
+                        format!(
+                            "the \"suspend\" line of step {} is followed by something else \
+                             than its answer (a \"tool\" line of that step)",
+                            p.step
+                        ),
+                    ));
+                }
+                let answer = tool_event(&v, n)?;
+                if answer.name != p.name || answer.args != p.args {
+                    return Err(corrupt(
+                        n,
+                        format!("the answer of step {} names another call", p.step),
+                    ));
+                }
+                journal.calls.push(answer);
+                continue;
+            }
+            match kind {
+                Some("suspend") => {
+                    let args = match field(&v, "args", n)? {
+                        Json::Array(a) => a.clone(),
+                        _ => return Err(corrupt(n, "\"args\" is not a list")),
+                    };
+                    let step = field(&v, "step", n)?
+                        .as_u64()
+                        .ok_or_else(|| corrupt(n, "\"step\" is not a number"))?;
+                    journal.pending = Some(Pending {
+                        step,
+                        name: string(&v, "name", n)?,
+                        args,
+                    });
+                }
                 Some("tool") => journal.calls.push(tool_event(&v, n)?),
                 Some("module") => {
                     let name = string(&v, "name", n)?;
@@ -804,7 +971,7 @@ impl Journal {
                 None => return Err(corrupt(n, "no \"type\" field")),
             }
         }
-        if !ended {
+        if !ended && journal.pending.is_none() {
             return Err(corrupt(
                 bytes.split(|b| *b == b'\n').count(),
                 "the journal has no \"end\" line (truncated, or the recording run did not finish)",
@@ -833,9 +1000,21 @@ impl Journal {
         self.calls.len()
     }
 
-    /// The outcome document the recorded run ended with (`run --json`'s).
+    /// The outcome document the recorded run ended with (`run --json`'s); `null` for a
+    /// suspended run.
     pub fn recorded_outcome(&self) -> &Json {
         &self.end
+    }
+
+    /// The deferred call the recorded run is suspended at, when the journal ends with
+    /// one (it is then resumed with [`crate::resume`], not only replayed).
+    pub fn pending(&self) -> Option<&Pending> {
+        self.pending.as_ref()
+    }
+
+    /// The deferred tools of the recorded sandbox.
+    pub fn deferred(&self) -> &[String] {
+        &self.deferred
     }
 }
 
@@ -856,19 +1035,52 @@ fn tool_event(v: &Json, n: usize) -> Result<ToolEvent, JournalError> {
     })
 }
 
-/// Answers a replay's tool calls and file reads from the journal.
-#[derive(Debug)]
+/// Answers a replay's tool calls and file reads from the journal; resuming, the pending
+/// call with the host's answer, and the calls after it with the live tools.
 struct Player {
     calls: Mutex<VecDeque<ToolEvent>>,
     files: BTreeMap<String, FileEvent>,
     steps: AtomicU64,
     divergence: Mutex<Option<String>>,
     stop: Arc<AtomicBool>,
+    /// The deferred call the journal ends with, and the host's answer to it (`None`: a
+    /// replay, which suspends there again). Taken when the script reaches it.
+    pending: Mutex<Option<(Pending, Option<Result<Json, ToolError>>)>>,
+    /// Resuming: the tools and files of the rest of the run, recorded.
+    live: Option<Live>,
+}
+
+/// What a resumed run calls after its pending call, and the journal it goes on writing.
+struct Live {
+    tools: Option<Arc<ToolRegistry>>,
+    files: Arc<RecordingFiles>,
+    recording: Arc<Recording>,
+}
+
+impl fmt::Debug for Player {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Player")
+            .field("steps", &self.steps)
+            .field("live", &self.live.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 const DIVERGED: &str = "the replay diverged from the journal: the run is stopped";
 
 impl Player {
+    fn new(journal: &Journal, answer: Option<Result<Json, ToolError>>, live: Option<Live>) -> Player {
+        Player {
+            calls: Mutex::new(journal.calls.iter().cloned().collect()),
+            files: journal.files.clone(),
+            steps: AtomicU64::new(0),
+            divergence: Mutex::new(None),
+            stop: Arc::new(AtomicBool::new(false)),
+            pending: Mutex::new(journal.pending.clone().map(|p| (p, answer))),
+            live,
+        }
+    }
+
     fn diverge(&self, message: String) -> ToolError {
         let mut d = self.divergence.lock().unwrap_or_else(|e| e.into_inner());
         d.get_or_insert(message);
@@ -880,7 +1092,7 @@ impl Player {
         self.stop.load(Ordering::SeqCst)
     }
 
-    fn answer(&self, name: &str, args: Vec<Json>) -> Result<Json, ToolError> {
+    fn answer(&self, ctx: &ToolContext, name: &str, args: Vec<Json>) -> Result<Json, ToolError> {
         if self.diverged() {
             return Err(ToolError::new(DIVERGED));
         }
@@ -890,20 +1102,53 @@ impl Player {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop_front();
-        let asked = call_text(name, &args);
-        match next {
-            None => Err(self.diverge(format!(
-                "step {step} (tool call {step}): the script asked {asked}, but the journal \
-                 records only {} tool calls",
-                step - 1
-            ))),
-            Some(ev) if ev.name != name || ev.args != args => Err(self.diverge(format!(
-                "step {step} (tool call {step}): the journal records {}, the script asked \
-                 {asked}",
-                call_text(&ev.name, &ev.args)
-            ))),
-            Some(ev) => ev.result.map_err(ToolError::new),
+        if let Some(ev) = next {
+            if ev.name != name || ev.args != args {
+                return Err(self.diverge(format!(
+                    "step {step} (tool call {step}): the journal records {}, the script asked \
+                     {}",
+                    call_text(&ev.name, &ev.args),
+                    call_text(name, &args)
+                )));
+            }
+            return ev.result.map_err(ToolError::new);
         }
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((p, answer)) = pending {
+            if p.name != name || p.args != args {
+                return Err(self.diverge(format!(
+                    "step {step} (tool call {step}): the journal records the suspended call \
+                     {}, the script asked {}",
+                    call_text(&p.name, &p.args),
+                    call_text(name, &args)
+                )));
+            }
+            return match (answer, &self.live) {
+                (Some(answer), Some(live)) => live.recording.answer(&p, answer),
+                // A replay stops where the recorded run did.
+                _ => Err(ToolError::suspended()),
+            };
+        }
+        if let Some(live) = &self.live {
+            return match &live.tools {
+                Some(tools) => live
+                    .recording
+                    .call(name, args, &mut |args| tools.call(ctx, name, args)),
+                None => Err(ToolError::new(format!(
+                    "`{name}` cannot be called: the resuming sandbox has no tools"
+                ))),
+            };
+        }
+        let recorded = step - 1;
+        Err(self.diverge(format!(
+            "step {step} (tool call {step}): the script asked {}, but the journal records \
+             only {recorded} tool calls",
+            call_text(name, &args)
+        )))
     }
 
     fn file(&self, key: &str, what: &str) -> Option<&FileEvent> {
@@ -911,13 +1156,47 @@ impl Player {
             return None;
         }
         let found = self.files.get(key);
-        if found.is_none() {
+        if found.is_none() && self.live.is_none() {
             let _ = self.diverge(format!(
                 "{what}: the script read it, but the recorded run did not (the journal has \
                  no content for it)"
             ));
         }
         found
+    }
+
+    /// What the replay's outcome error is instead, if it diverged: its message.
+    fn divergence(&self, journal: &Journal) -> Option<String> {
+        let divergence = self
+            .divergence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if divergence.is_some() {
+            return divergence;
+        }
+        let left = self.calls.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let made = self.steps.load(Ordering::SeqCst);
+        if left > 0 {
+            let next = &journal.calls[made as usize];
+            return Some(format!(
+                "step {} (tool call {}): the journal records {}, but the script ended after \
+                 {made} tool calls",
+                made + 1,
+                made + 1,
+                call_text(&next.name, &next.args)
+            ));
+        }
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.as_ref().map(|(p, _)| {
+            format!(
+                "step {} (tool call {}): the journal records the suspended call {}, but the \
+                 script ended after {made} tool calls",
+                p.step,
+                p.step,
+                call_text(&p.name, &p.args)
+            )
+        })
     }
 }
 
@@ -943,7 +1222,10 @@ impl FileSource for ReplayFiles {
             .file(&format!("module:{name}"), &format!("module `{name}`"))
         {
             Some(FileEvent::Module(answer)) => answer.clone(),
-            _ => Err(format!("\n\t{DIVERGED}")),
+            _ => match &self.player.live {
+                Some(live) if !self.player.diverged() => live.files.module(name),
+                _ => Err(format!("\n\t{DIVERGED}")),
+            },
         }
     }
 
@@ -953,7 +1235,10 @@ impl FileSource for ReplayFiles {
             .file(&format!("file:{path}"), &format!("file `{path}`"))
         {
             Some(FileEvent::File(answer)) => answer.clone(),
-            _ => Some(Err(DIVERGED.to_string())),
+            _ => match &self.player.live {
+                Some(live) if !self.player.diverged() => live.files.read(path),
+                _ => Some(Err(DIVERGED.to_string())),
+            },
         }
     }
 
@@ -991,19 +1276,29 @@ pub fn replay(reader: impl Read, options: &ReplayOptions) -> Result<Outcome, Jou
 /// # Errors
 /// [`JournalError::Config`] when the recorded sandbox cannot be built here.
 pub fn replay_journal(journal: &Journal, options: &ReplayOptions) -> Result<Outcome, JournalError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let player = Arc::new(Player {
-        calls: Mutex::new(journal.calls.iter().cloned().collect()),
-        files: journal.files.clone(),
-        steps: AtomicU64::new(0),
-        divergence: Mutex::new(None),
-        stop: Arc::clone(&stop),
-    });
+    let player = Arc::new(Player::new(journal, None, None));
+    play(journal, player, options, None)
+}
+
+/// Runs the journal's script with `player` answering its tool calls and file reads.
+/// The run happens where `on` runs its scripts (sharing its workers), else where
+/// `options` say.
+fn play(
+    journal: &Journal,
+    player: Arc<Player>,
+    options: &ReplayOptions,
+    on: Option<&Sandbox>,
+) -> Result<Outcome, JournalError> {
     let mut registry = ToolRegistry::new();
     for name in &journal.tools {
         let player = Arc::clone(&player);
         let label = name.clone();
-        registry.register(name, move |args| player.answer(&label, args))?;
+        let answer = move |ctx: &ToolContext, args| player.answer(ctx, &label, args);
+        if journal.deferred.contains(name) {
+            registry.register_deferred_with(name, answer)?;
+        } else {
+            registry.register_with_context(name, answer)?;
+        }
     }
     if let Some(quota) = &journal.quota {
         registry.set_quota(quota.clone());
@@ -1011,7 +1306,10 @@ pub fn replay_journal(journal: &Journal, options: &ReplayOptions) -> Result<Outc
     let sandbox = Sandbox::builder()
         .spec(journal.spec.clone())
         .tools(registry)
-        .isolation(options.isolation.clone())
+        .isolation(match on {
+            Some(_) => Isolation::InProcess,
+            None => options.isolation.clone(),
+        })
         .prepared_states(0)
         .build()?;
     let host = Host {
@@ -1021,37 +1319,16 @@ pub fn replay_journal(journal: &Journal, options: &ReplayOptions) -> Result<Outc
             has_readable: journal.has_readable,
         }),
         tools: sandbox.host().tools.clone(),
-        interrupt: Some(stop_check(sandbox.host(), stop)),
+        interrupt: Some(stop_check(sandbox.host(), Arc::clone(&player.stop))),
     };
     let spec = sandbox.spec().clone();
-    let sandbox = sandbox.variant(spec, host);
+    let sandbox = on.unwrap_or(&sandbox).variant(spec, host);
     let source = options.source.as_deref().unwrap_or(&journal.source);
     let opts = RunOptions::default()
         .chunk_name(&journal.chunk_name)
         .expression(journal.expression);
     let mut outcome = sandbox.run_with(source, &journal.input, &opts);
-    let divergence = player
-        .divergence
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    let left = player.calls.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let message = match divergence {
-        Some(message) => Some(message),
-        None if left > 0 => {
-            let made = player.steps.load(Ordering::SeqCst);
-            let next = &journal.calls[made as usize];
-            Some(format!(
-                "step {} (tool call {}): the journal records {}, but the script ended \
-                 after {made} tool calls",
-                made + 1,
-                made + 1,
-                call_text(&next.name, &next.args)
-            ))
-        }
-        None => None,
-    };
-    if let Some(message) = message {
+    if let Some(message) = player.divergence(journal) {
         // Where the script was stopped (the call that diverged, or where the stop
         // check caught it after a `pcall`), when it was.
         let mut error = Error::new(ErrorKind::ReplayDivergence, message);

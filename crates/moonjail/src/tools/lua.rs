@@ -206,6 +206,14 @@ fn call(
         }
         Ok(out)
     });
+    // A deferred tool's answer: the run stops here, for good (a `pcall` around the call
+    // cannot go on), and its outcome says it is suspended.
+    if matches!(&result, Err(e) if e.suspend) {
+        if let Some(ctl) = current() {
+            ctl.set_stop(crate::vm::Stop::Suspended);
+            ctl.arm_all();
+        }
+    }
     // A call cannot outlive the run: past the deadline, the run ends as a timeout, even
     // if the watchdog has not fired yet.
     if run.deadline().is_some_and(|d| Instant::now() >= d) {

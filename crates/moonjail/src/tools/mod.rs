@@ -29,7 +29,7 @@ mod http;
 pub(crate) mod lua;
 mod schema;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,13 +57,28 @@ const MAX_MESSAGE_BYTES: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolError {
     message: String,
+    /// The answer of a deferred tool: the run stops here, suspended (see
+    /// [`ToolRegistry::register_deferred`]). Only moonjail makes one.
+    pub(crate) suspend: bool,
 }
+
+/// What the script would see of a deferred call's error, were it not stopped at once.
+const SUSPENDED: &str = "the run is suspended at this call: the host answers it later";
 
 impl ToolError {
     /// A tool error with this message.
     pub fn new(message: impl Into<String>) -> ToolError {
         ToolError {
             message: message.into(),
+            suspend: false,
+        }
+    }
+
+    /// The answer of a deferred tool: suspend the run.
+    pub(crate) fn suspended() -> ToolError {
+        ToolError {
+            message: SUSPENDED.to_string(),
+            suspend: true,
         }
     }
 
@@ -250,6 +265,8 @@ pub struct ToolRegistry {
     /// Set for a journaled run (`Sandbox::run_journaled`): every call the host runs goes
     /// through it, which records it (or, replaying, answers it from the journal).
     tap: Option<Arc<dyn ToolTap>>,
+    /// The tools registered with [`ToolRegistry::register_deferred`].
+    deferred: BTreeSet<String>,
 }
 
 /// What sees every call a host-side registry runs, before its schema check: the journal
@@ -280,6 +297,7 @@ impl fmt::Debug for ToolRegistry {
             .field("quota", &self.quota)
             .field("relayed", &self.relay.is_some())
             .field("tapped", &self.tap.is_some())
+            .field("deferred", &self.deferred)
             .finish()
     }
 }
@@ -341,6 +359,48 @@ impl ToolRegistry {
     {
         self.insert(name, Arc::new(f))?;
         Ok(self)
+    }
+
+    /// Registers a *deferred* tool: one the host answers later, perhaps much later, perhaps
+    /// in another process (a person approving a payment). When the script calls it, the
+    /// arguments are checked (against the tool's schema, if described), then the run
+    /// stops there: its outcome fails with [`crate::ErrorKind::Suspended`], whose error
+    /// `value` is the pending call `{"name", "args"}`. A journaled run
+    /// ([`crate::Sandbox::run_journaled`]) records the pending call as a `suspend` line,
+    /// and [`crate::Sandbox::resume`] (`moonjail resume`) continues the run from its journal with
+    /// the host's answer, which the script receives as the tool's return value (or error).
+    ///
+    /// # Errors
+    /// As [`ToolRegistry::register`].
+    pub fn register_deferred(&mut self, name: &str) -> Result<&mut Self, ConfigError> {
+        self.insert(
+            name,
+            Arc::new(|_: &ToolContext, _| Err(ToolError::suspended())),
+        )?;
+        self.deferred.insert(name.to_string());
+        Ok(self)
+    }
+
+    /// A deferred tool whose calls `f` answers (a replay answers them from the journal,
+    /// a resume with the host's answer); `f` suspends the run by returning
+    /// [`ToolError::suspended`].
+    pub(crate) fn register_deferred_with<F>(&mut self, name: &str, f: F) -> Result<(), ConfigError>
+    where
+        F: Fn(&ToolContext, Vec<Json>) -> Result<Json, ToolError> + Send + Sync + 'static,
+    {
+        self.insert(name, Arc::new(f))?;
+        self.deferred.insert(name.to_string());
+        Ok(())
+    }
+
+    /// True when `name` is a deferred tool ([`ToolRegistry::register_deferred`]).
+    pub fn is_deferred(&self, name: &str) -> bool {
+        self.deferred.contains(name)
+    }
+
+    /// The deferred tools' names, in order.
+    pub fn deferred(&self) -> impl Iterator<Item = &str> {
+        self.deferred.iter().map(String::as_str)
     }
 
     /// Without the `http` feature there is no client to register.
@@ -638,6 +698,8 @@ struct RunState {
     total: u32,
     counts: BTreeMap<String, u32>,
     calls: Vec<ToolCall>,
+    /// The deferred call the run stopped at: its name and arguments.
+    pending: Option<(String, Vec<Json>)>,
 }
 
 impl ToolRun {
@@ -684,7 +746,16 @@ impl ToolRun {
         let result = match (args(), &self.registry.relay) {
             (Ok(args), _) => {
                 bytes_in = json_len(&args);
-                self.registry.call(&ctx, name, args)
+                if self.registry.is_deferred(name) {
+                    let pending = (name.to_string(), args.clone());
+                    let result = self.registry.call(&ctx, name, args);
+                    if matches!(&result, Err(e) if e.suspend) {
+                        self.lock().pending = Some(pending);
+                    }
+                    result
+                } else {
+                    self.registry.call(&ctx, name, args)
+                }
             }
             // Relayed, so that the host records the failed call too.
             (Err(e), Some(relay)) => relay.call(name, Err(e)),
@@ -700,8 +771,10 @@ impl ToolRun {
         if let Ok(v) = &result {
             bytes_out = json_len(v);
         }
-        let result = result
-            .map_err(|e| ToolError::new(crate::error::cut_message(e.message, MAX_MESSAGE_BYTES)));
+        let result = result.map_err(|e| ToolError {
+            message: crate::error::cut_message(e.message, MAX_MESSAGE_BYTES),
+            ..e
+        });
         let call = ToolCall {
             name: name.to_string(),
             duration: start.elapsed(),
@@ -765,6 +838,46 @@ impl ToolRun {
     /// Takes the calls recorded so far.
     pub fn take_calls(&self) -> Vec<ToolCall> {
         std::mem::take(&mut self.lock().calls)
+    }
+
+    /// Hands the run's record to its outcome: the calls, and for a run suspended at a
+    /// deferred call, the pending call as the error's `value` (`{"name", "args"}`). A
+    /// suspension this side did not see (a worker's claim alone) is an internal error.
+    pub(crate) fn settle(this: Option<&ToolRun>, outcome: &mut crate::Outcome) {
+        // A worker's run relays its calls: the host, which saw them, settles there.
+        if this.is_some_and(|run| run.registry.relay.is_some()) {
+            if let Some(run) = this {
+                outcome.tool_calls = run.take_calls();
+            }
+            return;
+        }
+        let pending = match this {
+            Some(run) => {
+                let mut state = run.lock();
+                outcome.tool_calls = std::mem::take(&mut state.calls);
+                state.pending.take()
+            }
+            None => {
+                outcome.tool_calls = Vec::new();
+                None
+            }
+        };
+        if let Err(e) = &mut outcome.result {
+            if e.kind == crate::ErrorKind::Suspended {
+                match pending {
+                    Some((name, args)) => {
+                        e.value = Some(serde_json::json!({"name": name, "args": args}));
+                    }
+                    None => {
+                        *e = crate::Error::new(
+                            crate::ErrorKind::Internal,
+                            "the run reported a suspension at a deferred tool call that the \
+                             host did not see",
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, RunState> {

@@ -28,6 +28,8 @@ pub(crate) enum Stop {
     Output = 3,
     /// The host's interrupt check said so.
     Interrupted = 4,
+    /// The script called a deferred tool: the run waits for the host's answer.
+    Suspended = 5,
 }
 
 /// Bits of [`Control::pending`]: what the signal handler (or a native checkpoint, or the
@@ -43,6 +45,7 @@ impl Stop {
             2 => Stop::Instructions,
             3 => Stop::Output,
             4 => Stop::Interrupted,
+            5 => Stop::Suspended,
             _ => Stop::None,
         }
     }
@@ -55,6 +58,9 @@ impl Stop {
             Stop::Instructions => "instruction_limit: the script used up its instruction budget",
             Stop::Output => "output_limit: the script printed more than its output limit",
             Stop::Interrupted => "interrupted: the host stopped the run",
+            Stop::Suspended => {
+                "suspended: the run stopped at a deferred tool call to wait for the host's answer"
+            }
         }
     }
 
@@ -65,6 +71,7 @@ impl Stop {
             Stop::Instructions => Some(ErrorKind::InstructionLimit),
             Stop::Output => Some(ErrorKind::OutputLimit),
             Stop::Interrupted => Some(ErrorKind::Interrupted),
+            Stop::Suspended => Some(ErrorKind::Suspended),
         }
     }
 }

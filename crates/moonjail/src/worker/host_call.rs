@@ -206,6 +206,7 @@ fn tool(
             HostAnswer::ToolError {
                 message: e.message().to_string(),
                 expired,
+                suspend: e.suspend,
             },
             Vec::new(),
         ),
@@ -324,7 +325,8 @@ mod tests {
             r.answer,
             HostAnswer::ToolError {
                 message: "nope".into(),
-                expired: false
+                expired: false,
+                suspend: false,
             }
         );
         // Arguments the worker could not marshal: recorded, not run.
@@ -419,7 +421,7 @@ mod tests {
         let (r, _) =
             reply(&answer(&call(tool_call("echo", json!([]))), host, &mut budget).unwrap());
         assert!(
-            matches!(&r.answer, HostAnswer::ToolError { expired: true, message } if message.contains("deadline")),
+            matches!(&r.answer, HostAnswer::ToolError { expired: true, message, .. } if message.contains("deadline")),
             "{r:?}"
         );
     }

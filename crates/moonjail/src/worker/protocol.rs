@@ -62,8 +62,9 @@ use crate::spec::Spec;
 /// (3: host tools — a worker of version 2 would silently run without them; 4: one
 /// `RequestMeta` carrying the `Spec` for runs and sessions; 5: requests are numbered for
 /// the interrupt signal, which a worker of version 4 would ignore, and `Done` may carry
-/// the kind `interrupted`.)
-pub(crate) const VERSION: u8 = 5;
+/// the kind `interrupted`; 6: a tool error may `suspend` the run, which a worker of
+/// version 5 would let the script catch and go on.)
+pub(crate) const VERSION: u8 = 6;
 
 /// Bytes before a frame's sections: length, version, type.
 pub(crate) const HEADER_BYTES: usize = 6;
@@ -447,6 +448,9 @@ pub(crate) enum HostAnswer {
         message: String,
         #[serde(default)]
         expired: bool,
+        /// The tool is deferred: the run stops here, suspended.
+        #[serde(default)]
+        suspend: bool,
     },
 }
 

@@ -663,8 +663,20 @@ impl Relay for ChannelTools {
                     .map_err(|e| ToolError::new(format!("result: {e}")));
                 (value, expired)
             }
-            (HostAnswer::ToolError { message, expired }, _) => {
-                (Err(ToolError::new(message)), expired)
+            (
+                HostAnswer::ToolError {
+                    message,
+                    expired,
+                    suspend,
+                },
+                _,
+            ) => {
+                let error = if suspend {
+                    ToolError::suspended()
+                } else {
+                    ToolError::new(message)
+                };
+                (Err(error), expired)
             }
             (other, _) => unexpected(&other),
         };

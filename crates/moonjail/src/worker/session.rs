@@ -237,7 +237,7 @@ impl WorkerSession {
             }
             Err(error) => (Outcome::failed(error, start.elapsed()), true),
         };
-        outcome.tool_calls = tools.map(|run| run.take_calls()).unwrap_or_default();
+        crate::tools::ToolRun::settle(tools.as_ref(), &mut outcome);
         (outcome, close)
     }
 

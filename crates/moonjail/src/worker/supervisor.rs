@@ -60,6 +60,7 @@ use crate::error::{Error, ErrorKind};
 use crate::host::InterruptCheck;
 use crate::limits::Limits;
 use crate::outcome::Outcome;
+use crate::tools::ToolRun;
 
 /// How long to wait for a worker whose channel closed to be reaped before killing it.
 const REAP_WAIT: Duration = Duration::from_secs(2);
@@ -751,7 +752,7 @@ impl Worker {
                 }
                 Err(error) => (Outcome::failed(error, start.elapsed()), Fate::Retire),
             };
-        outcome.tool_calls = tools.map(|run| run.take_calls()).unwrap_or_default();
+        ToolRun::settle(tools.as_ref(), &mut outcome);
         (outcome, fate)
     }
 

@@ -27,6 +27,7 @@ mod marshal;
 mod metered;
 mod prepared;
 mod session;
+mod suspend;
 mod tool_schema;
 mod tools;
 mod tools_http;

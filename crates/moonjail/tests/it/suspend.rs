@@ -1,0 +1,268 @@
+//! Suspension at a deferred tool call and resumption from the journal
+//! (`SandboxBuilder::defer_tool`, `Sandbox::resume`), in process and isolated.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use moonjail::{
+    ErrorKind, Isolation, Journal, JournalError, JournalWriter, Outcome, ProcessConfig,
+    ReplayOptions, RunOptions, Sandbox, ToolError, ToolSpec,
+};
+use serde_json::{json, Value as Json};
+
+use crate::support::{unusable, WORKER};
+
+fn isolation() -> Isolation {
+    Isolation::Process(
+        ProcessConfig::builder()
+            .worker(moonjail::WorkerPath::Path(WORKER.into()))
+            .allow_missing(unusable())
+            .pool_size(1)
+            .build()
+            .expect("a process config"),
+    )
+}
+
+fn modes() -> [(&'static str, Isolation); 2] {
+    [
+        ("in process", Isolation::InProcess),
+        ("isolated", isolation()),
+    ]
+}
+
+/// A payment agent's sandbox: `payments.send` is deferred (a person approves it),
+/// `rates.get` is a live tool that counts its calls.
+fn sandbox(isolation: Isolation, calls: Arc<AtomicU64>) -> Sandbox {
+    Sandbox::builder()
+        .timeout(Duration::from_secs(10))
+        .instruction_limit(10_000_000)
+        .isolation(isolation)
+        .tool("rates.get", move |args| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            Ok(json!({"rate": 2, "call": n, "echo": args}))
+        })
+        .defer_tool("payments.send")
+        .describe_tool(
+            "payments.send",
+            ToolSpec::new().parameters(json!({"type": "object", "required": ["to", "amount"],
+                "properties": {"to": {"type": "string"}, "amount": {"type": "number"}}})),
+        )
+        .build()
+        .expect("a sandbox")
+}
+
+const PLAN: &str = r#"
+local rate = rates.get("EUR").rate
+print("planning", rate)
+local receipt = payments.send({to = "alice", amount = 10 * rate})
+print("sent", receipt.id)
+local ok, err = pcall(payments.send, {to = "bob", amount = 1})
+print("second", ok, err)
+local again = rates.get("USD")
+return {receipt = receipt.id, second = ok and err.id or err, calls = again.call}
+"#;
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "moonjail-suspend-{}-{name}-{:?}.jsonl",
+        std::process::id(),
+        std::thread::current().id()
+    ))
+}
+
+fn journaled(sandbox: &Sandbox, path: &PathBuf) -> Outcome {
+    sandbox
+        .run_journaled(
+            PLAN,
+            &json!(null),
+            &RunOptions::default(),
+            JournalWriter::create(path).expect("a journal file"),
+        )
+        .expect("the journal is written")
+}
+
+fn error(out: &Outcome) -> &moonjail::Error {
+    out.result.as_ref().expect_err("the run did not finish")
+}
+
+#[test]
+fn suspend_a_deferred_call_stops_the_run_with_the_pending_call() {
+    for (mode, isolation) in modes() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox = sandbox(isolation, Arc::clone(&calls));
+        let path = temp("pending");
+        let out = journaled(&sandbox, &path);
+        let e = error(&out);
+        assert_eq!(e.kind, ErrorKind::Suspended, "{mode}: {e:?}");
+        assert_eq!(
+            e.value.as_ref().expect("the pending call"),
+            &json!({"name": "payments.send", "args": [{"to": "alice", "amount": 20}]}),
+            "{mode}"
+        );
+        assert_eq!(e.line, Some(4), "{mode}: stopped at the call");
+        // Nothing after the call ran: not its print, not the next tool call.
+        assert_eq!(out.output, "planning\t2\n", "{mode}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{mode}");
+        let journal = Journal::read(std::fs::File::open(&path).unwrap(), None).unwrap();
+        let pending = journal.pending().expect("a suspended journal");
+        assert_eq!((pending.step, pending.name.as_str()), (2, "payments.send"));
+        assert_eq!(journal.deferred(), ["payments.send".to_string()]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.lines().last().unwrap().starts_with(r#"{"type":"suspend","step":2"#),
+            "{text}"
+        );
+        // A replay of a suspended journal stops where the recorded run did.
+        let again = moonjail::replay(text.as_bytes(), &ReplayOptions::default()).unwrap();
+        assert_eq!(error(&again).kind, ErrorKind::Suspended, "{mode}");
+        assert_eq!(error(&again).value, e.value, "{mode}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{mode}: the replay called nothing");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn suspend_a_catching_script_cannot_go_on() {
+    let sandbox = Sandbox::builder().defer_tool("ask").build().unwrap();
+    let out = sandbox.run(
+        "local ok = pcall(ask, 1) print('went on', ok) return 'finished'",
+        &json!(null),
+    );
+    let e = error(&out);
+    assert_eq!(e.kind, ErrorKind::Suspended, "{e:?}");
+    assert_eq!(out.output, "", "nothing ran after the deferred call");
+    // Arguments the schema refuses are the script's error: no suspension.
+    let typed = Sandbox::builder()
+        .defer_tool("ask")
+        .describe_tool(
+            "ask",
+            ToolSpec::new().parameters(json!({"type": "object", "required": ["q"]})),
+        )
+        .build()
+        .unwrap();
+    let out = typed.run("return pcall(ask, {})", &json!(null));
+    assert_eq!(out.result.unwrap(), json!(false), "{:?}", out.output);
+}
+
+#[test]
+fn suspend_resume_in_a_new_sandbox_finishes_with_the_answer() {
+    for (mode, isolation) in modes() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let path = temp("resume");
+        let first = sandbox(isolation.clone(), Arc::clone(&calls));
+        let out = journaled(&first, &path);
+        assert_eq!(error(&out).kind, ErrorKind::Suspended, "{mode}");
+        drop(first);
+        // Another sandbox (as another process would build it) resumes with the answer.
+        let second = sandbox(isolation.clone(), Arc::clone(&calls));
+        let out = second
+            .resume(&path, Ok(json!({"id": "tx-1"})))
+            .expect("resumed");
+        // The next deferred call suspends again.
+        let e = error(&out);
+        assert_eq!(e.kind, ErrorKind::Suspended, "{mode}: {e:?}");
+        assert_eq!(
+            e.value.as_ref().unwrap()["args"],
+            json!([{"to": "bob", "amount": 1}])
+        );
+        assert_eq!(out.output, "planning\t2\nsent\ttx-1\n", "{mode}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{mode}: the prefix was replayed");
+        // Refused: the person says no. The script sees a tool error.
+        let out = second
+            .resume(&path, Err(ToolError::new("declined by the approver")))
+            .expect("resumed again");
+        assert_eq!(
+            out.result.as_ref().unwrap(),
+            &json!({"receipt": "tx-1", "second": "payments.send: declined by the approver",
+                    "calls": 1}),
+            "{mode}: {:?}",
+            out.result
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{mode}: one live call after it");
+        assert_eq!(out.tool_calls.len(), 4, "{mode}: the whole run's calls");
+        assert!(out.stats.instructions.unwrap() > 0);
+        // The journal is now a finished run's: it replays to the same outcome, and cannot
+        // be resumed again.
+        let replayed = moonjail::replay(
+            std::fs::File::open(&path).unwrap(),
+            &ReplayOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(replayed.result, out.result, "{mode}");
+        assert_eq!(replayed.output, out.output, "{mode}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{mode}");
+        assert!(matches!(
+            second.resume(&path, Ok(json!(1))),
+            Err(JournalError::NotSuspended)
+        ));
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn suspend_resume_gives_the_uninterrupted_runs_outcome() {
+    // The same script with the deferred tool answered at once (a live tool) gives what
+    // suspension and resumption give.
+    let calls = Arc::new(AtomicU64::new(0));
+    let live = Sandbox::builder()
+        .timeout(Duration::from_secs(10))
+        .instruction_limit(10_000_000)
+        .tool("rates.get", {
+            let calls = Arc::clone(&calls);
+            move |args| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                Ok(json!({"rate": 2, "call": n, "echo": args}))
+            }
+        })
+        .tool("payments.send", |args| {
+            Ok(json!({"id": format!("tx-{}", args[0]["to"].as_str().unwrap())}))
+        })
+        .build()
+        .unwrap();
+    let straight = live.run(PLAN, &json!(null));
+    let calls = Arc::new(AtomicU64::new(0));
+    let deferred = sandbox(Isolation::InProcess, calls);
+    let path = temp("same");
+    let _ = journaled(&deferred, &path);
+    let _ = deferred.resume(&path, Ok(json!({"id": "tx-alice"}))).unwrap();
+    let resumed = deferred.resume(&path, Ok(json!({"id": "tx-bob"}))).unwrap();
+    assert_eq!(resumed.result, straight.result);
+    assert_eq!(resumed.output, straight.output);
+    assert_eq!(resumed.stats.instructions, straight.stats.instructions);
+    assert_eq!(resumed.tool_calls.len(), straight.tool_calls.len());
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn suspend_resume_of_an_edited_script_reports_the_divergence_and_appends_nothing() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let sandbox = sandbox(Isolation::InProcess, calls);
+    let path = temp("diverge");
+    let _ = journaled(&sandbox, &path);
+    // The pending call recorded with other arguments: the script no longer matches.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace(r#""amount":20"#, r#""amount":99"#);
+    std::fs::write(&path, &edited).unwrap();
+    let out = sandbox.resume(&path, Ok(json!({"id": "x"}))).unwrap();
+    let e = error(&out);
+    assert_eq!(e.kind, ErrorKind::ReplayDivergence, "{e:?}");
+    assert!(e.message.contains("step 2") && e.message.contains("99"), "{e:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), edited);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn suspend_a_plain_run_reports_the_pending_call_too() {
+    let sandbox = Sandbox::builder().defer_tool("approve").build().unwrap();
+    let out = sandbox.run("return approve('deploy', 3)", &json!(null));
+    let e = error(&out);
+    assert_eq!(e.kind, ErrorKind::Suspended);
+    assert_eq!(
+        e.value,
+        Some(json!({"name": "approve", "args": ["deploy", 3]}))
+    );
+    assert_eq!(out.to_json()["error"]["kind"], json!("suspended"));
+    let _: Json = out.to_json();
+}
