@@ -113,6 +113,14 @@ pub struct SandboxArgs {
     ///   moonjail run -e 'return calc.add(2, 3)' --tool 'calc.add=sh add.sh'   # 5
     #[arg(long = "tool", value_name = "NAME=COMMAND", verbatim_doc_comment)]
     pub tool: Vec<String>,
+    /// Declare a deferred tool NAME (`run --journal` and `resume` only): a person or
+    /// another system answers it later. When the script calls it, the arguments are
+    /// checked (against its --tool-schema, if any), then the run stops there: the outcome
+    /// fails with error kind "suspended", the pending call {"name", "args", "journal"} as
+    /// the error's value, and exit status 3. `moonjail resume JOURNAL --answer JSON`
+    /// (or --error MESSAGE) continues it, in any process, later. Repeatable.
+    #[arg(long = "defer-tool", value_name = "NAME")]
+    pub defer_tool: Vec<String>,
     /// Describe the --tool NAME with the JSON document in FILE, and check every call's
     /// arguments against it before the program runs. Repeatable.
     ///
@@ -205,7 +213,7 @@ impl SandboxArgs {
             .require_table_result(require_table)
             // One command, one run: nothing to prepare ahead.
             .prepared_states(0);
-        if !self.tool.is_empty() {
+        if !self.tool.is_empty() || !self.defer_tool.is_empty() {
             let mut tools = ToolRegistry::new();
             for spec in &self.tool {
                 let Some((name, command)) = spec.split_once('=') else {
@@ -215,10 +223,15 @@ impl SandboxArgs {
                     .register_command(name.trim(), CommandTool::new(command))
                     .with_context(|| format!("--tool {spec:?}"))?;
             }
+            for name in &self.defer_tool {
+                tools
+                    .register_deferred(name.trim())
+                    .with_context(|| format!("--defer-tool {name:?}"))?;
+            }
             self.describe_tools(&mut tools)?;
             builder = builder.tools(tools);
         } else if let Some(flag) = self.tool_schema.first().or(self.tool_description.first()) {
-            bail!("{flag:?}: describes a tool, but no --tool NAME=COMMAND is given");
+            bail!("{flag:?}: describes a tool, but no --tool NAME=COMMAND or --defer-tool NAME is given");
         }
         for destination in &self.allow_http {
             builder = builder.allow_http(destination.clone());
@@ -233,6 +246,18 @@ impl SandboxArgs {
 }
 
 impl SandboxArgs {
+    /// Refuses --defer-tool for `command`, which has no journal to resume a suspended
+    /// call from.
+    pub fn refuse_deferred(&self, command: &str) -> anyhow::Result<()> {
+        if let Some(name) = self.defer_tool.first() {
+            bail!(
+                "--defer-tool {name:?}: `{command}` cannot suspend at a deferred call (only \
+                 `moonjail run --journal FILE` can, to be resumed with `moonjail resume`)"
+            );
+        }
+        Ok(())
+    }
+
     /// Applies --tool-schema and --tool-description to the command tools in `tools`.
     fn describe_tools(&self, tools: &mut ToolRegistry) -> anyhow::Result<()> {
         let mut specs: Vec<(String, ToolSpec)> = Vec::new();
@@ -262,7 +287,7 @@ impl SandboxArgs {
         }
         for (name, spec) in specs {
             if !tools.contains(&name) {
-                bail!("--tool-schema/--tool-description `{name}`: no --tool of that name");
+                bail!("--tool-schema/--tool-description `{name}`: no --tool or --defer-tool of that name");
             }
             tools.describe(&name, spec)?;
         }

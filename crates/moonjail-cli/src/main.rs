@@ -27,7 +27,7 @@ use crate::doctor::doctor;
 use crate::lint::{lint, LintArgs};
 use crate::mcp::{mcp, McpArgs};
 use crate::profile::{profile, ProfileCommand};
-use crate::replay::{replay, ReplayArgs};
+use crate::replay::{replay, resume, ReplayArgs, ResumeArgs};
 use crate::run::{run, RunArgs};
 use crate::serve::{keys, serve, KeysCommand, ServeArgs};
 use crate::session::{session, SessionArgs};
@@ -41,7 +41,8 @@ use crate::tools::{tools, ToolsArgs};
 ///
 /// Exit status: 0 the command succeeded (also when the reader of stdout goes away early,
 /// as with `| head`: moonjail then stops quietly), 1 the script failed (any error kind)
-/// or a check failed, 2 the command was misused.
+/// or a check failed, 2 the command was misused, 3 the run is suspended at a deferred tool
+/// call (`run --defer-tool`, `resume`).
 #[derive(Parser, Debug)]
 #[command(name = "moonjail", version, propagate_version = true)]
 struct Cli {
@@ -73,6 +74,8 @@ enum Command {
     ///     "kind"       syntax runtime memory_limit instruction_limit timeout output_limit
     ///                  input result forbidden interrupted killed internal
     ///                  replay_divergence (`moonjail replay`)
+    ///                  suspended (--defer-tool: exit status 3; "value" is the pending call
+    ///                  {"name", "args", "journal"}; `moonjail resume` continues the run)
     ///     "message"    Lua's message; for a limit, which limit, its value and where the
     ///                  script was stopped ("ran past its 200 ms deadline (stopped at line 3
     ///                  in function 'spin')")
@@ -111,6 +114,10 @@ enum Command {
     /// Durable runs (see --journal, `moonjail replay --help`, docs/JOURNAL.md):
     ///   moonjail run agent.lua --tool 'calc.add=sh add.sh' --journal run.jsonl
     ///   moonjail replay run.jsonl --json             # same outcome, add.sh is not run
+    ///
+    /// Human approval (see --defer-tool, `moonjail resume --help`):
+    ///   moonjail run pay.lua --defer-tool payments.send --journal pay.jsonl   # exit 3
+    ///   moonjail resume pay.jsonl --answer '{"id": "tx-1"}'    # later, any process
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
     /// Check a script against the sandbox `run` would give it, without running it.
@@ -161,6 +168,33 @@ enum Command {
     ///   moonjail replay run.jsonl --source agent-fixed.lua   # the fix against that run
     #[command(verbatim_doc_comment)]
     Replay(Box<ReplayArgs>),
+    /// Continue a run suspended at a deferred tool call (`run --defer-tool NAME --journal
+    /// FILE`, exit status 3), with the host's answer to that call.
+    ///
+    /// The journal is replayed up to the pending call (every earlier tool call and file
+    /// read answered from it: nothing is called again, no file is read again), the script
+    /// receives --answer JSON as the tool's return value (or --error MESSAGE as the tool's
+    /// error, which `pcall` catches), and the run goes on live to its end or to its next
+    /// deferred call, appending to the same journal. So a run can be suspended and resumed
+    /// any number of times, in any process, any time later; the journal stays one run's,
+    /// and `moonjail replay` replays it whole.
+    ///
+    /// The recorded profile, limits, determinism and tool names are used; the sandbox
+    /// flags give what the rest of the run needs: its tools (--tool, --tool-schema),
+    /// host files (--modules, --read), --allow-http, and --isolate. Profile and limit
+    /// flags are ignored. Every limit but wall time holds across the whole run (the
+    /// replayed part is re-executed); time spent suspended does not count.
+    ///
+    /// Exit status: as `run` (0 finished, 1 the script failed or no longer matches the
+    /// journal: error kind "replay_divergence", and nothing is appended), 3 suspended
+    /// again, 2 for a journal that cannot be read or is not suspended.
+    ///
+    /// Examples:
+    ///   moonjail run pay.lua --defer-tool payments.send --tool 'fx.rate=sh fx.sh' --journal pay.jsonl
+    ///   moonjail resume pay.jsonl --answer '{"id": "tx-1"}' --tool 'fx.rate=sh fx.sh'
+    ///   moonjail resume pay.jsonl --error 'declined by the approver' --json
+    #[command(verbatim_doc_comment)]
+    Resume(Box<ResumeArgs>),
     /// Drive one persistent sandbox over JSON lines: one request per line on stdin, one
     /// response per line on stdout, so any language can host a Lua VM over a pipe.
     ///
@@ -335,6 +369,9 @@ const FAILED: u8 = 1;
 /// The command was misused: a bad flag or value, an unreadable or over-limit file, a
 /// sandbox that cannot be built. Under `--json` also one document, error kind `input`.
 const MISUSE: u8 = 2;
+/// The run stopped at a deferred tool call (`--defer-tool`), to be resumed from its
+/// journal (`moonjail resume`).
+const SUSPENDED: u8 = 3;
 
 fn main() -> ExitCode {
     // Started as a worker process by `--isolate` (this executable re-run with a hidden
@@ -359,6 +396,7 @@ impl Cli {
         match &self.command {
             Command::Run(args) => args.json,
             Command::Replay(args) => args.json,
+            Command::Resume(args) => args.json,
             Command::Lint(args) => args.json,
             Command::Check(args) => args.json,
             Command::Tools(args) => args.json,
@@ -381,6 +419,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(*args),
         Command::Replay(args) => replay(*args),
+        Command::Resume(args) => resume(*args),
         Command::Lint(args) => lint(*args),
         Command::Session(args) => session(args),
         Command::Mcp(args) => mcp(*args),

@@ -20,6 +20,7 @@ pub struct McpArgs {
 
 /// Serves MCP on stdin/stdout until the client closes stdin.
 pub fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
+    args.sandbox.refuse_deferred("mcp")?;
     let sandbox = args.sandbox.build(false, false)?;
     let mut server = moonjail_mcp::Server::builder(sandbox).max_sessions(args.max_sessions);
     for note in notes(&args.sandbox) {

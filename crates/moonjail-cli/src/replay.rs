@@ -1,4 +1,5 @@
-//! `moonjail replay`: re-execute a journal written by `run --journal`.
+//! `moonjail replay`: re-execute a journal written by `run --journal`; `moonjail resume`:
+//! continue a run suspended at a deferred tool call.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use moonjail::{Isolation, ProcessConfig, ReplayOptions};
 
-use crate::args;
+use crate::args::{self, SandboxArgs};
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
@@ -54,5 +55,61 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading {}", args.journal.display()))?;
     let outcome = moonjail::replay(file, &options)
         .with_context(|| format!("replaying {}", args.journal.display()))?;
+    crate::run::print_outcome(&outcome, args.json, args.raw)
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    /// The journal of the suspended run (`moonjail run --defer-tool NAME --journal FILE`).
+    #[arg(value_name = "JOURNAL")]
+    pub journal: PathBuf,
+    /// The answer to the pending call, as JSON text or @FILE: the script receives it as
+    /// the tool's return value.
+    #[arg(long, value_name = "JSON|@FILE", required_unless_present = "error")]
+    pub answer: Option<String>,
+    /// Answer the pending call with a tool error: the script's call raises MESSAGE (as
+    /// `NAME: MESSAGE`), which `pcall` catches.
+    #[arg(long, value_name = "MESSAGE", conflicts_with = "answer")]
+    pub error: Option<String>,
+    /// Print one JSON document, as `run --json` does.
+    #[arg(long, conflicts_with = "raw")]
+    pub json: bool,
+    /// Print the result only, as `run --raw` does.
+    #[arg(long)]
+    pub raw: bool,
+    /// The journal's size limit, read and appended to; `none` for no limit.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB")]
+    pub journal_limit: String,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// The largest --answer read from a file.
+const ANSWER_LIMIT: usize = 16 << 20;
+
+/// Resumes the journal's run with the answer, prints the outcome as `run` does.
+pub fn resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
+    let limit = args::size(&args.journal_limit).context("--journal-limit")?;
+    let answer = match (&args.answer, &args.error) {
+        (Some(text), _) => {
+            let bytes = match text.strip_prefix('@') {
+                Some(path) => {
+                    let file = std::fs::File::open(path)
+                        .with_context(|| format!("--answer: reading {path}"))?;
+                    crate::run::read_capped(file, Some(ANSWER_LIMIT), "the answer is over 16 MiB")
+                        .with_context(|| format!("--answer: reading {path}"))?
+                }
+                None => text.as_bytes().to_vec(),
+            };
+            Ok(serde_json::from_slice(&bytes).context("--answer is not valid JSON")?)
+        }
+        (None, Some(message)) => Err(moonjail::ToolError::new(message.clone())),
+        (None, None) => anyhow::bail!("give the pending call's answer: --answer JSON or --error MESSAGE"),
+    };
+    let sandbox = args.sandbox.build(false, false)?;
+    let mut outcome = sandbox
+        .resume_with(&args.journal, answer, limit.map(|l| l as u64))
+        .with_context(|| format!("resuming {}", args.journal.display()))?;
+    crate::run::name_journal(&mut outcome, &args.journal);
     crate::run::print_outcome(&outcome, args.json, args.raw)
 }

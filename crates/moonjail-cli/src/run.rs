@@ -83,6 +83,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let source_limit = args::size(&args.sandbox.source_limit).context("--source-limit")?;
     let journal_limit = args::size(&args.journal_limit).context("--journal-limit")?;
     let input_limit = args::size(&args.input_limit).context("--input-limit")?;
+    if !args.sandbox.defer_tool.is_empty() && args.journal.is_none() {
+        bail!(
+            "--defer-tool: a run suspended at a deferred call is resumed from its journal: \
+             give --journal FILE too"
+        );
+    }
     let (source, name) = read_script(args.code.as_deref(), args.file.as_deref(), source_limit)?;
     let sandbox = args.sandbox.build(args.require_run, args.require_table)?;
     let limits = sandbox.limits().clone();
@@ -140,9 +146,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     let journal = moonjail::JournalWriter::create(path)
                         .with_context(|| format!("--journal {}", path.display()))?
                         .limit(journal_limit.map(|l| l as u64));
-                    sandbox
+                    let mut outcome = sandbox
                         .run_journaled(&source, &input, &options, journal)
-                        .with_context(|| format!("--journal {}", path.display()))?
+                        .with_context(|| format!("--journal {}", path.display()))?;
+                    name_journal(&mut outcome, path);
+                    outcome
                 }
                 None => sandbox.run_with(&source, &input, &options),
             };
@@ -160,8 +168,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     print_outcome(&outcome, args.json, args.raw)
 }
 
+/// A suspended outcome's pending call also says which journal resumes it.
+pub fn name_journal(outcome: &mut moonjail::Outcome, path: &std::path::Path) {
+    if let Err(e) = &mut outcome.result {
+        if let (moonjail::ErrorKind::Suspended, Some(serde_json::Value::Object(pending))) =
+            (e.kind, &mut e.value)
+        {
+            pending.insert(
+                "journal".into(),
+                path.to_string_lossy().into_owned().into(),
+            );
+        }
+    }
+}
+
 /// Prints `outcome` as `run` does (--json, --raw or for people); status 1 when the script
-/// failed.
+/// failed, 3 when it is suspended at a deferred tool call.
 pub fn print_outcome(
     outcome: &moonjail::Outcome,
     json: bool,
@@ -201,10 +223,10 @@ pub fn print_outcome(
         }
     }
     stdout.flush()?;
-    Ok(if outcome.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(crate::FAILED)
+    Ok(match &outcome.result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) if e.kind == moonjail::ErrorKind::Suspended => ExitCode::from(crate::SUSPENDED),
+        Err(_) => ExitCode::from(crate::FAILED),
     })
 }
 
@@ -242,6 +264,9 @@ pub fn read_script(
 /// A failed run on stderr: the kind, the line and the message, then where it happened
 /// (the traceback, innermost first) and the hint, if any.
 fn report_error(e: &moonjail::Error) {
+    if e.kind == moonjail::ErrorKind::Suspended {
+        return report_suspension(e);
+    }
     let line = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
     output::warn(format_args!(
         "moonjail: {} error{line}: {}",
@@ -319,12 +344,38 @@ fn render_diagnostics(d: &Diagnostics) -> String {
 /// Reads all of `reader`, or fails as soon as it has given more than `limit` bytes: at
 /// most `limit + 1` bytes are ever held, whatever the source (`/dev/zero`, an endless
 /// pipe). `over` says what was over which flag.
-fn read_capped(reader: impl Read, limit: Option<usize>, over: &str) -> anyhow::Result<Vec<u8>> {
+pub fn read_capped(reader: impl Read, limit: Option<usize>, over: &str) -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::new();
     let max = limit.map_or(u64::MAX, |l| (l as u64).saturating_add(1));
     reader.take(max).read_to_end(&mut buf)?;
     match limit {
         Some(limit) if buf.len() > limit => bail!("{over} of {limit} bytes"),
         _ => Ok(buf),
+    }
+}
+
+/// A suspended run on stderr: the pending call, and how to resume it.
+fn report_suspension(e: &moonjail::Error) {
+    let pending = e.value.as_ref();
+    let name = pending
+        .and_then(|p| p["name"].as_str())
+        .unwrap_or("a deferred tool");
+    let args = pending
+        .and_then(|p| p["args"].as_array())
+        .map(|a| {
+            a.iter()
+                .map(serde_json::Value::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let line = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
+    output::warn(format_args!(
+        "moonjail: suspended{line}: the script called the deferred tool {name}({args}) and waits for its answer"
+    ));
+    if let Some(journal) = pending.and_then(|p| p["journal"].as_str()) {
+        output::warn(format_args!(
+            "resume it with: moonjail resume {journal} --answer JSON   (or --error MESSAGE)"
+        ));
     }
 }

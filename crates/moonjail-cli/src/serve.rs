@@ -121,6 +121,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
         ),
     };
     // Every executor keeps a worker ready.
+    args.sandbox.refuse_deferred("serve")?;
     let sandbox = args.sandbox.build_pooled(false, false, workers, workers)?;
     let mut config = Config::new(sandbox);
     config.auth = auth;

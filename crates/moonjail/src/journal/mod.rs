@@ -1048,6 +1048,8 @@ struct Player {
     pending: Mutex<Option<(Pending, Option<Result<Json, ToolError>>)>>,
     /// Resuming: the tools and files of the rest of the run, recorded.
     live: Option<Live>,
+    /// The journal's deferred tools.
+    deferred: Vec<String>,
 }
 
 /// What a resumed run calls after its pending call, and the journal it goes on writing.
@@ -1078,6 +1080,7 @@ impl Player {
             stop: Arc::new(AtomicBool::new(false)),
             pending: Mutex::new(journal.pending.clone().map(|p| (p, answer))),
             live,
+            deferred: journal.deferred.clone(),
         }
     }
 
@@ -1134,6 +1137,12 @@ impl Player {
             };
         }
         if let Some(live) = &self.live {
+            // A deferred tool stays deferred, whatever the resuming sandbox declares.
+            if self.deferred.iter().any(|d| d == name) {
+                return live
+                    .recording
+                    .call(name, args, &mut |_| Err(ToolError::suspended()));
+            }
             return match &live.tools {
                 Some(tools) => live
                     .recording
