@@ -22,4 +22,5 @@ mod run;
 mod serve;
 mod session;
 mod support;
+mod suspend;
 mod tools;
