@@ -162,3 +162,49 @@ fn suspend_misuse_is_status_2() {
     );
     assert_eq!(out.code, Some(0), "{out:?}");
 }
+
+/// The README's human-approval example, run as written (with `moonjail` this binary):
+/// the run suspends, the resume finishes it, and the rate tool ran once.
+#[test]
+fn suspend_the_readme_example_runs_as_written() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("### Human approval")
+        .nth(1)
+        .expect("the README's human approval section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("its shell block");
+    let dir = TempDir::new();
+    let bin = std::path::Path::new(MOONJAIL).parent().unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("set -x\n{block}\necho \"suspended=$?\"; cat fx.log | wc -l"))
+        .current_dir(dir.path())
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()),
+        )
+        .env("MOONJAIL_WORKER", MOONJAIL)
+        .output()
+        .expect("sh runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let docs: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON document"))
+        .collect();
+    assert_eq!(docs.len(), 2, "{stdout}\n{stderr}");
+    assert_eq!(kind(&docs[0]), "suspended", "{}", docs[0]);
+    assert_eq!(
+        docs[0]["error"]["value"],
+        serde_json::json!({"name": "payments.send", "args": [{"amount": 92.0, "to": "alice"}],
+                           "journal": "pay.jsonl"})
+    );
+    assert_eq!(docs[0]["error"]["line"], 5);
+    assert_eq!(docs[1]["result"], serde_json::json!({"paid": 92.0, "receipt": "tx-7"}));
+    assert!(stdout.trim_end().ends_with('1'), "fx.sh ran once: {stdout}");
+}
