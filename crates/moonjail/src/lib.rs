@@ -77,7 +77,7 @@ pub use error::{ConfigError, Error, ErrorKind, Frame, Result, MAX_FRAMES, MAX_ME
 pub use host::{Determinism, HostFiles};
 pub use input::parse_input;
 pub use journal::{
-    replay, replay_journal, Journal, JournalError, JournalWriter, Pending, ReplayOptions,
+    replay, replay_journal, Journal, JournalError, JournalWriter, Pending, ReplayOptions, Run, Suspension,
     DEFAULT_JOURNAL_LIMIT, JOURNAL_VERSION,
 };
 pub use limits::Limits;

@@ -42,6 +42,8 @@ use crate::worker::Isolation;
 
 mod suspend;
 
+pub use suspend::{Run, Suspension};
+
 /// The journal format's version: the `v` of the `start` line.
 pub const JOURNAL_VERSION: u64 = 1;
 

@@ -13,15 +13,20 @@
 use std::io::{Seek, SeekFrom};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use serde_json::Value as Json;
 
 use super::{
-    play, Journal, JournalError, JournalWriter, Live, Player, Recording, RecordingFiles,
-    ReplayOptions,
+    play, Journal, JournalError, JournalWriter, Live, Pending, Player, Recording,
+    RecordingFiles, ReplayOptions,
 };
-use crate::error::ErrorKind;
+use crate::engine::Host;
+use crate::error::{Error, ErrorKind};
+use crate::sandbox::RunOptions;
+use crate::tools::Park;
 use crate::outcome::Outcome;
 use crate::sandbox::Sandbox;
 use crate::tools::ToolError;
@@ -148,5 +153,325 @@ impl Sandbox {
             return Ok(outcome);
         }
         recording.finish(outcome)
+    }
+}
+
+/// A run started with [`Sandbox::start`]: finished, or waiting for the host's answer to a
+/// deferred tool call.
+#[derive(Debug)]
+#[must_use = "a suspended run waits for its answer"]
+pub enum Run {
+    /// The run ended: its outcome.
+    Finished(Outcome),
+    /// The script called a deferred tool; [`Suspension::resume`] answers it.
+    Suspended(Suspension),
+}
+
+impl Run {
+    /// The outcome of a finished run (`None` while it is suspended).
+    pub fn finished(self) -> Option<Outcome> {
+        match self {
+            Run::Finished(outcome) => Some(outcome),
+            Run::Suspended(_) => None,
+        }
+    }
+}
+
+/// A run waiting at a deferred tool call, held in memory: [`Suspension::resume`] gives
+/// the script the answer and runs on. Dropped without an answer, the run ends there, as
+/// suspended.
+#[derive(Debug)]
+pub struct Suspension {
+    pending: Pending,
+    inner: Held,
+}
+
+/// How a suspended run is held.
+enum Held {
+    /// In process: the run's own thread, parked in the deferred call, its deadline's clock
+    /// stopped.
+    Parked {
+        answers: SyncSender<Option<Result<Json, ToolError>>>,
+        events: Receiver<Event>,
+        thread: Option<JoinHandle<()>>,
+    },
+    /// Isolated: the journal of the run so far, in memory; resuming replays it in a worker
+    /// (a worker cannot be kept waiting: its deadline and the supervisor's are its own).
+    Journal {
+        sandbox: Sandbox,
+        journal: Vec<u8>,
+    },
+    /// Resumed or given up.
+    Done,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Held::Parked { .. } => "Parked",
+            Held::Journal { .. } => "Journal",
+            Held::Done => "Done",
+        })
+    }
+}
+
+/// What the run's thread tells the host.
+enum Event {
+    Pending(Pending),
+    Done(Outcome),
+}
+
+/// The deferred calls of a run started in process: each waits here for its answer.
+struct Parker {
+    events: Mutex<Sender<Event>>,
+    answers: Mutex<Receiver<Option<Result<Json, ToolError>>>>,
+}
+
+impl Park for Parker {
+    fn park(&self, step: u64, name: &str, args: &[Json]) -> Option<Result<Json, ToolError>> {
+        let pending = Pending {
+            step,
+            name: name.to_string(),
+            args: args.to_vec(),
+        };
+        let sent = self
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Event::Pending(pending));
+        sent.ok()?;
+        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers.recv().ok().flatten()
+    }
+}
+
+impl Sandbox {
+    /// Runs `source` as [`Sandbox::run_with`] does, but a call to a deferred tool
+    /// ([`crate::SandboxBuilder::defer_tool`]) does not end the run: it returns
+    /// [`Run::Suspended`], and [`Suspension::resume`] gives the script the host's answer
+    /// and runs on, in memory, to the end or the next deferred call. Without a deferred
+    /// call, it is [`Run::Finished`] with `run_with`'s outcome.
+    ///
+    /// In process, the run waits on a thread of its own, its deadline's clock stopped
+    /// (time spent suspended is not the run's: neither its deadline nor its
+    /// `stats.wall`); resuming costs a thread handoff. Isolated, the run is journaled in
+    /// memory (so made deterministic, as [`Sandbox::run_journaled`] makes it) and resumed
+    /// by replaying the journal in a worker: the same outcome, at the cost of re-running
+    /// the part before the call.
+    ///
+    /// ```
+    /// use moonjail::{Run, Sandbox};
+    /// use serde_json::json;
+    ///
+    /// let sandbox = Sandbox::builder().defer_tool("ask").build()?;
+    /// let mut run = sandbox.start("return ask('2 + 2?') + 1", &json!(null), &Default::default());
+    /// let outcome = loop {
+    ///     match run {
+    ///         Run::Finished(outcome) => break outcome,
+    ///         Run::Suspended(s) => {
+    ///             assert_eq!(s.pending().args, [json!("2 + 2?")]);
+    ///             run = s.resume(Ok(json!(4)));
+    ///         }
+    ///     }
+    /// };
+    /// assert_eq!(outcome.result.unwrap(), json!(5));
+    /// # Ok::<(), moonjail::ConfigError>(())
+    /// ```
+    pub fn start(&self, source: impl AsRef<[u8]>, input: &Json, opts: &RunOptions) -> Run {
+        let source = source.as_ref();
+        if !matches!(self.isolated(), crate::worker::Isolated::InProcess) {
+            return self.start_journaled(source, input, opts);
+        }
+        let Some(tools) = self.host().tools.as_ref() else {
+            return Run::Finished(self.run_with(source, input, opts));
+        };
+        let (events_tx, events) = mpsc::channel();
+        let (answers, answers_rx) = mpsc::sync_channel(1);
+        let parker = Arc::new(Parker {
+            events: Mutex::new(events_tx.clone()),
+            answers: Mutex::new(answers_rx),
+        });
+        let host = Host {
+            tools: Some(Arc::new(tools.parked(parker))),
+            ..self.host().clone()
+        };
+        let sandbox = self.variant(self.spec().clone(), host);
+        let source = source.to_vec();
+        let input = input.clone();
+        let chunk = opts.chunk_name.to_string();
+        let expression = opts.expression;
+        let thread = std::thread::Builder::new()
+            .name("moonjail-run".into())
+            .spawn(move || {
+                let opts = RunOptions::default()
+                    .chunk_name(&chunk)
+                    .expression(expression);
+                let outcome = sandbox.run_with(&source, &input, &opts);
+                let _ = events_tx.send(Event::Done(outcome));
+            });
+        match thread {
+            Ok(thread) => next(answers, events, Some(thread)),
+            Err(e) => Run::Finished(Outcome::failed(
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("could not start the run's thread: {e}"),
+                ),
+                std::time::Duration::ZERO,
+            )),
+        }
+    }
+
+    /// [`Sandbox::start`] of an isolated sandbox: journaled in memory.
+    fn start_journaled(&self, source: &[u8], input: &Json, opts: &RunOptions) -> Run {
+        let buffer = SharedBuffer::default();
+        let journaled =
+            self.run_journaled(source, input, opts, JournalWriter::new(buffer.clone()));
+        settle_journaled(self, journaled, buffer)
+    }
+}
+
+/// What a run started or resumed from an in-memory journal became.
+fn settle_journaled(
+    sandbox: &Sandbox,
+    journaled: Result<Outcome, JournalError>,
+    buffer: SharedBuffer,
+) -> Run {
+    let outcome = match journaled {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            return Run::Finished(Outcome::failed(
+                Error::new(ErrorKind::Internal, e.to_string()),
+                std::time::Duration::ZERO,
+            ))
+        }
+    };
+    let journal = buffer.take();
+    let pending = Journal::parse(&journal)
+        .ok()
+        .and_then(|j| j.pending().cloned());
+    match (&outcome.result, pending) {
+        (Err(e), Some(pending)) if e.kind == ErrorKind::Suspended => Run::Suspended(Suspension {
+            pending,
+            inner: Held::Journal {
+                sandbox: sandbox.clone(),
+                journal,
+            },
+        }),
+        _ => Run::Finished(outcome),
+    }
+}
+
+/// Waits for the parked run's next event.
+fn next(
+    answers: SyncSender<Option<Result<Json, ToolError>>>,
+    events: Receiver<Event>,
+    mut thread: Option<JoinHandle<()>>,
+) -> Run {
+    match events.recv() {
+        Ok(Event::Pending(pending)) => Run::Suspended(Suspension {
+            pending,
+            inner: Held::Parked {
+                answers,
+                events,
+                thread,
+            },
+        }),
+        Ok(Event::Done(outcome)) => {
+            if let Some(thread) = thread.take() {
+                let _ = thread.join();
+            }
+            Run::Finished(outcome)
+        }
+        Err(_) => Run::Finished(Outcome::failed(
+            Error::new(
+                ErrorKind::Internal,
+                "the run's thread ended without an outcome",
+            ),
+            std::time::Duration::ZERO,
+        )),
+    }
+}
+
+impl Suspension {
+    /// The deferred call the run waits at: its tool call number, name and arguments.
+    pub fn pending(&self) -> &Pending {
+        &self.pending
+    }
+
+    /// Gives the script `answer` as the deferred call's result (`Err`: the tool's error,
+    /// which the script may catch) and runs on, to the end or the next deferred call.
+    pub fn resume(mut self, answer: Result<Json, ToolError>) -> Run {
+        match std::mem::replace(&mut self.inner, Held::Done) {
+            Held::Parked {
+                answers,
+                events,
+                thread,
+            } => {
+                // A run that ended meanwhile (it cannot: it waits) says so in `next`.
+                let _ = answers.send(Some(answer));
+                next(answers, events, thread)
+            }
+            Held::Journal { sandbox, journal } => {
+                let parsed = match Journal::parse(&journal) {
+                    Ok(parsed) => parsed,
+                    Err(e) => {
+                        return Run::Finished(Outcome::failed(
+                            Error::new(ErrorKind::Internal, e.to_string()),
+                            std::time::Duration::ZERO,
+                        ))
+                    }
+                };
+                let buffer = SharedBuffer(Arc::new(Mutex::new(journal)));
+                let resumed =
+                    sandbox.resume_journal(&parsed, answer, JournalWriter::new(buffer.clone()));
+                settle_journaled(&sandbox, resumed, buffer)
+            }
+            Held::Done => Run::Finished(Outcome::failed(
+                Error::new(ErrorKind::Internal, "the suspension was resumed already"),
+                std::time::Duration::ZERO,
+            )),
+        }
+    }
+}
+
+impl Drop for Suspension {
+    /// A run given up ends where it waits: its thread is told, and joined.
+    fn drop(&mut self) {
+        if let Held::Parked {
+            answers,
+            events,
+            thread,
+        } = std::mem::replace(&mut self.inner, Held::Done)
+        {
+            let _ = answers.send(None);
+            let _ = events.recv();
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// An in-memory journal shared with its writer.
+#[derive(Clone, Default)]
+struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

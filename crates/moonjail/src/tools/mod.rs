@@ -32,6 +32,7 @@ mod schema;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -267,6 +268,16 @@ pub struct ToolRegistry {
     tap: Option<Arc<dyn ToolTap>>,
     /// The tools registered with [`ToolRegistry::register_deferred`].
     deferred: BTreeSet<String>,
+    /// Set for a run started with [`crate::Sandbox::start`] in process: a deferred call
+    /// waits here for the host's answer instead of stopping the run.
+    park: Option<Arc<dyn Park>>,
+}
+
+/// Where a run started in memory waits at a deferred call ([`crate::Sandbox::start`]).
+pub(crate) trait Park: Send + Sync {
+    /// Hands the pending call to the host and blocks until it answers; `None`: the host
+    /// gave the run up, which then stops there, suspended.
+    fn park(&self, step: u64, name: &str, args: &[Json]) -> Option<Result<Json, ToolError>>;
 }
 
 /// What sees every call a host-side registry runs, before its schema check: the journal
@@ -298,6 +309,7 @@ impl fmt::Debug for ToolRegistry {
             .field("relayed", &self.relay.is_some())
             .field("tapped", &self.tap.is_some())
             .field("deferred", &self.deferred)
+            .field("parked", &self.park.is_some())
             .finish()
     }
 }
@@ -650,6 +662,14 @@ impl ToolRegistry {
         }
     }
 
+    /// This registry with its deferred calls waiting at `park` (a run started in memory).
+    pub(crate) fn parked(&self, park: Arc<dyn Park>) -> ToolRegistry {
+        ToolRegistry {
+            park: Some(park),
+            ..self.clone()
+        }
+    }
+
     /// This registry with every call going through `tap` (a journaled run's).
     pub(crate) fn tapped(&self, tap: Arc<dyn ToolTap>) -> ToolRegistry {
         ToolRegistry {
@@ -663,6 +683,7 @@ impl ToolRegistry {
         ToolRun {
             registry: Arc::clone(self),
             deadline,
+            parked_ns: AtomicU64::new(0),
             result_depth: None,
             state: Mutex::new(RunState::default()),
         }
@@ -688,6 +709,9 @@ impl ToolRegistry {
 pub struct ToolRun {
     registry: Arc<ToolRegistry>,
     deadline: Option<Instant>,
+    /// Time spent parked at deferred calls: the deadline moves by it, and it is not the
+    /// run's wall time.
+    parked_ns: AtomicU64,
     /// Results nesting deeper fail the call (see [`ToolRegistry::start_bounded_run`]).
     result_depth: Option<usize>,
     state: Mutex<RunState>,
@@ -710,7 +734,8 @@ impl ToolRun {
 
     /// When the run ends (`None`: no deadline).
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        let parked = self.parked_ns.load(Ordering::Relaxed);
+        self.deadline.map(|d| d + Duration::from_nanos(parked))
     }
 
     /// Calls tool `name` with `args` under this run's quotas and deadline, and records
@@ -735,7 +760,7 @@ impl ToolRun {
                 "no tool named `{name}` is registered"
             )));
         }
-        let ctx = ToolContext::new(self.deadline);
+        let ctx = ToolContext::new(self.deadline());
         if ctx.expired() {
             return Err(ToolError::new("the run's deadline has passed"));
         }
@@ -749,10 +774,14 @@ impl ToolRun {
                 if self.registry.is_deferred(name) {
                     let pending = (name.to_string(), args.clone());
                     let result = self.registry.call(&ctx, name, args);
-                    if matches!(&result, Err(e) if e.suspend) {
-                        self.lock().pending = Some(pending);
+                    match (&result, &self.registry.park) {
+                        (Err(e), Some(park)) if e.suspend => self.park(&**park, pending),
+                        (Err(e), None) if e.suspend => {
+                            self.lock().pending = Some(pending);
+                            result
+                        }
+                        _ => result,
                     }
-                    result
                 } else {
                     self.registry.call(&ctx, name, args)
                 }
@@ -793,6 +822,29 @@ impl ToolRun {
         );
         self.lock().calls.push(call);
         result
+    }
+
+    /// Waits at `park` for the answer to the deferred call `pending` (its arguments
+    /// passed the schema), the run's clock stopped meanwhile: in process, on the run's
+    /// own thread, so the VM's deadline is paused here too.
+    fn park(&self, park: &dyn Park, pending: (String, Vec<Json>)) -> Result<Json, ToolError> {
+        let ctl = crate::vm::current();
+        let left = ctl.and_then(|c| c.pause_deadline());
+        let start = Instant::now();
+        let step = self.lock().calls.len() as u64 + 1;
+        let answer = park.park(step, &pending.0, &pending.1);
+        let waited = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.parked_ns.fetch_add(waited, Ordering::Relaxed);
+        if let Some(ctl) = ctl {
+            ctl.resume_deadline(left);
+        }
+        match answer {
+            Some(answer) => answer,
+            None => {
+                self.lock().pending = Some(pending);
+                Err(ToolError::suspended())
+            }
+        }
     }
 
     /// Counts a call against every quota that names it, or refuses it.
@@ -853,6 +905,8 @@ impl ToolRun {
         }
         let pending = match this {
             Some(run) => {
+                let parked = Duration::from_nanos(run.parked_ns.load(Ordering::Relaxed));
+                outcome.stats.wall = outcome.stats.wall.saturating_sub(parked);
                 let mut state = run.lock();
                 outcome.tool_calls = std::mem::take(&mut state.calls);
                 state.pending.take()

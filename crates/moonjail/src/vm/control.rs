@@ -192,6 +192,24 @@ impl Control {
         self.deadline_ns.store(due, Ordering::SeqCst);
     }
 
+    /// Stops the deadline's clock while the run waits on the host (parked at a deferred
+    /// tool call, [`crate::Sandbox::start`]): the time left, for
+    /// [`Control::resume_deadline`]. `None`: no deadline.
+    pub(crate) fn pause_deadline(&self) -> Option<u64> {
+        let due = self.deadline_ns.swap(u64::MAX, Ordering::SeqCst);
+        (due != u64::MAX).then(|| due.saturating_sub(super::watchdog::monotonic_ns()))
+    }
+
+    /// Starts the clock again with `left` (from [`Control::pause_deadline`]) and sets
+    /// this thread's timer for it.
+    pub(crate) fn resume_deadline(&self, left: Option<u64>) {
+        if let Some(left) = left {
+            let due = super::watchdog::monotonic_ns().saturating_add(left);
+            self.deadline_ns.store(due, Ordering::SeqCst);
+            super::watchdog::rearm_from_handler();
+        }
+    }
+
     /// Marks the deadline as passed (async-signal-safe).
     pub(crate) fn expire(&self) {
         self.pending.fetch_or(EXPIRED, Ordering::SeqCst);

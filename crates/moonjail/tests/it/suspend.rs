@@ -266,3 +266,102 @@ fn suspend_a_plain_run_reports_the_pending_call_too() {
     assert_eq!(out.to_json()["error"]["kind"], json!("suspended"));
     let _: Json = out.to_json();
 }
+
+/// Drives a started run to its end, answering each deferred call with `answer(call)`.
+fn drive(mut run: moonjail::Run, mut answer: impl FnMut(&moonjail::Pending) -> Json) -> Outcome {
+    loop {
+        match run {
+            moonjail::Run::Finished(outcome) => return outcome,
+            moonjail::Run::Suspended(s) => {
+                let a = answer(s.pending());
+                run = s.resume(Ok(a));
+            }
+        }
+    }
+}
+
+#[test]
+fn suspend_in_memory_resume_gives_the_journal_resumes_outcome() {
+    for (mode, isolation) in modes() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox_like = |_: &Sandbox| self::sandbox(isolation.clone(), Arc::new(AtomicU64::new(0)));
+        let sandbox = sandbox(isolation.clone(), Arc::clone(&calls));
+        let mut seen = Vec::new();
+        let run = sandbox.start(PLAN, &json!(null), &RunOptions::default());
+        let memory = drive(run, |p| {
+            seen.push((p.name.clone(), p.args.clone()));
+            json!({"id": format!("tx-{}", p.args[0]["to"].as_str().unwrap())})
+        });
+        assert_eq!(seen.len(), 2, "{mode}");
+        assert_eq!(seen[1].1, vec![json!({"to": "bob", "amount": 1})], "{mode}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{mode}: no call repeated");
+        // Through a journal file, resumed twice (a fresh counter: `calls` is in the result).
+        let sandbox = sandbox_like(&sandbox);
+        let path = temp("memory");
+        let _ = journaled(&sandbox, &path);
+        let _ = sandbox.resume(&path, Ok(json!({"id": "tx-alice"}))).unwrap();
+        let file = sandbox.resume(&path, Ok(json!({"id": "tx-bob"}))).unwrap();
+        assert_eq!(memory.result, file.result, "{mode}");
+        assert_eq!(memory.output, file.output, "{mode}");
+        assert_eq!(memory.stats.instructions, file.stats.instructions, "{mode}");
+        assert_eq!(memory.tool_calls.len(), file.tool_calls.len(), "{mode}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn suspend_in_memory_time_spent_suspended_is_not_the_runs() {
+    // A 300 ms deadline, suspended for 600 ms: the run still finishes, and its wall time
+    // does not count the wait.
+    let sandbox = Sandbox::builder()
+        .timeout(Duration::from_millis(300))
+        .defer_tool("ask")
+        .build()
+        .unwrap();
+    let run = sandbox.start(
+        "local a = ask() local n = 0 for i = 1, 1000 do n = n + i end return a + n",
+        &json!(null),
+        &RunOptions::default(),
+    );
+    let out = drive(run, |_| {
+        std::thread::sleep(Duration::from_millis(600));
+        json!(1)
+    });
+    assert_eq!(out.result.clone().unwrap(), json!(500_501), "{:?}", out.result);
+    // Had the wait counted, the wall time would be 600 ms at least (and the deadline
+    // would have passed).
+    assert!(out.stats.wall < Duration::from_millis(600), "{:?}", out.stats.wall);
+    // The deadline still holds for the script's own time.
+    let run = sandbox.start("ask() while true do end", &json!(null), &RunOptions::default());
+    let out = drive(run, |_| json!(1));
+    assert_eq!(out.result.unwrap_err().kind, ErrorKind::Timeout);
+}
+
+#[test]
+fn suspend_in_memory_a_run_given_up_ends_and_a_run_without_deferred_calls_finishes() {
+    let sandbox = Sandbox::builder()
+        .defer_tool("ask")
+        .tool("plain", |_| Ok(json!(7)))
+        .build()
+        .unwrap();
+    match sandbox.start("return ask()", &json!(null), &RunOptions::default()) {
+        moonjail::Run::Suspended(s) => drop(s),
+        moonjail::Run::Finished(o) => panic!("not suspended: {o:?}"),
+    }
+    let out = sandbox
+        .start("return plain() * 6", &json!(null), &RunOptions::default())
+        .finished()
+        .expect("finished");
+    assert_eq!(out.result.unwrap(), json!(42));
+    // An error answer is the tool's error.
+    let run = sandbox.start(
+        "local ok, e = pcall(ask) return e",
+        &json!(null),
+        &RunOptions::default(),
+    );
+    let out = match run {
+        moonjail::Run::Suspended(s) => s.resume(Err(ToolError::new("no"))).finished().unwrap(),
+        moonjail::Run::Finished(o) => panic!("not suspended: {o:?}"),
+    };
+    assert_eq!(out.result.unwrap(), json!("ask: no"));
+}
