@@ -31,6 +31,7 @@ const OPTIONS: &[&str] = &[
     "result_limit",
     "result_depth",
     "tools",
+    "defer_tools",
     "tool_call_limit",
     "allow_http",
     "isolate",
@@ -145,6 +146,13 @@ pub fn builder(
         }
     }
     b = b.tool_quota(quota);
+    if let Some(v) = get("defer_tools")? {
+        if !v.is_none() {
+            for name in strings(&v, "defer_tools")? {
+                b = b.defer_tool(&name);
+            }
+        }
+    }
     if let Some(v) = get("allow_http")? {
         for dest in strings(&v, "allow_http")? {
             b = b.allow_http(dest);
@@ -276,7 +284,7 @@ impl ToolDef {
 
 /// The worker executable: `worker=` if given, else `$MOONJAIL_WORKER`, else the
 /// `moonjail-worker` installed inside the package.
-fn worker_path(py: Python<'_>, given: Option<Bound<'_, PyAny>>) -> PyResult<WorkerPath> {
+pub fn worker_path(py: Python<'_>, given: Option<Bound<'_, PyAny>>) -> PyResult<WorkerPath> {
     if let Some(v) = given.filter(|v| !v.is_none()) {
         let worker = path(&v, "worker")?;
         if !worker.is_file() {

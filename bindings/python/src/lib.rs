@@ -7,6 +7,7 @@
 
 mod config;
 mod convert;
+mod durable;
 mod interrupt;
 mod outcome;
 mod sandbox;
@@ -21,6 +22,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<session::Session>()?;
     m.add_class::<outcome::Outcome>()?;
     m.add_class::<interrupt::CancelToken>()?;
+    m.add_class::<durable::Suspension>()?;
+    m.add_function(wrap_pyfunction!(durable::replay, m)?)?;
     m.add_function(wrap_pyfunction!(tools::time_left, m)?)?;
     m.add("LUA_VERSION", "Lua 5.4")?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

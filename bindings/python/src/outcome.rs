@@ -197,7 +197,7 @@ fn clip(mut text: String) -> String {
 }
 
 /// The Python module that defines the exception classes (`moonjail/_errors.py`).
-fn errors_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+pub fn errors_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     let module = MODULE.get_or_try_init(py, || {
         Ok::<_, PyErr>(py.import("moonjail._errors")?.unbind())

@@ -117,8 +117,10 @@ impl Sandbox {
     }
 
     /// Runs `code` in a fresh state with `input` as its argument; never raises for the
-    /// script's errors (they are in `Outcome.error`).
-    #[pyo3(signature = (code, input = None, *, lint = false, cancel = None))]
+    /// script's errors (they are in `Outcome.error`). With `journal`, the run is
+    /// recorded into that file (docs/JOURNAL.md), for `moonjail.replay` and, when it is
+    /// suspended at a deferred tool, `Sandbox.resume`.
+    #[pyo3(signature = (code, input = None, *, lint = false, cancel = None, journal = None))]
     fn run(
         &self,
         py: Python<'_>,
@@ -126,9 +128,56 @@ impl Sandbox {
         input: Option<&Bound<'_, PyAny>>,
         lint: bool,
         cancel: Option<&CancelToken>,
+        journal: Option<std::path::PathBuf>,
     ) -> PyResult<Outcome> {
-        self.run_inner(py, code, input, false, lint, cancel)
-            .map(Outcome::new)
+        let Some(path) = journal else {
+            return self
+                .run_inner(py, code, input, false, lint, cancel)
+                .map(Outcome::new);
+        };
+        if lint || cancel.is_some() {
+            return Err(PyTypeError::new_err(
+                "journal= does not combine with lint= or cancel=",
+            ));
+        }
+        let code = source(code)?;
+        let input = self::input(input)?;
+        crate::durable::run_journaled(py, &self.inner, &code, &input, false, path).map(Outcome::new)
+    }
+
+    /// Continues the run suspended in the journal at `journal` with `answer` as the
+    /// pending deferred call's result (or, with `error`, the tool's error), appending to
+    /// the journal: the `Outcome` (kind `suspended` again at the next deferred call).
+    #[pyo3(signature = (journal, answer = None, *, error = None))]
+    fn resume(
+        &self,
+        py: Python<'_>,
+        journal: std::path::PathBuf,
+        answer: Option<&Bound<'_, PyAny>>,
+        error: Option<String>,
+    ) -> PyResult<Outcome> {
+        let answer = crate::durable::answer(answer, error)?;
+        let sandbox = &self.inner;
+        let outcome = py
+            .detach(|| sandbox.resume(&journal, answer))
+            .map_err(|e| crate::durable::journal_error(py, &e))?;
+        Ok(Outcome::new(outcome))
+    }
+
+    /// Runs `code`, keeping the run in memory when it calls a deferred tool: the
+    /// `Outcome` when it finishes, else a `Suspension` whose `resume(answer)` goes on.
+    #[pyo3(signature = (code, input = None))]
+    fn start(
+        &self,
+        py: Python<'_>,
+        code: &Bound<'_, PyAny>,
+        input: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let code = source(code)?;
+        let input = self::input(input)?;
+        let sandbox = &self.inner;
+        let run = py.detach(|| sandbox.start(&code, &input, &RunOptions::default()));
+        crate::durable::settle(py, run)
     }
 
     /// The value of `code`, read as Lua's REPL reads a line (an expression, else

@@ -30,6 +30,7 @@ KINDS = {
     "lint": moonjail.LintError,
     "interrupted": moonjail.InterruptedRunError,
     "replay_divergence": moonjail.ReplayDivergenceError,
+    "suspended": moonjail.SuspendedError,
 }
 
 

@@ -104,7 +104,9 @@ pub fn resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
             Ok(serde_json::from_slice(&bytes).context("--answer is not valid JSON")?)
         }
         (None, Some(message)) => Err(moonjail::ToolError::new(message.clone())),
-        (None, None) => anyhow::bail!("give the pending call's answer: --answer JSON or --error MESSAGE"),
+        (None, None) => {
+            anyhow::bail!("give the pending call's answer: --answer JSON or --error MESSAGE")
+        }
     };
     let sandbox = args.sandbox.build(false, false)?;
     let mut outcome = sandbox

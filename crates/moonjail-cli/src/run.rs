@@ -174,10 +174,7 @@ pub fn name_journal(outcome: &mut moonjail::Outcome, path: &std::path::Path) {
         if let (moonjail::ErrorKind::Suspended, Some(serde_json::Value::Object(pending))) =
             (e.kind, &mut e.value)
         {
-            pending.insert(
-                "journal".into(),
-                path.to_string_lossy().into_owned().into(),
-            );
+            pending.insert("journal".into(), path.to_string_lossy().into_owned().into());
         }
     }
 }

@@ -27,6 +27,7 @@ from ._errors import (
     InstructionLimitError,
     InternalError,
     InterruptedRunError,
+    JournalError,
     ReplayDivergenceError,
     LimitError,
     LintError,
@@ -36,11 +37,12 @@ from ._errors import (
     OutputLimitError,
     ResultError,
     SandboxError,
+    SuspendedError,
     TimeLimitError,
     ToolError,
     WorkerKilledError,
 )
-from ._native import CancelToken, Outcome, Session, time_left
+from ._native import CancelToken, Outcome, Session, Suspension, replay, time_left
 from ._tool import Tool, tool
 
 __version__: str = _native.__version__
@@ -49,11 +51,13 @@ __all__ = [
     "Sandbox",
     "Session",
     "Outcome",
+    "Suspension",
     "CancelToken",
     "Tool",
     "tool",
     "time_left",
     "run",
+    "replay",
     "SandboxError",
     "LuaSyntaxError",
     "LuaRuntimeError",
@@ -70,6 +74,8 @@ __all__ = [
     "LintError",
     "InterruptedRunError",
     "ReplayDivergenceError",
+    "SuspendedError",
+    "JournalError",
     "ConfigError",
     "ToolError",
 ]

@@ -166,6 +166,22 @@ class ReplayDivergenceError(SandboxError):
     kind = "replay_divergence"
 
 
+class SuspendedError(SandboxError):
+    """The script called a deferred tool (``defer_tools=``) and the run stopped there to
+    wait for the host's answer (``"suspended"``). Not the script's fault: ``value`` is
+    the pending call ``{"name", "args"}``; a run recorded with ``journal=`` continues
+    with ``Sandbox.resume(journal, answer)``, one started with ``Sandbox.start`` with
+    ``Suspension.resume(answer)``."""
+
+    kind = "suspended"
+
+
+class JournalError(Exception):
+    """A journal could not be written, read, or resumed (missing, truncated, corrupt,
+    over its size limit, not suspended). A replay that diverges is not one: it is an
+    outcome of kind ``"replay_divergence"``."""
+
+
 class ConfigError(ValueError):
     """A sandbox cannot be built as configured (an unknown profile, a bad limit, a tool
     name that is not a Lua identifier, ...)."""
@@ -197,6 +213,7 @@ _BY_KIND: Dict[str, Type[SandboxError]] = {
         LintError,
         InterruptedRunError,
         ReplayDivergenceError,
+        SuspendedError,
     )
 }
 

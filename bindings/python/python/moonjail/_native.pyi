@@ -141,6 +141,7 @@ class Sandbox:
         result_limit: Optional[Size] = ...,
         result_depth: int = ...,
         tools: Optional[Mapping[str, Union[Callable[..., Any], Tool]]] = ...,
+        defer_tools: Optional[Union[str, Sequence[str]]] = ...,
         tool_call_limit: Optional[int] = ...,
         allow_http: Optional[Union[str, Sequence[str]]] = ...,
         isolate: bool = ...,
@@ -163,6 +164,7 @@ class Sandbox:
         *,
         lint: bool = False,
         cancel: Optional[CancelToken] = None,
+        journal: Optional[StrPath] = None,
     ) -> Outcome: ...
     def eval(
         self,
@@ -171,6 +173,12 @@ class Sandbox:
         *,
         cancel: Optional[CancelToken] = None,
     ) -> JSON: ...
+    def resume(
+        self, journal: StrPath, answer: JSON = None, *, error: Optional[str] = None
+    ) -> Outcome: ...
+    def start(
+        self, code: Union[str, bytes], input: JSON = None
+    ) -> Union[Outcome, "Suspension"]: ...
     def session(self) -> Session: ...
     def lint(self, code: Union[str, bytes]) -> Dict[str, Any]: ...
     def tool_catalogue(self) -> Dict[str, Any]: ...
@@ -181,6 +189,25 @@ class Sandbox:
     def limits(self) -> Dict[str, Optional[Union[int, float]]]: ...
     @property
     def isolated(self) -> bool: ...
+
+@final
+class Suspension:
+    """A run suspended at a deferred tool call, held in memory (``Sandbox.start``)."""
+
+    @property
+    def pending(self) -> Dict[str, Any]: ...
+    def resume(
+        self, answer: JSON = None, *, error: Optional[str] = None
+    ) -> Union[Outcome, "Suspension"]: ...
+
+def replay(
+    journal: StrPath,
+    *,
+    source: Optional[Union[str, bytes]] = None,
+    isolate: bool = False,
+    worker: Optional[StrPath] = None,
+) -> Outcome:
+    """Re-executes a journal (``Sandbox.run(journal=...)``) without calling a tool."""
 
 def time_left() -> Optional[float]:
     """Seconds left before the deadline of the tool call running on this thread."""

@@ -82,7 +82,10 @@ fn suspend_then_resume_in_a_new_process_finishes_with_the_answer() {
         assert_eq!(out.code, Some(0), "isolate {isolate}: {out:?}");
         let doc = out.json();
         assert_eq!(doc["result"]["receipt"], "tx-42", "{doc}");
-        assert_eq!(doc["result"]["quote"], quote, "the recorded answer, not a new one");
+        assert_eq!(
+            doc["result"]["quote"], quote,
+            "the recorded answer, not a new one"
+        );
         assert_eq!(doc["result"]["after"], true);
         assert_eq!(doc["output"], "plan\talice\t10\nreceipt\ttx-42\n");
         // One call before the suspension (not repeated), one after it.
@@ -127,8 +130,7 @@ fn suspend_an_error_answer_reaches_the_script_as_the_tools_error() {
     let doc = out.json();
     assert_eq!(kind(&doc), "runtime");
     assert_eq!(
-        doc["error"]["message"],
-        "pay.lua:5: payments.send: declined by the approver",
+        doc["error"]["message"], "pay.lua:5: payments.send: declined by the approver",
         "{doc}"
     );
     assert_eq!(doc["error"]["line"], 5);
@@ -151,13 +153,24 @@ fn suspend_misuse_is_status_2() {
     // An answer that is not JSON.
     let out = moonjail(dir.path(), &RUN, None);
     assert_eq!(out.code, Some(3), "{out:?}");
-    let out = moonjail(dir.path(), &["resume", "pay.jsonl", "--answer", "{nope"], None);
+    let out = moonjail(
+        dir.path(),
+        &["resume", "pay.jsonl", "--answer", "{nope"],
+        None,
+    );
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("--answer"), "{out:?}");
     // The journal was left as it was: still resumable.
     let out = moonjail(
         dir.path(),
-        &["resume", "pay.jsonl", "--answer", r#"{"id": 1}"#, "--tool", "rng.next=sh rng.sh"],
+        &[
+            "resume",
+            "pay.jsonl",
+            "--answer",
+            r#"{"id": 1}"#,
+            "--tool",
+            "rng.next=sh rng.sh",
+        ],
         None,
     );
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -181,11 +194,17 @@ fn suspend_the_readme_example_runs_as_written() {
     let bin = std::path::Path::new(MOONJAIL).parent().unwrap();
     let out = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("set -x\n{block}\necho \"suspended=$?\"; cat fx.log | wc -l"))
+        .arg(format!(
+            "set -x\n{block}\necho \"suspended=$?\"; cat fx.log | wc -l"
+        ))
         .current_dir(dir.path())
         .env(
             "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()),
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
         )
         .env("MOONJAIL_WORKER", MOONJAIL)
         .output()
@@ -205,6 +224,9 @@ fn suspend_the_readme_example_runs_as_written() {
                            "journal": "pay.jsonl"})
     );
     assert_eq!(docs[0]["error"]["line"], 5);
-    assert_eq!(docs[1]["result"], serde_json::json!({"paid": 92.0, "receipt": "tx-7"}));
+    assert_eq!(
+        docs[1]["result"],
+        serde_json::json!({"paid": 92.0, "receipt": "tx-7"})
+    );
     assert!(stdout.trim_end().ends_with('1'), "fx.sh ran once: {stdout}");
 }

@@ -362,11 +362,7 @@ impl ToolTap for Recording {
 impl Recording {
     /// Writes the `suspend` line of a deferred call (`head` is its `tool` line up to the
     /// arguments) and makes it durable: the journal is what the run resumes from.
-    fn suspend(
-        &self,
-        head: Vec<u8>,
-        result: Result<Json, ToolError>,
-    ) -> Result<Json, ToolError> {
+    fn suspend(&self, head: Vec<u8>, result: Result<Json, ToolError>) -> Result<Json, ToolError> {
         self.suspended.store(true, Ordering::SeqCst);
         let mut line = b"{\"type\":\"suspend\"".to_vec();
         line.extend_from_slice(&head[b"{\"type\":\"tool\"".len()..]);
@@ -625,11 +621,7 @@ impl Recording {
     /// more for a run suspended at a deferred call (its `suspend` line is the last, and
     /// durable already).
     fn finish(&self, mut outcome: Outcome) -> Result<Outcome, JournalError> {
-        let failed = self
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(e) = failed {
             return Err(e);
         }
@@ -1073,7 +1065,11 @@ impl fmt::Debug for Player {
 const DIVERGED: &str = "the replay diverged from the journal: the run is stopped";
 
 impl Player {
-    fn new(journal: &Journal, answer: Option<Result<Json, ToolError>>, live: Option<Live>) -> Player {
+    fn new(
+        journal: &Journal,
+        answer: Option<Result<Json, ToolError>>,
+        live: Option<Live>,
+    ) -> Player {
         Player {
             calls: Mutex::new(journal.calls.iter().cloned().collect()),
             files: journal.files.clone(),

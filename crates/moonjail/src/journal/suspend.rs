@@ -20,15 +20,15 @@ use std::thread::JoinHandle;
 use serde_json::Value as Json;
 
 use super::{
-    play, Journal, JournalError, JournalWriter, Live, Pending, Player, Recording,
-    RecordingFiles, ReplayOptions,
+    play, Journal, JournalError, JournalWriter, Live, Pending, Player, Recording, RecordingFiles,
+    ReplayOptions,
 };
 use crate::engine::Host;
 use crate::error::{Error, ErrorKind};
-use crate::sandbox::RunOptions;
-use crate::tools::Park;
 use crate::outcome::Outcome;
+use crate::sandbox::RunOptions;
 use crate::sandbox::Sandbox;
+use crate::tools::Park;
 use crate::tools::ToolError;
 
 impl Sandbox {
@@ -197,10 +197,7 @@ enum Held {
     },
     /// Isolated: the journal of the run so far, in memory; resuming replays it in a worker
     /// (a worker cannot be kept waiting: its deadline and the supervisor's are its own).
-    Journal {
-        sandbox: Sandbox,
-        journal: Vec<u8>,
-    },
+    Journal { sandbox: Sandbox, journal: Vec<u8> },
     /// Resumed or given up.
     Done,
 }
@@ -324,8 +321,7 @@ impl Sandbox {
     /// [`Sandbox::start`] of an isolated sandbox: journaled in memory.
     fn start_journaled(&self, source: &[u8], input: &Json, opts: &RunOptions) -> Run {
         let buffer = SharedBuffer::default();
-        let journaled =
-            self.run_journaled(source, input, opts, JournalWriter::new(buffer.clone()));
+        let journaled = self.run_journaled(source, input, opts, JournalWriter::new(buffer.clone()));
         settle_journaled(self, journaled, buffer)
     }
 }

@@ -111,14 +111,21 @@ fn suspend_a_deferred_call_stops_the_run_with_the_pending_call() {
         assert_eq!(journal.deferred(), ["payments.send".to_string()]);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
-            text.lines().last().unwrap().starts_with(r#"{"type":"suspend","step":2"#),
+            text.lines()
+                .last()
+                .unwrap()
+                .starts_with(r#"{"type":"suspend","step":2"#),
             "{text}"
         );
         // A replay of a suspended journal stops where the recorded run did.
         let again = moonjail::replay(text.as_bytes(), &ReplayOptions::default()).unwrap();
         assert_eq!(error(&again).kind, ErrorKind::Suspended, "{mode}");
         assert_eq!(error(&again).value, e.value, "{mode}");
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "{mode}: the replay called nothing");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "{mode}: the replay called nothing"
+        );
         std::fs::remove_file(&path).unwrap();
     }
 }
@@ -168,7 +175,11 @@ fn suspend_resume_in_a_new_sandbox_finishes_with_the_answer() {
             json!([{"to": "bob", "amount": 1}])
         );
         assert_eq!(out.output, "planning\t2\nsent\ttx-1\n", "{mode}");
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "{mode}: the prefix was replayed");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "{mode}: the prefix was replayed"
+        );
         // Refused: the person says no. The script sees a tool error.
         let out = second
             .resume(&path, Err(ToolError::new("declined by the approver")))
@@ -180,7 +191,11 @@ fn suspend_resume_in_a_new_sandbox_finishes_with_the_answer() {
             "{mode}: {:?}",
             out.result
         );
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "{mode}: one live call after it");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "{mode}: one live call after it"
+        );
         assert_eq!(out.tool_calls.len(), 4, "{mode}: the whole run's calls");
         assert!(out.stats.instructions.unwrap() > 0);
         // The journal is now a finished run's: it replays to the same outcome, and cannot
@@ -226,7 +241,9 @@ fn suspend_resume_gives_the_uninterrupted_runs_outcome() {
     let deferred = sandbox(Isolation::InProcess, calls);
     let path = temp("same");
     let _ = journaled(&deferred, &path);
-    let _ = deferred.resume(&path, Ok(json!({"id": "tx-alice"}))).unwrap();
+    let _ = deferred
+        .resume(&path, Ok(json!({"id": "tx-alice"})))
+        .unwrap();
     let resumed = deferred.resume(&path, Ok(json!({"id": "tx-bob"}))).unwrap();
     assert_eq!(resumed.result, straight.result);
     assert_eq!(resumed.output, straight.output);
@@ -248,7 +265,10 @@ fn suspend_resume_of_an_edited_script_reports_the_divergence_and_appends_nothing
     let out = sandbox.resume(&path, Ok(json!({"id": "x"}))).unwrap();
     let e = error(&out);
     assert_eq!(e.kind, ErrorKind::ReplayDivergence, "{e:?}");
-    assert!(e.message.contains("step 2") && e.message.contains("99"), "{e:?}");
+    assert!(
+        e.message.contains("step 2") && e.message.contains("99"),
+        "{e:?}"
+    );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), edited);
     std::fs::remove_file(&path).unwrap();
 }
@@ -284,7 +304,8 @@ fn drive(mut run: moonjail::Run, mut answer: impl FnMut(&moonjail::Pending) -> J
 fn suspend_in_memory_resume_gives_the_journal_resumes_outcome() {
     for (mode, isolation) in modes() {
         let calls = Arc::new(AtomicU64::new(0));
-        let sandbox_like = |_: &Sandbox| self::sandbox(isolation.clone(), Arc::new(AtomicU64::new(0)));
+        let sandbox_like =
+            |_: &Sandbox| self::sandbox(isolation.clone(), Arc::new(AtomicU64::new(0)));
         let sandbox = sandbox(isolation.clone(), Arc::clone(&calls));
         let mut seen = Vec::new();
         let run = sandbox.start(PLAN, &json!(null), &RunOptions::default());
@@ -299,7 +320,9 @@ fn suspend_in_memory_resume_gives_the_journal_resumes_outcome() {
         let sandbox = sandbox_like(&sandbox);
         let path = temp("memory");
         let _ = journaled(&sandbox, &path);
-        let _ = sandbox.resume(&path, Ok(json!({"id": "tx-alice"}))).unwrap();
+        let _ = sandbox
+            .resume(&path, Ok(json!({"id": "tx-alice"})))
+            .unwrap();
         let file = sandbox.resume(&path, Ok(json!({"id": "tx-bob"}))).unwrap();
         assert_eq!(memory.result, file.result, "{mode}");
         assert_eq!(memory.output, file.output, "{mode}");
@@ -327,12 +350,25 @@ fn suspend_in_memory_time_spent_suspended_is_not_the_runs() {
         std::thread::sleep(Duration::from_millis(600));
         json!(1)
     });
-    assert_eq!(out.result.clone().unwrap(), json!(500_501), "{:?}", out.result);
+    assert_eq!(
+        out.result.clone().unwrap(),
+        json!(500_501),
+        "{:?}",
+        out.result
+    );
     // Had the wait counted, the wall time would be 600 ms at least (and the deadline
     // would have passed).
-    assert!(out.stats.wall < Duration::from_millis(600), "{:?}", out.stats.wall);
+    assert!(
+        out.stats.wall < Duration::from_millis(600),
+        "{:?}",
+        out.stats.wall
+    );
     // The deadline still holds for the script's own time.
-    let run = sandbox.start("ask() while true do end", &json!(null), &RunOptions::default());
+    let run = sandbox.start(
+        "ask() while true do end",
+        &json!(null),
+        &RunOptions::default(),
+    );
     let out = drive(run, |_| json!(1));
     assert_eq!(out.result.unwrap_err().kind, ErrorKind::Timeout);
 }
