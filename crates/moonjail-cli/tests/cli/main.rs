@@ -21,5 +21,6 @@ mod profile;
 mod run;
 mod serve;
 mod session;
+mod session_journal;
 mod support;
 mod tools;

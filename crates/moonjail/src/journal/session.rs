@@ -1041,7 +1041,7 @@ impl SessionJournal {
         if self.drawn {
             recorded.deterministic = None;
         }
-        let hint = "give the sandbox the session was recorded with (the same flags)";
+        let hint = "restore it into the sandbox it was recorded with: the same flags";
         if sandbox.spec() != &recorded {
             let a = serde_json::to_value(&recorded).map_err(std::io::Error::other)?;
             let b = serde_json::to_value(sandbox.spec()).map_err(std::io::Error::other)?;
