@@ -56,6 +56,13 @@ pub struct SessionArgs {
     ///   moonjail session --restore s.jsonl < requests-2.jsonl
     #[arg(long, value_name = "FILE", verbatim_doc_comment)]
     pub restore: Option<PathBuf>,
+    /// When the journal is fsynced: `response`, after each response's line, before the
+    /// response is printed (a response you saw survives a crash of the machine; costs a
+    /// disk flush per request, milliseconds on many disks); `end`, when the session ends
+    /// (a response you saw survives the process being killed, as every line is flushed
+    /// when written, but a crash of the machine may lose the last requests).
+    #[arg(long, value_name = "WHEN", default_value = "response", value_parser = ["response", "end"])]
+    pub journal_fsync: String,
     /// With --restore: restore into a new session and leave FILE untouched (a dry run:
     /// evaluate a message against the state, then discard it); with --journal NEW the
     /// fork is recorded into NEW (the restored requests copied first).
@@ -312,11 +319,11 @@ fn open(args: &SessionArgs, sandbox: &moonjail::Sandbox) -> anyhow::Result<Vm> {
         .context("--journal-limit")?
         .map(|l| l as u64);
     let create = |path: &PathBuf| {
-        moonjail::JournalWriter::create(path)
+        moonjail::JournalWriter::create_locked(path)
             .with_context(|| format!("--journal {}", path.display()))
             .map(|w| w.limit(limit))
     };
-    Ok(match (&args.restore, &args.journal) {
+    let mut vm = match (&args.restore, &args.journal) {
         (None, None) => Vm::Plain(sandbox.session()?),
         (None, Some(path)) => Vm::Journaled(
             sandbox
@@ -353,7 +360,11 @@ fn open(args: &SessionArgs, sandbox: &moonjail::Sandbox) -> anyhow::Result<Vm> {
                     .with_context(context)?,
             )
         }
-    })
+    };
+    if let Vm::Journaled(session) = &mut vm {
+        session.sync_each_response(args.journal_fsync == "response");
+    }
+    Ok(vm)
 }
 
 /// Whether two paths name one file (a path that does not exist yet names none).
@@ -376,7 +387,8 @@ fn answer(
         Err((id, message)) => return Ok((input_error(id, message), false)),
     };
     let lowered_or = |timeout: Option<String>, instructions| {
-        lowered(timeout.as_deref(), instructions).map_err(|message| input_error(id.clone(), message))
+        lowered(timeout.as_deref(), instructions)
+            .map_err(|message| input_error(id.clone(), message))
     };
     let request = match request {
         Request::Exec {

@@ -156,7 +156,10 @@ fn interrupted(dir: &TempDir, flags: &[String], isolate: bool) -> (Vec<Json>, (i
     let det = &first["determinism"];
     (
         responses,
-        (det["timestamp"].as_i64().unwrap(), det["seed"].as_i64().unwrap()),
+        (
+            det["timestamp"].as_i64().unwrap(),
+            det["seed"].as_i64().unwrap(),
+        ),
     )
 }
 
@@ -241,7 +244,13 @@ fn record_tools(dir: &TempDir, isolate: bool) -> Vec<Json> {
     dir.write("rng.sh", RNG);
     let iso = isolate_flags();
     let args = with_isolation(
-        &["session", "--tool", "rng.next=sh rng.sh", "--journal", "s.jsonl"],
+        &[
+            "session",
+            "--tool",
+            "rng.next=sh rng.sh",
+            "--journal",
+            "s.jsonl",
+        ],
         isolate,
         &iso,
     );
@@ -260,7 +269,13 @@ fn session_journal_tool_calls_are_not_made_again_by_a_restore() {
         let recorded = record_tools(&dir, isolate);
         assert_eq!(calls(&dir), 3);
         let args = with_isolation(
-            &["session", "--tool", "rng.next=sh rng.sh", "--restore", "s.jsonl"],
+            &[
+                "session",
+                "--tool",
+                "rng.next=sh rng.sh",
+                "--restore",
+                "s.jsonl",
+            ],
             isolate,
             &iso,
         );
@@ -281,7 +296,10 @@ fn session_journal_tool_calls_are_not_made_again_by_a_restore() {
         // The journal goes on: request 5 and 6 are in it, with request 4's tool line.
         let journal = std::fs::read_to_string(dir.path().join("s.jsonl")).unwrap();
         let last: Json = serde_json::from_str(journal.lines().last().unwrap()).unwrap();
-        assert_eq!((last["type"].clone(), last["n"].clone()), (json!("response"), json!(6)));
+        assert_eq!(
+            (last["type"].clone(), last["n"].clone()),
+            (json!("response"), json!(6))
+        );
         assert_eq!(journal.matches(r#"{"type":"tool""#).count(), 4);
     }
 }
@@ -316,7 +334,13 @@ fn session_journal_a_tampered_journal_is_refused_naming_the_request() {
         ] {
             dir.write("s.jsonl", &edited);
             let args = with_isolation(
-                &["session", "--tool", "rng.next=sh rng.sh", "--restore", "s.jsonl"],
+                &[
+                    "session",
+                    "--tool",
+                    "rng.next=sh rng.sh",
+                    "--restore",
+                    "s.jsonl",
+                ],
                 isolate,
                 &iso,
             );
@@ -342,14 +366,20 @@ fn session_journal_a_request_killed_mid_way_is_dropped_and_the_session_goes_on()
         let define = json!({"id": 1, "op": "exec",
                             "code": "n = 0 function bump() n = n + 1 return n end function spin() n = 100 while true do end end"});
         assert_eq!(live.ask(&define)["ok"], json!(true));
-        assert_eq!(live.ask(&json!({"id": 2, "op": "call", "function": "bump"}))["result"], json!(1));
+        assert_eq!(
+            live.ask(&json!({"id": 2, "op": "call", "function": "bump"}))["result"],
+            json!(1)
+        );
         let complete = std::fs::read(dir.path().join("s.jsonl")).unwrap();
         live.send(&json!({"id": 3, "op": "call", "function": "spin"}));
         // Until its request line is in the journal.
         let path = dir.path().join("s.jsonl");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
         while std::fs::read(&path).unwrap().len() == complete.len() {
-            assert!(std::time::Instant::now() < deadline, "request 3 was never recorded");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request 3 was never recorded"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         live.kill();
@@ -367,7 +397,10 @@ fn session_journal_a_request_killed_mid_way_is_dropped_and_the_session_goes_on()
         let text = String::from_utf8(journal).unwrap();
         assert!(!text.contains("\"spin\""), "{text}");
         let last: Json = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-        assert_eq!((last["type"].clone(), last["n"].clone()), (json!("response"), json!(3)));
+        assert_eq!(
+            (last["type"].clone(), last["n"].clone()),
+            (json!("response"), json!(3))
+        );
     }
 }
 
@@ -421,10 +454,20 @@ fn session_journal_fork_leaves_the_journal_byte_identical() {
         assert_eq!(out.code, Some(0), "{out:?}");
         assert_eq!(std::fs::read(dir.path().join("s.jsonl")).unwrap(), before);
         let fork = std::fs::read_to_string(dir.path().join("fork.jsonl")).unwrap();
-        assert_eq!(fork.lines().filter(|l| l.contains(r#""type":"response""#)).count(), 3);
+        assert_eq!(
+            fork.lines()
+                .filter(|l| l.contains(r#""type":"response""#))
+                .count(),
+            3
+        );
         // Into the journal itself: refused, the journal untouched.
         let args = [
-            "session", "--restore", "s.jsonl", "--fork", "--journal", "s.jsonl",
+            "session",
+            "--restore",
+            "s.jsonl",
+            "--fork",
+            "--journal",
+            "s.jsonl",
         ];
         let out = moonjail(&dir, &args, None);
         assert_misuse(&out, "that is the journal being forked");
@@ -445,7 +488,41 @@ fn session_journal_replay_refuses_a_session_journal_and_flags_are_documented() {
     let out = moonjail(&dir, &["session", "--restore", "s.jsonl"], Some(b""));
     assert_misuse(&out, "tools: recorded [\"rng.next\"], this sandbox []");
     let out = mj(&["session", "--help"]);
-    for fragment in ["--journal <FILE>", "--restore <FILE>", "--fork", "--upto <N>", "--journal-limit", "fsynced"] {
+    for fragment in [
+        "--journal <FILE>",
+        "--restore <FILE>",
+        "--fork",
+        "--upto <N>",
+        "--journal-limit",
+        "fsynced",
+    ] {
         assert!(out.stdout.contains(fragment), "{fragment}: {}", out.stdout);
     }
+}
+
+#[test]
+fn session_journal_a_journal_in_use_is_neither_truncated_nor_restored() {
+    let dir = TempDir::new();
+    let mut live = Live::start(&dir, &["--journal", "s.jsonl"]);
+    let doc = live.ask(&json!({"id": 1, "op": "exec", "code": "x = 1"}));
+    assert_eq!(doc["ok"], json!(true));
+    let before = std::fs::read(dir.path().join("s.jsonl")).unwrap();
+    for args in [
+        &["session", "--journal", "s.jsonl"][..],
+        &["session", "--restore", "s.jsonl"][..],
+    ] {
+        let out = moonjail(&dir, args, Some(b""));
+        assert_misuse(&out, "locked by another process");
+        assert_eq!(std::fs::read(dir.path().join("s.jsonl")).unwrap(), before);
+    }
+    live.kill();
+    // Once the recording process is gone, the journal restores (even without fsync per
+    // response: every line was flushed).
+    let out = moonjail(
+        &dir,
+        &["session", "--restore", "s.jsonl", "--journal-fsync", "end"],
+        Some(br#"{"id": 2, "op": "eval", "code": "x"}"#),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.json_lines()[0]["result"], json!(1));
 }

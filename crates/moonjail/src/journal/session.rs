@@ -29,9 +29,9 @@ use std::time::Duration;
 use serde_json::{json, Value as Json};
 
 use super::{
-    blob, boolean, call_text, corrupt, drawn_seed, field, now_unix, stop_check, string,
-    tool_event, unblob, FileEvent, JournalError, JournalWriter, Recording, RecordingFiles,
-    ToolEvent, JOURNAL_VERSION,
+    blob, boolean, call_text, corrupt, drawn_seed, field, now_unix, stop_check, string, tool_event,
+    unblob, FileEvent, JournalError, JournalWriter, Recording, RecordingFiles, ToolEvent,
+    JOURNAL_VERSION,
 };
 use crate::engine::Host;
 use crate::error::Error;
@@ -311,12 +311,12 @@ impl ToolTap for Taps {
 impl FileSource for Taps {
     fn module(&self, name: &str) -> Result<(Vec<u8>, String), String> {
         match self.mode() {
-            Mode::Replay(replaying) => match replaying.read(format!("module:{name}"), || {
-                format!("module `{name}`")
-            }) {
-                Some(FileEvent::Module(answer)) => answer,
-                _ => Err(format!("\n\t{DIVERGED}")),
-            },
+            Mode::Replay(replaying) => {
+                match replaying.read(format!("module:{name}"), || format!("module `{name}`")) {
+                    Some(FileEvent::Module(answer)) => answer,
+                    _ => Err(format!("\n\t{DIVERGED}")),
+                }
+            }
             Mode::Live(Some(recording)) => RecordingFiles {
                 inner: Arc::clone(&self.files),
                 recording,
@@ -367,6 +367,10 @@ struct Replaying {
     made: AtomicU64,
     divergence: Mutex<Option<String>>,
     stop: Arc<AtomicBool>,
+    /// The recorded request was stopped by its deadline: how many of its tool calls it
+    /// made depended on the clock, so a replay may make fewer, or ask more (each refused
+    /// as past the deadline).
+    timed_out: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -381,6 +385,7 @@ impl Replaying {
             made: AtomicU64::new(0),
             divergence: Mutex::new(None),
             stop,
+            timed_out: request.response["error"]["kind"] == "timeout",
         }
     }
 
@@ -401,6 +406,9 @@ impl Replaying {
         let next = lock(&self.calls).pop_front();
         let asked = call_text(name, &args);
         match next {
+            None if self.timed_out => Err(ToolError::new(
+                "the request's deadline passed (as in the recorded session)",
+            )),
             None => {
                 self.diverge(format!(
                     "tool call {step}: the session asked {asked}, but the journal records \
@@ -458,6 +466,8 @@ impl Replaying {
 pub struct JournaledSession {
     session: Session,
     recording: Option<Arc<Recording>>,
+    /// fsync after each response (else only when the session is dropped).
+    sync_each: bool,
     /// The number of the next request.
     next: u64,
     /// Why the journal failed, once it has.
@@ -513,13 +523,28 @@ impl JournaledSession {
                 },
                 e => e,
             })
-            .and_then(|()| writer.sync());
+            .and_then(|()| {
+                if self.sync_each {
+                    writer.sync()
+                } else {
+                    Ok(())
+                }
+            });
         drop(writer);
         if let Err(e) = recorded {
             return Err(self.break_with(e));
         }
         self.next += 1;
         Ok(response)
+    }
+
+    /// Whether the journal file is fsynced after each response (the default: a response
+    /// the caller has seen survives a crash of the machine), or only when the session is
+    /// dropped. Lines are flushed as they are written either way, so a response the
+    /// caller has seen survives the process being killed; fsyncing each costs a disk
+    /// flush per request (milliseconds on many disks).
+    pub fn sync_each_response(&mut self, yes: bool) {
+        self.sync_each = yes;
     }
 
     fn break_with(&mut self, error: JournalError) -> JournalError {
@@ -616,6 +641,19 @@ impl JournaledSession {
     }
 }
 
+impl Drop for JournaledSession {
+    /// fsyncs the journal (after each response it already was, by default) and closes
+    /// it now, releasing its lock (the taps, which hold the recording, may outlive the
+    /// session for a moment: an isolated session's supervisor).
+    fn drop(&mut self) {
+        if let Some(recording) = &self.recording {
+            let mut writer = recording.writer();
+            let _ = writer.sync();
+            *writer = JournalWriter::new(std::io::sink());
+        }
+    }
+}
+
 /// The session line's fields both a recording and a restore compare: what the sandbox
 /// gives a session besides its spec.
 fn attachments(sandbox: &Sandbox) -> (Vec<String>, Option<ToolQuota>, bool, bool) {
@@ -666,15 +704,56 @@ fn recording(writer: JournalWriter, taps: &Taps) -> Arc<Recording> {
 
 /// Takes the journal file's exclusive lock, so that two processes never append to one
 /// journal (a session still running, and its restore).
+///
+/// A lock is held for a moment longer than its holder when another thread forks while
+/// the file is open (the child has the descriptor until it execs), so a busy lock is
+/// tried again for up to [`LOCK_PATIENCE`] before it is reported.
 fn lock_file(file: &File) -> Result<(), JournalError> {
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Session(
-            "the journal file is locked by another process (a session still recording into \
-             it, or restoring it)"
-                .into(),
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Session(
+                    "the journal file is locked by another process (a session still \
+                     recording into it, or restoring it)"
+                        .into(),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// How long a busy journal lock is tried again.
+const LOCK_PATIENCE: Duration = Duration::from_millis(500);
+
+impl JournalWriter {
+    /// Creates (or truncates) the journal file at `path` for a session, once it holds
+    /// the file's lock: a journal another session is recording into (or restoring) is
+    /// refused, never truncated under it.
+    ///
+    /// # Errors
+    /// Why the file could not be opened, and [`JournalError::Session`] when another
+    /// process holds it.
+    pub fn create_locked(path: impl AsRef<Path>) -> Result<JournalWriter, JournalError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        lock_file(&file)?;
+        file.set_len(0)?;
+        let out = file.try_clone()?;
+        Ok(JournalWriter {
+            out: Box::new(out),
+            file: Some(file),
+            limit: Some(super::DEFAULT_JOURNAL_LIMIT),
+            written: 0,
+        })
     }
 }
 
@@ -746,6 +825,7 @@ impl Sandbox {
         Ok(JournaledSession {
             session,
             recording: Some(recording),
+            sync_each: true,
             next: 1,
             broken: None,
         })
@@ -880,8 +960,10 @@ impl SessionJournal {
             ),
         };
         let files = field(&start, "files", n)?;
-        let (has_modules, has_readable) =
-            (boolean(files, "modules", n)?, boolean(files, "readable", n)?);
+        let (has_modules, has_readable) = (
+            boolean(files, "modules", n)?,
+            boolean(files, "readable", n)?,
+        );
 
         let mut requests: Vec<Recorded> = Vec::new();
         let mut open: Option<Recorded> = None;
@@ -972,14 +1054,9 @@ impl SessionJournal {
                     }
                 }
                 (Some(kind @ ("tool" | "module" | "file" | "response")), None) => {
-                    return Err(corrupt(
-                        n,
-                        format!("a {kind:?} line outside a request"),
-                    ))
+                    return Err(corrupt(n, format!("a {kind:?} line outside a request")))
                 }
-                (Some(other), _) => {
-                    return Err(corrupt(n, format!("unknown line type {other:?}")))
-                }
+                (Some(other), _) => return Err(corrupt(n, format!("unknown line type {other:?}"))),
                 (None, _) => return Err(corrupt(n, "no \"type\" field")),
             }
         }
@@ -1086,11 +1163,7 @@ impl SessionJournal {
     /// Opens a session of `sandbox` with the recorded spec and replays the first `upto`
     /// requests into it, each checked against its recorded response. The taps are left
     /// live and unrecorded.
-    fn replay(
-        &self,
-        sandbox: &Sandbox,
-        upto: u64,
-    ) -> Result<(Session, Arc<Taps>), JournalError> {
+    fn replay(&self, sandbox: &Sandbox, upto: u64) -> Result<(Session, Arc<Taps>), JournalError> {
         self.check(sandbox)?;
         let (mut session, taps) = open(sandbox, self.spec.clone())?;
         for recorded in self.requests.iter().take(upto as usize) {
@@ -1106,7 +1179,10 @@ impl SessionJournal {
             if let Some(what) = lock(&replaying.divergence).take() {
                 return Err(mismatch(what));
             }
-            let left = lock(&replaying.calls).front().cloned();
+            let left = lock(&replaying.calls)
+                .front()
+                .cloned()
+                .filter(|_| !replaying.timed_out);
             if let Some(next) = left {
                 let made = replaying.made.load(Ordering::SeqCst);
                 return Err(mismatch(format!(
@@ -1131,10 +1207,30 @@ impl SessionJournal {
 
 /// A response document without what varies between runs of the same request: wall
 /// times and memory figures (as docs/JOURNAL.md says of replays).
+///
+/// A request stopped by its deadline is compared by its error kind alone: where it was
+/// stopped, what it had printed and counted by then depend on the clock (and the
+/// session is closed after it, so no later state depends on them).
 fn essence(mut doc: Json) -> Json {
+    let timed_out = doc["error"]["kind"] == "timeout";
     if let Some(stats) = doc.get_mut("stats").and_then(Json::as_object_mut) {
         for volatile in ["wall_ms", "memory_bytes", "peak_memory_bytes"] {
             stats.remove(volatile);
+        }
+        if timed_out {
+            for volatile in ["instructions", "output_bytes", "tool_calls"] {
+                stats.remove(volatile);
+            }
+        }
+    }
+    if timed_out {
+        if let Some(doc) = doc.as_object_mut() {
+            for volatile in ["output", "output_truncated", "tool_calls"] {
+                doc.remove(volatile);
+            }
+        }
+        if let Some(error) = doc.get_mut("error").and_then(Json::as_object_mut) {
+            error.retain(|k, _| k == "kind");
         }
     }
     if let Some(calls) = doc.get_mut("tool_calls").and_then(Json::as_array_mut) {
@@ -1235,6 +1331,7 @@ pub fn restore_session(
     Ok(JournaledSession {
         session,
         recording: Some(recording),
+        sync_each: true,
         next: journal.requests() + 1,
         broken: None,
     })
@@ -1278,6 +1375,7 @@ pub fn fork_session(
     Ok(JournaledSession {
         session,
         recording,
+        sync_each: true,
         next: upto + 1,
         broken: None,
     })

@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moonjail::{
-    CallOptions, Determinism, HostFiles, Isolation, JournalError, JournalWriter,
-    JournaledSession, ProcessConfig, Profile, ReplayOptions, Sandbox, SandboxBuilder,
-    SessionJournal,
+    CallOptions, Determinism, HostFiles, Isolation, JournalError, JournalWriter, JournaledSession,
+    ProcessConfig, Profile, ReplayOptions, Sandbox, SandboxBuilder, SessionJournal,
 };
 use serde_json::{json, Value as Json};
 
@@ -155,10 +154,7 @@ fn journal_session_restore_makes_no_tool_call_and_continues_the_state() {
             + 4;
         assert_eq!(next["result"]["total"], json!(total), "{mode}");
         // The clock is the recorded one, and the random sequence goes on.
-        assert_eq!(
-            next["result"]["at"], recorded[0]["result"]["at"],
-            "{mode}"
-        );
+        assert_eq!(next["result"]["at"], recorded[0]["result"]["at"], "{mode}");
         drop(s);
 
         // Restored again: the request made after the first restore is in the journal.
@@ -204,12 +200,18 @@ fn message(i: usize) -> Json {
         0 => json!({"Action": "Ping"}),
         1 => json!({"Action": "Sum", "Data": format!("{i},2,3")}),
         2 => json!({"Action": "Eval", "Data": "return #Inbox + math.random(1, 1000) + os.time()"}),
-        _ => json!({"Action": "Eval", "Data": "local f = assert(io.open(UTILS)) local t = f:read('a') f:close() return #t"}),
+        _ => {
+            json!({"Action": "Eval", "Data": "local f = assert(io.open(UTILS)) local t = f:read('a') f:close() return #t"})
+        }
     }
 }
 
 /// Sends messages `from..=to` through `compute`, each with the previous state.
-fn drive(s: &mut JournaledSession, state: &mut Json, range: std::ops::RangeInclusive<usize>) -> Vec<Json> {
+fn drive(
+    s: &mut JournaledSession,
+    state: &mut Json,
+    range: std::ops::RangeInclusive<usize>,
+) -> Vec<Json> {
     range
         .map(|i| {
             let doc = call(s, "compute", &[state.clone(), message(i)]);
@@ -253,8 +255,7 @@ fn journal_session_ao_interrupted_and_restored_matches_one_uninterrupted_session
 
             // One uninterrupted session with the journal's time and seed (drawn when the
             // sandbox was not deterministic).
-            let journal =
-                SessionJournal::read(std::fs::File::open(&path).unwrap(), None).unwrap();
+            let journal = SessionJournal::read(std::fs::File::open(&path).unwrap(), None).unwrap();
             let used = journal.spec().deterministic;
             assert!(deterministic || used.is_some());
             let reference = aos(used, isolation.clone());
@@ -265,7 +266,12 @@ fn journal_session_ao_interrupted_and_restored_matches_one_uninterrupted_session
             let mut state = json!({});
             let uninterrupted = drive(&mut s, &mut state, 1..=10);
             for (i, (a, b)) in restored.iter().zip(&uninterrupted).enumerate() {
-                assert_eq!(a, b, "{mode}, deterministic {deterministic}: message {}", i + 1);
+                assert_eq!(
+                    a,
+                    b,
+                    "{mode}, deterministic {deterministic}: message {}",
+                    i + 1
+                );
             }
             assert_eq!(restored[9]["result"]["last"]["inbox"], json!(10));
         }
@@ -401,7 +407,11 @@ fn journal_session_a_fork_leaves_the_journal_untouched() {
         let mut fork = moonjail::fork_session(&sandbox, &journal, Some(2), None).unwrap();
         assert!(!fork.is_journaled());
         let total = fork.eval("total", &CallOptions::default()).unwrap();
-        assert_eq!(total.result.unwrap(), recorded[0]["result"]["total"], "{mode}");
+        assert_eq!(
+            total.result.unwrap(),
+            recorded[0]["result"]["total"],
+            "{mode}"
+        );
         call(&mut fork, "add", &[json!(100)]);
         drop(fork);
         assert_eq!(std::fs::read(&path).unwrap(), before, "{mode}");
@@ -464,16 +474,17 @@ fn journal_session_other_sandboxes_and_journal_kinds_are_refused_clearly() {
         .build()
         .unwrap();
     let e = moonjail::restore_session(&other, &path, None).unwrap_err();
-    assert!(
-        e.to_string().contains("at /limits/memory_bytes"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("at /limits/memory_bytes"), "{e}");
     let bare = Sandbox::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     let e = moonjail::restore_session(&bare, &path, None).unwrap_err();
-    assert!(e.to_string().contains("tools: recorded [\"rand.next\"], this sandbox []"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("tools: recorded [\"rand.next\"], this sandbox []"),
+        "{e}"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), before);
     // `replay` refuses a session journal, restore a run journal.
     let e = moonjail::replay(&before[..], &ReplayOptions::default()).unwrap_err();
@@ -483,7 +494,7 @@ fn journal_session_other_sandboxes_and_journal_kinds_are_refused_clearly() {
          FILE` (library: moonjail::restore_session)"
     );
     let run = dir.file("run.jsonl");
-    sandbox
+    let _ = sandbox
         .run_journaled(
             "return 1",
             &Json::Null,
@@ -492,7 +503,10 @@ fn journal_session_other_sandboxes_and_journal_kinds_are_refused_clearly() {
         )
         .unwrap();
     let e = moonjail::restore_session(&sandbox, &run, None).unwrap_err();
-    assert!(matches!(e, JournalError::WrongKind { found: "run", .. }), "{e}");
+    assert!(
+        matches!(e, JournalError::WrongKind { found: "run", .. }),
+        "{e}"
+    );
 }
 
 #[test]
@@ -506,11 +520,17 @@ fn journal_session_the_limit_closes_the_session_and_leaves_a_restorable_journal(
             .session_journaled(JournalWriter::create(&path).unwrap().limit(Some(4096)))
             .unwrap();
         exec(&mut s, DEFINE);
-        exec(&mut s, "function flood() for i = 1, 1000 do rand.next(string.rep('x', 100)) end end");
+        exec(
+            &mut s,
+            "function flood() for i = 1, 1000 do rand.next(string.rep('x', 100)) end end",
+        );
         let e = s
             .call_with("flood", &[], &CallOptions::default())
             .unwrap_err();
-        assert!(matches!(e, JournalError::Limit { limit: 4096, .. }), "{mode}: {e:?}");
+        assert!(
+            matches!(e, JournalError::Limit { limit: 4096, .. }),
+            "{mode}: {e:?}"
+        );
         assert!(calls.load(Ordering::SeqCst) < 100, "{mode}");
         let e = s
             .call_with("add", &[json!(1)], &CallOptions::default())
@@ -530,13 +550,19 @@ fn journal_session_the_limit_closes_the_session_and_leaves_a_restorable_journal(
 fn journal_session_isolated_the_worker_never_holds_the_journal() {
     let dir = Dir::new("isolated");
     let path = dir.file("s.jsonl");
-    let sandbox = tools(Arc::default()).isolation(isolation()).build().unwrap();
+    let sandbox = tools(Arc::default())
+        .isolation(isolation())
+        .build()
+        .unwrap();
     let mut s = sandbox
         .session_journaled(JournalWriter::create(&path).unwrap())
         .unwrap();
     exec(&mut s, DEFINE);
     call(&mut s, "add", &[json!(1)]);
-    let pid = s.session().worker_pid().expect("an isolated session has a worker");
+    let pid = s
+        .session()
+        .worker_pid()
+        .expect("an isolated session has a worker");
     assert_ne!(pid, std::process::id());
     // The tool line was written by this process (the supervisor): the worker has no
     // descriptor of the journal.
@@ -557,9 +583,54 @@ fn journal_session_isolated_the_worker_never_holds_the_journal() {
         )
         .unwrap();
     assert!(
-        out.result.as_ref().map_or(true, |r| r.is_null() || r == &json!(false)),
+        out.result
+            .as_ref()
+            .map_or(true, |r| r.is_null() || r == &json!(false)),
         "{:?}",
         out.result
     );
     assert!(lines(&path).iter().any(|l| l["type"] == "tool"));
+}
+
+#[test]
+fn journal_session_a_request_stopped_by_its_deadline_restores_to_the_closed_session() {
+    for (mode, isolation) in modes() {
+        let dir = Dir::new("timeout");
+        let path = dir.file("s.jsonl");
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox = tools(calls.clone()).isolation(isolation).build().unwrap();
+        let mut s = sandbox
+            .session_journaled(JournalWriter::create(&path).unwrap())
+            .unwrap();
+        exec(
+            &mut s,
+            "function spin() while true do pcall(rand.next, 1) print('x') end end",
+        );
+        let short = CallOptions::default().timeout(Duration::from_millis(50));
+        let out = s.call_with("spin", &[], &short).unwrap();
+        assert_eq!(
+            out.error().unwrap().kind,
+            moonjail::ErrorKind::Timeout,
+            "{mode}"
+        );
+        let refused = s.eval("1", &CallOptions::default()).unwrap();
+        assert!(refused
+            .error()
+            .unwrap()
+            .message
+            .contains("session was closed"));
+        drop(s);
+        let made = calls.load(Ordering::SeqCst);
+        // How far the replay gets before its deadline (tool calls, output) depends on
+        // the clock: compared by the error kind, the session is closed again.
+        let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), made, "{mode}");
+        assert!(!s.session().is_open(), "{mode}");
+        let refused = s.eval("1", &CallOptions::default()).unwrap();
+        assert!(refused
+            .error()
+            .unwrap()
+            .message
+            .contains("session was closed"));
+    }
 }
