@@ -206,18 +206,24 @@ impl SessionRequest {
         let options = |v: &Json| -> Result<CallOptions, JournalError> {
             let timeout = match v.get("timeout_ms") {
                 None | Some(Json::Null) => None,
-                Some(ms) => match ms.as_f64() {
-                    Some(ms) if ms.is_finite() && ms > 0.0 => {
-                        Some(Duration::from_nanos((ms * 1e6).round() as u64))
+                Some(ms) => match ms.as_f64().map(|ms| (ms * 1e6).round()) {
+                    Some(ns) if ns.is_finite() && ns >= 1.0 => {
+                        Some(Duration::from_nanos(ns as u64))
                     }
-                    _ => return Err(corrupt(at, "\"timeout_ms\" is not a positive number")),
+                    _ => {
+                        return Err(corrupt(
+                            at,
+                            "\"timeout_ms\" is not a positive number of milliseconds",
+                        ))
+                    }
                 },
             };
             let instructions = match v.get("instructions") {
                 None | Some(Json::Null) => None,
                 Some(n) => Some(
                     n.as_u64()
-                        .ok_or_else(|| corrupt(at, "\"instructions\" is not a count"))?,
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| corrupt(at, "\"instructions\" is not a count above 0"))?,
                 ),
             };
             Ok(CallOptions {
@@ -1130,13 +1136,18 @@ impl SessionJournal {
     }
 
     /// The journal's bytes up to the end of request `upto` (the `session` line alone
-    /// for 0).
+    /// for 0; every complete request past the last one).
     fn prefix(&self, upto: u64) -> &[u8] {
+        let last = self.requests.last().map_or(self.header, |r| r.end);
         let end = match upto.checked_sub(1) {
             None => self.header,
-            Some(i) => self.requests[i as usize].end,
+            Some(i) => usize::try_from(i)
+                .ok()
+                .and_then(|i| self.requests.get(i))
+                .map_or(last, |r| r.end),
         };
-        &self.bytes[..end as usize]
+        let end = usize::try_from(end).map_or(self.bytes.len(), |e| e.min(self.bytes.len()));
+        &self.bytes[..end]
     }
 
     /// Refuses a sandbox that would not give the recorded session's answers: another

@@ -634,3 +634,44 @@ fn journal_session_a_request_stopped_by_its_deadline_restores_to_the_closed_sess
             .contains("session was closed"));
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// A real session journal with one byte changed or cut: an error or a journal, never
+    /// a panic, and whatever still parses restores (or is refused) without one.
+    #[test]
+    fn journal_session_damaged_journals_never_panic(at in 0usize..8192, byte in proptest::prelude::any::<u8>(), cut in proptest::prelude::any::<bool>()) {
+        static JOURNAL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let journal = JOURNAL.get_or_init(|| {
+            let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+            struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+            impl std::io::Write for Shared {
+                fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                    self.0.lock().unwrap().extend_from_slice(b);
+                    Ok(b.len())
+                }
+                fn flush(&mut self) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            let sandbox = tools(Arc::default()).build().unwrap();
+            let mut s = sandbox
+                .session_journaled(JournalWriter::new(Shared(buffer.clone())))
+                .unwrap();
+            exec(&mut s, DEFINE);
+            call(&mut s, "add", &[json!(1)]);
+            s.has_function("add").unwrap().unwrap();
+            drop(s);
+            let bytes = buffer.lock().unwrap().clone();
+            bytes
+        });
+        let mut damaged = journal.clone();
+        let at = at % damaged.len();
+        if cut { damaged.truncate(at) } else { damaged[at] = byte }
+        if let Ok(parsed) = SessionJournal::parse(damaged) {
+            let sandbox = tools(Arc::default()).build().unwrap();
+            let _ = moonjail::fork_session(&sandbox, &parsed, None, None);
+        }
+    }
+}
