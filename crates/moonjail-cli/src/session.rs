@@ -29,11 +29,11 @@ pub struct SessionArgs {
     /// sandbox's spec, time and seed, then every exec, eval, call and has_function
     /// request with each tool call and its answer, each module and file read with its
     /// content, and the response. A request's lines are written and fsynced before its
-    /// response is printed: a response you saw is in the journal. lint, close and
-    /// refused requests change no state and are not recorded. Without --deterministic
-    /// the session is made deterministic with the current time and a fresh seed, both
-    /// recorded: os.time() is the session's start time for its whole life, restores
-    /// included. With --restore --fork: record the fork into FILE instead.
+    /// response is printed (see --journal-fsync): a response you saw is in the journal.
+    /// lint, close and refused requests change no state and are not recorded. Without
+    /// --deterministic the session is made deterministic with the current time and a
+    /// fresh seed, both recorded: os.time() is the session's start time for its whole
+    /// life, restores included. With --restore --fork: record the fork into FILE instead.
     #[arg(long, value_name = "FILE")]
     pub journal: Option<PathBuf>,
     /// The journal's size limit (the whole file, restored requests included); a request
