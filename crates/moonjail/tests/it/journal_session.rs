@@ -163,6 +163,23 @@ fn journal_session_restore_makes_no_tool_call_and_continues_the_state() {
         assert_eq!(s.requests(), 6, "{mode}");
         let again = s.eval("total", &CallOptions::default()).unwrap();
         assert_eq!(again.result.unwrap(), json!(total), "{mode}");
+        drop(s);
+
+        // Recorded in one mode, restored in the other.
+        let other = if mode == "isolated" {
+            Isolation::InProcess
+        } else {
+            self::isolation()
+        };
+        let sandbox = tools(calls.clone()).isolation(other).build().unwrap();
+        let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
+        let again = s.eval("total", &CallOptions::default()).unwrap();
+        assert_eq!(
+            again.result.unwrap(),
+            json!(total),
+            "{mode}, restored in the other"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "{mode}");
 
         // The journal: one session line, then request, tool, response per call.
         let types: Vec<String> = lines(&path)
@@ -173,9 +190,9 @@ fn journal_session_restore_makes_no_tool_call_and_continues_the_state() {
         for _ in 0..3 {
             expected.extend(["request", "tool", "response"]);
         }
-        // eval, add(4), eval.
+        // eval, add(4), eval (second restore), eval (restored in the other mode).
         expected.extend(["request", "response", "request", "tool", "response"]);
-        expected.extend(["request", "response"]);
+        expected.extend(["request", "response", "request", "response"]);
         assert_eq!(types, expected, "{mode}");
     }
 }
