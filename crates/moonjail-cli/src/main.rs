@@ -232,9 +232,20 @@ enum Command {
     /// there in every request, with quotas per request; a response lists the request's
     /// own calls in "tool_calls".
     ///
-    /// Example:
+    /// Durable sessions (see --journal, --restore, --fork, docs/JOURNAL.md): --journal FILE
+    /// records every exec, eval, call and has_function request with its tool calls, file
+    /// reads and response (fsynced before the response is printed); --restore FILE
+    /// rebuilds the state by replaying them (no tool runs, no file is read, each response
+    /// checked against the recorded one: a difference names the request, exit status 2)
+    /// and goes on recording into FILE; --fork restores into a new session without
+    /// touching FILE (a dry run). Exit status 2 also when the journal fails (its limit).
+    ///
+    /// Examples:
     ///   printf '%s\n' '{"id":1,"op":"exec","code":"n = 0 function bump() n = n + 1 return n end"}' \
     ///     '{"id":2,"op":"call","function":"bump"}' | moonjail session
+    ///   moonjail session --profile aos --modules ./process --journal ao.jsonl   # killed later...
+    ///   moonjail session --profile aos --modules ./process --restore ao.jsonl   # ...goes on
+    ///   echo '{"op":"eval","code":"#Inbox"}' | moonjail session --restore ao.jsonl --fork --upto 6
     #[command(verbatim_doc_comment)]
     Session(SessionArgs),
     /// Serve the sandbox to an MCP client (Claude Desktop, an IDE, an agent framework)

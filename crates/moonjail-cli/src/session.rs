@@ -6,9 +6,10 @@
 //! end it.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -23,6 +24,53 @@ pub struct SessionArgs {
     /// --source-limit is none); `none` for no limit.
     #[arg(long, value_name = "SIZE")]
     pub request_limit: Option<String>,
+    /// Record the session into FILE (created or truncated; JSON lines, see
+    /// docs/JOURNAL.md), so that `--restore FILE` can rebuild its state later: the
+    /// sandbox's spec, time and seed, then every exec, eval, call and has_function
+    /// request with each tool call and its answer, each module and file read with its
+    /// content, and the response. A request's lines are written and fsynced before its
+    /// response is printed (see --journal-fsync): a response you saw is in the journal.
+    /// lint, close and refused requests change no state and are not recorded. Without
+    /// --deterministic the session is made deterministic with the current time and a
+    /// fresh seed, both recorded: os.time() is the session's start time for its whole
+    /// life, restores included. With --restore --fork: record the fork into FILE instead.
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<PathBuf>,
+    /// The journal's size limit (the whole file, restored requests included); a request
+    /// whose lines would pass it is stopped, answered with an error, and the command
+    /// exits 2 (the journal stays restorable up to the previous request). Also the
+    /// largest journal --restore reads. `none` for no limit.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB")]
+    pub journal_limit: String,
+    /// Rebuild the state of a session recorded with --journal FILE, then go on with it,
+    /// recording into FILE. The recorded requests are replayed in order, every tool call
+    /// and file read answered from the journal (no tool runs, no file is opened), and
+    /// each replayed response is checked against the recorded one: a difference is an
+    /// error naming the request (status 2, FILE untouched). A last request without a
+    /// response (the process was killed during it, so no one saw its answer) is cut off
+    /// FILE. Give the sandbox flags the session was recorded with (--profile, limits,
+    /// --tool, --modules, --read, --deterministic...); --isolate may differ.
+    ///
+    /// Example (the session is killed, then continued where it was):
+    ///   moonjail session --journal s.jsonl < requests-1.jsonl
+    ///   moonjail session --restore s.jsonl < requests-2.jsonl
+    #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+    pub restore: Option<PathBuf>,
+    /// When the journal is fsynced: `response`, after each response's line, before the
+    /// response is printed (a response you saw survives a crash of the machine; costs a
+    /// disk flush per request, milliseconds on many disks); `end`, when the session ends
+    /// (a response you saw survives the process being killed, as every line is flushed
+    /// when written, but a crash of the machine may lose the last requests).
+    #[arg(long, value_name = "WHEN", default_value = "response", value_parser = ["response", "end"])]
+    pub journal_fsync: String,
+    /// With --restore: restore into a new session and leave FILE untouched (a dry run:
+    /// evaluate a message against the state, then discard it); with --journal NEW the
+    /// fork is recorded into NEW (the restored requests copied first).
+    #[arg(long, requires = "restore")]
+    pub fork: bool,
+    /// With --fork: restore only the first N requests of the journal.
+    #[arg(long, value_name = "N", requires = "fork")]
+    pub upto: Option<u64>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -186,8 +234,9 @@ pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
             .context("--source-limit")?
             .map(|source| source.saturating_add(REQUEST_OVERHEAD)),
     };
+    args.sandbox.refuse_deferred("session")?;
     let sandbox = args.sandbox.build(false, false)?;
-    let mut vm = sandbox.session()?;
+    let mut vm = open(&args, &sandbox)?;
     let mut stdin = std::io::stdin().lock();
     let mut stdout = output::stdout();
     let mut buf = Vec::new();
@@ -207,7 +256,15 @@ pub fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
             ),
             Line::Text if buf.trim_ascii().is_empty() => continue,
             Line::Text => match std::str::from_utf8(&buf) {
-                Ok(text) => answer(&mut vm, &sandbox, text),
+                Ok(text) => match answer(&mut vm, &sandbox, text) {
+                    Ok(answered) => answered,
+                    Err((response, error)) => {
+                        // The request got its answer; the session cannot go on unrecorded.
+                        writeln!(stdout, "{}", moonjail::to_json_line(&response))?;
+                        stdout.flush()?;
+                        return Err(error);
+                    }
+                },
                 Err(e) => (
                     input_error(
                         Value::Null,
@@ -250,58 +307,168 @@ fn answered(id: Value, result: Option<Value>) -> Value {
            "output_truncated": null, "error": null, "stats": null})
 }
 
-/// Answers one request line; true when the session should end.
-fn answer(vm: &mut moonjail::Session, sandbox: &moonjail::Sandbox, line: &str) -> (Value, bool) {
+/// The session: plain, or recorded in a journal.
+enum Vm {
+    Plain(moonjail::Session),
+    Journaled(moonjail::JournaledSession),
+}
+
+/// The session the flags ask for: plain, recorded (--journal), restored (--restore) or
+/// forked (--restore --fork [--journal NEW]).
+fn open(args: &SessionArgs, sandbox: &moonjail::Sandbox) -> anyhow::Result<Vm> {
+    let limit = args::size(&args.journal_limit)
+        .context("--journal-limit")?
+        .map(|l| l as u64);
+    let create = |path: &PathBuf| {
+        moonjail::JournalWriter::create_locked(path)
+            .with_context(|| format!("--journal {}", path.display()))
+            .map(|w| w.limit(limit))
+    };
+    let mut vm = match (&args.restore, &args.journal) {
+        (None, None) => Vm::Plain(sandbox.session()?),
+        (None, Some(path)) => Vm::Journaled(
+            sandbox
+                .session_journaled(create(path)?)
+                .with_context(|| format!("--journal {}", path.display()))?,
+        ),
+        (Some(file), Some(_)) if !args.fork => bail!(
+            "--journal with --restore: a restored session goes on recording into the file it \
+             was restored from ({}); to record into another file, add --fork",
+            file.display()
+        ),
+        (Some(file), None) if !args.fork => Vm::Journaled(
+            moonjail::restore_session(sandbox, file, limit)
+                .with_context(|| format!("--restore {}", file.display()))?,
+        ),
+        (Some(file), new) => {
+            let context = || format!("--restore {}", file.display());
+            let journal = std::fs::File::open(file)
+                .map_err(moonjail::JournalError::from)
+                .and_then(|f| moonjail::SessionJournal::read(f, limit))
+                .with_context(context)?;
+            if let Some(new) = new {
+                if same_file(file, new) {
+                    bail!(
+                        "--fork --journal {}: that is the journal being forked, which a fork \
+                         leaves untouched; record the fork into another file",
+                        new.display()
+                    );
+                }
+            }
+            let record = new.as_ref().map(create).transpose()?;
+            Vm::Journaled(
+                moonjail::fork_session(sandbox, &journal, args.upto, record)
+                    .with_context(context)?,
+            )
+        }
+    };
+    if let Vm::Journaled(session) = &mut vm {
+        session.sync_each_response(args.journal_fsync == "response");
+    }
+    Ok(vm)
+}
+
+/// Whether two paths name one file (a path that does not exist yet names none).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Answers one request line; true when the session should end. Err: the journal failed,
+/// with the response to print before ending the session.
+fn answer(
+    vm: &mut Vm,
+    sandbox: &moonjail::Sandbox,
+    line: &str,
+) -> Result<(Value, bool), (Value, anyhow::Error)> {
     let (id, request) = match parse(line, sandbox.limits()) {
         Ok(parsed) => parsed,
-        Err((id, message)) => return (input_error(id, message), false),
+        Err((id, message)) => return Ok((input_error(id, message), false)),
     };
-    let outcome = match request {
+    let lowered_or = |timeout: Option<String>, instructions| {
+        lowered(timeout.as_deref(), instructions)
+            .map_err(|message| input_error(id.clone(), message))
+    };
+    let request = match request {
         Request::Exec {
             code,
             input,
             timeout,
             instructions,
-        } => match lowered(timeout.as_deref(), instructions) {
-            Ok(options) => vm.exec_with(code, &input, &options),
-            Err(message) => return (input_error(id, message), false),
+        } => match lowered_or(timeout, instructions) {
+            Ok(options) => moonjail::SessionRequest::Exec {
+                code: code.into_bytes(),
+                input,
+                options,
+            },
+            Err(doc) => return Ok((doc, false)),
         },
         Request::Eval {
             code,
             timeout,
             instructions,
-        } => match lowered(timeout.as_deref(), instructions) {
-            Ok(options) => vm.eval(code, &options),
-            Err(message) => return (input_error(id, message), false),
+        } => match lowered_or(timeout, instructions) {
+            Ok(options) => moonjail::SessionRequest::Eval {
+                code: code.into_bytes(),
+                options,
+            },
+            Err(doc) => return Ok((doc, false)),
         },
         Request::Call {
             function,
             args,
             timeout,
             instructions,
-        } => match lowered(timeout.as_deref(), instructions) {
-            Ok(options) => vm.call_with(&function, &args.unwrap_or_default(), &options),
-            Err(message) => return (input_error(id, message), false),
+        } => match lowered_or(timeout, instructions) {
+            Ok(options) => moonjail::SessionRequest::Call {
+                function,
+                args: args.unwrap_or_default(),
+                options,
+            },
+            Err(doc) => return Ok((doc, false)),
         },
-        Request::HasFunction { name } => match vm.has_function(&name) {
-            Ok(has) => return (answered(id, Some(Value::Bool(has))), false),
-            // A closed session refuses has_function as it refuses every other op.
-            Err(error) => moonjail::Outcome::from_error(error),
-        },
+        Request::HasFunction { name } => moonjail::SessionRequest::HasFunction { name },
         Request::Lint { code } => {
             let mut doc = answered(id, None);
             if let Some(obj) = doc.as_object_mut() {
                 obj.insert("lint".into(), json!(sandbox.lint(code)));
             }
-            return (doc, false);
+            return Ok((doc, false));
         }
-        Request::Close {} => return (answered(id, None), true),
+        Request::Close {} => return Ok((answered(id, None), true)),
     };
-    let mut doc = outcome.to_json();
+    let response = match vm {
+        Vm::Plain(session) => session.perform(&request),
+        Vm::Journaled(session) => match session.request(&request) {
+            Ok(response) => response,
+            Err(e) => {
+                let error = moonjail::Error::new(moonjail::ErrorKind::Internal, e.to_string());
+                let mut doc = moonjail::Outcome::from_error(error).to_json();
+                if let Some(obj) = doc.as_object_mut() {
+                    obj.insert("id".into(), id);
+                    obj.insert("stats".into(), Value::Null);
+                }
+                return Err((doc, e.into()));
+            }
+        },
+    };
+    let mut doc = match response {
+        moonjail::SessionResponse::HasFunction(Ok(has)) => {
+            return Ok((answered(id, Some(Value::Bool(has))), false))
+        }
+        // A closed session refuses has_function as it refuses every other op.
+        moonjail::SessionResponse::HasFunction(Err(error)) => {
+            moonjail::Outcome::from_error(error).to_json()
+        }
+        moonjail::SessionResponse::Outcome(outcome) => outcome.to_json(),
+        other => other.to_json(),
+    };
     if let Some(obj) = doc.as_object_mut() {
         obj.insert("id".into(), id);
     }
-    (doc, false)
+    Ok((doc, false))
 }
 
 /// A request line as its id and request, or the id (null when unreadable) and why not.

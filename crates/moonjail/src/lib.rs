@@ -80,6 +80,11 @@ pub use journal::{
     replay, replay_journal, Journal, JournalError, JournalWriter, Pending, ReplayOptions, Run,
     Suspension, DEFAULT_JOURNAL_LIMIT, JOURNAL_VERSION,
 };
+// Durable sessions (journal/session.rs), apart from the run journal's list above.
+pub use journal::{
+    fork_session, restore_session, JournaledSession, SessionJournal, SessionRequest,
+    SessionResponse,
+};
 pub use limits::Limits;
 pub use lint::{nearest, Finding, LintReport, Manifest, Severity};
 pub use outcome::{to_json_line, Budget, Outcome, OutcomeDoc, Stats};

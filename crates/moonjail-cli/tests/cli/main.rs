@@ -21,6 +21,7 @@ mod profile;
 mod run;
 mod serve;
 mod session;
+mod session_journal;
 mod support;
 mod suspend;
 mod tools;

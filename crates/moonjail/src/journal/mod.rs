@@ -54,6 +54,12 @@ pub const DEFAULT_JOURNAL_LIMIT: u64 = 16 << 20;
 /// written, a replay that diverged).
 const STOP_PERIOD: Duration = Duration::from_millis(5);
 
+mod session;
+pub use session::{
+    fork_session, restore_session, JournaledSession, SessionJournal, SessionRequest,
+    SessionResponse,
+};
+
 /// Why a journal could not be written or read. A replay that diverges is not one: it is
 /// an outcome, error kind [`ErrorKind::ReplayDivergence`].
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +113,44 @@ pub enum JournalError {
          replay it instead); only a journal that ends with a \"suspend\" line can be resumed"
     )]
     NotSuspended,
+    /// The journal is of the other kind: a session journal given to [`replay`], or a run
+    /// journal given to [`restore_session`].
+    #[error("journal: this is a {found} journal; {hint}")]
+    WrongKind {
+        /// `"session"` or `"run"`.
+        found: &'static str,
+        /// What reads it.
+        hint: &'static str,
+    },
+    /// A session journal cannot be restored into this sandbox (its spec, tools or files
+    /// differ from the recorded session's), or a journaled session could not be opened.
+    #[error("journal: {0}")]
+    Session(String),
+    /// Restoring a session gave another answer than the journal records: a replayed
+    /// response that differs from the recorded one, or a replayed request that asked
+    /// another tool call or file than the recorded one. Nothing was appended.
+    #[error(
+        "journal: request {request} ({op}): the restored session differs from its journal: \
+         {what}"
+    )]
+    Mismatch {
+        /// The request's number, from 1.
+        request: u64,
+        /// The request's op (and the function it calls): `call \`compute\``.
+        op: String,
+        /// What differs.
+        what: String,
+    },
+    /// A journaled session whose journal failed (its limit, a write error) takes no more
+    /// requests: its state may hold what the journal does not.
+    #[error(
+        "journal: the session is closed because its journal failed ({reason}); restore it \
+         from its journal to go on"
+    )]
+    Closed {
+        /// The journal's failure.
+        reason: String,
+    },
 }
 
 // ---------------------------------------------------------------------------------------
@@ -813,6 +857,9 @@ impl Journal {
             .ok_or_else(|| corrupt(1, "the journal is empty"))?;
         let start: Json =
             serde_json::from_slice(first).map_err(|e| corrupt(n, format!("not JSON: {e}")))?;
+        if start.get("type").and_then(Json::as_str) == Some("session") {
+            return Err(session::SESSION_KIND);
+        }
         if start.get("type").and_then(Json::as_str) != Some("start") {
             return Err(corrupt(n, "the first line is not a \"start\" line"));
         }

@@ -21,6 +21,7 @@ mod isolated;
 mod isolated_aos;
 mod isolated_session;
 mod journal;
+mod journal_session;
 mod json_lib;
 mod lint;
 mod marshal;

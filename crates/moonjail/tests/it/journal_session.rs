@@ -1,0 +1,694 @@
+//! Durable sessions: `Sandbox::session_journaled` records every request,
+//! `moonjail::restore_session` rebuilds the state by replaying them (no tool called, no
+//! file read) and goes on recording, `moonjail::fork_session` restores a prefix without
+//! touching the journal; in process and isolated.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use moonjail::{
+    CallOptions, Determinism, HostFiles, Isolation, JournalError, JournalWriter, JournaledSession,
+    ProcessConfig, Profile, ReplayOptions, Sandbox, SandboxBuilder, SessionJournal,
+};
+use serde_json::{json, Value as Json};
+
+use crate::support::{unusable, WORKER};
+
+fn isolation() -> Isolation {
+    Isolation::Process(
+        ProcessConfig::builder()
+            .worker(moonjail::WorkerPath::Path(WORKER.into()))
+            .allow_missing(unusable())
+            .pool_size(1)
+            .build()
+            .expect("a process config"),
+    )
+}
+
+fn modes() -> [(&'static str, Isolation); 2] {
+    [
+        ("in process", Isolation::InProcess),
+        ("isolated", isolation()),
+    ]
+}
+
+/// A journal file in a fresh directory, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "moonjail-jsession-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A sandbox whose `rand.next` answers a different number on every call and counts its
+/// calls: a side effect a restore must not repeat.
+fn tools(calls: Arc<AtomicU64>) -> SandboxBuilder {
+    Sandbox::builder()
+        .timeout(Duration::from_secs(10))
+        .tool("rand.next", move |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos();
+            Ok(json!(nanos % 1_000_000))
+        })
+}
+
+const DEFINE: &str = "total = 0 seen = {} \
+    function add(k) local r = rand.next(k) total = total + r + k seen[#seen + 1] = r \
+    return {total = total, r = r, dice = math.random(1, 6), at = os.time()} end";
+
+/// The response document without what varies between runs (wall times, memory).
+fn essence(doc: Json) -> Json {
+    let mut doc = doc;
+    if let Some(stats) = doc.get_mut("stats").and_then(Json::as_object_mut) {
+        for k in ["wall_ms", "memory_bytes", "peak_memory_bytes"] {
+            stats.remove(k);
+        }
+    }
+    if let Some(calls) = doc.get_mut("tool_calls").and_then(Json::as_array_mut) {
+        for call in calls {
+            call.as_object_mut().unwrap().remove("ms");
+        }
+    }
+    doc
+}
+
+fn call(s: &mut JournaledSession, f: &str, args: &[Json]) -> Json {
+    let out = s
+        .call_with(f, args, &CallOptions::default())
+        .expect("the journal records the request");
+    assert!(out.is_ok(), "{:?}", out.result);
+    out.to_json()
+}
+
+fn exec(s: &mut JournaledSession, code: &str) -> Json {
+    let out = s
+        .exec_with(code, &Json::Null, &CallOptions::default())
+        .expect("the journal records the request");
+    assert!(out.is_ok(), "{:?}", out.result);
+    out.to_json()
+}
+
+fn lines(path: &Path) -> Vec<Json> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn journal_session_restore_makes_no_tool_call_and_continues_the_state() {
+    for (mode, isolation) in modes() {
+        let dir = Dir::new("tools");
+        let path = dir.file("s.jsonl");
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox = tools(calls.clone()).isolation(isolation).build().unwrap();
+        let mut s = sandbox
+            .session_journaled(JournalWriter::create(&path).unwrap())
+            .unwrap();
+        exec(&mut s, DEFINE);
+        let recorded: Vec<Json> = (1..=3).map(|k| call(&mut s, "add", &[json!(k)])).collect();
+        assert_eq!(s.requests(), 4);
+        drop(s);
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "{mode}");
+
+        let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
+        // Restored without calling the tool.
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "{mode}");
+        assert_eq!(s.requests(), 4, "{mode}");
+        // The state is the recorded one: the sum of the recorded answers.
+        let seen = s
+            .eval("seen", &CallOptions::default())
+            .unwrap()
+            .result
+            .unwrap();
+        let answers: Vec<Json> = recorded.iter().map(|r| r["result"]["r"].clone()).collect();
+        assert_eq!(seen, json!(answers), "{mode}");
+        let next = call(&mut s, "add", &[json!(4)]);
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "{mode}");
+        let total = recorded[2]["result"]["total"].as_i64().unwrap()
+            + next["result"]["r"].as_i64().unwrap()
+            + 4;
+        assert_eq!(next["result"]["total"], json!(total), "{mode}");
+        // The clock is the recorded one, and the random sequence goes on.
+        assert_eq!(next["result"]["at"], recorded[0]["result"]["at"], "{mode}");
+        drop(s);
+
+        // Restored again: the request made after the first restore is in the journal.
+        let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "{mode}");
+        assert_eq!(s.requests(), 6, "{mode}");
+        let again = s.eval("total", &CallOptions::default()).unwrap();
+        assert_eq!(again.result.unwrap(), json!(total), "{mode}");
+        drop(s);
+
+        // Recorded in one mode, restored in the other.
+        let other = if mode == "isolated" {
+            Isolation::InProcess
+        } else {
+            self::isolation()
+        };
+        let sandbox = tools(calls.clone()).isolation(other).build().unwrap();
+        let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
+        let again = s.eval("total", &CallOptions::default()).unwrap();
+        assert_eq!(
+            again.result.unwrap(),
+            json!(total),
+            "{mode}, restored in the other"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "{mode}");
+
+        // The journal: one session line, then request, tool, response per call.
+        let types: Vec<String> = lines(&path)
+            .iter()
+            .map(|l| l["type"].as_str().unwrap().to_string())
+            .collect();
+        let mut expected = vec!["session", "request", "response"];
+        for _ in 0..3 {
+            expected.extend(["request", "tool", "response"]);
+        }
+        // eval, add(4), eval (second restore), eval (restored in the other mode).
+        expected.extend(["request", "response", "request", "tool", "response"]);
+        expected.extend(["request", "response", "request", "response"]);
+        assert_eq!(types, expected, "{mode}");
+    }
+}
+
+fn aos(deterministic: Option<Determinism>, isolation: Isolation) -> Sandbox {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ao");
+    Sandbox::builder()
+        .profile(Profile::Aos)
+        .host_files(
+            HostFiles::default()
+                .modules_dir(&fixtures)
+                .allow_read(fixtures.join("utils.lua").to_string_lossy()),
+        )
+        .deterministic(deterministic)
+        .isolation(isolation)
+        .build()
+        .unwrap()
+}
+
+fn message(i: usize) -> Json {
+    match i % 4 {
+        0 => json!({"Action": "Ping"}),
+        1 => json!({"Action": "Sum", "Data": format!("{i},2,3")}),
+        2 => json!({"Action": "Eval", "Data": "return #Inbox + math.random(1, 1000) + os.time()"}),
+        _ => {
+            json!({"Action": "Eval", "Data": "local f = assert(io.open(UTILS)) local t = f:read('a') f:close() return #t"})
+        }
+    }
+}
+
+/// Sends messages `from..=to` through `compute`, each with the previous state.
+fn drive(
+    s: &mut JournaledSession,
+    state: &mut Json,
+    range: std::ops::RangeInclusive<usize>,
+) -> Vec<Json> {
+    range
+        .map(|i| {
+            let doc = call(s, "compute", &[state.clone(), message(i)]);
+            *state = doc["result"].clone();
+            essence(doc)
+        })
+        .collect()
+}
+
+fn ao_setup(s: &mut JournaledSession) {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ao");
+    let src = std::fs::read_to_string(fixtures.join("process.lua")).unwrap();
+    exec(s, &src);
+    exec(
+        s,
+        &format!("UTILS = {:?}", fixtures.join("utils.lua").to_string_lossy()),
+    );
+}
+
+#[test]
+fn journal_session_ao_interrupted_and_restored_matches_one_uninterrupted_session() {
+    for (mode, isolation) in modes() {
+        for deterministic in [true, false] {
+            let det = deterministic.then_some(Determinism {
+                timestamp: 1_700_000_000,
+                seed: 42,
+            });
+            let sandbox = aos(det, isolation.clone());
+            let dir = Dir::new("ao");
+            let path = dir.file("ao.jsonl");
+            let mut s = sandbox
+                .session_journaled(JournalWriter::create(&path).unwrap())
+                .unwrap();
+            ao_setup(&mut s);
+            let mut state = json!({});
+            let mut restored = drive(&mut s, &mut state, 1..=6);
+            drop(s);
+            let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
+            restored.extend(drive(&mut s, &mut state, 7..=10));
+            drop(s);
+
+            // One uninterrupted session with the journal's time and seed (drawn when the
+            // sandbox was not deterministic).
+            let journal = SessionJournal::read(std::fs::File::open(&path).unwrap(), None).unwrap();
+            let used = journal.spec().deterministic;
+            assert!(deterministic || used.is_some());
+            let reference = aos(used, isolation.clone());
+            let mut s = reference
+                .session_journaled(JournalWriter::new(std::io::sink()))
+                .unwrap();
+            ao_setup(&mut s);
+            let mut state = json!({});
+            let uninterrupted = drive(&mut s, &mut state, 1..=10);
+            for (i, (a, b)) in restored.iter().zip(&uninterrupted).enumerate() {
+                assert_eq!(
+                    a,
+                    b,
+                    "{mode}, deterministic {deterministic}: message {}",
+                    i + 1
+                );
+            }
+            assert_eq!(restored[9]["result"]["last"]["inbox"], json!(10));
+        }
+    }
+}
+
+#[test]
+fn journal_session_a_tampered_journal_is_a_mismatch_naming_the_request() {
+    for (mode, isolation) in modes() {
+        let dir = Dir::new("tamper");
+        let path = dir.file("s.jsonl");
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox = tools(calls.clone()).isolation(isolation).build().unwrap();
+        let mut s = sandbox
+            .session_journaled(JournalWriter::create(&path).unwrap())
+            .unwrap();
+        exec(&mut s, DEFINE);
+        call(&mut s, "add", &[json!(1)]);
+        call(&mut s, "add", &[json!(2)]);
+        drop(s);
+        let original = std::fs::read_to_string(&path).unwrap();
+        let mut journal: Vec<Json> = original
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // Request 3's total, as recorded, changed.
+        let response = journal.len() - 1;
+        journal[response]["outcome"]["result"]["total"] = json!(-1);
+        let edited: String = journal.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, &edited).unwrap();
+        let e = moonjail::restore_session(&sandbox, &path, None).unwrap_err();
+        assert!(
+            matches!(e, JournalError::Mismatch { request: 3, .. }),
+            "{mode}: {e:?}"
+        );
+        let message = e.to_string();
+        assert!(message.contains("request 3 (call `add`)"), "{message}");
+        assert!(message.contains("/result/total: recorded -1"), "{message}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), edited, "{mode}");
+
+        // A tool answer changed: the replayed response differs (its total), the
+        // request named.
+        let mut journal: Vec<Json> = original
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let tool = journal.iter().position(|l| l["type"] == "tool").unwrap();
+        journal[tool]["result"] = json!(123_456_789);
+        let edited: String = journal.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, &edited).unwrap();
+        let e = moonjail::restore_session(&sandbox, &path, None).unwrap_err();
+        assert!(
+            matches!(e, JournalError::Mismatch { request: 2, .. }),
+            "{mode}: {e:?}"
+        );
+        // A request asking another tool call than recorded.
+        let mut journal: Vec<Json> = original
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        journal[tool]["args"] = json!([7]);
+        let edited: String = journal.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, &edited).unwrap();
+        let e = moonjail::restore_session(&sandbox, &path, None).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("request 2 (call `add`)")
+                && message.contains("tool call 1: the journal records `rand.next(7)`")
+                && message.contains("asked `rand.next(1)`"),
+            "{mode}: {message}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), edited, "{mode}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{mode}");
+    }
+}
+
+#[test]
+fn journal_session_a_request_without_response_is_dropped_and_the_session_goes_on() {
+    let dir = Dir::new("killed");
+    let path = dir.file("s.jsonl");
+    let calls = Arc::new(AtomicU64::new(0));
+    let sandbox = tools(calls.clone()).build().unwrap();
+    let mut s = sandbox
+        .session_journaled(JournalWriter::create(&path).unwrap())
+        .unwrap();
+    exec(&mut s, DEFINE);
+    let first = call(&mut s, "add", &[json!(1)]);
+    drop(s);
+    let complete = std::fs::read(&path).unwrap();
+    // What a process killed during request 3 leaves: its request line, a tool line, and
+    // half of the next line.
+    let mut killed = complete.clone();
+    killed.extend_from_slice(
+        b"{\"type\":\"request\",\"n\":3,\"op\":\"call\",\"function\":\"add\",\"args\":[5]}\n\
+          {\"type\":\"tool\",\"step\":1,\"name\":\"rand.next\",\"args\":[5],\"ok\":true,\"result\":7}\n\
+          {\"type\":\"respo",
+    );
+    std::fs::write(&path, &killed).unwrap();
+    let journal = SessionJournal::read(&killed[..], None).unwrap();
+    assert_eq!((journal.requests(), journal.dropped()), (2, Some(3)));
+    let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
+    // Cut back to the last complete request.
+    assert_eq!(std::fs::read(&path).unwrap(), complete);
+    assert_eq!(s.requests(), 2);
+    let next = call(&mut s, "add", &[json!(5)]);
+    assert_eq!(
+        next["result"]["total"].as_i64().unwrap(),
+        first["result"]["total"].as_i64().unwrap() + next["result"]["r"].as_i64().unwrap() + 5
+    );
+    drop(s);
+    let lines = lines(&path);
+    assert_eq!(lines.last().unwrap()["n"], json!(3));
+    assert_eq!(lines.last().unwrap()["type"], json!("response"));
+}
+
+#[test]
+fn journal_session_a_fork_leaves_the_journal_untouched() {
+    for (mode, isolation) in modes() {
+        let dir = Dir::new("fork");
+        let path = dir.file("s.jsonl");
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox = tools(calls.clone()).isolation(isolation).build().unwrap();
+        let mut s = sandbox
+            .session_journaled(JournalWriter::create(&path).unwrap())
+            .unwrap();
+        exec(&mut s, DEFINE);
+        let recorded: Vec<Json> = (1..=3).map(|k| call(&mut s, "add", &[json!(k)])).collect();
+        drop(s);
+        let before = std::fs::read(&path).unwrap();
+        let journal = SessionJournal::read(&before[..], None).unwrap();
+
+        // A dry run after request 2 (exec + one add): the state is the one after add(1).
+        let mut fork = moonjail::fork_session(&sandbox, &journal, Some(2), None).unwrap();
+        assert!(!fork.is_journaled());
+        let total = fork.eval("total", &CallOptions::default()).unwrap();
+        assert_eq!(
+            total.result.unwrap(),
+            recorded[0]["result"]["total"],
+            "{mode}"
+        );
+        call(&mut fork, "add", &[json!(100)]);
+        drop(fork);
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{mode}");
+
+        // Recorded into another file: the prefix, then the fork's own requests.
+        let new = dir.file("fork.jsonl");
+        let mut fork = moonjail::fork_session(
+            &sandbox,
+            &journal,
+            Some(2),
+            Some(JournalWriter::create(&new).unwrap()),
+        )
+        .unwrap();
+        call(&mut fork, "add", &[json!(100)]);
+        drop(fork);
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{mode}");
+        let forked = std::fs::read(&new).unwrap();
+        let cut = journal_prefix(&before, 2);
+        assert!(forked.starts_with(&cut), "{mode}");
+        let restored = moonjail::restore_session(&sandbox, &new, None).unwrap();
+        assert_eq!(restored.requests(), 3, "{mode}");
+        // Past the journal's end: refused.
+        let e = moonjail::fork_session(&sandbox, &journal, Some(9), None).unwrap_err();
+        assert!(e.to_string().contains("has 4 complete requests"), "{e}");
+    }
+}
+
+/// The bytes of `journal` up to the end of request `n`'s response line.
+fn journal_prefix(journal: &[u8], n: u64) -> Vec<u8> {
+    let text = String::from_utf8(journal.to_vec()).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        let v: Json = serde_json::from_str(line).unwrap();
+        if v["type"] == "response" && v["n"] == json!(n) {
+            break;
+        }
+    }
+    out.into_bytes()
+}
+
+#[test]
+fn journal_session_other_sandboxes_and_journal_kinds_are_refused_clearly() {
+    let dir = Dir::new("kinds");
+    let path = dir.file("s.jsonl");
+    let sandbox = tools(Arc::default()).build().unwrap();
+    let mut s = sandbox
+        .session_journaled(JournalWriter::create(&path).unwrap())
+        .unwrap();
+    exec(&mut s, DEFINE);
+    // A second recorder of the same file is refused while the first holds it.
+    let e = moonjail::restore_session(&sandbox, &path, None).unwrap_err();
+    assert!(e.to_string().contains("locked by another process"), "{e}");
+    drop(s);
+    let before = std::fs::read(&path).unwrap();
+    // Another sandbox: other limits, no tools, another profile.
+    let other = tools(Arc::default())
+        .memory_limit(32 << 20)
+        .build()
+        .unwrap();
+    let e = moonjail::restore_session(&other, &path, None).unwrap_err();
+    assert!(e.to_string().contains("at /limits/memory_bytes"), "{e}");
+    let bare = Sandbox::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let e = moonjail::restore_session(&bare, &path, None).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("tools: recorded [\"rand.next\"], this sandbox []"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // `replay` refuses a session journal, restore a run journal.
+    let e = moonjail::replay(&before[..], &ReplayOptions::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "journal: this is a session journal; restore it with `moonjail session --restore \
+         FILE` (library: moonjail::restore_session)"
+    );
+    let run = dir.file("run.jsonl");
+    let _ = sandbox
+        .run_journaled(
+            "return 1",
+            &Json::Null,
+            &Default::default(),
+            JournalWriter::create(&run).unwrap(),
+        )
+        .unwrap();
+    let e = moonjail::restore_session(&sandbox, &run, None).unwrap_err();
+    assert!(
+        matches!(e, JournalError::WrongKind { found: "run", .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn journal_session_the_limit_closes_the_session_and_leaves_a_restorable_journal() {
+    for (mode, isolation) in modes() {
+        let dir = Dir::new("limit");
+        let path = dir.file("s.jsonl");
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox = tools(calls.clone()).isolation(isolation).build().unwrap();
+        let mut s = sandbox
+            .session_journaled(JournalWriter::create(&path).unwrap().limit(Some(4096)))
+            .unwrap();
+        exec(&mut s, DEFINE);
+        exec(
+            &mut s,
+            "function flood() for i = 1, 1000 do rand.next(string.rep('x', 100)) end end",
+        );
+        let e = s
+            .call_with("flood", &[], &CallOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(e, JournalError::Limit { limit: 4096, .. }),
+            "{mode}: {e:?}"
+        );
+        assert!(calls.load(Ordering::SeqCst) < 100, "{mode}");
+        let e = s
+            .call_with("add", &[json!(1)], &CallOptions::default())
+            .unwrap_err();
+        assert!(matches!(e, JournalError::Closed { .. }), "{mode}: {e:?}");
+        drop(s);
+        assert!(std::fs::metadata(&path).unwrap().len() <= 4096);
+        let made = calls.load(Ordering::SeqCst);
+        let mut s = moonjail::restore_session(&sandbox, &path, Some(4096)).unwrap();
+        assert_eq!(s.requests(), 2, "{mode}");
+        assert_eq!(calls.load(Ordering::SeqCst), made, "{mode}");
+        call(&mut s, "add", &[json!(1)]);
+    }
+}
+
+#[test]
+fn journal_session_isolated_the_worker_never_holds_the_journal() {
+    let dir = Dir::new("isolated");
+    let path = dir.file("s.jsonl");
+    let sandbox = tools(Arc::default())
+        .isolation(isolation())
+        .build()
+        .unwrap();
+    let mut s = sandbox
+        .session_journaled(JournalWriter::create(&path).unwrap())
+        .unwrap();
+    exec(&mut s, DEFINE);
+    call(&mut s, "add", &[json!(1)]);
+    let pid = s
+        .session()
+        .worker_pid()
+        .expect("an isolated session has a worker");
+    assert_ne!(pid, std::process::id());
+    // The tool line was written by this process (the supervisor): the worker has no
+    // descriptor of the journal.
+    let journal = std::fs::canonicalize(&path).unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"));
+    if let Ok(fds) = fds {
+        for fd in fds.flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            assert_ne!(target, journal, "the worker holds the journal open");
+        }
+    }
+    // And the script cannot read it either.
+    let out = s
+        .exec_with(
+            format!("return io and io.open({:?})", journal.to_string_lossy()),
+            &Json::Null,
+            &CallOptions::default(),
+        )
+        .unwrap();
+    assert!(
+        out.result
+            .as_ref()
+            .map_or(true, |r| r.is_null() || r == &json!(false)),
+        "{:?}",
+        out.result
+    );
+    assert!(lines(&path).iter().any(|l| l["type"] == "tool"));
+}
+
+#[test]
+fn journal_session_a_request_stopped_by_its_deadline_restores_to_the_closed_session() {
+    for (mode, isolation) in modes() {
+        let dir = Dir::new("timeout");
+        let path = dir.file("s.jsonl");
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox = tools(calls.clone()).isolation(isolation).build().unwrap();
+        let mut s = sandbox
+            .session_journaled(JournalWriter::create(&path).unwrap())
+            .unwrap();
+        exec(
+            &mut s,
+            "function spin() while true do pcall(rand.next, 1) print('x') end end",
+        );
+        let short = CallOptions::default().timeout(Duration::from_millis(50));
+        let out = s.call_with("spin", &[], &short).unwrap();
+        assert_eq!(
+            out.error().unwrap().kind,
+            moonjail::ErrorKind::Timeout,
+            "{mode}"
+        );
+        let refused = s.eval("1", &CallOptions::default()).unwrap();
+        assert!(refused
+            .error()
+            .unwrap()
+            .message
+            .contains("session was closed"));
+        drop(s);
+        let made = calls.load(Ordering::SeqCst);
+        // How far the replay gets before its deadline (tool calls, output) depends on
+        // the clock: compared by the error kind, the session is closed again.
+        let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), made, "{mode}");
+        assert!(!s.session().is_open(), "{mode}");
+        let refused = s.eval("1", &CallOptions::default()).unwrap();
+        assert!(refused
+            .error()
+            .unwrap()
+            .message
+            .contains("session was closed"));
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// A real session journal with one byte changed or cut: an error or a journal, never
+    /// a panic, and whatever still parses restores (or is refused) without one.
+    #[test]
+    fn journal_session_damaged_journals_never_panic(at in 0usize..8192, byte in proptest::prelude::any::<u8>(), cut in proptest::prelude::any::<bool>()) {
+        static JOURNAL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let journal = JOURNAL.get_or_init(|| {
+            let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+            struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+            impl std::io::Write for Shared {
+                fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                    self.0.lock().unwrap().extend_from_slice(b);
+                    Ok(b.len())
+                }
+                fn flush(&mut self) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            let sandbox = tools(Arc::default()).build().unwrap();
+            let mut s = sandbox
+                .session_journaled(JournalWriter::new(Shared(buffer.clone())))
+                .unwrap();
+            exec(&mut s, DEFINE);
+            call(&mut s, "add", &[json!(1)]);
+            s.has_function("add").unwrap().unwrap();
+            drop(s);
+            let bytes = buffer.lock().unwrap().clone();
+            bytes
+        });
+        let mut damaged = journal.clone();
+        let at = at % damaged.len();
+        if cut { damaged.truncate(at) } else { damaged[at] = byte }
+        if let Ok(parsed) = SessionJournal::parse(damaged) {
+            let sandbox = tools(Arc::default()).build().unwrap();
+            let _ = moonjail::fork_session(&sandbox, &parsed, None, None);
+        }
+    }
+}
