@@ -856,7 +856,7 @@ fn a_worker_killed_from_outside_while_idle_is_replaced_unnoticed() {
 // ---------------------------------------------------------------------------------------
 
 /// The worker protocol's version (`protocol::VERSION`).
-const VERSION: u8 = 5;
+const VERSION: u8 = crate::support::fake_worker::VERSION;
 
 /// A frame as the worker protocol encodes it.
 fn frame(kind: u8, sections: &[&[u8]]) -> Vec<u8> {
