@@ -223,7 +223,10 @@ fn bad_schemas_and_names_are_usage_errors() {
         ("weather.lookup=notjson.json", "notjson.json"),
         ("weather.lookup=extra.json", "unknown field `params`"),
         ("weather.lookup=missing.json", "missing.json"),
-        ("other=weather.json", "no --tool of that name"),
+        (
+            "other=weather.json",
+            "no --tool or --defer-tool of that name",
+        ),
         ("weather.lookup", "expected NAME=FILE"),
     ] {
         let args = [

@@ -1382,7 +1382,25 @@ fn play(
         .chunk_name(&journal.chunk_name)
         .expression(journal.expression);
     let mut outcome = sandbox.run_with(source, &journal.input, &opts);
-    if let Some(message) = player.divergence(journal) {
+    // The recorded script, asked nothing else: the outcome must be the recorded one too
+    // (wall times and memory figures aside). A resumed run's differs by construction.
+    let compare = options.source.is_none() && player.live.is_none() && !journal.end.is_null();
+    let differs = || {
+        let replayed = session::essence(outcome.to_json());
+        let recorded = session::essence(journal.end.clone());
+        session::difference(&recorded, &replayed, String::new()).map(|(at, a, b)| {
+            format!(
+                "the replayed outcome differs from the recorded one at {at}: recorded {a}, \
+                 replayed {b} (the run did not depend only on what the journal holds)"
+            )
+        })
+    };
+    let message = match player.divergence(journal) {
+        Some(message) => Some(message),
+        None if compare => differs(),
+        None => None,
+    };
+    if let Some(message) = message {
         // Where the script was stopped (the call that diverged, or where the stop
         // check caught it after a `pcall`), when it was.
         let mut error = Error::new(ErrorKind::ReplayDivergence, message);

@@ -1259,7 +1259,7 @@ impl SessionJournal {
 /// A request stopped by its deadline is compared by its error kind alone: where it was
 /// stopped, what it had printed and counted by then depend on the clock (and the
 /// session is closed after it, so no later state depends on them).
-fn essence(mut doc: Json) -> Json {
+pub(super) fn essence(mut doc: Json) -> Json {
     let timed_out = doc["error"]["kind"] == "timeout";
     if let Some(stats) = doc.get_mut("stats").and_then(Json::as_object_mut) {
         for volatile in ["wall_ms", "memory_bytes", "peak_memory_bytes"] {
@@ -1293,7 +1293,7 @@ fn essence(mut doc: Json) -> Json {
 
 /// The first place where `a` and `b` differ: its JSON pointer (`/result/last/reply`,
 /// `(the document)` for the root) and both values, cut to a readable length.
-fn difference(a: &Json, b: &Json, path: String) -> Option<(String, String, String)> {
+pub(super) fn difference(a: &Json, b: &Json, path: String) -> Option<(String, String, String)> {
     match (a, b) {
         (Json::Object(x), Json::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();

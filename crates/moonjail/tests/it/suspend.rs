@@ -401,3 +401,41 @@ fn suspend_in_memory_a_run_given_up_ends_and_a_run_without_deferred_calls_finish
     };
     assert_eq!(out.result.unwrap(), json!("ask: no"));
 }
+
+#[test]
+fn suspend_a_replay_whose_outcome_differs_from_the_end_line_is_a_divergence() {
+    // An edited `end` line stands for a run that depended on something the journal does
+    // not hold: the replay asks the same calls but does not give the recorded outcome.
+    let sandbox = Sandbox::builder()
+        .tool("n", |_| Ok(json!(3)))
+        .build()
+        .unwrap();
+    let path = temp("end");
+    let out = sandbox
+        .run_journaled(
+            "return {n = n()}",
+            &json!(null),
+            &RunOptions::default(),
+            JournalWriter::create(&path).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(out.result.unwrap(), json!({"n": 3}));
+    let same = moonjail::replay(
+        std::fs::File::open(&path).unwrap(),
+        &ReplayOptions::default(),
+    )
+    .unwrap();
+    assert!(same.is_ok(), "{:?}", same.result);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace(r#""result":{"n":3}"#, r#""result":{"n":4}"#);
+    assert_ne!(text, edited);
+    let out = moonjail::replay(edited.as_bytes(), &ReplayOptions::default()).unwrap();
+    let e = error(&out);
+    assert_eq!(e.kind, ErrorKind::ReplayDivergence, "{e:?}");
+    assert!(
+        e.message.contains("/result/n: recorded 4, replayed 3"),
+        "{}",
+        e.message
+    );
+    std::fs::remove_file(&path).unwrap();
+}
