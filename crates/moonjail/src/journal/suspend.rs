@@ -197,7 +197,11 @@ enum Held {
     },
     /// Isolated: the journal of the run so far, in memory; resuming replays it in a worker
     /// (a worker cannot be kept waiting: its deadline and the supervisor's are its own).
-    Journal { sandbox: Sandbox, journal: Vec<u8> },
+    Journal {
+        sandbox: Sandbox,
+        journal: Vec<u8>,
+        outcome: Box<Outcome>,
+    },
     /// Resumed or given up.
     Done,
 }
@@ -351,6 +355,7 @@ fn settle_journaled(
             inner: Held::Journal {
                 sandbox: sandbox.clone(),
                 journal,
+                outcome: Box::new(outcome),
             },
         }),
         _ => Run::Finished(outcome),
@@ -394,6 +399,20 @@ impl Suspension {
         &self.pending
     }
 
+    /// The run's outcome as it stands: error kind [`ErrorKind::Suspended`] with the
+    /// pending call `{"name", "args"}` as its value (what [`Sandbox::run`] gives for
+    /// the same script), for a host that reports the suspension as an outcome. Held in
+    /// process, the run is still live, so the output and statistics are not in it.
+    pub fn outcome(&self) -> Outcome {
+        if let Held::Journal { outcome, .. } = &self.inner {
+            return (**outcome).clone();
+        }
+        let mut error = Error::new(ErrorKind::Suspended, crate::vm::Stop::Suspended.message());
+        error.value = Some(serde_json::json!({"name": self.pending.name,
+                                              "args": self.pending.args}));
+        Outcome::failed(error, std::time::Duration::ZERO)
+    }
+
     /// Gives the script `answer` as the deferred call's result (`Err`: the tool's error,
     /// which the script may catch) and runs on, to the end or the next deferred call.
     pub fn resume(mut self, answer: Result<Json, ToolError>) -> Run {
@@ -407,7 +426,9 @@ impl Suspension {
                 let _ = answers.send(Some(answer));
                 next(answers, events, thread)
             }
-            Held::Journal { sandbox, journal } => {
+            Held::Journal {
+                sandbox, journal, ..
+            } => {
                 let parsed = match Journal::parse(&journal) {
                     Ok(parsed) => parsed,
                     Err(e) => {
