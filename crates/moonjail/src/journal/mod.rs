@@ -787,6 +787,9 @@ pub struct Journal {
     end: Json,
 }
 
+/// The host's answer to a deferred call: the tool's result, or its error.
+pub(crate) type Answer = Result<Json, ToolError>;
+
 /// The deferred call a suspended run stopped at (a journal's last `suspend` line).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -1086,7 +1089,7 @@ struct Player {
     stop: Arc<AtomicBool>,
     /// The deferred call the journal ends with, and the host's answer to it (`None`: a
     /// replay, which suspends there again). Taken when the script reaches it.
-    pending: Mutex<Option<(Pending, Option<Result<Json, ToolError>>)>>,
+    pending: Mutex<Option<(Pending, Option<Answer>)>>,
     /// Resuming: the tools and files of the rest of the run, recorded.
     live: Option<Live>,
     /// The journal's deferred tools.

@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 use serde_json::Value as Json;
 
 use super::{
-    play, Journal, JournalError, JournalWriter, Live, Pending, Player, Recording, RecordingFiles,
-    ReplayOptions,
+    play, Answer, Journal, JournalError, JournalWriter, Live, Pending, Player, Recording,
+    RecordingFiles, ReplayOptions,
 };
 use crate::engine::Host;
 use crate::error::{Error, ErrorKind};
@@ -160,6 +160,8 @@ impl Sandbox {
 /// deferred tool call.
 #[derive(Debug)]
 #[must_use = "a suspended run waits for its answer"]
+// Made once per run and matched at once: boxing the outcome would only cost the callers.
+#[allow(clippy::large_enum_variant)]
 pub enum Run {
     /// The run ended: its outcome.
     Finished(Outcome),
@@ -186,12 +188,13 @@ pub struct Suspension {
     inner: Held,
 }
 
-/// How a suspended run is held.
+/// How a suspended run is held (one per suspension, never in a collection).
+#[allow(clippy::large_enum_variant)]
 enum Held {
     /// In process: the run's own thread, parked in the deferred call, its deadline's clock
     /// stopped.
     Parked {
-        answers: SyncSender<Option<Result<Json, ToolError>>>,
+        answers: SyncSender<Option<Answer>>,
         events: Receiver<Event>,
         thread: Option<JoinHandle<()>>,
     },
@@ -219,13 +222,13 @@ impl std::fmt::Debug for Held {
 /// What the run's thread tells the host.
 enum Event {
     Pending(Pending),
-    Done(Outcome),
+    Done(Box<Outcome>),
 }
 
 /// The deferred calls of a run started in process: each waits here for its answer.
 struct Parker {
     events: Mutex<Sender<Event>>,
-    answers: Mutex<Receiver<Option<Result<Json, ToolError>>>>,
+    answers: Mutex<Receiver<Option<Answer>>>,
 }
 
 impl Park for Parker {
@@ -308,7 +311,7 @@ impl Sandbox {
                     .chunk_name(&chunk)
                     .expression(expression);
                 let outcome = sandbox.run_with(&source, &input, &opts);
-                let _ = events_tx.send(Event::Done(outcome));
+                let _ = events_tx.send(Event::Done(Box::new(outcome)));
             });
         match thread {
             Ok(thread) => next(answers, events, Some(thread)),
@@ -364,7 +367,7 @@ fn settle_journaled(
 
 /// Waits for the parked run's next event.
 fn next(
-    answers: SyncSender<Option<Result<Json, ToolError>>>,
+    answers: SyncSender<Option<Answer>>,
     events: Receiver<Event>,
     mut thread: Option<JoinHandle<()>>,
 ) -> Run {
@@ -381,7 +384,7 @@ fn next(
             if let Some(thread) = thread.take() {
                 let _ = thread.join();
             }
-            Run::Finished(outcome)
+            Run::Finished(*outcome)
         }
         Err(_) => Run::Finished(Outcome::failed(
             Error::new(
