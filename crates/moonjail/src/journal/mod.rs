@@ -827,6 +827,80 @@ fn boolean(v: &Json, key: &str, line: usize) -> Result<bool, JournalError> {
         .ok_or_else(|| corrupt(line, format!("\"{key}\" is not a boolean")))
 }
 
+/// What the first line of a run journal (`start`) and of a session journal (`session`)
+/// both hold: the version, the spec with its determinism, the tools and the files.
+pub(super) struct Header {
+    /// The spec, with the recorded determinism.
+    pub(super) spec: Spec,
+    /// The time and seed were drawn for the journal (the sandbox was not deterministic).
+    pub(super) drawn: bool,
+    pub(super) tools: Vec<String>,
+    pub(super) deferred: Vec<String>,
+    pub(super) quota: Option<ToolQuota>,
+    pub(super) has_modules: bool,
+    pub(super) has_readable: bool,
+}
+
+/// A list of names under `key` (absent: none, when `optional`).
+fn names(v: &Json, key: &str, n: usize, optional: bool) -> Result<Vec<String>, JournalError> {
+    let not_names = || corrupt(n, format!("\"{key}\" is not a list of names"));
+    match v.get(key) {
+        None if optional => Ok(Vec::new()),
+        None => Err(corrupt(n, format!("no \"{key}\" field"))),
+        Some(Json::Array(names)) => names
+            .iter()
+            .map(|t| t.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(not_names),
+        Some(_) => Err(not_names()),
+    }
+}
+
+impl Header {
+    /// Reads the header of first line `start` (line `n`), its `type` already checked.
+    pub(super) fn read(start: &Json, n: usize) -> Result<Header, JournalError> {
+        match start.get("v").and_then(Json::as_u64) {
+            Some(JOURNAL_VERSION) => {}
+            Some(v) => {
+                return Err(corrupt(
+                    n,
+                    format!("journal version {v}; this moonjail reads version {JOURNAL_VERSION}"),
+                ))
+            }
+            None => return Err(corrupt(n, "no journal version \"v\"")),
+        }
+        let mut spec: Spec = serde_json::from_value(field(start, "spec", n)?.clone())
+            .map_err(|e| corrupt(n, format!("\"spec\": {e}")))?;
+        let det = field(start, "determinism", n)?;
+        let number = |k: &str| {
+            det.get(k)
+                .and_then(Json::as_i64)
+                .ok_or_else(|| corrupt(n, format!("\"determinism\" has no integer \"{k}\"")))
+        };
+        spec.deterministic = Some(Determinism {
+            timestamp: number("timestamp")?,
+            seed: number("seed")?,
+        });
+        let quota = match start.get("quota") {
+            None | Some(Json::Null) => None,
+            Some(q) => Some(
+                serde_json::from_value(q.clone())
+                    .map_err(|e| corrupt(n, format!("\"quota\": {e}")))?,
+            ),
+        };
+        let files = field(start, "files", n)?;
+        Ok(Header {
+            spec,
+            drawn: boolean(det, "drawn", n)?,
+            tools: names(start, "tools", n, false)?,
+            deferred: names(start, "deferred", n, true)?,
+            quota,
+            has_modules: boolean(files, "modules", n)?,
+            has_readable: boolean(files, "readable", n)?,
+        })
+    }
+}
+
 impl Journal {
     /// Reads a journal from `reader`, at most `limit` bytes (`None`: no limit).
     ///
@@ -866,66 +940,20 @@ impl Journal {
         if start.get("type").and_then(Json::as_str) != Some("start") {
             return Err(corrupt(n, "the first line is not a \"start\" line"));
         }
-        match start.get("v").and_then(Json::as_u64) {
-            Some(JOURNAL_VERSION) => {}
-            Some(v) => {
-                return Err(corrupt(
-                    n,
-                    format!("journal version {v}; this moonjail reads version {JOURNAL_VERSION}"),
-                ))
-            }
-            None => return Err(corrupt(n, "no journal version \"v\"")),
-        }
-        let mut spec: Spec = serde_json::from_value(field(&start, "spec", n)?.clone())
-            .map_err(|e| corrupt(n, format!("\"spec\": {e}")))?;
-        let det = field(&start, "determinism", n)?;
-        let number = |k: &str| {
-            det.get(k)
-                .and_then(Json::as_i64)
-                .ok_or_else(|| corrupt(n, format!("\"determinism\" has no integer \"{k}\"")))
-        };
-        spec.deterministic = Some(Determinism {
-            timestamp: number("timestamp")?,
-            seed: number("seed")?,
-        });
+        let header = Header::read(&start, n)?;
         let source = unblob(field(&start, "source", n)?)
             .map_err(|e| corrupt(n, format!("\"source\": {e}")))?;
-        let tools = match field(&start, "tools", n)? {
-            Json::Array(names) => names
-                .iter()
-                .map(|t| t.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| corrupt(n, "\"tools\" is not a list of names"))?,
-            _ => return Err(corrupt(n, "\"tools\" is not a list of names")),
-        };
-        let quota = match start.get("quota") {
-            None | Some(Json::Null) => None,
-            Some(q) => Some(
-                serde_json::from_value(q.clone())
-                    .map_err(|e| corrupt(n, format!("\"quota\": {e}")))?,
-            ),
-        };
-        let deferred = match start.get("deferred") {
-            None => Vec::new(),
-            Some(Json::Array(names)) => names
-                .iter()
-                .map(|t| t.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| corrupt(n, "\"deferred\" is not a list of names"))?,
-            Some(_) => return Err(corrupt(n, "\"deferred\" is not a list of names")),
-        };
-        let files = field(&start, "files", n)?;
         let mut journal = Journal {
-            spec,
+            spec: header.spec,
             chunk_name: string(&start, "chunk_name", n)?,
             expression: boolean(&start, "expression", n)?,
             source,
             input: field(&start, "input", n)?.clone(),
-            tools,
-            deferred,
-            quota,
-            has_modules: boolean(files, "modules", n)?,
-            has_readable: boolean(files, "readable", n)?,
+            tools: header.tools,
+            deferred: header.deferred,
+            quota: header.quota,
+            has_modules: header.has_modules,
+            has_readable: header.has_readable,
             calls: Vec::new(),
             files: BTreeMap::new(),
             pending: None,

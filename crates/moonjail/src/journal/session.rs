@@ -964,49 +964,15 @@ impl SessionJournal {
             Some("start") => return Err(RUN_KIND),
             _ => return Err(corrupt(n, "the first line is not a \"session\" line")),
         }
-        match start.get("v").and_then(Json::as_u64) {
-            Some(JOURNAL_VERSION) => {}
-            Some(v) => {
-                return Err(corrupt(
-                    n,
-                    format!("journal version {v}; this moonjail reads version {JOURNAL_VERSION}"),
-                ))
-            }
-            None => return Err(corrupt(n, "no journal version \"v\"")),
-        }
-        let mut spec: Spec = serde_json::from_value(field(&start, "spec", n)?.clone())
-            .map_err(|e| corrupt(n, format!("\"spec\": {e}")))?;
-        let det = field(&start, "determinism", n)?;
-        let number = |k: &str| {
-            det.get(k)
-                .and_then(Json::as_i64)
-                .ok_or_else(|| corrupt(n, format!("\"determinism\" has no integer \"{k}\"")))
-        };
-        spec.deterministic = Some(Determinism {
-            timestamp: number("timestamp")?,
-            seed: number("seed")?,
-        });
-        let drawn = boolean(det, "drawn", n)?;
-        let tools = match field(&start, "tools", n)? {
-            Json::Array(names) => names
-                .iter()
-                .map(|t| t.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| corrupt(n, "\"tools\" is not a list of names"))?,
-            _ => return Err(corrupt(n, "\"tools\" is not a list of names")),
-        };
-        let quota = match start.get("quota") {
-            None | Some(Json::Null) => None,
-            Some(q) => Some(
-                serde_json::from_value(q.clone())
-                    .map_err(|e| corrupt(n, format!("\"quota\": {e}")))?,
-            ),
-        };
-        let files = field(&start, "files", n)?;
-        let (has_modules, has_readable) = (
-            boolean(files, "modules", n)?,
-            boolean(files, "readable", n)?,
-        );
+        let super::Header {
+            spec,
+            drawn,
+            tools,
+            quota,
+            has_modules,
+            has_readable,
+            ..
+        } = super::Header::read(&start, n)?;
 
         let mut requests: Vec<Recorded> = Vec::new();
         let mut open: Option<Recorded> = None;
