@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moonjail::{
-    ErrorKind, HostFiles, Isolation, Journal, JournalError, JournalWriter, Outcome, ProcessConfig,
-    Profile, ReplayOptions, RunOptions, Sandbox, SandboxBuilder, ToolError, ToolSpec,
+    ErrorKind, HostFiles, Journal, JournalError, JournalWriter, Outcome, Profile, ReplayOptions,
+    RunOptions, Sandbox, SandboxBuilder, ToolError, ToolSpec,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value as Json};
 
-use crate::support::{unusable, WORKER};
+use crate::support::both_modes as modes;
 
 /// A journal kept in memory.
 #[derive(Clone, Default)]
@@ -33,25 +33,6 @@ impl Buffer {
     fn bytes(&self) -> Vec<u8> {
         self.0.lock().unwrap().clone()
     }
-}
-
-fn isolation() -> Isolation {
-    Isolation::Process(
-        ProcessConfig::builder()
-            .worker(moonjail::WorkerPath::Path(WORKER.into()))
-            .allow_missing(unusable())
-            .pool_size(1)
-            .build()
-            .expect("a process config"),
-    )
-}
-
-/// Both isolation modes, each with its name.
-fn modes() -> [(&'static str, Isolation); 2] {
-    [
-        ("in process", Isolation::InProcess),
-        ("isolated", isolation()),
-    ]
 }
 
 /// A sandbox whose `rand.next` answers a different number on every call (and counts

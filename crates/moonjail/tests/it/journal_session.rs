@@ -10,29 +10,11 @@ use std::time::Duration;
 
 use moonjail::{
     CallOptions, Determinism, HostFiles, Isolation, JournalError, JournalWriter, JournaledSession,
-    ProcessConfig, Profile, ReplayOptions, Sandbox, SandboxBuilder, SessionJournal,
+    Profile, ReplayOptions, Sandbox, SandboxBuilder, SessionJournal,
 };
 use serde_json::{json, Value as Json};
 
-use crate::support::{unusable, WORKER};
-
-fn isolation() -> Isolation {
-    Isolation::Process(
-        ProcessConfig::builder()
-            .worker(moonjail::WorkerPath::Path(WORKER.into()))
-            .allow_missing(unusable())
-            .pool_size(1)
-            .build()
-            .expect("a process config"),
-    )
-}
-
-fn modes() -> [(&'static str, Isolation); 2] {
-    [
-        ("in process", Isolation::InProcess),
-        ("isolated", isolation()),
-    ]
-}
+use crate::support::{both_modes as modes, one_worker as isolation};
 
 /// A journal file in a fresh directory, removed on drop.
 struct Dir(PathBuf);

@@ -7,30 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moonjail::{
-    ErrorKind, Isolation, Journal, JournalError, JournalWriter, Outcome, ProcessConfig,
-    ReplayOptions, RunOptions, Sandbox, ToolError, ToolSpec,
+    ErrorKind, Isolation, Journal, JournalError, JournalWriter, Outcome, ReplayOptions, RunOptions,
+    Sandbox, ToolError, ToolSpec,
 };
 use serde_json::{json, Value as Json};
 
-use crate::support::{unusable, WORKER};
-
-fn isolation() -> Isolation {
-    Isolation::Process(
-        ProcessConfig::builder()
-            .worker(moonjail::WorkerPath::Path(WORKER.into()))
-            .allow_missing(unusable())
-            .pool_size(1)
-            .build()
-            .expect("a process config"),
-    )
-}
-
-fn modes() -> [(&'static str, Isolation); 2] {
-    [
-        ("in process", Isolation::InProcess),
-        ("isolated", isolation()),
-    ]
-}
+use crate::support::both_modes as modes;
 
 /// A payment agent's sandbox: `payments.send` is deferred (a person approves it),
 /// `rates.get` is a live tool that counts its calls.

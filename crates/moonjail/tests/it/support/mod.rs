@@ -61,3 +61,24 @@ pub fn without_null_fields(v: &serde_json::Value) -> serde_json::Value {
         other => other.clone(),
     }
 }
+
+/// Isolation in worker processes of this build's worker, one at a time, allowing the
+/// layers this machine lacks.
+pub fn one_worker() -> moonjail::Isolation {
+    moonjail::Isolation::Process(
+        moonjail::ProcessConfig::builder()
+            .worker(moonjail::WorkerPath::Path(WORKER.into()))
+            .allow_missing(unusable())
+            .pool_size(1)
+            .build()
+            .expect("a process config"),
+    )
+}
+
+/// Both isolation modes, each with its name for assertion messages.
+pub fn both_modes() -> [(&'static str, moonjail::Isolation); 2] {
+    [
+        ("in process", moonjail::Isolation::InProcess),
+        ("isolated", one_worker()),
+    ]
+}
