@@ -117,7 +117,7 @@ enum Command {
     ///
     /// Human approval (see --defer-tool, `moonjail resume --help`):
     ///   moonjail run pay.lua --defer-tool payments.send --journal pay.jsonl   # exit 3
-    ///   moonjail resume pay.jsonl --answer '{"id": "tx-1"}'    # later, any process
+    ///   moonjail resume pay.jsonl --answer '{"id": "tx-1"}' --defer-tool payments.send   # later
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
     /// Check a script against the sandbox `run` would give it, without running it.
@@ -179,11 +179,12 @@ enum Command {
     /// any number of times, in any process, any time later; the journal stays one run's,
     /// and `moonjail replay` replays it whole.
     ///
-    /// The recorded profile, limits, determinism and tool names are used; the sandbox
-    /// flags give what the rest of the run needs: its tools (--tool, --tool-schema),
-    /// host files (--modules, --read), --allow-http, and --isolate. Profile and limit
-    /// flags are ignored. Every limit but wall time holds across the whole run (the
-    /// replayed part is re-executed); time spent suspended does not count.
+    /// Give the sandbox flags the run was made with (--profile, the limits, --tool,
+    /// --defer-tool, --modules, --read; --isolate may differ): the rest of the run runs
+    /// under them, and a journal recorded with other ones (or edited) is refused, naming
+    /// the difference. The recorded time and seed are kept. Every limit but wall time
+    /// holds across the whole run (the replayed part is re-executed); time spent
+    /// suspended does not count. The journal is locked while a run resumes from it.
     ///
     /// Exit status: as `run` (0 finished, 1 the script failed or no longer matches the
     /// journal: error kind "replay_divergence", and nothing is appended), 3 suspended
@@ -191,8 +192,8 @@ enum Command {
     ///
     /// Examples:
     ///   moonjail run pay.lua --defer-tool payments.send --tool 'fx.rate=sh fx.sh' --journal pay.jsonl
-    ///   moonjail resume pay.jsonl --answer '{"id": "tx-1"}' --tool 'fx.rate=sh fx.sh'
-    ///   moonjail resume pay.jsonl --error 'declined by the approver' --json
+    ///   moonjail resume pay.jsonl --answer '{"id": "tx-1"}' --tool 'fx.rate=sh fx.sh' --defer-tool payments.send
+    ///   moonjail resume pay.jsonl --error 'declined by the approver' --tool 'fx.rate=sh fx.sh' --defer-tool payments.send
     #[command(verbatim_doc_comment)]
     Resume(Box<ResumeArgs>),
     /// Drive one persistent sandbox over JSON lines: one request per line on stdin, one

@@ -57,8 +57,24 @@ impl Sandbox {
     ///
     /// # Errors
     /// An `internal` error if the state cannot be built (or `memory_limit` if the limit
-    /// is too small for the environment), or, isolated, if no worker can be started.
+    /// is too small for the environment), or, isolated, if no worker can be started; an
+    /// `input` error for a sandbox with deferred tools (a session call cannot be
+    /// suspended and resumed: only a run can, see [`Sandbox::start`]).
     pub fn session(&self) -> Result<Session, Error> {
+        if let Some(name) = self
+            .host()
+            .tools
+            .as_deref()
+            .and_then(|t| t.deferred().next())
+        {
+            return Err(Error::new(
+                ErrorKind::Input,
+                format!(
+                    "the sandbox has the deferred tool `{name}`: sessions cannot suspend at \
+                     a deferred call (runs can: Sandbox::start, Sandbox::run_journaled)"
+                ),
+            ));
+        }
         #[cfg(all(target_os = "linux", feature = "isolation"))]
         if let Some(opened) = self
             .isolated()

@@ -76,6 +76,8 @@ fn suspend_then_resume_in_a_new_process_finishes_with_the_answer() {
             r#"{"id": "tx-42"}"#,
             "--tool",
             "rng.next=sh rng.sh",
+            "--defer-tool",
+            "payments.send",
             "--json",
         ];
         let out = moonjail(dir.path(), &with_isolation(&resume, isolate, &flags), None);
@@ -122,6 +124,10 @@ fn suspend_an_error_answer_reaches_the_script_as_the_tools_error() {
             "pay.jsonl",
             "--error",
             "declined by the approver",
+            "--tool",
+            "rng.next=sh rng.sh",
+            "--defer-tool",
+            "payments.send",
             "--json",
         ],
         None,
@@ -160,7 +166,7 @@ fn suspend_misuse_is_status_2() {
     );
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("--answer"), "{out:?}");
-    // The journal was left as it was: still resumable.
+    // Another sandbox than the run's (no deferred tool): refused, naming the difference.
     let out = moonjail(
         dir.path(),
         &[
@@ -170,6 +176,23 @@ fn suspend_misuse_is_status_2() {
             r#"{"id": 1}"#,
             "--tool",
             "rng.next=sh rng.sh",
+        ],
+        None,
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("tools: recorded"), "{out:?}");
+    // The journal was left as it was: still resumable, with the run's own flags.
+    let out = moonjail(
+        dir.path(),
+        &[
+            "resume",
+            "pay.jsonl",
+            "--answer",
+            r#"{"id": 1}"#,
+            "--tool",
+            "rng.next=sh rng.sh",
+            "--defer-tool",
+            "payments.send",
         ],
         None,
     );

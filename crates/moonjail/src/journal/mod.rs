@@ -106,6 +106,10 @@ pub enum JournalError {
     /// The recorded run cannot be rebuilt (its sandbox does not validate here).
     #[error("journal: the recorded sandbox cannot be built: {0}")]
     Config(#[from] crate::error::ConfigError),
+    /// The journal cannot be resumed in this sandbox: it was recorded in another (its
+    /// spec, tools, quota or host files differ; the message says which).
+    #[error("journal: {0}")]
+    Sandbox(String),
     /// [`Sandbox::resume`] of a journal whose run is not suspended: it ends with `end`
     /// (the run finished: replay it instead).
     #[error(
@@ -217,6 +221,12 @@ impl JournalWriter {
             limit: Some(DEFAULT_JOURNAL_LIMIT),
             written,
         }
+    }
+
+    /// Counts `bytes` as written already (a journal continued in memory), for the limit.
+    pub(crate) fn already_written(mut self, bytes: u64) -> JournalWriter {
+        self.written = bytes;
+        self
     }
 
     /// Sets the size limit in bytes (`None`: no limit). A run whose journal would pass
@@ -664,23 +674,14 @@ impl Recording {
     /// Ends the journal of a run that gave `outcome`: its `end` line, fsynced; nothing
     /// more for a run suspended at a deferred call (its `suspend` line is the last, and
     /// durable already).
-    fn finish(&self, mut outcome: Outcome) -> Result<Outcome, JournalError> {
+    fn finish(&self, outcome: Outcome) -> Result<Outcome, JournalError> {
         let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(e) = failed {
             return Err(e);
         }
-        let suspended = matches!(&outcome.result, Err(e) if e.kind == ErrorKind::Suspended);
-        if suspended && self.has_suspended() {
-            return Ok(outcome);
-        }
         if self.has_suspended() {
-            // Only a worker that ignored the stop gets here: its outcome is not the run's.
-            outcome.result = Err(Error::new(
-                ErrorKind::Internal,
-                "the run went on after its deferred tool call had suspended it",
-            ));
-            outcome.more_results.clear();
-            outcome.result_count = 0;
+            // Its `suspend` line is the last, and durable already. (An outcome that is not
+            // `suspended` came from a worker that went on; the run's record says so.)
             return Ok(outcome);
         }
         let mut writer = self.writer();
@@ -775,6 +776,8 @@ pub struct Journal {
     tools: Vec<String>,
     /// The deferred tools among `tools`.
     deferred: Vec<String>,
+    /// The time and seed were drawn for the journal.
+    drawn: bool,
     quota: Option<ToolQuota>,
     has_modules: bool,
     has_readable: bool,
@@ -901,6 +904,79 @@ impl Header {
     }
 }
 
+/// What a journal recorded of the sandbox it ran in, to check that a resume or a restore
+/// happens in the same one.
+pub(super) struct Attached<'a> {
+    pub(super) spec: &'a Spec,
+    /// The determinism was drawn for the journal (the sandbox had none).
+    pub(super) drawn: bool,
+    pub(super) tools: &'a [String],
+    pub(super) deferred: &'a [String],
+    pub(super) quota: Option<&'a ToolQuota>,
+    pub(super) has_modules: bool,
+    pub(super) has_readable: bool,
+}
+
+impl Attached<'_> {
+    /// `Err(what differs)` unless `sandbox` has the recorded spec, tools (deferred ones
+    /// included), quota and host-file settings: a journal is untrusted input, and what
+    /// runs live after it must run under the host's own sandbox, not limits, tools or a
+    /// quota the file names.
+    pub(super) fn check(&self, sandbox: &Sandbox) -> Result<(), String> {
+        let mut recorded = self.spec.clone();
+        if self.drawn {
+            recorded.deterministic = None;
+        }
+        if sandbox.spec() != &recorded {
+            let a = serde_json::to_value(&recorded).unwrap_or_default();
+            let b = serde_json::to_value(sandbox.spec()).unwrap_or_default();
+            return Err(match session::difference(&a, &b, String::new()) {
+                Some((path, a, b)) => {
+                    format!("its spec differs at {path}: recorded {a}, this sandbox {b}")
+                }
+                None => "its spec differs".into(),
+            });
+        }
+        let host = sandbox.host();
+        let registry = host.tools.as_deref();
+        let tools: Vec<String> =
+            registry.map_or(Vec::new(), |t| t.names().map(str::to_string).collect());
+        let deferred: Vec<String> =
+            registry.map_or(Vec::new(), |t| t.deferred().map(str::to_string).collect());
+        let differ = |what: &str, recorded: String, given: String| {
+            Err(format!("{what}: recorded {recorded}, this sandbox {given}"))
+        };
+        if tools != self.tools {
+            return differ("tools", format!("{:?}", self.tools), format!("{tools:?}"));
+        }
+        if deferred != self.deferred {
+            return differ(
+                "deferred tools",
+                format!("{:?}", self.deferred),
+                format!("{deferred:?}"),
+            );
+        }
+        let quota = registry.map(|t| t.quota());
+        // No tools: the quota is the registry's default or none, either way unused.
+        if !tools.is_empty() && quota != self.quota {
+            return differ(
+                "tool quota",
+                format!("{:?}", self.quota),
+                format!("{quota:?}"),
+            );
+        }
+        let files = (host.files.has_modules(), host.files.has_readable());
+        if files != (self.has_modules, self.has_readable) {
+            return differ(
+                "host files (modules, readable)",
+                format!("({}, {})", self.has_modules, self.has_readable),
+                format!("({}, {})", files.0, files.1),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Journal {
     /// Reads a journal from `reader`, at most `limit` bytes (`None`: no limit).
     ///
@@ -951,6 +1027,7 @@ impl Journal {
             input: field(&start, "input", n)?.clone(),
             tools: header.tools,
             deferred: header.deferred,
+            drawn: header.drawn,
             quota: header.quota,
             has_modules: header.has_modules,
             has_readable: header.has_readable,
@@ -999,6 +1076,16 @@ impl Journal {
                     let step = field(&v, "step", n)?
                         .as_u64()
                         .ok_or_else(|| corrupt(n, "\"step\" is not a number"))?;
+                    let next = journal.calls.len() as u64 + 1;
+                    if step != next {
+                        return Err(corrupt(
+                            n,
+                            format!(
+                                "a \"suspend\" line of step {step} after {} tool calls",
+                                next - 1
+                            ),
+                        ));
+                    }
                     journal.pending = Some(Pending {
                         step,
                         name: string(&v, "name", n)?,
@@ -1120,8 +1207,6 @@ struct Player {
     pending: Mutex<Option<(Pending, Option<Answer>)>>,
     /// Resuming: the tools and files of the rest of the run, recorded.
     live: Option<Live>,
-    /// The journal's deferred tools.
-    deferred: Vec<String>,
 }
 
 /// What a resumed run calls after its pending call, and the journal it goes on writing.
@@ -1156,7 +1241,6 @@ impl Player {
             stop: Arc::new(AtomicBool::new(false)),
             pending: Mutex::new(journal.pending.clone().map(|p| (p, answer))),
             live,
-            deferred: journal.deferred.clone(),
         }
     }
 
@@ -1192,11 +1276,15 @@ impl Player {
             }
             return ev.result.map_err(ToolError::new);
         }
-        let pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let pending = {
+            let mut slot = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match &*slot {
+                // Taken only when the script makes the recorded call: a script that asks
+                // something else has not reached it, and the journal stays resumable.
+                Some((p, _)) if p.name == name && p.args == args => slot.take(),
+                _ => slot.clone(),
+            }
+        };
         if let Some((p, answer)) = pending {
             if p.name != name || p.args != args {
                 return Err(self.diverge(format!(
@@ -1213,12 +1301,8 @@ impl Player {
             };
         }
         if let Some(live) = &self.live {
-            // A deferred tool stays deferred, whatever the resuming sandbox declares.
-            if self.deferred.iter().any(|d| d == name) {
-                return live
-                    .recording
-                    .call(name, args, &mut |_| Err(ToolError::suspended()));
-            }
+            // The resuming sandbox has the recorded tools (checked before the run): a
+            // deferred one checks its arguments, then suspends the run again.
             return match &live.tools {
                 Some(tools) => live
                     .recording
@@ -1241,7 +1325,7 @@ impl Player {
             return None;
         }
         let found = self.files.get(key);
-        if found.is_none() && self.live.is_none() {
+        if found.is_none() && !self.is_live() {
             let _ = self.diverge(format!(
                 "{what}: the script read it, but the recorded run did not (the journal has \
                  no content for it)"
@@ -1250,14 +1334,35 @@ impl Player {
         found
     }
 
+    /// Whether the script reached the journal's pending call (or there is none).
+    fn reached_pending(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    /// Resuming, past the pending call: what the script asks now goes to the live host.
+    fn is_live(&self) -> bool {
+        self.live.is_some()
+            && self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+    }
+
     /// What the replay's outcome error is instead, if it diverged: its message.
-    fn divergence(&self, journal: &Journal) -> Option<String> {
+    ///
+    /// A run that `stopped` (a deadline, the host, the memory limit, a dead worker) may
+    /// end before the calls the journal has: that is its outcome, not a divergence.
+    fn divergence(&self, journal: &Journal, stopped: bool) -> Option<String> {
         let divergence = self
             .divergence
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if divergence.is_some() {
+        if divergence.is_some() || stopped {
             return divergence;
         }
         let left = self.calls.lock().unwrap_or_else(|e| e.into_inner()).len();
@@ -1308,7 +1413,9 @@ impl FileSource for ReplayFiles {
         {
             Some(FileEvent::Module(answer)) => answer.clone(),
             _ => match &self.player.live {
-                Some(live) if !self.player.diverged() => live.files.module(name),
+                Some(live) if self.player.is_live() && !self.player.diverged() => {
+                    live.files.module(name)
+                }
                 _ => Err(format!("\n\t{DIVERGED}")),
             },
         }
@@ -1321,7 +1428,9 @@ impl FileSource for ReplayFiles {
         {
             Some(FileEvent::File(answer)) => answer.clone(),
             _ => match &self.player.live {
-                Some(live) if !self.player.diverged() => live.files.read(path),
+                Some(live) if self.player.is_live() && !self.player.diverged() => {
+                    live.files.read(path)
+                }
                 _ => Some(Err(DIVERGED.to_string())),
             },
         }
@@ -1365,6 +1474,18 @@ pub fn replay_journal(journal: &Journal, options: &ReplayOptions) -> Result<Outc
     play(journal, player, options, None)
 }
 
+/// Whether an outcome document reproduces exactly on replay: not one stopped by the
+/// clock, the memory limit (memory figures may differ slightly), the host (an interrupt
+/// check), a dead worker or moonjail itself; those are compared by nothing but the calls
+/// the script made.
+fn comparable(doc: &Json) -> bool {
+    !doc.is_null()
+        && !matches!(
+            doc["error"]["kind"].as_str(),
+            Some("timeout" | "memory_limit" | "interrupted" | "killed" | "internal")
+        )
+}
+
 /// Runs the journal's script with `player` answering its tool calls and file reads.
 /// The run happens where `on` runs its scripts (sharing its workers), else where
 /// `options` say.
@@ -1404,7 +1525,11 @@ fn play(
             has_readable: journal.has_readable,
         }),
         tools: sandbox.host().tools.clone(),
-        interrupt: Some(stop_check(sandbox.host(), Arc::clone(&player.stop))),
+        // The resuming sandbox's own interrupt check too: its host may stop the run.
+        interrupt: Some(stop_check(
+            on.map_or(sandbox.host(), |s| s.host()),
+            Arc::clone(&player.stop),
+        )),
     };
     let spec = sandbox.spec().clone();
     let sandbox = on.unwrap_or(&sandbox).variant(spec, host);
@@ -1415,7 +1540,10 @@ fn play(
     let mut outcome = sandbox.run_with(source, &journal.input, &opts);
     // The recorded script, asked nothing else: the outcome must be the recorded one too
     // (wall times and memory figures aside). A resumed run's differs by construction.
-    let compare = options.source.is_none() && player.live.is_none() && !journal.end.is_null();
+    let compare = options.source.is_none()
+        && player.live.is_none()
+        && comparable(&journal.end)
+        && comparable(&outcome.to_json());
     let differs = || {
         let replayed = session::essence(outcome.to_json());
         let recorded = session::essence(journal.end.clone());
@@ -1426,7 +1554,17 @@ fn play(
             )
         })
     };
-    let message = match player.divergence(journal) {
+    let stopped = outcome.result.as_ref().is_err_and(|e| {
+        matches!(
+            e.kind,
+            ErrorKind::Timeout
+                | ErrorKind::MemoryLimit
+                | ErrorKind::Interrupted
+                | ErrorKind::Killed
+                | ErrorKind::Internal
+        )
+    });
+    let message = match player.divergence(journal, stopped) {
         Some(message) => Some(message),
         None if compare => differs(),
         None => None,

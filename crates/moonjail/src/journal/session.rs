@@ -680,14 +680,6 @@ fn attachments(sandbox: &Sandbox) -> (Vec<String>, Option<ToolQuota>, bool, bool
 /// unrecorded until told otherwise).
 fn open(sandbox: &Sandbox, spec: Spec) -> Result<(Session, Arc<Taps>), JournalError> {
     let host = sandbox.host();
-    // A session call cannot be resumed: a deferred tool would leave the journal with a
-    // `suspend` line no session restore could answer.
-    if let Some(name) = host.tools.as_deref().and_then(|t| t.deferred().next()) {
-        return Err(JournalError::Session(format!(
-            "the sandbox has the deferred tool `{name}`: a session cannot be journaled with \
-             deferred tools (only a run can suspend and resume)"
-        )));
-    }
     let stop = Arc::new(AtomicBool::new(false));
     let taps = Arc::new(Taps {
         mode: Mutex::new(Mode::Live(None)),
@@ -726,7 +718,7 @@ fn recording(writer: JournalWriter, taps: &Taps) -> Arc<Recording> {
 /// A lock is held for a moment longer than its holder when another thread forks while
 /// the file is open (the child has the descriptor until it execs), so a busy lock is
 /// tried again for up to [`LOCK_PATIENCE`] before it is reported.
-fn lock_file(file: &File) -> Result<(), JournalError> {
+pub(super) fn lock_file(file: &File) -> Result<(), JournalError> {
     let deadline = std::time::Instant::now() + LOCK_PATIENCE;
     loop {
         match try_lock(file) {
@@ -737,7 +729,7 @@ fn lock_file(file: &File) -> Result<(), JournalError> {
             Ok(false) => {
                 return Err(JournalError::Session(
                     "the journal file is locked by another process (a session still \
-                     recording into it, or restoring it)"
+                     recording into it or restoring it, or a run being resumed from it)"
                         .into(),
                 ))
             }
@@ -1128,50 +1120,21 @@ impl SessionJournal {
     /// Refuses a sandbox that would not give the recorded session's answers: another
     /// spec, other tools or quota, host files configured or not.
     fn check(&self, sandbox: &Sandbox) -> Result<(), JournalError> {
-        let mut recorded = self.spec.clone();
-        if self.drawn {
-            recorded.deterministic = None;
-        }
-        let hint = "restore it into the sandbox it was recorded with: the same flags";
-        if sandbox.spec() != &recorded {
-            let a = serde_json::to_value(&recorded).map_err(std::io::Error::other)?;
-            let b = serde_json::to_value(sandbox.spec()).map_err(std::io::Error::other)?;
-            let what = match difference(&a, &b, String::new()) {
-                Some((path, a, b)) => format!("at {path}: recorded {a}, this sandbox {b}"),
-                None => "it differs".into(),
-            };
-            return Err(JournalError::Session(format!(
-                "the session cannot be restored into this sandbox: its spec differs from \
-                 the recorded session's {what} ({hint})"
-            )));
-        }
-        let (tools, quota, modules, readable) = attachments(sandbox);
-        let mismatch = |what: &str, recorded: String, given: String| {
-            Err(JournalError::Session(format!(
-                "the session cannot be restored into this sandbox: {what}: recorded \
-                 {recorded}, this sandbox {given} ({hint})"
-            )))
+        let recorded = super::Attached {
+            spec: &self.spec,
+            drawn: self.drawn,
+            tools: &self.tools,
+            deferred: &[],
+            quota: self.quota.as_ref(),
+            has_modules: self.has_modules,
+            has_readable: self.has_readable,
         };
-        if tools != self.tools {
-            return mismatch("tools", format!("{:?}", self.tools), format!("{tools:?}"));
-        }
-        if tools.is_empty() {
-            // No tools: the quota is the registry's default or none, either way unused.
-        } else if quota != self.quota {
-            return mismatch(
-                "tool quota",
-                format!("{:?}", self.quota),
-                format!("{quota:?}"),
-            );
-        }
-        if (modules, readable) != (self.has_modules, self.has_readable) {
-            return mismatch(
-                "host files (modules, readable)",
-                format!("({}, {})", self.has_modules, self.has_readable),
-                format!("({modules}, {readable})"),
-            );
-        }
-        Ok(())
+        recorded.check(sandbox).map_err(|what| {
+            JournalError::Session(format!(
+                "the session cannot be restored into this sandbox: {what} (restore it into \
+                 the sandbox it was recorded with: the same flags)"
+            ))
+        })
     }
 
     /// Opens a session of `sandbox` with the recorded spec and replays the first `upto`

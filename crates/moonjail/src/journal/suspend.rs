@@ -99,6 +99,10 @@ impl Sandbox {
             .read(true)
             .append(true)
             .open(path.as_ref())?;
+        // One resume at a time: two approvers answering at once would each run the rest
+        // of the run (its live tools twice) and interleave their lines. Held until the
+        // file is closed, after the run.
+        super::session::lock_file(&file)?;
         let journal = Journal::read(&mut file, limit)?;
         let written = file.seek(SeekFrom::End(0))?;
         let sync = file.try_clone()?;
@@ -121,6 +125,23 @@ impl Sandbox {
         let Some(pending) = journal.pending() else {
             return Err(JournalError::NotSuspended);
         };
+        // What runs live after the pending call runs under this sandbox's own spec, tools
+        // and quota: a journal is a file anyone may have edited.
+        let recorded = super::Attached {
+            spec: &journal.spec,
+            drawn: journal.drawn,
+            tools: &journal.tools,
+            deferred: &journal.deferred,
+            quota: journal.quota.as_ref(),
+            has_modules: journal.has_modules,
+            has_readable: journal.has_readable,
+        };
+        recorded.check(self).map_err(|what| {
+            JournalError::Sandbox(format!(
+                "the run cannot be resumed in this sandbox: {what} (resume it with the \
+                 sandbox it was run with: the same flags)"
+            ))
+        })?;
         let stop = Arc::new(AtomicBool::new(false));
         let recording = Arc::new(Recording {
             writer: Mutex::new(writer),
@@ -141,15 +162,16 @@ impl Sandbox {
         let mut player = Player::new(journal, Some(answer), Some(live));
         // One flag stops the run for both: a divergence and a journal that failed.
         player.stop = stop;
+        let player = Arc::new(player);
         let outcome = play(
             journal,
-            Arc::new(player),
+            Arc::clone(&player),
             &ReplayOptions::default(),
             Some(self),
         )?;
-        if matches!(&outcome.result, Err(e) if e.kind == ErrorKind::ReplayDivergence) {
-            // A script that diverges does so before its pending call (the calls after it
-            // are live): nothing was appended, and the journal stays resumable.
+        if !player.reached_pending() {
+            // Diverged or stopped (the host's interrupt check, a deadline) before the
+            // pending call: nothing was appended, and the journal stays resumable.
             return Ok(outcome);
         }
         recording.finish(outcome)
@@ -411,8 +433,10 @@ impl Suspension {
             return (**outcome).clone();
         }
         let mut error = Error::new(ErrorKind::Suspended, crate::vm::Stop::Suspended.message());
-        error.value = Some(serde_json::json!({"name": self.pending.name,
-                                              "args": self.pending.args}));
+        error.value = Some(crate::tools::pending_value(
+            &self.pending.name,
+            &self.pending.args,
+        ));
         Outcome::failed(error, std::time::Duration::ZERO)
     }
 
@@ -441,9 +465,11 @@ impl Suspension {
                         ))
                     }
                 };
+                let written = journal.len() as u64;
                 let buffer = SharedBuffer(Arc::new(Mutex::new(journal)));
-                let resumed =
-                    sandbox.resume_journal(&parsed, answer, JournalWriter::new(buffer.clone()));
+                // The limit counts the whole journal, not only this resume's part.
+                let writer = JournalWriter::new(buffer.clone()).already_written(written);
+                let resumed = sandbox.resume_journal(&parsed, answer, writer);
                 settle_journaled(&sandbox, resumed, buffer)
             }
             Held::Done => Run::Finished(Outcome::failed(

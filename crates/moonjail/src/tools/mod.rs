@@ -273,6 +273,11 @@ pub struct ToolRegistry {
     park: Option<Arc<dyn Park>>,
 }
 
+/// The pending call as a suspended outcome's error value: `{"name", "args"}`.
+pub(crate) fn pending_value(name: &str, args: &[Json]) -> Json {
+    serde_json::json!({"name": name, "args": args})
+}
+
 /// Where a run started in memory waits at a deferred call ([`crate::Sandbox::start`]).
 pub(crate) trait Park: Send + Sync {
     /// Hands the pending call to the host and blocks until it answers; `None`: the host
@@ -724,6 +729,8 @@ struct RunState {
     calls: Vec<ToolCall>,
     /// The deferred call the run stopped at: its name and arguments.
     pending: Option<(String, Vec<Json>)>,
+    /// Calls that reached the registry (the ones a journal numbers).
+    reached: u64,
 }
 
 impl ToolRun {
@@ -760,6 +767,10 @@ impl ToolRun {
                 "no tool named `{name}` is registered"
             )));
         }
+        // After a deferred call the run is over: a worker that went on gets nothing more.
+        if self.lock().pending.is_some() {
+            return Err(ToolError::suspended());
+        }
         let ctx = ToolContext::new(self.deadline());
         if ctx.expired() {
             return Err(ToolError::new("the run's deadline has passed"));
@@ -771,6 +782,7 @@ impl ToolRun {
         let result = match (args(), &self.registry.relay) {
             (Ok(args), _) => {
                 bytes_in = json_len(&args);
+                self.lock().reached += 1;
                 if self.registry.is_deferred(name) {
                     let pending = (name.to_string(), args.clone());
                     let result = self.registry.call(&ctx, name, args);
@@ -831,7 +843,7 @@ impl ToolRun {
         let ctl = crate::vm::current();
         let left = ctl.and_then(|c| c.pause_deadline());
         let start = Instant::now();
-        let step = self.lock().calls.len() as u64 + 1;
+        let step = self.lock().reached;
         let answer = park.park(step, &pending.0, &pending.1);
         let waited = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.parked_ns.fetch_add(waited, Ordering::Relaxed);
@@ -916,21 +928,37 @@ impl ToolRun {
                 None
             }
         };
-        if let Err(e) = &mut outcome.result {
-            if e.kind == crate::ErrorKind::Suspended {
-                match pending {
-                    Some((name, args)) => {
-                        e.value = Some(serde_json::json!({"name": name, "args": args}));
+        use crate::ErrorKind::{Internal, Interrupted, Suspended, Timeout};
+        let kind = outcome.result.as_ref().err().map(|e| e.kind);
+        match (pending, kind) {
+            (None, Some(Suspended)) => {
+                outcome.result = Err(crate::Error::new(
+                    Internal,
+                    "the run reported a suspension at a deferred tool call that the host \
+                     did not see",
+                ));
+            }
+            // Suspended; or stopped by its deadline or the host at that very moment (the
+            // first stop wins): the call is pending all the same, and resumable.
+            (Some((name, args)), Some(Suspended | Timeout | Interrupted)) => {
+                if let Err(e) = &mut outcome.result {
+                    if e.kind != Suspended {
+                        *e = crate::Error::new(Suspended, crate::vm::Stop::Suspended.message())
+                            .with_line(e.line);
                     }
-                    None => {
-                        *e = crate::Error::new(
-                            crate::ErrorKind::Internal,
-                            "the run reported a suspension at a deferred tool call that the \
-                             host did not see",
-                        );
-                    }
+                    e.value = Some(pending_value(&name, &args));
                 }
             }
+            (Some(_), _) => {
+                // Only a worker that ignored the stop gets here: not the run's outcome.
+                outcome.result = Err(crate::Error::new(
+                    Internal,
+                    "the run went on after its deferred tool call had suspended it",
+                ));
+                outcome.more_results.clear();
+                outcome.result_count = 0;
+            }
+            (None, _) => {}
         }
     }
 

@@ -421,3 +421,123 @@ fn suspend_a_replay_whose_outcome_differs_from_the_end_line_is_a_divergence() {
     );
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn suspend_resume_refuses_a_journal_of_another_sandbox() {
+    // A journal is untrusted: resuming runs the rest live under this sandbox's own
+    // limits, tools and quota, so a journal recorded (or edited) with others is refused.
+    let calls = Arc::new(AtomicU64::new(0));
+    let recorded = sandbox(Isolation::InProcess, Arc::clone(&calls));
+    let path = temp("other");
+    let _ = journaled(&recorded, &path);
+    let looser = Sandbox::builder()
+        .timeout(Duration::from_secs(60))
+        .instruction_limit(10_000_000)
+        .tool("rates.get", |_| Ok(json!({"rate": 2})))
+        .defer_tool("payments.send")
+        .build()
+        .unwrap();
+    let e = looser.resume(&path, Ok(json!({"id": 1}))).unwrap_err();
+    assert!(matches!(e, JournalError::Sandbox(_)), "{e}");
+    assert!(e.to_string().contains("/limits"), "{e}");
+    let fewer = Sandbox::builder()
+        .timeout(Duration::from_secs(10))
+        .instruction_limit(10_000_000)
+        .defer_tool("payments.send")
+        .build()
+        .unwrap();
+    let e = fewer.resume(&path, Ok(json!({"id": 1}))).unwrap_err();
+    assert!(e.to_string().contains("tools: recorded"), "{e}");
+    // An edited limit in the journal is the same mismatch.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replacen("10000000", "99999999", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&path, &edited).unwrap();
+    let e = recorded.resume(&path, Ok(json!({"id": 1}))).unwrap_err();
+    assert!(matches!(e, JournalError::Sandbox(_)), "{e}");
+    // A `suspend` line whose step does not follow the calls before it is corrupt.
+    std::fs::write(
+        &path,
+        text.replace(
+            r#""type":"suspend","step":2"#,
+            r#""type":"suspend","step":7"#,
+        ),
+    )
+    .unwrap();
+    let e = recorded.resume(&path, Ok(json!({"id": 1}))).unwrap_err();
+    assert!(matches!(e, JournalError::Corrupt { .. }), "{e}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "nothing ran live");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn suspend_two_resumes_at_once_run_the_rest_once() {
+    // The first resume holds the journal while its live tool runs; the second is refused.
+    let entered = Arc::new(std::sync::Barrier::new(2));
+    let release = Arc::new(std::sync::Barrier::new(2));
+    let build = |entered: Arc<std::sync::Barrier>, release: Arc<std::sync::Barrier>| {
+        Sandbox::builder()
+            .defer_tool("approve")
+            .tool("slow.send", move |_| {
+                entered.wait();
+                release.wait();
+                Ok(json!("sent"))
+            })
+            .build()
+            .unwrap()
+    };
+    let sb = build(Arc::clone(&entered), Arc::clone(&release));
+    let path = temp("twice");
+    let out = sb
+        .run_journaled(
+            "approve() return slow.send()",
+            &json!(null),
+            &RunOptions::default(),
+            JournalWriter::create(&path).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(error(&out).kind, ErrorKind::Suspended);
+    let first = {
+        let sb = sb.clone();
+        let path = path.clone();
+        std::thread::spawn(move || sb.resume(&path, Ok(json!(true))))
+    };
+    entered.wait();
+    let second = sb.resume(&path, Ok(json!(true)));
+    assert!(
+        matches!(&second, Err(e) if e.to_string().contains("locked")),
+        "{second:?}"
+    );
+    release.wait();
+    let done = first.join().unwrap().unwrap();
+    assert_eq!(done.result.unwrap(), json!("sent"));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn suspend_the_resuming_sandboxs_interrupt_check_stops_the_run() {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sb = {
+        let stop = Arc::clone(&stop);
+        Sandbox::builder()
+            .defer_tool("approve")
+            .interrupt_check(Duration::from_millis(5), move || {
+                stop.load(Ordering::SeqCst)
+            })
+            .build()
+            .unwrap()
+    };
+    let path = temp("interrupt");
+    let _ = sb
+        .run_journaled(
+            "approve() while true do end",
+            &json!(null),
+            &RunOptions::default(),
+            JournalWriter::create(&path).unwrap(),
+        )
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let out = sb.resume(&path, Ok(json!(true))).unwrap();
+    assert_eq!(error(&out).kind, ErrorKind::Interrupted);
+    std::fs::remove_file(&path).unwrap();
+}
