@@ -88,39 +88,46 @@ pub(crate) fn package(
 /// state of a profile with `require` a third of its construction.
 static PRELUDE_BYTECODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
-/// The compiled prelude: its text the first time, then the bytecode that compile made.
-/// The bytecode is moonjail's own, never a script's, and is loaded through the C API
-/// (the sandbox's `load` refuses binary chunks, and so does mlua's safe mode).
+/// The compiled prelude, loaded from the bytecode. The bytecode is compiled once per
+/// process in a scratch state, never in a sandbox's: compiling costs a state other
+/// allocations than loading does, and a deterministic state must allocate the same way
+/// whether or not it is the process's first (see vm/arena.rs). The bytecode is
+/// moonjail's own, never a script's, and is loaded through the C API (the sandbox's
+/// `load` refuses binary chunks, and so does mlua's safe mode).
 fn prelude(lua: &Lua) -> mlua::Result<Function> {
     const NAME: &std::ffi::CStr = c"=[moonjail package]";
-    if let Some(code) = PRELUDE_BYTECODE.get() {
-        // SAFETY: `exec_raw` runs the closure protected with room for one push;
-        // `luaL_loadbufferx` pushes the function (or an error message, turned into an
-        // error below) and the buffer outlives the call.
-        let loaded = unsafe {
-            lua.exec_raw::<Value>((), |l| {
-                let status = mlua::ffi::luaL_loadbufferx(
-                    l,
-                    code.as_ptr().cast(),
-                    code.len(),
-                    NAME.as_ptr(),
-                    c"b".as_ptr(),
-                );
-                if status != mlua::ffi::LUA_OK {
-                    mlua::ffi::lua_error(l);
-                }
-            })
-        }?;
-        if let Value::Function(f) = loaded {
-            return Ok(f);
+    let code = match PRELUDE_BYTECODE.get() {
+        Some(code) => code,
+        None => {
+            let scratch = Lua::new_with(mlua::StdLib::NONE, mlua::LuaOptions::new())?;
+            let f = scratch
+                .load(PACKAGE_PRELUDE)
+                .set_name(NAME.to_string_lossy())
+                .into_function()?;
+            PRELUDE_BYTECODE.get_or_init(|| f.dump(false))
         }
+    };
+    // SAFETY: `exec_raw` runs the closure protected with room for one push;
+    // `luaL_loadbufferx` pushes the function (or an error message, turned into an error
+    // below) and the buffer outlives the call.
+    let loaded = unsafe {
+        lua.exec_raw::<Value>((), |l| {
+            let status = mlua::ffi::luaL_loadbufferx(
+                l,
+                code.as_ptr().cast(),
+                code.len(),
+                NAME.as_ptr(),
+                c"b".as_ptr(),
+            );
+            if status != mlua::ffi::LUA_OK {
+                mlua::ffi::lua_error(l);
+            }
+        })
+    }?;
+    match loaded {
+        Value::Function(f) => Ok(f),
+        _ => Err(mlua::Error::runtime("the package prelude did not load")),
     }
-    let f = lua
-        .load(PACKAGE_PRELUDE)
-        .set_name(NAME.to_string_lossy())
-        .into_function()?;
-    let _ = PRELUDE_BYTECODE.set(f.dump(false));
-    Ok(f)
 }
 
 /// A read-only file handle over bytes the host read for the script.

@@ -29,6 +29,8 @@ use talc::DefaultBinning;
 const WINDOW: usize = 1 << 32;
 /// First mapping; each growth at least doubles what is mapped.
 const FIRST: usize = 1 << 20;
+/// The unit of growth.
+const GRAIN: usize = 1 << 16;
 /// Where the search for a free window starts (16 TiB: far above the executable and the
 /// brk heap, far below where the kernel puts ordinary mappings on x86-64 and aarch64).
 const SEARCH_FROM: usize = 1 << 44;
@@ -139,11 +141,14 @@ impl Arena {
     /// Maps more of the window (at least doubling it) to fit a `need`-byte request.
     #[cold]
     fn grow(&mut self, need: usize) -> bool {
+        // Whole 64 KiB units (a multiple of any page size), so each mapping starts on a
+        // page boundary.
         let want = self
             .mapped
             .saturating_add(need.saturating_add(FIRST))
             .max(self.mapped.saturating_mul(2))
-            .min(WINDOW);
+            .min(WINDOW)
+            & !(GRAIN - 1);
         if want <= self.mapped {
             return false;
         }
@@ -232,5 +237,23 @@ mod tests {
         // SAFETY: the block is live and 8 MiB long.
         let q = unsafe { a.realloc(p, 8 << 20, 20 << 20, 16) };
         assert!(!q.is_null() && a.contains(q));
+    }
+
+    #[test]
+    fn grows_by_small_requests() {
+        // A table's array doubling among many small objects, as Lua allocates.
+        let mut a = Arena::new().expect("an arena");
+        let mut array = a.alloc(16, 16);
+        let mut cap = 1usize;
+        for i in 0..100_000usize {
+            if i == cap {
+                // SAFETY: the live array block, `cap * 16` bytes long.
+                array = unsafe { a.realloc(array, cap * 16, cap * 32, 16) };
+                assert!(!array.is_null(), "array of {cap} at {i}");
+                cap *= 2;
+            }
+            assert!(!a.alloc(56, 16).is_null(), "object {i}, {} mapped", a.mapped);
+        }
+        assert_eq!(a.mapped % GRAIN, 0);
     }
 }
