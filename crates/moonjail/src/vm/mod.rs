@@ -57,7 +57,8 @@ impl Vm {
                 return Err(mlua::Error::runtime(
                     "deterministic mode is unavailable: this build of Lua does not take \
                      moonjail's string-hash seed (build with the CFLAGS of moonjail's \
-                     .cargo/config.toml)",
+                     .cargo/config.toml; a build made before them needs \
+                     `cargo clean -p mlua-sys`)",
                 ))
             }
             Some(_) => Some(arena::Arena::new().ok_or_else(|| {
