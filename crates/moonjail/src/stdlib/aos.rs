@@ -64,6 +64,7 @@ pub(crate) fn package(
     lua: &Lua,
     files: Arc<dyn FileSource>,
     builtin: Table,
+    deterministic: bool,
 ) -> mlua::Result<(Table, Function)> {
     let find = lua.create_function(move |lua, name: String| {
         Ok(match files.module(&name) {
@@ -76,7 +77,7 @@ pub(crate) fn package(
     let type_: Value = g.raw_get("type")?;
     let error: Value = g.raw_get("error")?;
     let tostring: Value = g.raw_get("tostring")?;
-    let prelude = prelude(lua)?;
+    let prelude = prelude(lua, deterministic)?;
     let note = lua.create_function(|lua, (name, found): (String, bool)| {
         crate::diag::note_require(lua, &name, found);
         Ok(())
@@ -88,23 +89,34 @@ pub(crate) fn package(
 /// state of a profile with `require` a third of its construction.
 static PRELUDE_BYTECODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
-/// The compiled prelude, loaded from the bytecode. The bytecode is compiled once per
-/// process in a scratch state, never in a sandbox's: compiling costs a state other
-/// allocations than loading does, and a deterministic state must allocate the same way
-/// whether or not it is the process's first (see vm/arena.rs). The bytecode is
-/// moonjail's own, never a script's, and is loaded through the C API (the sandbox's
-/// `load` refuses binary chunks, and so does mlua's safe mode).
-fn prelude(lua: &Lua) -> mlua::Result<Function> {
+/// The compiled prelude: compiled from its text the first time in a process, loaded from
+/// the bytecode that compile made afterwards. The bytecode is moonjail's own, never a
+/// script's, and is loaded through the C API (the sandbox's `load` refuses binary
+/// chunks, and so does mlua's safe mode).
+///
+/// A `deterministic` state never compiles it: compiling costs a state other allocations
+/// than loading does, and a deterministic state must allocate the same way whether or
+/// not it is the process's first (see vm/arena.rs), so the first compile is then made in
+/// a scratch state. Other states keep compiling in place (a scratch state would cost the
+/// process's first run ~0.2M instructions).
+fn prelude(lua: &Lua, deterministic: bool) -> mlua::Result<Function> {
     const NAME: &std::ffi::CStr = c"=[moonjail package]";
+    let compile = |lua: &Lua| {
+        lua.load(PACKAGE_PRELUDE)
+            .set_name(NAME.to_string_lossy())
+            .into_function()
+    };
     let code = match PRELUDE_BYTECODE.get() {
         Some(code) => code,
-        None => {
+        None if deterministic => {
             let scratch = Lua::new_with(mlua::StdLib::NONE, mlua::LuaOptions::new())?;
-            let f = scratch
-                .load(PACKAGE_PRELUDE)
-                .set_name(NAME.to_string_lossy())
-                .into_function()?;
+            let f = compile(&scratch)?;
             PRELUDE_BYTECODE.get_or_init(|| f.dump(false))
+        }
+        None => {
+            let f = compile(lua)?;
+            let _ = PRELUDE_BYTECODE.set(f.dump(false));
+            return Ok(f);
         }
     };
     // SAFETY: `exec_raw` runs the closure protected with room for one push;
