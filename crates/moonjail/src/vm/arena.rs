@@ -101,10 +101,8 @@ impl Arena {
     pub(crate) unsafe fn free(&mut self, p: *mut c_void, size: usize, align: usize) {
         // SAFETY: caller's contract.
         unsafe {
-            self.talc.deallocate(
-                p.cast(),
-                Layout::from_size_align_unchecked(size, align),
-            )
+            self.talc
+                .deallocate(p.cast(), Layout::from_size_align_unchecked(size, align))
         }
     }
 
@@ -172,6 +170,13 @@ impl Drop for Arena {
     }
 }
 
+/// Exactly there or not at all, without reserving swap for the whole mapping. Elsewhere
+/// than Linux the address is only a hint (checked below).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const PLACE_FLAGS: libc::c_int = libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const PLACE_FLAGS: libc::c_int = 0;
+
 /// Maps `len` read-write bytes at exactly `addr`, or nothing.
 fn map_at(addr: usize, len: usize) -> Option<*mut u8> {
     // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping (it fails with
@@ -182,7 +187,7 @@ fn map_at(addr: usize, len: usize) -> Option<*mut u8> {
             addr as *mut c_void,
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | PLACE_FLAGS,
             -1,
             0,
         )
@@ -252,7 +257,11 @@ mod tests {
                 assert!(!array.is_null(), "array of {cap} at {i}");
                 cap *= 2;
             }
-            assert!(!a.alloc(56, 16).is_null(), "object {i}, {} mapped", a.mapped);
+            assert!(
+                !a.alloc(56, 16).is_null(),
+                "object {i}, {} mapped",
+                a.mapped
+            );
         }
         assert_eq!(a.mapped % GRAIN, 0);
     }

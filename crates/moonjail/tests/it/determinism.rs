@@ -76,7 +76,10 @@ fn the_memory_limit_is_exact_on_the_arena() {
                 "{mode}: {a:?}"
             );
             assert!(a.stats.peak_memory_bytes <= limit, "{mode}: {a:?}");
-            assert!(a.stats.peak_memory_bytes > limit - (64 << 10), "{mode}: {a:?}");
+            assert!(
+                a.stats.peak_memory_bytes > limit - (64 << 10),
+                "{mode}: {a:?}"
+            );
             assert_eq!(
                 (a.stats.peak_memory_bytes, a.stats.memory_bytes),
                 (b.stats.peak_memory_bytes, b.stats.memory_bytes),
@@ -132,4 +135,3 @@ fn dropped_states_give_their_arena_back() {
     // Other tests of this binary may hold a few arenas of their own meanwhile.
     assert!(arena_mappings() <= before + 8, "{}", arena_mappings());
 }
-
