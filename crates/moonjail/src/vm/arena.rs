@@ -139,6 +139,10 @@ impl Arena {
     /// Maps more of the window (at least doubling it) to fit a `need`-byte request.
     #[cold]
     fn grow(&mut self, need: usize) -> bool {
+        // A request the rest of the window cannot hold fails without mapping it all.
+        if need > WINDOW - self.mapped {
+            return false;
+        }
         // Whole 64 KiB units (a multiple of any page size), so each mapping starts on a
         // page boundary.
         let want = self
@@ -242,6 +246,14 @@ mod tests {
         // SAFETY: the block is live and 8 MiB long.
         let q = unsafe { a.realloc(p, 8 << 20, 20 << 20, 16) };
         assert!(!q.is_null() && a.contains(q));
+    }
+
+    #[test]
+    fn a_request_past_the_window_fails_without_mapping_it() {
+        let mut a = Arena::new().expect("an arena");
+        assert!(a.alloc(WINDOW, 16).is_null());
+        assert_eq!(a.mapped, FIRST);
+        assert!(!a.alloc(64, 16).is_null());
     }
 
     #[test]
