@@ -74,6 +74,7 @@ fn new_vm(spec: &Spec) -> mlua::Result<Vm> {
     let vm = Vm::new(
         env::libs_for(profile),
         limits.memory_bytes.unwrap_or(usize::MAX),
+        spec.deterministic.map(|d| d.seed),
     )?;
     let ctl = vm.ctl();
     ctl.output_limit

@@ -108,7 +108,12 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
             let make = lua.create_function(|lua, ()| crate::stdlib::json::create(lua))?;
             builtin.raw_set("json", make)?;
         }
-        let (package, require) = aos::package(lua, opts.files.clone(), builtin)?;
+        let (package, require) = aos::package(
+            lua,
+            opts.files.clone(),
+            builtin,
+            opts.deterministic.is_some(),
+        )?;
         let loaded: Table = package.raw_get("loaded")?;
         for pair in g.pairs::<Value, Value>() {
             let (k, v) = pair?;
@@ -124,6 +129,7 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
     }
     if let Some(d) = opts.deterministic {
         aos::make_deterministic(lua, d)?;
+        crate::vm::close_light_functions(lua)?;
     }
     if opts.diagnostic {
         let mut libs: Vec<&str> = spec

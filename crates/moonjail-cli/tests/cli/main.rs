@@ -11,6 +11,7 @@ mod backstop;
 mod catalogue;
 mod contract;
 mod corpus;
+mod determinism;
 mod isolated;
 mod journal;
 mod json_errors;

@@ -64,6 +64,7 @@ pub(crate) fn package(
     lua: &Lua,
     files: Arc<dyn FileSource>,
     builtin: Table,
+    deterministic: bool,
 ) -> mlua::Result<(Table, Function)> {
     let find = lua.create_function(move |lua, name: String| {
         Ok(match files.module(&name) {
@@ -76,7 +77,7 @@ pub(crate) fn package(
     let type_: Value = g.raw_get("type")?;
     let error: Value = g.raw_get("error")?;
     let tostring: Value = g.raw_get("tostring")?;
-    let prelude = prelude(lua)?;
+    let prelude = prelude(lua, deterministic)?;
     let note = lua.create_function(|lua, (name, found): (String, bool)| {
         crate::diag::note_require(lua, &name, found);
         Ok(())
@@ -88,39 +89,57 @@ pub(crate) fn package(
 /// state of a profile with `require` a third of its construction.
 static PRELUDE_BYTECODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
-/// The compiled prelude: its text the first time, then the bytecode that compile made.
-/// The bytecode is moonjail's own, never a script's, and is loaded through the C API
-/// (the sandbox's `load` refuses binary chunks, and so does mlua's safe mode).
-fn prelude(lua: &Lua) -> mlua::Result<Function> {
+/// The compiled prelude: compiled from its text the first time in a process, loaded from
+/// the bytecode that compile made afterwards. The bytecode is moonjail's own, never a
+/// script's, and is loaded through the C API (the sandbox's `load` refuses binary
+/// chunks, and so does mlua's safe mode).
+///
+/// A `deterministic` state never compiles it: compiling costs a state other allocations
+/// than loading does, and a deterministic state must allocate the same way whether or
+/// not it is the process's first (see vm/arena.rs), so the first compile is then made in
+/// a scratch state. Other states keep compiling in place (a scratch state would cost the
+/// process's first run ~0.2M instructions).
+fn prelude(lua: &Lua, deterministic: bool) -> mlua::Result<Function> {
     const NAME: &std::ffi::CStr = c"=[moonjail package]";
-    if let Some(code) = PRELUDE_BYTECODE.get() {
-        // SAFETY: `exec_raw` runs the closure protected with room for one push;
-        // `luaL_loadbufferx` pushes the function (or an error message, turned into an
-        // error below) and the buffer outlives the call.
-        let loaded = unsafe {
-            lua.exec_raw::<Value>((), |l| {
-                let status = mlua::ffi::luaL_loadbufferx(
-                    l,
-                    code.as_ptr().cast(),
-                    code.len(),
-                    NAME.as_ptr(),
-                    c"b".as_ptr(),
-                );
-                if status != mlua::ffi::LUA_OK {
-                    mlua::ffi::lua_error(l);
-                }
-            })
-        }?;
-        if let Value::Function(f) = loaded {
+    let compile = |lua: &Lua| {
+        lua.load(PACKAGE_PRELUDE)
+            .set_name(NAME.to_string_lossy())
+            .into_function()
+    };
+    let code = match PRELUDE_BYTECODE.get() {
+        Some(code) => code,
+        None if deterministic => {
+            let scratch = Lua::new_with(mlua::StdLib::NONE, mlua::LuaOptions::new())?;
+            let f = compile(&scratch)?;
+            PRELUDE_BYTECODE.get_or_init(|| f.dump(false))
+        }
+        None => {
+            let f = compile(lua)?;
+            let _ = PRELUDE_BYTECODE.set(f.dump(false));
             return Ok(f);
         }
+    };
+    // SAFETY: `exec_raw` runs the closure protected with room for one push;
+    // `luaL_loadbufferx` pushes the function (or an error message, turned into an error
+    // below) and the buffer outlives the call.
+    let loaded = unsafe {
+        lua.exec_raw::<Value>((), |l| {
+            let status = mlua::ffi::luaL_loadbufferx(
+                l,
+                code.as_ptr().cast(),
+                code.len(),
+                NAME.as_ptr(),
+                c"b".as_ptr(),
+            );
+            if status != mlua::ffi::LUA_OK {
+                mlua::ffi::lua_error(l);
+            }
+        })
+    }?;
+    match loaded {
+        Value::Function(f) => Ok(f),
+        _ => Err(mlua::Error::runtime("the package prelude did not load")),
     }
-    let f = lua
-        .load(PACKAGE_PRELUDE)
-        .set_name(NAME.to_string_lossy())
-        .into_function()?;
-    let _ = PRELUDE_BYTECODE.set(f.dump(false));
-    Ok(f)
 }
 
 /// A read-only file handle over bytes the host read for the script.

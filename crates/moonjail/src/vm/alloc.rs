@@ -6,6 +6,12 @@
 //! mlua's allocator does not expose. mlua's allocator is put back before the state is
 //! closed, so its own bookkeeping (the box it frees on drop) stays consistent. mlua is
 //! pinned to an exact version in Cargo.toml because of this.
+//!
+//! A deterministic state gets [`arena_alloc`] instead: the same accounting, blocks from
+//! its private [`Arena`] (see arena.rs). Blocks that mlua allocated before it was
+//! installed stay where they are until Lua frees or resizes them (a resize moves them
+//! into the arena); such a state keeps its allocator through `lua_close`, since the
+//! arena's blocks cannot go back to the global allocator.
 
 use std::alloc::{self, Layout};
 use std::ffi::c_void;
@@ -13,6 +19,7 @@ use std::ptr;
 
 use mlua::ffi;
 
+use super::arena::Arena;
 use super::control::{Control, MemState};
 
 /// The allocator installed on every sandbox state: mlua's own allocator (the global Rust
@@ -101,18 +108,107 @@ fn settle_retry(mem: &mut MemState, block: *mut c_void, osize: usize, nsize: usi
 /// mlua's block alignment; both allocators must agree on it.
 const ALIGN: usize = ffi::SYS_MIN_ALIGN;
 
-/// The allocator pair we wrap, kept beside the control block.
+/// The allocator of a deterministic state: [`counting_alloc`]'s accounting, blocks from
+/// the state's arena.
+///
+/// # Safety
+/// `ud` must point to a live [`InArena`]; `block`/`osize` follow the `lua_Alloc` contract.
+unsafe extern "C" fn arena_alloc(
+    ud: *mut c_void,
+    block: *mut c_void,
+    osize: usize,
+    nsize: usize,
+) -> *mut c_void {
+    // SAFETY: `install` passes a boxed `InArena` that outlives the state (the wrapper
+    // owns it and is dropped after the state is closed); its `mem` points to the control
+    // block's `MemState`, which outlives it too. The allocator runs on the VM thread only
+    // and no other reference to either is alive meanwhile.
+    let st = unsafe { &mut *(ud as *mut InArena) };
+    // SAFETY: as above.
+    let mem = unsafe { &mut *st.mem };
+    if nsize == 0 {
+        if !block.is_null() {
+            mem.used = mem.used.saturating_sub(osize);
+            if st.arena.contains(block) {
+                // SAFETY: a live block of this arena, with the size Lua gave it.
+                unsafe { st.arena.free(block, osize, ALIGN) };
+            } else {
+                // SAFETY: a block from before the arena: mlua's allocator gave it, with
+                // this layout.
+                unsafe {
+                    alloc::dealloc(
+                        block.cast(),
+                        Layout::from_size_align_unchecked(osize, ALIGN),
+                    )
+                };
+            }
+        }
+        return ptr::null_mut();
+    }
+    let old = if block.is_null() { 0 } else { osize };
+    let used = mem.used.saturating_sub(old) + nsize;
+    if (used > mem.limit && nsize > old) || nsize > MAX_BLOCK {
+        return refuse(mem, block, osize, nsize);
+    }
+    if mem.pending.is_some() {
+        settle_retry(mem, block, osize, nsize);
+    }
+    let p = if block.is_null() {
+        st.arena.alloc(nsize, ALIGN)
+    } else if st.arena.contains(block) {
+        // SAFETY: a live block of this arena with its size `osize`; `nsize` is non-zero.
+        unsafe { st.arena.realloc(block, osize, nsize, ALIGN) }
+    } else {
+        let q = st.arena.alloc(nsize, ALIGN);
+        if !q.is_null() {
+            // SAFETY: `block` is a live block of mlua's allocator of `osize` bytes with
+            // this layout, `q` a distinct new one of `nsize`; the old one is freed once.
+            unsafe {
+                ptr::copy_nonoverlapping(block.cast::<u8>(), q.cast::<u8>(), osize.min(nsize));
+                alloc::dealloc(
+                    block.cast(),
+                    Layout::from_size_align_unchecked(osize, ALIGN),
+                );
+            }
+        }
+        q
+    };
+    // The arena's window is full: Lua keeps the old block and raises a memory error.
+    if !p.is_null() {
+        mem.used = used;
+        if used > mem.peak {
+            mem.peak = used;
+        }
+    }
+    p
+}
+
+/// What [`arena_alloc`] works on.
+struct InArena {
+    mem: *mut MemState,
+    arena: Arena,
+}
+
+/// The allocator pair we wrap, kept beside the control block, and a deterministic
+/// state's arena.
 pub(crate) struct Wrapped {
     inner: ffi::lua_Alloc,
     inner_ud: *mut c_void,
+    arena: Option<Box<InArena>>,
 }
 
-/// Installs the counting allocator on `l`. Returns the boxed wrapper, which must outlive
-/// the installation; pass it to [`uninstall`] before the state is closed.
+/// Installs the counting allocator on `l` (allocating from `arena` if there is one).
+/// Returns the boxed wrapper, which must outlive the installation and, with an arena,
+/// the state; pass it to [`uninstall`] before the state is closed.
 ///
 /// # Safety
 /// `l` must be a valid main state owned by the caller, `ctl` must outlive the wrapper.
-pub(crate) unsafe fn install(l: *mut ffi::lua_State, ctl: &Control, used: usize) -> Box<Wrapped> {
+pub(crate) unsafe fn install(
+    l: *mut ffi::lua_State,
+    ctl: &Control,
+    used: usize,
+    arena: Option<Arena>,
+) -> Box<Wrapped> {
     let mut inner_ud = ptr::null_mut();
     // SAFETY: `l` is a valid state (caller's contract).
     let inner = unsafe { ffi::lua_getallocf(l, &mut inner_ud) };
@@ -122,18 +218,37 @@ pub(crate) unsafe fn install(l: *mut ffi::lua_State, ctl: &Control, used: usize)
         mem.used = used;
         mem.peak = used;
     }
-    let wrapped = Box::new(Wrapped { inner, inner_ud });
-    // SAFETY: the control block is boxed (a stable address) and outlives the
-    // installation (caller's contract); `counting_alloc` reads it as a `MemState`.
-    unsafe { ffi::lua_setallocf(l, counting_alloc, ctl.mem.get().cast()) };
+    let mut wrapped = Box::new(Wrapped {
+        inner,
+        inner_ud,
+        arena: arena.map(|arena| {
+            Box::new(InArena {
+                mem: ctl.mem.get(),
+                arena,
+            })
+        }),
+    });
+    match wrapped.arena.as_deref_mut() {
+        // SAFETY: the `InArena` is boxed (a stable address) inside the wrapper, which
+        // outlives the state (caller's contract); `arena_alloc` reads it as an `InArena`.
+        Some(st) => unsafe { ffi::lua_setallocf(l, arena_alloc, (st as *mut InArena).cast()) },
+        // SAFETY: the control block is boxed (a stable address) and outlives the
+        // installation (caller's contract); `counting_alloc` reads it as a `MemState`.
+        None => unsafe { ffi::lua_setallocf(l, counting_alloc, ctl.mem.get().cast()) },
+    }
     wrapped
 }
 
-/// Puts the original allocator back.
+/// Puts the original allocator back, unless the state allocates from an arena: then
+/// `lua_close` must free through [`arena_alloc`], and mlua, no longer recognising its
+/// allocator, leaves its small allocator state (`MemoryState`, a few words) unfreed.
 ///
 /// # Safety
 /// `l` must be the state `wrapped` was installed on, still open.
 pub(crate) unsafe fn uninstall(l: *mut ffi::lua_State, wrapped: &Wrapped) {
+    if wrapped.arena.is_some() {
+        return;
+    }
     // SAFETY: restoring the allocator pair read from this same state in `install`.
     unsafe { ffi::lua_setallocf(l, wrapped.inner, wrapped.inner_ud) };
 }

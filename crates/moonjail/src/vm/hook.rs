@@ -574,7 +574,7 @@ mod tests {
     /// block-granular again.
     #[test]
     fn the_hook_count_layout_matches_lua() {
-        let vm = crate::vm::Vm::new(mlua::StdLib::NONE, usize::MAX).unwrap();
+        let vm = crate::vm::Vm::new(mlua::StdLib::NONE, usize::MAX, None).unwrap();
         assert!(count_layout_ok(vm.main_thread()));
         assert!(count_layout_ok_cached());
     }

@@ -2,10 +2,12 @@
 //! an opt-in shared instruction budget and captured output.
 
 mod alloc;
+mod arena;
 pub(crate) mod control;
 pub(crate) mod hook;
 pub(crate) mod load;
 pub(crate) mod output;
+pub(crate) mod seed;
 pub(crate) mod trace;
 pub(crate) mod watchdog;
 
@@ -31,8 +33,39 @@ pub(crate) struct Vm {
 
 impl Vm {
     /// Creates a state with `libs` opened and the counting allocator installed.
-    pub(crate) fn new(libs: StdLib, memory_limit: usize) -> mlua::Result<Vm> {
-        let lua = Lua::new_with(libs, LuaOptions::new())?;
+    ///
+    /// With `deterministic` (the run's seed), everything the script can observe is a
+    /// function of its inputs: the string-hash seed is derived from the run's seed (see
+    /// seed.rs), and the state allocates from a private arena (see arena.rs) from the
+    /// moment mlua hands it over, before the libraries are opened; the globals table,
+    /// which mlua made before that, is replaced by a copy made in the arena.
+    pub(crate) fn new(
+        libs: StdLib,
+        memory_limit: usize,
+        deterministic: Option<i64>,
+    ) -> mlua::Result<Vm> {
+        seed::arm(deterministic.map_or_else(seed::random, seed::derived));
+        let created = match deterministic {
+            None => Lua::new_with(libs, LuaOptions::new()),
+            Some(_) => Lua::new_with(StdLib::NONE, LuaOptions::new()),
+        };
+        let seeded = seed::disarm();
+        let lua = created?;
+        let arena = match deterministic {
+            None => None,
+            Some(_) if !seeded => {
+                return Err(mlua::Error::runtime(
+                    "deterministic mode is unavailable: this build of Lua does not take \
+                     moonjail's string-hash seed (build with the CFLAGS of moonjail's \
+                     .cargo/config.toml; a build made before them needs \
+                     `cargo clean -p mlua-sys`)",
+                ))
+            }
+            Some(_) => Some(arena::Arena::new().ok_or_else(|| {
+                mlua::Error::runtime("deterministic mode: no address window for the arena")
+            })?),
+        };
+        let in_arena = arena.is_some();
         // The embedded state is incremental by default; lua5.4 itself runs generational,
         // which is up to 2.5x faster on allocation-heavy code.
         lua.gc_set_mode(GcMode::Generational(GcGenParams::default()));
@@ -46,18 +79,31 @@ impl Vm {
         // and clear one.
         hook::count_layout_ok(main);
         let ctl = Control::new(memory_limit);
-        // SAFETY: `main` is this state's main thread; `ctl` is boxed and outlives the
-        // wrapper, which `Drop` uninstalls before closing the state.
-        let alloc = unsafe { alloc::install(main, &ctl, used) };
         // SAFETY: `entry_shim` follows the lua_CFunction protocol.
         let shim = unsafe { lua.create_c_function(hook::entry_shim) }?;
-        Ok(Vm {
+        // SAFETY: `main` is this state's main thread; `ctl` is boxed and outlives the
+        // wrapper, which `Drop` uninstalls before closing the state.
+        let alloc = unsafe { alloc::install(main, &ctl, used, arena) };
+        // From here on the state is only dropped through `Vm`'s `Drop`, which closes it
+        // before the allocator it now uses goes away.
+        let vm = Vm {
             lua: ManuallyDrop::new(lua),
             main,
             alloc: ManuallyDrop::new(alloc),
             ctl,
             shim: ManuallyDrop::new(shim),
-        })
+        };
+        if in_arena {
+            let lua = vm.lua();
+            lua.load_std_libs(libs)?;
+            let globals = lua.create_table()?;
+            for pair in lua.globals().pairs::<mlua::Value, mlua::Value>() {
+                let (k, v) = pair?;
+                globals.raw_set(k, v)?;
+            }
+            set_registry_globals(lua, &globals)?;
+        }
+        Ok(vm)
     }
 
     /// The state's main thread.
@@ -211,6 +257,105 @@ pub(crate) fn set_c_functions(
                 ffi::lua_pushcfunction(l, *f);
                 ffi::lua_rawset(l, 1);
             }
+        })
+    }
+}
+
+/// Replaces every light C function reachable through tables from the globals (and the
+/// string metatable) by a C closure of the same function (one nil upvalue, which no
+/// light function reads), the same closure wherever the function appears.
+///
+/// Lua hashes a light C function used as a table key by its code address, which ASLR
+/// moves in each process; a closure is an object in the state's memory, hashed like any
+/// other (see arena.rs). Only deterministic states need it. Functions that library code
+/// pushes anew at run time (`pairs` returns `next`, `ipairs` its iterator) stay light.
+pub(crate) fn close_light_functions(lua: &Lua) -> mlua::Result<()> {
+    // Stack slots of the walk.
+    const SEEN: i32 = 1;
+    const MEMO: i32 = 2;
+    const QUEUE: i32 = 3;
+    const TABLE: i32 = 4;
+    /// Queues the value on top once if it is a table, and pops it.
+    ///
+    /// # Safety
+    /// Inside the walk below, with 3 free stack slots.
+    unsafe fn enqueue(l: *mut ffi::lua_State, queued: &mut ffi::lua_Integer) {
+        // SAFETY: caller's contract; raw accesses to the walk's own tables.
+        unsafe {
+            if ffi::lua_type(l, -1) == ffi::LUA_TTABLE {
+                ffi::lua_pushvalue(l, -1);
+                if ffi::lua_rawget(l, SEEN) == ffi::LUA_TNIL {
+                    ffi::lua_pushvalue(l, -2);
+                    ffi::lua_pushboolean(l, 1);
+                    ffi::lua_rawset(l, SEEN);
+                    *queued += 1;
+                    ffi::lua_pushvalue(l, -2);
+                    ffi::lua_rawseti(l, QUEUE, *queued);
+                }
+                ffi::lua_pop(l, 1);
+            }
+            ffi::lua_pop(l, 1);
+        }
+    }
+    // SAFETY: `exec_raw` runs the closure in protected mode on an empty stack (a memory
+    // error raised by a push unwinds to it; the closure owns nothing with a destructor).
+    // The walk uses raw accesses only, so no metamethod runs; assigning to an existing
+    // field during `lua_next` is allowed. Every push is balanced before the loop's next
+    // turn (at most 4 slots above the walk's 4), and the stack is emptied at the end.
+    unsafe {
+        lua.exec_raw::<()>((), |l| {
+            ffi::lua_settop(l, 0);
+            ffi::lua_createtable(l, 0, 32); // SEEN: table -> true
+            ffi::lua_createtable(l, 0, 256); // MEMO: light function -> closure
+            ffi::lua_createtable(l, 32, 0); // QUEUE: tables to walk, in order
+            let mut queued: ffi::lua_Integer = 0;
+            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
+            enqueue(l, &mut queued);
+            ffi::lua_pushstring(l, c"".as_ptr());
+            if ffi::lua_getmetatable(l, -1) != 0 {
+                enqueue(l, &mut queued);
+            }
+            ffi::lua_pop(l, 1);
+            let mut next: ffi::lua_Integer = 1;
+            while next <= queued {
+                ffi::lua_rawgeti(l, QUEUE, next); // at TABLE
+                next += 1;
+                if ffi::lua_getmetatable(l, TABLE) != 0 {
+                    enqueue(l, &mut queued);
+                }
+                ffi::lua_pushnil(l);
+                while ffi::lua_next(l, TABLE) != 0 {
+                    // The key at 5, the value at 6.
+                    let mut light = None;
+                    if ffi::lua_iscfunction(l, -1) != 0 {
+                        if ffi::lua_getupvalue(l, -1, 1).is_null() {
+                            light = ffi::lua_tocfunction(l, -1);
+                        } else {
+                            ffi::lua_pop(l, 1);
+                        }
+                    }
+                    let Some(f) = light else {
+                        enqueue(l, &mut queued);
+                        continue;
+                    };
+                    ffi::lua_pushvalue(l, -1);
+                    if ffi::lua_rawget(l, MEMO) == ffi::LUA_TNIL {
+                        ffi::lua_pop(l, 1);
+                        ffi::lua_pushnil(l);
+                        ffi::lua_pushcclosure(l, f, 1);
+                        ffi::lua_pushvalue(l, -2);
+                        ffi::lua_pushvalue(l, -2);
+                        ffi::lua_rawset(l, MEMO);
+                    }
+                    // The closure at 7: TABLE[key] = closure, leaving the key.
+                    ffi::lua_pushvalue(l, -3);
+                    ffi::lua_insert(l, -2);
+                    ffi::lua_rawset(l, TABLE);
+                    ffi::lua_pop(l, 1);
+                }
+                ffi::lua_pop(l, 1);
+            }
+            ffi::lua_settop(l, 0);
         })
     }
 }

@@ -12,6 +12,7 @@ mod concurrency;
 mod containment;
 mod contract;
 mod deadline;
+mod determinism;
 mod diagnostics;
 mod escape;
 mod identity;

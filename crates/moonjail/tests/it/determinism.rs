@@ -1,0 +1,137 @@
+//! Deterministic states in the library: address-hashed keys come out in the same order
+//! in every state (each state allocates from its own 4 GiB-aligned arena), the memory
+//! limit stays exact on the arena, unlimited memory works, and arenas are given back.
+//! The cross-process proof (fresh processes, both isolation modes) is the CLI's
+//! `determinism` tests.
+
+use crate::support::{unusable, WORKER};
+use moonjail::{
+    Determinism, ErrorKind, Isolation, ProcessConfig, Sandbox, SandboxBuilder, WorkerPath,
+};
+use serde_json::Value as Json;
+
+const DET: Determinism = Determinism {
+    timestamp: 1_700_000_000,
+    seed: 7,
+};
+
+fn both(builder: impl Fn() -> SandboxBuilder) -> [(&'static str, Sandbox); 2] {
+    let config = ProcessConfig::builder()
+        .worker(WorkerPath::Path(WORKER.into()))
+        .allow_missing(unusable())
+        .pool_size(1)
+        .prespawn(0)
+        .build()
+        .unwrap();
+    [
+        ("in process", builder().build().unwrap()),
+        (
+            "isolated",
+            builder()
+                .isolation(Isolation::Process(config))
+                .build()
+                .unwrap(),
+        ),
+    ]
+}
+
+/// Object keys, string keys, then the order `pairs` visits them in.
+const ORDER: &str = r#"
+local t = {}
+for i = 1, 16 do t[{}] = "t" .. i; t[function() end] = "f" .. i; t["s" .. i] = "s" .. i end
+t[print] = "print"; t[string] = "string"; t[coroutine.create(print)] = "co"
+local o = {}
+for _, v in pairs(t) do o[#o + 1] = v end
+return table.concat(o, ",")
+"#;
+
+#[test]
+fn every_deterministic_state_visits_object_keys_in_one_order() {
+    // In one process each state's objects sit elsewhere on the heap: without the arena
+    // the orders differ from state to state. The first state of the process (which
+    // used to compile the package prelude itself, allocating differently) included.
+    let sb = Sandbox::builder().deterministic(Some(DET)).build().unwrap();
+    let first = sb.run(ORDER, &Json::Null).result.unwrap();
+    for _ in 0..5 {
+        let other = Sandbox::builder().deterministic(Some(DET)).build().unwrap();
+        assert_eq!(other.run(ORDER, &Json::Null).result.unwrap(), first);
+        assert_eq!(sb.run(ORDER, &Json::Null).result.unwrap(), first);
+    }
+}
+
+#[test]
+fn the_memory_limit_is_exact_on_the_arena() {
+    let grow = "local t = {} for i = 1, 1e7 do t[i] = ('x'):rep(20) .. i end";
+    for limit in [200 << 10, 1 << 20, 4 << 20] {
+        for (mode, sb) in both(|| {
+            Sandbox::builder()
+                .memory_limit(limit)
+                .deterministic(Some(DET))
+        }) {
+            let a = sb.run(grow, &Json::Null);
+            let b = sb.run(grow, &Json::Null);
+            assert_eq!(
+                a.error().map(|e| e.kind),
+                Some(ErrorKind::MemoryLimit),
+                "{mode}: {a:?}"
+            );
+            assert!(a.stats.peak_memory_bytes <= limit, "{mode}: {a:?}");
+            assert!(
+                a.stats.peak_memory_bytes > limit - (64 << 10),
+                "{mode}: {a:?}"
+            );
+            assert_eq!(
+                (a.stats.peak_memory_bytes, a.stats.memory_bytes),
+                (b.stats.peak_memory_bytes, b.stats.memory_bytes),
+                "{mode}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unlimited_deterministic_memory_grows_the_arena() {
+    for (mode, sb) in both(|| {
+        Sandbox::builder()
+            .no_memory_limit()
+            .deterministic(Some(DET))
+    }) {
+        // 64 MiB of strings and a table of a million entries: many times the arena's
+        // first mapping.
+        let out = sb.run(
+            "local s = {} for i = 1, 64 do s[i] = ('x'):rep(1 << 20) .. i end \
+             local t = {} for i = 1, 1e6 do t[i] = i end return #s + #t",
+            &Json::Null,
+        );
+        assert_eq!(
+            out.result.as_ref().ok(),
+            Some(&Json::from(1_000_064)),
+            "{mode}: {out:?}"
+        );
+        assert!(out.stats.peak_memory_bytes > 64 << 20, "{mode}: {out:?}");
+    }
+}
+
+/// Mappings in the range where arenas are placed (16 TiB up).
+fn arena_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('-').next())
+        .filter_map(|a| usize::from_str_radix(a, 16).ok())
+        .filter(|&a| (1usize << 44..1usize << 45).contains(&a))
+        .count()
+}
+
+#[test]
+fn dropped_states_give_their_arena_back() {
+    let sb = Sandbox::builder().deterministic(Some(DET)).build().unwrap();
+    let _ = sb.run("return 1", &Json::Null);
+    let before = arena_mappings();
+    for _ in 0..100 {
+        let out = sb.run("local t = {} for i = 1, 1e5 do t[i] = {} end", &Json::Null);
+        assert!(out.result.is_ok(), "{out:?}");
+    }
+    // Other tests of this binary may hold a few arenas of their own meanwhile.
+    assert!(arena_mappings() <= before + 8, "{}", arena_mappings());
+}
