@@ -519,7 +519,6 @@ async fn resume_run(
     let place = state.executors.place()?;
     let claim = state.suspended.claim(&caller.key, &id)?;
     let profile = claim.profile();
-    state.metrics.resumed();
     let (answer, answered) = oneshot::channel();
     let runtime = tokio::runtime::Handle::current();
     let suspended = state.suspended.clone();
@@ -557,6 +556,7 @@ async fn resume_run(
     let (outcome, response) = answered
         .await
         .map_err(|_| ApiError::internal("a resumed run's thread failed"))??;
+    state.metrics.resumed();
     state.metrics.outcome("resume", profile, &outcome);
     Ok(response)
 }

@@ -140,7 +140,7 @@ impl Metrics {
         let resumes = Counter::default();
         registry.register(
             "resumes",
-            "Suspended runs resumed with an answer (POST /v1/runs/{id}/resume)",
+            "Suspended runs resumed (POST /v1/runs/{id}/resume), counted once their outcome is answered",
             resumes.clone(),
         );
         let connections = Gauge::default();
