@@ -146,6 +146,7 @@ pub struct RunRequest {
 /// one of `answer` and `error`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(max_properties = 1)]
 pub struct ResumeRequest {
     /// The deferred tool's return value, as the script receives it (any JSON, `null`
     /// included).
@@ -154,6 +155,7 @@ pub struct ResumeRequest {
     pub answer: Option<Value>,
     /// The deferred tool's error instead: the script's call fails with this message
     /// (a `pcall` around it catches it).
+    #[schema(nullable = false)]
     pub error: Option<String>,
 }
 
@@ -344,6 +346,24 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// `ResumeRequest` has exactly one property: the derive sets its maximum, not its
+/// minimum. Applied to the whole document, once the routes have brought their schemas.
+struct ExactlyOne;
+
+impl utoipa::Modify for ExactlyOne {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut("ResumeRequest")
+        {
+            object.min_properties = Some(1);
+        }
+    }
+}
+
 /// Every route, with its OpenAPI description.
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -365,7 +385,10 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of [`routes`], as JSON.
 pub(crate) fn openapi_document() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    let mut document = routes().split_for_parts().1;
+    // After the routes: they bring the schemas.
+    utoipa::Modify::modify(&ExactlyOne, &mut document);
+    document
 }
 
 fn joined<T>(result: Result<T, tokio::task::JoinError>) -> Result<T, ApiError> {
