@@ -392,3 +392,24 @@ fn shutdown_gives_up_suspended_runs_in_process() {
 fn shutdown_gives_up_suspended_runs_isolated() {
     shutdown_gives_up(true);
 }
+
+/// Sessions do not suspend: a deferred call there ends the call as suspended, with
+/// nothing held to resume.
+#[test]
+fn a_deferred_call_in_a_session_is_not_held() {
+    let server = server(false);
+    let id = server.open_session(ALICE, &json!({}));
+    let answer = server.post(
+        &format!("/v1/sessions/{id}/exec"),
+        Some(ALICE),
+        &json!({"code": "return approve('x')"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["error"]["kind"], "suspended", "{}", answer.text);
+    assert!(
+        answer.body["error"]["value"]["run"].is_null(),
+        "{}",
+        answer.text
+    );
+    assert_eq!(server.state.suspended_runs(), 0);
+}
