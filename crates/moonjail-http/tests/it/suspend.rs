@@ -413,3 +413,51 @@ fn a_deferred_call_in_a_session_is_not_held() {
     );
     assert_eq!(server.state.suspended_runs(), 0);
 }
+
+/// Runs on a deferring sandbox take another path (in process, on the run's own thread):
+/// the limits and deep recursion hold there too, and the service stays healthy.
+#[test]
+fn limits_and_deep_recursion_hold_on_the_suspending_path() {
+    let server = server(false);
+    let cases = [
+        ("while true do end", json!({"timeout": "200ms"}), "timeout"),
+        (
+            "local t = {} while true do t[#t + 1] = string.rep('x', 4096) .. #t end",
+            json!({}),
+            "memory_limit",
+        ),
+        (
+            "local n = 0 while true do n = n + 1 end",
+            json!({"instructions": 100000}),
+            "instruction_limit",
+        ),
+        (
+            "local function f(n) return f(n + 1) + 1 end return f(1)",
+            json!({}),
+            "",
+        ),
+        (
+            "return load(string.rep('(', 100000) .. '1' .. string.rep(')', 100000))",
+            json!({}),
+            "",
+        ),
+        (
+            "local s = string.rep('{', 100000) return #s",
+            json!({}),
+            "ok",
+        ),
+    ];
+    for (code, limits, kind) in cases {
+        let doc = server.run(&json!({"code": code, "limits": limits}));
+        match kind {
+            "ok" => assert_eq!(doc["ok"], true, "{code}: {doc}"),
+            "" => assert!(
+                doc["error"]["kind"].is_string() || doc["ok"] == true,
+                "{code}: {doc}"
+            ),
+            kind => assert_eq!(doc["error"]["kind"], kind, "{code}: {doc}"),
+        }
+        let healthy = server.run(&json!({"code": "return 6 * 7"}));
+        assert_eq!(healthy["result"], 42, "after {code}: {healthy}");
+    }
+}
