@@ -28,8 +28,10 @@ cleanup() {
 trap cleanup EXIT
 key=$("$moonjail" keys add fuzz --keys "$work/keys" | grep -o 'mj_[A-Za-z0-9_-]*' | head -1)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# With a deferred tool, so runs go through the suspending path and the routes of
+# suspended runs (/v1/runs/{id}/...) are served.
 "$moonjail" serve --listen "127.0.0.1:$port" --keys "$work/keys" --timeout 1s \
-    --memory 16MiB > "$work/serve.log" 2>&1 &
+    --memory 16MiB --defer-tool approve > "$work/serve.log" 2>&1 &
 server=$!
 "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
     --wait-for-schema 30 \

@@ -113,12 +113,14 @@ pub struct SandboxArgs {
     ///   moonjail run -e 'return calc.add(2, 3)' --tool 'calc.add=sh add.sh'   # 5
     #[arg(long = "tool", value_name = "NAME=COMMAND", verbatim_doc_comment)]
     pub tool: Vec<String>,
-    /// Declare a deferred tool NAME (`run --journal` and `resume` only): a person or
-    /// another system answers it later. When the script calls it, the arguments are
-    /// checked (against its --tool-schema, if any), then the run stops there: the outcome
-    /// fails with error kind "suspended", the pending call {"name", "args", "journal"} as
-    /// the error's value, and exit status 3. `moonjail resume JOURNAL --answer JSON`
-    /// (or --error MESSAGE) continues it, in any process, later. Repeatable.
+    /// Declare a deferred tool NAME (`run --journal`, `resume` and `serve` only): a
+    /// person or another system answers it later. When the script calls it, the
+    /// arguments are checked (against its --tool-schema, if any), then the run stops
+    /// there: the outcome fails with error kind "suspended", the pending call {"name",
+    /// "args", "journal"} as the error's value, and exit status 3. `moonjail resume
+    /// JOURNAL --answer JSON` (or --error MESSAGE) continues it, in any process, later.
+    /// (`serve` holds the suspended run in memory instead: POST /v1/runs/{id}/resume.)
+    /// Repeatable.
     #[arg(long = "defer-tool", value_name = "NAME")]
     pub defer_tool: Vec<String>,
     /// Describe the --tool NAME with the JSON document in FILE, and check every call's
@@ -252,7 +254,8 @@ impl SandboxArgs {
         if let Some(name) = self.defer_tool.first() {
             bail!(
                 "--defer-tool {name:?}: `{command}` cannot suspend at a deferred call (only \
-                 `moonjail run --journal FILE` can, to be resumed with `moonjail resume`)"
+                 `moonjail run --journal FILE` can, to be resumed with `moonjail resume`, \
+                 and `moonjail serve`, to be resumed with POST /v1/runs/ID/resume)"
             );
         }
         Ok(())

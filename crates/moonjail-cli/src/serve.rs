@@ -44,6 +44,20 @@ pub struct ServeArgs {
     /// How long an unused session stays open.
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     pub session_idle: String,
+    /// With --defer-tool: how long a run suspended at a deferred tool call waits for its
+    /// answer (POST /v1/runs/ID/resume) before it is given up; it ends as suspended and
+    /// its id is a 404 from then on.
+    #[arg(long, value_name = "DURATION", default_value = "15m")]
+    pub suspend_timeout: String,
+    /// With --defer-tool: suspended runs held in all. A run that suspends past it is
+    /// given up at once (it ends as suspended) and answered 503, kind
+    /// too_many_suspended.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_suspended: usize,
+    /// With --defer-tool: suspended runs held per key. A run that suspends past it is
+    /// given up at once and answered 429, kind too_many_suspended.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_suspended_per_key: usize,
     /// Requests one key may have in flight at once (429 past it).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub key_concurrency: usize,
@@ -120,8 +134,8 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
              --insecure-no-auth on a loopback address"
         ),
     };
-    // Every executor keeps a worker ready.
-    args.sandbox.refuse_deferred("serve")?;
+    // --defer-tool is accepted: a run that calls a deferred tool is held in memory, to
+    // be resumed over HTTP. Every executor keeps a worker ready.
     let sandbox = args.sandbox.build_pooled(false, false, workers, workers)?;
     let mut config = Config::new(sandbox);
     config.auth = auth;
@@ -135,6 +149,11 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     config.session_idle = duration(&args.session_idle)
         .context("--session-idle")?
         .context("--session-idle: an idle timeout is required")?;
+    config.suspend_timeout = duration(&args.suspend_timeout)
+        .context("--suspend-timeout")?
+        .context("--suspend-timeout: a suspend timeout is required")?;
+    config.max_suspended = args.max_suspended;
+    config.max_suspended_per_key = args.max_suspended_per_key;
     config.key_concurrency = args.key_concurrency;
     config.rate_limit = args.rate.map(|per_second| RateLimit {
         per_second,

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use moonjail::{Outcome, RunOptions};
+use moonjail::{Outcome, Run, RunOptions, ToolError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -21,6 +21,7 @@ use crate::extract::{Caller, JsonBody};
 use crate::log::Logged;
 use crate::sessions::{rfc3339, Command, Job};
 use crate::state::AppState;
+use crate::suspended::{annotate, give_up, Claim, Registered};
 
 /// A size (`"16MiB"`, or a number of bytes) or a duration (`"500ms"`, `"2s"`, or a
 /// number of seconds), in the units of the CLI's flags; `"none"` for no limit.
@@ -139,6 +140,46 @@ pub struct RunRequest {
     /// The code may be an expression (`1 + 1`): tried as `return CODE` first.
     #[serde(default)]
     pub expression: bool,
+}
+
+/// `POST /v1/runs/{id}/resume`: the answer to a suspended run's pending call. Exactly
+/// one of `answer` and `error`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(max_properties = 1)]
+pub struct ResumeRequest {
+    /// The deferred tool's return value, as the script receives it (any JSON, `null`
+    /// included).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub answer: Option<Value>,
+    /// The deferred tool's error instead: the script's call fails with this message
+    /// (a `pcall` around it catches it).
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+}
+
+/// A field that is present, `null` included (`{"answer": null}` is an answer).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+impl ResumeRequest {
+    /// The answer for `Suspension::resume`, or a 400 naming the field.
+    fn into_answer(self) -> Result<Result<Value, ToolError>, ApiError> {
+        match (self.answer, self.error) {
+            (Some(answer), None) => Ok(Ok(answer)),
+            (None, Some(error)) => Ok(Err(ToolError::new(error))),
+            (Some(_), Some(_)) => Err(ApiError::bad_request(
+                "error: give either `answer` (the tool's result) or `error` (its error \
+                 message), not both",
+            )),
+            (None, None) => Err(ApiError::bad_request(
+                "answer: missing; give `answer` (the tool's result, any JSON) or `error` (its \
+                 error message)",
+            )),
+        }
+    }
 }
 
 /// `POST /v1/lint`: check a script against the sandbox a run would get, without running
@@ -285,7 +326,8 @@ impl IntoResponse for OutcomeResponse {
     ),
     modifiers(&BearerAuth),
     tags(
-        (name = "runs", description = "One script, one fresh sandbox"),
+        (name = "runs", description = "One script, one fresh sandbox; a run suspended at a \
+                                        deferred tool call waits for its answer"),
         (name = "sessions", description = "A persistent state, owned by the key that opened it"),
         (name = "service", description = "Health, readiness, metrics, this document")
     )
@@ -304,10 +346,30 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// `ResumeRequest` has exactly one property: the derive sets its maximum, not its
+/// minimum. Applied to the whole document, once the routes have brought their schemas.
+struct ExactlyOne;
+
+impl utoipa::Modify for ExactlyOne {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut("ResumeRequest")
+        {
+            object.min_properties = Some(1);
+        }
+    }
+}
+
 /// Every route, with its OpenAPI description.
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(run))
+        .routes(routes!(resume_run))
+        .routes(routes!(give_up_run))
         .routes(routes!(lint))
         .routes(routes!(open_session))
         .routes(routes!(close_session))
@@ -323,7 +385,10 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of [`routes`], as JSON.
 pub(crate) fn openapi_document() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    let mut document = routes().split_for_parts().1;
+    // After the routes: they bring the schemas.
+    utoipa::Modify::modify(&ExactlyOne, &mut document);
+    document
 }
 
 fn joined<T>(result: Result<T, tokio::task::JoinError>) -> Result<T, ApiError> {
@@ -335,23 +400,31 @@ fn joined<T>(result: Result<T, tokio::task::JoinError>) -> Result<T, ApiError> {
 /// The answer is the outcome document whether the script succeeded or not: a script's
 /// failure (`ok: false`, `error.kind`) is a 200. Other statuses are refusals, with an
 /// `{"error": {"kind", "message"}}` body.
+///
+/// On a server with deferred tools (`moonjail serve --defer-tool NAME`), a script that
+/// calls one stops there: the outcome has error kind `suspended`, and its `error.value`
+/// is the pending call `{"name", "args"}` with `"run"`, the suspended run's id for
+/// `POST /v1/runs/{id}/resume` and `DELETE /v1/runs/{id}`, and `"expires_at"` (RFC
+/// 3339), when it is given up unanswered. Past the caps of suspended runs, the run is
+/// given up at once (it ends as suspended) and the answer is a 429 (the key's cap) or a
+/// 503 (the service's), kind `too_many_suspended`.
 #[utoipa::path(
     post, path = "/v1/run", tag = "runs",
     request_body = RunRequest,
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The outcome document", body = moonjail::OutcomeDoc),
+        (status = 200, description = "The outcome document (error kind `suspended` at a deferred tool call, with `run` and `expires_at` in `error.value`)", body = moonjail::OutcomeDoc),
         (status = 400, description = "Malformed body, unknown profile, or a limit over the server's", body = ErrorBody),
         (status = 401, description = "No key, or not a valid one", body = ErrorBody),
         (status = 408, description = "The request took longer than the request timeout", body = ErrorBody),
         (status = 413, description = "The body is over the size limit", body = ErrorBody),
-        (status = 429, description = "The key's rate or concurrency limit", body = ErrorBody),
-        (status = 503, description = "Every executor is busy and the queue is full", body = ErrorBody),
+        (status = 429, description = "The key's rate or concurrency limit, or its cap of suspended runs", body = ErrorBody),
+        (status = 503, description = "Every executor is busy and the queue is full, or the service's cap of suspended runs", body = ErrorBody),
     )
 )]
 async fn run(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     JsonBody(request): JsonBody<RunRequest>,
 ) -> Result<OutcomeResponse, ApiError> {
     let sandbox = state.sandbox_for(request.profile.as_deref(), &request.limits)?;
@@ -359,6 +432,9 @@ async fn run(
     let place = state.executors.place()?;
     let (answer, answered) = oneshot::channel();
     let runtime = tokio::runtime::Handle::current();
+    let defers = state.defers;
+    let suspended = state.suspended.clone();
+    let owner = caller.key.clone();
     // On a runner thread: it waits for an executor there, so the thread that finishes a
     // run goes straight on to the next queued one.
     state.runners.submit(Box::new(move || {
@@ -369,17 +445,165 @@ async fn run(
             return;
         };
         let options = RunOptions::default().expression(request.expression);
-        let outcome = sandbox.run_with(request.code.as_bytes(), &request.input, &options);
+        if !defers {
+            let outcome = sandbox.run_with(request.code.as_bytes(), &request.input, &options);
+            drop(ticket);
+            // Written here, off the async threads: a deep result takes stack.
+            let response = OutcomeResponse::new(&outcome);
+            let _ = answer.send(Ok((outcome, response)));
+            return;
+        }
+        let run = sandbox.start(request.code.as_bytes(), &request.input, &options);
+        // A suspended run waits without an executor.
         drop(ticket);
-        // Written here, off the async threads: a deep result takes stack.
-        let response = OutcomeResponse::new(&outcome);
-        let _ = answer.send((outcome, response));
+        let settled = match run {
+            Run::Finished(outcome) => Ok((outcome, None)),
+            Run::Suspended(suspension) => {
+                let outcome = suspension.outcome();
+                match suspended.insert(&owner, profile, Box::new(suspension)) {
+                    Ok(registered) => Ok((outcome, Some(registered))),
+                    Err((refusal, suspension)) => {
+                        drop(suspension);
+                        Err(refusal)
+                    }
+                }
+            }
+        };
+        send_settled(&suspended, answer, settled);
     }));
     let (outcome, response) = answered
         .await
-        .map_err(|_| ApiError::internal("a run's thread failed"))?;
+        .map_err(|_| ApiError::internal("a run's thread failed"))??;
     state.metrics.outcome("run", profile, &outcome);
     Ok(response)
+}
+
+/// What a run or a resume answers.
+type Settled = Result<(Outcome, OutcomeResponse), ApiError>;
+
+/// Sends a started or resumed run's outcome (with the id and expiry of its suspension,
+/// if it suspended) to the request; a suspension whose request went away is given up, as
+/// nobody could know its id.
+fn send_settled(
+    suspended: &crate::suspended::SuspendedRuns,
+    answer: oneshot::Sender<Settled>,
+    settled: Result<(Outcome, Option<Registered>), ApiError>,
+) {
+    let (mut outcome, registered) = match settled {
+        Ok(settled) => settled,
+        Err(refusal) => {
+            let _ = answer.send(Err(refusal));
+            return;
+        }
+    };
+    if let Some(registered) = &registered {
+        annotate(&mut outcome, registered);
+    }
+    // Written here, off the async threads: a deep result takes stack.
+    let response = OutcomeResponse::new(&outcome);
+    if answer.send(Ok((outcome, response))).is_err() {
+        if let Some(registered) = registered {
+            drop(suspended.forget(&registered.id));
+        }
+    }
+}
+
+/// Resumes a suspended run: the answer (or error) goes to the script as its deferred
+/// tool call's result, and the run goes on to its end or its next deferred call.
+///
+/// The answer is the outcome document, as `POST /v1/run`'s: the run's end, or, at its
+/// next deferred call, error kind `suspended` again, with a new id in `error.value.run`
+/// (each id answers one pending call: a second resume of the same id is a 404). A run
+/// resumed by another key, unknown, expired, given up, or already resumed is a 404.
+/// Resuming waits for an executor as a run does.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/resume", tag = "runs",
+    params(("id" = String, Path, description = "The suspended run's id (`error.value.run` of its outcome)")),
+    request_body = ResumeRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The outcome document (error kind `suspended` again at the next deferred call, with a new `run` id)", body = moonjail::OutcomeDoc),
+        (status = 400, description = "Malformed body: not exactly one of `answer` and `error`", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one", body = ErrorBody),
+        (status = 404, description = "No such suspended run for this key (unknown, expired, given up or already resumed)", body = ErrorBody),
+        (status = 408, description = "The request took longer than the request timeout", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 429, description = "The key's rate or concurrency limit", body = ErrorBody),
+        (status = 503, description = "Every executor is busy and the queue is full, or the service is stopping", body = ErrorBody),
+    )
+)]
+async fn resume_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<ResumeRequest>,
+) -> Result<OutcomeResponse, ApiError> {
+    let reply = request.into_answer()?;
+    let place = state.executors.place()?;
+    let claim = state.suspended.claim(&caller.key, &id)?;
+    let profile = claim.profile();
+    let (answer, answered) = oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
+    let suspended = state.suspended.clone();
+    state.runners.submit(Box::new(move || {
+        let mut answer = answer;
+        let mut claim: Claim = claim;
+        // The request went away while waiting: the claim, dropped, puts the run back.
+        let Some(ticket) = place.wait_blocking(&runtime, answer.closed()) else {
+            return;
+        };
+        let Some(suspension) = claim.take() else {
+            let _ = answer.send(Err(ApiError::internal("the suspended run was taken twice")));
+            return;
+        };
+        let run = (*suspension).resume(reply);
+        drop(ticket);
+        let settled = match run {
+            Run::Finished(outcome) => {
+                claim.finish();
+                Ok((outcome, None))
+            }
+            Run::Suspended(suspension) => {
+                let outcome = suspension.outcome();
+                match claim.suspend_again(Box::new(suspension)) {
+                    Ok(registered) => Ok((outcome, Some(registered))),
+                    Err((refusal, suspension)) => {
+                        drop(suspension);
+                        Err(refusal)
+                    }
+                }
+            }
+        };
+        send_settled(&suspended, answer, settled);
+    }));
+    let (outcome, response) = answered
+        .await
+        .map_err(|_| ApiError::internal("a resumed run's thread failed"))??;
+    state.metrics.resumed();
+    state.metrics.outcome("resume", profile, &outcome);
+    Ok(response)
+}
+
+/// Gives up a suspended run: it ends as suspended, and its id is forgotten.
+#[utoipa::path(
+    delete, path = "/v1/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "The suspended run's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Given up"),
+        (status = 401, description = "No key, or not a valid one", body = ErrorBody),
+        (status = 404, description = "No such suspended run for this key (unknown, expired, given up, or resumed)", body = ErrorBody),
+        (status = 429, description = "The key's rate or concurrency limit", body = ErrorBody),
+    )
+)]
+async fn give_up_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let suspension = state.suspended.remove(&caller.key, &id)?;
+    give_up(vec![suspension]);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Checks a script against the sandbox a run would get, without running it: syntax

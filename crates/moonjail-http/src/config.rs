@@ -54,6 +54,16 @@ pub struct Config {
     pub max_sessions_per_key: usize,
     /// How long a session may sit unused before it is closed. By default, 10 minutes.
     pub session_idle: Duration,
+    /// How long a run suspended at a deferred tool call (a sandbox with
+    /// `SandboxBuilder::defer_tool`) waits for its answer before it is given up (it
+    /// ends as suspended). By default, 15 minutes.
+    pub suspend_timeout: Duration,
+    /// Suspended runs held in all; a run that suspends past it is given up and answered
+    /// 503. By default, 256.
+    pub max_suspended: usize,
+    /// Suspended runs held per key; a run that suspends past it is given up and answered
+    /// 429. By default, 16.
+    pub max_suspended_per_key: usize,
     /// Requests one key may have in flight at once; past it, 429. By default, 64.
     pub key_concurrency: usize,
     /// Each key's request rate. By default, none.
@@ -103,6 +113,9 @@ impl Config {
             max_sessions: 256,
             max_sessions_per_key: 16,
             session_idle: Duration::from_secs(600),
+            suspend_timeout: Duration::from_secs(900),
+            max_suspended: 256,
+            max_suspended_per_key: 16,
             key_concurrency: 64,
             rate_limit: None,
             shutdown_grace: Duration::from_secs(10),
@@ -142,6 +155,9 @@ impl Config {
         }
         if self.session_idle.is_zero() {
             return bad("session idle timeout: must be greater than zero");
+        }
+        if self.suspend_timeout.is_zero() {
+            return bad("suspend timeout: must be greater than zero");
         }
         if let Some(rate) = self.rate_limit {
             if !(rate.per_second.is_finite() && rate.per_second > 0.0) || rate.burst == 0 {

@@ -22,7 +22,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable category: `bad_request`, `unauthorized`, `not_found`,
-    /// `method_not_allowed`, `request_timeout`, `payload_too_large`, `rate_limited`, `too_many_requests`, `too_many_sessions`, `overloaded`,
+    /// `method_not_allowed`, `request_timeout`, `payload_too_large`, `rate_limited`,
+    /// `too_many_requests`, `too_many_sessions`, `too_many_suspended`, `overloaded`,
     /// `session_closed`, `shutting_down`, `unavailable`, `internal`.
     pub kind: String,
     /// What happened, naming the field, the limit or the key problem.

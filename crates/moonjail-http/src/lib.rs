@@ -10,6 +10,12 @@
 //!   `has_function`, and `DELETE /v1/sessions/{id}`. Each lives on a thread of its own
 //!   (isolated: in a worker process of its own), belongs to the key that opened it (any
 //!   other key gets 404), and closes when idle.
+//! - Human approval: on a sandbox with deferred tools (`SandboxBuilder::defer_tool`), a
+//!   run that calls one answers the outcome of kind `suspended` with the pending call and
+//!   `"run"`, an id, in `error.value`; `POST /v1/runs/{id}/resume` `{answer}` or
+//!   `{error}` continues it, `DELETE /v1/runs/{id}` gives it up. Held in memory, owned by
+//!   the key that started it, given up after [`Config::suspend_timeout`], capped by
+//!   [`Config::max_suspended`] and [`Config::max_suspended_per_key`].
 //! - `GET /healthz`, `/readyz`, `/metrics` (OpenMetrics), `/openapi.json`.
 //!
 //! Requests carry `Authorization: Bearer KEY` ([`KeyStore`]); each key has a concurrency
@@ -49,10 +55,12 @@ mod runners;
 mod server;
 mod sessions;
 mod state;
+mod suspended;
 
 pub use api::{
     CallRequest, EvalRequest, ExecRequest, HasFunctionAnswer, HasFunctionRequest, Health,
-    LimitsRequest, LintRequest, OpenSessionRequest, Quantity, RunRequest, SessionCreated,
+    LimitsRequest, LintRequest, OpenSessionRequest, Quantity, ResumeRequest, RunRequest,
+    SessionCreated,
 };
 pub use config::{Auth, Config, RateLimit, DEFAULT_MAX_BODY};
 pub use error::{ApiError, Error, ErrorBody, ErrorDetail, RateLimitInfo, Result};

@@ -1,7 +1,8 @@
 //! The service's Prometheus metrics (`GET /metrics`, OpenMetrics text): runs by profile
 //! and outcome kind, their latency, limit hits by kind, tool calls, connections closed
 //! for being idle or slow, and the gauges of the moment (queue depth, executors busy,
-//! pool size, live sessions, open connections).
+//! pool size, live sessions, suspended runs, open connections), and resumes of suspended
+//! runs.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,7 +16,7 @@ use moonjail::Outcome;
 /// What a run is counted under.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabels {
-    /// `run` or `session`.
+    /// `run`, `resume` (a suspended run resumed) or `session`.
     mode: &'static str,
     profile: &'static str,
     /// `ok`, or the error kind.
@@ -52,6 +53,8 @@ pub(crate) struct Metrics {
     running: Gauge,
     pool_size: Gauge,
     live_sessions: Gauge,
+    suspended_runs: Gauge,
+    resumes: Counter,
     connections: Gauge,
     connections_expired: Family<PhaseLabels, Counter>,
 }
@@ -71,6 +74,7 @@ pub(crate) struct Snapshot {
     pub(crate) running: usize,
     pub(crate) pool_size: usize,
     pub(crate) live_sessions: usize,
+    pub(crate) suspended_runs: usize,
 }
 
 fn gauge(value: usize) -> i64 {
@@ -127,6 +131,18 @@ impl Metrics {
         );
         let live_sessions = Gauge::default();
         registry.register("live_sessions", "Open sessions", live_sessions.clone());
+        let suspended_runs = Gauge::default();
+        registry.register(
+            "suspended_runs",
+            "Runs suspended at a deferred tool call, held for their answer (or being resumed)",
+            suspended_runs.clone(),
+        );
+        let resumes = Counter::default();
+        registry.register(
+            "resumes",
+            "Suspended runs resumed (POST /v1/runs/{id}/resume), counted once their outcome is answered",
+            resumes.clone(),
+        );
         let connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -151,6 +167,8 @@ impl Metrics {
             running,
             pool_size,
             live_sessions,
+            suspended_runs,
+            resumes,
             connections,
             connections_expired,
         }
@@ -194,6 +212,11 @@ impl Metrics {
         }
     }
 
+    /// Counts one resume of a suspended run.
+    pub(crate) fn resumed(&self) {
+        self.resumes.inc();
+    }
+
     /// Counts one answered request.
     pub(crate) fn request(&self, route: &str, status: u16) {
         self.requests
@@ -210,6 +233,7 @@ impl Metrics {
         self.running.set(gauge(now.running));
         self.pool_size.set(gauge(now.pool_size));
         self.live_sessions.set(gauge(now.live_sessions));
+        self.suspended_runs.set(gauge(now.suspended_runs));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)

@@ -107,7 +107,8 @@ impl Server {
 
     /// Serves until `shutdown` completes; then stops accepting, lets requests in flight
     /// finish within the configured grace period, cancels what is still running, closes
-    /// every session (isolated: kills their workers) and returns. Warms up (for
+    /// every session (isolated: kills their workers), gives up every suspended run (each
+    /// ends as suspended) and returns. Warms up (for
     /// `/readyz`) and expires idle sessions in the background meanwhile.
     ///
     /// Each connection is closed when it sits idle longer than
@@ -124,7 +125,7 @@ impl Server {
         });
         let reaper = tokio::spawn({
             let state = state.clone();
-            let every = (state.sessions.idle() / 4)
+            let every = (state.sessions.idle().min(state.suspended.timeout()) / 4)
                 .clamp(Duration::from_millis(50), Duration::from_secs(10));
             async move {
                 let mut tick = tokio::time::interval(every);
@@ -133,6 +134,14 @@ impl Server {
                     let closed = state.sessions.expire();
                     if closed > 0 {
                         tracing::info!(closed, "closed idle sessions");
+                    }
+                    let expired = state.suspended.expire();
+                    if !expired.is_empty() {
+                        tracing::info!(
+                            given_up = expired.len(),
+                            "gave up suspended runs unanswered past the suspend timeout"
+                        );
+                        crate::suspended::give_up(expired);
                     }
                 }
             }
@@ -208,7 +217,23 @@ impl Server {
         warm.abort();
         reaper.abort();
         state.sessions.clear();
+        give_up_suspended(&state, grace).await;
         Ok(())
+    }
+}
+
+/// Gives up every suspended run (each ends as suspended; in process, its thread is told
+/// and joined), waiting at most `grace` for their threads: a stop never hangs on them.
+async fn give_up_suspended(state: &AppState, grace: Duration) {
+    let runs = state.suspended.close();
+    if runs.is_empty() {
+        return;
+    }
+    let count = runs.len();
+    let dropped = tokio::task::spawn_blocking(move || drop(runs));
+    match tokio::time::timeout(grace.max(Duration::from_millis(100)), dropped).await {
+        Ok(_) => tracing::info!(count, "gave up the suspended runs"),
+        Err(_) => tracing::warn!(count, "suspended runs still ending after the grace period"),
     }
 }
 

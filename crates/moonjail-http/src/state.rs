@@ -15,6 +15,7 @@ use crate::error::{ApiError, Error};
 use crate::metrics::{Metrics, Snapshot};
 use crate::runners::Runners;
 use crate::sessions::Sessions;
+use crate::suspended::SuspendedRuns;
 
 /// The stack of every thread that runs Lua or parses a request: deep enough for the Lua
 /// C stack and for deeply nested JSON.
@@ -33,6 +34,10 @@ pub struct Inner {
     pub(crate) runners: Runners,
     pub(crate) key_limits: KeyLimits,
     pub(crate) sessions: Sessions,
+    /// Runs suspended at a deferred tool call, waiting for their answer.
+    pub(crate) suspended: Arc<SuspendedRuns>,
+    /// The sandbox has deferred tools: runs go through `Sandbox::start`.
+    pub(crate) defers: bool,
     pub(crate) metrics: Metrics,
     ready: AtomicBool,
     stopping: AtomicBool,
@@ -77,6 +82,15 @@ impl AppState {
                     config.max_sessions_per_key,
                     config.session_idle,
                 ),
+                suspended: Arc::new(SuspendedRuns::new(
+                    config.max_suspended,
+                    config.max_suspended_per_key,
+                    config.suspend_timeout,
+                )),
+                defers: config
+                    .sandbox
+                    .tools()
+                    .is_some_and(|tools| tools.deferred().next().is_some()),
                 metrics: Metrics::new(),
                 ready: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
@@ -109,6 +123,12 @@ impl AppState {
     /// Sessions open now.
     pub fn live_sessions(&self) -> usize {
         self.sessions.live()
+    }
+
+    /// Runs suspended at a deferred tool call now, waiting for their answer (or being
+    /// resumed).
+    pub fn suspended_runs(&self) -> usize {
+        self.suspended.live()
     }
 
     /// Marks the service as stopping: `/readyz` answers 503 from now on.
@@ -152,6 +172,7 @@ impl AppState {
             running: self.executors.running(),
             pool_size: self.executors.workers(),
             live_sessions: self.sessions.live(),
+            suspended_runs: self.suspended.live(),
         })
     }
 

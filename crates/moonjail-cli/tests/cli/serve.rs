@@ -210,3 +210,86 @@ fn serve_closes_a_connection_whose_head_is_slower_than_header_timeout() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("--header-timeout"), "{}", out.stderr);
 }
+
+/// A JSON POST as `key` over a fresh connection: the status and the body as JSON.
+fn post(addr: &str, key: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, text) = http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    let doc = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, doc)
+}
+
+#[test]
+fn serve_defer_tool_suspends_a_run_and_resumes_it_over_http() {
+    let dir = TempDir::new();
+    let key = moonjail(&dir, &["keys", "add", "ci", "--keys", "k.txt"], None)
+        .stdout
+        .trim()
+        .to_string();
+    let isolate = crate::support::isolate_flags();
+    for isolated in [false, true] {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--keys",
+            "k.txt",
+            "--workers",
+            "1",
+            "--defer-tool",
+            "approve",
+            "--suspend-timeout",
+            "1m",
+            "--max-suspended-per-key",
+            "4",
+        ];
+        if isolated {
+            args.extend(isolate.iter().map(String::as_str));
+        }
+        let (child, addr, log) = start_serve(&dir, &args);
+        let (status, doc) = post(
+            &addr,
+            &key,
+            "/v1/run",
+            r#"{"code": "local r = approve({amount = (...).n}) return r.id .. '!'", "input": {"n": 5}}"#,
+        );
+        assert_eq!(status, 200, "isolated {isolated}: {doc}");
+        assert_eq!(doc["error"]["kind"], "suspended", "{doc}");
+        assert_eq!(doc["error"]["value"]["args"][0]["amount"], 5, "{doc}");
+        let id = doc["error"]["value"]["run"].as_str().unwrap().to_string();
+        let resume = format!("/v1/runs/{id}/resume");
+        let (status, doc) = post(&addr, &key, &resume, r#"{"answer": {"id": "tx-1"}}"#);
+        assert_eq!(status, 200, "isolated {isolated}: {doc}");
+        assert_eq!(doc["result"], "tx-1!", "{doc}");
+        let (status, doc) = post(&addr, &key, &resume, r#"{"answer": {"id": "tx-2"}}"#);
+        assert_eq!(status, 404, "{doc}");
+        // One left suspended: the stop gives it up and still exits 0.
+        let (status, _) = post(&addr, &key, "/v1/run", r#"{"code": "return approve()"}"#);
+        assert_eq!(status, 200);
+        let (status, log) = stop_serve(child, log);
+        assert_eq!(status.code(), Some(0), "{log}");
+    }
+    // The flags are checked; `session` and `mcp` still refuse --defer-tool.
+    let out = moonjail(
+        &dir,
+        &["serve", "--insecure-no-auth", "--suspend-timeout", "none"],
+        None,
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("--suspend-timeout"), "{}", out.stderr);
+    for command in ["session", "mcp"] {
+        let out = moonjail(&dir, &[command, "--defer-tool", "approve"], None);
+        assert_eq!(out.code, Some(2), "{command}: {out:?}");
+        assert!(
+            out.stderr.contains("cannot suspend"),
+            "{command}: {}",
+            out.stderr
+        );
+    }
+}

@@ -12,3 +12,4 @@ mod service;
 mod sessions;
 mod slow_clients;
 mod support;
+mod suspend;

@@ -10,8 +10,10 @@ use serde_json::{json, Value as Json};
 use crate::support::{config, sandbox, Answer, TestServer, ALICE};
 
 /// Every route, as (method, path template).
-const ROUTES: [(&str, &str); 12] = [
+const ROUTES: [(&str, &str); 14] = [
     ("post", "/v1/run"),
+    ("post", "/v1/runs/{id}/resume"),
+    ("delete", "/v1/runs/{id}"),
     ("post", "/v1/lint"),
     ("post", "/v1/sessions"),
     ("delete", "/v1/sessions/{id}"),
@@ -25,7 +27,7 @@ const ROUTES: [(&str, &str); 12] = [
     ("get", "/openapi.json"),
 ];
 
-fn document(server: &TestServer) -> Json {
+pub(crate) fn document(server: &TestServer) -> Json {
     let answer = server.get("/openapi.json", None);
     assert_eq!(answer.status, 200);
     answer.body
@@ -46,7 +48,7 @@ fn response_schema(doc: &Json, method: &str, path: &str, status: u16) -> Option<
 
 /// Asserts that `answer` is one of the document's responses for `method path`, and
 /// matches its schema.
-fn assert_documented(doc: &Json, method: &str, path: &str, answer: &Answer) {
+pub(crate) fn assert_documented(doc: &Json, method: &str, path: &str, answer: &Answer) {
     assert!(
         answer.status < 500,
         "{method} {path}: {} {}",

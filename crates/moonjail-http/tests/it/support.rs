@@ -70,6 +70,27 @@ pub fn isolated_sandbox(pool: usize) -> Sandbox {
         .unwrap()
 }
 
+/// A sandbox with the deferred tool `approve` (a person answers it) and the live tool
+/// `note`, in process or isolated.
+pub fn deferring_sandbox(isolated: bool) -> Sandbox {
+    let mut builder = Sandbox::builder()
+        .timeout(Duration::from_secs(5))
+        .memory_limit(16 << 20)
+        .tool("note", |args| Ok(serde_json::json!({"noted": args})))
+        .defer_tool("approve");
+    if isolated {
+        let process = ProcessConfig::builder()
+            .worker(WorkerPath::Path(WORKER.into()))
+            .pool_size(2)
+            .prespawn(1)
+            .allow_missing(unusable())
+            .build()
+            .unwrap();
+        builder = builder.isolation(Isolation::Process(process));
+    }
+    builder.build().unwrap()
+}
+
 /// A running service and its runtime; stopped when dropped.
 pub struct TestServer {
     pub base: String,
