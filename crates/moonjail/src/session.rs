@@ -57,24 +57,13 @@ impl Sandbox {
     ///
     /// # Errors
     /// An `internal` error if the state cannot be built (or `memory_limit` if the limit
-    /// is too small for the environment), or, isolated, if no worker can be started; an
-    /// `input` error for a sandbox with deferred tools (a session call cannot be
-    /// suspended and resumed: only a run can, see [`Sandbox::start`]).
+    /// is too small for the environment), or, isolated, if no worker can be started.
+    ///
+    /// A session call that calls a deferred tool ([`crate::SandboxBuilder::defer_tool`])
+    /// ends there as `suspended`, with the pending call in its error's value, and cannot
+    /// be resumed (only a run can: [`Sandbox::start`], [`Sandbox::run_journaled`]); the
+    /// session stays open, its state as the call left it.
     pub fn session(&self) -> Result<Session, Error> {
-        if let Some(name) = self
-            .host()
-            .tools
-            .as_deref()
-            .and_then(|t| t.deferred().next())
-        {
-            return Err(Error::new(
-                ErrorKind::Input,
-                format!(
-                    "the sandbox has the deferred tool `{name}`: sessions cannot suspend at \
-                     a deferred call (runs can: Sandbox::start, Sandbox::run_journaled)"
-                ),
-            ));
-        }
         #[cfg(all(target_os = "linux", feature = "isolation"))]
         if let Some(opened) = self
             .isolated()

@@ -680,6 +680,14 @@ fn attachments(sandbox: &Sandbox) -> (Vec<String>, Option<ToolQuota>, bool, bool
 /// unrecorded until told otherwise).
 fn open(sandbox: &Sandbox, spec: Spec) -> Result<(Session, Arc<Taps>), JournalError> {
     let host = sandbox.host();
+    // A session call cannot be resumed: a deferred tool would leave the journal with a
+    // `suspend` line no restore could answer.
+    if let Some(name) = host.tools.as_deref().and_then(|t| t.deferred().next()) {
+        return Err(JournalError::Session(format!(
+            "the sandbox has the deferred tool `{name}`: a session cannot be journaled with \
+             deferred tools (only a run can suspend and resume)"
+        )));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let taps = Arc::new(Taps {
         mode: Mutex::new(Mode::Live(None)),
