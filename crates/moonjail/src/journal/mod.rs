@@ -977,6 +977,17 @@ impl Attached<'_> {
     }
 }
 
+/// The bytes of a journal from `reader`, refused past `limit` (read no further).
+pub(super) fn read_bounded(reader: impl Read, limit: Option<u64>) -> Result<Vec<u8>, JournalError> {
+    let mut bytes = Vec::new();
+    let max = limit.map_or(u64::MAX, |l| l.saturating_add(1));
+    reader.take(max).read_to_end(&mut bytes)?;
+    match limit {
+        Some(limit) if bytes.len() as u64 > limit => Err(JournalError::TooLarge { limit }),
+        _ => Ok(bytes),
+    }
+}
+
 impl Journal {
     /// Reads a journal from `reader`, at most `limit` bytes (`None`: no limit).
     ///
@@ -984,15 +995,7 @@ impl Journal {
     /// [`JournalError::Io`], [`JournalError::TooLarge`], and [`JournalError::Corrupt`]
     /// naming the line for anything that is not a complete journal of this version.
     pub fn read(reader: impl Read, limit: Option<u64>) -> Result<Journal, JournalError> {
-        let mut bytes = Vec::new();
-        let max = limit.map_or(u64::MAX, |l| l.saturating_add(1));
-        reader.take(max).read_to_end(&mut bytes)?;
-        if let Some(limit) = limit {
-            if bytes.len() as u64 > limit {
-                return Err(JournalError::TooLarge { limit });
-            }
-        }
-        Journal::parse(&bytes)
+        Journal::parse(&read_bounded(reader, limit)?)
     }
 
     /// Parses the bytes of a journal.

@@ -918,15 +918,7 @@ impl SessionJournal {
     /// a run journal, and [`JournalError::Corrupt`] naming the line for anything else
     /// that is not a session journal of this version.
     pub fn read(reader: impl Read, limit: Option<u64>) -> Result<SessionJournal, JournalError> {
-        let mut bytes = Vec::new();
-        let max = limit.map_or(u64::MAX, |l| l.saturating_add(1));
-        reader.take(max).read_to_end(&mut bytes)?;
-        if let Some(limit) = limit {
-            if bytes.len() as u64 > limit {
-                return Err(JournalError::TooLarge { limit });
-            }
-        }
-        SessionJournal::parse(bytes)
+        SessionJournal::parse(super::read_bounded(reader, limit)?)
     }
 
     /// Parses the bytes of a session journal.
