@@ -801,6 +801,36 @@ fn a_fake_worker_flooding_tool_calls_is_stopped() {
     });
 }
 
+#[test]
+fn a_fake_worker_going_on_after_a_deferred_call_gets_no_more_tool_calls() {
+    guarded(|| {
+        // A compromised worker ignores the suspension (protocol 6's `suspend`) and asks
+        // for another tool: the host, which saw the deferred call, refuses every later
+        // call without running it, and the outcome still names the pending call.
+        let (count, tick) = counter();
+        let calls: Vec<u8> = [
+            tool_call(1, "approve", r#"["pay"]"#),
+            tool_call(2, "tick", "[]"),
+            tool_call(3, "tick", "[]"),
+        ]
+        .concat();
+        let fake = Fake::new("after-suspend", calls);
+        let sb = fake.sandbox_with_tools(
+            Sandbox::builder().tool("tick", tick).defer_tool("approve"),
+            config(),
+        );
+        let out = run(&sb, "return 1");
+        let e = out.result.expect_err("a fake worker cannot succeed");
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            0,
+            "no tool ran after the deferred call"
+        );
+        assert_eq!(e.kind, ErrorKind::Suspended, "{e:?}");
+        assert_eq!(e.value, Some(json!({"name": "approve", "args": ["pay"]})));
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // Sessions with tools, in both modes.
 // ---------------------------------------------------------------------------------------
