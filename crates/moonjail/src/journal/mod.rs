@@ -1096,34 +1096,9 @@ impl Journal {
                     });
                 }
                 Some("tool") => journal.calls.push(tool_event(&v, n)?),
-                Some("module") => {
-                    let name = string(&v, "name", n)?;
-                    let answer = if boolean(&v, "found", n)? {
-                        let content = unblob(field(&v, "content", n)?)
-                            .map_err(|e| corrupt(n, format!("\"content\": {e}")))?;
-                        Ok((content, string(&v, "path", n)?))
-                    } else {
-                        Err(string(&v, "error", n)?)
-                    };
-                    journal
-                        .files
-                        .entry(format!("module:{name}"))
-                        .or_insert(FileEvent::Module(answer));
-                }
-                Some("file") => {
-                    let path = string(&v, "path", n)?;
-                    let answer = if !boolean(&v, "listed", n)? {
-                        None
-                    } else if boolean(&v, "ok", n)? {
-                        Some(Ok(unblob(field(&v, "content", n)?)
-                            .map_err(|e| corrupt(n, format!("\"content\": {e}")))?))
-                    } else {
-                        Some(Err(string(&v, "error", n)?))
-                    };
-                    journal
-                        .files
-                        .entry(format!("file:{path}"))
-                        .or_insert(FileEvent::File(answer));
+                Some(kind @ ("module" | "file")) => {
+                    let (key, event) = file_event(&v, kind, n)?;
+                    journal.files.entry(key).or_insert(event);
                 }
                 Some("end") => {
                     journal.end = field(&v, "outcome", n)?.clone();
@@ -1178,6 +1153,30 @@ impl Journal {
     pub fn deferred(&self) -> &[String] {
         &self.deferred
     }
+}
+
+/// A `module` or `file` line (`kind`): its key (`module:NAME`, `file:PATH`) and answer.
+fn file_event(v: &Json, kind: &str, n: usize) -> Result<(String, FileEvent), JournalError> {
+    let content =
+        || unblob(field(v, "content", n)?).map_err(|e| corrupt(n, format!("\"content\": {e}")));
+    if kind == "module" {
+        let name = string(v, "name", n)?;
+        let answer = if boolean(v, "found", n)? {
+            Ok((content()?, string(v, "path", n)?))
+        } else {
+            Err(string(v, "error", n)?)
+        };
+        return Ok((format!("module:{name}"), FileEvent::Module(answer)));
+    }
+    let path = string(v, "path", n)?;
+    let answer = if !boolean(v, "listed", n)? {
+        None
+    } else if boolean(v, "ok", n)? {
+        Some(Ok(content()?))
+    } else {
+        Some(Err(string(v, "error", n)?))
+    };
+    Ok((format!("file:{path}"), FileEvent::File(answer)))
 }
 
 fn tool_event(v: &Json, n: usize) -> Result<ToolEvent, JournalError> {

@@ -29,9 +29,8 @@ use std::time::Duration;
 use serde_json::{json, Value as Json};
 
 use super::{
-    blob, boolean, call_text, corrupt, drawn_seed, field, now_unix, stop_check, string, tool_event,
-    unblob, FileEvent, JournalError, JournalWriter, Recording, RecordingFiles, ToolEvent,
-    JOURNAL_VERSION,
+    blob, call_text, corrupt, drawn_seed, field, now_unix, stop_check, string, tool_event, unblob,
+    FileEvent, JournalError, JournalWriter, Recording, RecordingFiles, ToolEvent, JOURNAL_VERSION,
 };
 use crate::engine::Host;
 use crate::error::Error;
@@ -1006,36 +1005,9 @@ impl SessionJournal {
                     ))
                 }
                 (Some("tool"), Some(current)) => current.calls.push(tool_event(&v, n)?),
-                (Some("module"), Some(current)) => {
-                    let name = string(&v, "name", n)?;
-                    let answer = if boolean(&v, "found", n)? {
-                        let content = unblob(field(&v, "content", n)?)
-                            .map_err(|e| corrupt(n, format!("\"content\": {e}")))?;
-                        Ok((content, string(&v, "path", n)?))
-                    } else {
-                        Err(string(&v, "error", n)?)
-                    };
-                    current
-                        .files
-                        .entry(format!("module:{name}"))
-                        .or_default()
-                        .push_back(FileEvent::Module(answer));
-                }
-                (Some("file"), Some(current)) => {
-                    let path = string(&v, "path", n)?;
-                    let answer = if !boolean(&v, "listed", n)? {
-                        None
-                    } else if boolean(&v, "ok", n)? {
-                        Some(Ok(unblob(field(&v, "content", n)?)
-                            .map_err(|e| corrupt(n, format!("\"content\": {e}")))?))
-                    } else {
-                        Some(Err(string(&v, "error", n)?))
-                    };
-                    current
-                        .files
-                        .entry(format!("file:{path}"))
-                        .or_default()
-                        .push_back(FileEvent::File(answer));
+                (Some(kind @ ("module" | "file")), Some(current)) => {
+                    let (key, event) = super::file_event(&v, kind, n)?;
+                    current.files.entry(key).or_default().push_back(event);
                 }
                 (Some("response"), Some(current)) => {
                     if number()? != current.n {
