@@ -4,36 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{unusable, WORKER};
-use moonjail::{
-    ErrorKind, Isolation, Limits, Outcome, ProcessConfig, Sandbox, SandboxBuilder, WorkerPath,
-    MAX_MESSAGE_BYTES,
-};
+use crate::support::both_sandboxes as both;
+use moonjail::{ErrorKind, Limits, Outcome, Sandbox, MAX_MESSAGE_BYTES};
 use serde_json::{json, Value as Json};
 
 /// "It ended": these tests never assert how fast.
 const SLACK: Duration = Duration::from_secs(15);
-
-/// The same configuration in process and in a worker.
-fn both(builder: impl Fn() -> SandboxBuilder) -> [(&'static str, Sandbox); 2] {
-    let config = ProcessConfig::builder()
-        .worker(WorkerPath::Path(WORKER.into()))
-        .allow_missing(unusable())
-        .pool_size(1)
-        .prespawn(0)
-        .build()
-        .unwrap();
-    [
-        ("in process", builder().build().unwrap()),
-        (
-            "isolated",
-            builder()
-                .isolation(Isolation::Process(config))
-                .build()
-                .unwrap(),
-        ),
-    ]
-}
 
 fn expect(sb: &Sandbox, mode: &str, source: &str, kind: ErrorKind) -> Outcome {
     let started = Instant::now();

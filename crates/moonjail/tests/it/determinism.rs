@@ -4,36 +4,14 @@
 //! The cross-process proof (fresh processes, both isolation modes) is the CLI's
 //! `determinism` tests.
 
-use crate::support::{unusable, WORKER};
-use moonjail::{
-    Determinism, ErrorKind, Isolation, ProcessConfig, Sandbox, SandboxBuilder, WorkerPath,
-};
+use crate::support::both_sandboxes as both;
+use moonjail::{Determinism, ErrorKind, Sandbox};
 use serde_json::Value as Json;
 
 const DET: Determinism = Determinism {
     timestamp: 1_700_000_000,
     seed: 7,
 };
-
-fn both(builder: impl Fn() -> SandboxBuilder) -> [(&'static str, Sandbox); 2] {
-    let config = ProcessConfig::builder()
-        .worker(WorkerPath::Path(WORKER.into()))
-        .allow_missing(unusable())
-        .pool_size(1)
-        .prespawn(0)
-        .build()
-        .unwrap();
-    [
-        ("in process", builder().build().unwrap()),
-        (
-            "isolated",
-            builder()
-                .isolation(Isolation::Process(config))
-                .build()
-                .unwrap(),
-        ),
-    ]
-}
 
 /// Object keys, string keys, then the order `pairs` visits them in.
 const ORDER: &str = r#"

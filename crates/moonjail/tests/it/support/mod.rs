@@ -82,3 +82,15 @@ pub fn both_modes() -> [(&'static str, moonjail::Isolation); 2] {
         ("isolated", one_worker()),
     ]
 }
+
+/// The same configuration built in each isolation mode ([`both_modes`]).
+pub fn both_sandboxes(
+    builder: impl Fn() -> moonjail::SandboxBuilder,
+) -> [(&'static str, moonjail::Sandbox); 2] {
+    both_modes().map(|(mode, isolation)| {
+        (
+            mode,
+            builder().isolation(isolation).build().expect("a sandbox"),
+        )
+    })
+}
