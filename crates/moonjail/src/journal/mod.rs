@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use serde::Deserialize as _;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 
@@ -1476,16 +1477,21 @@ pub fn replay_journal(journal: &Journal, options: &ReplayOptions) -> Result<Outc
     play(journal, player, options, None)
 }
 
-/// Whether an outcome document reproduces exactly on replay: not one stopped by the
+/// Whether an outcome of error `kind` was stopped from outside the script: by the
 /// clock, the memory limit (memory figures may differ slightly), the host (an interrupt
 /// check), a dead worker or moonjail itself; those are compared by nothing but the calls
 /// the script made.
-fn comparable(doc: &Json) -> bool {
-    !doc.is_null()
-        && !matches!(
-            doc["error"]["kind"].as_str(),
-            Some("timeout" | "memory_limit" | "interrupted" | "killed" | "internal")
+fn stopped(kind: Option<ErrorKind>) -> bool {
+    matches!(
+        kind,
+        Some(
+            ErrorKind::Timeout
+                | ErrorKind::MemoryLimit
+                | ErrorKind::Interrupted
+                | ErrorKind::Killed
+                | ErrorKind::Internal
         )
+    )
 }
 
 /// Runs the journal's script with `player` answering its tool calls and file reads.
@@ -1542,10 +1548,13 @@ fn play(
     let mut outcome = sandbox.run_with(source, &journal.input, &opts);
     // The recorded script, asked nothing else: the outcome must be the recorded one too
     // (wall times and memory figures aside). A resumed run's differs by construction.
+    let stopped = stopped(outcome.error().map(|e| e.kind));
+    let recorded_kind = ErrorKind::deserialize(&journal.end["error"]["kind"]).ok();
     let compare = options.source.is_none()
         && player.live.is_none()
-        && comparable(&journal.end)
-        && comparable(&outcome.to_json());
+        && !journal.end.is_null()
+        && !stopped
+        && !self::stopped(recorded_kind);
     let differs = || {
         let replayed = session::essence(outcome.to_json());
         let recorded = session::essence(journal.end.clone());
@@ -1556,16 +1565,6 @@ fn play(
             )
         })
     };
-    let stopped = outcome.result.as_ref().is_err_and(|e| {
-        matches!(
-            e.kind,
-            ErrorKind::Timeout
-                | ErrorKind::MemoryLimit
-                | ErrorKind::Interrupted
-                | ErrorKind::Killed
-                | ErrorKind::Internal
-        )
-    });
     let message = match player.divergence(journal, stopped) {
         Some(message) => Some(message),
         None if compare => differs(),

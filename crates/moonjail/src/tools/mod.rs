@@ -767,10 +767,6 @@ impl ToolRun {
                 "no tool named `{name}` is registered"
             )));
         }
-        // After a deferred call the run is over: a worker that went on gets nothing more.
-        if self.lock().pending.is_some() {
-            return Err(ToolError::suspended());
-        }
         let ctx = ToolContext::new(self.deadline());
         if ctx.expired() {
             return Err(ToolError::new("the run's deadline has passed"));
@@ -859,10 +855,15 @@ impl ToolRun {
         }
     }
 
-    /// Counts a call against every quota that names it, or refuses it.
+    /// Counts a call against every quota that names it, or refuses it (every call, once
+    /// the run is suspended).
     fn admit(&self, name: &str) -> Result<(), ToolError> {
         let quota = &self.registry.quota;
         let mut state = self.lock();
+        // After a deferred call the run is over: a worker that went on gets nothing more.
+        if state.pending.is_some() {
+            return Err(ToolError::suspended());
+        }
         if let Some(max) = quota.per_run {
             if state.total >= max {
                 return Err(ToolError::new(format!(

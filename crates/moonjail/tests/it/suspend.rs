@@ -266,7 +266,6 @@ fn suspend_a_plain_run_reports_the_pending_call_too() {
         Some(json!({"name": "approve", "args": ["deploy", 3]}))
     );
     assert_eq!(out.to_json()["error"]["kind"], json!("suspended"));
-    let _: Json = out.to_json();
 }
 
 /// Drives a started run to its end, answering each deferred call with `answer(call)`.
