@@ -113,13 +113,14 @@ pub struct SandboxArgs {
     ///   moonjail run -e 'return calc.add(2, 3)' --tool 'calc.add=sh add.sh'   # 5
     #[arg(long = "tool", value_name = "NAME=COMMAND", verbatim_doc_comment)]
     pub tool: Vec<String>,
-    /// Declare a deferred tool NAME (`run --journal`, `resume` and `serve` only): a
-    /// person or another system answers it later. When the script calls it, the
+    /// Declare a deferred tool NAME (`run --journal`, `resume`, `serve` and `mcp` only):
+    /// a person or another system answers it later. When the script calls it, the
     /// arguments are checked (against its --tool-schema, if any), then the run stops
     /// there: the outcome fails with error kind "suspended", the pending call {"name",
     /// "args", "journal"} as the error's value, and exit status 3. `moonjail resume
     /// JOURNAL --answer JSON` (or --error MESSAGE) continues it, in any process, later.
-    /// (`serve` holds the suspended run in memory instead: POST /v1/runs/{id}/resume.)
+    /// (`serve` holds the suspended run in memory instead: POST /v1/runs/{id}/resume;
+    /// `mcp` asks the client's user for the answer, or holds the run for resume_lua.)
     /// Repeatable.
     #[arg(long = "defer-tool", value_name = "NAME")]
     pub defer_tool: Vec<String>,
@@ -255,7 +256,8 @@ impl SandboxArgs {
             bail!(
                 "--defer-tool {name:?}: `{command}` cannot suspend at a deferred call (only \
                  `moonjail run --journal FILE` can, to be resumed with `moonjail resume`, \
-                 and `moonjail serve`, to be resumed with POST /v1/runs/ID/resume)"
+                 `moonjail serve`, to be resumed with POST /v1/runs/ID/resume, and \
+                 `moonjail mcp`)"
             );
         }
         Ok(())

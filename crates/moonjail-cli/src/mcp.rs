@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::args::SandboxArgs;
+use anyhow::Context as _;
+
+use crate::args::{duration, SandboxArgs};
 
 #[derive(Args, Debug)]
 pub struct McpArgs {
@@ -14,15 +16,28 @@ pub struct McpArgs {
     /// refused with a message saying so, until one is closed.
     #[arg(long, value_name = "N", default_value_t = moonjail_mcp::DEFAULT_MAX_SESSIONS)]
     pub max_sessions: usize,
+    /// With --defer-tool: how long the user is given to answer a deferred call when the
+    /// client can ask them (MCP elicitation); past it the script gets the tool's error.
+    #[arg(long, value_name = "DURATION", default_value = "15m")]
+    pub ask_timeout: String,
+    /// With --defer-tool: runs the client may keep waiting for resume_lua (a client that
+    /// cannot ask its user); a run that suspends past it ends there, as suspended.
+    #[arg(long, value_name = "N", default_value_t = moonjail_mcp::DEFAULT_MAX_SUSPENDED)]
+    pub max_suspended: usize,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
 
 /// Serves MCP on stdin/stdout until the client closes stdin.
 pub fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
-    args.sandbox.refuse_deferred("mcp")?;
+    let ask_timeout = duration(&args.ask_timeout)
+        .context("--ask-timeout")?
+        .context("--ask-timeout: a timeout is required")?;
     let sandbox = args.sandbox.build(false, false)?;
-    let mut server = moonjail_mcp::Server::builder(sandbox).max_sessions(args.max_sessions);
+    let mut server = moonjail_mcp::Server::builder(sandbox)
+        .max_sessions(args.max_sessions)
+        .max_suspended(args.max_suspended)
+        .ask_timeout(ask_timeout);
     for note in notes(&args.sandbox) {
         server = server.note(note);
     }

@@ -16,12 +16,15 @@ pub(crate) struct Facts<'a> {
     pub notes: &'a [String],
     /// Live sessions allowed per connection.
     pub max_sessions: usize,
+    /// Runs a connection may keep waiting for resume_lua.
+    pub max_suspended: usize,
 }
 
 /// The descriptions of every tool, and the server's instructions.
 #[derive(Debug, Clone)]
 pub(crate) struct Descriptions {
     pub run_lua: String,
+    pub resume_lua: String,
     pub lint_lua: String,
     pub session_open: String,
     pub session_exec: String,
@@ -49,6 +52,18 @@ impl Descriptions {
              so fix the code and call again.\n\
              \n\
              {environment}"
+        );
+        let resume_lua = format!(
+            "Answer the deferred host tool call a suspended run waits at, and let the run go \
+             on. run_lua gives a suspended run (error kind `suspended`, not a failure) when \
+             its script calls a deferred tool and the user could not be asked here: \
+             `error.value` holds the pending call (`name`, `args`) and its id, `run`, to pass \
+             here as run_id, with either `answer` (any JSON: what the call returns to the script) or \
+             `error` (a message the script gets as the tool's error, e.g. a refusal). The \
+             result is the outcome of run_lua: finished, or suspended again at the next \
+             deferred call with a new run_id. Each run_id answers one call; at most {max} \
+             runs wait at once on this connection, and they end with it.",
+            max = facts.max_suspended,
         );
         let lint_lua = format!(
             "Check a Lua 5.4 script against this exact sandbox without running it: syntax \
@@ -107,6 +122,7 @@ impl Descriptions {
         );
         Descriptions {
             run_lua,
+            resume_lua,
             lint_lua,
             session_open,
             session_exec,
@@ -164,6 +180,19 @@ fn environment(facts: &Facts<'_>) -> String {
         if let Some(quota) = sandbox.tools().and_then(|t| t.quota().per_run) {
             let _ = write!(out, "\nAt most {quota} host tool calls per run.");
         }
+        let deferred: Vec<&str> = sandbox
+            .tools()
+            .map_or(Vec::new(), |t| t.deferred().collect());
+        if !deferred.is_empty() {
+            let _ = write!(
+                out,
+                "\nDeferred (answered by a person, not by the sandbox): {}. In run_lua, a \
+                 call to one waits while the user is asked for its answer, or, when they \
+                 cannot be asked here, suspends the run for resume_lua. In a session, such \
+                 a call ends the request as `suspended`, and it cannot be resumed.",
+                deferred.join(", ")
+            );
+        }
     }
     out
 }
@@ -211,6 +240,7 @@ mod tests {
             sandbox,
             notes,
             max_sessions: 8,
+            max_suspended: 16,
         })
     }
 
@@ -293,6 +323,7 @@ mod tests {
             sandbox: &sandbox,
             notes: &notes,
             max_sessions: 3,
+            max_suspended: 16,
         });
         assert!(d.run_lua.contains("locked-down worker process"));
         assert!(d.session_open.contains("at most 3 sessions"));

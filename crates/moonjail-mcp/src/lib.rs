@@ -28,11 +28,13 @@ mod describe;
 mod render;
 mod server;
 mod sessions;
+mod suspended;
 
 pub use server::{
-    RunLua, Server, ServerBuilder, SessionCall, SessionClose, SessionEval, SessionExec,
-    DEFAULT_MAX_SESSIONS,
+    ResumeLua, RunLua, Server, ServerBuilder, SessionCall, SessionClose, SessionEval, SessionExec,
+    DEFAULT_ASK_TIMEOUT, DEFAULT_MAX_SESSIONS,
 };
+pub use suspended::DEFAULT_MAX_SUSPENDED;
 
 /// Why serving stopped short of the client's leaving.
 #[derive(Debug, thiserror::Error)]

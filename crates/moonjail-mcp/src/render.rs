@@ -26,6 +26,64 @@ pub(crate) fn refused(message: impl Into<String>) -> CallToolResult {
     outcome(&Outcome::from_error(Error::new(ErrorKind::Input, message)))
 }
 
+/// A run suspended at a deferred call, as a tool result. Held under `id`, it is not a
+/// failure (`isError: false`): `error.value.run` and the hint say how `resume_lua`
+/// answers it. Not held (`max` runs wait already), it has ended there, and is an error.
+pub(crate) fn suspended(outcome: &mut Outcome, id: Option<&str>, max: usize) -> CallToolResult {
+    let held = id.is_some();
+    if let Err(e) = &mut outcome.result {
+        let call = match &e.value {
+            Some(Json::Object(v)) => call(
+                v.get("name").and_then(Json::as_str).unwrap_or("?"),
+                v.get("args")
+                    .and_then(Json::as_array)
+                    .map_or(&[][..], Vec::as_slice),
+            ),
+            _ => "a deferred tool".to_string(),
+        };
+        match id {
+            Some(id) => {
+                if let Some(Json::Object(v)) = &mut e.value {
+                    v.insert("run".to_string(), Json::String(id.to_string()));
+                }
+                e.hint = Some(format!(
+                    "the run waits at {call}, a call the host answers, not the sandbox: do \
+                     what it asks (or have the user decide), then call resume_lua with \
+                     run_id \"{id}\" and `answer` (what the call returns to the script) or \
+                     `error` (a refusal the script gets as the tool's error)"
+                ));
+            }
+            None => {
+                e.hint = Some(format!(
+                    "the run stopped at {call} and cannot be resumed: {max} runs wait for \
+                     resume_lua on this connection already, the most allowed; answer them \
+                     first, then run the script again"
+                ));
+            }
+        }
+    }
+    let mut result = self::outcome(outcome);
+    result.is_error = Some(!held);
+    result
+}
+
+/// A tool call as people write it: `name(arg, ...)`, each argument as compact JSON, the
+/// whole cut to a readable length.
+pub(crate) fn call(name: &str, args: &[Json]) -> String {
+    const MAX: usize = 2000;
+    let args: Vec<String> = args.iter().map(compact).collect();
+    let mut text = format!("{name}({})", args.join(", "));
+    if text.len() > MAX {
+        let mut end = MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("…)");
+    }
+    text
+}
+
 /// The text a model reads.
 pub(crate) fn text(outcome: &Outcome) -> String {
     let mut out = String::new();

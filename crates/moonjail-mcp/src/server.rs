@@ -3,12 +3,17 @@
 //! thin call into the library.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use moonjail::{CallOptions, Error, ErrorKind, Outcome, RunOptions, Sandbox};
+use moonjail::{
+    CallOptions, Error, ErrorKind, Outcome, Pending, Run, RunOptions, Sandbox, Suspension,
+    ToolError,
+};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
-use rmcp::{tool, tool_handler, tool_router, ServerHandler};
+use rmcp::service::{ElicitationError, ElicitationMode, ServiceError};
+use rmcp::{tool, tool_handler, tool_router, Peer, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
@@ -16,9 +21,14 @@ use serde_json::{json, Value as Json};
 use crate::describe::{Descriptions, Facts};
 use crate::render;
 use crate::sessions::{Refusal, Sessions};
+use crate::suspended::{Suspended, DEFAULT_MAX_SUSPENDED};
 
 /// How many sessions one connection may keep open, by default.
 pub const DEFAULT_MAX_SESSIONS: usize = 8;
+
+/// How long the user is given to answer a deferred call, by default; past it the script
+/// gets the tool's error.
+pub const DEFAULT_ASK_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// `run_lua`'s arguments.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -35,6 +45,31 @@ pub struct RunLua {
     #[serde(default)]
     pub expression: bool,
 }
+
+/// `resume_lua`'s arguments: the answer to a suspended run's pending call, exactly one of
+/// `answer` and `error`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeLua {
+    /// The id run_lua gave the suspended run (`error.value.run`).
+    pub run_id: String,
+    /// The pending call's result, as the host tool would have returned it (any JSON).
+    #[serde(default)]
+    pub answer: Option<Json>,
+    /// Refuse the pending call instead: the script gets this message as the tool's error
+    /// (which it may catch with pcall).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What a user is asked for a deferred call (MCP form elicitation).
+#[derive(Debug, Deserialize, JsonSchema)]
+struct Approval {
+    /// What the call returns to the script: JSON (`{"id": "tx-1"}`, `true`, `42`,
+    /// `"text"`), or any other text, which the script gets as a string.
+    answer: String,
+}
+rmcp::elicit_safe!(Approval);
 
 /// `lint_lua`'s arguments.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -118,6 +153,8 @@ pub struct SessionClose {
 pub struct Server {
     sandbox: Arc<Sandbox>,
     sessions: Sessions,
+    suspended: Suspended,
+    ask_timeout: Duration,
     instructions: String,
     tool_router: ToolRouter<Self>,
 }
@@ -137,6 +174,8 @@ pub struct ServerBuilder {
     sandbox: Sandbox,
     notes: Vec<String>,
     max_sessions: usize,
+    max_suspended: usize,
+    ask_timeout: Duration,
 }
 
 impl ServerBuilder {
@@ -155,14 +194,34 @@ impl ServerBuilder {
         self
     }
 
+    /// Sets how many runs a connection may keep suspended at a deferred call, waiting
+    /// for `resume_lua` (a client that cannot ask its user); one more ends as
+    /// `suspended`, with no id to resume it by. By default, [`DEFAULT_MAX_SUSPENDED`].
+    pub fn max_suspended(mut self, max: usize) -> Self {
+        self.max_suspended = max;
+        self
+    }
+
+    /// Sets how long a user is given to answer a deferred call (MCP elicitation); past
+    /// it, the script gets the tool's error. By default, [`DEFAULT_ASK_TIMEOUT`].
+    pub fn ask_timeout(mut self, timeout: Duration) -> Self {
+        self.ask_timeout = timeout;
+        self
+    }
+
     /// The server, its tool descriptions generated from the sandbox and the notes.
     pub fn build(self) -> Server {
         let descriptions = Descriptions::new(&Facts {
             sandbox: &self.sandbox,
             notes: &self.notes,
             max_sessions: self.max_sessions,
+            max_suspended: self.max_suspended,
         });
         let mut tool_router = Server::tool_router();
+        // resume_lua answers deferred calls: without deferred tools there are none.
+        if !has_deferred(&self.sandbox) {
+            tool_router.map.remove("resume_lua");
+        }
         for route in tool_router.map.values_mut() {
             if let Some(text) = descriptions.of(&route.attr.name) {
                 route.attr.description = Some(text.to_string().into());
@@ -171,6 +230,8 @@ impl ServerBuilder {
         Server {
             sandbox: Arc::new(self.sandbox),
             sessions: Sessions::new(self.max_sessions),
+            suspended: Suspended::new(self.max_suspended),
+            ask_timeout: self.ask_timeout,
             instructions: descriptions.instructions,
             tool_router,
         }
@@ -182,6 +243,7 @@ impl Descriptions {
     fn of(&self, name: &str) -> Option<&str> {
         Some(match name {
             "run_lua" => &self.run_lua,
+            "resume_lua" => &self.resume_lua,
             "lint_lua" => &self.lint_lua,
             "session_open" => &self.session_open,
             "session_exec" => &self.session_exec,
@@ -200,6 +262,8 @@ impl Server {
             sandbox,
             notes: Vec::new(),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_suspended: DEFAULT_MAX_SUSPENDED,
+            ask_timeout: DEFAULT_ASK_TIMEOUT,
         }
     }
 
@@ -216,20 +280,52 @@ impl Server {
     #[tool(name = "run_lua")]
     async fn run_lua(
         &self,
+        peer: Peer<RoleServer>,
         Parameters(args): Parameters<RunLua>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
         let sandbox = Arc::clone(&self.sandbox);
-        let run = tokio::task::spawn_blocking(move || {
-            let options = RunOptions::default().expression(args.expression);
-            sandbox.run_with(args.code, &args.input, &options)
-        });
-        let outcome = run.await.unwrap_or_else(|e| {
-            Outcome::from_error(Error::new(
-                ErrorKind::Internal,
-                format!("the run's thread failed: {e}"),
-            ))
-        });
-        Ok(render::outcome(&outcome))
+        let options = RunOptions::default().expression(args.expression);
+        if !has_deferred(&sandbox) {
+            let outcome = blocking(move || Ok(sandbox.run_with(args.code, &args.input, &options)))
+                .await
+                .unwrap_or_else(Outcome::from_error);
+            return Ok(render::outcome(&outcome));
+        }
+        let run = blocking(move || Ok(sandbox.start(args.code, &args.input, &options))).await;
+        Ok(self.settle(&peer, run).await)
+    }
+
+    /// Answer the deferred call a suspended run waits at, and let it go on.
+    #[tool(name = "resume_lua")]
+    async fn resume_lua(
+        &self,
+        peer: Peer<RoleServer>,
+        Parameters(args): Parameters<ResumeLua>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        let answer = match (args.answer, args.error) {
+            (Some(answer), None) => Ok(answer),
+            (None, Some(message)) => Err(ToolError::new(message)),
+            (Some(_), Some(_)) => {
+                return Ok(render::refused(
+                    "resume_lua takes `answer` or `error`, not both",
+                ))
+            }
+            (None, None) => {
+                return Ok(render::refused(
+                    "resume_lua needs `answer` (the pending call's result) or `error` (a \
+                     message the script gets as the tool's error)",
+                ))
+            }
+        };
+        let Some(run) = self.suspended.take(&args.run_id) else {
+            return Ok(render::refused(format!(
+                "no suspended run {:?} on this connection: an id answers one pending call \
+                 (a run that stops again gets a new id), and runs end with the connection",
+                args.run_id
+            )));
+        };
+        let run = blocking(move || Ok(run.resume(answer))).await;
+        Ok(self.settle(&peer, run).await)
     }
 
     /// Check a Lua script against this sandbox without running it.
@@ -347,6 +443,49 @@ impl Server {
 }
 
 impl Server {
+    /// A run to its end: each deferred call it stops at is put to the user when the client
+    /// can ask (MCP form elicitation), and the run goes on with the answer; otherwise the
+    /// run is held for `resume_lua` and its outcome (kind `suspended`) names the pending
+    /// call and the id to answer it by.
+    async fn settle(&self, peer: &Peer<RoleServer>, mut run: Result<Run, Error>) -> CallToolResult {
+        loop {
+            let suspension = match run {
+                Err(e) => return render::outcome(&Outcome::from_error(e)),
+                Ok(Run::Finished(outcome)) => return render::outcome(&outcome),
+                Ok(Run::Suspended(suspension)) => Waiting(Some(Box::new(suspension))),
+            };
+            let pending = suspension.0.as_deref().map(|s| s.pending().clone());
+            let answer = match pending {
+                Some(pending) if can_ask(peer) => ask(peer, &pending, self.ask_timeout).await,
+                _ => None,
+            };
+            let Some(answer) = answer else {
+                return self.hold(suspension);
+            };
+            let mut suspension = suspension;
+            let Some(held) = suspension.0.take() else {
+                return render::refused("the suspended run is gone");
+            };
+            run = blocking(move || Ok(held.resume(answer))).await;
+        }
+    }
+
+    /// Holds a suspended run for `resume_lua`: its outcome, with the id in
+    /// `error.value.run` and the text saying how to answer.
+    fn hold(&self, mut waiting: Waiting) -> CallToolResult {
+        let Some(run) = waiting.0.take() else {
+            return render::refused("the suspended run is gone");
+        };
+        let mut outcome = run.outcome();
+        match self.suspended.hold(run) {
+            Ok(id) => render::suspended(&mut outcome, Some(&id), self.suspended.max()),
+            Err(run) => {
+                waiting.0 = Some(run);
+                render::suspended(&mut outcome, None, self.suspended.max())
+            }
+        }
+    }
+
     /// One session request: its own limits (`timeout`, `instructions`: lower than the
     /// session's, never higher) parsed, then `op` run on the session's thread.
     async fn on_session(
@@ -365,6 +504,97 @@ impl Server {
         };
         answered(self.sessions.request(id, move |s| op(s, &options)).await)
     }
+}
+
+/// Whether a sandbox declares deferred tools (suspending runs).
+fn has_deferred(sandbox: &Sandbox) -> bool {
+    sandbox
+        .tools()
+        .is_some_and(|t| t.deferred().next().is_some())
+}
+
+/// `f` on a blocking thread (runs and resumes wait on the VM or a worker).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(Error::new(
+            ErrorKind::Internal,
+            format!("the run's thread failed: {e}"),
+        ))
+    })
+}
+
+/// A suspended run on its way to an answer. Giving it up (a cancelled request, a full
+/// table) may wait for its thread, so it is dropped on a blocking thread, never on the
+/// async ones.
+struct Waiting(Option<Box<Suspension>>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(run))),
+                Err(_) => drop(run),
+            }
+        }
+    }
+}
+
+/// Whether the client can put a question to its user: form elicitation, declared at
+/// initialization, on a protocol that still allows server-to-client requests.
+fn can_ask(peer: &Peer<RoleServer>) -> bool {
+    peer.supported_elicitation_modes()
+        .contains(&ElicitationMode::Form)
+}
+
+/// Puts the `pending` call to the user: their answer (JSON, or text as a string),
+/// or the tool error the script gets when they decline, dismiss or do not answer in
+/// time. `None` when the client cannot ask after all (the run is then held).
+async fn ask(
+    peer: &Peer<RoleServer>,
+    pending: &Pending,
+    timeout: Duration,
+) -> Option<Result<Json, ToolError>> {
+    let call = render::call(&pending.name, &pending.args);
+    let message = format!(
+        "A Lua script asks to call {call}. Give the answer the call returns to the \
+         script to let it go on, or decline to refuse the call (the script gets an error)."
+    );
+    let name = &pending.name;
+    Some(
+        match peer
+            .elicit_with_timeout::<Approval>(message, Some(timeout))
+            .await
+        {
+            Ok(Some(Approval { answer })) => {
+                Ok(serde_json::from_str(&answer).unwrap_or(Json::String(answer)))
+            }
+            Err(ElicitationError::UserDeclined) => Err(ToolError::new(format!(
+                "the user declined the call to {name}"
+            ))),
+            Err(ElicitationError::UserCancelled) => Err(ToolError::new(format!(
+                "the user dismissed the call to {name} without answering"
+            ))),
+            Err(ElicitationError::Service(ServiceError::Timeout { .. })) => {
+                Err(ToolError::new(format!(
+                    "the user did not answer the call to {name} within {}",
+                    moonjail::units::format_duration(timeout)
+                )))
+            }
+            Ok(None)
+            | Err(ElicitationError::NoContent)
+            | Err(ElicitationError::ParseError { .. }) => Err(ToolError::new(format!(
+                "the user accepted the call to {name} without giving its answer"
+            ))),
+            // The client refused to ask (its protocol forbids it), or the connection failed:
+            // the run is held for resume_lua.
+            Err(e) => {
+                tracing::debug!("elicitation failed: {e}");
+                return None;
+            }
+        },
+    )
 }
 
 /// A session request's tool result.

@@ -594,3 +594,279 @@ fn the_server_ends_with_the_connection_and_its_sessions_with_it() {
     let status = child.wait().expect("wait for moonjail mcp");
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Deferred tools: a call put to the client's user (elicitation), or held for resume_lua.
+// ---------------------------------------------------------------------------------------
+
+/// A client whose user answers every elicitation with `answer` (`None`: declines), and
+/// remembers what they were asked.
+#[derive(Clone, Default)]
+struct User {
+    answer: Option<String>,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl rmcp::ClientHandler for User {
+    async fn create_elicitation(
+        &self,
+        request: rmcp::model::ElicitRequestParams,
+        _context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        use rmcp::model::{ElicitRequestParams, ElicitResult, ElicitationAction};
+        let ElicitRequestParams::FormElicitationParams {
+            message,
+            requested_schema,
+            ..
+        } = request
+        else {
+            panic!("a form elicitation is expected")
+        };
+        let schema = serde_json::to_value(&requested_schema).expect("a schema");
+        assert_eq!(schema["required"], json!(["answer"]), "{schema}");
+        self.asked.lock().unwrap().push(message);
+        Ok(match &self.answer {
+            Some(answer) => ElicitResult::new(ElicitationAction::Accept)
+                .with_content(json!({ "answer": answer })),
+            None => ElicitResult::new(ElicitationAction::Decline),
+        })
+    }
+
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        rmcp::model::ClientConfig::new(
+            rmcp::model::ClientCapabilities::builder()
+                .enable_elicitation()
+                .build(),
+            rmcp::model::Implementation::new("moonjail-test", "0"),
+        )
+    }
+}
+
+/// A client with `user`, connected to `moonjail mcp ARGS` in `dir`.
+async fn connect_user(
+    dir: &TempDir,
+    args: &[&str],
+    user: User,
+) -> RunningService<RoleClient, User> {
+    let cmd = tokio::process::Command::new(MOONJAIL).configure(|cmd| {
+        cmd.arg("mcp")
+            .args(args)
+            .current_dir(dir.path())
+            .env("MOONJAIL_WORKER", MOONJAIL);
+    });
+    let transport = {
+        let _lock = spawn_lock();
+        TokioChildProcess::new(cmd).expect("start moonjail mcp")
+    };
+    user.serve(transport).await.expect("the MCP handshake")
+}
+
+const PAYMENT: &str = r#"
+local ok, receipt = pcall(payments.send, {to = "bob", amount = 5})
+if not ok then return "refused: " .. tostring(receipt) end
+return receipt.id .. "!"
+"#;
+
+#[test]
+fn a_deferred_call_is_put_to_the_user_and_the_run_goes_on_with_the_answer() {
+    let dir = TempDir::new();
+    for isolate in [false, true] {
+        let mut args = vec!["--defer-tool", "payments.send"];
+        if isolate {
+            args.push("--isolate");
+        }
+        block_on(async {
+            let user = User {
+                answer: Some(r#"{"id": "tx-1"}"#.to_string()),
+                ..User::default()
+            };
+            let client = connect_user(&dir, &args, user.clone()).await;
+            let code = format!("{PAYMENT}\n--again\n");
+            let result = client
+                .call_tool(
+                    CallToolRequestParams::new("run_lua")
+                        .with_arguments(json!({ "code": code }).as_object().unwrap().clone()),
+                )
+                .await
+                .expect("tools/call");
+            assert_eq!(
+                result.is_error,
+                Some(false),
+                "isolate {isolate}: {result:?}"
+            );
+            assert_eq!(doc(&result)["result"], json!("tx-1!"), "{result:?}");
+            let asked = user.asked.lock().unwrap().clone();
+            assert_eq!(asked.len(), 1, "{asked:?}");
+            assert!(
+                asked[0].contains(r#"payments.send({"amount":5,"to":"bob"})"#),
+                "{asked:?}"
+            );
+            client.cancel().await.expect("close the connection");
+        });
+    }
+}
+
+#[test]
+fn a_declined_call_is_the_tool_s_error_in_the_script() {
+    let dir = TempDir::new();
+    block_on(async {
+        let user = User::default();
+        let client = connect_user(&dir, &["--defer-tool", "payments.send"], user.clone()).await;
+        let result = client
+            .call_tool(
+                CallToolRequestParams::new("run_lua")
+                    .with_arguments(json!({ "code": PAYMENT }).as_object().unwrap().clone()),
+            )
+            .await
+            .expect("tools/call");
+        assert_eq!(result.is_error, Some(false), "{result:?}");
+        let refused = doc(&result)["result"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            refused.starts_with("refused: ")
+                && refused.contains("the user declined the call to payments.send"),
+            "{refused}"
+        );
+        assert_eq!(user.asked.lock().unwrap().len(), 1);
+        client.cancel().await.expect("close the connection");
+    });
+}
+
+#[test]
+fn without_elicitation_a_deferred_call_is_held_for_resume_lua() {
+    let dir = TempDir::new();
+    for isolate in [false, true] {
+        let mut args = vec!["--defer-tool", "payments.send", "--max-suspended", "1"];
+        if isolate {
+            args.push("--isolate");
+        }
+        block_on(async {
+            let client = connect(&dir, &args).await;
+            let tools = client.list_all_tools().await.expect("tools/list");
+            let description = tool(&tools, "run_lua")
+                .description
+                .clone()
+                .unwrap_or_default();
+            assert!(
+                description
+                    .contains("Deferred (answered by a person, not by the sandbox): payments.send"),
+                "{description}"
+            );
+            let result = call(&client, "run_lua", json!({ "code": PAYMENT })).await;
+            // Not a failure: the run waits.
+            assert_eq!(
+                result.is_error,
+                Some(false),
+                "isolate {isolate}: {result:?}"
+            );
+            let outcome = doc(&result);
+            assert_eq!(outcome["error"]["kind"], json!("suspended"), "{outcome}");
+            assert_eq!(outcome["error"]["value"]["name"], json!("payments.send"));
+            assert_eq!(
+                outcome["error"]["value"]["args"],
+                json!([{"to": "bob", "amount": 5}])
+            );
+            let id = outcome["error"]["value"]["run"]
+                .as_str()
+                .expect("a run id")
+                .to_string();
+            assert!(text(&result).contains("resume_lua"), "{}", text(&result));
+
+            // Past --max-suspended 1, a second run stops for good: a tool error.
+            let second = call(&client, "run_lua", json!({ "code": PAYMENT })).await;
+            assert_eq!(second.is_error, Some(true), "{second:?}");
+            assert_eq!(doc(&second)["error"]["kind"], json!("suspended"));
+            assert_eq!(doc(&second)["error"]["value"]["run"], Json::Null);
+            assert!(
+                text(&second).contains("cannot be resumed"),
+                "{}",
+                text(&second)
+            );
+
+            let both = call(
+                &client,
+                "resume_lua",
+                json!({"run_id": id, "answer": {"id": "tx-2"}, "error": "no"}),
+            )
+            .await;
+            assert_eq!(doc(&both)["error"]["kind"], json!("input"), "{both:?}");
+
+            let resumed = call(
+                &client,
+                "resume_lua",
+                json!({"run_id": id, "answer": {"id": "tx-2"}}),
+            )
+            .await;
+            assert_eq!(resumed.is_error, Some(false), "{resumed:?}");
+            assert_eq!(doc(&resumed)["result"], json!("tx-2!"), "{resumed:?}");
+            // An id answers one call.
+            let again = call(&client, "resume_lua", json!({"run_id": id, "answer": 1})).await;
+            assert_eq!(again.is_error, Some(true));
+            assert!(
+                text(&again).contains("no suspended run"),
+                "{}",
+                text(&again)
+            );
+
+            // A refusal is the tool's error in the script.
+            let result = call(&client, "run_lua", json!({ "code": PAYMENT })).await;
+            let id = doc(&result)["error"]["value"]["run"]
+                .as_str()
+                .expect("an id")
+                .to_string();
+            let refused = call(
+                &client,
+                "resume_lua",
+                json!({"run_id": id, "error": "over budget"}),
+            )
+            .await;
+            assert_eq!(
+                doc(&refused)["result"],
+                json!("refused: payments.send: over budget"),
+                "{refused:?}"
+            );
+            client.cancel().await.expect("close the connection");
+        });
+    }
+}
+
+#[test]
+fn resume_lua_is_listed_only_with_deferred_tools() {
+    let dir = TempDir::new();
+    block_on(async {
+        let client = connect(&dir, &[]).await;
+        let tools = client.list_all_tools().await.expect("tools/list");
+        assert!(tools.iter().all(|t| t.name != "resume_lua"));
+        client.cancel().await.expect("close the connection");
+        let client = connect(&dir, &["--defer-tool", "approve"]).await;
+        let tools = client.list_all_tools().await.expect("tools/list");
+        let resume = tool(&tools, "resume_lua");
+        let schema = Json::Object((*resume.input_schema).clone());
+        assert_eq!(schema["required"], json!(["run_id"]), "{schema}");
+        // In a session, a deferred call ends the request as suspended (no id: a
+        // session cannot be resumed), and the session goes on.
+        let open = call(&client, "session_open", json!({})).await;
+        let id = doc(&open)["session_id"]
+            .as_str()
+            .expect("an id")
+            .to_string();
+        let exec = call(
+            &client,
+            "session_exec",
+            json!({"session_id": id, "code": "n = 1 return approve()"}),
+        )
+        .await;
+        assert_eq!(doc(&exec)["error"]["kind"], json!("suspended"), "{exec:?}");
+        assert_eq!(doc(&exec)["error"]["value"]["run"], Json::Null);
+        let eval = call(
+            &client,
+            "session_eval",
+            json!({"session_id": id, "code": "n"}),
+        )
+        .await;
+        assert_eq!(doc(&eval)["result"], json!(1), "{eval:?}");
+        client.cancel().await.expect("close the connection");
+    });
+}

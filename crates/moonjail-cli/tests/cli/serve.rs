@@ -275,7 +275,7 @@ fn serve_defer_tool_suspends_a_run_and_resumes_it_over_http() {
         let (status, log) = stop_serve(child, log);
         assert_eq!(status.code(), Some(0), "{log}");
     }
-    // The flags are checked; `session` and `mcp` still refuse --defer-tool.
+    // The flags are checked; `session` still refuses --defer-tool.
     let out = moonjail(
         &dir,
         &["serve", "--insecure-no-auth", "--suspend-timeout", "none"],
@@ -283,13 +283,7 @@ fn serve_defer_tool_suspends_a_run_and_resumes_it_over_http() {
     );
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("--suspend-timeout"), "{}", out.stderr);
-    for command in ["session", "mcp"] {
-        let out = moonjail(&dir, &[command, "--defer-tool", "approve"], None);
-        assert_eq!(out.code, Some(2), "{command}: {out:?}");
-        assert!(
-            out.stderr.contains("cannot suspend"),
-            "{command}: {}",
-            out.stderr
-        );
-    }
+    let out = moonjail(&dir, &["session", "--defer-tool", "approve"], None);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("cannot suspend"), "{}", out.stderr);
 }

@@ -1,0 +1,77 @@
+//! Runs of one MCP connection that wait at a deferred tool call for a client that cannot
+//! ask its user (no form elicitation): held in memory (`moonjail::Suspension`: in
+//! process, the run's own thread waits with its deadline stopped; isolated, the journal
+//! so far waits, to be replayed in a worker) until `resume_lua` answers them or the
+//! connection ends.
+//!
+//! Each id answers one pending call: resuming takes the run out (a second resume of the
+//! same id is refused), and a run that stops again at its next deferred call gets a new
+//! id. Giving a run up may wait for its thread to end, so suspensions are never dropped
+//! under the table's lock.
+
+// Suspensions are boxed as the table holds them: an entry stays small.
+#![allow(clippy::vec_box)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use moonjail::Suspension;
+
+/// How many runs one connection may keep suspended at once, by default.
+pub const DEFAULT_MAX_SUSPENDED: usize = 16;
+
+/// The suspended runs of a connection, by id.
+#[derive(Debug)]
+pub(crate) struct Suspended {
+    max: usize,
+    next: AtomicU64,
+    held: Mutex<HashMap<String, Box<Suspension>>>,
+}
+
+impl Suspended {
+    pub fn new(max: usize) -> Suspended {
+        Suspended {
+            max,
+            next: AtomicU64::new(1),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn held(&self) -> MutexGuard<'_, HashMap<String, Box<Suspension>>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds `run` under a new id; with `max` runs held already, gives it back.
+    pub fn hold(&self, run: Box<Suspension>) -> Result<String, Box<Suspension>> {
+        let mut held = self.held();
+        if held.len() >= self.max {
+            return Err(run);
+        }
+        let id = format!("r{}", self.next.fetch_add(1, Ordering::Relaxed));
+        held.insert(id.clone(), run);
+        Ok(id)
+    }
+
+    /// Takes the run held under `id` out, to resume it.
+    pub fn take(&self, id: &str) -> Option<Box<Suspension>> {
+        self.held().remove(id)
+    }
+
+    /// The most runs held at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Every run held, taken out (the connection ends: they are given up).
+    pub fn drain(&self) -> Vec<Box<Suspension>> {
+        self.held().drain().map(|(_, run)| run).collect()
+    }
+}
+
+impl Drop for Suspended {
+    /// The runs still waiting end where they wait, outside the lock.
+    fn drop(&mut self) {
+        drop(self.drain());
+    }
+}
