@@ -50,6 +50,36 @@ fn main() {
         .interrupt_check(Duration::from_millis(5), || false)
         .build()
         .expect("valid");
+    // One variant alone (`plain`, `sink`, `file`), for a profiler: MOONJAIL_JOURNAL_ONLY.
+    if let Ok(only) = std::env::var("MOONJAIL_JOURNAL_ONLY") {
+        let opts = RunOptions::default();
+        let path = std::env::temp_dir().join(format!("journal-only-{}.jsonl", std::process::id()));
+        for _ in 0..n {
+            let out = match only.as_str() {
+                "plain" => sandbox.run_with(SCRIPT, &Json::Null, &opts),
+                "sink" => sandbox
+                    .run_journaled(
+                        SCRIPT,
+                        &Json::Null,
+                        &opts,
+                        JournalWriter::new(std::io::sink()),
+                    )
+                    .expect("journaled"),
+                "file" => sandbox
+                    .run_journaled(
+                        SCRIPT,
+                        &Json::Null,
+                        &opts,
+                        JournalWriter::create(&path).expect("a journal file"),
+                    )
+                    .expect("journaled"),
+                other => panic!("MOONJAIL_JOURNAL_ONLY={other}: plain, sink or file"),
+            };
+            assert!(out.is_ok());
+        }
+        let _ = std::fs::remove_file(&path);
+        return;
+    }
     let path = std::env::temp_dir().join(format!("journal-overhead-{}.jsonl", std::process::id()));
     let opts = RunOptions::default();
     let (mut plain, mut file, mut sink, mut replay) = (vec![], vec![], vec![], vec![]);

@@ -319,6 +319,15 @@ impl Outcome {
     }
 }
 
+impl OutcomeDoc<'_> {
+    /// The document without its `tool_calls` (a journal's `end` line: its `tool` lines
+    /// record the calls).
+    pub(crate) fn without_tool_calls(mut self) -> Self {
+        self.tool_calls = &[];
+        self
+    }
+}
+
 impl Serialize for Outcome {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.doc().serialize(serializer)

@@ -370,8 +370,13 @@ impl ToolTap for Recording {
         // answer (no copy of either): `{"type":"tool","step":N,"name":…,"args":[…]`, then
         // `,"ok":true,"result":…}` or `,"ok":false,"error":…}`; a deferred call's
         // `{"type":"suspend",…,"args":[…]}` is the same head.
-        let mut line = format!("{{\"type\":\"tool\",\"step\":{step},\"name\":").into_bytes();
-        let head = serde_json::to_writer(&mut line, name)
+        let mut line = Vec::with_capacity(256);
+        line.extend_from_slice(b"{\"type\":\"tool\",\"step\":");
+        let head = serde_json::to_writer(&mut line, &step)
+            .and_then(|()| {
+                line.extend_from_slice(b",\"name\":");
+                serde_json::to_writer(&mut line, name)
+            })
             .and_then(|()| {
                 line.extend_from_slice(b",\"args\":");
                 serde_json::to_writer(&mut line, &args)
@@ -686,10 +691,12 @@ impl Recording {
             return Ok(outcome);
         }
         let mut writer = self.writer();
-        // Written straight from the outcome (no JSON value built: the document lists
-        // every tool call).
+        // Written straight from the outcome (no JSON value built), without the audit of
+        // the tool calls: the `tool` lines before it are that record, whole (a run may
+        // make a thousand calls; writing them twice was most of what journaling cost).
         let mut end = b"{\"type\":\"end\",\"outcome\":".to_vec();
-        serde_json::to_writer(&mut end, &outcome).map_err(std::io::Error::other)?;
+        serde_json::to_writer(&mut end, &outcome.doc().without_tool_calls())
+            .map_err(std::io::Error::other)?;
         end.extend_from_slice(b"}\n");
         writer.text(&end).map_err(|e| match e {
             JournalError::Limit { limit, .. } => JournalError::Limit {
@@ -1556,8 +1563,15 @@ fn play(
         && !stopped
         && !self::stopped(recorded_kind);
     let differs = || {
-        let replayed = session::essence(outcome.to_json());
+        let mut replayed = session::essence(outcome.to_json());
         let recorded = session::essence(journal.end.clone());
+        // An `end` line leaves the audit of the calls out: the `tool` lines are that
+        // record, and the replay checked each call against them already.
+        if recorded.get("tool_calls").is_none() {
+            if let Some(doc) = replayed.as_object_mut() {
+                doc.remove("tool_calls");
+            }
+        }
         session::difference(&recorded, &replayed, String::new()).map(|(at, a, b)| {
             format!(
                 "the replayed outcome differs from the recorded one at {at}: recorded {a}, \

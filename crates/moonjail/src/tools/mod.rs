@@ -165,19 +165,44 @@ pub struct ToolCall {
     pub bytes_out: u64,
 }
 
-/// Serialised as `run --json` prints it (see [`ToolCall::to_json`]).
+/// Serialised as `run --json` prints it (see [`ToolCall::to_json`]), written straight
+/// from the fields: a run's audit can list a thousand calls, and the journal's `end`
+/// line and every outcome document write it whole.
 impl Serialize for ToolCall {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.to_json().serialize(serializer)
+        /// The document's fields, in its key order (sorted, as a JSON object's are).
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            bytes_in: u64,
+            bytes_out: u64,
+            error: &'a Option<String>,
+            ms: f64,
+            name: &'a str,
+            ok: bool,
+        }
+        Doc {
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            error: &self.error,
+            ms: self.ms(),
+            name: &self.name,
+            ok: self.ok,
+        }
+        .serialize(serializer)
     }
 }
 
 impl ToolCall {
+    /// The call's duration in milliseconds, rounded to microseconds.
+    fn ms(&self) -> f64 {
+        (self.duration.as_secs_f64() * 1e6).round() / 1e3
+    }
+
     /// `{"name", "ms", "ok", "error", "bytes_in", "bytes_out"}`, as `run --json` prints it.
     pub fn to_json(&self) -> Json {
         serde_json::json!({
             "name": self.name,
-            "ms": (self.duration.as_secs_f64() * 1e6).round() / 1e3,
+            "ms": self.ms(),
             "ok": self.ok,
             "error": self.error,
             "bytes_in": self.bytes_in,
@@ -1054,6 +1079,23 @@ mod tests {
 
     fn echo(args: Vec<Json>) -> Result<Json, ToolError> {
         Ok(Json::Array(args))
+    }
+
+    #[test]
+    fn a_tool_call_serialises_as_its_json_document() {
+        for error in [None, Some("no \"such\" city".to_string())] {
+            let call = ToolCall {
+                name: "weather.lookup".into(),
+                duration: Duration::from_nanos(1_234_567),
+                ok: error.is_none(),
+                error,
+                bytes_in: 17,
+                bytes_out: 42,
+            };
+            let text = serde_json::to_string(&call).unwrap();
+            assert_eq!(text, call.to_json().to_string());
+            assert!(text.contains("\"ms\":1.235"), "{text}");
+        }
     }
 
     #[test]

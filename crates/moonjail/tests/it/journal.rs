@@ -164,6 +164,41 @@ fn journal_lines_are_versioned_json_with_the_source_hash() {
         .unwrap()
         .contains("expected integer"));
     assert_eq!(lines[5]["outcome"]["ok"], json!(true));
+    // The calls are recorded once: the tool lines, not an audit in `end` as well.
+    assert!(
+        lines[5]["outcome"].get("tool_calls").is_none(),
+        "{}",
+        lines[5]
+    );
+}
+
+#[test]
+fn journal_an_end_line_with_the_audit_of_the_calls_is_still_compared() {
+    // Journals written before `end` left `tool_calls` out hold the audit there: they
+    // replay as before, and the audit is compared.
+    let sandbox = tools(Arc::default()).build().unwrap();
+    let (recorded, journal) = record(&sandbox, SCRIPT);
+    let with_audit = |audit: Json| -> Vec<u8> {
+        let text = String::from_utf8(journal.clone()).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut end: Json = serde_json::from_str(lines.last().unwrap()).unwrap();
+        end["outcome"]["tool_calls"] = audit;
+        *lines.last_mut().unwrap() = end.to_string();
+        (lines.join("\n") + "\n").into_bytes()
+    };
+    let audit = recorded.to_json()["tool_calls"].clone();
+    assert_eq!(audit.as_array().map(Vec::len), Some(4), "{audit}");
+    let replayed = replay(&with_audit(audit.clone()), &ReplayOptions::default());
+    assert_eq!(essence(&replayed), essence(&recorded));
+    let mut forged = audit;
+    forged[0]["bytes_out"] = json!(999);
+    let err = moonjail::replay(&with_audit(forged)[..], &ReplayOptions::default())
+        .map(|o| o.error().map(|e| (e.kind, e.message.clone())));
+    let Ok(Some((kind, message))) = err else {
+        panic!("a divergence: {err:?}")
+    };
+    assert_eq!(kind, moonjail::ErrorKind::ReplayDivergence, "{message}");
+    assert!(message.contains("/tool_calls/0/bytes_out"), "{message}");
 }
 
 #[test]
