@@ -73,8 +73,37 @@ pub struct RunArgs {
         requires = "journal"
     )]
     pub journal_limit: String,
+    /// With --journal: when the journal's lines are written. `line`: each as it is
+    /// recorded, before the script gets the answer it records (if moonjail dies, the
+    /// journal holds every answer the script saw). `batch`: gathered in memory and written
+    /// every 64 KiB or 100 ms, and at the end (for runs making many quick tool calls; if
+    /// moonjail dies, the lines since the last write are lost). Either way the end (or
+    /// suspend) line is written and fsynced at once.
+    #[arg(
+        long,
+        value_name = "WHEN",
+        default_value = "line",
+        requires = "journal"
+    )]
+    pub journal_flush: JournalFlush,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+}
+
+/// `--journal-flush`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum JournalFlush {
+    Line,
+    Batch,
+}
+
+impl From<JournalFlush> for moonjail::Flush {
+    fn from(flush: JournalFlush) -> Self {
+        match flush {
+            JournalFlush::Line => moonjail::Flush::Line,
+            JournalFlush::Batch => moonjail::Flush::Batch,
+        }
+    }
 }
 
 /// Reads the script and the input (each under its limit), runs once, prints the outcome;
@@ -145,7 +174,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 Some(path) => {
                     let journal = moonjail::JournalWriter::create(path)
                         .with_context(|| format!("--journal {}", path.display()))?
-                        .limit(journal_limit.map(|l| l as u64));
+                        .limit(journal_limit.map(|l| l as u64))
+                        .flush(args.journal_flush.into());
                     let mut outcome = sandbox
                         .run_journaled(&source, &input, &options, journal)
                         .with_context(|| format!("--journal {}", path.display()))?;

@@ -5,7 +5,7 @@
 //! journal_overhead (`MOONJAIL_JOURNAL_N` sets the number of runs per row).
 use std::time::{Duration, Instant};
 
-use moonjail::{JournalWriter, ReplayOptions, RunOptions, Sandbox};
+use moonjail::{Flush, JournalWriter, ReplayOptions, RunOptions, Sandbox};
 use serde_json::{json, Value as Json};
 
 const SCRIPT: &str = r#"
@@ -50,7 +50,7 @@ fn main() {
         .interrupt_check(Duration::from_millis(5), || false)
         .build()
         .expect("valid");
-    // One variant alone (`plain`, `sink`, `file`), for a profiler: MOONJAIL_JOURNAL_ONLY.
+    // One variant alone (`plain`, `sink`, `file`, `batch`), for a profiler: MOONJAIL_JOURNAL_ONLY.
     if let Ok(only) = std::env::var("MOONJAIL_JOURNAL_ONLY") {
         let opts = RunOptions::default();
         let path = std::env::temp_dir().join(format!("journal-only-{}.jsonl", std::process::id()));
@@ -65,15 +65,18 @@ fn main() {
                         JournalWriter::new(std::io::sink()),
                     )
                     .expect("journaled"),
-                "file" => sandbox
-                    .run_journaled(
-                        SCRIPT,
-                        &Json::Null,
-                        &opts,
-                        JournalWriter::create(&path).expect("a journal file"),
-                    )
-                    .expect("journaled"),
-                other => panic!("MOONJAIL_JOURNAL_ONLY={other}: plain, sink or file"),
+                "file" | "batch" => {
+                    let flush = if only == "batch" {
+                        Flush::Batch
+                    } else {
+                        Flush::Line
+                    };
+                    let journal = JournalWriter::create(&path).expect("a journal file");
+                    sandbox
+                        .run_journaled(SCRIPT, &Json::Null, &opts, journal.flush(flush))
+                        .expect("journaled")
+                }
+                other => panic!("MOONJAIL_JOURNAL_ONLY={other}: plain, sink, file or batch"),
             };
             assert!(out.is_ok());
         }
@@ -83,6 +86,7 @@ fn main() {
     let path = std::env::temp_dir().join(format!("journal-overhead-{}.jsonl", std::process::id()));
     let opts = RunOptions::default();
     let (mut plain, mut file, mut sink, mut replay) = (vec![], vec![], vec![], vec![]);
+    let mut batch = vec![];
     let mut check = vec![];
     let mut size = 0;
     for _ in 0..n {
@@ -99,6 +103,12 @@ fn main() {
         let out = sandbox.run_journaled(SCRIPT, &Json::Null, &opts, journal);
         assert!(out.expect("journaled").is_ok());
         file.push(t.elapsed());
+
+        let t = Instant::now();
+        let journal = JournalWriter::create(&path).expect("a journal file");
+        let out = sandbox.run_journaled(SCRIPT, &Json::Null, &opts, journal.flush(Flush::Batch));
+        assert!(out.expect("journaled").is_ok());
+        batch.push(t.elapsed());
 
         let t = Instant::now();
         let journal = JournalWriter::new(std::io::sink());
@@ -125,6 +135,7 @@ fn main() {
         ("with a 5 ms interrupt check", median(check)),
         ("journaled to io::sink", median(sink)),
         ("journaled to a file (fsync)", median(file)),
+        ("  the same, Flush::Batch", median(batch)),
         ("replay of that journal", median(replay)),
     ] {
         println!(

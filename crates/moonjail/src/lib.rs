@@ -77,8 +77,8 @@ pub use error::{ConfigError, Error, ErrorKind, Frame, Result, MAX_FRAMES, MAX_ME
 pub use host::{Determinism, HostFiles};
 pub use input::parse_input;
 pub use journal::{
-    replay, replay_journal, Journal, JournalError, JournalWriter, Pending, ReplayOptions, Run,
-    Suspension, DEFAULT_JOURNAL_LIMIT, JOURNAL_VERSION,
+    replay, replay_journal, Flush, Journal, JournalError, JournalWriter, Pending, ReplayOptions,
+    Run, Suspension, DEFAULT_JOURNAL_LIMIT, JOURNAL_VERSION,
 };
 // Durable sessions (journal/session.rs), apart from the run journal's list above.
 pub use journal::{

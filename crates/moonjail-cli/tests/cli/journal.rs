@@ -210,4 +210,41 @@ fn journal_flags_are_documented_in_help() {
     let out = mj(&["run", "--help"]);
     assert!(out.stdout.contains("--journal <FILE>"), "{}", out.stdout);
     assert!(out.stdout.contains("--journal-limit"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("--journal-flush <WHEN>"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn journal_a_batched_journal_replays_the_same() {
+    let dir = setup();
+    let recorded = moonjail(
+        dir.path(),
+        &[
+            "run",
+            "script.lua",
+            "--tool",
+            "rng.next=sh rng.sh",
+            "--journal",
+            "run.jsonl",
+            "--journal-flush",
+            "batch",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(recorded.code, Some(0), "{recorded:?}");
+    let replayed = moonjail(dir.path(), &["replay", "run.jsonl", "--json"], None);
+    assert_eq!(replayed.code, Some(0), "{replayed:?}");
+    assert_eq!(essence(replayed.json()), essence(recorded.json()));
+    assert_eq!(calls(&dir), 2);
+    // Without a journal, the flag is misuse.
+    let out = moonjail(
+        dir.path(),
+        &["run", "script.lua", "--journal-flush", "batch"],
+        None,
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
 }

@@ -26,7 +26,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize as _;
 use serde_json::{json, Value as Json};
@@ -163,16 +163,49 @@ pub enum JournalError {
 // ---------------------------------------------------------------------------------------
 
 /// Where a journal goes: a file ([`JournalWriter::create`]) or any writer
-/// ([`JournalWriter::new`]), with a size limit ([`DEFAULT_JOURNAL_LIMIT`] by default).
+/// ([`JournalWriter::new`]), with a size limit ([`DEFAULT_JOURNAL_LIMIT`] by default) and
+/// a flush policy ([`Flush::Line`] by default).
 ///
-/// Durability: every line is written whole and flushed as it is recorded (before the
-/// script gets the answer it records); a file is fsynced after the `end` line.
+/// Durability: every line is written whole; with [`Flush::Line`], each is flushed as it
+/// is recorded (before the script gets the answer it records); a file is fsynced after
+/// the `end` line and after a `suspend` line.
 pub struct JournalWriter {
     out: Box<dyn Write + Send>,
     /// The file, to fsync at the end.
     file: Option<std::fs::File>,
     limit: Option<u64>,
     written: u64,
+    flush: Flush,
+    /// Whole lines recorded but not yet written ([`Flush::Batch`]).
+    pending: Vec<u8>,
+    /// When `pending` was last written out.
+    drained: Instant,
+}
+
+/// When a journal's lines reach its writer (for a file: the operating system, which
+/// keeps them if the recording process dies). Either way the `end` and `suspend` lines
+/// are written and fsynced at once, and nothing of a line is written before all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Flush {
+    /// Each line is written and flushed as it is recorded, before the script gets the
+    /// answer it records: if the recording process dies, the journal holds every answer
+    /// the script saw (a system call per tool call).
+    #[default]
+    Line,
+    /// Lines are gathered in memory and written together once [`Flush::BATCH_BYTES`]
+    /// have gathered or [`Flush::BATCH_AGE`] has passed since the last write (checked as
+    /// lines are recorded), at a suspension and at the end. For runs that make many quick
+    /// tool calls: if the recording process dies, the journal loses the lines gathered
+    /// since the last write (it is still a prefix of whole lines).
+    Batch,
+}
+
+impl Flush {
+    /// How many bytes of lines [`Flush::Batch`] gathers before writing them.
+    pub const BATCH_BYTES: usize = 64 << 10;
+    /// How old [`Flush::Batch`]'s oldest unwritten line may be when the next is recorded.
+    pub const BATCH_AGE: Duration = Duration::from_millis(100);
 }
 
 impl fmt::Debug for JournalWriter {
@@ -181,11 +214,30 @@ impl fmt::Debug for JournalWriter {
             .field("file", &self.file.is_some())
             .field("limit", &self.limit)
             .field("written", &self.written)
+            .field("flush", &self.flush)
             .finish_non_exhaustive()
     }
 }
 
 impl JournalWriter {
+    /// A journal written to `out` with `written` bytes in it already; `file` is fsynced
+    /// at the end.
+    pub(super) fn with(
+        out: Box<dyn Write + Send>,
+        file: Option<std::fs::File>,
+        written: u64,
+    ) -> JournalWriter {
+        JournalWriter {
+            out,
+            file,
+            limit: Some(DEFAULT_JOURNAL_LIMIT),
+            written,
+            flush: Flush::Line,
+            pending: Vec::new(),
+            drained: Instant::now(),
+        }
+    }
+
     /// Creates (or truncates) the journal file at `path`.
     ///
     /// # Errors
@@ -193,22 +245,12 @@ impl JournalWriter {
     pub fn create(path: impl AsRef<Path>) -> std::io::Result<JournalWriter> {
         let file = std::fs::File::create(path)?;
         let sync = file.try_clone()?;
-        Ok(JournalWriter {
-            out: Box::new(file),
-            file: Some(sync),
-            limit: Some(DEFAULT_JOURNAL_LIMIT),
-            written: 0,
-        })
+        Ok(JournalWriter::with(Box::new(file), Some(sync), 0))
     }
 
-    /// A journal written to `out` (flushed per line, never fsynced).
+    /// A journal written to `out` (never fsynced).
     pub fn new(out: impl Write + Send + 'static) -> JournalWriter {
-        JournalWriter {
-            out: Box::new(out),
-            file: None,
-            limit: Some(DEFAULT_JOURNAL_LIMIT),
-            written: 0,
-        }
+        JournalWriter::with(Box::new(out), None, 0)
     }
 
     /// A journal continued at the end of `out` (a file opened for appending, with
@@ -216,12 +258,13 @@ impl JournalWriter {
     /// [`Sandbox::resume`] writes the rest of a run with. The limit counts the bytes
     /// already there.
     pub fn appending(out: std::fs::File, sync: std::fs::File, written: u64) -> JournalWriter {
-        JournalWriter {
-            out: Box::new(out),
-            file: Some(sync),
-            limit: Some(DEFAULT_JOURNAL_LIMIT),
-            written,
-        }
+        JournalWriter::with(Box::new(out), Some(sync), written)
+    }
+
+    /// Sets when lines are written ([`Flush::Line`] by default).
+    pub fn flush(mut self, flush: Flush) -> JournalWriter {
+        self.flush = flush;
+        self
     }
 
     /// Counts `bytes` as written already (a journal continued in memory), for the limit.
@@ -249,12 +292,36 @@ impl JournalWriter {
         self.text(&text)
     }
 
-    /// Writes one whole line, `\n` included; refuses a line past the limit.
+    /// Records one whole line, `\n` included, as the flush policy says; refuses a line
+    /// past the limit.
     fn text(&mut self, text: &[u8]) -> Result<(), JournalError> {
         self.room(text.len() as u64)?;
-        self.out.write_all(text)?;
-        self.out.flush()?;
+        match self.flush {
+            Flush::Line => {
+                self.out.write_all(text)?;
+                self.out.flush()?;
+            }
+            Flush::Batch => {
+                self.pending.extend_from_slice(text);
+                if self.pending.len() >= Flush::BATCH_BYTES
+                    || self.drained.elapsed() >= Flush::BATCH_AGE
+                {
+                    self.drain()?;
+                }
+            }
+        }
         self.written += text.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the lines gathered so far, and flushes.
+    fn drain(&mut self) -> Result<(), JournalError> {
+        if !self.pending.is_empty() {
+            self.out.write_all(&self.pending)?;
+            self.pending.clear();
+        }
+        self.out.flush()?;
+        self.drained = Instant::now();
         Ok(())
     }
 
@@ -270,11 +337,21 @@ impl JournalWriter {
     }
 
     fn sync(&mut self) -> Result<(), JournalError> {
-        self.out.flush()?;
+        self.drain()?;
         if let Some(file) = &self.file {
             file.sync_all()?;
         }
         Ok(())
+    }
+}
+
+impl Drop for JournalWriter {
+    /// A journal left without its end (the run stopped by the journal's limit or a
+    /// failure) keeps the whole lines gathered so far.
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let _ = self.drain();
+        }
     }
 }
 

@@ -790,12 +790,7 @@ impl JournalWriter {
         lock_file(&file)?;
         file.set_len(0)?;
         let out = file.try_clone()?;
-        Ok(JournalWriter {
-            out: Box::new(out),
-            file: Some(file),
-            limit: Some(super::DEFAULT_JOURNAL_LIMIT),
-            written: 0,
-        })
+        Ok(JournalWriter::with(Box::new(out), Some(file), 0))
     }
 }
 
@@ -1269,12 +1264,7 @@ pub fn restore_session(
     file.seek(SeekFrom::End(0))?;
     file.sync_all()?;
     let out = file.try_clone()?;
-    let writer = JournalWriter {
-        out: Box::new(out),
-        file: Some(file),
-        limit,
-        written: keep,
-    };
+    let writer = JournalWriter::with(Box::new(out), Some(file), keep).limit(limit);
     let recording = recording(writer, &taps);
     taps.set(Mode::Live(Some(Arc::clone(&recording))));
     Ok(JournaledSession {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moonjail::{
-    ErrorKind, HostFiles, Journal, JournalError, JournalWriter, Outcome, Profile, ReplayOptions,
-    RunOptions, Sandbox, SandboxBuilder, ToolError, ToolSpec,
+    ErrorKind, Flush, HostFiles, Journal, JournalError, JournalWriter, Outcome, Profile,
+    ReplayOptions, RunOptions, Sandbox, SandboxBuilder, ToolError, ToolSpec,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value as Json};
@@ -405,7 +405,8 @@ fn journal_truncated_corrupt_and_oversized_journals_are_clear_errors() {
         (b"not json\n".to_vec(), "line 1: not JSON"),
         (lines[1..].join("\n").into_bytes(), "not a \"start\" line"),
         (lines[..3].join("\n").into_bytes(), "no \"end\" line"),
-        (journal[..journal.len() / 2].to_vec(), "not JSON"),
+        // Cut inside the last line.
+        (journal[..journal.len() - 10].to_vec(), "not JSON"),
         (
             text.replacen("\"v\":1", "\"v\":99", 1).into_bytes(),
             "journal version 99",
@@ -462,4 +463,81 @@ proptest! {
             let _ = moonjail::replay_journal(&parsed, &ReplayOptions::default());
         }
     }
+}
+
+/// A writer counting the `write` calls that reach it.
+#[derive(Clone, Default)]
+struct Counted(Buffer, Arc<AtomicU64>);
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn journal_batched_lines_are_written_together_and_replay_the_same() {
+    let sandbox = Sandbox::builder()
+        .tool("kv.get", |args| Ok(json!({"key": args[0].clone(), "v": 1})))
+        .build()
+        .unwrap();
+    let script = "local n = 0 for i = 1, 200 do n = n + kv.get('k' .. i).v end return n";
+    let record = |flush: Flush| {
+        let out = Counted::default();
+        let journal = JournalWriter::new(out.clone()).flush(flush);
+        let outcome = sandbox
+            .run_journaled(script, &Json::Null, &RunOptions::default(), journal)
+            .expect("journaled");
+        assert_eq!(outcome.result.as_ref().ok(), Some(&json!(200)));
+        (out.0.bytes(), out.1.load(Ordering::SeqCst))
+    };
+    let (lines, line_writes) = record(Flush::Line);
+    let (batched, batch_writes) = record(Flush::Batch);
+    // start, 200 tool lines, end: a write each, or a few writes in all.
+    assert!(line_writes >= 202, "{line_writes}");
+    assert!(batch_writes < 100, "{batch_writes} writes for 202 lines");
+    // The same lines (the seeds drawn for each run aside).
+    let count = |j: &[u8]| j.iter().filter(|b| **b == b'\n').count();
+    assert_eq!(count(&batched), count(&lines));
+    assert_eq!(count(&batched), 202);
+    let replayed = replay(&batched, &ReplayOptions::default());
+    assert_eq!(replayed.result.ok(), Some(json!(200)));
+}
+
+#[test]
+fn journal_a_batched_journal_stopped_by_its_limit_keeps_its_whole_lines() {
+    let sandbox = Sandbox::builder()
+        .tool("kv.get", |_| Ok(json!("x".repeat(100))))
+        .tool_quota(moonjail::ToolQuota::default().per_run(None))
+        .build()
+        .unwrap();
+    let out = Buffer::default();
+    let journal = JournalWriter::new(out.clone())
+        .limit(Some(20_000))
+        .flush(Flush::Batch);
+    let err = sandbox
+        .run_journaled(
+            "while true do kv.get() end",
+            &Json::Null,
+            &RunOptions::default(),
+            journal,
+        )
+        .expect_err("the limit stops the run");
+    assert!(matches!(err, JournalError::Limit { .. }), "{err}");
+    let bytes = out.bytes();
+    // Every line gathered before the limit was written, whole, when the run ended.
+    assert!(
+        bytes.len() > 19_000 && bytes.len() <= 20_000,
+        "{}",
+        bytes.len()
+    );
+    assert!(bytes.ends_with(b"\n"));
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text
+        .lines()
+        .all(|l| serde_json::from_str::<Json>(l).is_ok()));
 }
