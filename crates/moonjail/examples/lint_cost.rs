@@ -8,20 +8,16 @@ use std::time::Instant;
 
 use moonjail::Sandbox;
 
+#[path = "../benches/common/megabyte.rs"]
+mod megabyte;
+
 fn main() {
     let n: usize = std::env::var("MOONJAIL_LINT_N")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let parse_only = std::env::var_os("MOONJAIL_LINT_PARSE_ONLY").is_some();
-    let module = include_str!("../tests/lint_corpus/json.lua");
-    let body = module.replace("return json", "M = json");
-    let mut source = String::new();
-    while source.len() < 1 << 20 {
-        source.push_str("do\n");
-        source.push_str(&body);
-        source.push_str("\nend\n");
-    }
+    let source = megabyte::megabyte();
     let sandbox = Sandbox::builder().no_source_limit().build().expect("valid");
     let t = Instant::now();
     for _ in 0..n {

@@ -26,6 +26,16 @@ fn block_on<F: Future>(f: F) -> F::Output {
 
 /// A client connected to `moonjail mcp ARGS` run in `dir` (initialized).
 async fn connect(dir: &TempDir, args: &[&str]) -> Client {
+    connect_with(dir, args, ()).await
+}
+
+/// A client with `handler` (what it answers the server's requests with) connected to
+/// `moonjail mcp ARGS` run in `dir`.
+async fn connect_with<H: rmcp::ClientHandler>(
+    dir: &TempDir,
+    args: &[&str],
+    handler: H,
+) -> RunningService<RoleClient, H> {
     let cmd = tokio::process::Command::new(MOONJAIL).configure(|cmd| {
         cmd.arg("mcp")
             .args(args)
@@ -36,11 +46,15 @@ async fn connect(dir: &TempDir, args: &[&str]) -> Client {
         let _lock = spawn_lock();
         TokioChildProcess::new(cmd).expect("start moonjail mcp")
     };
-    ().serve(transport).await.expect("the MCP handshake")
+    handler.serve(transport).await.expect("the MCP handshake")
 }
 
 /// Calls the tool `name` with `args` (an object); a protocol error fails the test.
-async fn call(client: &Client, name: &str, args: Json) -> CallToolResult {
+async fn call<H: rmcp::ClientHandler>(
+    client: &RunningService<RoleClient, H>,
+    name: &str,
+    args: Json,
+) -> CallToolResult {
     let Json::Object(args) = args else {
         panic!("arguments are an object")
     };
@@ -642,25 +656,6 @@ impl rmcp::ClientHandler for User {
     }
 }
 
-/// A client with `user`, connected to `moonjail mcp ARGS` in `dir`.
-async fn connect_user(
-    dir: &TempDir,
-    args: &[&str],
-    user: User,
-) -> RunningService<RoleClient, User> {
-    let cmd = tokio::process::Command::new(MOONJAIL).configure(|cmd| {
-        cmd.arg("mcp")
-            .args(args)
-            .current_dir(dir.path())
-            .env("MOONJAIL_WORKER", MOONJAIL);
-    });
-    let transport = {
-        let _lock = spawn_lock();
-        TokioChildProcess::new(cmd).expect("start moonjail mcp")
-    };
-    user.serve(transport).await.expect("the MCP handshake")
-}
-
 const PAYMENT: &str = r#"
 local ok, receipt = pcall(payments.send, {to = "bob", amount = 5})
 if not ok then return "refused: " .. tostring(receipt) end
@@ -680,15 +675,9 @@ fn a_deferred_call_is_put_to_the_user_and_the_run_goes_on_with_the_answer() {
                 answer: Some(r#"{"id": "tx-1"}"#.to_string()),
                 ..User::default()
             };
-            let client = connect_user(&dir, &args, user.clone()).await;
+            let client = connect_with(&dir, &args, user.clone()).await;
             let code = format!("{PAYMENT}\n--again\n");
-            let result = client
-                .call_tool(
-                    CallToolRequestParams::new("run_lua")
-                        .with_arguments(json!({ "code": code }).as_object().unwrap().clone()),
-                )
-                .await
-                .expect("tools/call");
+            let result = call(&client, "run_lua", json!({ "code": code })).await;
             assert_eq!(
                 result.is_error,
                 Some(false),
@@ -711,14 +700,8 @@ fn a_declined_call_is_the_tool_s_error_in_the_script() {
     let dir = TempDir::new();
     block_on(async {
         let user = User::default();
-        let client = connect_user(&dir, &["--defer-tool", "payments.send"], user.clone()).await;
-        let result = client
-            .call_tool(
-                CallToolRequestParams::new("run_lua")
-                    .with_arguments(json!({ "code": PAYMENT }).as_object().unwrap().clone()),
-            )
-            .await
-            .expect("tools/call");
+        let client = connect_with(&dir, &["--defer-tool", "payments.send"], user.clone()).await;
+        let result = call(&client, "run_lua", json!({ "code": PAYMENT })).await;
         assert_eq!(result.is_error, Some(false), "{result:?}");
         let refused = doc(&result)["result"]
             .as_str()
