@@ -20,8 +20,9 @@ pub struct McpArgs {
     /// client can ask them (MCP elicitation); past it the script gets the tool's error.
     #[arg(long, value_name = "DURATION", default_value = "15m")]
     pub ask_timeout: String,
-    /// With --defer-tool: runs the client may keep waiting for resume_lua (a client that
-    /// cannot ask its user); a run that suspends past it ends there, as suspended.
+    /// With --defer-tool: runs the client may keep waiting at a deferred call, for its
+    /// user's answer or for resume_lua (a client that cannot ask); each holds a live Lua
+    /// state. A run that stops past it ends there, as suspended.
     #[arg(long, value_name = "N", default_value_t = moonjail_mcp::DEFAULT_MAX_SUSPENDED)]
     pub max_suspended: usize,
     #[command(flatten)]

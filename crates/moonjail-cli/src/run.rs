@@ -76,9 +76,10 @@ pub struct RunArgs {
     /// With --journal: when the journal's lines are written. `line`: each as it is
     /// recorded, before the script gets the answer it records (if moonjail dies, the
     /// journal holds every answer the script saw). `batch`: gathered in memory and written
-    /// every 64 KiB or 100 ms, and at the end (for runs making many quick tool calls; if
-    /// moonjail dies, the lines since the last write are lost). Either way the end (or
-    /// suspend) line is written and fsynced at once.
+    /// once 64 KiB have gathered, with the first line recorded 100 ms or more after the
+    /// last write, and at the end (for runs making many quick tool calls; if moonjail
+    /// dies, the lines since the last write are lost, however old). Either way the end
+    /// (or suspend) line is written and fsynced at once.
     #[arg(
         long,
         value_name = "WHEN",

@@ -55,9 +55,9 @@ pub(crate) fn suspended(outcome: &mut Outcome, id: Option<&str>, max: usize) -> 
             }
             None => {
                 e.hint = Some(format!(
-                    "the run stopped at {call} and cannot be resumed: {max} runs wait for \
-                     resume_lua on this connection already, the most allowed; answer them \
-                     first, then run the script again"
+                    "the run stopped at {call} and cannot be resumed: {max} runs wait on \
+                     this connection already (for resume_lua, or for the user's answer), \
+                     the most allowed; answer them first, then run the script again"
                 ));
             }
         }
@@ -68,20 +68,49 @@ pub(crate) fn suspended(outcome: &mut Outcome, id: Option<&str>, max: usize) -> 
 }
 
 /// A tool call as people write it: `name(arg, ...)`, each argument as compact JSON, the
-/// whole cut to a readable length.
+/// whole cut to a readable length. The arguments are written only up to that length (they
+/// may be as large as the run's memory limit; this runs on an async thread).
 pub(crate) fn call(name: &str, args: &[Json]) -> String {
     const MAX: usize = 2000;
-    let args: Vec<String> = args.iter().map(compact).collect();
-    let mut text = format!("{name}({})", args.join(", "));
-    if text.len() > MAX {
-        let mut end = MAX;
+    let mut text = Bounded(format!("{name}(").into_bytes(), MAX);
+    for (i, arg) in args.iter().enumerate() {
+        if i > 0 {
+            text.0.extend_from_slice(b", ");
+        }
+        // Stops with an error once the text is full.
+        if serde_json::to_writer(&mut text, arg).is_err() {
+            break;
+        }
+    }
+    let mut text = String::from_utf8_lossy(&text.0).into_owned();
+    if text.len() >= MAX {
+        let mut end = MAX.min(text.len());
         while !text.is_char_boundary(end) {
             end -= 1;
         }
         text.truncate(end);
-        text.push_str("…)");
+        text.push('…');
     }
+    text.push(')');
     text
+}
+
+/// Bytes up to a length; a write past it fails (after keeping what fits).
+struct Bounded(Vec<u8>, usize);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.1.saturating_sub(self.0.len());
+        if room == 0 {
+            return Err(std::io::Error::other("full"));
+        }
+        let n = room.min(buf.len());
+        self.0.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The text a model reads.
@@ -280,6 +309,17 @@ mod tests {
         let text = text(&run("if 1 != 2 then end"));
         assert!(text.starts_with("error: syntax\n"), "{text}");
         assert!(text.contains("hint: "), "{text}");
+    }
+
+    #[test]
+    fn a_call_is_written_as_people_write_it_and_cut_when_long() {
+        assert_eq!(
+            call("payments.send", &[json!({"to": "bob"}), json!(5)]),
+            r#"payments.send({"to":"bob"}, 5)"#
+        );
+        assert_eq!(call("ping", &[]), "ping()");
+        let long = call("log", &[json!("é".repeat(1 << 20))]);
+        assert!(long.len() <= 2010 && long.ends_with("…)"), "{}", long.len());
     }
 
     #[test]

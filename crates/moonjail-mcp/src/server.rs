@@ -17,6 +17,7 @@ use rmcp::{tool, tool_handler, tool_router, Peer, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
+use tokio_util::sync::CancellationToken;
 
 use crate::describe::{Descriptions, Facts};
 use crate::render;
@@ -194,9 +195,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Sets how many runs a connection may keep suspended at a deferred call, waiting
-    /// for `resume_lua` (a client that cannot ask its user); one more ends as
-    /// `suspended`, with no id to resume it by. By default, [`DEFAULT_MAX_SUSPENDED`].
+    /// Sets how many runs a connection may keep waiting at a deferred call, for
+    /// `resume_lua` or for the user's answer together (each holds a live state); one more
+    /// ends as `suspended`, with no id to resume it by. By default,
+    /// [`DEFAULT_MAX_SUSPENDED`].
     pub fn max_suspended(mut self, max: usize) -> Self {
         self.max_suspended = max;
         self
@@ -281,6 +283,7 @@ impl Server {
     async fn run_lua(
         &self,
         peer: Peer<RoleServer>,
+        cancel: CancellationToken,
         Parameters(args): Parameters<RunLua>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
         let sandbox = Arc::clone(&self.sandbox);
@@ -291,8 +294,8 @@ impl Server {
                 .unwrap_or_else(Outcome::from_error);
             return Ok(render::outcome(&outcome));
         }
-        let run = blocking(move || Ok(sandbox.start(args.code, &args.input, &options))).await;
-        Ok(self.settle(&peer, run).await)
+        let run = blocking(move || Ok(sandbox.start(args.code, &args.input, &options)));
+        Ok(self.settle(&peer, &cancel, run).await)
     }
 
     /// Answer the deferred call a suspended run waits at, and let it go on.
@@ -300,6 +303,7 @@ impl Server {
     async fn resume_lua(
         &self,
         peer: Peer<RoleServer>,
+        cancel: CancellationToken,
         Parameters(args): Parameters<ResumeLua>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
         let answer = match (args.answer, args.error) {
@@ -324,8 +328,8 @@ impl Server {
                 args.run_id
             )));
         };
-        let run = blocking(move || Ok(run.resume(answer))).await;
-        Ok(self.settle(&peer, run).await)
+        let run = blocking(move || Ok(run.resume(answer)));
+        Ok(self.settle(&peer, &cancel, run).await)
     }
 
     /// Check a Lua script against this sandbox without running it.
@@ -446,27 +450,54 @@ impl Server {
     /// A run to its end: each deferred call it stops at is put to the user when the client
     /// can ask (MCP form elicitation), and the run goes on with the answer; otherwise the
     /// run is held for `resume_lua` and its outcome (kind `suspended`) names the pending
-    /// call and the id to answer it by.
-    async fn settle(&self, peer: &Peer<RoleServer>, mut run: Result<Run, Error>) -> CallToolResult {
+    /// call and the id to answer it by. A call the client cancels gives its run up where
+    /// it waits (a run still executing ends first, on its own thread), and is never held.
+    async fn settle(
+        &self,
+        peer: &Peer<RoleServer>,
+        cancel: &CancellationToken,
+        run: impl std::future::Future<Output = Result<Run, Error>>,
+    ) -> CallToolResult {
+        let mut run = tokio::select! {
+            run = run => run,
+            () = cancel.cancelled() => return render::refused(CANCELLED),
+        };
         loop {
             let suspension = match run {
                 Err(e) => return render::outcome(&Outcome::from_error(e)),
                 Ok(Run::Finished(outcome)) => return render::outcome(&outcome),
                 Ok(Run::Suspended(suspension)) => Waiting(Some(Box::new(suspension))),
             };
-            let pending = suspension.0.as_deref().map(|s| s.pending().clone());
-            let answer = match pending {
-                Some(pending) if can_ask(peer) => ask(peer, &pending, self.ask_timeout).await,
+            let asking = match suspension.0.as_deref() {
+                Some(s) if can_ask(peer) => self
+                    .suspended
+                    .begin_asking()
+                    .map(|turn| (turn, s.pending().clone())),
                 _ => None,
             };
+            let answer = match asking {
+                Some((_turn, pending)) => tokio::select! {
+                    answer = ask(peer, &pending, self.ask_timeout) => answer,
+                    // `suspension` is given up as it drops, on a blocking thread.
+                    () = cancel.cancelled() => return render::refused(CANCELLED),
+                },
+                None => None,
+            };
             let Some(answer) = answer else {
+                if cancel.is_cancelled() {
+                    return render::refused(CANCELLED);
+                }
                 return self.hold(suspension);
             };
             let mut suspension = suspension;
             let Some(held) = suspension.0.take() else {
                 return render::refused("the suspended run is gone");
             };
-            run = blocking(move || Ok(held.resume(answer))).await;
+            let resumed = blocking(move || Ok(held.resume(answer)));
+            run = tokio::select! {
+                run = resumed => run,
+                () = cancel.cancelled() => return render::refused(CANCELLED),
+            };
         }
     }
 
@@ -505,6 +536,10 @@ impl Server {
         answered(self.sessions.request(id, move |s| op(s, &options)).await)
     }
 }
+
+/// What a cancelled call answers (rmcp sends no response to a cancelled request; this
+/// is for a transport that would).
+const CANCELLED: &str = "the client cancelled the call: its run was given up";
 
 /// Whether a sandbox declares deferred tools (suspending runs).
 fn has_deferred(sandbox: &Sandbox) -> bool {
@@ -559,7 +594,8 @@ async fn ask(
     let call = render::call(&pending.name, &pending.args);
     let message = format!(
         "A Lua script asks to call {call}. Give the answer the call returns to the \
-         script to let it go on, or decline to refuse the call (the script gets an error)."
+         script (JSON, or plain text, which the script gets as a string) to let it go on, \
+         or decline to refuse the call (the script gets an error)."
     );
     let name = &pending.name;
     Some(
@@ -581,6 +617,12 @@ async fn ask(
                     "the user did not answer the call to {name} within {}",
                     moonjail::units::format_duration(timeout)
                 )))
+            }
+            // A client that sent the answer as a JSON value rather than the text asked for.
+            Err(ElicitationError::ParseError { data, .. })
+                if data.get("answer").is_some_and(|a| !a.is_string()) =>
+            {
+                Ok(data["answer"].clone())
             }
             Ok(None)
             | Err(ElicitationError::NoContent)

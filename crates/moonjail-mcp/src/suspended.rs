@@ -13,20 +13,32 @@
 #![allow(clippy::vec_box)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use moonjail::Suspension;
 
 /// How many runs one connection may keep suspended at once, by default.
 pub const DEFAULT_MAX_SUSPENDED: usize = 16;
 
-/// The suspended runs of a connection, by id.
+/// The suspended runs of a connection, by id, and how many more wait while the user is
+/// asked: together at most `max` (each holds a live state, and in process a thread).
 #[derive(Debug)]
 pub(crate) struct Suspended {
     max: usize,
     next: AtomicU64,
     held: Mutex<HashMap<String, Box<Suspension>>>,
+    asking: Arc<AtomicUsize>,
+}
+
+/// A run's turn to wait for the user's answer; the count goes down as it drops.
+#[derive(Debug)]
+pub(crate) struct Asking(Arc<AtomicUsize>);
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Suspended {
@@ -35,6 +47,7 @@ impl Suspended {
             max,
             next: AtomicU64::new(1),
             held: Mutex::new(HashMap::new()),
+            asking: Arc::default(),
         }
     }
 
@@ -42,10 +55,22 @@ impl Suspended {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Holds `run` under a new id; with `max` runs held already, gives it back.
+    /// A turn to ask the user, unless `max` runs wait already (held or asking).
+    pub fn begin_asking(&self) -> Option<Asking> {
+        // Under the table's lock, so that holding and asking count against one bound.
+        let held = self.held();
+        if held.len() + self.asking.load(Ordering::SeqCst) >= self.max {
+            return None;
+        }
+        self.asking.fetch_add(1, Ordering::SeqCst);
+        Some(Asking(Arc::clone(&self.asking)))
+    }
+
+    /// Holds `run` under a new id; with `max` runs waiting already (held or asking),
+    /// gives it back.
     pub fn hold(&self, run: Box<Suspension>) -> Result<String, Box<Suspension>> {
         let mut held = self.held();
-        if held.len() >= self.max {
+        if held.len() + self.asking.load(Ordering::SeqCst) >= self.max {
             return Err(run);
         }
         let id = format!("r{}", self.next.fetch_add(1, Ordering::Relaxed));
@@ -70,8 +95,18 @@ impl Suspended {
 }
 
 impl Drop for Suspended {
-    /// The runs still waiting end where they wait, outside the lock.
+    /// The runs still waiting end where they wait, on a thread of their own: giving a
+    /// run up joins its thread, and the table drops with the connection, on an async
+    /// thread (a plain thread, since a runtime shutting down may not run blocking tasks).
     fn drop(&mut self) {
-        drop(self.drain());
+        let runs = self.drain();
+        if !runs.is_empty() {
+            let spawned = std::thread::Builder::new()
+                .name("moonjail-mcp-give-up".into())
+                .spawn(move || drop(runs));
+            if let Err(e) = spawned {
+                tracing::warn!("giving up suspended runs: no thread ({e})");
+            }
+        }
     }
 }

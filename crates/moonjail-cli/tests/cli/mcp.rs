@@ -619,6 +619,8 @@ fn the_server_ends_with_the_connection_and_its_sessions_with_it() {
 struct User {
     answer: Option<String>,
     asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Never answers the first question (a person who walked away).
+    away_first: bool,
 }
 
 impl rmcp::ClientHandler for User {
@@ -638,7 +640,14 @@ impl rmcp::ClientHandler for User {
         };
         let schema = serde_json::to_value(&requested_schema).expect("a schema");
         assert_eq!(schema["required"], json!(["answer"]), "{schema}");
-        self.asked.lock().unwrap().push(message);
+        let first = {
+            let mut asked = self.asked.lock().unwrap();
+            asked.push(message);
+            asked.len() == 1
+        };
+        if first && self.away_first {
+            std::future::pending::<()>().await;
+        }
         Ok(match &self.answer {
             Some(answer) => ElicitResult::new(ElicitationAction::Accept)
                 .with_content(json!({ "answer": answer })),
@@ -676,7 +685,9 @@ fn a_deferred_call_is_put_to_the_user_and_the_run_goes_on_with_the_answer() {
                 ..User::default()
             };
             let client = connect_with(&dir, &args, user.clone()).await;
-            let code = format!("{PAYMENT}\n--again\n");
+            // Two deferred calls in one run: each is put to the user.
+            let code =
+                format!("local first = payments.send({{to = 'eve', amount = 1}})\n{PAYMENT}");
             let result = call(&client, "run_lua", json!({ "code": code })).await;
             assert_eq!(
                 result.is_error,
@@ -685,14 +696,90 @@ fn a_deferred_call_is_put_to_the_user_and_the_run_goes_on_with_the_answer() {
             );
             assert_eq!(doc(&result)["result"], json!("tx-1!"), "{result:?}");
             let asked = user.asked.lock().unwrap().clone();
-            assert_eq!(asked.len(), 1, "{asked:?}");
+            assert_eq!(asked.len(), 2, "{asked:?}");
             assert!(
-                asked[0].contains(r#"payments.send({"amount":5,"to":"bob"})"#),
+                asked[0].contains(r#"payments.send({"amount":1,"to":"eve"})"#),
+                "{asked:?}"
+            );
+            assert!(
+                asked[1].contains(r#"payments.send({"amount":5,"to":"bob"})"#),
                 "{asked:?}"
             );
             client.cancel().await.expect("close the connection");
         });
     }
+}
+
+#[test]
+fn a_plain_text_answer_reaches_the_script_as_a_string() {
+    let dir = TempDir::new();
+    block_on(async {
+        let user = User {
+            answer: Some("approved by Ann".to_string()),
+            ..User::default()
+        };
+        let client = connect_with(&dir, &["--defer-tool", "approve"], user).await;
+        let result = call(&client, "run_lua", json!({"code": "return approve()"})).await;
+        assert_eq!(
+            doc(&result)["result"],
+            json!("approved by Ann"),
+            "{result:?}"
+        );
+        client.cancel().await.expect("close the connection");
+    });
+}
+
+#[test]
+fn a_cancelled_call_gives_its_run_up_and_frees_its_place() {
+    // --max-suspended 1: the one place is taken while the user is asked. The client
+    // cancels that call; the next run must get the place back (its user is asked and
+    // answers), not be refused as one too many.
+    let dir = TempDir::new();
+    block_on(async {
+        let user = User {
+            answer: Some("ok".to_string()),
+            away_first: true,
+            ..User::default()
+        };
+        let client = connect_with(
+            &dir,
+            &["--defer-tool", "approve", "--max-suspended", "1"],
+            user.clone(),
+        )
+        .await;
+        let Json::Object(args) = json!({"code": "return approve()"}) else {
+            unreachable!()
+        };
+        let request = rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(
+            CallToolRequestParams::new("run_lua").with_arguments(args),
+        ));
+        let handle = client
+            .send_cancellable_request(request, Default::default())
+            .await
+            .expect("send run_lua");
+        for _ in 0..500 {
+            if !user.asked.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(user.asked.lock().unwrap().len(), 1, "the user was asked");
+        handle.cancel(None).await.expect("cancel run_lua");
+        // The cancellation reaches the server before the next call; its run may take a
+        // moment to give up its place.
+        let mut last = None;
+        for _ in 0..50 {
+            let result = call(&client, "run_lua", json!({"code": "return approve()"})).await;
+            if doc(&result)["result"] == json!("ok") {
+                last = None;
+                break;
+            }
+            last = Some(result);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(last.is_none(), "the place was never given back: {last:?}");
+        client.cancel().await.expect("close the connection");
+    });
 }
 
 #[test]

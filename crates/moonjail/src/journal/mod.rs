@@ -194,8 +194,9 @@ pub enum Flush {
     #[default]
     Line,
     /// Lines are gathered in memory and written together once [`Flush::BATCH_BYTES`]
-    /// have gathered or [`Flush::BATCH_AGE`] has passed since the last write (checked as
-    /// lines are recorded), at a suspension and at the end. For runs that make many quick
+    /// have gathered, or with the first line recorded [`Flush::BATCH_AGE`] or more after
+    /// the last write (so a line recorded before a long pause waits for the next one or
+    /// the end), at a suspension and at the end. For runs that make many quick
     /// tool calls: if the recording process dies, the journal loses the lines gathered
     /// since the last write (it is still a prefix of whole lines).
     Batch,
@@ -261,7 +262,8 @@ impl JournalWriter {
         JournalWriter::with(Box::new(out), Some(sync), written)
     }
 
-    /// Sets when lines are written ([`Flush::Line`] by default).
+    /// Sets when lines are written ([`Flush::Line`] by default). A session journal
+    /// ([`Sandbox::session_journaled`]) always writes each line as it is recorded.
     pub fn flush(mut self, flush: Flush) -> JournalWriter {
         self.flush = flush;
         self
@@ -317,8 +319,11 @@ impl JournalWriter {
     /// Writes the lines gathered so far, and flushes.
     fn drain(&mut self) -> Result<(), JournalError> {
         if !self.pending.is_empty() {
-            self.out.write_all(&self.pending)?;
+            let written = self.out.write_all(&self.pending);
+            // Never twice, even in part: a failed write fails the journal (the run
+            // stops), and a later drain must not repeat what did reach the file.
             self.pending.clear();
+            written?;
         }
         self.out.flush()?;
         self.drained = Instant::now();
@@ -1222,8 +1227,9 @@ impl Journal {
         self.calls.len()
     }
 
-    /// The outcome document the recorded run ended with (`run --json`'s); `null` for a
-    /// suspended run.
+    /// The outcome document the recorded run ended with (`run --json`'s, without its
+    /// `tool_calls` audit, which the `tool` lines hold; journals written before that
+    /// change have it); `null` for a suspended run.
     pub fn recorded_outcome(&self) -> &Json {
         &self.end
     }

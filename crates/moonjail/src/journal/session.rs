@@ -828,8 +828,11 @@ impl Sandbox {
     /// locked by another process, or the session cannot be opened.
     pub fn session_journaled(
         &self,
-        journal: JournalWriter,
+        mut journal: JournalWriter,
     ) -> Result<JournaledSession, JournalError> {
+        // A response the caller has seen must survive the process: lines are written as
+        // they are recorded, whatever the writer was set to.
+        journal.flush = super::Flush::Line;
         if let Some(file) = &journal.file {
             lock_file(file)?;
         }

@@ -674,3 +674,28 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn journal_session_lines_are_written_as_recorded_even_when_a_batch_was_asked() {
+    // A response the caller has seen must be in the file: a session journal ignores
+    // `Flush::Batch`.
+    let dir = Dir::new("batch");
+    let path = dir.file("s.jsonl");
+    let journal = JournalWriter::create(&path)
+        .unwrap()
+        .flush(moonjail::Flush::Batch);
+    let mut session = Sandbox::builder()
+        .build()
+        .unwrap()
+        .session_journaled(journal)
+        .unwrap();
+    // Not even fsynced per response (`--journal-fsync end`): still written.
+    session.sync_each_response(false);
+    exec(&mut session, "x = 41");
+    let types: Vec<Json> = lines(&path).iter().map(|l| l["type"].clone()).collect();
+    assert_eq!(
+        types,
+        [json!("session"), json!("request"), json!("response")]
+    );
+    drop(session);
+}
