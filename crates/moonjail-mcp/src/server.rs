@@ -487,7 +487,7 @@ impl Server {
                 if cancel.is_cancelled() {
                     return render::refused(CANCELLED);
                 }
-                return self.hold(suspension);
+                return self.hold(suspension).await;
             };
             let mut suspension = suspension;
             let Some(held) = suspension.0.take() else {
@@ -502,8 +502,9 @@ impl Server {
     }
 
     /// Holds a suspended run for `resume_lua`: its outcome, with the id in
-    /// `error.value.run` and the text saying how to answer.
-    fn hold(&self, mut waiting: Waiting) -> CallToolResult {
+    /// `error.value.run` and the text saying how to answer. With no place left, the run
+    /// is given up instead, and its outcome (output and statistics so far) says why.
+    async fn hold(&self, mut waiting: Waiting) -> CallToolResult {
         let Some(run) = waiting.0.take() else {
             return render::refused("the suspended run is gone");
         };
@@ -511,7 +512,9 @@ impl Server {
         match self.suspended.hold(run) {
             Ok(id) => render::suspended(&mut outcome, Some(&id), self.suspended.max()),
             Err(run) => {
-                waiting.0 = Some(run);
+                let mut outcome = blocking(move || Ok(run.abandon()))
+                    .await
+                    .unwrap_or_else(Outcome::from_error);
                 render::suspended(&mut outcome, None, self.suspended.max())
             }
         }

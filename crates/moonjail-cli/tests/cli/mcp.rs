@@ -854,6 +854,11 @@ fn without_elicitation_a_deferred_call_is_held_for_resume_lua() {
                 "{}",
                 text(&second)
             );
+            // Given up, it has ended: its outcome is the run's own, statistics included.
+            assert!(
+                doc(&second)["stats"]["wall_ms"].as_f64() > Some(0.0),
+                "{second:?}"
+            );
 
             let both = call(
                 &client,

@@ -480,6 +480,39 @@ impl Suspension {
     }
 }
 
+impl Suspension {
+    /// Gives the run up where it waits: it ends there, as suspended, and this is its
+    /// outcome — what [`Sandbox::run`] gives for the same script, with the output and
+    /// statistics up to the deferred call (unlike [`Suspension::outcome`], which a run
+    /// held in process cannot fill in yet). Waits for the run's thread to end.
+    pub fn abandon(mut self) -> Outcome {
+        match std::mem::replace(&mut self.inner, Held::Done) {
+            Held::Parked {
+                answers,
+                events,
+                thread,
+            } => {
+                let _ = answers.send(None);
+                match next(answers, events, thread) {
+                    Run::Finished(outcome) => outcome,
+                    // A run given up cannot park again (calls after a deferred one are
+                    // refused); were it to, it is given up there too.
+                    Run::Suspended(again) => {
+                        let outcome = again.outcome();
+                        drop(again);
+                        outcome
+                    }
+                }
+            }
+            Held::Journal { outcome, .. } => *outcome,
+            Held::Done => Outcome::failed(
+                Error::new(ErrorKind::Internal, "the suspension was resumed already"),
+                std::time::Duration::ZERO,
+            ),
+        }
+    }
+}
+
 impl Drop for Suspension {
     /// A run given up ends where it waits: its thread is told, and joined.
     fn drop(&mut self) {

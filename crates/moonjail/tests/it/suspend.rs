@@ -540,3 +540,30 @@ fn suspend_the_resuming_sandboxs_interrupt_check_stops_the_run() {
     assert_eq!(error(&out).kind, ErrorKind::Interrupted);
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn suspend_in_memory_a_run_abandoned_gives_its_outcome_with_output_and_statistics() {
+    for (mode, isolation) in modes() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let sandbox = sandbox(isolation, calls);
+        let suspension = match sandbox.start(PLAN, &json!(null), &RunOptions::default()) {
+            moonjail::Run::Suspended(s) => s,
+            moonjail::Run::Finished(o) => panic!("{mode}: not suspended: {o:?}"),
+        };
+        let out = suspension.abandon();
+        let e = error(&out);
+        assert_eq!(e.kind, ErrorKind::Suspended, "{mode}: {e:?}");
+        assert_eq!(e.value.as_ref().unwrap()["name"], json!("payments.send"));
+        // What the script did before the deferred call is in the outcome, as in the
+        // outcome of a plain run of the same script.
+        assert_eq!(out.output, "planning\t2\n", "{mode}");
+        assert!(out.stats.wall > Duration::ZERO, "{mode}");
+        let plain = sandbox.run(PLAN, &json!(null));
+        let names =
+            |o: &Outcome| -> Vec<String> { o.tool_calls.iter().map(|c| c.name.clone()).collect() };
+        assert_eq!(names(&out), ["rates.get", "payments.send"], "{mode}");
+        assert_eq!(names(&out), names(&plain), "{mode}");
+        assert_eq!(out.output, plain.output, "{mode}");
+        assert_eq!(e.message, error(&plain).message, "{mode}");
+    }
+}
