@@ -120,6 +120,20 @@ impl Suspension {
         settle(py, run)
     }
 
+    /// Gives the run up where it waits: it ends there, as suspended, and this is its
+    /// `Outcome` (error kind "suspended"), with its output and statistics up to the
+    /// deferred call. A suspension dropped without an answer ends the same way.
+    fn abandon(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let taken = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(suspension) = taken else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "this suspension was resumed already",
+            ));
+        };
+        let outcome = py.detach(move || suspension.abandon());
+        Ok(Py::new(py, Outcome::new(outcome))?.into_any())
+    }
+
     fn __repr__(&self) -> String {
         format!("Suspension(pending={})", self.pending)
     }

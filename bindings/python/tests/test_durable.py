@@ -105,6 +105,16 @@ def test_start_keeps_the_run_in_memory(options: dict) -> None:
         run.resume({"id": "twice"})
     # A run without a deferred call finishes at once.
     assert sb.start("return 1 + 1").result == 2
+    # Given up, a run ends where it waits, with what it did so far.
+    run = sb.start(PLAN, ORDER)
+    assert isinstance(run, moonjail.Suspension)
+    out = run.abandon()
+    assert isinstance(out, moonjail.Outcome)
+    assert isinstance(out.error, moonjail.SuspendedError)
+    assert out.output == "paying alice 50.00\n"
+    assert out.stats["wall_ms"] > 0
+    with pytest.raises(RuntimeError, match="resumed already"):
+        run.abandon()
 
 
 def test_a_suspension_can_be_resumed_from_another_thread() -> None:

@@ -199,6 +199,8 @@ class Suspension:
     def resume(
         self, answer: JSON = None, *, error: Optional[str] = None
     ) -> Union[Outcome, "Suspension"]: ...
+    def abandon(self) -> Outcome:
+        """Gives the run up where it waits: its outcome (kind "suspended"), output so far."""
 
 def replay(
     journal: StrPath,
