@@ -261,10 +261,17 @@ enum Command {
     ///   session_eval   {session_id, code}: an expression's value
     ///   session_call   {session_id, function, args?}: call a function of it
     ///   session_close  {session_id}
+    ///   resume_lua     {run_id, answer? | error?}: with --defer-tool only (below)
     /// Sessions belong to the connection and close with it; at most --max-sessions are
     /// open at once. Their descriptions tell the model the profile, every limit and the
     /// host tools (--tool, --allow-http, json) with their signatures, as `moonjail tools`
     /// lists them.
+    ///
+    /// Human approval (--defer-tool NAME): a script's call to NAME waits for a person.
+    /// A client that can ask its user (MCP form elicitation) is asked for the call's
+    /// answer within the same run_lua; declining gives the script the tool's error. A
+    /// client that cannot gets the run back suspended (error kind "suspended", its id in
+    /// error.value.run), for resume_lua to answer. At most --max-suspended runs wait.
     ///
     /// Each result's structured content is the document of `run --json` ("ok", "result",
     /// "results", "output", "error" with "kind", "message", "line", "traceback", "value",
@@ -281,6 +288,7 @@ enum Command {
     ///   moonjail mcp --profile minimal --instructions 10000000 --max-sessions 2
     ///   moonjail mcp --isolate --tool 'weather.lookup=python3 w.py' \
     ///     --tool-schema weather.lookup=weather.schema.json
+    ///   moonjail mcp --defer-tool payments.send --ask-timeout 5m
     #[command(verbatim_doc_comment)]
     Mcp(Box<McpArgs>),
     /// Run a profile's environment checklist inside the real sandbox: one line per item,
