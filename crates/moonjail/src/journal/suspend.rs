@@ -472,10 +472,7 @@ impl Suspension {
                 let resumed = sandbox.resume_journal(&parsed, answer, writer);
                 settle_journaled(&sandbox, resumed, buffer)
             }
-            Held::Done => Run::Finished(Outcome::failed(
-                Error::new(ErrorKind::Internal, "the suspension was resumed already"),
-                std::time::Duration::ZERO,
-            )),
+            Held::Done => Run::Finished(resumed_already()),
         }
     }
 }
@@ -505,12 +502,18 @@ impl Suspension {
                 }
             }
             Held::Journal { outcome, .. } => *outcome,
-            Held::Done => Outcome::failed(
-                Error::new(ErrorKind::Internal, "the suspension was resumed already"),
-                std::time::Duration::ZERO,
-            ),
+            Held::Done => resumed_already(),
         }
     }
+}
+
+/// The outcome of a suspension used twice (its methods take it by value: only through a
+/// state it cannot reach).
+fn resumed_already() -> Outcome {
+    Outcome::failed(
+        Error::new(ErrorKind::Internal, "the suspension was resumed already"),
+        std::time::Duration::ZERO,
+    )
 }
 
 impl Drop for Suspension {
