@@ -115,14 +115,7 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
             opts.deterministic.is_some(),
         )?;
         let loaded: Table = package.raw_get("loaded")?;
-        for pair in g.pairs::<Value, Value>() {
-            let (k, v) = pair?;
-            if let (Value::String(name), Value::Table(_)) = (&k, &v) {
-                if name != "_G" || spec.has_global("_G") {
-                    loaded.raw_set(name.clone(), v)?;
-                }
-            }
-        }
+        crate::vm::copy_table_entries(lua, &g, &loaded, spec.has_global("_G"))?;
         loaded.raw_set("package", &package)?;
         g.raw_set("package", package)?;
         g.raw_set("require", require)?;

@@ -181,6 +181,44 @@ impl Drop for Vm {
     }
 }
 
+/// Sets `into[name] = value` for every entry of `from` whose key is a string and whose
+/// value is a table (`_G` only with `keep_g`), in one raw traversal: what `require`
+/// finds already loaded. (mlua's `pairs` made two registry references per entry: this
+/// was a fifth of building a `standard` environment's table work.)
+pub(crate) fn copy_table_entries(
+    lua: &Lua,
+    from: &mlua::Table,
+    into: &mlua::Table,
+    keep_g: bool,
+) -> mlua::Result<()> {
+    // SAFETY: `exec_raw` pushes `from` at 1 and `into` at 2 and runs the closure in
+    // protected mode (a memory error raised by `lua_checkstack` or `lua_rawset` unwinds
+    // to it; the closure owns nothing with a destructor). `lua_next` walks `from`, which
+    // is not modified during the walk (only `into` is written, a different table), and
+    // the key is left in place for the next step.
+    unsafe {
+        lua.exec_raw::<()>((from, into), |l| {
+            ffi::lua_checkstack(l, 4);
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, 1) != 0 {
+                if ffi::lua_type(l, -2) == ffi::LUA_TSTRING
+                    && ffi::lua_type(l, -1) == ffi::LUA_TTABLE
+                {
+                    let mut len = 0usize;
+                    let p = ffi::lua_tolstring(l, -2, &mut len);
+                    let name = std::slice::from_raw_parts(p.cast::<u8>(), len);
+                    if keep_g || name != b"_G" {
+                        ffi::lua_pushvalue(l, -2);
+                        ffi::lua_pushvalue(l, -2);
+                        ffi::lua_rawset(l, 2);
+                    }
+                }
+                ffi::lua_pop(l, 1);
+            }
+        })
+    }
+}
+
 /// Removes every entry of `table` whose key is not a string accepted by `keep`, in one
 /// raw traversal (no metamethods, no per-key allocation): the environment builder's hot
 /// loop.

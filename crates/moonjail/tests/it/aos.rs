@@ -151,3 +151,58 @@ fn blocked_functions_are_absent() {
     );
     assert_eq!(out.result.unwrap(), json!([true, true, true, true, true]));
 }
+
+/// `package.loaded` holds every global library table of the profile under its name
+/// (`_G` only where `_G` is a global), and nothing else but `package` itself: what
+/// `require("string")` finds.
+#[test]
+fn package_loaded_holds_the_profile_s_library_tables() {
+    let script = r#"
+        local expected, got = {}, {}
+        for k, v in pairs(_ENV) do
+            if type(k) == "string" and type(v) == "table" and k ~= "_G" then
+                expected[#expected + 1] = k
+            end
+        end
+        if rawget(_ENV, "_G") ~= nil then expected[#expected + 1] = "_G" end
+        for k, v in pairs(package.loaded) do
+            assert(rawget(_ENV, k) == v, k)
+            got[#got + 1] = k
+        end
+        table.sort(expected) table.sort(got)
+        return {expected = table.concat(expected, " "), got = table.concat(got, " ")}
+    "#;
+    let mut checked = 0;
+    for profile in Profile::ALL {
+        for deterministic in [
+            None,
+            Some(Determinism {
+                timestamp: 1,
+                seed: 2,
+            }),
+        ] {
+            let sandbox = Sandbox::builder()
+                .profile(profile)
+                .deterministic(deterministic)
+                .build()
+                .unwrap();
+            let out = sandbox.run(script, &Value::Null);
+            let Ok(result) = &out.result else {
+                // A profile without `package` has nothing to check.
+                assert!(
+                    sandbox.run("return package", &Value::Null).result.ok() == Some(Value::Null),
+                    "{profile:?}: {:?}",
+                    out.result
+                );
+                continue;
+            };
+            checked += 1;
+            assert_eq!(result["got"], result["expected"], "{profile:?}: {result}");
+            assert!(
+                result["got"].as_str().unwrap().contains("string"),
+                "{profile:?}: {result}"
+            );
+        }
+    }
+    assert!(checked >= 4, "standard and aos, both ways: {checked}");
+}
