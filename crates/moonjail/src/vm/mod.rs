@@ -195,7 +195,8 @@ pub(crate) fn copy_table_entries(
     // protected mode (a memory error raised by `lua_checkstack` or `lua_rawset` unwinds
     // to it; the closure owns nothing with a destructor). `lua_next` walks `from`, which
     // is not modified during the walk (only `into` is written, a different table), and
-    // the key is left in place for the next step.
+    // the key is left in place for the next step. The closure runs as a C function, with
+    // LUA_MINSTACK free slots; `lua_checkstack` states the four it uses.
     unsafe {
         lua.exec_raw::<()>((from, into), |l| {
             ffi::lua_checkstack(l, 4);
