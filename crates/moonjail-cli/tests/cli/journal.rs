@@ -246,5 +246,5 @@ fn journal_a_batched_journal_replays_the_same() {
         &["run", "script.lua", "--journal-flush", "batch"],
         None,
     );
-    assert_eq!(out.code, Some(2), "{out:?}");
+    assert_misuse(&out, "--journal");
 }

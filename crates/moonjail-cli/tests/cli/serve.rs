@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::Stdio;
 
-use crate::support::{command, moonjail, spawn, TempDir};
+use crate::support::{assert_misuse, command, moonjail, spawn, TempDir};
 
 #[test]
 fn keys_are_printed_once_and_stored_as_hashes() {
@@ -20,8 +20,7 @@ fn keys_are_printed_once_and_stored_as_hashes() {
     assert!(file.contains("alice sha256:"), "{file}");
     assert!(!file.contains(&key[3..]), "the file holds the key itself");
     let out = moonjail(&dir, &["keys", "add", "alice", "--keys", "k.txt"], None);
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("exists already"), "{}", out.stderr);
+    assert_misuse(&out, "exists already");
     moonjail(&dir, &["keys", "add", "bob", "--keys", "k.txt"], None);
     let out = moonjail(&dir, &["keys", "list", "--keys", "k.txt"], None);
     assert_eq!(out.stdout, "alice\nbob\n");
@@ -46,15 +45,13 @@ fn serve_refuses_to_run_without_auth_off_loopback() {
         out.stderr
     );
     let out = moonjail(&dir, &["serve", "--listen", "127.0.0.1:0"], None);
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("--keys"), "{}", out.stderr);
+    assert_misuse(&out, "--keys");
     let out = moonjail(
         &dir,
         &["serve", "--listen", "127.0.0.1:0", "--keys", "missing.txt"],
         None,
     );
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("no keys"), "{}", out.stderr);
+    assert_misuse(&out, "no keys");
 }
 
 /// One HTTP/1.1 request over a fresh connection; the response's status and body.
@@ -207,8 +204,7 @@ fn serve_closes_a_connection_whose_head_is_slower_than_header_timeout() {
         &["serve", "--insecure-no-auth", "--header-timeout", "none"],
         None,
     );
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("--header-timeout"), "{}", out.stderr);
+    assert_misuse(&out, "--header-timeout");
 }
 
 /// A JSON POST as `key` over a fresh connection: the status and the body as JSON.
@@ -281,9 +277,7 @@ fn serve_defer_tool_suspends_a_run_and_resumes_it_over_http() {
         &["serve", "--insecure-no-auth", "--suspend-timeout", "none"],
         None,
     );
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("--suspend-timeout"), "{}", out.stderr);
+    assert_misuse(&out, "--suspend-timeout");
     let out = moonjail(&dir, &["session", "--defer-tool", "approve"], None);
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("cannot suspend"), "{}", out.stderr);
+    assert_misuse(&out, "cannot suspend");
 }

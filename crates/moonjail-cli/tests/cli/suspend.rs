@@ -151,8 +151,7 @@ fn suspend_misuse_is_status_2() {
         &["run", "-e", "return ask()", "--defer-tool", "ask"],
         None,
     );
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("--journal"), "{out:?}");
+    assert_misuse(&out, "--journal");
     // No answer.
     let out = moonjail(dir.path(), &["resume", "pay.jsonl"], None);
     assert_eq!(out.code, Some(2), "{out:?}");
@@ -164,8 +163,7 @@ fn suspend_misuse_is_status_2() {
         &["resume", "pay.jsonl", "--answer", "{nope"],
         None,
     );
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("--answer"), "{out:?}");
+    assert_misuse(&out, "--answer");
     // Another sandbox than the run's (no deferred tool): refused, naming the difference.
     let out = moonjail(
         dir.path(),
@@ -179,8 +177,7 @@ fn suspend_misuse_is_status_2() {
         ],
         None,
     );
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("tools: recorded"), "{out:?}");
+    assert_misuse(&out, "tools: recorded");
     // The journal was left as it was: still resumable, with the run's own flags.
     let out = moonjail(
         dir.path(),
