@@ -393,29 +393,31 @@ fn next(
     events: Receiver<Event>,
     mut thread: Option<JoinHandle<()>>,
 ) -> Run {
-    match events.recv() {
-        Ok(Event::Pending(pending)) => Run::Suspended(Suspension {
-            pending,
-            inner: Held::Parked {
-                answers,
-                events,
-                thread,
-            },
-        }),
-        Ok(Event::Done(outcome)) => {
-            if let Some(thread) = thread.take() {
-                let _ = thread.join();
-            }
-            Run::Finished(*outcome)
+    let outcome = match events.recv() {
+        Ok(Event::Pending(pending)) => {
+            return Run::Suspended(Suspension {
+                pending,
+                inner: Held::Parked {
+                    answers,
+                    events,
+                    thread,
+                },
+            })
         }
-        Err(_) => Run::Finished(Outcome::failed(
+        Ok(Event::Done(outcome)) => *outcome,
+        Err(_) => Outcome::failed(
             Error::new(
                 ErrorKind::Internal,
                 "the run's thread ended without an outcome",
             ),
             std::time::Duration::ZERO,
-        )),
+        ),
+    };
+    // The run's thread has ended, or is ending.
+    if let Some(thread) = thread.take() {
+        let _ = thread.join();
     }
+    Run::Finished(outcome)
 }
 
 impl Suspension {
@@ -483,6 +485,12 @@ impl Suspension {
     /// statistics up to the deferred call (unlike [`Suspension::outcome`], which a run
     /// held in process cannot fill in yet). Waits for the run's thread to end.
     pub fn abandon(mut self) -> Outcome {
+        self.give_up()
+    }
+
+    /// Ends the run where it waits (its thread told and joined): `abandon`, and a
+    /// suspension dropped without an answer.
+    fn give_up(&mut self) -> Outcome {
         match std::mem::replace(&mut self.inner, Held::Done) {
             Held::Parked {
                 answers,
@@ -493,12 +501,8 @@ impl Suspension {
                 match next(answers, events, thread) {
                     Run::Finished(outcome) => outcome,
                     // A run given up cannot park again (calls after a deferred one are
-                    // refused); were it to, it is given up there too.
-                    Run::Suspended(again) => {
-                        let outcome = again.outcome();
-                        drop(again);
-                        outcome
-                    }
+                    // refused); were it to, it is given up there too, as it drops.
+                    Run::Suspended(again) => again.outcome(),
                 }
             }
             Held::Journal { outcome, .. } => *outcome,
@@ -519,17 +523,8 @@ fn resumed_already() -> Outcome {
 impl Drop for Suspension {
     /// A run given up ends where it waits: its thread is told, and joined.
     fn drop(&mut self) {
-        if let Held::Parked {
-            answers,
-            events,
-            thread,
-        } = std::mem::replace(&mut self.inner, Held::Done)
-        {
-            let _ = answers.send(None);
-            let _ = events.recv();
-            if let Some(thread) = thread {
-                let _ = thread.join();
-            }
+        if !matches!(self.inner, Held::Done) {
+            let _ = self.give_up();
         }
     }
 }
