@@ -44,30 +44,17 @@ unsafe extern "C" fn counting_alloc(
             mem.used = mem.used.saturating_sub(osize);
             // SAFETY: every block of this state was allocated by this function or by
             // mlua's allocator, both with this layout.
-            unsafe {
-                alloc::dealloc(
-                    block.cast(),
-                    Layout::from_size_align_unchecked(osize, ALIGN),
-                )
-            };
+            unsafe { free_system(block, osize) };
         }
         return ptr::null_mut();
     }
-    let old = if block.is_null() { 0 } else { osize };
-    let used = mem.used.saturating_sub(old) + nsize;
-    if (used > mem.limit && nsize > old) || nsize > MAX_BLOCK {
-        return refuse(mem, block, osize, nsize);
-    }
+    let Some(used) = admit(mem, block, osize, nsize) else {
+        return ptr::null_mut();
+    };
     // The books are settled before the call, so the allocation is a tail call: this is the
     // hottest function of allocation-heavy scripts. If the system allocator itself then
     // fails (true exhaustion), the count stays a little high: the limit only gets stricter.
-    mem.used = used;
-    if used > mem.peak {
-        mem.peak = used;
-    }
-    if mem.pending.is_some() {
-        settle_retry(mem, block, osize, nsize);
-    }
+    book(mem, used);
     // SAFETY: a non-zero size that does not overflow when rounded to the alignment
     // (`MAX_BLOCK`); an existing `block` was allocated with the layout given (see above).
     unsafe {
@@ -87,14 +74,53 @@ unsafe extern "C" fn counting_alloc(
 /// Largest block handed to the system allocator (Lua's own size checks come first).
 const MAX_BLOCK: usize = isize::MAX as usize - ALIGN;
 
+/// The count a request for `nsize` bytes in place of `block` (`osize` bytes) would leave,
+/// or `None` when the limit refuses it (the refusal recorded). Both allocators' one rule.
+#[inline(always)]
+fn admit(mem: &mut MemState, block: *mut c_void, osize: usize, nsize: usize) -> Option<usize> {
+    let old = if block.is_null() { 0 } else { osize };
+    let used = mem.used.saturating_sub(old) + nsize;
+    if (used > mem.limit && nsize > old) || nsize > MAX_BLOCK {
+        refuse(mem, block, osize, nsize);
+        return None;
+    }
+    if mem.pending.is_some() {
+        settle_retry(mem, block, osize, nsize);
+    }
+    Some(used)
+}
+
+/// Records the count of a request granted.
+#[inline(always)]
+fn book(mem: &mut MemState, used: usize) {
+    mem.used = used;
+    if used > mem.peak {
+        mem.peak = used;
+    }
+}
+
+/// Gives a block of mlua's allocator back.
+///
+/// # Safety
+/// `block` is a live block of the global allocator of `osize` bytes with this layout.
+#[inline(always)]
+unsafe fn free_system(block: *mut c_void, osize: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        alloc::dealloc(
+            block.cast(),
+            Layout::from_size_align_unchecked(osize, ALIGN),
+        )
+    }
+}
+
 /// A refused request. Lua retries a refused allocation once after an emergency
 /// collection; only a refusal not followed by a successful identical retry raises an
 /// error, so the refusal is remembered until the next request.
 #[cold]
-fn refuse(mem: &mut MemState, block: *mut c_void, osize: usize, nsize: usize) -> *mut c_void {
+fn refuse(mem: &mut MemState, block: *mut c_void, osize: usize, nsize: usize) {
     mem.hits = mem.hits.saturating_add(1);
     mem.pending = Some((block as usize, osize, nsize));
-    ptr::null_mut()
 }
 
 /// The request after a refusal: if it is Lua's identical retry, the refusal was rescued.
@@ -135,24 +161,14 @@ unsafe extern "C" fn arena_alloc(
             } else {
                 // SAFETY: a block from before the arena: mlua's allocator gave it, with
                 // this layout.
-                unsafe {
-                    alloc::dealloc(
-                        block.cast(),
-                        Layout::from_size_align_unchecked(osize, ALIGN),
-                    )
-                };
+                unsafe { free_system(block, osize) };
             }
         }
         return ptr::null_mut();
     }
-    let old = if block.is_null() { 0 } else { osize };
-    let used = mem.used.saturating_sub(old) + nsize;
-    if (used > mem.limit && nsize > old) || nsize > MAX_BLOCK {
-        return refuse(mem, block, osize, nsize);
-    }
-    if mem.pending.is_some() {
-        settle_retry(mem, block, osize, nsize);
-    }
+    let Some(used) = admit(mem, block, osize, nsize) else {
+        return ptr::null_mut();
+    };
     let p = if block.is_null() {
         st.arena.alloc(nsize, ALIGN)
     } else if st.arena.contains(block) {
@@ -165,20 +181,14 @@ unsafe extern "C" fn arena_alloc(
             // this layout, `q` a distinct new one of `nsize`; the old one is freed once.
             unsafe {
                 ptr::copy_nonoverlapping(block.cast::<u8>(), q.cast::<u8>(), osize.min(nsize));
-                alloc::dealloc(
-                    block.cast(),
-                    Layout::from_size_align_unchecked(osize, ALIGN),
-                );
+                free_system(block, osize);
             }
         }
         q
     };
     // The arena's window is full: Lua keeps the old block and raises a memory error.
     if !p.is_null() {
-        mem.used = used;
-        if used > mem.peak {
-            mem.peak = used;
-        }
+        book(mem, used);
     }
     p
 }
