@@ -858,19 +858,12 @@ enum FileEvent {
 /// A journal, read and checked.
 #[derive(Debug)]
 pub struct Journal {
-    spec: Spec,
+    /// The recorded sandbox: spec, tools (deferred ones among them), quota, host files.
+    recorded: Header,
     chunk_name: String,
     expression: bool,
     source: Vec<u8>,
     input: Json,
-    tools: Vec<String>,
-    /// The deferred tools among `tools`.
-    deferred: Vec<String>,
-    /// The time and seed were drawn for the journal.
-    drawn: bool,
-    quota: Option<ToolQuota>,
-    has_modules: bool,
-    has_readable: bool,
     calls: Vec<ToolEvent>,
     /// Keyed by `module:NAME` and `file:PATH`; the first answer of each.
     files: BTreeMap<String, FileEvent>,
@@ -922,6 +915,9 @@ fn boolean(v: &Json, key: &str, line: usize) -> Result<bool, JournalError> {
 
 /// What the first line of a run journal (`start`) and of a session journal (`session`)
 /// both hold: the version, the spec with its determinism, the tools and the files.
+/// What a journal recorded of the sandbox it ran in: what its replay builds, and what
+/// [`Header::check`] holds a resume or a restore to.
+#[derive(Debug)]
 pub(super) struct Header {
     /// The spec, with the recorded determinism.
     pub(super) spec: Spec,
@@ -994,20 +990,7 @@ impl Header {
     }
 }
 
-/// What a journal recorded of the sandbox it ran in, to check that a resume or a restore
-/// happens in the same one.
-pub(super) struct Attached<'a> {
-    pub(super) spec: &'a Spec,
-    /// The determinism was drawn for the journal (the sandbox had none).
-    pub(super) drawn: bool,
-    pub(super) tools: &'a [String],
-    pub(super) deferred: &'a [String],
-    pub(super) quota: Option<&'a ToolQuota>,
-    pub(super) has_modules: bool,
-    pub(super) has_readable: bool,
-}
-
-impl Attached<'_> {
+impl Header {
     /// `Err(what differs)` unless `sandbox` has the recorded spec, tools (deferred ones
     /// included), quota and host-file settings: a journal is untrusted input, and what
     /// runs live after it must run under the host's own sandbox, not limits, tools or a
@@ -1048,7 +1031,7 @@ impl Attached<'_> {
         }
         let quota = registry.map(|t| t.quota());
         // No tools: the quota is the registry's default or none, either way unused.
-        if !tools.is_empty() && quota != self.quota {
+        if !tools.is_empty() && quota != self.quota.as_ref() {
             return differ(
                 "tool quota",
                 format!("{:?}", self.quota),
@@ -1113,17 +1096,11 @@ impl Journal {
         let source = unblob(field(&start, "source", n)?)
             .map_err(|e| corrupt(n, format!("\"source\": {e}")))?;
         let mut journal = Journal {
-            spec: header.spec,
+            recorded: header,
             chunk_name: string(&start, "chunk_name", n)?,
             expression: boolean(&start, "expression", n)?,
             source,
             input: field(&start, "input", n)?.clone(),
-            tools: header.tools,
-            deferred: header.deferred,
-            drawn: header.drawn,
-            quota: header.quota,
-            has_modules: header.has_modules,
-            has_readable: header.has_readable,
             calls: Vec::new(),
             files: BTreeMap::new(),
             pending: None,
@@ -1209,7 +1186,7 @@ impl Journal {
 
     /// The recorded spec (with the determinism the run had).
     pub fn spec(&self) -> &Spec {
-        &self.spec
+        &self.recorded.spec
     }
 
     /// The recorded source.
@@ -1242,7 +1219,7 @@ impl Journal {
 
     /// The deferred tools of the recorded sandbox.
     pub fn deferred(&self) -> &[String] {
-        &self.deferred
+        &self.recorded.deferred
     }
 }
 
@@ -1594,21 +1571,21 @@ fn play(
     on: Option<&Sandbox>,
 ) -> Result<Outcome, JournalError> {
     let mut registry = ToolRegistry::new();
-    for name in &journal.tools {
+    for name in &journal.recorded.tools {
         let player = Arc::clone(&player);
         let label = name.clone();
         let answer = move |ctx: &ToolContext, args| player.answer(ctx, &label, args);
-        if journal.deferred.contains(name) {
+        if journal.recorded.deferred.contains(name) {
             registry.register_deferred_with(name, answer)?;
         } else {
             registry.register_with_context(name, answer)?;
         }
     }
-    if let Some(quota) = &journal.quota {
+    if let Some(quota) = &journal.recorded.quota {
         registry.set_quota(quota.clone());
     }
     let sandbox = Sandbox::builder()
-        .spec(journal.spec.clone())
+        .spec(journal.recorded.spec.clone())
         .tools(registry)
         .isolation(match on {
             Some(_) => Isolation::InProcess,
@@ -1619,8 +1596,8 @@ fn play(
     let host = Host {
         files: Arc::new(ReplayFiles {
             player: Arc::clone(&player),
-            has_modules: journal.has_modules,
-            has_readable: journal.has_readable,
+            has_modules: journal.recorded.has_modules,
+            has_readable: journal.recorded.has_readable,
         }),
         tools: sandbox.host().tools.clone(),
         // The resuming sandbox's own interrupt check too: its host may stop the run.

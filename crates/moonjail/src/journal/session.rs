@@ -894,12 +894,8 @@ struct Recorded {
 #[derive(Debug)]
 pub struct SessionJournal {
     bytes: Vec<u8>,
-    spec: Spec,
-    drawn: bool,
-    tools: Vec<String>,
-    quota: Option<ToolQuota>,
-    has_modules: bool,
-    has_readable: bool,
+    /// The recorded sandbox: spec, tools, quota, host files.
+    recorded: super::Header,
     /// The byte offset past the `session` line.
     header: u64,
     requests: Vec<Recorded>,
@@ -953,15 +949,7 @@ impl SessionJournal {
             Some("start") => return Err(RUN_KIND),
             _ => return Err(corrupt(n, "the first line is not a \"session\" line")),
         }
-        let super::Header {
-            spec,
-            drawn,
-            tools,
-            quota,
-            has_modules,
-            has_readable,
-            ..
-        } = super::Header::read(&start, n)?;
+        let recorded = super::Header::read(&start, n)?;
 
         let mut requests: Vec<Recorded> = Vec::new();
         let mut open: Option<Recorded> = None;
@@ -1038,12 +1026,7 @@ impl SessionJournal {
         });
         Ok(SessionJournal {
             bytes,
-            spec,
-            drawn,
-            tools,
-            quota,
-            has_modules,
-            has_readable,
+            recorded,
             header,
             requests,
             dropped,
@@ -1052,7 +1035,7 @@ impl SessionJournal {
 
     /// The recorded spec, with the determinism the session had.
     pub fn spec(&self) -> &Spec {
-        &self.spec
+        &self.recorded.spec
     }
 
     /// How many requests have their response (the ones a restore replays).
@@ -1090,16 +1073,7 @@ impl SessionJournal {
     /// Refuses a sandbox that would not give the recorded session's answers: another
     /// spec, other tools or quota, host files configured or not.
     fn check(&self, sandbox: &Sandbox) -> Result<(), JournalError> {
-        let recorded = super::Attached {
-            spec: &self.spec,
-            drawn: self.drawn,
-            tools: &self.tools,
-            deferred: &[],
-            quota: self.quota.as_ref(),
-            has_modules: self.has_modules,
-            has_readable: self.has_readable,
-        };
-        recorded.check(sandbox).map_err(|what| {
+        self.recorded.check(sandbox).map_err(|what| {
             JournalError::Session(format!(
                 "the session cannot be restored into this sandbox: {what} (restore it into \
                  the sandbox it was recorded with: the same flags)"
@@ -1112,7 +1086,7 @@ impl SessionJournal {
     /// live and unrecorded.
     fn replay(&self, sandbox: &Sandbox, upto: u64) -> Result<(Session, Arc<Taps>), JournalError> {
         self.check(sandbox)?;
-        let (mut session, taps) = open(sandbox, self.spec.clone())?;
+        let (mut session, taps) = open(sandbox, self.recorded.spec.clone())?;
         for recorded in self.requests.iter().take(upto as usize) {
             let mismatch = |what: String| JournalError::Mismatch {
                 request: recorded.n,

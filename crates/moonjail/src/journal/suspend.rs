@@ -127,16 +127,7 @@ impl Sandbox {
         };
         // What runs live after the pending call runs under this sandbox's own spec, tools
         // and quota: a journal is a file anyone may have edited.
-        let recorded = super::Attached {
-            spec: &journal.spec,
-            drawn: journal.drawn,
-            tools: &journal.tools,
-            deferred: &journal.deferred,
-            quota: journal.quota.as_ref(),
-            has_modules: journal.has_modules,
-            has_readable: journal.has_readable,
-        };
-        recorded.check(self).map_err(|what| {
+        journal.recorded.check(self).map_err(|what| {
             JournalError::Sandbox(format!(
                 "the run cannot be resumed in this sandbox: {what} (resume it with the \
                  sandbox it was run with: the same flags)"
