@@ -564,17 +564,14 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A suspended run on its way to an answer. Giving it up (a cancelled request, a full
-/// table) may wait for its thread, so it is dropped on a blocking thread, never on the
-/// async ones.
+/// table) may wait for its thread, so it is given up off the async threads
+/// ([`crate::suspended::give_up`]).
 struct Waiting(Option<Box<Suspension>>);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
         if let Some(run) = self.0.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(run))),
-                Err(_) => drop(run),
-            }
+            crate::suspended::give_up(vec![run]);
         }
     }
 }

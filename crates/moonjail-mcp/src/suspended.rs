@@ -95,18 +95,24 @@ impl Suspended {
 }
 
 impl Drop for Suspended {
-    /// The runs still waiting end where they wait, on a thread of their own: giving a
-    /// run up joins its thread, and the table drops with the connection, on an async
-    /// thread (a plain thread, since a runtime shutting down may not run blocking tasks).
+    /// The runs still waiting end where they wait (the table drops with the connection,
+    /// on an async thread).
     fn drop(&mut self) {
-        let runs = self.drain();
-        if !runs.is_empty() {
-            let spawned = std::thread::Builder::new()
-                .name("moonjail-mcp-give-up".into())
-                .spawn(move || drop(runs));
-            if let Err(e) = spawned {
-                tracing::warn!("giving up suspended runs: no thread ({e})");
-            }
-        }
+        give_up(self.drain());
+    }
+}
+
+/// Gives `runs` up on a thread of their own: giving a run up joins its thread, which
+/// must not happen on an async thread (a plain thread, since a runtime shutting down may
+/// not run blocking tasks).
+pub(crate) fn give_up(runs: Vec<Box<Suspension>>) {
+    if runs.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("moonjail-mcp-give-up".into())
+        .spawn(move || drop(runs));
+    if let Err(e) = spawned {
+        tracing::warn!("giving up suspended runs: no thread ({e})");
     }
 }
