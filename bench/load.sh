@@ -9,6 +9,9 @@
 #   PHASES=inprocess bash bench/load.sh    # some of: inprocess isolated saturated
 #   BIN=path/to/moonjail bash bench/load.sh  # that binary (its moonjail-worker beside
 #                                            # it), not a fresh build: before/after
+#   INSTRUCTIONS=1 bash bench/load.sh      # the server under callgrind, 4 connections:
+#                                          # instructions per request, the A/B measure
+#                                          # that other load on the machine cannot move
 #
 # Installs wrk with apt-get when it is missing. Client and server share the machine:
 # on 2 cores the figures are a floor, not the service's capacity.
@@ -47,11 +50,22 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $key"
 LUA
 
+# Under callgrind the server is ~50x slower: a few connections keep it busy, and the
+# figure is its total instruction count (start-up amortised) over the requests served.
+if [ -n "${INSTRUCTIONS:-}" ]; then
+    command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind) >/dev/null
+    CONNECTIONS=${INSTRUCTIONS_CONNECTIONS:-4}
+    DURATION=${INSTRUCTIONS_DURATION:-20s}
+    wrap=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out")
+else
+    wrap=()
+fi
+
 start() {
-    "$bin" serve --listen "127.0.0.1:$PORT" --keys "$work/keys.txt" "$@" \
+    "${wrap[@]}" "$bin" serve --listen "127.0.0.1:$PORT" --keys "$work/keys.txt" "$@" \
         2>"$work/serve.log" &
     server=$!
-    for _ in $(seq 100); do
+    for _ in $(seq 600); do
         curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && return
         sleep 0.1
     done
@@ -86,8 +100,15 @@ phase() {
                 (y[1] - x[1]) / hz * 1e6 / n, (y[2] - x[2]) / hz * 1e6 / n, (y[3] - x[3]) / n }'
     # What every request was answered (wrk counts only non-2xx): by status, from the
     # service's own counters.
-    curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^moonjail_http_requests_total\{route="/v1/run"' || true
+    curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^moonjail_http_requests_total\{route="/v1/run"' > "$work/counts" || true
+    cat "$work/counts"
     stop
+    if [ -n "${INSTRUCTIONS:-}" ]; then
+        local total served
+        total=$(callgrind_annotate "$work/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+        served=$(awk '{s += $2} END {print s}' "$work/counts")
+        echo "  instructions: $total in all, $served requests: $((total / served)) per request (callgrind, start-up included)"
+    fi
 }
 
 # Throughput: a queue as deep as the connections, so every request waits its turn.

@@ -10,7 +10,10 @@
 //! 1. *errno*: `clone3` fails with `ENOSYS` (so glibc falls back to `clone`, whose flags a
 //!    filter can read, unlike `clone3`'s, which sit behind a pointer), and `newfstatat` /
 //!    `statx`, which would resolve a path, fail with `ENOSYS` (glibc's `fstat` then reports an
-//!    error; Rust's `File::metadata` falls back to `fstat`);
+//!    error; Rust's `File::metadata` falls back to `fstat`); so does
+//!    `prctl(PR_SET_VMA)`, with which allocators such as mimalloc name their mappings
+//!    (they ignore the failure, as on a kernel without `CONFIG_ANON_VMA_NAME`): the kernel
+//!    code behind it is never reached, and the worker executable may use any allocator;
 //! 2. *allowlist*: everything else not listed below kills the process.
 //!
 //! The kernel runs both and keeps the most severe verdict (kill > errno > allow), so the
@@ -94,8 +97,9 @@ impl Filter {
     /// architecture other than x86_64 and aarch64.
     pub fn worker(own_pid: i32) -> Result<Filter, Error> {
         let arch = arch()?;
-        let errno_rules: BTreeMap<i64, Vec<SeccompRule>> =
+        let mut errno_rules: BTreeMap<i64, Vec<SeccompRule>> =
             ENOSYS_SYSCALLS.iter().map(|&nr| (nr, Vec::new())).collect();
+        errno_rules.insert(libc::SYS_prctl, vec![arg_eq(0, PR_SET_VMA)?]);
         let errno = SeccompFilter::new(
             errno_rules,
             SeccompAction::Allow,
@@ -167,6 +171,9 @@ impl Filter {
 }
 
 /// System calls answered with `ENOSYS` instead of being run.
+/// `prctl(PR_SET_VMA, ...)` (linux/prctl.h; the libc crate defines it for Android only).
+const PR_SET_VMA: u64 = 0x53564d41;
+
 const ENOSYS_SYSCALLS: &[i64] = &[libc::SYS_clone3, libc::SYS_newfstatat, libc::SYS_statx];
 
 /// System calls allowed whatever their arguments.
@@ -275,6 +282,8 @@ fn worker_allowlist(own_pid: i32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Err
         vec![
             arg_eq(0, libc::PR_SET_NAME as u64)?,
             arg_eq(0, libc::PR_GET_NAME as u64)?,
+            // Answered with ENOSYS by the errno program (see the module's comment).
+            arg_eq(0, PR_SET_VMA)?,
         ],
     );
     // Reading descriptor flags only (Rust's std checks an fd is open before closing it in

@@ -272,6 +272,26 @@ mod linux {
                 say(&format!("CLONE3 rc={rc} errno={}", errno()));
                 0
             }
+            "vma-name" => {
+                // What mimalloc does after each mmap: name the mapping.
+                let len = 1 << 16;
+                // SAFETY: see above; a fresh private anonymous mapping, named, then unmapped.
+                let rc = unsafe {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    );
+                    let rc = libc::prctl(0x53564d41, 0, p as libc::c_ulong, len, c"test".as_ptr());
+                    libc::munmap(p, len);
+                    rc
+                };
+                say(&format!("VMA-NAME rc={rc} errno={}", errno()));
+                0
+            }
             "fstatat" => {
                 let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
                 // SAFETY: see above; `stat` is a valid buffer.

@@ -1,5 +1,5 @@
 //! The seccomp layer, observed: forbidden calls kill the locked-down child with SIGSYS,
-//! `clone3` and path-resolving `stat` calls fail with ENOSYS, other ABIs are killed, every
+//! `clone3`, path-resolving `stat` calls and `prctl(PR_SET_VMA)` fail with ENOSYS, other ABIs are killed, every
 //! thread carries the filter, and a normal workload still runs.
 
 use crate::common;
@@ -155,8 +155,11 @@ fn ia32_system_calls_are_killed() {
 }
 
 #[test]
-fn clone3_and_path_stat_fail_with_enosys() {
-    if !require("clone3_and_path_stat_fail_with_enosys", &[Layer::Seccomp]) {
+fn clone3_path_stat_and_vma_naming_fail_with_enosys() {
+    if !require(
+        "clone3_path_stat_and_vma_naming_fail_with_enosys",
+        &[Layer::Seccomp],
+    ) {
         return;
     }
     let enosys = format!("rc=-1 errno={}", libc::ENOSYS);
@@ -173,6 +176,15 @@ fn clone3_and_path_stat_fail_with_enosys() {
         Some(enosys.as_str()),
         "{outcome:#?}"
     );
+    // Naming a mapping (mimalloc's prctl(PR_SET_VMA) after each mmap) fails instead of
+    // killing the worker.
+    let outcome = run("vma-name", &[], "");
+    assert_eq!(
+        outcome.value("VMA-NAME"),
+        Some(enosys.as_str()),
+        "{outcome:#?}"
+    );
+    assert_eq!(outcome.status.code(), Some(0), "{outcome:#?}");
     // Control: without seccomp, clone3 with size 0 reaches the kernel (EINVAL).
     let control = run("clone3", &["--without", "seccomp"], "");
     let einval = format!("rc=-1 errno={}", libc::EINVAL);

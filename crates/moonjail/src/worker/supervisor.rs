@@ -601,6 +601,11 @@ impl Worker {
             "TZ",
             std::env::var_os("TZ").unwrap_or_else(|| ":/etc/localtime".into()),
         );
+        // A worker executable built with mimalloc (the `moonjail` CLI serves as its own
+        // worker) would otherwise reserve 1 GiB of address space at its first allocation,
+        // which counts against the worker's RLIMIT_AS and leaves no room for a
+        // deterministic state's arena. With no reserve, mimalloc maps what it uses.
+        command.env("MIMALLOC_ARENA_RESERVE", "0");
         if settings.test_hooks {
             command.env(TEST_HOOKS_ENV, "1");
         }
