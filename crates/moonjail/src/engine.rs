@@ -118,6 +118,7 @@ pub(crate) fn prepare(spec: &Spec, host: &Host) -> Result<Vm, Error> {
                 ),
             )
         })?;
+        vm.start_collector();
         tracing::debug!(profile = spec.profile.name(), "environment built");
     }
     Ok(vm)
@@ -773,6 +774,25 @@ fn line_of(message: &str, name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state leaves `prepare` collecting, in generational mode ([`Vm::new`] stops the
+    /// collector for the build: a state left so would grow without bound).
+    #[test]
+    fn a_prepared_state_collects_generationally() {
+        use mlua::state::{GcGenParams, GcMode};
+        for deterministic in [None, Some(crate::Determinism { timestamp: 0, seed: 1 })] {
+            let spec = Spec {
+                deterministic,
+                ..Spec::default()
+            };
+            let vm = prepare(&spec, &Host::default()).unwrap();
+            assert!(vm.lua().gc_is_running());
+            let before = vm
+                .lua()
+                .gc_set_mode(GcMode::Generational(GcGenParams::default()));
+            assert!(matches!(before, GcMode::Generational(_)));
+        }
+    }
 
     #[test]
     fn lines() {

@@ -32,7 +32,8 @@ pub(crate) struct Vm {
 }
 
 impl Vm {
-    /// Creates a state with `libs` opened and the counting allocator installed.
+    /// Creates a state with `libs` opened and the counting allocator installed, its
+    /// collector stopped until [`Vm::start_collector`].
     ///
     /// With `deterministic` (the run's seed), everything the script can observe is a
     /// function of its inputs: the string-hash seed is derived from the run's seed (see
@@ -59,6 +60,8 @@ impl Vm {
             drop(original);
             handle
         };
+        // No collector work while the state is built (see `start_collector`).
+        lua.gc_stop();
         if deterministic.is_none() {
             lua.load_std_libs(libs)?;
         }
@@ -77,9 +80,6 @@ impl Vm {
             })?),
         };
         let in_arena = arena.is_some();
-        // The embedded state is incremental by default; lua5.4 itself runs generational,
-        // which is up to 2.5x faster on allocation-heavy code.
-        lua.gc_set_mode(GcMode::Generational(GcGenParams::default()));
         // A non-zero mlua limit makes mlua protect its own allocations, which can now fail.
         lua.set_memory_limit(isize::MAX as usize)?;
         let used = lua.used_memory();
@@ -115,6 +115,18 @@ impl Vm {
             set_registry_globals(lua, &globals)?;
         }
         Ok(vm)
+    }
+
+    /// Starts the collector, which [`Vm::new`] leaves stopped: the environment a builder
+    /// makes is nearly all live, so collecting while it is made only marks it over and
+    /// over. The embedded state is incremental by default; lua5.4 itself runs
+    /// generational, which is up to 2.5x faster on allocation-heavy code. Entering that
+    /// mode marks everything once, here, instead of the incremental steps and the switch
+    /// on a half-built state that it replaces (-1% instructions per fresh `return 1`).
+    pub(crate) fn start_collector(&self) {
+        self.lua.gc_restart();
+        self.lua
+            .gc_set_mode(GcMode::Generational(GcGenParams::default()));
     }
 
     /// The state's main thread.
