@@ -31,9 +31,10 @@ pub struct SessionArgs {
     /// content, and the response. A request's lines are written and fsynced before its
     /// response is printed (see --journal-fsync): a response you saw is in the journal.
     /// lint, close and refused requests change no state and are not recorded. Without
-    /// --deterministic the session is made deterministic with the current time and a
-    /// fresh seed, both recorded: os.time() is the session's start time for its whole
-    /// life, restores included. With --restore --fork: record the fork into FILE instead.
+    /// --deterministic the session is made deterministic with a fresh seed, recorded,
+    /// and its clock still moves: os.time() is the time each request started (fixed
+    /// within the request), recorded in its line, and a restore replays each request at
+    /// its recorded time. With --restore --fork: record the fork into FILE instead.
     #[arg(long, value_name = "FILE")]
     pub journal: Option<PathBuf>,
     /// The journal's size limit (the whole file, restored requests included); a request

@@ -184,7 +184,7 @@ impl Engine {
         expression: bool,
     ) -> Outcome {
         let limits = self.spec.limits.clone();
-        self.call_with(start, limits, |vm, spec, chunk| {
+        self.call_with(start, limits, None, |vm, spec, chunk| {
             let f = load_code(vm, spec, source, chunk, expression)?;
             let lua = vm.lua();
             let input = marshal::from_json(lua, input, spec.limits.result_depth)
@@ -228,7 +228,7 @@ impl Engine {
         options: &CallOptions,
     ) -> Outcome {
         let limits = self.spec.limits.lowered(options);
-        self.call_with(Instant::now(), limits, |vm, spec, chunk| {
+        self.call_with(Instant::now(), limits, options.time, |vm, spec, chunk| {
             let f = load_code(vm, spec, code, chunk, expression)?;
             let input = marshal::from_json(vm.lua(), input, spec.limits.result_depth)
                 .map_err(|e| Error::new(ErrorKind::Input, mlua_message(&e)))?;
@@ -242,7 +242,7 @@ impl Engine {
     pub(crate) fn call(&mut self, name: &str, args: &[Json], options: &CallOptions) -> Outcome {
         let limits = self.spec.limits.lowered(options);
         let mut names = std::mem::take(&mut self.names);
-        let outcome = self.call_with(Instant::now(), limits, |vm, spec, chunk| {
+        let outcome = self.call_with(Instant::now(), limits, options.time, |vm, spec, chunk| {
             let lua = vm.lua();
             let (f, this) = match resolve(lua, name, Some(&mut names))? {
                 Some(callable) => callable,
@@ -275,13 +275,22 @@ impl Engine {
     }
 
     /// The one place limits are armed and disarmed around script code, the value is
-    /// marshaled, the error classified and the outcome collected.
+    /// marshaled, the error classified and the outcome collected; and where a request's
+    /// own `time` (`CallOptions::time`) becomes the clock its script reads.
     fn call_with(
         &mut self,
         start: Instant,
         limits: crate::Limits,
+        time: Option<i64>,
         body: impl FnOnce(&Vm, &Spec, &str) -> Result<MultiValue, Error>,
     ) -> Outcome {
+        if time.is_some() && self.spec.deterministic.is_none() {
+            // A state that reads the system clock has no clock to set: refused, so that
+            // a caller never believes a time was applied when it was not.
+            let message = "a request's `time` needs a deterministic session: this one reads \
+                           the system clock";
+            return Outcome::failed(Error::new(ErrorKind::Input, message), start.elapsed());
+        }
         let limits = &limits;
         let vm = &self.vm;
         let ctl = vm.ctl();
@@ -289,6 +298,7 @@ impl Engine {
         // Reset the call state first: arming first would let a deadline that passes at
         // once be cleared by the reset and lost.
         vm.begin_call(limits.instructions);
+        ctl.clock.set(time);
         let interrupt = self.host.interrupt.as_ref();
         if let Some(check) = interrupt {
             ctl.set_interrupt(check);

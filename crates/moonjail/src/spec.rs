@@ -32,7 +32,8 @@ pub struct Spec {
 }
 
 /// What one session request may change for itself: its time and instruction limits,
-/// lowered, never raised (a value above the session's own limit is the session's limit).
+/// lowered, never raised (a value above the session's own limit is the session's limit),
+/// and, in a deterministic session, the clock its script reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct CallOptions {
@@ -40,6 +41,14 @@ pub struct CallOptions {
     pub timeout: Option<std::time::Duration>,
     /// A smaller instruction budget for this request.
     pub instructions: Option<u64>,
+    /// What `os.time()` returns and `os.date()` formats during this request (Unix
+    /// seconds), instead of the session's fixed timestamp: a deterministic session whose
+    /// clock still moves, one recorded value per request (an AO message's timestamp; a
+    /// journaled session stamps each request with the current time and replays it).
+    /// Only a deterministic session has a clock to set: elsewhere the request is refused
+    /// (`input`) rather than the time silently ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<i64>,
 }
 
 impl CallOptions {
@@ -52,6 +61,14 @@ impl CallOptions {
     /// A smaller instruction budget for this request.
     pub fn instructions(mut self, instructions: u64) -> Self {
         self.instructions = Some(instructions);
+        self
+    }
+
+    /// The time (Unix seconds) this request's `os.time()` returns and `os.date()`
+    /// formats, in a deterministic session (see the field of the same name). By default,
+    /// the session's own timestamp.
+    pub fn time(mut self, unix_seconds: i64) -> Self {
+        self.time = Some(unix_seconds);
         self
     }
 }

@@ -3,9 +3,10 @@
 //! A session journal (the format: docs/JOURNAL.md) is the run journal's JSON lines with
 //! another frame: a `session` first line (the spec, the time and seed, the tool names and
 //! quota, whether host files are configured), then, per request, a `request` line (the
-//! op and its fields), the `tool`, `module` and `file` lines of what the request got
-//! from the host (written by the run journal's own taps, [`Recording`] and
-//! [`RecordingFiles`]), and a `response` line (the outcome document).
+//! op and its fields; its own time when the session's time was drawn), the `tool`,
+//! `module` and `file` lines of what the request got from the host (written by the run
+//! journal's own taps, [`Recording`] and [`RecordingFiles`]), and a `response` line (the
+//! outcome document).
 //!
 //! A session's state is the fold of its requests: **restoring** ([`restore_session`])
 //! opens a fresh session with the recorded spec and replays the requests in order, every
@@ -17,6 +18,7 @@
 //! The taps sit where the host answers, as for runs: in process, the calling thread;
 //! isolated, the supervisor. A worker never sees the journal.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -158,11 +160,27 @@ impl SessionRequest {
         }
     }
 
+    /// The request's options: `None` for `has_function`, which runs no script (so has
+    /// neither limits nor a clock).
+    fn options_mut(&mut self) -> Option<&mut CallOptions> {
+        match self {
+            SessionRequest::Exec { options, .. }
+            | SessionRequest::Eval { options, .. }
+            | SessionRequest::Call { options, .. } => Some(options),
+            SessionRequest::HasFunction { .. } => None,
+        }
+    }
+
     /// The `request` line of request `n`.
     fn line(&self, n: u64) -> Json {
         let limits = |line: &mut Json, options: &CallOptions| {
             line["timeout_ms"] = json!(options.timeout.map(|t| t.as_nanos() as f64 / 1e6));
             line["instructions"] = json!(options.instructions);
+            // Absent when the request reads the session's timestamp (a deterministic
+            // session, and every journal written before requests had their own time).
+            if let Some(time) = options.time {
+                line["time"] = json!(time);
+            }
         };
         match self {
             SessionRequest::Exec {
@@ -225,9 +243,17 @@ impl SessionRequest {
                         .ok_or_else(|| corrupt(at, "\"instructions\" is not a count above 0"))?,
                 ),
             };
+            let time = match v.get("time") {
+                None | Some(Json::Null) => None,
+                Some(t) => Some(
+                    t.as_i64()
+                        .ok_or_else(|| corrupt(at, "\"time\" is not a whole number of seconds"))?,
+                ),
+            };
             Ok(CallOptions {
                 timeout,
                 instructions,
+                time,
             })
         };
         match string(v, "op", at)?.as_str() {
@@ -471,9 +497,17 @@ impl Replaying {
 /// returned, and the session takes no more requests ([`JournalError::Closed`]): the state
 /// may hold what the journal does not. The journal itself stays restorable up to the
 /// last request with a response.
+///
+/// Time: a session whose time was drawn for the journal (its sandbox was not
+/// deterministic) gives each request that runs a script the current time, recorded in
+/// the request's line ([`CallOptions::time`]), so its clock moves as an unjournaled
+/// session's does and a restore replays each request at its own time. A deterministic
+/// sandbox's session keeps its fixed timestamp.
 pub struct JournaledSession {
     session: Session,
     recording: Option<Arc<Recording>>,
+    /// Give each request the current time (the session's time was drawn).
+    clock: bool,
     /// fsync after each response (else only when the session is dropped).
     sync_each: bool,
     /// The number of the next request.
@@ -494,17 +528,36 @@ impl fmt::Debug for JournaledSession {
 
 impl JournaledSession {
     /// Carries out `request` and records it: the `request` line, what it gets from the
-    /// host, and the `response` line, fsynced before this returns.
+    /// host, and the `response` line, fsynced before this returns. In a session whose
+    /// time was drawn, a request without a `time` of its own runs at the current time,
+    /// which its line records.
     ///
     /// # Errors
     /// [`JournalError`] when the journal cannot record the request (the request is then
     /// stopped, and the session closed: [`JournalError::Closed`] for every later one).
     pub fn request(&mut self, request: &SessionRequest) -> Result<SessionResponse, JournalError> {
+        self.record(Cow::Borrowed(request))
+    }
+
+    /// [`JournaledSession::request`], taking the request by value when the caller built
+    /// it (so that giving it its time copies nothing).
+    fn record(
+        &mut self,
+        mut request: Cow<'_, SessionRequest>,
+    ) -> Result<SessionResponse, JournalError> {
         if let Some(reason) = &self.broken {
             return Err(JournalError::Closed {
                 reason: reason.clone(),
             });
         }
+        // The one place a request's time is chosen: here, in the process that holds the
+        // journal (the supervisor of an isolated session), never in a worker.
+        if self.clock {
+            if let Some(options) = request.to_mut().options_mut() {
+                options.time.get_or_insert_with(now_unix);
+            }
+        }
+        let request = request.as_ref();
         let n = self.next;
         let Some(recording) = self.recording.clone() else {
             self.next += 1;
@@ -623,7 +676,7 @@ impl JournaledSession {
     }
 
     fn outcome(&mut self, request: SessionRequest) -> Result<Outcome, JournalError> {
-        match self.request(&request)? {
+        match self.record(Cow::Owned(request))? {
             SessionResponse::Outcome(outcome) => Ok(outcome),
             SessionResponse::HasFunction(answer) => {
                 Ok(Outcome::from_error(answer.err().unwrap_or_else(|| {
@@ -800,9 +853,12 @@ impl Sandbox {
     /// [`restore_session`] can rebuild its state later, in another process.
     ///
     /// A sandbox that is not deterministic is made so for the journal, as
-    /// [`Sandbox::run_journaled`] does: `os.time()` is the time the session was opened
-    /// (for the whole session, restored or not) and `math.random` is seeded with a fresh
-    /// seed, both written to the `session` line.
+    /// [`Sandbox::run_journaled`] does, but its clock still moves: `math.random` is
+    /// seeded with a fresh seed (one sequence for the whole session), written to the
+    /// `session` line, and each request that runs a script reads, as `os.time()`, the
+    /// time it started, written to its `request` line ([`CallOptions::time`]), so that a
+    /// restore replays it at that time and rebuilds the same state. A deterministic
+    /// sandbox's session reads its fixed timestamp throughout.
     ///
     /// ```
     /// use moonjail::{CallOptions, JournalWriter, Sandbox};
@@ -865,6 +921,7 @@ impl Sandbox {
         Ok(JournaledSession {
             session,
             recording: Some(recording),
+            clock: drawn,
             sync_each: true,
             next: 1,
             broken: None,
@@ -1207,11 +1264,12 @@ fn shown(v: Option<&Json>) -> String {
 /// recording into the same file.
 ///
 /// The journal's requests are replayed in order into a fresh session of `sandbox` with
-/// the recorded spec, time and seed: every tool call and file read is answered from the
-/// journal (no tool is called, no file opened), and every replayed response is checked
-/// against the recorded one (wall times and memory figures aside). Then a trailing
-/// request without a response (its process died; no caller saw an answer) is cut off
-/// the file, and the session goes on live, appending new requests, so it can be
+/// the recorded spec and seed, each request at its recorded time (the session's
+/// timestamp for a request that has none): every tool call and file read is answered
+/// from the journal (no tool is called, no file opened), and every replayed response is
+/// checked against the recorded one (wall times and memory figures aside). Then a
+/// trailing request without a response (its process died; no caller saw an answer) is
+/// cut off the file, and the session goes on live, appending new requests, so it can be
 /// restored again.
 ///
 /// `sandbox` must be the one the session was recorded with (the same spec; without
@@ -1247,6 +1305,7 @@ pub fn restore_session(
     Ok(JournaledSession {
         session,
         recording: Some(recording),
+        clock: journal.recorded.drawn,
         sync_each: true,
         next: journal.requests() + 1,
         broken: None,
@@ -1291,6 +1350,7 @@ pub fn fork_session(
     Ok(JournaledSession {
         session,
         recording,
+        clock: journal.recorded.drawn,
         sync_each: true,
         next: upto + 1,
         broken: None,

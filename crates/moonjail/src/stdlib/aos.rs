@@ -321,6 +321,14 @@ pub(crate) fn io(lua: &Lua, files: Arc<dyn FileSource>) -> mlua::Result<Table> {
     Ok(io)
 }
 
+/// The time a deterministic state's script sees: the one its request brought
+/// (`CallOptions::time`, on the call's control block), else the fixed timestamp.
+fn now(d: &Determinism) -> i64 {
+    crate::vm::current()
+        .and_then(|ctl| ctl.clock.get())
+        .unwrap_or(d.timestamp)
+}
+
 /// Replaces the clock and the random seed with the supplied ones.
 pub(crate) fn make_deterministic(lua: &Lua, d: Determinism) -> mlua::Result<()> {
     let g = lua.globals();
@@ -330,7 +338,7 @@ pub(crate) fn make_deterministic(lua: &Lua, d: Determinism) -> mlua::Result<()> 
             os.raw_set(
                 "time",
                 lua.create_function(move |_, t: Value| match t {
-                    Value::Nil => Ok(Value::Integer(d.timestamp)),
+                    Value::Nil => Ok(Value::Integer(now(&d))),
                     other => stock.call(other),
                 })?,
             )?;
@@ -344,7 +352,7 @@ pub(crate) fn make_deterministic(lua: &Lua, d: Determinism) -> mlua::Result<()> 
                 "date",
                 lua.create_function(move |_, (fmt, t): (Option<Value>, Option<Value>)| {
                     let fmt = fmt.unwrap_or(Value::Nil);
-                    let t = t.unwrap_or(Value::Integer(d.timestamp));
+                    let t = t.unwrap_or_else(|| Value::Integer(now(&d)));
                     match fmt {
                         Value::Nil => stock.call::<Value>(("%c", t)),
                         f => stock.call::<Value>((f, t)),

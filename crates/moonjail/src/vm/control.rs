@@ -120,6 +120,10 @@ pub(crate) struct Control {
     pub(crate) source_limit: Cell<usize>,
     /// A `forbidden:` error was raised during this run.
     pub(crate) forbidden: Cell<bool>,
+    /// The time (Unix seconds) a deterministic state's `os.time()` and `os.date()` read
+    /// in this call, when the request brought its own (`CallOptions::time`); `None`: the
+    /// spec's fixed timestamp. Per call, so no request inherits another's clock.
+    pub(crate) clock: Cell<Option<i64>>,
     /// Where this call raised its error or was stopped (see `trace.rs`).
     pub(crate) trace: UnsafeCell<Option<Vec<crate::error::Frame>>>,
 }
@@ -147,6 +151,7 @@ impl Control {
             output_overflow: Cell::new(super::output::OutputOverflow::Fail),
             source_limit: Cell::new(usize::MAX),
             forbidden: Cell::new(false),
+            clock: Cell::new(None),
             trace: UnsafeCell::new(None),
         })
     }
@@ -174,6 +179,7 @@ impl Control {
         self.instr_charged.set(0);
         self.instr_sentinel.set(std::ptr::null_mut());
         self.forbidden.set(false);
+        self.clock.set(None);
         let _ = self.take_trace();
         // SAFETY: only the VM thread touches the output buffer, and no borrow of it is
         // alive between calls.

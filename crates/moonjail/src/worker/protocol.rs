@@ -63,8 +63,10 @@ use crate::spec::Spec;
 /// `RequestMeta` carrying the `Spec` for runs and sessions; 5: requests are numbered for
 /// the interrupt signal, which a worker of version 4 would ignore, and `Done` may carry
 /// the kind `interrupted`; 6: a tool error may `suspend` the run, which a worker of
-/// version 5 would let the script catch and go on.)
-pub(crate) const VERSION: u8 = 6;
+/// version 5 would let the script catch and go on; 7: an `Exec` or `Call` may carry the
+/// time its script reads (`CallOptions::time`, chosen by the supervisor), which a worker
+/// of version 6 would ignore, running the request at the session's fixed timestamp.)
+pub(crate) const VERSION: u8 = 7;
 
 /// Bytes before a frame's sections: length, version, type.
 pub(crate) const HEADER_BYTES: usize = 6;
@@ -571,6 +573,24 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_request_time_crosses_with_the_request_and_is_absent_without_one() {
+        // The supervisor chooses a request's time; the worker only reads it back.
+        let meta = ExecMeta {
+            expression: false,
+            options: crate::CallOptions::default().time(1_764_250_000),
+        };
+        let text = serde_json::to_value(&meta).unwrap();
+        assert_eq!(text["options"]["time"], serde_json::json!(1_764_250_000));
+        assert_eq!(serde_json::from_value::<ExecMeta>(text).unwrap(), meta);
+        let plain = serde_json::to_value(FunctionName {
+            name: "f".into(),
+            options: crate::CallOptions::default(),
+        })
+        .unwrap();
+        assert!(plain["options"].get("time").is_none(), "{plain}");
     }
 
     #[test]

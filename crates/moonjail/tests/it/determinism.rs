@@ -5,8 +5,8 @@
 //! `determinism` tests.
 
 use crate::support::both_sandboxes as both;
-use moonjail::{Determinism, ErrorKind, Sandbox};
-use serde_json::Value as Json;
+use moonjail::{CallOptions, Determinism, ErrorKind, Sandbox};
+use serde_json::{json, Value as Json};
 
 const DET: Determinism = Determinism {
     timestamp: 1_700_000_000,
@@ -112,4 +112,38 @@ fn dropped_states_give_their_arena_back() {
     }
     // Other tests of this binary may hold a few arenas of their own meanwhile.
     assert!(arena_mappings() <= before + 8, "{}", arena_mappings());
+}
+
+#[test]
+fn a_deterministic_session_request_reads_its_own_time_and_only_that_request() {
+    let clock = "return {os.time(), os.date('!%H:%M:%S')}";
+    for (mode, sb) in both(|| Sandbox::builder().deterministic(Some(DET))) {
+        let mut s = sb.session().unwrap();
+        let own = CallOptions::default().time(1_764_250_000);
+        let out = s.eval(clock, &own);
+        assert_eq!(
+            out.result.unwrap(),
+            json!([1_764_250_000, "13:26:40"]),
+            "{mode}"
+        );
+        // The next request without one reads the sandbox's timestamp again.
+        let out = s.eval(clock, &CallOptions::default());
+        assert_eq!(
+            out.result.unwrap(),
+            json!([DET.timestamp, "22:13:20"]),
+            "{mode}"
+        );
+    }
+    // A session reading the system clock has no clock to set: refused, not ignored.
+    for (mode, sb) in both(Sandbox::builder) {
+        let mut s = sb.session().unwrap();
+        let out = s.eval("return os.time()", &CallOptions::default().time(5));
+        let e = out.result.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Input, "{mode}");
+        assert!(
+            e.message.contains("needs a deterministic session"),
+            "{mode}: {e}"
+        );
+        assert!(s.is_open(), "{mode}");
+    }
 }

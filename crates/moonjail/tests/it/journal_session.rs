@@ -101,6 +101,15 @@ fn lines(path: &Path) -> Vec<Json> {
         .collect()
 }
 
+/// The `time` recorded in request `n`'s line, if it has one.
+fn request_time(path: &Path, n: u64) -> Option<i64> {
+    lines(path)
+        .iter()
+        .find(|l| l["type"] == "request" && l["n"] == json!(n))
+        .and_then(|l| l.get("time"))
+        .and_then(Json::as_i64)
+}
+
 #[test]
 fn journal_session_restore_makes_no_tool_call_and_continues_the_state() {
     for (mode, isolation) in modes() {
@@ -135,9 +144,17 @@ fn journal_session_restore_makes_no_tool_call_and_continues_the_state() {
             + next["result"]["r"].as_i64().unwrap()
             + 4;
         assert_eq!(next["result"]["total"], json!(total), "{mode}");
-        // The clock is the recorded one, and the random sequence goes on.
-        assert_eq!(next["result"]["at"], recorded[0]["result"]["at"], "{mode}");
         drop(s);
+        // Each request read its own time, the one its line records (a live request after
+        // the restore too), and the random sequence went on.
+        // (Requests 2 to 4 before the restore; 5 is the eval of `seen`, 6 is add(4).)
+        for (n, doc) in [2, 3, 4, 6].into_iter().zip(recorded.iter().chain([&next])) {
+            assert_eq!(
+                doc["result"]["at"],
+                json!(request_time(&path, n).expect("a drawn session's request has a time")),
+                "{mode}: request {n}"
+            );
+        }
 
         // Restored again: the request made after the first restore is in the journal.
         let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
@@ -205,15 +222,21 @@ fn message(i: usize) -> Json {
     }
 }
 
-/// Sends messages `from..=to` through `compute`, each with the previous state.
+/// Sends messages `from..=to` through `compute`, each with the previous state and the
+/// options `options` gives for its number.
 fn drive(
     s: &mut JournaledSession,
     state: &mut Json,
     range: std::ops::RangeInclusive<usize>,
+    options: impl Fn(usize) -> CallOptions,
 ) -> Vec<Json> {
     range
         .map(|i| {
-            let doc = call(s, "compute", &[state.clone(), message(i)]);
+            let out = s
+                .call_with("compute", &[state.clone(), message(i)], &options(i))
+                .expect("the journal records the request");
+            assert!(out.is_ok(), "{:?}", out.result);
+            let doc = out.to_json();
             *state = doc["result"].clone();
             essence(doc)
         })
@@ -246,24 +269,37 @@ fn journal_session_ao_interrupted_and_restored_matches_one_uninterrupted_session
                 .unwrap();
             ao_setup(&mut s);
             let mut state = json!({});
-            let mut restored = drive(&mut s, &mut state, 1..=6);
+            let mut restored = drive(&mut s, &mut state, 1..=6, |_| CallOptions::default());
             drop(s);
             let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
-            restored.extend(drive(&mut s, &mut state, 7..=10));
+            restored.extend(drive(&mut s, &mut state, 7..=10, |_| {
+                CallOptions::default()
+            }));
             drop(s);
 
-            // One uninterrupted session with the journal's time and seed (drawn when the
-            // sandbox was not deterministic).
+            // One uninterrupted session with the journal's seed and times: drawn when the
+            // sandbox was not deterministic, each message then at the time its request
+            // line records (messages are requests 3.., after the two of the setup).
             let journal = SessionJournal::read(std::fs::File::open(&path).unwrap(), None).unwrap();
             let used = journal.spec().deterministic;
             assert!(deterministic || used.is_some());
+            let times: Vec<Option<i64>> = (1..=10)
+                .map(|i| request_time(&path, i as u64 + 2))
+                .collect();
+            assert!(
+                times.iter().all(|t| t.is_some() != deterministic),
+                "{mode}, deterministic {deterministic}: {times:?}"
+            );
             let reference = aos(used, isolation.clone());
             let mut s = reference
                 .session_journaled(JournalWriter::new(std::io::sink()))
                 .unwrap();
             ao_setup(&mut s);
             let mut state = json!({});
-            let uninterrupted = drive(&mut s, &mut state, 1..=10);
+            let uninterrupted = drive(&mut s, &mut state, 1..=10, |i| match times[i - 1] {
+                Some(t) => CallOptions::default().time(t),
+                None => CallOptions::default(),
+            });
             for (i, (a, b)) in restored.iter().zip(&uninterrupted).enumerate() {
                 assert_eq!(
                     a,
@@ -698,4 +734,136 @@ fn journal_session_lines_are_written_as_recorded_even_when_a_batch_was_asked() {
         [json!("session"), json!("request"), json!("response")]
     );
     drop(session);
+}
+
+/// Keeps the time each `stamp()` saw in `times`, and answers it with `os.date`'s
+/// reading of it (UTC).
+const CLOCK: &str = "times = {} function stamp() local t = os.time() times[#times + 1] = t \
+    local d = os.date('!*t') return {t = t, hour = d.hour, min = d.min, sec = d.sec} end";
+
+/// What `os.date('!*t')` says of Unix time `t`.
+fn utc(t: i64) -> (i64, i64, i64) {
+    (
+        t.rem_euclid(86_400) / 3600,
+        t.rem_euclid(3600) / 60,
+        t.rem_euclid(60),
+    )
+}
+
+fn stamped(doc: &Json) -> (i64, (i64, i64, i64)) {
+    let r = &doc["result"];
+    let n = |k: &str| r[k].as_i64().unwrap();
+    (n("t"), (n("hour"), n("min"), n("sec")))
+}
+
+#[test]
+fn journal_session_a_drawn_clock_moves_per_request_and_a_restore_replays_each_time() {
+    for (mode, isolation) in modes() {
+        let dir = Dir::new("clock");
+        let path = dir.file("s.jsonl");
+        let build = |isolation: Isolation| {
+            Sandbox::builder()
+                .timeout(Duration::from_secs(10))
+                .isolation(isolation)
+                .build()
+                .unwrap()
+        };
+        let sandbox = build(isolation);
+        let mut s = sandbox
+            .session_journaled(JournalWriter::create(&path).unwrap())
+            .unwrap();
+        exec(&mut s, CLOCK);
+        let first = stamped(&call(&mut s, "stamp", &[]));
+        // Past the next second: a clock fixed when the session opened would not show it.
+        std::thread::sleep(Duration::from_millis(1100));
+        let second = stamped(&call(&mut s, "stamp", &[]));
+        assert_eq!(s.has_function("stamp").unwrap(), Ok(true));
+        drop(s);
+
+        // Each request read the time its line records, and os.date formats it.
+        let opened = lines(&path)[0]["determinism"]["timestamp"]
+            .as_i64()
+            .unwrap();
+        let t1 = request_time(&path, 2).expect("request 2 records its time");
+        let t2 = request_time(&path, 3).expect("request 3 records its time");
+        assert_eq!(first, (t1, utc(t1)), "{mode}");
+        assert_eq!(second, (t2, utc(t2)), "{mode}");
+        assert!(
+            t2 > opened,
+            "{mode}: request 3 started after the session's first second"
+        );
+        // has_function runs no script: nothing to time.
+        assert_eq!(request_time(&path, 4), None, "{mode}");
+
+        // Restored: each request replays at its recorded time (a replay at any other
+        // would answer request 3 differently, and the restore would fail), so the state
+        // holds both times; a request after the restore reads the current time, which
+        // its line records.
+        let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
+        let times = s.eval("times", &CallOptions::default()).unwrap();
+        assert_eq!(times.result.unwrap(), json!([t1, t2]), "{mode}");
+        let third = stamped(&call(&mut s, "stamp", &[]));
+        drop(s);
+        let t3 = request_time(&path, 6).expect("a request after the restore records its time");
+        assert_eq!(third, (t3, utc(t3)), "{mode}");
+
+        // Restored in the other mode, and forked: the same three times.
+        let other = if mode == "isolated" {
+            Isolation::InProcess
+        } else {
+            self::isolation()
+        };
+        let journal = SessionJournal::read(std::fs::File::open(&path).unwrap(), None).unwrap();
+        let mut fork = moonjail::fork_session(&build(other), &journal, None, None).unwrap();
+        let times = fork.eval("times", &CallOptions::default()).unwrap();
+        assert_eq!(times.result.unwrap(), json!([t1, t2, t3]), "{mode}");
+    }
+}
+
+#[test]
+fn journal_session_a_journal_without_request_times_restores_at_the_session_time() {
+    for (mode, isolation) in modes() {
+        let dir = Dir::new("oldclock");
+        let path = dir.file("s.jsonl");
+        // A drawn session's journal as written before requests carried their time: a
+        // deterministic session's (whose requests have none), marked drawn.
+        let timestamp = 1_600_000_000;
+        let recorder = Sandbox::builder()
+            .timeout(Duration::from_secs(10))
+            .deterministic(Some(Determinism { timestamp, seed: 7 }))
+            .isolation(isolation.clone())
+            .build()
+            .unwrap();
+        let mut s = recorder
+            .session_journaled(JournalWriter::create(&path).unwrap())
+            .unwrap();
+        exec(&mut s, CLOCK);
+        let old = stamped(&call(&mut s, "stamp", &[]));
+        drop(s);
+        assert_eq!(old, (timestamp, utc(timestamp)), "{mode}");
+        let mut journal = lines(&path);
+        assert!(
+            journal.iter().all(|l| l.get("time").is_none()),
+            "{mode}: a deterministic session's requests read its timestamp"
+        );
+        journal[0]["determinism"]["drawn"] = json!(true);
+        let text: String = journal.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+
+        // Restored by a sandbox without determinism (as a drawn session is): the old
+        // requests replay at the session's timestamp; new ones read the current time.
+        let sandbox = Sandbox::builder()
+            .timeout(Duration::from_secs(10))
+            .isolation(isolation)
+            .build()
+            .unwrap();
+        let mut s = moonjail::restore_session(&sandbox, &path, None).unwrap();
+        let times = s.eval("times", &CallOptions::default()).unwrap();
+        assert_eq!(times.result.unwrap(), json!([timestamp]), "{mode}");
+        let now = stamped(&call(&mut s, "stamp", &[]));
+        drop(s);
+        let t = request_time(&path, 4).expect("a request after the restore records its time");
+        assert_eq!(now, (t, utc(t)), "{mode}");
+        assert_ne!(t, timestamp, "{mode}");
+    }
 }
