@@ -790,7 +790,13 @@ mod tests {
     #[test]
     fn a_prepared_state_collects_generationally() {
         use mlua::state::{GcGenParams, GcMode};
-        for deterministic in [None, Some(crate::Determinism { timestamp: 0, seed: 1 })] {
+        for deterministic in [
+            None,
+            Some(crate::Determinism {
+                timestamp: 0,
+                seed: 1,
+            }),
+        ] {
             let spec = Spec {
                 deterministic,
                 ..Spec::default()
