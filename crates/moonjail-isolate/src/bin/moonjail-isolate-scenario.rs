@@ -292,6 +292,34 @@ mod linux {
                 say(&format!("VMA-NAME rc={rc} errno={}", errno()));
                 0
             }
+            // prctl options other than PR_SET_NAME / PR_GET_NAME / PR_SET_VMA: the errno
+            // program lets them through to the allowlist, which must still kill them.
+            // SAFETY: see above; stopped before the kernel ever sees it.
+            "prctl-set-dumpable" => attempt("prctl-set-dumpable", || unsafe {
+                libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, 1, 0, 0, 0)
+            }),
+            // SAFETY: see above; stopped before the kernel ever sees it.
+            "prctl-set-mm" => attempt("prctl-set-mm", || unsafe {
+                libc::syscall(
+                    libc::SYS_prctl,
+                    libc::PR_SET_MM,
+                    libc::PR_SET_MM_START_BRK,
+                    0,
+                    0,
+                    0,
+                )
+            }),
+            "vma-name-high-bits" => {
+                // The kernel reads prctl's option as an int: a 64-bit register with junk
+                // above PR_SET_VMA is PR_SET_VMA to it, and must get ENOSYS as well
+                // (both programs compare the low 32 bits).
+                // SAFETY: see above; no mapping is named (null address, length 0).
+                let rc = unsafe {
+                    libc::syscall(libc::SYS_prctl, 0xdead_beef_5356_4d41_u64, 0, 0, 0, 0)
+                };
+                say(&format!("VMA-NAME-HIGH rc={rc} errno={}", errno()));
+                0
+            }
             "fstatat" => {
                 let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
                 // SAFETY: see above; `stat` is a valid buffer.

@@ -195,6 +195,25 @@ fn clone3_path_stat_and_vma_naming_fail_with_enosys() {
     );
 }
 
+/// The errno program's `prctl(PR_SET_VMA)` rule opens nothing else: any other option is
+/// still killed by the allowlist, and PR_SET_VMA with junk in the upper half of the
+/// register (which the kernel truncates away) is answered with ENOSYS, not run.
+#[test]
+fn prctl_other_than_naming_is_still_killed() {
+    if !require("prctl_other_than_naming_is_still_killed", &[Layer::Seccomp]) {
+        return;
+    }
+    assert_killed("prctl-set-dumpable", &[]);
+    assert_killed("prctl-set-mm", &[]);
+    let outcome = run("vma-name-high-bits", &[], "");
+    assert_eq!(
+        outcome.value("VMA-NAME-HIGH"),
+        Some(format!("rc=-1 errno={}", libc::ENOSYS).as_str()),
+        "{outcome:#?}"
+    );
+    assert_eq!(outcome.status.code(), Some(0), "{outcome:#?}");
+}
+
 #[test]
 fn allowed_workload_still_runs() {
     if !require("allowed_workload_still_runs", &[Layer::Seccomp]) {

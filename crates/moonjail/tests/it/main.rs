@@ -8,6 +8,7 @@ mod support;
 mod aos;
 mod architecture;
 mod check;
+mod collector;
 mod concurrency;
 mod containment;
 mod contract;
