@@ -463,7 +463,7 @@ impl ToolTap for Recording {
         args: Vec<Json>,
         real: &mut dyn FnMut(Vec<Json>) -> Result<Json, ToolError>,
     ) -> Result<Json, ToolError> {
-        self.call_sized(name, args, real).0
+        self.call_sized(name, args, real, &mut CallSizes::default())
     }
 
     /// The call, its line written; the sizes of its arguments and answer are those of
@@ -474,8 +474,12 @@ impl ToolTap for Recording {
         name: &str,
         args: Vec<Json>,
         real: &mut dyn FnMut(Vec<Json>) -> Result<Json, ToolError>,
-    ) -> (Result<Json, ToolError>, CallSizes) {
-        let refused = |args: &[Json], error: ToolError| (Err(error), CallSizes::of_args(args));
+        sizes: &mut CallSizes,
+    ) -> Result<Json, ToolError> {
+        let mut refused = |args: &[Json], error: ToolError| {
+            *sizes = CallSizes::of_args(args);
+            Err(error)
+        };
         if self.has_failed() {
             return refused(&args, ToolError::new(JOURNAL_FAILED));
         }
@@ -513,13 +517,13 @@ impl ToolTap for Recording {
             self.fail(e);
             return refused(&args, ToolError::new(JOURNAL_FAILED));
         }
-        let mut sizes = CallSizes {
+        *sizes = CallSizes {
             args: (line.len() - args_at) as u64,
             result: None,
         };
         let result = real(args);
         if matches!(&result, Err(e) if e.suspend) {
-            return (self.suspend(line, result), sizes);
+            return self.suspend(line, result);
         }
         let tail = match &result {
             Ok(value) => {
@@ -541,9 +545,9 @@ impl ToolTap for Recording {
         };
         if let Err(e) = written {
             self.fail(e);
-            return (Err(ToolError::new(JOURNAL_FAILED)), sizes);
+            return Err(ToolError::new(JOURNAL_FAILED));
         }
-        (result, sizes)
+        result
     }
 }
 

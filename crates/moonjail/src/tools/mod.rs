@@ -322,8 +322,8 @@ pub(crate) trait ToolTap: Send + Sync {
         real: &mut dyn FnMut(Vec<Json>) -> Result<Json, ToolError>,
     ) -> Result<Json, ToolError>;
 
-    /// [`ToolTap::call`], with the JSON sizes of the arguments and the answer for the
-    /// run's audit. A tap that writes them as JSON (the journal) knows them without
+    /// [`ToolTap::call`], setting `sizes` to the JSON sizes of the arguments and the
+    /// answer for the run's audit. A tap that writes them as JSON (the journal) knows them without
     /// serialising them again; by default the arguments are measured here and the
     /// answer is left to the caller.
     fn call_sized(
@@ -331,9 +331,10 @@ pub(crate) trait ToolTap: Send + Sync {
         name: &str,
         args: Vec<Json>,
         real: &mut dyn FnMut(Vec<Json>) -> Result<Json, ToolError>,
-    ) -> (Result<Json, ToolError>, CallSizes) {
-        let sizes = CallSizes::of_args(&args);
-        (self.call(name, args, real), sizes)
+        sizes: &mut CallSizes,
+    ) -> Result<Json, ToolError> {
+        *sizes = CallSizes::of_args(&args);
+        self.call(name, args, real)
     }
 }
 
@@ -351,6 +352,7 @@ pub(crate) struct CallSizes {
 
 impl CallSizes {
     /// The sizes of a call with `args`, its answer not measured.
+    #[inline]
     pub(crate) fn of_args(args: &[Json]) -> CallSizes {
         CallSizes {
             args: json_len(&args),
@@ -698,27 +700,33 @@ impl ToolRegistry {
         self.call_untapped(ctx, f, name, args)
     }
 
-    /// [`ToolRegistry::call`] for a run's audit, with the JSON sizes of the arguments
-    /// and, when the tap measured it, of the answer.
+    /// [`ToolRegistry::call`] for a run's audit, setting `sizes` to the JSON sizes of
+    /// the arguments and, when the tap measured it, of the answer. (Inlined: the
+    /// untapped path costs what it did before the tap could measure.)
+    #[inline(always)]
     fn call_sized(
         &self,
         ctx: &ToolContext,
         name: &str,
         args: Vec<Json>,
-    ) -> (Result<Json, ToolError>, CallSizes) {
-        match (self.tool(name), &self.relay, &self.tap) {
-            (Ok(f), None, Some(tap)) => tap.call_sized(name, args, &mut |args| {
-                self.call_untapped(ctx, f, name, args)
-            }),
-            (Ok(f), None, None) => {
-                let sizes = CallSizes::of_args(&args);
-                (self.call_untapped(ctx, f, name, args), sizes)
+        sizes: &mut CallSizes,
+    ) -> Result<Json, ToolError> {
+        // Looked up here only when tapped: an untapped call looks its tool up once.
+        let tapped = match (&self.tap, &self.relay) {
+            (Some(tap), None) => self.tools.get(name).map(|f| (tap, f)),
+            _ => None,
+        };
+        match tapped {
+            Some((tap, f)) => tap.call_sized(
+                name,
+                args,
+                &mut |args| self.call_untapped(ctx, f, name, args),
+                sizes,
+            ),
+            None => {
+                *sizes = CallSizes::of_args(&args);
+                self.call(ctx, name, args)
             }
-            (Ok(_), Some(relay), _) => {
-                let sizes = CallSizes::of_args(&args);
-                (relay.call(name, Ok(args)), sizes)
-            }
-            (Err(e), ..) => (Err(e), CallSizes::of_args(&args)),
         }
     }
 
@@ -866,20 +874,20 @@ impl ToolRun {
         let result = match (args(), &self.registry.relay) {
             (Ok(args), _) => {
                 self.lock().reached += 1;
-                let pending = self
-                    .registry
-                    .is_deferred(name)
-                    .then(|| (name.to_string(), args.clone()));
-                let result;
-                (result, sizes) = self.registry.call_sized(&ctx, name, args);
-                // Only an `Err` is replaced here: a measured answer's size stays its own.
-                match (pending, &result, &self.registry.park) {
-                    (Some(pending), Err(e), Some(park)) if e.suspend => self.park(&**park, pending),
-                    (Some(pending), Err(e), None) if e.suspend => {
-                        self.lock().pending = Some(pending);
-                        result
+                if self.registry.is_deferred(name) {
+                    let pending = (name.to_string(), args.clone());
+                    let result = self.registry.call_sized(&ctx, name, args, &mut sizes);
+                    // Only an `Err` is replaced: a measured answer's size stays its own.
+                    match (&result, &self.registry.park) {
+                        (Err(e), Some(park)) if e.suspend => self.park(&**park, pending),
+                        (Err(e), None) if e.suspend => {
+                            self.lock().pending = Some(pending);
+                            result
+                        }
+                        _ => result,
                     }
-                    _ => result,
+                } else {
+                    self.registry.call_sized(&ctx, name, args, &mut sizes)
                 }
             }
             // Relayed, so that the host records the failed call too.
