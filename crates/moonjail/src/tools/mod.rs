@@ -323,9 +323,9 @@ pub(crate) trait ToolTap: Send + Sync {
     ) -> Result<Json, ToolError>;
 
     /// [`ToolTap::call`], setting `sizes` to the JSON sizes of the arguments and the
-    /// answer for the run's audit. A tap that writes them as JSON (the journal) knows them without
-    /// serialising them again; by default the arguments are measured here and the
-    /// answer is left to the caller.
+    /// answer for the run's audit. A tap that writes them as JSON (the journal) knows
+    /// them without serialising them again; by default the arguments are measured here
+    /// and the answer is left to the caller.
     fn call_sized(
         &self,
         name: &str,
@@ -730,6 +730,7 @@ impl ToolRegistry {
         }
     }
 
+    /// Tool `name`'s function, or the error of a call to an unknown name.
     fn tool(&self, name: &str) -> Result<&Arc<ToolFn>, ToolError> {
         self.tools
             .get(name)
