@@ -38,7 +38,7 @@ use crate::host::{Determinism, FileSource, InterruptCheck};
 use crate::outcome::Outcome;
 use crate::sandbox::{RunOptions, Sandbox};
 use crate::spec::Spec;
-use crate::tools::{ToolContext, ToolError, ToolQuota, ToolRegistry, ToolTap};
+use crate::tools::{CallSizes, ToolContext, ToolError, ToolQuota, ToolRegistry, ToolTap};
 use crate::worker::Isolation;
 
 mod suspend;
@@ -180,6 +180,8 @@ pub struct JournalWriter {
     pending: Vec<u8>,
     /// When `pending` was last written out.
     drained: Instant,
+    /// The buffer the last tool line was built in, kept for the next.
+    spare: Vec<u8>,
 }
 
 /// When a journal's lines reach its writer (for a file: the operating system, which
@@ -236,6 +238,7 @@ impl JournalWriter {
             flush: Flush::Line,
             pending: Vec::new(),
             drained: Instant::now(),
+            spare: Vec::new(),
         }
     }
 
@@ -314,6 +317,25 @@ impl JournalWriter {
         }
         self.written += text.len() as u64;
         Ok(())
+    }
+
+    /// [`JournalWriter::text`], keeping `line`'s allocation for the next
+    /// [`JournalWriter::buffer`].
+    fn text_reusing(&mut self, line: Vec<u8>) -> Result<(), JournalError> {
+        let written = self.text(&line);
+        // Not a large answer's buffer: the run would hold it to its end.
+        if line.capacity() <= Flush::BATCH_BYTES {
+            self.spare = line;
+        }
+        written
+    }
+
+    /// An empty buffer to build a line in: the last one given to
+    /// [`JournalWriter::text_reusing`], cleared.
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut line = std::mem::take(&mut self.spare);
+        line.clear();
+        line
     }
 
     /// Writes the lines gathered so far, and flushes.
@@ -441,19 +463,40 @@ impl ToolTap for Recording {
         args: Vec<Json>,
         real: &mut dyn FnMut(Vec<Json>) -> Result<Json, ToolError>,
     ) -> Result<Json, ToolError> {
+        self.call_sized(name, args, real, &mut CallSizes::default())
+    }
+
+    /// The call, its line written; the sizes of its arguments and answer are those of
+    /// their text in the line (the same compact JSON the audit measures), so the run's
+    /// audit does not serialise them again.
+    fn call_sized(
+        &self,
+        name: &str,
+        args: Vec<Json>,
+        real: &mut dyn FnMut(Vec<Json>) -> Result<Json, ToolError>,
+        sizes: &mut CallSizes,
+    ) -> Result<Json, ToolError> {
+        let mut refused = |args: &[Json], error: ToolError| {
+            *sizes = CallSizes::of_args(args);
+            Err(error)
+        };
         if self.has_failed() {
-            return Err(ToolError::new(JOURNAL_FAILED));
+            return refused(&args, ToolError::new(JOURNAL_FAILED));
         }
         if self.suspended.load(Ordering::SeqCst) {
-            return Err(ToolError::suspended());
+            return refused(&args, ToolError::suspended());
         }
         let step = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
         // The line is written as text, in one pass over the arguments and one over the
         // answer (no copy of either): `{"type":"tool","step":N,"name":…,"args":[…]`, then
         // `,"ok":true,"result":…}` or `,"ok":false,"error":…}`; a deferred call's
-        // `{"type":"suspend",…,"args":[…]}` is the same head.
-        let mut line = Vec::with_capacity(256);
+        // `{"type":"suspend",…,"args":[…]}` is the same head. The head is built in the
+        // buffer of the line before (no allocation per call) under the writer's lock,
+        // which the room check takes anyway; it is never held across the tool call.
+        let mut writer = self.writer();
+        let mut line = writer.buffer();
         line.extend_from_slice(b"{\"type\":\"tool\",\"step\":");
+        let mut args_at = 0;
         let head = serde_json::to_writer(&mut line, &step)
             .and_then(|()| {
                 line.extend_from_slice(b",\"name\":");
@@ -461,19 +504,23 @@ impl ToolTap for Recording {
             })
             .and_then(|()| {
                 line.extend_from_slice(b",\"args\":");
+                args_at = line.len();
                 serde_json::to_writer(&mut line, &args)
             })
             .map_err(std::io::Error::other);
-        if let Err(e) = head {
-            self.fail(e.into());
-            return Err(ToolError::new(JOURNAL_FAILED));
-        }
         // A call whose arguments alone would pass the limit is not made.
-        let room = self.writer().room(line.len() as u64 + 2);
+        let room = head
+            .map_err(JournalError::from)
+            .and_then(|()| writer.room(line.len() as u64 + 2));
+        drop(writer);
         if let Err(e) = room {
             self.fail(e);
-            return Err(ToolError::new(JOURNAL_FAILED));
+            return refused(&args, ToolError::new(JOURNAL_FAILED));
         }
+        *sizes = CallSizes {
+            args: (line.len() - args_at) as u64,
+            result: None,
+        };
         let result = real(args);
         if matches!(&result, Err(e) if e.suspend) {
             return self.suspend(line, result);
@@ -481,7 +528,10 @@ impl ToolTap for Recording {
         let tail = match &result {
             Ok(value) => {
                 line.extend_from_slice(b",\"ok\":true,\"result\":");
-                serde_json::to_writer(&mut line, value)
+                let at = line.len();
+                serde_json::to_writer(&mut line, value).map(|()| {
+                    sizes.result = Some((line.len() - at) as u64);
+                })
             }
             Err(e) => {
                 line.extend_from_slice(b",\"ok\":false,\"error\":");
@@ -491,7 +541,7 @@ impl ToolTap for Recording {
         line.extend_from_slice(b"}\n");
         let written = match tail {
             Err(e) => Err(std::io::Error::other(e).into()),
-            Ok(()) => self.writer().text(&line),
+            Ok(()) => self.writer().text_reusing(line),
         };
         if let Err(e) = written {
             self.fail(e);

@@ -321,6 +321,44 @@ pub(crate) trait ToolTap: Send + Sync {
         args: Vec<Json>,
         real: &mut dyn FnMut(Vec<Json>) -> Result<Json, ToolError>,
     ) -> Result<Json, ToolError>;
+
+    /// [`ToolTap::call`], setting `sizes` to the JSON sizes of the arguments and the
+    /// answer for the run's audit. A tap that writes them as JSON (the journal) knows
+    /// them without serialising them again; by default the arguments are measured here
+    /// and the answer is left to the caller.
+    fn call_sized(
+        &self,
+        name: &str,
+        args: Vec<Json>,
+        real: &mut dyn FnMut(Vec<Json>) -> Result<Json, ToolError>,
+        sizes: &mut CallSizes,
+    ) -> Result<Json, ToolError> {
+        *sizes = CallSizes::of_args(&args);
+        self.call(name, args, real)
+    }
+}
+
+/// The sizes a call's audit entry records ([`ToolCall::bytes_in`],
+/// [`ToolCall::bytes_out`]): the length of the arguments and of the answer as compact
+/// JSON text, which is what `serde_json::to_writer` writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CallSizes {
+    /// The arguments' (the array of them).
+    pub(crate) args: u64,
+    /// The answer's, when the call returned `Ok` and it was measured on the way (`None`:
+    /// the caller measures it).
+    pub(crate) result: Option<u64>,
+}
+
+impl CallSizes {
+    /// The sizes of a call with `args`, its answer not measured.
+    #[inline]
+    pub(crate) fn of_args(args: &[Json]) -> CallSizes {
+        CallSizes {
+            args: json_len(&args),
+            result: None,
+        }
+    }
 }
 
 /// A tool's spec, and its parameter schema compiled once (`None`: not checked).
@@ -650,10 +688,7 @@ impl ToolRegistry {
     /// # Errors
     /// The tool's error; a tool error for an unknown name or a panic.
     pub fn call(&self, ctx: &ToolContext, name: &str, args: Vec<Json>) -> Result<Json, ToolError> {
-        let f = self
-            .tools
-            .get(name)
-            .ok_or_else(|| ToolError::new(format!("no tool named `{name}` is registered")))?;
+        let f = self.tool(name)?;
         if let Some(relay) = &self.relay {
             return relay.call(name, Ok(args));
         }
@@ -663,6 +698,43 @@ impl ToolRegistry {
             });
         }
         self.call_untapped(ctx, f, name, args)
+    }
+
+    /// [`ToolRegistry::call`] for a run's audit, setting `sizes` to the JSON sizes of
+    /// the arguments and, when the tap measured it, of the answer. (Inlined: the
+    /// untapped path costs what it did before the tap could measure.)
+    #[inline(always)]
+    fn call_sized(
+        &self,
+        ctx: &ToolContext,
+        name: &str,
+        args: Vec<Json>,
+        sizes: &mut CallSizes,
+    ) -> Result<Json, ToolError> {
+        // Looked up here only when tapped: an untapped call looks its tool up once.
+        let tapped = match (&self.tap, &self.relay) {
+            (Some(tap), None) => self.tools.get(name).map(|f| (tap, f)),
+            _ => None,
+        };
+        match tapped {
+            Some((tap, f)) => tap.call_sized(
+                name,
+                args,
+                &mut |args| self.call_untapped(ctx, f, name, args),
+                sizes,
+            ),
+            None => {
+                *sizes = CallSizes::of_args(&args);
+                self.call(ctx, name, args)
+            }
+        }
+    }
+
+    /// Tool `name`'s function, or the error of a call to an unknown name.
+    fn tool(&self, name: &str) -> Result<&Arc<ToolFn>, ToolError> {
+        self.tools
+            .get(name)
+            .ok_or_else(|| ToolError::new(format!("no tool named `{name}` is registered")))
     }
 
     /// The call of tool `f` (named `name`): its schema check, then the tool, a panic
@@ -798,15 +870,15 @@ impl ToolRun {
         }
         self.admit(name)?;
         let start = Instant::now();
-        let mut bytes_in = 0;
+        let mut sizes = CallSizes::default();
         let mut bytes_out = 0;
         let result = match (args(), &self.registry.relay) {
             (Ok(args), _) => {
-                bytes_in = json_len(&args);
                 self.lock().reached += 1;
                 if self.registry.is_deferred(name) {
                     let pending = (name.to_string(), args.clone());
-                    let result = self.registry.call(&ctx, name, args);
+                    let result = self.registry.call_sized(&ctx, name, args, &mut sizes);
+                    // Only an `Err` is replaced: a measured answer's size stays its own.
                     match (&result, &self.registry.park) {
                         (Err(e), Some(park)) if e.suspend => self.park(&**park, pending),
                         (Err(e), None) if e.suspend => {
@@ -816,7 +888,7 @@ impl ToolRun {
                         _ => result,
                     }
                 } else {
-                    self.registry.call(&ctx, name, args)
+                    self.registry.call_sized(&ctx, name, args, &mut sizes)
                 }
             }
             // Relayed, so that the host records the failed call too.
@@ -831,12 +903,13 @@ impl ToolRun {
             _ => Ok(v),
         });
         if let Ok(v) = &result {
-            bytes_out = json_len(v);
+            bytes_out = sizes.result.unwrap_or_else(|| json_len(v));
         }
         let result = result.map_err(|e| ToolError {
             message: crate::error::cut_message(e.message, MAX_MESSAGE_BYTES),
             ..e
         });
+        let bytes_in = sizes.args;
         let call = ToolCall {
             name: name.to_string(),
             duration: start.elapsed(),

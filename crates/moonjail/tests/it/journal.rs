@@ -465,6 +465,99 @@ proptest! {
     }
 }
 
+/// The audit of a run's calls without their times.
+fn audit(out: &Outcome) -> Vec<(String, bool, Option<String>, u64, u64)> {
+    out.tool_calls
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.ok,
+                c.error.clone(),
+                c.bytes_in,
+                c.bytes_out,
+            )
+        })
+        .collect()
+}
+
+/// A journaled run takes its audit's sizes from the text of its `tool` lines instead of
+/// serialising the arguments and answers again: they must be the sizes an unjournaled
+/// run measures, whatever the strings hold (escapes, multi-byte characters), for failed,
+/// refused and deep calls too.
+#[test]
+fn journal_a_recorded_run_audits_its_calls_as_an_unrecorded_one() {
+    let script = r#"
+        local s = (...).s
+        local r = {tools.echo(s, {[s] = s, n = 1.5, list = {1, -2, true}}, nil, "x")}
+        r[#r + 1] = select(2, pcall(tools.fail, s))
+        r[#r + 1] = select(2, pcall(typed, {x = s}))
+        r[#r + 1] = select(2, pcall(tools.deep))
+        r[#r + 1] = tools.echo()
+        return r
+    "#;
+    for (mode, isolation) in modes() {
+        let sandbox = Sandbox::builder()
+            .isolation(isolation)
+            .tool("tools.echo", |args| Ok(Json::Array(args)))
+            .tool("tools.fail", |args| {
+                Err(ToolError::new(format!("no: {}", args[0])))
+            })
+            .tool("tools.deep", |_| {
+                Ok((0..300).fold(json!("bottom \"\u{1}"), |v, _| json!([v])))
+            })
+            .tool("typed", |args| Ok(Json::Array(args)))
+            .describe_tool(
+                "typed",
+                ToolSpec::new().parameters(json!({"type": "object",
+                    "properties": {"x": {"type": "integer"}}})),
+            )
+            .deterministic(Some(moonjail::Determinism {
+                timestamp: 0,
+                seed: 1,
+            }))
+            .build()
+            .unwrap();
+        for s in [
+            "plain",
+            "quote \" back \\ nl \n tab \t nul \u{0} del \u{7f}",
+            "é中😀",
+            "",
+        ] {
+            let input = json!({"s": s});
+            let plain = sandbox.run_with(script, &input, &RunOptions::default());
+            let buffer = Buffer::default();
+            let journaled = sandbox
+                .run_journaled(
+                    script,
+                    &input,
+                    &RunOptions::default(),
+                    JournalWriter::new(buffer.clone()),
+                )
+                .expect("journaled");
+            assert!(plain.is_ok(), "{mode}: {:?}", plain.result);
+            assert_eq!(audit(&journaled), audit(&plain), "{mode}: {s:?}");
+            assert_eq!(audit(&plain).len(), 5, "{mode}");
+            assert!(audit(&plain)[0].4 > 0, "{mode}");
+            assert_eq!(journaled.result.ok(), plain.result.ok(), "{mode}");
+            // The sizes are those of the recorded arguments' and answers' text.
+            let lines = buffer.bytes();
+            let calls = lines
+                .split(|b| *b == b'\n')
+                .filter_map(|l| serde_json::from_slice::<Json>(l).ok())
+                .filter(|l| l["type"] == "tool")
+                .collect::<Vec<_>>();
+            for (line, call) in calls.iter().zip(&journaled.tool_calls) {
+                let len = |v: &Json| serde_json::to_vec(v).unwrap().len() as u64;
+                assert_eq!(call.bytes_in, len(&line["args"]), "{mode}: {line}");
+                if call.ok {
+                    assert_eq!(call.bytes_out, len(&line["result"]), "{mode}: {line}");
+                }
+            }
+        }
+    }
+}
+
 /// A writer counting the `write` calls that reach it.
 #[derive(Clone, Default)]
 struct Counted(Buffer, Arc<AtomicU64>);
