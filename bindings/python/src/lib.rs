@@ -17,9 +17,10 @@ mod tools;
 use pyo3::prelude::*;
 
 /// The Rust side of the module (every sandbox's Lua objects included, see moonjail's
-/// vm/alloc.rs) allocates through mimalloc: a fresh sandbox is hundreds of small
-/// allocations made and freed again, and mimalloc does them in fewer instructions than
-/// the C library's malloc (BENCHMARKS.md §7). Python's own objects keep Python's
+/// vm/alloc.rs) allocates through mimalloc, in its secure mode, as the `moonjail`
+/// executable does (its main.rs says why): a fresh sandbox is hundreds of small
+/// allocations made and freed again, which mimalloc does in fewer instructions than the
+/// C library's malloc (BENCHMARKS.md §6 and §7). Python's own objects keep Python's
 /// allocator; nothing allocated here is freed by anything else, or the reverse.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

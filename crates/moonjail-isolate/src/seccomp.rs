@@ -10,7 +10,8 @@
 //! 1. *errno*: `clone3` fails with `ENOSYS` (so glibc falls back to `clone`, whose flags a
 //!    filter can read, unlike `clone3`'s, which sit behind a pointer), and `newfstatat` /
 //!    `statx`, which would resolve a path, fail with `ENOSYS` (glibc's `fstat` then reports an
-//!    error; Rust's `File::metadata` falls back to `fstat`); so does
+//!    error; Rust's `File::metadata` falls back to `fstat`); so do `getcpu` (see
+//!    [`ENOSYS_SYSCALLS`]) and
 //!    `prctl(PR_SET_VMA)`, with which allocators such as mimalloc name their mappings
 //!    (they ignore the failure, as on a kernel without `CONFIG_ANON_VMA_NAME`): the kernel
 //!    code behind it is never reached, and the worker executable may use any allocator;
@@ -27,7 +28,8 @@
 //!   `clock_nanosleep`, `timer_create`/`settime`/`gettime`/`getoverrun`/`delete`;
 //! - threads: `clone` with `CLONE_THREAD | CLONE_VM` and no `CLONE_NEW*` flag, `futex`
 //!   (wait/wake/requeue/bitset operations, no priority-inheritance ones), `set_robust_list`,
-//!   `rseq`, `sched_yield`, `sched_getaffinity`, `exit`, `prctl(PR_SET_NAME | PR_GET_NAME)`,
+//!   `rseq`, `sched_yield`, `sched_getaffinity`, `exit`, `prctl(PR_SET_NAME | PR_GET_NAME)`
+//!   (and `prctl(PR_SET_VMA)`, answered with ENOSYS),
 //!   `getpid`, `gettid`;
 //! - signals: `rt_sigaction`, `rt_sigprocmask`, `rt_sigreturn`, `sigaltstack`,
 //!   `restart_syscall`, and `tgkill` to the process's own thread group only (the in-process
@@ -170,11 +172,19 @@ impl Filter {
     }
 }
 
-/// System calls answered with `ENOSYS` instead of being run.
 /// `prctl(PR_SET_VMA, ...)` (linux/prctl.h; the libc crate defines it for Android only).
 const PR_SET_VMA: u64 = 0x53564d41;
 
-const ENOSYS_SYSCALLS: &[i64] = &[libc::SYS_clone3, libc::SYS_newfstatat, libc::SYS_statx];
+/// System calls answered with `ENOSYS` instead of being run. `getcpu`: mimalloc asks it
+/// for the NUMA node when a thread first allocates on a machine with several nodes, and
+/// falls back to node 0 when it fails (no worker thread starts after lockdown today; one
+/// that did would otherwise die on multi-socket hosts only).
+const ENOSYS_SYSCALLS: &[i64] = &[
+    libc::SYS_clone3,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_getcpu,
+];
 
 /// System calls allowed whatever their arguments.
 const ALWAYS_ALLOWED: &[i64] = &[

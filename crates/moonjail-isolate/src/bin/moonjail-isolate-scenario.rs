@@ -272,6 +272,20 @@ mod linux {
                 say(&format!("CLONE3 rc={rc} errno={}", errno()));
                 0
             }
+            "getcpu" => {
+                let (mut cpu, mut node) = (0u32, 0u32);
+                // SAFETY: see above; two valid out-parameters, no cache argument.
+                let rc = unsafe {
+                    libc::syscall(
+                        libc::SYS_getcpu,
+                        &mut cpu as *mut u32,
+                        &mut node as *mut u32,
+                        std::ptr::null_mut::<u8>(),
+                    )
+                };
+                say(&format!("GETCPU rc={rc} errno={}", errno()));
+                0
+            }
             "vma-name" => {
                 // What mimalloc does after each mmap: name the mapping.
                 let len = 1 << 16;
