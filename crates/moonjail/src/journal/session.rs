@@ -552,9 +552,16 @@ impl JournaledSession {
         }
         // The one place a request's time is chosen: here, in the process that holds the
         // journal (the supervisor of an isolated session), never in a worker.
-        if self.clock {
+        // (A borrowed request is copied only when it needs its time: not `has_function`.)
+        let untimed = matches!(
+            request.as_ref(),
+            SessionRequest::Exec { options, .. }
+                | SessionRequest::Eval { options, .. }
+                | SessionRequest::Call { options, .. } if options.time.is_none()
+        );
+        if self.clock && untimed {
             if let Some(options) = request.to_mut().options_mut() {
-                options.time.get_or_insert_with(now_unix);
+                options.time = Some(now_unix());
             }
         }
         let request = request.as_ref();
