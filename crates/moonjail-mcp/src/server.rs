@@ -11,8 +11,12 @@ use moonjail::{
 };
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
-use rmcp::service::{ElicitationError, ElicitationMode, ServiceError};
+use rmcp::model::{
+    CallToolResult, CancelledNotificationParam, ClientResult, ElicitRequest, ElicitRequestParams,
+    ElicitationAction, ElicitationSchema, Implementation, ServerCapabilities, ServerConfig,
+    ServerRequest,
+};
+use rmcp::service::{ElicitationMode, PeerRequestOptions, ServiceError};
 use rmcp::{tool, tool_handler, tool_router, Peer, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -476,10 +480,12 @@ impl Server {
                 _ => None,
             };
             let answer = match asking {
-                Some((_turn, pending)) => tokio::select! {
-                    answer = ask(peer, &pending, self.ask_timeout) => answer,
+                Some((_turn, pending)) => match ask(peer, &pending, self.ask_timeout, cancel).await
+                {
+                    Asked::Answer(answer) => Some(answer),
+                    Asked::CannotAsk => None,
                     // `suspension` is given up as it drops, on a blocking thread.
-                    () = cancel.cancelled() => return render::refused(CANCELLED),
+                    Asked::Cancelled => return render::refused(CANCELLED),
                 },
                 None => None,
             };
@@ -583,14 +589,29 @@ fn can_ask(peer: &Peer<RoleServer>) -> bool {
         .contains(&ElicitationMode::Form)
 }
 
-/// Puts the `pending` call to the user: their answer (JSON, or text as a string),
-/// or the tool error the script gets when they decline, dismiss or do not answer in
-/// time. `None` when the client cannot ask after all (the run is then held).
+/// What putting a deferred call to the user gave.
+enum Asked {
+    /// Their answer (JSON, or text as a string), or the tool error the script gets when
+    /// they decline, dismiss or do not answer in time.
+    Answer(Result<Json, ToolError>),
+    /// The client cannot ask after all (its protocol forbids server-to-client requests,
+    /// or the connection failed): the run is held for `resume_lua`.
+    CannotAsk,
+    /// The tool call that asked was cancelled: the question was withdrawn.
+    Cancelled,
+}
+
+/// Puts the `pending` call to the user (MCP form elicitation). rmcp's
+/// `elicit_with_timeout` would do the asking, but a question it asked cannot be
+/// withdrawn: a `run_lua` the client cancels would leave its user looking at a form
+/// nobody waits for. The request is sent here so that its id is known, and a
+/// cancellation sends `notifications/cancelled` for it.
 async fn ask(
     peer: &Peer<RoleServer>,
     pending: &Pending,
     timeout: Duration,
-) -> Option<Result<Json, ToolError>> {
+    cancel: &CancellationToken,
+) -> Asked {
     let call = render::call(&pending.name, &pending.args);
     let message = format!(
         "A Lua script asks to call {call}. Give the answer the call returns to the \
@@ -598,45 +619,83 @@ async fn ask(
          or decline to refuse the call (the script gets an error)."
     );
     let name = &pending.name;
-    Some(
-        match peer
-            .elicit_with_timeout::<Approval>(message, Some(timeout))
-            .await
-        {
-            Ok(Some(Approval { answer })) => {
-                Ok(serde_json::from_str(&answer).unwrap_or(Json::String(answer)))
-            }
-            Err(ElicitationError::UserDeclined) => Err(ToolError::new(format!(
-                "the user declined the call to {name}"
-            ))),
-            Err(ElicitationError::UserCancelled) => Err(ToolError::new(format!(
-                "the user dismissed the call to {name} without answering"
-            ))),
-            Err(ElicitationError::Service(ServiceError::Timeout { .. })) => {
-                Err(ToolError::new(format!(
-                    "the user did not answer the call to {name} within {}",
-                    moonjail::units::format_duration(timeout)
-                )))
-            }
-            // A client that sent the answer as a JSON value rather than the text asked for.
-            Err(ElicitationError::ParseError { data, .. })
-                if data.get("answer").is_some_and(|a| !a.is_string()) =>
-            {
-                Ok(data["answer"].clone())
-            }
-            Ok(None)
-            | Err(ElicitationError::NoContent)
-            | Err(ElicitationError::ParseError { .. }) => Err(ToolError::new(format!(
-                "the user accepted the call to {name} without giving its answer"
-            ))),
-            // The client refused to ask (its protocol forbids it), or the connection failed:
-            // the run is held for resume_lua.
-            Err(e) => {
-                tracing::debug!("elicitation failed: {e}");
-                return None;
-            }
+    let Ok(schema) = ElicitationSchema::from_type::<Approval>() else {
+        return Asked::CannotAsk;
+    };
+    let request = ServerRequest::ElicitRequest(ElicitRequest::new(
+        ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message,
+            requested_schema: schema,
         },
-    )
+    ));
+    let mut options = PeerRequestOptions::no_options();
+    options.timeout = Some(timeout);
+    let sent = tokio::select! {
+        sent = peer.send_cancellable_request(request, options) => sent,
+        () = cancel.cancelled() => return Asked::Cancelled,
+    };
+    let handle = match sent {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::debug!("elicitation failed: {e}");
+            return Asked::CannotAsk;
+        }
+    };
+    let id = handle.id.clone();
+    let response = tokio::select! {
+        response = handle.await_response() => response,
+        () = cancel.cancelled() => {
+            let withdrawn = CancelledNotificationParam::new(
+                Some(id),
+                Some("the tool call that asked was cancelled".to_string()),
+            );
+            if let Err(e) = peer.notify_cancelled(withdrawn).await {
+                tracing::debug!("withdrawing the elicitation failed: {e}");
+            }
+            return Asked::Cancelled;
+        }
+    };
+    let refused = |why: &str| Asked::Answer(Err(ToolError::new(format!("the user {why}"))));
+    match response {
+        Ok(ClientResult::ElicitResult(result)) => {
+            match result.action {
+                ElicitationAction::Accept => {
+                    let content = result.content.unwrap_or(Json::Null);
+                    match serde_json::from_value::<Approval>(content.clone()) {
+                        Ok(Approval { answer }) => Asked::Answer(Ok(
+                            serde_json::from_str(&answer).unwrap_or(Json::String(answer))
+                        )),
+                        // A client that sent the answer as a JSON value rather than the
+                        // text asked for.
+                        Err(_) if content.get("answer").is_some_and(|a| !a.is_null()) => {
+                            Asked::Answer(Ok(content["answer"].clone()))
+                        }
+                        Err(_) => refused(&format!(
+                            "accepted the call to {name} without giving its answer"
+                        )),
+                    }
+                }
+                ElicitationAction::Decline => refused(&format!("declined the call to {name}")),
+                // Cancel, and any action a later protocol adds.
+                _ => refused(&format!("dismissed the call to {name} without answering")),
+            }
+        }
+        Err(ServiceError::Timeout { .. }) => refused(&format!(
+            "did not answer the call to {name} within {}",
+            moonjail::units::format_duration(timeout)
+        )),
+        Ok(other) => {
+            tracing::debug!("the client answered an elicitation with {other:?}");
+            refused(&format!(
+                "accepted the call to {name} without giving its answer"
+            ))
+        }
+        Err(e) => {
+            tracing::debug!("elicitation failed: {e}");
+            Asked::CannotAsk
+        }
+    }
 }
 
 /// A session request's tool result.

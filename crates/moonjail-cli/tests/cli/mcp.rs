@@ -619,15 +619,18 @@ fn the_server_ends_with_the_connection_and_its_sessions_with_it() {
 struct User {
     answer: Option<String>,
     asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    /// Never answers the first question (a person who walked away).
+    /// Never answers the first question (a person who walked away): it waits until the
+    /// server withdraws it.
     away_first: bool,
+    /// How many questions the server withdrew (`notifications/cancelled`).
+    withdrawn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl rmcp::ClientHandler for User {
     async fn create_elicitation(
         &self,
         request: rmcp::model::ElicitRequestParams,
-        _context: rmcp::service::RequestContext<RoleClient>,
+        context: rmcp::service::RequestContext<RoleClient>,
     ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
         use rmcp::model::{ElicitRequestParams, ElicitResult, ElicitationAction};
         let ElicitRequestParams::FormElicitationParams {
@@ -646,7 +649,10 @@ impl rmcp::ClientHandler for User {
             asked.len() == 1
         };
         if first && self.away_first {
-            std::future::pending::<()>().await;
+            context.ct.cancelled().await;
+            self.withdrawn
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(rmcp::ErrorData::internal_error("withdrawn", None));
         }
         Ok(match &self.answer {
             Some(answer) => ElicitResult::new(ElicitationAction::Accept)
@@ -730,7 +736,7 @@ fn a_plain_text_answer_reaches_the_script_as_a_string() {
 }
 
 #[test]
-fn a_cancelled_call_gives_its_run_up_and_frees_its_place() {
+fn a_cancelled_call_withdraws_its_question_gives_its_run_up_and_frees_its_place() {
     // --max-suspended 1: the one place is taken while the user is asked. The client
     // cancels that call; the next run must get the place back (its user is asked and
     // answers), not be refused as one too many.
@@ -778,6 +784,18 @@ fn a_cancelled_call_gives_its_run_up_and_frees_its_place() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert!(last.is_none(), "the place was never given back: {last:?}");
+        // And the question the cancelled call had put to the user was withdrawn.
+        for _ in 0..500 {
+            if user.withdrawn.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            user.withdrawn.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the question was not withdrawn"
+        );
         client.cancel().await.expect("close the connection");
     });
 }
