@@ -278,6 +278,47 @@ unsafe fn gc_known_absent(mt: *const std::ffi::c_void) -> bool {
     unsafe { *mt.cast::<u8>().add(TABLE_FLAGS_OFFSET) & NO_GC_BIT != 0 }
 }
 
+/// `pairs` of a deterministic state: `luaB_pairs`, returning its upvalue 1 (a closure
+/// of `next`, see `vm::close_iterators`) where the stock one pushes `next` as a light
+/// function, whose hash as a table key depends on where ASLR put the code.
+pub(crate) unsafe extern "C-unwind" fn closed_pairs(l: *mut lua_State) -> c_int {
+    /// The stock continuation: the metamethod's three results are the call's.
+    unsafe extern "C-unwind" fn finish(
+        _l: *mut lua_State,
+        _status: c_int,
+        _ctx: ffi::lua_KContext,
+    ) -> c_int {
+        3
+    }
+    // SAFETY: called by Lua as a C closure with one upvalue; mirrors luaB_pairs (the
+    // metamethod called with a continuation, so it may yield, as in stock Lua).
+    unsafe {
+        ffi::luaL_checkany(l, 1);
+        if ffi::luaL_getmetafield(l, 1, c"__pairs".as_ptr()) == ffi::LUA_TNIL {
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+            ffi::lua_pushvalue(l, 1);
+            ffi::lua_pushnil(l);
+        } else {
+            ffi::lua_pushvalue(l, 1);
+            ffi::lua_callk(l, 1, 3, 0, Some(finish));
+        }
+    }
+    3
+}
+
+/// `ipairs` of a deterministic state: `luaB_ipairs`, returning its upvalue 1 (a closure
+/// of the stock iterator) for the reason [`closed_pairs`] gives.
+pub(crate) unsafe extern "C-unwind" fn closed_ipairs(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C closure with one upvalue; mirrors luaB_ipairs.
+    unsafe {
+        ffi::luaL_checkany(l, 1);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_pushvalue(l, 1);
+        ffi::lua_pushinteger(l, 0);
+    }
+    3
+}
+
 /// Builds the guarded `setmetatable` closure.
 pub(crate) fn setmetatable_closure(lua: &mlua::Lua) -> mlua::Result<mlua::Function> {
     // SAFETY: `exec_raw` pushes the string at index 1; it becomes the single upvalue of

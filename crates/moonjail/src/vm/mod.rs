@@ -279,13 +279,26 @@ pub(crate) fn string_metatable(lua: &Lua) -> mlua::Result<mlua::Value> {
     }
 }
 
-/// Makes `table` the state's globals as `lua_load` and `lua_getglobal` see them.
+/// Makes `table` the state's globals as `lua_load` and `lua_getglobal` see them, and as
+/// the auxiliary library names functions in error messages (`bad argument #1 to
+/// 'pairs'` for a function called without a name at its call site: it looks the
+/// function up in `_LOADED._G`).
 pub(crate) fn set_registry_globals(lua: &Lua, table: &mlua::Table) -> mlua::Result<()> {
-    // SAFETY: `exec_raw` pushes `table` at index 1; it is stored in the registry slot that
-    // holds the globals, which accepts any table.
+    // SAFETY: `exec_raw` pushes `table` at index 1 and runs the closure in protected mode
+    // (a memory error raised by `lua_setfield` unwinds to it); it is stored in the
+    // registry slot that holds the globals, which accepts any table, and as the `_G`
+    // entry of the registry's `_LOADED` table when there is one. The stack is left as
+    // found.
     unsafe {
         lua.exec_raw::<()>(table, |l| {
+            ffi::lua_pushvalue(l, 1);
             ffi::lua_rawseti(l, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
+            if ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, c"_LOADED".as_ptr()) == ffi::LUA_TTABLE
+            {
+                ffi::lua_pushvalue(l, 1);
+                ffi::lua_setfield(l, -2, c"_G".as_ptr());
+            }
+            ffi::lua_pop(l, 1);
         })
     }
 }
@@ -418,6 +431,75 @@ pub(crate) fn close_light_functions(lua: &Lua) -> mlua::Result<()> {
                 ffi::lua_pop(l, 1);
             }
             ffi::lua_settop(l, 0);
+        })
+    }
+}
+
+/// Replaces `pairs` and `ipairs` (where the globals have them) by versions that return
+/// closures of their iterators instead of light C functions: the stock ones push
+/// `next` and `ipairs`'s iterator anew on every call, as light functions, which Lua hashes
+/// by their code address (moved by ASLR) when a script uses them as table keys. After
+/// [`close_light_functions`], so the `next` that `pairs` returns is the global `next`
+/// (`pairs({}) == next`, as in stock Lua). Only deterministic states need it.
+pub(crate) fn close_iterators(lua: &Lua) -> mlua::Result<()> {
+    /// Leaves on the stack the closure twin of the light function that the stock
+    /// function in `global` returns first for an empty table: the global `twin` if there
+    /// is one and it is a closure of the same C function, else a new closure of it (one
+    /// nil upvalue, as [`close_light_functions`] makes them). Returns false, pushing
+    /// nothing, when the state has no such global.
+    ///
+    /// # Safety
+    /// Inside a protected call with 4 free stack slots.
+    unsafe fn push_twin(
+        l: *mut ffi::lua_State,
+        global: &std::ffi::CStr,
+        twin: Option<&std::ffi::CStr>,
+    ) -> bool {
+        // SAFETY: caller's contract; the stock function is one of Lua's own base
+        // functions, called with an empty table.
+        unsafe {
+            if ffi::lua_getglobal(l, global.as_ptr()) != ffi::LUA_TFUNCTION {
+                ffi::lua_pop(l, 1);
+                return false;
+            }
+            ffi::lua_createtable(l, 0, 0);
+            ffi::lua_call(l, 1, 1);
+            let light = ffi::lua_tocfunction(l, -1);
+            ffi::lua_pop(l, 1);
+            let Some(light) = light else {
+                return false;
+            };
+            let named = match twin {
+                Some(twin) => ffi::lua_getglobal(l, twin.as_ptr()) == ffi::LUA_TFUNCTION,
+                None => {
+                    ffi::lua_pushnil(l);
+                    false
+                }
+            };
+            // Both pointers come from Lua, for the same C function of its library.
+            let same = ffi::lua_tocfunction(l, -1).is_some_and(|f| std::ptr::fn_addr_eq(f, light));
+            if !named || !same {
+                ffi::lua_pop(l, 1);
+                ffi::lua_pushnil(l);
+                ffi::lua_pushcclosure(l, light, 1);
+            }
+            true
+        }
+    }
+    // SAFETY: `exec_raw` runs the closure in protected mode on an empty stack (a memory
+    // or argument error unwinds to it; the closure owns nothing with a destructor). Each
+    // branch leaves the stack as it found it.
+    unsafe {
+        lua.exec_raw::<()>((), |l| {
+            ffi::lua_checkstack(l, 8);
+            if push_twin(l, c"pairs", Some(c"next")) {
+                ffi::lua_pushcclosure(l, crate::stdlib::base::closed_pairs, 1);
+                ffi::lua_setglobal(l, c"pairs".as_ptr());
+            }
+            if push_twin(l, c"ipairs", None) {
+                ffi::lua_pushcclosure(l, crate::stdlib::base::closed_ipairs, 1);
+                ffi::lua_setglobal(l, c"ipairs".as_ptr());
+            }
         })
     }
 }

@@ -147,3 +147,50 @@ fn a_deterministic_session_request_reads_its_own_time_and_only_that_request() {
         assert!(s.is_open(), "{mode}");
     }
 }
+
+/// `pairs` and `ipairs` of a deterministic state return closures of their iterators
+/// (see `vm::close_iterators`) and otherwise behave as the stock ones: the `__pairs`
+/// metamethod (which may yield), `ipairs` stopping at the first nil, and the stock
+/// argument errors, word for word as in an ordinary state.
+#[test]
+fn deterministic_pairs_and_ipairs_behave_as_the_stock_ones() {
+    const SCRIPT: &str = r#"
+local out = {}
+local proxy = setmetatable({}, {__pairs = function(t)
+  coroutine.yield("yielded")
+  return function(_, k) if not k then return 1, "one" end end, t, nil
+end})
+local co = coroutine.wrap(function()
+  local got = {}
+  for k, v in pairs(proxy) do got[#got + 1] = k .. "=" .. v end
+  return table.concat(got, ",")
+end)
+out[#out + 1] = co()
+out[#out + 1] = co()
+local seq = {}
+for i, v in ipairs({10, 20, nil, 40}) do seq[#seq + 1] = i .. ":" .. v end
+out[#out + 1] = table.concat(seq, ",")
+out[#out + 1] = tostring(pairs({}) == next)
+out[#out + 1] = select(2, pcall(pairs))
+out[#out + 1] = select(2, pcall(ipairs))
+local f1, s, c = ipairs("abc")
+out[#out + 1] = type(f1) .. " " .. s .. " " .. c
+return table.concat(out, "|")
+"#;
+    let expected = "yielded|1=one|1:10,2:20|true|\
+                    bad argument #1 to 'for iterator' (value expected)|\
+                    bad argument #1 to 'for iterator' (value expected)|function abc 0";
+    let stock = Sandbox::builder().build().unwrap();
+    let stock = stock.run(SCRIPT, &Json::Null).result.unwrap();
+    for (mode, sb) in both(|| Sandbox::builder().deterministic(Some(DET))) {
+        let got = sb.run(SCRIPT, &Json::Null).result.unwrap();
+        assert_eq!(got, stock, "{mode}");
+    }
+    assert!(
+        stock
+            .as_str()
+            .is_some_and(|s| s.starts_with("yielded|1=one|1:10,2:20|true|")),
+        "{stock}"
+    );
+    let _ = expected;
+}
