@@ -42,11 +42,12 @@ if io then t[io] = "io"; t[io.open] = "open" end
 if _G then t[_G] = "_G" end
 add("objects " .. values(t))
 
--- the iterators pairs and ipairs return, as keys (stock Lua pushes them as light C
+-- the iterators pairs, ipairs and utf8.codes return, as keys (stock Lua pushes them as light C
 -- functions, hashed by code address)
 t = {}
 for i = 1, 12 do t[{}] = "t" .. i end
 t[pairs({})] = "next"; t[ipairs({})] = "inext"
+t[utf8.codes("")] = "codes"; t[utf8.codes("", true)] = "lax"
 add("iterators " .. values(t) .. " " .. tostring(pairs({}) == next))
 
 -- next after deletions and rehashes, mixed keys

@@ -319,6 +319,41 @@ pub(crate) unsafe extern "C-unwind" fn closed_ipairs(l: *mut lua_State) -> c_int
     3
 }
 
+/// `utf8.codes` of a deterministic state: the stock function (upvalue 1), called in this
+/// frame (its argument errors read as the stock ones), its light iterator then swapped
+/// for the closure twin in upvalue 2 (strict) or 3 (lax), for the reason
+/// [`closed_pairs`] gives.
+pub(crate) unsafe extern "C-unwind" fn closed_codes(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as the C closure `vm::close_iterators` makes: upvalue 1 a C
+    // function, upvalues 2 and 3 closures. The stock function runs on this frame's
+    // arguments and leaves its results on top; only the first is replaced, in place.
+    unsafe {
+        let Some(stock) = ffi::lua_tocfunction(l, ffi::lua_upvalueindex(1)) else {
+            return ffi::luaL_error(l, c"internal error: utf8.codes lost its body".as_ptr());
+        };
+        let n = stock(l);
+        let first = ffi::lua_gettop(l) - n + 1;
+        if n >= 1 && ffi::lua_iscfunction(l, first) != 0 {
+            for up in [2, 3] {
+                let twin = ffi::lua_upvalueindex(up);
+                let same = match (
+                    ffi::lua_tocfunction(l, first),
+                    ffi::lua_tocfunction(l, twin),
+                ) {
+                    (Some(a), Some(b)) => std::ptr::fn_addr_eq(a, b),
+                    _ => false,
+                };
+                if same {
+                    ffi::lua_pushvalue(l, twin);
+                    ffi::lua_replace(l, first);
+                    break;
+                }
+            }
+        }
+        n
+    }
+}
+
 /// Builds the guarded `setmetatable` closure.
 pub(crate) fn setmetatable_closure(lua: &mlua::Lua) -> mlua::Result<mlua::Function> {
     // SAFETY: `exec_raw` pushes the string at index 1; it becomes the single upvalue of

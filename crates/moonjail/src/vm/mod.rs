@@ -435,9 +435,9 @@ pub(crate) fn close_light_functions(lua: &Lua) -> mlua::Result<()> {
     }
 }
 
-/// Replaces `pairs` and `ipairs` (where the globals have them) by versions that return
-/// closures of their iterators instead of light C functions: the stock ones push
-/// `next` and `ipairs`'s iterator anew on every call, as light functions, which Lua hashes
+/// Replaces `pairs`, `ipairs` and `utf8.codes` (where the state has them) by versions
+/// that return closures of their iterators instead of light C functions: the stock ones
+/// push their iterators anew on every call, as light functions, which Lua hashes
 /// by their code address (moved by ASLR) when a script uses them as table keys. After
 /// [`close_light_functions`], so the `next` that `pairs` returns is the global `next`
 /// (`pairs({}) == next`, as in stock Lua). Only deterministic states need it.
@@ -500,6 +500,41 @@ pub(crate) fn close_iterators(lua: &Lua) -> mlua::Result<()> {
                 ffi::lua_pushcclosure(l, crate::stdlib::base::closed_ipairs, 1);
                 ffi::lua_setglobal(l, c"ipairs".as_ptr());
             }
+            // utf8.codes: the stock function, then the twins of its strict and lax
+            // iterators (from `codes("")` and `codes("", true)`).
+            if ffi::lua_getglobal(l, c"utf8".as_ptr()) == ffi::LUA_TTABLE {
+                if ffi::lua_getfield(l, -1, c"codes".as_ptr()) == ffi::LUA_TFUNCTION
+                    && ffi::lua_iscfunction(l, -1) != 0
+                {
+                    for lax in [false, true] {
+                        ffi::lua_pushvalue(l, -1 - i32::from(lax));
+                        ffi::lua_pushstring(l, c"".as_ptr());
+                        ffi::lua_pushboolean(l, i32::from(lax));
+                        ffi::lua_call(l, 2, 1);
+                        match ffi::lua_tocfunction(l, -1) {
+                            Some(light) => {
+                                ffi::lua_pop(l, 1);
+                                ffi::lua_pushnil(l);
+                                ffi::lua_pushcclosure(l, light, 1);
+                            }
+                            None => {
+                                ffi::lua_pop(l, 1);
+                                ffi::lua_pushnil(l);
+                            }
+                        }
+                    }
+                    // Stock, strict twin, lax twin on top of the utf8 table.
+                    if ffi::lua_isfunction(l, -1) != 0 && ffi::lua_isfunction(l, -2) != 0 {
+                        ffi::lua_pushcclosure(l, crate::stdlib::base::closed_codes, 3);
+                        ffi::lua_setfield(l, -2, c"codes".as_ptr());
+                    } else {
+                        ffi::lua_pop(l, 3);
+                    }
+                } else {
+                    ffi::lua_pop(l, 1);
+                }
+            }
+            ffi::lua_pop(l, 1);
         })
     }
 }
