@@ -123,7 +123,7 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
     if let Some(d) = opts.deterministic {
         aos::make_deterministic(lua, d)?;
         crate::vm::close_light_functions(lua)?;
-        crate::vm::close_iterators(lua)?;
+        base::close_iterators(lua)?;
     }
     if opts.diagnostic {
         let mut libs: Vec<&str> = spec

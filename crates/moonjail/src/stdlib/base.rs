@@ -278,8 +278,112 @@ unsafe fn gc_known_absent(mt: *const std::ffi::c_void) -> bool {
     unsafe { *mt.cast::<u8>().add(TABLE_FLAGS_OFFSET) & NO_GC_BIT != 0 }
 }
 
+/// Replaces `pairs`, `ipairs` and `utf8.codes` (where the state has them) by versions
+/// that return closures of their iterators instead of light C functions: the stock ones
+/// push their iterators anew on every call, as light functions, which Lua hashes by
+/// their code address (moved by ASLR) when a script uses them as table keys. After
+/// [`crate::vm::close_light_functions`], so the `next` that `pairs` returns is the global
+/// `next` (`pairs({}) == next`, as in stock Lua). Only deterministic states need it.
+pub(crate) fn close_iterators(lua: &mlua::Lua) -> mlua::Result<()> {
+    /// Leaves on the stack the closure twin of the light function that the stock
+    /// function in `global` returns first for an empty table: the global `twin` if there
+    /// is one and it is a closure of the same C function, else a new closure of it (one
+    /// nil upvalue, as [`crate::vm::close_light_functions`] makes them). Returns false,
+    /// pushing nothing, when the state has no such global.
+    ///
+    /// # Safety
+    /// Inside a protected call with 4 free stack slots.
+    unsafe fn push_twin(
+        l: *mut ffi::lua_State,
+        global: &std::ffi::CStr,
+        twin: Option<&std::ffi::CStr>,
+    ) -> bool {
+        // SAFETY: caller's contract; the stock function is one of Lua's own base
+        // functions, called with an empty table.
+        unsafe {
+            if ffi::lua_getglobal(l, global.as_ptr()) != ffi::LUA_TFUNCTION {
+                ffi::lua_pop(l, 1);
+                return false;
+            }
+            ffi::lua_createtable(l, 0, 0);
+            ffi::lua_call(l, 1, 1);
+            let light = ffi::lua_tocfunction(l, -1);
+            ffi::lua_pop(l, 1);
+            let Some(light) = light else {
+                return false;
+            };
+            let named = match twin {
+                Some(twin) => ffi::lua_getglobal(l, twin.as_ptr()) == ffi::LUA_TFUNCTION,
+                None => {
+                    ffi::lua_pushnil(l);
+                    false
+                }
+            };
+            // Both pointers come from Lua, for the same C function of its library.
+            let same = ffi::lua_tocfunction(l, -1).is_some_and(|f| std::ptr::fn_addr_eq(f, light));
+            if !named || !same {
+                ffi::lua_pop(l, 1);
+                ffi::lua_pushnil(l);
+                ffi::lua_pushcclosure(l, light, 1);
+            }
+            true
+        }
+    }
+    // SAFETY: `exec_raw` runs the closure in protected mode on an empty stack (a memory
+    // or argument error unwinds to it; the closure owns nothing with a destructor). Each
+    // branch leaves the stack as it found it.
+    unsafe {
+        lua.exec_raw::<()>((), |l| {
+            ffi::lua_checkstack(l, 8);
+            if push_twin(l, c"pairs", Some(c"next")) {
+                ffi::lua_pushcclosure(l, closed_pairs, 1);
+                ffi::lua_setglobal(l, c"pairs".as_ptr());
+            }
+            if push_twin(l, c"ipairs", None) {
+                ffi::lua_pushcclosure(l, closed_ipairs, 1);
+                ffi::lua_setglobal(l, c"ipairs".as_ptr());
+            }
+            // utf8.codes: the stock function, then the twins of its strict and lax
+            // iterators (from `codes("")` and `codes("", true)`).
+            if ffi::lua_getglobal(l, c"utf8".as_ptr()) == ffi::LUA_TTABLE {
+                if ffi::lua_getfield(l, -1, c"codes".as_ptr()) == ffi::LUA_TFUNCTION
+                    && ffi::lua_iscfunction(l, -1) != 0
+                {
+                    for lax in [false, true] {
+                        ffi::lua_pushvalue(l, -1 - i32::from(lax));
+                        ffi::lua_pushstring(l, c"".as_ptr());
+                        ffi::lua_pushboolean(l, i32::from(lax));
+                        ffi::lua_call(l, 2, 1);
+                        match ffi::lua_tocfunction(l, -1) {
+                            Some(light) => {
+                                ffi::lua_pop(l, 1);
+                                ffi::lua_pushnil(l);
+                                ffi::lua_pushcclosure(l, light, 1);
+                            }
+                            None => {
+                                ffi::lua_pop(l, 1);
+                                ffi::lua_pushnil(l);
+                            }
+                        }
+                    }
+                    // Stock, strict twin, lax twin on top of the utf8 table.
+                    if ffi::lua_isfunction(l, -1) != 0 && ffi::lua_isfunction(l, -2) != 0 {
+                        ffi::lua_pushcclosure(l, closed_codes, 3);
+                        ffi::lua_setfield(l, -2, c"codes".as_ptr());
+                    } else {
+                        ffi::lua_pop(l, 3);
+                    }
+                } else {
+                    ffi::lua_pop(l, 1);
+                }
+            }
+            ffi::lua_pop(l, 1);
+        })
+    }
+}
+
 /// `pairs` of a deterministic state: `luaB_pairs`, returning its upvalue 1 (a closure
-/// of `next`, see `vm::close_iterators`) where the stock one pushes `next` as a light
+/// of `next`, see [`close_iterators`]) where the stock one pushes `next` as a light
 /// function, whose hash as a table key depends on where ASLR put the code.
 pub(crate) unsafe extern "C-unwind" fn closed_pairs(l: *mut lua_State) -> c_int {
     /// The stock continuation: the metamethod's three results are the call's.
@@ -324,7 +428,7 @@ pub(crate) unsafe extern "C-unwind" fn closed_ipairs(l: *mut lua_State) -> c_int
 /// for the closure twin in upvalue 2 (strict) or 3 (lax), for the reason
 /// [`closed_pairs`] gives.
 pub(crate) unsafe extern "C-unwind" fn closed_codes(l: *mut lua_State) -> c_int {
-    // SAFETY: called by Lua as the C closure `vm::close_iterators` makes: upvalue 1 a C
+    // SAFETY: called by Lua as the C closure [`close_iterators`] makes: upvalue 1 a C
     // function, upvalues 2 and 3 closures. The stock function runs on this frame's
     // arguments and leaves its results on top; only the first is replaced, in place.
     unsafe {
