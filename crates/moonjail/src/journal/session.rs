@@ -162,6 +162,16 @@ impl SessionRequest {
 
     /// The request's options: `None` for `has_function`, which runs no script (so has
     /// neither limits nor a clock).
+    fn options(&self) -> Option<&CallOptions> {
+        match self {
+            SessionRequest::Exec { options, .. }
+            | SessionRequest::Eval { options, .. }
+            | SessionRequest::Call { options, .. } => Some(options),
+            SessionRequest::HasFunction { .. } => None,
+        }
+    }
+
+    /// [`SessionRequest::options`], to set them.
     fn options_mut(&mut self) -> Option<&mut CallOptions> {
         match self {
             SessionRequest::Exec { options, .. }
@@ -553,12 +563,7 @@ impl JournaledSession {
         // The one place a request's time is chosen: here, in the process that holds the
         // journal (the supervisor of an isolated session), never in a worker.
         // (A borrowed request is copied only when it needs its time: not `has_function`.)
-        let untimed = matches!(
-            request.as_ref(),
-            SessionRequest::Exec { options, .. }
-                | SessionRequest::Eval { options, .. }
-                | SessionRequest::Call { options, .. } if options.time.is_none()
-        );
+        let untimed = request.options().is_some_and(|o| o.time.is_none());
         if self.clock && untimed {
             if let Some(options) = request.to_mut().options_mut() {
                 options.time = Some(now_unix());
