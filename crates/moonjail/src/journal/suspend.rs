@@ -378,6 +378,18 @@ fn settle_journaled(
     }
 }
 
+/// Gives the parked run its answer (`None`: it is given up there) and waits for its next
+/// event. A run that ended meanwhile (it cannot: it waits) says so in `next`.
+fn reply(
+    answers: SyncSender<Option<Answer>>,
+    events: Receiver<Event>,
+    thread: Option<JoinHandle<()>>,
+    answer: Option<Answer>,
+) -> Run {
+    let _ = answers.send(answer);
+    next(answers, events, thread)
+}
+
 /// Waits for the parked run's next event.
 fn next(
     answers: SyncSender<Option<Answer>>,
@@ -441,11 +453,7 @@ impl Suspension {
                 answers,
                 events,
                 thread,
-            } => {
-                // A run that ended meanwhile (it cannot: it waits) says so in `next`.
-                let _ = answers.send(Some(answer));
-                next(answers, events, thread)
-            }
+            } => reply(answers, events, thread, Some(answer)),
             Held::Journal {
                 sandbox, journal, ..
             } => {
@@ -488,8 +496,7 @@ impl Suspension {
                 events,
                 thread,
             } => {
-                let _ = answers.send(None);
-                match next(answers, events, thread) {
+                match reply(answers, events, thread, None) {
                     Run::Finished(outcome) => outcome,
                     // A run given up cannot park again (calls after a deferred one are
                     // refused); were it to, it is given up there too, as it drops.
