@@ -285,99 +285,83 @@ unsafe fn gc_known_absent(mt: *const std::ffi::c_void) -> bool {
 /// [`crate::vm::close_light_functions`], so the `next` that `pairs` returns is the global
 /// `next` (`pairs({}) == next`, as in stock Lua). Only deterministic states need it.
 pub(crate) fn close_iterators(lua: &mlua::Lua) -> mlua::Result<()> {
-    /// Leaves on the stack the closure twin of the light function that the stock
-    /// function in `global` returns first for an empty table: the global `twin` if there
-    /// is one and it is a closure of the same C function, else a new closure of it (one
-    /// nil upvalue, as [`crate::vm::close_light_functions`] makes them). Returns false,
-    /// pushing nothing, when the state has no such global.
+    /// Calls the function at `maker` (an absolute index) on an empty table, or on `""`
+    /// and `lax` (`utf8.codes`), and pushes a closure of the light C function it returns
+    /// first (one nil upvalue, as [`crate::vm::close_light_functions`] makes them).
+    /// False, pushing nothing, when it returns none.
     ///
     /// # Safety
-    /// Inside a protected call with 4 free stack slots.
-    unsafe fn push_twin(
-        l: *mut ffi::lua_State,
-        global: &std::ffi::CStr,
-        twin: Option<&std::ffi::CStr>,
-    ) -> bool {
-        // SAFETY: caller's contract; the stock function is one of Lua's own base
-        // functions, called with an empty table.
+    /// Inside a protected call with 4 free stack slots; `maker` is one of Lua's own
+    /// library functions.
+    unsafe fn push_twin(l: *mut lua_State, maker: c_int, lax: Option<bool>) -> bool {
+        // SAFETY: caller's contract.
         unsafe {
-            if ffi::lua_getglobal(l, global.as_ptr()) != ffi::LUA_TFUNCTION {
-                ffi::lua_pop(l, 1);
-                return false;
-            }
-            ffi::lua_createtable(l, 0, 0);
-            ffi::lua_call(l, 1, 1);
+            ffi::lua_pushvalue(l, maker);
+            let args = match lax {
+                None => {
+                    ffi::lua_createtable(l, 0, 0);
+                    1
+                }
+                Some(lax) => {
+                    ffi::lua_pushstring(l, c"".as_ptr());
+                    ffi::lua_pushboolean(l, c_int::from(lax));
+                    2
+                }
+            };
+            ffi::lua_call(l, args, 1);
             let light = ffi::lua_tocfunction(l, -1);
             ffi::lua_pop(l, 1);
             let Some(light) = light else {
                 return false;
             };
-            let named = match twin {
-                Some(twin) => ffi::lua_getglobal(l, twin.as_ptr()) == ffi::LUA_TFUNCTION,
-                None => {
-                    ffi::lua_pushnil(l);
-                    false
-                }
-            };
-            // Both pointers come from Lua, for the same C function of its library.
-            let same = ffi::lua_tocfunction(l, -1).is_some_and(|f| std::ptr::fn_addr_eq(f, light));
-            if !named || !same {
-                ffi::lua_pop(l, 1);
-                ffi::lua_pushnil(l);
-                ffi::lua_pushcclosure(l, light, 1);
-            }
+            ffi::lua_pushnil(l);
+            ffi::lua_pushcclosure(l, light, 1);
             true
         }
     }
     // SAFETY: `exec_raw` runs the closure in protected mode on an empty stack (a memory
-    // or argument error unwinds to it; the closure owns nothing with a destructor). Each
-    // branch leaves the stack as it found it.
+    // or argument error unwinds to it; the closure owns nothing with a destructor). The
+    // globals sit at 1, the function being replaced at 2 (`utf8` at 2 and `codes` at 3),
+    // and the stack is cut back after each step.
     unsafe {
         lua.exec_raw::<()>((), |l| {
             ffi::lua_checkstack(l, 8);
-            if push_twin(l, c"pairs", Some(c"next")) {
-                ffi::lua_pushcclosure(l, closed_pairs, 1);
-                ffi::lua_setglobal(l, c"pairs".as_ptr());
-            }
-            if push_twin(l, c"ipairs", None) {
-                ffi::lua_pushcclosure(l, closed_ipairs, 1);
-                ffi::lua_setglobal(l, c"ipairs".as_ptr());
-            }
-            // utf8.codes: the stock function, then the twins of its strict and lax
-            // iterators (from `codes("")` and `codes("", true)`).
-            if ffi::lua_getglobal(l, c"utf8".as_ptr()) == ffi::LUA_TTABLE {
-                if ffi::lua_getfield(l, -1, c"codes".as_ptr()) == ffi::LUA_TFUNCTION
-                    && ffi::lua_iscfunction(l, -1) != 0
-                {
-                    for lax in [false, true] {
-                        ffi::lua_pushvalue(l, -1 - i32::from(lax));
-                        ffi::lua_pushstring(l, c"".as_ptr());
-                        ffi::lua_pushboolean(l, i32::from(lax));
-                        ffi::lua_call(l, 2, 1);
-                        match ffi::lua_tocfunction(l, -1) {
-                            Some(light) => {
-                                ffi::lua_pop(l, 1);
-                                ffi::lua_pushnil(l);
-                                ffi::lua_pushcclosure(l, light, 1);
-                            }
-                            None => {
-                                ffi::lua_pop(l, 1);
-                                ffi::lua_pushnil(l);
-                            }
-                        }
-                    }
-                    // Stock, strict twin, lax twin on top of the utf8 table.
-                    if ffi::lua_isfunction(l, -1) != 0 && ffi::lua_isfunction(l, -2) != 0 {
-                        ffi::lua_pushcclosure(l, closed_codes, 3);
-                        ffi::lua_setfield(l, -2, c"codes".as_ptr());
-                    } else {
-                        ffi::lua_pop(l, 3);
-                    }
+            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
+            if ffi::lua_getfield(l, 1, c"pairs".as_ptr()) == ffi::LUA_TFUNCTION
+                && push_twin(l, 2, None)
+            {
+                // The global `next`, when it is that closure already: `pairs({}) == next`.
+                ffi::lua_getfield(l, 1, c"next".as_ptr());
+                let (twin, next) = (ffi::lua_tocfunction(l, -2), ffi::lua_tocfunction(l, -1));
+                // Both pointers come from Lua, for the same C function of its library.
+                if matches!((twin, next), (Some(a), Some(b)) if std::ptr::fn_addr_eq(a, b)) {
+                    ffi::lua_replace(l, -2);
                 } else {
                     ffi::lua_pop(l, 1);
                 }
+                ffi::lua_pushcclosure(l, closed_pairs, 1);
+                ffi::lua_setfield(l, 1, c"pairs".as_ptr());
             }
-            ffi::lua_pop(l, 1);
+            ffi::lua_settop(l, 1);
+            if ffi::lua_getfield(l, 1, c"ipairs".as_ptr()) == ffi::LUA_TFUNCTION
+                && push_twin(l, 2, None)
+            {
+                ffi::lua_pushcclosure(l, closed_ipairs, 1);
+                ffi::lua_setfield(l, 1, c"ipairs".as_ptr());
+            }
+            ffi::lua_settop(l, 1);
+            // utf8.codes: the stock function, then the twins of its strict and lax
+            // iterators, are the wrapper's three upvalues.
+            if ffi::lua_getfield(l, 1, c"utf8".as_ptr()) == ffi::LUA_TTABLE
+                && ffi::lua_getfield(l, 2, c"codes".as_ptr()) == ffi::LUA_TFUNCTION
+                && ffi::lua_iscfunction(l, 3) != 0
+                && push_twin(l, 3, Some(false))
+                && push_twin(l, 3, Some(true))
+            {
+                ffi::lua_pushcclosure(l, closed_codes, 3);
+                ffi::lua_setfield(l, 2, c"codes".as_ptr());
+            }
+            ffi::lua_settop(l, 0);
         })
     }
 }
