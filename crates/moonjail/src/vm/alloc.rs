@@ -7,11 +7,10 @@
 //! closed, so its own bookkeeping (the box it frees on drop) stays consistent. mlua is
 //! pinned to an exact version in Cargo.toml because of this.
 //!
-//! A deterministic state gets [`arena_alloc`] instead: the same accounting, blocks from
-//! its private [`Arena`] (see arena.rs). Blocks that mlua allocated before it was
-//! installed stay where they are until Lua frees or resizes them (a resize moves them
-//! into the arena); such a state keeps its allocator through `lua_close`, since the
-//! arena's blocks cannot go back to the global allocator.
+//! A deterministic state is created on [`arena_alloc`] instead (`lua_newstate`, not
+//! mlua's constructor): the same accounting, every block from its private [`Arena`]
+//! (see arena.rs), the main thread's first. It keeps its allocator through `lua_close`,
+//! which its owner calls.
 
 use std::alloc::{self, Layout};
 use std::ffi::c_void;
@@ -145,24 +144,21 @@ unsafe extern "C" fn arena_alloc(
     osize: usize,
     nsize: usize,
 ) -> *mut c_void {
-    // SAFETY: `install` passes a boxed `InArena` that outlives the state (the wrapper
-    // owns it and is dropped after the state is closed); its `mem` points to the control
-    // block's `MemState`, which outlives it too. The allocator runs on the VM thread only
-    // and no other reference to either is alive meanwhile.
+    // SAFETY: the state was created with this allocator and a boxed `InArena`
+    // (`Wrapped::arena`), which outlives the state (its owner closes the state before
+    // dropping the wrapper); its `mem` points to the control block's `MemState`, which
+    // outlives it too. The allocator runs on the VM thread only and no other reference
+    // to either is alive meanwhile.
     let st = unsafe { &mut *(ud as *mut InArena) };
     // SAFETY: as above.
     let mem = unsafe { &mut *st.mem };
     if nsize == 0 {
         if !block.is_null() {
             mem.used = mem.used.saturating_sub(osize);
-            if st.arena.contains(block) {
-                // SAFETY: a live block of this arena, with the size Lua gave it.
-                unsafe { st.arena.free(block, osize, ALIGN) };
-            } else {
-                // SAFETY: a block from before the arena: mlua's allocator gave it, with
-                // this layout.
-                unsafe { free_system(block, osize) };
-            }
+            debug_assert!(st.arena.contains(block));
+            // SAFETY: every block of the state is a block of this arena (the state was
+            // created on it), live, with the size Lua gives.
+            unsafe { st.arena.free(block, osize, ALIGN) };
         }
         return ptr::null_mut();
     }
@@ -171,20 +167,11 @@ unsafe extern "C" fn arena_alloc(
     };
     let p = if block.is_null() {
         st.arena.alloc(nsize, ALIGN)
-    } else if st.arena.contains(block) {
-        // SAFETY: a live block of this arena with its size `osize`; `nsize` is non-zero.
-        unsafe { st.arena.realloc(block, osize, nsize, ALIGN) }
     } else {
-        let q = st.arena.alloc(nsize, ALIGN);
-        if !q.is_null() {
-            // SAFETY: `block` is a live block of mlua's allocator of `osize` bytes with
-            // this layout, `q` a distinct new one of `nsize`; the old one is freed once.
-            unsafe {
-                ptr::copy_nonoverlapping(block.cast::<u8>(), q.cast::<u8>(), osize.min(nsize));
-                free_system(block, osize);
-            }
-        }
-        q
+        debug_assert!(st.arena.contains(block));
+        // SAFETY: a live block of this arena (as above) with its size `osize`; `nsize`
+        // is non-zero.
+        unsafe { st.arena.realloc(block, osize, nsize, ALIGN) }
     };
     // The arena's window is full: Lua keeps the old block and raises a memory error.
     if !p.is_null() {
@@ -194,31 +181,60 @@ unsafe extern "C" fn arena_alloc(
 }
 
 /// What [`arena_alloc`] works on.
-struct InArena {
+pub(crate) struct InArena {
     mem: *mut MemState,
     arena: Arena,
 }
 
-/// The allocator pair we wrap, kept beside the control block, and a deterministic
-/// state's arena.
-pub(crate) struct Wrapped {
-    inner: ffi::lua_Alloc,
-    inner_ud: *mut c_void,
-    arena: Option<Box<InArena>>,
+/// The allocator a state runs on: mlua's pair, wrapped with the accounting, or a
+/// deterministic state's arena, which the state was created on.
+pub(crate) enum Wrapped {
+    /// Installed over mlua's allocator, which is put back before the state is closed.
+    Counting {
+        inner: ffi::lua_Alloc,
+        inner_ud: *mut c_void,
+    },
+    /// The allocator of a state made by [`Wrapped::arena`]; boxed, a stable address.
+    Arena(Box<InArena>),
 }
 
-/// Installs the counting allocator on `l` (allocating from `arena` if there is one).
-/// Returns the boxed wrapper, which must outlive the installation and, with an arena,
-/// the state; pass it to [`uninstall`] before the state is closed.
+impl Wrapped {
+    /// The allocator of a state to be created on `arena` with `lua_newstate`, so that
+    /// every one of its blocks, the main thread's first, comes from the arena. Pass
+    /// [`Wrapped::raw`] to `lua_newstate`; the box must outlive the state.
+    pub(crate) fn arena(ctl: &Control, arena: Arena) -> Box<Wrapped> {
+        Box::new(Wrapped::Arena(Box::new(InArena {
+            mem: ctl.mem.get(),
+            arena,
+        })))
+    }
+
+    /// The `lua_Alloc` pair for `lua_newstate` of an arena allocator, `None` otherwise.
+    pub(crate) fn raw(&mut self) -> Option<(ffi::lua_Alloc, *mut c_void)> {
+        match self {
+            // `arena_alloc` reads the pointer as an `InArena`, boxed at a stable address.
+            Wrapped::Arena(st) => Some((
+                arena_alloc as ffi::lua_Alloc,
+                (&mut **st as *mut InArena).cast(),
+            )),
+            Wrapped::Counting { .. } => None,
+        }
+    }
+
+    /// Whether the state was created on this allocator (and so is closed by its owner,
+    /// before the allocator goes).
+    pub(crate) fn made_the_state(&self) -> bool {
+        matches!(self, Wrapped::Arena(_))
+    }
+}
+
+/// Installs the counting allocator on `l`, whose blocks so far come to `used` bytes.
+/// Returns the boxed wrapper, which must outlive the installation; pass it to
+/// [`uninstall`] before the state is closed.
 ///
 /// # Safety
 /// `l` must be a valid main state owned by the caller, `ctl` must outlive the wrapper.
-pub(crate) unsafe fn install(
-    l: *mut ffi::lua_State,
-    ctl: &Control,
-    used: usize,
-    arena: Option<Arena>,
-) -> Box<Wrapped> {
+pub(crate) unsafe fn install(l: *mut ffi::lua_State, ctl: &Control, used: usize) -> Box<Wrapped> {
     let mut inner_ud = ptr::null_mut();
     // SAFETY: `l` is a valid state (caller's contract).
     let inner = unsafe { ffi::lua_getallocf(l, &mut inner_ud) };
@@ -228,37 +244,20 @@ pub(crate) unsafe fn install(
         mem.used = used;
         mem.peak = used;
     }
-    let mut wrapped = Box::new(Wrapped {
-        inner,
-        inner_ud,
-        arena: arena.map(|arena| {
-            Box::new(InArena {
-                mem: ctl.mem.get(),
-                arena,
-            })
-        }),
-    });
-    match wrapped.arena.as_deref_mut() {
-        // SAFETY: the `InArena` is boxed (a stable address) inside the wrapper, which
-        // outlives the state (caller's contract); `arena_alloc` reads it as an `InArena`.
-        Some(st) => unsafe { ffi::lua_setallocf(l, arena_alloc, (st as *mut InArena).cast()) },
-        // SAFETY: the control block is boxed (a stable address) and outlives the
-        // installation (caller's contract); `counting_alloc` reads it as a `MemState`.
-        None => unsafe { ffi::lua_setallocf(l, counting_alloc, ctl.mem.get().cast()) },
-    }
-    wrapped
+    // SAFETY: the control block is boxed (a stable address) and outlives the
+    // installation (caller's contract); `counting_alloc` reads it as a `MemState`.
+    unsafe { ffi::lua_setallocf(l, counting_alloc, ctl.mem.get().cast()) };
+    Box::new(Wrapped::Counting { inner, inner_ud })
 }
 
-/// Puts the original allocator back, unless the state allocates from an arena: then
-/// `lua_close` must free through [`arena_alloc`], and mlua, no longer recognising its
-/// allocator, leaves its small allocator state (`MemoryState`, a few words) unfreed.
+/// Puts mlua's allocator back on a state [`install`] wrapped; a state made on an arena
+/// keeps its allocator through `lua_close`.
 ///
 /// # Safety
 /// `l` must be the state `wrapped` was installed on, still open.
 pub(crate) unsafe fn uninstall(l: *mut ffi::lua_State, wrapped: &Wrapped) {
-    if wrapped.arena.is_some() {
-        return;
+    if let Wrapped::Counting { inner, inner_ud } = *wrapped {
+        // SAFETY: restoring the allocator pair read from this same state in `install`.
+        unsafe { ffi::lua_setallocf(l, inner, inner_ud) };
     }
-    // SAFETY: restoring the allocator pair read from this same state in `install`.
-    unsafe { ffi::lua_setallocf(l, wrapped.inner, wrapped.inner_ud) };
 }

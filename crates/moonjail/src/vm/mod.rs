@@ -37,18 +37,26 @@ impl Vm {
     ///
     /// With `deterministic` (the run's seed), everything the script can observe is a
     /// function of its inputs: the string-hash seed is derived from the run's seed (see
-    /// seed.rs), and the state allocates from a private arena (see arena.rs) from the
-    /// moment mlua hands it over, before the libraries are opened; the globals table,
-    /// which mlua made before that, is replaced by a copy made in the arena.
+    /// seed.rs), and the state is created on a private arena (see arena.rs), so that
+    /// every object, the main thread first, has an address that is a function of the
+    /// requests before it.
     pub(crate) fn new(
         libs: StdLib,
         memory_limit: usize,
         deterministic: Option<i64>,
     ) -> mlua::Result<Vm> {
-        seed::arm(deterministic.map_or_else(seed::random, seed::derived));
+        match deterministic {
+            None => Vm::shared(libs, memory_limit),
+            Some(seed) => Vm::in_arena(libs, memory_limit, seed),
+        }
+    }
+
+    /// A state made by mlua on the global allocator, then given the counting allocator.
+    fn shared(libs: StdLib, memory_limit: usize) -> mlua::Result<Vm> {
+        seed::arm(seed::random());
         // The libraries are opened once the handle below is the state's only one.
         let created = Lua::new_with(StdLib::NONE, LuaOptions::new());
-        let seeded = seed::disarm();
+        seed::disarm();
         // mlua's `Lua` runs a full collection when the handle that created the state is
         // dropped, right before `lua_close` frees everything anyway: a whole mark and
         // sweep per run (4% of a `return 1` run's instructions). A clone shares the state
@@ -62,30 +70,11 @@ impl Vm {
         };
         // No collector work while the state is built (see `start_collector`).
         lua.gc_stop();
-        if deterministic.is_none() {
-            lua.load_std_libs(libs)?;
-        }
-        let arena = match deterministic {
-            None => None,
-            Some(_) if !seeded => {
-                return Err(mlua::Error::runtime(
-                    "deterministic mode is unavailable: this build of Lua does not take \
-                     moonjail's string-hash seed (build with the CFLAGS of moonjail's \
-                     .cargo/config.toml; a build made before them needs \
-                     `cargo clean -p mlua-sys`)",
-                ))
-            }
-            Some(_) => Some(arena::Arena::new().ok_or_else(|| {
-                mlua::Error::runtime("deterministic mode: no address window for the arena")
-            })?),
-        };
-        let in_arena = arena.is_some();
+        lua.load_std_libs(libs)?;
         // A non-zero mlua limit makes mlua protect its own allocations, which can now fail.
         lua.set_memory_limit(isize::MAX as usize)?;
         let used = lua.used_memory();
-        let mut main: *mut ffi::lua_State = std::ptr::null_mut();
-        // SAFETY: the closure only reads the state pointer it is given.
-        unsafe { lua.exec_raw::<()>((), |l| main = l)? };
+        let main = main_thread(&lua)?;
         // Before any hook exists on this state: the one place the layout probe may set
         // and clear one.
         hook::count_layout_ok(main);
@@ -94,9 +83,80 @@ impl Vm {
         let shim = unsafe { lua.create_c_function(hook::entry_shim) }?;
         // SAFETY: `main` is this state's main thread; `ctl` is boxed and outlives the
         // wrapper, which `Drop` uninstalls before closing the state.
-        let alloc = unsafe { alloc::install(main, &ctl, used, arena) };
+        let alloc = unsafe { alloc::install(main, &ctl, used) };
         // From here on the state is only dropped through `Vm`'s `Drop`, which closes it
         // before the allocator it now uses goes away.
+        Ok(Vm {
+            lua: ManuallyDrop::new(lua),
+            main,
+            alloc: ManuallyDrop::new(alloc),
+            ctl,
+            shim: ManuallyDrop::new(shim),
+        })
+    }
+
+    /// A deterministic state, created with `lua_newstate` on its arena's allocator and
+    /// only then handed to mlua (`Lua::get_or_init_from_ptr`, which leaves closing it to
+    /// us): mlua's own constructor would allocate the main thread, the registry and its
+    /// own tables from the global heap, at addresses ASLR moves, and the main thread is
+    /// a value scripts can use as a table key (`coroutine.running()`).
+    fn in_arena(libs: StdLib, memory_limit: usize, run_seed: i64) -> mlua::Result<Vm> {
+        // The limit applies once the state exists (below): what mlua makes for itself
+        // must not fail half-way, which it would answer with a panic.
+        let ctl = Control::new(usize::MAX);
+        let arena = arena::Arena::new().ok_or_else(|| {
+            mlua::Error::runtime("deterministic mode: no address window for the arena")
+        })?;
+        let mut alloc = alloc::Wrapped::arena(&ctl, arena);
+        let Some((f, ud)) = alloc.raw() else {
+            return Err(mlua::Error::runtime(
+                "deterministic mode: no arena allocator",
+            ));
+        };
+        seed::arm(seed::derived(run_seed));
+        // SAFETY: `f` is `arena_alloc` with its `InArena`, which `alloc` keeps at a
+        // stable address until after the state is closed (by `Made` below on an error,
+        // by `Vm`'s `Drop` otherwise).
+        let main = unsafe { ffi::lua_newstate(f, ud) };
+        let seeded = seed::disarm();
+        if main.is_null() {
+            return Err(mlua::Error::runtime(
+                "deterministic mode: the arena refused the state's first block",
+            ));
+        }
+        let made = Made(main);
+        if !seeded {
+            return Err(mlua::Error::runtime(
+                "deterministic mode is unavailable: this build of Lua does not take \
+                 moonjail's string-hash seed (build with the CFLAGS of moonjail's \
+                 .cargo/config.toml; a build made before them needs \
+                 `cargo clean -p mlua-sys`)",
+            ));
+        }
+        // SAFETY: `main` is a fresh state with an empty stack; `open_base` follows the
+        // lua_CFunction protocol and runs protected, so a memory error unwinds to the
+        // `lua_pcall` (which pushes it on failure, popped with the state).
+        let opened = unsafe {
+            ffi::lua_pushcfunction(main, open_base);
+            ffi::lua_pcall(main, 0, 0, 0)
+        };
+        if opened != ffi::LUA_OK {
+            return Err(mlua::Error::runtime(
+                "deterministic mode: opening the base library failed",
+            ));
+        }
+        // SAFETY: `main` is a valid main state that nothing else owns; mlua keeps its
+        // handle in the state's registry and leaves `lua_close` to the caller: `made`
+        // on an error below (declared before `lua`, so after it is dropped), `Vm`'s
+        // `Drop` once the state is one.
+        let lua = unsafe { Lua::get_or_init_from_ptr(main) }.clone();
+        lua.gc_stop();
+        hook::count_layout_ok(main);
+        // SAFETY: `entry_shim` follows the lua_CFunction protocol.
+        let shim = unsafe { lua.create_c_function(hook::entry_shim) }?;
+        // SAFETY: the allocator runs on this thread only, and no allocation is in flight.
+        unsafe { (*ctl.mem.get()).limit = memory_limit };
+        std::mem::forget(made);
         let vm = Vm {
             lua: ManuallyDrop::new(lua),
             main,
@@ -104,16 +164,7 @@ impl Vm {
             ctl,
             shim: ManuallyDrop::new(shim),
         };
-        if in_arena {
-            let lua = vm.lua();
-            lua.load_std_libs(libs)?;
-            let globals = lua.create_table()?;
-            for pair in lua.globals().pairs::<mlua::Value, mlua::Value>() {
-                let (k, v) = pair?;
-                globals.raw_set(k, v)?;
-            }
-            set_registry_globals(lua, &globals)?;
-        }
+        vm.lua.load_std_libs(libs)?;
         Ok(vm)
     }
 
@@ -183,14 +234,48 @@ impl Drop for Vm {
         }
         self.ctl.arm_all();
         // SAFETY: dropped exactly once, in this order: the shim reference before the
-        // state, the allocator restored before `lua_close`, and its box after.
+        // state, the allocator restored before `lua_close`, and its box after. mlua
+        // closes a state it made when its last handle goes; one made on an arena
+        // (`Vm::in_arena`) is closed here, after the last handle outside its registry.
         unsafe {
             ManuallyDrop::drop(&mut self.shim);
             alloc::uninstall(self.main, &self.alloc);
             ManuallyDrop::drop(&mut self.lua);
+            if self.alloc.made_the_state() {
+                ffi::lua_close(self.main);
+            }
             ManuallyDrop::drop(&mut self.alloc);
         }
     }
+}
+
+/// Closes a state [`Vm::in_arena`] created, if it fails before the state is a `Vm`.
+struct Made(*mut ffi::lua_State);
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        // SAFETY: a state made by `lua_newstate` whose handles are all gone, closed once,
+        // before its allocator (declared earlier) is dropped.
+        unsafe { ffi::lua_close(self.0) };
+    }
+}
+
+/// Opens the base library into the globals, as mlua's constructor and `luaL_openlibs` do.
+unsafe extern "C-unwind" fn open_base(l: *mut ffi::lua_State) -> std::ffi::c_int {
+    // SAFETY: called by `lua_pcall` on a valid state with room for the module it leaves.
+    unsafe {
+        ffi::luaL_requiref(l, c"_G".as_ptr(), ffi::luaopen_base, 1);
+        ffi::lua_pop(l, 1);
+    }
+    0
+}
+
+/// The main thread of `lua`'s state.
+fn main_thread(lua: &Lua) -> mlua::Result<*mut ffi::lua_State> {
+    let mut main: *mut ffi::lua_State = std::ptr::null_mut();
+    // SAFETY: the closure only reads the state pointer it is given.
+    unsafe { lua.exec_raw::<()>((), |l| main = l)? };
+    Ok(main)
 }
 
 /// Sets `into[name] = value` for every entry of `from` whose key is a string and whose

@@ -8,6 +8,7 @@
 use crate::support::both_sandboxes as both;
 use moonjail::{CallOptions, Determinism, JournalWriter, Sandbox};
 use serde_json::Value as Json;
+use std::time::Duration;
 
 const LIMIT: usize = 256 << 20;
 /// Well over 32 MiB of short-lived tables and strings.
@@ -25,8 +26,11 @@ fn every_kind_of_state_collects_while_the_script_runs() {
     for deterministic in [None, Some(DET)] {
         for prepared in [0, 2] {
             for (mode, sb) in both(|| {
+                // The churn takes a while in a debug build on a busy machine: the
+                // deadline is not what this test is about.
                 let b = Sandbox::builder()
                     .memory_limit(LIMIT)
+                    .timeout(Duration::from_secs(120))
                     .deterministic(deterministic);
                 if prepared > 0 {
                     b.prepared_states(prepared)

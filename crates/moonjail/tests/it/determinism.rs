@@ -18,6 +18,7 @@ const ORDER: &str = r#"
 local t = {}
 for i = 1, 16 do t[{}] = "t" .. i; t[function() end] = "f" .. i; t["s" .. i] = "s" .. i end
 t[print] = "print"; t[string] = "string"; t[coroutine.create(print)] = "co"
+t[coroutine.running()] = "main"
 local o = {}
 for _, v in pairs(t) do o[#o + 1] = v end
 return table.concat(o, ",")
@@ -27,13 +28,40 @@ return table.concat(o, ",")
 fn every_deterministic_state_visits_object_keys_in_one_order() {
     // In one process each state's objects sit elsewhere on the heap: without the arena
     // the orders differ from state to state. The first state of the process (which
-    // used to compile the package prelude itself, allocating differently) included.
+    // used to compile the package prelude itself, allocating differently) included. The
+    // main thread is a key too: it is the state's first object, made in the arena only
+    // because the state is created on it.
     let sb = Sandbox::builder().deterministic(Some(DET)).build().unwrap();
     let first = sb.run(ORDER, &Json::Null).result.unwrap();
     for _ in 0..5 {
         let other = Sandbox::builder().deterministic(Some(DET)).build().unwrap();
         assert_eq!(other.run(ORDER, &Json::Null).result.unwrap(), first);
         assert_eq!(sb.run(ORDER, &Json::Null).result.unwrap(), first);
+    }
+}
+
+#[test]
+fn states_alive_together_agree_on_the_main_thread_s_place() {
+    // States that live at the same time: on a shared heap each one's main thread sits at
+    // an address of its own (a state dropped before the next is made gives its block
+    // back, and the next gets the same one, which hid this in the test above). Each
+    // state is created on its arena, so the main thread hashes alike in all of them.
+    let sb = Sandbox::builder().deterministic(Some(DET)).build().unwrap();
+    let mut sessions: Vec<_> = (0..6).map(|_| sb.session().unwrap()).collect();
+    let orders: Vec<String> = sessions
+        .iter_mut()
+        .map(|s| {
+            let out = s.exec(ORDER);
+            out.result
+                .unwrap_or_else(|e| panic!("{e:?}"))
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert!(orders[0].contains("main"), "{}", orders[0]);
+    for o in &orders[1..] {
+        assert_eq!(o, &orders[0]);
     }
 }
 
