@@ -45,8 +45,17 @@ mod suspend;
 
 pub use suspend::{Run, Suspension};
 
-/// The journal format's version: the `v` of the `start` line.
-pub const JOURNAL_VERSION: u64 = 1;
+/// The newest journal format this moonjail writes and reads: the `v` of the first line.
+///
+/// Version 2 is a session journal whose requests carry their own `time` (a session whose
+/// time was drawn): a reader of version 1 would ignore that field and restore those
+/// requests at the session's timestamp, a silently different state, so it must refuse
+/// the journal instead. Every other journal is still written as version 1, which every
+/// version reads.
+pub const JOURNAL_VERSION: u64 = 2;
+
+/// The version of journals whose lines carry nothing version 1 lacks.
+pub(crate) const JOURNAL_VERSION_1: u64 = 1;
 
 /// The default size limit of a journal, written or read: 16 MiB.
 pub const DEFAULT_JOURNAL_LIMIT: u64 = 16 << 20;
@@ -768,7 +777,7 @@ impl Sandbox {
         let host = self.host();
         let tools = host.tools.as_deref();
         let start = json!({
-            "v": JOURNAL_VERSION,
+            "v": JOURNAL_VERSION_1,
             "type": "start",
             "moonjail": env!("CARGO_PKG_VERSION"),
             "spec": serde_json::to_value(&spec).map_err(std::io::Error::other)?,
@@ -999,11 +1008,14 @@ impl Header {
     /// Reads the header of first line `start` (line `n`), its `type` already checked.
     pub(super) fn read(start: &Json, n: usize) -> Result<Header, JournalError> {
         match start.get("v").and_then(Json::as_u64) {
-            Some(JOURNAL_VERSION) => {}
+            Some(JOURNAL_VERSION_1..=JOURNAL_VERSION) => {}
             Some(v) => {
                 return Err(corrupt(
                     n,
-                    format!("journal version {v}; this moonjail reads version {JOURNAL_VERSION}"),
+                    format!(
+                        "journal version {v}; this moonjail reads versions \
+                         {JOURNAL_VERSION_1} to {JOURNAL_VERSION}"
+                    ),
                 ))
             }
             None => return Err(corrupt(n, "no journal version \"v\"")),

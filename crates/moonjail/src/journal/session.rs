@@ -33,6 +33,7 @@ use serde_json::{json, Value as Json};
 use super::{
     blob, call_text, corrupt, drawn_seed, field, now_unix, stop_check, string, tool_event, unblob,
     FileEvent, JournalError, JournalWriter, Recording, RecordingFiles, ToolEvent, JOURNAL_VERSION,
+    JOURNAL_VERSION_1,
 };
 use crate::engine::Host;
 use crate::error::Error;
@@ -912,7 +913,8 @@ impl Sandbox {
         });
         let (tools, quota, modules, readable) = attachments(self);
         let first = json!({
-            "v": JOURNAL_VERSION,
+            // Requests of a drawn session carry their own time (see `JOURNAL_VERSION`).
+            "v": if drawn { JOURNAL_VERSION } else { JOURNAL_VERSION_1 },
             "type": "session",
             "moonjail": env!("CARGO_PKG_VERSION"),
             "spec": serde_json::to_value(&spec).map_err(std::io::Error::other)?,

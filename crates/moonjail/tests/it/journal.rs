@@ -412,6 +412,10 @@ fn journal_truncated_corrupt_and_oversized_journals_are_clear_errors() {
             "journal version 99",
         ),
         (
+            text.replacen("\"v\":1", "\"v\":3", 1).into_bytes(),
+            "journal version 3; this moonjail reads versions 1 to 2",
+        ),
+        (
             text.replacen("\"type\":\"tool\"", "\"type\":\"teleport\"", 1)
                 .into_bytes(),
             "unknown line type",

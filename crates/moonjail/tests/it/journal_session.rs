@@ -780,6 +780,9 @@ fn journal_session_a_drawn_clock_moves_per_request_and_a_restore_replays_each_ti
         assert_eq!(s.has_function("stamp").unwrap(), Ok(true));
         drop(s);
 
+        // Requests with their own time make the journal version 2, which a reader of
+        // version 1 refuses instead of restoring them at the session's timestamp.
+        assert_eq!(lines(&path)[0]["v"], json!(2), "{mode}");
         // Each request read the time its line records, and os.date formats it.
         let opened = lines(&path)[0]["determinism"]["timestamp"]
             .as_i64()
@@ -846,6 +849,7 @@ fn journal_session_a_journal_without_request_times_restores_at_the_session_time(
             journal.iter().all(|l| l.get("time").is_none()),
             "{mode}: a deterministic session's requests read its timestamp"
         );
+        assert_eq!(journal[0]["v"], json!(1), "{mode}: nothing version 1 lacks");
         journal[0]["determinism"]["drawn"] = json!(true);
         let text: String = journal.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&path, text).unwrap();
