@@ -4,11 +4,11 @@
 //! builder only has to make sure nothing outside the list exists, and that each listed
 //! name is the guarded version where the stock one is unsafe.
 
-use mlua::{Function, Lua, StdLib, Table, Value};
+use mlua::{Lua, StdLib, Table, Value};
 
 use crate::host::EnvOptions;
 use crate::profile::{Item, ProfileSpec};
-use crate::stdlib::{aos, base, charged, identity, json, strmatch, table};
+use crate::stdlib::{aos, base, charged, identity, json, recipe, strmatch, table};
 use crate::vm::{retain_string_keys, set_c_functions};
 
 /// The stock libraries a profile needs opened.
@@ -32,9 +32,8 @@ pub(crate) fn libs_for(spec: &ProfileSpec) -> StdLib {
 /// Replaces the state's globals with exactly what `spec` lists.
 pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::Result<()> {
     let g = lua.globals();
-    // Lock the string metatable while the stock getmetatable is still at hand.
-    let getmt: Function = g.raw_get("getmetatable")?;
-    if let Value::Table(mt) = getmt.call::<Value>("")? {
+    // Lock the string metatable of a stock `string` (the recipe makes it locked).
+    if let Value::Table(mt) = crate::vm::string_metatable(lua)? {
         mt.raw_set("__metatable", false)?;
     }
 
@@ -62,6 +61,12 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                 }
             }
             Item::Library { name, members } => {
+                // Unless `Vm::new` opened the stock library (deterministic states do),
+                // the table is made with exactly the profile's members, each already
+                // its final version.
+                if recipe::open(lua, &g, name, members)? {
+                    continue;
+                }
                 let lib: Table = g.raw_get(name)?;
                 trim(lua, &lib, members)?;
                 if name == "coroutine" {
@@ -152,12 +157,123 @@ fn trim(lua: &Lua, lib: &Table, members: &[&str]) -> mlua::Result<()> {
 }
 
 fn guard_coroutine(lua: &Lua, co: &Table) -> mlua::Result<()> {
-    use crate::vm::hook;
-    let entries: [(&str, mlua::ffi::lua_CFunction); 4] = [
-        ("create", hook::co_create),
-        ("resume", hook::co_resume),
-        ("wrap", hook::co_wrap),
-        ("close", hook::co_close),
-    ];
-    set_c_functions(lua, co, &entries, true)
+    set_c_functions(lua, co, &crate::vm::hook::CO_GUARDS, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use mlua::ffi;
+
+    use super::*;
+    use crate::profile::Profile;
+    use crate::vm::{Activation, Vm};
+
+    /// A state with `profile`'s environment; with `stock`, its libraries opened by the
+    /// stock `luaopen_*` functions first (then trimmed and guarded), as before the recipe.
+    fn built(profile: Profile, stock: bool) -> Vm {
+        let spec = profile.spec();
+        let vm = Vm::new(libs_for(spec), usize::MAX, None).unwrap();
+        {
+            let _active = Activation::new(vm.ctl());
+            vm.begin_call(None);
+            if stock {
+                vm.lua().load_std_libs(libs_for(spec)).unwrap();
+            }
+            build(vm.lua(), spec, &EnvOptions::default()).unwrap();
+        }
+        vm
+    }
+
+    /// What a value is, as far as a script or an error message can tell: functions by
+    /// their C function, whether light, and their upvalues (the same addresses in every
+    /// state of the process), tables by their type.
+    fn describe(lua: &Lua, value: &Value) -> String {
+        let Value::Function(f) = value else {
+            return match value {
+                Value::String(s) => format!("string {:?}", s.as_bytes()),
+                Value::Integer(i) => format!("integer {i}"),
+                Value::Number(n) => format!("number {n}"),
+                Value::Boolean(b) => format!("boolean {b}"),
+                other => other.type_name().to_string(),
+            };
+        };
+        let mut desc = [(0usize, 0i64, 0usize); 4];
+        let (mut ups, mut light, mut cfn) = (0usize, false, 0usize);
+        // SAFETY: `exec_raw` pushes `f` at 1; the closure reads it and its upvalues with
+        // calls that cannot raise and writes plain values.
+        unsafe {
+            lua.exec_raw::<()>(f, |l| {
+                cfn = ffi::lua_tocfunction(l, 1).map_or(0, |f| f as usize);
+                light = cfn != 0 && ffi::lua_topointer(l, 1) as usize == cfn;
+                while ups < desc.len() && !ffi::lua_getupvalue(l, 1, ups as i32 + 1).is_null() {
+                    let t = ffi::lua_type(l, -1);
+                    desc[ups] = (
+                        t as usize,
+                        if t == ffi::LUA_TNUMBER { ffi::lua_tointeger(l, -1) } else { 0 },
+                        match t {
+                            ffi::LUA_TFUNCTION => ffi::lua_tocfunction(l, -1).map_or(0, |f| f as usize),
+                            ffi::LUA_TUSERDATA => ffi::lua_rawlen(l, -1),
+                            _ => 0,
+                        },
+                    );
+                    ffi::lua_pop(l, 1);
+                    ups += 1;
+                }
+            })
+            .unwrap();
+        }
+        format!("function {cfn:#x} light {light} upvalues {:?}", &desc[..ups])
+    }
+
+    /// Every global, every member of a table global, the string metatable and the
+    /// registry's `_LOADED`, described.
+    fn inventory(vm: &Vm) -> BTreeMap<String, String> {
+        let lua = vm.lua();
+        let mut all = BTreeMap::new();
+        let mut add = |prefix: &str, t: &Table, all: &mut BTreeMap<String, String>| {
+            for pair in t.pairs::<Value, Value>() {
+                let (k, v) = pair.unwrap();
+                let k = match k {
+                    Value::String(s) => s.to_string_lossy(),
+                    other => format!("[{other:?}]"),
+                };
+                all.insert(format!("{prefix}{k}"), describe(lua, &v));
+            }
+        };
+        let g = lua.globals();
+        add("", &g, &mut all);
+        for pair in g.pairs::<String, Value>() {
+            if let (k, Value::Table(t)) = pair.unwrap() {
+                add(&format!("{k}."), &t, &mut all);
+            }
+        }
+        if let Value::Table(mt) = crate::vm::string_metatable(lua).unwrap() {
+            add("(string metatable).", &mt, &mut all);
+            let string: Value = g.raw_get("string").unwrap();
+            assert_eq!(mt.raw_get::<Value>("__index").unwrap(), string);
+        }
+        let loaded: Table = lua.named_registry_value("_LOADED").unwrap();
+        add("(_LOADED).", &loaded, &mut all);
+        for pair in loaded.pairs::<String, Value>() {
+            let (name, lib) = pair.unwrap();
+            if name != "_G" {
+                assert_eq!(g.raw_get::<Value>(&*name).unwrap(), lib, "_LOADED.{name}");
+            }
+        }
+        all
+    }
+
+    /// The recipe makes what opening, trimming and guarding the stock libraries made:
+    /// fails when a Lua or moonjail change lets the two drift apart.
+    #[test]
+    fn recipe_matches_the_stock_libraries_in_every_profile() {
+        for profile in Profile::ALL {
+            let made = inventory(&built(profile, false));
+            let stock = inventory(&built(profile, true));
+            assert_eq!(made, stock, "{profile}");
+            assert!(made.contains_key("string.format"), "{profile}");
+        }
+    }
 }

@@ -15,9 +15,9 @@ use crate::vm::hook::raise;
 use crate::vm::native_charge;
 
 /// How a wrapped function's cost follows from its arguments.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 #[repr(i64)]
-enum Cost {
+pub(crate) enum Cost {
     /// `(s [, i [, j]])`, `j` defaulting to -1 (`utf8.len`, `string.sub`).
     RangeToEnd = 0,
     /// `(s [, i [, j]])`, `j` defaulting to `i` (`string.byte`, `utf8.codepoint`).
@@ -112,6 +112,19 @@ unsafe extern "C-unwind" fn charged(l: *mut lua_State) -> c_int {
     }
 }
 
+/// Pushes the charged version of `stock` (a C closure of [`charged`] over it).
+///
+/// # Safety
+/// Inside a protected call (the push allocates) with 3 free stack slots.
+pub(crate) unsafe fn push(l: *mut lua_State, stock: ffi::lua_CFunction, cost: Cost) {
+    // SAFETY: caller's contract; the closure's upvalues are what `charged` reads.
+    unsafe {
+        ffi::lua_pushcfunction(l, stock);
+        ffi::lua_pushinteger(l, cost as i64);
+        ffi::lua_pushcclosure(l, charged, 2);
+    }
+}
+
 /// Wraps the listed members of `lib` (a library table the profile kept) that are present.
 fn wrap(lua: &mlua::Lua, lib: &mlua::Table, members: &[(&str, Cost)]) -> mlua::Result<()> {
     // SAFETY: `exec_raw` pushes `lib` at index 1 and runs the closure in protected mode;
@@ -134,31 +147,29 @@ fn wrap(lua: &mlua::Lua, lib: &mlua::Table, members: &[(&str, Cost)]) -> mlua::R
     }
 }
 
+/// The charged members of `utf8`.
+pub(crate) const UTF8: [(&str, Cost); 4] = [
+    ("len", Cost::RangeToEnd),
+    ("codepoint", Cost::RangeToI),
+    ("offset", Cost::Whole),
+    ("char", Cost::Args),
+];
+
+/// The charged members of `string`.
+pub(crate) const STRING: [(&str, Cost); 3] = [
+    ("byte", Cost::RangeToI),
+    ("char", Cost::Args),
+    ("sub", Cost::RangeToEnd),
+];
+
 /// Charges `utf8.len/codepoint/offset/char`.
 pub(crate) fn install_utf8(lua: &mlua::Lua, utf8: &mlua::Table) -> mlua::Result<()> {
-    wrap(
-        lua,
-        utf8,
-        &[
-            ("len", Cost::RangeToEnd),
-            ("codepoint", Cost::RangeToI),
-            ("offset", Cost::Whole),
-            ("char", Cost::Args),
-        ],
-    )
+    wrap(lua, utf8, &UTF8)
 }
 
 /// Charges `string.byte/char/sub`.
 pub(crate) fn install_string(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()> {
-    wrap(
-        lua,
-        string,
-        &[
-            ("byte", Cost::RangeToI),
-            ("char", Cost::Args),
-            ("sub", Cost::RangeToEnd),
-        ],
-    )
+    wrap(lua, string, &STRING)
 }
 
 #[cfg(test)]

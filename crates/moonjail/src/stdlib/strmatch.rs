@@ -1609,17 +1609,19 @@ pub(crate) fn check_replacement(repl: &[u8], captures: usize) -> Result<(), Stri
 /// versions. Only entries present in the table are replaced, so a function
 /// that an allowlist removed stays absent.
 pub(crate) fn install(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()> {
-    let funcs: [(&str, ffi::lua_CFunction); 4] = [
-        ("find", str_find),
-        ("match", str_match),
-        ("gmatch", str_gmatch),
-        ("gsub", str_gsub),
-    ];
     // Each function follows the Lua C API protocol for a C function (reads its
     // arguments, pushes results, returns their count, raises errors only via lua_error
     // with no destructors pending) and never lets a Rust panic unwind out of it.
-    crate::vm::set_c_functions(lua, string, &funcs, true)
+    crate::vm::set_c_functions(lua, string, &FUNCS, true)
 }
+
+/// The metered members of `string`.
+pub(crate) const FUNCS: [(&str, ffi::lua_CFunction); 4] = [
+    ("find", str_find),
+    ("match", str_match),
+    ("gmatch", str_gmatch),
+    ("gsub", str_gsub),
+];
 
 // ---------------------------------------------------------------------------
 // Tests

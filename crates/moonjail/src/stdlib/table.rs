@@ -899,29 +899,33 @@ pub(crate) unsafe extern "C-unwind" fn str_upper(l: State) -> c_int {
 /// Replaces `move`, `insert`, `remove`, `concat`, `unpack` and `sort` in `table` with
 /// the metered versions; only entries the profile kept are replaced.
 pub(crate) fn install_table(lua: &mlua::Lua, table: &mlua::Table) -> mlua::Result<()> {
-    let funcs: [(&str, ffi::lua_CFunction); 6] = [
-        ("move", tmove),
-        ("insert", tinsert),
-        ("remove", tremove),
-        ("concat", tconcat),
-        ("unpack", tunpack),
-        ("sort", sort),
-    ];
     // Each follows the lua_CFunction protocol and cannot panic.
-    crate::vm::set_c_functions(lua, table, &funcs, true)
+    crate::vm::set_c_functions(lua, table, &TABLE, true)
 }
+
+/// The metered members of `table`.
+pub(crate) const TABLE: [(&str, ffi::lua_CFunction); 6] = [
+    ("move", tmove),
+    ("insert", tinsert),
+    ("remove", tremove),
+    ("concat", tconcat),
+    ("unpack", tunpack),
+    ("sort", sort),
+];
+
+/// The metered members of `string` this module provides.
+pub(crate) const STRING: [(&str, ffi::lua_CFunction); 4] = [
+    ("rep", str_rep),
+    ("reverse", str_reverse),
+    ("lower", str_lower),
+    ("upper", str_upper),
+];
 
 /// Replaces `rep`, `reverse`, `lower` and `upper` in `string` with the metered
 /// versions; only entries the profile kept are replaced.
 pub(crate) fn install_string(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()> {
-    let funcs: [(&str, ffi::lua_CFunction); 4] = [
-        ("rep", str_rep),
-        ("reverse", str_reverse),
-        ("lower", str_lower),
-        ("upper", str_upper),
-    ];
     // Each follows the lua_CFunction protocol and cannot panic.
-    crate::vm::set_c_functions(lua, string, &funcs, true)
+    crate::vm::set_c_functions(lua, string, &STRING, true)
 }
 
 #[cfg(test)]

@@ -412,6 +412,15 @@ unsafe fn create_thread(l: *mut lua_State) -> *mut lua_State {
     }
 }
 
+/// The guarded members of `coroutine`: the deadline and the instruction budget reach
+/// every coroutine.
+pub(crate) const CO_GUARDS: [(&str, ffi::lua_CFunction); 4] = [
+    ("create", co_create),
+    ("resume", co_resume),
+    ("wrap", co_wrap),
+    ("close", co_close),
+];
+
 pub(crate) unsafe extern "C-unwind" fn co_create(l: *mut lua_State) -> c_int {
     // SAFETY: called by Lua as a C function.
     unsafe { create_thread(l) };

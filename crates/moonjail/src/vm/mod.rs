@@ -32,8 +32,10 @@ pub(crate) struct Vm {
 }
 
 impl Vm {
-    /// Creates a state with `libs` opened and the counting allocator installed, its
-    /// collector stopped until [`Vm::start_collector`].
+    /// Creates a state with the counting allocator installed, its collector stopped
+    /// until [`Vm::start_collector`]. Only a deterministic state has the stock `libs`
+    /// opened here; the environment builder makes the others' library tables with
+    /// exactly the profile's members (stdlib/recipe.rs).
     ///
     /// With `deterministic` (the run's seed), everything the script can observe is a
     /// function of its inputs: the string-hash seed is derived from the run's seed (see
@@ -46,15 +48,15 @@ impl Vm {
         deterministic: Option<i64>,
     ) -> mlua::Result<Vm> {
         match deterministic {
-            None => Vm::shared(libs, memory_limit),
+            None => Vm::shared(memory_limit),
             Some(seed) => Vm::in_arena(libs, memory_limit, seed),
         }
     }
 
-    /// A state made by mlua on the global allocator, then given the counting allocator.
-    fn shared(libs: StdLib, memory_limit: usize) -> mlua::Result<Vm> {
+    /// A state made by mlua on the global allocator, then given the counting allocator,
+    /// with no library but the base one.
+    fn shared(memory_limit: usize) -> mlua::Result<Vm> {
         seed::arm(seed::random());
-        // The libraries are opened once the handle below is the state's only one.
         let created = Lua::new_with(StdLib::NONE, LuaOptions::new());
         seed::disarm();
         // mlua's `Lua` runs a full collection when the handle that created the state is
@@ -70,7 +72,9 @@ impl Vm {
         };
         // No collector work while the state is built (see `start_collector`).
         lua.gc_stop();
-        lua.load_std_libs(libs)?;
+        // The libraries are made by `env::build` with only the profile's members
+        // (stdlib/recipe.rs), not opened here.
+
         // A non-zero mlua limit makes mlua protect its own allocations, which can now fail.
         lua.set_memory_limit(isize::MAX as usize)?;
         let used = lua.used_memory();

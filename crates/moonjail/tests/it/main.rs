@@ -25,6 +25,7 @@ mod isolated_session;
 mod journal;
 mod journal_session;
 mod json_lib;
+mod libraries;
 mod lint;
 mod marshal;
 mod metered;

@@ -1,0 +1,336 @@
+//! Library tables made from a recipe instead of the stock `luaopen_*` functions.
+//!
+//! Opening a stock library interns and inserts every member, and the environment then
+//! deletes what the profile does not list and overwrites what moonjail guards: a third
+//! of building a fresh state. The stock members are C functions that Lua's sources keep
+//! `static`, but their addresses are the same for every state of the process; so they
+//! are read once per process from a throw-away state ([`stock`]), and each fresh state
+//! gets tables holding only the profile's members, each set once to its final value (the
+//! stock function, moonjail's guarded one, or the charged wrapper of the stock one).
+//!
+//! What `luaopen_*` does besides setting members is done here too: the library is a
+//! global and an entry of the registry's `_LOADED` (where the auxiliary library looks
+//! functions up to name them in error messages), `math.random` and `math.randomseed`
+//! share a generator state seeded the stock way, and `string` gets the string metatable
+//! (already locked, as the environment locks the stock one). Tests compare every profile
+//! against a state built the stock way.
+
+use std::ffi::c_int;
+use std::sync::OnceLock;
+
+use mlua::ffi::{self, lua_CFunction, lua_State};
+use mlua::{Lua, LuaOptions, StdLib, Table, Value};
+
+use super::charged::{self, Cost};
+use super::{identity, strmatch, table};
+use crate::vm::hook::CO_GUARDS;
+
+/// A member as a fresh state gets it.
+#[derive(Debug)]
+enum Member {
+    /// A light C function: the stock one, or moonjail's version.
+    Function(lua_CFunction),
+    /// The stock function behind moonjail's charge (see charged.rs).
+    Charged(lua_CFunction, Cost),
+    /// `math.random`/`math.randomseed`: a C closure over the generator state.
+    Random(lua_CFunction),
+    Integer(ffi::lua_Integer),
+    Number(ffi::lua_Number),
+    String(Box<[u8]>),
+}
+
+/// One library: its members sorted by [`by_length`] of their names.
+#[derive(Debug)]
+struct Library {
+    name: &'static str,
+    members: Vec<(Box<str>, Member)>,
+}
+
+impl Library {
+    fn get(&self, name: &str) -> Option<&Member> {
+        self.members
+            .binary_search_by(|(n, _)| by_length(n, name))
+            .ok()
+            .map(|i| &self.members[i].1)
+    }
+}
+
+/// Shorter names first, then bytewise: most probes of a lookup end on the length (a
+/// plain string comparison made the lookups a third of making the tables).
+fn by_length(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len()
+        .cmp(&b.len())
+        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+}
+
+/// What the stock libraries are made of, read once per process.
+#[derive(Debug)]
+struct Stock {
+    libraries: Vec<Library>,
+    /// The string metatable's members other than `__index` (the `string` table).
+    string_meta: Vec<(Box<str>, lua_CFunction)>,
+    /// `math.randomseed`, which seeds a generator state the stock way when called
+    /// without arguments, and the size of that state.
+    random_seed: lua_CFunction,
+    random_state_bytes: usize,
+}
+
+/// The libraries the recipe makes, as mlua opens them.
+const LIBRARIES: [(&str, StdLib); 6] = [
+    ("coroutine", StdLib::COROUTINE),
+    ("table", StdLib::TABLE),
+    ("os", StdLib::OS),
+    ("string", StdLib::STRING),
+    ("utf8", StdLib::UTF8),
+    ("math", StdLib::MATH),
+];
+
+/// moonjail's final version of `lib.member`, given the stock function.
+fn guarded(lib: &str, member: &str, stock: lua_CFunction) -> Member {
+    let find = |list: &[(&str, lua_CFunction)]| {
+        list.iter()
+            .find(|(n, _)| *n == member)
+            .map(|(_, f)| Member::Function(*f))
+    };
+    let charged = |list: &[(&str, Cost)]| {
+        list.iter()
+            .find(|(n, _)| *n == member)
+            .map(|(_, c)| Member::Charged(stock, *c))
+    };
+    let found = match lib {
+        "string" => find(&strmatch::FUNCS)
+            .or_else(|| find(&table::STRING))
+            .or_else(|| find(&identity::STRING))
+            .or_else(|| charged(&charged::STRING)),
+        "utf8" => charged(&charged::UTF8),
+        "table" => find(&table::TABLE),
+        "coroutine" => find(&CO_GUARDS),
+        _ => None,
+    };
+    found.unwrap_or(Member::Function(stock))
+}
+
+/// A C function value's function, whether it has upvalues, and the size of its first
+/// upvalue if that is a full userdata.
+fn inspect(lua: &Lua, f: &mlua::Function) -> mlua::Result<(Option<lua_CFunction>, c_int, usize)> {
+    let mut out = (None, 0, 0);
+    // SAFETY: `exec_raw` pushes `f` at 1; the closure only reads it with calls that
+    // cannot raise (`lua_getupvalue` pushes an existing value into the free slots every
+    // C function has) and writes plain values.
+    unsafe {
+        lua.exec_raw::<()>(f, |l| {
+            out.0 = ffi::lua_tocfunction(l, 1);
+            while !ffi::lua_getupvalue(l, 1, out.1 + 1).is_null() {
+                if out.1 == 0 && ffi::lua_type(l, -1) == ffi::LUA_TUSERDATA {
+                    out.2 = ffi::lua_rawlen(l, -1);
+                }
+                ffi::lua_pop(l, 1);
+                out.1 += 1;
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+/// Reads the stock libraries of a throw-away state.
+fn capture() -> Result<Stock, String> {
+    let read = || -> mlua::Result<Result<Stock, String>> {
+        let libs = LIBRARIES.iter().fold(StdLib::NONE, |all, (_, l)| all | *l);
+        let lua = Lua::new_with(libs, LuaOptions::new())?;
+        let g = lua.globals();
+        let mut libraries = Vec::new();
+        let (mut random_seed, mut random_state_bytes) = (None, 0);
+        for (name, _) in LIBRARIES {
+            let table: Table = g.raw_get(name)?;
+            let mut members = Vec::new();
+            for pair in table.pairs::<String, Value>() {
+                let (member, value) = pair?;
+                let made = match value {
+                    Value::Integer(i) => Member::Integer(i),
+                    Value::Number(n) => Member::Number(n),
+                    Value::String(s) => Member::String(s.as_bytes().to_vec().into()),
+                    Value::Function(f) => match inspect(&lua, &f)? {
+                        (Some(stock), 0, _) => guarded(name, &member, stock),
+                        (Some(stock), 1, bytes)
+                            if name == "math"
+                                && matches!(&*member, "random" | "randomseed")
+                                && bytes > 0 =>
+                        {
+                            if member == "randomseed" {
+                                random_seed = Some(stock);
+                            }
+                            random_state_bytes = bytes;
+                            Member::Random(stock)
+                        }
+                        _ => return Ok(Err(format!("{name}.{member} is not a plain C function"))),
+                    },
+                    other => {
+                        return Ok(Err(format!(
+                            "{name}.{member} is a {}",
+                            other.type_name()
+                        )))
+                    }
+                };
+                members.push((member.into_boxed_str(), made));
+            }
+            members.sort_by(|a, b| by_length(&a.0, &b.0));
+            libraries.push(Library { name, members });
+        }
+        let Value::Table(meta) = crate::vm::string_metatable(&lua)? else {
+            return Ok(Err("strings have no metatable".into()));
+        };
+        let string: Table = g.raw_get("string")?;
+        let mut string_meta = Vec::new();
+        for pair in meta.pairs::<String, Value>() {
+            let (key, value) = pair?;
+            match value {
+                Value::Table(t) if key == "__index" && t == string => {}
+                Value::Function(f) => match inspect(&lua, &f)? {
+                    (Some(stock), 0, _) => string_meta.push((key.into_boxed_str(), stock)),
+                    _ => return Ok(Err(format!("string metatable: {key} is not a C function"))),
+                },
+                _ => return Ok(Err(format!("string metatable: unexpected {key}"))),
+            }
+        }
+        string_meta.sort_by(|a, b| a.0.cmp(&b.0));
+        let Some(random_seed) = random_seed else {
+            return Ok(Err("math.randomseed not found".into()));
+        };
+        Ok(Ok(Stock {
+            libraries,
+            string_meta,
+            random_seed,
+            random_state_bytes,
+        }))
+    };
+    read()
+        .unwrap_or_else(|e| Err(e.to_string()))
+        .map_err(|e| format!("reading the stock libraries: {e}"))
+}
+
+/// The stock libraries, read on first use.
+fn stock() -> Result<&'static Stock, &'static str> {
+    static STOCK: OnceLock<Result<Stock, String>> = OnceLock::new();
+    STOCK.get_or_init(capture).as_ref().map_err(String::as_str)
+}
+
+/// Makes library `name` with exactly `members` (names the stock library lacks are left
+/// out, as trimming the stock table would) and sets it as global `name` and as
+/// `_LOADED[name]`; for `string`, also the locked string metatable. False, doing
+/// nothing, when `globals` already holds a table `name` (the stock library was opened)
+/// or the recipe does not know the library: the caller then trims the table it has.
+pub(crate) fn open(
+    lua: &Lua,
+    globals: &Table,
+    name: &str,
+    members: &[&str],
+) -> mlua::Result<bool> {
+    let stock = stock().map_err(mlua::Error::runtime)?;
+    let Some(lib) = stock.libraries.iter().find(|l| l.name == name) else {
+        return Ok(false);
+    };
+    let mut made = false;
+    // SAFETY: `exec_raw` pushes `globals` at 1 and runs the closure in protected mode (a
+    // memory error raised by a push or `lua_rawset` unwinds to it; the closure holds only
+    // references and plain values, nothing with a destructor). Every access is raw but
+    // the call of the stock `math.randomseed`, a C function that reads its upvalue (the
+    // userdata of the size the stock one has) and pushes two integers. The stack holds
+    // at most 5 values above the library table and the generator state.
+    unsafe {
+        lua.exec_raw::<()>(globals, |l| {
+            ffi::lua_checkstack(l, 8);
+            ffi::lua_pushlstring(l, name.as_ptr().cast(), name.len());
+            let present = ffi::lua_rawget(l, 1) == ffi::LUA_TTABLE;
+            ffi::lua_pop(l, 1);
+            if present {
+                return;
+            }
+            // Sized for the list: a name the stock library lacks is rare (a custom
+            // profile's typo), and counting first would double the lookups.
+            ffi::lua_createtable(l, 0, c_int::try_from(members.len()).unwrap_or(0));
+            let mut random_state: c_int = 0;
+            for member in members {
+                let Some(value) = lib.get(member) else {
+                    continue;
+                };
+                if matches!(value, Member::Random(_)) && random_state == 0 {
+                    push_random_state(l, stock);
+                    random_state = ffi::lua_gettop(l);
+                }
+                ffi::lua_pushlstring(l, member.as_ptr().cast(), member.len());
+                match value {
+                    Member::Function(f) => ffi::lua_pushcfunction(l, *f),
+                    Member::Charged(f, cost) => charged::push(l, *f, *cost),
+                    Member::Random(f) => {
+                        ffi::lua_pushvalue(l, random_state);
+                        ffi::lua_pushcclosure(l, *f, 1);
+                    }
+                    Member::Integer(i) => ffi::lua_pushinteger(l, *i),
+                    Member::Number(n) => ffi::lua_pushnumber(l, *n),
+                    Member::String(s) => {
+                        ffi::lua_pushlstring(l, s.as_ptr().cast(), s.len());
+                    }
+                }
+                ffi::lua_rawset(l, 2);
+            }
+            if name == "string" {
+                set_string_metatable(l, stock);
+            }
+            ffi::lua_pushlstring(l, name.as_ptr().cast(), name.len());
+            ffi::lua_pushvalue(l, 2);
+            ffi::lua_rawset(l, 1);
+            if ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, c"_LOADED".as_ptr()) == ffi::LUA_TTABLE
+            {
+                ffi::lua_pushlstring(l, name.as_ptr().cast(), name.len());
+                ffi::lua_pushvalue(l, 2);
+                ffi::lua_rawset(l, -3);
+            }
+            ffi::lua_settop(l, 1);
+            made = true;
+        })?;
+    }
+    Ok(made)
+}
+
+/// Pushes a generator state for `math.random`, seeded as `luaopen_math` seeds its own
+/// (by the stock `math.randomseed` called without arguments).
+///
+/// # Safety
+/// Inside a protected call, with 3 free stack slots.
+unsafe fn push_random_state(l: *mut lua_State, stock: &Stock) {
+    // SAFETY: caller's contract; the stock `math.randomseed` reads its first upvalue as
+    // a userdata of `random_state_bytes`, which it gets, and returns two values.
+    unsafe {
+        ffi::lua_newuserdatauv(l, stock.random_state_bytes, 0);
+        ffi::lua_pushvalue(l, -1);
+        ffi::lua_pushcclosure(l, stock.random_seed, 1);
+        ffi::lua_call(l, 0, 0);
+    }
+}
+
+/// Gives strings their metatable: the stock metamethods, `__index` the `string` table at
+/// index 2, `__metatable` false (the lock the environment puts on the stock one).
+///
+/// # Safety
+/// Inside a protected call, with 4 free stack slots and the `string` table at index 2.
+unsafe fn set_string_metatable(l: *mut lua_State, stock: &Stock) {
+    // SAFETY: caller's contract; raw sets on a new table, then `lua_setmetatable` on a
+    // string, which sets the metatable of all strings.
+    unsafe {
+        let size = c_int::try_from(stock.string_meta.len() + 2).unwrap_or(0);
+        ffi::lua_createtable(l, 0, size);
+        for (key, f) in &stock.string_meta {
+            ffi::lua_pushlstring(l, key.as_ptr().cast(), key.len());
+            ffi::lua_pushcfunction(l, *f);
+            ffi::lua_rawset(l, -3);
+        }
+        ffi::lua_pushvalue(l, 2);
+        ffi::lua_setfield(l, -2, c"__index".as_ptr());
+        ffi::lua_pushboolean(l, 0);
+        ffi::lua_setfield(l, -2, c"__metatable".as_ptr());
+        ffi::lua_pushstring(l, c"".as_ptr());
+        ffi::lua_insert(l, -2);
+        ffi::lua_setmetatable(l, -2);
+        ffi::lua_pop(l, 1);
+    }
+}
