@@ -33,14 +33,14 @@ out[#out + 1] = try(string.find, "a", "[")
 out[#out + 1] = try(math.floor, "x")
 out[#out + 1] = try(math.random, 2, 1)
 out[#out + 1] = try(math.random, 1, 2, 3)
-out[#out + 1] = try(coroutine.resume, 1)
+if coroutine then out[#out + 1] = try(coroutine.resume, 1) end
 out[#out + 1] = try(function() return string.rep() end)
 out[#out + 1] = try(function() return ("x"):rep({}) end)
 out[#out + 1] = try(function() return math.abs() end)
 if utf8 then
   out[#out + 1] = try(utf8.char, -1)
   out[#out + 1] = try(utf8.len, 1, 5)
-  out[#out + 1] = utf8.charpattern
+  out[#out + 1] = table.concat({utf8.charpattern:byte(1, -1)}, ",")
 end
 if os then out[#out + 1] = try(os.difftime) end
 out[#out + 1] = tostring(math.pi) .. " " .. tostring(math.huge) .. " "
@@ -76,13 +76,4 @@ fn library_tables_are_the_stock_ones_to_a_script() {
             assert!(text.contains(needle), "{profile}: no {needle:?} in\n{text}");
         }
     }
-}
-
-/// Each fresh state seeds its own generator, as `luaopen_math` does.
-#[test]
-fn math_random_is_seeded_per_state() {
-    let sb = Sandbox::builder().build().unwrap();
-    let draw = || sb.run("return math.random(0)", &Json::Null).result.unwrap();
-    let draws: Vec<Json> = (0..4).map(|_| draw()).collect();
-    assert!(draws.windows(2).any(|w| w[0] != w[1]), "{draws:?}");
 }
