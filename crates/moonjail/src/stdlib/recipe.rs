@@ -11,7 +11,8 @@
 //! What `luaopen_*` does besides setting members is done here too: the library is a
 //! global and an entry of the registry's `_LOADED` (where the auxiliary library looks
 //! functions up to name them in error messages), `math.random` and `math.randomseed`
-//! share a generator state seeded the stock way, and `string` gets the string metatable
+//! share a generator state (seeded with unpredictable bits, not the stock way: see
+//! [`push_random_state`]), and `string` gets the string metatable
 //! (already locked, as the environment locks the stock one). Tests compare every profile
 //! against a state built the stock way.
 
@@ -293,19 +294,25 @@ pub(crate) fn open(lua: &Lua, globals: &Table, name: &str, members: &[&str]) -> 
     Ok(made)
 }
 
-/// Pushes a generator state for `math.random`, seeded as `luaopen_math` seeds its own
-/// (by the stock `math.randomseed` called without arguments).
+/// Pushes a generator state for `math.random`, seeded with unpredictable bits by the
+/// stock `math.randomseed`. (`luaopen_math` seeds from the time in seconds and the
+/// state's address, which the allocator hands to the next state once a state is
+/// closed: fresh states made within a second drew the same numbers, so one run could
+/// predict another's.)
 ///
 /// # Safety
-/// Inside a protected call, with 3 free stack slots.
+/// Inside a protected call, with 5 free stack slots.
 unsafe fn push_random_state(l: *mut lua_State, stock: &Stock) {
     // SAFETY: caller's contract; the stock `math.randomseed` reads its first upvalue as
-    // a userdata of `random_state_bytes`, which it gets, and returns two values.
+    // a userdata of `random_state_bytes`, which it gets, takes two integers and returns
+    // two values, dropped.
     unsafe {
         ffi::lua_newuserdatauv(l, stock.random_state_bytes, 0);
         ffi::lua_pushvalue(l, -1);
         ffi::lua_pushcclosure(l, stock.random_seed, 1);
-        ffi::lua_call(l, 0, 0);
+        ffi::lua_pushinteger(l, crate::vm::seed::random_u64() as ffi::lua_Integer);
+        ffi::lua_pushinteger(l, crate::vm::seed::random_u64() as ffi::lua_Integer);
+        ffi::lua_call(l, 2, 0);
     }
 }
 

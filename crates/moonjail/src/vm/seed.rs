@@ -61,6 +61,13 @@ pub(crate) fn random() -> c_uint {
     (x ^ (x >> 32)) as c_uint
 }
 
+/// 64 unpredictable bits, as [`random`] makes them.
+pub(crate) fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(0x6d61_7468_7261_6e64);
+    h.finish()
+}
+
 /// The string-hash seed of a deterministic state, from the run's seed (splitmix64's
 /// finalizer, so nearby run seeds give unrelated hash seeds).
 pub(crate) fn derived(run_seed: i64) -> c_uint {

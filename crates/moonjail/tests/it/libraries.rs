@@ -77,3 +77,25 @@ fn library_tables_are_the_stock_ones_to_a_script() {
         }
     }
 }
+
+#[test]
+fn fresh_states_draw_unrelated_random_numbers() {
+    // Stock Lua seeds `math.random` from the time in seconds and the state's address,
+    // which the allocator gives the next state once one is closed: runs made within the
+    // same second drew the same numbers, so one run could predict another's. Each state
+    // is seeded with unpredictable bits, in process and isolated, runs and sessions.
+    const DRAW: &str = "return math.random(0, math.maxinteger)";
+    for (mode, sb) in crate::support::both_sandboxes(Sandbox::builder) {
+        let mut draws: Vec<Json> = (0..4)
+            .map(|_| sb.run(DRAW, &Json::Null).result.unwrap())
+            .collect();
+        for _ in 0..2 {
+            let mut s = sb.session().unwrap();
+            draws.push(s.exec(DRAW).result.unwrap());
+        }
+        let mut distinct = draws.clone();
+        distinct.sort_by_key(|v| v.to_string());
+        distinct.dedup();
+        assert_eq!(distinct.len(), draws.len(), "{mode}: {draws:?}");
+    }
+}
