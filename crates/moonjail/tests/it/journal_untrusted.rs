@@ -107,7 +107,7 @@ fn fixture() -> &'static Fixture {
         let sandbox = sandbox(&dir, &calls, true);
         let record = |source: &str| {
             let buffer = Buffer::default();
-            sandbox
+            let out = sandbox
                 .run_journaled(
                     source,
                     &json!({"who": "me"}),
@@ -115,6 +115,12 @@ fn fixture() -> &'static Fixture {
                     JournalWriter::new(buffer.clone()),
                 )
                 .unwrap();
+            let kind = out.error().map(|e| e.kind);
+            assert!(
+                kind.is_none() || kind == Some(ErrorKind::Suspended),
+                "{:?}",
+                out.result
+            );
             buffer.bytes()
         };
         let tools = record(&format!(
@@ -141,12 +147,14 @@ fn fixture() -> &'static Fixture {
                 .session_journaled(JournalWriter::new(buffer.clone()))
                 .unwrap();
             let none = CallOptions::default();
-            s.exec_with(
-                "n = 0 function bump(k) n = n + k return {n = n, r = rng.next(n)} end",
-                &Json::Null,
-                &none,
-            )
-            .unwrap();
+            let defined = s
+                .exec_with(
+                    "n = 0 function bump(k) n = n + k return {n = n, r = rng.next(n)} end",
+                    &Json::Null,
+                    &none,
+                )
+                .unwrap();
+            assert!(defined.is_ok(), "{:?}", defined.result);
             for out in [
                 s.call_with("bump", &[json!(2)], &none).unwrap(),
                 s.exec_with(
