@@ -210,7 +210,7 @@ fn check(what: &str, out: &Outcome) -> Result<(), TestCaseError> {
 }
 
 /// The contract, for one journal: parsed as a run journal and as a session journal,
-/// then replayed, resumed and restored (forked) where it parses.
+/// then replayed and resumed, or forked and restored from a file, where it parses.
 fn contract(bytes: &[u8], isolated: bool) -> Result<(), TestCaseError> {
     let f = fixture();
     // One journal at a time: the count of real calls is the fixture's, for every test.
@@ -252,6 +252,17 @@ fn contract(bytes: &[u8], isolated: bool) -> Result<(), TestCaseError> {
         if let Err(e) = moonjail::fork_session(&f.sessions, &session, None, Some(writer)) {
             prop_assert!(!e.to_string().contains(MARKER), "{e}");
         }
+        // As `session --restore FILE` does: from the file, which it then cuts after the
+        // last complete request.
+        let path = std::env::temp_dir().join(format!(
+            "moonjail-untrusted-{}-restore.jsonl",
+            std::process::id()
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        if let Err(e) = moonjail::restore_session(&f.sessions, &path, Some(1 << 20)) {
+            prop_assert!(!e.to_string().contains(MARKER), "{e}");
+        }
+        let _ = std::fs::remove_file(&path);
         prop_assert_eq!(real(), 0, "a restore called a real tool");
     }
     Ok(())
