@@ -210,6 +210,24 @@ fn harness() -> &'static Harness {
             buffer.bytes()
         };
         let seeds = vec![plain, tools, suspended, resumed, finished, session];
+        // The seeds as recorded replay without a divergence (else the harness tests
+        // nothing past the first difference).
+        for seed in &seeds[..5] {
+            let journal = Journal::parse(seed).expect("a seed parses");
+            let out = moonjail::replay_journal(&journal, &ReplayOptions::default())
+                .expect("a seed replays");
+            let kind = out.error().map(|e| e.kind);
+            assert!(
+                !matches!(
+                    kind,
+                    Some(ErrorKind::ReplayDivergence | ErrorKind::Internal)
+                ),
+                "{:?}",
+                out.result
+            );
+        }
+        let session = SessionJournal::parse(seeds[5].clone()).expect("a session seed");
+        moonjail::fork_session(&sessions, &session, None, None).expect("a session restores");
         if let Some(out) = std::env::var_os("JOURNAL_SEEDS_OUT") {
             let out = std::path::PathBuf::from(out);
             let names = [
