@@ -75,7 +75,8 @@ impl SandboxBuilder {
         self
     }
 
-    /// Sets the wall-clock deadline of each run (each call, in a session). By default,
+    /// Sets the wall-clock deadline of each run (each call, in a session): greater than
+    /// zero and at most a year ([`SandboxBuilder::build`] refuses others). By default,
     /// 5 s; [`SandboxBuilder::no_timeout`] lifts it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.spec.limits.timeout = Some(timeout);
