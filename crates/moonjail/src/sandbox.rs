@@ -75,7 +75,8 @@ impl SandboxBuilder {
         self
     }
 
-    /// Sets the wall-clock deadline of each run (each call, in a session). By default,
+    /// Sets the wall-clock deadline of each run (each call, in a session): greater than
+    /// zero and at most a year ([`SandboxBuilder::build`] refuses others). By default,
     /// 5 s; [`SandboxBuilder::no_timeout`] lifts it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.spec.limits.timeout = Some(timeout);
@@ -434,6 +435,9 @@ impl SandboxBuilder {
     }
 }
 
+/// The longest timeout a sandbox accepts: a year.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The limits checks of [`SandboxBuilder::build`] (and [`Sandbox::with_spec`]).
 fn validate_limits(l: &Limits) -> Result<(), ConfigError> {
     let bad = |name, reason: &str| {
@@ -447,6 +451,11 @@ fn validate_limits(l: &Limits) -> Result<(), ConfigError> {
     }
     if l.timeout.is_some_and(|t| t.is_zero()) {
         return bad("timeout", "must be greater than zero");
+    }
+    // A deadline is `start + timeout`, which panics past what an `Instant` holds; a
+    // limits document (a journal's spec) may say anything.
+    if l.timeout.is_some_and(|t| t > MAX_TIMEOUT) {
+        return bad("timeout", "must be at most a year (none for no timeout)");
     }
     if l.instructions == Some(0) {
         return bad("instructions", "must be at least 1");

@@ -1218,11 +1218,19 @@ impl Journal {
                             ),
                         ));
                     }
-                    journal.pending = Some(Pending {
-                        step,
-                        name: string(&v, "name", n)?,
-                        args,
-                    });
+                    let name = string(&v, "name", n)?;
+                    // Only a deferred tool suspends a run: a replay that stopped at
+                    // another would end in a suspension its host did not see.
+                    if !journal.recorded.deferred.contains(&name) {
+                        return Err(corrupt(
+                            n,
+                            format!(
+                                "a \"suspend\" line of `{name}`, a tool the \"start\" line \
+                                 does not list as deferred"
+                            ),
+                        ));
+                    }
+                    journal.pending = Some(Pending { step, name, args });
                 }
                 Some("tool") => journal.calls.push(tool_event(&v, n)?),
                 Some(kind @ ("module" | "file")) => {

@@ -24,6 +24,7 @@ mod isolated_aos;
 mod isolated_session;
 mod journal;
 mod journal_session;
+mod journal_untrusted;
 mod json_lib;
 mod libraries;
 mod lint;
