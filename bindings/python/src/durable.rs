@@ -142,15 +142,19 @@ impl Suspension {
 /// Re-executes the journal at `journal` without calling a tool or reading a file
 /// (`moonjail replay`): the recorded outcome, or one of kind `replay_divergence`.
 #[pyfunction]
-#[pyo3(signature = (journal, *, source = None, isolate = false, worker = None))]
+#[pyo3(signature = (journal, *, source = None, isolate = false, worker = None, trust_limits = false))]
 pub fn replay(
     py: Python<'_>,
     journal: PathBuf,
     source: Option<&Bound<'_, PyAny>>,
     isolate: bool,
     worker: Option<Bound<'_, PyAny>>,
+    trust_limits: bool,
 ) -> PyResult<Outcome> {
     let mut options = ReplayOptions::default();
+    if trust_limits {
+        options = options.ceiling(None);
+    }
     if let Some(source) = source {
         options = options.source(crate::sandbox::source(source)?.into_owned());
     }

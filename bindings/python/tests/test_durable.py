@@ -155,3 +155,13 @@ def test_a_replay_with_another_source_reports_the_divergence(tmp_path: pathlib.P
     out = moonjail.replay(journal, source=PLAN.replace("order.currency", "'EUR'"))
     assert isinstance(out.error, moonjail.ReplayDivergenceError)
     assert "fx.rate" in out.error.message
+
+
+def test_a_journal_over_the_replay_ceiling_needs_trust(tmp_path: pathlib.Path) -> None:
+    # A journal replays under the limits it records, which are its own claim: past the
+    # ceiling (here, no timeout at all) it is refused unless the caller trusts it.
+    journal = tmp_path / "run.jsonl"
+    assert moonjail.Sandbox(timeout=None).run("return 7", journal=journal).ok
+    with pytest.raises(moonjail.JournalError, match="timeout limit"):
+        moonjail.replay(journal)
+    assert moonjail.replay(journal, trust_limits=True).result == 7

@@ -29,6 +29,12 @@ pub struct ReplayArgs {
     /// The largest journal read; `none` for no limit.
     #[arg(long, value_name = "SIZE", default_value = "16MiB")]
     pub journal_limit: String,
+    /// Replay under whatever limits the journal records, for a journal you trust. By
+    /// default a journal whose limits allow more than 60 s, 1 GiB of memory, 16 MiB of
+    /// output or of result (or no limit at all) is refused: its limits are its own claim,
+    /// and a crafted one could hold this machine for ever.
+    #[arg(long)]
+    pub trust_limits: bool,
     /// Replay in a locked-down worker process (as `run --isolate`).
     #[arg(long)]
     pub isolate: bool,
@@ -42,6 +48,9 @@ pub struct ReplayArgs {
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let limit = args::size(&args.journal_limit).context("--journal-limit")?;
     let mut options = ReplayOptions::default().limit(limit.map(|l| l as u64));
+    if args.trust_limits {
+        options = options.ceiling(None);
+    }
     if let Some(path) = &args.source {
         let source = std::fs::read(path).with_context(|| format!("--source {}", path.display()))?;
         options = options.source(source);

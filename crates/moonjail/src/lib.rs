@@ -78,7 +78,7 @@ pub use host::{Determinism, HostFiles};
 pub use input::parse_input;
 pub use journal::{
     replay, replay_journal, Flush, Journal, JournalError, JournalWriter, Pending, ReplayOptions,
-    Run, Suspension, DEFAULT_JOURNAL_LIMIT, JOURNAL_VERSION,
+    Run, Suspension, DEFAULT_JOURNAL_LIMIT, JOURNAL_VERSION, REPLAY_CEILING,
 };
 // Durable sessions (journal/session.rs), apart from the run journal's list above.
 pub use journal::{

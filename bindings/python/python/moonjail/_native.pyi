@@ -208,8 +208,12 @@ def replay(
     source: Optional[Union[str, bytes]] = None,
     isolate: bool = False,
     worker: Optional[StrPath] = None,
+    trust_limits: bool = False,
 ) -> Outcome:
-    """Re-executes a journal (``Sandbox.run(journal=...)``) without calling a tool."""
+    """Re-executes a journal (``Sandbox.run(journal=...)``) without calling a tool.
+
+    A journal whose limits allow more than 60 s, 1 GiB, 16 MiB of output or of result
+    (or no limit) raises ``JournalError`` unless ``trust_limits`` is set."""
 
 def time_left() -> Optional[float]:
     """Seconds left before the deadline of the tool call running on this thread."""

@@ -248,3 +248,41 @@ fn journal_a_batched_journal_replays_the_same() {
     );
     assert_misuse(&out, "--journal");
 }
+
+#[test]
+fn journal_a_journal_without_limits_replays_only_when_trusted() {
+    // Recorded with no timeout and no memory limit: its limits are its own claim, and a
+    // crafted journal could loop for ever under them. Refused with exit status 2 and the
+    // flag to pass; replayed with --trust-limits.
+    let dir = setup();
+    let out = moonjail(
+        dir.path(),
+        &[
+            "run",
+            "-e",
+            "return 7",
+            "--timeout",
+            "none",
+            "--memory",
+            "none",
+            "--journal",
+            "open.jsonl",
+        ],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let refused = moonjail(dir.path(), &["replay", "open.jsonl"], None);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("timeout limit (none)"),
+        "{refused:?}"
+    );
+    assert!(refused.stderr.contains("--trust-limits"), "{refused:?}");
+    let trusted = moonjail(
+        dir.path(),
+        &["replay", "open.jsonl", "--trust-limits", "--json"],
+        None,
+    );
+    assert_eq!(trusted.code, Some(0), "{trusted:?}");
+    assert_eq!(trusted.json()["result"], 7);
+}

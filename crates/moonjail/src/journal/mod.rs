@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use crate::engine::Host;
 use crate::error::{Error, ErrorKind};
 use crate::host::{Determinism, FileSource, InterruptCheck};
+use crate::limits::Limits;
 use crate::outcome::Outcome;
 use crate::sandbox::{RunOptions, Sandbox};
 use crate::spec::Spec;
@@ -113,6 +114,10 @@ pub enum JournalError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The journal's limits allow more than the replay's ceiling
+    /// ([`ReplayOptions::ceiling`]); the message names the limit.
+    #[error("journal: {0}")]
+    Ceiling(String),
     /// The recorded run cannot be rebuilt (its sandbox does not validate here).
     #[error("journal: the recorded sandbox cannot be built: {0}")]
     Config(#[from] crate::error::ConfigError),
@@ -867,6 +872,12 @@ pub struct ReplayOptions {
     pub isolation: Isolation,
     /// The largest journal read. By default, [`DEFAULT_JOURNAL_LIMIT`].
     pub limit: Option<u64>,
+    /// The most a journal's limits may allow: a journal is replayed under the limits it
+    /// records (so that it ends as it did), and those are the journal's claim, which may
+    /// be anything (no timeout, no memory limit); one over the ceiling is refused
+    /// ([`JournalError::Ceiling`]). `None` replays under whatever the journal records,
+    /// for journals from a trusted source. By default, [`REPLAY_CEILING`].
+    pub ceiling: Option<Limits>,
 }
 
 impl Default for ReplayOptions {
@@ -875,6 +886,7 @@ impl Default for ReplayOptions {
             source: None,
             isolation: Isolation::InProcess,
             limit: Some(DEFAULT_JOURNAL_LIMIT),
+            ceiling: Some(REPLAY_CEILING),
         }
     }
 }
@@ -897,6 +909,84 @@ impl ReplayOptions {
         self.limit = bytes;
         self
     }
+
+    /// Refuses journals whose limits allow more than `ceiling` (`None`: replays under
+    /// whatever limits the journal records).
+    pub fn ceiling(mut self, ceiling: Option<Limits>) -> Self {
+        self.ceiling = ceiling;
+        self
+    }
+}
+
+/// The default [`ReplayOptions::ceiling`]: well above the default limits (what most
+/// journals record), so that a recorded production run replays as it is; bounded, so
+/// that a crafted journal (no timeout, no memory limit, `while true do end`) cannot hold
+/// the replaying machine for more than a minute or a gigabyte.
+pub const REPLAY_CEILING: Limits = Limits {
+    memory_bytes: Some(1 << 30),
+    timeout: Some(Duration::from_secs(60)),
+    instructions: None,
+    output_bytes: Some(DEFAULT_JOURNAL_LIMIT as usize),
+    output_overflow: crate::OutputOverflow::Fail,
+    source_bytes: Some(DEFAULT_JOURNAL_LIMIT as usize),
+    result_depth: Limits::MAX_RESULT_DEPTH,
+    result_bytes: Some(DEFAULT_JOURNAL_LIMIT as usize),
+};
+
+/// The first limit of `recorded` that allows more than `ceiling`: its name (as the CLI
+/// spells the flag) and both values. `None` (no limit) is more than any value.
+fn over_ceiling(recorded: &Limits, ceiling: &Limits) -> Option<String> {
+    fn over<T: PartialOrd>(recorded: Option<T>, ceiling: Option<T>) -> bool {
+        match (recorded, ceiling) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(r), Some(c)) => r > c,
+        }
+    }
+    let size = |v: Option<usize>| v.map_or("none".to_string(), |b| format!("{b} bytes"));
+    let time = |v: Option<Duration>| v.map_or("none".to_string(), |t| format!("{t:?}"));
+    let count = |v: Option<u64>| v.map_or("none".to_string(), |n| n.to_string());
+    let found = if over(recorded.timeout, ceiling.timeout) {
+        ("timeout", time(recorded.timeout), time(ceiling.timeout))
+    } else if over(recorded.memory_bytes, ceiling.memory_bytes) {
+        (
+            "memory",
+            size(recorded.memory_bytes),
+            size(ceiling.memory_bytes),
+        )
+    } else if over(recorded.instructions, ceiling.instructions) {
+        (
+            "instructions",
+            count(recorded.instructions),
+            count(ceiling.instructions),
+        )
+    } else if over(recorded.output_bytes, ceiling.output_bytes) {
+        (
+            "output-limit",
+            size(recorded.output_bytes),
+            size(ceiling.output_bytes),
+        )
+    } else if over(recorded.result_bytes, ceiling.result_bytes) {
+        (
+            "result-limit",
+            size(recorded.result_bytes),
+            size(ceiling.result_bytes),
+        )
+    } else if recorded.result_depth > ceiling.result_depth {
+        (
+            "result-depth",
+            recorded.result_depth.to_string(),
+            ceiling.result_depth.to_string(),
+        )
+    } else {
+        return None;
+    };
+    let (name, recorded, ceiling) = found;
+    Some(format!(
+        "the journal's {name} limit ({recorded}) is over the replay's ceiling ({ceiling}); \
+         if you trust where the journal comes from, replay it under its own limits \
+         (--trust-limits; ReplayOptions::ceiling)"
+    ))
 }
 
 /// One recorded tool call.
@@ -1610,6 +1700,13 @@ pub fn replay(reader: impl Read, options: &ReplayOptions) -> Result<Outcome, Jou
 /// # Errors
 /// [`JournalError::Config`] when the recorded sandbox cannot be built here.
 pub fn replay_journal(journal: &Journal, options: &ReplayOptions) -> Result<Outcome, JournalError> {
+    if let Some(why) = options
+        .ceiling
+        .as_ref()
+        .and_then(|c| over_ceiling(&journal.recorded.spec.limits, c))
+    {
+        return Err(JournalError::Ceiling(why));
+    }
     let player = Arc::new(Player::new(journal, None, None));
     play(journal, player, options, None)
 }

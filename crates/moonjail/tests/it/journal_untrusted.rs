@@ -314,7 +314,16 @@ fn journal_untrusted_a_huge_timeout_is_refused_not_a_panic() {
         lines[0]["spec"]["limits"]["timeout"] = json!({"secs": u64::MAX, "nanos": 999_999_999});
         let bytes = join(&lines);
         if let Ok(journal) = Journal::parse(&bytes) {
+            // Over the default ceiling; under its own limits, refused as a limit no
+            // sandbox takes.
             let out = moonjail::replay_journal(&journal, &ReplayOptions::default());
+            assert!(
+                matches!(out, Err(JournalError::Ceiling(_))),
+                "{:?}",
+                out.map(|o| o.result)
+            );
+            let trusted = ReplayOptions::default().ceiling(None);
+            let out = moonjail::replay_journal(&journal, &trusted);
             assert!(
                 matches!(out, Err(JournalError::Config(_))),
                 "{:?}",
@@ -326,6 +335,46 @@ fn journal_untrusted_a_huge_timeout_is_refused_not_a_panic() {
             assert!(matches!(e, JournalError::Session(_)), "{e:?}");
         }
     }
+}
+
+#[test]
+fn journal_untrusted_a_journal_without_limits_is_refused_unless_trusted() {
+    // A journal is replayed under the limits it records, and those are its claim: no
+    // timeout, no memory limit and `while true do end` would hold the replaying process
+    // for ever. The default ceiling refuses it, naming the limit; trusted, it replays.
+    let f = fixture();
+    let mut lines = self::lines(&f.seeds[0]);
+    let limits = &mut lines[0]["spec"]["limits"];
+    for (field, value) in [
+        ("timeout", json!(null)),
+        ("memory_bytes", json!(null)),
+        ("instructions", json!(null)),
+    ] {
+        limits[field] = value;
+    }
+    let journal = Journal::parse(&join(&lines)).expect("a valid journal");
+    match moonjail::replay_journal(&journal, &ReplayOptions::default()) {
+        Err(JournalError::Ceiling(why)) => {
+            assert!(why.contains("timeout limit (none)"), "{why}");
+            assert!(why.contains("--trust-limits"), "{why}");
+        }
+        other => panic!("{:?}", other.map(|o| o.result)),
+    }
+    // Each limit on its own: memory past the ceiling too.
+    let mut lines = self::lines(&f.seeds[0]);
+    lines[0]["spec"]["limits"]["memory_bytes"] = json!(2u64 << 30);
+    let journal = Journal::parse(&join(&lines)).expect("a valid journal");
+    let out = moonjail::replay_journal(&journal, &ReplayOptions::default());
+    assert!(
+        matches!(&out, Err(JournalError::Ceiling(why)) if why.contains("memory limit")),
+        "{:?}",
+        out.map(|o| o.result)
+    );
+    let trusted = ReplayOptions::default().ceiling(None);
+    let out = moonjail::replay_journal(&journal, &trusted).expect("replayed");
+    assert!(out
+        .error()
+        .is_none_or(|e| e.kind != moonjail::ErrorKind::Internal));
 }
 
 /// One edit of a journal.
