@@ -13,20 +13,10 @@ use crate::vm::{retain_string_keys, set_c_functions};
 
 /// The stock libraries a profile needs opened.
 pub(crate) fn libs_for(spec: &ProfileSpec) -> StdLib {
-    let mut libs = StdLib::NONE;
-    for (name, lib) in [
-        ("string", StdLib::STRING),
-        ("table", StdLib::TABLE),
-        ("math", StdLib::MATH),
-        ("coroutine", StdLib::COROUTINE),
-        ("utf8", StdLib::UTF8),
-        ("os", StdLib::OS),
-    ] {
-        if spec.library(name).is_some() {
-            libs |= lib;
-        }
-    }
-    libs
+    recipe::LIBRARIES
+        .iter()
+        .filter(|(name, _)| spec.library(name).is_some())
+        .fold(StdLib::NONE, |libs, (_, lib)| libs | *lib)
 }
 
 /// Replaces the state's globals with exactly what `spec` lists.

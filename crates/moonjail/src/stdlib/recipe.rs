@@ -89,8 +89,9 @@ struct Stock {
     random_state_bytes: usize,
 }
 
-/// The libraries the recipe makes, as mlua opens them.
-const LIBRARIES: [(&str, StdLib); 6] = [
+/// The libraries the recipe makes, as mlua opens them (and as a deterministic state,
+/// which opens the stock ones, asks for them: `env::libs_for`).
+pub(crate) const LIBRARIES: [(&str, StdLib); 6] = [
     ("coroutine", StdLib::COROUTINE),
     ("table", StdLib::TABLE),
     ("os", StdLib::OS),
