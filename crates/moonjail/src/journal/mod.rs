@@ -966,6 +966,12 @@ fn over_ceiling(recorded: &Limits, ceiling: &Limits) -> Option<String> {
             size(recorded.output_bytes),
             size(ceiling.output_bytes),
         )
+    } else if over(recorded.source_bytes, ceiling.source_bytes) {
+        (
+            "source-limit",
+            size(recorded.source_bytes),
+            size(ceiling.source_bytes),
+        )
     } else if over(recorded.result_bytes, ceiling.result_bytes) {
         (
             "result-limit",

@@ -258,6 +258,11 @@ struct Made(*mut ffi::lua_State);
 
 impl Drop for Made {
     fn drop(&mut self) {
+        // A panic inside mlua's set-up (`get_or_init_from_ptr`) can leave its registry
+        // data half made, which closing the state would finalise: leak the state then.
+        if std::thread::panicking() {
+            return;
+        }
         // SAFETY: a state made by `lua_newstate` whose handles are all gone, closed once,
         // before its allocator (declared earlier) is dropped.
         unsafe { ffi::lua_close(self.0) };

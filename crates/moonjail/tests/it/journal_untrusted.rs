@@ -370,6 +370,16 @@ fn journal_untrusted_a_journal_without_limits_is_refused_unless_trusted() {
         "{:?}",
         out.map(|o| o.result)
     );
+    // And a source without a size limit (only the journal's size bounded it).
+    let mut open_source = self::lines(&f.seeds[0]);
+    open_source[0]["spec"]["limits"]["source_bytes"] = json!(null);
+    let open_source = Journal::parse(&join(&open_source)).expect("a valid journal");
+    let out = moonjail::replay_journal(&open_source, &ReplayOptions::default());
+    assert!(
+        matches!(&out, Err(JournalError::Ceiling(why)) if why.contains("source-limit")),
+        "{:?}",
+        out.map(|o| o.result)
+    );
     let trusted = ReplayOptions::default().ceiling(None);
     let out = moonjail::replay_journal(&journal, &trusted).expect("replayed");
     assert!(out
