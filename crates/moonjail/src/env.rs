@@ -8,7 +8,7 @@ use mlua::{Lua, StdLib, Table, Value};
 
 use crate::host::EnvOptions;
 use crate::profile::{Item, ProfileSpec};
-use crate::stdlib::{aos, base, charged, identity, json, recipe, strmatch, table};
+use crate::stdlib::{aos, base, charged, identity, json, recipe};
 use crate::vm::{retain_string_keys, set_c_functions};
 
 /// The stock libraries a profile needs opened.
@@ -59,20 +59,13 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                 }
                 let lib: Table = g.raw_get(name)?;
                 trim(lua, &lib, members)?;
-                if name == "coroutine" {
-                    guard_coroutine(lua, &lib)?;
+                // The recipe's guards, on the members the profile kept.
+                let guards = recipe::guards(name);
+                for list in guards.functions {
+                    set_c_functions(lua, &lib, list, true)?;
                 }
-                if name == "string" {
-                    strmatch::install(lua, &lib)?;
-                    table::install_string(lua, &lib)?;
-                    identity::install_string(lua, &lib)?;
-                    charged::install_string(lua, &lib)?;
-                }
-                if name == "utf8" {
-                    charged::install_utf8(lua, &lib)?;
-                }
-                if name == "table" {
-                    table::install_table(lua, &lib)?;
+                if !guards.charged.is_empty() {
+                    charged::wrap(lua, &lib, guards.charged)?;
                 }
             }
             Item::GlobalsRef => g.raw_set("_G", &g)?,
@@ -144,10 +137,6 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
 
 fn trim(lua: &Lua, lib: &Table, members: &[&str]) -> mlua::Result<()> {
     retain_string_keys(lua, lib, |k| members.iter().any(|m| m.as_bytes() == k))
-}
-
-fn guard_coroutine(lua: &Lua, co: &Table) -> mlua::Result<()> {
-    set_c_functions(lua, co, &crate::vm::hook::CO_GUARDS, true)
 }
 
 #[cfg(test)]

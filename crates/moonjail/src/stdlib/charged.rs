@@ -126,7 +126,11 @@ pub(crate) unsafe fn push(l: *mut lua_State, stock: ffi::lua_CFunction, cost: Co
 }
 
 /// Wraps the listed members of `lib` (a library table the profile kept) that are present.
-fn wrap(lua: &mlua::Lua, lib: &mlua::Table, members: &[(&str, Cost)]) -> mlua::Result<()> {
+pub(crate) fn wrap(
+    lua: &mlua::Lua,
+    lib: &mlua::Table,
+    members: &[(&str, Cost)],
+) -> mlua::Result<()> {
     // SAFETY: `exec_raw` pushes `lib` at index 1 and runs the closure in protected mode;
     // the closure owns nothing with a destructor. Only C functions are wrapped.
     unsafe {
@@ -161,16 +165,6 @@ pub(crate) const STRING: [(&str, Cost); 3] = [
     ("char", Cost::Args),
     ("sub", Cost::RangeToEnd),
 ];
-
-/// Charges `utf8.len/codepoint/offset/char`.
-pub(crate) fn install_utf8(lua: &mlua::Lua, utf8: &mlua::Table) -> mlua::Result<()> {
-    wrap(lua, utf8, &UTF8)
-}
-
-/// Charges `string.byte/char/sub`.
-pub(crate) fn install_string(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()> {
-    wrap(lua, string, &STRING)
-}
 
 #[cfg(test)]
 mod tests {

@@ -486,10 +486,5 @@ fn sprintf_len(n: c_int) -> usize {
     usize::try_from(n).unwrap_or(0)
 }
 
-/// Replaces `format` in `string` with the opaque-identity version, if the profile kept it.
-pub(crate) fn install_string(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()> {
-    crate::vm::set_c_functions(lua, string, &STRING, true)
-}
-
 /// The members of `string` this module provides.
 pub(crate) const STRING: [(&str, ffi::lua_CFunction); 1] = [("format", format)];

@@ -100,29 +100,46 @@ pub(crate) const LIBRARIES: [(&str, StdLib); 6] = [
     ("math", StdLib::MATH),
 ];
 
+/// moonjail's own members of a stock library: functions that replace the stock ones
+/// (the metered, guarded and opaque-identity versions), and stock functions it charges
+/// for. The one list both the recipe and the stock path (`env::build`) apply.
+pub(crate) struct Guards {
+    pub(crate) functions: &'static [&'static [(&'static str, lua_CFunction)]],
+    pub(crate) charged: &'static [(&'static str, Cost)],
+}
+
+/// The [`Guards`] of library `lib`.
+pub(crate) fn guards(lib: &str) -> Guards {
+    let (functions, charged): (&'static [&'static [(&'static str, lua_CFunction)]], _) = match lib {
+        "string" => (
+            &[&strmatch::FUNCS, &table::STRING, &identity::STRING],
+            &charged::STRING[..],
+        ),
+        "utf8" => (&[], &charged::UTF8[..]),
+        "table" => (&[&table::TABLE], &[][..]),
+        "coroutine" => (&[&CO_GUARDS], &[][..]),
+        _ => (&[], &[][..]),
+    };
+    Guards { functions, charged }
+}
+
 /// moonjail's final version of `lib.member`, given the stock function.
 fn guarded(lib: &str, member: &str, stock: lua_CFunction) -> Member {
-    let find = |list: &[(&str, lua_CFunction)]| {
-        list.iter()
-            .find(|(n, _)| *n == member)
-            .map(|(_, f)| Member::Function(*f))
-    };
-    let charged = |list: &[(&str, Cost)]| {
-        list.iter()
+    let guards = guards(lib);
+    let replaced = guards
+        .functions
+        .iter()
+        .flat_map(|list| list.iter())
+        .find(|(n, _)| *n == member)
+        .map(|(_, f)| Member::Function(*f));
+    let charged = || {
+        guards
+            .charged
+            .iter()
             .find(|(n, _)| *n == member)
             .map(|(_, c)| Member::Charged(stock, *c))
     };
-    let found = match lib {
-        "string" => find(&strmatch::FUNCS)
-            .or_else(|| find(&table::STRING))
-            .or_else(|| find(&identity::STRING))
-            .or_else(|| charged(&charged::STRING)),
-        "utf8" => charged(&charged::UTF8),
-        "table" => find(&table::TABLE),
-        "coroutine" => find(&CO_GUARDS),
-        _ => None,
-    };
-    found.unwrap_or(Member::Function(stock))
+    replaced.or_else(charged).unwrap_or(Member::Function(stock))
 }
 
 /// A C function value's function, whether it has upvalues, and the size of its first

@@ -1605,13 +1605,11 @@ pub(crate) fn check_replacement(repl: &[u8], captures: usize) -> Result<(), Stri
     Ok(())
 }
 
-/// Replace `find`, `match`, `gmatch` and `gsub` in `string` with the metered
-/// versions. Only entries present in the table are replaced, so a function
-/// that an allowlist removed stays absent.
+/// Replaces `find`, `match`, `gmatch` and `gsub` in `string` with the metered versions,
+/// where present (states build theirs through `recipe::guards`; this is for the tests and
+/// the differential fuzzer's harness).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn install(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()> {
-    // Each function follows the Lua C API protocol for a C function (reads its
-    // arguments, pushes results, returns their count, raises errors only via lua_error
-    // with no destructors pending) and never lets a Rust panic unwind out of it.
     crate::vm::set_c_functions(lua, string, &FUNCS, true)
 }
 

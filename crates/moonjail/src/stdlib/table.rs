@@ -896,13 +896,6 @@ pub(crate) unsafe extern "C-unwind" fn str_upper(l: State) -> c_int {
     unsafe { map_string(l, Map::Case(libc::toupper)) }
 }
 
-/// Replaces `move`, `insert`, `remove`, `concat`, `unpack` and `sort` in `table` with
-/// the metered versions; only entries the profile kept are replaced.
-pub(crate) fn install_table(lua: &mlua::Lua, table: &mlua::Table) -> mlua::Result<()> {
-    // Each follows the lua_CFunction protocol and cannot panic.
-    crate::vm::set_c_functions(lua, table, &TABLE, true)
-}
-
 /// The metered members of `table`.
 pub(crate) const TABLE: [(&str, ffi::lua_CFunction); 6] = [
     ("move", tmove),
@@ -920,13 +913,6 @@ pub(crate) const STRING: [(&str, ffi::lua_CFunction); 4] = [
     ("lower", str_lower),
     ("upper", str_upper),
 ];
-
-/// Replaces `rep`, `reverse`, `lower` and `upper` in `string` with the metered
-/// versions; only entries the profile kept are replaced.
-pub(crate) fn install_string(lua: &mlua::Lua, string: &mlua::Table) -> mlua::Result<()> {
-    // Each follows the lua_CFunction protocol and cannot panic.
-    crate::vm::set_c_functions(lua, string, &STRING, true)
-}
 
 #[cfg(test)]
 mod tests {
