@@ -195,36 +195,35 @@ pub(crate) enum Wrapped {
         inner_ud: *mut c_void,
     },
     /// The allocator of a state made by [`Wrapped::arena`]; boxed, a stable address.
-    Arena(Box<InArena>),
+    Arena {
+        /// What `arena_alloc` works on, owned here and only read through the pointer the
+        /// state was given.
+        _state: Box<InArena>,
+    },
 }
 
 impl Wrapped {
     /// The allocator of a state to be created on `arena` with `lua_newstate`, so that
-    /// every one of its blocks, the main thread's first, comes from the arena. Pass
-    /// [`Wrapped::raw`] to `lua_newstate`; the box must outlive the state.
-    pub(crate) fn arena(ctl: &Control, arena: Arena) -> Box<Wrapped> {
-        Box::new(Wrapped::Arena(Box::new(InArena {
+    /// every one of its blocks, the main thread's first, comes from the arena: the
+    /// wrapper, which must outlive the state, and the `lua_Alloc` pair to pass.
+    pub(crate) fn arena(
+        ctl: &Control,
+        arena: Arena,
+    ) -> (Box<Wrapped>, ffi::lua_Alloc, *mut c_void) {
+        let mut st = Box::new(InArena {
             mem: ctl.mem.get(),
             arena,
-        })))
-    }
-
-    /// The `lua_Alloc` pair for `lua_newstate` of an arena allocator, `None` otherwise.
-    pub(crate) fn raw(&mut self) -> Option<(ffi::lua_Alloc, *mut c_void)> {
-        match self {
-            // `arena_alloc` reads the pointer as an `InArena`, boxed at a stable address.
-            Wrapped::Arena(st) => Some((
-                arena_alloc as ffi::lua_Alloc,
-                (&mut **st as *mut InArena).cast(),
-            )),
-            Wrapped::Counting { .. } => None,
-        }
+        });
+        // `arena_alloc` reads the pointer as an `InArena`, boxed at a stable address (the
+        // box moves into the wrapper, its contents do not).
+        let ud: *mut c_void = (&mut *st as *mut InArena).cast();
+        (Box::new(Wrapped::Arena { _state: st }), arena_alloc, ud)
     }
 
     /// Whether the state was created on this allocator (and so is closed by its owner,
     /// before the allocator goes).
     pub(crate) fn made_the_state(&self) -> bool {
-        matches!(self, Wrapped::Arena(_))
+        matches!(self, Wrapped::Arena { .. })
     }
 }
 

@@ -111,12 +111,7 @@ impl Vm {
         let arena = arena::Arena::new().ok_or_else(|| {
             mlua::Error::runtime("deterministic mode: no address window for the arena")
         })?;
-        let mut alloc = alloc::Wrapped::arena(&ctl, arena);
-        let Some((f, ud)) = alloc.raw() else {
-            return Err(mlua::Error::runtime(
-                "deterministic mode: no arena allocator",
-            ));
-        };
+        let (alloc, f, ud) = alloc::Wrapped::arena(&ctl, arena);
         seed::arm(seed::derived(run_seed));
         // SAFETY: `f` is `arena_alloc` with its `InArena`, which `alloc` keeps at a
         // stable address until after the state is closed (by `Made` below on an error,
