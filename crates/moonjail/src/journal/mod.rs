@@ -946,44 +946,23 @@ fn over_ceiling(recorded: &Limits, ceiling: &Limits) -> Option<String> {
     let size = |v: Option<usize>| v.map_or("none".to_string(), |b| format!("{b} bytes"));
     let time = |v: Option<Duration>| v.map_or("none".to_string(), |t| format!("{t:?}"));
     let count = |v: Option<u64>| v.map_or("none".to_string(), |n| n.to_string());
+    let sizes = [
+        ("memory", recorded.memory_bytes, ceiling.memory_bytes),
+        ("output-limit", recorded.output_bytes, ceiling.output_bytes),
+        ("source-limit", recorded.source_bytes, ceiling.source_bytes),
+        ("result-limit", recorded.result_bytes, ceiling.result_bytes),
+    ];
+    let depth = |l: &Limits| Some(l.result_depth as u64);
+    let counts = [
+        ("instructions", recorded.instructions, ceiling.instructions),
+        ("result-depth", depth(recorded), depth(ceiling)),
+    ];
     let found = if over(recorded.timeout, ceiling.timeout) {
         ("timeout", time(recorded.timeout), time(ceiling.timeout))
-    } else if over(recorded.memory_bytes, ceiling.memory_bytes) {
-        (
-            "memory",
-            size(recorded.memory_bytes),
-            size(ceiling.memory_bytes),
-        )
-    } else if over(recorded.instructions, ceiling.instructions) {
-        (
-            "instructions",
-            count(recorded.instructions),
-            count(ceiling.instructions),
-        )
-    } else if over(recorded.output_bytes, ceiling.output_bytes) {
-        (
-            "output-limit",
-            size(recorded.output_bytes),
-            size(ceiling.output_bytes),
-        )
-    } else if over(recorded.source_bytes, ceiling.source_bytes) {
-        (
-            "source-limit",
-            size(recorded.source_bytes),
-            size(ceiling.source_bytes),
-        )
-    } else if over(recorded.result_bytes, ceiling.result_bytes) {
-        (
-            "result-limit",
-            size(recorded.result_bytes),
-            size(ceiling.result_bytes),
-        )
-    } else if recorded.result_depth > ceiling.result_depth {
-        (
-            "result-depth",
-            recorded.result_depth.to_string(),
-            ceiling.result_depth.to_string(),
-        )
+    } else if let Some((name, r, c)) = sizes.into_iter().find(|&(_, r, c)| over(r, c)) {
+        (name, size(r), size(c))
+    } else if let Some((name, r, c)) = counts.into_iter().find(|&(_, r, c)| over(r, c)) {
+        (name, count(r), count(c))
     } else {
         return None;
     };
