@@ -22,7 +22,8 @@ pub struct McpArgs {
     pub ask_timeout: String,
     /// With --defer-tool: runs the client may keep waiting at a deferred call, for its
     /// user's answer or for resume_lua (a client that cannot ask); each holds a live Lua
-    /// state. A run that stops past it ends there, as suspended.
+    /// state (isolated, its own worker process). A run that stops past it ends there, as
+    /// suspended.
     #[arg(long, value_name = "N", default_value_t = moonjail_mcp::DEFAULT_MAX_SUSPENDED)]
     pub max_suspended: usize,
     #[command(flatten)]

@@ -49,9 +49,10 @@ pub struct ServeArgs {
     /// its id is a 404 from then on.
     #[arg(long, value_name = "DURATION", default_value = "15m")]
     pub suspend_timeout: String,
-    /// With --defer-tool: suspended runs held in all. A run that suspends past it is
-    /// given up at once (it ends as suspended) and answered 503, kind
-    /// too_many_suspended.
+    /// With --defer-tool: suspended runs held in all, each a live Lua state (with
+    /// --isolate, in its own worker process, outside the --workers count). A run that
+    /// suspends past it is given up at once (it ends as suspended) and answered 503,
+    /// kind too_many_suspended.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_suspended: usize,
     /// With --defer-tool: suspended runs held per key. A run that suspends past it is

@@ -58,7 +58,8 @@ pub struct Config {
     /// `SandboxBuilder::defer_tool`) waits for its answer before it is given up (it
     /// ends as suspended). By default, 15 minutes.
     pub suspend_timeout: Duration,
-    /// Suspended runs held in all; a run that suspends past it is given up and answered
+    /// Suspended runs held in all, each a live Lua state (isolated: its worker process,
+    /// outside the pool's count); a run that suspends past it is given up and answered
     /// 503. By default, 256.
     pub max_suspended: usize,
     /// Suspended runs held per key; a run that suspends past it is given up and answered

@@ -286,12 +286,6 @@ impl JournalWriter {
         self
     }
 
-    /// Counts `bytes` as written already (a journal continued in memory), for the limit.
-    pub(crate) fn already_written(mut self, bytes: u64) -> JournalWriter {
-        self.written = bytes;
-        self
-    }
-
     /// Sets the size limit in bytes (`None`: no limit). A run whose journal would pass
     /// it is stopped, and ends in [`JournalError::Limit`].
     pub fn limit(mut self, bytes: Option<u64>) -> JournalWriter {

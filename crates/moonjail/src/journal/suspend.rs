@@ -201,22 +201,15 @@ pub struct Suspension {
     inner: Held,
 }
 
-/// How a suspended run is held (one per suspension, never in a collection).
-#[allow(clippy::large_enum_variant)]
+/// How a suspended run is held (one per suspension, never in a collection): the thread
+/// that runs it, parked in the deferred call with its deadline's clock stopped. In
+/// process that thread runs the VM; isolated it is the supervisor's, serving the worker's
+/// call, and the worker (out of its pool's count while it waits) waits for the reply.
 enum Held {
-    /// In process: the run's own thread, parked in the deferred call, its deadline's clock
-    /// stopped.
     Parked {
         answers: SyncSender<Option<Answer>>,
         events: Receiver<Event>,
         thread: Option<JoinHandle<()>>,
-    },
-    /// Isolated: the journal of the run so far, in memory; resuming replays it in a worker
-    /// (a worker cannot be kept waiting: its deadline and the supervisor's are its own).
-    Journal {
-        sandbox: Sandbox,
-        journal: Vec<u8>,
-        outcome: Box<Outcome>,
     },
     /// Resumed or given up.
     Done,
@@ -226,7 +219,6 @@ impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Held::Parked { .. } => "Parked",
-            Held::Journal { .. } => "Journal",
             Held::Done => "Done",
         })
     }
@@ -269,12 +261,11 @@ impl Sandbox {
     /// and runs on, in memory, to the end or the next deferred call. Without a deferred
     /// call, it is [`Run::Finished`] with `run_with`'s outcome.
     ///
-    /// In process, the run waits on a thread of its own, its deadline's clock stopped
-    /// (time spent suspended is not the run's: neither its deadline nor its
-    /// `stats.wall`); resuming costs a thread handoff. Isolated, the run is journaled in
-    /// memory (so made deterministic, as [`Sandbox::run_journaled`] makes it) and resumed
-    /// by replaying the journal in a worker: the same outcome, at the cost of re-running
-    /// the part before the call.
+    /// The run waits on a thread of its own, its deadline's clock stopped (time spent
+    /// suspended is not the run's: neither its deadline nor its `stats.wall`); resuming
+    /// costs a thread handoff. Isolated, its worker process waits with it, out of the
+    /// pool's count (the pool may spawn another for other runs meanwhile), and is retired
+    /// once the run ends: a suspension holds a process until it is resumed or dropped.
     ///
     /// ```
     /// use moonjail::{Run, Sandbox};
@@ -296,9 +287,6 @@ impl Sandbox {
     /// ```
     pub fn start(&self, source: impl AsRef<[u8]>, input: &Json, opts: &RunOptions) -> Run {
         let source = source.as_ref();
-        if !matches!(self.isolated(), crate::worker::Isolated::InProcess) {
-            return self.start_journaled(source, input, opts);
-        }
         let Some(tools) = self.host().tools.as_ref() else {
             return Run::Finished(self.run_with(source, input, opts));
         };
@@ -336,45 +324,6 @@ impl Sandbox {
                 std::time::Duration::ZERO,
             )),
         }
-    }
-
-    /// [`Sandbox::start`] of an isolated sandbox: journaled in memory.
-    fn start_journaled(&self, source: &[u8], input: &Json, opts: &RunOptions) -> Run {
-        let buffer = SharedBuffer::default();
-        let journaled = self.run_journaled(source, input, opts, JournalWriter::new(buffer.clone()));
-        settle_journaled(self, journaled, buffer)
-    }
-}
-
-/// What a run started or resumed from an in-memory journal became.
-fn settle_journaled(
-    sandbox: &Sandbox,
-    journaled: Result<Outcome, JournalError>,
-    buffer: SharedBuffer,
-) -> Run {
-    let outcome = match journaled {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            return Run::Finished(Outcome::failed(
-                Error::new(ErrorKind::Internal, e.to_string()),
-                std::time::Duration::ZERO,
-            ))
-        }
-    };
-    let journal = buffer.take();
-    let pending = Journal::parse(&journal)
-        .ok()
-        .and_then(|j| j.pending().cloned());
-    match (&outcome.result, pending) {
-        (Err(e), Some(pending)) if e.kind == ErrorKind::Suspended => Run::Suspended(Suspension {
-            pending,
-            inner: Held::Journal {
-                sandbox: sandbox.clone(),
-                journal,
-                outcome: Box::new(outcome),
-            },
-        }),
-        _ => Run::Finished(outcome),
     }
 }
 
@@ -434,9 +383,6 @@ impl Suspension {
     /// the same script), for a host that reports the suspension as an outcome. Held in
     /// process, the run is still live, so the output and statistics are not in it.
     pub fn outcome(&self) -> Outcome {
-        if let Held::Journal { outcome, .. } = &self.inner {
-            return (**outcome).clone();
-        }
         let mut error = Error::new(ErrorKind::Suspended, crate::vm::Stop::Suspended.message());
         error.value = Some(crate::tools::pending_value(
             &self.pending.name,
@@ -454,25 +400,6 @@ impl Suspension {
                 events,
                 thread,
             } => reply(answers, events, thread, Some(answer)),
-            Held::Journal {
-                sandbox, journal, ..
-            } => {
-                let parsed = match Journal::parse(&journal) {
-                    Ok(parsed) => parsed,
-                    Err(e) => {
-                        return Run::Finished(Outcome::failed(
-                            Error::new(ErrorKind::Internal, e.to_string()),
-                            std::time::Duration::ZERO,
-                        ))
-                    }
-                };
-                let written = journal.len() as u64;
-                let buffer = SharedBuffer(Arc::new(Mutex::new(journal)));
-                // The limit counts the whole journal, not only this resume's part.
-                let writer = JournalWriter::new(buffer.clone()).already_written(written);
-                let resumed = sandbox.resume_journal(&parsed, answer, writer);
-                settle_journaled(&sandbox, resumed, buffer)
-            }
             Held::Done => Run::Finished(resumed_already()),
         }
     }
@@ -503,7 +430,6 @@ impl Suspension {
                     Run::Suspended(again) => again.outcome(),
                 }
             }
-            Held::Journal { outcome, .. } => *outcome,
             Held::Done => resumed_already(),
         }
     }
@@ -524,29 +450,5 @@ impl Drop for Suspension {
         if !matches!(self.inner, Held::Done) {
             let _ = self.give_up();
         }
-    }
-}
-
-/// An in-memory journal shared with its writer.
-#[derive(Clone, Default)]
-struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl SharedBuffer {
-    fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl std::io::Write for SharedBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }

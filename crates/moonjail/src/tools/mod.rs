@@ -293,8 +293,9 @@ pub struct ToolRegistry {
     tap: Option<Arc<dyn ToolTap>>,
     /// The tools registered with [`ToolRegistry::register_deferred`].
     deferred: BTreeSet<String>,
-    /// Set for a run started with [`crate::Sandbox::start`] in process: a deferred call
-    /// waits here for the host's answer instead of stopping the run.
+    /// Set for a run started with [`crate::Sandbox::start`]: a deferred call waits here
+    /// for the host's answer instead of stopping the run (in process, on the run's
+    /// thread; isolated, on the supervisor's, the worker waiting for the reply).
     park: Option<Arc<dyn Park>>,
 }
 
@@ -396,6 +397,7 @@ impl ToolRegistry {
     /// As [`ToolRegistry::register`], for a name that is not valid.
     pub(crate) fn relayed(
         names: &[String],
+        deferred: &[String],
         quota: ToolQuota,
         relay: Arc<dyn Relay>,
     ) -> Result<ToolRegistry, ConfigError> {
@@ -411,6 +413,15 @@ impl ToolRegistry {
                     Err(ToolError::new("a relayed tool is called through its relay"))
                 }),
             )?;
+        }
+        for name in deferred {
+            if !registry.contains(name) {
+                return Err(ConfigError::Tool {
+                    name: name.clone(),
+                    reason: "a deferred tool that is not among the tools".into(),
+                });
+            }
+            registry.deferred.insert(name.clone());
         }
         Ok(registry)
     }
@@ -772,6 +783,12 @@ impl ToolRegistry {
         }
     }
 
+    /// Whether a deferred call waits for the host's answer (see [`ToolRegistry::parked`])
+    /// rather than stopping the run.
+    pub(crate) fn parks(&self) -> bool {
+        self.park.is_some()
+    }
+
     /// This registry with every call going through `tap` (a journaled run's).
     pub(crate) fn tapped(&self, tap: Arc<dyn ToolTap>) -> ToolRegistry {
         ToolRegistry {
@@ -786,6 +803,7 @@ impl ToolRegistry {
             registry: Arc::clone(self),
             deadline,
             parked_ns: AtomicU64::new(0),
+            on_park: None,
             result_depth: None,
             state: Mutex::new(RunState::default()),
         }
@@ -814,6 +832,8 @@ pub struct ToolRun {
     /// Time spent parked at deferred calls: the deadline moves by it, and it is not the
     /// run's wall time.
     parked_ns: AtomicU64,
+    /// Called as the run parks at a deferred call (see [`ToolRun::on_park`]).
+    on_park: Option<OnPark>,
     /// Results nesting deeper fail the call (see [`ToolRegistry::start_bounded_run`]).
     result_depth: Option<usize>,
     state: Mutex<RunState>,
@@ -830,7 +850,30 @@ struct RunState {
     reached: u64,
 }
 
+/// What a run does as it parks: an isolated run's worker leaves its pool, which may then
+/// spawn another, so that runs waiting for a person never starve the runs that do not.
+pub(crate) struct OnPark(pub(crate) Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnPark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnPark")
+    }
+}
+
 impl ToolRun {
+    /// This run with `hook` called each time it parks at a deferred call, before it waits.
+    pub(crate) fn on_park(self, hook: OnPark) -> ToolRun {
+        ToolRun {
+            on_park: Some(hook),
+            ..self
+        }
+    }
+
+    /// The time spent parked at deferred calls so far.
+    pub(crate) fn parked(&self) -> Duration {
+        Duration::from_nanos(self.parked_ns.load(Ordering::Relaxed))
+    }
+
     /// The registry this run calls into.
     pub fn registry(&self) -> &Arc<ToolRegistry> {
         &self.registry
@@ -838,8 +881,7 @@ impl ToolRun {
 
     /// When the run ends (`None`: no deadline).
     pub fn deadline(&self) -> Option<Instant> {
-        let parked = self.parked_ns.load(Ordering::Relaxed);
-        self.deadline.map(|d| d + Duration::from_nanos(parked))
+        self.deadline.map(|d| d + self.parked())
     }
 
     /// Calls tool `name` with `args` under this run's quotas and deadline, and records
@@ -877,7 +919,17 @@ impl ToolRun {
                 self.lock().reached += 1;
                 if self.registry.is_deferred(name) {
                     let pending = (name.to_string(), args.clone());
-                    let result = self.registry.call_sized(&ctx, name, args, &mut sizes);
+                    let result = if self.registry.relay.is_some() {
+                        // In a worker: the host may hold the call until a person answers
+                        // (a run started with `Sandbox::start`). That time is not the
+                        // run's; the supervisor's deadline, the one enforced, moves only
+                        // by the time the host itself held the call.
+                        self.clock_stopped(|| {
+                            self.registry.call_sized(&ctx, name, args, &mut sizes)
+                        })
+                    } else {
+                        self.registry.call_sized(&ctx, name, args, &mut sizes)
+                    };
                     // Only an `Err` is replaced: a measured answer's size stays its own.
                     match (&result, &self.registry.park) {
                         (Err(e), Some(park)) if e.suspend => self.park(&**park, pending),
@@ -932,18 +984,15 @@ impl ToolRun {
 
     /// Waits at `park` for the answer to the deferred call `pending` (its arguments
     /// passed the schema), the run's clock stopped meanwhile: in process, on the run's
-    /// own thread, so the VM's deadline is paused here too.
+    /// own thread, so the VM's deadline is paused here too; isolated, on the supervisor's
+    /// thread (no VM here), the supervisor's deadline moving by [`ToolRun::parked`] and
+    /// the worker pausing its own (it knows which calls are deferred).
     fn park(&self, park: &dyn Park, pending: (String, Vec<Json>)) -> Result<Json, ToolError> {
-        let ctl = crate::vm::current();
-        let left = ctl.and_then(|c| c.pause_deadline());
-        let start = Instant::now();
         let step = self.lock().reached;
-        let answer = park.park(step, &pending.0, &pending.1);
-        let waited = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.parked_ns.fetch_add(waited, Ordering::Relaxed);
-        if let Some(ctl) = ctl {
-            ctl.resume_deadline(left);
+        if let Some(hook) = &self.on_park {
+            (hook.0)();
         }
+        let answer = self.clock_stopped(|| park.park(step, &pending.0, &pending.1));
         match answer {
             Some(answer) => answer,
             None => {
@@ -951,6 +1000,21 @@ impl ToolRun {
                 Err(ToolError::suspended())
             }
         }
+    }
+
+    /// Runs `wait` with the run's clock stopped: the VM's deadline paused (when a VM runs
+    /// on this thread) and the time taken added to [`ToolRun::parked`].
+    fn clock_stopped<R>(&self, wait: impl FnOnce() -> R) -> R {
+        let ctl = crate::vm::current();
+        let left = ctl.and_then(|c| c.pause_deadline());
+        let start = Instant::now();
+        let r = wait();
+        let waited = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.parked_ns.fetch_add(waited, Ordering::Relaxed);
+        if let Some(ctl) = ctl {
+            ctl.resume_deadline(left);
+        }
+        r
     }
 
     /// Counts a call against every quota that names it, or refuses it (every call, once
@@ -1016,8 +1080,7 @@ impl ToolRun {
         }
         let pending = match this {
             Some(run) => {
-                let parked = Duration::from_nanos(run.parked_ns.load(Ordering::Relaxed));
-                outcome.stats.wall = outcome.stats.wall.saturating_sub(parked);
+                outcome.stats.wall = outcome.stats.wall.saturating_sub(run.parked());
                 let mut state = run.lock();
                 outcome.tool_calls = std::mem::take(&mut state.calls);
                 state.pending.take()
@@ -1268,7 +1331,7 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         let names = ["ns.a".to_string(), "b".to_string()];
         let quota = ToolQuota::default().per_run(Some(3)).tool("ns", 1);
-        let r = ToolRegistry::relayed(&names, quota, recorder.clone()).unwrap();
+        let r = ToolRegistry::relayed(&names, &[], quota, recorder.clone()).unwrap();
         assert_eq!(r.names().collect::<Vec<_>>(), ["b", "ns.a"]);
         let run = Arc::new(r).start_run(None);
         assert_eq!(run.call("ns.a", vec![json!(1)]).unwrap(), json!([1]));
@@ -1299,7 +1362,7 @@ mod tests {
             ]
         );
         // Invalid names are refused as in `register`.
-        let bad = ToolRegistry::relayed(&["1x".to_string()], ToolQuota::default(), recorder);
+        let bad = ToolRegistry::relayed(&["1x".to_string()], &[], ToolQuota::default(), recorder);
         assert!(bad.is_err());
     }
 

@@ -14,7 +14,7 @@
 //! spawns its own on demand (see `Pool::after_fork`). A fork while another thread is
 //! inside the pool (holding its lock) is not survivable, as with any lock and `fork`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use super::supervisor::{Fate, Settings, Worker};
 use super::{Job, WorkerPids};
 use crate::error::{Error, ErrorKind};
 use crate::outcome::Outcome;
+use crate::tools::OnPark;
 
 /// The pool of one sandbox.
 pub(crate) struct Pool {
@@ -173,6 +174,21 @@ impl Shared {
         }
     }
 
+    /// Gives back a worker that left the pool's count while its run waited at a deferred
+    /// call: it takes its place again if the pool has room (none was spawned meanwhile),
+    /// else it is retired.
+    fn rejoin(&self, worker: Worker, fate: Fate) {
+        let mut state = self.lock();
+        if state.live < self.pool_size {
+            state.live += 1;
+            drop(state);
+            self.release(worker, fate);
+        } else {
+            state.retired.push(worker);
+            self.changed.notify_all();
+        }
+    }
+
     /// Gives a worker back after a run.
     fn release(&self, worker: Worker, fate: Fate) {
         let mut state = self.lock();
@@ -251,8 +267,27 @@ impl Pool {
                 return Outcome::failed(Error::new(ErrorKind::Internal, message), start.elapsed())
             }
         };
-        let (outcome, fate) = worker.run(job, &self.shared.settings);
-        self.shared.release(worker, fate);
+        // A run that may wait for a person at a deferred call (`Sandbox::start`) leaves
+        // the pool's count as it parks, so the pool may spawn another worker for the runs
+        // that do not wait; it comes back once it ends if there is room.
+        let parked = Arc::new(AtomicBool::new(false));
+        let on_park = job.host.tools.as_ref().filter(|t| t.parks()).map(|_| {
+            let shared = Arc::clone(&self.shared);
+            let parked = Arc::clone(&parked);
+            OnPark(Box::new(move || {
+                if !parked.swap(true, Ordering::SeqCst) {
+                    let mut state = shared.lock();
+                    state.live -= 1;
+                    shared.changed.notify_all();
+                }
+            }))
+        });
+        let (outcome, fate) = worker.run(job, &self.shared.settings, on_park);
+        if parked.load(Ordering::SeqCst) {
+            self.shared.rejoin(worker, fate);
+        } else {
+            self.shared.release(worker, fate);
+        }
         outcome
     }
 

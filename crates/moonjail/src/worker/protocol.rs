@@ -65,8 +65,11 @@ use crate::spec::Spec;
 /// the kind `interrupted`; 6: a tool error may `suspend` the run, which a worker of
 /// version 5 would let the script catch and go on; 7: an `Exec` or `Call` may carry the
 /// time its script reads (`CallOptions::time`, chosen by the supervisor), which a worker
-/// of version 6 would ignore, running the request at the session's fixed timestamp.)
-pub(crate) const VERSION: u8 = 7;
+/// of version 6 would ignore, running the request at the session's fixed timestamp; 8:
+/// the tools name the deferred ones, at which the worker stops its deadline's clock while
+/// the host may hold the call (`Sandbox::start`), which a worker of version 7 would not,
+/// timing out while a person decides.)
+pub(crate) const VERSION: u8 = 8;
 
 /// Bytes before a frame's sections: length, version, type.
 pub(crate) const HEADER_BYTES: usize = 6;
@@ -367,6 +370,11 @@ pub(crate) struct ExecMeta {
 pub(crate) struct WireTools {
     pub(crate) names: Vec<String>,
     pub(crate) quota: crate::ToolQuota,
+    /// The deferred tools among `names`: a call to one may be held by the host for as
+    /// long as it takes a person to answer, so the worker stops its clock meanwhile (the
+    /// supervisor's deadline, the one enforced, moves only by the time it held the call).
+    #[serde(default)]
+    pub(crate) deferred: Vec<String>,
 }
 
 impl From<&crate::ToolRegistry> for WireTools {
@@ -374,6 +382,7 @@ impl From<&crate::ToolRegistry> for WireTools {
         WireTools {
             names: registry.names().map(str::to_string).collect(),
             quota: registry.quota().clone(),
+            deferred: registry.deferred().map(str::to_string).collect(),
         }
     }
 }
@@ -553,13 +562,15 @@ mod tests {
             .register("weather.lookup", |_| Ok(Json::Null))
             .unwrap();
         registry.register("log", |_| Ok(Json::Null)).unwrap();
+        registry.register_deferred("ask").unwrap();
         registry.set_quota(crate::ToolQuota::default().tool("weather", 3));
         let wire = WireTools::from(&registry);
         let text = serde_json::to_value(&wire).unwrap();
         assert_eq!(
             text,
-            serde_json::json!({"names": ["log", "weather.lookup"],
-                               "quota": {"per_run": 1000, "per_tool": {"weather": 3}}})
+            serde_json::json!({"names": ["ask", "log", "weather.lookup"],
+                               "quota": {"per_run": 1000, "per_tool": {"weather": 3}},
+                               "deferred": ["ask"]})
         );
         assert_eq!(serde_json::from_value::<WireTools>(text).unwrap(), wire);
         // A tool request without `args_error` (as an older or hand-written peer sends it).

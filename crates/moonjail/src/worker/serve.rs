@@ -347,8 +347,9 @@ fn engine(meta: &RequestMeta, link: &Arc<Link>) -> Result<Engine, Error> {
                 link: Arc::clone(link),
                 result_depth: meta.spec.limits.result_depth,
             });
-            let registry = ToolRegistry::relayed(&tools.names, tools.quota.clone(), relay)
-                .map_err(|e| internal(format!("the tools sent: {e}")))?;
+            let registry =
+                ToolRegistry::relayed(&tools.names, &tools.deferred, tools.quota.clone(), relay)
+                    .map_err(|e| internal(format!("the tools sent: {e}")))?;
             Some(Arc::new(registry))
         }
         None => None,

@@ -60,7 +60,7 @@ use crate::error::{Error, ErrorKind};
 use crate::host::InterruptCheck;
 use crate::limits::Limits;
 use crate::outcome::Outcome;
-use crate::tools::ToolRun;
+use crate::tools::{OnPark, ToolRun};
 
 /// How long to wait for a worker whose channel closed to be reaped before killing it.
 const REAP_WAIT: Duration = Duration::from_secs(2);
@@ -717,8 +717,14 @@ impl Worker {
     /// Runs `job` in the worker. The deadline (timeout plus grace) is enforced here: past
     /// it the worker is killed and the run reported as `timeout`. The run's tool calls are
     /// served and recorded here: the outcome's `tool_calls` are this side's record, even
-    /// when the worker died.
-    pub(crate) fn run(&mut self, job: &Job, settings: &Settings) -> (Outcome, Fate) {
+    /// when the worker died. A run that parks at a deferred call (`Sandbox::start`) calls
+    /// `on_park` first; the time it waits moves the deadline.
+    pub(crate) fn run(
+        &mut self,
+        job: &Job,
+        settings: &Settings,
+        on_park: Option<OnPark>,
+    ) -> (Outcome, Fate) {
         let start = Instant::now();
         let deadline = job
             .limits()
@@ -734,7 +740,11 @@ impl Worker {
         self.runs += 1;
         let tools = job.host.tools.as_ref().map(|registry| {
             let due = job.limits().timeout.map(|t| start + t);
-            registry.start_bounded_run(due, job.limits().result_depth)
+            let run = registry.start_bounded_run(due, job.limits().result_depth);
+            match on_park {
+                Some(hook) => run.on_park(hook),
+                None => run,
+            }
         });
         let host = Host {
             files: &*job.host.files,
@@ -909,8 +919,13 @@ impl Worker {
         host: Option<Host<'_>>,
         budget: &mut Budget,
     ) -> Result<protocol::Frame, Failure> {
+        // Time the host held a deferred call (`Sandbox::start`) is not the request's.
+        let due = || match host.and_then(|h| h.tools) {
+            Some(tools) => deadline.map(|d| d + tools.parked()),
+            None => deadline,
+        };
         loop {
-            let frame = match self.channel.recv(deadline, settings.max_frame) {
+            let frame = match self.channel.recv(due(), settings.max_frame) {
                 Ok(frame) => frame,
                 Err(Failure::Interrupt) => {
                     self.tell_to_stop(settings)?;
@@ -936,6 +951,7 @@ impl Worker {
                         Err(Refusal::Frame(e)) => return Err(Failure::Frame(e)),
                         Err(Refusal::Forbidden(why)) => return Err(Failure::HostCalls(why)),
                     };
+                    let deadline = due();
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(Failure::Timeout);
                     }

@@ -316,42 +316,93 @@ fn suspend_in_memory_resume_gives_the_journal_resumes_outcome() {
 #[test]
 fn suspend_in_memory_time_spent_suspended_is_not_the_runs() {
     // A 300 ms deadline, suspended for 600 ms: the run still finishes, and its wall time
-    // does not count the wait.
-    let sandbox = Sandbox::builder()
-        .timeout(Duration::from_millis(300))
-        .defer_tool("ask")
-        .build()
-        .unwrap();
-    let run = sandbox.start(
-        "local a = ask() local n = 0 for i = 1, 1000 do n = n + i end return a + n",
-        &json!(null),
-        &RunOptions::default(),
-    );
-    let out = drive(run, |_| {
-        std::thread::sleep(Duration::from_millis(600));
-        json!(1)
+    // does not count the wait. Isolated, both clocks stop: the worker's own (it would
+    // end the run as a timeout) and the supervisor's (it would kill the worker).
+    for (mode, isolation) in modes() {
+        let sandbox = Sandbox::builder()
+            .timeout(Duration::from_millis(300))
+            .isolation(isolation)
+            .defer_tool("ask")
+            .tool("plain", |_| Ok(json!(2)))
+            .build()
+            .unwrap();
+        let run = sandbox.start(
+            "local a = ask() local n = 0 for i = 1, 1000 do n = n + i end \
+             return a + n + plain() + ask()",
+            &json!(null),
+            &RunOptions::default(),
+        );
+        let out = drive(run, |_| {
+            std::thread::sleep(Duration::from_millis(600));
+            json!(1)
+        });
+        assert_eq!(
+            out.result.clone().unwrap(),
+            json!(500_504),
+            "{mode}: {:?}",
+            out.result
+        );
+        // Had the waits counted, the wall time would be 1.2 s at least (and the deadline
+        // would have passed).
+        assert!(
+            out.stats.wall < Duration::from_millis(600),
+            "{mode}: {:?}",
+            out.stats.wall
+        );
+        // The deadline still holds for the script's own time.
+        let run = sandbox.start(
+            "ask() while true do end",
+            &json!(null),
+            &RunOptions::default(),
+        );
+        let out = drive(run, |_| json!(1));
+        assert_eq!(out.result.unwrap_err().kind, ErrorKind::Timeout, "{mode}");
+    }
+}
+
+#[test]
+fn suspend_in_memory_isolated_a_waiting_run_does_not_hold_up_the_pool() {
+    // One worker in the pool, held by a run waiting for a person: other runs still get a
+    // worker (the waiting one left the pool's count), and the waiting run then finishes
+    // in its own worker, not replayed in another.
+    let calls = Arc::new(AtomicU64::new(0));
+    let sandbox = sandbox(crate::support::one_worker(), Arc::clone(&calls));
+    let suspension = match sandbox.start(PLAN, &json!(null), &RunOptions::default()) {
+        moonjail::Run::Suspended(s) => s,
+        moonjail::Run::Finished(o) => panic!("not suspended: {o:?}"),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = sandbox.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(other.run("return 6 * 7", &json!(null)));
     });
+    let out = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a run while another waits at a deferred call");
+    assert_eq!(out.result.unwrap(), json!(42));
+    let out = drive(
+        moonjail::Run::Suspended(suspension),
+        |p| json!({"id": format!("tx-{}", p.args[0]["to"].as_str().unwrap())}),
+    );
     assert_eq!(
-        out.result.clone().unwrap(),
-        json!(500_501),
-        "{:?}",
-        out.result
+        out.result.unwrap(),
+        json!({"receipt": "tx-alice", "second": "tx-bob", "calls": 1})
     );
-    // Had the wait counted, the wall time would be 600 ms at least (and the deadline
-    // would have passed).
     assert!(
-        out.stats.wall < Duration::from_millis(600),
-        "{:?}",
-        out.stats.wall
+        out.output
+            .starts_with("planning\t2\nsent\ttx-alice\nsecond\ttrue\t"),
+        "{}",
+        out.output
     );
-    // The deadline still holds for the script's own time.
-    let run = sandbox.start(
-        "ask() while true do end",
-        &json!(null),
-        &RunOptions::default(),
+    // Both `rates.get` calls ran once: nothing was replayed.
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The waiting run's worker rejoined the pool, or was retired for the one spawned
+    // meanwhile: the pool is back to its size.
+    assert!(sandbox.wait_for_idle_workers(1, Duration::from_secs(30)));
+    assert_eq!(
+        sandbox.run("return 1", &json!(null)).result.unwrap(),
+        json!(1)
     );
-    let out = drive(run, |_| json!(1));
-    assert_eq!(out.result.unwrap_err().kind, ErrorKind::Timeout);
 }
 
 #[test]

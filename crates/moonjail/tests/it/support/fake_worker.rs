@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 /// The frame protocol version the supervisor speaks.
-pub const VERSION: u8 = 7;
+pub const VERSION: u8 = 8;
 pub const READY: u8 = 2;
 pub const HOST_CALL: u8 = 6;
 
