@@ -42,7 +42,7 @@ fn main() {
         let config = ProcessConfig::builder()
             .pool_size(1)
             .max_runs(None)
-            .allow_missing(allow_missing.clone())
+            .allow_missing(allow_missing)
             .build()
             .expect("a valid process config");
         Sandbox::builder().isolation(Isolation::Process(config))

@@ -87,6 +87,8 @@ struct Stock {
     /// without arguments, and the size of that state.
     random_seed: lua_CFunction,
     random_state_bytes: usize,
+    /// The stock closures that [`Guards::closures`] replace, by `lib.member`.
+    guarded_closures: Vec<(String, lua_CFunction)>,
 }
 
 /// The libraries the recipe makes, as mlua opens them (and as a deterministic state,
@@ -101,12 +103,17 @@ pub(crate) const LIBRARIES: [(&str, StdLib); 6] = [
 ];
 
 /// moonjail's own members of a stock library: functions that replace the stock ones
-/// (the metered, guarded and opaque-identity versions), and stock functions it charges
-/// for. The one list both the recipe and the stock path (`env::build`) apply.
+/// (the metered, guarded and opaque-identity versions), closures that replace stock
+/// closures over the same upvalues, and stock functions it charges for. The one list
+/// both the recipe and the stock path (`env::build`) apply.
 pub(crate) struct Guards {
     pub(crate) functions: &'static [&'static [(&'static str, lua_CFunction)]],
+    pub(crate) closures: &'static [(&'static str, lua_CFunction)],
     pub(crate) charged: &'static [(&'static str, Cost)],
 }
+
+/// The guarded closures of `math`: they keep the stock ones' upvalue (the generator).
+const MATH_CLOSURES: [(&str, lua_CFunction); 1] = [("randomseed", randomseed)];
 
 /// The [`Guards`] of library `lib`.
 pub(crate) fn guards(lib: &str) -> Guards {
@@ -120,7 +127,88 @@ pub(crate) fn guards(lib: &str) -> Guards {
         "coroutine" => (&[&CO_GUARDS], &[][..]),
         _ => (&[], &[][..]),
     };
-    Guards { functions, charged }
+    let closures = match lib {
+        "math" => &MATH_CLOSURES[..],
+        _ => &[],
+    };
+    Guards {
+        functions,
+        closures,
+        charged,
+    }
+}
+
+/// Replaces each member of library `name` (the table `lib`) that its guards list in
+/// [`Guards::closures`] by the guard's closure over the stock closure's upvalues: the
+/// stock path's version of what the recipe makes directly. A member that is not that
+/// stock closure (the profile dropped it) is left alone.
+pub(crate) fn wrap_closures(lua: &Lua, name: &str, lib: &Table) -> mlua::Result<()> {
+    let closures = guards(name).closures;
+    if closures.is_empty() {
+        return Ok(());
+    }
+    let stock = stock().map_err(mlua::Error::runtime)?;
+    // Each guard with the stock function it replaces.
+    let targets: Vec<(&str, lua_CFunction, lua_CFunction)> = closures
+        .iter()
+        .filter_map(|(member, f)| {
+            let key = format!("{name}.{member}");
+            let (_, expected) = stock.guarded_closures.iter().find(|(k, _)| *k == key)?;
+            Some((*member, *f, *expected))
+        })
+        .collect();
+    // SAFETY: `exec_raw` pushes `lib` at 1 and runs the closure in protected mode (a
+    // memory error raised by a push unwinds to it; the closure owns nothing with a
+    // destructor). Each guard is one of moonjail's lua_CFunctions written for the
+    // upvalues of the stock closure it replaces, which is checked to be that one.
+    unsafe {
+        lua.exec_raw::<()>(lib, |l| {
+            for &(member, f, expected) in &targets {
+                ffi::lua_checkstack(l, 8);
+                ffi::lua_pushlstring(l, member.as_ptr().cast(), member.len());
+                ffi::lua_rawget(l, 1);
+                // Lua's own C functions: one address per process (captured from it).
+                if ffi::lua_tocfunction(l, -1).map(|f| f as usize) != Some(expected as usize) {
+                    ffi::lua_settop(l, 1);
+                    continue;
+                }
+                let stock = ffi::lua_gettop(l);
+                let mut ups = 0;
+                while ups < 4 && !ffi::lua_getupvalue(l, stock, ups + 1).is_null() {
+                    ups += 1;
+                }
+                ffi::lua_pushcclosure(l, f, ups);
+                ffi::lua_pushlstring(l, member.as_ptr().cast(), member.len());
+                ffi::lua_insert(l, -2);
+                ffi::lua_rawset(l, 1);
+                ffi::lua_settop(l, 1);
+            }
+        })
+    }
+}
+
+/// `math.randomseed`, over the generator state (its upvalue) as the stock one: without
+/// arguments it seeds from unpredictable bits, where the stock one takes the time in
+/// seconds and the state's address, which the next state made within the second shares
+/// (see [`push_random_state`]). It returns the two seed components, as the stock one.
+unsafe extern "C-unwind" fn randomseed(l: *mut lua_State) -> c_int {
+    let Ok(stock) = stock() else {
+        // SAFETY: called by Lua as a C function; raising is how it reports errors.
+        return unsafe { ffi::luaL_error(l, c"math.randomseed is unavailable".as_ptr()) };
+    };
+    // SAFETY: called by Lua with this closure's frame: the two seeds go where the
+    // arguments would be (no arguments, so the slots are 1 and 2), and the stock function,
+    // called directly within this frame, reads this closure's upvalue 1, the generator
+    // state of the size it expects (the recipe and the stock path both give the guard
+    // the stock closure's upvalue).
+    unsafe {
+        if ffi::lua_isnone(l, 1) != 0 {
+            ffi::luaL_checkstack(l, 2, std::ptr::null());
+            ffi::lua_pushinteger(l, crate::vm::seed::random_u64() as ffi::lua_Integer);
+            ffi::lua_pushinteger(l, crate::vm::seed::random_u64() as ffi::lua_Integer);
+        }
+        (stock.random_seed)(l)
+    }
 }
 
 /// moonjail's final version of `lib.member`, given the stock function.
@@ -172,6 +260,7 @@ fn capture() -> Result<Stock, String> {
         let g = lua.globals();
         let mut libraries = Vec::new();
         let (mut random_seed, mut random_state_bytes) = (None, 0);
+        let mut guarded_closures = Vec::new();
         for (name, _) in LIBRARIES {
             let table: Table = g.raw_get(name)?;
             let mut members = Vec::new();
@@ -192,7 +281,11 @@ fn capture() -> Result<Stock, String> {
                                 random_seed = Some(stock);
                             }
                             random_state_bytes = bytes;
-                            Member::Random(stock)
+                            let guard = guards(name).closures.iter().find(|(n, _)| *n == member);
+                            if guard.is_some() {
+                                guarded_closures.push((format!("{name}.{member}"), stock));
+                            }
+                            Member::Random(guard.map_or(stock, |(_, f)| *f))
                         }
                         _ => return Ok(Err(format!("{name}.{member} is not a plain C function"))),
                     },
@@ -226,6 +319,7 @@ fn capture() -> Result<Stock, String> {
             string_meta,
             random_seed,
             random_state_bytes,
+            guarded_closures,
         }))
     };
     read()

@@ -99,3 +99,32 @@ fn fresh_states_draw_unrelated_random_numbers() {
         assert_eq!(distinct.len(), draws.len(), "{mode}: {draws:?}");
     }
 }
+
+#[test]
+fn reseeding_without_arguments_draws_unrelated_random_numbers() {
+    // Stock `math.randomseed()` seeds from the time in seconds and the state's address:
+    // the same in runs made within a second, as with the initial seed above. Without
+    // arguments it seeds from unpredictable bits, and returns them, as stock Lua does.
+    const RESEED: &str = "local a, b = math.randomseed() \
+        assert(math.type(a) == 'integer' and math.type(b) == 'integer') \
+        return math.random(0, math.maxinteger)";
+    for (mode, sb) in crate::support::both_sandboxes(Sandbox::builder) {
+        let mut draws: Vec<Json> = (0..6)
+            .map(|_| sb.run(RESEED, &Json::Null).result.unwrap())
+            .collect();
+        let mut s = sb.session().unwrap();
+        draws.push(s.exec(RESEED).result.unwrap());
+        draws.push(s.exec(RESEED).result.unwrap());
+        let mut distinct = draws.clone();
+        distinct.sort_by_key(|v| v.to_string());
+        distinct.dedup();
+        assert_eq!(distinct.len(), draws.len(), "{mode}: {draws:?}");
+        // With arguments it seeds as stock Lua: the same seed, the same numbers.
+        let seeded = "math.randomseed(42, 7) return {math.random(1 << 40), math.random(1 << 40)}";
+        assert_eq!(
+            sb.run(seeded, &Json::Null).result.unwrap(),
+            sb.run(seeded, &Json::Null).result.unwrap(),
+            "{mode}"
+        );
+    }
+}
