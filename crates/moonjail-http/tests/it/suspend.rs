@@ -108,6 +108,32 @@ fn suspend_then_resume_finishes_with_the_answer_isolated() {
     suspend_then_resume(true);
 }
 
+#[test]
+fn suspended_runs_do_not_hold_up_an_isolated_pool() {
+    // Three runs wait for a person on a pool of two workers: each waits in its own
+    // worker, out of the pool's count, so a plain run still gets one; each then resumes
+    // where it waits.
+    let server = server(true);
+    let waiting: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|to| suspend(&server, ALICE, PAY, json!({"to": to, "amount": 1})).1)
+        .collect();
+    assert_eq!(server.state.suspended_runs(), 3);
+    let plain = server.run(&json!({"code": "return note('x').noted[1]"}));
+    assert_eq!(plain["result"], "x", "{plain}");
+    for (id, to) in waiting.iter().zip(["a", "b", "c"]) {
+        let answer = resume(&server, ALICE, id, &json!({"answer": {"id": to}}));
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(
+            answer.body["result"],
+            json!({"paid": 1, "receipt": to, "noted": to}),
+            "{}",
+            answer.text
+        );
+    }
+    assert_eq!(server.state.suspended_runs(), 0);
+}
+
 fn error_answer(isolated: bool) {
     let server = server(isolated);
     let (doc, id) = suspend(&server, ALICE, CATCHING, Json::Null);
