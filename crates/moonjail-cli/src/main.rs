@@ -192,9 +192,10 @@ enum Command {
     /// and `moonjail replay` replays it whole.
     ///
     /// Give the sandbox flags the run was made with (--profile, the limits, --tool,
-    /// --defer-tool, --modules, --read; --isolate may differ): the rest of the run runs
-    /// under them, and a journal recorded with other ones (or edited) is refused, naming
-    /// the difference. The recorded time and seed are kept. Every limit but wall time
+    /// --modules, --read; --isolate may differ): the rest of the run runs under them, and
+    /// a journal recorded with other ones (or edited) is refused, naming the difference.
+    /// The journal's deferred tools are declared without --defer-tool (a deferred tool is
+    /// only a name; a live tool's command is never taken from a journal). The recorded time and seed are kept. Every limit but wall time
     /// holds across the whole run (the replayed part is re-executed); time spent
     /// suspended does not count. The journal is locked while a run resumes from it.
     ///

@@ -93,6 +93,39 @@ pub struct ResumeArgs {
     pub sandbox: SandboxArgs,
 }
 
+/// Declares the journal's deferred tools that the command line does not name: a deferred
+/// tool is only a name (the host answers it), so nothing is trusted by taking it from the
+/// journal, and `moonjail resume JOURNAL --answer JSON` works as `run` told. Live tools
+/// (`--tool NAME=COMMAND`), `--allow-http`, `--modules` and `--read` are never taken from a
+/// journal: they must be given again.
+fn adopt_deferred_tools(
+    sandbox: &mut SandboxArgs,
+    journal: &std::path::Path,
+    limit: Option<usize>,
+) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::open(journal).with_context(|| format!("resuming {}", journal.display()))?;
+    let Ok(read) = moonjail::Journal::read(file, limit.map(|l| l as u64)) else {
+        // Reported by the resume itself, with its context.
+        return Ok(());
+    };
+    let named = |name: &str| {
+        sandbox.defer_tool.iter().any(|d| d.trim() == name)
+            || sandbox
+                .tool
+                .iter()
+                .any(|t| t.split_once('=').is_some_and(|(n, _)| n.trim() == name))
+    };
+    let missing: Vec<String> = read
+        .deferred()
+        .iter()
+        .filter(|name| !named(name))
+        .cloned()
+        .collect();
+    sandbox.defer_tool.extend(missing);
+    Ok(())
+}
+
 /// The largest --answer read from a file.
 const ANSWER_LIMIT: usize = 16 << 20;
 
@@ -117,7 +150,9 @@ pub fn resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("give the pending call's answer: --answer JSON or --error MESSAGE")
         }
     };
-    let sandbox = args.sandbox.build(false, false)?;
+    let mut sandbox_args = args.sandbox;
+    adopt_deferred_tools(&mut sandbox_args, &args.journal, limit)?;
+    let sandbox = sandbox_args.build(false, false)?;
     let mut outcome = sandbox
         .resume_with(&args.journal, answer, limit.map(|l| l as u64))
         .with_context(|| format!("resuming {}", args.journal.display()))?;

@@ -403,7 +403,8 @@ fn report_suspension(e: &moonjail::Error) {
     ));
     if let Some(journal) = pending.and_then(|p| p["journal"].as_str()) {
         output::warn(format_args!(
-            "resume it with: moonjail resume {journal} --answer JSON   (or --error MESSAGE)"
+            "resume it with: moonjail resume {journal} --answer JSON   (or --error MESSAGE; \
+             give the run's --tool, --allow-http, --modules and --read flags again, if it had any)"
         ));
     }
 }

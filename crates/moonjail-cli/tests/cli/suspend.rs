@@ -143,6 +143,48 @@ fn suspend_an_error_answer_reaches_the_script_as_the_tools_error() {
 }
 
 #[test]
+fn suspend_resume_takes_the_deferred_tools_from_the_journal() {
+    // A run whose only tool is deferred resumes with the command `run` prints, no flag
+    // repeated: a deferred tool is a name, nothing to trust. A live tool is never taken
+    // from the journal.
+    let dir = setup();
+    dir.write(
+        "ask.lua",
+        "local ok = ask.human('pay 10?') return ok and 'paid' or 'refused'",
+    );
+    let run = [
+        "run",
+        "ask.lua",
+        "--defer-tool",
+        "ask.human",
+        "--journal",
+        "ask.jsonl",
+    ];
+    let out = moonjail(dir.path(), &run, None);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("resume it with: moonjail resume ask.jsonl --answer JSON"),
+        "{out:?}"
+    );
+    let resume = ["resume", "ask.jsonl", "--answer", "true", "--json"];
+    let out = moonjail(dir.path(), &resume, None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.json()["result"], "paid");
+    // With a live tool recorded, leaving out its --tool is refused, naming the tools.
+    let out = moonjail(dir.path(), &RUN, None);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    let out = moonjail(
+        dir.path(),
+        &["resume", "pay.jsonl", "--answer", r#"{"id": "tx-1"}"#],
+        None,
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("\"rng.next\"]"), "{out:?}");
+    assert_eq!(calls(&dir), 1);
+}
+
+#[test]
 fn suspend_misuse_is_status_2() {
     let dir = setup();
     // No journal to resume from.
@@ -164,7 +206,8 @@ fn suspend_misuse_is_status_2() {
         None,
     );
     assert_misuse(&out, "--answer");
-    // Another sandbox than the run's (no deferred tool): refused, naming the difference.
+    // Another sandbox than the run's (its live tool left out): refused, naming the
+    // difference.
     let out = moonjail(
         dir.path(),
         &[
@@ -172,8 +215,8 @@ fn suspend_misuse_is_status_2() {
             "pay.jsonl",
             "--answer",
             r#"{"id": 1}"#,
-            "--tool",
-            "rng.next=sh rng.sh",
+            "--defer-tool",
+            "payments.send",
         ],
         None,
     );

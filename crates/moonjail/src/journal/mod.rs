@@ -1565,7 +1565,8 @@ impl Player {
     ///
     /// A run that `stopped` (a deadline, the host, the memory limit, a dead worker) may
     /// end before the calls the journal has: that is its outcome, not a divergence.
-    fn divergence(&self, journal: &Journal, stopped: bool) -> Option<String> {
+    /// `failed`: the script's own error, when it ended with one (what made it end early).
+    fn divergence(&self, journal: &Journal, stopped: bool, failed: Option<&str>) -> Option<String> {
         let divergence = self
             .divergence
             .lock()
@@ -1576,11 +1577,11 @@ impl Player {
         }
         let left = self.calls.lock().unwrap_or_else(|e| e.into_inner()).len();
         let made = self.steps.load(Ordering::SeqCst);
+        let ended = ended_after(made, failed);
         if left > 0 {
             let next = &journal.calls[made as usize];
             return Some(format!(
-                "step {} (tool call {}): the journal records {}, but the script ended after \
-                 {made} tool calls",
+                "step {} (tool call {}): the journal records {}, but the script ended {ended}",
                 made + 1,
                 made + 1,
                 call_text(&next.name, &next.args)
@@ -1590,12 +1591,22 @@ impl Player {
         pending.as_ref().map(|(p, _)| {
             format!(
                 "step {} (tool call {}): the journal records the suspended call {}, but the \
-                 script ended after {made} tool calls",
+                 script ended {ended}",
                 p.step,
                 p.step,
                 call_text(&p.name, &p.args)
             )
         })
+    }
+}
+
+/// "after N tool calls", and the error that ended the script there, if one did: what a
+/// reader of a divergence needs to see why the script stopped short of the journal.
+pub(crate) fn ended_after(made: u64, failed: Option<&str>) -> String {
+    let calls = if made == 1 { "call" } else { "calls" };
+    match failed {
+        Some(error) => format!("after {made} tool {calls}, with the error: {error}"),
+        None => format!("after {made} tool {calls}"),
     }
 }
 
@@ -1785,7 +1796,8 @@ fn play(
             )
         })
     };
-    let message = match player.divergence(journal, stopped) {
+    let failed = outcome.error().map(|e| e.message.as_str());
+    let message = match player.divergence(journal, stopped, failed) {
         Some(message) => Some(message),
         None if compare => differs(),
         None => None,

@@ -1177,11 +1177,16 @@ impl SessionJournal {
                 .filter(|_| !replaying.timed_out);
             if let Some(next) = left {
                 let made = replaying.made.load(Ordering::SeqCst);
+                let failed = match &response {
+                    SessionResponse::Outcome(outcome) => outcome.error(),
+                    SessionResponse::HasFunction(answer) => answer.as_ref().err(),
+                }
+                .map(|e| e.message.as_str());
                 return Err(mismatch(format!(
-                    "tool call {}: the journal records {}, but the replayed request ended \
-                     after {made} tool calls",
+                    "tool call {}: the journal records {}, but the replayed request ended {}",
                     made + 1,
-                    call_text(&next.name, &next.args)
+                    call_text(&next.name, &next.args),
+                    super::ended_after(made, failed)
                 )));
             }
             let replayed = essence(response.to_json());

@@ -235,7 +235,13 @@ fn journal_another_tool_one_call_too_many_or_too_few_diverge() {
             "step 3",
             "records only 2 tool calls",
         ),
-        ("return rand.next(1)", "step 2", "ended after 1 tool calls"),
+        ("return rand.next(1)", "step 2", "ended after 1 tool call"),
+        // A script that fails before the recorded call says why it ended there.
+        (
+            "local a = rand.next(1) return rand.other(2)",
+            "step 2",
+            "ended after 1 tool call, with the error: ",
+        ),
         // A divergence caught by pcall still ends the replay.
         (
             "pcall(rand.next, 9) while true do end",
