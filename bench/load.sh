@@ -100,8 +100,20 @@ phase() {
                 (y[1] - x[1]) / hz * 1e6 / n, (y[2] - x[2]) / hz * 1e6 / n, (y[3] - x[3]) / n }'
     # What every request was answered (wrk counts only non-2xx): by status, from the
     # service's own counters.
-    curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^moonjail_http_requests_total\{route="/v1/run"' > "$work/counts" || true
+    curl -s "http://127.0.0.1:$PORT/metrics" > "$work/metrics" || true
+    grep -E '^moonjail_http_requests_total\{route="/v1/run"' "$work/metrics" > "$work/counts" || true
     cat "$work/counts"
+    # The same quantiles as the service saw them (head read to response ready, the
+    # executor queue included; wrk's own scheduling and the sockets not): the upper
+    # bound of the histogram bucket each falls in.
+    awk -F'[{}" ]+' '/^moonjail_http_request_duration_seconds_bucket/ && /route="\/v1\/run"/ {
+            for (i = 2; i < NF; i++) if ($i == "le=") le = $(i + 1);
+            n++; les[n] = le; counts[n] = $NF }
+        END { if (n == 0) exit; total = counts[n];
+            for (i = 1; i <= n; i++) { if (!p50 && counts[i] >= total * 0.5) p50 = les[i];
+                                       if (!p99 && counts[i] >= total * 0.99) p99 = les[i] }
+            printf "  server side (bucket bounds): p50 <= %.2f ms, p99 <= %.2f ms\n", p50 * 1000, p99 * 1000 }' \
+        "$work/metrics"
     stop
     if [ -n "${INSTRUCTIONS:-}" ]; then
         local total served

@@ -45,8 +45,9 @@ pub(crate) async fn log_request(
         .extensions()
         .get::<Logged>()
         .map_or("-", |l| l.kind);
-    state.metrics.request(&route, status);
-    let ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    let took = start.elapsed();
+    state.metrics.request(&route, status, took);
+    let ms = (took.as_secs_f64() * 1e6).round() / 1e3;
     span.in_scope(|| tracing::info!(status, outcome = kind, ms, "answered"));
     response
 }

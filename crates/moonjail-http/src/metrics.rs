@@ -1,5 +1,6 @@
 //! The service's Prometheus metrics (`GET /metrics`, OpenMetrics text): runs by profile
-//! and outcome kind, their latency, limit hits by kind, tool calls, connections closed
+//! and outcome kind, their latency, requests by route and status and how long each took
+//! to answer (queueing included), limit hits by kind, tool calls, connections closed
 //! for being idle or slow, and the gauges of the moment (queue depth, executors busy,
 //! pool size, live sessions, suspended runs, open connections), and resumes of suspended
 //! runs.
@@ -40,6 +41,19 @@ struct RequestLabels {
     status: u16,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+/// A request's answer time buckets: 100 µs to ~50 s, each 1.5 times the last (fine
+/// enough to tell a 6 ms p99 from a 9 ms one).
+fn request_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 1.5, 33))
+}
+
+type RequestDurations = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
 /// Every metric, and the registry that writes them.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -49,6 +63,7 @@ pub(crate) struct Metrics {
     limit_hits: Family<KindLabels, Counter>,
     tool_calls: Counter,
     requests: Family<RequestLabels, Counter>,
+    request_durations: RequestDurations,
     queue_depth: Gauge,
     running: Gauge,
     pool_size: Gauge,
@@ -115,6 +130,14 @@ impl Metrics {
             "HTTP requests answered, by route and status",
             requests.clone(),
         );
+        let request_durations: RequestDurations =
+            Family::new_with_constructor(request_buckets as fn() -> Histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's arrival (its head read) to its response, by route: what a \
+             client waits, the executor queue included, the network and its own scheduling not",
+            request_durations.clone(),
+        );
         let queue_depth = Gauge::default();
         registry.register(
             "queue_depth",
@@ -163,6 +186,7 @@ impl Metrics {
             limit_hits,
             tool_calls,
             requests,
+            request_durations,
             queue_depth,
             running,
             pool_size,
@@ -217,14 +241,19 @@ impl Metrics {
         self.resumes.inc();
     }
 
-    /// Counts one answered request.
-    pub(crate) fn request(&self, route: &str, status: u16) {
+    /// Counts one answered request, which took `took` to answer.
+    pub(crate) fn request(&self, route: &str, status: u16, took: std::time::Duration) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_string(),
                 status,
             })
             .inc();
+        self.request_durations
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// The metrics as OpenMetrics text, with the gauges set to `now`.

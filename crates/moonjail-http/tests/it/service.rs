@@ -53,6 +53,7 @@ fn metrics_count_runs_limits_tool_calls_and_sessions() {
         "moonjail_queue_depth 0",
         "moonjail_tool_calls_total 0",
         r#"moonjail_http_requests_total{route="/v1/run",status="200"} 3"#,
+        r#"moonjail_http_request_duration_seconds_count{route="/v1/run"} 3"#,
     ] {
         assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
     }
