@@ -1,6 +1,6 @@
 //! Suspended runs: a `POST /v1/run` on a sandbox with deferred tools that stopped at a
-//! deferred call, held in memory (`moonjail::Suspension`: in process, the run's own
-//! thread waits; isolated, the journal so far waits, to be replayed in a worker) until
+//! deferred call, held in memory (`moonjail::Suspension`: the run's own thread waits;
+//! isolated, its worker waits with it, frozen and out of the pool's count) until
 //! `POST /v1/runs/{id}/resume` answers it, `DELETE /v1/runs/{id}` gives it up, or it
 //! expires. Every suspended run belongs to the key that started it, expires the suspend
 //! timeout after it suspended, and counts against the caps per key and in all.

@@ -1,7 +1,7 @@
 //! Runs of one MCP connection that wait at a deferred tool call for a client that cannot
 //! ask its user (no form elicitation): held in memory (`moonjail::Suspension`: in
-//! process, the run's own thread waits with its deadline stopped; isolated, the journal
-//! so far waits, to be replayed in a worker) until `resume_lua` answers them or the
+//! process, the run's own thread waits with its deadline stopped; isolated, its worker
+//! waits with it, frozen and out of the pool's count) until `resume_lua` answers them or the
 //! connection ends.
 //!
 //! Each id answers one pending call: resuming takes the run out (a second resume of the

@@ -1605,7 +1605,11 @@ impl Player {
 pub(crate) fn ended_after(made: u64, failed: Option<&str>) -> String {
     let calls = if made == 1 { "call" } else { "calls" };
     match failed {
-        Some(error) => format!("after {made} tool {calls}, with the error: {error}"),
+        Some(error) => {
+            // The error may be long (up to the message limit): the divergence must fit too.
+            let error = crate::error::cut_message(error.to_string(), 1024);
+            format!("after {made} tool {calls}, with the error: {error}")
+        }
         None => format!("after {made} tool {calls}"),
     }
 }

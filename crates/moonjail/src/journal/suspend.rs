@@ -210,6 +210,8 @@ enum Held {
         answers: SyncSender<Option<Answer>>,
         events: Receiver<Event>,
         thread: Option<JoinHandle<()>>,
+        /// The fork generation of the process whose thread waits (see [`in_a_fork`]).
+        generation: u64,
     },
     /// Resumed or given up.
     Done,
@@ -263,9 +265,11 @@ impl Sandbox {
     ///
     /// The run waits on a thread of its own, its deadline's clock stopped (time spent
     /// suspended is not the run's: neither its deadline nor its `stats.wall`); resuming
-    /// costs a thread handoff. Isolated, its worker process waits with it, out of the
-    /// pool's count (the pool may spawn another for other runs meanwhile), and is retired
-    /// once the run ends: a suspension holds a process until it is resumed or dropped.
+    /// costs a thread handoff. Isolated, its worker process waits with it, frozen
+    /// (`SIGSTOP`: nothing watches it meanwhile) and out of the pool's count (the pool may
+    /// spawn another for other runs); resumed, it counts again once the pool has room. A
+    /// suspension holds a thread, and isolated a process, until it is resumed or dropped.
+    /// It cannot be resumed in a process forked off the one that started it.
     ///
     /// ```
     /// use moonjail::{Run, Sandbox};
@@ -353,6 +357,7 @@ fn next(
                     answers,
                     events,
                     thread,
+                    generation: crate::vm::watchdog::fork_generation(),
                 },
             })
         }
@@ -399,7 +404,11 @@ impl Suspension {
                 answers,
                 events,
                 thread,
-            } => reply(answers, events, thread, Some(answer)),
+                generation,
+            } => match in_a_fork(generation, (answers, events, thread)) {
+                Ok((answers, events, thread)) => reply(answers, events, thread, Some(answer)),
+                Err(outcome) => Run::Finished(*outcome),
+            },
             Held::Done => Run::Finished(resumed_already()),
         }
     }
@@ -422,7 +431,13 @@ impl Suspension {
                 answers,
                 events,
                 thread,
+                generation,
             } => {
+                let (answers, events, thread) =
+                    match in_a_fork(generation, (answers, events, thread)) {
+                        Ok(parts) => parts,
+                        Err(outcome) => return *outcome,
+                    };
                 match reply(answers, events, thread, None) {
                     Run::Finished(outcome) => outcome,
                     // A run given up cannot park again (calls after a deferred one are
@@ -433,6 +448,33 @@ impl Suspension {
             Held::Done => resumed_already(),
         }
     }
+}
+
+/// What a parked run is held by: the channels to its thread, and the thread.
+type Parts = (
+    SyncSender<Option<Answer>>,
+    Receiver<Event>,
+    Option<JoinHandle<()>>,
+);
+
+/// `parts`, unless this is a process forked off the one whose thread waits (Python's
+/// `multiprocessing`): there that thread does not exist, and waiting for it would never
+/// end, so the suspension fails and its parts are forgotten (a copied thread handle must
+/// not be joined or detached).
+fn in_a_fork(generation: u64, parts: Parts) -> Result<Parts, Box<Outcome>> {
+    if generation == crate::vm::watchdog::fork_generation() {
+        return Ok(parts);
+    }
+    std::mem::forget(parts);
+    Err(Box::new(Outcome::failed(
+        Error::new(
+            ErrorKind::Internal,
+            "a suspended run waits in the process that started it: it cannot be resumed or \
+             given up in a forked process (resume it in its own, or journal it and use \
+             Sandbox::resume)",
+        ),
+        std::time::Duration::ZERO,
+    )))
 }
 
 /// The outcome of a suspension used twice (its methods take it by value: only through a

@@ -850,9 +850,34 @@ struct RunState {
     reached: u64,
 }
 
-/// What a run does as it parks: an isolated run's worker leaves its pool, which may then
-/// spawn another, so that runs waiting for a person never starve the runs that do not.
-pub(crate) struct OnPark(pub(crate) Box<dyn Fn() + Send + Sync>);
+/// What a run does as it parks at a deferred call and as it goes on: an isolated run's
+/// worker is frozen (a compromised worker must not compute while no deadline watches it)
+/// and leaves its pool's count meanwhile, so that runs waiting for a person never starve
+/// the runs that do not.
+pub(crate) struct OnPark {
+    /// Before the run waits.
+    pub(crate) parking: Box<dyn Fn() + Send + Sync>,
+    /// Once the host has answered (or given the run up), before the run goes on.
+    pub(crate) going_on: Box<dyn Fn() + Send + Sync>,
+}
+
+impl OnPark {
+    /// `self`'s hooks wrapped around `inner`'s: `self` parks first and goes on last.
+    pub(crate) fn around(self, inner: OnPark) -> OnPark {
+        let (outer_parking, outer_going_on) = (self.parking, self.going_on);
+        let (inner_parking, inner_going_on) = (inner.parking, inner.going_on);
+        OnPark {
+            parking: Box::new(move || {
+                outer_parking();
+                inner_parking();
+            }),
+            going_on: Box::new(move || {
+                inner_going_on();
+                outer_going_on();
+            }),
+        }
+    }
+}
 
 impl std::fmt::Debug for OnPark {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -861,7 +886,8 @@ impl std::fmt::Debug for OnPark {
 }
 
 impl ToolRun {
-    /// This run with `hook` called each time it parks at a deferred call, before it waits.
+    /// This run with `hook` called each time it parks at a deferred call: before it waits
+    /// and once it may go on.
     pub(crate) fn on_park(self, hook: OnPark) -> ToolRun {
         ToolRun {
             on_park: Some(hook),
@@ -989,10 +1015,17 @@ impl ToolRun {
     /// the worker pausing its own (it knows which calls are deferred).
     fn park(&self, park: &dyn Park, pending: (String, Vec<Json>)) -> Result<Json, ToolError> {
         let step = self.lock().reached;
-        if let Some(hook) = &self.on_park {
-            (hook.0)();
-        }
-        let answer = self.clock_stopped(|| park.park(step, &pending.0, &pending.1));
+        // Inside the stopped clock: going on may wait for room in the worker pool.
+        let answer = self.clock_stopped(|| {
+            if let Some(hook) = &self.on_park {
+                (hook.parking)();
+            }
+            let answer = park.park(step, &pending.0, &pending.1);
+            if let Some(hook) = &self.on_park {
+                (hook.going_on)();
+            }
+            answer
+        });
         match answer {
             Some(answer) => answer,
             None => {
@@ -1111,6 +1144,9 @@ impl ToolRun {
                     e.value = Some(pending_value(&name, &args));
                 }
             }
+            // The worker died or was killed where the run waited (its own failure says
+            // so, and is the outcome: the run did not go on).
+            (Some(_), Some(crate::ErrorKind::Killed)) => {}
             (Some(_), _) => {
                 // Only a worker that ignored the stop gets here: not the run's outcome.
                 outcome.result = Err(crate::Error::new(

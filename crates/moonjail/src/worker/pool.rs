@@ -14,7 +14,7 @@
 //! spawns its own on demand (see `Pool::after_fork`). A fork while another thread is
 //! inside the pool (holding its lock) is not survivable, as with any lock and `fork`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,7 +48,8 @@ struct Shared {
 #[derive(Default)]
 struct State {
     idle: Vec<Worker>,
-    /// Workers that exist or are being spawned: idle, busy, or in the keeper's hands.
+    /// Workers that exist or are being spawned: idle, busy, or in the keeper's hands;
+    /// not those whose run waits at a deferred call (`Sandbox::start`).
     live: usize,
     /// Workers the keeper is spawning right now.
     prespawning: usize,
@@ -174,21 +175,6 @@ impl Shared {
         }
     }
 
-    /// Gives back a worker that left the pool's count while its run waited at a deferred
-    /// call: it takes its place again if the pool has room (none was spawned meanwhile),
-    /// else it is retired.
-    fn rejoin(&self, worker: Worker, fate: Fate) {
-        let mut state = self.lock();
-        if state.live < self.pool_size {
-            state.live += 1;
-            drop(state);
-            self.release(worker, fate);
-        } else {
-            state.retired.push(worker);
-            self.changed.notify_all();
-        }
-    }
-
     /// Gives a worker back after a run.
     fn release(&self, worker: Worker, fate: Fate) {
         let mut state = self.lock();
@@ -268,26 +254,35 @@ impl Pool {
             }
         };
         // A run that may wait for a person at a deferred call (`Sandbox::start`) leaves
-        // the pool's count as it parks, so the pool may spawn another worker for the runs
-        // that do not wait; it comes back once it ends if there is room.
-        let parked = Arc::new(AtomicBool::new(false));
+        // the pool's count while it waits, so the pool may spawn another worker for the
+        // runs that do not wait; it counts again once it goes on, after waiting for room
+        // (so the workers running at once stay within the pool's size).
         let on_park = job.host.tools.as_ref().filter(|t| t.parks()).map(|_| {
-            let shared = Arc::clone(&self.shared);
-            let parked = Arc::clone(&parked);
-            OnPark(Box::new(move || {
-                if !parked.swap(true, Ordering::SeqCst) {
-                    let mut state = shared.lock();
+            let (leaving, coming) = (Arc::clone(&self.shared), Arc::clone(&self.shared));
+            OnPark {
+                parking: Box::new(move || {
+                    let mut state = leaving.lock();
                     state.live -= 1;
-                    shared.changed.notify_all();
-                }
-            }))
+                    leaving.changed.notify_all();
+                }),
+                going_on: Box::new(move || {
+                    let mut state = coming.lock();
+                    while state.live >= coming.pool_size && !state.shutdown {
+                        // An idle worker is the one too many: it makes room.
+                        if let Some(idle) = state.idle.pop() {
+                            state.live -= 1;
+                            state.retired.push(idle);
+                            coming.changed.notify_all();
+                            continue;
+                        }
+                        state = coming.wait(state);
+                    }
+                    state.live += 1;
+                }),
+            }
         });
         let (outcome, fate) = worker.run(job, &self.shared.settings, on_park);
-        if parked.load(Ordering::SeqCst) {
-            self.shared.rejoin(worker, fate);
-        } else {
-            self.shared.release(worker, fate);
-        }
+        self.shared.release(worker, fate);
         outcome
     }
 

@@ -718,7 +718,8 @@ impl Worker {
     /// it the worker is killed and the run reported as `timeout`. The run's tool calls are
     /// served and recorded here: the outcome's `tool_calls` are this side's record, even
     /// when the worker died. A run that parks at a deferred call (`Sandbox::start`) calls
-    /// `on_park` first; the time it waits moves the deadline.
+    /// `on_park` around the wait, and its worker is frozen meanwhile (see
+    /// [`Worker::freezer`]); the time it waits moves the deadline.
     pub(crate) fn run(
         &mut self,
         job: &Job,
@@ -742,7 +743,7 @@ impl Worker {
             let due = job.limits().timeout.map(|t| start + t);
             let run = registry.start_bounded_run(due, job.limits().result_depth);
             match on_park {
-                Some(hook) => run.on_park(hook),
+                Some(hook) => run.on_park(self.freezer().around(hook)),
                 None => run,
             }
         });
@@ -966,6 +967,45 @@ impl Worker {
                 }
                 other => return Err(Failure::Unexpected(other)),
             }
+        }
+    }
+
+    /// Hooks that freeze the worker (`SIGSTOP`) while its run waits at a deferred call,
+    /// and thaw it (`SIGCONT`) before the run goes on. No deadline watches the worker
+    /// meanwhile (the supervisor's thread waits for the host, and the deadline moves by
+    /// the wait): a worker that did not wait for the answer as an honest one does must not
+    /// get that time to compute. Through the worker's pidfd, or the spawned process when
+    /// it is the worker (no PID namespace): never a pid another process could have taken.
+    fn freezer(&mut self) -> OnPark {
+        use rustix::process::{kill_process, pidfd_send_signal, Signal};
+        enum Target {
+            Pidfd(OwnedFd),
+            Child(rustix::process::Pid),
+        }
+        self.processes.attach();
+        let target = match (&self.processes.worker, self.processes.relay) {
+            (Some((_, pidfd)), _) => pidfd.try_clone().ok().map(Target::Pidfd),
+            (None, Some(false)) if self.processes.ended.is_none() => {
+                Some(Target::Child(self.processes.spawned))
+            }
+            _ => None,
+        };
+        if target.is_none() {
+            tracing::warn!("a worker waiting at a deferred call cannot be frozen: no handle on it");
+        }
+        let target = std::sync::Arc::new(target);
+        let signal = move |target: &Option<Target>, signal: Signal| {
+            // ESRCH: the worker has ended; its run's end is reported when it goes on.
+            let _ = match target {
+                Some(Target::Pidfd(fd)) => pidfd_send_signal(fd, signal),
+                Some(Target::Child(pid)) => kill_process(*pid, signal),
+                None => Ok(()),
+            };
+        };
+        let thaw = std::sync::Arc::clone(&target);
+        OnPark {
+            parking: Box::new(move || signal(&target, Signal::STOP)),
+            going_on: Box::new(move || signal(&thaw, Signal::CONT)),
         }
     }
 

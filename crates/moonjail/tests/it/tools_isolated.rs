@@ -778,6 +778,48 @@ fn a_worker_asking_for_an_unregistered_tool_is_killed_without_anything_being_cal
     });
 }
 
+/// User plus system CPU time of `pid`, in clock ticks, and its state letter.
+fn cpu_ticks(pid: u32) -> (u64, char) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    (ticks, fields[0].chars().next().unwrap())
+}
+
+#[test]
+fn a_worker_waiting_at_a_deferred_call_is_frozen() {
+    // While a run started with `Sandbox::start` waits for a person, no deadline watches
+    // its worker (the supervisor waits for the host, and the deadline moves by the wait).
+    // A worker that computes instead of waiting for the answer is frozen meanwhile: it
+    // gets no CPU time, however long the person takes.
+    guarded(|| {
+        let fake = Fake::spinning("frozen", tool_call(1, "ask", "[]"));
+        let sb = fake.sandbox_with_tools(Sandbox::builder().defer_tool("ask"), config());
+        let suspension = match sb.start("return ask()", &Json::Null, &Default::default()) {
+            moonjail::Run::Suspended(s) => s,
+            moonjail::Run::Finished(o) => panic!("not suspended: {o:?}"),
+        };
+        let pid: u32 = std::fs::read_to_string(fake.dir.join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let (before, state) = cpu_ticks(pid);
+        assert_eq!(state, 'T', "the waiting worker is stopped");
+        std::thread::sleep(Duration::from_millis(1500));
+        let (after, state) = cpu_ticks(pid);
+        assert_eq!(state, 'T');
+        // Spinning, it would have used ~150 ticks (at 100 per second).
+        assert!(
+            after - before <= 2,
+            "{before} -> {after} ticks while frozen"
+        );
+        // Given up, the worker is thawed and then killed at its (moved) deadline.
+        let out = suspension.abandon();
+        assert!(out.result.is_err(), "{:?}", out.result);
+    });
+}
+
 #[test]
 fn a_fake_worker_flooding_tool_calls_is_stopped() {
     guarded(|| {

@@ -29,6 +29,22 @@ pub struct Fake {
 
 impl Fake {
     pub fn new(name: &str, reply: Vec<u8>) -> Fake {
+        Fake::with_tail(name, reply, "", "exec sleep 30")
+    }
+
+    /// A fake worker that writes its pid to `pid` in its directory, sends Ready, waits
+    /// for a request, sends `reply`, then spins on the CPU without reading anything: a
+    /// worker that no longer waits as an honest one does.
+    pub fn spinning(name: &str, reply: Vec<u8>) -> Fake {
+        Fake::with_tail(
+            name,
+            reply,
+            "echo $$ > \"$(dirname \"$0\")/pid\"",
+            "while :; do :; done",
+        )
+    }
+
+    fn with_tail(name: &str, reply: Vec<u8>, first: &str, tail: &str) -> Fake {
         let dir = std::env::temp_dir().join(format!(
             "moonjail-fake-host-{name}-{}-{:?}",
             std::process::id(),
@@ -39,8 +55,8 @@ impl Fake {
         std::fs::write(dir.join("ready"), frame(READY, &[br#"{"layers":[]}"#])).unwrap();
         std::fs::write(dir.join("reply"), reply).unwrap();
         let script = format!(
-            "#!/bin/sh\ncat '{0}/ready'\ndd bs=1 count=1 of=/dev/null 2>/dev/null\n\
-             cat '{0}/reply'\nexec sleep 30\n",
+            "#!/bin/sh\n{first}\ncat '{0}/ready'\ndd bs=1 count=1 of=/dev/null 2>/dev/null\n\
+             cat '{0}/reply'\n{tail}\n",
             dir.display()
         );
         let path = dir.join("worker");
