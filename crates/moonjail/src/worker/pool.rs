@@ -51,6 +51,10 @@ struct State {
     /// Workers that exist or are being spawned: idle, busy, or in the keeper's hands;
     /// not those whose run waits at a deferred call (`Sandbox::start`).
     live: usize,
+    /// Workers whose run waits at a deferred call. The keeper does not prespawn in
+    /// their place (a run that wants a worker meanwhile spawns one): a run that waits
+    /// and goes on many times would otherwise cost a spawn and a retirement each time.
+    parked: usize,
     /// Workers the keeper is spawning right now.
     prespawning: usize,
     /// Workers to kill and reap, off the runs' path.
@@ -87,7 +91,7 @@ impl Shared {
     fn wants_prespawn(&self, state: &State) -> bool {
         !state.paused
             && state.idle.len() + state.prespawning < self.prespawn
-            && state.live < self.pool_size
+            && state.live + state.parked < self.pool_size
     }
 
     /// The keeper thread: spawn up to `prespawn` idle workers, reap retired ones.
@@ -234,6 +238,7 @@ impl Pool {
         state.idle.clear();
         state.retired.clear();
         state.live = 0;
+        state.parked = 0;
         state.prespawning = 0;
         state.paused = true;
         // Never joined: the thread is not in this process.
@@ -263,6 +268,7 @@ impl Pool {
                 parking: Box::new(move || {
                     let mut state = leaving.lock();
                     state.live -= 1;
+                    state.parked += 1;
                     leaving.changed.notify_all();
                 }),
                 going_on: Box::new(move || {
@@ -277,6 +283,7 @@ impl Pool {
                         }
                         state = coming.wait(state);
                     }
+                    state.parked -= 1;
                     state.live += 1;
                 }),
             }
