@@ -195,9 +195,9 @@ enum Command {
     /// --modules, --read; --isolate may differ): the rest of the run runs under them, and
     /// a journal recorded with other ones (or edited) is refused, naming the difference.
     /// The journal's deferred tools are declared without --defer-tool (a deferred tool is
-    /// only a name; a live tool's command is never taken from a journal). The recorded time and seed are kept. Every limit but wall time
-    /// holds across the whole run (the replayed part is re-executed); time spent
-    /// suspended does not count. The journal is locked while a run resumes from it.
+    /// only a name; a live tool's command is never taken from a journal). The recorded
+    /// time and seed are kept. Every limit but wall time holds across the whole run (the
+    /// replayed part is re-executed); time spent suspended does not count. The journal is locked while a run resumes from it.
     ///
     /// Exit status: as `run` (0 finished, 1 the script failed or no longer matches the
     /// journal: error kind "replay_divergence", and nothing is appended), 3 suspended

@@ -46,7 +46,7 @@ pub(crate) async fn log_request(
         .get::<Logged>()
         .map_or("-", |l| l.kind);
     let took = start.elapsed();
-    state.metrics.request(&route, status, took);
+    state.metrics.request(route, status, took);
     let ms = (took.as_secs_f64() * 1e6).round() / 1e3;
     span.in_scope(|| tracing::info!(status, outcome = kind, ms, "answered"));
     response

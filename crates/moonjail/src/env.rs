@@ -64,7 +64,7 @@ pub(crate) fn build(lua: &Lua, spec: &ProfileSpec, opts: &EnvOptions) -> mlua::R
                 for list in guards.functions {
                     set_c_functions(lua, &lib, list, true)?;
                 }
-                recipe::wrap_closures(lua, name, &lib)?;
+                recipe::wrap_closures(lua, &lib, guards.closures)?;
                 if !guards.charged.is_empty() {
                     charged::wrap(lua, &lib, guards.charged)?;
                 }

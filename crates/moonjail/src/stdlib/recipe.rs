@@ -87,8 +87,6 @@ struct Stock {
     /// without arguments, and the size of that state.
     random_seed: lua_CFunction,
     random_state_bytes: usize,
-    /// The stock closures that [`Guards::closures`] replace, by `lib.member`.
-    guarded_closures: Vec<(String, lua_CFunction)>,
 }
 
 /// The libraries the recipe makes, as mlua opens them (and as a deterministic state,
@@ -103,11 +101,12 @@ pub(crate) const LIBRARIES: [(&str, StdLib); 6] = [
 ];
 
 /// moonjail's own members of a stock library: functions that replace the stock ones
-/// (the metered, guarded and opaque-identity versions), closures that replace stock
-/// closures over the same upvalues, and stock functions it charges for. The one list
+/// (the metered, guarded and opaque-identity versions), closures over the generator
+/// state that replace `math`'s stock ones, and stock functions it charges for. The one list
 /// both the recipe and the stock path (`env::build`) apply.
 pub(crate) struct Guards {
     pub(crate) functions: &'static [&'static [(&'static str, lua_CFunction)]],
+    /// Each a C closure over one upvalue, the generator state `math.random` draws from.
     pub(crate) closures: &'static [(&'static str, lua_CFunction)],
     pub(crate) charged: &'static [(&'static str, Cost)],
 }
@@ -138,49 +137,40 @@ pub(crate) fn guards(lib: &str) -> Guards {
     }
 }
 
-/// Replaces each member of library `name` (the table `lib`) that its guards list in
-/// [`Guards::closures`] by the guard's closure over the stock closure's upvalues: the
-/// stock path's version of what the recipe makes directly. A member that is not that
-/// stock closure (the profile dropped it) is left alone.
-pub(crate) fn wrap_closures(lua: &Lua, name: &str, lib: &Table) -> mlua::Result<()> {
-    let closures = guards(name).closures;
+/// Replaces each member of library table `lib` listed in `closures` (its
+/// [`Guards::closures`]) by the guard's closure over the stock closure's generator state:
+/// the stock path's version of what the recipe makes directly. A member that is not a C
+/// closure over exactly such a state (the profile dropped it) is left alone.
+pub(crate) fn wrap_closures(
+    lua: &Lua,
+    lib: &Table,
+    closures: &[(&str, lua_CFunction)],
+) -> mlua::Result<()> {
     if closures.is_empty() {
         return Ok(());
     }
-    let stock = stock().map_err(mlua::Error::runtime)?;
-    // Each guard with the stock function it replaces.
-    let targets: Vec<(&str, lua_CFunction, lua_CFunction)> = closures
-        .iter()
-        .filter_map(|(member, f)| {
-            let key = format!("{name}.{member}");
-            let (_, expected) = stock.guarded_closures.iter().find(|(k, _)| *k == key)?;
-            Some((*member, *f, *expected))
-        })
-        .collect();
+    let state_bytes = stock().map_err(mlua::Error::runtime)?.random_state_bytes;
     // SAFETY: `exec_raw` pushes `lib` at 1 and runs the closure in protected mode (a
     // memory error raised by a push unwinds to it; the closure owns nothing with a
-    // destructor). Each guard is one of moonjail's lua_CFunctions written for the
-    // upvalues of the stock closure it replaces, which is checked to be that one.
+    // destructor). A guard is pushed only over a member's single upvalue that is a full
+    // userdata of the generator state's size: what the guard's stock function reads.
     unsafe {
         lua.exec_raw::<()>(lib, |l| {
-            for &(member, f, expected) in &targets {
+            for &(member, guard) in closures {
                 ffi::lua_checkstack(l, 8);
                 ffi::lua_pushlstring(l, member.as_ptr().cast(), member.len());
-                ffi::lua_rawget(l, 1);
-                // Lua's own C functions: one address per process (captured from it).
-                if ffi::lua_tocfunction(l, -1).map(|f| f as usize) != Some(expected as usize) {
-                    ffi::lua_settop(l, 1);
-                    continue;
+                let over_state = ffi::lua_rawget(l, 1) == ffi::LUA_TFUNCTION
+                    && ffi::lua_iscfunction(l, 2) != 0
+                    && !ffi::lua_getupvalue(l, 2, 1).is_null()
+                    && ffi::lua_type(l, 3) == ffi::LUA_TUSERDATA
+                    && ffi::lua_rawlen(l, 3) == state_bytes
+                    && ffi::lua_getupvalue(l, 2, 2).is_null();
+                if over_state {
+                    ffi::lua_pushlstring(l, member.as_ptr().cast(), member.len());
+                    ffi::lua_pushvalue(l, 3);
+                    ffi::lua_pushcclosure(l, guard, 1);
+                    ffi::lua_rawset(l, 1);
                 }
-                let stock = ffi::lua_gettop(l);
-                let mut ups = 0;
-                while ups < 4 && !ffi::lua_getupvalue(l, stock, ups + 1).is_null() {
-                    ups += 1;
-                }
-                ffi::lua_pushcclosure(l, f, ups);
-                ffi::lua_pushlstring(l, member.as_ptr().cast(), member.len());
-                ffi::lua_insert(l, -2);
-                ffi::lua_rawset(l, 1);
                 ffi::lua_settop(l, 1);
             }
         })
@@ -260,7 +250,6 @@ fn capture() -> Result<Stock, String> {
         let g = lua.globals();
         let mut libraries = Vec::new();
         let (mut random_seed, mut random_state_bytes) = (None, 0);
-        let mut guarded_closures = Vec::new();
         for (name, _) in LIBRARIES {
             let table: Table = g.raw_get(name)?;
             let mut members = Vec::new();
@@ -282,9 +271,6 @@ fn capture() -> Result<Stock, String> {
                             }
                             random_state_bytes = bytes;
                             let guard = guards(name).closures.iter().find(|(n, _)| *n == member);
-                            if guard.is_some() {
-                                guarded_closures.push((format!("{name}.{member}"), stock));
-                            }
                             Member::Random(guard.map_or(stock, |(_, f)| *f))
                         }
                         _ => return Ok(Err(format!("{name}.{member} is not a plain C function"))),
@@ -319,7 +305,6 @@ fn capture() -> Result<Stock, String> {
             string_meta,
             random_seed,
             random_state_bytes,
-            guarded_closures,
         }))
     };
     read()

@@ -537,6 +537,18 @@ impl Processes {
         self.wait(true)
     }
 
+    /// Where a signal for the worker goes: its pidfd, or the spawned process when that is
+    /// the worker (no PID namespace) and not yet reaped; `None` when neither is known.
+    fn target(&self) -> Option<super::interrupt::Target<'_>> {
+        match (&self.worker, self.relay) {
+            (Some((_, pidfd)), _) => Some(super::interrupt::Target::Pidfd(pidfd.as_fd())),
+            (None, Some(false)) if self.ended.is_none() => Some(super::interrupt::Target::Child(
+                self.spawned.as_raw_nonzero().get(),
+            )),
+            _ => None,
+        }
+    }
+
     /// Waits up to `limit` for the spawned process to end.
     fn wait_for(&mut self, limit: Duration) -> Option<Ended> {
         let until = Instant::now() + limit;
@@ -983,12 +995,12 @@ impl Worker {
             Child(rustix::process::Pid),
         }
         self.processes.attach();
-        let target = match (&self.processes.worker, self.processes.relay) {
-            (Some((_, pidfd)), _) => pidfd.try_clone().ok().map(Target::Pidfd),
-            (None, Some(false)) if self.processes.ended.is_none() => {
-                Some(Target::Child(self.processes.spawned))
+        let target = match self.processes.target() {
+            Some(super::interrupt::Target::Pidfd(fd)) => {
+                fd.try_clone_to_owned().ok().map(Target::Pidfd)
             }
-            _ => None,
+            Some(super::interrupt::Target::Child(_)) => Some(Target::Child(self.processes.spawned)),
+            None => None,
         };
         if target.is_none() {
             tracing::warn!("a worker waiting at a deferred call cannot be frozen: no handle on it");
@@ -1015,14 +1027,7 @@ impl Worker {
     /// # Errors
     /// [`Failure::NotStopped`] when the worker cannot be told.
     fn tell_to_stop(&mut self, settings: &Settings) -> Result<(), Failure> {
-        let target = match (&self.processes.worker, self.processes.relay) {
-            (Some((_, pidfd)), _) => Some(super::interrupt::Target::Pidfd(pidfd.as_fd())),
-            (None, Some(false)) if self.processes.ended.is_none() => Some(
-                super::interrupt::Target::Child(self.processes.spawned.as_raw_nonzero().get()),
-            ),
-            _ => None,
-        };
-        let told = match target {
+        let told = match self.processes.target() {
             Some(target) => super::interrupt::send(target, self.requests)
                 .map_err(|e| format!("its worker process could not be told to stop ({e})")),
             None => Err("its worker process could not be told to stop".to_string()),

@@ -360,26 +360,22 @@ fn journal_untrusted_a_journal_without_limits_is_refused_unless_trusted() {
         }
         other => panic!("{:?}", other.map(|o| o.result)),
     }
-    // Each limit on its own: memory past the ceiling too.
-    let mut lines = self::lines(&f.seeds[0]);
-    lines[0]["spec"]["limits"]["memory_bytes"] = json!(2u64 << 30);
-    let journal = Journal::parse(&join(&lines)).expect("a valid journal");
-    let out = moonjail::replay_journal(&journal, &ReplayOptions::default());
-    assert!(
-        matches!(&out, Err(JournalError::Ceiling(why)) if why.contains("memory limit")),
-        "{:?}",
-        out.map(|o| o.result)
-    );
-    // And a source without a size limit (only the journal's size bounded it).
-    let mut open_source = self::lines(&f.seeds[0]);
-    open_source[0]["spec"]["limits"]["source_bytes"] = json!(null);
-    let open_source = Journal::parse(&join(&open_source)).expect("a valid journal");
-    let out = moonjail::replay_journal(&open_source, &ReplayOptions::default());
-    assert!(
-        matches!(&out, Err(JournalError::Ceiling(why)) if why.contains("source-limit")),
-        "{:?}",
-        out.map(|o| o.result)
-    );
+    // Each limit on its own: memory past the ceiling too, and a source without a size
+    // limit (only the journal's size bounded it).
+    let refused_for = |field: &str, value: Json, named: &str| -> Journal {
+        let mut lines = self::lines(&f.seeds[0]);
+        lines[0]["spec"]["limits"][field] = value;
+        let journal = Journal::parse(&join(&lines)).expect("a valid journal");
+        let out = moonjail::replay_journal(&journal, &ReplayOptions::default());
+        assert!(
+            matches!(&out, Err(JournalError::Ceiling(why)) if why.contains(named)),
+            "{field}: {:?}",
+            out.map(|o| o.result)
+        );
+        journal
+    };
+    let journal = refused_for("memory_bytes", json!(2u64 << 30), "memory limit");
+    refused_for("source_bytes", json!(null), "source-limit");
     let trusted = ReplayOptions::default().ceiling(None);
     let out = moonjail::replay_journal(&journal, &trusted).expect("replayed");
     assert!(out

@@ -394,7 +394,8 @@ fn suspend_in_memory_isolated_a_waiting_run_does_not_hold_up_the_pool() {
         "{}",
         out.output
     );
-    // Both `rates.get` calls ran once: nothing was replayed.
+    // Each live `rates.get` call ran once. (That the run waited in its worker, frozen,
+    // rather than being replayed: `tools_isolated.rs::a_worker_waiting_at_a_deferred_call_is_frozen`.)
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // The waiting run's worker rejoined the pool, or was retired for the one spawned
     // meanwhile: the pool is back to its size.

@@ -804,7 +804,16 @@ fn a_worker_waiting_at_a_deferred_call_is_frozen() {
             .trim()
             .parse()
             .unwrap();
-        let (before, state) = cpu_ticks(pid);
+        // A stop signal takes effect as the kernel next schedules the process: give it
+        // that moment (on a loaded machine, a spinning process may still be running).
+        let stopped_by = Instant::now() + Duration::from_secs(10);
+        let (before, state) = loop {
+            let (ticks, state) = cpu_ticks(pid);
+            if state == 'T' || Instant::now() > stopped_by {
+                break (ticks, state);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         assert_eq!(state, 'T', "the waiting worker is stopped");
         std::thread::sleep(Duration::from_millis(1500));
         let (after, state) = cpu_ticks(pid);
@@ -814,9 +823,12 @@ fn a_worker_waiting_at_a_deferred_call_is_frozen() {
             after - before <= 2,
             "{before} -> {after} ticks while frozen"
         );
-        // Given up, the worker is thawed and then killed at its (moved) deadline.
+        // Given up, the worker is thawed and then killed at its (moved) deadline: the run
+        // ends where it waited, suspended at its call.
         let out = suspension.abandon();
-        assert!(out.result.is_err(), "{:?}", out.result);
+        let e = out.result.expect_err("given up");
+        assert_eq!(e.kind, ErrorKind::Suspended, "{e:?}");
+        assert_eq!(e.value.unwrap()["name"], json!("ask"));
     });
 }
 
