@@ -1,5 +1,7 @@
 //! Criterion benchmarks of `Sandbox::lint`: a typical 100-line agent script (target:
-//! under 1 ms) and a 1 MB source (target: under 100 ms).
+//! under 1 ms) and a 1 MB source (target: under 100 ms), both valid (the fast parser's
+//! path); the agent script with a syntax error (full_moon's recovering path); and
+//! full_moon's parse of the megabyte alone, for reference.
 //! Run: cargo bench -p moonjail --bench lint
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -69,9 +71,15 @@ fn lint(c: &mut Criterion) {
     g.bench_function("agent_100_lines", |b| {
         b.iter(|| sandbox.lint(black_box(&agent)))
     });
+    // A model's slip on one line: the script is read again by full_moon.
+    let broken = agent.replacen("order.amount ~= nil", "order.amount != nil", 1);
+    assert!(sandbox.lint(&broken).has_errors());
+    g.bench_function("agent_100_lines_syntax_error", |b| {
+        b.iter(|| sandbox.lint(black_box(&broken)))
+    });
     g.sample_size(10);
     g.bench_function("source_1MB", |b| b.iter(|| sandbox.lint(black_box(&big))));
-    // The parser alone, for reference: most of a lint is full_moon's.
+    // full_moon's parse alone, for reference: what every lint cost before the fast path.
     g.bench_function("full_moon_parse_1MB", |b| {
         b.iter(|| {
             let parsed = full_moon::parse_fallible(black_box(&big), full_moon::LuaVersion::lua54());

@@ -62,11 +62,18 @@ static BY_FIRST_BYTE: std::sync::LazyLock<[Vec<&'static str>; 256]> =
 pub(crate) struct Lexer<'a> {
     src: &'a [u8],
     pos: usize,
+    /// A long comment ran to the end of the input unclosed (a syntax error Lua reports;
+    /// this lexer just skips it, and the strict parser asks).
+    pub(crate) unfinished_comment: bool,
 }
 
 impl<'a> Lexer<'a> {
     pub(crate) fn new(src: &'a [u8]) -> Lexer<'a> {
-        Lexer { src, pos: 0 }
+        Lexer {
+            src,
+            pos: 0,
+            unfinished_comment: false,
+        }
     }
 
     fn at(&self, i: usize) -> u8 {
@@ -85,8 +92,14 @@ impl<'a> Lexer<'a> {
         (self.at(j) == b'[').then_some(j - i - 1)
     }
 
-    /// Skips past the long bracket of `level` whose body starts at `i`.
-    fn skip_long(&self, mut i: usize, level: usize) -> usize {
+    /// Skips past the long bracket of `level` whose body starts at `i` (to the end of the
+    /// input when it is not closed).
+    fn skip_long(&self, i: usize, level: usize) -> usize {
+        self.close_long(i, level).unwrap_or(self.src.len())
+    }
+
+    /// Where the long bracket of `level` whose body starts at `i` ends, if it is closed.
+    fn close_long(&self, mut i: usize, level: usize) -> Option<usize> {
         while i < self.src.len() {
             if self.src[i] == b']' {
                 let mut j = i + 1;
@@ -94,12 +107,12 @@ impl<'a> Lexer<'a> {
                     j += 1;
                 }
                 if j - i - 1 == level && self.at(j) == b']' {
-                    return j + 1;
+                    return Some(j + 1);
                 }
             }
             i += 1;
         }
-        self.src.len()
+        None
     }
 
     fn skip_trivia(&mut self) {
@@ -110,7 +123,13 @@ impl<'a> Lexer<'a> {
             if self.at(self.pos) == b'-' && self.at(self.pos + 1) == b'-' {
                 let body = self.pos + 2;
                 self.pos = match self.long_bracket(body) {
-                    Some(level) => self.skip_long(body + level + 2, level),
+                    Some(level) => match self.close_long(body + level + 2, level) {
+                        Some(end) => end,
+                        None => {
+                            self.unfinished_comment = true;
+                            self.src.len()
+                        }
+                    },
                     None => self.src[body..]
                         .iter()
                         .position(|&b| b == b'\n')
@@ -153,6 +172,13 @@ impl Iterator for Lexer<'_> {
             self.pos += 1;
             while self.pos < self.src.len() {
                 match self.src[self.pos] {
+                    // `\z` skips the whitespace after it, line breaks included.
+                    b'\\' if self.at(self.pos + 1) == b'z' => {
+                        self.pos += 2;
+                        while self.at(self.pos).is_ascii_whitespace() || self.at(self.pos) == 0x0b {
+                            self.pos += 1;
+                        }
+                    }
                     b'\\' => self.pos += 2,
                     b'\n' => break,
                     b if b == c => {

@@ -5,27 +5,36 @@
 //! does not exist here, that `string.spilt` is a typo, that `http.get` names a host the
 //! sandbox will refuse and that line 7 uses `!=`.
 //!
-//! **Parser.** [`full_moon`] with only its `lua54` feature: a lossless, error-recovering
-//! Lua 5.4 parser (`<const>`, `<close>`, `//`, `goto`) that reports every syntax error it
-//! can recover from, with positions. selene-lib, the linter built on it, was the other
-//! candidate: it would bring its own rule engine and a standard library read from YAML or
-//! TOML, but as a dependency it is 48 crates (`cargo tree`, lua54 only: an older
-//! full_moon, regex, serde_yaml, toml, codespan-reporting...) against full_moon's 17, and
-//! its standard library would be a second description of the sandbox to keep in step
-//! with the profiles. Here the standard library *is* the sandbox ([`view::Environment`],
-//! built from the profile's item list and the tool registry), and the rules are a few
-//! hundred lines over full_moon's tree.
+//! **Parsers.** Two build the same small tree ([`ast`]). Valid scripts, the common case
+//! and the one with a time budget (a megabyte in under 100 ms), are read by [`parse`], a
+//! strict recursive-descent parser of our own over [`lex`]'s tokens, which gives up at
+//! the first syntax error. Scripts with one are read again by [full_moon] (only its
+//! `lua54` feature), a lossless, error-recovering Lua 5.4 parser that says what is wrong
+//! and where, and reads past it ([`recover`]); its tree is converted. full_moon alone
+//! took ~120 ms of CPU per megabyte here, over the budget by itself, which is why the
+//! fast path exists; it stays for what it does well. selene-lib, the linter built on
+//! full_moon, was the other candidate: it would bring its own rule engine and a standard
+//! library read from YAML or TOML, but as a dependency it is 48 crates against
+//! full_moon's 17, and its standard library would be a second description of the
+//! sandbox to keep in step with the profiles. Here the standard library *is* the sandbox
+//! ([`view::Environment`], built from the profile's item list and the tool registry),
+//! and the rules are a few hundred lines over the tree.
 //!
 //! **Untrusted input.** The source is what a model wrote; linting it must not be a way to
-//! hurt the host. full_moon recurses (and so does dropping its tree), so before parsing,
+//! hurt the host. Both parsers recurse (and so do the walk and dropping a tree), so before parsing,
 //! [`lex::nesting_bound`] bounds how deeply the chunk can nest; past
 //! [`MAX_NESTING`] the chunk is not parsed (a `too-complex` warning: stock Lua refuses
 //! nesting past 200 levels anyway), and under it, parsing, analysis and the tree's drop
 //! run on a stack grown to fit (`stacker`). The source limit of the sandbox applies.
 
+mod ast;
+#[cfg(test)]
+mod differential;
 // The run pipeline adds the same hints to its syntax errors.
 pub(crate) mod hints;
 mod lex;
+mod parse;
+mod recover;
 mod rules;
 
 pub use rules::nearest;
@@ -179,8 +188,7 @@ impl LintReport {
 /// compiles in a loop) are what can come near.
 pub(crate) const MAX_NESTING: usize = 1000;
 
-/// Stack one level of nesting may take in full_moon's parser, our walk and the tree's
-/// drop: a debug build (the hungriest) needs 24–40 KiB on the deepest shapes (nested
+/// Stack one level of nesting may take in either parser, our walk and the trees' drop: a debug build (the hungriest) needs 24–40 KiB on the deepest shapes (nested
 /// tables, right-associative chains); twice that, reserved only when a chunk nests
 /// deeply, and touched only as far as used.
 const STACK_PER_LEVEL: usize = 80 << 10;

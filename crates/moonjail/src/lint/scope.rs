@@ -1,7 +1,7 @@
-//! The walk over full_moon's tree: scopes and locals, then every global path the script
-//! reads, writes or calls, checked against the sandbox's [`Environment`] once the whole
-//! script has been seen (a global the script defines on line 90 may be read by a function
-//! on line 3).
+//! The walk over the script's tree ([`super::ast`]): scopes and locals, then every global
+//! path the script reads, writes or calls, checked against the sandbox's [`Environment`]
+//! once the whole script has been seen (a global the script defines on line 90 may be
+//! read by a function on line 3).
 //!
 //! Severity follows one principle, no false alarms: `error` only where the code fails
 //! whenever it runs (calling or indexing what does not exist, writing a tool namespace,
@@ -14,44 +14,106 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use full_moon::ast::{
-    self, Block, Call, Expression, Field, FunctionArgs, FunctionBody, Index, LastStmt, Parameter,
-    Prefix, Stmt, Suffix, Var,
-};
-use full_moon::node::Node;
-use full_moon::tokenizer::{StringLiteralQuoteType, TokenReference, TokenType};
-use full_moon::LuaVersion;
-
-use super::hints::{foreign_name, repair, syntax_hint};
-use super::lex::{Kind, Lexer};
+use super::ast::{Args, Block, Expr, ExprKind, Field, FuncBody, Name, Prefix, Range, Stmt};
+use super::ast::{Suffix, Table};
+use super::hints::foreign_name;
 use super::rules;
 use super::view::{Entry, Environment, TableKind};
+use super::{parse, recover};
 use super::{Finding, LintReport, Severity};
 use crate::stdlib::strmatch::{check_pattern, check_replacement};
 
 /// Where something is: 1-based lines and columns, end exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct Span {
-    line: u32,
-    column: u32,
-    end_line: u32,
-    end_column: u32,
+pub(super) struct Span {
+    pub(super) line: u32,
+    pub(super) column: u32,
+    pub(super) end_line: u32,
+    pub(super) end_column: u32,
 }
 
-fn span_of(node: &impl Node) -> Span {
-    match node.range() {
-        Some((start, end)) => Span {
-            line: clamp(start.line()),
-            column: clamp(start.character()),
-            end_line: clamp(end.line()),
-            end_column: clamp(end.character()),
-        },
-        None => Span::default(),
+pub(super) fn clamp(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX).max(1)
+}
+
+/// Byte offsets to lines and columns (a column counts characters), each in about constant
+/// time: a finding's column must not cost a scan of its line, which may be the whole
+/// megabyte of a minified script.
+pub(super) struct Lines<'t> {
+    text: &'t str,
+    /// Where each line starts.
+    starts: Vec<u32>,
+    /// For text that is not ASCII: how many characters start before each block of
+    /// [`CHARS_BLOCK`] bytes.
+    chars: Vec<u32>,
+}
+
+const CHARS_BLOCK: usize = 64;
+
+impl<'t> Lines<'t> {
+    pub(super) fn new(text: &'t str) -> Lines<'t> {
+        let bytes = text.as_bytes();
+        let mut starts = vec![0];
+        starts.extend(
+            bytes
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| b == b'\n')
+                .map(|(i, _)| u32::try_from(i + 1).unwrap_or(u32::MAX)),
+        );
+        let mut chars = Vec::new();
+        if !text.is_ascii() {
+            let mut count = 0u32;
+            for block in bytes.chunks(CHARS_BLOCK) {
+                chars.push(count);
+                count += block.iter().filter(|&&b| !is_continuation(b)).count() as u32;
+            }
+        }
+        Lines {
+            text,
+            starts,
+            chars,
+        }
+    }
+
+    /// Characters that start before byte `offset`.
+    fn chars_before(&self, offset: usize) -> usize {
+        if self.chars.is_empty() {
+            return offset;
+        }
+        let block = offset / CHARS_BLOCK;
+        let base = self.chars.get(block).copied().unwrap_or(0) as usize;
+        let from = block * CHARS_BLOCK;
+        base + self
+            .text
+            .as_bytes()
+            .get(from..offset)
+            .map_or(0, |b| b.iter().filter(|&&b| !is_continuation(b)).count())
+    }
+
+    /// The line and column of byte `offset`.
+    fn at(&self, offset: u32) -> (u32, u32) {
+        let offset = offset.min(u32::try_from(self.text.len()).unwrap_or(u32::MAX));
+        let line = self.starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.starts.get(line - 1).copied().unwrap_or(0);
+        let column = self.chars_before(offset as usize) - self.chars_before(start as usize) + 1;
+        (clamp(line), clamp(column))
+    }
+
+    pub(super) fn span(&self, range: Range) -> Span {
+        let (line, column) = self.at(range.start);
+        let (end_line, end_column) = self.at(range.end);
+        Span {
+            line,
+            column,
+            end_line,
+            end_column,
+        }
     }
 }
 
-fn clamp(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX).max(1)
+fn is_continuation(b: u8) -> bool {
+    b & 0xC0 == 0x80
 }
 
 /// What a function argument is, as far as the text says.
@@ -96,9 +158,9 @@ struct Reach {
 }
 
 #[derive(Debug)]
-struct Local {
-    name: String,
-    span: Span,
+struct Local<'s> {
+    name: &'s str,
+    range: Range,
     used: bool,
     /// Report it when unused (plain locals and local functions, not parameters or loop
     /// variables, not `<close>` variables, which exist for their effect).
@@ -106,15 +168,16 @@ struct Local {
 }
 
 #[derive(Debug, Default)]
-struct Scope {
-    locals: Vec<Local>,
+struct Scope<'s> {
+    locals: Vec<Local<'s>>,
     /// A function's outermost scope: shadowing is only reported within one function.
     function: bool,
 }
 
-struct Walker<'e> {
+struct Walker<'e, 's> {
     env: &'e Environment,
-    scopes: Vec<Scope>,
+    lines: &'e Lines<'s>,
+    scopes: Vec<Scope<'s>>,
     findings: Vec<Finding>,
     reaches: Vec<Reach>,
     /// Global names the script assigns anywhere.
@@ -129,207 +192,64 @@ struct Walker<'e> {
     in_condition: usize,
 }
 
-/// A parse error's span and message (the tokenizer's messages end with their range,
-/// which the finding has).
-fn parse_error(error: &full_moon::Error) -> (Span, String) {
-    let (start, end) = error.range();
-    let span = Span {
-        line: clamp(start.line()),
-        column: clamp(start.character()),
-        end_line: clamp(end.line()),
-        end_column: clamp(end.character()),
-    };
-    let message = error.error_message().into_owned();
-    let message = match message.rfind(" (") {
-        Some(at) if message.ends_with(')') && message[at..].contains(" to ") => {
-            message[..at].to_string()
-        }
-        _ => message,
-    };
-    (span, message)
-}
-
 /// A call `s:name(...)` read as a call of `string.name` with the receiver as `self`;
 /// `uncertain` when the receiver is not known to be a string.
-fn string_method_call(m: &full_moon::ast::MethodCall, name: &str, uncertain: bool) -> Reach {
-    let args = call_args(m.args());
+fn string_method_call(
+    lines: &Lines<'_>,
+    method: &Name<'_>,
+    args: &Args<'_>,
+    uncertain: bool,
+) -> Reach {
+    let list = call_args(args);
     Reach {
-        path: vec!["string".into(), name.to_string()],
-        span: span_of(m.name()),
+        path: vec!["string".into(), method.text.to_string()],
+        span: lines.span(method.range),
         use_: Use::Call {
-            args: args.iter().map(|a| arg_with_span(a)).collect(),
+            args: list.iter().map(|a| arg_with_span(lines, a)).collect(),
             literal: None,
-            open: open_ended(&args),
+            open: open_ended(list),
             method: true,
         },
         uncertain,
     }
 }
 
-/// The span of bytes `start..end` of `text` (columns count characters).
-fn span_at(text: &str, start: usize, end: usize) -> Span {
-    let at = |offset: usize| {
-        let before = text.get(..offset).unwrap_or(text);
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |n| n + 1);
-        let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-        (clamp(line), clamp(column))
-    };
-    let ((line, column), (end_line, end_column)) = (at(start), at(end));
-    Span {
-        line,
-        column,
-        end_line,
-        end_column,
-    }
-}
-
-/// `text` with every backtick that stands where a token would (not inside a string or a
-/// comment) blanked, and where they were. full_moon's lexer treats a backtick as Luau's
-/// interpolated-string quote and, with Luau off, reaches an `unreachable!()` on it: a
-/// Markdown fence (```` ```lua ````) pasted into a script would panic the linter. It is
-/// never valid Lua 5.4, so it is reported here as a syntax error and the rest is read.
-fn blank_backticks(text: &str) -> (std::borrow::Cow<'_, str>, Vec<usize>) {
-    let bytes = text.as_bytes();
-    if !bytes.contains(&b'`') {
-        return (std::borrow::Cow::Borrowed(text), Vec::new());
-    }
-    let at: Vec<usize> = Lexer::new(bytes)
-        .filter(|t| t.kind == Kind::Other && bytes.get(t.start) == Some(&b'`'))
-        .map(|t| t.start)
-        .collect();
-    // Every backtick is blanked, also those this module's lexer sees inside a string or
-    // a comment: where a string ends on malformed input (an unfinished one, a lone
-    // `\r`) full_moon's lexer and this one may disagree, and a backtick full_moon
-    // reads as a token start is the panic. Inside a real string or comment a blank
-    // changes nothing the rules look at but that text. Only those at token positions
-    // are reported.
-    let mut out: Vec<u8> = bytes
-        .iter()
-        .map(|&b| if b == b'`' { b' ' } else { b })
-        .collect();
-    for &i in &at {
-        out[i] = b' ';
-        // A fence line (```` ```lua ````): its info string goes too, or it would read as
-        // a stray name.
-        let line_start = bytes[..i]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |n| n + 1);
-        if bytes[line_start..i].iter().all(u8::is_ascii_whitespace)
-            && bytes[i..].starts_with(b"```")
-        {
-            let end = bytes[i..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(bytes.len(), |n| i + n);
-            for b in &mut out[i..end] {
-                if b.is_ascii() {
-                    *b = b' ';
-                }
-            }
-        }
-    }
-    // Only ASCII bytes were replaced by ASCII: still UTF-8.
-    let blanked = String::from_utf8(out).unwrap_or_else(|_| text.replace('`', " "));
-    (std::borrow::Cow::Owned(blanked), at)
-}
-
-/// full_moon's parse, with a panic inside it (a bug of the parser on some input we do
-/// not know yet) contained: `None` then, and the linter reports that it could not read
-/// the script rather than taking the host down.
-fn parse(text: &str, version: LuaVersion) -> Option<full_moon::ast::AstResult> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        full_moon::parse_fallible(text, version)
-    }))
-    .ok()
-}
-
-/// Parses `text` and adds what it finds to `report`.
+/// Parses `text` and adds what it finds to `report`: valid Lua with this module's own
+/// parser; a script with a syntax error with full_moon, whose recovery reads the rest
+/// of it ([`recover::read`]).
 pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
-    let version = LuaVersion::lua54();
-    let original = text;
-    let (blanked, backticks) = blank_backticks(text);
-    let text: &str = &blanked;
-    let Some(result) = parse(text, version) else {
-        report.findings.push(finding(
-            "syntax",
-            Severity::Error,
-            span_at(text, 0, 0),
-            "the script could not be parsed: the parser failed on it".to_string(),
-            None,
-        ));
+    let lines = Lines::new(text);
+    if let Some(block) = parse::chunk(text) {
+        walk(env, &lines, &block, report, false, false);
         return;
-    };
-    let mut errors: Vec<(Span, String)> = result.errors().iter().map(parse_error).collect();
-    let mut ast = result.into_ast();
-    let mut repaired = Vec::new();
-    let mut still_broken = !errors.is_empty();
-    // After a syntax error, the parser's recovery may have skipped much of the script,
-    // and its errors land where recovery stopped, not where the mistake is. With the
-    // other languages' spellings repaired (same positions), each spelling is reported
-    // where it stands, the errors left are the script's own, and the rest of the
-    // script is read for everything else.
-    if still_broken {
-        if let Some((fixed, repairs)) = repair(text) {
-            if let Some(again) = parse(&fixed, version) {
-                errors = again.errors().iter().map(parse_error).collect();
-                still_broken = !errors.is_empty();
-                ast = again.into_ast();
-                repaired = repairs;
-            }
-        }
     }
-    let mut lines_with_errors = HashSet::new();
-    for &at in &backticks {
-        let span = span_at(original, at, at + 1);
-        if lines_with_errors.insert(span.line) {
-            report.findings.push(finding(
-                "syntax",
-                Severity::Error,
-                span,
-                "syntax error: a backtick (`) is not Lua".to_string(),
-                Some(
-                    "Lua strings are quoted with \"...\", '...' or [[...]]; a Markdown code \
-                     fence (```) does not belong in the script"
-                        .to_string(),
-                ),
-            ));
-        }
+    if let Some(recovered) = recover::read(text, &lines, report) {
+        // The recovered source has the script's offsets (what is repaired keeps its
+        // length), so `lines` places its nodes too.
+        let block = recovered.tree();
+        walk(
+            env,
+            &lines,
+            &block,
+            report,
+            recovered.syntax_errors,
+            recovered.still_broken,
+        );
     }
-    for r in &repaired {
-        let span = span_at(text, r.start, r.end);
-        if lines_with_errors.insert(span.line) {
-            report.findings.push(finding(
-                "syntax",
-                Severity::Error,
-                span,
-                format!("syntax error: `{}` is not Lua", r.text),
-                Some(r.hint.clone()),
-            ));
-        }
-    }
-    for (span, message) in errors {
-        // One error per line: the parser's recovery reports the same mistake again.
-        if !lines_with_errors.insert(span.line) {
-            continue;
-        }
-        let hint = syntax_hint(text.as_bytes(), Some(span.line), &message);
-        let after_return = hint.as_deref().is_some_and(|h| h.contains("do return end"));
-        report.findings.push(finding(
-            if after_return {
-                "unreachable-code"
-            } else {
-                "syntax"
-            },
-            Severity::Error,
-            span,
-            format!("syntax error: {message}"),
-            hint,
-        ));
-    }
+}
+
+/// Walks `block` and adds the findings and the manifest to `report`.
+fn walk(
+    env: &Environment,
+    lines: &Lines<'_>,
+    block: &Block<'_>,
+    report: &mut LintReport,
+    syntax_errors: bool,
+    still_broken: bool,
+) {
     let mut walker = Walker {
         env,
+        lines,
         scopes: Vec::new(),
         findings: Vec::new(),
         reaches: Vec::new(),
@@ -340,9 +260,8 @@ pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
         in_condition: 0,
     };
     walker.push(true);
-    walker.block(ast.nodes());
+    walker.block(block);
     walker.pop();
-    let syntax_errors = !lines_with_errors.is_empty();
     if still_broken {
         // The recovered tree lacks what the parser skipped: what it says is unused or
         // shadowed may not be.
@@ -353,7 +272,7 @@ pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
     walker.finish(report, syntax_errors);
 }
 
-fn finding(
+pub(super) fn finding(
     rule: &'static str,
     severity: Severity,
     span: Span,
@@ -372,34 +291,22 @@ fn finding(
     }
 }
 
-/// The name of an identifier token.
-fn ident(token: &TokenReference) -> Option<&str> {
-    match token.token_type() {
-        TokenType::Identifier { identifier } => Some(identifier.as_str()),
-        _ => None,
-    }
-}
-
-/// A string literal's value, escapes decoded; `None` when the escapes are not valid.
-fn string_value(token: &TokenReference) -> Option<Vec<u8>> {
-    match token.token_type() {
-        TokenType::StringLiteral {
-            literal,
-            quote_type,
-            ..
-        } => match quote_type {
-            StringLiteralQuoteType::Brackets => {
-                let text = literal.as_str();
-                // A long string skips a first newline.
-                let text = text
-                    .strip_prefix("\r\n")
-                    .or_else(|| text.strip_prefix('\n'))
-                    .unwrap_or(text);
-                Some(text.as_bytes().to_vec())
-            }
-            _ => unescape(literal.as_str().as_bytes()),
-        },
-        _ => None,
+/// A string literal's value as written (quotes or long brackets included), escapes
+/// decoded; `None` when the escapes are not valid.
+fn string_value(raw: &str) -> Option<Vec<u8>> {
+    let bytes = raw.as_bytes();
+    match bytes.first()? {
+        b'[' => {
+            let level = bytes[1..].iter().take_while(|&&b| b == b'=').count();
+            let text = raw.get(level + 2..raw.len().checked_sub(level + 2)?)?;
+            // A long string skips a first newline.
+            let text = text
+                .strip_prefix("\r\n")
+                .or_else(|| text.strip_prefix('\n'))
+                .unwrap_or(text);
+            Some(text.as_bytes().to_vec())
+        }
+        _ => unescape(bytes.get(1..bytes.len().checked_sub(1)?)?),
     }
 }
 
@@ -471,36 +378,31 @@ fn unescape(raw: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The string literal an expression is, if it is one (parentheses allowed).
-fn literal_string(expr: &Expression) -> Option<Vec<u8>> {
-    match expr {
-        Expression::String(token) => string_value(token),
-        Expression::Parentheses { expression, .. } => literal_string(expression),
+fn literal_string(expr: &Expr<'_>) -> Option<Vec<u8>> {
+    match &expr.kind {
+        ExprKind::Str(raw) => string_value(raw),
+        ExprKind::Paren(inner) => literal_string(inner),
         _ => None,
     }
 }
 
-fn arg_of(expr: &Expression) -> Arg {
-    match expr {
-        Expression::String(token) => string_value(token).map_or(Arg::Other, Arg::Str),
-        Expression::Parentheses { expression, .. } => arg_of(expression),
-        Expression::BinaryOperator { lhs, binop, .. }
-            if binop.token().token().to_string() == ".." =>
-        {
-            match arg_of(lhs) {
-                Arg::Str(s) | Arg::StrPrefix(s) => Arg::StrPrefix(s),
-                Arg::Other => Arg::Other,
-            }
-        }
+fn arg_of(expr: &Expr<'_>) -> Arg {
+    match &expr.kind {
+        ExprKind::Str(raw) => string_value(raw).map_or(Arg::Other, Arg::Str),
+        ExprKind::Paren(inner) => arg_of(inner),
+        ExprKind::Binary("..", lhs, _) => match arg_of(lhs) {
+            Arg::Str(s) | Arg::StrPrefix(s) => Arg::StrPrefix(s),
+            Arg::Other => Arg::Other,
+        },
         _ => Arg::Other,
     }
 }
 
-/// The argument and, for a string (the only arguments findings point at), its span:
-/// a span is a walk over the expression's tokens, too dear for every argument.
-fn arg_with_span(expr: &Expression) -> (Arg, Span) {
+/// The argument and, for a string (the only arguments findings point at), its span.
+fn arg_with_span(lines: &Lines<'_>, expr: &Expr<'_>) -> (Arg, Span) {
     match arg_of(expr) {
         Arg::Other => (Arg::Other, Span::default()),
-        arg => (arg, span_of(expr)),
+        arg => (arg, lines.span(expr.range)),
     }
 }
 
@@ -519,25 +421,19 @@ const MAX_LITERAL_DEPTH: usize = 32;
 /// A literal expression as the JSON a tool would receive (the marshaling rules: a table
 /// with keys `1..n` is an array, any other an object); `None` when it is not a literal,
 /// or holds `nil` (whose place in a list a schema check cannot judge).
-fn literal_json(expr: &Expression, depth: usize) -> Option<serde_json::Value> {
+fn literal_json(expr: &Expr<'_>, depth: usize) -> Option<serde_json::Value> {
     use serde_json::Value as Json;
-    match expr {
-        Expression::String(t) => String::from_utf8(string_value(t)?).ok().map(Json::String),
-        Expression::Number(t) => number_json(&t.token().to_string()),
-        Expression::Symbol(t) => match t.token().to_string().as_str() {
-            "true" => Some(Json::Bool(true)),
-            "false" => Some(Json::Bool(false)),
+    match &expr.kind {
+        ExprKind::Str(raw) => String::from_utf8(string_value(raw)?).ok().map(Json::String),
+        ExprKind::Number(text) => number_json(text),
+        ExprKind::True => Some(Json::Bool(true)),
+        ExprKind::False => Some(Json::Bool(false)),
+        ExprKind::Paren(inner) => literal_json(inner, depth),
+        ExprKind::Unary("-", operand) => match &operand.kind {
+            ExprKind::Number(text) => number_json(&format!("-{text}")),
             _ => None,
         },
-        Expression::Parentheses { expression, .. } => literal_json(expression, depth),
-        Expression::UnaryOperator {
-            unop: ast::UnOp::Minus(_),
-            expression,
-        } => match &**expression {
-            Expression::Number(t) => number_json(&format!("-{}", t.token())),
-            _ => None,
-        },
-        Expression::TableConstructor(t) => table_json(t, depth),
+        ExprKind::Table(t) => table_json(t, depth),
         _ => None,
     }
 }
@@ -550,19 +446,19 @@ fn number_json(text: &str) -> Option<serde_json::Value> {
     serde_json::Number::from_f64(f).map(serde_json::Value::Number)
 }
 
-fn table_json(table: &ast::TableConstructor, depth: usize) -> Option<serde_json::Value> {
+fn table_json(table: &Table<'_>, depth: usize) -> Option<serde_json::Value> {
     if depth >= MAX_LITERAL_DEPTH {
         return None;
     }
-    let fields: Vec<&Field> = table.fields().iter().collect();
+    let fields = &table.fields;
     if fields.is_empty() {
         return Some(serde_json::Value::Object(serde_json::Map::new()));
     }
-    if fields.iter().all(|f| matches!(f, Field::NoKey(_))) {
+    if fields.iter().all(|f| matches!(f, Field::Item(_))) {
         let items: Option<Vec<serde_json::Value>> = fields
             .iter()
             .map(|f| match f {
-                Field::NoKey(e) => literal_json(e, depth + 1),
+                Field::Item(e) => literal_json(e, depth + 1),
                 _ => None,
             })
             .collect();
@@ -571,39 +467,44 @@ fn table_json(table: &ast::TableConstructor, depth: usize) -> Option<serde_json:
     let mut object = serde_json::Map::new();
     for field in fields {
         match field {
-            Field::NameKey { key, value, .. } => {
-                let key = ident(key)?.to_string();
-                object.insert(key, literal_json(value, depth + 1)?);
+            Field::Named(key, value) => {
+                object.insert(key.text.to_string(), literal_json(value, depth + 1)?);
             }
-            Field::ExpressionKey { key, value, .. } => {
+            Field::Keyed(key, value) => {
                 let key = String::from_utf8(literal_string(key)?).ok()?;
                 object.insert(key, literal_json(value, depth + 1)?);
             }
-            _ => return None,
+            Field::Item(_) => return None,
         }
     }
     Some(serde_json::Value::Object(object))
 }
 
 /// True for an argument list whose last value may expand to any number of values.
-fn open_ended(args: &[&Expression]) -> bool {
-    matches!(
-        args.last(),
-        Some(Expression::FunctionCall(_)) | Some(Expression::Symbol(_))
-    ) && args.last().is_some_and(|e| match e {
-        Expression::Symbol(t) => t.token().to_string() == "...",
-        _ => true,
-    })
+fn open_ended(args: &[Expr<'_>]) -> bool {
+    args.last()
+        .is_some_and(|e| matches!(e.kind, ExprKind::Dots) || e.is_call())
 }
 
-fn call_args(args: &FunctionArgs) -> Vec<&Expression> {
+fn call_args<'a, 's>(args: &'a Args<'s>) -> &'a [Expr<'s>] {
     match args {
-        FunctionArgs::Parentheses { arguments, .. } => arguments.iter().collect(),
-        _ => Vec::new(),
+        Args::List(list) => list,
+        _ => &[],
     }
 }
 
-impl<'e> Walker<'e> {
+/// The name a chain is, when it is a bare name.
+fn bare_name<'s>(expr: &Expr<'s>) -> Option<&'s str> {
+    match &expr.kind {
+        ExprKind::Chain(prefix, suffixes) if suffixes.is_empty() => match **prefix {
+            Prefix::Name(name) => Some(name.text),
+            Prefix::Expr(_) => None,
+        },
+        _ => None,
+    }
+}
+
+impl<'s> Walker<'_, 's> {
     fn push(&mut self, function: bool) {
         self.scopes.push(Scope {
             locals: Vec::new(),
@@ -620,7 +521,7 @@ impl<'e> Walker<'e> {
                 self.findings.push(finding(
                     "unused-local",
                     Severity::Warning,
-                    local.span,
+                    self.lines.span(local.range),
                     format!("local `{}` is never used", local.name),
                     Some(format!(
                         "remove it, or name it `_{}` if it must stay",
@@ -631,22 +532,19 @@ impl<'e> Walker<'e> {
         }
     }
 
-    fn declare(&mut self, token: &TokenReference, report_unused: bool) {
-        let Some(name) = ident(token) else {
-            return;
-        };
-        let span = span_of(token);
-        if name == "_ENV" {
+    fn declare(&mut self, name: &Name<'s>, report_unused: bool) {
+        let text = name.text;
+        if text == "_ENV" {
             self.env_tricks = true;
         }
-        if !name.starts_with('_') {
+        if !text.starts_with('_') {
             // Enclosing blocks of the same function; a redeclaration in the same block
             // (`local x = x + 1`) is an idiom, not a mistake.
             let mut shadowed = None;
             let current = self.scopes.len().saturating_sub(1);
             for scope in self.scopes[..current].iter().rev() {
-                if let Some(l) = scope.locals.iter().rev().find(|l| l.name == name) {
-                    shadowed = Some(l.span);
+                if let Some(l) = scope.locals.iter().rev().find(|l| l.name == text) {
+                    shadowed = Some(l.range);
                     break;
                 }
                 if scope.function {
@@ -660,10 +558,10 @@ impl<'e> Walker<'e> {
                 self.findings.push(finding(
                     "shadowing",
                     Severity::Warning,
-                    span,
+                    self.lines.span(name.range),
                     format!(
-                        "local `{name}` shadows the `{name}` declared on line {}",
-                        outer.line
+                        "local `{text}` shadows the `{text}` declared on line {}",
+                        self.lines.span(outer).line
                     ),
                     Some("give one of them another name".into()),
                 ));
@@ -671,8 +569,8 @@ impl<'e> Walker<'e> {
         }
         if let Some(scope) = self.scopes.last_mut() {
             scope.locals.push(Local {
-                name: name.to_string(),
-                span,
+                name: text,
+                range: name.range,
                 used: false,
                 report_unused,
             });
@@ -696,192 +594,164 @@ impl<'e> Walker<'e> {
             .any(|s| s.locals.iter().any(|l| l.name == name))
     }
 
-    fn block(&mut self, block: &Block) {
-        for stmt in block.stmts() {
-            self.stmt(stmt);
-        }
-        if let Some(last) = block.last_stmt() {
-            match last {
-                LastStmt::Return(ret) => {
-                    for e in ret.returns().iter() {
-                        self.expr(e);
-                    }
-                }
-                LastStmt::Break(_) => {}
-                _ => {}
-            }
+    fn exprs(&mut self, exprs: &[Expr<'s>]) {
+        for e in exprs {
+            self.expr(e);
         }
     }
 
-    fn scoped_block(&mut self, block: &Block) {
+    fn block(&mut self, block: &Block<'s>) {
+        for stmt in &block.stmts {
+            self.stmt(stmt);
+        }
+        if let Some(values) = &block.ret {
+            self.exprs(values);
+        }
+    }
+
+    fn scoped_block(&mut self, block: &Block<'s>) {
         self.push(false);
         self.block(block);
         self.pop();
     }
 
-    fn condition(&mut self, expr: &Expression) {
+    fn condition(&mut self, expr: &Expr<'s>) {
         self.in_condition += 1;
         self.expr(expr);
         self.in_condition -= 1;
     }
 
-    fn stmt(&mut self, stmt: &Stmt) {
+    fn stmt(&mut self, stmt: &Stmt<'s>) {
         match stmt {
-            Stmt::Assignment(assign) => {
-                for e in assign.expressions().iter() {
-                    self.expr(e);
-                }
-                for var in assign.variables().iter() {
-                    self.assign_target(var);
+            Stmt::Assign { targets, values } => {
+                self.exprs(values);
+                for target in targets {
+                    self.assign_target(target);
                 }
             }
-            Stmt::LocalAssignment(local) => {
-                for e in local.expressions().iter() {
-                    self.expr(e);
-                }
-                let attributes: Vec<Option<String>> = local
-                    .attributes()
-                    .map(|a| a.and_then(|a| ident(a.name()).map(str::to_string)))
-                    .collect();
-                for (i, name) in local.names().iter().enumerate() {
-                    let close = attributes.get(i).and_then(|a| a.as_deref()) == Some("close");
+            Stmt::Local { names, values } => {
+                self.exprs(values);
+                for (name, attribute) in names {
+                    let close = attribute.is_some_and(|a| a.text == "close");
                     self.declare(name, !close);
                 }
             }
-            Stmt::FunctionCall(call) => self.function_call(call),
-            Stmt::Do(block) => self.scoped_block(block.block()),
-            Stmt::While(w) => {
-                self.condition(w.condition());
-                self.scoped_block(w.block());
+            Stmt::Call(call) => self.expr(call),
+            Stmt::Do(block) => self.scoped_block(block),
+            Stmt::While(cond, block) => {
+                self.condition(cond);
+                self.scoped_block(block);
             }
-            Stmt::Repeat(r) => {
+            Stmt::Repeat(block, until) => {
                 // `until` sees the block's locals.
                 self.push(false);
-                self.block(r.block());
-                self.condition(r.until());
+                self.block(block);
+                self.condition(until);
                 self.pop();
             }
-            Stmt::If(i) => {
-                self.condition(i.condition());
-                self.scoped_block(i.block());
-                if let Some(else_ifs) = i.else_if() {
-                    for else_if in else_ifs {
-                        self.condition(else_if.condition());
-                        self.scoped_block(else_if.block());
-                    }
+            Stmt::If { arms, otherwise } => {
+                for (cond, block) in arms {
+                    self.condition(cond);
+                    self.scoped_block(block);
                 }
-                if let Some(block) = i.else_block() {
+                if let Some(block) = otherwise {
                     self.scoped_block(block);
                 }
             }
-            Stmt::NumericFor(f) => {
-                self.expr(f.start());
-                self.expr(f.end());
-                if let Some(step) = f.step() {
+            Stmt::NumericFor {
+                var,
+                start,
+                end,
+                step,
+                body,
+            } => {
+                self.expr(start);
+                self.expr(end);
+                if let Some(step) = step {
                     self.expr(step);
                 }
-                self.zero_based(f);
+                self.zero_based(start, end, step.is_some());
                 self.push(false);
-                self.declare(f.index_variable(), false);
-                self.block(f.block());
+                self.declare(var, false);
+                self.block(body);
                 self.pop();
             }
-            Stmt::GenericFor(f) => {
-                for e in f.expressions().iter() {
-                    self.expr(e);
-                }
+            Stmt::GenericFor { names, exprs, body } => {
+                self.exprs(exprs);
                 self.push(false);
-                for name in f.names().iter() {
+                for name in names {
                     self.declare(name, false);
                 }
-                self.block(f.block());
+                self.block(body);
                 self.pop();
             }
-            Stmt::FunctionDeclaration(decl) => {
-                let name = decl.name();
-                let names: Vec<&TokenReference> = name.names().iter().collect();
-                let method = name.method_name();
-                if let Some(first) = names.first().and_then(|t| ident(t)) {
+            Stmt::Function {
+                names,
+                method,
+                range,
+                body,
+            } => {
+                if let Some(first) = names.first() {
                     if names.len() == 1 && method.is_none() {
-                        if !self.use_local_write(first) {
-                            self.defined.insert(first.to_string());
+                        if !self.is_local(first.text) {
+                            self.defined.insert(first.text.to_string());
                         }
                     } else {
-                        let mut path: Vec<String> = names
-                            .iter()
-                            .filter_map(|t| ident(t).map(str::to_string))
-                            .collect();
-                        if let Some(m) = method.and_then(ident) {
-                            path.push(m.to_string());
+                        let mut path: Vec<String> =
+                            names.iter().map(|n| n.text.to_string()).collect();
+                        if let Some(m) = method {
+                            path.push(m.text.to_string());
                         }
-                        self.write_path(first, path, span_of(name));
+                        self.write_path(first.text, path, self.lines.span(*range));
                     }
                 }
-                self.function_body(decl.body(), method.is_some());
+                self.function_body(body, method.is_some());
             }
-            Stmt::LocalFunction(f) => {
-                self.declare(f.name(), true);
-                self.function_body(f.body(), false);
+            Stmt::LocalFunction { name, body } => {
+                self.declare(name, true);
+                self.function_body(body, false);
             }
-            Stmt::Goto(_) | Stmt::Label(_) => {}
-            _ => {}
         }
     }
 
-    /// An assignment to a bare name: true when it is a local (or upvalue).
-    fn use_local_write(&mut self, name: &str) -> bool {
-        self.is_local(name)
-    }
-
-    fn assign_target(&mut self, var: &Var) {
-        match var {
-            Var::Name(token) => {
-                if let Some(name) = ident(token) {
-                    if name == "_ENV" {
-                        self.env_tricks = true;
+    fn assign_target(&mut self, target: &Expr<'s>) {
+        let ExprKind::Chain(prefix, suffixes) = &target.kind else {
+            return;
+        };
+        match &**prefix {
+            Prefix::Name(name) if suffixes.is_empty() => {
+                if name.text == "_ENV" {
+                    self.env_tricks = true;
+                }
+                if !self.is_local(name.text) {
+                    self.defined.insert(name.text.to_string());
+                }
+            }
+            Prefix::Name(name) => {
+                let dotted: Option<Vec<String>> = suffixes
+                    .iter()
+                    .map(|s| match s {
+                        Suffix::Dot(field) => Some(field.text.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                match dotted {
+                    Some(rest) if !self.is_local(name.text) => {
+                        let mut path = vec![name.text.to_string()];
+                        path.extend(rest);
+                        self.write_path(name.text, path, self.lines.span(target.range));
                     }
-                    if !self.is_local(name) {
-                        self.defined.insert(name.to_string());
+                    _ => {
+                        // A local table, or an index we cannot name: walk it as a read
+                        // of everything but the written key.
+                        self.chain_from_name(name, suffixes, true);
                     }
                 }
             }
-            Var::Expression(ve) => {
-                let suffixes: Vec<&Suffix> = ve.suffixes().collect();
-                match ve.prefix() {
-                    Prefix::Name(token) => {
-                        let Some(name) = ident(token) else {
-                            return;
-                        };
-                        let dotted: Option<Vec<String>> = suffixes
-                            .iter()
-                            .map(|s| match s {
-                                Suffix::Index(Index::Dot { name, .. }) => {
-                                    ident(name).map(str::to_string)
-                                }
-                                _ => None,
-                            })
-                            .collect();
-                        match dotted {
-                            Some(rest) if !self.is_local(name) => {
-                                let mut path = vec![name.to_string()];
-                                path.extend(rest);
-                                self.write_path(name, path, span_of(var));
-                            }
-                            _ => {
-                                // A local table, or an index we cannot name: walk it as
-                                // a read of everything but the written key.
-                                self.chain_from_name(token, &suffixes, true);
-                            }
-                        }
-                    }
-                    Prefix::Expression(e) => {
-                        self.expr(e);
-                        self.suffix_exprs(&suffixes);
-                    }
-                    _ => {}
-                }
+            Prefix::Expr(e) => {
+                self.expr(e);
+                self.suffix_exprs(suffixes);
             }
-            _ => {}
         }
     }
 
@@ -909,83 +779,75 @@ impl<'e> Walker<'e> {
         });
     }
 
-    fn function_body(&mut self, body: &FunctionBody, method: bool) {
+    fn function_body(&mut self, body: &FuncBody<'s>, method: bool) {
         self.push(true);
         if method {
             if let Some(scope) = self.scopes.last_mut() {
                 scope.locals.push(Local {
-                    name: "self".into(),
-                    span: Span::default(),
+                    name: "self",
+                    range: Range::default(),
                     used: false,
                     report_unused: false,
                 });
             }
         }
-        for param in body.parameters().iter() {
-            if let Parameter::Name(token) = param {
-                self.declare(token, false);
-            }
+        for param in &body.params {
+            self.declare(param, false);
         }
-        self.block(body.block());
+        self.block(&body.block);
         self.pop();
     }
 
-    fn function_call(&mut self, call: &ast::FunctionCall) {
-        let suffixes: Vec<&Suffix> = call.suffixes().collect();
-        match call.prefix() {
-            Prefix::Name(token) => self.chain_from_name(token, &suffixes, false),
-            Prefix::Expression(e) => {
+    /// A chain: `name...` is a local's use or a global path; `(expr)...` is walked, and
+    /// a call of a string method on a literal (`("x"):rep(3)`) checked.
+    fn chain(&mut self, expr: &Expr<'s>, prefix: &Prefix<'s>, suffixes: &[Suffix<'s>]) {
+        match prefix {
+            Prefix::Name(name) => self.chain_from_name(name, suffixes, false),
+            Prefix::Expr(e) => {
                 self.expr(e);
-                self.string_method(e, &suffixes);
-                self.suffix_exprs(&suffixes);
+                if expr.is_call() {
+                    self.string_method(e, suffixes);
+                }
+                self.suffix_exprs(suffixes);
             }
-            _ => {}
         }
     }
 
     /// `("x"):rep(3)`: a method of the string library, certainly.
-    fn string_method(&mut self, receiver: &Expression, suffixes: &[&Suffix]) {
+    fn string_method(&mut self, receiver: &Expr<'s>, suffixes: &[Suffix<'s>]) {
         if literal_string(receiver).is_none() {
             return;
         }
-        if let Some(Suffix::Call(Call::MethodCall(m))) = suffixes.first() {
-            if let Some(name) = ident(m.name()) {
-                self.reaches.push(string_method_call(m, name, false));
-            }
+        if let Some(Suffix::Method(name, args)) = suffixes.first() {
+            let reach = string_method_call(self.lines, name, args, false);
+            self.reaches.push(reach);
         }
     }
 
     /// Walks the expressions inside suffixes (call arguments, bracket indexes).
-    fn suffix_exprs(&mut self, suffixes: &[&Suffix]) {
+    fn suffix_exprs(&mut self, suffixes: &[Suffix<'s>]) {
         for suffix in suffixes {
             match suffix {
-                Suffix::Call(Call::AnonymousCall(args)) => self.args(args),
-                Suffix::Call(Call::MethodCall(m)) => self.args(m.args()),
-                Suffix::Index(Index::Brackets { expression, .. }) => self.expr(expression),
-                _ => {}
+                Suffix::Call(args) | Suffix::Method(_, args) => self.args(args),
+                Suffix::Index(key) => self.expr(key),
+                Suffix::Dot(_) => {}
             }
         }
     }
 
-    fn args(&mut self, args: &FunctionArgs) {
+    fn args(&mut self, args: &Args<'s>) {
         match args {
-            FunctionArgs::Parentheses { arguments, .. } => {
-                for a in arguments.iter() {
-                    self.expr(a);
-                }
-            }
-            FunctionArgs::TableConstructor(t) => self.table(t),
-            _ => {}
+            Args::List(list) => self.exprs(list),
+            Args::Table(t, _) => self.table(t),
+            Args::Str(..) => {}
         }
     }
 
     /// `name.a.b(...)...`: a local's use, or a global path to check. `writing`: the last
     /// suffix is the key an assignment writes (not read).
-    fn chain_from_name(&mut self, token: &TokenReference, suffixes: &[&Suffix], writing: bool) {
-        let Some(name) = ident(token) else {
-            return;
-        };
-        if name == "_ENV" {
+    fn chain_from_name(&mut self, name: &Name<'s>, suffixes: &[Suffix<'s>], writing: bool) {
+        let root = name.text;
+        if root == "_ENV" {
             self.env_tricks = true;
         }
         let reads = if writing {
@@ -993,57 +855,51 @@ impl<'e> Walker<'e> {
         } else {
             suffixes
         };
-        if self.use_local(name) {
+        if self.use_local(root) {
             self.method_patterns(reads);
             self.suffix_exprs(suffixes);
             return;
         }
         // The global path: the name and the `.field`s after it.
-        let mut path = vec![name.to_string()];
-        let mut span = span_of(token);
+        let mut path = vec![root.to_string()];
+        let mut range = name.range;
         let mut rest = reads;
-        while let Some((Suffix::Index(Index::Dot { name: field, .. }), tail)) = rest.split_first() {
-            let Some(text) = ident(field) else { break };
-            path.push(text.to_string());
-            let end = span_of(field);
-            span.end_line = end.end_line;
-            span.end_column = end.end_column;
+        while let Some((Suffix::Dot(field), tail)) = rest.split_first() {
+            path.push(field.text.to_string());
+            range.end = field.range.end;
             rest = tail;
         }
         let use_ = match rest.first() {
             None if writing => Use::Index,
             None => Use::Value,
-            Some(Suffix::Call(Call::AnonymousCall(args))) => {
+            Some(Suffix::Call(args)) => {
                 let list = call_args(args);
                 // `setmetatable(_G, ...)`: globals may come from anywhere.
-                let first_is_globals = matches!(
-                    list.first(),
-                    Some(Expression::Var(Var::Name(t))) if ident(t) == Some("_G")
-                );
-                if path.len() == 1 && name == "setmetatable" && first_is_globals {
+                let first_is_globals = list.first().and_then(bare_name) == Some("_G");
+                if path.len() == 1 && root == "setmetatable" && first_is_globals {
                     self.env_tricks = true;
                 }
                 let mut collected: Vec<(Arg, Span)> =
-                    list.iter().map(|a| arg_with_span(a)).collect();
-                let mut open = open_ended(&list);
+                    list.iter().map(|a| arg_with_span(self.lines, a)).collect();
+                let mut open = open_ended(list);
                 let mut literal: Option<Vec<serde_json::Value>> =
                     list.iter().map(|a| literal_json(a, 0)).collect();
-                match &**args {
-                    FunctionArgs::String(t) => {
-                        let value = string_value(t);
+                match args {
+                    Args::Str(raw, at) => {
+                        let value = string_value(raw);
                         literal = value
                             .as_ref()
                             .and_then(|v| String::from_utf8(v.clone()).ok())
                             .map(|v| vec![serde_json::Value::String(v)]);
-                        collected.push((value.map_or(Arg::Other, Arg::Str), span_of(t)));
+                        collected.push((value.map_or(Arg::Other, Arg::Str), self.lines.span(*at)));
                         open = false;
                     }
-                    FunctionArgs::TableConstructor(t) => {
+                    Args::Table(t, at) => {
                         literal = table_json(t, 0).map(|v| vec![v]);
-                        collected.push((Arg::Other, span_of(&**t)));
+                        collected.push((Arg::Other, self.lines.span(*at)));
                         open = false;
                     }
-                    _ => {}
+                    Args::List(_) => {}
                 }
                 Use::Call {
                     args: collected,
@@ -1061,7 +917,7 @@ impl<'e> Walker<'e> {
         }
         self.reaches.push(Reach {
             path,
-            span,
+            span: self.lines.span(range),
             use_,
             uncertain: false,
         });
@@ -1071,115 +927,85 @@ impl<'e> Walker<'e> {
 
     /// `s:find("[a-")`: method calls of the pattern functions on a receiver we cannot
     /// see; the pattern is checked, as a warning (the receiver may not be a string).
-    fn method_patterns(&mut self, suffixes: &[&Suffix]) {
+    fn method_patterns(&mut self, suffixes: &[Suffix<'s>]) {
         for suffix in suffixes {
-            if let Suffix::Call(Call::MethodCall(m)) = suffix {
-                let Some(name) = ident(m.name()) else {
-                    continue;
-                };
-                if !matches!(name, "find" | "match" | "gmatch" | "gsub") {
-                    continue;
+            if let Suffix::Method(name, args) = suffix {
+                if matches!(name.text, "find" | "match" | "gmatch" | "gsub") {
+                    let reach = string_method_call(self.lines, name, args, true);
+                    self.reaches.push(reach);
                 }
-                self.reaches.push(string_method_call(m, name, true));
             }
         }
     }
 
-    fn table(&mut self, table: &ast::TableConstructor) {
-        for field in table.fields().iter() {
+    fn table(&mut self, table: &Table<'s>) {
+        for field in &table.fields {
             match field {
-                Field::ExpressionKey { key, value, .. } => {
+                Field::Keyed(key, value) => {
                     self.expr(key);
                     self.expr(value);
                 }
-                Field::NameKey { value, .. } => self.expr(value),
-                Field::NoKey(value) => self.expr(value),
-                _ => {}
+                Field::Named(_, value) | Field::Item(value) => self.expr(value),
             }
         }
     }
 
-    fn expr(&mut self, expr: &Expression) {
-        match expr {
-            Expression::BinaryOperator { lhs, binop, rhs } => {
-                let op = binop.token().token().to_string();
-                let op = op.as_str();
-                if op == "and" || op == "or" {
+    fn expr(&mut self, expr: &Expr<'s>) {
+        match &expr.kind {
+            ExprKind::Binary(op, lhs, rhs) => {
+                if matches!(*op, "and" | "or") {
                     // The left operand guards the right one.
-                    self.in_condition += 1;
-                    self.expr(lhs);
-                    self.in_condition -= 1;
+                    self.condition(lhs);
                 } else {
                     self.expr(lhs);
                 }
                 self.expr(rhs);
             }
-            Expression::UnaryOperator { unop, expression } => {
-                if let (ast::UnOp::Hash(_), Expression::TableConstructor(t)) = (unop, &**expression)
-                {
-                    let fields: Vec<&Field> = t.fields().iter().collect();
-                    if !fields.is_empty() && fields.iter().all(|f| !matches!(f, Field::NoKey(_))) {
+            ExprKind::Unary(op, operand) => {
+                if let ("#", ExprKind::Table(t)) = (*op, &operand.kind) {
+                    if !t.fields.is_empty() && t.fields.iter().all(|f| !matches!(f, Field::Item(_)))
+                    {
                         self.findings.push(finding(
                             "length-of-map",
                             Severity::Warning,
-                            span_of(expr),
+                            self.lines.span(expr.range),
                             "`#` of a table built with keys only: its length is 0".into(),
                             Some("count the keys with a `pairs` loop".into()),
                         ));
                     }
                 }
-                if matches!(unop, ast::UnOp::Not(_)) {
-                    self.in_condition += 1;
-                    self.expr(expression);
-                    self.in_condition -= 1;
+                if *op == "not" {
+                    self.condition(operand);
                 } else {
-                    self.expr(expression);
+                    self.expr(operand);
                 }
             }
-            Expression::Parentheses { expression, .. } => self.expr(expression),
-            Expression::Function(f) => self.function_body(f.body(), false),
-            Expression::FunctionCall(call) => self.function_call(call),
-            Expression::TableConstructor(t) => self.table(t),
-            Expression::Var(var) => match var {
-                Var::Name(token) => self.chain_from_name(token, &[], false),
-                Var::Expression(ve) => {
-                    let suffixes: Vec<&Suffix> = ve.suffixes().collect();
-                    match ve.prefix() {
-                        Prefix::Name(token) => self.chain_from_name(token, &suffixes, false),
-                        Prefix::Expression(e) => {
-                            self.expr(e);
-                            self.suffix_exprs(&suffixes);
-                        }
-                        _ => {}
-                    }
-                }
-                _ => {}
-            },
-            _ => {}
+            ExprKind::Paren(inner) => self.expr(inner),
+            ExprKind::Function(body) => self.function_body(body, false),
+            ExprKind::Table(t) => self.table(t),
+            ExprKind::Chain(prefix, suffixes) => self.chain(expr, prefix, suffixes),
+            ExprKind::Nil
+            | ExprKind::True
+            | ExprKind::False
+            | ExprKind::Dots
+            | ExprKind::Number(_)
+            | ExprKind::Str(_) => {}
         }
     }
 
     /// `for i = 0, #t do`: Lua sequences start at 1.
-    fn zero_based(&mut self, f: &ast::NumericFor) {
-        let zero = matches!(f.start(), Expression::Number(n) if n.token().to_string() == "0");
-        let length = |e: &Expression| {
-            matches!(
-                e,
-                Expression::UnaryOperator {
-                    unop: ast::UnOp::Hash(_),
-                    ..
-                }
-            )
+    fn zero_based(&mut self, start: &Expr<'s>, end: &Expr<'s>, stepped: bool) {
+        let zero = matches!(start.kind, ExprKind::Number("0"));
+        let length = |e: &Expr<'_>| matches!(e.kind, ExprKind::Unary("#", _));
+        let end = match &end.kind {
+            ExprKind::Binary(_, lhs, _) => length(lhs),
+            _ => length(end),
         };
-        let end = match f.end() {
-            Expression::BinaryOperator { lhs, .. } => length(lhs),
-            e => length(e),
-        };
-        if zero && end && f.step().is_none() {
+        if zero && end && !stepped {
             self.findings.push(finding(
                 "zero-based-loop",
                 Severity::Warning,
-                span_of(f.start()),
+                self.lines.span(start.range),
                 "this loop starts at 0, but Lua sequences start at 1 (`t[0]` is nil)".into(),
                 Some("write `for i = 1, #t do`".into()),
             ));
