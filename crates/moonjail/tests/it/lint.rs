@@ -536,3 +536,26 @@ fn a_backtick_is_a_syntax_error_not_a_panic() {
     let report = sb.lint(b"T.T`\n\n\r` \n'\r`\n\r\xbd".as_slice());
     assert!(report.has_errors());
 }
+
+/// Valid Lua 5.4 that full_moon refuses (a `break` before the block's last statement,
+/// empty statements) lints clean: it runs, so a syntax error would be a false alarm. It
+/// was one while full_moon read every script; the linter's own parser reads valid Lua.
+#[test]
+fn valid_lua_full_moon_refuses_is_not_a_syntax_error() {
+    let sb = Sandbox::builder().build().unwrap();
+    for code in [
+        "local n = 0\nwhile true do n = n + 1; break; n = 2 end\nreturn n",
+        ";; local x = 1;; return x",
+        "do ; end",
+        "for i = 1, 3 do if i == 2 then break end; print(i) end",
+    ] {
+        assert_eq!(errors(&sb, code), [], "{code}");
+        let out = sb.run(code, &Value::Null);
+        assert!(out.error().is_none(), "{code}: {:?}", out.result);
+    }
+    // Warnings still come from the walk over the same tree.
+    assert_eq!(
+        found(&sb, "while true do break; local unused = 1 end", Severity::Warning),
+        [("unused-local", 1)]
+    );
+}
