@@ -7,6 +7,110 @@
 //! Both give the same tree for the same valid source, offsets included: a test holds
 //! them to it on every Lua file of the repository and on generated programs.
 
+/// Where something is: 1-based lines and columns, end exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Span {
+    pub(crate) line: u32,
+    pub(crate) column: u32,
+    pub(crate) end_line: u32,
+    pub(crate) end_column: u32,
+}
+
+impl Span {
+    /// Line 1, column 1: for what is about the whole script.
+    pub(crate) const START: Span = Span {
+        line: 1,
+        column: 1,
+        end_line: 1,
+        end_column: 1,
+    };
+}
+
+/// A count as a 1-based position (at least 1; saturated).
+pub(crate) fn clamp(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX).max(1)
+}
+
+/// Byte offsets to lines and columns (a column counts characters), each in about constant
+/// time: a finding's column must not cost a scan of its line, which may be the whole
+/// megabyte of a minified script.
+pub(crate) struct Lines<'t> {
+    text: &'t str,
+    /// Where each line starts.
+    starts: Vec<u32>,
+    /// For text that is not ASCII: how many characters start before each block of
+    /// [`CHARS_BLOCK`] bytes.
+    chars: Vec<u32>,
+}
+
+const CHARS_BLOCK: usize = 64;
+
+impl<'t> Lines<'t> {
+    pub(crate) fn new(text: &'t str) -> Lines<'t> {
+        let bytes = text.as_bytes();
+        let mut starts = vec![0];
+        starts.extend(
+            bytes
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| b == b'\n')
+                .map(|(i, _)| u32::try_from(i + 1).unwrap_or(u32::MAX)),
+        );
+        let mut chars = Vec::new();
+        if !text.is_ascii() {
+            let mut count = 0u32;
+            for block in bytes.chunks(CHARS_BLOCK) {
+                chars.push(count);
+                count += block.iter().filter(|&&b| !is_continuation(b)).count() as u32;
+            }
+        }
+        Lines {
+            text,
+            starts,
+            chars,
+        }
+    }
+
+    /// Characters that start before byte `offset`.
+    fn chars_before(&self, offset: usize) -> usize {
+        if self.chars.is_empty() {
+            return offset;
+        }
+        let block = offset / CHARS_BLOCK;
+        let base = self.chars.get(block).copied().unwrap_or(0) as usize;
+        let from = block * CHARS_BLOCK;
+        base + self
+            .text
+            .as_bytes()
+            .get(from..offset)
+            .map_or(0, |b| b.iter().filter(|&&b| !is_continuation(b)).count())
+    }
+
+    /// The line and column of byte `offset`.
+    fn at(&self, offset: u32) -> (u32, u32) {
+        let offset = offset.min(u32::try_from(self.text.len()).unwrap_or(u32::MAX));
+        let line = self.starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.starts.get(line - 1).copied().unwrap_or(0);
+        let column = self.chars_before(offset as usize) - self.chars_before(start as usize) + 1;
+        (clamp(line), clamp(column))
+    }
+
+    pub(crate) fn span(&self, range: Range) -> Span {
+        let (line, column) = self.at(range.start);
+        let (end_line, end_column) = self.at(range.end);
+        Span {
+            line,
+            column,
+            end_line,
+            end_column,
+        }
+    }
+}
+
+fn is_continuation(b: u8) -> bool {
+    b & 0xC0 == 0x80
+}
+
 /// Where a node is: bytes `start..end` of the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Range {

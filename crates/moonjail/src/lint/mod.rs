@@ -242,16 +242,27 @@ pub(crate) fn lint(env: &Environment, source: &[u8]) -> LintReport {
     report
 }
 
-/// A finding about the whole script, at line 1.
-fn whole(rule: &'static str, severity: Severity, message: String) -> Finding {
+/// A finding at `span`.
+fn finding(
+    rule: &'static str,
+    severity: Severity,
+    span: ast::Span,
+    message: String,
+    suggestion: Option<String>,
+) -> Finding {
     Finding {
         rule,
         severity,
-        line: 1,
-        column: 1,
-        end_line: 1,
-        end_column: 1,
+        line: span.line,
+        column: span.column,
+        end_line: span.end_line,
+        end_column: span.end_column,
         message,
-        suggestion: None,
+        suggestion,
     }
+}
+
+/// A finding about the whole script, at line 1.
+fn whole(rule: &'static str, severity: Severity, message: String) -> Finding {
+    finding(rule, severity, ast::Span::START, message, None)
 }

@@ -121,7 +121,13 @@ fn valid_number(text: &[u8]) -> bool {
         [b'0', b'x' | b'X', rest @ ..] => (true, rest),
         _ => (false, text),
     };
-    let digits = |b: &u8| if hex { b.is_ascii_hexdigit() } else { b.is_ascii_digit() };
+    let digits = |b: &u8| {
+        if hex {
+            b.is_ascii_hexdigit()
+        } else {
+            b.is_ascii_digit()
+        }
+    };
     let exp: &[u8] = if hex { b"pP" } else { b"eE" };
     let int = body.iter().take_while(|b| digits(b)).count();
     let mut i = int;

@@ -19,12 +19,12 @@ use full_moon::tokenizer::{Symbol, TokenReference, TokenType};
 use full_moon::LuaVersion;
 
 use super::ast::{
-    self, Args, Block, Expr, ExprKind, Field, FuncBody, Name, Prefix, Range, Stmt, Suffix, Table,
+    self, clamp, Args, Block, Expr, ExprKind, Field, FuncBody, Lines, Name, Prefix, Range, Span,
+    Stmt, Suffix, Table,
 };
 use super::hints::{repair, syntax_hint};
 use super::lex::{Kind, Lexer};
-use super::scope::{clamp, finding, Lines, Span};
-use super::{LintReport, Severity};
+use super::{finding, LintReport, Severity};
 
 /// full_moon's tree of a script with syntax errors, and what was reported about them.
 pub(super) struct Recovered {
@@ -54,12 +54,7 @@ pub(super) fn read(text: &str, lines: &Lines<'_>, report: &mut LintReport) -> Op
         report.findings.push(finding(
             "syntax",
             Severity::Error,
-            Span {
-                line: 1,
-                column: 1,
-                end_line: 1,
-                end_column: 1,
-            },
+            Span::START,
             "the script could not be parsed: the parser failed on it".to_string(),
             None,
         ));

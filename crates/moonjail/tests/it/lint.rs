@@ -555,7 +555,11 @@ fn valid_lua_full_moon_refuses_is_not_a_syntax_error() {
     }
     // Warnings still come from the walk over the same tree.
     assert_eq!(
-        found(&sb, "while true do break; local unused = 1 end", Severity::Warning),
+        found(
+            &sb,
+            "while true do break; local unused = 1 end",
+            Severity::Warning
+        ),
         [("unused-local", 1)]
     );
 }
