@@ -22,12 +22,33 @@ use super::ast::{Args, Block, Expr, ExprKind, Field, FuncBody, Name, Prefix, Ran
 use super::ast::{Suffix, Table};
 use super::lex::{Kind, Lexer};
 
+/// A chunk that parses, and what Lua's compiler would still refuse in it: the rules it
+/// checks beyond the grammar that are cheap to check while parsing (full_moon checks
+/// none of them).
+#[derive(Debug)]
+pub(crate) struct Parsed<'s> {
+    pub(crate) block: Block<'s>,
+    pub(crate) refused: Vec<Refusal>,
+}
+
+/// Something Lua's compiler refuses in a chunk that parses, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// `break` outside a loop of its function.
+    BreakOutsideLoop(Range),
+    /// `...` in a function that does not declare it.
+    VarargOutsideVararg(Range),
+}
+
 /// Parses a whole chunk (shebang already skipped); `None` if it is not valid Lua 5.4 as
 /// far as this parser knows.
-pub(crate) fn chunk(src: &str) -> Option<Block<'_>> {
+pub(crate) fn chunk(src: &str) -> Option<Parsed<'_>> {
     let mut p = Parser::new(src)?;
     let block = p.block()?;
-    (p.cur.t == T::Eof && !p.lexer.unfinished_comment).then_some(block)
+    (p.cur.t == T::Eof && !p.lexer.unfinished_comment).then_some(Parsed {
+        block,
+        refused: p.refused,
+    })
 }
 
 /// A token as the parser sees it.
@@ -57,6 +78,11 @@ struct Parser<'s> {
     peeked: Option<Tok>,
     /// Where the last token taken ended: a node's end.
     prev_end: u32,
+    /// Loops open in the current function (`break` needs one).
+    loops: u32,
+    /// The current function takes `...` (the main chunk does).
+    vararg: bool,
+    refused: Vec<Refusal>,
 }
 
 /// Lua's reserved words (a match on the bytes: a jump on the length, then a compare).
@@ -192,6 +218,32 @@ fn valid_string(text: &[u8]) -> bool {
     }
 }
 
+/// Where the first escape Lua refuses is in short string literal `text` (its offset), if
+/// one is: full_moon does not check them.
+pub(crate) fn invalid_escape(text: &[u8]) -> Option<usize> {
+    if !matches!(text.first(), Some(b'"' | b'\'')) {
+        return None;
+    }
+    let mut i = 1;
+    while i < text.len() {
+        if text[i] == b'\\' {
+            // An escaped `\r` is valid Lua (a line break); only this parser leaves it.
+            if text.get(i + 1) == Some(&b'\r') {
+                i += 2;
+                continue;
+            }
+            match text.get(i + 1..).and_then(escape_len) {
+                Some(n) => i += 1 + n,
+                None if i + 1 < text.len() => return Some(i),
+                None => return None,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// The length of the escape after a backslash in a short string, if Lua accepts it:
 /// `\n` and the other letters, an escaped line break, `\z` and the whitespace it skips,
 /// `\xXX`, `\ddd` up to 255, `\u{XXX}` up to 2^31. An escaped `\r` is left to
@@ -280,6 +332,9 @@ impl<'s> Parser<'s> {
             },
             peeked: None,
             prev_end: 0,
+            loops: 0,
+            vararg: true,
+            refused: Vec::new(),
         };
         p.cur = p.read()?;
         Some(p)
@@ -410,10 +465,29 @@ impl<'s> Parser<'s> {
         Some(block)
     }
 
+    /// A loop's body, closed by `end`.
+    fn loop_body(&mut self) -> Option<Block<'s>> {
+        self.loops += 1;
+        let block = self.block_end();
+        self.loops -= 1;
+        block
+    }
+
     /// One statement; `Some(None)` for those the tree leaves out.
     fn statement(&mut self) -> Option<Option<Stmt<'s>>> {
         let stmt = match self.cur.t {
-            T::Sym(";") | T::Kw("break") => {
+            T::Sym(";") => {
+                self.bump()?;
+                return Some(None);
+            }
+            T::Kw("break") => {
+                if self.loops == 0 {
+                    let at = Range {
+                        start: self.cur.start,
+                        end: self.cur.end,
+                    };
+                    self.refused.push(Refusal::BreakOutsideLoop(at));
+                }
                 self.bump()?;
                 return Some(None);
             }
@@ -457,7 +531,7 @@ impl<'s> Parser<'s> {
                 self.bump()?;
                 let cond = self.expr()?;
                 self.expect(T::Kw("do"))?;
-                Stmt::While(cond, self.block_end()?)
+                Stmt::While(cond, self.loop_body()?)
             }
             T::Kw("do") => {
                 self.bump()?;
@@ -465,7 +539,10 @@ impl<'s> Parser<'s> {
             }
             T::Kw("repeat") => {
                 self.bump()?;
-                let body = self.block()?;
+                self.loops += 1;
+                let body = self.block();
+                self.loops -= 1;
+                let body = body?;
                 self.expect(T::Kw("until"))?;
                 Stmt::Repeat(body, self.expr()?)
             }
@@ -487,7 +564,7 @@ impl<'s> Parser<'s> {
                         start,
                         end,
                         step,
-                        body: self.block_end()?,
+                        body: self.loop_body()?,
                     }
                 } else {
                     let mut names = vec![first];
@@ -500,7 +577,7 @@ impl<'s> Parser<'s> {
                     Stmt::GenericFor {
                         names,
                         exprs,
-                        body: self.block_end()?,
+                        body: self.loop_body()?,
                     }
                 }
             }
@@ -589,9 +666,11 @@ impl<'s> Parser<'s> {
     fn funcbody(&mut self) -> Option<FuncBody<'s>> {
         self.expect(T::Sym("("))?;
         let mut params = Vec::new();
+        let mut vararg = false;
         if self.cur.t != T::Sym(")") {
             loop {
                 if self.eat(T::Sym("..."))? {
+                    vararg = true;
                     break;
                 }
                 params.push(self.name()?);
@@ -601,9 +680,14 @@ impl<'s> Parser<'s> {
             }
         }
         self.expect(T::Sym(")"))?;
+        // A function's body is its own: no loop around it, its own `...`.
+        let outer = (self.loops, self.vararg);
+        (self.loops, self.vararg) = (0, vararg);
+        let block = self.block_end();
+        (self.loops, self.vararg) = outer;
         Some(FuncBody {
             params,
-            block: self.block_end()?,
+            block: block?,
         })
     }
 
@@ -661,7 +745,16 @@ impl<'s> Parser<'s> {
             T::Kw("nil") => ExprKind::Nil,
             T::Kw("true") => ExprKind::True,
             T::Kw("false") => ExprKind::False,
-            T::Sym("...") => ExprKind::Dots,
+            T::Sym("...") => {
+                if !self.vararg {
+                    let at = Range {
+                        start: tok.start,
+                        end: tok.end,
+                    };
+                    self.refused.push(Refusal::VarargOutsideVararg(at));
+                }
+                ExprKind::Dots
+            }
             T::Sym("{") => {
                 let table = self.table()?;
                 return Some(Expr {
@@ -862,7 +955,7 @@ mod tests {
             "function a.b.c:d(x, ...) return ... end",
             "local t = {1; 2, x = 3, [4] = 5,}",
         ] {
-            assert!(chunk(ok).is_some(), "{ok}");
+            assert!(chunk(ok).is_some_and(|p| p.refused.is_empty()), "{ok}");
         }
         for bad in [
             "x = = 1",
@@ -886,6 +979,54 @@ mod tests {
             "end",
         ] {
             assert!(chunk(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_lua_refuses_in_a_chunk_that_parses() {
+        let refused = |src: &str| chunk(src).map(|p| p.refused);
+        assert_eq!(
+            refused("print(1)\nbreak"),
+            Some(vec![Refusal::BreakOutsideLoop(Range { start: 9, end: 14 })])
+        );
+        assert_eq!(
+            refused("while x do local f = function() break end end"),
+            Some(vec![Refusal::BreakOutsideLoop(Range {
+                start: 32,
+                end: 37
+            })])
+        );
+        assert_eq!(
+            refused("local f = function(a) return ... end"),
+            Some(vec![Refusal::VarargOutsideVararg(Range {
+                start: 29,
+                end: 32
+            })])
+        );
+        for fine in [
+            "return ...",
+            "local f = function(...) return function() end, ... end",
+            "for i = 1, 2 do if i then break end end",
+            "repeat local f = function(...) return ... end break until true",
+            "while true do do break end end",
+        ] {
+            assert_eq!(refused(fine), Some(vec![]), "{fine}");
+        }
+    }
+
+    #[test]
+    fn escapes_lua_refuses() {
+        assert_eq!(invalid_escape(br"'a\q'"), Some(2));
+        assert_eq!(invalid_escape(br"'\xZZ'"), Some(1));
+        assert_eq!(invalid_escape(br"'ok\256'"), Some(3));
+        assert_eq!(invalid_escape(br"'\u{80000000}'"), Some(1));
+        for fine in [
+            r"'\n\t\\\''",
+            r"'\x41\65\u{7FFFFFFF}'",
+            "'a\\z\n  b'",
+            "[[\\q]]",
+        ] {
+            assert_eq!(invalid_escape(fine.as_bytes()), None, "{fine}");
         }
     }
 }

@@ -133,6 +133,26 @@ pub(super) fn read(text: &str, lines: &Lines<'_>, report: &mut LintReport) -> Op
             hint,
         ));
     }
+    if lines_with_errors.is_empty() {
+        // full_moon reads it without error, yet this linter's parser did not: what
+        // full_moon does not check and Lua refuses. Escapes are the one said here.
+        for (at, escape) in invalid_escapes(&blanked) {
+            let span = lines.span(range(at, at + escape.len()));
+            if lines_with_errors.insert(span.line) {
+                report.findings.push(finding(
+                    "syntax",
+                    Severity::Error,
+                    span,
+                    format!("syntax error: invalid escape sequence `{escape}`"),
+                    Some(
+                        "Lua's escapes are \\n \\t \\r \\\\ \\\" \\' \\a \\b \\f \\v, \\xXX, \\ddd (up \
+                         to 255), \\u{XXX} and \\z; a backslash itself is written `\\\\`"
+                            .to_string(),
+                    ),
+                ));
+            }
+        }
+    }
     Some(Recovered {
         source: fixed_source.unwrap_or_else(|| blanked.into_owned()),
         ast,
@@ -219,6 +239,20 @@ fn parse(text: &str, version: LuaVersion) -> Option<full_moon::ast::AstResult> {
         full_moon::parse_fallible(text, version)
     }))
     .ok()
+}
+
+/// The escapes Lua refuses in the short strings of `text`: where each starts, and its
+/// text (the backslash and the next character).
+fn invalid_escapes(text: &str) -> Vec<(usize, String)> {
+    let bytes = text.as_bytes();
+    Lexer::new(bytes)
+        .filter(|t| t.kind == Kind::Str)
+        .filter_map(|t| {
+            let at = t.start + super::parse::invalid_escape(t.text(bytes))?;
+            let escape: String = text.get(at..)?.chars().take(2).collect();
+            Some((at, escape))
+        })
+        .collect()
 }
 
 /// Converts `block`, full_moon's tree of exactly `src`, to the linter's tree.

@@ -72,6 +72,8 @@ struct Local<'s> {
     /// Report it when unused (plain locals and local functions, not parameters or loop
     /// variables, not `<close>` variables, which exist for their effect).
     report_unused: bool,
+    /// Declared `<const>` or `<close>`: Lua refuses to compile an assignment to it.
+    constant: bool,
 }
 
 #[derive(Debug, Default)]
@@ -126,8 +128,12 @@ fn string_method_call(
 /// of it ([`recover::read`]).
 pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
     let lines = Lines::new(text);
-    if let Some(block) = parse::chunk(text) {
-        walk(env, &lines, &block, report, false, false);
+    if let Some(parsed) = parse::chunk(text) {
+        for refusal in &parsed.refused {
+            report.findings.push(refused(&lines, *refusal));
+        }
+        let syntax_errors = !parsed.refused.is_empty();
+        walk(env, &lines, &parsed.block, report, syntax_errors, false);
         return;
     }
     if let Some(recovered) = recover::read(text, &lines, report) {
@@ -143,6 +149,32 @@ pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
             recovered.still_broken,
         );
     }
+}
+
+/// What Lua's compiler says of a chunk that parses, as a finding (its words, and how
+/// to write it instead).
+fn refused(lines: &Lines<'_>, refusal: parse::Refusal) -> Finding {
+    let (range, message, suggestion) = match refusal {
+        parse::Refusal::BreakOutsideLoop(at) => (
+            at,
+            "syntax error: `break` outside a loop",
+            "`break` leaves the innermost `while`, `for` or `repeat` loop of its function; \
+             to leave the function early, use `return`",
+        ),
+        parse::Refusal::VarargOutsideVararg(at) => (
+            at,
+            "syntax error: cannot use `...` outside a vararg function",
+            "declare the function with `...` as its last parameter (`function(a, ...)`), \
+             or pass the values as parameters",
+        ),
+    };
+    finding(
+        "syntax",
+        Severity::Error,
+        lines.span(range),
+        message.to_string(),
+        Some(suggestion.to_string()),
+    )
 }
 
 /// Walks `block` and adds the findings and the manifest to `report`.
@@ -174,7 +206,7 @@ fn walk(
         // shadowed may not be.
         walker
             .findings
-            .retain(|f| !matches!(f.rule, "unused-local" | "shadowing"));
+            .retain(|f| !matches!(f.rule, "unused-local" | "shadowing" | "syntax"));
     }
     walker.finish(report, syntax_errors);
 }
@@ -421,6 +453,10 @@ impl<'s> Walker<'_, 's> {
     }
 
     fn declare(&mut self, name: &Name<'s>, report_unused: bool) {
+        self.declare_local(name, report_unused, false);
+    }
+
+    fn declare_local(&mut self, name: &Name<'s>, report_unused: bool, constant: bool) {
         let text = name.text;
         if text == "_ENV" {
             self.env_tricks = true;
@@ -461,6 +497,7 @@ impl<'s> Walker<'_, 's> {
                 range: name.range,
                 used: false,
                 report_unused,
+                constant,
             });
         }
     }
@@ -521,7 +558,7 @@ impl<'s> Walker<'_, 's> {
                 self.exprs(values);
                 for (name, attribute) in names {
                     let close = attribute.is_some_and(|a| a.text == "close");
-                    self.declare(name, !close);
+                    self.declare_local(name, !close, attribute.is_some());
                 }
             }
             Stmt::Call(call) => self.expr(call),
@@ -581,9 +618,7 @@ impl<'s> Walker<'_, 's> {
             } => {
                 if let Some(first) = names.first() {
                     if names.len() == 1 && method.is_none() {
-                        if !self.is_local(first.text) {
-                            self.defined.insert(first.text.to_string());
-                        }
+                        self.assign_name(first);
                     } else {
                         let mut path: Vec<String> =
                             names.iter().map(|n| n.text.to_string()).collect();
@@ -611,9 +646,7 @@ impl<'s> Walker<'_, 's> {
                 if name.text == "_ENV" {
                     self.env_tricks = true;
                 }
-                if !self.is_local(name.text) {
-                    self.defined.insert(name.text.to_string());
-                }
+                self.assign_name(name);
             }
             Prefix::Name(name) => {
                 let dotted: Option<Vec<String>> = suffixes
@@ -640,6 +673,40 @@ impl<'s> Walker<'_, 's> {
                 self.expr(e);
                 self.suffix_exprs(suffixes);
             }
+        }
+    }
+
+    /// An assignment to a bare name: a global defined, or a local written (which Lua
+    /// refuses to compile when the local is `<const>` or `<close>`).
+    fn assign_name(&mut self, name: &Name<'s>) {
+        let local = self
+            .scopes
+            .iter()
+            .rev()
+            .find_map(|s| s.locals.iter().rev().find(|l| l.name == name.text));
+        match local {
+            None => {
+                self.defined.insert(name.text.to_string());
+            }
+            Some(local) if local.constant => {
+                let declared = self.lines.span(local.range).line;
+                self.findings.push(finding(
+                    "syntax",
+                    Severity::Error,
+                    self.lines.span(name.range),
+                    format!(
+                        "syntax error: attempt to assign to const variable `{}` (declared \
+                         on line {declared})",
+                        name.text
+                    ),
+                    Some(format!(
+                        "declare `{}` without `<const>` if it must change, or assign a new \
+                         local",
+                        name.text
+                    )),
+                ));
+            }
+            Some(_) => {}
         }
     }
 
@@ -676,6 +743,7 @@ impl<'s> Walker<'_, 's> {
                     range: Range::default(),
                     used: false,
                     report_unused: false,
+                    constant: false,
                 });
             }
         }

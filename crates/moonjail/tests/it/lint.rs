@@ -563,3 +563,63 @@ fn valid_lua_full_moon_refuses_is_not_a_syntax_error() {
         [("unused-local", 1)]
     );
 }
+
+/// What Lua's compiler refuses beyond the grammar, and neither parser's grammar sees: a
+/// `break` outside a loop, `...` outside a vararg function, an assignment to a
+/// `<const>` or `<close>` local, an invalid escape. Each is a syntax finding at its
+/// line, and each is a case the run refuses too (so none is a false alarm).
+#[test]
+fn what_lua_refuses_beyond_the_grammar_is_a_syntax_error() {
+    let sb = Sandbox::builder().build().unwrap();
+    let cases: &[(&str, u32, &str)] = &[
+        ("print(1)\nbreak\nprint(2)", 2, "`break` outside a loop"),
+        (
+            "for i = 1, 2 do\n  local f = function() break end\nend",
+            2,
+            "`break` outside a loop",
+        ),
+        (
+            "local function f(a)\n  return select('#', ...)\nend\nreturn f(1)",
+            2,
+            "outside a vararg function",
+        ),
+        (
+            "local limit <const> = 10\nlimit = 20\nreturn limit",
+            2,
+            "const variable `limit`",
+        ),
+        (
+            "local limit <const> = 10\nfunction limit() end",
+            2,
+            "const variable `limit`",
+        ),
+        (
+            "local s = 'a'\nreturn s .. 'C:\\Users\\me'",
+            2,
+            "invalid escape sequence `\\U`",
+        ),
+    ];
+    for &(code, line, message) in cases {
+        let report = sb.lint(code);
+        let found: Vec<_> = report
+            .errors()
+            .map(|f| (f.rule, f.line, f.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 1, "{code}: {found:?}");
+        assert_eq!((found[0].0, found[0].1), ("syntax", line), "{code}");
+        assert!(found[0].2.contains(message), "{code}: {}", found[0].2);
+        let out = sb.run(code, &Value::Null);
+        let error = out.error().expect("Lua refuses it too");
+        assert_eq!(error.kind.as_str(), "syntax", "{code}: {error:?}");
+    }
+    // Not refused: a shadowing local may change, a loop's `break` inside a nested block,
+    // `...` of the main chunk, a `<const>` local's table fields.
+    for code in [
+        "local x <const> = 1\ndo local x = 2; x = 3 end",
+        "while true do if true then do break end end end",
+        "return select('#', ...)",
+        "local t <const> = {}\nt.x = 1\nreturn t",
+    ] {
+        assert_eq!(errors(&sb, code), [], "{code}");
+    }
+}
