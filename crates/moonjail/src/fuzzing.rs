@@ -1,7 +1,8 @@
 //! Entry points for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`, off by default;
 //! never for production): thin wrappers over what the supervisor parses from a worker
 //! (frames, `Done` documents, host calls) and over the metered pattern matcher, so that
-//! the targets reach them without widening the public API.
+//! the targets reach them without widening the public API; and over the linter's two
+//! parsers, held to the same tree.
 //!
 //! Everything here calls the crate's own code paths unchanged; nothing is reimplemented
 //! except the Lua harness that runs the stock and the metered matcher side by side.
@@ -343,4 +344,12 @@ impl Differential {
         ))?;
         Ok((stock.as_bytes().to_vec(), metered.as_bytes().to_vec()))
     }
+}
+
+/// The linter's fast parser against full_moon on `source`: panics when the fast parser
+/// accepts what full_moon refuses, or when their trees differ (offsets included).
+/// Returns whether the fast parser accepted it. Sources that nest deeper than the
+/// linter would parse are skipped (`false`), as the linter skips them.
+pub fn lint_parsers_agree(source: &str) -> bool {
+    crate::lint::parsers_agree_bounded(source)
 }

@@ -28,45 +28,7 @@ fn full_moon_errors(src: &str) -> Vec<String> {
 /// When the fast parser accepts `src`, full_moon finds no error in it and both trees
 /// are the same. Returns whether the fast parser accepted it.
 fn agree(src: &str) -> bool {
-    stacker::maybe_grow(256 << 10, 16 << 20, || {
-        let Some(fast) = parse::chunk(src).map(|p| p.block) else {
-            return false;
-        };
-        let result = full_moon(src);
-        let Some(result) = result else {
-            panic!("the fast parser accepts what full_moon panics on:\n{src}");
-        };
-        let errors: Vec<String> = result.errors().iter().map(|e| e.to_string()).collect();
-        assert!(
-            errors.is_empty(),
-            "the fast parser accepts what full_moon refuses ({errors:?}):\n{src}"
-        );
-        let slow = recover::convert(src, result.ast().nodes());
-        if fast != slow {
-            panic!(
-                "the trees differ on:\n{src}\n{}",
-                first_difference(&fast, &slow)
-            );
-        }
-        true
-    })
-}
-
-/// The first line where the two trees' pretty-printed forms differ, with context.
-fn first_difference(fast: &Block<'_>, slow: &Block<'_>) -> String {
-    let (a, b) = (format!("{fast:#?}"), format!("{slow:#?}"));
-    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    let at = a
-        .iter()
-        .zip(&b)
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.len().min(b.len()));
-    let from = at.saturating_sub(12);
-    format!(
-        "fast parser:\n{}\nfull_moon:\n{}",
-        a[from..(at + 3).min(a.len())].join("\n"),
-        b[from..(at + 3).min(b.len())].join("\n")
-    )
+    stacker::maybe_grow(256 << 10, 16 << 20, || super::parsers_agree(src))
 }
 
 /// full_moon's tree of `src` (which must have no syntax error), converted, with its

@@ -242,6 +242,57 @@ pub(crate) fn lint(env: &Environment, source: &[u8]) -> LintReport {
     report
 }
 
+/// The fast parser against full_moon on `src`: when the fast parser accepts it, full_moon
+/// must find no error and both trees must be the same, offsets included (a panic with
+/// the first difference otherwise). Returns whether the fast parser accepted it. For the
+/// differential tests and the `lint_parsers` fuzz target; the nesting is the caller's
+/// to bound, as [`lint`] does.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn parsers_agree(src: &str) -> bool {
+    let Some(fast) = parse::chunk(src).map(|p| p.block) else {
+        return false;
+    };
+    let Ok(result) =
+        std::panic::catch_unwind(|| full_moon::parse_fallible(src, full_moon::LuaVersion::lua54()))
+    else {
+        panic!("the fast parser accepts what full_moon panics on:\n{src}");
+    };
+    let errors: Vec<String> = result.errors().iter().map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "the fast parser accepts what full_moon refuses ({errors:?}):\n{src}"
+    );
+    let slow = recover::convert(src, result.ast().nodes());
+    if fast != slow {
+        let (a, b) = (format!("{fast:#?}"), format!("{slow:#?}"));
+        let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+        let at = a
+            .iter()
+            .zip(&b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len()));
+        let from = at.saturating_sub(12);
+        panic!(
+            "the trees differ on:\n{src}\nfast parser:\n{}\nfull_moon:\n{}",
+            a[from..(at + 3).min(a.len())].join("\n"),
+            b[from..(at + 3).min(b.len())].join("\n")
+        );
+    }
+    true
+}
+
+/// [`parsers_agree`] on what the linter would parse, on a stack grown as [`lint`] grows
+/// it; `false` for a source nesting past [`MAX_NESTING`].
+#[cfg(feature = "fuzzing")]
+pub(crate) fn parsers_agree_bounded(src: &str) -> bool {
+    let depth = lex::nesting_bound(src.as_bytes());
+    if depth > MAX_NESTING {
+        return false;
+    }
+    let stack = (depth + 8).saturating_mul(STACK_PER_LEVEL);
+    stacker::maybe_grow(stack, stack.max(1 << 20), || parsers_agree(src))
+}
+
 /// A finding at `span`.
 fn finding(
     rule: &'static str,
