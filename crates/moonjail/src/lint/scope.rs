@@ -87,6 +87,12 @@ struct Walker<'e, 's> {
     env: &'e Environment,
     lines: &'e Lines<'s>,
     scopes: Vec<Scope<'s>>,
+    /// Each name's locals in scope, innermost last, as (scope, index in its locals): a
+    /// name resolves in constant time, however many locals a script declares (a scan
+    /// of every scope made a megabyte of `local` lines take seconds).
+    visible: HashMap<&'s str, Vec<(usize, usize)>>,
+    /// The scopes that are a function's outermost, innermost last.
+    roots: Vec<usize>,
     findings: Vec<Finding>,
     reaches: Vec<Reach>,
     /// Global names the script assigns anywhere.
@@ -190,6 +196,8 @@ fn walk(
         env,
         lines,
         scopes: Vec::new(),
+        visible: HashMap::new(),
+        roots: Vec::new(),
         findings: Vec::new(),
         reaches: Vec::new(),
         defined: HashSet::new(),
@@ -426,6 +434,9 @@ fn bare_name<'s>(expr: &Expr<'s>) -> Option<&'s str> {
 
 impl<'s> Walker<'_, 's> {
     fn push(&mut self, function: bool) {
+        if function {
+            self.roots.push(self.scopes.len());
+        }
         self.scopes.push(Scope {
             locals: Vec::new(),
             function,
@@ -436,7 +447,13 @@ impl<'s> Walker<'_, 's> {
         let Some(scope) = self.scopes.pop() else {
             return;
         };
+        if scope.function {
+            self.roots.pop();
+        }
         for local in scope.locals {
+            if let Some(stack) = self.visible.get_mut(local.name) {
+                stack.pop();
+            }
             if local.report_unused && !local.used && !local.name.starts_with('_') {
                 self.findings.push(finding(
                     "unused-local",
@@ -452,6 +469,24 @@ impl<'s> Walker<'_, 's> {
         }
     }
 
+    /// Puts `local` in the innermost scope.
+    fn add_local(&mut self, local: Local<'s>) {
+        let Some(at) = self.scopes.len().checked_sub(1) else {
+            return;
+        };
+        let name = local.name;
+        let locals = &mut self.scopes[at].locals;
+        locals.push(local);
+        let index = locals.len() - 1;
+        self.visible.entry(name).or_default().push((at, index));
+    }
+
+    /// The local `name` refers to here, if it is one.
+    fn resolve(&self, name: &str) -> Option<&Local<'s>> {
+        let &(scope, index) = self.visible.get(name)?.last()?;
+        self.scopes.get(scope)?.locals.get(index)
+    }
+
     fn declare(&mut self, name: &Name<'s>, report_unused: bool) {
         self.declare_local(name, report_unused, false);
     }
@@ -462,23 +497,7 @@ impl<'s> Walker<'_, 's> {
             self.env_tricks = true;
         }
         if !text.starts_with('_') {
-            // Enclosing blocks of the same function; a redeclaration in the same block
-            // (`local x = x + 1`) is an idiom, not a mistake.
-            let mut shadowed = None;
-            let current = self.scopes.len().saturating_sub(1);
-            for scope in self.scopes[..current].iter().rev() {
-                if let Some(l) = scope.locals.iter().rev().find(|l| l.name == text) {
-                    shadowed = Some(l.range);
-                    break;
-                }
-                if scope.function {
-                    break;
-                }
-            }
-            if self.scopes.get(current).is_some_and(|s| s.function) {
-                shadowed = None;
-            }
-            if let Some(outer) = shadowed {
+            if let Some(outer) = self.shadowed(text) {
                 self.findings.push(finding(
                     "shadowing",
                     Severity::Warning,
@@ -491,32 +510,48 @@ impl<'s> Walker<'_, 's> {
                 ));
             }
         }
-        if let Some(scope) = self.scopes.last_mut() {
-            scope.locals.push(Local {
-                name: text,
-                range: name.range,
-                used: false,
-                report_unused,
-                constant,
-            });
+        self.add_local(Local {
+            name: text,
+            range: name.range,
+            used: false,
+            report_unused,
+            constant,
+        });
+    }
+
+    /// Where a local `name` declared now would shadow another: the innermost one in an
+    /// enclosing block of the same function. A redeclaration in the same block
+    /// (`local x = x + 1`) is an idiom, not a mistake, and parameters shadow nothing.
+    fn shadowed(&self, name: &str) -> Option<Range> {
+        let current = self.scopes.len().checked_sub(1)?;
+        if self.scopes[current].function {
+            return None;
         }
+        let root = self.roots.last().copied().unwrap_or(0);
+        let stack = self.visible.get(name)?;
+        // The stack is ordered by scope: those of the current block are at its top.
+        let enclosing = stack.partition_point(|&(scope, _)| scope < current);
+        let &(scope, index) = stack.get(enclosing.checked_sub(1)?)?;
+        (scope >= root).then(|| self.scopes[scope].locals[index].range)
     }
 
     /// Marks local `name` used; false when it is not a local (a global).
     fn use_local(&mut self, name: &str) -> bool {
-        for scope in self.scopes.iter_mut().rev() {
-            if let Some(local) = scope.locals.iter_mut().rev().find(|l| l.name == name) {
-                local.used = true;
-                return true;
-            }
+        let Some(&(scope, index)) = self.visible.get(name).and_then(|s| s.last()) else {
+            return false;
+        };
+        if let Some(local) = self
+            .scopes
+            .get_mut(scope)
+            .and_then(|s| s.locals.get_mut(index))
+        {
+            local.used = true;
         }
-        false
+        true
     }
 
     fn is_local(&self, name: &str) -> bool {
-        self.scopes
-            .iter()
-            .any(|s| s.locals.iter().any(|l| l.name == name))
+        self.resolve(name).is_some()
     }
 
     fn exprs(&mut self, exprs: &[Expr<'s>]) {
@@ -679,12 +714,7 @@ impl<'s> Walker<'_, 's> {
     /// An assignment to a bare name: a global defined, or a local written (which Lua
     /// refuses to compile when the local is `<const>` or `<close>`).
     fn assign_name(&mut self, name: &Name<'s>) {
-        let local = self
-            .scopes
-            .iter()
-            .rev()
-            .find_map(|s| s.locals.iter().rev().find(|l| l.name == name.text));
-        match local {
+        match self.resolve(name.text) {
             None => {
                 self.defined.insert(name.text.to_string());
             }
@@ -737,15 +767,13 @@ impl<'s> Walker<'_, 's> {
     fn function_body(&mut self, body: &FuncBody<'s>, method: bool) {
         self.push(true);
         if method {
-            if let Some(scope) = self.scopes.last_mut() {
-                scope.locals.push(Local {
-                    name: "self",
-                    range: Range::default(),
-                    used: false,
-                    report_unused: false,
-                    constant: false,
-                });
-            }
+            self.add_local(Local {
+                name: "self",
+                range: Range::default(),
+                used: false,
+                report_unused: false,
+                constant: false,
+            });
         }
         for param in &body.params {
             self.declare(param, false);
