@@ -1533,3 +1533,16 @@ proptest! {
         prop_assert!(accepted, "the fast parser refuses:\n{}", src);
     }
 }
+
+/// Inputs the `lint_parsers` fuzz target found. A form feed (and a vertical tab) is a
+/// space to Lua, which full_moon refuses: the fast parser reads it, as Lua does. Lua
+/// ends a comment at a `\r` as at a `\n`: the fast parser's lexer did not, and took the
+/// NUL bytes after one for comment text that Lua refuses.
+#[test]
+fn fuzz_findings() {
+    assert!(agree("local x = 1\u{c}\nreturn x"));
+    assert!(agree("local x = 1\u{b} return x"));
+    assert!(!full_moon_errors("local x = 1\u{c}\nreturn x").is_empty());
+    assert!(!agree("x = 1 -- the end:\r\0\0\0 y\n"));
+    assert!(agree("x = 1 -- a comment\ry = 2"));
+}

@@ -117,7 +117,10 @@ impl<'a> Lexer<'a> {
 
     fn skip_trivia(&mut self) {
         loop {
-            while self.pos < self.src.len() && self.src[self.pos].is_ascii_whitespace() {
+            // Lua's spaces: ASCII whitespace and the vertical tab.
+            while self.pos < self.src.len()
+                && (self.src[self.pos].is_ascii_whitespace() || self.src[self.pos] == 0x0b)
+            {
                 self.pos += 1;
             }
             if self.at(self.pos) == b'-' && self.at(self.pos + 1) == b'-' {
@@ -132,7 +135,8 @@ impl<'a> Lexer<'a> {
                     },
                     None => self.src[body..]
                         .iter()
-                        .position(|&b| b == b'\n')
+                        // Lua ends a comment at either line break.
+                        .position(|&b| b == b'\n' || b == b'\r')
                         .map_or(self.src.len(), |n| body + n),
                 };
                 continue;
