@@ -63,6 +63,8 @@ impl<'t> Lines<'t> {
                 chars.push(count);
                 count += block.iter().filter(|&&b| !is_continuation(b)).count() as u32;
             }
+            // The block that starts at the end (an offset there is a finding's end).
+            chars.push(count);
         }
         Lines {
             text,
@@ -93,6 +95,11 @@ impl<'t> Lines<'t> {
         let start = self.starts.get(line - 1).copied().unwrap_or(0);
         let column = self.chars_before(offset as usize) - self.chars_before(start as usize) + 1;
         (clamp(line), clamp(column))
+    }
+
+    /// Where each line starts (line n + 1 at `starts()[n]`).
+    pub(crate) fn starts(&self) -> &[u32] {
+        &self.starts
     }
 
     pub(crate) fn span(&self, range: Range) -> Span {
@@ -273,5 +280,33 @@ impl Expr<'_> {
     /// True for a chain whose last step is a call (a function call expression).
     pub(crate) fn is_call(&self) -> bool {
         matches!(&self.kind, ExprKind::Chain(_, s) if matches!(s.last(), Some(Suffix::Call(_) | Suffix::Method(..))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_columns() {
+        let text = "ab\nçd\n\nx";
+        let lines = Lines::new(text);
+        let at = |o: u32| lines.at(o);
+        assert_eq!(at(0), (1, 1));
+        assert_eq!(at(3), (2, 1));
+        assert_eq!(at(5), (2, 2)); // after `ç` (two bytes): one character
+        assert_eq!(at(8), (4, 1));
+        assert_eq!(at(9), (4, 2)); // the end of the text
+    }
+
+    /// A non-ASCII text whose length is a multiple of the block: an offset at its end
+    /// fell past the counts (a panic in a debug build, `u32::MAX` in release).
+    #[test]
+    fn the_end_of_a_text_of_whole_blocks() {
+        let mut text = "é".to_string();
+        text.push_str(&"x".repeat(CHARS_BLOCK * 2 - 2));
+        assert_eq!(text.len(), CHARS_BLOCK * 2);
+        let lines = Lines::new(&text);
+        assert_eq!(lines.at(text.len() as u32), (1, CHARS_BLOCK as u32 * 2));
     }
 }

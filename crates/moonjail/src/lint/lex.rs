@@ -184,7 +184,8 @@ impl Iterator for Lexer<'_> {
                         }
                     }
                     b'\\' => self.pos += 2,
-                    b'\n' => break,
+                    // Lua's short strings end (unfinished) at either line break.
+                    b'\n' | b'\r' => break,
                     b if b == c => {
                         self.pos += 1;
                         break;

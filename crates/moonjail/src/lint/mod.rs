@@ -219,6 +219,8 @@ pub(crate) fn lint(env: &Environment, source: &[u8]) -> LintReport {
         ));
         return report;
     }
+    let code = lua_line_breaks(code);
+    let code: &[u8] = &code;
     let depth = lex::nesting_bound(code);
     if depth > MAX_NESTING {
         report.findings.push(whole(
@@ -329,6 +331,41 @@ pub(crate) fn parsers_agree_bounded(src: &str) -> bool {
     }
     let stack = (depth + 8).saturating_mul(STACK_PER_LEVEL);
     stacker::maybe_grow(stack, stack.max(1 << 20), || parsers_agree(src))
+}
+
+/// `code` with its line breaks as Lua reads them, in a form the lexers (ours and
+/// full_moon's) read the same way. Lua ends a line (and a comment) at a lone `\r` too,
+/// and takes `\n\r` for one break; they break only at `\n`, so code after a lone `\r`
+/// in a comment was invisible to the linter (an `http.get` left out of the manifest).
+/// A lone `\r` becomes `\n`, the `\r` of a `\n\r` a space, `\r\n` stays: the same
+/// length, so every offset holds, and the same meaning (long strings store any break
+/// as `\n`; a raw break in a short string is an error either way).
+fn lua_line_breaks(code: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !code.contains(&b'\r') {
+        return std::borrow::Cow::Borrowed(code);
+    }
+    let mut out = code.to_vec();
+    let mut i = 0;
+    while let Some(&b) = code.get(i) {
+        let pair = matches!(
+            (b, code.get(i + 1)),
+            (b'\n', Some(b'\r')) | (b'\r', Some(b'\n'))
+        );
+        match b {
+            b'\n' | b'\r' if pair => {
+                if b == b'\n' {
+                    out[i + 1] = b' ';
+                }
+                i += 2;
+            }
+            b'\r' => {
+                out[i] = b'\n';
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A finding at `span`.

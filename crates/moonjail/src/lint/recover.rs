@@ -22,7 +22,7 @@ use super::ast::{
     self, clamp, Args, Block, Expr, ExprKind, Field, FuncBody, Lines, Name, Prefix, Range, Span,
     Stmt, Suffix, Table,
 };
-use super::hints::{repair, syntax_hint};
+use super::hints::{repair, syntax_hint_indexed};
 use super::lex::{Kind, Lexer};
 use super::{finding, LintReport, Severity};
 
@@ -119,7 +119,12 @@ pub(super) fn read(text: &str, lines: &Lines<'_>, report: &mut LintReport) -> Op
         if !lines_with_errors.insert(span.line) {
             continue;
         }
-        let hint = syntax_hint(blanked.as_bytes(), Some(span.line), &message);
+        let hint = syntax_hint_indexed(
+            blanked.as_bytes(),
+            lines.starts(),
+            Some(span.line),
+            &message,
+        );
         let after_return = hint.as_deref().is_some_and(|h| h.contains("do return end"));
         report.findings.push(finding(
             if after_return {
@@ -208,13 +213,14 @@ fn blank_backticks(text: &str) -> (std::borrow::Cow<'_, str>, Vec<usize>) {
         out[i] = b' ';
         // A fence line (```` ```lua ````): its info string goes too, or it would read as
         // a stray name.
-        let line_start = bytes[..i]
+        // Only blanks before it on its line: a walk back over them alone (a scan to the
+        // line's start for each backtick was quadratic on a long line of them).
+        let first_on_line = bytes[..i]
             .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |n| n + 1);
-        if bytes[line_start..i].iter().all(u8::is_ascii_whitespace)
-            && bytes[i..].starts_with(b"```")
-        {
+            .rev()
+            .find(|&&b| b == b'\n' || !b.is_ascii_whitespace())
+            .is_none_or(|&b| b == b'\n');
+        if first_on_line && bytes[i..].starts_with(b"```") {
             let end = bytes[i..]
                 .iter()
                 .position(|&b| b == b'\n')
@@ -537,8 +543,11 @@ impl<'s> Converter<'s> {
         Table { fields }
     }
 
+    /// Each node's range is taken from its own tokens, never from `range_of` over a
+    /// subtree: full_moon computes that by walking down the subtree's spine, so a chain
+    /// of N operators converted that way costs N² (a megabyte of them, with one syntax
+    /// error, took 20 s; found in review).
     fn expr(&self, expr: &fm::Expression) -> Expr<'s> {
-        let range = range_of(expr);
         let kind = match expr {
             // Operator ranges are their operands' (full_moon's would inherit a chain's
             // short end).
@@ -567,8 +576,18 @@ impl<'s> Converter<'s> {
                     kind: ExprKind::Unary(op, Box::new(operand)),
                 };
             }
-            fm::Expression::Parentheses { expression, .. } => {
-                ExprKind::Paren(Box::new(self.expr(expression)))
+            fm::Expression::Parentheses {
+                contained,
+                expression,
+            } => {
+                let (open, close) = contained.tokens();
+                return Expr {
+                    kind: ExprKind::Paren(Box::new(self.expr(expression))),
+                    range: Range {
+                        start: range_of(open).start,
+                        end: range_of(close).end,
+                    },
+                };
             }
             fm::Expression::Function(f) => ExprKind::Function(Box::new(self.body(f.body()))),
             fm::Expression::FunctionCall(c) => return self.call(c),
@@ -590,7 +609,11 @@ impl<'s> Converter<'s> {
             fm::Expression::Var(var) => return self.var(var),
             _ => ExprKind::Nil,
         };
-        Expr { kind, range }
+        // Leaves, functions and tables: their first and last tokens are near the top.
+        Expr {
+            kind,
+            range: range_of(expr),
+        }
     }
 }
 

@@ -343,6 +343,10 @@ impl Arg {
     }
 }
 
+/// How many leading names of a tested path are remembered: deeper than any library or
+/// tool namespace a finding is about.
+const MAX_TESTED_DEPTH: usize = 16;
+
 /// Deepest literal table converted to JSON for a schema check.
 const MAX_LITERAL_DEPTH: usize = 32;
 
@@ -895,8 +899,15 @@ impl<'s> Walker<'_, 's> {
             Some(_) => Use::Index,
         };
         if self.in_condition > 0 {
-            for i in 1..=path.len() {
-                self.tested.insert(path[..i].join("."));
+            // A path's prefixes, as deep as a library or tool namespace can be: all of
+            // them made a tested `a.a.a...` of k names cost k² time and memory.
+            let mut prefix = String::new();
+            for part in path.iter().take(MAX_TESTED_DEPTH) {
+                if !prefix.is_empty() {
+                    prefix.push('.');
+                }
+                prefix.push_str(part);
+                self.tested.insert(prefix.clone());
             }
         }
         self.reaches.push(Reach {

@@ -623,3 +623,42 @@ fn what_lua_refuses_beyond_the_grammar_is_a_syntax_error() {
         assert_eq!(errors(&sb, code), [], "{code}");
     }
 }
+
+/// Lua ends a line, and a comment, at a lone `\r` too. The linter's lexers and full_moon
+/// did not: code after `-- comment\r` was invisible to it (a call left out of the
+/// findings and of the manifest a host approves). And a string unfinished at a `\r`
+/// hid from the nesting bound what full_moon then recursed through: the host's stack
+/// overflowed (found in review).
+#[test]
+fn a_lone_carriage_return_ends_a_line_as_in_lua() {
+    let sb = Sandbox::builder()
+        .allow_http("api.example.com")
+        .build()
+        .unwrap();
+    let code = "local x = 1 -- a comment\rhttp.get('https://evil.example.org/')\rreturn x";
+    let report = sb.lint(code);
+    assert!(
+        report.manifest.hosts.contains("evil.example.org:443"),
+        "{:?}",
+        report.manifest
+    );
+    assert_eq!(errors(&sb, code), [("http-host", 2)]);
+    // Lua reads it the same way: the call is made (and refused by the allowlist).
+    let out = sb.run(code, &Value::Null);
+    assert!(
+        format!("{:?}", out.result).contains("evil.example.org"),
+        "{:?}",
+        out.result
+    );
+    // `\r\n` and `\n\r` are one line break each, as in Lua.
+    assert_eq!(
+        errors(&sb, "x = 1\r\n\n\ry.z = 2"),
+        [("undefined-global", 3)]
+    );
+    let deep = format!("x = \"\r{}1{}\"", "(".repeat(19000), ")".repeat(19000));
+    assert!(sb
+        .lint(deep.as_str())
+        .findings
+        .iter()
+        .any(|f| f.rule == "syntax" || f.rule == "too-complex"));
+}
