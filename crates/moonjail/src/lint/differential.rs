@@ -1545,4 +1545,6 @@ fn fuzz_findings() {
     assert!(!full_moon_errors("local x = 1\u{c}\nreturn x").is_empty());
     assert!(!agree("x = 1 -- the end:\r\0\0\0 y\n"));
     assert!(agree("x = 1 -- a comment\ry = 2"));
+    // A backtick in a string full_moon's lexer misreads (after `\z` and a line break).
+    assert!(agree("path'~\"\\z\n\r\0\0no`t\0\"\\z\n\r\r\r'\n"));
 }

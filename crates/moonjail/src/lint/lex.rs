@@ -160,9 +160,16 @@ impl Iterator for Lexer<'_> {
             Kind::Name
         } else if c.is_ascii_digit() || (c == b'.' && self.at(start + 1).is_ascii_digit()) {
             self.pos += 1;
+            // A sign belongs to the numeral after an exponent letter: `e` in decimal, `p`
+            // in hexadecimal (`0x1e+5` is `0x1e + 5`).
+            let hex = c == b'0' && matches!(self.at(self.pos), b'x' | b'X');
             loop {
                 let b = self.at(self.pos);
-                let exponent = matches!(b, b'e' | b'E' | b'p' | b'P');
+                let exponent = if hex {
+                    matches!(b, b'p' | b'P')
+                } else {
+                    matches!(b, b'e' | b'E')
+                };
                 if exponent && matches!(self.at(self.pos + 1), b'+' | b'-') {
                     self.pos += 2;
                 } else if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' {

@@ -954,6 +954,7 @@ mod tests {
             "if a then elseif b then else end",
             "function a.b.c:d(x, ...) return ... end",
             "local t = {1; 2, x = 3, [4] = 5,}",
+            "x = 0x1e+5 - 0xAe-1 + 0x1p+4 + 1e-2",
         ] {
             assert!(chunk(ok).is_some_and(|p| p.refused.is_empty()), "{ok}");
         }

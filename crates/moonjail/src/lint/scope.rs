@@ -595,9 +595,36 @@ impl<'s> Walker<'_, 's> {
             }
             Stmt::Local { names, values } => {
                 self.exprs(values);
+                let mut closes = 0;
                 for (name, attribute) in names {
-                    let close = attribute.is_some_and(|a| a.text == "close");
-                    self.declare_local(name, !close, attribute.is_some());
+                    let kind = attribute.map(|a| a.text);
+                    if let (Some(other), Some(a)) =
+                        (kind.filter(|k| !matches!(*k, "const" | "close")), attribute)
+                    {
+                        // Only full_moon's path gets here: the fast parser refuses it.
+                        self.findings.push(finding(
+                            "syntax",
+                            Severity::Error,
+                            self.lines.span(a.range),
+                            format!("syntax error: unknown attribute `{other}`"),
+                            Some("Lua 5.4 knows `<const>` and `<close>`".into()),
+                        ));
+                    }
+                    if kind == Some("close") {
+                        closes += 1;
+                        if closes == 2 {
+                            self.findings.push(finding(
+                                "syntax",
+                                Severity::Error,
+                                self.lines.span(name.range),
+                                "syntax error: multiple to-be-closed variables in local list"
+                                    .into(),
+                                Some("declare each `<close>` variable in its own `local`".into()),
+                            ));
+                        }
+                    }
+                    let constant = matches!(kind, Some("const" | "close"));
+                    self.declare_local(name, kind != Some("close"), constant);
                 }
             }
             Stmt::Call(call) => self.expr(call),
@@ -1010,6 +1037,7 @@ impl<'s> Walker<'_, 's> {
     /// Checks every global path against the environment, now that every definition is
     /// known, and fills the manifest.
     fn finish(mut self, report: &mut LintReport, syntax_errors: bool) {
+        let syntax_errors = syntax_errors || self.findings.iter().any(|f| f.rule == "syntax");
         if self.env.require_run && !self.defined.contains("run") && !syntax_errors {
             self.findings.push(finding(
                 "missing-run",

@@ -662,3 +662,33 @@ fn a_lone_carriage_return_ends_a_line_as_in_lua() {
         .iter()
         .any(|f| f.rule == "syntax" || f.rule == "too-complex"));
 }
+
+/// Attributes Lua refuses, whichever parser reads the script: an unknown one (only
+/// full_moon reads it; it is not taken for `<const>`), and two `<close>` variables in
+/// one `local`.
+#[test]
+fn local_attributes_lua_refuses() {
+    let sb = Sandbox::builder().build().unwrap();
+    for (code, message) in [
+        (
+            "local x <foo> = 1\nx = 2\nreturn x",
+            "unknown attribute `foo`",
+        ),
+        (
+            "local a <close>, b <close> = nil, nil",
+            "multiple to-be-closed variables",
+        ),
+    ] {
+        let report = sb.lint(code);
+        let found: Vec<_> = report.errors().map(|f| f.message.as_str()).collect();
+        assert_eq!(found.len(), 1, "{code}: {found:?}");
+        assert!(found[0].contains(message), "{code}: {found:?}");
+        assert!(sb.run(code, &Value::Null).error().is_some(), "{code}");
+    }
+    // A const-assignment error is a syntax error: `missing-run` is not added to it.
+    let strict = Sandbox::builder().require_run(true).build().unwrap();
+    assert_eq!(
+        errors(&strict, "local n <const> = 1\nn = 2"),
+        [("syntax", 2)]
+    );
+}
