@@ -58,6 +58,11 @@ static BY_FIRST_BYTE: std::sync::LazyLock<[Vec<&'static str>; 256]> =
         })
     });
 
+/// The spelling of Lua symbol `text` as this lexer's [`Kind::Sym`] holds it.
+pub(crate) fn symbol(text: &[u8]) -> Option<&'static str> {
+    SYMBOLS.iter().copied().find(|s| s.as_bytes() == text)
+}
+
 /// The tokens of `src`, comments and whitespace skipped.
 pub(crate) struct Lexer<'a> {
     src: &'a [u8],
@@ -228,11 +233,16 @@ impl Iterator for Lexer<'_> {
 /// add a level of the syntax tree). Over-counting is harmless (a chunk is then reported as
 /// too deep to check); under-counting is what must not happen.
 pub(crate) fn nesting_bound(src: &[u8]) -> usize {
+    nesting_bound_of(src, Lexer::new(src))
+}
+
+/// [`nesting_bound`] over given tokens of `src` (another lexer's, mapped to these).
+pub(crate) fn nesting_bound_of(src: &[u8], tokens: impl Iterator<Item = Token>) -> usize {
     // Per open bracket or block: the operators of the current expression chain in it.
     let mut frames: Vec<usize> = vec![0];
     let mut bound = 0;
     let mut depth_sum = 0usize;
-    for tok in Lexer::new(src) {
+    for tok in tokens {
         let text = tok.text(src);
         let opens = matches!(tok.kind, Kind::Sym("(" | "[" | "{"))
             || (tok.kind == Kind::Name

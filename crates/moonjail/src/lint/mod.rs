@@ -193,6 +193,12 @@ pub(crate) const MAX_NESTING: usize = 1000;
 /// deeply, and touched only as far as used.
 const STACK_PER_LEVEL: usize = 80 << 10;
 
+/// The stack to parse, walk and drop a chunk nesting `depth` levels deep on (touched only
+/// as far as used).
+fn stack_for(depth: usize) -> usize {
+    (depth + 8).saturating_mul(STACK_PER_LEVEL).max(1 << 20)
+}
+
 /// Lints `source` (a script file's bytes, shebang and BOM included) against `env`.
 pub(crate) fn lint(env: &Environment, source: &[u8]) -> LintReport {
     let mut report = LintReport::default();
@@ -234,10 +240,8 @@ pub(crate) fn lint(env: &Environment, source: &[u8]) -> LintReport {
         return report;
     }
     let text = String::from_utf8_lossy(code);
-    let stack = (depth + 8).saturating_mul(STACK_PER_LEVEL);
-    stacker::maybe_grow(stack, stack.max(1 << 20), || {
-        scope::analyse(env, &text, &mut report)
-    });
+    let stack = stack_for(depth);
+    stacker::maybe_grow(stack, stack, || scope::analyse(env, &text, &mut report));
     report
         .findings
         .sort_by_key(|f| (f.line, f.column, f.severity));
@@ -269,6 +273,10 @@ pub(crate) fn parsers_agree(src: &str) -> bool {
     // full_moon reads a script): the trees are compared on a copy with each `\r` a `\n`
     // and each backtick a space (the same offsets).
     let src: &str = &src.replace('\r', "\n").replace('`', " ");
+    if recover::full_moon_nesting(src) > MAX_NESTING {
+        // full_moon reads it nesting deeper than the linter lets it parse.
+        return true;
+    }
     let Some(fast) = parse::chunk(src).map(|p| p.block) else {
         return true;
     };
@@ -331,8 +339,8 @@ pub(crate) fn parsers_agree_bounded(src: &str) -> bool {
     if depth > MAX_NESTING {
         return false;
     }
-    let stack = (depth + 8).saturating_mul(STACK_PER_LEVEL);
-    stacker::maybe_grow(stack, stack.max(1 << 20), || parsers_agree(src))
+    let stack = stack_for(depth.max(MAX_NESTING));
+    stacker::maybe_grow(stack, stack, || parsers_agree(src))
 }
 
 /// `code` with its line breaks as Lua reads them, in a form the lexers (ours and

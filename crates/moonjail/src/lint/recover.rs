@@ -50,6 +50,9 @@ impl Recovered {
 pub(super) fn read(text: &str, lines: &Lines<'_>, report: &mut LintReport) -> Option<Recovered> {
     let version = LuaVersion::lua54();
     let (blanked, backticks) = blank_backticks(text);
+    if !nests_within_bound(&blanked, report) {
+        return None;
+    }
     let Some(result) = parse(&blanked, version) else {
         report.findings.push(finding(
             "syntax",
@@ -72,7 +75,10 @@ pub(super) fn read(text: &str, lines: &Lines<'_>, report: &mut LintReport) -> Op
     // script is read for everything else.
     if still_broken {
         if let Some((fixed, repairs)) = repair(&blanked) {
-            if let Some(again) = parse(&fixed, version) {
+            let again = nests_within_bound(&fixed, report)
+                .then(|| parse(&fixed, version))
+                .flatten();
+            if let Some(again) = again {
                 errors = again.errors().iter().map(parse_error).collect();
                 still_broken = !errors.is_empty();
                 ast = again.into_ast();
@@ -235,6 +241,60 @@ fn blank_backticks(text: &str) -> (std::borrow::Cow<'_, str>, Vec<usize>) {
     // Only ASCII bytes were replaced by ASCII: still UTF-8.
     let blanked = String::from_utf8(out).unwrap_or_else(|_| text.replace('`', " "));
     (std::borrow::Cow::Owned(blanked), at)
+}
+
+/// True when full_moon's parser, by its own tokens, nests `text` no deeper than the
+/// linter parses ([`super::MAX_NESTING`]); else a `too-complex` finding. The bound the
+/// linter checks first is this module's lexer's view; full_moon's lexer reads some
+/// strings differently (a `\z` then a line break ends a string for it, not for Lua), so
+/// code it recurses through may be string text to that bound: a string of 19,000 `(`
+/// overflowed the host's stack. The caller runs this path on a stack for the maximum.
+fn nests_within_bound(text: &str, report: &mut LintReport) -> bool {
+    if full_moon_nesting(text) <= super::MAX_NESTING {
+        return true;
+    }
+    report.findings.push(finding(
+        "too-complex",
+        Severity::Warning,
+        Span::START,
+        format!(
+            "the script nests too deeply to check (more than {} levels of brackets, \
+             blocks and operators, as the parser reads it)",
+            super::MAX_NESTING
+        ),
+        None,
+    ));
+    false
+}
+
+/// [`super::lex::nesting_bound`] over full_moon's own tokens of `text`.
+pub(super) fn full_moon_nesting(text: &str) -> usize {
+    let tokens = std::panic::catch_unwind(|| {
+        match full_moon::tokenizer::Lexer::new(text, LuaVersion::lua54()).collect() {
+            full_moon::tokenizer::LexerResult::Ok(tokens)
+            | full_moon::tokenizer::LexerResult::Recovered(tokens, _) => tokens,
+            full_moon::tokenizer::LexerResult::Fatal(_) => Vec::new(),
+        }
+    })
+    .unwrap_or_default();
+    let bytes = text.as_bytes();
+    let ours = tokens.iter().filter_map(|t| {
+        let start = t.start_position().bytes();
+        let end = t.end_position().bytes();
+        let spelled = bytes.get(start..end)?;
+        let kind = match t.token_type() {
+            TokenType::Identifier { .. } => Kind::Name,
+            TokenType::Number { .. } => Kind::Number,
+            TokenType::StringLiteral { .. } => Kind::Str,
+            TokenType::Symbol { .. } if spelled.first().is_some_and(u8::is_ascii_alphabetic) => {
+                Kind::Name
+            }
+            TokenType::Symbol { .. } => Kind::Sym(super::lex::symbol(spelled)?),
+            _ => return None,
+        };
+        Some(super::lex::Token { kind, start, end })
+    });
+    super::lex::nesting_bound_of(bytes, ours)
 }
 
 /// full_moon's parse, with a panic inside it (a bug of the parser on some input we do

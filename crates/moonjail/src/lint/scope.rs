@@ -142,19 +142,24 @@ pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
         walk(env, &lines, &parsed.block, report, syntax_errors, false);
         return;
     }
-    if let Some(recovered) = recover::read(text, &lines, report) {
-        // The recovered source has the script's offsets (what is repaired keeps its
-        // length), so `lines` places its nodes too.
-        let block = recovered.tree();
-        walk(
-            env,
-            &lines,
-            &block,
-            report,
-            recovered.syntax_errors,
-            recovered.still_broken,
-        );
-    }
+    // full_moon may nest deeper than the bound the caller sized the stack for (its lexer
+    // reads some strings differently): this path runs on a stack for the most it parses.
+    let stack = super::stack_for(super::MAX_NESTING);
+    stacker::maybe_grow(stack, stack, || {
+        if let Some(recovered) = recover::read(text, &lines, report) {
+            // The recovered source has the script's offsets (what is repaired keeps its
+            // length), so `lines` places its nodes too.
+            let block = recovered.tree();
+            walk(
+                env,
+                &lines,
+                &block,
+                report,
+                recovered.syntax_errors,
+                recovered.still_broken,
+            );
+        }
+    });
 }
 
 /// What Lua's compiler says of a chunk that parses, as a finding (its words, and how

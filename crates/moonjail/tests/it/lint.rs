@@ -692,3 +692,26 @@ fn local_attributes_lua_refuses() {
         [("syntax", 2)]
     );
 }
+
+/// full_moon's lexer skips only one line break after a `\z` in a string (Lua skips all
+/// the whitespace): to full_moon, what follows a second one is code, which the linter's
+/// own nesting bound (Lua's view: a string) did not count. A script with a syntax error
+/// and 19,000 `(` in such a string would overflow the host's stack in full_moon's
+/// recursion. The error path now bounds full_moon's own view of the nesting too (found
+/// while chasing a crash of the lint_parsers fuzz target).
+#[test]
+fn full_moons_view_of_a_string_cannot_overflow_the_stack() {
+    let sb = Sandbox::builder().no_source_limit().build().unwrap();
+    let parens = format!("{}1{}", "(".repeat(19_000), ")".repeat(19_000));
+    let code = format!("x = = 1\ns = 'a\\z\n\n{parens}'\n");
+    let report = sb.lint(code.as_str());
+    assert!(
+        report.findings.iter().any(|f| f.rule == "too-complex"),
+        "{:?}",
+        report.findings
+    );
+    // Valid, the same string is read as Lua reads it, by the linter's own parser.
+    let valid = format!("s = 'a\\z\n\n{parens}'\nreturn s");
+    assert_eq!(errors(&sb, &valid), []);
+    assert!(sb.run(&valid, &Value::Null).error().is_none());
+}
