@@ -21,11 +21,15 @@
 //! and the rules are a few hundred lines over the tree.
 //!
 //! **Untrusted input.** The source is what a model wrote; linting it must not be a way to
-//! hurt the host. Both parsers recurse (and so do the walk and dropping a tree), so before parsing,
-//! [`lex::nesting_bound`] bounds how deeply the chunk can nest; past
-//! [`MAX_NESTING`] the chunk is not parsed (a `too-complex` warning: stock Lua refuses
-//! nesting past 200 levels anyway), and under it, parsing, analysis and the tree's drop
-//! run on a stack grown to fit (`stacker`). The source limit of the sandbox applies.
+//! hurt the host. Line breaks are first read as Lua reads them ([`lua_line_breaks`]), so
+//! that no lexer sees code where Lua sees a comment. Both parsers recurse (and so do the
+//! walk and dropping a tree), so before parsing, [`lex::nesting_bound`] bounds how deeply
+//! the chunk can nest; past [`MAX_NESTING`] the chunk is not parsed (a `too-complex`
+//! warning: stock Lua refuses nesting past 200 levels anyway), and under it, parsing,
+//! analysis and the tree's drop run on a stack grown to fit (`stacker`). full_moon's
+//! lexer reads some strings differently, so its path bounds full_moon's own view too. No
+//! step is worse than linear in the source (a source of many syntax errors, locals or
+//! backticks once was). The source limit of the sandbox applies.
 
 mod ast;
 #[cfg(test)]
