@@ -140,8 +140,7 @@ pub(crate) struct Block<'s> {
     pub(crate) ret: Option<Vec<Expr<'s>>>,
 }
 
-/// A statement. `break`, `goto`, labels and empty statements are left out: no rule
-/// looks at them.
+/// A statement. `break` and empty statements are left out: no rule looks at them.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Stmt<'s> {
     /// `a, b.c = 1, 2`: the targets are names or chains ending in an index.
@@ -188,6 +187,10 @@ pub(crate) enum Stmt<'s> {
         name: Name<'s>,
         body: FuncBody<'s>,
     },
+    /// `goto name`
+    Goto(Name<'s>),
+    /// `::name::`
+    Label(Name<'s>),
 }
 
 /// A function's parameters and body (`...` is not among the names).

@@ -142,6 +142,7 @@ fn check_stmt(src: &str, stmt: &Stmt<'_>) {
             check_name(src, name);
             check_body(src, body);
         }
+        Stmt::Goto(name) | Stmt::Label(name) => check_name(src, name),
     }
 }
 
@@ -659,6 +660,8 @@ fn sexp_stmt(stmt: &Stmt<'_>) -> String {
         Stmt::LocalFunction { name, body } => {
             format!("(localfunction {} {})", name.text, sexp_body(body))
         }
+        Stmt::Goto(name) => format!("(goto {})", name.text),
+        Stmt::Label(name) => format!("(label {})", name.text),
     }
 }
 

@@ -493,14 +493,13 @@ impl<'s> Parser<'s> {
             }
             T::Kw("goto") => {
                 self.bump()?;
-                self.name()?;
-                return Some(None);
+                Stmt::Goto(self.name()?)
             }
             T::Sym("::") => {
                 self.bump()?;
-                self.name()?;
+                let name = self.name()?;
                 self.expect(T::Sym("::"))?;
-                return Some(None);
+                Stmt::Label(name)
             }
             T::Kw("if") => {
                 let mut arms = Vec::new();

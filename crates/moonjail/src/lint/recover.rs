@@ -473,6 +473,8 @@ impl<'s> Converter<'s> {
                 name: self.name(f.name())?,
                 body: self.body(f.body()),
             },
+            fm::Stmt::Goto(g) => Stmt::Goto(self.name(g.label_name())?),
+            fm::Stmt::Label(l) => Stmt::Label(self.name(l.name())?),
             _ => return None,
         })
     }
@@ -757,11 +759,11 @@ mod tests {
 
     #[test]
     fn left_out() {
-        // `goto`, labels, `break` and empty statements are not in the tree; neither
-        // is a `return` (ret) after a `break`.
+        // `break` and empty statements are not in the tree; neither is a `return`
+        // (ret) after a `break`. `goto` and labels are.
         assert_eq!(
             tree("::top:: goto top while x do f() break end"),
-            "[(while x [(call (chain f (call (args))))])]"
+            "[(label top) (goto top) (while x [(call (chain f (call (args))))])]"
         );
         let b = converted("while x do break end");
         let Stmt::While(_, body) = &b.stmts[0] else {

@@ -93,6 +93,12 @@ struct Walker<'e, 's> {
     visible: HashMap<&'s str, Vec<(usize, usize)>>,
     /// The scopes that are a function's outermost, innermost last.
     roots: Vec<usize>,
+    /// The labels of each block being walked (all of a block's, wherever they stand: a
+    /// `goto` may jump forward), innermost last.
+    labels: Vec<Vec<Name<'s>>>,
+    /// Where each function's blocks start in `labels`: a label is not visible inside a
+    /// nested function.
+    label_roots: Vec<usize>,
     findings: Vec<Finding>,
     reaches: Vec<Reach>,
     /// Global names the script assigns anywhere.
@@ -203,6 +209,8 @@ fn walk(
         scopes: Vec::new(),
         visible: HashMap::new(),
         roots: Vec::new(),
+        labels: Vec::new(),
+        label_roots: Vec::new(),
         findings: Vec::new(),
         reaches: Vec::new(),
         defined: HashSet::new(),
@@ -570,11 +578,70 @@ impl<'s> Walker<'_, 's> {
     }
 
     fn block(&mut self, block: &Block<'s>) {
+        self.enter_labels(&block.stmts);
         for stmt in &block.stmts {
             self.stmt(stmt);
         }
         if let Some(values) = &block.ret {
             self.exprs(values);
+        }
+        self.labels.pop();
+    }
+
+    /// The labels a block defines, checked as Lua checks them: a label may not repeat
+    /// one visible where it stands (earlier in this block or an enclosing one of the same
+    /// function).
+    fn enter_labels(&mut self, stmts: &[Stmt<'s>]) {
+        let root = self.label_roots.last().copied().unwrap_or(0);
+        let mut here: Vec<Name<'s>> = Vec::new();
+        for stmt in stmts {
+            let Stmt::Label(name) = stmt else { continue };
+            let enclosing = self.labels.get(root..).unwrap_or_default().iter().flatten();
+            let earlier = here
+                .iter()
+                .chain(enclosing.filter(|l| l.range.start < name.range.start))
+                .find(|l| l.text == name.text);
+            if let Some(earlier) = earlier {
+                self.findings.push(finding(
+                    "syntax",
+                    Severity::Error,
+                    self.lines.span(name.range),
+                    format!(
+                        "syntax error: label `{}` already defined on line {}",
+                        name.text,
+                        self.lines.span(earlier.range).line
+                    ),
+                    Some("give the second label another name".into()),
+                ));
+            }
+            here.push(*name);
+        }
+        self.labels.push(here);
+    }
+
+    /// `goto name`: Lua refuses to compile it unless a label `name` is visible (in this
+    /// block or an enclosing one of the same function, before or after the `goto`).
+    fn goto(&mut self, name: &Name<'s>) {
+        let root = self.label_roots.last().copied().unwrap_or(0);
+        let visible = self
+            .labels
+            .get(root..)
+            .unwrap_or_default()
+            .iter()
+            .flatten()
+            .any(|l| l.text == name.text);
+        if !visible {
+            self.findings.push(finding(
+                "syntax",
+                Severity::Error,
+                self.lines.span(name.range),
+                format!("syntax error: no visible label `{}` for `goto`", name.text),
+                Some(format!(
+                    "define `::{}::` in this block or an enclosing one of the same function \
+                     (a label is not visible inside a nested function)",
+                    name.text
+                )),
+            ));
         }
     }
 
@@ -705,6 +772,8 @@ impl<'s> Walker<'_, 's> {
                 self.declare(name, true);
                 self.function_body(body, false);
             }
+            Stmt::Goto(name) => self.goto(name),
+            Stmt::Label(_) => {}
         }
     }
 
@@ -814,7 +883,9 @@ impl<'s> Walker<'_, 's> {
         for param in &body.params {
             self.declare(param, false);
         }
+        self.label_roots.push(self.labels.len());
         self.block(&body.block);
+        self.label_roots.pop();
         self.pop();
     }
 

@@ -715,3 +715,49 @@ fn full_moons_view_of_a_string_cannot_overflow_the_stack() {
     assert_eq!(errors(&sb, &valid), []);
     assert!(sb.run(&valid, &Value::Null).error().is_none());
 }
+
+/// `goto` without a visible label and a label defined twice where both are visible are
+/// compile errors in Lua; the idioms around them are not.
+#[test]
+fn goto_and_labels_as_lua_checks_them() {
+    let sb = Sandbox::builder().build().unwrap();
+    for (code, line, message) in [
+        (
+            "for i = 1, 3 do\n  if i == 2 then goto continue end\n  print(i)\nend",
+            2,
+            "no visible label `continue`",
+        ),
+        (
+            "::top::\nlocal f = function() goto top end\nreturn f",
+            2,
+            "no visible label `top`",
+        ),
+        (
+            "::a::\ndo\n  ::a::\nend",
+            3,
+            "label `a` already defined on line 1",
+        ),
+        ("do ::b:: ::b:: end", 1, "label `b` already defined"),
+    ] {
+        let report = sb.lint(code);
+        let found: Vec<_> = report
+            .errors()
+            .map(|f| (f.line, f.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 1, "{code}: {found:?}");
+        assert_eq!(found[0].0, line, "{code}: {found:?}");
+        assert!(found[0].1.contains(message), "{code}: {found:?}");
+        assert!(sb.run(code, &Value::Null).error().is_some(), "{code}");
+    }
+    for code in [
+        "for i = 1, 3 do\n  if i == 2 then goto continue end\n  print(i)\n  ::continue::\nend",
+        "local n = 0\n::again::\nn = n + 1\nif n < 3 then goto again end\nreturn n",
+        "do goto out end\n::out::",
+        "do ::a:: end\n::a::",
+        "local f = function() ::top:: goto top end",
+    ] {
+        assert_eq!(errors(&sb, code), [], "{code}");
+        let compiled = sb.run(&format!("if false then\n{code}\nend"), &Value::Null);
+        assert!(compiled.error().is_none(), "{code}: {:?}", compiled.result);
+    }
+}
