@@ -757,7 +757,7 @@ fn goto_and_labels_as_lua_checks_them() {
         "local f = function() ::top:: goto top end",
     ] {
         assert_eq!(errors(&sb, code), [], "{code}");
-        let compiled = sb.run(&format!("if false then\n{code}\nend"), &Value::Null);
+        let compiled = sb.run(format!("if false then\n{code}\nend"), &Value::Null);
         assert!(compiled.error().is_none(), "{code}: {:?}", compiled.result);
     }
 }
