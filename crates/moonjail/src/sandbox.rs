@@ -221,7 +221,7 @@ impl SandboxBuilder {
     /// Registers a deferred tool under `name` (see [`ToolRegistry::register_deferred`]):
     /// a call to it suspends the run (error kind [`crate::ErrorKind::Suspended`], the
     /// pending call in the error's `value`) until the host answers it; a journaled run
-    /// ([`Sandbox::run_journaled`]) is then resumed from its journal with [`crate::resume`].
+    /// ([`Sandbox::run_journaled`]) is then resumed from its journal with [`Sandbox::resume`].
     /// An invalid or taken name is reported by [`SandboxBuilder::build`].
     pub fn defer_tool(mut self, name: &str) -> Self {
         if let Err(e) = self.tools.register_deferred(name) {

@@ -1351,7 +1351,7 @@ impl Journal {
     }
 
     /// The deferred call the recorded run is suspended at, when the journal ends with
-    /// one (it is then resumed with [`crate::resume`], not only replayed).
+    /// one (it is then resumed with [`crate::Sandbox::resume`], not only replayed).
     pub fn pending(&self) -> Option<&Pending> {
         self.pending.as_ref()
     }
