@@ -83,6 +83,23 @@ struct Scope<'s> {
     function: bool,
 }
 
+/// A block's labels, and what a `goto` to one must not jump past.
+#[derive(Default)]
+struct BlockLabels<'s> {
+    /// Each label, and whether only other labels follow it to the block's end (Lua
+    /// takes such a label to stand outside the scope of the block's locals).
+    labels: Vec<(Name<'s>, bool)>,
+    /// The locals the block's own statements declare, in order: where each starts.
+    locals: Vec<Name<'s>>,
+}
+
+impl<'s> BlockLabels<'s> {
+    /// The block's locals declared before byte `at`.
+    fn locals_before(&self, at: u32) -> usize {
+        self.locals.partition_point(|l| l.range.start < at)
+    }
+}
+
 struct Walker<'e, 's> {
     env: &'e Environment,
     lines: &'e Lines<'s>,
@@ -95,7 +112,7 @@ struct Walker<'e, 's> {
     roots: Vec<usize>,
     /// The labels of each block being walked (all of a block's, wherever they stand: a
     /// `goto` may jump forward), innermost last.
-    labels: Vec<Vec<Name<'s>>>,
+    labels: Vec<BlockLabels<'s>>,
     /// Where each function's blocks start in `labels`: a label is not visible inside a
     /// nested function.
     label_roots: Vec<usize>,
@@ -578,7 +595,7 @@ impl<'s> Walker<'_, 's> {
     }
 
     fn block(&mut self, block: &Block<'s>) {
-        self.enter_labels(&block.stmts);
+        self.enter_labels(block);
         for stmt in &block.stmts {
             self.stmt(stmt);
         }
@@ -591,46 +608,64 @@ impl<'s> Walker<'_, 's> {
     /// The labels a block defines, checked as Lua checks them: a label may not repeat
     /// one visible where it stands (earlier in this block or an enclosing one of the same
     /// function).
-    fn enter_labels(&mut self, stmts: &[Stmt<'s>]) {
+    fn enter_labels(&mut self, block: &Block<'s>) {
         let root = self.label_roots.last().copied().unwrap_or(0);
-        let mut here: Vec<Name<'s>> = Vec::new();
-        for stmt in stmts {
-            let Stmt::Label(name) = stmt else { continue };
-            let enclosing = self.labels.get(root..).unwrap_or_default().iter().flatten();
-            let earlier = here
-                .iter()
-                .chain(enclosing.filter(|l| l.range.start < name.range.start))
-                .find(|l| l.text == name.text);
-            if let Some(earlier) = earlier {
-                self.findings.push(finding(
-                    "syntax",
-                    Severity::Error,
-                    self.lines.span(name.range),
-                    format!(
-                        "syntax error: label `{}` already defined on line {}",
-                        name.text,
-                        self.lines.span(earlier.range).line
-                    ),
-                    Some("give the second label another name".into()),
-                ));
+        let mut here = BlockLabels::default();
+        for (i, stmt) in block.stmts.iter().enumerate() {
+            match stmt {
+                Stmt::Local { names, .. } => here.locals.extend(names.iter().map(|(n, _)| *n)),
+                Stmt::LocalFunction { name, .. } => here.locals.push(*name),
+                Stmt::Label(name) => {
+                    let enclosing = self.labels.get(root..).unwrap_or_default().iter();
+                    let earlier = here
+                        .labels
+                        .iter()
+                        .map(|(l, _)| l)
+                        .chain(
+                            enclosing
+                                .flat_map(|b| b.labels.iter().map(|(l, _)| l))
+                                .filter(|l| l.range.start < name.range.start),
+                        )
+                        .find(|l| l.text == name.text);
+                    if let Some(earlier) = earlier {
+                        self.findings.push(finding(
+                            "syntax",
+                            Severity::Error,
+                            self.lines.span(name.range),
+                            format!(
+                                "syntax error: label `{}` already defined on line {}",
+                                name.text,
+                                self.lines.span(earlier.range).line
+                            ),
+                            Some("give the second label another name".into()),
+                        ));
+                    }
+                    // Only labels after it (Lua skips `;` too, which the tree leaves out;
+                    // a `break` it also leaves out makes this generous: no false alarm).
+                    let last = block.ret.is_none()
+                        && block.stmts[i + 1..]
+                            .iter()
+                            .all(|s| matches!(s, Stmt::Label(_)));
+                    here.labels.push((*name, last));
+                }
+                _ => {}
             }
-            here.push(*name);
         }
         self.labels.push(here);
     }
 
     /// `goto name`: Lua refuses to compile it unless a label `name` is visible (in this
-    /// block or an enclosing one of the same function, before or after the `goto`).
+    /// block or an enclosing one of the same function, before or after the `goto`), and
+    /// when it would jump forward into the scope of a local declared in between.
     fn goto(&mut self, name: &Name<'s>) {
         let root = self.label_roots.last().copied().unwrap_or(0);
-        let visible = self
-            .labels
-            .get(root..)
-            .unwrap_or_default()
-            .iter()
-            .flatten()
-            .any(|l| l.text == name.text);
-        if !visible {
+        let blocks = self.labels.get(root..).unwrap_or_default();
+        // The innermost block with such a label is the one the `goto` jumps to.
+        let target = blocks.iter().rev().find_map(|b| {
+            let (label, last) = b.labels.iter().find(|(l, _)| l.text == name.text)?;
+            Some((b, label, *last))
+        });
+        let Some((block, label, last)) = target else {
             self.findings.push(finding(
                 "syntax",
                 Severity::Error,
@@ -640,6 +675,30 @@ impl<'s> Walker<'_, 's> {
                     "define `::{}::` in this block or an enclosing one of the same function \
                      (a label is not visible inside a nested function)",
                     name.text
+                )),
+            ));
+            return;
+        };
+        let (from, to) = (
+            block.locals_before(name.range.start),
+            block.locals_before(label.range.start),
+        );
+        if to > from && !last {
+            let local = block.locals[from];
+            self.findings.push(finding(
+                "syntax",
+                Severity::Error,
+                self.lines.span(name.range),
+                format!(
+                    "syntax error: `goto {}` jumps into the scope of local `{}` (line {})",
+                    name.text,
+                    local.text,
+                    self.lines.span(local.range).line
+                ),
+                Some(format!(
+                    "declare `{}` before the `goto`, or close its scope with `do ... end` \
+                     before `::{}::`",
+                    local.text, name.text
                 )),
             ));
         }

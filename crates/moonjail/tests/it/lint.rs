@@ -738,6 +738,16 @@ fn goto_and_labels_as_lua_checks_them() {
             "label `a` already defined on line 1",
         ),
         ("do ::b:: ::b:: end", 1, "label `b` already defined"),
+        (
+            "goto skip\nlocal b = 1\n::skip::\nprint(b)",
+            1,
+            "jumps into the scope of local `b`",
+        ),
+        (
+            "local a = 1\ndo\n  if a then goto later end\nend\nlocal b = 2\n::later::\nreturn b",
+            3,
+            "jumps into the scope of local `b`",
+        ),
     ] {
         let report = sb.lint(code);
         let found: Vec<_> = report
@@ -755,6 +765,9 @@ fn goto_and_labels_as_lua_checks_them() {
         "do goto out end\n::out::",
         "do ::a:: end\n::a::",
         "local f = function() ::top:: goto top end",
+        "do goto l\nlocal b = 1\nprint(b)\n::l:: end",
+        "for i = 1, 3 do\n  if i == 2 then goto continue end\n  local y = i\n  print(y)\n  ::continue::\nend",
+        "local a = 1\n::top::\nlocal b = a\nif b < 1 then goto top end",
     ] {
         assert_eq!(errors(&sb, code), [], "{code}");
         let compiled = sb.run(format!("if false then\n{code}\nend"), &Value::Null);
