@@ -628,17 +628,15 @@ impl<'s> Walker<'_, 's> {
                         )
                         .find(|l| l.text == name.text);
                     if let Some(earlier) = earlier {
-                        self.findings.push(finding(
-                            "syntax",
-                            Severity::Error,
-                            self.lines.span(name.range),
+                        self.refuse(
+                            name.range,
                             format!(
-                                "syntax error: label `{}` already defined on line {}",
+                                "label `{}` already defined on line {}",
                                 name.text,
                                 self.lines.span(earlier.range).line
                             ),
-                            Some("give the second label another name".into()),
-                        ));
+                            "give the second label another name".into(),
+                        );
                     }
                     // Only labels after it (Lua skips `;` too, which the tree leaves out;
                     // a `break` it also leaves out makes this generous: no false alarm).
@@ -654,6 +652,18 @@ impl<'s> Walker<'_, 's> {
         self.labels.push(here);
     }
 
+    /// A syntax finding at `range`: what Lua's compiler refuses there, and what to write.
+    fn refuse(&mut self, range: Range, message: String, suggestion: String) {
+        let span = self.lines.span(range);
+        self.findings.push(finding(
+            "syntax",
+            Severity::Error,
+            span,
+            format!("syntax error: {message}"),
+            Some(suggestion),
+        ));
+    }
+
     /// `goto name`: Lua refuses to compile it unless a label `name` is visible (in this
     /// block or an enclosing one of the same function, before or after the `goto`), and
     /// when it would jump forward into the scope of a local declared in between.
@@ -666,17 +676,15 @@ impl<'s> Walker<'_, 's> {
             Some((b, label, *last))
         });
         let Some((block, label, last)) = target else {
-            self.findings.push(finding(
-                "syntax",
-                Severity::Error,
-                self.lines.span(name.range),
-                format!("syntax error: no visible label `{}` for `goto`", name.text),
-                Some(format!(
+            self.refuse(
+                name.range,
+                format!("no visible label `{}` for `goto`", name.text),
+                format!(
                     "define `::{}::` in this block or an enclosing one of the same function \
                      (a label is not visible inside a nested function)",
                     name.text
-                )),
-            ));
+                ),
+            );
             return;
         };
         let (from, to) = (
@@ -685,22 +693,20 @@ impl<'s> Walker<'_, 's> {
         );
         if to > from && !last {
             let local = block.locals[from];
-            self.findings.push(finding(
-                "syntax",
-                Severity::Error,
-                self.lines.span(name.range),
+            self.refuse(
+                name.range,
                 format!(
-                    "syntax error: `goto {}` jumps into the scope of local `{}` (line {})",
+                    "`goto {}` jumps into the scope of local `{}` (line {})",
                     name.text,
                     local.text,
                     self.lines.span(local.range).line
                 ),
-                Some(format!(
+                format!(
                     "declare `{}` before the `goto`, or close its scope with `do ... end` \
                      before `::{}::`",
                     local.text, name.text
-                )),
-            ));
+                ),
+            );
         }
     }
 
@@ -733,25 +739,20 @@ impl<'s> Walker<'_, 's> {
                         (kind.filter(|k| !matches!(*k, "const" | "close")), attribute)
                     {
                         // Only full_moon's path gets here: the fast parser refuses it.
-                        self.findings.push(finding(
-                            "syntax",
-                            Severity::Error,
-                            self.lines.span(a.range),
-                            format!("syntax error: unknown attribute `{other}`"),
-                            Some("Lua 5.4 knows `<const>` and `<close>`".into()),
-                        ));
+                        self.refuse(
+                            a.range,
+                            format!("unknown attribute `{other}`"),
+                            "Lua 5.4 knows `<const>` and `<close>`".into(),
+                        );
                     }
                     if kind == Some("close") {
                         closes += 1;
                         if closes == 2 {
-                            self.findings.push(finding(
-                                "syntax",
-                                Severity::Error,
-                                self.lines.span(name.range),
-                                "syntax error: multiple to-be-closed variables in local list"
-                                    .into(),
-                                Some("declare each `<close>` variable in its own `local`".into()),
-                            ));
+                            self.refuse(
+                                name.range,
+                                "multiple to-be-closed variables in local list".into(),
+                                "declare each `<close>` variable in its own `local`".into(),
+                            );
                         }
                     }
                     let constant = matches!(kind, Some("const" | "close"));
@@ -884,21 +885,19 @@ impl<'s> Walker<'_, 's> {
             }
             Some(local) if local.constant => {
                 let declared = self.lines.span(local.range).line;
-                self.findings.push(finding(
-                    "syntax",
-                    Severity::Error,
-                    self.lines.span(name.range),
+                self.refuse(
+                    name.range,
                     format!(
-                        "syntax error: attempt to assign to const variable `{}` (declared \
+                        "attempt to assign to const variable `{}` (declared \
                          on line {declared})",
                         name.text
                     ),
-                    Some(format!(
+                    format!(
                         "declare `{}` without `<const>` if it must change, or assign a new \
                          local",
                         name.text
-                    )),
-                ));
+                    ),
+                );
             }
             Some(_) => {}
         }
