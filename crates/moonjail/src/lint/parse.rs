@@ -71,6 +71,15 @@ struct Tok {
     end: u32,
 }
 
+impl Tok {
+    fn range(self) -> Range {
+        Range {
+            start: self.start,
+            end: self.end,
+        }
+    }
+}
+
 struct Parser<'s> {
     src: &'s str,
     lexer: Lexer<'s>,
@@ -415,10 +424,7 @@ impl<'s> Parser<'s> {
         self.bump()?;
         Some(Name {
             text: self.text(tok),
-            range: Range {
-                start: tok.start,
-                end: tok.end,
-            },
+            range: tok.range(),
         })
     }
 
@@ -482,10 +488,7 @@ impl<'s> Parser<'s> {
             }
             T::Kw("break") => {
                 if self.loops == 0 {
-                    let at = Range {
-                        start: self.cur.start,
-                        end: self.cur.end,
-                    };
+                    let at = self.cur.range();
                     self.refused.push(Refusal::BreakOutsideLoop(at));
                 }
                 self.bump()?;
@@ -746,10 +749,7 @@ impl<'s> Parser<'s> {
             T::Kw("false") => ExprKind::False,
             T::Sym("...") => {
                 if !self.vararg {
-                    let at = Range {
-                        start: tok.start,
-                        end: tok.end,
-                    };
+                    let at = tok.range();
                     self.refused.push(Refusal::VarargOutsideVararg(at));
                 }
                 ExprKind::Dots
@@ -774,10 +774,7 @@ impl<'s> Parser<'s> {
         self.bump()?;
         Some(Expr {
             kind,
-            range: Range {
-                start: tok.start,
-                end: tok.end,
-            },
+            range: tok.range(),
         })
     }
 
@@ -835,13 +832,7 @@ impl<'s> Parser<'s> {
         match tok.t {
             T::Str => {
                 self.bump()?;
-                Some(Args::Str(
-                    self.text(tok),
-                    Range {
-                        start: tok.start,
-                        end: tok.end,
-                    },
-                ))
+                Some(Args::Str(self.text(tok), tok.range()))
             }
             T::Sym("{") => {
                 let table = self.table()?;

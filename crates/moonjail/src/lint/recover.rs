@@ -48,12 +48,11 @@ impl Recovered {
 /// full_moon's parse of `text`, with its syntax errors added to `report` as findings
 /// (`lines` places them); `None` when the parser itself failed (reported too).
 pub(super) fn read(text: &str, lines: &Lines<'_>, report: &mut LintReport) -> Option<Recovered> {
-    let version = LuaVersion::lua54();
     let (blanked, backticks) = blank_backticks(text);
     if !nests_within_bound(&blanked, report) {
         return None;
     }
-    let Some(result) = parse(&blanked, version) else {
+    let Some(result) = parse(&blanked) else {
         report.findings.push(finding(
             "syntax",
             Severity::Error,
@@ -76,7 +75,7 @@ pub(super) fn read(text: &str, lines: &Lines<'_>, report: &mut LintReport) -> Op
     if still_broken {
         if let Some((fixed, repairs)) = repair(&blanked) {
             let again = nests_within_bound(&fixed, report)
-                .then(|| parse(&fixed, version))
+                .then(|| parse(&fixed))
                 .flatten();
             if let Some(again) = again {
                 errors = again.errors().iter().map(parse_error).collect();
@@ -300,9 +299,9 @@ pub(super) fn full_moon_nesting(text: &str) -> usize {
 /// full_moon's parse, with a panic inside it (a bug of the parser on some input we do
 /// not know yet) contained: `None` then, and the linter reports that it could not read
 /// the script rather than taking the host down.
-fn parse(text: &str, version: LuaVersion) -> Option<full_moon::ast::AstResult> {
+pub(super) fn parse(text: &str) -> Option<full_moon::ast::AstResult> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        full_moon::parse_fallible(text, version)
+        full_moon::parse_fallible(text, LuaVersion::lua54())
     }))
     .ok()
 }

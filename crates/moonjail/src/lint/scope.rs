@@ -517,8 +517,13 @@ impl<'s> Walker<'_, 's> {
 
     /// The local `name` refers to here, if it is one.
     fn resolve(&self, name: &str) -> Option<&Local<'s>> {
-        let &(scope, index) = self.visible.get(name)?.last()?;
+        let (scope, index) = self.resolve_at(name)?;
         self.scopes.get(scope)?.locals.get(index)
+    }
+
+    /// Where the local `name` refers to here is: its scope and its index there.
+    fn resolve_at(&self, name: &str) -> Option<(usize, usize)> {
+        self.visible.get(name)?.last().copied()
     }
 
     fn declare(&mut self, name: &Name<'s>, report_unused: bool) {
@@ -571,7 +576,7 @@ impl<'s> Walker<'_, 's> {
 
     /// Marks local `name` used; false when it is not a local (a global).
     fn use_local(&mut self, name: &str) -> bool {
-        let Some(&(scope, index)) = self.visible.get(name).and_then(|s| s.last()) else {
+        let Some((scope, index)) = self.resolve_at(name) else {
             return false;
         };
         if let Some(local) = self
