@@ -6,6 +6,7 @@
 #
 #   bash bench/load.sh                     # release build, 10 s per phase, 64 connections
 #   DURATION=5s CONNECTIONS=32 bash bench/load.sh
+#   WORKERS=2 ISOLATED_WORKERS=2 bash bench/load.sh   # executors in process / isolated
 #   PHASES=inprocess bash bench/load.sh    # some of: inprocess isolated saturated
 #   BIN=path/to/moonjail bash bench/load.sh  # that binary (its moonjail-worker beside
 #                                            # it), not a fresh build: before/after
@@ -22,7 +23,11 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 PORT=${PORT:-18451}
-WORKERS=${WORKERS:-2}
+# The service's own defaults (`moonjail serve --help`): one executor per CPU in process,
+# half as many again isolated.
+cpus=$(nproc)
+WORKERS=${WORKERS:-$cpus}
+ISOLATED_WORKERS=${ISOLATED_WORKERS:-$((cpus + (cpus + 1) / 2))}
 
 if ! command -v wrk >/dev/null; then
     echo "installing wrk" >&2
@@ -133,7 +138,7 @@ phase() {
 for p in $PHASES; do
     case $p in
         inprocess) phase "in process, $WORKERS workers, queue $CONNECTIONS" --workers "$WORKERS" --queue "$CONNECTIONS" ;;
-        isolated) isolated_note="; the supervisor only, not its workers" phase "isolated, $WORKERS workers, queue $CONNECTIONS" --workers "$WORKERS" --queue "$CONNECTIONS" --isolate ;;
+        isolated) isolated_note="; the supervisor only, not its workers" phase "isolated, $ISOLATED_WORKERS workers, queue $CONNECTIONS" --workers "$ISOLATED_WORKERS" --queue "$CONNECTIONS" --isolate ;;
         saturated) phase "saturated: 1 worker, queue 0 (expect 503s, each answered)" --workers 1 --queue 0 ;;
         *) echo "unknown phase $p (inprocess, isolated, saturated)" >&2; exit 2 ;;
     esac

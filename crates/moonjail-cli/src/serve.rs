@@ -25,7 +25,9 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "keys")]
     pub insecure_no_auth: bool,
     /// Requests executed at once (runs and session calls); with --isolate, also the
-    /// worker pool's size. Default: the number of CPUs.
+    /// worker pool's size. Default: the number of CPUs; with --isolate, half as many
+    /// again (an isolated run is relayed between a thread and its worker process, and
+    /// one executor per core leaves a core idle in each handoff).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     /// Requests that may wait for an executor; past them, 503 with Retry-After at once.
@@ -106,7 +108,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     let workers = match args.workers {
         Some(0) => bail!("--workers: must be at least 1"),
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        None => moonjail_http::default_workers(args.sandbox.isolate),
     };
     let auth = match (&args.keys, args.insecure_no_auth) {
         (_, true) => {

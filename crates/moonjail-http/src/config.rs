@@ -40,8 +40,8 @@ pub struct Config {
     pub profiles: Vec<Profile>,
     /// Who may call. By default, [`Auth::Keys`] of an empty store: nobody.
     pub auth: Auth,
-    /// Requests executed at once (runs and session calls). By default, the number of
-    /// CPUs.
+    /// Requests executed at once (runs and session calls). By default,
+    /// [`default_workers`] for the sandbox.
     pub workers: usize,
     /// Requests that may wait for an executor; past them a request gets 503 at once. By
     /// default, 4 per worker.
@@ -96,10 +96,29 @@ pub struct Config {
 /// What `moonjail serve` allows a request body to weigh by default.
 pub const DEFAULT_MAX_BODY: usize = 2 << 20;
 
+/// How many requests the service executes at once by default: the number of CPUs in
+/// process, half as many again isolated.
+///
+/// In process an executor is a thread that computes from start to end: more of them than
+/// cores only preempt each other. Isolated, each run is a relay: the executor's thread
+/// hands the script to its worker process and sleeps until the answer, then sends the
+/// reply while the worker waits. With one executor per core a core sits idle in each
+/// handoff (7% of the machine under saturation, measured with `perf`); a third executor
+/// on two cores raised throughput by 10% and brought the p99 from about 10 ms to 8 ms
+/// (BENCHMARKS.md §6), while a fourth gave nothing more.
+pub fn default_workers(isolated: bool) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    if isolated {
+        cpus + cpus.div_ceil(2)
+    } else {
+        cpus
+    }
+}
+
 impl Config {
     /// The defaults around `sandbox` (see each field).
     pub fn new(sandbox: Sandbox) -> Config {
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = default_workers(sandbox.is_isolated());
         let request_timeout = sandbox
             .limits()
             .timeout

@@ -62,7 +62,7 @@ pub use api::{
     LimitsRequest, LintRequest, OpenSessionRequest, Quantity, ResumeRequest, RunRequest,
     SessionCreated,
 };
-pub use config::{Auth, Config, RateLimit, DEFAULT_MAX_BODY};
+pub use config::{default_workers, Auth, Config, RateLimit, DEFAULT_MAX_BODY};
 pub use error::{ApiError, Error, ErrorBody, ErrorDetail, RateLimitInfo, Result};
 pub use extract::{Caller, JsonBody, ANONYMOUS};
 pub use keys::{KeyError, KeyStore};

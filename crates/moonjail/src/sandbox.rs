@@ -670,6 +670,12 @@ impl Sandbox {
         &self.spec.limits
     }
 
+    /// Whether runs happen in worker processes ([`Isolation::Process`]) rather than on
+    /// the calling thread.
+    pub fn is_isolated(&self) -> bool {
+        !matches!(self.isolation, Isolated::InProcess)
+    }
+
     /// Everything runs are configured with (what a worker is sent).
     pub fn spec(&self) -> &Spec {
         &self.spec

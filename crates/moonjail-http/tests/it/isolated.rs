@@ -73,3 +73,17 @@ fn escape_subset_through_the_api() {
         assert_eq!(healthy["result"], 42, "after {code}: {healthy}");
     }
 }
+
+/// Isolated, a run is relayed between an executor thread and its worker process, so the
+/// default runs half as many executors again as there are CPUs (one per core left a core
+/// idle in each handoff: BENCHMARKS.md §6); in process, one per CPU.
+#[test]
+fn isolated_executors_outnumber_the_cores_by_default() {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let isolated = moonjail_http::Config::new(isolated_sandbox(1));
+    assert_eq!(isolated.workers, cpus + cpus.div_ceil(2));
+    assert_eq!(moonjail_http::default_workers(true), isolated.workers);
+    let in_process = moonjail_http::Config::new(crate::support::sandbox());
+    assert_eq!(in_process.workers, cpus);
+    assert_eq!(moonjail_http::default_workers(false), cpus);
+}
