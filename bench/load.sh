@@ -7,7 +7,7 @@
 #   bash bench/load.sh                     # release build, 10 s per phase, 64 connections
 #   DURATION=5s CONNECTIONS=32 bash bench/load.sh
 #   WORKERS=2 ISOLATED_WORKERS=2 bash bench/load.sh   # executors in process / isolated
-#   PHASES=inprocess bash bench/load.sh    # some of: inprocess isolated saturated
+#   PHASES=inprocess bash bench/load.sh    # some of: inprocess isolated saturated sigterm
 #   BIN=path/to/moonjail bash bench/load.sh  # that binary (its moonjail-worker beside
 #                                            # it), not a fresh build: before/after
 #   INSTRUCTIONS=1 bash bench/load.sh      # the server under callgrind, 4 connections:
@@ -33,7 +33,7 @@ if ! command -v wrk >/dev/null; then
     echo "installing wrk" >&2
     (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
 fi
-PHASES=${PHASES:-inprocess isolated saturated}
+PHASES=${PHASES:-inprocess isolated saturated sigterm}
 if [ -n "${BIN:-}" ]; then
     bin=$BIN
 else
@@ -108,6 +108,8 @@ phase() {
     curl -s "http://127.0.0.1:$PORT/metrics" > "$work/metrics" || true
     grep -E '^moonjail_http_requests_total\{route="/v1/run"' "$work/metrics" > "$work/counts" || true
     cat "$work/counts"
+    # Memory after the load: bounded by the executors, the queue and the connections.
+    awk '/^VmRSS|^VmHWM/ {printf "  server %s %d MiB\n", $1, $2 / 1024}' "/proc/$server/status" | paste -sd' ' | sed 's/  */ /g; s/^/ /'
     # The same quantiles as the service saw them (head read to response ready, the
     # executor queue included; wrk's own scheduling and the sockets not): the upper
     # bound of the histogram bucket each falls in.
@@ -134,12 +136,46 @@ phase() {
     fi
 }
 
+# SIGTERM in the middle of a phase: every request the service read must reach the
+# client. The service logs one "answered" line per request when its response is ready;
+# wrk counts the responses it received. Requests sent after the service stopped
+# accepting show up as wrk's connect/read errors (never read, so never answered).
+sigterm_phase() {
+    local name=$1; shift
+    echo "== SIGTERM after $SIGTERM_AFTER s of load: $name, queue $CONNECTIONS"
+    MOONJAIL_LOG=moonjail_http=info start "$@" --queue "$CONNECTIONS" --grace 5s
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$work/post.lua" \
+        "http://127.0.0.1:$PORT/v1/run" > "$work/wrk.out" &
+    local client=$!
+    sleep "$SIGTERM_AFTER"
+    local status=0
+    kill -TERM "$server"; wait "$server" || status=$?; server=
+    wait "$client" || true
+    local answered received unanswered
+    answered=$(grep -c 'route=/v1/run.*answered' "$work/serve.log" || true)
+    # The stop's own tally: requests read and never answered (cancelled, or left).
+    unanswered=$(sed -n 's/.*stopped.*unanswered=\([0-9]*\).*/\1/p' "$work/serve.log" | tail -1)
+    received=$(awk '/requests in/ {print $1}' "$work/wrk.out")
+    grep -E "requests in|Socket errors|Non-2xx" "$work/wrk.out" || true
+    grep 'stopped' "$work/serve.log" | sed 's/^/  service: /' || true
+    echo "  service: exit status $status, $answered runs answered, ${unanswered:-?} requests unanswered; client: $received responses received"
+    if [ "$answered" -eq "$received" ] && [ "${unanswered:-1}" -eq 0 ] && [ "$status" -eq 0 ]; then
+        echo "  every request the service read was answered, and every answer received"
+    else
+        echo "  LOST: answers that never reached the client, or requests read and never answered" >&2
+    fi
+}
+SIGTERM_AFTER=${SIGTERM_AFTER:-3}
+
 # Throughput: a queue as deep as the connections, so every request waits its turn.
 for p in $PHASES; do
     case $p in
         inprocess) phase "in process, $WORKERS workers, queue $CONNECTIONS" --workers "$WORKERS" --queue "$CONNECTIONS" ;;
         isolated) isolated_note="; the supervisor only, not its workers" phase "isolated, $ISOLATED_WORKERS workers, queue $CONNECTIONS" --workers "$ISOLATED_WORKERS" --queue "$CONNECTIONS" --isolate ;;
         saturated) phase "saturated: 1 worker, queue 0 (expect 503s, each answered)" --workers 1 --queue 0 ;;
-        *) echo "unknown phase $p (inprocess, isolated, saturated)" >&2; exit 2 ;;
+        sigterm)
+            sigterm_phase "in process, $WORKERS workers" --workers "$WORKERS"
+            sigterm_phase "isolated, $ISOLATED_WORKERS workers" --workers "$ISOLATED_WORKERS" --isolate ;;
+        *) echo "unknown phase $p (inprocess, isolated, saturated, sigterm)" >&2; exit 2 ;;
     esac
 done

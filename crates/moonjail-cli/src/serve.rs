@@ -216,8 +216,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(target: "moonjail_http", %addr, isolated = args.sandbox.isolate, "listening");
         // For scripts and tests that start the service on port 0.
         eprintln!("moonjail: listening on http://{addr}");
+        // Its last line, "stopped", carries the stop's tally.
         server.run(moonjail_http::shutdown_signal()).await?;
-        tracing::info!(target: "moonjail_http", "stopped");
         anyhow::Ok(())
     })?;
     // Blocking threads still running a script past the grace period are not waited for.

@@ -66,5 +66,6 @@ pub use config::{default_workers, Auth, Config, RateLimit, DEFAULT_MAX_BODY};
 pub use error::{ApiError, Error, ErrorBody, ErrorDetail, RateLimitInfo, Result};
 pub use extract::{Caller, JsonBody, ANONYMOUS};
 pub use keys::{KeyError, KeyStore};
+pub use metrics::RequestTally;
 pub use server::{openapi, router, runtime, shutdown_signal, Server};
 pub use state::AppState;

@@ -39,7 +39,9 @@ pub(crate) async fn log_request(
         key = tracing::field::Empty,
     );
     let start = Instant::now();
+    let pending = state.metrics.request_read();
     let response = next.run(request).instrument(span.clone()).await;
+    pending.answered();
     let status = response.status().as_u16();
     let kind = response
         .extensions()

@@ -63,6 +63,8 @@ pub(crate) struct Metrics {
     limit_hits: Family<KindLabels, Counter>,
     tool_calls: Counter,
     requests: Family<RequestLabels, Counter>,
+    requests_read: Counter,
+    requests_unanswered: Counter,
     request_durations: RequestDurations,
     queue_depth: Gauge,
     running: Gauge,
@@ -72,6 +74,35 @@ pub(crate) struct Metrics {
     resumes: Counter,
     connections: Gauge,
     connections_expired: Family<PhaseLabels, Counter>,
+}
+
+/// A request read and not yet answered: counted as unanswered if it is dropped before
+/// [`PendingRequest::answered`] (its client closed the connection, or the shutdown's grace
+/// period cancelled it).
+pub(crate) struct PendingRequest(Option<Counter>);
+
+impl PendingRequest {
+    pub(crate) fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PendingRequest {
+    fn drop(&mut self) {
+        if let Some(unanswered) = self.0.take() {
+            unanswered.inc();
+        }
+    }
+}
+
+/// How many requests the service read, and how many of them it never answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTally {
+    /// Requests read (their head complete and routed), answered or not.
+    pub read: u64,
+    /// Requests read but never answered: their client closed the connection first, or
+    /// the shutdown's grace period cancelled them.
+    pub unanswered: u64,
 }
 
 /// An open connection, counted until it is dropped.
@@ -130,6 +161,19 @@ impl Metrics {
             "HTTP requests answered, by route and status",
             requests.clone(),
         );
+        let requests_read = Counter::default();
+        registry.register(
+            "http_requests_read",
+            "HTTP requests read (head complete), answered or not",
+            requests_read.clone(),
+        );
+        let requests_unanswered = Counter::default();
+        registry.register(
+            "http_requests_unanswered",
+            "HTTP requests read but never answered: their client closed the connection \
+             first, or the shutdown's grace period cancelled them",
+            requests_unanswered.clone(),
+        );
         let request_durations: RequestDurations =
             Family::new_with_constructor(request_buckets as fn() -> Histogram);
         registry.register(
@@ -186,6 +230,8 @@ impl Metrics {
             limit_hits,
             tool_calls,
             requests,
+            requests_read,
+            requests_unanswered,
             request_durations,
             queue_depth,
             running,
@@ -239,6 +285,21 @@ impl Metrics {
     /// Counts one resume of a suspended run.
     pub(crate) fn resumed(&self) {
         self.resumes.inc();
+    }
+
+    /// Counts a request read; its answer is counted by [`Metrics::request`], and if it
+    /// never comes, the returned guard counts it unanswered when dropped.
+    pub(crate) fn request_read(&self) -> PendingRequest {
+        self.requests_read.inc();
+        PendingRequest(Some(self.requests_unanswered.clone()))
+    }
+
+    /// Requests read, and those never answered.
+    pub(crate) fn tally(&self) -> RequestTally {
+        RequestTally {
+            read: self.requests_read.get(),
+            unanswered: self.requests_unanswered.get(),
+        }
     }
 
     /// Counts one answered request, which took `took` to answer. The route moves from

@@ -218,6 +218,14 @@ impl Server {
         reaper.abort();
         state.sessions.clear();
         give_up_suspended(&state, grace).await;
+        // What a SIGTERM under load cost: requests read and never answered (cancelled
+        // after the grace period, or left by their client).
+        let tally = state.metrics.tally();
+        if tally.unanswered == 0 {
+            tracing::info!(read = tally.read, unanswered = 0, "stopped");
+        } else {
+            tracing::warn!(read = tally.read, unanswered = tally.unanswered, "stopped");
+        }
         Ok(())
     }
 }

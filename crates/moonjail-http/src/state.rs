@@ -12,7 +12,7 @@ use crate::admission::{Executors, KeyLimits};
 use crate::api::{LimitsRequest, Quantity};
 use crate::config::Config;
 use crate::error::{ApiError, Error};
-use crate::metrics::{Metrics, Snapshot};
+use crate::metrics::{Metrics, RequestTally, Snapshot};
 use crate::runners::Runners;
 use crate::sessions::Sessions;
 use crate::suspended::SuspendedRuns;
@@ -108,6 +108,12 @@ impl AppState {
     /// until shutdown begins.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Requests read so far, and those never answered (their client left first, or the
+    /// shutdown's grace period cancelled them): after a stop, what it cost.
+    pub fn requests(&self) -> RequestTally {
+        self.metrics.tally()
     }
 
     /// Requests executing now (runs and session calls).

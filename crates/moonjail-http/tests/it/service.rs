@@ -54,6 +54,7 @@ fn metrics_count_runs_limits_tool_calls_and_sessions() {
         "moonjail_tool_calls_total 0",
         r#"moonjail_http_requests_total{route="/v1/run",status="200"} 3"#,
         r#"moonjail_http_request_duration_seconds_count{route="/v1/run"} 3"#,
+        "moonjail_http_requests_unanswered_total 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
     }
@@ -74,6 +75,10 @@ fn shutdown_lets_requests_in_flight_finish() {
     assert_eq!(busy.join().unwrap()["result"], "done");
     server.shutdown().unwrap();
     assert!(!server.state.is_ready());
+    // Every request read was answered (the readiness polls and the run).
+    let tally = server.state.requests();
+    assert!(tally.read >= 1, "{tally:?}");
+    assert_eq!(tally.unanswered, 0, "{tally:?}");
 }
 
 #[test]
@@ -126,5 +131,7 @@ fn shutdown_stops_accepting_and_cancels_what_outlasts_the_grace_period() {
         ),
     }
     assert!(TcpStream::connect(&addr).is_err(), "still accepting");
+    // The stop's tally names the one request it cancelled.
+    assert_eq!(server.state.requests().unanswered, 1);
     drop(release);
 }
