@@ -87,6 +87,20 @@ pub struct RunArgs {
         requires = "journal"
     )]
     pub journal_flush: JournalFlush,
+    /// With --journal: when the journal is fsynced. `end` (the default): after the end
+    /// line, before moonjail exits, and after a suspend line (a finished run's journal
+    /// survives a crash of the machine). `suspend`: only after a suspend line (the
+    /// journal a resume needs is on disk either way); a finished run's journal is
+    /// written and flushed to the operating system, which keeps it if moonjail dies but
+    /// not if the machine crashes, and the run saves a disk flush (about 0.5 ms here).
+    #[arg(
+        long,
+        value_name = "WHEN",
+        default_value = "end",
+        requires = "journal",
+        value_parser = ["end", "suspend"]
+    )]
+    pub journal_fsync: String,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -176,7 +190,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     let journal = moonjail::JournalWriter::create(path)
                         .with_context(|| format!("--journal {}", path.display()))?
                         .limit(journal_limit.map(|l| l as u64))
-                        .flush(args.journal_flush.into());
+                        .flush(args.journal_flush.into())
+                        .fsync_end(args.journal_fsync == "end");
                     let mut outcome = sandbox
                         .run_journaled(&source, &input, &options, journal)
                         .with_context(|| format!("--journal {}", path.display()))?;

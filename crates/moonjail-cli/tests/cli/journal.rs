@@ -286,3 +286,98 @@ fn journal_a_journal_without_limits_replays_only_when_trusted() {
     assert_eq!(trusted.code, Some(0), "{trusted:?}");
     assert_eq!(trusted.json()["result"], 7);
 }
+
+/// The fsync calls `moonjail ARGS` makes in `dir`, seen by strace; `None` (said on
+/// stderr) where strace cannot run here.
+fn fsyncs(dir: &TempDir, args: &[&str]) -> Option<usize> {
+    let probe = std::process::Command::new("strace").arg("-V").output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: no strace on this machine to count fsync calls");
+        return None;
+    }
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args([
+        "-f",
+        "-qq",
+        "-e",
+        "trace=fsync,fdatasync,sync_file_range",
+        "-o",
+        "trace.txt",
+    ])
+    .arg(MOONJAIL)
+    .args(args)
+    .current_dir(dir.path())
+    .env("MOONJAIL_WORKER", MOONJAIL);
+    let out = output(&mut cmd);
+    let trace = std::fs::read_to_string(dir.path().join("trace.txt")).unwrap_or_default();
+    if trace.contains("PTRACE") || trace.contains("Operation not permitted") {
+        eprintln!("skipped: strace cannot trace here: {trace}");
+        return None;
+    }
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(
+        trace
+            .lines()
+            .filter(|l| l.contains("sync") && !l.contains("exited"))
+            .count(),
+    )
+}
+
+#[test]
+fn journal_fsync_suspend_skips_the_end_lines_disk_flush_but_not_a_suspend_lines() {
+    let dir = setup();
+    dir.write(
+        "pay.lua",
+        "local q = rng.next('q') return payments.send({amount = q.n})",
+    );
+    let run = |script: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            script,
+            "--tool",
+            "rng.next=sh rng.sh",
+            "--journal",
+            "run.jsonl",
+        ];
+        args.extend_from_slice(extra);
+        fsyncs(&dir, &args)
+    };
+    let Some(default) = run("script.lua", &[]) else {
+        return;
+    };
+    assert!(
+        default >= 1,
+        "the end line is fsynced by default: {default}"
+    );
+    let flushed_only = run("script.lua", &["--journal-fsync", "suspend"]);
+    assert_eq!(
+        flushed_only,
+        Some(0),
+        "no fsync for a finished run's journal"
+    );
+    // The journal is whole all the same.
+    let replayed = moonjail(dir.path(), &["replay", "run.jsonl", "--json"], None);
+    assert_eq!(replayed.code, Some(0), "{replayed:?}");
+    // A suspended run's journal is what resumes it: fsynced whatever the flag says.
+    let suspended = run(
+        "pay.lua",
+        &[
+            "--defer-tool",
+            "payments.send",
+            "--journal-fsync",
+            "suspend",
+        ],
+    );
+    assert!(suspended >= Some(1), "{suspended:?}");
+    // Without a journal, the flag is misuse.
+    let out = moonjail(
+        dir.path(),
+        &["run", "script.lua", "--journal-fsync", "suspend"],
+        None,
+    );
+    assert_misuse(&out, "--journal");
+}

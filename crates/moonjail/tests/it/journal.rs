@@ -644,3 +644,80 @@ fn journal_a_batched_journal_stopped_by_its_limit_keeps_its_whole_lines() {
         .lines()
         .all(|l| serde_json::from_str::<Json>(l).is_ok()));
 }
+
+/// A writer that takes `room` bytes, then fails every write.
+struct Full {
+    room: usize,
+}
+
+impl Write for Full {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.room {
+            return Err(std::io::Error::other("no space left"));
+        }
+        self.room -= buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn journal_without_the_end_fsync_still_reports_a_failed_last_write() {
+    // With `fsync_end(false)` the end line is written (and its batch with it) before the
+    // run returns, and a failure to write it is the run's error: a writer's drop, which
+    // would also write it, could only swallow the failure.
+    let sandbox = Sandbox::builder()
+        .tool("kv.get", |_| Ok(json!(1)))
+        .build()
+        .unwrap();
+    let script = "for i = 1, 3 do kv.get() end return 'done'";
+    let whole = Buffer::default();
+    let journal = JournalWriter::new(whole.clone());
+    let outcome = sandbox
+        .run_journaled(script, &Json::Null, &RunOptions::default(), journal)
+        .expect("journaled");
+    assert!(outcome.is_ok());
+    let size = whole.bytes().len();
+    let end_line = whole
+        .bytes()
+        .split(|b| *b == b'\n')
+        .rev()
+        .nth(1)
+        .unwrap()
+        .len()
+        + 1;
+    for flush in [Flush::Line, Flush::Batch] {
+        // Room for everything but the end line: Line fails on it, Batch on the one
+        // write of the whole journal at the end.
+        let journal = JournalWriter::new(Full {
+            room: size - end_line,
+        })
+        .flush(flush)
+        .fsync_end(false);
+        let err = sandbox
+            .run_journaled(script, &Json::Null, &RunOptions::default(), journal)
+            .expect_err("the end line does not fit the writer");
+        assert!(
+            matches!(&err, JournalError::Io(e) if e.to_string().contains("no space")),
+            "{flush:?}: {err}"
+        );
+    }
+    // And with room, the journal is whole when the run returns.
+    let out = Buffer::default();
+    let journal = JournalWriter::new(out.clone())
+        .flush(Flush::Batch)
+        .fsync_end(false);
+    let outcome = sandbox
+        .run_journaled(
+            "kv.get() return 'done'",
+            &Json::Null,
+            &RunOptions::default(),
+            journal,
+        )
+        .expect("journaled");
+    assert_eq!(outcome.result.ok(), Some(json!("done")));
+    let replayed = replay(&out.bytes(), &ReplayOptions::default());
+    assert_eq!(replayed.result.ok(), Some(json!("done")));
+}
