@@ -51,6 +51,16 @@ pub(crate) fn chunk(src: &str) -> Option<Parsed<'_>> {
     })
 }
 
+/// The token this parser stood at when it gave up on `src`, if it refuses it: where to
+/// place an error Lua's compiler names only by line and token (`near 'x'`).
+pub(crate) fn refused_at(src: &str) -> Option<Range> {
+    let mut p = Parser::new(src)?;
+    match p.block() {
+        Some(_) if p.cur.t == T::Eof && !p.lexer.unfinished_comment => None,
+        _ => Some(p.cur.range()),
+    }
+}
+
 /// A token as the parser sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum T {

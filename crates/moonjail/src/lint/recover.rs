@@ -36,6 +36,10 @@ pub(super) struct Recovered {
     pub(super) syntax_errors: bool,
     /// Errors remain after the repairs: the tree misses what the parser skipped.
     pub(super) still_broken: bool,
+    /// Lua's compile error, where full_moon found none and this linter's parser refused
+    /// the script: to report after the walk, unless the walk found a syntax error on
+    /// its line (the walk checks some of what Lua's compiler does: `goto`, attributes).
+    pub(super) lua_said: Option<crate::lint::Finding>,
 }
 
 impl Recovered {
@@ -163,10 +167,29 @@ pub(super) fn read(text: &str, lines: &Lines<'_>, report: &mut LintReport) -> Op
             }
         }
     }
+    // Still nothing, yet this linter's parser refused it: Lua's own compiler judges
+    // (`return return`, `0x.p1`), and what it refuses is a finding on the line it names,
+    // unless the walk reports the same there ([`Recovered::lua_said`]).
+    let lua_said = lines_with_errors
+        .is_empty()
+        .then(|| lua_verdict(text))
+        .flatten()
+        .map(|(line, message)| {
+            let span = line_span(text, lines, line, near(&message));
+            finding(
+                "syntax",
+                Severity::Error,
+                span,
+                format!("syntax error: {message}"),
+                None,
+            )
+        });
+    let lua_refused = lua_said.is_some();
     Some(Recovered {
+        lua_said,
         source: fixed_source.unwrap_or_else(|| blanked.into_owned()),
         ast,
-        syntax_errors: !lines_with_errors.is_empty(),
+        syntax_errors: !lines_with_errors.is_empty() || lua_refused,
         still_broken,
     })
 }
@@ -676,6 +699,64 @@ impl<'s> Converter<'s> {
             range: range_of(expr),
         }
     }
+}
+
+/// Lua's compile error on `text`, as its line and message, but for `goto` and labels:
+/// the walk reports those itself, and Lua places them where the block closes.
+fn lua_verdict(text: &str) -> Option<(u32, String)> {
+    let error = super::lua_compile_error(text)?;
+    let rest = error.strip_prefix("src:")?;
+    let (line, message) = rest.split_once(": ")?;
+    let line: u32 = line.parse().ok()?;
+    let walked = ["goto", "label"];
+    (!walked.iter().any(|w| message.contains(w))).then(|| (line, message.to_string()))
+}
+
+/// The token a Lua message names (`... near 'x'`).
+fn near(message: &str) -> Option<&str> {
+    let (_, token) = message.rsplit_once(" near '")?;
+    token.strip_suffix('\'')
+}
+
+/// The span of `token` on line `line` (1-based) of `text` where it stands there, else of
+/// the line from its first character that is not blank to its end; the script's start if
+/// it has no such line.
+fn line_span(text: &str, lines: &Lines<'_>, line: u32, token: Option<&str>) -> Span {
+    let starts = lines.starts();
+    let Some(&start) = usize::try_from(line)
+        .ok()
+        .and_then(|l| l.checked_sub(1))
+        .and_then(|i| starts.get(i))
+    else {
+        return Span::START;
+    };
+    let start = start as usize;
+    let end = text[start..].find('\n').map_or(text.len(), |n| start + n);
+    let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    // Where this linter's parser gave up, if that is the token Lua names on that line;
+    // else the token's first place on the line.
+    if let Some(stuck) = super::parse::refused_at(text).filter(|r| {
+        let (from, to) = (r.start as usize, r.end as usize);
+        from >= start && to <= end && token.is_some_and(|t| text.get(from..to) == Some(t))
+    }) {
+        return lines.span(stuck);
+    }
+    if let Some((n, token)) = token
+        .filter(|t| !t.is_empty())
+        .and_then(|t| Some((text[start..end].find(t)?, t)))
+    {
+        return lines.span(ast::Range {
+            start: at(start + n),
+            end: at(start + n + token.len()),
+        });
+    }
+    let first = text[start..end]
+        .find(|c: char| !c.is_whitespace())
+        .map_or(start, |n| start + n);
+    lines.span(ast::Range {
+        start: at(first),
+        end: at(end.max(first)),
+    })
 }
 
 #[cfg(test)]

@@ -181,6 +181,15 @@ pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
                 recovered.syntax_errors,
                 recovered.still_broken,
             );
+            if let Some(said) = recovered.lua_said {
+                let walk_said_it = report
+                    .findings
+                    .iter()
+                    .any(|f| f.rule == "syntax" && f.line == said.line);
+                if !walk_said_it {
+                    report.findings.push(said);
+                }
+            }
         }
     });
 }

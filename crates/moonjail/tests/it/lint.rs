@@ -569,6 +569,44 @@ fn valid_lua_full_moon_refuses_is_not_a_syntax_error() {
 /// `<const>` or `<close>` local, an invalid escape. Each is a syntax finding at its
 /// line, and each is a case the run refuses too (so none is a false alarm).
 #[test]
+fn what_full_moon_reads_and_lua_refuses_is_a_syntax_error_where_lua_says() {
+    // full_moon reads these without an error; this linter's parser refuses them, and
+    // Lua's own compiler says why: the finding is Lua's message, at the token it names.
+    let sb = Sandbox::builder().build().unwrap();
+    let cases: &[(&str, u32, u32, &str)] = &[
+        (
+            "local a = 1\nreturn return",
+            2,
+            8,
+            "unexpected symbol near 'return'",
+        ),
+        (
+            "local x = 0x.p1\nreturn x",
+            1,
+            11,
+            "malformed number near '0x.p1'",
+        ),
+    ];
+    for &(code, line, column, message) in cases {
+        let report = sb.lint(code);
+        let found: Vec<_> = report
+            .errors()
+            .map(|f| (f.rule, f.line, f.column, f.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 1, "{code}: {found:?}");
+        assert_eq!(
+            (found[0].0, found[0].1, found[0].2),
+            ("syntax", line, column),
+            "{code}"
+        );
+        assert!(found[0].3.contains(message), "{code}: {}", found[0].3);
+        let out = sb.run(code, &Value::Null);
+        let error = out.error().expect("Lua refuses it too");
+        assert_eq!(error.kind.as_str(), "syntax", "{code}: {error:?}");
+    }
+}
+
+#[test]
 fn what_lua_refuses_beyond_the_grammar_is_a_syntax_error() {
     let sb = Sandbox::builder().build().unwrap();
     let cases: &[(&str, u32, &str)] = &[
