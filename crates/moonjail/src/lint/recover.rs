@@ -355,7 +355,11 @@ struct Converter<'s> {
 }
 
 /// Bytes `start..end` of `node`, trivia excluded (the default when full_moon cannot
-/// place it).
+/// place it). Only for tokens and nodes with no expression inside: full_moon places a
+/// node from its range, and a node's range from both ends of its children, so placing a
+/// chain nested N deep (`a[a[a[...]]]`) costs 2^N (a 150-byte line hung the linter; found
+/// by the `lint_source` fuzz target). Nodes with expressions inside are placed from
+/// their own tokens and their converted children ([`Converter::chain`]).
 fn range_of(node: &impl Node) -> Range {
     match node.range() {
         Some((start, end)) => Range {
@@ -366,13 +370,22 @@ fn range_of(node: &impl Node) -> Range {
     }
 }
 
+/// A table constructor's braces.
+fn table_range(table: &fm::TableConstructor) -> Range {
+    let (open, close) = table.braces().tokens();
+    Range {
+        start: range_of(open).start,
+        end: range_of(close).end,
+    }
+}
+
 /// Where a suffix ends: its last token's end.
 fn suffix_end(suffix: &fm::Suffix) -> Option<u32> {
     let args_end = |args: &fm::FunctionArgs| match args {
         fm::FunctionArgs::Parentheses { parentheses, .. } => {
             Some(range_of(parentheses.tokens().1).end)
         }
-        fm::FunctionArgs::TableConstructor(t) => Some(range_of(&**t).end),
+        fm::FunctionArgs::TableConstructor(t) => Some(table_range(t).end),
         fm::FunctionArgs::String(token) => Some(range_of(token).end),
         _ => None,
     };
@@ -519,7 +532,7 @@ impl<'s> Converter<'s> {
     /// An assignment target: a name, or a chain (ending in an index when valid).
     fn var(&self, var: &fm::Var) -> Expr<'s> {
         match var {
-            fm::Var::Expression(v) => self.chain(v.prefix(), v.suffixes(), range_of(&**v)),
+            fm::Var::Expression(v) => self.chain(v.prefix(), v.suffixes()),
             fm::Var::Name(token) => self.name_expr(token),
             _ => Expr {
                 kind: ExprKind::Nil,
@@ -539,32 +552,46 @@ impl<'s> Converter<'s> {
     }
 
     fn call(&self, call: &fm::FunctionCall) -> Expr<'s> {
-        self.chain(call.prefix(), call.suffixes(), range_of(call))
+        self.chain(call.prefix(), call.suffixes())
     }
 
-    /// A chain's range runs from its prefix to the end of its last suffix, computed here:
-    /// full_moon's own range of a chain ending in `[key]` stops before the `]`.
+    /// A chain's range runs from its prefix to the end of its last suffix, computed here
+    /// from the converted prefix and the suffixes' last tokens: full_moon's own range of a
+    /// chain ending in `[key]` stops before the `]`, and costs 2^N for N nested chains
+    /// ([`range_of`]).
     fn chain<'a>(
         &self,
         prefix: &fm::Prefix,
         suffixes: impl Iterator<Item = &'a fm::Suffix>,
-        range: Range,
     ) -> Expr<'s> {
-        let prefix = match prefix {
-            fm::Prefix::Name(token) => match self.name(token) {
-                Some(name) => Prefix::Name(name),
-                None => {
-                    return Expr {
-                        kind: ExprKind::Nil,
-                        range,
+        let (prefix, range) = match prefix {
+            fm::Prefix::Name(token) => {
+                let range = range_of(token);
+                match self.name(token) {
+                    Some(name) => (Prefix::Name(name), range),
+                    None => {
+                        return Expr {
+                            kind: ExprKind::Nil,
+                            range,
+                        }
                     }
                 }
-            },
-            fm::Prefix::Expression(e) => Prefix::Expr(self.expr(e)),
-            other => Prefix::Expr(Expr {
-                kind: ExprKind::Nil,
-                range: range_of(other),
-            }),
+            }
+            fm::Prefix::Expression(e) => {
+                let e = self.expr(e);
+                let range = e.range;
+                (Prefix::Expr(e), range)
+            }
+            other => {
+                let range = range_of(other);
+                (
+                    Prefix::Expr(Expr {
+                        kind: ExprKind::Nil,
+                        range,
+                    }),
+                    range,
+                )
+            }
         };
         let suffixes: Vec<&fm::Suffix> = suffixes.collect();
         let end = suffixes
@@ -600,7 +627,7 @@ impl<'s> Converter<'s> {
     fn args(&self, args: &fm::FunctionArgs) -> Args<'s> {
         match args {
             fm::FunctionArgs::Parentheses { arguments, .. } => Args::List(self.exprs(arguments)),
-            fm::FunctionArgs::TableConstructor(t) => Args::Table(self.table(t), range_of(&**t)),
+            fm::FunctionArgs::TableConstructor(t) => Args::Table(self.table(t), table_range(t)),
             fm::FunctionArgs::String(token) => {
                 let (text, range) = self.text(token);
                 Args::Str(text, range)
@@ -673,9 +700,22 @@ impl<'s> Converter<'s> {
                     },
                 };
             }
-            fm::Expression::Function(f) => ExprKind::Function(Box::new(self.body(f.body()))),
+            fm::Expression::Function(f) => {
+                return Expr {
+                    kind: ExprKind::Function(Box::new(self.body(f.body()))),
+                    range: Range {
+                        start: range_of(f.function_token()).start,
+                        end: range_of(f.body().end_token()).end,
+                    },
+                }
+            }
             fm::Expression::FunctionCall(c) => return self.call(c),
-            fm::Expression::TableConstructor(t) => ExprKind::Table(self.table(t)),
+            fm::Expression::TableConstructor(t) => {
+                return Expr {
+                    kind: ExprKind::Table(self.table(t)),
+                    range: table_range(t),
+                }
+            }
             fm::Expression::Number(token) => ExprKind::Number(self.text(token).0),
             fm::Expression::String(token) => ExprKind::Str(self.text(token).0),
             fm::Expression::Symbol(token) => match token.token_type() {
@@ -693,7 +733,7 @@ impl<'s> Converter<'s> {
             fm::Expression::Var(var) => return self.var(var),
             _ => ExprKind::Nil,
         };
-        // Leaves, functions and tables: their first and last tokens are near the top.
+        // Leaves: a token each.
         Expr {
             kind,
             range: range_of(expr),

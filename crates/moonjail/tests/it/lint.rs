@@ -816,3 +816,30 @@ fn goto_and_labels_as_lua_checks_them() {
         assert!(compiled.error().is_none(), "{code}: {:?}", compiled.result);
     }
 }
+
+#[test]
+fn nested_chains_in_a_broken_script_do_not_hang_the_linter() {
+    // `a[a[a[...]]] = 1` with a syntax error elsewhere: full_moon's tree is converted, and
+    // placing its nested chains by full_moon's own ranges cost 2^depth (depth 14 took over
+    // a minute; found by the lint_source fuzz target). A hang check, not a timing: 60
+    // levels would take centuries that way.
+    let depth = 60;
+    let code = format!(
+        "a{}{} = 1\nf(b{}{})\nx = 1 != 2\n",
+        "[a".repeat(depth),
+        "]".repeat(depth),
+        ".c(d".repeat(depth),
+        ")".repeat(depth),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let sb = Sandbox::builder().build().unwrap();
+        let _ = tx.send(sb.lint(&code));
+    });
+    let report = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the linter hung on nested chains");
+    let syntax: Vec<_> = report.errors().filter(|f| f.rule == "syntax").collect();
+    assert_eq!(syntax.len(), 1, "{syntax:?}");
+    assert_eq!(syntax[0].line, 3);
+}
