@@ -218,6 +218,15 @@ impl Server {
         reaper.abort();
         state.sessions.clear();
         give_up_suspended(&state, grace).await;
+        // Runs still in a worker (past the grace period) end now: their workers must not
+        // outlive the service, running to their own deadlines as orphans.
+        let stopped = state.config.sandbox.stop_runs_in_workers();
+        if stopped > 0 {
+            tracing::warn!(
+                stopped,
+                "runs still in workers after the grace period: workers killed"
+            );
+        }
         // What a SIGTERM under load cost: requests read and never answered (cancelled
         // after the grace period, or left by their client).
         let tally = state.metrics.tally();

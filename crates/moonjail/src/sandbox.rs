@@ -670,6 +670,16 @@ impl Sandbox {
         &self.spec.limits
     }
 
+    /// Stops every run now in a worker process of this sandbox (and of its clones): the
+    /// worker is killed and reaped, and the run ends as `killed`, a run waiting at a
+    /// deferred call too. Returns how many. For a service's stop once its grace period is
+    /// over, so that no worker outlives the service; later runs get new workers. Sessions
+    /// keep their own workers. In process, nothing: a run on a thread cannot be stopped
+    /// from outside (see [`SandboxBuilder::interrupt_check`]).
+    pub fn stop_runs_in_workers(&self) -> usize {
+        self.isolation.hang_up_busy()
+    }
+
     /// Whether runs happen in worker processes ([`Isolation::Process`]) rather than on
     /// the calling thread.
     pub fn is_isolated(&self) -> bool {

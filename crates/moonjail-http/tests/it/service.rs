@@ -135,3 +135,48 @@ fn shutdown_stops_accepting_and_cancels_what_outlasts_the_grace_period() {
     assert_eq!(server.state.requests().unanswered, 1);
     drop(release);
 }
+
+#[test]
+fn shutdown_kills_the_workers_of_runs_that_outlast_the_grace_period() {
+    // Isolated, a run past the grace period is in a worker process: the stop must end it
+    // (the worker killed and reaped, the executor freed), not leave it running to its own
+    // 60 s deadline as an orphan once the service has exited.
+    use moonjail::worker::{Isolation, ProcessConfig, WorkerPath};
+    let process = ProcessConfig::builder()
+        .worker(WorkerPath::Path(crate::support::WORKER.into()))
+        .pool_size(1)
+        .prespawn(1)
+        .allow_missing(crate::support::unusable())
+        .build()
+        .unwrap();
+    let sandbox = Sandbox::builder()
+        .timeout(Duration::from_secs(60))
+        .isolation(Isolation::Process(process))
+        .build()
+        .unwrap();
+    let mut config = config(sandbox);
+    config.shutdown_grace = Duration::from_millis(200);
+    let server = TestServer::start(config);
+    let addr = server.base.strip_prefix("http://").unwrap().to_string();
+    let mut stuck = TcpStream::connect(&addr).unwrap();
+    let body = r#"{"code": "while true do end"}"#;
+    write!(
+        stuck,
+        "POST /v1/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    server.wait_executing(1);
+    server.shutdown().unwrap();
+    // A hang check, not a timing: without the stop the run holds its executor for 60 s.
+    let start = std::time::Instant::now();
+    while server.state.executing() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the run is still executing in its worker after the stop"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.state.requests().unanswered, 1);
+}

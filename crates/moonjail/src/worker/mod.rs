@@ -550,6 +550,15 @@ impl Isolated {
         }
     }
 
+    /// Hangs up on the workers running runs now ([`pool::Pool::hang_up_busy`]): how many.
+    pub(crate) fn hang_up_busy(&self) -> usize {
+        match self {
+            Isolated::InProcess => 0,
+            #[cfg(all(target_os = "linux", feature = "isolation"))]
+            Isolated::Process(pool) => pool.hang_up_busy(),
+        }
+    }
+
     /// Runs in a worker when isolated; `None` means "run in process".
     pub(crate) fn run(&self, job: &Job) -> Option<Outcome> {
         match self {

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use std::os::fd::OwnedFd;
+
 use super::supervisor::{Fate, Settings, Worker};
 use super::{Job, WorkerPids};
 use crate::error::{Error, ErrorKind};
@@ -63,6 +65,10 @@ struct State {
     /// spawn succeeds, instead of respawning a worker that cannot start in a loop.
     paused: bool,
     shutdown: bool,
+    /// The channel of each worker running a run now, by a number of its own: a copy of
+    /// the supervisor's socket, to hang up from another thread ([`Pool::hang_up_busy`]).
+    busy: Vec<(u64, OwnedFd)>,
+    next_busy: u64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -237,6 +243,7 @@ impl Pool {
         // (`Worker`'s drop knows whose they are).
         state.idle.clear();
         state.retired.clear();
+        state.busy.clear();
         state.live = 0;
         state.parked = 0;
         state.prespawning = 0;
@@ -288,9 +295,35 @@ impl Pool {
                 }),
             }
         });
+        let busy = worker.channel_copy().map(|socket| {
+            let mut state = self.shared.lock();
+            state.next_busy += 1;
+            let id = state.next_busy;
+            state.busy.push((id, socket));
+            id
+        });
         let (outcome, fate) = worker.run(job, &self.shared.settings, on_park);
+        if let Some(id) = busy {
+            self.shared.lock().busy.retain(|(n, _)| *n != id);
+        }
         self.shared.release(worker, fate);
         outcome
+    }
+
+    /// Hangs up on every worker running a run now: its supervisor reads the end of the
+    /// channel, kills and reaps the worker, and the run ends as `killed` (a run waiting at
+    /// a deferred call too). For a service's stop after its grace period, so that no
+    /// worker outlives it. Sessions' workers are not the pool's. Later runs get new
+    /// workers.
+    pub(crate) fn hang_up_busy(&self) -> usize {
+        self.after_fork();
+        let state = self.shared.lock();
+        for (_, socket) in &state.busy {
+            // The copy shares the socket with the supervisor's: both ends now read the
+            // end of the stream. An error means it is closed already.
+            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
+        }
+        state.busy.len()
     }
 
     /// Takes a worker out of the pool for good, for a session: an idle one if there is

@@ -1174,6 +1174,13 @@ impl Worker {
         matches!(poll(&mut fds, Some(&zero)), Ok(0))
     }
 
+    /// A copy of the supervisor's end of the channel: shutting it down from another
+    /// thread makes this supervisor read the end of the stream, kill the worker and reap
+    /// it ([`super::pool::Pool::hang_up_busy`]).
+    pub(crate) fn channel_copy(&self) -> Option<OwnedFd> {
+        self.channel.socket.try_clone().ok()
+    }
+
     /// How many runs this worker has served.
     pub(crate) fn runs(&self) -> u64 {
         self.runs
