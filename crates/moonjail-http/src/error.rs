@@ -21,7 +21,7 @@ pub struct ErrorBody {
 /// What was wrong with a request, for a program (`kind`) and a person (`message`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// A stable category: `bad_request`, `unauthorized`, `not_found`,
+    /// A stable category: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
     /// `method_not_allowed`, `request_timeout`, `payload_too_large`, `rate_limited`,
     /// `too_many_requests`, `too_many_sessions`, `too_many_suspended`, `overloaded`,
     /// `session_closed`, `shutting_down`, `unavailable`, `internal`.
@@ -72,6 +72,12 @@ impl ApiError {
     /// 401: no key, or not a valid one.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403: the key is valid, but what it asks for is not allowed on this server (a
+    /// profile outside `--profiles`).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     /// 404: no such route, or no such session for this key.

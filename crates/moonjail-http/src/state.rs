@@ -205,7 +205,7 @@ impl AppState {
                     ))
                 })?;
                 if !self.config.profiles.contains(&profile) {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(ApiError::forbidden(format!(
                         "profile: {name:?} is not allowed on this server (allowed: {})",
                         self.profile_names()
                     )));
