@@ -1,14 +1,13 @@
 //! Keys: 401 without or with a bad key, sessions owned by their key, per-key rate and
-//! concurrency limits.
+//! concurrency limits. Each in process and isolated.
 
 use serde_json::json;
 
-use crate::support::{config, sandbox, TestServer, ALICE, BOB};
+use crate::support::{config, holding_sandbox, sandbox_in, TestServer, ALICE, BOB};
 use moonjail_http::{Auth, RateLimit};
 
-#[test]
-fn requests_without_a_valid_key_get_401_with_a_json_error() {
-    let server = TestServer::start(config(sandbox()));
+fn requests_without_a_valid_key_get_401_with_a_json_error(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let body = json!({"code": "return 1"});
     for key in [None, Some("mj_wrong"), Some("")] {
         let answer = server.post("/v1/run", key, &body);
@@ -26,10 +25,10 @@ fn requests_without_a_valid_key_get_401_with_a_json_error() {
     assert_eq!(server.post("/v1/run", Some(ALICE), &body).status, 200);
     assert_eq!(server.post("/v1/run", Some(BOB), &body).status, 200);
 }
+in_both_modes!(requests_without_a_valid_key_get_401_with_a_json_error);
 
-#[test]
-fn a_session_belongs_to_the_key_that_opened_it() {
-    let server = TestServer::start(config(sandbox()));
+fn a_session_belongs_to_the_key_that_opened_it(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let id = server.open_session(ALICE, &json!({}));
     let exec = format!("/v1/sessions/{id}/exec");
     let code = json!({"code": "n = 1"});
@@ -57,10 +56,10 @@ fn a_session_belongs_to_the_key_that_opened_it() {
     // Still alice's, and still open.
     assert_eq!(server.post(&exec, Some(ALICE), &code).status, 200);
 }
+in_both_modes!(a_session_belongs_to_the_key_that_opened_it);
 
-#[test]
-fn the_rate_limit_answers_429_with_its_headers() {
-    let mut config = config(sandbox());
+fn the_rate_limit_answers_429_with_its_headers(isolated: bool) {
+    let mut config = config(sandbox_in(isolated));
     config.rate_limit = Some(RateLimit {
         per_second: 0.01,
         burst: 2,
@@ -80,13 +79,16 @@ fn the_rate_limit_answers_429_with_its_headers() {
     // Another key has its own bucket.
     assert_eq!(server.post("/v1/run", Some(BOB), &body).status, 200);
 }
+in_both_modes!(the_rate_limit_answers_429_with_its_headers);
 
-#[test]
-fn a_key_over_its_concurrency_gets_429() {
-    let mut config = config(sandbox());
+fn a_key_over_its_concurrency_gets_429(isolated: bool) {
+    let (sandbox, release) = holding_sandbox(isolated);
+    let mut config = config(sandbox);
     config.key_concurrency = 1;
     let server = std::sync::Arc::new(TestServer::start(config));
-    // One request holds alice's only place (a session call that waits on a deadline).
+    // One request holds alice's only place: a session call blocked in `hold` (on the
+    // executor's thread in both modes) until the test lets go; its deadline passes
+    // meanwhile, so it then ends as a timeout.
     let id = server.open_session(ALICE, &json!({}));
     let busy = {
         let server = server.clone();
@@ -95,16 +97,12 @@ fn a_key_over_its_concurrency_gets_429() {
             server.post(
                 &path,
                 Some(ALICE),
-                &json!({"code": "while true do end", "timeout": "2s"}),
+                &json!({"code": "hold() while true do end", "timeout": "100ms"}),
             )
         })
     };
     // Wait until it is executing, then try another.
-    let start = std::time::Instant::now();
-    while server.state_running() == 0 {
-        assert!(start.elapsed() < std::time::Duration::from_secs(30));
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    server.wait_executing(1);
     let refused = server.post("/v1/run", Some(ALICE), &json!({"code": "return 1"}));
     assert_eq!(refused.status, 429, "{}", refused.text);
     assert_eq!(refused.kind(), "too_many_requests");
@@ -115,15 +113,17 @@ fn a_key_over_its_concurrency_gets_429() {
             .status,
         200
     );
+    drop(release);
     let done = busy.join().unwrap();
     assert_eq!(done.body["error"]["kind"], "timeout");
 }
+in_both_modes!(a_key_over_its_concurrency_gets_429);
 
-#[test]
-fn without_auth_everyone_is_anonymous() {
-    let mut config = config(sandbox());
+fn without_auth_everyone_is_anonymous(isolated: bool) {
+    let mut config = config(sandbox_in(isolated));
     config.auth = Auth::None;
     let server = TestServer::start(config);
     let answer = server.post("/v1/run", None, &json!({"code": "return 1"}));
     assert_eq!(answer.status, 200);
 }
+in_both_modes!(without_auth_everyone_is_anonymous);

@@ -1,13 +1,14 @@
 //! `/openapi.json`: an OpenAPI 3.1 document listing every route the router serves, whose
 //! schemas the responses match — checked on fixed requests and on generated ones
-//! (property-based: no request may get a 5xx, or a body its schema does not describe).
+//! (property-based: no request may get a 5xx, or a body its schema does not describe),
+//! in process and isolated.
 
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use serde_json::{json, Value as Json};
 
-use crate::support::{config, sandbox, Answer, TestServer, ALICE};
+use crate::support::{config, sandbox, sandbox_in, Answer, TestServer, ALICE};
 
 /// Every route, as (method, path template).
 const ROUTES: [(&str, &str); 14] = [
@@ -129,9 +130,8 @@ fn the_document_is_openapi_3_and_lists_every_route() {
     }
 }
 
-#[test]
-fn responses_match_their_schemas() {
-    let server = TestServer::start(config(sandbox()));
+fn responses_match_their_schemas(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let doc = document(&server);
     let run = |body: Json| {
         let answer = server.post("/v1/run", Some(ALICE), &body);
@@ -179,6 +179,7 @@ fn responses_match_their_schemas() {
     let answer = server.delete(&format!("/v1/sessions/{id}"), Some(ALICE));
     assert_documented(&doc, "delete", "/v1/sessions/{id}", &answer);
 }
+in_both_modes!(responses_match_their_schemas);
 
 /// Fragments of Lua that generated requests are built from: successes, every failure
 /// kind, odd results.
@@ -270,9 +271,8 @@ fn run_body() -> impl Strategy<Value = Json> {
     prop_oneof![4 => well_formed, 1 => arbitrary_json()]
 }
 
-#[test]
-fn generated_requests_never_get_a_5xx_or_an_undocumented_answer() {
-    let mut config = config(sandbox());
+fn generated_requests_never_get_a_5xx_or_an_undocumented_answer(isolated: bool) {
+    let mut config = config(sandbox_in(isolated));
     config.workers = 2;
     config.queue = 64;
     let server = TestServer::start(config);
@@ -295,3 +295,4 @@ fn generated_requests_never_get_a_5xx_or_an_undocumented_answer() {
         })
         .unwrap();
 }
+in_both_modes!(generated_requests_never_get_a_5xx_or_an_undocumented_answer);

@@ -1,15 +1,17 @@
 //! Every refusal status, with the JSON error body and the message a client needs: 400
-//! naming the field, 404, 405, 413, 429 (session caps), 503 with Retry-After.
+//! naming the field, 403 for a profile the server does not allow, 404, 405, 408, 413, 429
+//! (session caps), 503 with Retry-After. Each in process and isolated.
 
 use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::support::{config, sandbox, TestServer, ALICE, BOB};
+use moonjail::Profile;
 
-#[test]
-fn malformed_bodies_get_400_naming_the_field() {
-    let server = TestServer::start(config(sandbox()));
+use crate::support::{config, holding_sandbox, sandbox_in, TestServer, ALICE, BOB};
+
+fn malformed_bodies_get_400_naming_the_field(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let cases = [
         ("{", "not valid JSON"),
         (r#""text""#, "invalid type: string"),
@@ -64,10 +66,12 @@ fn malformed_bodies_get_400_naming_the_field() {
     assert_eq!(answer.status, 400);
     assert!(answer.message().contains("nested"), "{}", answer.message());
 }
+in_both_modes!(malformed_bodies_get_400_naming_the_field);
 
-#[test]
-fn asking_for_more_than_the_server_allows_is_a_400_naming_the_field_and_the_maximum() {
-    let server = TestServer::start(config(sandbox()));
+fn asking_for_more_than_the_server_allows_is_a_400_naming_the_field_and_the_maximum(
+    isolated: bool,
+) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     for (limits, field, max) in [
         (json!({"timeout": "10s"}), "limits.timeout", "2 s"),
         (json!({"memory": "1GiB"}), "limits.memory", "16 MiB"),
@@ -99,10 +103,10 @@ fn asking_for_more_than_the_server_allows_is_a_400_naming_the_field_and_the_maxi
         answer.message()
     );
 }
+in_both_modes!(asking_for_more_than_the_server_allows_is_a_400_naming_the_field_and_the_maximum);
 
-#[test]
-fn a_body_over_the_limit_gets_413() {
-    let mut config = config(sandbox());
+fn a_body_over_the_limit_gets_413(isolated: bool) {
+    let mut config = config(sandbox_in(isolated));
     config.max_body_bytes = 1024;
     let server = TestServer::start(config);
     let code = format!("return '{}'", "x".repeat(2048));
@@ -118,10 +122,10 @@ fn a_body_over_the_limit_gets_413() {
         200
     );
 }
+in_both_modes!(a_body_over_the_limit_gets_413);
 
-#[test]
-fn unknown_routes_sessions_and_methods_get_json_errors() {
-    let server = TestServer::start(config(sandbox()));
+fn unknown_routes_sessions_and_methods_get_json_errors(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let answer = server.get("/v2/run", Some(ALICE));
     assert_eq!((answer.status, answer.kind()), (404, "not_found"));
     let answer = server.post("/v1/sessions/0123/exec", Some(ALICE), &json!({"code": "x"}));
@@ -131,17 +135,21 @@ fn unknown_routes_sessions_and_methods_get_json_errors() {
     let answer = server.get("/v1/run", Some(ALICE));
     assert_eq!((answer.status, answer.kind()), (405, "method_not_allowed"));
 }
+in_both_modes!(unknown_routes_sessions_and_methods_get_json_errors);
 
-#[test]
-fn a_full_queue_gets_503_with_retry_after_at_once() {
-    let mut config = config(sandbox());
+fn a_full_queue_gets_503_with_retry_after_at_once(isolated: bool) {
+    // The one executor is held by a run blocked in `hold` (on the executor's thread in
+    // both modes) until the refusals below are in; its deadline passes meanwhile, so it
+    // then ends as a timeout.
+    let (sandbox, release) = holding_sandbox(isolated);
+    let mut config = config(sandbox);
     config.workers = 1;
     config.queue = 0;
     let server = Arc::new(TestServer::start(config));
     let busy = {
         let server = server.clone();
         std::thread::spawn(move || {
-            server.run(&json!({"code": "while true do end", "limits": {"timeout": "1s"}}))
+            server.run(&json!({"code": "hold() while true do end", "limits": {"timeout": "100ms"}}))
         })
     };
     server.wait_executing(1);
@@ -152,6 +160,7 @@ fn a_full_queue_gets_503_with_retry_after_at_once() {
     // Sessions share the executors.
     let refused = server.post("/v1/sessions", Some(BOB), &json!({}));
     assert_eq!(refused.status, 503, "{}", refused.text);
+    drop(release);
     assert_eq!(busy.join().unwrap()["error"]["kind"], "timeout");
     assert_eq!(
         server
@@ -160,10 +169,10 @@ fn a_full_queue_gets_503_with_retry_after_at_once() {
         200
     );
 }
+in_both_modes!(a_full_queue_gets_503_with_retry_after_at_once);
 
-#[test]
-fn session_caps_per_key_and_in_all() {
-    let mut config = config(sandbox());
+fn session_caps_per_key_and_in_all(isolated: bool) {
+    let mut config = config(sandbox_in(isolated));
     config.max_sessions_per_key = 2;
     config.max_sessions = 3;
     let server = TestServer::start(config);
@@ -186,17 +195,45 @@ fn session_caps_per_key_and_in_all() {
     );
     server.open_session(BOB, &json!({}));
 }
+in_both_modes!(session_caps_per_key_and_in_all);
 
-#[test]
-fn a_request_past_the_request_timeout_gets_408() {
-    let mut config = config(sandbox());
+fn a_request_past_the_request_timeout_gets_408(isolated: bool) {
+    // The run is held in `hold` past the request timeout, however slow the machine.
+    let (sandbox, release) = holding_sandbox(isolated);
+    let mut config = config(sandbox);
     config.request_timeout = std::time::Duration::from_millis(100);
     let server = TestServer::start(config);
+    let answer = server.post("/v1/run", Some(ALICE), &json!({"code": "hold()"}));
+    assert_eq!(answer.status, 408, "{}", answer.text);
+    assert_eq!(answer.kind(), "request_timeout");
+    drop(release);
+}
+in_both_modes!(a_request_past_the_request_timeout_gets_408);
+
+// A valid key asking for what this server does not allow: 403, not a malformed request.
+fn a_profile_the_server_does_not_allow_gets_403(isolated: bool) {
+    let mut config = config(sandbox_in(isolated));
+    config.profiles = vec![Profile::Standard];
+    let server = TestServer::start(config);
+    for (path, body) in [
+        ("/v1/run", json!({"code": "return 1", "profile": "aos"})),
+        ("/v1/lint", json!({"code": "return 1", "profile": "aos"})),
+        ("/v1/sessions", json!({"profile": "aos"})),
+    ] {
+        let answer = server.post(path, Some(ALICE), &body);
+        assert_eq!(answer.status, 403, "{path}: {}", answer.text);
+        assert_eq!(answer.kind(), "forbidden", "{}", answer.text);
+        assert!(answer.message().contains("not allowed"), "{}", answer.text);
+    }
+    // An unknown profile is a malformed request.
     let answer = server.post(
         "/v1/run",
         Some(ALICE),
-        &json!({"code": "while true do end", "limits": {"timeout": "1s"}}),
+        &json!({"code": "return 1", "profile": "nope"}),
     );
-    assert_eq!(answer.status, 408, "{}", answer.text);
-    assert_eq!(answer.kind(), "request_timeout");
+    assert_eq!(answer.status, 400, "{}", answer.text);
+    // The profile it allows runs.
+    let doc = server.run(&json!({"code": "return 1", "profile": "standard"}));
+    assert_eq!(doc["result"], 1, "{doc}");
 }
+in_both_modes!(a_profile_the_server_does_not_allow_gets_403);

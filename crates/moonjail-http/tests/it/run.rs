@@ -1,12 +1,12 @@
-//! `POST /v1/run`: the outcome document, profiles and lowered limits.
+//! `POST /v1/run`: the outcome document, profiles and lowered limits; `POST /v1/lint`.
+//! Each in process and isolated.
 
 use serde_json::json;
 
-use crate::support::{config, sandbox, TestServer};
+use crate::support::{config, sandbox_in, TestServer};
 
-#[test]
-fn a_run_answers_the_outcome_document_of_run_json() {
-    let server = TestServer::start(config(sandbox()));
+fn a_run_answers_the_outcome_document_of_run_json(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let doc = server.run(&json!({"code": "print('hi') return (...).n * 2", "input": {"n": 21}}));
     assert_eq!(doc["ok"], true);
     assert_eq!(doc["result"], 42);
@@ -14,15 +14,15 @@ fn a_run_answers_the_outcome_document_of_run_json() {
     assert_eq!(doc["output"], "hi\n");
     assert_eq!(doc["error"], json!(null));
     // The same document the library writes for the same run.
-    let local = sandbox().run("print('hi') return (...).n * 2", &json!({"n": 21}));
+    let local = sandbox_in(isolated).run("print('hi') return (...).n * 2", &json!({"n": 21}));
     let mut expected = local.to_json();
     expected["stats"]["wall_ms"] = doc["stats"]["wall_ms"].clone();
     assert_eq!(doc, expected);
 }
+in_both_modes!(a_run_answers_the_outcome_document_of_run_json);
 
-#[test]
-fn a_script_failure_is_a_200_with_the_error() {
-    let server = TestServer::start(config(sandbox()));
+fn a_script_failure_is_a_200_with_the_error(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let doc = server.run(&json!({"code": "error('boom')"}));
     assert_eq!(doc["ok"], false);
     assert_eq!(doc["error"]["kind"], "runtime");
@@ -30,10 +30,10 @@ fn a_script_failure_is_a_200_with_the_error() {
     let doc = server.run(&json!({"code": "return 1 +"}));
     assert_eq!(doc["error"]["kind"], "syntax");
 }
+in_both_modes!(a_script_failure_is_a_200_with_the_error);
 
-#[test]
-fn expressions_profiles_and_lowered_limits_apply() {
-    let server = TestServer::start(config(sandbox()));
+fn expressions_profiles_and_lowered_limits_apply(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let doc = server.run(&json!({"code": "1 + 1", "expression": true}));
     assert_eq!(doc["result"], 2);
     // minimal has no coroutines; standard does.
@@ -52,10 +52,10 @@ fn expressions_profiles_and_lowered_limits_apply() {
         "limits": {"output": "100B"}}));
     assert_eq!(doc["error"]["kind"], "output_limit");
 }
+in_both_modes!(expressions_profiles_and_lowered_limits_apply);
 
-#[test]
-fn lint_checks_a_script_without_running_it() {
-    let server = TestServer::start(config(sandbox()));
+fn lint_checks_a_script_without_running_it(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let answer = server.post(
         "/v1/lint",
         Some(crate::support::ALICE),
@@ -86,3 +86,4 @@ fn lint_checks_a_script_without_running_it() {
         401
     );
 }
+in_both_modes!(lint_checks_a_script_without_running_it);

@@ -1,18 +1,16 @@
-//! `/healthz`, `/readyz`, `/metrics`, and graceful shutdown.
+//! `/healthz`, `/readyz`, `/metrics`, and graceful shutdown. Each in process and isolated.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use moonjail::Sandbox;
 use serde_json::json;
 
-use crate::support::{config, sandbox, TestServer, ALICE};
+use crate::support::{config, holding_sandbox, sandbox_in, TestServer, ALICE};
 
-#[test]
-fn health_and_readiness() {
-    let server = TestServer::start(config(sandbox()));
+fn health_and_readiness(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let health = server.get("/healthz", None);
     assert_eq!(
         (health.status, health.body["status"].as_str()),
@@ -27,10 +25,10 @@ fn health_and_readiness() {
     assert_eq!(server.get("/readyz", None).status, 503);
     assert_eq!(server.get("/healthz", None).status, 200);
 }
+in_both_modes!(health_and_readiness);
 
-#[test]
-fn metrics_count_runs_limits_tool_calls_and_sessions() {
-    let server = TestServer::start(config(sandbox()));
+fn metrics_count_runs_limits_tool_calls_and_sessions(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     server.run(&json!({"code": "return 1"}));
     server.run(&json!({"code": "return 1", "profile": "minimal"}));
     server.run(&json!({"code": "while true do end", "limits": {"timeout": "20ms"}}));
@@ -59,10 +57,10 @@ fn metrics_count_runs_limits_tool_calls_and_sessions() {
         assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
     }
 }
+in_both_modes!(metrics_count_runs_limits_tool_calls_and_sessions);
 
-#[test]
-fn shutdown_lets_requests_in_flight_finish() {
-    let server = Arc::new(TestServer::start(config(sandbox())));
+fn shutdown_lets_requests_in_flight_finish(isolated: bool) {
+    let server = Arc::new(TestServer::start(config(sandbox_in(isolated))));
     let busy = {
         let server = server.clone();
         std::thread::spawn(move || {
@@ -80,21 +78,13 @@ fn shutdown_lets_requests_in_flight_finish() {
     assert!(tally.read >= 1, "{tally:?}");
     assert_eq!(tally.unanswered, 0, "{tally:?}");
 }
+in_both_modes!(shutdown_lets_requests_in_flight_finish);
 
-#[test]
-fn shutdown_stops_accepting_and_cancels_what_outlasts_the_grace_period() {
+fn shutdown_stops_accepting_and_cancels_what_outlasts_the_grace_period(isolated: bool) {
     // A tool that holds its run until the test lets go: a request that cannot finish
-    // within any grace period, without spinning a core.
-    let (release, held) = mpsc::channel::<()>();
-    let held = Mutex::new(held);
-    let sandbox = Sandbox::builder()
-        .timeout(Duration::from_secs(60))
-        .tool("hold", move |_| {
-            let _ = held.lock().unwrap().recv();
-            Ok(serde_json::Value::Null)
-        })
-        .build()
-        .unwrap();
+    // within any grace period, without spinning a core (isolated too: the tool runs in
+    // the supervisor, on the executor's thread).
+    let (sandbox, release) = holding_sandbox(isolated);
     let mut config = config(sandbox);
     config.shutdown_grace = Duration::from_millis(200);
     let server = TestServer::start(config);
@@ -135,23 +125,15 @@ fn shutdown_stops_accepting_and_cancels_what_outlasts_the_grace_period() {
     assert_eq!(server.state.requests().unanswered, 1);
     drop(release);
 }
+in_both_modes!(shutdown_stops_accepting_and_cancels_what_outlasts_the_grace_period);
 
 #[test]
 fn shutdown_kills_the_workers_of_runs_that_outlast_the_grace_period() {
     // Isolated, a run past the grace period is in a worker process: the stop must end it
     // (the worker killed and reaped, the executor freed), not leave it running to its own
     // 60 s deadline as an orphan once the service has exited.
-    use moonjail::worker::{Isolation, ProcessConfig, WorkerPath};
-    let process = ProcessConfig::builder()
-        .worker(WorkerPath::Path(crate::support::WORKER.into()))
-        .pool_size(1)
-        .prespawn(1)
-        .allow_missing(crate::support::unusable())
-        .build()
-        .unwrap();
-    let sandbox = Sandbox::builder()
+    let sandbox = crate::support::builder(true)
         .timeout(Duration::from_secs(60))
-        .isolation(Isolation::Process(process))
         .build()
         .unwrap();
     let mut config = config(sandbox);

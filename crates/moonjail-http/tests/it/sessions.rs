@@ -1,15 +1,14 @@
 //! Sessions over HTTP: open, exec, eval, call, has_function, close; idle expiry; a
-//! session that closed itself.
+//! session that closed itself. Each in process and isolated.
 
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{config, sandbox, TestServer, ALICE};
+use crate::support::{config, sandbox_in, TestServer, ALICE};
 
-#[test]
-fn a_session_keeps_its_state_between_requests() {
-    let server = TestServer::start(config(sandbox()));
+fn a_session_keeps_its_state_between_requests(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let answer = server.post("/v1/sessions", Some(ALICE), &json!({}));
     assert_eq!(answer.status, 201, "{}", answer.text);
     let id = answer.body["id"].as_str().unwrap().to_string();
@@ -75,10 +74,10 @@ fn a_session_keeps_its_state_between_requests() {
     let gone = server.post(&format!("{base}/eval"), Some(ALICE), &json!({"code": "n"}));
     assert_eq!(gone.status, 404);
 }
+in_both_modes!(a_session_keeps_its_state_between_requests);
 
-#[test]
-fn sessions_take_a_profile_and_lower_limits() {
-    let server = TestServer::start(config(sandbox()));
+fn sessions_take_a_profile_and_lower_limits(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let id = server.open_session(
         ALICE,
         &json!({"profile": "minimal", "limits": {"instructions": 10000}}),
@@ -100,10 +99,10 @@ fn sessions_take_a_profile_and_lower_limits() {
         .body;
     assert_eq!(doc["error"]["kind"], "instruction_limit");
 }
+in_both_modes!(sessions_take_a_profile_and_lower_limits);
 
-#[test]
-fn a_session_closed_by_a_timeout_says_why() {
-    let server = TestServer::start(config(sandbox()));
+fn a_session_closed_by_a_timeout_says_why(isolated: bool) {
+    let server = TestServer::start(config(sandbox_in(isolated)));
     let id = server.open_session(ALICE, &json!({}));
     let base = format!("/v1/sessions/{id}");
     let doc = server
@@ -129,10 +128,10 @@ fn a_session_closed_by_a_timeout_says_why() {
     );
     assert_eq!((has.status, has.kind()), (409, "session_closed"));
 }
+in_both_modes!(a_session_closed_by_a_timeout_says_why);
 
-#[test]
-fn an_idle_session_expires() {
-    let mut config = config(sandbox());
+fn an_idle_session_expires(isolated: bool) {
+    let mut config = config(sandbox_in(isolated));
     config.session_idle = Duration::from_millis(100);
     let server = TestServer::start(config);
     let id = server.open_session(ALICE, &json!({}));
@@ -145,3 +144,4 @@ fn an_idle_session_expires() {
     assert_eq!(answer.status, 404, "{}", answer.text);
     assert_eq!(server.state.live_sessions(), 0);
 }
+in_both_modes!(an_idle_session_expires);

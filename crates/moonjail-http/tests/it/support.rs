@@ -2,11 +2,11 @@
 
 #![allow(dead_code)]
 
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use moonjail::worker::{Isolation, LayerSet, ProcessConfig, WorkerPath};
-use moonjail::Sandbox;
+use moonjail::{Sandbox, SandboxBuilder};
 use moonjail_http::{AppState, Auth, Config, KeyStore, Server};
 use serde_json::Value as Json;
 
@@ -34,13 +34,40 @@ pub fn config(sandbox: Sandbox) -> Config {
     config
 }
 
+/// Isolation by workers of this package's worker binary, a pool of `pool`.
+fn process(pool: usize) -> Isolation {
+    let process = ProcessConfig::builder()
+        .worker(WorkerPath::Path(WORKER.into()))
+        .pool_size(pool)
+        .prespawn(1)
+        .allow_missing(unusable())
+        .build()
+        .unwrap();
+    Isolation::Process(process)
+}
+
+/// The builder of most tests' sandbox (a short deadline, 16 MiB), in process or isolated
+/// (a pool of 2 workers).
+pub fn builder(isolated: bool) -> SandboxBuilder {
+    let builder = Sandbox::builder()
+        .timeout(Duration::from_secs(2))
+        .memory_limit(16 << 20);
+    if isolated {
+        builder.isolation(process(2))
+    } else {
+        builder
+    }
+}
+
 /// The in-process sandbox of most tests: a short deadline, 16 MiB.
 pub fn sandbox() -> Sandbox {
-    Sandbox::builder()
-        .timeout(Duration::from_secs(2))
-        .memory_limit(16 << 20)
-        .build()
-        .unwrap()
+    builder(false).build().unwrap()
+}
+
+/// The sandbox of most tests in either mode: [`sandbox`], or [`isolated_sandbox`] with a
+/// pool of 2.
+pub fn sandbox_in(isolated: bool) -> Sandbox {
+    builder(isolated).build().unwrap()
 }
 
 /// The layers this machine cannot apply.
@@ -55,19 +82,31 @@ pub fn unusable() -> LayerSet {
 
 /// An isolated sandbox: workers of this package's worker binary.
 pub fn isolated_sandbox(pool: usize) -> Sandbox {
-    let process = ProcessConfig::builder()
-        .worker(WorkerPath::Path(WORKER.into()))
-        .pool_size(pool)
-        .prespawn(1)
-        .allow_missing(unusable())
-        .build()
-        .unwrap();
     Sandbox::builder()
         .timeout(Duration::from_secs(2))
         .memory_limit(16 << 20)
-        .isolation(Isolation::Process(process))
+        .isolation(process(pool))
         .build()
         .unwrap()
+}
+
+/// [`sandbox_in`] with the tool `hold`, which blocks until the returned sender is dropped
+/// (every call at once; later calls return at once). A host tool runs on the thread
+/// serving the request in both modes (isolated, in the supervisor, which answers the
+/// worker's tool call), so `hold()` keeps a request executing, without spinning a core,
+/// for as long as a test needs it busy. A deadline that passes meanwhile ends the run as
+/// a timeout when the tool returns, in both modes.
+pub fn holding_sandbox(isolated: bool) -> (Sandbox, mpsc::Sender<()>) {
+    let (release, held) = mpsc::channel::<()>();
+    let held = Mutex::new(held);
+    let sandbox = builder(isolated)
+        .tool("hold", move |_| {
+            let _ = held.lock().unwrap().recv();
+            Ok(Json::Null)
+        })
+        .build()
+        .unwrap();
+    (sandbox, release)
 }
 
 /// A sandbox with the deferred tool `approve` (a person answers it) and the live tool
@@ -79,14 +118,7 @@ pub fn deferring_sandbox(isolated: bool) -> Sandbox {
         .tool("note", |args| Ok(serde_json::json!({"noted": args})))
         .defer_tool("approve");
     if isolated {
-        let process = ProcessConfig::builder()
-            .worker(WorkerPath::Path(WORKER.into()))
-            .pool_size(2)
-            .prespawn(1)
-            .allow_missing(unusable())
-            .build()
-            .unwrap();
-        builder = builder.isolation(Isolation::Process(process));
+        builder = builder.isolation(process(2));
     }
     builder.build().unwrap()
 }
@@ -230,11 +262,6 @@ impl TestServer {
         let answer = self.post("/v1/sessions", Some(key), body);
         assert_eq!(answer.status, 201, "{}", answer.text);
         answer.body["id"].as_str().unwrap().to_string()
-    }
-
-    /// Requests executing now.
-    pub fn state_running(&self) -> usize {
-        self.state.executing()
     }
 
     /// Waits until `n` requests are executing.

@@ -203,9 +203,8 @@ fn another_key_gets_404_and_a_deleted_run_is_gone_isolated() {
     owned_and_given_up(true);
 }
 
-#[test]
-fn a_run_that_suspends_again_gets_a_new_id() {
-    let server = server(false);
+fn a_run_that_suspends_again_gets_a_new_id(isolated: bool) {
+    let server = server(isolated);
     let code = "local a = approve('first') local b = approve('second') return a .. b";
     let (_, first) = suspend(&server, ALICE, code, Json::Null);
     let answer = resume(&server, ALICE, &first, &json!({"answer": "x"}));
@@ -224,16 +223,34 @@ fn a_run_that_suspends_again_gets_a_new_id() {
 }
 
 #[test]
-fn a_null_answer_is_an_answer() {
-    let server = server(false);
+fn a_run_that_suspends_again_gets_a_new_id_in_process() {
+    a_run_that_suspends_again_gets_a_new_id(false);
+}
+
+#[test]
+fn a_run_that_suspends_again_gets_a_new_id_isolated() {
+    a_run_that_suspends_again_gets_a_new_id(true);
+}
+
+fn a_null_answer_is_an_answer(isolated: bool) {
+    let server = server(isolated);
     let (_, id) = suspend(&server, ALICE, "return approve() == nil", Json::Null);
     let done = resume(&server, ALICE, &id, &json!({"answer": null}));
     assert_eq!(done.body["result"], true, "{}", done.text);
 }
 
 #[test]
-fn a_suspended_run_expires() {
-    let mut config = config(deferring_sandbox(false));
+fn a_null_answer_is_an_answer_in_process() {
+    a_null_answer_is_an_answer(false);
+}
+
+#[test]
+fn a_null_answer_is_an_answer_isolated() {
+    a_null_answer_is_an_answer(true);
+}
+
+fn a_suspended_run_expires(isolated: bool) {
+    let mut config = config(deferring_sandbox(isolated));
     config.suspend_timeout = Duration::from_millis(100);
     let server = TestServer::start(config);
     let (_, id) = pay(&server);
@@ -258,8 +275,17 @@ fn a_suspended_run_expires() {
 }
 
 #[test]
-fn the_caps_give_the_run_up() {
-    let mut config = config(deferring_sandbox(false));
+fn a_suspended_run_expires_in_process() {
+    a_suspended_run_expires(false);
+}
+
+#[test]
+fn a_suspended_run_expires_isolated() {
+    a_suspended_run_expires(true);
+}
+
+fn the_caps_give_the_run_up(isolated: bool) {
+    let mut config = config(deferring_sandbox(isolated));
     config.max_suspended_per_key = 1;
     config.max_suspended = 2;
     let server = TestServer::start(config);
@@ -295,8 +321,17 @@ fn the_caps_give_the_run_up() {
 }
 
 #[test]
-fn a_malformed_resume_body_is_a_400_naming_the_field() {
-    let server = server(false);
+fn the_caps_give_the_run_up_in_process() {
+    the_caps_give_the_run_up(false);
+}
+
+#[test]
+fn the_caps_give_the_run_up_isolated() {
+    the_caps_give_the_run_up(true);
+}
+
+fn a_malformed_resume_body_is_a_400_naming_the_field(isolated: bool) {
+    let server = server(isolated);
     let (_, id) = pay(&server);
     let cases = [
         (json!({}), "answer"),
@@ -327,8 +362,17 @@ fn a_malformed_resume_body_is_a_400_naming_the_field() {
 }
 
 #[test]
-fn metrics_show_suspended_runs_and_resumes() {
-    let server = server(false);
+fn a_malformed_resume_body_is_a_400_naming_the_field_in_process() {
+    a_malformed_resume_body_is_a_400_naming_the_field(false);
+}
+
+#[test]
+fn a_malformed_resume_body_is_a_400_naming_the_field_isolated() {
+    a_malformed_resume_body_is_a_400_naming_the_field(true);
+}
+
+fn metrics_show_suspended_runs_and_resumes(isolated: bool) {
+    let server = server(isolated);
     let (_, id) = pay(&server);
     let (_, _other) = pay(&server);
     let text = server.get("/metrics", None).text;
@@ -343,8 +387,17 @@ fn metrics_show_suspended_runs_and_resumes() {
 }
 
 #[test]
-fn suspension_responses_match_the_document() {
-    let server = server(false);
+fn metrics_show_suspended_runs_and_resumes_in_process() {
+    metrics_show_suspended_runs_and_resumes(false);
+}
+
+#[test]
+fn metrics_show_suspended_runs_and_resumes_isolated() {
+    metrics_show_suspended_runs_and_resumes(true);
+}
+
+fn suspension_responses_match_the_document(isolated: bool) {
+    let server = server(isolated);
     let doc = document(&server);
     let answer = server.post(
         "/v1/run",
@@ -393,6 +446,16 @@ fn suspension_responses_match_the_document() {
     assert!(doc["components"]["schemas"]["ResumeRequest"].is_object());
 }
 
+#[test]
+fn suspension_responses_match_the_document_in_process() {
+    suspension_responses_match_the_document(false);
+}
+
+#[test]
+fn suspension_responses_match_the_document_isolated() {
+    suspension_responses_match_the_document(true);
+}
+
 fn shutdown_gives_up(isolated: bool) {
     let server = server(isolated);
     pay(&server);
@@ -421,9 +484,8 @@ fn shutdown_gives_up_suspended_runs_isolated() {
 
 /// Sessions do not suspend: a deferred call there ends the call as suspended, with
 /// nothing held to resume.
-#[test]
-fn a_deferred_call_in_a_session_is_not_held() {
-    let server = server(false);
+fn a_deferred_call_in_a_session_is_not_held(isolated: bool) {
+    let server = server(isolated);
     let id = server.open_session(ALICE, &json!({}));
     let answer = server.post(
         &format!("/v1/sessions/{id}/exec"),
@@ -440,11 +502,21 @@ fn a_deferred_call_in_a_session_is_not_held() {
     assert_eq!(server.state.suspended_runs(), 0);
 }
 
-/// Runs on a deferring sandbox take another path (in process, on the run's own thread):
-/// the limits and deep recursion hold there too, and the service stays healthy.
 #[test]
-fn limits_and_deep_recursion_hold_on_the_suspending_path() {
-    let server = server(false);
+fn a_deferred_call_in_a_session_is_not_held_in_process() {
+    a_deferred_call_in_a_session_is_not_held(false);
+}
+
+#[test]
+fn a_deferred_call_in_a_session_is_not_held_isolated() {
+    a_deferred_call_in_a_session_is_not_held(true);
+}
+
+/// Runs on a deferring sandbox take another path (`Sandbox::start`: in process, on the
+/// run's own thread; isolated, in a worker that may park at a deferred call): the limits
+/// and deep recursion hold there too, and the service stays healthy.
+fn limits_and_deep_recursion_hold_on_the_suspending_path(isolated: bool) {
+    let server = server(isolated);
     let cases = [
         ("while true do end", json!({"timeout": "200ms"}), "timeout"),
         (
@@ -486,4 +558,14 @@ fn limits_and_deep_recursion_hold_on_the_suspending_path() {
         let healthy = server.run(&json!({"code": "return 6 * 7"}));
         assert_eq!(healthy["result"], 42, "after {code}: {healthy}");
     }
+}
+
+#[test]
+fn limits_and_deep_recursion_hold_on_the_suspending_path_in_process() {
+    limits_and_deep_recursion_hold_on_the_suspending_path(false);
+}
+
+#[test]
+fn limits_and_deep_recursion_hold_on_the_suspending_path_isolated() {
+    limits_and_deep_recursion_hold_on_the_suspending_path(true);
 }
