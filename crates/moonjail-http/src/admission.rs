@@ -149,10 +149,11 @@ impl KeyLimits {
         }
     }
 
-    /// Takes a token from `key`'s bucket.
-    pub(crate) fn take_token(&self, key: &Arc<str>) -> Result<(), ApiError> {
+    /// Takes a token from `key`'s bucket: the bucket's state after it (for the answer's
+    /// `RateLimit-*` headers), `None` without a rate limit, or 429.
+    pub(crate) fn take_token(&self, key: &Arc<str>) -> Result<Option<RateLimitInfo>, ApiError> {
         let Some(rate) = self.rate else {
-            return Ok(());
+            return Ok(None);
         };
         let now = Instant::now();
         let burst = f64::from(rate.burst);
@@ -169,7 +170,13 @@ impl KeyLimits {
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
-            return Ok(());
+            // Whole seconds until the bucket is full again.
+            let full = ((burst - bucket.tokens) / rate.per_second).ceil().max(0.0) as u64;
+            return Ok(Some(RateLimitInfo {
+                limit: rate.burst,
+                remaining: bucket.tokens.floor() as u32,
+                reset_secs: full,
+            }));
         }
         let wait = ((1.0 - bucket.tokens) / rate.per_second).ceil().max(1.0) as u64;
         Err(ApiError::rate_limited(
@@ -220,7 +227,8 @@ mod tests {
             }),
         );
         let key: Arc<str> = Arc::from("k");
-        assert!(limits.take_token(&key).is_ok());
+        let first = limits.take_token(&key).unwrap().unwrap();
+        assert_eq!((first.limit, first.remaining), (2, 1));
         assert!(limits.take_token(&key).is_ok());
         let refused = limits.take_token(&key).unwrap_err();
         assert_eq!(refused.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);

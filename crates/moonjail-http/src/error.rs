@@ -31,7 +31,8 @@ pub struct ErrorDetail {
 }
 
 /// A rate limit's state, sent as `RateLimit-Limit`, `RateLimit-Remaining` and
-/// `RateLimit-Reset` headers.
+/// `RateLimit-Reset` headers on every answer to a key while `--rate` is set (a 429 for
+/// the rate says `Remaining: 0` and adds `Retry-After`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitInfo {
     /// Requests in a full bucket.
@@ -192,6 +193,19 @@ fn secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+impl RateLimitInfo {
+    /// Sets the `RateLimit-*` headers (those the 429 and every other answer carry).
+    pub(crate) fn set_headers(&self, headers: &mut axum::http::HeaderMap) {
+        for (name, value) in [
+            ("ratelimit-limit", u64::from(self.limit)),
+            ("ratelimit-remaining", u64::from(self.remaining)),
+            ("ratelimit-reset", self.reset_secs),
+        ] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
@@ -206,13 +220,7 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs(after).max(1)));
         }
         if let Some(info) = self.rate_limit {
-            for (name, value) in [
-                ("ratelimit-limit", u64::from(info.limit)),
-                ("ratelimit-remaining", u64::from(info.remaining)),
-                ("ratelimit-reset", info.reset_secs),
-            ] {
-                headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
-            }
+            info.set_headers(headers);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(

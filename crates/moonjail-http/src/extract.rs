@@ -54,7 +54,12 @@ impl FromRequestParts<AppState> for Caller {
             }
         };
         tracing::Span::current().record("key", &*key);
-        state.key_limits.take_token(&key)?;
+        if let Some(info) = state.key_limits.take_token(&key)? {
+            // For the answer's headers, set by the request's middleware.
+            if let Some(slot) = parts.extensions.get::<crate::log::RateSlot>() {
+                slot.set(info);
+            }
+        }
         let in_flight = state.key_limits.enter(&key)?;
         Ok(Caller {
             key,

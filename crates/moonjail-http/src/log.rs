@@ -23,6 +23,21 @@ impl Logged {
     }
 }
 
+/// Where the key extractor leaves the key's rate-limit state for the answer's
+/// `RateLimit-*` headers (one per request; empty without `--rate` or a key).
+#[derive(Clone, Default)]
+pub(crate) struct RateSlot(std::sync::Arc<std::sync::Mutex<Option<crate::error::RateLimitInfo>>>);
+
+impl RateSlot {
+    pub(crate) fn set(&self, info: crate::error::RateLimitInfo) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
+    }
+
+    fn take(&self) -> Option<crate::error::RateLimitInfo> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// The middleware: a span per request (handlers and extractors record the key into
 /// it), then one event when the response is ready.
 pub(crate) async fn log_request(
@@ -40,8 +55,20 @@ pub(crate) async fn log_request(
     );
     let start = Instant::now();
     let pending = state.metrics.request_read();
-    let response = next.run(request).instrument(span.clone()).await;
+    let mut request = request;
+    let rate = state.config().rate_limit.map(|_| {
+        let slot = RateSlot::default();
+        request.extensions_mut().insert(slot.clone());
+        slot
+    });
+    let mut response = next.run(request).instrument(span.clone()).await;
     pending.answered();
+    if let Some(info) = rate.and_then(|slot| slot.take()) {
+        // A 429 for the rate carries its own (remaining 0).
+        if !response.headers().contains_key("ratelimit-limit") {
+            info.set_headers(response.headers_mut());
+        }
+    }
     let status = response.status().as_u16();
     let kind = response
         .extensions()

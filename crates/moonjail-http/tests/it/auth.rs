@@ -66,8 +66,18 @@ fn the_rate_limit_answers_429_with_its_headers(isolated: bool) {
     });
     let server = TestServer::start(config);
     let body = json!({"code": "return 1"});
-    assert_eq!(server.post("/v1/run", Some(ALICE), &body).status, 200);
-    assert_eq!(server.post("/v1/run", Some(ALICE), &body).status, 200);
+    // Every answer to the key says what is left of its budget, not only the refusal.
+    let first = server.post("/v1/run", Some(ALICE), &body);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("ratelimit-limit"), Some("2"));
+    assert_eq!(first.header("ratelimit-remaining"), Some("1"));
+    let reset: u64 = first.header("ratelimit-reset").unwrap().parse().unwrap();
+    assert!(reset >= 1, "{reset}");
+    let second = server.post("/v1/run", Some(ALICE), &body);
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("ratelimit-remaining"), Some("0"));
+    // Unkeyed routes carry none.
+    assert_eq!(server.get("/healthz", None).header("ratelimit-limit"), None);
     let refused = server.post("/v1/run", Some(ALICE), &body);
     assert_eq!(refused.status, 429, "{}", refused.text);
     assert_eq!(refused.kind(), "rate_limited");
