@@ -28,8 +28,13 @@ fn health_and_readiness(isolated: bool) {
 in_both_modes!(health_and_readiness);
 
 fn metrics_count_runs_limits_tool_calls_and_sessions(isolated: bool) {
-    let server = TestServer::start(config(sandbox_in(isolated)));
-    server.run(&json!({"code": "return 1"}));
+    let sandbox = crate::support::builder(isolated)
+        .tool("echo", |args| Ok(args[0].clone()))
+        .build()
+        .unwrap();
+    let server = TestServer::start(config(sandbox));
+    // Two tool calls in the first run.
+    server.run(&json!({"code": "echo(1) echo(2) return 1"}));
     server.run(&json!({"code": "return 1", "profile": "minimal"}));
     server.run(&json!({"code": "while true do end", "limits": {"timeout": "20ms"}}));
     server.open_session(ALICE, &json!({}));
@@ -49,7 +54,7 @@ fn metrics_count_runs_limits_tool_calls_and_sessions(isolated: bool) {
         "moonjail_live_sessions 1",
         "moonjail_pool_size 2",
         "moonjail_queue_depth 0",
-        "moonjail_tool_calls_total 0",
+        "moonjail_tool_calls_total 2",
         r#"moonjail_http_requests_total{route="/v1/run",status="200"} 3"#,
         r#"moonjail_http_request_duration_seconds_count{route="/v1/run"} 3"#,
         "moonjail_http_requests_unanswered_total 0",
