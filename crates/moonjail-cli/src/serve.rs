@@ -281,3 +281,117 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+
+    /// `serve`'s flags alone, parsed as the command line would.
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config_of(flags: &[&str]) -> anyhow::Result<Config> {
+        let mut argv = vec!["serve", "--listen", "127.0.0.1:0", "--insecure-no-auth"];
+        argv.extend_from_slice(flags);
+        config(&Flags::try_parse_from(argv)?.serve)
+    }
+
+    #[test]
+    fn every_flag_reaches_the_service_config() {
+        let c = config_of(&[
+            "--workers",
+            "3",
+            "--queue",
+            "7",
+            "--max-body",
+            "64KiB",
+            "--max-sessions",
+            "9",
+            "--max-sessions-per-key",
+            "4",
+            "--session-idle",
+            "90s",
+            "--suspend-timeout",
+            "2m",
+            "--max-suspended",
+            "11",
+            "--max-suspended-per-key",
+            "5",
+            "--key-concurrency",
+            "6",
+            "--rate",
+            "2.5",
+            "--burst",
+            "8",
+            "--profiles",
+            "standard,aos",
+            "--grace",
+            "3s",
+            "--request-timeout",
+            "40s",
+            "--header-timeout",
+            "4s",
+            "--idle-timeout",
+            "50s",
+            "--max-connections",
+            "99",
+            "--timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!((c.workers, c.queue, c.max_body_bytes), (3, 7, 64 << 10));
+        assert_eq!((c.max_sessions, c.max_sessions_per_key), (9, 4));
+        assert_eq!(c.session_idle, Duration::from_secs(90));
+        assert_eq!(c.suspend_timeout, Duration::from_secs(120));
+        assert_eq!((c.max_suspended, c.max_suspended_per_key), (11, 5));
+        assert_eq!(c.key_concurrency, 6);
+        let rate = c.rate_limit.unwrap();
+        assert_eq!((rate.per_second, rate.burst), (2.5, 8));
+        assert_eq!(c.profiles, vec![Profile::Standard, Profile::Aos]);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(c.request_timeout, Duration::from_secs(40));
+        assert_eq!(c.header_timeout, Duration::from_secs(4));
+        assert_eq!(c.idle_timeout, Duration::from_secs(50));
+        assert_eq!(c.max_connections, 99);
+        assert_eq!(c.sandbox.limits().timeout, Some(Duration::from_secs(2)));
+        assert!(matches!(c.auth, Auth::None));
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let c = config_of(&["--timeout", "2s"]).unwrap();
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(c.workers, cpus);
+        assert_eq!(c.queue, cpus * 4);
+        assert_eq!(c.max_body_bytes, moonjail_http::DEFAULT_MAX_BODY);
+        assert!(c.rate_limit.is_none());
+        assert_eq!(c.profiles, Profile::ALL.to_vec());
+        // The request timeout backs the run's own deadline up by 30 s.
+        assert_eq!(c.request_timeout, Duration::from_secs(32));
+        // --rate alone: a bucket of the rate, at least 1.
+        let c = config_of(&["--rate", "0.5"]).unwrap();
+        assert_eq!(c.rate_limit.unwrap().burst, 1);
+        let c = config_of(&["--rate", "3.2"]).unwrap();
+        assert_eq!(c.rate_limit.unwrap().burst, 4);
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_flag() {
+        for (flags, flag) in [
+            (&["--workers", "0"][..], "--workers"),
+            (&["--profiles", "standard,nope"][..], "--profiles"),
+            (&["--session-idle", "soon"][..], "--session-idle"),
+            (&["--max-body", "lots"][..], "--max-body"),
+        ] {
+            let error = format!("{:#}", config_of(flags).unwrap_err());
+            assert!(error.contains(flag), "{flags:?}: {error}");
+        }
+    }
+}
