@@ -40,8 +40,9 @@ pub struct Config {
     pub profiles: Vec<Profile>,
     /// Who may call. By default, [`Auth::Keys`] of an empty store: nobody.
     pub auth: Auth,
-    /// Requests executed at once (runs and session calls). By default,
-    /// [`default_workers`] for the sandbox.
+    /// Requests executed at once (runs and session calls). By default, the number of
+    /// CPUs. Isolated, an executor beyond the worker pool's size waits for a worker:
+    /// `moonjail serve` sizes both by [`default_workers`].
     pub workers: usize,
     /// Requests that may wait for an executor; past them a request gets 503 at once. By
     /// default, 4 per worker.
@@ -118,7 +119,7 @@ pub fn default_workers(isolated: bool) -> usize {
 impl Config {
     /// The defaults around `sandbox` (see each field).
     pub fn new(sandbox: Sandbox) -> Config {
-        let workers = default_workers(sandbox.is_isolated());
+        let workers = default_workers(false);
         let request_timeout = sandbox
             .limits()
             .timeout

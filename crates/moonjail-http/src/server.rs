@@ -219,13 +219,19 @@ impl Server {
         state.sessions.clear();
         give_up_suspended(&state, grace).await;
         // Runs still in a worker (past the grace period) end now: their workers must not
-        // outlive the service, running to their own deadlines as orphans.
-        let stopped = state.config.sandbox.stop_runs_in_workers();
-        if stopped > 0 {
+        // outlive the service, running to their own deadlines as orphans. Killed here,
+        // before the process can exit; their supervisors then reap them (waited for a
+        // little, so that the tally below counts them).
+        let killed = state.config.sandbox.stop_workers();
+        if killed > 0 {
             tracing::warn!(
-                stopped,
-                "runs still in workers after the grace period: workers killed"
+                killed,
+                "runs still in workers after the grace period: their workers were killed"
             );
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            while state.executing() > 0 && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         // What a SIGTERM under load cost: requests read and never answered (cancelled
         // after the grace period, or left by their client).

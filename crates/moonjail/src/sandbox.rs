@@ -670,20 +670,16 @@ impl Sandbox {
         &self.spec.limits
     }
 
-    /// Stops every run now in a worker process of this sandbox (and of its clones): the
-    /// worker is killed and reaped, and the run ends as `killed`, a run waiting at a
-    /// deferred call too. Returns how many. For a service's stop once its grace period is
-    /// over, so that no worker outlives the service; later runs get new workers. Sessions
-    /// keep their own workers. In process, nothing: a run on a thread cannot be stopped
-    /// from outside (see [`SandboxBuilder::interrupt_check`]).
-    pub fn stop_runs_in_workers(&self) -> usize {
-        self.isolation.hang_up_busy()
-    }
-
-    /// Whether runs happen in worker processes ([`Isolation::Process`]) rather than on
-    /// the calling thread.
-    pub fn is_isolated(&self) -> bool {
-        !matches!(self.isolation, Isolated::InProcess)
+    /// Stops this sandbox's worker pool (shared with its clones) for good: every worker
+    /// running a run now is killed before this returns, and runs in workers are refused
+    /// from then on (`internal`). A run ends as `killed` once its supervisor sees it (one
+    /// inside a host tool call or waiting at a deferred call, when that returns). Returns
+    /// how many workers were killed. For a service's last step once its grace period is
+    /// over, so that no worker outlives it. Sessions keep their own workers. In process,
+    /// nothing: a run on a thread cannot be stopped from outside (see
+    /// [`SandboxBuilder::interrupt_check`]).
+    pub fn stop_workers(&self) -> usize {
+        self.isolation.stop_busy()
     }
 
     /// Everything runs are configured with (what a worker is sent).

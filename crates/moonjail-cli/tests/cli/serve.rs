@@ -281,3 +281,103 @@ fn serve_defer_tool_suspends_a_run_and_resumes_it_over_http() {
     let out = moonjail(&dir, &["session", "--defer-tool", "approve"], None);
     assert_misuse(&out, "cannot suspend");
 }
+
+/// Every process below `pid` now: its children and theirs (from /proc's `children`).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = vec![pid];
+    while let Some(p) = next.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                found.push(child);
+                next.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// Whether `pid` still runs (a zombie has ended: only its parent's reaping is left).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn serve_leaves_no_worker_running_after_sigterm() {
+    // A run still computing in its worker when the grace period ends: the worker is
+    // killed before serve exits, not left as an orphan running to its 60 s deadline.
+    let dir = TempDir::new();
+    let isolate = crate::support::isolate_flags();
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure-no-auth",
+        "--workers",
+        "1",
+        "--timeout",
+        "60s",
+        "--grace",
+        "300ms",
+    ];
+    args.extend(isolate.iter().map(String::as_str));
+    let (child, addr, log) = start_serve(&dir, &args);
+    let serve = child.id();
+    let spinner = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let body = r#"{"code": "while true do end"}"#;
+            let mut stream = TcpStream::connect(&addr).unwrap();
+            let _ = write!(
+                stream,
+                "POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+        })
+    };
+    // Until the run is in its worker.
+    let start = std::time::Instant::now();
+    loop {
+        let (_, metrics) = http(
+            &addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        if metrics.lines().any(|l| l == "moonjail_executors_busy 1") {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "never busy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let workers = descendants(serve);
+    assert!(!workers.is_empty(), "no worker process under serve");
+    let (status, log) = stop_serve(child, log);
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("were killed"), "{log}");
+    spinner.join().unwrap();
+    // A hang check, not a timing: unkilled, the spinning worker runs for 60 s.
+    let start = std::time::Instant::now();
+    while let Some(pid) = workers.iter().find(|p| running(**p)) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "worker process {pid} still runs after serve exited: {log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -74,16 +74,18 @@ fn escape_subset_through_the_api() {
     }
 }
 
-/// Isolated, a run is relayed between an executor thread and its worker process, so the
-/// default runs half as many executors again as there are CPUs (one per core left a core
-/// idle in each handoff: BENCHMARKS.md §6); in process, one per CPU.
+/// Isolated, a run is relayed between an executor thread and its worker process, so
+/// `moonjail serve` runs half as many executors (and pooled workers) again as there are
+/// CPUs (one per core left a core idle in each handoff: BENCHMARKS.md §6); in process,
+/// one per CPU. `Config::new` keeps one per CPU: the pool it is given may be no larger.
 #[test]
 fn isolated_executors_outnumber_the_cores_by_default() {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let isolated = moonjail_http::Config::new(isolated_sandbox(1));
-    assert_eq!(isolated.workers, cpus + cpus.div_ceil(2));
-    assert_eq!(moonjail_http::default_workers(true), isolated.workers);
-    let in_process = moonjail_http::Config::new(crate::support::sandbox());
-    assert_eq!(in_process.workers, cpus);
+    assert_eq!(
+        moonjail_http::default_workers(true),
+        cpus + cpus.div_ceil(2)
+    );
     assert_eq!(moonjail_http::default_workers(false), cpus);
+    let isolated = moonjail_http::Config::new(isolated_sandbox(1));
+    assert_eq!(isolated.workers, cpus);
 }

@@ -550,12 +550,12 @@ impl Isolated {
         }
     }
 
-    /// Hangs up on the workers running runs now ([`pool::Pool::hang_up_busy`]): how many.
-    pub(crate) fn hang_up_busy(&self) -> usize {
+    /// Stops the pool: kills the workers running runs now ([`pool::Pool::stop_busy`]).
+    pub(crate) fn stop_busy(&self) -> usize {
         match self {
             Isolated::InProcess => 0,
             #[cfg(all(target_os = "linux", feature = "isolation"))]
-            Isolated::Process(pool) => pool.hang_up_busy(),
+            Isolated::Process(pool) => pool.stop_busy(),
         }
     }
 

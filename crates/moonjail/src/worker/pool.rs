@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use std::os::fd::OwnedFd;
-
-use super::supervisor::{Fate, Settings, Worker};
+use super::supervisor::{Fate, Settings, Stopper, Worker};
 use super::{Job, WorkerPids};
 use crate::error::{Error, ErrorKind};
 use crate::outcome::Outcome;
@@ -65,9 +63,9 @@ struct State {
     /// spawn succeeds, instead of respawning a worker that cannot start in a loop.
     paused: bool,
     shutdown: bool,
-    /// The channel of each worker running a run now, by a number of its own: a copy of
-    /// the supervisor's socket, to hang up from another thread ([`Pool::hang_up_busy`]).
-    busy: Vec<(u64, OwnedFd)>,
+    /// How to end each worker running a run now, by a number of its own
+    /// ([`Pool::stop_busy`]).
+    busy: Vec<(u64, Stopper)>,
     next_busy: u64,
 }
 
@@ -295,11 +293,17 @@ impl Pool {
                 }),
             }
         });
-        let busy = worker.channel_copy().map(|socket| {
+        let busy = worker.stopper().map(|stopper| {
             let mut state = self.shared.lock();
             state.next_busy += 1;
             let id = state.next_busy;
-            state.busy.push((id, socket));
+            state.busy.push((id, stopper));
+            if state.shutdown {
+                // Stopped between this run's acquire and here.
+                if let Some((_, stopper)) = state.busy.last() {
+                    stopper.stop();
+                }
+            }
             id
         });
         let (outcome, fate) = worker.run(job, &self.shared.settings, on_park);
@@ -310,18 +314,19 @@ impl Pool {
         outcome
     }
 
-    /// Hangs up on every worker running a run now: its supervisor reads the end of the
-    /// channel, kills and reaps the worker, and the run ends as `killed` (a run waiting at
-    /// a deferred call too). For a service's stop after its grace period, so that no
-    /// worker outlives it. Sessions' workers are not the pool's. Later runs get new
-    /// workers.
-    pub(crate) fn hang_up_busy(&self) -> usize {
+    /// Stops the pool for good: kills every worker running a run now (synchronously,
+    /// so a process exiting next leaves none behind), and refuses runs from then on. A
+    /// run whose supervisor is waiting for the worker ends as `killed` once it reads the
+    /// end of the channel; one inside a host tool call or waiting at a deferred call,
+    /// when that returns. For a service's stop after its grace period. Sessions' workers
+    /// are not the pool's. Returns how many workers were killed.
+    pub(crate) fn stop_busy(&self) -> usize {
         self.after_fork();
-        let state = self.shared.lock();
-        for (_, socket) in &state.busy {
-            // The copy shares the socket with the supervisor's: both ends now read the
-            // end of the stream. An error means it is closed already.
-            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
+        let mut state = self.shared.lock();
+        state.shutdown = true;
+        self.shared.changed.notify_all();
+        for (_, stopper) in &state.busy {
+            stopper.stop();
         }
         state.busy.len()
     }

@@ -434,6 +434,26 @@ struct Ended {
     cpu: Duration,
 }
 
+/// Ends a worker from another thread than its supervisor's ([`Worker::stopper`]): a
+/// pidfd of the locked-down worker when the supervisor had found it, else of the process
+/// it spawned (the PID-namespace relay, whose death kills the worker through
+/// `PR_SET_PDEATHSIG`), and a copy of the channel.
+#[derive(Debug)]
+pub(crate) struct Stopper {
+    socket: OwnedFd,
+    process: OwnedFd,
+}
+
+impl Stopper {
+    /// Kills the worker now and hangs up its channel: its supervisor reads the end of the
+    /// stream and reaps it. Synchronous, so that a process about to exit leaves no worker
+    /// running behind it. Errors mean the worker has ended already.
+    pub(crate) fn stop(&self) {
+        let _ = rustix::process::pidfd_send_signal(&self.process, rustix::process::Signal::KILL);
+        let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Both);
+    }
+}
+
 /// The processes of one worker as the supervisor holds them: the process it spawned (the
 /// PID-namespace relay, or the worker itself without that layer), ours to wait for, and a
 /// pidfd of the relay's child, the locked-down worker.
@@ -1174,11 +1194,19 @@ impl Worker {
         matches!(poll(&mut fds, Some(&zero)), Ok(0))
     }
 
-    /// A copy of the supervisor's end of the channel: shutting it down from another
-    /// thread makes this supervisor read the end of the stream, kill the worker and reap
-    /// it ([`super::pool::Pool::hang_up_busy`]).
-    pub(crate) fn channel_copy(&self) -> Option<OwnedFd> {
-        self.channel.socket.try_clone().ok()
+    /// What another thread needs to end this worker at once ([`Stopper::stop`]), taken
+    /// while the worker is alive and not yet reaped (so its pid is still its own).
+    pub(crate) fn stopper(&self) -> Option<Stopper> {
+        let socket = self.channel.socket.try_clone().ok()?;
+        let process = match &self.processes.worker {
+            Some((_, pidfd)) => pidfd.try_clone().ok()?,
+            None => rustix::process::pidfd_open(
+                self.processes.spawned,
+                rustix::process::PidfdFlags::empty(),
+            )
+            .ok()?,
+        };
+        Some(Stopper { socket, process })
     }
 
     /// How many runs this worker has served.
