@@ -188,7 +188,8 @@ impl AppState {
     }
 
     /// The sandbox a request runs in: the server's, or one with the request's profile
-    /// and lowered limits (400 for an unknown profile or a limit over the maximum).
+    /// and lowered limits (400 for an unknown profile or a limit over the maximum, 403 for a
+    /// profile this server does not allow).
     pub(crate) fn sandbox_for(
         &self,
         profile: Option<&str>,

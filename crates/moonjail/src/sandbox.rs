@@ -546,12 +546,13 @@ impl LintView {
 
     /// The linter's view of a sandbox: its profile, its tools (`http` included) and its
     /// `http` allowlist, from the very values runs are built from.
-    fn env(&self, spec: &Spec, host: &Host) -> &Environment {
+    fn env(&self, spec: &Spec, host: &Host, isolated: bool) -> &Environment {
         self.env.get_or_init(|| {
             let tools = host.tools.iter().flat_map(|registry| registry.names());
             let mut env = Environment::new(spec.profile.spec(), tools, self.http.clone());
             env.require_run = spec.require_run;
             env.source_limit = spec.limits.source_bytes;
+            env.lua_in_host = !isolated;
             if let Some(registry) = &host.tools {
                 env.schemas = registry
                     .names()
@@ -754,14 +755,19 @@ impl Sandbox {
     /// # Ok::<(), moonjail::ConfigError>(())
     /// ```
     pub fn lint(&self, code: impl AsRef<[u8]>) -> LintReport {
-        lint::lint(self.lint.env(&self.spec, &self.host), code.as_ref())
+        let isolated = !matches!(self.isolation, Isolated::InProcess);
+        lint::lint(
+            self.lint.env(&self.spec, &self.host, isolated),
+            code.as_ref(),
+        )
     }
 
     /// What the linter believes this sandbox provides: each global with the names of its
     /// members (empty for functions and values). The same as a run's environment, which
     /// `tests/it/lint.rs` checks for every profile.
     pub fn lint_environment(&self) -> std::collections::BTreeMap<String, Vec<String>> {
-        self.lint.env(&self.spec, &self.host).names()
+        let isolated = !matches!(self.isolation, Isolated::InProcess);
+        self.lint.env(&self.spec, &self.host, isolated).names()
     }
 
     /// Runs `source` in a fresh state with `input` as its first vararg (and as the

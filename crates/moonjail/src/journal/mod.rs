@@ -294,7 +294,7 @@ impl JournalWriter {
     /// Whether the `end` line of a finished run is fsynced (the default: the journal
     /// survives a crash of the machine once the run has returned). Without it the `end`
     /// line is still written and flushed before the run returns, so the journal survives
-    /// the recording process dying, and the run saves the disk flush (about 0.5 ms here,
+    /// the recording process dying, and the run saves the disk flush (about 0.4 ms on ext4 here,
     /// a fifth of a run making 1000 quick tool calls: BENCHMARKS.md §8). A `suspend` line
     /// is fsynced either way: the journal is then the run's only copy, waiting for its
     /// answer.

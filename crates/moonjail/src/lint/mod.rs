@@ -321,9 +321,17 @@ fn lua_compile_error(src: &str) -> Option<String> {
     // failure is Lua's judgement, not this state's size.
     let limit = src.len().saturating_mul(64).saturating_add(64 << 20);
     lua.set_memory_limit(limit).ok()?;
-    match lua.load(src).set_name("=src").into_function() {
+    match lua
+        .load(src)
+        .set_name("=src")
+        .set_mode(mlua::chunk::ChunkMode::Text)
+        .into_function()
+    {
         Ok(_) => None,
         Err(mlua::Error::SyntaxError { message, .. }) => Some(message),
+        // The parser's own limits (`C stack overflow` past 200 nested levels) come as a
+        // runtime error: still Lua refusing the script.
+        Err(mlua::Error::RuntimeError(message)) => Some(message),
         // Out of memory, or anything else that is not a verdict on the script.
         Err(_) => None,
     }

@@ -51,7 +51,12 @@ impl Recovered {
 
 /// full_moon's parse of `text`, with its syntax errors added to `report` as findings
 /// (`lines` places them); `None` when the parser itself failed (reported too).
-pub(super) fn read(text: &str, lines: &Lines<'_>, report: &mut LintReport) -> Option<Recovered> {
+pub(super) fn read(
+    text: &str,
+    lines: &Lines<'_>,
+    report: &mut LintReport,
+    lua_in_host: bool,
+) -> Option<Recovered> {
     let (blanked, backticks) = blank_backticks(text);
     if !nests_within_bound(&blanked, report) {
         return None;
@@ -170,12 +175,15 @@ pub(super) fn read(text: &str, lines: &Lines<'_>, report: &mut LintReport) -> Op
     // Still nothing, yet this linter's parser refused it: Lua's own compiler judges
     // (`return return`, `0x.p1`), and what it refuses is a finding on the line it names,
     // unless the walk reports the same there ([`Recovered::lua_said`]).
-    let lua_said = lines_with_errors
-        .is_empty()
+    let lua_said = (lines_with_errors.is_empty() && lua_in_host)
         .then(|| lua_verdict(text))
         .flatten()
         .map(|(line, message)| {
-            let span = line_span(text, lines, line, near(&message));
+            let span = match line {
+                Some(line) => line_span(text, lines, line, near(&message)),
+                // Where this linter's parser gave up.
+                None => super::parse::refused_at(text).map_or(Span::START, |r| lines.span(r)),
+            };
             finding(
                 "syntax",
                 Severity::Error,
@@ -741,15 +749,29 @@ impl<'s> Converter<'s> {
     }
 }
 
-/// Lua's compile error on `text`, as its line and message, but for `goto` and labels:
-/// the walk reports those itself, and Lua places them where the block closes.
-fn lua_verdict(text: &str) -> Option<(u32, String)> {
+/// Lua's compile error on `text`, as its line (when Lua names one: `C stack overflow`
+/// names none) and message, but for `goto` and labels: the walk reports those itself,
+/// and Lua places them where the block closes. Matched on Lua's own words, before the
+/// `near '...'` a script can fill with any token.
+fn lua_verdict(text: &str) -> Option<(Option<u32>, String)> {
     let error = super::lua_compile_error(text)?;
-    let rest = error.strip_prefix("src:")?;
-    let (line, message) = rest.split_once(": ")?;
-    let line: u32 = line.parse().ok()?;
-    let walked = ["goto", "label"];
-    (!walked.iter().any(|w| message.contains(w))).then(|| (line, message.to_string()))
+    let placed = error
+        .strip_prefix("src:")
+        .and_then(|rest| rest.split_once(": "))
+        .and_then(|(line, message)| Some((line.parse::<u32>().ok()?, message)));
+    let (line, message) = match placed {
+        Some((line, message)) => (Some(line), message),
+        None => (None, error.as_str()),
+    };
+    let own_words = message
+        .rsplit_once(" near ")
+        .map_or(message, |(words, _)| words);
+    let walked = [
+        "no visible label",
+        "already defined on line",
+        "jumps into the scope of local",
+    ];
+    (!walked.iter().any(|w| own_words.contains(w))).then(|| (line, message.to_string()))
 }
 
 /// The token a Lua message names (`... near 'x'`).

@@ -169,7 +169,7 @@ pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
     // reads some strings differently): this path runs on a stack for the most it parses.
     let stack = super::stack_for(super::MAX_NESTING);
     stacker::maybe_grow(stack, stack, || {
-        if let Some(recovered) = recover::read(text, &lines, report) {
+        if let Some(recovered) = recover::read(text, &lines, report, env.lua_in_host) {
             // The recovered source has the script's offsets (what is repaired keeps its
             // length), so `lines` places its nodes too.
             let block = recovered.tree();

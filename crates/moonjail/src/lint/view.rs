@@ -49,6 +49,10 @@ pub(crate) struct Environment {
     pub(crate) source_limit: Option<usize>,
     /// The compiled parameter schemas of the tools the host described, by tool name.
     pub(crate) schemas: BTreeMap<String, Arc<ArgsSchema>>,
+    /// Whether Lua's own compiler may judge, in this process, a script the linter's
+    /// parsers cannot (runs compile here too, in process). Not for an isolated sandbox:
+    /// there untrusted source reaches Lua's C code only inside a worker.
+    pub(crate) lua_in_host: bool,
 }
 
 impl Environment {
@@ -106,6 +110,7 @@ impl Environment {
             require_run: false,
             source_limit: None,
             schemas: BTreeMap::new(),
+            lua_in_host: true,
         }
     }
 

@@ -564,10 +564,6 @@ fn valid_lua_full_moon_refuses_is_not_a_syntax_error() {
     );
 }
 
-/// What Lua's compiler refuses beyond the grammar, and neither parser's grammar sees: a
-/// `break` outside a loop, `...` outside a vararg function, an assignment to a
-/// `<const>` or `<close>` local, an invalid escape. Each is a syntax finding at its
-/// line, and each is a case the run refuses too (so none is a false alarm).
 #[test]
 fn what_full_moon_reads_and_lua_refuses_is_a_syntax_error_where_lua_says() {
     // full_moon reads these without an error; this linter's parser refuses them, and
@@ -604,8 +600,22 @@ fn what_full_moon_reads_and_lua_refuses_is_a_syntax_error_where_lua_says() {
         let error = out.error().expect("Lua refuses it too");
         assert_eq!(error.kind.as_str(), "syntax", "{code}: {error:?}");
     }
+    // A token named like one of Lua's goto messages does not hide the verdict, and
+    // Lua's nesting limit, a message without a line, is still a finding.
+    let spoof = format!("x = f({})\nreturn return", vec!["label"; 300].join(","));
+    let deep = format!("x = {}1{}\nreturn return", "(".repeat(205), ")".repeat(205));
+    for (code, message) in [(spoof, "too many registers"), (deep, "C stack overflow")] {
+        let report = sb.lint(&code);
+        let syntax: Vec<_> = report.errors().filter(|f| f.rule == "syntax").collect();
+        assert_eq!(syntax.len(), 1, "{syntax:?}");
+        assert!(syntax[0].message.contains(message), "{}", syntax[0].message);
+    }
 }
 
+/// What Lua's compiler refuses beyond the grammar, and neither parser's grammar sees: a
+/// `break` outside a loop, `...` outside a vararg function, an assignment to a
+/// `<const>` or `<close>` local, an invalid escape. Each is a syntax finding at its
+/// line, and each is a case the run refuses too (so none is a false alarm).
 #[test]
 fn what_lua_refuses_beyond_the_grammar_is_a_syntax_error() {
     let sb = Sandbox::builder().build().unwrap();
