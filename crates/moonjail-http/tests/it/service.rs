@@ -94,16 +94,7 @@ fn shutdown_stops_accepting_and_cancels_what_outlasts_the_grace_period(isolated:
     config.shutdown_grace = Duration::from_millis(200);
     let server = TestServer::start(config);
     let addr = server.base.strip_prefix("http://").unwrap().to_string();
-    let mut stuck = TcpStream::connect(&addr).unwrap();
-    let body = r#"{"code": "hold() return 'finished'"}"#;
-    write!(
-        stuck,
-        "POST /v1/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    server.wait_executing(1);
+    let mut stuck = running(&server, r#"{"code": "hold() return 'finished'"}"#);
     server.shutdown().unwrap();
     // The grace period is over: the request was cancelled, its connection closed
     // without an answer, and nothing is accepted any more.
@@ -144,17 +135,7 @@ fn shutdown_kills_the_workers_of_runs_that_outlast_the_grace_period() {
     let mut config = config(sandbox);
     config.shutdown_grace = Duration::from_millis(200);
     let server = TestServer::start(config);
-    let addr = server.base.strip_prefix("http://").unwrap().to_string();
-    let mut stuck = TcpStream::connect(&addr).unwrap();
-    let body = r#"{"code": "while true do end"}"#;
-    write!(
-        stuck,
-        "POST /v1/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    server.wait_executing(1);
+    let _stuck = running(&server, r#"{"code": "while true do end"}"#);
     server.shutdown().unwrap();
     // A hang check, not a timing: without the stop the run holds its executor for 60 s.
     let start = std::time::Instant::now();
@@ -166,4 +147,20 @@ fn shutdown_kills_the_workers_of_runs_that_outlast_the_grace_period() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(server.state.requests().unanswered, 1);
+}
+
+/// Posts a run of `body` on a connection of its own and waits until it executes: the
+/// connection, for the test to read what (if anything) comes back.
+fn running(server: &TestServer, body: &str) -> TcpStream {
+    let addr = server.base.strip_prefix("http://").unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    server.wait_executing(1);
+    stream
 }
