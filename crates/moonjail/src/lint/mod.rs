@@ -263,7 +263,7 @@ pub(crate) fn lint(env: &Environment, source: &[u8]) -> LintReport {
 /// and the `lint_parsers` fuzz target; the caller bounds the nesting, as [`lint`] does.
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn parsers_agree(src: &str) -> bool {
-    let Some(parsed) = parse::chunk(src) else {
+    let Ok(parsed) = parse::chunk(src) else {
         return false;
     };
     if !parsed.refused.is_empty() {
@@ -281,7 +281,7 @@ pub(crate) fn parsers_agree(src: &str) -> bool {
         // full_moon reads it nesting deeper than the linter lets it parse.
         return true;
     }
-    let Some(fast) = parse::chunk(src).map(|p| p.block) else {
+    let Ok(fast) = parse::chunk(src).map(|p| p.block) else {
         return true;
     };
     let Some(result) = recover::parse(src) else {

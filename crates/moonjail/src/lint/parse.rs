@@ -40,24 +40,18 @@ pub(crate) enum Refusal {
     VarargOutsideVararg(Range),
 }
 
-/// Parses a whole chunk (shebang already skipped); `None` if it is not valid Lua 5.4 as
-/// far as this parser knows.
-pub(crate) fn chunk(src: &str) -> Option<Parsed<'_>> {
-    let mut p = Parser::new(src)?;
-    let block = p.block()?;
-    (p.cur.t == T::Eof && !p.lexer.unfinished_comment).then_some(Parsed {
-        block,
-        refused: p.refused,
-    })
-}
-
-/// The token this parser stood at when it gave up on `src`, if it refuses it: where to
-/// place an error Lua's compiler names only by line and token (`near 'x'`).
-pub(crate) fn refused_at(src: &str) -> Option<Range> {
-    let mut p = Parser::new(src)?;
+/// Parses a whole chunk (shebang already skipped). If it is not valid Lua 5.4 as far as
+/// this parser knows: the token it stood at when it gave up (`None` when it could not
+/// read a first one), where to place an error Lua's compiler names only by line and
+/// token (`near 'x'`).
+pub(crate) fn chunk(src: &str) -> Result<Parsed<'_>, Option<Range>> {
+    let mut p = Parser::new(src).ok_or(None)?;
     match p.block() {
-        Some(_) if p.cur.t == T::Eof && !p.lexer.unfinished_comment => None,
-        _ => Some(p.cur.range()),
+        Some(block) if p.cur.t == T::Eof && !p.lexer.unfinished_comment => Ok(Parsed {
+            block,
+            refused: p.refused,
+        }),
+        _ => Err(Some(p.cur.range())),
     }
 }
 
@@ -956,7 +950,7 @@ mod tests {
             "local t = {1; 2, x = 3, [4] = 5,}",
             "x = 0x1e+5 - 0xAe-1 + 0x1p+4 + 1e-2",
         ] {
-            assert!(chunk(ok).is_some_and(|p| p.refused.is_empty()), "{ok}");
+            assert!(chunk(ok).is_ok_and(|p| p.refused.is_empty()), "{ok}");
         }
         for bad in [
             "x = = 1",
@@ -979,13 +973,18 @@ mod tests {
             "x = @",
             "end",
         ] {
-            assert!(chunk(bad).is_none(), "{bad}");
+            assert!(chunk(bad).is_err(), "{bad}");
         }
+        // Where it gave up: the second `return`.
+        assert_eq!(
+            chunk("return return").err(),
+            Some(Some(Range { start: 7, end: 13 }))
+        );
     }
 
     #[test]
     fn what_lua_refuses_in_a_chunk_that_parses() {
-        let refused = |src: &str| chunk(src).map(|p| p.refused);
+        let refused = |src: &str| chunk(src).ok().map(|p| p.refused);
         assert_eq!(
             refused("print(1)\nbreak"),
             Some(vec![Refusal::BreakOutsideLoop(Range { start: 9, end: 14 })])

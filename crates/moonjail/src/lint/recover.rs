@@ -50,12 +50,14 @@ impl Recovered {
 }
 
 /// full_moon's parse of `text`, with its syntax errors added to `report` as findings
-/// (`lines` places them); `None` when the parser itself failed (reported too).
+/// (`lines` places them); `None` when the parser itself failed (reported too). With
+/// `lua_judges` (where the fast parser gave up, when known), Lua's compiler is asked
+/// about a script full_moon finds no error in ([`Recovered::lua_said`]).
 pub(super) fn read(
     text: &str,
     lines: &Lines<'_>,
     report: &mut LintReport,
-    lua_in_host: bool,
+    lua_judges: Option<Option<ast::Range>>,
 ) -> Option<Recovered> {
     let (blanked, backticks) = blank_backticks(text);
     if !nests_within_bound(&blanked, report) {
@@ -175,14 +177,14 @@ pub(super) fn read(
     // Still nothing, yet this linter's parser refused it: Lua's own compiler judges
     // (`return return`, `0x.p1`), and what it refuses is a finding on the line it names,
     // unless the walk reports the same there ([`Recovered::lua_said`]).
-    let lua_said = (lines_with_errors.is_empty() && lua_in_host)
-        .then(|| lua_verdict(text))
-        .flatten()
-        .map(|(line, message)| {
+    let lua_said = lua_judges
+        .filter(|_| lines_with_errors.is_empty())
+        .and_then(|stuck| Some((stuck, lua_verdict(text)?)))
+        .map(|(stuck, (line, message))| {
             let span = match line {
-                Some(line) => line_span(text, lines, line, near(&message)),
+                Some(line) => line_span(text, lines, line, near(&message), stuck),
                 // Where this linter's parser gave up.
-                None => super::parse::refused_at(text).map_or(Span::START, |r| lines.span(r)),
+                None => stuck.map_or(Span::START, |r| lines.span(r)),
             };
             finding(
                 "syntax",
@@ -378,13 +380,18 @@ fn range_of(node: &impl Node) -> Range {
     }
 }
 
+/// From the start of token `first` to the end of token `last`.
+fn between(first: &TokenReference, last: &TokenReference) -> Range {
+    Range {
+        start: range_of(first).start,
+        end: range_of(last).end,
+    }
+}
+
 /// A table constructor's braces.
 fn table_range(table: &fm::TableConstructor) -> Range {
     let (open, close) = table.braces().tokens();
-    Range {
-        start: range_of(open).start,
-        end: range_of(close).end,
-    }
+    between(open, close)
 }
 
 /// Where a suffix ends: its last token's end.
@@ -702,19 +709,13 @@ impl<'s> Converter<'s> {
                 let (open, close) = contained.tokens();
                 return Expr {
                     kind: ExprKind::Paren(Box::new(self.expr(expression))),
-                    range: Range {
-                        start: range_of(open).start,
-                        end: range_of(close).end,
-                    },
+                    range: between(open, close),
                 };
             }
             fm::Expression::Function(f) => {
                 return Expr {
                     kind: ExprKind::Function(Box::new(self.body(f.body()))),
-                    range: Range {
-                        start: range_of(f.function_token()).start,
-                        end: range_of(f.body().end_token()).end,
-                    },
+                    range: between(f.function_token(), f.body().end_token()),
                 }
             }
             fm::Expression::FunctionCall(c) => return self.call(c),
@@ -783,7 +784,13 @@ fn near(message: &str) -> Option<&str> {
 /// The span of `token` on line `line` (1-based) of `text` where it stands there, else of
 /// the line from its first character that is not blank to its end; the script's start if
 /// it has no such line.
-fn line_span(text: &str, lines: &Lines<'_>, line: u32, token: Option<&str>) -> Span {
+fn line_span(
+    text: &str,
+    lines: &Lines<'_>,
+    line: u32,
+    token: Option<&str>,
+    stuck: Option<ast::Range>,
+) -> Span {
     let starts = lines.starts();
     let Some(&start) = usize::try_from(line)
         .ok()
@@ -797,7 +804,7 @@ fn line_span(text: &str, lines: &Lines<'_>, line: u32, token: Option<&str>) -> S
     let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     // Where this linter's parser gave up, if that is the token Lua names on that line;
     // else the token's first place on the line.
-    if let Some(stuck) = super::parse::refused_at(text).filter(|r| {
+    if let Some(stuck) = stuck.filter(|r| {
         let (from, to) = (r.start as usize, r.end as usize);
         from >= start && to <= end && token.is_some_and(|t| text.get(from..to) == Some(t))
     }) {

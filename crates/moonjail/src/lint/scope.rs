@@ -157,19 +157,24 @@ fn string_method_call(
 /// of it ([`recover::read`]).
 pub(crate) fn analyse(env: &Environment, text: &str, report: &mut LintReport) {
     let lines = Lines::new(text);
-    if let Some(parsed) = parse::chunk(text) {
-        for refusal in &parsed.refused {
-            report.findings.push(refused(&lines, *refusal));
+    let stuck = match parse::chunk(text) {
+        Ok(parsed) => {
+            for refusal in &parsed.refused {
+                report.findings.push(refused(&lines, *refusal));
+            }
+            let syntax_errors = !parsed.refused.is_empty();
+            walk(env, &lines, &parsed.block, report, syntax_errors, false);
+            return;
         }
-        let syntax_errors = !parsed.refused.is_empty();
-        walk(env, &lines, &parsed.block, report, syntax_errors, false);
-        return;
-    }
+        Err(stuck) => stuck,
+    };
     // full_moon may nest deeper than the bound the caller sized the stack for (its lexer
     // reads some strings differently): this path runs on a stack for the most it parses.
     let stack = super::stack_for(super::MAX_NESTING);
     stacker::maybe_grow(stack, stack, || {
-        if let Some(recovered) = recover::read(text, &lines, report, env.lua_in_host) {
+        if let Some(recovered) =
+            recover::read(text, &lines, report, env.lua_in_host.then_some(stuck))
+        {
             // The recovered source has the script's offsets (what is repaired keeps its
             // length), so `lines` places its nodes too.
             let block = recovered.tree();
