@@ -65,7 +65,7 @@ struct State {
     shutdown: bool,
     /// How to end each worker running a run now, by a number of its own
     /// ([`Pool::stop_busy`]).
-    busy: Vec<(u64, Stopper)>,
+    busy: Vec<(u64, Arc<Stopper>)>,
     next_busy: u64,
 }
 

@@ -47,6 +47,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -603,6 +604,9 @@ pub(crate) struct Worker {
     /// how a request to stop names the request it is about.
     requests: u64,
     layers: Vec<LayerLine>,
+    /// Made at the first run and kept: its descriptors live as long as the worker, so a
+    /// run registers it without a system call ([`Worker::stopper`]).
+    stopper: Option<Arc<Stopper>>,
 }
 
 impl Worker {
@@ -678,6 +682,7 @@ impl Worker {
             runs: 0,
             requests: 0,
             layers: Vec::new(),
+            stopper: None,
         };
         let deadline = Some(Instant::now() + settings.spawn_timeout);
         let reply = worker
@@ -1194,19 +1199,23 @@ impl Worker {
         matches!(poll(&mut fds, Some(&zero)), Ok(0))
     }
 
-    /// What another thread needs to end this worker at once ([`Stopper::stop`]), taken
-    /// while the worker is alive and not yet reaped (so its pid is still its own).
-    pub(crate) fn stopper(&self) -> Option<Stopper> {
-        let socket = self.channel.socket.try_clone().ok()?;
-        let process = match &self.processes.worker {
-            Some((_, pidfd)) => pidfd.try_clone().ok()?,
-            None => rustix::process::pidfd_open(
-                self.processes.spawned,
-                rustix::process::PidfdFlags::empty(),
-            )
-            .ok()?,
-        };
-        Some(Stopper { socket, process })
+    /// What another thread needs to end this worker at once ([`Stopper::stop`]): made
+    /// once, while the worker is alive and not yet reaped (so its pid is still its own),
+    /// then shared.
+    pub(crate) fn stopper(&mut self) -> Option<Arc<Stopper>> {
+        if self.stopper.is_none() {
+            let socket = self.channel.socket.try_clone().ok()?;
+            let process = match &self.processes.worker {
+                Some((_, pidfd)) => pidfd.try_clone().ok()?,
+                None => rustix::process::pidfd_open(
+                    self.processes.spawned,
+                    rustix::process::PidfdFlags::empty(),
+                )
+                .ok()?,
+            };
+            self.stopper = Some(Arc::new(Stopper { socket, process }));
+        }
+        self.stopper.clone()
     }
 
     /// How many runs this worker has served.
