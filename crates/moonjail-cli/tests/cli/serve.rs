@@ -116,18 +116,21 @@ fn serve_answers_runs_isolated_and_exits_0_on_sigterm() {
         .trim()
         .to_string();
     let isolate = crate::support::isolate_flags();
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--keys",
-        "k.txt",
-        "--workers",
-        "1",
-        "--timeout",
-        "2s",
-    ];
-    args.extend(isolate.iter().map(String::as_str));
+    let args = crate::support::with_isolation(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--keys",
+            "k.txt",
+            "--workers",
+            "1",
+            "--timeout",
+            "2s",
+        ],
+        true,
+        &isolate,
+    );
     let (child, addr, log) = start_serve(&dir, &args);
     let body = r#"{"code": "return (...).n * 2", "input": {"n": 21}}"#;
     let (status, answer) = http(
@@ -319,19 +322,22 @@ fn serve_leaves_no_worker_running_after_sigterm() {
     // killed before serve exits, not left as an orphan running to its 60 s deadline.
     let dir = TempDir::new();
     let isolate = crate::support::isolate_flags();
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--insecure-no-auth",
-        "--workers",
-        "1",
-        "--timeout",
-        "60s",
-        "--grace",
-        "300ms",
-    ];
-    args.extend(isolate.iter().map(String::as_str));
+    let args = crate::support::with_isolation(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-no-auth",
+            "--workers",
+            "1",
+            "--timeout",
+            "60s",
+            "--grace",
+            "300ms",
+        ],
+        true,
+        &isolate,
+    );
     let (child, addr, log) = start_serve(&dir, &args);
     let serve = child.id();
     let spinner = {
