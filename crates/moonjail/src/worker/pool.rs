@@ -63,10 +63,8 @@ struct State {
     /// spawn succeeds, instead of respawning a worker that cannot start in a loop.
     paused: bool,
     shutdown: bool,
-    /// How to end each worker running a run now, by a number of its own
-    /// ([`Pool::stop_busy`]).
-    busy: Vec<(u64, Arc<Stopper>)>,
-    next_busy: u64,
+    /// How to end each worker running a run now ([`Pool::stop_busy`]).
+    busy: Vec<Arc<Stopper>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -183,9 +181,12 @@ impl Shared {
         }
     }
 
-    /// Gives a worker back after a run.
-    fn release(&self, worker: Worker, fate: Fate) {
+    /// Gives a worker back after a run (`busy`: its stopper, registered for the run).
+    fn release(&self, worker: Worker, fate: Fate, busy: Option<&Arc<Stopper>>) {
         let mut state = self.lock();
+        if let Some(mine) = busy {
+            state.busy.retain(|s| !Arc::ptr_eq(s, mine));
+        }
         let worn_out = self.max_runs.is_some_and(|max| worker.runs() >= max);
         if fate == Fate::Reuse && !worn_out && !state.shutdown {
             state.idle.push(worker);
@@ -293,24 +294,17 @@ impl Pool {
                 }),
             }
         });
-        let busy = worker.stopper().map(|stopper| {
+        let busy = worker.stopper();
+        if let Some(stopper) = &busy {
             let mut state = self.shared.lock();
-            state.next_busy += 1;
-            let id = state.next_busy;
-            state.busy.push((id, stopper));
+            state.busy.push(Arc::clone(stopper));
             if state.shutdown {
                 // Stopped between this run's acquire and here.
-                if let Some((_, stopper)) = state.busy.last() {
-                    stopper.stop();
-                }
+                stopper.stop();
             }
-            id
-        });
-        let (outcome, fate) = worker.run(job, &self.shared.settings, on_park);
-        if let Some(id) = busy {
-            self.shared.lock().busy.retain(|(n, _)| *n != id);
         }
-        self.shared.release(worker, fate);
+        let (outcome, fate) = worker.run(job, &self.shared.settings, on_park);
+        self.shared.release(worker, fate, busy.as_ref());
         outcome
     }
 
@@ -325,7 +319,7 @@ impl Pool {
         let mut state = self.shared.lock();
         state.shutdown = true;
         self.shared.changed.notify_all();
-        for (_, stopper) in &state.busy {
+        for stopper in &state.busy {
             stopper.stop();
         }
         state.busy.len()
@@ -379,7 +373,7 @@ impl Pool {
             .map_err(|message| Error::new(ErrorKind::Internal, message))?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let (result, fate) = worker.probe(probe, deadline, &self.shared.settings);
-        self.shared.release(worker, fate);
+        self.shared.release(worker, fate, None);
         result
     }
 
