@@ -1296,3 +1296,41 @@ fn custom_profiles_are_refused_at_build_time_and_host_files_accepted() {
         .build();
     assert!(files.is_ok(), "{files:?}");
 }
+
+#[test]
+fn stop_workers_kills_a_busy_worker_and_refuses_later_runs() {
+    let sb = Sandbox::builder()
+        .timeout(Duration::from_secs(60))
+        .isolation(Isolation::Process(config().build().unwrap()))
+        .build()
+        .unwrap();
+    assert!(sb.wait_for_idle_workers(1, Duration::from_secs(30)));
+    let (tx, rx) = mpsc::channel();
+    {
+        let sb = sb.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(sb.run("while true do end", &Json::Null));
+        });
+    }
+    // Until the run has taken the pool's only worker (a stop just before the run
+    // registers it still reaches it: the run sees the stop when it registers).
+    let start = std::time::Instant::now();
+    while !sb.worker_pids().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "never busy");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sb.stop_workers();
+    // A hang check, not a timing: unstopped, the run spins for 60 s.
+    let out = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the stopped run did not end");
+    let error = out.error().expect("the run was stopped");
+    assert_eq!(error.kind.as_str(), "killed", "{error:?}");
+    // The pool is stopped for good.
+    let later = sb.run("return 1", &Json::Null);
+    assert_eq!(
+        later.error().map(|e| e.kind.as_str()),
+        Some("internal"),
+        "{later:?}"
+    );
+}
